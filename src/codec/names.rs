@@ -1,0 +1,180 @@
+//! ECMA names of enumerated values, for traces and `cstagate decode` (brief §4.6–4.8, X.880).
+//! Unknown values have no name; callers print the number.
+
+use super::apdu::{ErrorCategory, RejectProblem};
+
+/// EventCause (ECMA-285 `event-cause.asn1`).
+pub fn event_cause(v: i64) -> Option<&'static str> {
+    Some(match v {
+        1 => "activeParticipation",
+        2 => "alternate",
+        3 => "busy",
+        4 => "callBack",
+        5 => "callCancelled",
+        6 => "callForwardImmediate",
+        7 => "callForwardBusy",
+        8 => "callForwardNoAnswer",
+        9 => "callForward",
+        10 => "callNotAnswered",
+        11 => "callPickup",
+        12 => "campOn",
+        13 => "destNotObtainable",
+        14 => "doNotDisturb",
+        15 => "incompatibleDestination",
+        16 => "invalidAccountCode",
+        17 => "keyOperation",
+        18 => "lockout",
+        19 => "maintenance",
+        20 => "networkCongestion",
+        21 => "networkNotObtainable",
+        22 => "newCall",
+        23 => "noAvailableAgents",
+        24 => "override",
+        25 => "park",
+        26 => "overflow",
+        27 => "recall",
+        28 => "redirected",
+        29 => "reorderTone",
+        30 => "resourcesNotAvailable",
+        31 => "silentParticipation",
+        32 => "transfer",
+        33 => "trunksBusy",
+        35 => "blocked",
+        37 => "consultation",
+        39 => "dTMFDigitDetected",
+        44 => "makeCall",
+        48 => "normalClearing",
+        50 => "numberChanged",
+        52 => "singleStepTransfer",
+        60 => "alertTimeExpired",
+        63 => "conference",
+        65 => "destOutOfOrder",
+        69 => "invalidNumberFormat",
+        76 => "networkDialling",
+        77 => "networkOutOfOrder",
+        78 => "normal",
+        81 => "numberUnallocated",
+        85 => "selectedTrunkBusy",
+        _ => return None,
+    })
+}
+
+/// LocalConnectionState.
+pub fn local_connection_state(v: i64) -> Option<&'static str> {
+    Some(match v {
+        0 => "null",
+        1 => "initiated",
+        2 => "alerting",
+        3 => "connected",
+        4 => "hold",
+        5 => "queued",
+        6 => "fail",
+        _ => return None,
+    })
+}
+
+/// SystemStatus.
+pub fn system_status(v: i64) -> Option<&'static str> {
+    Some(match v {
+        0 => "initializing",
+        1 => "enabled",
+        2 => "normal",
+        3 => "messagesLost",
+        4 => "disabled",
+        5 => "overloadImminent",
+        6 => "overloadReached",
+        7 => "overloadRelieved",
+        8 => "partiallyDisabled",
+        _ => return None,
+    })
+}
+
+/// universalFailure values, per category.
+pub fn universal_failure(category: ErrorCategory, v: i64) -> Option<&'static str> {
+    use ErrorCategory as C;
+    Some(match (category, v) {
+        (C::Operation, 1) => "generic",
+        (C::Operation, 2) => "requestIncompatibleWithObject",
+        (C::Operation, 3) => "valueOutOfRange",
+        (C::Operation, 4) => "objectNotKnown",
+        (C::Operation, 5) => "invalidCallingDevice",
+        (C::Operation, 6) => "invalidCalledDevice",
+        (C::Operation, 7) => "invalidForwardingDestination",
+        (C::Operation, 8) => "privilegeViolationSpecifiedDevice",
+        (C::Operation, 9) => "privilegeViolationCalledDevice",
+        (C::Operation, 10) => "privilegeViolationCallingDevice",
+        (C::Operation, 11) => "invalidCallID",
+        (C::Operation, 12) => "invalidDeviceID",
+        (C::Operation, 13) => "invalidConnectionID",
+        (C::Operation, 14) => "invalidDestination",
+        (C::Operation, 15) => "invalidFeature",
+        (C::Operation, 16) => "invalidAllocationState",
+        (C::Operation, 17) => "invalidCrossRefID",
+        (C::Operation, 18) => "invalidObjectType",
+        (C::Operation, 19) => "securityViolation",
+        (C::Operation, 23) => "requestIncompatibleWithCallingDevice",
+        (C::Operation, 24) => "requestIncompatibleWithCalledDevice",
+        (C::Operation, 50) => "serviceNotSupported",
+        (C::Operation, 62) => "invalidMonitorObject",
+        (C::Operation, 98) => "parameterNotSupported",
+        (C::StateIncompatibility, 1) => "generic",
+        (C::StateIncompatibility, 2) => "invalidObjectState",
+        (C::StateIncompatibility, 3) => "invalidConnectionIDForActiveCall",
+        (C::StateIncompatibility, 4) => "noActiveCall",
+        (C::StateIncompatibility, 5) => "noHeldCall",
+        (C::StateIncompatibility, 6) => "noCallToClear",
+        (C::StateIncompatibility, 7) => "noConnectionToClear",
+        (C::StateIncompatibility, 8) => "noCallToAnswer",
+        (C::StateIncompatibility, 9) => "noCallToComplete",
+        (C::StateIncompatibility, 15) => "invalidDeviceState",
+        (C::StateIncompatibility, 16) => "connectedCallExists",
+        (C::StateIncompatibility, 19) => "invalidCallingDeviceState",
+        (C::SystemResourceAvailability, 1) => "generic",
+        (C::SystemResourceAvailability, 2) => "resourceBusy",
+        (C::SystemResourceAvailability, 3) => "internalResourceBusy",
+        (C::SystemResourceAvailability, 4) => "resourceOutOfService",
+        (C::SystemResourceAvailability, 5) => "networkBusy",
+        (C::SystemResourceAvailability, 6) => "networkOutOfService",
+        (C::SystemResourceAvailability, 7) => "overallMonitorLimitExceeded",
+        (C::SystemResourceAvailability, 8) => "conferenceMemberLimitExceeded",
+        (C::SystemResourceAvailability, 15) => "deviceOutOfService",
+        (C::SystemResourceAvailability, 18) => "callingDeviceOutOfService",
+        (C::SubscribedResourceAvailability, 1) => "generic",
+        (C::SubscribedResourceAvailability, 2) => "objectMonitorLimitExceeded",
+        (C::SubscribedResourceAvailability, 3) => "trunkLimitExceeded",
+        (C::SubscribedResourceAvailability, 4) => "outstandingReqLimitExceeded",
+        (C::PerformanceManagement, 1) => "generic",
+        (C::PerformanceManagement, 2) => "performanceLimitExceeded",
+        (C::Security, 0) => "generic",
+        (C::Security, 1) => "sequenceNumberViolated",
+        (C::Security, 2) => "timeStampViolated",
+        (C::Security, 4) => "securityInfoViolated",
+        _ => return None,
+    })
+}
+
+/// X.880 reject problems.
+pub fn reject_problem(p: RejectProblem) -> Option<&'static str> {
+    Some(match p {
+        RejectProblem::General(0) => "unrecognizedPDU",
+        RejectProblem::General(1) => "mistypedPDU",
+        RejectProblem::General(2) => "badlyStructuredPDU",
+        RejectProblem::Invoke(0) => "duplicateInvocation",
+        RejectProblem::Invoke(1) => "unrecognizedOperation",
+        RejectProblem::Invoke(2) => "mistypedArgument",
+        RejectProblem::Invoke(3) => "resourceLimitation",
+        RejectProblem::Invoke(4) => "releaseInProgress",
+        RejectProblem::Invoke(5) => "unrecognizedLinkedId",
+        RejectProblem::Invoke(6) => "linkedResponseUnexpected",
+        RejectProblem::Invoke(7) => "unexpectedLinkedOperation",
+        RejectProblem::ReturnResult(0) => "unrecognizedInvocation",
+        RejectProblem::ReturnResult(1) => "resultResponseUnexpected",
+        RejectProblem::ReturnResult(2) => "mistypedResult",
+        RejectProblem::ReturnError(0) => "unrecognizedInvocation",
+        RejectProblem::ReturnError(1) => "errorResponseUnexpected",
+        RejectProblem::ReturnError(2) => "unrecognizedError",
+        RejectProblem::ReturnError(3) => "unexpectedError",
+        RejectProblem::ReturnError(4) => "mistypedParameter",
+        _ => return None,
+    })
+}

@@ -1,0 +1,10 @@
+//! cstagate: a CTI gateway that speaks CSTA to PBXs and lets end users bind their own desk-phone
+//! extension to their cloud account, with proof that they stand at that phone.
+//!
+//! The crate is layered as the design describes: a sans-IO [`codec`], the capture readers used by
+//! `cstagate decode` ([`capture`]), and (in later issues) the link manager, the association
+//! engine and the HTTP API.
+
+pub mod capture;
+pub mod codec;
+pub mod decode;
