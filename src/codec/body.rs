@@ -282,7 +282,16 @@ impl Body {
                             seen |= 1 << i;
                             next_slot = i + 1;
                         }
-                        None => fields.push(Field { name: FieldName::Unknown, tag: Some(m.tag), value: Value::Raw(inner.raw(&m)) }),
+                        None => {
+                            // A known member with the constructed bit flipped is malformed, not
+                            // an unknown addition.
+                            let flipped = Tag(m.tag.0 ^ 0x20);
+                            if m.tag.0 <= 0xFF && slots[next_slot..].iter().any(|s| !s.tags.is_empty() && slot_accepts(s, flipped)) {
+                                let kind = if m.tag.constructed() { ErrorKind::MustBePrimitive("member") } else { ErrorKind::MustBeConstructed("member") };
+                                return Err(DecodeError::new(kind, m.start));
+                            }
+                            fields.push(Field { name: FieldName::Unknown, tag: Some(m.tag), value: Value::Raw(inner.raw(&m)) });
+                        }
                     }
                 }
                 if let Some((_, s)) = slots.iter().enumerate().find(|(i, s)| s.required && seen & (1 << i) == 0) {
@@ -310,7 +319,21 @@ impl Body {
                 None => w.null(Tag::NULL),
             },
             Form::Sequence(slots) => w.constructed(outer.unwrap_or(Tag::SEQUENCE), |w| {
+                // Members go out in schema order. A decoded body already is in that order (the
+                // decoder matches slots monotonically) and keeps its unknown members where they
+                // were: each sorts just after the member before it.
+                let mut order: Vec<(usize, &Field)> = Vec::with_capacity(self.fields.len());
+                let mut last = 0;
                 for f in &self.fields {
+                    if f.name != FieldName::Unknown {
+                        if let Some(i) = slots.iter().position(|s| s.name == f.name) {
+                            last = i;
+                        }
+                    }
+                    order.push((last, f));
+                }
+                order.sort_by_key(|(i, _)| *i);
+                for f in order.into_iter().map(|(_, f)| f) {
                     if let Value::Raw(b) = &f.value {
                         if f.name == FieldName::Unknown || !slots.iter().any(|s| s.name == f.name) {
                             w.raw(b);
