@@ -43,18 +43,20 @@ pub enum CaptureError {
     Pcap { path: String, reason: String },
 }
 
-/// Read any supported trace file, choosing the reader by content (pcap magic) or name.
+/// Read any supported trace file, choosing the reader by content (pcap magic). `framing`
+/// splits pcap streams; `None` guesses it per TCP stream from its first byte (`0x26`: Siemens).
+/// Text traces hold framed APDUs one per line and need no framing to be read.
 ///
 /// # Errors
 /// If the file cannot be read or a pcap is corrupt. Bad hex or bad frames inside a text file are
 /// reported per frame, not as an error of the whole file.
-pub fn read_file(path: &Path, framing: Framing, port: Option<u16>) -> Result<Vec<CapturedFrame>, CaptureError> {
+pub fn read_file(path: &Path, framing: Option<Framing>, port: Option<u16>) -> Result<Vec<CapturedFrame>, CaptureError> {
     let name = path.display().to_string();
     let data = std::fs::read(path).map_err(|source| CaptureError::Io { path: name.clone(), source })?;
     let magic = data.get(..4).map(|m| u32::from_le_bytes([m[0], m[1], m[2], m[3]]));
     match magic {
         Some(0xA1B2_C3D4 | 0xD4C3_B2A1 | 0xA1B2_3C4D | 0x4D3C_B2A1 | 0x0A0D_0D0A) => read_pcap(&name, &data, framing, port),
-        _ => Ok(read_text(&name, &String::from_utf8_lossy(&data), framing)),
+        _ => Ok(read_text(&name, &String::from_utf8_lossy(&data))),
     }
 }
 
@@ -82,7 +84,7 @@ pub fn unframe(framing: Framing, framed: &Bytes) -> Result<Bytes, DecodeError> {
 
 /// Text traces: `.frames.tsv` rows (`pdu_no, segment_no, time, dir, framed_hex, label`) or one
 /// hex APDU per line.
-fn read_text(name: &str, text: &str, _framing: Framing) -> Vec<CapturedFrame> {
+fn read_text(name: &str, text: &str) -> Vec<CapturedFrame> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -113,12 +115,13 @@ fn read_text(name: &str, text: &str, _framing: Framing) -> Vec<CapturedFrame> {
 struct Flow {
     buf: BytesMut,
     next_seq: Option<u32>,
-    framer: Framer,
+    /// Chosen when the first payload byte is seen, unless given.
+    framer: Option<Framer>,
     dir: Option<Direction>,
     started: bool,
 }
 
-fn read_pcap(name: &str, data: &[u8], framing: Framing, port: Option<u16>) -> Result<Vec<CapturedFrame>, CaptureError> {
+fn read_pcap(name: &str, data: &[u8], framing: Option<Framing>, port: Option<u16>) -> Result<Vec<CapturedFrame>, CaptureError> {
     use pcap_parser::{Block, PcapBlockOwned, PcapError};
 
     let err = |reason: String| CaptureError::Pcap { path: name.to_owned(), reason };
@@ -199,7 +202,7 @@ fn tcp_segment(linktype: i32, pkt: &[u8]) -> Option<Segment<'_>> {
 /// Well-known CSTA ports (OXE/OXO, HiPath 3000, OpenScape Business, Panasonic as seen in traces).
 const CSTA_PORTS: [u16; 4] = [2555, 7001, 8800, 33333];
 
-fn feed(flows: &mut HashMap<([u8; 16], u16, [u8; 16], u16), Flow>, seg: Segment<'_>, framing: Framing, port: Option<u16>, origin: &str, out: &mut Vec<CapturedFrame>) {
+fn feed(flows: &mut HashMap<([u8; 16], u16, [u8; 16], u16), Flow>, seg: Segment<'_>, framing: Option<Framing>, port: Option<u16>, origin: &str, out: &mut Vec<CapturedFrame>) {
     if let Some(p) = port {
         if seg.src.1 != p && seg.dst.1 != p {
             return;
@@ -208,7 +211,7 @@ fn feed(flows: &mut HashMap<([u8; 16], u16, [u8; 16], u16), Flow>, seg: Segment<
     let pbx_port = port.or_else(|| [seg.src.1, seg.dst.1].into_iter().find(|p| CSTA_PORTS.contains(p)));
     let dir = pbx_port.map(|p| if seg.src.1 == p { Direction::P2C } else { Direction::C2P });
     let key = (seg.src.0, seg.src.1, seg.dst.0, seg.dst.1);
-    let flow = flows.entry(key).or_insert_with(|| Flow { buf: BytesMut::new(), next_seq: None, framer: Framer::new(framing), dir, started: false });
+    let flow = flows.entry(key).or_insert_with(|| Flow { buf: BytesMut::new(), next_seq: None, framer: framing.map(Framer::new), dir, started: false });
     if seg.payload.is_empty() {
         // SYN or pure ACK: the stream starts after the SYN's sequence number.
         flow.next_seq.get_or_insert(seg.seq.wrapping_add(1));
@@ -232,12 +235,20 @@ fn feed(flows: &mut HashMap<([u8; 16], u16, [u8; 16], u16), Flow>, seg: Segment<
         flow.started = true;
         // The Alcatel session preamble ('B' from the client, 'P' from the PBX) precedes the
         // first frame; as a length byte it would announce an APDU over the frame cap.
-        if framing == Framing::TwoByteLength && matches!(flow.buf.first(), Some(b'B' | b'P')) {
-            let _ = bytes::Buf::advance(&mut flow.buf, 1);
+        if framing != Some(Framing::Siemens) && matches!(flow.buf.first(), Some(b'B' | b'P')) {
+            bytes::Buf::advance(&mut flow.buf, 1);
         }
     }
+    let framer = match &mut flow.framer {
+        Some(f) => f,
+        None => {
+            let Some(&first) = flow.buf.first() else { return };
+            flow.framer.insert(Framer::new(if first == 0x26 { Framing::Siemens } else { Framing::TwoByteLength }))
+        }
+    };
+    let framing = framer.framing();
     loop {
-        match flow.framer.decode(&mut flow.buf) {
+        match framer.decode(&mut flow.buf) {
             Ok(Some(apdu)) => {
                 let mut framed = BytesMut::new();
                 // Re-attach the header so every reader yields framed APDUs.

@@ -71,9 +71,7 @@ fn run_decode(profile: Profile, json: bool, port: Option<u16>, files: &[PathBuf]
     let mut n = 0usize;
     let mut out = std::io::stdout().lock();
     for path in files {
-        // pcaps need the framing before reading; text traces can be read first and sniffed.
-        let framing_hint = profile.fixed().map_or(Framing::TwoByteLength, |p| p.0);
-        let mut frames = match capture::read_file(path, framing_hint, port) {
+        let frames = match capture::read_file(path, profile.fixed().map(|p| p.0), port) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("cstagate decode: {e}");
@@ -81,23 +79,10 @@ fn run_decode(profile: Profile, json: bool, port: Option<u16>, files: &[PathBuf]
                 continue;
             }
         };
-        let (framing, dialect) = match profile.fixed() {
-            Some(p) => p,
-            None => {
-                let framing = capture::guess_framing(&frames);
-                if framing != framing_hint && is_pcap(path) {
-                    frames = match capture::read_file(path, framing, port) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            eprintln!("cstagate decode: {e}");
-                            failed += 1;
-                            continue;
-                        }
-                    };
-                }
-                (framing, guess(&frames, framing))
-            }
-        };
+        let (framing, dialect) = profile.fixed().unwrap_or_else(|| {
+            let framing = capture::guess_framing(&frames);
+            (framing, guess(&frames, framing))
+        });
         for frame in &frames {
             n += 1;
             let result = decode::decode_frame(frame, framing, dialect);
@@ -118,10 +103,6 @@ fn run_decode(profile: Profile, json: bool, port: Option<u16>, files: &[PathBuf]
     } else {
         ExitCode::SUCCESS
     }
-}
-
-fn is_pcap(path: &std::path::Path) -> bool {
-    std::fs::read(path).ok().and_then(|d| d.get(..4).map(|m| matches!(m, [0xD4, 0xC3, 0xB2, 0xA1] | [0xA1, 0xB2, 0xC3, 0xD4] | [0x0A, 0x0D, 0x0D, 0x0A] | [0x4D, 0x3C, 0xB2, 0xA1] | [0xA1, 0xB2, 0x3C, 0x4D]))).unwrap_or(false)
 }
 
 /// The dialect the first discriminating APDU of a trace shows; Phase III when none does.

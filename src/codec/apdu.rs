@@ -161,6 +161,11 @@ impl ErrorCategory {
             .into_iter()
             .find(|c| c.tag_number(d).map(u32::from) == Some(n))
     }
+    /// The context tag number this category has on the wire in `d`.
+    pub fn wire_tag(self, d: Dialect) -> Option<u8> {
+        self.tag_number(d)
+    }
+
     pub fn name(self) -> &'static str {
         use ErrorCategory as C;
         match self {

@@ -435,7 +435,9 @@ fn phase2_event(k: EventKind) -> &'static [Slot] {
         ],
         E::Originated => p2![
             req(F::OriginatedConnection, CONN, K::Connection),
-            opt(F::CallingDevice, SUBJ, K::Device),
+            // OXE sends the calling device as CallingDeviceID (61) where ECMA-217 has
+            // SubjectDeviceID (63): accept both (found by the asn1tools differential test).
+            opt(F::CallingDevice, &[0x63, 0x61], K::Device),
             opt(F::CalledDevice, CALLED, K::Device),
         ],
         E::Retrieved => p2![req(F::RetrievedConnection, CONN, K::Connection), opt(F::RetrievingDevice, SUBJ, K::Device)],

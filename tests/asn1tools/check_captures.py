@@ -31,6 +31,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.normpath(os.path.join(HERE, '..', '..'))
 sys.path.insert(0, HERE)
+sys.dont_write_bytecode = True      # keep tests/asn1tools free of __pycache__
 
 import project  # noqa: E402
 
@@ -179,8 +180,8 @@ VECTORS_SYNTHETIC = [
       'xref': '00000001',
       'fields': {'connection': conn('0102', device=''), 'digitGeneratedList': '123'}}),
     ('syn Phase III unknown cause 200 (extensible EventCause)', 'phase3',
-     '00 2F A1 2D 02 01 0C 02 01 15 30 25 55 04 00 00 00 01 A0 1D A3 1B 6B 06 80 04 30 30 '
-     '36 38 63 0A 30 08 80 04 32 30 30 35 4E 01 00 0A 02 00 C8',
+     '00 2D A1 2B 02 01 0C 02 01 15 30 23 55 04 00 00 00 01 A0 1B A3 19 6B 06 80 04 30 30 '
+     '36 38 63 08 30 06 80 04 32 30 30 35 4E 01 00 0A 02 00 C8',
      {'kind': 'invoke', 'invoke_id': 12, 'opcode': 21, 'event': 'connectionCleared',
       'xref': '00000001',
       'fields': {'droppedConnection': conn('30303638'), 'releasingDevice': '2005',

@@ -44,7 +44,7 @@ pub fn traces(suffix: &str) -> Vec<Trace> {
         .into_iter()
         .map(|name| {
             let (framing, dialect) = profile(&name);
-            let frames = capture::read_file(&dir.join(&name), framing, None).expect("capture readable");
+            let frames = capture::read_file(&dir.join(&name), Some(framing), None).expect("capture readable");
             Trace { name, framing, dialect, frames }
         })
         .collect()
