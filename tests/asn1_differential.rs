@@ -10,9 +10,8 @@ use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use common::{apdu, hex, traces};
-use cstagate::codec::acse::{Authentication, UserInformation};
 use cstagate::codec::apdu::ErrorParameter;
-use cstagate::codec::body::{FieldName, Form, Value};
+use cstagate::codec::body::Form;
 use cstagate::codec::schemas;
 use cstagate::codec::{Apdu, Argument, Dialect, Event, Op, Operation};
 use cstagate::decode::{project_fields, project_value};
@@ -92,34 +91,12 @@ fn ours(a: &Apdu, d: Dialect) -> Json {
             o.insert("invoke_id".into(), json!(r.invoke_id));
             o.insert("problem".into(), json!([r.problem.tag_number(), r.problem.value()]));
         }
-        Apdu::Aarq(b) | Apdu::Aare(b) | Apdu::Rlrq(b) | Apdu::Rlre(b) | Apdu::Abrt(b) => {
+        Apdu::Aarq(_) | Apdu::Aare(_) | Apdu::Rlrq(_) | Apdu::Rlre(_) | Apdu::Abrt(_) => {
+            // The decode view names the ACSE values as the projection does; keep those keys.
+            cstagate::decode::describe(a, d, &mut o);
+            o.retain(|k, _| matches!(k.as_str(), "kind" | "context" | "user" | "has_password" | "result" | "diagnostic" | "reason" | "source"));
             if matches!(a, Apdu::Aarq(_)) {
-                o.insert("has_password".into(), json!(false));
-            }
-            for f in &b.fields {
-                match (&f.name, &f.value) {
-                    (FieldName::ApplicationContextName, Value::Oid(c)) => {
-                        o.insert("context".into(), json!(cstagate::codec::ber::oid_to_string(c)));
-                    }
-                    (FieldName::CallingAuthenticationValue, Value::Auth(auth)) => {
-                        o.insert("user".into(), json!(auth.user().map(|u| String::from_utf8_lossy(u).into_owned())));
-                        o.insert("has_password".into(), json!(!matches!(auth, Authentication::Opaque(_))));
-                    }
-                    (FieldName::Result, Value::Int(r)) => {
-                        o.insert("result".into(), json!(r));
-                    }
-                    (FieldName::ResultSourceDiagnostic, Value::Diagnostic { source, value }) => {
-                        o.insert("diagnostic".into(), json!([source, value]));
-                    }
-                    (FieldName::Reason, Value::Int(r)) => {
-                        o.insert("reason".into(), json!(r));
-                    }
-                    (FieldName::AbortSource, Value::Int(s)) => {
-                        o.insert("source".into(), json!(s));
-                    }
-                    (FieldName::UserInformation, Value::UserInfo(UserInformation::Csta(_) | UserInformation::Other(_))) => {}
-                    _ => {}
-                }
+                o.entry("has_password").or_insert(json!(false));
             }
         }
     }
