@@ -532,7 +532,7 @@ fn decode_error(r: &Reader<'_>, t: &Tlv, d: Dialect) -> Result<ReturnError> {
     let code = decode_code(&s, &code_t)?;
     let parameter = match s.next()? {
         None => None,
-        Some(p) if code == Code::Local(1) => Some(decode_universal_failure(&s, &p, d)?),
+        Some(p) if code == Code::Local(1) => Some(decode_universal_failure(&s, &p)?),
         Some(p) => Some(ErrorParameter::Opaque(s.raw(&p))),
     };
     s.finish()?;
@@ -541,7 +541,7 @@ fn decode_error(r: &Reader<'_>, t: &Tlv, d: Dialect) -> Result<ReturnError> {
 
 /// Accepts both taggings whatever the dialect: explicit `[n] { ENUMERATED }` is Phase III's,
 /// implicit `[n] ENUMERATED` Phase II's (brief §4.8: decode errors tolerantly).
-fn decode_universal_failure(r: &Reader<'_>, p: &Tlv, d: Dialect) -> Result<ErrorParameter> {
+fn decode_universal_failure(r: &Reader<'_>, p: &Tlv) -> Result<ErrorParameter> {
     const W: &str = "universalFailure";
     if p.tag.class() != 2 {
         return Ok(ErrorParameter::Opaque(r.raw(p)));
@@ -563,7 +563,6 @@ fn decode_universal_failure(r: &Reader<'_>, p: &Tlv, d: Dialect) -> Result<Error
         let value = if p.content_len() == 0 { None } else { Some(r.integer(p, W)?) };
         (ErrorCategory::from_tag_number(n, Dialect::Phase2), value)
     };
-    let _ = d;
     match category {
         Some(category) => Ok(ErrorParameter::UniversalFailure(UniversalFailure { category, value })),
         None => Ok(ErrorParameter::Opaque(r.raw(p))),
