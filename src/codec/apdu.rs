@@ -276,7 +276,7 @@ impl Apdu {
             0x64 => Apdu::Abrt(Body::decode(&r, &t, acse::ABRT, dialect, "ABRT")?),
             0xA1 => Apdu::Invoke(decode_invoke(&r, &t, dialect).map_err(|e| e.within("Invoke"))?),
             0xA2 => Apdu::Result(decode_result(&r, &t, dialect).map_err(|e| e.within("ReturnResult"))?),
-            0xA3 => Apdu::Error(decode_error(&r, &t, dialect).map_err(|e| e.within("ReturnError"))?),
+            0xA3 => Apdu::Error(decode_error(&r, &t).map_err(|e| e.within("ReturnError"))?),
             0xA4 => Apdu::Reject(decode_reject(&r, &t).map_err(|e| e.within("Reject"))?),
             _ => return Err(DecodeError::new(ErrorKind::UnexpectedTag { expected: "ACSE or ROSE APDU", found: t.tag }, t.start)),
         })
@@ -524,7 +524,7 @@ fn decode_result(r: &Reader<'_>, t: &Tlv, d: Dialect) -> Result<ReturnResult> {
     Ok(ReturnResult { invoke_id, result })
 }
 
-fn decode_error(r: &Reader<'_>, t: &Tlv, d: Dialect) -> Result<ReturnError> {
+fn decode_error(r: &Reader<'_>, t: &Tlv) -> Result<ReturnError> {
     t.constructed("ReturnError")?;
     let mut s = r.enter(t)?;
     let invoke_id = decode_invoke_id(&mut s)?;
