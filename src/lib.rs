@@ -8,3 +8,6 @@
 pub mod capture;
 pub mod codec;
 pub mod decode;
+pub mod config;
+pub mod link;
+pub mod sim;

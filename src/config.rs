@@ -1,0 +1,283 @@
+//! The gateway's configuration: one typed value read from TOML, passed down, no globals.
+//!
+//! Each `[[pbx]]` table describes one PBX link. `dialect` picks a preset (port, framing,
+//! preamble, ACSE context and CSTA phase) that the other keys may override. Secrets are never
+//! written in the file: the ACSE password is read from the environment variable or the file the
+//! config names. Unknown keys and bad values are rejected at start-up with the key's name.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::codec::acse::{AarqParams, CstaUserInfo, UserInformation};
+use crate::codec::framing::Framing;
+use crate::codec::values::{Dialect, Secret};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub pbx: Vec<PbxConfig>,
+}
+
+/// Presets of the PBX families we know (brief §1, §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// ECMA-285 Phase III with 2-byte length framing (Panasonic and most Phase III PBXs).
+    Phase3,
+    /// Alcatel-Lucent OmniPCX Enterprise: Phase II, 2-byte framing, `'B'`/`'P'` preamble, port 2555.
+    Oxe,
+    /// Siemens HiPath 3000 / OpenScape Business: Phase III, `0x26` framing, port 7001.
+    Hipath,
+}
+
+/// One `[[pbx]]` table as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PbxConfig {
+    /// Stable identifier used in the API and logs.
+    pub id: String,
+    /// `host:port`, or `host` alone to use the preset's port.
+    pub address: String,
+    pub dialect: Preset,
+    /// Overrides of the preset.
+    pub framing: Option<Framing>,
+    pub phase: Option<Dialect>,
+    pub preamble: Option<bool>,
+    /// ACSE application context name (dotted OID); `"none"` to skip ACSE.
+    pub acse_context: Option<String>,
+    /// CSTA version bits requested in the AARQ user information (e.g. `[4]` for ECMA-285 2nd ed.).
+    pub csta_versions: Option<Vec<u32>>,
+    pub acse_user: Option<String>,
+    /// Name of the environment variable holding the ACSE password.
+    pub acse_password_env: Option<String>,
+    /// File holding the ACSE password (trailing newline ignored).
+    pub acse_password_file: Option<PathBuf>,
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_rps")]
+    pub max_requests_per_second: f64,
+    #[serde(default = "default_reconnect_min", with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+}
+
+fn default_keepalive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_rps() -> f64 {
+    20.0
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Parse(String),
+    #[error("pbx `{pbx}`: `{key}` {why}")]
+    Invalid { pbx: String, key: &'static str, why: String },
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    ///
+    /// # Errors
+    /// Unreadable file, TOML syntax, unknown keys, wrong types, or invalid values (with the key).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text)
+    }
+
+    /// Parse and validate configuration text.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut seen = std::collections::HashSet::new();
+        for p in &c.pbx {
+            if !seen.insert(p.id.clone()) {
+                return Err(ConfigError::Invalid { pbx: p.id.clone(), key: "id", why: "is used by another [[pbx]]".into() });
+            }
+            p.validate()?;
+        }
+        Ok(c)
+    }
+
+    pub fn pbx(&self, id: &str) -> Option<&PbxConfig> {
+        self.pbx.iter().find(|p| p.id == id)
+    }
+}
+
+/// Everything a link needs, presets applied and secrets resolved.
+#[derive(Debug, Clone)]
+pub struct LinkProfile {
+    pub id: String,
+    pub address: String,
+    pub framing: Framing,
+    pub dialect: Dialect,
+    pub preamble: bool,
+    pub acse: Option<AarqParams>,
+    pub keepalive: Duration,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_requests_per_second: f64,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+impl PbxConfig {
+    fn invalid(&self, key: &'static str, why: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { pbx: self.id.clone(), key, why: why.into() }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.id.is_empty() || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(self.invalid("id", "must be letters, digits, '-' or '_'"));
+        }
+        if self.address.is_empty() {
+            return Err(self.invalid("address", "is empty"));
+        }
+        if !(self.max_requests_per_second > 0.0 && self.max_requests_per_second.is_finite()) {
+            return Err(self.invalid("max_requests_per_second", "must be a positive number"));
+        }
+        for (key, d) in [("keepalive", self.keepalive), ("request_timeout", self.request_timeout), ("connect_timeout", self.connect_timeout), ("reconnect_min", self.reconnect_min)] {
+            if d.is_zero() {
+                return Err(self.invalid(key, "must be longer than zero"));
+            }
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Err(self.invalid("reconnect_max", "must not be shorter than reconnect_min"));
+        }
+        if let Some(ctx) = &self.acse_context {
+            if ctx != "none" && crate::codec::ber::oid_from_str(ctx).is_none() {
+                return Err(self.invalid("acse_context", "is not a dotted OID (or \"none\")"));
+            }
+        }
+        if self.acse_password_env.is_some() && self.acse_password_file.is_some() {
+            return Err(self.invalid("acse_password_env", "and acse_password_file are exclusive"));
+        }
+        if (self.acse_password_env.is_some() || self.acse_password_file.is_some()) && self.acse_user.is_none() {
+            return Err(self.invalid("acse_user", "is required when a password is configured"));
+        }
+        Ok(())
+    }
+
+    /// Apply the preset and read the password.
+    ///
+    /// # Errors
+    /// The password's environment variable or file is missing.
+    pub fn profile(&self) -> Result<LinkProfile, ConfigError> {
+        let (port, framing, dialect, preamble, context, versions): (u16, Framing, Dialect, bool, &str, Vec<u32>) = match self.dialect {
+            // OXE: ECMA-180 context; CSTA versions one and two (brief §3.3).
+            Preset::Oxe => (2555, Framing::TwoByteLength, Dialect::Phase2, true, "1.3.12.0.180", vec![0, 1]),
+            Preset::Hipath => (7001, Framing::Siemens, Dialect::Phase3, false, "1.3.12.0.218", vec![3]),
+            Preset::Phase3 => (33333, Framing::TwoByteLength, Dialect::Phase3, false, "1.3.12.0.218", vec![4]),
+        };
+        let address = if self.address.contains(':') { self.address.clone() } else { format!("{}:{port}", self.address) };
+        let password = match (&self.acse_password_env, &self.acse_password_file) {
+            (Some(var), _) => Some(std::env::var(var).map_err(|_| self.invalid("acse_password_env", format!("names {var}, which is not set")))?),
+            (_, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| self.invalid("acse_password_file", format!("{}: {e}", file.display())))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned(),
+            ),
+            _ => None,
+        };
+        let context = self.acse_context.as_deref().unwrap_or(context);
+        let acse = (context != "none").then(|| AarqParams {
+            context: context.to_owned(),
+            credentials: self.acse_user.clone().map(|u| (u, Secret::new(bytes::Bytes::from(password.clone().unwrap_or_default())))),
+            user_information: Some(UserInformation::Csta(CstaUserInfo::with_versions(
+                None,
+                self.csta_versions.as_deref().unwrap_or(&versions),
+                self.dialect != Preset::Oxe,
+            ))),
+        });
+        Ok(LinkProfile {
+            id: self.id.clone(),
+            address,
+            framing: self.framing.unwrap_or(framing),
+            dialect: self.phase.unwrap_or(dialect),
+            preamble: self.preamble.unwrap_or(preamble),
+            acse,
+            keepalive: self.keepalive,
+            request_timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
+            max_requests_per_second: self.max_requests_per_second,
+            reconnect_min: self.reconnect_min,
+            reconnect_max: self.reconnect_max,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_and_overrides() {
+        let c = Config::parse(
+            r#"
+            [[pbx]]
+            id = "paris"
+            address = "10.0.0.5"
+            dialect = "oxe"
+            keepalive = "10s"
+
+            [[pbx]]
+            id = "berlin"
+            address = "pbx.example:8800"
+            dialect = "hipath"
+            acse_user = "AMHOST"
+            acse_password_file = "/nonexistent/cstagate-password"
+            max_requests_per_second = 2
+            "#,
+        )
+        .unwrap();
+        let p = c.pbx("paris").unwrap().profile().unwrap();
+        assert_eq!((p.address.as_str(), p.framing, p.dialect, p.preamble), ("10.0.0.5:2555", Framing::TwoByteLength, Dialect::Phase2, true));
+        assert_eq!(p.keepalive, Duration::from_secs(10));
+        assert_eq!(p.acse.unwrap().context, "1.3.12.0.180");
+        let err = c.pbx("berlin").unwrap().profile().unwrap_err().to_string();
+        assert!(err.contains("acse_password_file"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='oxe'\nkeep_alive='1s'\n").unwrap_err().to_string();
+        assert!(e.contains("keep_alive"), "{e}");
+        let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='oxe'\nmax_requests_per_second=0\n").unwrap_err().to_string();
+        assert!(e.contains("max_requests_per_second"), "{e}");
+        let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='avaya'\n").unwrap_err().to_string();
+        assert!(e.contains("avaya") || e.contains("dialect"), "{e}");
+        let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='oxe'\nkeepalive='soon'\n").unwrap_err().to_string();
+        assert!(e.contains("keepalive"), "{e}");
+        let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='oxe'\nacse_password_env='P'\n").unwrap_err().to_string();
+        assert!(e.contains("acse_user"), "{e}");
+    }
+}

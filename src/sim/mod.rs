@@ -1,0 +1,253 @@
+//! A PBX simulator that speaks CSTA like a real central unit, bytes included: for the demo, the
+//! tests and the benchmarks (`cstagate sim-pbx`).
+//!
+//! - Both dialects (Phase III, OXE Phase II) and both framings; the Alcatel `'B'`/`'P'`
+//!   preamble; ACSE with optional credentials (a wrong login gets an AARE rejected with
+//!   authentication-failure); its own periodic SystemStatus that drops the link after two
+//!   unanswered, as OXE does.
+//! - A call model ([`switch`]): MonitorStart/Stop, MakeCall producing ServiceInitiated,
+//!   Originated, NetworkReached (external numbers), Delivered and Established in a realistic order
+//!   and ConnectionCleared when cleared; per-extension behaviour (answers after a delay, never
+//!   answers, busy, out of service); per-extension lock state with a local PIN: a MakeCall to the
+//!   lock prefix locks the phone, and a locked phone asks its user for the PIN before an outgoing
+//!   call (wrong PIN: Failed).
+//! - Calls to the IVR number reach an IVR endpoint the caller provides ([`IvrSignal`]), with the
+//!   digits sent by GenerateDigits/SendDTMFTones or dialled after the number.
+//! - Fault injection ([`Faults`]): drop the connection at a chosen message, stall, delay results,
+//!   send events before the MakeCall result, split frames across TCP segments or coalesce them,
+//!   send malformed frames, reject operations.
+
+mod conn;
+pub mod switch;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::codec::framing::Framing;
+use crate::codec::{Dialect, Operation};
+
+/// How a simulated phone's user behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Picks up after this long.
+    Answer { after: Duration },
+    NeverAnswer,
+    /// Already on a call: MakeCall from it is refused; calls to it fail with cause busy.
+    Busy,
+    OutOfService,
+}
+
+/// One directory entry.
+#[derive(Debug, Clone)]
+pub struct Extension {
+    pub number: String,
+    pub behaviour: Behaviour,
+    /// The phone's local lock PIN (known to the phone only, never to the gateway).
+    pub pin: Option<String>,
+    /// What the simulated user keys when the locked phone asks for the PIN.
+    pub user_pin: Option<String>,
+    pub locked: bool,
+}
+
+impl Extension {
+    pub fn answering(number: &str, after: Duration) -> Self {
+        Extension { number: number.to_owned(), behaviour: Behaviour::Answer { after }, pin: None, user_pin: None, locked: false }
+    }
+}
+
+/// The simulator's settings.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub dialect: Dialect,
+    pub framing: Framing,
+    /// Expect `'B'` and answer `'P'` before the first frame (Alcatel).
+    pub preamble: bool,
+    /// Expect an AARQ first (all our presets do).
+    pub acse: bool,
+    /// Required login; `None` accepts any.
+    pub credentials: Option<(String, String)>,
+    /// Period of the PBX's own SystemStatus; the link is dropped after two go unanswered.
+    pub keepalive: Option<Duration>,
+    pub extensions: Vec<Extension>,
+    /// Dialled prefix that locks the calling phone (e.g. `*66`).
+    pub lock_prefix: Option<String>,
+    /// Public number of the cloud IVR; calls to it (optionally followed by `*digits#`) reach the
+    /// IVR endpoint.
+    pub ivr_number: Option<String>,
+    /// Prefix that turns an extension into the calling number the outside world sees (its DID).
+    pub did_prefix: String,
+}
+
+impl SimConfig {
+    /// A Phase III PBX (2-byte framing, ACSE, no login) with extensions that answer after 1 s.
+    pub fn phase3(extensions: &[&str]) -> Self {
+        SimConfig {
+            dialect: Dialect::Phase3,
+            framing: Framing::TwoByteLength,
+            preamble: false,
+            acse: true,
+            credentials: None,
+            keepalive: None,
+            extensions: extensions.iter().map(|e| Extension::answering(e, Duration::from_secs(1))).collect(),
+            lock_prefix: Some("*66".into()),
+            ivr_number: Some("0800100200".into()),
+            did_prefix: "+3314400".into(),
+        }
+    }
+    /// An Alcatel OXE: Phase II, preamble, SystemStatus every 30 s.
+    pub fn oxe(extensions: &[&str]) -> Self {
+        SimConfig { dialect: Dialect::Phase2, preamble: true, keepalive: Some(Duration::from_secs(30)), ..SimConfig::phase3(extensions) }
+    }
+}
+
+/// Where to stop answering or what to garble. Changed at run time through [`SimPbx::faults`].
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Close the connection instead of answering an invoke of this operation.
+    pub drop_on: Option<Operation>,
+    /// Close the connection after this many frames were received on it.
+    pub drop_after_frames: Option<u64>,
+    /// Stop reading and writing, keeping the TCP connection open (a half-open peer).
+    pub stall: bool,
+    /// Delay every result by this long.
+    pub result_delay: Option<Duration>,
+    /// Send a MakeCall's first events before its result.
+    pub events_before_result: bool,
+    /// Write every frame in 1-byte TCP segments.
+    pub split_frames: bool,
+    /// Hold frames back and write several in one segment.
+    pub coalesce: bool,
+    /// Send a well-framed but undecodable APDU every N frames sent.
+    pub malformed_every: Option<u64>,
+    /// Answer these operations with a ROSE Reject.
+    pub reject: Vec<Operation>,
+    /// Answer MonitorStart with this universalFailure (operation category) value.
+    pub monitor_error: Option<i64>,
+    /// Send every result twice (a PBX bug the gateway must absorb).
+    pub duplicate_results: bool,
+}
+
+/// What the IVR endpoint sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IvrSignal {
+    /// A call reached the IVR: call id (hex), calling number as presented, dialled number.
+    Connected { call: String, calling: String, called: String },
+    /// DTMF digits on the call (dialled suffix, GenerateDigits or SendDTMFTones).
+    Digits { call: String, digits: String },
+    /// The call was cleared by the PBX side.
+    Cleared { call: String },
+}
+
+/// Counters of the simulator.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimStats {
+    pub connections: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub keepalives_sent: u64,
+    pub keepalives_answered: u64,
+    /// Results or errors the simulator received for invokes it never sent, or twice.
+    pub unexpected_responses: u64,
+    /// Invoke ids of the client seen more than once while outstanding.
+    pub duplicate_invokes: u64,
+    pub requests: HashMap<String, u64>,
+    /// RLRQs received (graceful releases).
+    pub releases: u64,
+}
+
+pub(crate) struct Shared {
+    pub(crate) config: Mutex<SimConfig>,
+    pub(crate) faults: Mutex<Faults>,
+    pub(crate) stats: watch::Sender<SimStats>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicking test thread must not make every later access panic too.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A running simulated PBX.
+pub struct SimPbx {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    switch: mpsc::UnboundedSender<switch::Msg>,
+    ivr: Option<mpsc::UnboundedReceiver<IvrSignal>>,
+    stop: watch::Sender<bool>,
+}
+
+impl SimPbx {
+    /// Listen on `bind` (e.g. `127.0.0.1:0`) and start serving.
+    ///
+    /// # Errors
+    /// If the address cannot be bound.
+    pub async fn start(config: SimConfig, bind: &str) -> std::io::Result<SimPbx> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared { config: Mutex::new(config), faults: Mutex::new(Faults::default()), stats: watch::Sender::new(SimStats::default()) });
+        let (ivr_tx, ivr_rx) = mpsc::unbounded_channel();
+        let (stop, stop_rx) = watch::channel(false);
+        let switch = switch::spawn(shared.clone(), ivr_tx);
+        tokio::spawn(conn::accept_loop(listener, shared.clone(), switch.clone(), stop_rx));
+        Ok(SimPbx { addr, shared, switch, ivr: Some(ivr_rx), stop })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Change the injected faults.
+    pub fn faults(&self) -> MutexGuard<'_, Faults> {
+        lock(&self.shared.faults)
+    }
+    /// Change the configuration (extension behaviours, credentials, ...).
+    pub fn config(&self) -> MutexGuard<'_, SimConfig> {
+        lock(&self.shared.config)
+    }
+    pub fn stats(&self) -> SimStats {
+        self.shared.stats.borrow().clone()
+    }
+
+    /// Wait until the counters satisfy `pred` (tests synchronise on this, not on sleeps).
+    pub async fn wait_stats(&self, pred: impl Fn(&SimStats) -> bool) -> SimStats {
+        let mut rx = self.shared.stats.subscribe();
+        let r = rx.wait_for(|s| pred(s)).await.map(|s| s.clone());
+        r.unwrap_or_else(|_| self.stats())
+    }
+
+    /// The IVR endpoint's signals (once).
+    pub fn take_ivr(&mut self) -> Option<mpsc::UnboundedReceiver<IvrSignal>> {
+        self.ivr.take()
+    }
+
+    /// The IVR hangs up a call.
+    pub fn ivr_hangup(&self, call: &str) {
+        let _ = self.switch.send(switch::Msg::IvrHangup(call.to_owned()));
+    }
+
+    /// Whether an extension's phone is locked.
+    pub fn is_locked(&self, ext: &str) -> bool {
+        lock(&self.shared.config).extensions.iter().any(|e| e.number == ext && e.locked)
+    }
+
+    /// A PBX restart: every connection drops; calls and monitors are forgotten.
+    pub fn restart(&self) {
+        let _ = self.switch.send(switch::Msg::Restart);
+    }
+
+    /// Stop listening and drop every connection.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        let _ = self.switch.send(switch::Msg::Restart);
+    }
+}
+
+impl Drop for SimPbx {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

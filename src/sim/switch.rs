@@ -1,0 +1,534 @@
+//! The simulator's switch: the call model, monitors and the PBX's own keep-alive, in one task
+//! that owns all state. Connections send it APDUs; it answers and emits events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::{lock, Behaviour, IvrSignal, Shared};
+use crate::codec::apdu::{ErrorCategory, EventReport};
+use crate::codec::body::{FieldName as F, Value};
+use crate::codec::{Apdu, Argument, Body, ConnectionId, DeviceId, DeviceRef, Event, EventKind, LocalDevice, Op, Operation, RejectProblem};
+
+pub(crate) enum Out {
+    Apdu(Apdu),
+    Close,
+}
+
+pub(crate) enum Msg {
+    Connected { conn: u64, tx: mpsc::UnboundedSender<Out> },
+    Disconnected { conn: u64 },
+    Apdu { conn: u64, apdu: Apdu },
+    Timer(Timer),
+    IvrHangup(String),
+    Restart,
+}
+
+pub(crate) enum Timer {
+    /// The calling phone's user picked up (or, for a locked phone, keyed the PIN).
+    CallerAnswers { call: u16, generation: u64 },
+    /// The called extension picked up.
+    CalleeAnswers { call: u16, generation: u64 },
+    Keepalive { conn: u64 },
+    Send { conn: u64, apdu: Apdu },
+}
+
+struct ConnState {
+    tx: mpsc::UnboundedSender<Out>,
+    next_invoke: i64,
+    keepalive_outstanding: Vec<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    /// The calling phone is being prompted (rings) before the call goes out.
+    Prompting,
+    Delivered,
+    Established,
+}
+
+struct Call {
+    id: Bytes,
+    caller: String,
+    /// Dialled number without any `*digits#` suffix.
+    called: String,
+    suffix: String,
+    state: CallState,
+    ivr: bool,
+    internal_callee: bool,
+}
+
+struct Switch {
+    shared: Arc<Shared>,
+    ivr: mpsc::UnboundedSender<IvrSignal>,
+    me: mpsc::UnboundedSender<Msg>,
+    conns: HashMap<u64, ConnState>,
+    /// xref → (connection, device)
+    monitors: HashMap<Bytes, (u64, String)>,
+    next_xref: u32,
+    calls: HashMap<u16, Call>,
+    next_call: u16,
+    /// Bumped by a restart so timers of forgotten calls do nothing.
+    generation: u64,
+}
+
+pub(crate) fn spawn(shared: Arc<Shared>, ivr: mpsc::UnboundedSender<IvrSignal>) -> mpsc::UnboundedSender<Msg> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut sw = Switch { shared, ivr, me: tx.clone(), conns: HashMap::new(), monitors: HashMap::new(), next_xref: 1, calls: HashMap::new(), next_call: 0x2B00, generation: 0 };
+    tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            sw.handle(m);
+        }
+    });
+    tx
+}
+
+fn conn_id(call: &Bytes, device: &str) -> Value {
+    Value::Connection(ConnectionId { call: Some(call.clone()), device: DeviceId::dialing(device).ok().map(LocalDevice::Static) })
+}
+fn dev(device: &str) -> Value {
+    match DeviceId::dialing(device) {
+        Ok(d) => Value::Device(DeviceRef::Id(d)),
+        Err(_) => Value::Device(DeviceRef::NotKnown),
+    }
+}
+
+impl Switch {
+    fn after(&self, d: Duration, t: Timer) {
+        let me = self.me.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            let _ = me.send(Msg::Timer(t));
+        });
+    }
+
+    fn send(&mut self, conn: u64, apdu: Apdu) {
+        if let Some(c) = self.conns.get(&conn) {
+            let _ = c.tx.send(Out::Apdu(apdu));
+        }
+    }
+
+    /// Send an answer, honouring the result-delay fault.
+    fn answer(&mut self, conn: u64, apdu: Apdu) {
+        let (delay, dup) = {
+            let f = lock(&self.shared.faults);
+            (f.result_delay, f.duplicate_results)
+        };
+        if dup {
+            self.send(conn, apdu.clone());
+        }
+        match delay {
+            Some(d) => self.after(d, Timer::Send { conn, apdu }),
+            None => self.send(conn, apdu),
+        }
+    }
+
+    fn pbx_invoke_id(&mut self, conn: u64) -> i64 {
+        match self.conns.get_mut(&conn) {
+            Some(c) => {
+                c.next_invoke = if c.next_invoke >= 32767 { 1 } else { c.next_invoke + 1 };
+                c.next_invoke
+            }
+            None => 0,
+        }
+    }
+
+    /// Emit an event to every monitor of `device`.
+    fn emit(&mut self, device: &str, kind: EventKind, body: Body) {
+        let targets: Vec<(Bytes, u64)> = self.monitors.iter().filter(|(_, (_, d))| d == device).map(|(x, (c, _))| (x.clone(), *c)).collect();
+        for (xref, conn) in targets {
+            let id = self.pbx_invoke_id(conn);
+            let report = EventReport { xref, event: Event::Call { kind, body: body.clone() }, extensions: None };
+            self.send(conn, Apdu::event(id, report));
+        }
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Connected { conn, tx } => {
+                self.conns.insert(conn, ConnState { tx, next_invoke: 0, keepalive_outstanding: Vec::new() });
+                if let Some(period) = lock(&self.shared.config).keepalive {
+                    self.after(period, Timer::Keepalive { conn });
+                }
+            }
+            Msg::Disconnected { conn } => {
+                self.conns.remove(&conn);
+                self.monitors.retain(|_, (c, _)| *c != conn);
+            }
+            Msg::Restart => {
+                for c in self.conns.values() {
+                    let _ = c.tx.send(Out::Close);
+                }
+                self.conns.clear();
+                self.monitors.clear();
+                for (_, call) in self.calls.drain() {
+                    if call.ivr {
+                        let _ = self.ivr.send(IvrSignal::Cleared { call: hex::encode(&call.id) });
+                    }
+                }
+                self.generation += 1;
+            }
+            Msg::IvrHangup(call) => self.ivr_hangup(&call),
+            Msg::Timer(t) => self.timer(t),
+            Msg::Apdu { conn, apdu } => self.apdu(conn, apdu),
+        }
+    }
+
+    fn timer(&mut self, t: Timer) {
+        match t {
+            Timer::Send { conn, apdu } => self.send(conn, apdu),
+            Timer::Keepalive { conn } => {
+                let Some(period) = lock(&self.shared.config).keepalive else { return };
+                let Some(c) = self.conns.get(&conn) else { return };
+                // Two unanswered: the PBX declares the link faulty and drops it (OXO doc).
+                if c.keepalive_outstanding.len() >= 2 {
+                    let _ = c.tx.send(Out::Close);
+                    return;
+                }
+                let id = self.pbx_invoke_id(conn);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.keepalive_outstanding.push(id);
+                }
+                self.shared.stats.send_modify(|s| s.keepalives_sent += 1);
+                self.send(conn, Apdu::invoke(id, Operation::SystemStatus, Body::new().with(F::SystemStatus, Value::Int(2))));
+                self.after(period, Timer::Keepalive { conn });
+            }
+            Timer::CallerAnswers { call, generation } if generation == self.generation => self.caller_answers(call),
+            Timer::CalleeAnswers { call, generation } if generation == self.generation => self.callee_answers(call),
+            Timer::CallerAnswers { .. } | Timer::CalleeAnswers { .. } => {}
+        }
+    }
+
+    fn apdu(&mut self, conn: u64, apdu: Apdu) {
+        match apdu {
+            Apdu::Invoke(inv) => {
+                let Some(id) = inv.invoke_id else { return };
+                let op = match &inv.op {
+                    Op::Known(o) => *o,
+                    Op::Other(_) => return self.send(conn, Apdu::reject(Some(id), RejectProblem::Invoke(1))),
+                };
+                self.shared.stats.send_modify(|s| *s.requests.entry(format!("{op:?}")).or_default() += 1);
+                let (drop_on, reject) = {
+                    let f = lock(&self.shared.faults);
+                    (f.drop_on, f.reject.contains(&op))
+                };
+                if drop_on == Some(op) {
+                    if let Some(c) = self.conns.get(&conn) {
+                        let _ = c.tx.send(Out::Close);
+                    }
+                    return;
+                }
+                if reject {
+                    return self.send(conn, Apdu::reject(Some(id), RejectProblem::Invoke(1)));
+                }
+                let Argument::Body(body) = inv.argument else {
+                    return self.send(conn, Apdu::reject(Some(id), RejectProblem::Invoke(2)));
+                };
+                match op {
+                    Operation::SystemStatus => self.answer(conn, Apdu::result(id, op, Body::null())),
+                    Operation::MonitorStart => self.monitor_start(conn, id, &body),
+                    Operation::MonitorStop => {
+                        let found = body.octets(F::CrossRefIdentifier).and_then(|x| self.monitors.remove(x)).is_some();
+                        let a = if found { Apdu::result(id, op, Body::null()) } else { Apdu::universal_failure(id, ErrorCategory::Operation, Some(17)) };
+                        self.answer(conn, a);
+                    }
+                    Operation::MakeCall => self.make_call(conn, id, &body),
+                    Operation::GenerateDigits => self.generate_digits(conn, id, &body),
+                    Operation::ClearConnection => self.clear_connection(conn, id, &body),
+                    Operation::SnapshotDevice => {
+                        let empty = Value::Raw(Bytes::from_static(&[0x30, 0x00]));
+                        self.answer(conn, Apdu::result(id, op, Body::new().with(F::SnapshotData, empty)));
+                    }
+                    _ => self.send(conn, Apdu::reject(Some(id), RejectProblem::Invoke(1))),
+                }
+            }
+            Apdu::Result(r) => {
+                let answered = r.invoke_id.and_then(|id| {
+                    let c = self.conns.get_mut(&conn)?;
+                    let pos = c.keepalive_outstanding.iter().position(|k| *k == id)?;
+                    c.keepalive_outstanding.clear();
+                    Some(pos)
+                });
+                self.shared.stats.send_modify(|s| match answered {
+                    Some(_) => s.keepalives_answered += 1,
+                    None => s.unexpected_responses += 1,
+                });
+            }
+            Apdu::Error(_) | Apdu::Reject(_) => self.shared.stats.send_modify(|s| s.unexpected_responses += 1),
+            _ => {}
+        }
+    }
+
+    fn in_directory(&self, number: &str) -> Option<Behaviour> {
+        lock(&self.shared.config).extensions.iter().find(|e| e.number == number).map(|e| e.behaviour.clone())
+    }
+
+    fn monitor_start(&mut self, conn: u64, id: i64, body: &Body) {
+        let injected = lock(&self.shared.faults).monitor_error;
+        if let Some(v) = injected {
+            return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(v)));
+        }
+        let Some(device) = body.digits(F::MonitorObject) else {
+            return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(62)));
+        };
+        if self.in_directory(&device).is_none() {
+            return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(12)));
+        }
+        let xref = Bytes::copy_from_slice(&self.next_xref.to_be_bytes());
+        self.next_xref = self.next_xref.wrapping_add(1);
+        self.monitors.insert(xref.clone(), (conn, device));
+        self.answer(conn, Apdu::result(id, Operation::MonitorStart, Body::new().with(F::CrossRefIdentifier, Value::Octets(xref))));
+    }
+
+    fn busy(&self, ext: &str) -> bool {
+        self.calls.values().any(|c| c.caller == ext || (c.internal_callee && c.called == ext))
+    }
+
+    fn make_call(&mut self, conn: u64, id: i64, body: &Body) {
+        let (Some(caller), Some(dialled)) = (body.digits(F::CallingDevice), body.digits(F::CalledDirectoryNumber)) else {
+            return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(3)));
+        };
+        let Some(behaviour) = self.in_directory(&caller) else {
+            return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(5)));
+        };
+        match behaviour {
+            Behaviour::OutOfService => return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::SystemResourceAvailability, Some(18))),
+            Behaviour::Busy => return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::StateIncompatibility, Some(19))),
+            _ if self.busy(&caller) => return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::StateIncompatibility, Some(19))),
+            _ => {}
+        }
+        if dialled.is_empty() {
+            return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(6)));
+        }
+        let ivr_number = lock(&self.shared.config).ivr_number.clone();
+        let (called, suffix, ivr) = match &ivr_number {
+            Some(n) if dialled.starts_with(n.as_str()) && (dialled.len() == n.len() || dialled[n.len()..].starts_with('*')) => (n.clone(), dialled[n.len()..].to_owned(), true),
+            _ => (dialled.clone(), String::new(), false),
+        };
+        let internal_callee = self.in_directory(&called).is_some();
+        let call = self.next_call;
+        self.next_call = self.next_call.wrapping_add(1).max(1);
+        let call_id = Bytes::copy_from_slice(&call.to_be_bytes());
+        self.calls.insert(call, Call { id: call_id.clone(), caller: caller.clone(), called, suffix, state: CallState::Prompting, ivr, internal_callee });
+
+        let result = Apdu::result(id, Operation::MakeCall, Body::new().with(F::CallingDevice, conn_id(&call_id, &caller)));
+        let first = Body::new()
+            .with(F::InitiatedConnection, conn_id(&call_id, &caller))
+            .with(F::InitiatingDevice, dev(&caller))
+            .with(F::LocalConnectionInfo, Value::Int(1))
+            .with(F::Cause, Value::Int(44));
+        if lock(&self.shared.faults).events_before_result {
+            self.emit(&caller, EventKind::ServiceInitiated, first);
+            self.answer(conn, result);
+        } else {
+            self.answer(conn, result);
+            self.emit(&caller, EventKind::ServiceInitiated, first);
+        }
+        // autoOriginate doNotPrompt: the call goes out at once; prompt (default): the phone
+        // rings and its user picks up according to the extension's behaviour.
+        let do_not_prompt = body.int(F::AutoOriginate) == Some(1);
+        match behaviour {
+            Behaviour::Answer { after } => {
+                let d = if do_not_prompt { Duration::ZERO } else { after };
+                self.after(d, Timer::CallerAnswers { call, generation: self.generation });
+            }
+            _ if do_not_prompt => self.after(Duration::ZERO, Timer::CallerAnswers { call, generation: self.generation }),
+            _ => {}
+        }
+    }
+
+    fn caller_answers(&mut self, call: u16) {
+        let Some(c) = self.calls.get(&call) else { return };
+        let (id, caller, called, suffix) = (c.id.clone(), c.caller.clone(), c.called.clone(), c.suffix.clone());
+        let lock_prefix = lock(&self.shared.config).lock_prefix.clone();
+        // A MakeCall to the lock prefix locks the phone; the feature is acknowledged by a tone
+        // and the call ends.
+        if lock_prefix.as_deref().is_some_and(|p| called.starts_with(p)) {
+            self.emit(&caller, EventKind::Originated, originated(&id, &caller, &called));
+            self.set_locked(&caller, true);
+            self.clear(call, &caller, 48);
+            return;
+        }
+        let (locked, pin_ok) = {
+            let cfg = lock(&self.shared.config);
+            let e = cfg.extensions.iter().find(|e| e.number == caller);
+            (e.is_some_and(|e| e.locked), e.is_some_and(|e| e.pin.is_some() && e.pin == e.user_pin))
+        };
+        if locked {
+            if !pin_ok {
+                let failed = Body::new()
+                    .with(F::FailedConnection, conn_id(&id, &caller))
+                    .with(F::FailingDevice, dev(&caller))
+                    .with(F::CalledDevice, dev(&called))
+                    .with(F::LocalConnectionInfo, Value::Int(6))
+                    .with(F::Cause, Value::Int(35));
+                self.emit(&caller, EventKind::Failed, failed);
+                self.clear(call, &caller, 35);
+                return;
+            }
+            self.set_locked(&caller, false);
+        }
+        self.emit(&caller, EventKind::Originated, originated(&id, &caller, &called));
+        let (ivr, internal) = match self.calls.get(&call) {
+            Some(c) => (c.ivr, c.internal_callee),
+            None => return,
+        };
+        if !internal {
+            let reached = Body::new()
+                .with(F::OutboundConnection, Value::Connection(ConnectionId { call: Some(id.clone()), device: Some(LocalDevice::Dynamic(Bytes::from_static(&[0x0B, 0xFC, 0x01, 0x04]))) }))
+                .with(F::NetworkInterfaceUsed, Value::Device(DeviceRef::NotKnown))
+                .with(F::CallingDevice, dev(&caller))
+                .with(F::CalledDevice, dev(&called))
+                .with(F::LastRedirectionDevice, Value::Device(DeviceRef::NotRequired))
+                .with(F::LocalConnectionInfo, Value::Int(3))
+                .with(F::Cause, Value::Int(22));
+            self.emit(&caller, EventKind::NetworkReached, reached);
+        }
+        let delivered = party_event(&id, &called, &caller, &called, F::Connection, F::AlertingDevice, 3);
+        self.emit(&caller, EventKind::Delivered, delivered.clone());
+        if internal {
+            self.emit(&called, EventKind::Delivered, party_event(&id, &called, &caller, &called, F::Connection, F::AlertingDevice, 2));
+        }
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.state = CallState::Delivered;
+        }
+        if ivr {
+            // The IVR platform answers at once.
+            self.callee_answers(call);
+            let did = format!("{}{}", lock(&self.shared.config).did_prefix, caller);
+            let hexid = hex::encode(&id);
+            let _ = self.ivr.send(IvrSignal::Connected { call: hexid.clone(), calling: did, called: called.clone() });
+            if !suffix.is_empty() {
+                let _ = self.ivr.send(IvrSignal::Digits { call: hexid, digits: suffix });
+            }
+            return;
+        }
+        if internal {
+            match self.in_directory(&called) {
+                Some(Behaviour::Answer { after }) => self.after(after, Timer::CalleeAnswers { call, generation: self.generation }),
+                Some(Behaviour::Busy) => {
+                    let failed = Body::new()
+                        .with(F::FailedConnection, conn_id(&id, &called))
+                        .with(F::FailingDevice, dev(&called))
+                        .with(F::CallingDevice, dev(&caller))
+                        .with(F::CalledDevice, dev(&called))
+                        .with(F::LocalConnectionInfo, Value::Int(6))
+                        .with(F::Cause, Value::Int(3));
+                    self.emit(&caller, EventKind::Failed, failed);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn callee_answers(&mut self, call: u16) {
+        let Some(c) = self.calls.get_mut(&call) else { return };
+        if c.state != CallState::Delivered {
+            return;
+        }
+        c.state = CallState::Established;
+        let (id, caller, called, internal) = (c.id.clone(), c.caller.clone(), c.called.clone(), c.internal_callee);
+        let est = party_event(&id, &called, &caller, &called, F::EstablishedConnection, F::AnsweringDevice, 3);
+        self.emit(&caller, EventKind::Established, est.clone());
+        if internal {
+            self.emit(&called, EventKind::Established, est);
+        }
+    }
+
+    fn set_locked(&mut self, ext: &str, locked: bool) {
+        if let Some(e) = lock(&self.shared.config).extensions.iter_mut().find(|e| e.number == ext) {
+            e.locked = locked;
+        }
+    }
+
+    /// End a call: ConnectionCleared for the releasing device, to every monitor involved.
+    fn clear(&mut self, call: u16, releasing: &str, cause: i64) {
+        let Some(c) = self.calls.remove(&call) else { return };
+        let cleared = Body::new()
+            .with(F::DroppedConnection, conn_id(&c.id, releasing))
+            .with(F::ReleasingDevice, dev(releasing))
+            .with(F::LocalConnectionInfo, Value::Int(0))
+            .with(F::Cause, Value::Int(cause));
+        self.emit(&c.caller, EventKind::ConnectionCleared, cleared.clone());
+        if c.internal_callee {
+            self.emit(&c.called, EventKind::ConnectionCleared, cleared);
+        }
+        if c.ivr {
+            let _ = self.ivr.send(IvrSignal::Cleared { call: hex::encode(&c.id) });
+        }
+    }
+
+    fn find_call(&self, body: &Body, name: F) -> Option<u16> {
+        let call = body.connection(name)?.call.as_ref()?;
+        self.calls.iter().find(|(_, c)| &c.id == call).map(|(k, _)| *k)
+    }
+
+    fn generate_digits(&mut self, conn: u64, id: i64, body: &Body) {
+        let Some(call) = self.find_call(body, F::ConnectionToSendDigits) else {
+            return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(13)));
+        };
+        let Some(c) = self.calls.get(&call) else { return };
+        if c.state != CallState::Established {
+            return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::StateIncompatibility, Some(3)));
+        }
+        if c.ivr {
+            let digits = body.text(F::CharactersToSend).map(|t| t.as_str().to_owned()).unwrap_or_default();
+            let _ = self.ivr.send(IvrSignal::Digits { call: hex::encode(&c.id), digits });
+        }
+        self.answer(conn, Apdu::result(id, Operation::GenerateDigits, Body::null()));
+    }
+
+    fn clear_connection(&mut self, conn: u64, id: i64, body: &Body) {
+        let Some(call) = self.find_call(body, F::ConnectionToBeCleared) else {
+            return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(13)));
+        };
+        let releasing = body
+            .connection(F::ConnectionToBeCleared)
+            .and_then(ConnectionId::device_digits)
+            .or_else(|| self.calls.get(&call).map(|c| c.caller.clone()))
+            .unwrap_or_default();
+        self.answer(conn, Apdu::result(id, Operation::ClearConnection, Body::null()));
+        self.clear(call, &releasing, 48);
+    }
+
+    fn ivr_hangup(&mut self, hexid: &str) {
+        let Some(call) = self.calls.iter().find(|(_, c)| hex::encode(&c.id) == hexid).map(|(k, _)| *k) else { return };
+        let Some(c) = self.calls.get(&call) else { return };
+        let (id, caller, called) = (c.id.clone(), c.caller.clone(), c.called.clone());
+        // The far end releases first; then the user's phone goes on-hook.
+        let far = Body::new()
+            .with(F::DroppedConnection, conn_id(&id, &called))
+            .with(F::ReleasingDevice, dev(&called))
+            .with(F::LocalConnectionInfo, Value::Int(3))
+            .with(F::Cause, Value::Int(48));
+        self.emit(&caller, EventKind::ConnectionCleared, far);
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.ivr = false; // the IVR already knows
+        }
+        self.clear(call, &caller, 48);
+    }
+}
+
+fn originated(id: &Bytes, caller: &str, called: &str) -> Body {
+    Body::new()
+        .with(F::OriginatedConnection, conn_id(id, caller))
+        .with(F::CallingDevice, dev(caller))
+        .with(F::CalledDevice, dev(called))
+        .with(F::LocalConnectionInfo, Value::Int(3))
+        .with(F::Cause, Value::Int(22))
+}
+
+/// Delivered / Established: the far party's connection and role, calling and called devices.
+fn party_event(id: &Bytes, party: &str, caller: &str, called: &str, conn_name: F, role: F, state: i64) -> Body {
+    Body::new()
+        .with(conn_name, conn_id(id, party))
+        .with(role, dev(party))
+        .with(F::CallingDevice, dev(caller))
+        .with(F::CalledDevice, dev(called))
+        .with(F::LastRedirectionDevice, Value::Device(DeviceRef::NotRequired))
+        .with(F::LocalConnectionInfo, Value::Int(state))
+        .with(F::Cause, Value::Int(22))
+}
