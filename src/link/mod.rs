@@ -511,6 +511,23 @@ impl<'a> Session<'a> {
         }
 
         loop {
+            // Frames already buffered first: the AARE and the PBX's first SystemStatus often
+            // arrive in one read.
+            loop {
+                match framer.decode(&mut buf) {
+                    Ok(Some(frame)) => {
+                        Stats::inc(&self.stats.frames_in);
+                        if let Some(end) = self.on_frame(frame, monitors).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        Stats::inc(&self.stats.decode_errors);
+                        return End::Lost(format!("framing: {e}"));
+                    }
+                }
+            }
             if let Err(e) = self.pump_queue(monitors).await {
                 return End::Lost(e);
             }
@@ -524,21 +541,6 @@ impl<'a> Session<'a> {
                     }
                     self.last_rx = Instant::now();
                     self.keepalive_sent = None;
-                    loop {
-                        match framer.decode(&mut buf) {
-                            Ok(Some(frame)) => {
-                                Stats::inc(&self.stats.frames_in);
-                                if let Some(end) = self.on_frame(frame, monitors).await {
-                                    return end;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                Stats::inc(&self.stats.decode_errors);
-                                return End::Lost(format!("framing: {e}"));
-                            }
-                        }
-                    }
                 }
                 cmd = cmd_rx.recv() => match cmd {
                     None => return End::Stopped,
