@@ -1,0 +1,177 @@
+//! The simulator's call model as the gateway sees it through a real link: the proof call to
+//! the IVR with the context id as a dial suffix or as DTMF, IVR hang-up, the lock feature and
+//! the local PIN, busy, out-of-service and never-answering phones, in both dialects.
+
+use std::time::Duration;
+
+use cstagate::codec::acse::AarqParams;
+use cstagate::codec::apdu::ErrorCategory;
+use cstagate::codec::body::{FieldName as F, Value};
+use cstagate::codec::{Body, DeviceId, EventKind, Operation};
+use cstagate::config::LinkProfile;
+use cstagate::link::{Link, LinkState, Monitor, MonitorEvent, RequestError};
+use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(20);
+const IVR: &str = "0800100200";
+
+async fn setup(mut cfg: SimConfig) -> (SimPbx, Link, UnboundedReceiver<IvrSignal>) {
+    for e in &mut cfg.extensions {
+        e.behaviour = match &e.behaviour {
+            Behaviour::Answer { .. } => Behaviour::Answer { after: Duration::from_millis(20) },
+            other => other.clone(),
+        };
+    }
+    let mut sim = SimPbx::start(cfg.clone(), "127.0.0.1:0").await.unwrap();
+    let ivr = sim.take_ivr().unwrap();
+    let link = Link::spawn(LinkProfile {
+        id: "sim".into(),
+        address: sim.addr().to_string(),
+        framing: cfg.framing,
+        dialect: cfg.dialect,
+        preamble: cfg.preamble,
+        acse: Some(AarqParams { context: "1.3.12.0.218".into(), credentials: None, user_information: None }),
+        keepalive: Duration::from_secs(30),
+        request_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        max_requests_per_second: 1000.0,
+        reconnect_min: Duration::from_millis(10),
+        reconnect_max: Duration::from_millis(50),
+    });
+    timeout(LIMIT, link.wait_for(|s| *s == LinkState::Up)).await.unwrap();
+    (sim, link, ivr)
+}
+
+fn make_call(from: &str, to: &str) -> Body {
+    Body::new().with(F::CallingDevice, Value::DeviceId(DeviceId::dialing(from).unwrap())).with(F::CalledDirectoryNumber, Value::DeviceId(DeviceId::dialing(to).unwrap()))
+}
+
+async fn kinds(m: &mut Monitor, n: usize) -> Vec<(EventKind, Body)> {
+    let mut v = Vec::new();
+    while v.len() < n {
+        match timeout(LIMIT, m.next()).await.expect("event in time").expect("open") {
+            MonitorEvent::Event(e) => {
+                let kind = e.event.kind().expect("call event");
+                v.push((kind, e.event.body().cloned().unwrap_or_default()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    v
+}
+
+async fn ivr_next(rx: &mut UnboundedReceiver<IvrSignal>) -> IvrSignal {
+    timeout(LIMIT, rx.recv()).await.expect("IVR signal").expect("open")
+}
+
+async fn proof_call_flow(cfg: SimConfig) {
+    let (sim, link, mut ivr) = setup(cfg).await;
+    let mut m = link.monitor("2005").await.unwrap();
+    let r = link.request(Operation::MakeCall, make_call("2005", &format!("{IVR}*4711#"))).await.unwrap();
+    let conn = r.connection(F::CallingDevice).cloned().expect("connection in the result");
+    let got = kinds(&mut m, 5).await;
+    let order: Vec<EventKind> = got.iter().map(|(k, _)| *k).collect();
+    assert_eq!(order, [EventKind::ServiceInitiated, EventKind::Originated, EventKind::NetworkReached, EventKind::Delivered, EventKind::Established]);
+    assert_eq!(got[4].1.digits(F::AnsweringDevice).as_deref(), Some(IVR));
+    let IvrSignal::Connected { call, calling, called } = ivr_next(&mut ivr).await else { panic!("connected first") };
+    assert_eq!((calling.as_str(), called.as_str()), ("+33144002005", IVR));
+    assert_eq!(ivr_next(&mut ivr).await, IvrSignal::Digits { call: call.clone(), digits: "*4711#".into() });
+
+    // DTMF once established: GenerateDigits (Phase III) / SendDTMFTones (Phase II).
+    let digits = Body::new().with(F::ConnectionToSendDigits, Value::Connection(conn.clone())).with(F::CharactersToSend, Value::Text("*4711#".try_into().unwrap()));
+    link.request(Operation::GenerateDigits, digits).await.unwrap();
+    assert_eq!(ivr_next(&mut ivr).await, IvrSignal::Digits { call: call.clone(), digits: "*4711#".into() });
+
+    // The IVR hangs up: the far end clears, then the phone.
+    sim.ivr_hangup(&call);
+    let got = kinds(&mut m, 2).await;
+    assert_eq!(got.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [EventKind::ConnectionCleared, EventKind::ConnectionCleared]);
+    assert_eq!(got[1].1.digits(F::ReleasingDevice).as_deref(), Some("2005"));
+}
+
+#[tokio::test]
+async fn proof_call_to_the_ivr_phase3() {
+    proof_call_flow(SimConfig::phase3(&["2005"])).await;
+}
+
+#[tokio::test]
+async fn proof_call_to_the_ivr_oxe_phase2() {
+    proof_call_flow(SimConfig::oxe(&["2005"])).await;
+}
+
+#[tokio::test]
+async fn clearing_the_call_tells_the_ivr() {
+    let (_sim, link, mut ivr) = setup(SimConfig::phase3(&["2005"])).await;
+    let mut m = link.monitor("2005").await.unwrap();
+    let r = link.request(Operation::MakeCall, make_call("2005", IVR)).await.unwrap();
+    let conn = r.connection(F::CallingDevice).cloned().unwrap();
+    kinds(&mut m, 5).await;
+    let IvrSignal::Connected { call, .. } = ivr_next(&mut ivr).await else { panic!() };
+    link.request(Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(conn.clone()))).await.unwrap();
+    assert_eq!(kinds(&mut m, 1).await[0].0, EventKind::ConnectionCleared);
+    assert_eq!(ivr_next(&mut ivr).await, IvrSignal::Cleared { call });
+    // Clearing it again: the PBX no longer knows the connection.
+    let e = link.request(Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(conn))).await.unwrap_err();
+    assert!(matches!(e, RequestError::Failure(u) if u.category == ErrorCategory::Operation && u.value == Some(13)), "{e:?}");
+}
+
+#[tokio::test]
+async fn the_lock_prefix_locks_and_the_local_pin_unlocks() {
+    let mut cfg = SimConfig::phase3(&["2005"]);
+    cfg.extensions[0].pin = Some("1234".into());
+    cfg.extensions[0].user_pin = Some("9999".into());
+    let (sim, link, _ivr) = setup(cfg).await;
+    let mut m = link.monitor("2005").await.unwrap();
+    link.request(Operation::MakeCall, make_call("2005", "*66")).await.unwrap();
+    let got = kinds(&mut m, 3).await;
+    assert_eq!(got.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [EventKind::ServiceInitiated, EventKind::Originated, EventKind::ConnectionCleared]);
+    assert!(sim.is_locked("2005"));
+
+    // Wrong PIN keyed: the outgoing call fails.
+    link.request(Operation::MakeCall, make_call("2005", IVR)).await.unwrap();
+    let got = kinds(&mut m, 3).await;
+    assert_eq!(got.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [EventKind::ServiceInitiated, EventKind::Failed, EventKind::ConnectionCleared]);
+    assert_eq!(got[1].1.int(F::Cause), Some(35), "blocked");
+    assert!(sim.is_locked("2005"));
+
+    // The right PIN: unlocked, and the call goes through.
+    sim.config().extensions[0].user_pin = Some("1234".into());
+    link.request(Operation::MakeCall, make_call("2005", IVR)).await.unwrap();
+    let got = kinds(&mut m, 5).await;
+    assert_eq!(got[4].0, EventKind::Established);
+    assert!(!sim.is_locked("2005"));
+}
+
+#[tokio::test]
+async fn busy_out_of_service_unknown_and_never_answering_phones() {
+    let mut cfg = SimConfig::phase3(&["2005", "2006", "2007", "2008"]);
+    cfg.extensions[1].behaviour = Behaviour::Busy;
+    cfg.extensions[2].behaviour = Behaviour::OutOfService;
+    cfg.extensions[3].behaviour = Behaviour::NeverAnswer;
+    let (_sim, link, _ivr) = setup(cfg).await;
+    let failure = |r: Result<Body, RequestError>| match r {
+        Err(RequestError::Failure(u)) => (u.category, u.value),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(failure(link.request(Operation::MakeCall, make_call("2006", IVR)).await), (ErrorCategory::StateIncompatibility, Some(19)));
+    assert_eq!(failure(link.request(Operation::MakeCall, make_call("2007", IVR)).await), (ErrorCategory::SystemResourceAvailability, Some(18)));
+    assert_eq!(failure(link.request(Operation::MakeCall, make_call("9999", IVR)).await), (ErrorCategory::Operation, Some(5)));
+    assert!(matches!(link.monitor("9999").await, Err(RequestError::Failure(_))));
+
+    // Calling a busy extension fails with cause busy.
+    let mut m5 = link.monitor("2005").await.unwrap();
+    link.request(Operation::MakeCall, make_call("2005", "2006")).await.unwrap();
+    let got = kinds(&mut m5, 4).await;
+    assert_eq!(got[3].0, EventKind::Failed);
+    assert_eq!(got[3].1.int(F::Cause), Some(3));
+
+    // A phone whose user never picks up rings until the call is cleared.
+    let mut m8 = link.monitor("2008").await.unwrap();
+    let r = link.request(Operation::MakeCall, make_call("2008", IVR)).await.unwrap();
+    assert_eq!(kinds(&mut m8, 1).await[0].0, EventKind::ServiceInitiated);
+    let conn = r.connection(F::CallingDevice).cloned().unwrap();
+    link.request(Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(conn))).await.unwrap();
+    assert_eq!(kinds(&mut m8, 1).await[0].0, EventKind::ConnectionCleared);
+}
