@@ -10,4 +10,5 @@ pub mod codec;
 pub mod decode;
 pub mod config;
 pub mod link;
+pub mod probe;
 pub mod sim;

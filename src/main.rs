@@ -34,6 +34,55 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Check that a PBX profile works: log in, monitor, optionally place one call, print what
+    /// happens. Exit codes: 0 ok, 2 connection failed, 3 association rejected, 4 CSTA error,
+    /// 5 configuration error.
+    Probe {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        pbx: String,
+        /// Extensions to monitor (repeatable).
+        #[arg(long = "monitor")]
+        monitors: Vec<String>,
+        /// Place one MakeCall FROM TO.
+        #[arg(long, num_args = 2, value_names = ["FROM", "TO"])]
+        make_call: Option<Vec<String>>,
+        /// Exit after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Give up (exit 0 once up, 2 before) after this long, e.g. `10s`.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a simulated PBX (for the demo, tests and trying a gateway without a PBX).
+    SimPbx {
+        #[arg(long, default_value = "127.0.0.1:33333")]
+        listen: String,
+        #[arg(long, value_enum, default_value = "phase3")]
+        dialect: Profile,
+        /// Directory: numbers and ranges, e.g. `2000-2010,3000`.
+        #[arg(long, default_value = "2000-2099")]
+        extensions: String,
+        #[arg(long, default_value = "0800100200")]
+        ivr_number: String,
+        #[arg(long, default_value = "*66")]
+        lock_prefix: String,
+        /// Require this ACSE user; the password comes from the environment variable named by
+        /// --acse-password-env.
+        #[arg(long)]
+        acse_user: Option<String>,
+        #[arg(long)]
+        acse_password_env: Option<String>,
+        /// Period of the PBX's own SystemStatus (OXE default 30s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        keepalive: Option<std::time::Duration>,
+        /// How long simulated users take to pick up.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        answer_after: std::time::Duration,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -61,8 +110,85 @@ impl Profile {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
     match cli.command {
         Command::Decode { dialect, json, port, files } => run_decode(dialect, json, port, &files),
+        Command::Probe { config, pbx, monitors, make_call, count, timeout, json } => {
+            runtime().block_on(cstagate::probe::run(cstagate::probe::Probe { config, pbx, monitors, make_call: make_call.map(|v| (v[0].clone(), v[1].clone())), count, timeout, json }))
+        }
+        Command::SimPbx { listen, dialect, extensions, ivr_number, lock_prefix, acse_user, acse_password_env, keepalive, answer_after } => {
+            let (framing, dialect, preamble) = match dialect {
+                Profile::Oxe => (Framing::TwoByteLength, Dialect::Phase2, true),
+                Profile::Hipath => (Framing::Siemens, Dialect::Phase3, false),
+                Profile::Phase3 | Profile::Auto => (Framing::TwoByteLength, Dialect::Phase3, false),
+            };
+            let numbers = match cstagate::sim::parse_directory(&extensions) {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("cstagate sim-pbx: --extensions: {e}");
+                    return ExitCode::from(5);
+                }
+            };
+            let credentials = match (acse_user, acse_password_env) {
+                (Some(u), Some(var)) => match std::env::var(&var) {
+                    Ok(p) => Some((u, p)),
+                    Err(_) => {
+                        eprintln!("cstagate sim-pbx: --acse-password-env names {var}, which is not set");
+                        return ExitCode::from(5);
+                    }
+                },
+                (Some(u), None) => Some((u, String::new())),
+                _ => None,
+            };
+            let cfg = cstagate::sim::SimConfig {
+                dialect,
+                framing,
+                preamble,
+                acse: true,
+                credentials,
+                keepalive,
+                extensions: numbers.iter().map(|n| cstagate::sim::Extension::answering(n, answer_after)).collect(),
+                lock_prefix: Some(lock_prefix),
+                ivr_number: Some(ivr_number),
+                did_prefix: "+3314400".into(),
+            };
+            runtime().block_on(run_sim(cfg, &listen))
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cstagate: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run_sim(cfg: cstagate::sim::SimConfig, listen: &str) -> ExitCode {
+    let mut sim = match cstagate::sim::SimPbx::start(cfg, listen).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cstagate sim-pbx: cannot listen on {listen}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("simulated PBX listening on {}", sim.addr());
+    let mut ivr = sim.take_ivr();
+    loop {
+        tokio::select! {
+            s = async { match ivr.as_mut() { Some(r) => r.recv().await, None => None } } => match s {
+                Some(sig) => println!("ivr: {sig:?}"),
+                None => ivr = None,
+            },
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
+        }
     }
 }
 

@@ -1,0 +1,81 @@
+//! `cstagate probe` end to end against the in-process simulator: success with monitors, a call
+//! and its events; and each failure with its exit code and message.
+
+use std::time::Duration;
+
+use cstagate::sim::{SimConfig, SimPbx};
+use serde_json::Value;
+use tokio::process::Command;
+
+async fn probe(config: &str, args: &[&str], env: &[(&str, &str)]) -> (i32, Vec<Value>, String) {
+    let dir = std::env::temp_dir().join(format!("cstagate-probe-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cstagate"));
+    cmd.arg("probe").arg("--config").arg(&path).args(args).arg("--json");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output()).await.expect("probe ends").unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let lines = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("json line")).collect();
+    (out.status.code().unwrap_or(-1), lines, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn config(addr: &str, extra: &str) -> String {
+    format!("[[pbx]]\nid = \"lab\"\naddress = \"{addr}\"\ndialect = \"phase3\"\nreconnect_min = \"50ms\"\n{extra}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_monitors_calls_and_prints_events_then_exits_zero() {
+    let mut cfg = SimConfig::phase3(&["2005", "2006"]);
+    cfg.extensions.iter_mut().for_each(|e| e.behaviour = cstagate::sim::Behaviour::Answer { after: Duration::from_millis(10) });
+    let sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+    let (code, lines, err) = probe(&config(&sim.addr().to_string(), ""), &["--pbx", "lab", "--monitor", "2005", "--make-call", "2005", "0800100200", "--count", "5", "--timeout", "20s"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(lines.iter().any(|l| l["link"] == "up"));
+    let result = lines.iter().find(|l| l["kind"] == "result").expect("makeCall result");
+    assert_eq!(result["operation"], "makeCall");
+    let events: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    assert_eq!(events, ["serviceInitiated", "originated", "networkReached", "delivered", "established"]);
+    assert!(lines.iter().filter(|l| l["event"].is_string()).all(|l| l["device"] == "2005" && l["xref"].is_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_exit_codes_name_the_failure() {
+    // Connection refused: a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (code, _, err) = probe(&config(&closed, ""), &["--pbx", "lab"], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("refused"), "{err}");
+
+    // Association rejected, with the reason; the password comes from the environment.
+    let mut cfg = SimConfig::phase3(&["2005"]);
+    cfg.credentials = Some(("AMHOST".into(), "77777".into()));
+    let sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+    let login = "acse_user = \"AMHOST\"\nacse_password_env = \"CSTAGATE_TEST_PBX_PASSWORD\"\n";
+    let (code, _, err) = probe(&config(&sim.addr().to_string(), login), &["--pbx", "lab"], &[("CSTAGATE_TEST_PBX_PASSWORD", "wrong")]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("authentication-failure"), "{err}");
+    assert!(!err.contains("wrong"), "the password is never printed: {err}");
+    let (code, _, err) = probe(&config(&sim.addr().to_string(), login), &["--pbx", "lab", "--timeout", "1s"], &[("CSTAGATE_TEST_PBX_PASSWORD", "77777")]).await;
+    assert_eq!(code, 0, "{err}");
+
+    // A CSTA error, by name.
+    let sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap();
+    let (code, _, err) = probe(&config(&sim.addr().to_string(), ""), &["--pbx", "lab", "--make-call", "9999", "2005"], &[]).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("invalidCallingDevice"), "{err}");
+
+    // Configuration errors name the key.
+    let (code, _, err) = probe(&config(&sim.addr().to_string(), "keep_alive = \"1s\"\n"), &["--pbx", "lab"], &[]).await;
+    assert_eq!(code, 5);
+    assert!(err.contains("keep_alive"), "{err}");
+}
