@@ -137,7 +137,7 @@ async fn session(p: &Probe, link: &Link, deadline: Instant, dialect: crate::code
                 o.insert("device".into(), json!(device));
                 match ev {
                     MonitorEvent::Event(report) => {
-                        describe(&Apdu::event(0, report), dialect, &mut o);
+                        describe(&Apdu::event(0, (*report).clone()), dialect, &mut o);
                         o.remove("invoke_id");
                         n += 1;
                     }

@@ -131,7 +131,7 @@ async fn events(m: &mut cstagate::link::Monitor, n: usize) -> Vec<EventReport> {
     let mut v = Vec::new();
     while v.len() < n {
         match timeout(LIMIT, m.next()).await.expect("event").expect("open") {
-            MonitorEvent::Event(e) => v.push(e),
+            MonitorEvent::Event(e) => v.push((*e).clone()),
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -87,13 +87,14 @@ pub enum LinkState {
 /// What a monitor subscriber receives.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MonitorEvent {
-    Event(EventReport),
+    /// Shared between subscribers; small so that idle subscriptions cost little memory.
+    Event(Arc<EventReport>),
     /// The link dropped; events stop until `LinkRestored`.
     LinkLost,
     /// The link is back and this device is monitored again.
     LinkRestored,
     /// The PBX refused to monitor the device again after a reconnect.
-    MonitorFailed(RequestError),
+    MonitorFailed(Box<RequestError>),
 }
 
 /// Counters of one link, shared with the task.
@@ -294,6 +295,11 @@ impl Monitor {
     /// The next event or link notice; `None` when the link task has ended.
     pub async fn next(&mut self) -> Option<MonitorEvent> {
         self.rx.recv().await
+    }
+
+    /// Up to `limit` waiting events at once (at least one; 0 when the link task has ended).
+    pub async fn next_many(&mut self, out: &mut Vec<MonitorEvent>, limit: usize) -> usize {
+        self.rx.recv_many(out, limit).await
     }
 }
 
@@ -914,7 +920,7 @@ impl Monitors {
             let _ = reply.send(Err(err.clone()));
         }
         for (_, tx) in &e.subs {
-            let _ = tx.try_send(MonitorEvent::MonitorFailed(err.clone()));
+            let _ = tx.try_send(MonitorEvent::MonitorFailed(Box::new(err.clone())));
         }
         if e.xref.is_none() {
             self.by_device.remove(device);
@@ -941,8 +947,8 @@ impl Monitors {
         };
         let Some(e) = self.by_device.get_mut(device) else { return };
         e.subs.retain(|(_, tx)| !tx.is_closed());
+        let ev = Arc::new(ev);
         for (_, tx) in &e.subs {
-            // Cloning is cheap: the event's bytes are shared.
             if tx.try_send(MonitorEvent::Event(ev.clone())).is_err() {
                 Stats::inc(&stats.events_dropped);
             }

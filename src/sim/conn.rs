@@ -114,31 +114,52 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, switch: mpsc::UnboundedSe
                 match out {
                     Out::Close => { let _ = flush(&mut wr, &mut held).await; break; }
                     Out::Apdu(apdu) => {
-                        let Ok(body) = apdu.to_vec(dialect) else { continue };
-                        let Ok(framed) = framing.frame(&body) else { continue };
-                        frames_out += 1;
-                        shared.stats.send_modify(|s| s.frames_out += 1);
                         let faults = lock(&shared.faults).clone();
-                        if faults.malformed_every.is_some_and(|n| n > 0 && frames_out % n == 0) {
-                            // Well framed, but a ROSE invoke whose invoke id is a constructed INTEGER.
-                            if let Ok(bad) = framing.frame(&[0xA1, 0x05, 0x22, 0x03, 0x02, 0x01, 0x01]) {
-                                if wr.write_all(&bad).await.is_err() { break; }
+                        let mut batch = Vec::new();
+                        let mut next = Some(apdu);
+                        let mut closing = false;
+                        while let Some(apdu) = next.take() {
+                            let Ok(body) = apdu.to_vec(dialect) else { continue };
+                            let Ok(framed) = framing.frame(&body) else { continue };
+                            frames_out += 1;
+                            if faults.malformed_every.is_some_and(|n| n > 0 && frames_out % n == 0) {
+                                // Well framed, but a ROSE invoke whose invoke id is a constructed INTEGER.
+                                if let Ok(bad) = framing.frame(&[0xA1, 0x05, 0x22, 0x03, 0x02, 0x01, 0x01]) {
+                                    batch.push(bad);
+                                }
+                            }
+                            batch.push(framed);
+                            // Like a real PBX's socket buffer, whatever is already queued goes out in
+                            // the same write (up to 64 KiB), unless frames are to be split.
+                            if !faults.split_frames && batch.iter().map(Bytes::len).sum::<usize>() < 65536 {
+                                match out_rx.try_recv() {
+                                    Ok(Out::Apdu(a)) => next = Some(a),
+                                    Ok(Out::Close) => closing = true,
+                                    Err(_) => {}
+                                }
                             }
                         }
-                        if faults.coalesce {
-                            held.extend_from_slice(&framed);
-                            // Written when the switch has nothing more queued right now.
-                            if out_rx.is_empty() && flush(&mut wr, &mut held).await.is_err() { break; }
-                        } else if faults.split_frames {
-                            let mut failed = false;
-                            for b in framed.iter() {
-                                if wr.write_all(&[*b]).await.is_err() || wr.flush().await.is_err() { failed = true; break; }
-                                tokio::task::yield_now().await;
+                        let n = batch.len() as u64;
+                        shared.stats.send_modify(|s| s.frames_out += n);
+                        let mut failed = false;
+                        if faults.split_frames {
+                            'split: for framed in &batch {
+                                for b in framed.iter() {
+                                    if wr.write_all(&[*b]).await.is_err() || wr.flush().await.is_err() { failed = true; break 'split; }
+                                    tokio::task::yield_now().await;
+                                }
                             }
-                            if failed { break; }
-                        } else if wr.write_all(&framed).await.is_err() {
-                            break;
+                        } else {
+                            for framed in &batch {
+                                held.extend_from_slice(framed);
+                            }
+                            // With the coalesce fault, frames wait until the switch has gone quiet.
+                            if (!faults.coalesce || out_rx.is_empty()) && flush(&mut wr, &mut held).await.is_err() {
+                                failed = true;
+                            }
                         }
+                        if failed { break; }
+                        if closing { let _ = flush(&mut wr, &mut held).await; break; }
                     }
                 }
             }

@@ -234,6 +234,12 @@ impl SimPbx {
         lock(&self.shared.config).extensions.iter().any(|e| e.number == ext && e.locked)
     }
 
+    /// Send `count` Delivered events to every monitor of `device` as fast as the switch can
+    /// (load and benchmarks).
+    pub fn flood_events(&self, device: &str, count: u64) {
+        let _ = self.switch.send(switch::Msg::Flood { device: device.to_owned(), count });
+    }
+
     /// A PBX restart: every connection drops; calls and monitors are forgotten.
     pub fn restart(&self) {
         let _ = self.switch.send(switch::Msg::Restart);

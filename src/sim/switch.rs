@@ -25,6 +25,8 @@ pub(crate) enum Msg {
     Timer(Timer),
     IvrHangup(String),
     Restart,
+    /// Emit `count` Delivered events to the monitors of a device, as fast as possible.
+    Flood { device: String, count: u64 },
 }
 
 pub(crate) enum Timer {
@@ -172,6 +174,13 @@ impl Switch {
                 self.generation += 1;
             }
             Msg::IvrHangup(call) => self.ivr_hangup(&call),
+            Msg::Flood { device, count } => {
+                let id = Bytes::from_static(&[0x7F, 0xFF]);
+                let body = party_event(&id, &device, "0800100200", &device, F::Connection, F::AlertingDevice, 2);
+                for _ in 0..count {
+                    self.emit(&device, EventKind::Delivered, body.clone());
+                }
+            }
             Msg::Timer(t) => self.timer(t),
             Msg::Apdu { conn, apdu } => self.apdu(conn, apdu),
         }
