@@ -299,3 +299,25 @@ async fn shutdown_releases_the_association() {
     assert_eq!(link.state(), LinkState::Closed);
     assert_eq!(link.request(Operation::SystemStatus, Body::new()).await, Err(RequestError::Closed));
 }
+
+#[tokio::test]
+async fn a_connection_dropped_at_a_request_fails_it_with_link_down_and_reconnects() {
+    let cfg = SimConfig::phase3(&["2005", "2006"]);
+    let sim = SimPbx::start(cfg.clone(), "127.0.0.1:0").await.unwrap();
+    let link = Link::spawn(profile(&sim, &cfg));
+    up(&link).await;
+    sim.faults().drop_on = Some(Operation::MakeCall);
+    let r = timeout(LIMIT, link.request(Operation::MakeCall, make_call("2005", "2006"))).await.expect("no hang");
+    assert_eq!(r, Err(RequestError::LinkDown));
+    sim.faults().drop_on = None;
+    up(&link).await;
+    assert!(link.request(Operation::MakeCall, make_call("2005", "2006")).await.is_ok());
+
+    // Dropped after N frames: the same, mid-stream.
+    sim.faults().drop_after_frames = Some(1);
+    let r = timeout(LIMIT, link.request(Operation::SystemStatus, Body::new().with(F::SystemStatus, Value::Int(2)))).await.expect("no hang");
+    assert_eq!(r, Err(RequestError::LinkDown));
+    sim.faults().drop_after_frames = None;
+    up(&link).await;
+    assert!(link.stats().reconnects >= 2);
+}

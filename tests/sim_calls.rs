@@ -175,3 +175,10 @@ async fn busy_out_of_service_unknown_and_never_answering_phones() {
     link.request(Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(conn))).await.unwrap();
     assert_eq!(kinds(&mut m8, 1).await[0].0, EventKind::ConnectionCleared);
 }
+
+#[tokio::test]
+async fn proof_call_to_the_ivr_hipath_framing() {
+    let mut cfg = SimConfig::phase3(&["2005"]);
+    cfg.framing = cstagate::codec::Framing::Siemens;
+    proof_call_flow(cfg).await;
+}
