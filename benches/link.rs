@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use cstagate::codec::acse::AarqParams;
 use cstagate::config::LinkProfile;
 use cstagate::link::{Link, LinkState, MonitorEvent};
 use cstagate::sim::{SimConfig, SimPbx};
@@ -22,18 +21,12 @@ fn rt() -> Runtime {
 
 fn profile(addr: &str) -> LinkProfile {
     LinkProfile {
-        id: "bench".into(),
-        address: addr.to_owned(),
-        framing: cstagate::codec::Framing::TwoByteLength,
-        dialect: cstagate::codec::Dialect::Phase3,
-        preamble: false,
-        acse: Some(AarqParams { context: "1.3.12.0.218".into(), credentials: None, user_information: None }),
         keepalive: Duration::from_secs(60),
         request_timeout: Duration::from_secs(60),
-        connect_timeout: Duration::from_secs(10),
         max_requests_per_second: 1_000_000.0,
         reconnect_min: Duration::from_millis(1),
         reconnect_max: Duration::from_millis(5),
+        ..LinkProfile::new("bench", addr, cstagate::codec::Framing::TwoByteLength, cstagate::codec::Dialect::Phase3)
     }
 }
 

@@ -149,6 +149,28 @@ pub struct LinkProfile {
     pub reconnect_max: Duration,
 }
 
+impl LinkProfile {
+    /// A profile with the configuration file's defaults: ACSE context 1.3.12.0.218 without
+    /// login, no preamble, keep-alive 30 s, request and connect timeouts 5 s, 20 requests/s,
+    /// reconnect backoff 0.5–60 s. For tools and tests that build a link without a file.
+    pub fn new(id: &str, address: &str, framing: Framing, dialect: Dialect) -> LinkProfile {
+        LinkProfile {
+            id: id.to_owned(),
+            address: address.to_owned(),
+            framing,
+            dialect,
+            preamble: false,
+            acse: Some(AarqParams { context: "1.3.12.0.218".into(), credentials: None, user_information: None }),
+            keepalive: default_keepalive(),
+            request_timeout: default_request_timeout(),
+            connect_timeout: default_connect_timeout(),
+            max_requests_per_second: default_rps(),
+            reconnect_min: default_reconnect_min(),
+            reconnect_max: default_reconnect_max(),
+        }
+    }
+}
+
 impl PbxConfig {
     fn invalid(&self, key: &'static str, why: impl Into<String>) -> ConfigError {
         ConfigError::Invalid { pbx: self.id.clone(), key, why: why.into() }

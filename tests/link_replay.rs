@@ -99,18 +99,10 @@ async fn accept(listener: &TcpListener, t: &Trace) -> Peer {
 
 fn profile(addr: String, t: &Trace, credentials: Option<(String, Secret)>) -> LinkProfile {
     LinkProfile {
-        id: "replay".into(),
-        address: addr,
-        framing: t.framing,
-        dialect: t.dialect,
-        preamble: false,
         acse: Some(AarqParams { context: "1.3.12.0.218".into(), credentials, user_information: None }),
         keepalive: Duration::from_secs(300),
-        request_timeout: Duration::from_secs(10),
-        connect_timeout: Duration::from_secs(10),
         max_requests_per_second: 100.0,
-        reconnect_min: Duration::from_millis(10),
-        reconnect_max: Duration::from_millis(100),
+        ..LinkProfile::new("replay", &addr, t.framing, t.dialect)
     }
 }
 

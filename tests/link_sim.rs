@@ -19,18 +19,11 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 fn profile(sim: &SimPbx, cfg: &SimConfig) -> LinkProfile {
     LinkProfile {
-        id: "test".into(),
-        address: sim.addr().to_string(),
-        framing: cfg.framing,
-        dialect: cfg.dialect,
         preamble: cfg.preamble,
-        acse: Some(AarqParams { context: "1.3.12.0.218".into(), credentials: None, user_information: None }),
-        keepalive: Duration::from_secs(30),
-        request_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
         max_requests_per_second: 1000.0,
         reconnect_min: Duration::from_millis(10),
         reconnect_max: Duration::from_millis(50),
+        ..LinkProfile::new("test", &sim.addr().to_string(), cfg.framing, cfg.dialect)
     }
 }
 

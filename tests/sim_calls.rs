@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use cstagate::codec::acse::AarqParams;
 use cstagate::codec::apdu::ErrorCategory;
 use cstagate::codec::body::{FieldName as F, Value};
 use cstagate::codec::{Body, DeviceId, EventKind, Operation};
@@ -27,18 +26,11 @@ async fn setup(mut cfg: SimConfig) -> (SimPbx, Link, UnboundedReceiver<IvrSignal
     let mut sim = SimPbx::start(cfg.clone(), "127.0.0.1:0").await.unwrap();
     let ivr = sim.take_ivr().unwrap();
     let link = Link::spawn(LinkProfile {
-        id: "sim".into(),
-        address: sim.addr().to_string(),
-        framing: cfg.framing,
-        dialect: cfg.dialect,
         preamble: cfg.preamble,
-        acse: Some(AarqParams { context: "1.3.12.0.218".into(), credentials: None, user_information: None }),
-        keepalive: Duration::from_secs(30),
-        request_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
         max_requests_per_second: 1000.0,
         reconnect_min: Duration::from_millis(10),
         reconnect_max: Duration::from_millis(50),
+        ..LinkProfile::new("sim", &sim.addr().to_string(), cfg.framing, cfg.dialect)
     });
     timeout(LIMIT, link.wait_for(|s| *s == LinkState::Up)).await.unwrap();
     (sim, link, ivr)
