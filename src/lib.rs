@@ -5,6 +5,7 @@
 //! `cstagate decode` ([`capture`]), and (in later issues) the link manager, the association
 //! engine and the HTTP API.
 
+pub mod association;
 pub mod capture;
 pub mod codec;
 pub mod decode;

@@ -1,0 +1,241 @@
+//! The oracles of the fuzz targets, shared with `tests/fuzz_regressions.rs` (which includes this
+//! file with `#[path]`, so plain `cargo test` replays the seeds and every input a fuzzer found
+//! through exactly the same checks). Depends on `cstagate`, `bytes` and `serde_json` only.
+//!
+//! Each function panics when a check fails; that is what libFuzzer reports as a crash.
+#![allow(dead_code)]
+
+use bytes::{Bytes, BytesMut};
+use cstagate::codec::framing::DEFAULT_MAX_FRAME;
+use cstagate::codec::{acse, Apdu, DecodeError, Dialect, Framer, Framing, Value};
+
+/// The fuzz targets, by name (also the directory names under `fuzz/seeds/` and
+/// `tests/fuzz_regressions/`).
+pub const TARGETS: &[&str] = &["framer", "apdu_phase3", "apdu_phase2", "acse"];
+
+/// Run the oracle of `target` on one input.
+///
+/// # Panics
+/// On an unknown target name, and wherever the oracle fails.
+pub fn run(target: &str, data: &[u8]) {
+    match target {
+        "framer" => framer(data),
+        "apdu_phase3" => apdu(data, Dialect::Phase3),
+        "apdu_phase2" => apdu(data, Dialect::Phase2),
+        "acse" => acse(data),
+        _ => panic!("unknown fuzz target {target}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// APDU decode: the round-trip oracle.
+
+/// Decode `data` as one APDU of dialect `d`. Whatever decodes must:
+/// - render in the `cstagate decode` view (JSON and line) without panicking;
+/// - re-encode; the re-encoding must decode to the same value (`PartialEq`, wire tags included),
+///   and re-encode to the same bytes (encoding is canonical, hence a fixed point).
+///
+/// Whatever does not decode must give an error whose offset lies inside the input.
+pub fn apdu(data: &[u8], d: Dialect) {
+    let input = Bytes::copy_from_slice(data);
+    let first = match Apdu::decode(&input, d) {
+        Ok(a) => a,
+        Err(e) => {
+            check_error(&e, data.len());
+            return;
+        }
+    };
+    view(&first, d);
+    let enc = first.to_vec(d).unwrap_or_else(|e| panic!("a decoded APDU does not re-encode: {e}\n{first:?}"));
+    let second = Apdu::decode(&Bytes::from(enc.clone()), d)
+        .unwrap_or_else(|e| panic!("the re-encoding does not decode: {e}\n input {}\n re-encoded {}", hexs(data), hexs(&enc)));
+    assert_eq!(second, first, "re-encoding changed the value\n input {}\n re-encoded {}", hexs(data), hexs(&enc));
+    let enc2 = second.to_vec(d).expect("a decoded APDU re-encodes");
+    assert_eq!(hexs(&enc2), hexs(&enc), "encoding is not a fixed point (input {})", hexs(data));
+}
+
+/// The error's offset points into the APDU (or just past its end, for truncation), and the error
+/// renders.
+fn check_error(e: &DecodeError, len: usize) {
+    assert!(e.offset <= len, "error offset {} past the input ({len} bytes): {e}", e.offset);
+    let _ = e.to_string();
+}
+
+/// The `cstagate decode` view of a decoded APDU must not panic.
+fn view(a: &Apdu, d: Dialect) {
+    let mut o = serde_json::Map::new();
+    cstagate::decode::describe(a, d, &mut o);
+    let _ = cstagate::decode::to_line(&serde_json::Value::Object(o));
+    let _ = (a.kind_name(), a.invoke_id());
+}
+
+fn hexs(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// ACSE.
+
+/// The first byte becomes an ACSE APDU tag (kept if already in `0x60..=0x64`, else mapped there),
+/// then the round-trip oracle runs in both dialects, and the ACSE helpers the link uses on a
+/// PBX's answer (AARE outcome, authentication, CSTA user information) must not panic.
+pub fn acse(data: &[u8]) {
+    let Some((&b0, rest)) = data.split_first() else { return };
+    let tag = if (0x60..=0x64).contains(&b0) { b0 } else { 0x60 + b0 % 5 };
+    let mut v = Vec::with_capacity(data.len());
+    v.push(tag);
+    v.extend_from_slice(rest);
+    for d in [Dialect::Phase3, Dialect::Phase2] {
+        apdu(&v, d);
+        let body = match Apdu::decode(&Bytes::from(v.clone()), d) {
+            Ok(Apdu::Aarq(b) | Apdu::Aare(b) | Apdu::Rlrq(b) | Apdu::Rlre(b) | Apdu::Abrt(b)) => b,
+            Ok(other) => panic!("an ACSE tag decoded as {}", other.kind_name()),
+            Err(_) => continue,
+        };
+        if let Err(r) = acse::aare_outcome(&body) {
+            let _ = r.to_string();
+        }
+        for f in &body.fields {
+            match &f.value {
+                Value::Auth(a) => {
+                    let _ = a.user();
+                }
+                Value::UserInfo(acse::UserInformation::Csta(c)) => {
+                    let _ = c.versions();
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Framer.
+
+/// `max_frame` values the framer target picks from.
+pub const MAX_FRAMES: [usize; 4] = [16, 300, DEFAULT_MAX_FRAME, 0xFFFF];
+
+/// One framer case decoded from fuzz input:
+/// - byte 0, configuration: bit 0 framing (0 two-byte length, 1 Siemens); bit 1 expect a
+///   preamble, bit 4 which one (`'P'` or `'B'`); bits 2–3 `max_frame` from [`MAX_FRAMES`];
+/// - byte 1: the number `n` of read sizes (`% 8`);
+/// - the next `n` bytes: read sizes, used in turn (0 = poll with no new bytes); none means one
+///   byte at a time;
+/// - the rest: the stream.
+#[derive(Debug, Clone)]
+pub struct FramerCase<'a> {
+    pub framing: Framing,
+    pub preamble: Option<u8>,
+    pub max_frame: usize,
+    pub reads: Vec<usize>,
+    pub stream: &'a [u8],
+}
+
+impl<'a> FramerCase<'a> {
+    pub fn parse(data: &'a [u8]) -> Option<Self> {
+        let (&cfg, rest) = data.split_first()?;
+        let (&n, rest) = rest.split_first()?;
+        let n = usize::from(n % 8).min(rest.len());
+        let (reads, stream) = rest.split_at(n);
+        let mut reads: Vec<usize> = reads.iter().map(|&b| usize::from(b)).collect();
+        if reads.iter().all(|&r| r == 0) {
+            reads.push(1);
+        }
+        Some(FramerCase {
+            framing: if cfg & 1 == 0 { Framing::TwoByteLength } else { Framing::Siemens },
+            preamble: (cfg & 2 != 0).then_some(if cfg & 0x10 == 0 { b'P' } else { b'B' }),
+            max_frame: MAX_FRAMES[usize::from((cfg >> 2) & 3)],
+            reads,
+            stream,
+        })
+    }
+
+    fn framer(&self) -> Framer {
+        let f = Framer::new(self.framing).with_max_frame(self.max_frame);
+        match self.preamble {
+            Some(p) => f.expect_preamble(p),
+            None => f,
+        }
+    }
+}
+
+/// What a framer made of a whole stream.
+#[derive(Debug, PartialEq)]
+pub struct FramerOutcome {
+    pub frames: Vec<Bytes>,
+    pub error: Option<DecodeError>,
+    /// Bytes left in the buffer at the end (after the error, all the stream not consumed).
+    pub leftover: Vec<u8>,
+    pub preamble_taken: bool,
+}
+
+/// Feed `c.stream` to a fresh framer in reads of the given sizes (`None`: all at once), taking
+/// every frame after each read. Checks on the way: each frame is non-empty and within the caps;
+/// after `Ok(None)` or an error, asking again gives the same answer; an error stays an error
+/// whatever arrives after it (the stream cannot be resynchronised).
+pub fn read_stream(c: &FramerCase<'_>, reads: Option<&[usize]>) -> FramerOutcome {
+    let mut f = c.framer();
+    let mut buf = BytesMut::new();
+    let mut frames = Vec::new();
+    let mut pos = 0;
+    let mut k = 0;
+    loop {
+        loop {
+            match f.decode(&mut buf) {
+                Ok(Some(fr)) => {
+                    assert!(!fr.is_empty(), "empty frame returned");
+                    assert!(fr.len() <= c.max_frame && fr.len() <= c.framing.max_len(), "frame of {} bytes over the cap", fr.len());
+                    frames.push(fr);
+                }
+                Ok(None) => {
+                    let before = buf.len();
+                    assert_eq!(f.decode(&mut buf), Ok(None), "Ok(None) then something with no new bytes");
+                    assert_eq!(buf.len(), before, "Ok(None) consumed bytes");
+                    break;
+                }
+                Err(e) => {
+                    assert_eq!(f.decode(&mut buf), Err(e.clone()), "an error is not final");
+                    buf.extend_from_slice(&c.stream[pos..]);
+                    assert_eq!(f.decode(&mut buf), Err(e.clone()), "an error is not final once more bytes arrive");
+                    return FramerOutcome { frames, error: Some(e), leftover: buf.to_vec(), preamble_taken: c.preamble.is_some() && !f.awaiting_preamble() };
+                }
+            }
+        }
+        if pos == c.stream.len() {
+            return FramerOutcome { frames, error: None, leftover: buf.to_vec(), preamble_taken: c.preamble.is_some() && !f.awaiting_preamble() };
+        }
+        let n = match reads {
+            Some(r) => r[k % r.len()],
+            None => c.stream.len(),
+        }
+        .min(c.stream.len() - pos);
+        buf.extend_from_slice(&c.stream[pos..pos + n]);
+        pos += n;
+        k += 1;
+    }
+}
+
+/// The framer target: reading in arbitrary pieces gives exactly what one read of the whole
+/// stream gives (frames, error, leftover); the frames, re-framed, with the preamble and the
+/// leftover, are the stream byte for byte; an error's offset is where the stream went wrong.
+pub fn framer(data: &[u8]) {
+    let Some(c) = FramerCase::parse(data) else { return };
+    let whole = read_stream(&c, None);
+    let pieces = read_stream(&c, Some(&c.reads));
+    assert_eq!(pieces, whole, "reading in pieces {:?} differs from one read", c.reads);
+
+    let mut rebuilt = Vec::with_capacity(c.stream.len());
+    if whole.preamble_taken {
+        rebuilt.push(c.preamble.expect("preamble"));
+    }
+    for fr in &whole.frames {
+        rebuilt.extend_from_slice(&c.framing.frame(fr).expect("a frame read fits its framing"));
+    }
+    let consumed = rebuilt.len();
+    rebuilt.extend_from_slice(&whole.leftover);
+    assert_eq!(hexs(&rebuilt), hexs(c.stream), "frames + leftover are not the stream");
+    if let Some(e) = &whole.error {
+        assert_eq!(e.offset, consumed, "framing error offset is not the stream position: {e}");
+        let _ = e.to_string();
+    }
+}

@@ -1,0 +1,567 @@
+//! The engine's state and its transitions (see the module docs in `mod.rs`).
+
+use std::collections::HashMap;
+
+use super::*;
+
+/// Milliseconds in an hour, for the proof-call limit.
+const HOUR: Millis = 3_600_000;
+/// Per-code limit of code entries (all calls together).
+pub(crate) const MAX_CODE_ENTRIES: u32 = 5;
+/// Per-call limit of code entries.
+pub(crate) const MAX_ENTRIES_PER_CALL: u32 = 3;
+/// Digits of the context id.
+const CONTEXT_DIGITS: usize = 8;
+
+pub(crate) struct Assoc {
+    pub(crate) view: AssociationView,
+    pub(crate) account_name: Option<String>,
+    /// Kept in memory only, never stored or logged; compared in constant time.
+    pub(crate) code: String,
+    pub(crate) code_entries: u32,
+    pub(crate) call: Option<Vec<u8>>,
+    pub(crate) lock_call: Option<Vec<u8>>,
+    pub(crate) monitored: bool,
+    pub(crate) ring_deadline: Option<Millis>,
+}
+
+/// The association engine. See the module docs.
+pub struct Engine {
+    pub(crate) policies: HashMap<String, Policy>,
+    pub(crate) assocs: HashMap<String, Assoc>,
+    /// Live (not final) associations by (pbx, extension), (tenant, account) and context id.
+    pub(crate) by_ext: HashMap<(String, String), String>,
+    pub(crate) by_account: HashMap<(String, String), String>,
+    pub(crate) by_context: HashMap<String, String>,
+    pub(crate) bindings: HashMap<(String, String), Binding>,
+    pub(crate) counters: HashMap<CounterKey, u32>,
+    pub(crate) proof_calls: HashMap<(String, String), Vec<Millis>>,
+    pub(crate) ivr_calls: HashMap<String, super::ivr::IvrCall>,
+}
+
+/// What the store holds, to rebuild the engine after a restart.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub bindings: Vec<Binding>,
+    pub counters: Vec<(CounterKey, u32)>,
+    pub proof_calls: Vec<(String, String, Millis)>,
+    /// Associations that were not final when the gateway stopped.
+    pub in_flight: Vec<AssociationView>,
+}
+
+impl Engine {
+    pub fn new(policies: HashMap<String, Policy>) -> Engine {
+        Engine {
+            policies,
+            assocs: HashMap::new(),
+            by_ext: HashMap::new(),
+            by_account: HashMap::new(),
+            by_context: HashMap::new(),
+            bindings: HashMap::new(),
+            counters: HashMap::new(),
+            proof_calls: HashMap::new(),
+            ivr_calls: HashMap::new(),
+        }
+    }
+
+    /// Rebuild from the store after a restart. Associations in flight cannot go on (their code
+    /// was never stored and their call is gone): they end as failed with `gateway_restarted`.
+    pub fn restore(policies: HashMap<String, Policy>, snap: Snapshot, now: Millis) -> (Engine, Vec<Action>) {
+        let mut e = Engine::new(policies);
+        for b in snap.bindings {
+            e.bindings.insert((b.pbx.clone(), b.extension.clone()), b);
+        }
+        e.counters.extend(snap.counters);
+        for (pbx, ext, at) in snap.proof_calls {
+            if now.saturating_sub(at) < HOUR {
+                e.proof_calls.entry((pbx, ext)).or_default().push(at);
+            }
+        }
+        let mut actions = Vec::new();
+        for mut v in snap.in_flight {
+            if v.state.is_final(v.retryable) {
+                continue;
+            }
+            v.state = State::Failed;
+            v.reason = Some(Reason::GatewayRestarted);
+            v.retryable = false;
+            v.history.push(Step { at: now, step: "failed".into(), detail: "gateway restarted while the association was in flight".into() });
+            actions.push(audit(&v, now, "failed", "gateway_restarted"));
+            actions.push(Action::Store(StoreWrite::Association(v)));
+        }
+        (e, actions)
+    }
+
+    pub fn binding(&self, pbx: &str, extension: &str) -> Option<&Binding> {
+        self.bindings.get(&(pbx.to_owned(), extension.to_owned()))
+    }
+
+    pub fn bindings_of(&self, tenant: &str, account: &str) -> Vec<&Binding> {
+        self.bindings.values().filter(|b| b.tenant == tenant && b.account == account).collect()
+    }
+
+    /// The association as `principal` may see it (another tenant's is not found).
+    pub fn view(&self, principal: &Principal, id: &str) -> Option<&AssociationView> {
+        self.assocs.get(id).map(|a| &a.view).filter(|v| visible(principal, &v.tenant))
+    }
+
+    pub fn policy(&self, pbx: &str) -> Option<&Policy> {
+        self.policies.get(pbx)
+    }
+
+    /// Feed one input.
+    pub fn handle(&mut self, input: Input) -> Output {
+        let mut out = Output::default();
+        match input {
+            Input::Create { principal, account, account_name, pbx, extension, id, context_id, code, now } => {
+                match self.create(&principal, account, account_name, pbx, extension, id, &context_id, &code, now, &mut out.actions) {
+                    Ok((view, code)) => {
+                        out.view = Some(view);
+                        out.code = Some(code);
+                    }
+                    Err(e) => out.error = Some(e),
+                }
+            }
+            Input::Complete { principal, id, now } => match self.visible_id(&principal, &id) {
+                None => out.error = Some(ApiError::NotFound),
+                Some(()) => {
+                    if let Err(e) = self.start_attempt(&id, now, &mut out.actions) {
+                        out.error = Some(e);
+                    }
+                    out.view = self.assocs.get(&id).map(|a| a.view.clone());
+                }
+            },
+            Input::Cancel { principal, id, now } => match self.visible_id(&principal, &id) {
+                None => out.error = Some(ApiError::NotFound),
+                Some(()) => {
+                    let a = &self.assocs[&id];
+                    if a.view.state.is_final(a.view.retryable) {
+                        out.error = Some(ApiError::WrongState(a.view.state));
+                    } else {
+                        self.finish(&id, State::Cancelled, Some(Reason::CancelledByUser), "cancelled", now, &mut out.actions);
+                    }
+                    out.view = self.assocs.get(&id).map(|a| a.view.clone());
+                }
+            },
+            Input::CstaDone { association, request, outcome, now } => self.csta_done(&association, request, outcome, now, &mut out.actions),
+            Input::CstaEvent { pbx, extension, event, now } => self.csta_event(&pbx, &extension, event, now, &mut out.actions),
+            Input::LinkDown { pbx, now } => {
+                let ids: Vec<String> = self.by_ext.iter().filter(|((p, _), _)| *p == pbx).map(|(_, id)| id.clone()).collect();
+                for id in ids {
+                    if let Some(a) = self.assocs.get_mut(&id) {
+                        a.monitored = false;
+                        if matches!(a.view.state, State::Monitoring | State::Locking | State::Calling | State::Ringing | State::InIvr) {
+                            a.call = None; // the PBX forgets calls with the link
+                            self.fail_attempt(&id, Reason::LinkDown, "PBX link lost", now, &mut out.actions);
+                        }
+                    }
+                }
+            }
+            Input::Ivr { call, from, to, digits, now } => out.ivr = Some(self.ivr(&call, &from, &to, digits.as_deref(), now, &mut out.actions)),
+            Input::IvrHangup { call, now } => self.ivr_hangup(&call, now, &mut out.actions),
+            Input::Tick { now } => self.tick(now, &mut out.actions),
+            Input::Unbind { principal, account, pbx, extension, now } => {
+                let key = (pbx.clone(), extension.clone());
+                match self.bindings.get(&key) {
+                    Some(b) if principal == Principal::Admin || (visible(&principal, &b.tenant) && account.as_deref() == Some(b.account.as_str())) => {
+                        let b = b.clone();
+                        self.bindings.remove(&key);
+                        out.actions.push(Action::Store(StoreWrite::Unbind { pbx, extension }));
+                        out.actions.push(Action::Store(StoreWrite::Audit(AuditRecord {
+                            at: now,
+                            tenant: b.tenant.clone(),
+                            account: b.account.clone(),
+                            pbx: b.pbx.clone(),
+                            extension: b.extension.clone(),
+                            association: String::new(),
+                            step: "unbound".into(),
+                            result: if principal == Principal::Admin { "by admin".into() } else { "by the account".into() },
+                        })));
+                        out.actions.push(Action::Notify { tenant: b.tenant, account: b.account, event: "unbound".into(), association: String::new() });
+                    }
+                    _ => out.error = Some(ApiError::NotFound),
+                }
+            }
+            Input::ResetCounters { key, now } => {
+                self.counters.insert(key.clone(), 0);
+                out.actions.push(Action::Store(StoreWrite::Counter { key: key.clone(), value: 0 }));
+                let (tenant, account, pbx, extension) = match &key {
+                    CounterKey::Extension { pbx, extension } => (String::new(), String::new(), pbx.clone(), extension.clone()),
+                    CounterKey::Account { tenant, account } => (tenant.clone(), account.clone(), String::new(), String::new()),
+                };
+                out.actions.push(Action::Store(StoreWrite::Audit(AuditRecord { at: now, tenant, account, pbx, extension, association: String::new(), step: "counter_reset".into(), result: "by admin".into() })));
+            }
+        }
+        out
+    }
+
+    fn visible_id(&self, principal: &Principal, id: &str) -> Option<()> {
+        self.view(principal, id).map(|_| ())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(&mut self, principal: &Principal, account: String, account_name: Option<String>, pbx: Option<String>, extension: String, id: String, context_random: &str, code_random: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(AssociationView, String), ApiError> {
+        let tenant = match principal {
+            Principal::Tenant(t) => t.clone(),
+            Principal::Admin => return Err(ApiError::BadRequest("associations are requested by a tenant for one of its accounts".into())),
+        };
+        if account.is_empty() || extension.is_empty() {
+            return Err(ApiError::BadRequest("account and extension are required".into()));
+        }
+        // The extension must be in the directory of a PBX of this tenant.
+        let candidates: Vec<&String> = self
+            .policies
+            .iter()
+            .filter(|(id, p)| p.tenant == tenant && p.directory.contains_key(&extension) && pbx.as_ref().is_none_or(|want| want == *id))
+            .map(|(id, _)| id)
+            .collect();
+        let pbx = match candidates.as_slice() {
+            [one] => (*one).clone(),
+            [] => return Err(ApiError::UnknownExtension(extension)),
+            _ => return Err(ApiError::BadRequest("the extension exists on several PBXs of this tenant: give `pbx`".into())),
+        };
+        let (code_digits, code_ttl, require_completion) = {
+            let p = &self.policies[&pbx];
+            (p.code_digits, p.code_ttl, p.require_completion)
+        };
+        let ext_key = (pbx.clone(), extension.clone());
+        if self.bindings.contains_key(&ext_key) {
+            return Err(ApiError::AlreadyBound);
+        }
+        // Expired associations free their extension and account.
+        self.tick(now, actions);
+        if self.by_ext.contains_key(&ext_key) {
+            return Err(ApiError::ExtensionBusy);
+        }
+        if self.by_account.contains_key(&(tenant.clone(), account.clone())) {
+            return Err(ApiError::AccountBusy);
+        }
+        if self.locked_out(&pbx, &extension, &tenant, &account) {
+            return Err(ApiError::LockedOut);
+        }
+        let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
+        let code: String = digits(code_random).chars().take(code_digits).collect();
+        if code.len() != code_digits {
+            return Err(ApiError::BadRequest("not enough randomness for the code".into()));
+        }
+        if self.assocs.contains_key(&id) {
+            return Err(ApiError::BadRequest("association id already used".into()));
+        }
+        // A context id unique among live associations.
+        let pool = digits(context_random);
+        let context_id = pool
+            .as_bytes()
+            .chunks(CONTEXT_DIGITS)
+            .filter(|c| c.len() == CONTEXT_DIGITS)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .find(|c| !self.by_context.contains_key(*c))
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::BadRequest("not enough randomness for the context id".into()))?;
+        let expires_at = now + code_ttl.as_millis() as Millis;
+        let view = AssociationView {
+            id: id.clone(),
+            tenant: tenant.clone(),
+            account: account.clone(),
+            pbx: pbx.clone(),
+            extension: extension.clone(),
+            state: State::CodeIssued,
+            reason: None,
+            retryable: true,
+            context_id: context_id.clone(),
+            expires_at,
+            history: vec![Step { at: now, step: "code_issued".into(), detail: format!("code of {} digits valid until {expires_at}", code.len()) }],
+        };
+        self.by_ext.insert(ext_key, id.clone());
+        self.by_account.insert((tenant.clone(), account.clone()), id.clone());
+        self.by_context.insert(context_id, id.clone());
+        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, call: None, lock_call: None, monitored: false, ring_deadline: None });
+        actions.push(audit(&view, now, "code_issued", "ok"));
+        actions.push(Action::Store(StoreWrite::Association(view)));
+        if !require_completion {
+            // A refusal here (rate limit) leaves the association waiting for a retry.
+            let _ = self.start_attempt(&id, now, actions);
+        }
+        Ok((self.assocs[&id].view.clone(), code))
+    }
+
+    pub(crate) fn locked_out(&self, pbx: &str, extension: &str, tenant: &str, account: &str) -> bool {
+        let limit = self.policies.get(pbx).map_or(100, |p| p.lockout_after);
+        let c = |k: CounterKey| self.counters.get(&k).copied().unwrap_or(0);
+        c(CounterKey::Extension { pbx: pbx.into(), extension: extension.into() }) >= limit || c(CounterKey::Account { tenant: tenant.into(), account: account.into() }) >= limit
+    }
+
+    /// Steps 3–6: (re)start a proof attempt.
+    fn start_attempt(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(), ApiError> {
+        let Some(a) = self.assocs.get(id) else { return Err(ApiError::NotFound) };
+        let v = &a.view;
+        match v.state {
+            State::CodeIssued => {}
+            State::Failed if v.retryable => {}
+            s => return Err(ApiError::WrongState(s)),
+        }
+        if now >= v.expires_at {
+            self.finish(id, State::Expired, Some(Reason::Expired), "expired", now, actions);
+            return Err(ApiError::Expired);
+        }
+        let (pbx, ext, tenant, account) = (v.pbx.clone(), v.extension.clone(), v.tenant.clone(), v.account.clone());
+        if self.locked_out(&pbx, &ext, &tenant, &account) {
+            self.finish(id, State::Failed, Some(Reason::LockedOut), "locked_out", now, actions);
+            return Err(ApiError::LockedOut);
+        }
+        let limit = self.policies.get(&pbx).map_or(3, |p| p.proof_calls_per_hour);
+        let calls = self.proof_calls.entry((pbx.clone(), ext.clone())).or_default();
+        calls.retain(|t| now.saturating_sub(*t) < HOUR);
+        if calls.len() >= limit {
+            self.step(id, now, "rate_limited", "proof-call limit of this extension reached", actions);
+            return Err(ApiError::RateLimited);
+        }
+        calls.push(now);
+        actions.push(Action::Store(StoreWrite::ProofCall { pbx: pbx.clone(), extension: ext.clone(), at: now }));
+        let a = self.assocs.get_mut(id).ok_or(ApiError::NotFound)?;
+        a.view.reason = None;
+        a.view.retryable = true;
+        a.call = None;
+        a.lock_call = None;
+        if a.monitored {
+            self.after_monitor(id, now, actions);
+        } else {
+            self.set_state(id, State::Monitoring, now, "monitoring", "MonitorStart on the extension", actions);
+            actions.push(Action::Csta { association: id.to_owned(), pbx, request: CstaRequest::MonitorStart { extension: ext } });
+        }
+        Ok(())
+    }
+
+    /// Monitor running: lock first if the policy says so, else place the proof call.
+    fn after_monitor(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get(id) else { return };
+        let (pbx, ext) = (a.view.pbx.clone(), a.view.extension.clone());
+        match self.policies.get(&pbx).and_then(|p| p.lock_prefix.clone()) {
+            Some(prefix) => {
+                self.set_state(id, State::Locking, now, "locking", "MakeCall to the lock prefix", actions);
+                actions.push(Action::Csta { association: id.to_owned(), pbx, request: CstaRequest::MakeCall { from: ext, to: prefix } });
+            }
+            None => self.place_call(id, now, actions),
+        }
+    }
+
+    fn place_call(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get(id) else { return };
+        let (pbx, ext, ctx) = (a.view.pbx.clone(), a.view.extension.clone(), a.view.context_id.clone());
+        let Some(policy) = self.policies.get(&pbx) else { return };
+        let to = match policy.context_delivery {
+            ContextDelivery::DialSuffix => format!("{}*{ctx}#", policy.ivr_number),
+            ContextDelivery::Dtmf | ContextDelivery::None => policy.ivr_number.clone(),
+        };
+        let deadline = now + policy.ring_timeout.as_millis() as Millis;
+        if let Some(a) = self.assocs.get_mut(id) {
+            a.ring_deadline = Some(deadline);
+        }
+        self.set_state(id, State::Calling, now, "calling", "MakeCall from the extension to the IVR", actions);
+        actions.push(Action::Csta { association: id.to_owned(), pbx, request: CstaRequest::MakeCall { from: ext, to } });
+    }
+
+    fn csta_done(&mut self, id: &str, request: CstaRequest, outcome: Result<CstaResultInfo, CstaFailure>, now: Millis, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get(id) else { return };
+        let state = a.view.state;
+        let failure_reason = |f: CstaFailure| match f {
+            CstaFailure::LinkDown => Reason::LinkDown,
+            CstaFailure::Busy => Reason::Busy,
+            CstaFailure::Rejected => Reason::RejectedByPbx,
+        };
+        match (request, outcome) {
+            (CstaRequest::MonitorStart { .. }, Ok(_)) if state == State::Monitoring => {
+                if let Some(a) = self.assocs.get_mut(id) {
+                    a.monitored = true;
+                }
+                self.after_monitor(id, now, actions);
+            }
+            (CstaRequest::MonitorStart { .. }, Err(f)) if state == State::Monitoring => self.fail_attempt(id, failure_reason(f), "MonitorStart refused", now, actions),
+            (CstaRequest::MakeCall { .. }, Ok(info)) if state == State::Locking => {
+                if let Some(a) = self.assocs.get_mut(id) {
+                    a.lock_call = info.call;
+                }
+            }
+            (CstaRequest::MakeCall { .. }, Ok(info)) if state == State::Calling || state == State::Ringing => {
+                if let Some(a) = self.assocs.get_mut(id) {
+                    // Events may have come first and named the call already.
+                    if a.call.is_none() {
+                        a.call = info.call;
+                    }
+                }
+            }
+            (CstaRequest::MakeCall { .. }, Err(f)) if matches!(state, State::Locking | State::Calling) => {
+                let detail = if state == State::Locking { "the PBX refused the lock call" } else { "the PBX refused the proof call" };
+                self.fail_attempt(id, failure_reason(f), detail, now, actions)
+            }
+            (CstaRequest::SendDigits { .. }, Err(_)) => self.step(id, now, "dtmf_failed", "the PBX refused to send the context digits", actions),
+            _ => {}
+        }
+    }
+
+    fn csta_event(&mut self, pbx: &str, extension: &str, event: CallEvent, now: Millis, actions: &mut Vec<Action>) {
+        let Some(id) = self.by_ext.get(&(pbx.to_owned(), extension.to_owned())).cloned() else { return };
+        let Some(a) = self.assocs.get_mut(&id) else { return };
+        let state = a.view.state;
+        if state == State::Locking {
+            let is_lock_call = a.lock_call.as_deref().is_none_or(|c| c == event.call());
+            match event {
+                CallEvent::Cleared { .. } if is_lock_call => {
+                    self.step(&id, now, "locked", "the phone is locked; its user unlocks it with the local PIN", actions);
+                    self.place_call(&id, now, actions);
+                }
+                CallEvent::Failed { .. } if is_lock_call => self.fail_attempt(&id, Reason::RejectedByPbx, "the PBX refused the lock feature", now, actions),
+                _ => {}
+            }
+            return;
+        }
+        if !matches!(state, State::Calling | State::Ringing | State::InIvr) {
+            return;
+        }
+        // Follow our call only; the first event names it if the MakeCall result is late.
+        match &a.call {
+            Some(c) if c.as_slice() != event.call() => return,
+            None => a.call = Some(event.call().to_vec()),
+            _ => {}
+        }
+        match event {
+            CallEvent::Initiated { .. } => self.set_state(&id, State::Ringing, now, "ringing", "the phone is ringing", actions),
+            CallEvent::Originated { .. } => self.step(&id, now, "answered", "the user picked up", actions),
+            CallEvent::Delivered { .. } => self.step(&id, now, "reaching_ivr", "the call is reaching the IVR", actions),
+            CallEvent::Established { .. } => {
+                if state == State::InIvr {
+                    return;
+                }
+                if let Some(a) = self.assocs.get_mut(&id) {
+                    a.ring_deadline = None;
+                }
+                self.set_state(&id, State::InIvr, now, "in_ivr", "the user is connected to the IVR", actions);
+                let dtmf = self.policies.get(pbx).is_some_and(|p| p.context_delivery == ContextDelivery::Dtmf);
+                if let (true, Some(a)) = (dtmf, self.assocs.get(&id)) {
+                    if let Some(call) = a.call.clone() {
+                        let digits = format!("*{}#", a.view.context_id);
+                        actions.push(Action::Csta { association: id.clone(), pbx: pbx.to_owned(), request: CstaRequest::SendDigits { call, extension: extension.to_owned(), digits } });
+                    }
+                }
+            }
+            CallEvent::Failed { cause, .. } => {
+                let reason = match cause {
+                    Some(3) | Some(7) => Reason::Busy,
+                    Some(18) | Some(35) => Reason::PhoneLocked,
+                    Some(10) | Some(60) => Reason::NoAnswer,
+                    _ => Reason::RejectedByPbx,
+                };
+                self.fail_attempt(&id, reason, &format!("the call failed (cause {})", cause.map_or("unknown".into(), |c| c.to_string())), now, actions);
+            }
+            CallEvent::Cleared { .. } => {
+                let reason = if state == State::InIvr { Reason::CallCleared } else { Reason::NoAnswer };
+                if let Some(a) = self.assocs.get_mut(&id) {
+                    a.call = None; // nothing to clear any more
+                }
+                self.fail_attempt(&id, reason, "the call ended before the code was accepted", now, actions);
+            }
+        }
+    }
+
+    fn tick(&mut self, now: Millis, actions: &mut Vec<Action>) {
+        let ids: Vec<String> = self.by_ext.values().cloned().collect();
+        for id in ids {
+            let Some(a) = self.assocs.get(&id) else { continue };
+            if now >= a.view.expires_at {
+                self.finish(&id, State::Expired, Some(Reason::Expired), "expired", now, actions);
+            } else if a.ring_deadline.is_some_and(|d| now >= d) && matches!(a.view.state, State::Calling | State::Ringing) {
+                self.fail_attempt(&id, Reason::NoAnswer, "nobody answered in time", now, actions);
+            }
+        }
+        // Forget IVR calls older than any code can live.
+        self.ivr_calls.retain(|_, c| now.saturating_sub(c.started) < 2 * HOUR);
+    }
+
+    /// The attempt failed: clear any call, tell the account; the user may retry while the code
+    /// is valid and its entries are not used up.
+    pub(crate) fn fail_attempt(&mut self, id: &str, reason: Reason, detail: &str, now: Millis, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get_mut(id) else { return };
+        a.ring_deadline = None;
+        let retryable = now < a.view.expires_at && a.code_entries < MAX_CODE_ENTRIES && !matches!(reason, Reason::LockedOut | Reason::AttemptsExhausted);
+        if let Some(call) = a.call.take() {
+            actions.push(Action::Csta { association: id.to_owned(), pbx: a.view.pbx.clone(), request: CstaRequest::ClearConnection { call, extension: a.view.extension.clone() } });
+        }
+        a.view.reason = Some(reason);
+        a.view.retryable = retryable;
+        if retryable {
+            self.set_state(id, State::Failed, now, "failed", detail, actions);
+            if let Some(a) = self.assocs.get(id) {
+                actions.push(Action::Notify { tenant: a.view.tenant.clone(), account: a.view.account.clone(), event: "attempt_failed".into(), association: id.to_owned() });
+            }
+        } else {
+            self.finish(id, State::Failed, Some(reason), detail, now, actions);
+        }
+    }
+
+    /// End an association for good: free its extension, account and context id, clear its
+    /// call and stop its monitor.
+    pub(crate) fn finish(&mut self, id: &str, state: State, reason: Option<Reason>, detail: &str, now: Millis, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get_mut(id) else { return };
+        a.view.reason = reason;
+        a.view.retryable = false;
+        a.ring_deadline = None;
+        // The code is of no use any more.
+        a.code.clear();
+        let (pbx, ext) = (a.view.pbx.clone(), a.view.extension.clone());
+        if let Some(call) = a.call.take() {
+            actions.push(Action::Csta { association: id.to_owned(), pbx: pbx.clone(), request: CstaRequest::ClearConnection { call, extension: ext.clone() } });
+        }
+        if std::mem::take(&mut a.monitored) {
+            actions.push(Action::Csta { association: id.to_owned(), pbx: pbx.clone(), request: CstaRequest::MonitorStop { extension: ext.clone() } });
+        }
+        let (tenant, account, ctx) = (a.view.tenant.clone(), a.view.account.clone(), a.view.context_id.clone());
+        self.by_ext.remove(&(pbx, ext));
+        self.by_account.remove(&(tenant.clone(), account.clone()));
+        self.by_context.remove(&ctx);
+        let step = match state {
+            State::Bound => "bound",
+            State::Expired => "expired",
+            State::Cancelled => "cancelled",
+            _ => "failed",
+        };
+        self.set_state(id, state, now, step, detail, actions);
+        let event = if state == State::Bound { "bound" } else { step };
+        actions.push(Action::Notify { tenant, account, event: event.into(), association: id.to_owned() });
+    }
+
+    fn set_state(&mut self, id: &str, state: State, now: Millis, step: &str, detail: &str, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get_mut(id) else { return };
+        a.view.state = state;
+        a.view.history.push(Step { at: now, step: step.to_owned(), detail: detail.to_owned() });
+        let result = a.view.reason.map_or_else(|| "ok".to_owned(), |r| serde_json::to_value(r).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
+        actions.push(audit(&a.view, now, step, &result));
+        actions.push(Action::Store(StoreWrite::Association(a.view.clone())));
+    }
+
+    /// A history step without a state change.
+    pub(crate) fn step(&mut self, id: &str, now: Millis, step: &str, detail: &str, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get_mut(id) else { return };
+        a.view.history.push(Step { at: now, step: step.to_owned(), detail: detail.to_owned() });
+        actions.push(audit(&a.view, now, step, "ok"));
+        actions.push(Action::Store(StoreWrite::Association(a.view.clone())));
+    }
+}
+
+pub(crate) fn visible(p: &Principal, tenant: &str) -> bool {
+    match p {
+        Principal::Admin => true,
+        Principal::Tenant(t) => t == tenant,
+    }
+}
+
+pub(crate) fn audit(v: &AssociationView, at: Millis, step: &str, result: &str) -> Action {
+    Action::Store(StoreWrite::Audit(AuditRecord {
+        at,
+        tenant: v.tenant.clone(),
+        account: v.account.clone(),
+        pbx: v.pbx.clone(),
+        extension: v.extension.clone(),
+        association: v.id.clone(),
+        step: step.to_owned(),
+        result: result.to_owned(),
+    }))
+}

@@ -1,0 +1,210 @@
+//! The IVR dialogue (step 7–8): the gateway is the IVR application's logic; the IVR platform
+//! only plays prompts and collects DTMF. Identify the association (context id, else calling
+//! number), name the account and require the confirm key (anti-phishing), collect the code,
+//! compare it in constant time, bind or say what went wrong.
+
+use subtle::ConstantTimeEq;
+
+use super::engine::{audit, Engine, MAX_CODE_ENTRIES, MAX_ENTRIES_PER_CALL};
+use super::*;
+
+/// The confirm key after the account's name.
+const CONFIRM_KEY: &str = "1";
+/// How many times the caller may key an unknown context id.
+const CONTEXT_TRIES: u32 = 3;
+
+#[derive(Debug, Clone)]
+pub(crate) enum Stage {
+    AwaitContext { tries: u32 },
+    AwaitConfirm { association: String },
+    AwaitCode { association: String, tries: u32 },
+    Done,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct IvrCall {
+    pub(crate) started: Millis,
+    pub(crate) from: String,
+    pub(crate) stage: Stage,
+}
+
+fn gather(max_digits: usize) -> Option<Gather> {
+    Some(Gather { max_digits, finish_on_key: "#".into(), timeout_ms: 8000 })
+}
+fn prompt(say: &str, max_digits: usize) -> IvrReply {
+    IvrReply { say: say.to_owned(), gather: gather(max_digits), hangup: false }
+}
+fn bye(say: &str) -> IvrReply {
+    IvrReply { say: say.to_owned(), gather: None, hangup: true }
+}
+
+impl Engine {
+    pub(crate) fn ivr(&mut self, call: &str, from: &str, _to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
+        let digits = digits.map(|d| d.trim().trim_end_matches('#').trim_start_matches('*').to_owned());
+        let Some(session) = self.ivr_calls.get(call).cloned() else {
+            // First request of a call. Find the association by calling number where the PBX
+            // presents a known DID; otherwise collect the context id (dialled after the number
+            // or sent as DTMF by the gateway, or keyed by the user).
+            self.ivr_calls.insert(call.to_owned(), IvrCall { started: now, from: from.to_owned(), stage: Stage::AwaitContext { tries: 0 } });
+            if let Some(id) = self.by_calling_number(from) {
+                return self.confirm_prompt(call, &id, now, actions);
+            }
+            if let Some(d) = digits.filter(|d| !d.is_empty()) {
+                return self.context_entered(call, &d, 0, now, actions);
+            }
+            return prompt("Please enter the number shown in your app, then the hash key.", 12);
+        };
+        let entered = digits.unwrap_or_default();
+        match session.stage {
+            Stage::Done => bye("Goodbye."),
+            Stage::AwaitContext { tries } => self.context_entered(call, &entered, tries, now, actions),
+            Stage::AwaitConfirm { association } => {
+                if entered == CONFIRM_KEY && self.live_in_call(&association) {
+                    self.set_stage(call, Stage::AwaitCode { association: association.clone(), tries: 0 });
+                    let n = self.assocs.get(&association).map_or(6, |a| a.code.len());
+                    self.step(&association, now, "confirmed", "the caller confirmed the account", actions);
+                    prompt("Please enter the code shown in your app, then the hash key.", n)
+                } else {
+                    self.set_stage(call, Stage::Done);
+                    if self.live_in_call(&association) {
+                        self.fail_attempt(&association, Reason::NotConfirmed, "the caller did not confirm the account", now, actions);
+                    }
+                    bye("Nothing was linked. Goodbye.")
+                }
+            }
+            Stage::AwaitCode { association, tries } => self.code_entered(call, &association, &entered, tries, now, actions),
+        }
+    }
+
+    fn set_stage(&mut self, call: &str, stage: Stage) {
+        if let Some(c) = self.ivr_calls.get_mut(call) {
+            c.stage = stage;
+        }
+    }
+
+    /// The association is waiting for this proof call.
+    fn live_in_call(&self, id: &str) -> bool {
+        self.assocs.get(id).is_some_and(|a| matches!(a.view.state, State::Calling | State::Ringing | State::InIvr))
+    }
+
+    /// A live association in a call whose extension the calling number presents.
+    fn by_calling_number(&self, from: &str) -> Option<String> {
+        let mut found = self.by_ext.iter().filter_map(|((pbx, ext), id)| {
+            let prefix = self.policies.get(pbx)?.did_prefix.as_ref()?;
+            (from == format!("{prefix}{ext}") && self.live_in_call(id)).then(|| id.clone())
+        });
+        let first = found.next()?;
+        // Ambiguous: ask for the context id instead.
+        found.next().is_none().then_some(first)
+    }
+
+    fn context_entered(&mut self, call: &str, entered: &str, tries: u32, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
+        match self.by_context.get(entered).cloned().filter(|id| self.live_in_call(id)) {
+            Some(id) => self.confirm_prompt(call, &id, now, actions),
+            None if tries + 1 < CONTEXT_TRIES => {
+                self.set_stage(call, Stage::AwaitContext { tries: tries + 1 });
+                prompt("This number is not known. Please enter the number shown in your app, then the hash key.", 12)
+            }
+            None => {
+                self.set_stage(call, Stage::Done);
+                bye("This number is not known. Goodbye.")
+            }
+        }
+    }
+
+    /// Name the account being linked and ask for the confirm key (anti-phishing).
+    fn confirm_prompt(&mut self, call: &str, id: &str, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
+        let Some(a) = self.assocs.get(id) else { return bye("Goodbye.") };
+        let name = a.account_name.clone().unwrap_or_else(|| a.view.account.clone());
+        self.set_stage(call, Stage::AwaitConfirm { association: id.to_owned() });
+        self.step(id, now, "ivr_identified", "the IVR found the association", actions);
+        prompt(&format!("To link this phone to the account of {name}, press 1. If you did not ask for this, hang up."), 1)
+    }
+
+    fn code_entered(&mut self, call: &str, id: &str, entered: &str, tries: u32, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
+        let Some(a) = self.assocs.get(id) else {
+            self.set_stage(call, Stage::Done);
+            return bye("Goodbye.");
+        };
+        if !self.live_in_call(id) {
+            self.set_stage(call, Stage::Done);
+            return bye("This request is no longer valid. Goodbye.");
+        }
+        if now >= a.view.expires_at {
+            // "Expired" is told apart from "incorrect" (without revealing anything of the code).
+            self.set_stage(call, Stage::Done);
+            self.finish(id, State::Expired, Some(Reason::Expired), "the code expired before it was entered", now, actions);
+            return bye("This code has expired. Please request a new code in the app. Goodbye.");
+        }
+        let ok = !a.code.is_empty() && a.code.len() == entered.len() && bool::from(a.code.as_bytes().ct_eq(entered.as_bytes()));
+        let (pbx, ext, tenant, account) = (a.view.pbx.clone(), a.view.extension.clone(), a.view.tenant.clone(), a.view.account.clone());
+        let ext_key = CounterKey::Extension { pbx: pbx.clone(), extension: ext.clone() };
+        let acc_key = CounterKey::Account { tenant: tenant.clone(), account: account.clone() };
+        if ok {
+            self.set_stage(call, Stage::Done);
+            let from = self.ivr_calls.get(call).map(|c| c.from.clone()).filter(|f| !f.is_empty());
+            let binding = Binding { tenant, account, pbx: pbx.clone(), extension: ext.clone(), did: from, did_verified: false, bound_at: now };
+            // Success resets the failure counters (only success does).
+            for key in [ext_key, acc_key] {
+                if self.counters.get(&key).copied().unwrap_or(0) != 0 {
+                    self.counters.insert(key.clone(), 0);
+                    actions.push(Action::Store(StoreWrite::Counter { key, value: 0 }));
+                }
+            }
+            self.bindings.insert((pbx, ext), binding.clone());
+            actions.push(Action::Store(StoreWrite::Bind(binding)));
+            // The IVR hangs up; the call is the PBX's to clear.
+            if let Some(a) = self.assocs.get_mut(id) {
+                a.call = None;
+            }
+            self.finish(id, State::Bound, None, "the code matched: extension bound", now, actions);
+            let name = self.assocs.get(id).and_then(|a| a.account_name.clone()).unwrap_or_else(|| self.assocs.get(id).map(|a| a.view.account.clone()).unwrap_or_default());
+            return bye(&format!("Thank you. This phone is now linked to the account of {name}. Goodbye."));
+        }
+        // Wrong code: counted per extension and per account, and per code.
+        let mut locked = false;
+        for key in [ext_key, acc_key] {
+            let v = self.counters.entry(key.clone()).or_insert(0);
+            *v = v.saturating_add(1);
+            actions.push(Action::Store(StoreWrite::Counter { key, value: *v }));
+        }
+        let entries = match self.assocs.get_mut(id) {
+            Some(a) => {
+                a.code_entries += 1;
+                a.code_entries
+            }
+            None => MAX_CODE_ENTRIES,
+        };
+        if let Some(a) = self.assocs.get(id) {
+            actions.push(audit(&a.view, now, "code_entered", "wrong_code"));
+            locked = self.locked_out(&a.view.pbx, &a.view.extension, &a.view.tenant, &a.view.account);
+        }
+        if locked {
+            self.set_stage(call, Stage::Done);
+            self.fail_attempt(id, Reason::LockedOut, "too many wrong codes for this extension or account", now, actions);
+            return bye("Too many wrong codes. This phone cannot be linked for now. Goodbye.");
+        }
+        if entries >= MAX_CODE_ENTRIES {
+            self.set_stage(call, Stage::Done);
+            self.fail_attempt(id, Reason::AttemptsExhausted, "the code was entered wrongly too often", now, actions);
+            return bye("Too many wrong codes. Please request a new code in the app. Goodbye.");
+        }
+        if tries + 1 >= MAX_ENTRIES_PER_CALL {
+            self.set_stage(call, Stage::Done);
+            self.fail_attempt(id, Reason::WrongCode, "three wrong codes on this call", now, actions);
+            return bye("The code is not correct. You can try again from the app. Goodbye.");
+        }
+        self.set_stage(call, Stage::AwaitCode { association: id.to_owned(), tries: tries + 1 });
+        let n = self.assocs.get(id).map_or(6, |a| a.code.len());
+        prompt("The code is not correct. Please try again, then the hash key.", n)
+    }
+
+    pub(crate) fn ivr_hangup(&mut self, call: &str, now: Millis, actions: &mut Vec<Action>) {
+        let Some(c) = self.ivr_calls.remove(call) else { return };
+        if let Stage::AwaitConfirm { association } | Stage::AwaitCode { association, .. } = c.stage {
+            if self.live_in_call(&association) {
+                self.fail_attempt(&association, Reason::CallCleared, "the caller hung up in the IVR", now, actions);
+            }
+        }
+    }
+}
