@@ -13,3 +13,4 @@ pub mod config;
 pub mod link;
 pub mod probe;
 pub mod sim;
+pub mod store;

@@ -30,7 +30,7 @@ use serde::Serialize;
 pub type Millis = u64;
 
 /// Where an association stands. Serialized as the API's `state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Code issued; waiting for "I'm at my phone" (or for a retry after a failed attempt).
@@ -64,7 +64,7 @@ impl State {
 }
 
 /// Why an attempt or an association failed. Serialized as the API's `reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     WrongCode,
@@ -148,7 +148,7 @@ pub enum Principal {
 }
 
 /// One step of an association's history (API `history`, and the audit log).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Step {
     pub at: Millis,
     pub step: String,
@@ -156,7 +156,7 @@ pub struct Step {
 }
 
 /// What the API shows of an association. Never the code after creation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AssociationView {
     pub id: String,
     pub tenant: String,

@@ -1,0 +1,214 @@
+//! Durable storage: bindings, associations with their state and history, failure counters,
+//! proof calls and the append-only audit log.
+//!
+//! [`Store`] is the small interface the gateway needs (so a PostgreSQL backend can follow);
+//! [`SqliteStore`] is the default: one embedded SQLite file in WAL mode with `synchronous=FULL`,
+//! so a write the gateway has acted on survives a crash or power loss. The engine's writes of one
+//! input are committed in one transaction before the gateway answers. The audit table refuses
+//! UPDATE and DELETE (triggers): it only grows.
+
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use crate::association::{AssociationView, AuditRecord, Binding, CounterKey, Millis, Snapshot, StoreWrite};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Filter for reading the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub tenant: Option<String>,
+    pub account: Option<String>,
+    pub extension: Option<String>,
+    pub limit: usize,
+}
+
+/// What the gateway needs from storage.
+pub trait Store: Send {
+    /// Commit the writes of one engine step atomically.
+    ///
+    /// # Errors
+    /// The database refused; nothing of the batch is written.
+    fn apply(&mut self, writes: &[StoreWrite]) -> Result<(), StoreError>;
+    /// Everything needed to rebuild the engine after a restart.
+    ///
+    /// # Errors
+    /// Unreadable or corrupt records.
+    fn snapshot(&self, now: Millis) -> Result<Snapshot, StoreError>;
+    /// One association, for the API (also those finished before a restart).
+    ///
+    /// # Errors
+    /// Unreadable or corrupt record.
+    fn association(&self, id: &str) -> Result<Option<AssociationView>, StoreError>;
+    /// Audit records, newest last.
+    ///
+    /// # Errors
+    /// Unreadable records.
+    fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
+}
+
+/// SQLite implementation.
+pub struct SqliteStore {
+    db: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bindings (
+    pbx TEXT NOT NULL, extension TEXT NOT NULL, tenant TEXT NOT NULL, account TEXT NOT NULL,
+    did TEXT, did_verified INTEGER NOT NULL, bound_at INTEGER NOT NULL,
+    PRIMARY KEY (pbx, extension));
+CREATE INDEX IF NOT EXISTS bindings_account ON bindings (tenant, account);
+CREATE TABLE IF NOT EXISTS associations (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, account TEXT NOT NULL, pbx TEXT NOT NULL,
+    extension TEXT NOT NULL, state TEXT NOT NULL, final INTEGER NOT NULL, view TEXT NOT NULL,
+    updated_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS associations_open ON associations (final);
+CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS proof_calls (pbx TEXT NOT NULL, extension TEXT NOT NULL, at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS proof_calls_at ON proof_calls (at);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, tenant TEXT NOT NULL,
+    account TEXT NOT NULL, pbx TEXT NOT NULL, extension TEXT NOT NULL, association TEXT NOT NULL,
+    step TEXT NOT NULL, result TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_account ON audit (tenant, account);
+CREATE INDEX IF NOT EXISTS audit_extension ON audit (extension);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+";
+
+impl SqliteStore {
+    /// Open (creating if needed) the database file.
+    ///
+    /// # Errors
+    /// The file cannot be opened or the schema applied.
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        let db = Connection::open(path)?;
+        db.pragma_update(None, "journal_mode", "WAL")?;
+        db.pragma_update(None, "synchronous", "FULL")?;
+        db.busy_timeout(std::time::Duration::from_secs(5))?;
+        db.execute_batch(SCHEMA)?;
+        Ok(SqliteStore { db })
+    }
+}
+
+fn key_text(k: &CounterKey) -> String {
+    match k {
+        CounterKey::Extension { pbx, extension } => format!("ext\u{1f}{pbx}\u{1f}{extension}"),
+        CounterKey::Account { tenant, account } => format!("acc\u{1f}{tenant}\u{1f}{account}"),
+    }
+}
+
+fn key_parse(s: &str) -> Option<CounterKey> {
+    let mut p = s.split('\u{1f}');
+    match (p.next()?, p.next()?, p.next()?) {
+        ("ext", pbx, extension) => Some(CounterKey::Extension { pbx: pbx.into(), extension: extension.into() }),
+        ("acc", tenant, account) => Some(CounterKey::Account { tenant: tenant.into(), account: account.into() }),
+        _ => None,
+    }
+}
+
+impl Store for SqliteStore {
+    fn apply(&mut self, writes: &[StoreWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.transaction()?;
+        for w in writes {
+            match w {
+                StoreWrite::Association(v) => {
+                    let json = serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let state = serde_json::to_value(v.state).ok().and_then(|s| s.as_str().map(str::to_owned)).unwrap_or_default();
+                    tx.execute(
+                        "INSERT INTO associations (id, tenant, account, pbx, extension, state, final, view, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)
+                         ON CONFLICT(id) DO UPDATE SET state = excluded.state, final = excluded.final, view = excluded.view, updated_at = excluded.updated_at",
+                        params![v.id, v.tenant, v.account, v.pbx, v.extension, state, v.state.is_final(v.retryable), json, v.history.last().map_or(0, |s| s.at) as i64],
+                    )?;
+                }
+                StoreWrite::Bind(b) => {
+                    tx.execute(
+                        "INSERT INTO bindings (pbx, extension, tenant, account, did, did_verified, bound_at) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                        params![b.pbx, b.extension, b.tenant, b.account, b.did, b.did_verified, b.bound_at as i64],
+                    )?;
+                }
+                StoreWrite::Unbind { pbx, extension } => {
+                    tx.execute("DELETE FROM bindings WHERE pbx = ?1 AND extension = ?2", params![pbx, extension])?;
+                }
+                StoreWrite::Counter { key, value } => {
+                    tx.execute(
+                        "INSERT INTO counters (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        params![key_text(key), value],
+                    )?;
+                }
+                StoreWrite::ProofCall { pbx, extension, at } => {
+                    tx.execute("INSERT INTO proof_calls (pbx, extension, at) VALUES (?1, ?2, ?3)", params![pbx, extension, *at as i64])?;
+                    // Older than a day is of no use to the hourly limit.
+                    tx.execute("DELETE FROM proof_calls WHERE at < ?1", params![at.saturating_sub(86_400_000) as i64])?;
+                }
+                StoreWrite::Audit(a) => {
+                    tx.execute(
+                        "INSERT INTO audit (at, tenant, account, pbx, extension, association, step, result) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
+                        params![a.at as i64, a.tenant, a.account, a.pbx, a.extension, a.association, a.step, a.result],
+                    )?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn snapshot(&self, now: Millis) -> Result<Snapshot, StoreError> {
+        let mut s = Snapshot::default();
+        let mut q = self.db.prepare("SELECT pbx, extension, tenant, account, did, did_verified, bound_at FROM bindings")?;
+        let rows = q.query_map([], |r| {
+            Ok(Binding { pbx: r.get(0)?, extension: r.get(1)?, tenant: r.get(2)?, account: r.get(3)?, did: r.get(4)?, did_verified: r.get(5)?, bound_at: r.get::<_, i64>(6)? as Millis })
+        })?;
+        for b in rows {
+            s.bindings.push(b?);
+        }
+        let mut q = self.db.prepare("SELECT key, value FROM counters")?;
+        for r in q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))? {
+            let (k, v) = r?;
+            let key = key_parse(&k).ok_or_else(|| StoreError::Corrupt(format!("counter key {k:?}")))?;
+            s.counters.push((key, v));
+        }
+        let mut q = self.db.prepare("SELECT pbx, extension, at FROM proof_calls WHERE at >= ?1")?;
+        for r in q.query_map(params![now.saturating_sub(3_600_000) as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as Millis)))? {
+            s.proof_calls.push(r?);
+        }
+        let mut q = self.db.prepare("SELECT view FROM associations WHERE final = 0")?;
+        for r in q.query_map([], |r| r.get::<_, String>(0))? {
+            let json = r?;
+            s.in_flight.push(serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        }
+        Ok(s)
+    }
+
+    fn association(&self, id: &str) -> Result<Option<AssociationView>, StoreError> {
+        let json: Option<String> = self.db.query_row("SELECT view FROM associations WHERE id = ?1", params![id], |r| r.get(0)).optional()?;
+        json.map(|j| serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(e.to_string()))).transpose()
+    }
+
+    fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let mut q = self.db.prepare(
+            "SELECT at, tenant, account, pbx, extension, association, step, result FROM audit
+             WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR account = ?2) AND (?3 IS NULL OR extension = ?3)
+             ORDER BY seq DESC LIMIT ?4",
+        )?;
+        let rows = q.query_map(params![f.tenant, f.account, f.extension, if f.limit == 0 { 1000 } else { f.limit } as i64], |r| {
+            Ok(AuditRecord { at: r.get::<_, i64>(0)? as Millis, tenant: r.get(1)?, account: r.get(2)?, pbx: r.get(3)?, extension: r.get(4)?, association: r.get(5)?, step: r.get(6)?, result: r.get(7)? })
+        })?;
+        let mut v: Vec<AuditRecord> = rows.collect::<Result<_, _>>()?;
+        v.reverse();
+        Ok(v)
+    }
+}

@@ -1,0 +1,110 @@
+//! The SQLite store: a real database file, reopened as after a restart; the audit log refuses
+//! changes; the engine rebuilt from it keeps bindings and counters and ends associations in
+//! flight with a reason.
+
+use std::collections::HashMap;
+
+use cstagate::association::*;
+use cstagate::store::{AuditFilter, SqliteStore, Store};
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("cstagate-store-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("gateway.db")
+}
+
+fn policy() -> HashMap<String, Policy> {
+    let mut p = Policy::new("acme", "0800100200");
+    p.directory.insert("2005".into(), Some("Alice".into()));
+    p.directory.insert("2006".into(), None);
+    HashMap::from([("paris".to_owned(), p)])
+}
+
+fn writes(out: &Output) -> Vec<StoreWrite> {
+    out.actions.iter().filter_map(|a| match a {
+        Action::Store(w) => Some(w.clone()),
+        _ => None,
+    }).collect()
+}
+
+/// Run the engine through a binding of 2005 (with one wrong code) and a pending 2006,
+/// committing every write to `store`.
+fn drive(store: &mut SqliteStore) -> (String, String) {
+    let mut e = Engine::new(policy());
+    let mut now = 10_000;
+    let mut run = |e: &mut Engine, i: Input| {
+        let o = e.handle(i);
+        store.apply(&writes(&o)).unwrap();
+        o
+    };
+    let v = run(&mut e, Input::Create { principal: Principal::Tenant("acme".into()), account: "alice".into(), account_name: None, pbx: None, extension: "2005".into(), id: "a1".into(), context_id: "1234567800000000".into(), code: "111222333".into(), now }).view.unwrap();
+    now += 10;
+    run(&mut e, Input::CstaDone { association: "a1".into(), request: CstaRequest::MonitorStart { extension: "2005".into() }, outcome: Ok(Default::default()), now });
+    run(&mut e, Input::CstaDone { association: "a1".into(), request: CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, outcome: Ok(CstaResultInfo { call: Some(vec![1]) }), now });
+    run(&mut e, Input::CstaEvent { pbx: "paris".into(), extension: "2005".into(), event: CallEvent::Established { call: vec![1] }, now });
+    for d in [v.context_id.as_str(), "1", "000000", "111222"] {
+        run(&mut e, Input::Ivr { call: "c".into(), from: "+3312345".into(), to: String::new(), digits: Some(d.into()), now });
+    }
+    let p = run(&mut e, Input::Create { principal: Principal::Tenant("acme".into()), account: "bob".into(), account_name: None, pbx: None, extension: "2006".into(), id: "a2".into(), context_id: "8765432100000000".into(), code: "999888777".into(), now }).view.unwrap();
+    (v.id, p.id)
+}
+
+#[test]
+fn nothing_is_lost_across_a_restart() {
+    let path = tmp("restart");
+    let (bound, pending) = {
+        let mut s = SqliteStore::open(&path).unwrap();
+        drive(&mut s)
+    };
+    // Reopen the file, as a restarted gateway does.
+    let s = SqliteStore::open(&path).unwrap();
+    let snap = s.snapshot(20_000).unwrap();
+    assert_eq!(snap.bindings.len(), 1);
+    let b = &snap.bindings[0];
+    assert_eq!((b.account.as_str(), b.extension.as_str(), b.did.as_deref(), b.did_verified), ("alice", "2005", Some("+3312345"), false));
+    // The wrong code counted, then success reset to 0: both persisted.
+    assert!(snap.counters.contains(&(CounterKey::Extension { pbx: "paris".into(), extension: "2005".into() }, 0)));
+    assert_eq!(snap.proof_calls.len(), 2);
+    assert_eq!(snap.in_flight.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), [pending.as_str()]);
+    assert_eq!(s.association(&bound).unwrap().unwrap().state, State::Bound);
+
+    let (engine, actions) = Engine::restore(policy(), snap, 20_000);
+    assert!(engine.binding("paris", "2005").is_some());
+    let mut s = s;
+    let ws: Vec<StoreWrite> = actions.iter().filter_map(|a| match a {
+        Action::Store(w) => Some(w.clone()),
+        _ => None,
+    }).collect();
+    s.apply(&ws).unwrap();
+    let v = s.association(&pending).unwrap().unwrap();
+    assert_eq!((v.state, v.reason, v.retryable), (State::Failed, Some(Reason::GatewayRestarted), false));
+    assert!(s.snapshot(20_000).unwrap().in_flight.is_empty());
+
+    // The audit log tells the story, in order, without any code.
+    let log = s.audit(&AuditFilter { extension: Some("2005".into()), ..Default::default() }).unwrap();
+    let steps: Vec<&str> = log.iter().map(|r| r.step.as_str()).collect();
+    assert_eq!(steps.first(), Some(&"code_issued"));
+    assert!(steps.contains(&"code_entered") && steps.last() == Some(&"bound"), "{steps:?}");
+    let all = format!("{:?}", s.audit(&AuditFilter::default()).unwrap());
+    assert!(!all.contains("111222") && !all.contains("999888"));
+}
+
+#[test]
+fn the_audit_log_is_append_only_and_a_batch_is_atomic() {
+    let path = tmp("audit");
+    let mut s = SqliteStore::open(&path).unwrap();
+    drive(&mut s);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    assert!(raw.execute("UPDATE audit SET result = 'x'", []).is_err());
+    assert!(raw.execute("DELETE FROM audit", []).is_err());
+    let n: i64 = raw.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap();
+    // A batch that fails half-way (binding an extension twice) writes nothing.
+    let b = Binding { tenant: "acme".into(), account: "eve".into(), pbx: "paris".into(), extension: "2005".into(), did: None, did_verified: false, bound_at: 1 };
+    let audit = StoreWrite::Audit(AuditRecord { at: 1, tenant: "acme".into(), account: "eve".into(), pbx: "paris".into(), extension: "2005".into(), association: "z".into(), step: "bound".into(), result: "ok".into() });
+    assert!(s.apply(&[audit, StoreWrite::Bind(b)]).is_err());
+    let m: i64 = raw.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, m, "nothing of a failed batch is written");
+    let journal: String = raw.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+    assert_eq!(journal, "wal");
+}
