@@ -19,7 +19,47 @@ use crate::codec::values::{Dialect, Secret};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
+    pub gateway: GatewaySettings,
+    #[serde(default)]
+    pub tenant: Vec<TenantConfig>,
+    #[serde(default)]
     pub pbx: Vec<PbxConfig>,
+}
+
+/// `[gateway]`: the HTTP API, the database and the secrets that guard them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_database")]
+    pub database: PathBuf,
+    /// Environment variable holding the admin API token.
+    pub admin_token_env: Option<String>,
+    /// Environment variable holding the IVR webhook's HMAC secret.
+    pub ivr_secret_env: Option<String>,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings { listen: default_listen(), database: default_database(), admin_token_env: None, ivr_secret_env: None }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_database() -> PathBuf {
+    PathBuf::from("cstagate.db")
+}
+
+/// `[[tenant]]`: a company whose cloud service calls the API for its accounts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    /// Environment variable holding this tenant's API token.
+    pub token_env: String,
 }
 
 /// Presets of the PBX families we know (brief §1, §3.3).
@@ -68,6 +108,35 @@ pub struct PbxConfig {
     pub reconnect_min: Duration,
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// The association policy of this PBX.
+    #[serde(flatten)]
+    pub association: AssociationSettings,
+}
+
+/// Association policy keys of a `[[pbx]]` table.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct AssociationSettings {
+    /// The tenant whose accounts may bind extensions of this PBX.
+    pub tenant: Option<String>,
+    /// Directory: numbers and ranges (`["2000-2099", "3000"]`).
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// Display names of extensions.
+    #[serde(default)]
+    pub names: std::collections::HashMap<String, String>,
+    pub ivr_number: Option<String>,
+    pub context_delivery: Option<crate::association::ContextDelivery>,
+    #[serde(default)]
+    pub require_completion: bool,
+    pub lock_prefix: Option<String>,
+    pub code_digits: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub code_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub ring_timeout: Option<Duration>,
+    pub proof_calls_per_hour: Option<usize>,
+    pub lockout_after: Option<u32>,
+    pub did_prefix: Option<String>,
 }
 
 fn default_keepalive() -> Duration {
@@ -129,6 +198,57 @@ impl Config {
 
     pub fn pbx(&self, id: &str) -> Option<&PbxConfig> {
         self.pbx.iter().find(|p| p.id == id)
+    }
+
+    /// The association policy of every PBX that names a tenant.
+    ///
+    /// # Errors
+    /// A bad directory entry or a missing IVR number.
+    pub fn policies(&self) -> Result<std::collections::HashMap<String, crate::association::Policy>, ConfigError> {
+        let mut out = std::collections::HashMap::new();
+        for p in &self.pbx {
+            let a = &p.association;
+            let Some(tenant) = &a.tenant else { continue };
+            let ivr = a.ivr_number.as_deref().ok_or_else(|| p.invalid("ivr_number", "is required when `tenant` is set"))?;
+            let mut pol = crate::association::Policy::new(tenant, ivr);
+            let numbers = crate::sim::parse_directory(&a.extensions.join(",")).map_err(|e| p.invalid("extensions", e))?;
+            for n in numbers {
+                let name = a.names.get(&n).cloned();
+                pol.directory.insert(n, name);
+            }
+            if let Some(d) = a.context_delivery {
+                pol.context_delivery = d;
+            }
+            pol.require_completion = a.require_completion;
+            pol.lock_prefix = a.lock_prefix.clone();
+            if let Some(n) = a.code_digits {
+                if !(6..=12).contains(&n) {
+                    return Err(p.invalid("code_digits", "must be 6 to 12 (NIST SP 800-63B: at least 6)"));
+                }
+                pol.code_digits = n;
+            }
+            if let Some(t) = a.code_ttl {
+                if t.is_zero() || t > Duration::from_secs(600) {
+                    return Err(p.invalid("code_ttl", "must be more than 0 and at most 10 minutes"));
+                }
+                pol.code_ttl = t;
+            }
+            if let Some(t) = a.ring_timeout {
+                pol.ring_timeout = t;
+            }
+            if let Some(n) = a.proof_calls_per_hour {
+                pol.proof_calls_per_hour = n;
+            }
+            if let Some(n) = a.lockout_after {
+                if n == 0 || n > 100 {
+                    return Err(p.invalid("lockout_after", "must be 1 to 100"));
+                }
+                pol.lockout_after = n;
+            }
+            pol.did_prefix = a.did_prefix.clone();
+            out.insert(p.id.clone(), pol);
+        }
+        Ok(out)
     }
 }
 

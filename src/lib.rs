@@ -5,12 +5,16 @@
 //! `cstagate decode` ([`capture`]), and (in later issues) the link manager, the association
 //! engine and the HTTP API.
 
+pub mod api;
 pub mod association;
 pub mod capture;
 pub mod codec;
 pub mod decode;
+pub mod demo;
+pub mod gateway;
 pub mod config;
 pub mod link;
 pub mod probe;
+pub mod server;
 pub mod sim;
 pub mod store;

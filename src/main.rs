@@ -57,6 +57,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the gateway: PBX links, HTTP API, IVR webhook (see README: configuration).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// The whole association on loopback, no setup: simulated PBX, the gateway, a simulated IVR
+    /// platform and user. Exits 0 on the scenario's expected outcome.
+    Demo {
+        #[arg(long, value_enum, default_value = "phase3")]
+        dialect: cstagate::demo::DemoDialect,
+        #[arg(long, value_enum, default_value = "ok")]
+        scenario: cstagate::demo::Scenario,
+    },
     /// Run a simulated PBX (for the demo, tests and trying a gateway without a PBX).
     SimPbx {
         #[arg(long, default_value = "127.0.0.1:33333")]
@@ -120,6 +133,24 @@ fn main() -> ExitCode {
         Command::Probe { config, pbx, monitors, make_call, count, timeout, json } => {
             runtime().block_on(cstagate::probe::run(cstagate::probe::Probe { config, pbx, monitors, make_call: make_call.map(|v| (v[0].clone(), v[1].clone())), count, timeout, json }))
         }
+        Command::Run { config } => runtime().block_on(run_gateway(&config)),
+        Command::Demo { dialect, scenario } => runtime().block_on(async move {
+            let say = |l: &str| println!("{l}");
+            match cstagate::demo::run(dialect, scenario, &say).await {
+                Ok((_, true)) => {
+                    println!("DEMO   expected outcome: OK");
+                    ExitCode::SUCCESS
+                }
+                Ok((v, false)) => {
+                    eprintln!("cstagate demo: unexpected outcome: {v}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("cstagate demo: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }),
         Command::SimPbx { listen, dialect, extensions, ivr_number, lock_prefix, acse_user, acse_password_env, keepalive, answer_after } => {
             let (framing, dialect, preamble) = match dialect {
                 Profile::Oxe => (Framing::TwoByteLength, Dialect::Phase2, true),
@@ -159,6 +190,34 @@ fn main() -> ExitCode {
             runtime().block_on(run_sim(cfg, &listen))
         }
     }
+}
+
+async fn run_gateway(path: &std::path::Path) -> ExitCode {
+    let config = match cstagate::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cstagate run: {e}");
+            return ExitCode::from(5);
+        }
+    };
+    let secrets = match cstagate::server::secrets_from_env(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cstagate run: {e}");
+            return ExitCode::from(5);
+        }
+    };
+    let running = match cstagate::server::start(&config, secrets).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cstagate run: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("cstagate gateway API on http://{}", running.addr);
+    let _ = tokio::signal::ctrl_c().await;
+    running.shutdown().await;
+    ExitCode::SUCCESS
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -167,7 +167,7 @@ impl Switch {
                 self.conns.clear();
                 self.monitors.clear();
                 for (_, call) in self.calls.drain() {
-                    if call.ivr {
+                    if call.ivr && call.state == CallState::Established {
                         let _ = self.ivr.send(IvrSignal::Cleared { call: hex::encode(&call.id) });
                     }
                 }
@@ -465,7 +465,8 @@ impl Switch {
         if c.internal_callee {
             self.emit(&c.called, EventKind::ConnectionCleared, cleared);
         }
-        if c.ivr {
+        // Only a call the IVR answered is the IVR's to hear about.
+        if c.ivr && c.state == CallState::Established {
             let _ = self.ivr.send(IvrSignal::Cleared { call: hex::encode(&c.id) });
         }
     }

@@ -1,0 +1,264 @@
+//! `cstagate demo`: the whole association on loopback in one process, no setup. A simulated PBX,
+//! the real gateway (store in a temporary directory, PBX link, HTTP API, IVR webhook), a
+//! simulated IVR platform that speaks the webhook adapter (signed requests, prompts, gathered
+//! digits), and a simulated user who asks for a code in the app and keys it on the phone. It
+//! narrates each step and returns whether the expected outcome happened.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
+
+/// A small JSON-over-HTTP client for loopback (the demo's app and IVR platform, and tests).
+#[derive(Clone)]
+pub struct Http {
+    base: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+}
+
+impl Http {
+    pub fn new(base: &str) -> Http {
+        Http { base: base.trim_end_matches('/').to_owned(), client: Client::builder(TokioExecutor::new()).build_http() }
+    }
+
+    /// Send a request; returns the status and the body parsed as JSON (`null` if not JSON).
+    ///
+    /// # Errors
+    /// Connection or protocol failure.
+    pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Result<(u16, Value), String> {
+        let mut req = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| e.to_string())?;
+        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
+    /// JSON request with a bearer token.
+    ///
+    /// # Errors
+    /// As [`Http::send`].
+    pub async fn json(&self, method: &str, path: &str, token: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        let auth = format!("Bearer {token}");
+        self.send(method, path, &[("authorization", &auth)], body.map(|b| b.to_string().into_bytes())).await
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// The user answers, confirms and keys the right code: bound.
+    Ok,
+    /// The user keys a wrong code first, then the right one: bound.
+    WrongCode,
+    /// The phone rings and nobody answers: failed, no_answer.
+    NoAnswer,
+    /// The phone is locked first; its user keys a wrong local PIN: failed, phone_locked.
+    LockedPhone,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DemoDialect {
+    Phase3,
+    Oxe,
+}
+
+const TENANT_TOKEN: &str = "demo-tenant-token";
+const ADMIN_TOKEN: &str = "demo-admin-token";
+const IVR_SECRET: &str = "demo-ivr-secret";
+const IVR_NUMBER: &str = "0800100200";
+
+/// Run one scenario, narrating through `say`. Returns the final association JSON and whether it
+/// is the scenario's expected outcome.
+///
+/// # Errors
+/// Anything that prevented the demo from running (not an unexpected outcome).
+pub async fn run(dialect: DemoDialect, scenario: Scenario, say: &(dyn Fn(&str) + Sync)) -> Result<(Value, bool), String> {
+    let dir = std::env::temp_dir().join(format!("cstagate-demo-{}-{}", std::process::id(), crate::gateway::random_id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let result = run_in(&dir, dialect, scenario, say).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario, say: &(dyn Fn(&str) + Sync)) -> Result<(Value, bool), String> {
+    // The PBX.
+    let mut sim_cfg = match dialect {
+        DemoDialect::Phase3 => SimConfig::phase3(&["2005", "2006"]),
+        DemoDialect::Oxe => SimConfig::oxe(&["2005", "2006"]),
+    };
+    sim_cfg.ivr_number = Some(IVR_NUMBER.into());
+    for e in &mut sim_cfg.extensions {
+        e.behaviour = Behaviour::Answer { after: Duration::from_millis(300) };
+        e.pin = Some("1234".into());
+        e.user_pin = Some("1234".into());
+    }
+    if scenario == Scenario::NoAnswer {
+        sim_cfg.extensions[0].behaviour = Behaviour::NeverAnswer;
+    }
+    if scenario == Scenario::LockedPhone {
+        sim_cfg.extensions[0].user_pin = Some("0000".into());
+    }
+    let mut sim = SimPbx::start(sim_cfg, "127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let mut ivr_signals = sim.take_ivr().ok_or("no IVR endpoint")?;
+    say(&format!("PBX    simulated {} PBX listening on {}", if dialect == DemoDialect::Oxe { "Alcatel OXE (CSTA Phase II)" } else { "ECMA-285 Phase III" }, sim.addr()));
+
+    // The gateway, from a configuration file's text.
+    let lock = if scenario == Scenario::LockedPhone { "lock_prefix = \"*66\"\n" } else { "" };
+    let ring = if scenario == Scenario::NoAnswer { "ring_timeout = \"3s\"\n" } else { "" };
+    let toml = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"UNUSED\"\n\n[[pbx]]\nid = \"paris\"\naddress = \"{}\"\ndialect = \"{}\"\ntenant = \"acme\"\nextensions = [\"2000-2099\"]\nnames = {{ \"2005\" = \"Alice Martin\" }}\nivr_number = \"{IVR_NUMBER}\"\ncontext_delivery = \"dial_suffix\"\nreconnect_min = \"50ms\"\n{lock}{ring}",
+        dir.join("gateway.db").display(),
+        sim.addr(),
+        if dialect == DemoDialect::Oxe { "oxe" } else { "phase3" },
+    );
+    let config = Config::parse(&toml).map_err(|e| e.to_string())?;
+    let mut secrets = crate::api::Secrets { admin_token: Some(ADMIN_TOKEN.into()), ivr_secret: Some(IVR_SECRET.into()), ..Default::default() };
+    secrets.tenant_tokens.insert("acme".into(), TENANT_TOKEN.into());
+    let gw = crate::server::start(&config, secrets).await.map_err(|e| e.to_string())?;
+    let link = gw.gateway.links().get("paris").cloned().ok_or("no link")?;
+    tokio::time::timeout(Duration::from_secs(10), link.wait_for(|s| *s == crate::link::LinkState::Up)).await.map_err(|_| "the PBX link did not come up")?;
+    say(&format!("GW     gateway API on http://{}, PBX link up (CSTA over TCP, ACSE associated)", gw.addr));
+    let http = Http::new(&format!("http://{}", gw.addr));
+
+    // The user asks the cloud app to link extension 2005; the app calls the API.
+    say("APP    alice asks to link extension 2005: POST /v1/associations");
+    let (status, created) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005", "display_name": "Alice Martin" }))).await?;
+    if status != 201 {
+        return Err(format!("association refused: {status} {created}"));
+    }
+    let id = created["id"].as_str().unwrap_or_default().to_owned();
+    let code = created["code"].as_str().unwrap_or_default().to_owned();
+    say(&format!("APP    code {code} shown to alice (context id {}); the gateway calls her phone", created["context_id"].as_str().unwrap_or("")));
+
+    // The IVR platform: answers calls to the IVR number and relays prompts and digits.
+    let ivr_http = http.clone();
+    let wrong_first = scenario == Scenario::WrongCode;
+    let ivr_task = tokio::spawn(async move {
+        let mut narration = Vec::new();
+        let mut pending_context: Option<String> = None;
+        let mut call_id: Option<(String, String)> = None;
+        let mut wrong_sent = false;
+        while let Some(sig) = ivr_signals.recv().await {
+            match sig {
+                IvrSignal::Connected { call, calling, called } => {
+                    narration.push(format!("IVR    call {call} from {calling} to {called} answered"));
+                    // Digits dialled after the number are signalled together with the call.
+                    while let Ok(IvrSignal::Digits { digits, .. }) = ivr_signals.try_recv() {
+                        narration.push(format!("IVR    dialled after the number: {digits}"));
+                        pending_context = Some(digits);
+                    }
+                    call_id = Some((call, calling));
+                }
+                IvrSignal::Digits { digits, .. } => pending_context = Some(digits),
+                IvrSignal::Cleared { call } => {
+                    narration.push(format!("IVR    call {call} cleared by the PBX"));
+                    break;
+                }
+            }
+            let Some((call, from)) = call_id.clone() else { continue };
+            // The dialled suffix has arrived (or will not): run the dialogue.
+            let mut digits: Option<String> = pending_context.take();
+            loop {
+                let mut body = json!({ "call": call, "from": from, "to": IVR_NUMBER });
+                if let Some(d) = &digits {
+                    body["digits"] = json!(d);
+                }
+                let raw = body.to_string().into_bytes();
+                let sig = crate::api::sign(IVR_SECRET, &raw);
+                let reply = match ivr_http.send("POST", "/v1/ivr/webhook", &[("x-cstagate-signature", &sig)], Some(raw)).await {
+                    Ok((200, r)) => r,
+                    Ok((s, r)) => {
+                        narration.push(format!("IVR    webhook answered {s}: {r}"));
+                        break;
+                    }
+                    Err(e) => {
+                        narration.push(format!("IVR    webhook failed: {e}"));
+                        break;
+                    }
+                };
+                let text = reply["say"].as_str().unwrap_or("").to_owned();
+                if !text.is_empty() {
+                    narration.push(format!("IVR    says: \"{text}\""));
+                }
+                if reply["hangup"].as_bool().unwrap_or(false) {
+                    narration.push("IVR    hangs up".into());
+                    break;
+                }
+                // The simulated user at the phone answers the prompt.
+                let d = if text.contains("press 1") {
+                    "1".to_owned()
+                } else if text.contains("code") {
+                    if wrong_first && !wrong_sent {
+                        wrong_sent = true;
+                        "000000#".to_owned()
+                    } else {
+                        format!("{code}#")
+                    }
+                } else {
+                    // The context prompt: the digits dialled after the IVR number.
+                    pending_context.take().unwrap_or_default()
+                };
+                narration.push(format!("USER   keys {d}"));
+                digits = Some(d);
+            }
+            call_id = None;
+            if narration.last().is_some_and(|l| l.contains("hangs up")) {
+                break;
+            }
+        }
+        narration
+    });
+
+    // The app follows the association until it is over.
+    let mut seen = 0usize;
+    let final_view = loop {
+        let (s, v) = http.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await?;
+        if s != 200 {
+            return Err(format!("GET association: {s} {v}"));
+        }
+        let history = v["history"].as_array().cloned().unwrap_or_default();
+        for h in history.iter().skip(seen) {
+            say(&format!("GW     {:<14} {}", h["step"].as_str().unwrap_or(""), h["detail"].as_str().unwrap_or("")));
+        }
+        seen = history.len();
+        let state = v["state"].as_str().unwrap_or("");
+        let retryable = v["retryable"].as_bool().unwrap_or(false);
+        if matches!(state, "bound" | "expired" | "cancelled") || (state == "failed" && (!retryable || scenario != Scenario::WrongCode)) {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    if let Ok(Ok(lines)) = tokio::time::timeout(Duration::from_secs(5), ivr_task).await {
+        for l in lines {
+            say(&l);
+        }
+    }
+    let state = final_view["state"].as_str().unwrap_or("");
+    let reason = final_view["reason"].as_str().unwrap_or("");
+    let expected = match scenario {
+        Scenario::Ok | Scenario::WrongCode => state == "bound",
+        Scenario::NoAnswer => state == "failed" && reason == "no_answer",
+        Scenario::LockedPhone => state == "failed" && reason == "phone_locked",
+    };
+    if state == "bound" {
+        let (_, b) = http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await?;
+        say(&format!("APP    extension 2005 bound to {} (DID seen by the IVR: {}, unverified)", b["account"], b["did"]));
+    } else {
+        say(&format!("APP    association ended: {state} ({reason})"));
+    }
+    gw.shutdown().await;
+    drop(sim);
+    Ok((final_view, expected))
+}

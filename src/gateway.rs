@@ -1,0 +1,316 @@
+//! The gateway runtime: the thin tokio shell around the association engine.
+//!
+//! One actor task owns the [`Engine`] and the [`Store`]. Commands (API requests, IVR requests,
+//! CSTA results and events, link losses, ticks) queue to it; it feeds a batch of them to the
+//! engine, commits all their store writes in **one** transaction (group commit: durable, and
+//! cheap under load), and only then answers the callers and starts the CSTA work the engine
+//! asked for on the PBX links. CSTA results and events come back as new commands.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use crate::association::{Action, AssociationView, AuditRecord, Binding, CallEvent, CstaFailure, CstaRequest, CstaResultInfo, Engine, Input, Millis, Output, Principal};
+use crate::codec::apdu::ErrorCategory;
+use crate::codec::body::{FieldName as F, Value};
+use crate::codec::{Body, ConnectionId, DeviceId, EventKind, LocalDevice, Operation};
+use crate::link::{Link, LinkState, MonitorEvent, RequestError};
+use crate::store::{AuditFilter, Store};
+
+/// Wall-clock milliseconds: the only clock the engine sees, read here.
+pub fn now_ms() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// Uniform random decimal digits from a CSPRNG (codes and context ids): `rand`'s thread-local
+/// ChaCha12 generator, seeded and periodically reseeded from the operating system; each digit is
+/// drawn without modulo bias.
+pub fn random_digits(n: usize) -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..n).map(|_| char::from(b'0' + rng.random_range(0..10u8))).collect()
+}
+
+/// A random association id (128 bits, hex).
+pub fn random_id() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 16];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Reads the API needs, answered by the actor.
+pub enum Query {
+    Association { principal: Principal, id: String },
+    Binding { pbx: String, extension: String },
+    BindingsOf { tenant: String, account: String },
+    Audit(AuditFilter),
+}
+
+pub enum QueryResult {
+    Association(Option<AssociationView>),
+    Bindings(Vec<Binding>),
+    Audit(Vec<AuditRecord>),
+    Failed(String),
+}
+
+enum Cmd {
+    Engine { input: Input, reply: Option<oneshot::Sender<Output>> },
+    Query { query: Query, reply: oneshot::Sender<QueryResult> },
+}
+
+/// Handle to the running gateway. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    tx: mpsc::Sender<Cmd>,
+    links: Arc<HashMap<String, Link>>,
+}
+
+/// Commands handled per store transaction at most.
+const BATCH: usize = 256;
+
+impl Gateway {
+    /// Start the actor. `links` are the PBX links by PBX id; `store` is already opened and the
+    /// engine restored from it.
+    pub fn start(engine: Engine, store: Box<dyn Store>, links: HashMap<String, Link>) -> Gateway {
+        let (tx, rx) = mpsc::channel(65_536);
+        let links = Arc::new(links);
+        let gw = Gateway { tx: tx.clone(), links: links.clone() };
+        tokio::spawn(actor(engine, store, rx, gw.clone()));
+        for (pbx, link) in links.iter() {
+            tokio::spawn(watch_link(pbx.clone(), link.clone(), tx.clone()));
+        }
+        let ticker = tx.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                iv.tick().await;
+                if ticker.send(Cmd::Engine { input: Input::Tick { now: now_ms() }, reply: None }).await.is_err() {
+                    return;
+                }
+            }
+        });
+        gw
+    }
+
+    pub fn links(&self) -> &HashMap<String, Link> {
+        &self.links
+    }
+
+    /// Feed one engine input and wait for its output (after its writes are committed).
+    pub async fn call(&self, input: Input) -> Option<Output> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Engine { input, reply: Some(reply) }).await.ok()?;
+        rx.await.ok()
+    }
+
+    pub async fn query(&self, query: Query) -> QueryResult {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Query { query, reply }).await.is_err() {
+            return QueryResult::Failed("gateway stopped".into());
+        }
+        rx.await.unwrap_or(QueryResult::Failed("gateway stopped".into()))
+    }
+
+    fn feed(&self, input: Input) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Cmd::Engine { input, reply: None }).await;
+        });
+    }
+}
+
+/// Reports a link loss to the engine each time a link that was up goes down.
+async fn watch_link(pbx: String, link: Link, tx: mpsc::Sender<Cmd>) {
+    let mut st = link.watch_state();
+    let mut was_up = false;
+    loop {
+        let s = st.borrow_and_update().clone();
+        match s {
+            LinkState::Up => was_up = true,
+            LinkState::Down { .. } | LinkState::Closed if was_up => {
+                was_up = false;
+                if tx.send(Cmd::Engine { input: Input::LinkDown { pbx: pbx.clone(), now: now_ms() }, reply: None }).await.is_err() {
+                    return;
+                }
+            }
+            _ => {}
+        }
+        if st.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Cmd>, gw: Gateway) {
+    // Running monitor subscriptions of the engine: dropping the sender stops the task, and the
+    // subscription with it.
+    let mut monitors: HashMap<(String, String), oneshot::Sender<()>> = HashMap::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        batch.clear();
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return;
+        }
+        let mut writes = Vec::new();
+        let mut after: Vec<(Option<oneshot::Sender<Output>>, Output)> = Vec::new();
+        for cmd in batch.drain(..) {
+            match cmd {
+                Cmd::Engine { input, reply } => {
+                    let out = engine.handle(input);
+                    writes.extend(out.actions.iter().filter_map(|a| match a {
+                        Action::Store(w) => Some(w.clone()),
+                        _ => None,
+                    }));
+                    after.push((reply, out));
+                }
+                Cmd::Query { query, reply } => {
+                    let r = match query {
+                        Query::Association { principal, id } => match engine.view(&principal, &id) {
+                            Some(v) => QueryResult::Association(Some(v.clone())),
+                            None => match store.association(&id) {
+                                Ok(Some(v)) if principal == Principal::Admin || principal == Principal::Tenant(v.tenant.clone()) => QueryResult::Association(Some(v)),
+                                Ok(_) => QueryResult::Association(None),
+                                Err(e) => QueryResult::Failed(e.to_string()),
+                            },
+                        },
+                        Query::Binding { pbx, extension } => QueryResult::Bindings(engine.binding(&pbx, &extension).cloned().into_iter().collect()),
+                        Query::BindingsOf { tenant, account } => QueryResult::Bindings(engine.bindings_of(&tenant, &account).into_iter().cloned().collect()),
+                        Query::Audit(f) => match store.audit(&f) {
+                            Ok(v) => QueryResult::Audit(v),
+                            Err(e) => QueryResult::Failed(e.to_string()),
+                        },
+                    };
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        // Group commit: everything this batch decided is durable before anyone hears of it.
+        if let Err(e) = store.apply(&writes) {
+            warn!(error = %e, "store commit failed: answering with an error, carrying out nothing");
+            for (reply, _) in after {
+                if let Some(r) = reply {
+                    let _ = r.send(Output { error: Some(crate::association::ApiError::BadRequest("storage unavailable".into())), ..Output::default() });
+                }
+            }
+            continue;
+        }
+        for (reply, out) in after {
+            for a in &out.actions {
+                match a {
+                    Action::Csta { association, pbx, request } => run_csta(&gw, &mut monitors, association, pbx, request.clone()),
+                    Action::Notify { tenant, account, event, association } => info!(%tenant, %account, %event, %association, "notify account"),
+                    Action::Store(_) => {}
+                }
+            }
+            if let Some(r) = reply {
+                let _ = r.send(out);
+            }
+        }
+    }
+}
+
+fn failure(e: &RequestError) -> CstaFailure {
+    match e {
+        RequestError::LinkDown | RequestError::Closed | RequestError::QueueFull => CstaFailure::LinkDown,
+        RequestError::Failure(u) if u.category == ErrorCategory::StateIncompatibility => CstaFailure::Busy,
+        RequestError::Failure(u) if u.category == ErrorCategory::SystemResourceAvailability && matches!(u.value, Some(2 | 3)) => CstaFailure::Busy,
+        _ => CstaFailure::Rejected,
+    }
+}
+
+fn connection(call: &[u8], ext: &str) -> Value {
+    Value::Connection(ConnectionId { call: Some(bytes::Bytes::copy_from_slice(call)), device: DeviceId::dialing(ext).ok().map(LocalDevice::Static) })
+}
+
+/// Reduce a CSTA event to what the engine follows.
+pub fn call_event(kind: EventKind, body: &Body) -> Option<CallEvent> {
+    let call = body.first_connection()?.call.as_ref()?.to_vec();
+    Some(match kind {
+        EventKind::ServiceInitiated => CallEvent::Initiated { call },
+        EventKind::Originated => CallEvent::Originated { call },
+        EventKind::Delivered | EventKind::NetworkReached => CallEvent::Delivered { call },
+        EventKind::Established => CallEvent::Established { call },
+        EventKind::Failed => CallEvent::Failed { call, cause: body.int(F::Cause) },
+        EventKind::ConnectionCleared | EventKind::CallCleared => CallEvent::Cleared { call },
+        _ => return None,
+    })
+}
+
+fn run_csta(gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Sender<()>>, association: &str, pbx: &str, request: CstaRequest) {
+    let Some(link) = gw.links.get(pbx).cloned() else {
+        gw.feed(Input::CstaDone { association: association.to_owned(), request, outcome: Err(CstaFailure::LinkDown), now: now_ms() });
+        return;
+    };
+    let gw2 = gw.clone();
+    let association = association.to_owned();
+    let pbx = pbx.to_owned();
+    match request.clone() {
+        CstaRequest::MonitorStop { extension } => {
+            monitors.remove(&(pbx, extension));
+        }
+        CstaRequest::MonitorStart { extension } => {
+            let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+            monitors.insert((pbx.clone(), extension.clone()), stop_tx);
+            tokio::spawn(async move {
+                let mut m = match link.monitor(&extension).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        gw2.feed(Input::CstaDone { association, request, outcome: Err(failure(&e)), now: now_ms() });
+                        return;
+                    }
+                };
+                gw2.feed(Input::CstaDone { association, request, outcome: Ok(CstaResultInfo::default()), now: now_ms() });
+                loop {
+                    tokio::select! {
+                        _ = &mut stop_rx => return,
+                        ev = m.next() => match ev {
+                            None => return,
+                            Some(MonitorEvent::Event(r)) => {
+                                if let Some(e) = r.event.kind().and_then(|k| r.event.body().and_then(|b| call_event(k, b))) {
+                                    // In order: one sender per subscription, awaited.
+                                    if gw2.tx.send(Cmd::Engine { input: Input::CstaEvent { pbx: pbx.clone(), extension: extension.clone(), event: e, now: now_ms() }, reply: None }).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+            });
+        }
+        CstaRequest::MakeCall { from, to } => {
+            tokio::spawn(async move {
+                let (Ok(a), Ok(b)) = (DeviceId::dialing(&from), DeviceId::dialing(&to)) else {
+                    gw2.feed(Input::CstaDone { association, request, outcome: Err(CstaFailure::Rejected), now: now_ms() });
+                    return;
+                };
+                let body = Body::new().with(F::CallingDevice, Value::DeviceId(a)).with(F::CalledDirectoryNumber, Value::DeviceId(b));
+                let outcome = match link.request(Operation::MakeCall, body).await {
+                    Ok(r) => Ok(CstaResultInfo { call: r.connection(F::CallingDevice).and_then(|c| c.call.as_ref()).map(|c| c.to_vec()) }),
+                    Err(e) => Err(failure(&e)),
+                };
+                gw2.feed(Input::CstaDone { association, request, outcome, now: now_ms() });
+            });
+        }
+        CstaRequest::SendDigits { call, extension, digits } => {
+            tokio::spawn(async move {
+                let Ok(chars) = crate::codec::ber::Ia5::try_from(digits.as_str()) else { return };
+                let body = Body::new().with(F::ConnectionToSendDigits, connection(&call, &extension)).with(F::CharactersToSend, Value::Text(chars));
+                let outcome = link.request(Operation::GenerateDigits, body).await.map(|_| CstaResultInfo::default()).map_err(|e| failure(&e));
+                gw2.feed(Input::CstaDone { association, request, outcome, now: now_ms() });
+            });
+        }
+        CstaRequest::ClearConnection { call, extension } => {
+            tokio::spawn(async move {
+                let body = Body::new().with(F::ConnectionToBeCleared, connection(&call, &extension));
+                let outcome = link.request(Operation::ClearConnection, body).await.map(|_| CstaResultInfo::default()).map_err(|e| failure(&e));
+                gw2.feed(Input::CstaDone { association, request, outcome, now: now_ms() });
+            });
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! `cstagate run`: the real gateway from a configuration — store, engine, PBX links, HTTP API
+//! and IVR webhook — started for real.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::api::{router, Secrets};
+use crate::association::{Action, Engine};
+use crate::config::{Config, ConfigError};
+use crate::gateway::{now_ms, Gateway};
+use crate::link::Link;
+use crate::store::{SqliteStore, Store};
+
+/// A started gateway.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub gateway: Gateway,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stop serving and release every PBX link.
+    pub async fn shutdown(self) {
+        self.server.abort();
+        for l in self.gateway.links().values() {
+            l.shutdown().await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+    #[error("secret: {0}")]
+    Secret(String),
+}
+
+/// Read the API secrets the configuration names from the environment.
+///
+/// # Errors
+/// A named variable is not set (its name is given; its value never is).
+pub fn secrets_from_env(c: &Config) -> Result<Secrets, StartError> {
+    let var = |name: &str| std::env::var(name).map_err(|_| StartError::Secret(format!("environment variable {name} is not set")));
+    let mut s = Secrets::default();
+    if let Some(v) = &c.gateway.admin_token_env {
+        s.admin_token = Some(var(v)?);
+    }
+    if let Some(v) = &c.gateway.ivr_secret_env {
+        s.ivr_secret = Some(var(v)?);
+    }
+    for t in &c.tenant {
+        s.tenant_tokens.insert(t.id.clone(), var(&t.token_env)?);
+    }
+    Ok(s)
+}
+
+/// Open the store, rebuild the engine from it, start the links, the gateway and the API.
+///
+/// # Errors
+/// Bad configuration, unusable database, or the API address cannot be bound.
+pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartError> {
+    let policies = config.policies()?;
+    let mut store = SqliteStore::open(&config.gateway.database)?;
+    let snap = store.snapshot(now_ms())?;
+    let (engine, actions): (Engine, Vec<Action>) = Engine::restore(policies, snap, now_ms());
+    let writes: Vec<_> = actions.into_iter().filter_map(|a| match a {
+        Action::Store(w) => Some(w),
+        _ => None,
+    }).collect();
+    store.apply(&writes)?;
+    let mut links = HashMap::new();
+    for p in &config.pbx {
+        links.insert(p.id.clone(), Link::spawn(p.profile()?));
+    }
+    let gateway = Gateway::start(engine, Box::new(store), links);
+    let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
+    let app = router(gateway.clone(), secrets);
+    let server = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+    tracing::info!(%addr, "gateway API listening");
+    Ok(Running { addr, gateway, server })
+}
