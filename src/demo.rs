@@ -144,6 +144,7 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
 
     // The IVR platform: answers calls to the IVR number and relays prompts and digits.
     let ivr_http = http.clone();
+    let ivr_line = sim.ivr_handle();
     let wrong_first = scenario == Scenario::WrongCode;
     let ivr_task = tokio::spawn(async move {
         let mut narration = Vec::new();
@@ -194,6 +195,7 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
                 }
                 if reply["hangup"].as_bool().unwrap_or(false) {
                     narration.push("IVR    hangs up".into());
+                    ivr_line.hangup(&call);
                     break;
                 }
                 // The simulated user at the phone answers the prompt.

@@ -143,6 +143,18 @@ pub enum IvrSignal {
     Cleared { call: String },
 }
 
+/// The IVR endpoint's side of the simulator: it hangs up calls.
+#[derive(Clone)]
+pub struct IvrHandle {
+    switch: mpsc::UnboundedSender<switch::Msg>,
+}
+
+impl IvrHandle {
+    pub fn hangup(&self, call: &str) {
+        let _ = self.switch.send(switch::Msg::IvrHangup(call.to_owned()));
+    }
+}
+
 /// Counters of the simulator.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SimStats {
@@ -226,7 +238,12 @@ impl SimPbx {
 
     /// The IVR hangs up a call.
     pub fn ivr_hangup(&self, call: &str) {
-        let _ = self.switch.send(switch::Msg::IvrHangup(call.to_owned()));
+        self.ivr_handle().hangup(call);
+    }
+
+    /// A handle the IVR endpoint keeps to hang up calls.
+    pub fn ivr_handle(&self) -> IvrHandle {
+        IvrHandle { switch: self.switch.clone() }
     }
 
     /// Whether an extension's phone is locked.

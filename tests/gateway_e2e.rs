@@ -1,0 +1,214 @@
+//! The product end to end over real sockets: the simulated PBX, the real gateway (SQLite file,
+//! PBX link, HTTP API, IVR webhook) and a simulated IVR platform and user.
+
+use std::time::Duration;
+
+use cstagate::api::{sign, Secrets};
+use cstagate::config::Config;
+use cstagate::demo::{run, DemoDialect, Http, Scenario};
+use cstagate::sim::{IvrSignal, SimConfig, SimPbx};
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+async fn scenario(d: DemoDialect, s: Scenario) -> Value {
+    let (v, ok) = tokio::time::timeout(LIMIT, run(d, s, &|_| {})).await.expect("demo ends").expect("demo runs");
+    assert!(ok, "{s:?} in {d:?}: {v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_in_both_dialects() {
+    for d in [DemoDialect::Phase3, DemoDialect::Oxe] {
+        let v = scenario(d, Scenario::Ok).await;
+        assert_eq!(v["state"], "bound");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_code_then_right_code() {
+    let v = scenario(DemoDialect::Phase3, Scenario::WrongCode).await;
+    let steps: Vec<&str> = v["history"].as_array().unwrap().iter().map(|h| h["step"].as_str().unwrap()).collect();
+    assert!(steps.ends_with(&["confirmed", "bound"]), "{steps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_answer_and_locked_phone() {
+    assert_eq!(scenario(DemoDialect::Phase3, Scenario::NoAnswer).await["reason"], "no_answer");
+    assert_eq!(scenario(DemoDialect::Oxe, Scenario::LockedPhone).await["reason"], "phone_locked");
+}
+
+struct Env {
+    sim: SimPbx,
+    ivr: tokio::sync::mpsc::UnboundedReceiver<IvrSignal>,
+    http: Http,
+    running: cstagate::server::Running,
+    db: std::path::PathBuf,
+}
+
+async fn env(db: Option<std::path::PathBuf>) -> Env {
+    let mut sim = SimPbx::start(SimConfig::phase3(&["2005", "2006"]), "127.0.0.1:0").await.unwrap();
+    for e in &mut sim.config().extensions {
+        e.behaviour = cstagate::sim::Behaviour::Answer { after: Duration::from_millis(10) };
+    }
+    let ivr = sim.take_ivr().unwrap();
+    let db = db.unwrap_or_else(|| {
+        let d = std::env::temp_dir().join(format!("cstagate-e2e-{}", cstagate::gateway::random_id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d.join("gw.db")
+    });
+    let toml = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\n[[tenant]]\nid = \"acme\"\ntoken_env = \"X\"\n[[tenant]]\nid = \"globex\"\ntoken_env = \"Y\"\n[[pbx]]\nid = \"paris\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"2005-2006\"]\nivr_number = \"0800100200\"\nreconnect_min = \"20ms\"\n",
+        db.display(),
+        sim.addr()
+    );
+    let config = Config::parse(&toml).unwrap();
+    let mut secrets = Secrets { admin_token: Some("admin".into()), ivr_secret: Some("s3cret".into()), ..Default::default() };
+    secrets.tenant_tokens.insert("acme".into(), "acme-token".into());
+    secrets.tenant_tokens.insert("globex".into(), "globex-token".into());
+    let running = cstagate::server::start(&config, secrets).await.unwrap();
+    let link = running.gateway.links()["paris"].clone();
+    tokio::time::timeout(LIMIT, link.wait_for(|s| *s == cstagate::link::LinkState::Up)).await.unwrap();
+    Env { sim, ivr, http: Http::new(&format!("http://{}", running.addr)), running, db }
+}
+
+async fn webhook(http: &Http, body: Value, secret: &str) -> (u16, Value) {
+    let raw = body.to_string().into_bytes();
+    let sig = sign(secret, &raw);
+    http.send("POST", "/v1/ivr/webhook", &[("x-cstagate-signature", &sig)], Some(raw)).await.unwrap()
+}
+
+/// Create an association and wait for the call to reach the IVR; returns (id, code, call).
+async fn to_ivr(e: &mut Env, account: &str, ext: &str) -> (String, String, String, String) {
+    let (s, v) = e.http.json("POST", "/v1/associations", "acme-token", Some(json!({ "account": account, "extension": ext }))).await.unwrap();
+    assert_eq!(s, 201, "{v}");
+    let call = loop {
+        match tokio::time::timeout(LIMIT, e.ivr.recv()).await.unwrap().unwrap() {
+            IvrSignal::Connected { call, .. } => break call,
+            _ => {}
+        }
+    };
+    let ctx = match tokio::time::timeout(LIMIT, e.ivr.recv()).await.unwrap().unwrap() {
+        IvrSignal::Digits { digits, .. } => digits,
+        other => panic!("{other:?}"),
+    };
+    (v["id"].as_str().unwrap().to_owned(), v["code"].as_str().unwrap().to_owned(), call, ctx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_authentication_tenancy_and_strict_bodies() {
+    let e = env(None).await;
+    let h = &e.http;
+    // Missing or wrong token: 401.
+    assert_eq!(h.send("POST", "/v1/associations", &[], Some(b"{}".to_vec())).await.unwrap().0, 401);
+    assert_eq!(h.json("POST", "/v1/associations", "nope", Some(json!({}))).await.unwrap().0, 401);
+    // Strict bodies name the field; nothing is created.
+    let (s, v) = h.json("POST", "/v1/associations", "acme-token", Some(json!({ "account": "a", "extension": "2005", "colour": "red" }))).await.unwrap();
+    assert_eq!((s, v["field"].as_str()), (400, Some("colour")), "{v}");
+    let (s, v) = h.json("POST", "/v1/associations", "acme-token", Some(json!({ "account": "a", "extension": 2005 }))).await.unwrap();
+    assert_eq!((s, v["field"].as_str()), (400, Some("extension")), "{v}");
+    let (s, v) = h.json("POST", "/v1/associations", "acme-token", Some(json!({ "extension": "2005" }))).await.unwrap();
+    assert_eq!((s, v["field"].as_str()), (400, Some("account")), "{v}");
+    let (s, v) = h.json("POST", "/v1/associations", "acme-token", Some(json!({ "account": "a\u{7}", "extension": "2005" }))).await.unwrap();
+    assert_eq!((s, v["field"].as_str()), (400, Some("account")), "{v}");
+    let (s, _) = h.send("POST", "/v1/associations", &[("authorization", "Bearer acme-token")], Some(b"{not json".to_vec())).await.unwrap();
+    assert_eq!(s, 400);
+    let big = json!({ "account": "x".repeat(20_000), "extension": "2005" });
+    assert_eq!(h.json("POST", "/v1/associations", "acme-token", Some(big)).await.unwrap().0, 413);
+    let (_, audit) = h.json("GET", "/v1/audit", "admin", None).await.unwrap();
+    assert_eq!(audit["records"].as_array().unwrap().len(), 0, "refused requests change nothing");
+
+    // Another tenant sees nothing of acme's association; an unknown extension is 404.
+    let (s, v) = h.json("POST", "/v1/associations", "acme-token", Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    assert_eq!(s, 201);
+    let id = v["id"].as_str().unwrap();
+    assert_eq!(h.json("GET", &format!("/v1/associations/{id}"), "globex-token", None).await.unwrap().0, 404);
+    assert_eq!(h.json("DELETE", &format!("/v1/associations/{id}"), "globex-token", None).await.unwrap().0, 404);
+    assert_eq!(h.json("POST", "/v1/associations", "globex-token", Some(json!({ "account": "m", "extension": "2005" }))).await.unwrap().0, 404);
+    // Duplicate association for the extension: 409.
+    assert_eq!(h.json("POST", "/v1/associations", "acme-token", Some(json!({ "account": "bob", "extension": "2005" }))).await.unwrap().0, 409);
+    let (s, v) = h.json("GET", &format!("/v1/associations/{id}"), "acme-token", None).await.unwrap();
+    assert_eq!(s, 200);
+    assert!(v.get("code").is_none(), "the code is shown once, at creation");
+
+    // Health, metrics, OpenAPI; admin-only views.
+    assert_eq!(h.send("GET", "/healthz", &[], None).await.unwrap().1["links"]["paris"]["state"], "up");
+    let (s, o) = h.send("GET", "/v1/openapi.json", &[], None).await.unwrap();
+    assert_eq!((s, o["openapi"].as_str()), (200, Some("3.0.3")));
+    assert_eq!(h.json("GET", "/v1/pbx", "acme-token", None).await.unwrap().0, 403);
+    let (s, p) = h.json("GET", "/v1/pbx", "admin", None).await.unwrap();
+    assert_eq!((s, p["pbx"][0]["state"]["state"].as_str()), (200, Some("up")));
+    e.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_webhook_signatures_have_no_effect_and_cti_control_is_for_the_bound_account() {
+    let mut e = env(None).await;
+    let (id, code, call, ctx) = to_ivr(&mut e, "alice", "2005").await;
+    // Wrong secret: 401, and the dialogue did not move.
+    let (s, _) = webhook(&e.http, json!({ "call": call, "from": "+33144002005", "to": "0800100200", "digits": ctx }), "wrong").await;
+    assert_eq!(s, 401);
+    let (_, v) = e.http.json("GET", &format!("/v1/associations/{id}"), "acme-token", None).await.unwrap();
+    assert_eq!(v["state"], "in_ivr");
+    // The real dialogue.
+    for d in [None, Some(ctx.as_str()), Some("1"), Some(code.as_str())] {
+        let mut body = json!({ "call": call, "from": "+33144002005", "to": "0800100200" });
+        if let Some(d) = d {
+            body["digits"] = json!(d);
+        }
+        let (s, r) = webhook(&e.http, body, "s3cret").await;
+        assert_eq!(s, 200, "{r}");
+    }
+    // The IVR platform hangs up after the last prompt.
+    e.sim.ivr_hangup(&call);
+    let (_, b) = e.http.json("GET", "/v1/bindings/paris/2005", "acme-token", None).await.unwrap();
+    assert_eq!((b["account"].as_str(), b["did"].as_str(), b["did_verified"].as_bool()), (Some("alice"), Some("+33144002005"), Some(false)));
+    assert_eq!(e.http.json("GET", "/v1/bindings/paris/2005", "globex-token", None).await.unwrap().0, 404);
+    let (_, list) = e.http.json("GET", "/v1/bindings?account=alice", "acme-token", None).await.unwrap();
+    assert_eq!(list["bindings"].as_array().unwrap().len(), 1);
+
+    // The bound account drives its extension; another account cannot.
+    let (s, r) = e.http.json("POST", "/v1/extensions/paris/2005/calls", "acme-token", Some(json!({ "account": "alice", "to": "2006" }))).await.unwrap();
+    assert_eq!(s, 201, "{r}");
+    let call_id = r["call"].as_str().unwrap().to_owned();
+    assert_eq!(e.http.json("POST", "/v1/extensions/paris/2005/calls", "acme-token", Some(json!({ "account": "bob", "to": "2006" }))).await.unwrap().0, 404);
+    let (s, _) = e.http.json("DELETE", &format!("/v1/extensions/paris/2005/calls/{call_id}?account=alice"), "acme-token", None).await.unwrap();
+    assert_eq!(s, 204);
+
+    // The audit log tells the story, and never holds the code.
+    let (_, a) = e.http.json("GET", "/v1/audit?extension=2005", "admin", None).await.unwrap();
+    let text = a.to_string();
+    assert!(text.contains("\"bound\"") && !text.contains(&code));
+    // Unbind by the account.
+    assert_eq!(e.http.json("DELETE", "/v1/bindings/paris/2005?account=alice", "acme-token", None).await.unwrap().0, 204);
+    assert_eq!(e.http.json("GET", "/v1/bindings/paris/2005", "acme-token", None).await.unwrap().0, 404);
+    drop(e.sim);
+    e.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_restart_keeps_bindings_and_ends_associations_in_flight() {
+    let mut e = env(None).await;
+    let (_, code, call, ctx) = to_ivr(&mut e, "alice", "2005").await;
+    for d in [None, Some(ctx.as_str()), Some("1"), Some(code.as_str())] {
+        let mut body = json!({ "call": call, "from": "+33144002005", "to": "0800100200" });
+        if let Some(d) = d {
+            body["digits"] = json!(d);
+        }
+        webhook(&e.http, body, "s3cret").await;
+    }
+    // A second association left in flight in the IVR.
+    let (pending, _, _, _) = to_ivr(&mut e, "bob", "2006").await;
+    let db = e.db.clone();
+    e.running.shutdown().await;
+    drop(e.sim);
+
+    let e2 = env(Some(db)).await;
+    let (s, b) = e2.http.json("GET", "/v1/bindings/paris/2005", "acme-token", None).await.unwrap();
+    assert_eq!((s, b["account"].as_str()), (200, Some("alice")));
+    let (s, v) = e2.http.json("GET", &format!("/v1/associations/{pending}"), "acme-token", None).await.unwrap();
+    assert_eq!((s, v["state"].as_str(), v["reason"].as_str()), (200, Some("failed"), Some("gateway_restarted")));
+    // bob may start again.
+    assert_eq!(e2.http.json("POST", "/v1/associations", "acme-token", Some(json!({ "account": "bob", "extension": "2006" }))).await.unwrap().0, 201);
+    e2.running.shutdown().await;
+}
