@@ -38,11 +38,18 @@ pub struct GatewaySettings {
     pub admin_token_env: Option<String>,
     /// Environment variable holding the IVR webhook's HMAC secret.
     pub ivr_secret_env: Option<String>,
+    /// Address of the Asterisk FastAGI server (`0.0.0.0:4573`); none when absent.
+    pub fastagi_listen: Option<String>,
+    /// FastAGI prompt files by prompt id.
+    #[serde(default)]
+    pub fastagi_prompts: std::collections::HashMap<String, String>,
+    /// FastAGI file for prompts without their own (e.g. a text-to-speech prompt).
+    pub fastagi_fallback: Option<String>,
 }
 
 impl Default for GatewaySettings {
     fn default() -> Self {
-        GatewaySettings { listen: default_listen(), database: default_database(), admin_token_env: None, ivr_secret_env: None }
+        GatewaySettings { listen: default_listen(), database: default_database(), admin_token_env: None, ivr_secret_env: None, fastagi_listen: None, fastagi_prompts: Default::default(), fastagi_fallback: None }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod codec;
 pub mod decode;
 pub mod demo;
 pub mod gateway;
+pub mod ivr;
 pub mod config;
 pub mod link;
 pub mod probe;

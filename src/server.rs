@@ -14,14 +14,20 @@ use crate::store::{SqliteStore, Store};
 /// A started gateway.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The FastAGI server's address, when configured.
+    pub fastagi_addr: Option<SocketAddr>,
     pub gateway: Gateway,
     server: tokio::task::JoinHandle<()>,
+    fastagi: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stop serving and release every PBX link.
     pub async fn shutdown(self) {
         self.server.abort();
+        if let Some(f) = &self.fastagi {
+            f.abort();
+        }
         for l in self.gateway.links().values() {
             l.shutdown().await;
         }
@@ -88,5 +94,18 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
         }
     });
     tracing::info!(%addr, "gateway API listening");
-    Ok(Running { addr, gateway, server })
+    let mut fastagi_addr = None;
+    let mut fastagi = None;
+    if let Some(listen) = &config.gateway.fastagi_listen {
+        let l = tokio::net::TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen.clone(), source })?;
+        fastagi_addr = l.local_addr().ok();
+        let settings = crate::ivr::fastagi::FastAgiSettings {
+            prompts: config.gateway.fastagi_prompts.clone(),
+            fallback: config.gateway.fastagi_fallback.clone().unwrap_or_else(|| "cstagate/tts".into()),
+            ..Default::default()
+        };
+        fastagi = Some(tokio::spawn(crate::ivr::fastagi::serve(l, gateway.clone(), std::sync::Arc::new(settings))));
+        tracing::info!(addr = ?fastagi_addr, "FastAGI server listening");
+    }
+    Ok(Running { addr, fastagi_addr, gateway, server, fastagi })
 }

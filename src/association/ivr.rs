@@ -31,11 +31,11 @@ pub(crate) struct IvrCall {
 fn gather(max_digits: usize) -> Option<Gather> {
     Some(Gather { max_digits, finish_on_key: "#".into(), timeout_ms: 8000 })
 }
-fn prompt(say: &str, max_digits: usize) -> IvrReply {
-    IvrReply { say: say.to_owned(), gather: gather(max_digits), hangup: false }
+fn prompt(id: &'static str, say: &str, max_digits: usize) -> IvrReply {
+    IvrReply { prompt: id, say: say.to_owned(), gather: gather(max_digits), hangup: false }
 }
-fn bye(say: &str) -> IvrReply {
-    IvrReply { say: say.to_owned(), gather: None, hangup: true }
+fn bye(id: &'static str, say: &str) -> IvrReply {
+    IvrReply { prompt: id, say: say.to_owned(), gather: None, hangup: true }
 }
 
 impl Engine {
@@ -52,24 +52,24 @@ impl Engine {
             if let Some(d) = digits.filter(|d| !d.is_empty()) {
                 return self.context_entered(call, &d, 0, now, actions);
             }
-            return prompt("Please enter the number shown in your app, then the hash key.", 12);
+            return prompt("enter_context", "Please enter the number shown in your app, then the hash key.", 12);
         };
         let entered = digits.unwrap_or_default();
         match session.stage {
-            Stage::Done => bye("Goodbye."),
+            Stage::Done => bye("goodbye", "Goodbye."),
             Stage::AwaitContext { tries } => self.context_entered(call, &entered, tries, now, actions),
             Stage::AwaitConfirm { association } => {
                 if entered == CONFIRM_KEY && self.live_in_call(&association) {
                     self.set_stage(call, Stage::AwaitCode { association: association.clone(), tries: 0 });
                     let n = self.assocs.get(&association).map_or(6, |a| a.code.len());
                     self.step(&association, now, "confirmed", "the caller confirmed the account", actions);
-                    prompt("Please enter the code shown in your app, then the hash key.", n)
+                    prompt("enter_code", "Please enter the code shown in your app, then the hash key.", n)
                 } else {
                     self.set_stage(call, Stage::Done);
                     if self.live_in_call(&association) {
                         self.fail_attempt(&association, Reason::NotConfirmed, "the caller did not confirm the account", now, actions);
                     }
-                    bye("Nothing was linked. Goodbye.")
+                    bye("not_linked", "Nothing was linked. Goodbye.")
                 }
             }
             Stage::AwaitCode { association, tries } => self.code_entered(call, &association, &entered, tries, now, actions),
@@ -103,38 +103,38 @@ impl Engine {
             Some(id) => self.confirm_prompt(call, &id, now, actions),
             None if tries + 1 < CONTEXT_TRIES => {
                 self.set_stage(call, Stage::AwaitContext { tries: tries + 1 });
-                prompt("This number is not known. Please enter the number shown in your app, then the hash key.", 12)
+                prompt("unknown_context", "This number is not known. Please enter the number shown in your app, then the hash key.", 12)
             }
             None => {
                 self.set_stage(call, Stage::Done);
-                bye("This number is not known. Goodbye.")
+                bye("unknown_context_bye", "This number is not known. Goodbye.")
             }
         }
     }
 
     /// Name the account being linked and ask for the confirm key (anti-phishing).
     fn confirm_prompt(&mut self, call: &str, id: &str, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
-        let Some(a) = self.assocs.get(id) else { return bye("Goodbye.") };
+        let Some(a) = self.assocs.get(id) else { return bye("goodbye", "Goodbye.") };
         let name = a.account_name.clone().unwrap_or_else(|| a.view.account.clone());
         self.set_stage(call, Stage::AwaitConfirm { association: id.to_owned() });
         self.step(id, now, "ivr_identified", "the IVR found the association", actions);
-        prompt(&format!("To link this phone to the account of {name}, press 1. If you did not ask for this, hang up."), 1)
+        prompt("confirm_account", &format!("To link this phone to the account of {name}, press 1. If you did not ask for this, hang up."), 1)
     }
 
     fn code_entered(&mut self, call: &str, id: &str, entered: &str, tries: u32, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
         let Some(a) = self.assocs.get(id) else {
             self.set_stage(call, Stage::Done);
-            return bye("Goodbye.");
+            return bye("goodbye", "Goodbye.");
         };
         if !self.live_in_call(id) {
             self.set_stage(call, Stage::Done);
-            return bye("This request is no longer valid. Goodbye.");
+            return bye("no_longer_valid", "This request is no longer valid. Goodbye.");
         }
         if now >= a.view.expires_at {
             // "Expired" is told apart from "incorrect" (without revealing anything of the code).
             self.set_stage(call, Stage::Done);
             self.finish(id, State::Expired, Some(Reason::Expired), "the code expired before it was entered", now, actions);
-            return bye("This code has expired. Please request a new code in the app. Goodbye.");
+            return bye("code_expired", "This code has expired. Please request a new code in the app. Goodbye.");
         }
         let ok = !a.code.is_empty() && a.code.len() == entered.len() && bool::from(a.code.as_bytes().ct_eq(entered.as_bytes()));
         let (pbx, ext, tenant, account) = (a.view.pbx.clone(), a.view.extension.clone(), a.view.tenant.clone(), a.view.account.clone());
@@ -159,7 +159,7 @@ impl Engine {
             }
             self.finish(id, State::Bound, None, "the code matched: extension bound", now, actions);
             let name = self.assocs.get(id).and_then(|a| a.account_name.clone()).unwrap_or_else(|| self.assocs.get(id).map(|a| a.view.account.clone()).unwrap_or_default());
-            return bye(&format!("Thank you. This phone is now linked to the account of {name}. Goodbye."));
+            return bye("bound", &format!("Thank you. This phone is now linked to the account of {name}. Goodbye."));
         }
         // Wrong code: counted per extension and per account, and per code.
         let mut locked = false;
@@ -182,21 +182,21 @@ impl Engine {
         if locked {
             self.set_stage(call, Stage::Done);
             self.fail_attempt(id, Reason::LockedOut, "too many wrong codes for this extension or account", now, actions);
-            return bye("Too many wrong codes. This phone cannot be linked for now. Goodbye.");
+            return bye("locked_out", "Too many wrong codes. This phone cannot be linked for now. Goodbye.");
         }
         if entries >= MAX_CODE_ENTRIES {
             self.set_stage(call, Stage::Done);
             self.fail_attempt(id, Reason::AttemptsExhausted, "the code was entered wrongly too often", now, actions);
-            return bye("Too many wrong codes. Please request a new code in the app. Goodbye.");
+            return bye("attempts_exhausted", "Too many wrong codes. Please request a new code in the app. Goodbye.");
         }
         if tries + 1 >= MAX_ENTRIES_PER_CALL {
             self.set_stage(call, Stage::Done);
             self.fail_attempt(id, Reason::WrongCode, "three wrong codes on this call", now, actions);
-            return bye("The code is not correct. You can try again from the app. Goodbye.");
+            return bye("wrong_code_bye", "The code is not correct. You can try again from the app. Goodbye.");
         }
         self.set_stage(call, Stage::AwaitCode { association: id.to_owned(), tries: tries + 1 });
         let n = self.assocs.get(id).map_or(6, |a| a.code.len());
-        prompt("The code is not correct. Please try again, then the hash key.", n)
+        prompt("wrong_code", "The code is not correct. Please try again, then the hash key.", n)
     }
 
     pub(crate) fn ivr_hangup(&mut self, call: &str, now: Millis, actions: &mut Vec<Action>) {

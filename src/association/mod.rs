@@ -230,6 +230,10 @@ pub enum StoreWrite {
 /// What the IVR platform should do next on a call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IvrReply {
+    /// Which prompt this is (`enter_code`, `confirm_account`, `bound`, ...): IVR adapters that
+    /// play recorded files map it to a file name.
+    #[serde(skip)]
+    pub prompt: &'static str,
     pub say: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gather: Option<Gather>,

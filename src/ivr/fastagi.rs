@@ -1,0 +1,217 @@
+//! Asterisk FastAGI adapter: Asterisk connects (`AGI(agi://gateway/associate)` in its dial plan),
+//! sends its `agi_*: value` header ended by a blank line, then the gateway drives the call one
+//! command at a time — `ANSWER`, `GET DATA <file> <timeout> <max digits>` to play a prompt and
+//! collect digits, `STREAM FILE <file> ""` for the last prompt, `HANGUP` — reading each
+//! `200 result=...` reply. `200 result= (timeout)`, `200 result=-1` (caller hung up), `511`
+//! (dead channel) and a bare `HANGUP` line are handled; the calling number is `agi_callerid`,
+//! the called number `agi_dnid` (else `agi_extension`).
+//!
+//! Prompts are recorded files named per prompt id in the configuration, with a fallback file
+//! (for example a text-to-speech prompt) for ids without a file. The protocol has no
+//! authentication: listen on an address only the Asterisk servers reach.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use crate::association::Input;
+use crate::gateway::{now_ms, Gateway};
+
+/// Longest line accepted from Asterisk.
+pub const MAX_LINE: usize = 4096;
+/// Most header lines accepted.
+pub const MAX_HEADERS: usize = 128;
+
+/// FastAGI settings.
+#[derive(Debug, Clone)]
+pub struct FastAgiSettings {
+    /// Prompt id (`enter_code`, `confirm_account`, ...) → sound file name (without extension).
+    pub prompts: HashMap<String, String>,
+    /// File played for prompt ids without a file of their own.
+    pub fallback: String,
+    /// How long to wait for Asterisk's next line before giving up on the call.
+    pub read_timeout: Duration,
+}
+
+impl Default for FastAgiSettings {
+    fn default() -> Self {
+        FastAgiSettings { prompts: HashMap::new(), fallback: "cstagate/tts".into(), read_timeout: Duration::from_secs(60) }
+    }
+}
+
+/// Serve FastAGI connections until the listener fails.
+pub async fn serve(listener: TcpListener, gw: Gateway, settings: Arc<FastAgiSettings>) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let gw = gw.clone();
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            if let Err(e) = session(stream, &gw, &settings).await {
+                debug!(%peer, error = %e, "FastAGI session ended");
+            }
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AgiError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("Asterisk said nothing in time")]
+    Timeout,
+    #[error("connection closed")]
+    Closed,
+    #[error("line too long")]
+    LineTooLong,
+    #[error("malformed AGI: {0}")]
+    Malformed(String),
+    #[error("the caller hung up")]
+    HungUp,
+}
+
+struct Agi {
+    rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    timeout: Duration,
+}
+
+impl Agi {
+    async fn line(&mut self) -> Result<String, AgiError> {
+        let mut buf = Vec::new();
+        loop {
+            let chunk = tokio::time::timeout(self.timeout, self.rd.fill_buf()).await.map_err(|_| AgiError::Timeout)??;
+            if chunk.is_empty() {
+                return Err(AgiError::Closed);
+            }
+            match chunk.iter().position(|b| *b == b'\n') {
+                Some(i) => {
+                    buf.extend_from_slice(&chunk[..i]);
+                    self.rd.consume(i + 1);
+                    break;
+                }
+                None => {
+                    let n = chunk.len();
+                    buf.extend_from_slice(chunk);
+                    self.rd.consume(n);
+                }
+            }
+            if buf.len() > MAX_LINE {
+                return Err(AgiError::LineTooLong);
+            }
+        }
+        if buf.len() > MAX_LINE {
+            return Err(AgiError::LineTooLong);
+        }
+        let s = String::from_utf8(buf).map_err(|_| AgiError::Malformed("not UTF-8".into()))?;
+        Ok(s.trim_end_matches('\r').to_owned())
+    }
+
+    /// Send a command and read its `200 result=` value (the text after `result=`).
+    async fn command(&mut self, cmd: &str) -> Result<String, AgiError> {
+        self.wr.write_all(format!("{cmd}\n").as_bytes()).await?;
+        loop {
+            let l = self.line().await?;
+            if l == "HANGUP" {
+                return Err(AgiError::HungUp);
+            }
+            if l.starts_with("511") {
+                return Err(AgiError::HungUp);
+            }
+            if let Some(rest) = l.strip_prefix("200 result=") {
+                if rest.trim() == "-1" || rest.starts_with("-1 ") {
+                    return Err(AgiError::HungUp);
+                }
+                return Ok(rest.to_owned());
+            }
+            if l.starts_with("510") || l.starts_with("520") {
+                return Err(AgiError::Malformed(format!("Asterisk refused `{cmd}`: {l}")));
+            }
+            // Anything else (e.g. the 520 usage continuation lines) is skipped.
+        }
+    }
+}
+
+/// `GET DATA` value: digits keyed, empty on timeout; `12 (timeout)` is a partial entry.
+fn digits_of(result: &str) -> String {
+    result.split_whitespace().next().filter(|d| d.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#')).unwrap_or("").to_owned()
+}
+
+/// Quote a prompt file name for an AGI command (no spaces or quotes reach Asterisk).
+fn file_name(s: &str) -> String {
+    s.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.')).collect()
+}
+
+async fn session(stream: TcpStream, gw: &Gateway, settings: &FastAgiSettings) -> Result<(), AgiError> {
+    let (rd, wr) = stream.into_split();
+    let mut agi = Agi { rd: BufReader::new(rd), wr, timeout: settings.read_timeout };
+    let mut header = HashMap::new();
+    loop {
+        let l = agi.line().await?;
+        if l.is_empty() {
+            break;
+        }
+        if header.len() >= MAX_HEADERS {
+            return Err(AgiError::Malformed("too many header lines".into()));
+        }
+        let Some((k, v)) = l.split_once(':') else { return Err(AgiError::Malformed(format!("header line without ':' ({} bytes)", l.len()))) };
+        if !k.starts_with("agi_") {
+            return Err(AgiError::Malformed("header key does not start with agi_".into()));
+        }
+        header.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    let script = header.get("agi_network_script").cloned().unwrap_or_default();
+    if script.trim_matches('/') != "associate" {
+        warn!(%script, "FastAGI request for an unknown script");
+        let _ = agi.command("HANGUP").await;
+        return Ok(());
+    }
+    let call = header.get("agi_uniqueid").cloned().filter(|c| !c.is_empty()).ok_or_else(|| AgiError::Malformed("no agi_uniqueid".into()))?;
+    let from = header.get("agi_callerid").cloned().unwrap_or_default();
+    let to = header.get("agi_dnid").filter(|d| !d.is_empty() && *d != "unknown").or_else(|| header.get("agi_extension")).cloned().unwrap_or_default();
+    let call = format!("agi-{call}");
+    let result = dialogue(&mut agi, gw, settings, &call, &from, &to).await;
+    if result.is_err() {
+        // Whatever broke the dialogue, the engine hears the call ended.
+        let _ = gw.call(Input::IvrHangup { call, now: now_ms() }).await;
+    }
+    result
+}
+
+async fn dialogue(agi: &mut Agi, gw: &Gateway, settings: &FastAgiSettings, call: &str, from: &str, to: &str) -> Result<(), AgiError> {
+    agi.command("ANSWER").await?;
+    let mut digits: Option<String> = None;
+    loop {
+        let out = gw.call(Input::Ivr { call: call.to_owned(), from: from.to_owned(), to: to.to_owned(), digits: digits.take(), now: now_ms() }).await.ok_or(AgiError::Closed)?;
+        let Some(reply) = out.ivr else { return Err(AgiError::Closed) };
+        let file = file_name(settings.prompts.get(reply.prompt).unwrap_or(&settings.fallback));
+        match reply.gather {
+            Some(g) if !reply.hangup => {
+                let r = agi.command(&format!("GET DATA {file} {} {}", g.timeout_ms, g.max_digits)).await?;
+                digits = Some(digits_of(&r));
+            }
+            _ => {
+                agi.command(&format!("STREAM FILE {file} \"\"")).await?;
+                let _ = agi.command("HANGUP").await;
+                let _ = gw.call(Input::IvrHangup { call: call.to_owned(), now: now_ms() }).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_data_results() {
+        assert_eq!(digits_of("1234"), "1234");
+        assert_eq!(digits_of(" (timeout)"), "");
+        assert_eq!(digits_of("12 (timeout)"), "12");
+        assert_eq!(file_name("cstagate/enter code\"; HANGUP"), "cstagate/entercodeHANGUP");
+    }
+}
