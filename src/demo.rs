@@ -264,3 +264,154 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
     drop(sim);
     Ok((final_view, expected))
 }
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Association id → final state (`bound`, `cancelled`, ...), as the API reported it.
+    pub outcomes: std::collections::HashMap<String, String>,
+    /// Time from sending the code digits to the IVR's answer (the binding is committed before
+    /// the answer).
+    pub code_to_binding: Vec<Duration>,
+    pub elapsed: Duration,
+}
+
+/// Drive `rounds` × `extensions.len()` associations through the API and the IVR webhook, one
+/// round at a time, all extensions of a round concurrently. Even accounts key the right code
+/// (bound, then unbound by the account so the next round can bind again); odd accounts key
+/// wrong codes and then cancel. Used by the load test and the benchmark.
+///
+/// # Errors
+/// Any HTTP failure or unexpected status.
+pub async fn drive_many(http: &Http, sim: &mut SimPbx, ivr_secret: &str, tenant_token: &str, extensions: &[String], rounds: usize) -> Result<LoadReport, String> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let mut signals = sim.take_ivr().ok_or("IVR endpoint already taken")?;
+    let hang = sim.ivr_handle();
+    // context id → (code, right?) for the IVR platform; sim call → context.
+    let codes: Arc<Mutex<HashMap<String, (String, bool)>>> = Arc::default();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<Option<Duration>, String>>();
+    let ivr_http = http.clone();
+    let secret = ivr_secret.to_owned();
+    let codes2 = codes.clone();
+    let platform = tokio::spawn(async move {
+        let mut connected: HashMap<String, String> = HashMap::new();
+        while let Some(sig) = signals.recv().await {
+            match sig {
+                IvrSignal::Connected { call, calling, .. } => {
+                    connected.insert(call, calling);
+                }
+                IvrSignal::Digits { call, digits } => {
+                    let Some(from) = connected.remove(&call) else { continue };
+                    let ctx = digits.trim_start_matches('*').trim_end_matches('#').to_owned();
+                    let entry = codes2.lock().map(|m| m.get(&ctx).cloned()).ok().flatten();
+                    let Some((code, right)) = entry else { continue };
+                    let http = ivr_http.clone();
+                    let secret = secret.clone();
+                    let done = done_tx.clone();
+                    let hang = hang.clone();
+                    tokio::spawn(async move {
+                        let r = ivr_dialogue(&http, &secret, &call, &from, &ctx, &code, right).await;
+                        hang.hangup(&call);
+                        let _ = done.send(r);
+                    });
+                }
+                IvrSignal::Cleared { .. } => {}
+            }
+        }
+    });
+    let mut report = LoadReport::default();
+    let t0 = std::time::Instant::now();
+    let mut n = 0usize;
+    for _ in 0..rounds {
+        let mut tasks = Vec::new();
+        for ext in extensions {
+            n += 1;
+            let account = format!("acct{n}");
+            let right = n % 2 == 0;
+            let http = http.clone();
+            let token = tenant_token.to_owned();
+            let ext = ext.clone();
+            let codes = codes.clone();
+            tasks.push(tokio::spawn(async move {
+                let (s, v) = http.json("POST", "/v1/associations", &token, Some(json!({ "account": account, "extension": ext }))).await?;
+                if s != 201 {
+                    return Err(format!("create: {s} {v}"));
+                }
+                let id = v["id"].as_str().unwrap_or_default().to_owned();
+                if let Ok(mut m) = codes.lock() {
+                    m.insert(v["context_id"].as_str().unwrap_or_default().to_owned(), (v["code"].as_str().unwrap_or_default().to_owned(), right));
+                }
+                Ok::<_, String>((id, account, ext, right))
+            }));
+        }
+        let mut created = Vec::new();
+        for t in tasks {
+            created.push(t.await.map_err(|e| e.to_string())??);
+        }
+        // Each dialogue reports once.
+        for _ in 0..created.len() {
+            match done_rx.recv().await {
+                Some(Ok(Some(d))) => report.code_to_binding.push(d),
+                Some(Ok(None)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Err("IVR platform stopped".into()),
+            }
+        }
+        // Settle the round: unbind the bound, cancel the others; record final states.
+        for (id, account, ext, right) in created {
+            if right {
+                let (s, v) = http.json("DELETE", &format!("/v1/bindings/paris/{ext}?account={account}"), tenant_token, None).await?;
+                if s != 204 {
+                    return Err(format!("unbind {ext}: {s} {v}"));
+                }
+            } else {
+                let (s, v) = http.json("DELETE", &format!("/v1/associations/{id}"), tenant_token, None).await?;
+                if s != 200 {
+                    return Err(format!("cancel {id}: {s} {v}"));
+                }
+            }
+            let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), tenant_token, None).await?;
+            report.outcomes.insert(id, v["state"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    report.elapsed = t0.elapsed();
+    platform.abort();
+    Ok(report)
+}
+
+/// One call's webhook dialogue: context, confirm, then the right code or three wrong ones.
+/// Returns the code-to-binding time for a right code.
+async fn ivr_dialogue(http: &Http, secret: &str, call: &str, from: &str, ctx: &str, code: &str, right: bool) -> Result<Option<Duration>, String> {
+    let post = |digits: Option<String>| {
+        let mut body = json!({ "call": call, "from": from, "to": IVR_NUMBER });
+        if let Some(d) = digits {
+            body["digits"] = json!(d);
+        }
+        let raw = body.to_string().into_bytes();
+        let sig = crate::api::sign(secret, &raw);
+        async move { http.send("POST", "/v1/ivr/webhook", &[("x-cstagate-signature", &sig)], Some(raw)).await }
+    };
+    let mut steps = vec![None, Some(ctx.to_owned()), Some("1".to_owned())];
+    if right {
+        steps.push(Some(code.to_owned()));
+    } else {
+        steps.extend(["000000", "000001", "000002"].map(|c| Some(if c == code { "999999".to_owned() } else { c.to_owned() })));
+    }
+    let last = steps.len() - 1;
+    let mut took = None;
+    for (i, d) in steps.into_iter().enumerate() {
+        let t = std::time::Instant::now();
+        let (s, r) = post(d).await?;
+        if s != 200 {
+            return Err(format!("webhook {s}: {r}"));
+        }
+        if i == last && right {
+            if !r["say"].as_str().unwrap_or("").contains("linked") {
+                return Err(format!("expected a binding, got {r}"));
+            }
+            took = Some(t.elapsed());
+        }
+    }
+    Ok(took)
+}

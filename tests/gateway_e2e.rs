@@ -212,3 +212,44 @@ async fn a_gateway_restart_keeps_bindings_and_ends_associations_in_flight() {
     assert_eq!(e2.http.json("POST", "/v1/associations", "acme-token", Some(json!({ "account": "bob", "extension": "2006" }))).await.unwrap().0, 201);
     e2.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_associations_across_a_hundred_extensions_all_end_as_the_store_says() {
+    let exts: Vec<String> = (3000..3100).map(|n| n.to_string()).collect();
+    let refs: Vec<&str> = exts.iter().map(String::as_str).collect();
+    let mut cfg = SimConfig::phase3(&refs);
+    for e in &mut cfg.extensions {
+        e.behaviour = cstagate::sim::Behaviour::Answer { after: Duration::from_millis(5) };
+    }
+    let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+    let dir = std::env::temp_dir().join(format!("cstagate-load-{}", cstagate::gateway::random_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let toml = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\n[[tenant]]\nid = \"acme\"\ntoken_env = \"X\"\n[[pbx]]\nid = \"paris\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"3000-3099\"]\nivr_number = \"0800100200\"\nproof_calls_per_hour = 100\nmax_requests_per_second = 100000\n",
+        dir.join("gw.db").display(),
+        sim.addr()
+    );
+    let mut secrets = Secrets { ivr_secret: Some("k".into()), ..Default::default() };
+    secrets.tenant_tokens.insert("acme".into(), "t".into());
+    let running = cstagate::server::start(&Config::parse(&toml).unwrap(), secrets).await.unwrap();
+    tokio::time::timeout(LIMIT, running.gateway.links()["paris"].wait_for(|s| *s == cstagate::link::LinkState::Up)).await.unwrap();
+    let http = Http::new(&format!("http://{}", running.addr));
+    let report = tokio::time::timeout(Duration::from_secs(300), cstagate::demo::drive_many(&http, &mut sim, "k", "t", &exts, 10)).await.expect("in time").expect("load runs");
+    assert_eq!(report.outcomes.len(), 1000);
+    let bound = report.outcomes.values().filter(|s| *s == "bound").count();
+    let cancelled = report.outcomes.values().filter(|s| *s == "cancelled").count();
+    assert_eq!((bound, cancelled), (500, 500), "every association ended, as planned");
+    assert_eq!(report.code_to_binding.len(), 500);
+    // The store agrees: 500 bindings were written and all were unbound again by their accounts.
+    let mut recs = Vec::new();
+    for ext in &exts {
+        let (_, audit) = http.json("GET", &format!("/v1/audit?extension={ext}&limit=10000"), "t", None).await.unwrap();
+        recs.extend(audit["records"].as_array().unwrap().clone());
+    }
+    let count = |step: &str| recs.iter().filter(|r| r["step"] == step).count();
+    assert_eq!((count("bound"), count("unbound"), count("cancelled")), (500, 500, 500));
+    for ext in &exts {
+        assert_eq!(http.json("GET", &format!("/v1/bindings/paris/{ext}"), "t", None).await.unwrap().0, 404);
+    }
+    running.shutdown().await;
+}

@@ -52,7 +52,8 @@ pub fn apdu(data: &[u8], d: Dialect) {
     let enc = first.to_vec(d).unwrap_or_else(|e| panic!("a decoded APDU does not re-encode: {e}\n{first:?}"));
     let second = Apdu::decode(&Bytes::from(enc.clone()), d)
         .unwrap_or_else(|e| panic!("the re-encoding does not decode: {e}\n input {}\n re-encoded {}", hexs(data), hexs(&enc)));
-    assert_eq!(untagged(&second), untagged(&first), "re-encoding changed the value\n input {}\n re-encoded {}", hexs(data), hexs(&enc));
+    // left: the input decoded; right: its re-encoding decoded.
+    assert_eq!(untagged(&first), untagged(&second), "re-encoding changed the value\n input {}\n re-encoded {}", hexs(data), hexs(&enc));
     let enc2 = second.to_vec(d).expect("a decoded APDU re-encodes");
     assert_eq!(hexs(&enc2), hexs(&enc), "encoding is not a fixed point (input {})", hexs(data));
 }
