@@ -277,24 +277,24 @@ pub struct LoadReport {
 }
 
 /// Drive `rounds` × `extensions.len()` associations through the API and the IVR webhook, one
-/// round at a time, all extensions of a round concurrently. Even accounts key the right code
-/// (bound, then unbound by the account so the next round can bind again); odd accounts key
-/// wrong codes and then cancel. Used by the load test and the benchmark.
+/// round at a time, all extensions of a round concurrently. Every other association keys the
+/// right code (bound, then unbound by the account so the next round can bind again); the
+/// others key three wrong codes and then cancel. Used by the load test and the benchmark.
 ///
 /// # Errors
 /// Any HTTP failure or unexpected status.
-pub async fn drive_many(http: &Http, sim: &mut SimPbx, ivr_secret: &str, tenant_token: &str, extensions: &[String], rounds: usize) -> Result<LoadReport, String> {
+pub async fn drive_many(http: &Http, ivr: &mut Ivr, ivr_secret: &str, tenant_token: &str, extensions: &[String], rounds: usize) -> Result<LoadReport, String> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
-    let mut signals = sim.take_ivr().ok_or("IVR endpoint already taken")?;
-    let hang = sim.ivr_handle();
+    let signals = &mut ivr.signals;
+    let hang = ivr.line.clone();
     // context id → (code, right?) for the IVR platform; sim call → context.
     let codes: Arc<Mutex<HashMap<String, (String, bool)>>> = Arc::default();
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<Option<Duration>, String>>();
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<Option<Duration>, String>>();
     let ivr_http = http.clone();
     let secret = ivr_secret.to_owned();
     let codes2 = codes.clone();
-    let platform = tokio::spawn(async move {
+    let platform = async move {
         let mut connected: HashMap<String, String> = HashMap::new();
         while let Some(sig) = signals.recv().await {
             match sig {
@@ -319,16 +319,41 @@ pub async fn drive_many(http: &Http, sim: &mut SimPbx, ivr_secret: &str, tenant_
                 IvrSignal::Cleared { .. } => {}
             }
         }
-    });
+    };
+    let main = drive_rounds(http, tenant_token, extensions, rounds, codes, done_rx);
+    tokio::select! {
+        r = main => r,
+        () = platform => Err("IVR endpoint closed".into()),
+    }
+}
+
+/// The simulated IVR platform's connection to the simulated PBX.
+pub struct Ivr {
+    pub signals: tokio::sync::mpsc::UnboundedReceiver<IvrSignal>,
+    pub line: crate::sim::IvrHandle,
+}
+
+impl Ivr {
+    /// Take the simulator's IVR endpoint.
+    pub fn of(sim: &mut SimPbx) -> Option<Ivr> {
+        Some(Ivr { signals: sim.take_ivr()?, line: sim.ivr_handle() })
+    }
+}
+
+type Codes = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (String, bool)>>>;
+
+async fn drive_rounds(http: &Http, tenant_token: &str, extensions: &[String], rounds: usize, codes: Codes, mut done_rx: tokio::sync::mpsc::UnboundedReceiver<Result<Option<Duration>, String>>) -> Result<LoadReport, String> {
     let mut report = LoadReport::default();
     let t0 = std::time::Instant::now();
     let mut n = 0usize;
-    for _ in 0..rounds {
+    for round in 0..rounds {
         let mut tasks = Vec::new();
-        for ext in extensions {
+        for (i, ext) in extensions.iter().enumerate() {
             n += 1;
             let account = format!("acct{n}");
-            let right = n % 2 == 0;
+            // Alternate per extension from round to round, so successes reset the failure
+            // counters as they would in real use.
+            let right = (round + i) % 2 == 0;
             let http = http.clone();
             let token = tenant_token.to_owned();
             let ext = ext.clone();
@@ -358,25 +383,34 @@ pub async fn drive_many(http: &Http, sim: &mut SimPbx, ivr_secret: &str, tenant_
                 None => return Err("IVR platform stopped".into()),
             }
         }
-        // Settle the round: unbind the bound, cancel the others; record final states.
+        // Settle the round, all extensions at once: unbind the bound, cancel the others; record
+        // the final states.
+        let mut settle = Vec::new();
         for (id, account, ext, right) in created {
-            if right {
-                let (s, v) = http.json("DELETE", &format!("/v1/bindings/paris/{ext}?account={account}"), tenant_token, None).await?;
-                if s != 204 {
-                    return Err(format!("unbind {ext}: {s} {v}"));
+            let http = http.clone();
+            let token = tenant_token.to_owned();
+            settle.push(tokio::spawn(async move {
+                if right {
+                    let (s, v) = http.json("DELETE", &format!("/v1/bindings/paris/{ext}?account={account}"), &token, None).await?;
+                    if s != 204 {
+                        return Err(format!("unbind {ext}: {s} {v}"));
+                    }
+                } else {
+                    let (s, v) = http.json("DELETE", &format!("/v1/associations/{id}"), &token, None).await?;
+                    if s != 200 {
+                        return Err(format!("cancel {id}: {s} {v}"));
+                    }
                 }
-            } else {
-                let (s, v) = http.json("DELETE", &format!("/v1/associations/{id}"), tenant_token, None).await?;
-                if s != 200 {
-                    return Err(format!("cancel {id}: {s} {v}"));
-                }
-            }
-            let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), tenant_token, None).await?;
-            report.outcomes.insert(id, v["state"].as_str().unwrap_or_default().to_owned());
+                let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), &token, None).await?;
+                Ok::<_, String>((id, v["state"].as_str().unwrap_or_default().to_owned()))
+            }));
+        }
+        for t in settle {
+            let (id, state) = t.await.map_err(|e| e.to_string())??;
+            report.outcomes.insert(id, state);
         }
     }
     report.elapsed = t0.elapsed();
-    platform.abort();
     Ok(report)
 }
 

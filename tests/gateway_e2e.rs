@@ -234,7 +234,7 @@ async fn a_thousand_associations_across_a_hundred_extensions_all_end_as_the_stor
     let running = cstagate::server::start(&Config::parse(&toml).unwrap(), secrets).await.unwrap();
     tokio::time::timeout(LIMIT, running.gateway.links()["paris"].wait_for(|s| *s == cstagate::link::LinkState::Up)).await.unwrap();
     let http = Http::new(&format!("http://{}", running.addr));
-    let report = tokio::time::timeout(Duration::from_secs(300), cstagate::demo::drive_many(&http, &mut sim, "k", "t", &exts, 10)).await.expect("in time").expect("load runs");
+    let report = tokio::time::timeout(Duration::from_secs(300), cstagate::demo::drive_many(&http, &mut cstagate::demo::Ivr::of(&mut sim).unwrap(), "k", "t", &exts, 10)).await.expect("in time").expect("load runs");
     assert_eq!(report.outcomes.len(), 1000);
     let bound = report.outcomes.values().filter(|s| *s == "bound").count();
     let cancelled = report.outcomes.values().filter(|s| *s == "cancelled").count();

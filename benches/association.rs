@@ -1,0 +1,70 @@
+//! End-to-end association throughput and code-to-binding latency against the simulator, with
+//! durable commits (SQLite WAL, synchronous=FULL) — figures in BENCHMARKS.md.
+//!
+//! Each association: POST /v1/associations, MonitorStart and MakeCall over CSTA to the simulated
+//! PBX, its events, four signed IVR webhook requests (context, confirm, code) and then the
+//! round's settlement (unbind or cancel). 100 extensions in parallel per round.
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use cstagate::api::Secrets;
+use cstagate::config::Config;
+use cstagate::demo::{drive_many, Http};
+use cstagate::sim::{SimConfig, SimPbx};
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let exts: Vec<String> = (3000..3100).map(|n| n.to_string()).collect();
+    let (mut sim, http, _running) = rt.block_on(async {
+        let refs: Vec<&str> = exts.iter().map(String::as_str).collect();
+        let mut cfg = SimConfig::phase3(&refs);
+        for e in &mut cfg.extensions {
+            e.behaviour = cstagate::sim::Behaviour::Answer { after: Duration::ZERO };
+        }
+        let sim = SimPbx::start(cfg, "127.0.0.1:0").await.expect("sim");
+        let dir = std::env::temp_dir().join(format!("cstagate-bench-{}", cstagate::gateway::random_id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let toml = format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\n[[tenant]]\nid = \"acme\"\ntoken_env = \"X\"\n[[pbx]]\nid = \"paris\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"3000-3099\"]\nivr_number = \"0800100200\"\nproof_calls_per_hour = 1000000\nmax_requests_per_second = 1000000\n",
+            dir.join("gw.db").display(),
+            sim.addr()
+        );
+        let mut secrets = Secrets { ivr_secret: Some("k".into()), ..Default::default() };
+        secrets.tenant_tokens.insert("acme".into(), "t".into());
+        let running = cstagate::server::start(&Config::parse(&toml).expect("config"), secrets).await.expect("gateway");
+        running.gateway.links()["paris"].wait_for(|s| *s == cstagate::link::LinkState::Up).await;
+        let http = Http::new(&format!("http://{}", running.addr));
+        (sim, http, running)
+    });
+    // Throughput: 100 extensions at a time, 20 rounds.
+    let mut ivr = cstagate::demo::Ivr::of(&mut sim).expect("IVR endpoint");
+    let report = rt.block_on(drive_many(&http, &mut ivr, "k", "t", &exts, 20)).expect("load");
+    eprintln!(
+        "association/throughput: {} associations in {:.2} s = {:.0} associations/s (100 concurrent; half bound then unbound, half three wrong codes then cancelled)",
+        report.outcomes.len(),
+        report.elapsed.as_secs_f64(),
+        report.outcomes.len() as f64 / report.elapsed.as_secs_f64(),
+    );
+    let show = |label: &str, lat: &mut Vec<Duration>| {
+        lat.sort();
+        let pct = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+        eprintln!("association/{label}: code digits → committed binding over {} bindings: p50 {:?}, p99 {:?}, max {:?}", lat.len(), pct(0.50), pct(0.99), lat.last().copied().unwrap_or_default());
+    };
+    show("latency-under-load", &mut report.code_to_binding.clone());
+    // Latency at a moderate load: 10 extensions at a time.
+    let report = rt.block_on(drive_many(&http, &mut ivr, "k", "t", &exts[..10], 40)).expect("load");
+    show("latency-10-concurrent", &mut report.code_to_binding.clone());
+    let report = rt.block_on(drive_many(&http, &mut ivr, "k", "t", &exts[..1], 200)).expect("load");
+    show("latency-sequential", &mut report.code_to_binding.clone());
+    drop(sim);
+    let _ = c;
+}
+
+fn configure(c: &mut Criterion) {
+    let _ = Throughput::Elements(1);
+    bench(c);
+}
+
+criterion_group!(benches, configure);
+criterion_main!(benches);
