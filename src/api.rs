@@ -45,6 +45,8 @@ pub struct Secrets {
     pub tenant_tokens: HashMap<String, String>,
     /// HMAC-SHA256 key of the IVR webhook.
     pub ivr_secret: Option<String>,
+    /// Tenant id → where to send its accounts' notifications.
+    pub notify: HashMap<String, crate::notify::Target>,
 }
 
 #[derive(Clone)]

@@ -67,6 +67,11 @@ pub struct TenantConfig {
     pub id: String,
     /// Environment variable holding this tenant's API token.
     pub token_env: String,
+    /// Where account notifications are POSTed (`http://host:port/path`).
+    pub notify_url: Option<String>,
+    /// Environment variable holding the HMAC key of the notifications (required with
+    /// `notify_url`).
+    pub notify_secret_env: Option<String>,
 }
 
 /// Presets of the PBX families we know (brief §1, §3.3).

@@ -67,6 +67,7 @@ enum Cmd {
 pub struct Gateway {
     tx: mpsc::Sender<Cmd>,
     links: Arc<HashMap<String, Link>>,
+    notifier: Option<crate::notify::Notifier>,
 }
 
 /// Commands handled per store transaction at most.
@@ -75,10 +76,10 @@ const BATCH: usize = 256;
 impl Gateway {
     /// Start the actor. `links` are the PBX links by PBX id; `store` is already opened and the
     /// engine restored from it.
-    pub fn start(engine: Engine, store: Box<dyn Store>, links: HashMap<String, Link>) -> Gateway {
+    pub fn start(engine: Engine, store: Box<dyn Store>, links: HashMap<String, Link>, notifier: Option<crate::notify::Notifier>) -> Gateway {
         let (tx, rx) = mpsc::channel(65_536);
         let links = Arc::new(links);
-        let gw = Gateway { tx: tx.clone(), links: links.clone() };
+        let gw = Gateway { tx: tx.clone(), links: links.clone(), notifier };
         tokio::spawn(actor(engine, store, rx, gw.clone()));
         for (pbx, link) in links.iter() {
             tokio::spawn(watch_link(pbx.clone(), link.clone(), tx.clone()));
@@ -202,7 +203,12 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
             for a in &out.actions {
                 match a {
                     Action::Csta { association, pbx, request } => run_csta(&gw, &mut monitors, association, pbx, request.clone()),
-                    Action::Notify { tenant, account, event, association } => info!(%tenant, %account, %event, %association, "notify account"),
+                    Action::Notify { tenant, account, event, association } => {
+                        info!(%tenant, %account, %event, %association, "notify account");
+                        if let Some(n) = &gw.notifier {
+                            n.send(crate::notify::Notification { tenant: tenant.clone(), account: account.clone(), event: event.clone(), association: association.clone(), at: now_ms() });
+                        }
+                    }
                     Action::Store(_) => {}
                 }
             }

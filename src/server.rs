@@ -62,6 +62,10 @@ pub fn secrets_from_env(c: &Config) -> Result<Secrets, StartError> {
     }
     for t in &c.tenant {
         s.tenant_tokens.insert(t.id.clone(), var(&t.token_env)?);
+        if let Some(url) = &t.notify_url {
+            let env = t.notify_secret_env.as_deref().ok_or_else(|| StartError::Secret(format!("tenant {}: notify_url needs notify_secret_env", t.id)))?;
+            s.notify.insert(t.id.clone(), crate::notify::Target { url: url.clone(), secret: var(env)? });
+        }
     }
     Ok(s)
 }
@@ -84,7 +88,8 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     for p in &config.pbx {
         links.insert(p.id.clone(), Link::spawn(p.profile()?));
     }
-    let gateway = Gateway::start(engine, Box::new(store), links);
+    let notifier = (!secrets.notify.is_empty()).then(|| crate::notify::Notifier::start(secrets.notify.clone()));
+    let gateway = Gateway::start(engine, Box::new(store), links, notifier);
     let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let app = router(gateway.clone(), secrets);

@@ -53,9 +53,11 @@ pub fn apdu(data: &[u8], d: Dialect) {
     let second = Apdu::decode(&Bytes::from(enc.clone()), d)
         .unwrap_or_else(|e| panic!("the re-encoding does not decode: {e}\n input {}\n re-encoded {}", hexs(data), hexs(&enc)));
     // left: the input decoded; right: its re-encoding decoded.
-    assert_eq!(untagged(&first), untagged(&second), "re-encoding changed the value\n input {}\n re-encoded {}", hexs(data), hexs(&enc));
+    if first != second {
+        assert_eq!(untagged(&first), untagged(&second), "re-encoding changed the value\n input {}\n re-encoded {}", hexs(data), hexs(&enc));
+    }
     let enc2 = second.to_vec(d).expect("a decoded APDU re-encodes");
-    assert_eq!(hexs(&enc2), hexs(&enc), "encoding is not a fixed point (input {})", hexs(data));
+    assert!(enc2 == enc, "encoding is not a fixed point\n input {}\n first {}\n second {}", hexs(data), hexs(&enc), hexs(&enc2));
 }
 
 /// The APDU with every member's wire tag cleared (see [`apdu`]).
@@ -265,7 +267,7 @@ pub fn framer(data: &[u8]) {
     }
     let consumed = rebuilt.len();
     rebuilt.extend_from_slice(&whole.leftover);
-    assert_eq!(hexs(&rebuilt), hexs(c.stream), "frames + leftover are not the stream");
+    assert!(rebuilt == c.stream, "frames + leftover are not the stream\n stream  {}\n rebuilt {}", hexs(c.stream), hexs(&rebuilt));
     if let Some(e) = &whole.error {
         assert_eq!(e.offset, consumed, "framing error offset is not the stream position: {e}");
         let _ = e.to_string();
