@@ -262,30 +262,26 @@ fn view_json(v: &crate::association::AssociationView) -> Json_ {
     })
 }
 
-async fn complete(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let p = match principal(&st, &headers) {
+/// Feed an association input built for the caller and answer with the association's view.
+async fn association_step(st: &AppState, headers: &HeaderMap, ok: StatusCode, input: impl FnOnce(Principal) -> Input) -> Response {
+    let p = match principal(st, headers) {
         Ok(p) => p,
         Err(r) => return r,
     };
-    let Some(out) = st.gw.call(Input::Complete { principal: p, id, now: now_ms() }).await else { return unavailable() };
+    let Some(out) = st.gw.call(input(p)).await else { return unavailable() };
     match (&out.error, &out.view) {
         (Some(e), _) => api_error(e),
-        (None, Some(v)) => (StatusCode::ACCEPTED, Json(view_json(v))).into_response(),
+        (None, Some(v)) => (ok, Json(view_json(v))).into_response(),
         (None, None) => unavailable(),
     }
 }
 
+async fn complete(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    association_step(&st, &headers, StatusCode::ACCEPTED, |principal| Input::Complete { principal, id, now: now_ms() }).await
+}
+
 async fn cancel(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let p = match principal(&st, &headers) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let Some(out) = st.gw.call(Input::Cancel { principal: p, id, now: now_ms() }).await else { return unavailable() };
-    match (&out.error, &out.view) {
-        (Some(e), _) => api_error(e),
-        (None, Some(v)) => Json(view_json(v)).into_response(),
-        (None, None) => unavailable(),
-    }
+    association_step(&st, &headers, StatusCode::OK, |principal| Input::Cancel { principal, id, now: now_ms() }).await
 }
 
 async fn get_association(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
