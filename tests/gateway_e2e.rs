@@ -253,3 +253,81 @@ async fn a_thousand_associations_across_a_hundred_extensions_all_end_as_the_stor
     }
     running.shutdown().await;
 }
+
+/// Poll the association until `pred` holds (each poll is a real API round trip).
+async fn wait_assoc(http: &Http, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), "acme-token", None).await.unwrap();
+            if pred(&v) {
+                return v;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the association reaches the expected state")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_drop_while_ringing_fails_the_attempt_and_a_retry_works() {
+    let e = env(None).await;
+    e.sim.config().extensions[0].behaviour = cstagate::sim::Behaviour::NeverAnswer;
+    let (s, v) = e.http.json("POST", "/v1/associations", "acme-token", Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    assert_eq!(s, 201);
+    let id = v["id"].as_str().unwrap().to_owned();
+    wait_assoc(&e.http, &id, |v| v["state"] == "ringing").await;
+    e.sim.restart();
+    let v = wait_assoc(&e.http, &id, |v| v["state"] == "failed").await;
+    assert_eq!((v["reason"].as_str(), v["retryable"].as_bool()), (Some("link_down"), Some(true)));
+    // The link comes back; the user retries.
+    let link = e.running.gateway.links()["paris"].clone();
+    tokio::time::timeout(LIMIT, link.wait_for(|s| *s == cstagate::link::LinkState::Up)).await.unwrap();
+    e.sim.config().extensions[0].behaviour = cstagate::sim::Behaviour::Answer { after: Duration::from_millis(10) };
+    let (s, _) = e.http.json("POST", &format!("/v1/associations/{id}/complete"), "acme-token", None).await.unwrap();
+    assert_eq!(s, 202);
+    wait_assoc(&e.http, &id, |v| v["state"] == "in_ivr").await;
+    e.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_drop_or_a_hang_up_during_the_ivr_dialogue_binds_nothing() {
+    let mut e = env(None).await;
+    let (id, code, call, ctx) = to_ivr(&mut e, "alice", "2005").await;
+    for d in [None, Some(ctx.as_str()), Some("1")] {
+        let mut body = json!({ "call": call, "from": "+33144002005", "to": "0800100200" });
+        if let Some(d) = d {
+            body["digits"] = json!(d);
+        }
+        webhook(&e.http, body, "s3cret").await;
+    }
+    e.sim.restart();
+    let v = wait_assoc(&e.http, &id, |v| v["state"] == "failed").await;
+    assert_eq!(v["reason"], "link_down");
+    // The right code arrives too late: refused, nothing bound.
+    let (_, r) = webhook(&e.http, json!({ "call": call, "from": "+33144002005", "to": "0800100200", "digits": code }), "s3cret").await;
+    assert_eq!(r["hangup"], true);
+    assert_eq!(e.http.json("GET", "/v1/bindings/paris/2005", "acme-token", None).await.unwrap().0, 404);
+
+    // Next attempt: the caller hangs up in the IVR.
+    let link = e.running.gateway.links()["paris"].clone();
+    tokio::time::timeout(LIMIT, link.wait_for(|s| *s == cstagate::link::LinkState::Up)).await.unwrap();
+    assert_eq!(e.http.json("POST", &format!("/v1/associations/{id}/complete"), "acme-token", None).await.unwrap().0, 202);
+    let call2 = loop {
+        if let IvrSignal::Connected { call, .. } = tokio::time::timeout(LIMIT, e.ivr.recv()).await.unwrap().unwrap() {
+            break call;
+        }
+    };
+    for d in [None, Some(ctx.as_str())] {
+        let mut body = json!({ "call": call2, "from": "+33144002005", "to": "0800100200" });
+        if let Some(d) = d {
+            body["digits"] = json!(d);
+        }
+        webhook(&e.http, body, "s3cret").await;
+    }
+    let (s, _) = webhook(&e.http, json!({ "call": call2, "from": "+33144002005", "to": "0800100200", "hangup": true }), "s3cret").await;
+    assert_eq!(s, 200);
+    let v = wait_assoc(&e.http, &id, |v| v["reason"] == "call_cleared").await;
+    assert_eq!((v["state"].as_str(), v["retryable"].as_bool()), (Some("failed"), Some(true)));
+    e.running.shutdown().await;
+}
