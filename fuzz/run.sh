@@ -21,7 +21,7 @@ fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz"
-    cargo install cargo-fuzz --locked
+    cargo install cargo-fuzz --locked --version 0.13.2
 fi
 cargo fuzz --version
 

@@ -242,11 +242,11 @@ pub struct LoadReport {
 /// Any HTTP failure or unexpected status.
 pub async fn drive_many(http: &Http, ivr: &mut Ivr, ivr_secret: &str, tenant_token: &str, extensions: &[String], rounds: usize) -> Result<LoadReport, String> {
     use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
     let signals = &mut ivr.signals;
     let hang = ivr.line.clone();
     // context id → (code, right?) for the IVR platform; sim call → context.
-    let codes: Arc<Mutex<HashMap<String, (String, bool)>>> = Arc::default();
+    let codes: Codes = Arc::default();
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<Option<Duration>, String>>();
     let ivr_http = http.clone();
     let secret = ivr_secret.to_owned();
@@ -261,13 +261,15 @@ pub async fn drive_many(http: &Http, ivr: &mut Ivr, ivr_secret: &str, tenant_tok
                 IvrSignal::Digits { call, digits } => {
                     let Some(from) = connected.remove(&call) else { continue };
                     let ctx = digits.trim_start_matches('*').trim_end_matches('#').to_owned();
-                    let entry = codes2.lock().map(|m| m.get(&ctx).cloned()).ok().flatten();
-                    let Some((code, right)) = entry else { continue };
                     let http = ivr_http.clone();
                     let secret = secret.clone();
                     let done = done_tx.clone();
                     let hang = hang.clone();
+                    let codes = codes2.clone();
                     tokio::spawn(async move {
+                        // The call can reach the IVR before the app has read the API's answer:
+                        // wait for the code to be known.
+                        let (code, right) = codes.wait_for(&ctx).await;
                         let r = ivr_dialogue(&http, &secret, &call, &from, &ctx, &code, right).await;
                         hang.hangup(&call);
                         let _ = done.send(r);
@@ -297,7 +299,35 @@ impl Ivr {
     }
 }
 
-type Codes = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (String, bool)>>>;
+/// Codes by context id, shared between the app side and the IVR platform of the load driver.
+#[derive(Default)]
+struct CodeBook {
+    codes: std::sync::Mutex<std::collections::HashMap<String, (String, bool)>>,
+    added: tokio::sync::Notify,
+}
+
+type Codes = std::sync::Arc<CodeBook>;
+
+impl CodeBook {
+    fn insert(&self, ctx: String, code: String, right: bool) {
+        if let Ok(mut m) = self.codes.lock() {
+            m.insert(ctx, (code, right));
+        }
+        self.added.notify_waiters();
+    }
+
+    async fn wait_for(&self, ctx: &str) -> (String, bool) {
+        loop {
+            let notified = self.added.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(v) = self.codes.lock().ok().and_then(|m| m.get(ctx).cloned()) {
+                return v;
+            }
+            notified.await;
+        }
+    }
+}
 
 async fn drive_rounds(http: &Http, tenant_token: &str, extensions: &[String], rounds: usize, codes: Codes, mut done_rx: tokio::sync::mpsc::UnboundedReceiver<Result<Option<Duration>, String>>) -> Result<LoadReport, String> {
     let mut report = LoadReport::default();
@@ -321,9 +351,7 @@ async fn drive_rounds(http: &Http, tenant_token: &str, extensions: &[String], ro
                     return Err(format!("create: {s} {v}"));
                 }
                 let id = v["id"].as_str().unwrap_or_default().to_owned();
-                if let Ok(mut m) = codes.lock() {
-                    m.insert(v["context_id"].as_str().unwrap_or_default().to_owned(), (v["code"].as_str().unwrap_or_default().to_owned(), right));
-                }
+                codes.insert(v["context_id"].as_str().unwrap_or_default().to_owned(), v["code"].as_str().unwrap_or_default().to_owned(), right);
                 Ok::<_, String>((id, account, ext, right))
             }));
         }

@@ -60,6 +60,8 @@ pub enum QueryResult {
 enum Cmd {
     Engine { input: Input, reply: Option<oneshot::Sender<Output>> },
     Query { query: Query, reply: oneshot::Sender<QueryResult> },
+    /// Stop after the batch in hand: nothing is written afterwards.
+    Stop,
 }
 
 /// Handle to the running gateway. Cheap to clone.
@@ -68,6 +70,7 @@ pub struct Gateway {
     tx: mpsc::Sender<Cmd>,
     links: Arc<HashMap<String, Link>>,
     notifier: Option<crate::notify::Notifier>,
+    stopped: Arc<tokio::sync::Notify>,
 }
 
 /// Commands handled per store transaction at most.
@@ -79,8 +82,13 @@ impl Gateway {
     pub fn start(engine: Engine, store: Box<dyn Store>, links: HashMap<String, Link>, notifier: Option<crate::notify::Notifier>) -> Gateway {
         let (tx, rx) = mpsc::channel(65_536);
         let links = Arc::new(links);
-        let gw = Gateway { tx: tx.clone(), links: links.clone(), notifier };
-        tokio::spawn(actor(engine, store, rx, gw.clone()));
+        let gw = Gateway { tx: tx.clone(), links: links.clone(), notifier, stopped: Arc::new(tokio::sync::Notify::new()) };
+        let done = gw.stopped.clone();
+        let me = gw.clone();
+        tokio::spawn(async move {
+            actor(engine, store, rx, me).await;
+            done.notify_one();
+        });
         for (pbx, link) in links.iter() {
             tokio::spawn(watch_link(pbx.clone(), link.clone(), tx.clone()));
         }
@@ -99,6 +107,13 @@ impl Gateway {
 
     pub fn links(&self) -> &HashMap<String, Link> {
         &self.links
+    }
+
+    /// Stop the actor and wait until it has committed its last batch and closed the store.
+    pub async fn stop(&self) {
+        if self.tx.send(Cmd::Stop).await.is_ok() {
+            self.stopped.notified().await;
+        }
     }
 
     /// Feed one engine input and wait for its output (after its writes are committed).
@@ -157,6 +172,7 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
             return;
         }
         let mut writes = Vec::new();
+        let mut stop = false;
         let mut after: Vec<(Option<oneshot::Sender<Output>>, Output)> = Vec::new();
         for cmd in batch.drain(..) {
             match cmd {
@@ -168,6 +184,7 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
                     }));
                     after.push((reply, out));
                 }
+                Cmd::Stop => stop = true,
                 Cmd::Query { query, reply } => {
                     let r = match query {
                         Query::Association { principal, id } => match engine.view(&principal, &id) {
@@ -190,6 +207,7 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
             }
         }
         // Group commit: everything this batch decided is durable before anyone hears of it.
+        coalesce(&mut writes);
         if let Err(e) = store.apply(&writes) {
             warn!(error = %e, "store commit failed: answering with an error, carrying out nothing");
             for (reply, _) in after {
@@ -216,7 +234,27 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
                 let _ = r.send(out);
             }
         }
+        if stop {
+            return;
+        }
     }
+}
+
+/// An association written several times in one batch needs only its last state written: drop
+/// the earlier upserts (the other writes keep their order).
+fn coalesce(writes: &mut Vec<crate::association::StoreWrite>) {
+    use crate::association::StoreWrite;
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = vec![true; writes.len()];
+    for (i, w) in writes.iter().enumerate().rev() {
+        if let StoreWrite::Association(v) = w {
+            if !seen.insert(v.id.clone()) {
+                keep[i] = false;
+            }
+        }
+    }
+    let mut k = keep.into_iter();
+    writes.retain(|_| k.next().unwrap_or(true));
 }
 
 fn failure(e: &RequestError) -> CstaFailure {

@@ -22,12 +22,14 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stop serving and release every PBX link.
+    /// Stop serving, stop the engine (its last writes committed, the database closed), then
+    /// release every PBX link. Associations in flight are ended by the next start.
     pub async fn shutdown(self) {
         self.server.abort();
         if let Some(f) = &self.fastagi {
             f.abort();
         }
+        self.gateway.stop().await;
         for l in self.gateway.links().values() {
             l.shutdown().await;
         }

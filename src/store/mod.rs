@@ -97,6 +97,8 @@ impl SqliteStore {
         db.pragma_update(None, "synchronous", "FULL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
+        // Statements are prepared once and reused (parsing dominated the commit cost).
+        db.set_prepared_statement_cache_capacity(32);
         Ok(SqliteStore { db })
     }
 }
@@ -128,35 +130,31 @@ impl Store for SqliteStore {
                 StoreWrite::Association(v) => {
                     let json = serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     let state = serde_json::to_value(v.state).ok().and_then(|s| s.as_str().map(str::to_owned)).unwrap_or_default();
-                    tx.execute(
-                        "INSERT INTO associations (id, tenant, account, pbx, extension, state, final, view, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)
-                         ON CONFLICT(id) DO UPDATE SET state = excluded.state, final = excluded.final, view = excluded.view, updated_at = excluded.updated_at",
+                    tx.prepare_cached("INSERT INTO associations (id, tenant, account, pbx, extension, state, final, view, updated_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)
+                         ON CONFLICT(id) DO UPDATE SET state = excluded.state, final = excluded.final, view = excluded.view, updated_at = excluded.updated_at")?.execute(
                         params![v.id, v.tenant, v.account, v.pbx, v.extension, state, v.state.is_final(v.retryable), json, v.history.last().map_or(0, |s| s.at) as i64],
                     )?;
                 }
                 StoreWrite::Bind(b) => {
-                    tx.execute(
-                        "INSERT INTO bindings (pbx, extension, tenant, account, did, did_verified, bound_at) VALUES (?1,?2,?3,?4,?5,?6,?7)",
+                    tx.prepare_cached("INSERT INTO bindings (pbx, extension, tenant, account, did, did_verified, bound_at) VALUES (?1,?2,?3,?4,?5,?6,?7)")?.execute(
                         params![b.pbx, b.extension, b.tenant, b.account, b.did, b.did_verified, b.bound_at as i64],
                     )?;
                 }
                 StoreWrite::Unbind { pbx, extension } => {
-                    tx.execute("DELETE FROM bindings WHERE pbx = ?1 AND extension = ?2", params![pbx, extension])?;
+                    tx.prepare_cached("DELETE FROM bindings WHERE pbx = ?1 AND extension = ?2")?.execute( params![pbx, extension])?;
                 }
                 StoreWrite::Counter { key, value } => {
-                    tx.execute(
-                        "INSERT INTO counters (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                    tx.prepare_cached("INSERT INTO counters (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?.execute(
                         params![key_text(key), value],
                     )?;
                 }
                 StoreWrite::ProofCall { pbx, extension, at } => {
-                    tx.execute("INSERT INTO proof_calls (pbx, extension, at) VALUES (?1, ?2, ?3)", params![pbx, extension, *at as i64])?;
+                    tx.prepare_cached("INSERT INTO proof_calls (pbx, extension, at) VALUES (?1, ?2, ?3)")?.execute( params![pbx, extension, *at as i64])?;
                     // Older than a day is of no use to the hourly limit.
-                    tx.execute("DELETE FROM proof_calls WHERE at < ?1", params![at.saturating_sub(86_400_000) as i64])?;
+                    tx.prepare_cached("DELETE FROM proof_calls WHERE at < ?1")?.execute( params![at.saturating_sub(86_400_000) as i64])?;
                 }
                 StoreWrite::Audit(a) => {
-                    tx.execute(
-                        "INSERT INTO audit (at, tenant, account, pbx, extension, association, step, result) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)",
+                    tx.prepare_cached("INSERT INTO audit (at, tenant, account, pbx, extension, association, step, result) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)")?.execute(
                         params![a.at as i64, a.tenant, a.account, a.pbx, a.extension, a.association, a.step, a.result],
                     )?;
                 }
