@@ -114,6 +114,10 @@ pub struct UniversalFailure {
     pub category: ErrorCategory,
     /// The ENUMERATED value; `None` for unspecified (NULL).
     pub value: Option<i64>,
+    /// How it was tagged on the wire (`Some(true)`: Phase III explicit `[n] {ENUMERATED}`;
+    /// `Some(false)`: Phase II implicit), so a decoded error re-encodes as it came; `None` for
+    /// errors built locally, which take the dialect's tagging.
+    pub explicit: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -399,7 +403,7 @@ impl Apdu {
         Apdu::Error(ReturnError {
             invoke_id: Some(invoke_id),
             code: Code::Local(1),
-            parameter: Some(ErrorParameter::UniversalFailure(UniversalFailure { category, value })),
+            parameter: Some(ErrorParameter::UniversalFailure(UniversalFailure { category, value, explicit: None })),
         })
     }
 
@@ -547,7 +551,8 @@ fn decode_universal_failure(r: &Reader<'_>, p: &Tlv) -> Result<ErrorParameter> {
         return Ok(ErrorParameter::Opaque(r.raw(p)));
     }
     let n = p.tag.number();
-    let (category, value) = if p.tag.constructed() {
+    let explicit = p.tag.constructed();
+    let (category, value) = if explicit {
         let mut inner = r.enter(p)?;
         let v = inner.required(W)?;
         inner.finish()?;
@@ -564,26 +569,27 @@ fn decode_universal_failure(r: &Reader<'_>, p: &Tlv) -> Result<ErrorParameter> {
         (ErrorCategory::from_tag_number(n, Dialect::Phase2), value)
     };
     match category {
-        Some(category) => Ok(ErrorParameter::UniversalFailure(UniversalFailure { category, value })),
+        Some(category) => Ok(ErrorParameter::UniversalFailure(UniversalFailure { category, value, explicit: Some(explicit) })),
         None => Ok(ErrorParameter::Opaque(r.raw(p))),
     }
 }
 
 fn encode_universal_failure(w: &mut Writer<'_>, u: &UniversalFailure, d: Dialect) {
-    match d {
-        Dialect::Phase3 => {
-            let n = u.category.tag_number(d).unwrap_or(7);
-            w.constructed(Tag::context(n, true), |w| match u.value {
-                Some(v) => w.integer(Tag::ENUMERATED, v),
-                None => w.null(Tag::NULL),
-            });
-        }
-        Dialect::Phase2 => {
-            // Security and private-data failures do not exist in Phase II: sent as unspecified.
-            match (u.category.tag_number(d), u.value) {
-                (Some(n), Some(v)) if n != 6 => w.integer(Tag::context(n, false), v),
-                _ => w.null(Tag::context(6, false)),
-            }
+    let explicit = u.explicit.unwrap_or(d == Dialect::Phase3);
+    if explicit {
+        let n = u.category.tag_number(Dialect::Phase3).unwrap_or(7);
+        w.constructed(Tag::context(n, true), |w| match u.value {
+            Some(v) => w.integer(Tag::ENUMERATED, v),
+            None => w.null(Tag::NULL),
+        });
+    } else {
+        match u.category.tag_number(Dialect::Phase2) {
+            Some(n) => match u.value {
+                Some(v) => w.integer(Tag::context(n, false), v),
+                None => w.null(Tag::context(n, false)),
+            },
+            // Security and private-data failures do not exist in Phase II: unspecified.
+            None => w.null(Tag::context(6, false)),
         }
     }
 }

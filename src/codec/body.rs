@@ -353,7 +353,7 @@ impl Body {
 fn slot_accepts(s: &Slot, tag: Tag) -> bool {
     match s.kind {
         // A bare Phase II DeviceID is a CHOICE: any of its alternatives' tags.
-        Kind::DeviceId if s.tags.is_empty() => DeviceId::starts_with(tag),
+        Kind::DeviceId if s.tags.is_empty() => DeviceId::bare_choice(tag),
         _ => tag.0 <= 0xFF && s.tags.contains(&(tag.0 as u8)),
     }
 }
@@ -363,7 +363,7 @@ fn decode_value(r: &Reader<'_>, t: &Tlv, kind: Kind, dialect: Dialect) -> Result
     Ok(match kind {
         Kind::Connection => Value::Connection(ConnectionId::decode(r, t, dialect)?),
         Kind::Device => Value::Device(DeviceRef::decode(r, t, dialect)?),
-        Kind::DeviceId => Value::DeviceId(DeviceId::decode(r, t)?),
+        Kind::DeviceId => Value::DeviceId(DeviceId::decode(r, t, dialect)?),
         Kind::Int => Value::Int(r.integer(t, W)?),
         Kind::Octets => Value::Octets(r.octets(t, W)?),
         Kind::Text => Value::Text(r.ia5(t, W)?),

@@ -130,8 +130,15 @@ impl DeviceId {
         self.ident.digits()
     }
 
-    /// Decode either form: a Phase III `30 {choice ...}` or a bare Phase II choice.
-    pub fn decode(r: &Reader<'_>, t: &Tlv) -> Result<Self> {
+    /// Decode the dialect's form: Phase III `30 {choice ...}`, Phase II a bare choice. The
+    /// other dialect's form is an error: it could not be re-encoded faithfully (found by the
+    /// `apdu_phase2` fuzz target).
+    pub fn decode(r: &Reader<'_>, t: &Tlv, dialect: Dialect) -> Result<Self> {
+        match (dialect, t.tag == Tag::SEQUENCE) {
+            (Dialect::Phase3, false) => return Err(DecodeError::new(ErrorKind::UnexpectedTag { expected: "DeviceID SEQUENCE (Phase III)", found: t.tag }, t.start)),
+            (Dialect::Phase2, true) => return Err(DecodeError::new(ErrorKind::UnexpectedTag { expected: "DeviceID CHOICE (Phase II)", found: t.tag }, t.start)),
+            _ => {}
+        }
         if t.tag == Tag::SEQUENCE {
             let mut inner = r.enter(t)?;
             let first = inner.required("DeviceID.deviceIdentifier")?;
@@ -155,9 +162,9 @@ impl DeviceId {
         }
     }
 
-    /// Tags a `DeviceID` can start with, in either dialect.
-    pub fn starts_with(tag: Tag) -> bool {
-        tag == Tag::SEQUENCE || DeviceIdentifier::is_choice_tag(tag)
+    /// Tags a bare (Phase II) `DeviceID` can start with.
+    pub fn bare_choice(tag: Tag) -> bool {
+        DeviceIdentifier::is_choice_tag(tag)
     }
 }
 
@@ -223,7 +230,7 @@ impl DeviceRef {
             (0x88, ..) => absent(&v, DeviceRef::NotRequired),
             (0x89, _, true) => absent(&v, DeviceRef::NotSpecified),
             (0x8A, Dialect::Phase3, true) => absent(&v, DeviceRef::Restricted),
-            _ => Ok(DeviceRef::Id(DeviceId::decode(&inner, &v)?)),
+            _ => Ok(DeviceRef::Id(DeviceId::decode(&inner, &v, dialect)?)),
         }
     }
 
@@ -276,7 +283,7 @@ impl ConnectionId {
                 let v = inner.required(W)?;
                 match v.tag.0 {
                     0x80 => c.call = Some(inner.octets(&v, W)?),
-                    0xA1 => c.device = Some(Self::decode_local_device(&inner, &v)?),
+                    0xA1 => c.device = Some(Self::decode_local_device(&inner, &v, dialect)?),
                     0x30 => {
                         let mut both = inner.enter(&v)?;
                         let call = both.required("ConnectionID.both.callID")?;
@@ -284,7 +291,7 @@ impl ConnectionId {
                         c.call = Some(both.octets(&call, W)?);
                         let dev = both.required("ConnectionID.both.deviceID")?;
                         dev.expect(Tag(0xA1), "deviceID [1]")?;
-                        c.device = Some(Self::decode_local_device(&both, &dev)?);
+                        c.device = Some(Self::decode_local_device(&both, &dev, dialect)?);
                         both.finish()?;
                     }
                     _ => return Err(DecodeError::new(ErrorKind::UnexpectedTag { expected: W, found: v.tag }, v.start)),
@@ -300,7 +307,7 @@ impl ConnectionId {
                     c.device = Some(if v.tag == Tag(0x83) {
                         LocalDevice::Dynamic(inner.octets(&v, W)?)
                     } else {
-                        LocalDevice::Static(DeviceId::decode(&inner, &v)?)
+                        LocalDevice::Static(DeviceId::decode(&inner, &v, dialect)?)
                     });
                 }
             }
@@ -309,7 +316,7 @@ impl ConnectionId {
         Ok(c)
     }
 
-    fn decode_local_device(r: &Reader<'_>, t: &Tlv) -> Result<LocalDevice> {
+    fn decode_local_device(r: &Reader<'_>, t: &Tlv, dialect: Dialect) -> Result<LocalDevice> {
         t.constructed("LocalDeviceID")?;
         let mut inner = r.enter(t)?;
         let v = inner.required("LocalDeviceID")?;
@@ -317,7 +324,7 @@ impl ConnectionId {
         if v.tag == Tag(0x83) {
             Ok(LocalDevice::Dynamic(inner.octets(&v, "dynamicID")?))
         } else {
-            Ok(LocalDevice::Static(DeviceId::decode(&inner, &v)?))
+            Ok(LocalDevice::Static(DeviceId::decode(&inner, &v, dialect)?))
         }
     }
 
