@@ -29,7 +29,7 @@ use subtle::ConstantTimeEq;
 
 use crate::association::{ApiError, Input, Principal};
 use crate::codec::body::{FieldName as F, Value};
-use crate::codec::{Apdu, Body, ConnectionId, DeviceId, LocalDevice, Operation};
+use crate::codec::{Body, ConnectionId, DeviceId, LocalDevice, Operation};
 use crate::gateway::{now_ms, random_digits, random_id, Gateway, Query, QueryResult};
 use crate::link::MonitorEvent;
 use crate::store::AuditFilter;
@@ -173,6 +173,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
         let up = u8::from(st.gw.links()[*id].state() == crate::link::LinkState::Up);
         out.push_str(&format!("cstagate_link_up{{pbx=\"{id}\"}} {up}\n"));
     }
+    let stats: Vec<Json_> = ids.iter().map(|id| serde_json::to_value(st.gw.links()[*id].stats()).unwrap_or(Json_::Null)).collect();
     for (name, help) in [
         ("frames_in", "Frames received from the PBX."),
         ("frames_out", "Frames sent to the PBX."),
@@ -188,8 +189,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
         ("monitors", "Monitors running on the PBX."),
     ] {
         out.push_str(&format!("# HELP cstagate_link_{name} {help}\n# TYPE cstagate_link_{name} {}\n", if name == "monitors" { "gauge" } else { "counter" }));
-        for id in &ids {
-            let s = serde_json::to_value(st.gw.links()[*id].stats()).unwrap_or(Json_::Null);
+        for (id, s) in ids.iter().zip(&stats) {
             out.push_str(&format!("cstagate_link_{name}{{pbx=\"{id}\"}} {}\n", s[name].as_u64().unwrap_or(0)));
         }
     }
@@ -425,10 +425,7 @@ async fn events(State(st): State<AppState>, headers: HeaderMap, Path((pbx, exten
         let ev = m.next().await?;
         let data = match ev {
             MonitorEvent::Event(r) => {
-                let mut o = serde_json::Map::new();
-                crate::decode::describe(&Apdu::event(0, (*r).clone()), dialect, &mut o);
-                o.remove("invoke_id");
-                Json_::Object(o).to_string()
+                Json_::Object(crate::decode::event_json(&r, dialect)).to_string()
             }
             MonitorEvent::LinkLost => json!({ "link": "lost" }).to_string(),
             MonitorEvent::LinkRestored => json!({ "link": "restored" }).to_string(),

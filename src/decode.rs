@@ -45,6 +45,15 @@ fn hexs(b: &Bytes) -> Json {
     json!(hex::encode(b))
 }
 
+/// The decode view of one event report received on a monitor (no invoke id: it is the link's
+/// business), as `cstagate probe` and the API's server-sent events show it.
+pub fn event_json(report: &crate::codec::EventReport, dialect: Dialect) -> Map<String, Json> {
+    let mut o = Map::new();
+    describe(&Apdu::event(0, report.clone()), dialect, &mut o);
+    o.remove("invoke_id");
+    o
+}
+
 /// Fill `o` with the description of a decoded APDU.
 pub fn describe(apdu: &Apdu, d: Dialect, o: &mut Map<String, Json>) {
     o.insert("kind".into(), json!(apdu.kind_name()));

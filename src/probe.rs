@@ -137,8 +137,7 @@ async fn session(p: &Probe, link: &Link, deadline: Instant, dialect: crate::code
                 o.insert("device".into(), json!(device));
                 match ev {
                     MonitorEvent::Event(report) => {
-                        describe(&Apdu::event(0, (*report).clone()), dialect, &mut o);
-                        o.remove("invoke_id");
+                        o.extend(crate::decode::event_json(&report, dialect));
                         n += 1;
                     }
                     MonitorEvent::LinkLost => { o.insert("link".into(), json!("lost")); }

@@ -84,7 +84,7 @@ fn ours(a: &Apdu, d: Dialect) -> Json {
             o.insert("opcode".into(), json!(e.code.local()));
             if let Some(ErrorParameter::UniversalFailure(u)) = &e.parameter {
                 // The tag number on the wire: Phase III explicit [0]..[7], Phase II implicit [1]..[6].
-                o.insert("error_value".into(), json!([u.category.wire_tag(d), u.value]));
+                o.insert("error_value".into(), json!([u.category.tag_number(d), u.value]));
             }
         }
         Apdu::Reject(r) => {

@@ -135,7 +135,7 @@ pub enum ErrorCategory {
 impl ErrorCategory {
     /// Phase III: explicit `[0]`..`[7]`; Phase II: implicit `[1]`..`[6]` without security and
     /// private data.
-    fn tag_number(self, d: Dialect) -> Option<u8> {
+    pub fn tag_number(self, d: Dialect) -> Option<u8> {
         use ErrorCategory as C;
         match d {
             Dialect::Phase3 => Some(match self {
@@ -165,11 +165,6 @@ impl ErrorCategory {
             .into_iter()
             .find(|c| c.tag_number(d).map(u32::from) == Some(n))
     }
-    /// The context tag number this category has on the wire in `d`.
-    pub fn wire_tag(self, d: Dialect) -> Option<u8> {
-        self.tag_number(d)
-    }
-
     pub fn name(self) -> &'static str {
         use ErrorCategory as C;
         match self {
