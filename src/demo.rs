@@ -31,10 +31,82 @@ pub enum DemoDialect {
     Oxe,
 }
 
-const TENANT_TOKEN: &str = "demo-tenant-token";
-const ADMIN_TOKEN: &str = "demo-admin-token";
-const IVR_SECRET: &str = "demo-ivr-secret";
-const IVR_NUMBER: &str = "0800100200";
+/// The bearer token of tenant `acme` in the demo and in every [`LocalGateway`].
+pub const TENANT_TOKEN: &str = "demo-tenant-token";
+/// The bearer token of tenant `globex` (a second tenant, for cross-tenant checks).
+pub const OTHER_TENANT_TOKEN: &str = "demo-globex-token";
+pub const ADMIN_TOKEN: &str = "demo-admin-token";
+/// The key the IVR platform signs webhook requests with.
+pub const IVR_SECRET: &str = "demo-ivr-secret";
+pub const IVR_NUMBER: &str = "0800100200";
+
+/// What a [`LocalGateway`] adds to its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOptions {
+    /// Extra lines of `[gateway]` (`listen` and `database` are set).
+    pub gateway: String,
+    /// Extra lines of tenant `acme`.
+    pub tenant: String,
+    /// Lines of `[[pbx]]` after `id = "paris"`, `address`, `dialect`, `tenant = "acme"` and
+    /// `ivr_number`: at least `extensions`.
+    pub pbx: String,
+    /// The database file; a fresh temporary directory when `None` (restart tests reuse one).
+    pub db: Option<std::path::PathBuf>,
+}
+
+/// The real gateway started on loopback next to a simulated PBX, the way the demo, the tests
+/// and the benchmarks need it: a database file, tenants `acme` and `globex`, one PBX `paris`,
+/// the API on an ephemeral port, and the PBX link up before it is returned.
+pub struct LocalGateway {
+    pub running: crate::server::Running,
+    pub http: Http,
+    pub db: std::path::PathBuf,
+}
+
+/// The secrets of a [`LocalGateway`]: the tokens and IVR key above.
+pub fn local_secrets() -> crate::api::Secrets {
+    let mut secrets = crate::api::Secrets { admin_token: Some(ADMIN_TOKEN.into()), ivr_secret: Some(IVR_SECRET.into()), ..Default::default() };
+    secrets.tenant_tokens.insert("acme".into(), TENANT_TOKEN.into());
+    secrets.tenant_tokens.insert("globex".into(), OTHER_TENANT_TOKEN.into());
+    secrets
+}
+
+impl LocalGateway {
+    /// Start it against `sim` (its dialect decides the PBX preset).
+    ///
+    /// # Errors
+    /// The configuration is refused, the gateway cannot start, or the link stays down 10 s.
+    pub async fn start(sim: &SimPbx, o: LocalOptions, secrets: crate::api::Secrets) -> Result<LocalGateway, String> {
+        let db = match o.db {
+            Some(db) => db,
+            None => {
+                let dir = std::env::temp_dir().join(format!("cstagate-local-{}-{}", std::process::id(), crate::gateway::random_id()));
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                dir.join("gateway.db")
+            }
+        };
+        let dialect = if sim.config().dialect == crate::codec::Dialect::Phase2 { "oxe" } else { "phase3" };
+        let toml = format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\n{}\n[[tenant]]\nid = \"acme\"\ntoken_env = \"UNUSED\"\n{}\n[[tenant]]\nid = \"globex\"\ntoken_env = \"UNUSED\"\n\n[[pbx]]\nid = \"paris\"\naddress = \"{}\"\ndialect = \"{dialect}\"\ntenant = \"acme\"\nivr_number = \"{IVR_NUMBER}\"\n{}",
+            db.display(),
+            o.gateway,
+            o.tenant,
+            sim.addr(),
+            o.pbx,
+        );
+        let config = Config::parse(&toml).map_err(|e| e.to_string())?;
+        let running = crate::server::start(&config, secrets).await.map_err(|e| e.to_string())?;
+        let link = running.gateway.links().get("paris").cloned().ok_or("no link")?;
+        tokio::time::timeout(Duration::from_secs(10), link.wait_for(|s| *s == crate::link::LinkState::Up)).await.map_err(|_| "the PBX link did not come up")?;
+        let http = Http::new(&format!("http://{}", running.addr));
+        Ok(LocalGateway { running, http, db })
+    }
+
+    /// The PBX link of `paris`.
+    pub fn link(&self) -> crate::link::Link {
+        self.running.gateway.links()["paris"].clone()
+    }
+}
 
 /// Run one scenario, narrating through `say`. Returns the final association JSON and whether it
 /// is the scenario's expected outcome.
@@ -74,20 +146,14 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
     // The gateway, from a configuration file's text.
     let lock = if scenario == Scenario::LockedPhone { "lock_prefix = \"*66\"\n" } else { "" };
     let ring = if scenario == Scenario::NoAnswer { "ring_timeout = \"3s\"\n" } else { "" };
-    let toml = format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"UNUSED\"\n\n[[pbx]]\nid = \"paris\"\naddress = \"{}\"\ndialect = \"{}\"\ntenant = \"acme\"\nextensions = [\"2000-2099\"]\nnames = {{ \"2005\" = \"Alice Martin\" }}\nivr_number = \"{IVR_NUMBER}\"\ncontext_delivery = \"dial_suffix\"\nreconnect_min = \"50ms\"\n{lock}{ring}",
-        dir.join("gateway.db").display(),
-        sim.addr(),
-        if dialect == DemoDialect::Oxe { "oxe" } else { "phase3" },
-    );
-    let config = Config::parse(&toml).map_err(|e| e.to_string())?;
-    let mut secrets = crate::api::Secrets { admin_token: Some(ADMIN_TOKEN.into()), ivr_secret: Some(IVR_SECRET.into()), ..Default::default() };
-    secrets.tenant_tokens.insert("acme".into(), TENANT_TOKEN.into());
-    let gw = crate::server::start(&config, secrets).await.map_err(|e| e.to_string())?;
-    let link = gw.gateway.links().get("paris").cloned().ok_or("no link")?;
-    tokio::time::timeout(Duration::from_secs(10), link.wait_for(|s| *s == crate::link::LinkState::Up)).await.map_err(|_| "the PBX link did not come up")?;
-    say(&format!("GW     gateway API on http://{}, PBX link up (CSTA over TCP, ACSE associated)", gw.addr));
-    let http = Http::new(&format!("http://{}", gw.addr));
+    let options = LocalOptions {
+        pbx: format!("extensions = [\"2000-2099\"]\nnames = {{ \"2005\" = \"Alice Martin\" }}\ncontext_delivery = \"dial_suffix\"\nreconnect_min = \"50ms\"\n{lock}{ring}"),
+        db: Some(dir.join("gateway.db")),
+        ..LocalOptions::default()
+    };
+    let gw = LocalGateway::start(&sim, options, local_secrets()).await?;
+    say(&format!("GW     gateway API on http://{}, PBX link up (CSTA over TCP, ACSE associated)", gw.running.addr));
+    let http = gw.http.clone();
 
     // The user asks the cloud app to link extension 2005; the app calls the API.
     say("APP    alice asks to link extension 2005: POST /v1/associations");
@@ -217,7 +283,7 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
     } else {
         say(&format!("APP    association ended: {state} ({reason})"));
     }
-    gw.shutdown().await;
+    gw.running.shutdown().await;
     drop(sim);
     Ok((final_view, expected))
 }
