@@ -8,9 +8,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use cstagate::api::Secrets;
-use cstagate::config::Config;
-use cstagate::demo::{drive_many, Http};
+use cstagate::demo::{drive_many, local_secrets, LocalGateway, LocalOptions, IVR_SECRET, TENANT_TOKEN};
 use cstagate::sim::{SimConfig, SimPbx};
 
 fn bench(c: &mut Criterion) {
@@ -23,23 +21,13 @@ fn bench(c: &mut Criterion) {
             e.behaviour = cstagate::sim::Behaviour::Answer { after: Duration::ZERO };
         }
         let sim = SimPbx::start(cfg, "127.0.0.1:0").await.expect("sim");
-        let dir = std::env::temp_dir().join(format!("cstagate-bench-{}", cstagate::gateway::random_id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let toml = format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\n[[tenant]]\nid = \"acme\"\ntoken_env = \"X\"\n[[pbx]]\nid = \"paris\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"3000-3099\"]\nivr_number = \"0800100200\"\nproof_calls_per_hour = 1000000\nmax_requests_per_second = 1000000\n",
-            dir.join("gw.db").display(),
-            sim.addr()
-        );
-        let mut secrets = Secrets { ivr_secret: Some("k".into()), ..Default::default() };
-        secrets.tenant_tokens.insert("acme".into(), "t".into());
-        let running = cstagate::server::start(&Config::parse(&toml).expect("config"), secrets).await.expect("gateway");
-        running.gateway.links()["paris"].wait_for(|s| *s == cstagate::link::LinkState::Up).await;
-        let http = Http::new(&format!("http://{}", running.addr));
+        let options = LocalOptions { pbx: "extensions = [\"3000-3099\"]\nproof_calls_per_hour = 1000000\nmax_requests_per_second = 1000000\n".into(), ..Default::default() };
+        let LocalGateway { running, http, .. } = LocalGateway::start(&sim, options, local_secrets()).await.expect("gateway");
         (sim, http, running)
     });
     // Throughput: 100 extensions at a time, 20 rounds.
     let mut ivr = cstagate::demo::Ivr::of(&mut sim).expect("IVR endpoint");
-    let report = rt.block_on(drive_many(&http, &mut ivr, "k", "t", &exts, 20)).expect("load");
+    let report = rt.block_on(drive_many(&http, &mut ivr, IVR_SECRET, TENANT_TOKEN, &exts, 20)).expect("load");
     eprintln!(
         "association/throughput: {} associations in {:.2} s = {:.0} associations/s (100 concurrent; half bound then unbound, half three wrong codes then cancelled)",
         report.outcomes.len(),
@@ -53,9 +41,9 @@ fn bench(c: &mut Criterion) {
     };
     show("latency-under-load", &mut report.code_to_binding.clone());
     // Latency at a moderate load: 10 extensions at a time.
-    let report = rt.block_on(drive_many(&http, &mut ivr, "k", "t", &exts[..10], 40)).expect("load");
+    let report = rt.block_on(drive_many(&http, &mut ivr, IVR_SECRET, TENANT_TOKEN, &exts[..10], 40)).expect("load");
     show("latency-10-concurrent", &mut report.code_to_binding.clone());
-    let report = rt.block_on(drive_many(&http, &mut ivr, "k", "t", &exts[..1], 200)).expect("load");
+    let report = rt.block_on(drive_many(&http, &mut ivr, IVR_SECRET, TENANT_TOKEN, &exts[..1], 200)).expect("load");
     show("latency-sequential", &mut report.code_to_binding.clone());
     drop(sim);
     let _ = c;

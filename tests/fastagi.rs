@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use cstagate::api::Secrets;
-use cstagate::config::Config;
-use cstagate::demo::Http;
+use cstagate::demo::{local_secrets, Http, LocalGateway, LocalOptions, TENANT_TOKEN};
 use cstagate::sim::{IvrSignal, SimConfig, SimPbx};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -27,18 +25,13 @@ async fn env() -> Env {
     let mut sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap();
     sim.config().extensions[0].behaviour = cstagate::sim::Behaviour::Answer { after: Duration::from_millis(10) };
     let ivr = sim.take_ivr().unwrap();
-    let dir = std::env::temp_dir().join(format!("cstagate-agi-{}", cstagate::gateway::random_id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let toml = format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\nfastagi_listen = \"127.0.0.1:0\"\nfastagi_prompts = {{ enter_code = \"cstagate/enter-code\" }}\n[[tenant]]\nid = \"acme\"\ntoken_env = \"X\"\n[[pbx]]\nid = \"paris\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"2005\"]\nnames = {{ \"2005\" = \"Alice Martin\" }}\nivr_number = \"0800100200\"\n",
-        dir.join("gw.db").display(),
-        sim.addr()
-    );
-    let mut secrets = Secrets::default();
-    secrets.tenant_tokens.insert("acme".into(), "t".into());
-    let running = cstagate::server::start(&Config::parse(&toml).unwrap(), secrets).await.unwrap();
-    tokio::time::timeout(LIMIT, running.gateway.links()["paris"].wait_for(|s| *s == cstagate::link::LinkState::Up)).await.unwrap();
-    Env { sim, ivr, http: Http::new(&format!("http://{}", running.addr)), agi: running.fastagi_addr.unwrap(), _running: running }
+    let options = LocalOptions {
+        gateway: "fastagi_listen = \"127.0.0.1:0\"\nfastagi_prompts = { enter_code = \"cstagate/enter-code\" }\n".into(),
+        pbx: "extensions = [\"2005\"]\nnames = { \"2005\" = \"Alice Martin\" }\n".into(),
+        ..Default::default()
+    };
+    let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
+    Env { sim, ivr, agi: gw.running.fastagi_addr.unwrap(), http: gw.http, _running: gw.running }
 }
 
 /// Asterisk's side: the header, then one reply per command, from a script of answers to GET DATA.
@@ -84,7 +77,7 @@ async fn connected(e: &mut Env) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_association_is_bound_through_fastagi() {
     let mut e = env().await;
-    let (_, v) = e.http.json("POST", "/v1/associations", "t", Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let (_, v) = e.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     let code = v["code"].as_str().unwrap().to_owned();
     let ctx = connected(&mut e).await; // dialled after the IVR number: "*<context>#"
     let mut a = Asterisk::connect(e.agi, "1700000000.1").await;
@@ -108,7 +101,7 @@ async fn an_association_is_bound_through_fastagi() {
     assert_eq!(a.commands[0], "ANSWER");
     assert!(a.commands.iter().any(|c| c.starts_with("GET DATA cstagate/enter-code 8000 6")), "{:?}", a.commands);
     assert!(a.commands.iter().any(|c| c.starts_with("GET DATA cstagate/tts ")), "fallback file for prompts without one");
-    let (s, b) = e.http.json("GET", "/v1/bindings/paris/2005", "t", None).await.unwrap();
+    let (s, b) = e.http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap();
     assert_eq!((s, b["did"].as_str()), (200, Some("+33144002005")), "agi_callerid is the calling number");
     drop(e.sim);
 }
@@ -116,7 +109,7 @@ async fn an_association_is_bound_through_fastagi() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hangups_and_garbage_end_the_dialogue_with_nothing_bound() {
     let mut e = env().await;
-    let (_, v) = e.http.json("POST", "/v1/associations", "t", Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let (_, v) = e.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     let id = v["id"].as_str().unwrap().to_owned();
     let ctx = connected(&mut e).await;
     let ctx = ctx.trim_start_matches('*').trim_end_matches('#').to_owned();
@@ -156,7 +149,7 @@ async fn hangups_and_garbage_end_the_dialogue_with_nothing_bound() {
         let id = id.clone();
         async move {
             loop {
-                let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), "t", None).await.unwrap();
+                let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
                 if v["reason"] == want {
                     return v;
                 }
@@ -166,7 +159,7 @@ async fn hangups_and_garbage_end_the_dialogue_with_nothing_bound() {
     };
     let v = tokio::time::timeout(LIMIT, wait_state("call_cleared")).await.expect("the hang-up ends the attempt");
     assert_eq!(v["state"], "failed");
-    let (s, _) = e.http.json("GET", "/v1/bindings/paris/2005", "t", None).await.unwrap();
+    let (s, _) = e.http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap();
     assert_eq!(s, 404);
     drop(e.sim);
 }

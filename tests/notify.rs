@@ -5,9 +5,8 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use cstagate::api::{sign, Secrets};
-use cstagate::config::Config;
-use cstagate::demo::Http;
+use cstagate::api::sign;
+use cstagate::demo::{local_secrets, LocalGateway, LocalOptions, TENANT_TOKEN};
 use cstagate::sim::{SimConfig, SimPbx};
 use serde_json::{json, Value};
 
@@ -31,23 +30,19 @@ async fn notifications_are_posted_signed_to_the_tenant() {
     tokio::spawn(async move { axum::serve(l, app).await.ok() });
 
     let sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap();
-    let dir = std::env::temp_dir().join(format!("cstagate-notify-{}", cstagate::gateway::random_id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let toml = format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\n[[tenant]]\nid = \"acme\"\ntoken_env = \"X\"\nnotify_url = \"http://{hook}/hooks/cstagate\"\nnotify_secret_env = \"Y\"\n[[pbx]]\nid = \"paris\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"2005\"]\nivr_number = \"0800100200\"\nrequire_completion = true\n",
-        dir.join("gw.db").display(),
-        sim.addr()
-    );
-    let config = Config::parse(&toml).unwrap();
-    let mut secrets = Secrets::default();
-    secrets.tenant_tokens.insert("acme".into(), "t".into());
-    secrets.notify.insert("acme".into(), cstagate::notify::Target { url: config.tenant[0].notify_url.clone().unwrap(), secret: "notify-key".into() });
-    let running = cstagate::server::start(&config, secrets).await.unwrap();
-    let http = Http::new(&format!("http://{}", running.addr));
-    let (s, v) = http.json("POST", "/v1/associations", "t", Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let url = format!("http://{hook}/hooks/cstagate");
+    let options = LocalOptions {
+        tenant: format!("notify_url = \"{url}\"\nnotify_secret_env = \"UNUSED\"\n"),
+        pbx: "extensions = [\"2005\"]\nrequire_completion = true\n".into(),
+        ..Default::default()
+    };
+    let mut secrets = local_secrets();
+    secrets.notify.insert("acme".into(), cstagate::notify::Target { url, secret: "notify-key".into() });
+    let LocalGateway { running, http, .. } = LocalGateway::start(&sim, options, secrets).await.unwrap();
+    let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     assert_eq!(s, 201);
     let id = v["id"].as_str().unwrap();
-    assert_eq!(http.json("DELETE", &format!("/v1/associations/{id}"), "t", None).await.unwrap().0, 200);
+    assert_eq!(http.json("DELETE", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap().0, 200);
     let (sig, n) = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await.expect("notified").unwrap();
     assert_eq!(sig, "signed");
     assert_eq!((n["event"].as_str(), n["account"].as_str(), n["association"].as_str()), (Some("cancelled"), Some("alice"), Some(id)));
