@@ -146,6 +146,8 @@ pub struct AssociationSettings {
     pub code_ttl: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub ring_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub ivr_timeout: Option<Duration>,
     pub proof_calls_per_hour: Option<usize>,
     pub lockout_after: Option<u32>,
     pub did_prefix: Option<String>,
@@ -247,6 +249,12 @@ impl Config {
             }
             if let Some(t) = a.ring_timeout {
                 pol.ring_timeout = t;
+            }
+            if let Some(t) = a.ivr_timeout {
+                if t.is_zero() {
+                    return Err(p.invalid("ivr_timeout", "must be more than 0"));
+                }
+                pol.ivr_timeout = t;
             }
             if let Some(n) = a.proof_calls_per_hour {
                 pol.proof_calls_per_hour = n;

@@ -75,18 +75,24 @@ pub struct Gateway {
 
 /// Commands handled per store transaction at most.
 const BATCH: usize = 256;
+/// How long a ClearConnection that met a dead link waits for the link to come back: the PBX keeps
+/// its calls when only the CTI link was lost, so a proof call must still be ended afterwards.
+const CLEAR_RETRY_WINDOW: Duration = Duration::from_secs(600);
+/// ClearConnection attempts at most (each after the link is up again).
+const CLEAR_ATTEMPTS: usize = 5;
 
 impl Gateway {
     /// Start the actor. `links` are the PBX links by PBX id; `store` is already opened and the
-    /// engine restored from it.
-    pub fn start(engine: Engine, store: Box<dyn Store>, links: HashMap<String, Link>, notifier: Option<crate::notify::Notifier>) -> Gateway {
+    /// engine restored from it; `restored` are the actions of [`Engine::restore`] (the ends of
+    /// associations that were in flight, the calls they left up), committed and carried out first.
+    pub fn start(engine: Engine, store: Box<dyn Store>, links: HashMap<String, Link>, notifier: Option<crate::notify::Notifier>, restored: Vec<Action>) -> Gateway {
         let (tx, rx) = mpsc::channel(65_536);
         let links = Arc::new(links);
         let gw = Gateway { tx: tx.clone(), links: links.clone(), notifier, stopped: Arc::new(tokio::sync::Notify::new()) };
         let done = gw.stopped.clone();
         let me = gw.clone();
         tokio::spawn(async move {
-            actor(engine, store, rx, me).await;
+            actor(engine, store, rx, me, restored).await;
             done.notify_one();
         });
         for (pbx, link) in links.iter() {
@@ -161,10 +167,16 @@ async fn watch_link(pbx: String, link: Link, tx: mpsc::Sender<Cmd>) {
     }
 }
 
-async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Cmd>, gw: Gateway) {
+async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Cmd>, gw: Gateway, restored: Vec<Action>) {
     // Running monitor subscriptions of the engine: dropping the sender stops the task, and the
     // subscription with it.
     let mut monitors: HashMap<(String, String), oneshot::Sender<()>> = HashMap::new();
+    let mut writes = store_writes(&restored);
+    coalesce(&mut writes);
+    match store.apply(&writes) {
+        Ok(()) => carry_out(&gw, &mut monitors, &restored),
+        Err(e) => warn!(error = %e, "store commit of the restored state failed: carrying out nothing"),
+    }
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         batch.clear();
@@ -178,10 +190,7 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
             match cmd {
                 Cmd::Engine { input, reply } => {
                     let out = engine.handle(input);
-                    writes.extend(out.actions.iter().filter_map(|a| match a {
-                        Action::Store(w) => Some(w.clone()),
-                        _ => None,
-                    }));
+                    writes.extend(store_writes(&out.actions));
                     after.push((reply, out));
                 }
                 Cmd::Stop => stop = true,
@@ -218,24 +227,39 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
             continue;
         }
         for (reply, out) in after {
-            for a in &out.actions {
-                match a {
-                    Action::Csta { association, pbx, request } => run_csta(&gw, &mut monitors, association, pbx, request.clone()),
-                    Action::Notify { tenant, account, event, association } => {
-                        info!(%tenant, %account, %event, %association, "notify account");
-                        if let Some(n) = &gw.notifier {
-                            n.send(crate::notify::Notification { tenant: tenant.clone(), account: account.clone(), event: event.clone(), association: association.clone(), at: now_ms() });
-                        }
-                    }
-                    Action::Store(_) => {}
-                }
-            }
+            carry_out(&gw, &mut monitors, &out.actions);
             if let Some(r) = reply {
                 let _ = r.send(out);
             }
         }
         if stop {
             return;
+        }
+    }
+}
+
+fn store_writes(actions: &[Action]) -> Vec<crate::association::StoreWrite> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Store(w) => Some(w.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Carry out the engine's CSTA work and notifications (its store writes are committed already).
+fn carry_out(gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Sender<()>>, actions: &[Action]) {
+    for a in actions {
+        match a {
+            Action::Csta { association, pbx, request } => run_csta(gw, monitors, association, pbx, request.clone()),
+            Action::Notify { tenant, account, event, association } => {
+                info!(%tenant, %account, %event, %association, "notify account");
+                if let Some(n) = &gw.notifier {
+                    n.send(crate::notify::Notification { tenant: tenant.clone(), account: account.clone(), event: event.clone(), association: association.clone(), at: now_ms() });
+                }
+            }
+            Action::Store(_) => {}
         }
     }
 }
@@ -352,8 +376,23 @@ fn run_csta(gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Send
         CstaRequest::ClearConnection { call, extension } => {
             tokio::spawn(async move {
                 let body = Body::new().with(F::ConnectionToBeCleared, connection(&call, &extension));
-                let outcome = link.request(Operation::ClearConnection, body).await.map(|_| CstaResultInfo::default()).map_err(|e| failure(&e));
-                gw2.feed(Input::CstaDone { association, request, outcome, now: now_ms() });
+                let mut outcome = link.request(Operation::ClearConnection, body.clone()).await;
+                // The PBX keeps its calls when only the CTI link is lost (or stalls): clear the
+                // call once the link is up again. After a PBX restart the call is gone and the
+                // PBX says so; that ends it too.
+                for _ in 1..CLEAR_ATTEMPTS {
+                    if !matches!(outcome, Err(RequestError::LinkDown | RequestError::Timeout | RequestError::QueueFull)) {
+                        break;
+                    }
+                    if tokio::time::timeout(CLEAR_RETRY_WINDOW, link.wait_for(|s| *s == LinkState::Up)).await.is_err() {
+                        break;
+                    }
+                    outcome = link.request(Operation::ClearConnection, body.clone()).await;
+                }
+                if let Err(e) = &outcome {
+                    info!(%association, %pbx, %extension, error = %e, "proof call not cleared by the gateway");
+                }
+                gw2.feed(Input::CstaDone { association, request, outcome: outcome.map(|_| CstaResultInfo::default()).map_err(|e| failure(&e)), now: now_ms() });
             });
         }
     }

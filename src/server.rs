@@ -78,20 +78,15 @@ pub fn secrets_from_env(c: &Config) -> Result<Secrets, StartError> {
 /// Bad configuration, unusable database, or the API address cannot be bound.
 pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartError> {
     let policies = config.policies()?;
-    let mut store = SqliteStore::open(&config.gateway.database)?;
+    let store = SqliteStore::open(&config.gateway.database)?;
     let snap = store.snapshot(now_ms())?;
-    let (engine, actions): (Engine, Vec<Action>) = Engine::restore(policies, snap, now_ms());
-    let writes: Vec<_> = actions.into_iter().filter_map(|a| match a {
-        Action::Store(w) => Some(w),
-        _ => None,
-    }).collect();
-    store.apply(&writes)?;
+    let (engine, restored): (Engine, Vec<Action>) = Engine::restore(policies, snap, now_ms());
     let mut links = HashMap::new();
     for p in &config.pbx {
         links.insert(p.id.clone(), Link::spawn(p.profile()?));
     }
     let notifier = (!secrets.notify.is_empty()).then(|| crate::notify::Notifier::start(secrets.notify.clone()));
-    let gateway = Gateway::start(engine, Box::new(store), links, notifier);
+    let gateway = Gateway::start(engine, Box::new(store), links, notifier, restored);
     let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let app = router(gateway.clone(), secrets);

@@ -19,10 +19,18 @@ pub(crate) struct Assoc {
     /// Kept in memory only, never stored or logged; compared in constant time.
     pub(crate) code: String,
     pub(crate) code_entries: u32,
-    pub(crate) call: Option<Vec<u8>>,
     pub(crate) lock_call: Option<Vec<u8>>,
     pub(crate) monitored: bool,
-    pub(crate) ring_deadline: Option<Millis>,
+    /// Ringing (until the IVR answers: `no_answer`) or in the IVR (until the IVR platform's
+    /// next request: `ivr_timeout`).
+    pub(crate) deadline: Option<Millis>,
+}
+
+impl Assoc {
+    /// The proof call's id, when the gateway knows it (`view.call` is its only copy).
+    pub(crate) fn call(&self) -> Option<Vec<u8>> {
+        self.view.call.as_deref().and_then(|h| hex::decode(h).ok())
+    }
 }
 
 /// The association engine. See the module docs.
@@ -87,6 +95,11 @@ impl Engine {
             v.retryable = false;
             v.history.push(Step { at: now, step: "failed".into(), detail: "gateway restarted while the association was in flight".into() });
             actions.push(audit(&v, now, "failed", "gateway_restarted"));
+            // The call the previous run placed may still be up (ringing, or in the IVR).
+            if let Some(call) = v.call.take().and_then(|h| hex::decode(h).ok()) {
+                actions.push(Action::Csta { association: v.id.clone(), pbx: v.pbx.clone(), request: CstaRequest::ClearConnection { call, extension: v.extension.clone() } });
+            }
+            actions.push(Action::Notify { tenant: v.tenant.clone(), account: v.account.clone(), event: "failed".into(), association: v.id.clone() });
             actions.push(Action::Store(StoreWrite::Association(v)));
         }
         (e, actions)
@@ -151,7 +164,9 @@ impl Engine {
                     if let Some(a) = self.assocs.get_mut(&id) {
                         a.monitored = false;
                         if matches!(a.view.state, State::Monitoring | State::Locking | State::Calling | State::Ringing | State::InIvr) {
-                            a.call = None; // the PBX forgets calls with the link
+                            // A lost CTI link does not end the PBX's calls: the attempt fails
+                            // closed and its call is cleared once the link is back (the shell
+                            // retries the ClearConnection).
                             self.fail_attempt(&id, Reason::LinkDown, "PBX link lost", now, &mut out.actions);
                         }
                     }
@@ -269,12 +284,13 @@ impl Engine {
             retryable: true,
             context_id: context_id.clone(),
             expires_at,
+            call: None,
             history: vec![Step { at: now, step: "code_issued".into(), detail: format!("code of {} digits valid until {expires_at}", code.len()) }],
         };
         self.by_ext.insert(ext_key, id.clone());
         self.by_account.insert((tenant.clone(), account.clone()), id.clone());
         self.by_context.insert(context_id, id.clone());
-        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, call: None, lock_call: None, monitored: false, ring_deadline: None });
+        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, monitored: false, deadline: None });
         actions.push(audit(&view, now, "code_issued", "ok"));
         actions.push(Action::Store(StoreWrite::Association(view)));
         if !require_completion {
@@ -320,7 +336,7 @@ impl Engine {
         let a = self.assocs.get_mut(id).ok_or(ApiError::NotFound)?;
         a.view.reason = None;
         a.view.retryable = true;
-        a.call = None;
+        a.view.call = None;
         a.lock_call = None;
         if a.monitored {
             self.after_monitor(id, now, actions);
@@ -354,7 +370,7 @@ impl Engine {
         };
         let deadline = now + policy.ring_timeout.as_millis() as Millis;
         if let Some(a) = self.assocs.get_mut(id) {
-            a.ring_deadline = Some(deadline);
+            a.deadline = Some(deadline);
         }
         self.set_state(id, State::Calling, now, "calling", "MakeCall from the extension to the IVR", actions);
         actions.push(Action::Csta { association: id.to_owned(), pbx, request: CstaRequest::MakeCall { from: ext, to } });
@@ -384,8 +400,10 @@ impl Engine {
             (CstaRequest::MakeCall { .. }, Ok(info)) if state == State::Calling || state == State::Ringing => {
                 if let Some(a) = self.assocs.get_mut(id) {
                     // Events may have come first and named the call already.
-                    if a.call.is_none() {
-                        a.call = info.call;
+                    if a.view.call.is_none() && info.call.is_some() {
+                        a.view.call = info.call.map(hex::encode);
+                        // Durable before anything else happens: a restarted gateway clears it.
+                        actions.push(Action::Store(StoreWrite::Association(a.view.clone())));
                     }
                 }
             }
@@ -418,9 +436,10 @@ impl Engine {
             return;
         }
         // Follow our call only; the first event names it if the MakeCall result is late.
-        match &a.call {
-            Some(c) if c.as_slice() != event.call() => return,
-            None => a.call = Some(event.call().to_vec()),
+        let this = hex::encode(event.call());
+        match &a.view.call {
+            Some(c) if *c != this => return,
+            None => a.view.call = Some(this),
             _ => {}
         }
         match event {
@@ -431,13 +450,14 @@ impl Engine {
                 if state == State::InIvr {
                     return;
                 }
+                let ivr_timeout = self.policies.get(pbx).map_or(60_000, |p| p.ivr_timeout.as_millis() as Millis);
                 if let Some(a) = self.assocs.get_mut(&id) {
-                    a.ring_deadline = None;
+                    a.deadline = Some(now + ivr_timeout);
                 }
                 self.set_state(&id, State::InIvr, now, "in_ivr", "the user is connected to the IVR", actions);
                 let dtmf = self.policies.get(pbx).is_some_and(|p| p.context_delivery == ContextDelivery::Dtmf);
                 if let (true, Some(a)) = (dtmf, self.assocs.get(&id)) {
-                    if let Some(call) = a.call.clone() {
+                    if let Some(call) = a.call() {
                         let digits = format!("*{}#", a.view.context_id);
                         actions.push(Action::Csta { association: id.clone(), pbx: pbx.to_owned(), request: CstaRequest::SendDigits { call, extension: extension.to_owned(), digits } });
                     }
@@ -455,7 +475,7 @@ impl Engine {
             CallEvent::Cleared { .. } => {
                 let reason = if state == State::InIvr { Reason::CallCleared } else { Reason::NoAnswer };
                 if let Some(a) = self.assocs.get_mut(&id) {
-                    a.call = None; // nothing to clear any more
+                    a.view.call = None; // nothing to clear any more
                 }
                 self.fail_attempt(&id, reason, "the call ended before the code was accepted", now, actions);
             }
@@ -468,8 +488,12 @@ impl Engine {
             let Some(a) = self.assocs.get(&id) else { continue };
             if now >= a.view.expires_at {
                 self.finish(&id, State::Expired, Some(Reason::Expired), "expired", now, actions);
-            } else if a.ring_deadline.is_some_and(|d| now >= d) && matches!(a.view.state, State::Calling | State::Ringing) {
-                self.fail_attempt(&id, Reason::NoAnswer, "nobody answered in time", now, actions);
+            } else if a.deadline.is_some_and(|d| now >= d) {
+                match a.view.state {
+                    State::Calling | State::Ringing => self.fail_attempt(&id, Reason::NoAnswer, "nobody answered in time", now, actions),
+                    State::InIvr => self.fail_attempt(&id, Reason::IvrTimeout, "the IVR platform stopped sending requests for the call", now, actions),
+                    _ => {}
+                }
             }
         }
         // Forget IVR calls older than any code can live.
@@ -480,9 +504,10 @@ impl Engine {
     /// is valid and its entries are not used up.
     pub(crate) fn fail_attempt(&mut self, id: &str, reason: Reason, detail: &str, now: Millis, actions: &mut Vec<Action>) {
         let Some(a) = self.assocs.get_mut(id) else { return };
-        a.ring_deadline = None;
+        a.deadline = None;
         let retryable = now < a.view.expires_at && a.code_entries < MAX_CODE_ENTRIES && !matches!(reason, Reason::LockedOut | Reason::AttemptsExhausted);
-        if let Some(call) = a.call.take() {
+        if let Some(call) = a.call() {
+            a.view.call = None;
             actions.push(Action::Csta { association: id.to_owned(), pbx: a.view.pbx.clone(), request: CstaRequest::ClearConnection { call, extension: a.view.extension.clone() } });
         }
         a.view.reason = Some(reason);
@@ -503,11 +528,12 @@ impl Engine {
         let Some(a) = self.assocs.get_mut(id) else { return };
         a.view.reason = reason;
         a.view.retryable = false;
-        a.ring_deadline = None;
+        a.deadline = None;
         // The code is of no use any more.
         a.code.clear();
         let (pbx, ext) = (a.view.pbx.clone(), a.view.extension.clone());
-        if let Some(call) = a.call.take() {
+        if let Some(call) = a.call() {
+            a.view.call = None;
             actions.push(Action::Csta { association: id.to_owned(), pbx: pbx.clone(), request: CstaRequest::ClearConnection { call, extension: ext.clone() } });
         }
         if std::mem::take(&mut a.monitored) {

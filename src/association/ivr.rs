@@ -39,7 +39,24 @@ fn bye(id: &'static str, say: &str) -> IvrReply {
 }
 
 impl Engine {
-    pub(crate) fn ivr(&mut self, call: &str, from: &str, _to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
+    /// One request of the IVR platform on `call`; it also proves the platform still follows the
+    /// call (the association's `ivr_timeout` starts again).
+    pub(crate) fn ivr(&mut self, call: &str, from: &str, to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
+        let reply = self.ivr_step(call, from, to, digits, now, actions);
+        let association = match self.ivr_calls.get(call).map(|c| &c.stage) {
+            Some(Stage::AwaitConfirm { association } | Stage::AwaitCode { association, .. }) => Some(association.clone()),
+            _ => None,
+        };
+        if let Some(id) = association {
+            let timeout = self.assocs.get(&id).and_then(|a| self.policies.get(&a.view.pbx)).map_or(60_000, |p| p.ivr_timeout.as_millis() as Millis);
+            if let Some(a) = self.assocs.get_mut(&id).filter(|a| a.view.state == State::InIvr) {
+                a.deadline = Some(now + timeout);
+            }
+        }
+        reply
+    }
+
+    fn ivr_step(&mut self, call: &str, from: &str, _to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
         let digits = digits.map(|d| d.trim().trim_end_matches('#').trim_start_matches('*').to_owned());
         let Some(session) = self.ivr_calls.get(call).cloned() else {
             // First request of a call. Find the association by calling number where the PBX
@@ -155,7 +172,7 @@ impl Engine {
             actions.push(Action::Store(StoreWrite::Bind(binding)));
             // The IVR hangs up; the call is the PBX's to clear.
             if let Some(a) = self.assocs.get_mut(id) {
-                a.call = None;
+                a.view.call = None;
             }
             self.finish(id, State::Bound, None, "the code matched: extension bound", now, actions);
             let name = self.assocs.get(id).and_then(|a| a.account_name.clone()).unwrap_or_else(|| self.assocs.get(id).map(|a| a.view.account.clone()).unwrap_or_default());

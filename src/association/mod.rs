@@ -85,6 +85,8 @@ pub enum Reason {
     RateLimited,
     GatewayRestarted,
     CancelledByUser,
+    /// The IVR platform stopped sending requests for the connected call.
+    IvrTimeout,
 }
 
 /// How the context id reaches the IVR (per PBX).
@@ -114,6 +116,9 @@ pub struct Policy {
     pub code_ttl: Duration,
     /// How long the phone may ring (and the call take to reach the IVR) before `no_answer`.
     pub ring_timeout: Duration,
+    /// How long the IVR platform may stay silent about a connected call (no webhook request or
+    /// FastAGI step for it) before `ivr_timeout`: the platform lost us, the call is cleared.
+    pub ivr_timeout: Duration,
     pub proof_calls_per_hour: usize,
     pub lockout_after: u32,
     /// Prefix that turns an extension into the number the IVR sees as calling (its DID), used to
@@ -133,6 +138,7 @@ impl Policy {
             code_digits: 6,
             code_ttl: Duration::from_secs(600),
             ring_timeout: Duration::from_secs(45),
+            ivr_timeout: Duration::from_secs(60),
             proof_calls_per_hour: 3,
             lockout_after: 100,
             did_prefix: None,
@@ -169,6 +175,10 @@ pub struct AssociationView {
     pub retryable: bool,
     pub context_id: String,
     pub expires_at: Millis,
+    /// The PBX call id (hex) of the proof call while the gateway may have to clear it: kept in
+    /// the store so that a restarted gateway clears a call its predecessor left up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<String>,
     pub history: Vec<Step>,
 }
 

@@ -130,6 +130,9 @@ pub struct Faults {
     pub monitor_error: Option<i64>,
     /// Send every result twice (a PBX bug the gateway must absorb).
     pub duplicate_results: bool,
+    /// Swallow invokes of these operations: no result, no effect (a request the PBX lost). Tests
+    /// use it to hold an association at a step.
+    pub hold: Vec<Operation>,
 }
 
 /// What the IVR endpoint sees.
@@ -170,6 +173,8 @@ pub struct SimStats {
     pub requests: HashMap<String, u64>,
     /// RLRQs received (graceful releases).
     pub releases: u64,
+    /// Calls up in the switch now (prompting, ringing or connected).
+    pub live_calls: u64,
 }
 
 pub(crate) struct Shared {
@@ -260,6 +265,12 @@ impl SimPbx {
     /// A PBX restart: every connection drops; calls and monitors are forgotten.
     pub fn restart(&self) {
         let _ = self.switch.send(switch::Msg::Restart);
+    }
+
+    /// The CTI links drop (every connection closes) but the calls go on, as when a WAN link or a
+    /// cable fails between the gateway and the PBX.
+    pub fn drop_links(&self) {
+        let _ = self.switch.send(switch::Msg::DropLinks);
     }
 
     /// Stop listening and drop every connection.

@@ -25,6 +25,8 @@ pub(crate) enum Msg {
     Timer(Timer),
     IvrHangup(String),
     Restart,
+    /// The CTI links drop (a WAN cut, a cable): the calls go on.
+    DropLinks,
     /// Emit `count` Delivered events to the monitors of a device, as fast as possible.
     Flood { device: String, count: u64 },
 }
@@ -149,6 +151,14 @@ impl Switch {
     }
 
     fn handle(&mut self, m: Msg) {
+        self.handle_one(m);
+        let live = self.calls.len() as u64;
+        if self.shared.stats.borrow().live_calls != live {
+            self.shared.stats.send_modify(|s| s.live_calls = live);
+        }
+    }
+
+    fn handle_one(&mut self, m: Msg) {
         match m {
             Msg::Connected { conn, tx } => {
                 self.conns.insert(conn, ConnState { tx, next_invoke: 0, keepalive_outstanding: Vec::new() });
@@ -160,12 +170,15 @@ impl Switch {
                 self.conns.remove(&conn);
                 self.monitors.retain(|_, (c, _)| *c != conn);
             }
-            Msg::Restart => {
+            Msg::DropLinks => {
                 for c in self.conns.values() {
                     let _ = c.tx.send(Out::Close);
                 }
                 self.conns.clear();
                 self.monitors.clear();
+            }
+            Msg::Restart => {
+                self.handle_one(Msg::DropLinks);
                 for (_, call) in self.calls.drain() {
                     if call.ivr && call.state == CallState::Established {
                         let _ = self.ivr.send(IvrSignal::Cleared { call: hex::encode(&call.id) });
@@ -220,10 +233,13 @@ impl Switch {
                     Op::Other(_) => return self.send(conn, Apdu::reject(Some(id), RejectProblem::Invoke(1))),
                 };
                 self.shared.stats.send_modify(|s| *s.requests.entry(format!("{op:?}")).or_default() += 1);
-                let (drop_on, reject) = {
+                let (drop_on, reject, hold) = {
                     let f = lock(&self.shared.faults);
-                    (f.drop_on, f.reject.contains(&op))
+                    (f.drop_on, f.reject.contains(&op), f.hold.contains(&op))
                 };
+                if hold {
+                    return;
+                }
                 if drop_on == Some(op) {
                     if let Some(c) = self.conns.get(&conn) {
                         let _ = c.tx.send(Out::Close);
