@@ -4,17 +4,24 @@
 //! Authentication: `Authorization: Bearer <token>`. Tenant tokens (the tenant's cloud service
 //! acting for its accounts, which it names in the request) and one admin token, compared in
 //! constant time. A wrong or missing token gives 401; another tenant's object gives 404.
-//! Bodies are parsed strictly: malformed JSON, unknown fields, wrong types, over-long strings or
-//! control characters give 400 with the field named; bodies over 16 KiB give 413. Nothing is
-//! changed when a request is refused.
+//! Bodies, path segments and query strings are parsed strictly: malformed JSON, unknown fields,
+//! wrong types, over-long strings, control or bidirectional-formatting characters, characters
+//! outside a field's alphabet and invalid percent-encoding give 400 with the field named; bodies
+//! over 16 KiB give 413; every refusal, the framework's own included, is a JSON
+//! `{"error", "field"?}`. The token is checked first, so an unauthenticated caller learns
+//! nothing but 401. Nothing is changed when a request is refused.
+//!
+//! The IVR webhook is signed over `"<timestamp>.<body>"` ([`sign_webhook`]); a timestamp more
+//! than [`WEBHOOK_WINDOW_SECS`] from the gateway's clock is refused (401) and an exact replay
+//! within the window is refused (409) by a bounded cache of seen signatures ([`ReplayCache`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query as QueryParams, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -53,11 +60,12 @@ pub struct Secrets {
 struct AppState {
     gw: Gateway,
     secrets: Arc<Secrets>,
+    replay: Arc<Mutex<ReplayCache>>,
 }
 
 /// The API's router.
 pub fn router(gw: Gateway, secrets: Secrets) -> Router {
-    let state = AppState { gw, secrets: Arc::new(secrets) };
+    let state = AppState { gw, secrets: Arc::new(secrets), replay: Arc::new(Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY))) };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -73,8 +81,32 @@ pub fn router(gw: Gateway, secrets: Secrets) -> Router {
         .route("/v1/pbx", get(pbx_list))
         .route("/v1/audit", get(audit))
         .route("/v1/ivr/webhook", post(ivr_webhook))
+        .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(json_refusals))
         .with_state(state)
+}
+
+async fn no_route() -> Response {
+    err(StatusCode::NOT_FOUND, "no such endpoint", None)
+}
+
+/// The framework's own refusals (405, 413, ...) come as text; make every client error JSON.
+async fn json_refusals(resp: Response) -> Response {
+    let json = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    if !resp.status().is_client_error() || json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_owned()).unwrap_or_default();
+    let msg = if text.is_empty() { parts.status.canonical_reason().unwrap_or("refused").to_owned() } else { text };
+    let mut out = err(parts.status, &msg, None);
+    for (k, v) in &parts.headers {
+        if k != "content-type" && k != "content-length" {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 /// A JSON error response.
@@ -127,27 +159,56 @@ fn admin(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     }
 }
 
-/// Parse a JSON body strictly, naming the field at fault.
+/// Parse a JSON body strictly, naming the field at fault: one JSON object (not an array, which
+/// serde would take for a struct), each member once, nothing after it.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(err(StatusCode::BAD_REQUEST, "invalid request body: expected one JSON object", None));
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let v = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let msg = inner.to_string();
-        // serde names unknown and missing fields in its message; the path names the others.
-        let field = if path != "." && !path.is_empty() {
+        // The path names the member being read; serde names unknown, missing and repeated
+        // members in its message.
+        let field = if !path.is_empty() && path.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             Some(path)
-        } else {
+        } else if inner.is_data() {
             msg.split('`').nth(1).map(str::to_owned)
+        } else {
+            None
         };
         err(StatusCode::BAD_REQUEST, &format!("invalid request body: {msg}"), field.as_deref())
-    })
+    })?;
+    de.end().map_err(|e| err(StatusCode::BAD_REQUEST, &format!("invalid request body: {e} (after the JSON object)"), None))?;
+    Ok(v)
 }
 
-/// Reject over-long strings and control characters in a field.
+/// Control characters, and the invisible formatting characters that reorder or hide text
+/// (bidirectional overrides and isolates, zero-width characters, the byte-order mark).
+fn hidden(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
+}
+
+/// Pictographs and their modifiers: a name is read aloud by the IVR.
+fn pictograph(c: char) -> bool {
+    matches!(c, '\u{2600}'..='\u{27BF}' | '\u{FE00}'..='\u{FE0F}' | '\u{1F000}'..='\u{1FAFF}' | '\u{E0000}'..='\u{E007F}')
+}
+
+/// A name shown to people (`display_name`): 1 to `max` characters of any script, without
+/// control, formatting or pictograph characters.
 fn check_text(field: &str, v: &str, max: usize) -> Result<(), Response> {
-    if v.is_empty() || v.chars().count() > max || v.chars().any(char::is_control) {
-        return Err(err(StatusCode::BAD_REQUEST, &format!("`{field}` must be 1 to {max} characters without control characters"), Some(field)));
+    if v.is_empty() || v.chars().count() > max || v.chars().any(|c| hidden(c) || pictograph(c)) {
+        return Err(err(StatusCode::BAD_REQUEST, &format!("`{field}` must be 1 to {max} characters without control, formatting or pictograph characters"), Some(field)));
+    }
+    Ok(())
+}
+
+/// An identifier (`account`, `pbx`, a call id): 1 to `max` printable ASCII characters.
+fn check_id(field: &str, v: &str, max: usize) -> Result<(), Response> {
+    if v.is_empty() || v.len() > max || !v.bytes().all(|b| (0x20..0x7F).contains(&b)) {
+        return Err(err(StatusCode::BAD_REQUEST, &format!("`{field}` must be 1 to {max} printable ASCII characters"), Some(field)));
     }
     Ok(())
 }
@@ -182,7 +243,9 @@ async fn metrics(State(st): State<AppState>) -> Response {
         ("rejects_sent", "ROSE rejects sent."),
         ("rejects_received", "ROSE rejects received."),
         ("events_in", "Event reports received."),
+        ("events_unrouted", "Event reports for no monitor of ours."),
         ("events_dropped", "Events dropped for slow subscribers."),
+        ("unexpected_responses", "Results and errors for no outstanding invoke of ours."),
         ("requests_ok", "Requests answered with a result."),
         ("requests_failed", "Requests answered with an error or lost with the link."),
         ("requests_timed_out", "Requests without an answer in time."),
@@ -193,11 +256,112 @@ async fn metrics(State(st): State<AppState>) -> Response {
             out.push_str(&format!("cstagate_link_{name}{{pbx=\"{id}\"}} {}\n", s[name].as_u64().unwrap_or(0)));
         }
     }
+    out.push_str(&format!(
+        "# HELP cstagate_webhook_replay_cache_entries Webhook signatures remembered to refuse replays (at most {REPLAY_CACHE_CAPACITY}).\n# TYPE cstagate_webhook_replay_cache_entries gauge\ncstagate_webhook_replay_cache_entries {}\n",
+        replay_entries(&st)
+    ));
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
 async fn openapi() -> Response {
     ([("content-type", "application/json")], OPENAPI).into_response()
+}
+
+/// Decode one percent-encoded component strictly: a `%` must be followed by two hex digits and
+/// the result must be UTF-8. In query strings `+` is a space.
+fn percent_decode(s: &str, plus_is_space: bool) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hi = b.get(i + 1).and_then(|c| char::from(*c).to_digit(16))?;
+                let lo = b.get(i + 2).and_then(|c| char::from(*c).to_digit(16))?;
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The path parameters of `template` (e.g. `/v1/bindings/{pbx}/{extension}`), decoded strictly
+/// and checked by name: `id` an association id, `pbx` an identifier, `extension` a dial string,
+/// `call` a hex call id.
+fn path_params<const N: usize>(uri: &Uri, template: &str) -> Result<[String; N], Response> {
+    let mut out: [String; N] = std::array::from_fn(|_| String::new());
+    let mut n = 0;
+    for (t, raw) in template.split('/').zip(uri.path().split('/')) {
+        let Some(name) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) else { continue };
+        let Some(v) = percent_decode(raw, false) else {
+            return Err(err(StatusCode::BAD_REQUEST, &format!("`{name}` is not valid percent-encoded UTF-8"), Some(name)));
+        };
+        match name {
+            "id" => {
+                if v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(err(StatusCode::BAD_REQUEST, "`id` must be an association id (letters and digits, at most 64)", Some("id")));
+                }
+            }
+            "extension" => check_number(name, &v)?,
+            "call" => {
+                if v.is_empty() || v.len() > 64 || v.len() % 2 != 0 || !v.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(err(StatusCode::BAD_REQUEST, "`call` must be a hex call id (at most 64 digits)", Some("call")));
+                }
+            }
+            _ => check_id(name, &v, 64)?,
+        }
+        if let Some(slot) = out.get_mut(n) {
+            *slot = v;
+        }
+        n += 1;
+    }
+    if n != N {
+        return Err(err(StatusCode::NOT_FOUND, "no such endpoint", None));
+    }
+    Ok(out)
+}
+
+/// The query string's parameters among `allowed`, decoded strictly and checked by name:
+/// `account` an identifier, `extension` a dial string, `limit` 1 to 10000. Unknown or repeated
+/// parameters are refused.
+fn query_params(raw: Option<&str>, allowed: &[&'static str]) -> Result<HashMap<&'static str, String>, Response> {
+    let mut out = HashMap::new();
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let Some(k) = percent_decode(k, true) else { return Err(err(StatusCode::BAD_REQUEST, "a query parameter name is not valid percent-encoded UTF-8", Some("query"))) };
+        let Some(name) = allowed.iter().copied().find(|a| *a == k) else {
+            let shown: String = k.chars().take(64).collect();
+            return Err(err(StatusCode::BAD_REQUEST, &format!("unknown query parameter `{shown}` (expected one of {})", allowed.join(", ")), Some(&shown)));
+        };
+        let Some(v) = percent_decode(v, true) else { return Err(err(StatusCode::BAD_REQUEST, &format!("`{name}` is not valid percent-encoded UTF-8"), Some(name))) };
+        match name {
+            "extension" => check_number(name, &v)?,
+            "limit" => {
+                if !v.parse::<usize>().is_ok_and(|n| (1..=10_000).contains(&n)) {
+                    return Err(err(StatusCode::BAD_REQUEST, "`limit` must be an integer from 1 to 10000", Some("limit")));
+                }
+            }
+            _ => check_id(name, &v, 128)?,
+        }
+        if out.insert(name, v).is_some() {
+            return Err(err(StatusCode::BAD_REQUEST, &format!("`{name}` is given twice"), Some(name)));
+        }
+    }
+    Ok(out)
+}
+
+/// A handler's body in `?` style: either a response or a refusal.
+fn either(r: Result<Response, Response>) -> Response {
+    r.unwrap_or_else(|e| e)
 }
 
 #[derive(Deserialize)]
@@ -210,26 +374,19 @@ struct CreateReq {
 }
 
 async fn create(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let p = match principal(&st, &headers) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let req: CreateReq = match parse(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_text("account", &req.account, 128).and_then(|()| check_number("extension", &req.extension)) {
-        return r;
-    }
+    either(create_inner(&st, &headers, &body).await)
+}
+
+async fn create_inner(st: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<Response, Response> {
+    let p = principal(st, headers)?;
+    let req: CreateReq = parse(body)?;
+    check_id("account", &req.account, 128)?;
+    check_number("extension", &req.extension)?;
     if let Some(d) = &req.display_name {
-        if let Err(r) = check_text("display_name", d, 128) {
-            return r;
-        }
+        check_text("display_name", d, 128)?;
     }
     if let Some(pbx) = &req.pbx {
-        if let Err(r) = check_text("pbx", pbx, 64) {
-            return r;
-        }
+        check_id("pbx", pbx, 64)?;
     }
     let input = Input::Create {
         principal: p,
@@ -242,16 +399,16 @@ async fn create(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> 
         code: random_digits(16),
         now: now_ms(),
     };
-    let Some(out) = st.gw.call(input).await else { return unavailable() };
+    let out = st.gw.call(input).await.ok_or_else(unavailable)?;
     if let Some(e) = &out.error {
-        return api_error(e);
+        return Err(api_error(e));
     }
-    let (Some(v), Some(code)) = (out.view, out.code) else { return unavailable() };
-    (StatusCode::CREATED, Json(json!({
+    let (Some(v), Some(code)) = (out.view, out.code) else { return Err(unavailable()) };
+    Ok((StatusCode::CREATED, Json(json!({
         "id": v.id, "state": v.state, "code": code, "context_id": v.context_id,
         "expires_at": v.expires_at, "extension": v.extension, "pbx": v.pbx,
     })))
-        .into_response()
+        .into_response())
 }
 
 fn view_json(v: &crate::association::AssociationView) -> Json_ {
@@ -263,61 +420,59 @@ fn view_json(v: &crate::association::AssociationView) -> Json_ {
 }
 
 /// Feed an association input built for the caller and answer with the association's view.
-async fn association_step(st: &AppState, headers: &HeaderMap, ok: StatusCode, input: impl FnOnce(Principal) -> Input) -> Response {
-    let p = match principal(st, headers) {
-        Ok(p) => p,
-        Err(r) => return r,
+async fn association_step(st: &AppState, headers: &HeaderMap, uri: &Uri, template: &str, ok: StatusCode, input: impl FnOnce(Principal, String) -> Input) -> Response {
+    let r = async {
+        let p = principal(st, headers)?;
+        let [id] = path_params(uri, template)?;
+        let out = st.gw.call(input(p, id)).await.ok_or_else(unavailable)?;
+        match (&out.error, &out.view) {
+            (Some(e), _) => Err(api_error(e)),
+            (None, Some(v)) => Ok((ok, Json(view_json(v))).into_response()),
+            (None, None) => Err(unavailable()),
+        }
     };
-    let Some(out) = st.gw.call(input(p)).await else { return unavailable() };
-    match (&out.error, &out.view) {
-        (Some(e), _) => api_error(e),
-        (None, Some(v)) => (ok, Json(view_json(v))).into_response(),
-        (None, None) => unavailable(),
-    }
+    either(r.await)
 }
 
-async fn complete(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    association_step(&st, &headers, StatusCode::ACCEPTED, |principal| Input::Complete { principal, id, now: now_ms() }).await
+async fn complete(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    association_step(&st, &headers, &uri, "/v1/associations/{id}/complete", StatusCode::ACCEPTED, |principal, id| Input::Complete { principal, id, now: now_ms() }).await
 }
 
-async fn cancel(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    association_step(&st, &headers, StatusCode::OK, |principal| Input::Cancel { principal, id, now: now_ms() }).await
+async fn cancel(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    association_step(&st, &headers, &uri, "/v1/associations/{id}", StatusCode::OK, |principal, id| Input::Cancel { principal, id, now: now_ms() }).await
 }
 
-async fn get_association(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    let p = match principal(&st, &headers) {
-        Ok(p) => p,
-        Err(r) => return r,
+async fn get_association(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    let r = async {
+        let p = principal(&st, &headers)?;
+        let [id] = path_params(&uri, "/v1/associations/{id}")?;
+        match st.gw.query(Query::Association { principal: p, id }).await {
+            QueryResult::Association(Some(v)) => Ok(Json(view_json(&v)).into_response()),
+            QueryResult::Association(None) => Err(api_error(&ApiError::NotFound)),
+            _ => Err(unavailable()),
+        }
     };
-    match st.gw.query(Query::Association { principal: p, id }).await {
-        QueryResult::Association(Some(v)) => Json(view_json(&v)).into_response(),
-        QueryResult::Association(None) => api_error(&ApiError::NotFound),
-        _ => unavailable(),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AccountParam {
-    account: Option<String>,
+    either(r.await)
 }
 
 fn binding_json(b: &crate::association::Binding) -> Json_ {
     json!({ "account": b.account, "extension": b.extension, "pbx": b.pbx, "did": b.did, "did_verified": b.did_verified, "bound_at": b.bound_at })
 }
 
-async fn bindings_of(State(st): State<AppState>, headers: HeaderMap, QueryParams(q): QueryParams<AccountParam>) -> Response {
-    let Principal::Tenant(tenant) = (match principal(&st, &headers) {
-        Ok(p) => p,
-        Err(r) => return r,
-    }) else {
-        return err(StatusCode::BAD_REQUEST, "list bindings with a tenant token and `account`", Some("account"));
+async fn bindings_of(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    let r = async {
+        let p = principal(&st, &headers)?;
+        let mut q = query_params(q.as_deref(), &["account"])?;
+        let Principal::Tenant(tenant) = p else {
+            return Err(err(StatusCode::BAD_REQUEST, "list bindings with a tenant token and `account`", Some("account")));
+        };
+        let account = q.remove("account").ok_or_else(|| err(StatusCode::BAD_REQUEST, "`account` is required", Some("account")))?;
+        match st.gw.query(Query::BindingsOf { tenant, account }).await {
+            QueryResult::Bindings(v) => Ok(Json(json!({ "bindings": v.iter().map(binding_json).collect::<Vec<_>>() })).into_response()),
+            _ => Err(unavailable()),
+        }
     };
-    let Some(account) = q.account else { return err(StatusCode::BAD_REQUEST, "`account` is required", Some("account")) };
-    match st.gw.query(Query::BindingsOf { tenant, account }).await {
-        QueryResult::Bindings(v) => Json(json!({ "bindings": v.iter().map(binding_json).collect::<Vec<_>>() })).into_response(),
-        _ => unavailable(),
-    }
+    either(r.await)
 }
 
 /// The binding of an extension, if `p` may see it.
@@ -328,27 +483,28 @@ async fn visible_binding(st: &AppState, p: &Principal, pbx: &str, extension: &st
     }
 }
 
-async fn binding(State(st): State<AppState>, headers: HeaderMap, Path((pbx, extension)): Path<(String, String)>) -> Response {
-    let p = match principal(&st, &headers) {
-        Ok(p) => p,
-        Err(r) => return r,
+async fn binding(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
+    let r = async {
+        let p = principal(&st, &headers)?;
+        let [pbx, extension] = path_params(&uri, "/v1/bindings/{pbx}/{extension}")?;
+        let b = visible_binding(&st, &p, &pbx, &extension).await.ok_or_else(|| api_error(&ApiError::NotFound))?;
+        Ok(Json(binding_json(&b)).into_response())
     };
-    match visible_binding(&st, &p, &pbx, &extension).await {
-        Some(b) => Json(binding_json(&b)).into_response(),
-        None => api_error(&ApiError::NotFound),
-    }
+    either(r.await)
 }
 
-async fn unbind(State(st): State<AppState>, headers: HeaderMap, Path((pbx, extension)): Path<(String, String)>, QueryParams(q): QueryParams<AccountParam>) -> Response {
-    let p = match principal(&st, &headers) {
-        Ok(p) => p,
-        Err(r) => return r,
+async fn unbind(State(st): State<AppState>, headers: HeaderMap, uri: Uri, RawQuery(q): RawQuery) -> Response {
+    let r = async {
+        let p = principal(&st, &headers)?;
+        let [pbx, extension] = path_params(&uri, "/v1/bindings/{pbx}/{extension}")?;
+        let mut q = query_params(q.as_deref(), &["account"])?;
+        let out = st.gw.call(Input::Unbind { principal: p, account: q.remove("account"), pbx, extension, now: now_ms() }).await.ok_or_else(unavailable)?;
+        match &out.error {
+            Some(e) => Err(api_error(e)),
+            None => Ok(StatusCode::NO_CONTENT.into_response()),
+        }
     };
-    let Some(out) = st.gw.call(Input::Unbind { principal: p, account: q.account, pbx, extension, now: now_ms() }).await else { return unavailable() };
-    match &out.error {
-        Some(e) => api_error(e),
-        None => StatusCode::NO_CONTENT.into_response(),
-    }
+    either(r.await)
 }
 
 #[derive(Deserialize)]
@@ -359,81 +515,84 @@ struct CallReq {
 }
 
 /// CTI control is for the bound account only.
-async fn bound_to(st: &AppState, headers: &HeaderMap, pbx: &str, extension: &str, account: &str) -> Result<crate::link::Link, Response> {
-    let p = principal(st, headers)?;
-    let b = visible_binding(st, &p, pbx, extension).await.filter(|b| b.account == account).ok_or_else(|| api_error(&ApiError::NotFound))?;
+async fn bound_to(st: &AppState, p: &Principal, pbx: &str, extension: &str, account: &str) -> Result<crate::link::Link, Response> {
+    let b = visible_binding(st, p, pbx, extension).await.filter(|b| b.account == account).ok_or_else(|| api_error(&ApiError::NotFound))?;
     st.gw.links().get(&b.pbx).cloned().ok_or_else(unavailable)
 }
 
+/// Link failures: 503 while the link is down or its queue is full (retry later), 504 on a
+/// timeout, 502 for the PBX's own refusals.
 fn link_error(e: &crate::link::RequestError) -> Response {
     let status = match e {
-        crate::link::RequestError::LinkDown | crate::link::RequestError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        crate::link::RequestError::LinkDown | crate::link::RequestError::Closed | crate::link::RequestError::QueueFull => StatusCode::SERVICE_UNAVAILABLE,
         crate::link::RequestError::Timeout => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
     };
     err(status, &e.to_string(), None)
 }
 
-async fn make_call(State(st): State<AppState>, headers: HeaderMap, Path((pbx, extension)): Path<(String, String)>, body: Bytes) -> Response {
-    let req: CallReq = match parse(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
-    if let Err(r) = check_text("account", &req.account, 128).and_then(|()| check_number("to", &req.to)) {
-        return r;
-    }
-    let link = match bound_to(&st, &headers, &pbx, &extension, &req.account).await {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
-    let (Ok(from), Ok(to)) = (DeviceId::dialing(&extension), DeviceId::dialing(&req.to)) else { return err(StatusCode::BAD_REQUEST, "bad number", Some("to")) };
-    match link.request(Operation::MakeCall, Body::new().with(F::CallingDevice, Value::DeviceId(from)).with(F::CalledDirectoryNumber, Value::DeviceId(to))).await {
-        Ok(r) => {
-            let call = r.connection(F::CallingDevice).and_then(|c| c.call.as_ref()).map(hex::encode);
-            (StatusCode::CREATED, Json(json!({ "call": call }))).into_response()
-        }
-        Err(e) => link_error(&e),
-    }
-}
-
-async fn clear_call(State(st): State<AppState>, headers: HeaderMap, Path((pbx, extension, call)): Path<(String, String, String)>, QueryParams(q): QueryParams<AccountParam>) -> Response {
-    let Some(account) = q.account else { return err(StatusCode::BAD_REQUEST, "`account` is required", Some("account")) };
-    let link = match bound_to(&st, &headers, &pbx, &extension, &account).await {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
-    let Ok(call) = hex::decode(&call) else { return err(StatusCode::BAD_REQUEST, "call must be hex", Some("call")) };
-    let conn = ConnectionId { call: Some(call.into()), device: DeviceId::dialing(&extension).ok().map(LocalDevice::Static) };
-    match link.request(Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(conn))).await {
-        Ok(_) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => link_error(&e),
-    }
-}
-
-async fn events(State(st): State<AppState>, headers: HeaderMap, Path((pbx, extension)): Path<(String, String)>, QueryParams(q): QueryParams<AccountParam>) -> Response {
-    let Some(account) = q.account else { return err(StatusCode::BAD_REQUEST, "`account` is required", Some("account")) };
-    let link = match bound_to(&st, &headers, &pbx, &extension, &account).await {
-        Ok(l) => l,
-        Err(r) => return r,
-    };
-    let dialect = link.dialect();
-    let monitor = match link.monitor(&extension).await {
-        Ok(m) => m,
-        Err(e) => return link_error(&e),
-    };
-    let stream = futures_util::stream::unfold(monitor, move |mut m| async move {
-        let ev = m.next().await?;
-        let data = match ev {
-            MonitorEvent::Event(r) => {
-                Json_::Object(crate::decode::event_json(&r, dialect)).to_string()
+async fn make_call(State(st): State<AppState>, headers: HeaderMap, uri: Uri, body: Bytes) -> Response {
+    let r = async {
+        let p = principal(&st, &headers)?;
+        let [pbx, extension] = path_params(&uri, "/v1/extensions/{pbx}/{extension}/calls")?;
+        let req: CallReq = parse(&body)?;
+        check_id("account", &req.account, 128)?;
+        check_number("to", &req.to)?;
+        let link = bound_to(&st, &p, &pbx, &extension, &req.account).await?;
+        let (Ok(from), Ok(to)) = (DeviceId::dialing(&extension), DeviceId::dialing(&req.to)) else { return Err(err(StatusCode::BAD_REQUEST, "bad number", Some("to"))) };
+        match link.request(Operation::MakeCall, Body::new().with(F::CallingDevice, Value::DeviceId(from)).with(F::CalledDirectoryNumber, Value::DeviceId(to))).await {
+            Ok(r) => {
+                let call = r.connection(F::CallingDevice).and_then(|c| c.call.as_ref()).map(hex::encode);
+                Ok((StatusCode::CREATED, Json(json!({ "call": call }))).into_response())
             }
-            MonitorEvent::LinkLost => json!({ "link": "lost" }).to_string(),
-            MonitorEvent::LinkRestored => json!({ "link": "restored" }).to_string(),
-            MonitorEvent::MonitorFailed(e) => json!({ "link": "monitor failed", "reason": e.to_string() }).to_string(),
-        };
-        Some((Ok::<_, Infallible>(SseEvent::default().data(data)), m))
-    });
-    sse(stream)
+            Err(e) => Err(link_error(&e)),
+        }
+    };
+    either(r.await)
+}
+
+/// `account` from the query string, required.
+fn required_account(q: Option<&str>) -> Result<String, Response> {
+    query_params(q, &["account"])?.remove("account").ok_or_else(|| err(StatusCode::BAD_REQUEST, "`account` is required", Some("account")))
+}
+
+async fn clear_call(State(st): State<AppState>, headers: HeaderMap, uri: Uri, RawQuery(q): RawQuery) -> Response {
+    let r = async {
+        let p = principal(&st, &headers)?;
+        let [pbx, extension, call] = path_params(&uri, "/v1/extensions/{pbx}/{extension}/calls/{call}")?;
+        let account = required_account(q.as_deref())?;
+        let link = bound_to(&st, &p, &pbx, &extension, &account).await?;
+        let call = hex::decode(&call).map_err(|_| err(StatusCode::BAD_REQUEST, "`call` must be hex", Some("call")))?;
+        let conn = ConnectionId { call: Some(call.into()), device: DeviceId::dialing(&extension).ok().map(LocalDevice::Static) };
+        match link.request(Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(conn))).await {
+            Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
+            Err(e) => Err(link_error(&e)),
+        }
+    };
+    either(r.await)
+}
+
+async fn events(State(st): State<AppState>, headers: HeaderMap, uri: Uri, RawQuery(q): RawQuery) -> Response {
+    let r = async {
+        let p = principal(&st, &headers)?;
+        let [pbx, extension] = path_params(&uri, "/v1/extensions/{pbx}/{extension}/events")?;
+        let account = required_account(q.as_deref())?;
+        let link = bound_to(&st, &p, &pbx, &extension, &account).await?;
+        let dialect = link.dialect();
+        let monitor = link.monitor(&extension).await.map_err(|e| link_error(&e))?;
+        let stream = futures_util::stream::unfold(monitor, move |mut m| async move {
+            let ev = m.next().await?;
+            let data = match ev {
+                MonitorEvent::Event(r) => Json_::Object(crate::decode::event_json(&r, dialect)).to_string(),
+                MonitorEvent::LinkLost => json!({ "link": "lost" }).to_string(),
+                MonitorEvent::LinkRestored => json!({ "link": "restored" }).to_string(),
+                MonitorEvent::MonitorFailed(e) => json!({ "link": "monitor failed", "reason": e.to_string() }).to_string(),
+            };
+            Some((Ok::<_, Infallible>(SseEvent::default().data(data)), m))
+        });
+        Ok(sse(stream))
+    };
+    either(r.await)
 }
 
 fn sse<S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static>(s: S) -> Response {
@@ -449,29 +608,23 @@ async fn pbx_list(State(st): State<AppState>, headers: HeaderMap) -> Response {
     Json(json!({ "pbx": v })).into_response()
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditParams {
-    extension: Option<String>,
-    account: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn audit(State(st): State<AppState>, headers: HeaderMap, QueryParams(q): QueryParams<AuditParams>) -> Response {
-    let p = match principal(&st, &headers) {
-        Ok(p) => p,
-        Err(r) => return r,
+async fn audit(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    let r = async {
+        let p = principal(&st, &headers)?;
+        let mut q = query_params(q.as_deref(), &["extension", "account", "limit"])?;
+        // A tenant sees its own records only.
+        let tenant = match p {
+            Principal::Admin => None,
+            Principal::Tenant(t) => Some(t),
+        };
+        let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
+        let f = AuditFilter { tenant, account: q.remove("account"), extension: q.remove("extension"), limit };
+        match st.gw.query(Query::Audit(f)).await {
+            QueryResult::Audit(v) => Ok(Json(json!({ "records": v })).into_response()),
+            _ => Err(unavailable()),
+        }
     };
-    // A tenant sees its own records only.
-    let tenant = match p {
-        Principal::Admin => None,
-        Principal::Tenant(t) => Some(t),
-    };
-    let f = AuditFilter { tenant, account: q.account, extension: q.extension, limit: q.limit.unwrap_or(1000).min(10_000) };
-    match st.gw.query(Query::Audit(f)).await {
-        QueryResult::Audit(v) => Json(json!({ "records": v })).into_response(),
-        _ => unavailable(),
-    }
+    either(r.await)
 }
 
 #[derive(Deserialize)]
@@ -486,55 +639,203 @@ struct IvrReq {
     hangup: bool,
 }
 
-/// `X-Cstagate-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`.
-fn signature_ok(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
-    let Some(sig) = headers.get("x-cstagate-signature").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("sha256=")) else { return false };
-    let Ok(sig) = hex::decode(sig) else { return false };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else { return false };
-    mac.update(body);
-    mac.verify_slice(&sig).is_ok()
-}
+/// The webhook's signature header: `sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+pub const SIGNATURE_HEADER: &str = "x-cstagate-signature";
+/// The webhook's timestamp header: Unix seconds when the platform signed the request.
+pub const TIMESTAMP_HEADER: &str = "x-cstagate-timestamp";
+/// How far a webhook timestamp may be from the gateway's clock, either way.
+pub const WEBHOOK_WINDOW_SECS: u64 = 300;
+/// Signatures remembered to refuse replays: enough for 160 requests per second over the
+/// 600 s in which a timestamp is accepted; about 70 bytes each.
+pub const REPLAY_CACHE_CAPACITY: usize = 100_000;
 
-/// Sign a webhook body (for IVR platforms and tests).
-pub fn sign(secret: &str, body: &[u8]) -> String {
+/// `sha256=<hex HMAC-SHA256(secret, message)>`: the webhook's and the account notifications'
+/// signature primitive.
+pub fn sign(secret: &str, message: &[u8]) -> String {
     let mut mac = match Hmac::<Sha256>::new_from_slice(secret.as_bytes()) {
         Ok(m) => m,
         Err(_) => return String::new(),
     };
-    mac.update(body);
+    mac.update(message);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-async fn ivr_webhook(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(secret) = st.secrets.ivr_secret.as_deref() else { return err(StatusCode::NOT_FOUND, "the IVR webhook is not configured", None) };
-    if !signature_ok(secret, &headers, &body) {
-        return err(StatusCode::UNAUTHORIZED, "bad or missing X-Cstagate-Signature", None);
+/// The webhook signature of `body` sent at `timestamp` (Unix seconds): [`sign`] over
+/// `"<timestamp>.<body>"`. The IVR platform signs with it and the gateway checks with it.
+pub fn sign_webhook(secret: &str, timestamp: u64, body: &[u8]) -> String {
+    let mut msg = Vec::with_capacity(body.len() + 21);
+    msg.extend_from_slice(timestamp.to_string().as_bytes());
+    msg.push(b'.');
+    msg.extend_from_slice(body);
+    sign(secret, &msg)
+}
+
+/// The two headers of a webhook request signed now: `[(TIMESTAMP_HEADER, ..), (SIGNATURE_HEADER, ..)]`.
+pub fn webhook_headers(secret: &str, body: &[u8]) -> [(&'static str, String); 2] {
+    let ts = now_ms() / 1000;
+    [(TIMESTAMP_HEADER, ts.to_string()), (SIGNATURE_HEADER, sign_webhook(secret, ts, body))]
+}
+
+/// Signatures of accepted webhook requests, each kept until its timestamp leaves the window,
+/// at most `capacity` of them. Full of live entries, it refuses new requests rather than forget
+/// one (a forgotten signature could be replayed).
+#[derive(Debug)]
+pub struct ReplayCache {
+    /// MAC → the second after which its timestamp is refused anyway.
+    seen: HashMap<[u8; 32], u64>,
+    capacity: usize,
+    last_sweep: u64,
+}
+
+/// Why the replay cache refused a signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Seen before within the window.
+    Seen,
+    /// The cache is full of live signatures.
+    Full,
+}
+
+impl ReplayCache {
+    pub fn new(capacity: usize) -> ReplayCache {
+        ReplayCache { seen: HashMap::new(), capacity, last_sweep: 0 }
     }
-    let req: IvrReq = match parse(&body) {
-        Ok(r) => r,
-        Err(r) => return r,
+
+    /// Signatures held.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    /// Record `mac` of a request stamped `timestamp`, seen at `now` (Unix seconds); refuse a
+    /// signature already recorded.
+    ///
+    /// # Errors
+    /// [`Replay::Seen`] for a replay, [`Replay::Full`] when full of live signatures.
+    pub fn check(&mut self, mac: [u8; 32], timestamp: u64, now: u64) -> Result<(), Replay> {
+        if self.seen.get(&mac).is_some_and(|until| *until >= now) {
+            return Err(Replay::Seen);
+        }
+        // Forget what has expired: when full, and otherwise every ten seconds.
+        if self.seen.len() >= self.capacity || now >= self.last_sweep + 10 {
+            self.seen.retain(|_, until| *until >= now);
+            self.last_sweep = now;
+        }
+        if self.seen.len() >= self.capacity {
+            return Err(Replay::Full);
+        }
+        self.seen.insert(mac, timestamp.saturating_add(WEBHOOK_WINDOW_SECS));
+        Ok(())
+    }
+}
+
+/// Check the webhook's timestamp, signature and freshness; record the signature.
+fn webhook_auth(st: &AppState, secret: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), Response> {
+    let unauthorized = |msg: &str| err(StatusCode::UNAUTHORIZED, msg, None);
+    let ts = headers
+        .get(TIMESTAMP_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 12 && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| unauthorized("missing or malformed X-Cstagate-Timestamp (Unix seconds)"))?;
+    let given = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_ascii_lowercase).ok_or_else(|| unauthorized("bad or missing X-Cstagate-Signature"))?;
+    let expected = sign_webhook(secret, ts, body);
+    if expected.is_empty() || given.len() != expected.len() || !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+        return Err(unauthorized("bad or missing X-Cstagate-Signature"));
+    }
+    let now = now_ms() / 1000;
+    if now.abs_diff(ts) > WEBHOOK_WINDOW_SECS {
+        return Err(unauthorized(&format!("X-Cstagate-Timestamp is more than {WEBHOOK_WINDOW_SECS} s from the gateway's clock")));
+    }
+    let mut mac = [0u8; 32];
+    hex::decode_to_slice(&expected["sha256=".len()..], &mut mac).map_err(|_| unauthorized("bad or missing X-Cstagate-Signature"))?;
+    let verdict = match st.replay.lock() {
+        Ok(mut cache) => cache.check(mac, ts, now),
+        Err(_) => Err(Replay::Full),
     };
-    if let Err(r) = check_text("call", &req.call, 128) {
-        return r;
+    match verdict {
+        Ok(()) => Ok(()),
+        Err(Replay::Seen) => Err(err(StatusCode::CONFLICT, "replayed webhook request: this signature was already accepted", None)),
+        Err(Replay::Full) => Err(err(StatusCode::SERVICE_UNAVAILABLE, "too many webhook requests in the replay window", None)),
     }
-    for (f, v) in [("from", &req.from), ("to", &req.to)] {
-        if v.chars().count() > 64 || v.chars().any(char::is_control) {
-            return err(StatusCode::BAD_REQUEST, &format!("`{f}` is too long or has control characters"), Some(f));
+}
+
+/// Webhook signatures remembered (for `/metrics` and tests).
+fn replay_entries(st: &AppState) -> usize {
+    st.replay.lock().map_or(0, |c| c.len())
+}
+
+/// A calling or called number as the IVR platform reports it: at most 64 printable ASCII
+/// characters, possibly empty (withheld).
+fn check_party(field: &str, v: &str) -> Result<(), Response> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    check_id(field, v, 64)
+}
+
+async fn ivr_webhook(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let r = async {
+        let secret = st.secrets.ivr_secret.as_deref().ok_or_else(|| err(StatusCode::NOT_FOUND, "the IVR webhook is not configured", None))?;
+        webhook_auth(&st, secret, &headers, &body)?;
+        let req: IvrReq = parse(&body)?;
+        check_id("call", &req.call, 128)?;
+        check_party("from", &req.from)?;
+        check_party("to", &req.to)?;
+        if let Some(d) = &req.digits {
+            if d.len() > 64 || !d.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#') {
+                return Err(err(StatusCode::BAD_REQUEST, "`digits` must be DTMF digits (0-9 * #), at most 64", Some("digits")));
+            }
+        }
+        if req.hangup {
+            let _ = st.gw.call(Input::IvrHangup { call: req.call, now: now_ms() }).await;
+            return Ok(Json(json!({ "say": "", "hangup": true })).into_response());
+        }
+        let out = st.gw.call(Input::Ivr { call: req.call, from: req.from, to: req.to, digits: req.digits, now: now_ms() }).await.ok_or_else(unavailable)?;
+        let reply = out.ivr.ok_or_else(unavailable)?;
+        Ok(Json(reply).into_response())
+    };
+    either(r.await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_percent_decoding() {
+        assert_eq!(percent_decode("a%20b+c", true).as_deref(), Some("a b c"));
+        assert_eq!(percent_decode("a+b", false).as_deref(), Some("a+b"));
+        assert_eq!(percent_decode("%F0%9F%98%80", false).as_deref(), Some("\u{1F600}"));
+        for bad in ["%", "%4", "%zz", "%FF", "%C3%28", "a%g1"] {
+            assert_eq!(percent_decode(bad, true), None, "{bad}");
         }
     }
-    if let Some(d) = &req.digits {
-        if d.len() > 64 || !d.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#') {
-            return err(StatusCode::BAD_REQUEST, "`digits` must be DTMF digits (0-9 * #), at most 64", Some("digits"));
-        }
+
+    #[test]
+    fn the_replay_cache_refuses_replays_forgets_expired_entries_and_stays_bounded() {
+        let mut c = ReplayCache::new(3);
+        let t = 1_000_000;
+        assert_eq!(c.check([1; 32], t, t), Ok(()));
+        assert_eq!(c.check([1; 32], t, t + 1), Err(Replay::Seen));
+        assert_eq!(c.check([2; 32], t, t), Ok(()));
+        assert_eq!(c.check([3; 32], t + 200, t), Ok(()));
+        // Full of live signatures: refused rather than forgotten.
+        assert_eq!(c.check([4; 32], t, t), Err(Replay::Full));
+        assert_eq!(c.len(), 3);
+        // Once the first two timestamps have left the window, their room is reused.
+        assert_eq!(c.check([4; 32], t + 301, t + 301), Ok(()));
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.check([3; 32], t + 200, t + 301), Err(Replay::Seen));
     }
-    if req.hangup {
-        let _ = st.gw.call(Input::IvrHangup { call: req.call, now: now_ms() }).await;
-        return Json(json!({ "say": "", "hangup": true })).into_response();
-    }
-    let Some(out) = st.gw.call(Input::Ivr { call: req.call, from: req.from, to: req.to, digits: req.digits, now: now_ms() }).await else { return unavailable() };
-    match out.ivr {
-        Some(r) => Json(r).into_response(),
-        None => unavailable(),
+
+    #[test]
+    fn webhook_signatures_cover_the_timestamp() {
+        assert_ne!(sign_webhook("k", 1, b"{}"), sign_webhook("k", 2, b"{}"));
+        assert_eq!(sign_webhook("k", 7, b"{}"), sign("k", b"7.{}"));
     }
 }
 

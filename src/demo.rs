@@ -71,6 +71,16 @@ pub fn local_secrets() -> crate::api::Secrets {
     secrets
 }
 
+/// POST a body to the IVR webhook the way an IVR platform does: stamped with the current time
+/// and signed with [`crate::api::sign_webhook`].
+///
+/// # Errors
+/// As [`Http::send`].
+pub async fn post_webhook(http: &Http, secret: &str, raw: Vec<u8>) -> Result<(u16, Value), String> {
+    let [(tk, tv), (sk, sv)] = crate::api::webhook_headers(secret, &raw);
+    http.send("POST", "/v1/ivr/webhook", &[(tk, &tv), (sk, &sv)], Some(raw)).await
+}
+
 impl LocalGateway {
     /// Start it against `sim` (its dialect decides the PBX preset).
     ///
@@ -199,9 +209,7 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
                 if let Some(d) = &digits {
                     body["digits"] = json!(d);
                 }
-                let raw = body.to_string().into_bytes();
-                let sig = crate::api::sign(IVR_SECRET, &raw);
-                let reply = match ivr_http.send("POST", "/v1/ivr/webhook", &[("x-cstagate-signature", &sig)], Some(raw)).await {
+                let reply = match post_webhook(&ivr_http, IVR_SECRET, body.to_string().into_bytes()).await {
                     Ok((200, r)) => r,
                     Ok((s, r)) => {
                         narration.push(format!("IVR    webhook answered {s}: {r}"));
@@ -473,9 +481,7 @@ async fn ivr_dialogue(http: &Http, secret: &str, call: &str, from: &str, ctx: &s
         if let Some(d) = digits {
             body["digits"] = json!(d);
         }
-        let raw = body.to_string().into_bytes();
-        let sig = crate::api::sign(secret, &raw);
-        async move { http.send("POST", "/v1/ivr/webhook", &[("x-cstagate-signature", &sig)], Some(raw)).await }
+        post_webhook(http, secret, body.to_string().into_bytes())
     };
     let mut steps = vec![None, Some(ctx.to_owned()), Some("1".to_owned())];
     if right {

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use cstagate::api::sign;
 use cstagate::demo::{local_secrets, run, DemoDialect, Http, LocalGateway, LocalOptions, Scenario, ADMIN_TOKEN, IVR_SECRET, OTHER_TENANT_TOKEN, TENANT_TOKEN};
 use cstagate::sim::{IvrSignal, SimConfig, SimPbx};
 use serde_json::{json, Value};
@@ -57,9 +56,7 @@ async fn env(db: Option<std::path::PathBuf>) -> Env {
 }
 
 async fn webhook(http: &Http, body: Value, secret: &str) -> (u16, Value) {
-    let raw = body.to_string().into_bytes();
-    let sig = sign(secret, &raw);
-    http.send("POST", "/v1/ivr/webhook", &[("x-cstagate-signature", &sig)], Some(raw)).await.unwrap()
+    cstagate::demo::post_webhook(http, secret, body.to_string().into_bytes()).await.unwrap()
 }
 
 /// Create an association and wait for the call to reach the IVR; returns (id, code, call).
