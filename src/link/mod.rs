@@ -17,6 +17,27 @@
 //!   monitors are started again and the new cross-reference ids mapped, and subscribers see only
 //!   [`MonitorEvent::LinkLost`] and [`MonitorEvent::LinkRestored`].
 //! - [`Link::shutdown`] releases the association (RLRQ) and closes.
+//!
+//! Hostile or broken input from the PBX has one defined outcome each, and memory stays bounded:
+//! - stays up, counted in [`Link::stats`]: an APDU that does not decode (over-long inner
+//!   lengths, nesting past the BER reader's depth cap, bad tags) is answered with a ROSE Reject
+//!   (`decode_errors`, `rejects_sent`); a result or error for no outstanding invoke of ours
+//!   (`unexpected_responses`); rejects (`rejects_received`; one naming an outstanding invoke fails
+//!   that request with [`RequestError::Rejected`]); events for no monitor of ours
+//!   (`events_unrouted`); PBX invokes are matched by nothing of ours, so an invoke id that equals
+//!   one of our outstanding ids is answered (or rejected) on its own and our request still gets
+//!   its own answer;
+//! - drops and reconnects (with backoff; monitors restored): a frame header over the frame cap
+//!   ([`crate::codec::framing::DEFAULT_MAX_FRAME`]) or otherwise unframeable; no complete frame
+//!   within two keep-alive periods (a peer that starts a frame and never finishes it, or trickles
+//!   it, is dead like a silent one: only complete frames count as life); a write that does not
+//!   complete within `request_timeout` (a peer that does not read).
+//! - bounds: [`COMMAND_QUEUE`] commands wait for the link task (beyond, requests fail at once
+//!   with [`RequestError::QueueFull`]; [`Link::queued_commands`] tells how many wait), at most
+//!   [`MAX_QUEUED_REQUESTS`] wait for the rate limiter (beyond, `QueueFull`), at most 32767
+//!   invokes are outstanding, one frame is at most the frame cap, each subscriber buffers
+//!   [`SUBSCRIBER_BUFFER`] events (beyond, `events_dropped`). While a write is blocked the task
+//!   reads nothing more, so a request waits at most about twice `request_timeout` for its answer.
 
 pub mod parts;
 
@@ -41,6 +62,9 @@ use crate::codec::{Apdu, Argument, Body, DecodeError, Dialect, Op, Operation, Re
 use crate::config::LinkProfile;
 use parts::{Backoff, InvokeTable, TokenBucket};
 
+/// Commands (requests, monitor subscriptions) waiting for the link task; beyond this, requests
+/// fail at once with `QueueFull`.
+pub const COMMAND_QUEUE: usize = 1024;
 /// Requests waiting for the rate limiter beyond this are refused with `QueueFull`.
 pub const MAX_QUEUED_REQUESTS: usize = 10_000;
 /// Events buffered per subscriber; a subscriber that does not keep up loses events (counted).
@@ -201,7 +225,7 @@ pub struct Link {
 impl Link {
     /// Start the supervised task for one PBX.
     pub fn spawn(profile: LinkProfile) -> Link {
-        let (cmd_tx, cmd_rx) = mpsc::channel(1024);
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
         let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(LinkState::Connecting);
         let stats = Arc::new(Stats::default());
@@ -234,6 +258,10 @@ impl Link {
     }
     pub fn stats(&self) -> StatsSnapshot {
         self.stats.snapshot()
+    }
+    /// Commands waiting for the link task (at most [`COMMAND_QUEUE`]).
+    pub fn queued_commands(&self) -> usize {
+        self.cmd.max_capacity() - self.cmd.capacity()
     }
 
     /// Wait until the link is in a state `pred` accepts.
@@ -523,6 +551,10 @@ impl<'a> Session<'a> {
                 match framer.decode(&mut buf) {
                     Ok(Some(frame)) => {
                         Stats::inc(&self.stats.frames_in);
+                        // Only a complete frame is a sign of life: bytes of a frame that never
+                        // completes do not hold the keep-alive off.
+                        self.last_rx = Instant::now();
+                        self.keepalive_sent = None;
                         if let Some(end) = self.on_frame(frame, monitors).await {
                             return end;
                         }
@@ -545,8 +577,6 @@ impl<'a> Session<'a> {
                         Err(e) => return End::Lost(format!("read: {e}")),
                         Ok(_) => {}
                     }
-                    self.last_rx = Instant::now();
-                    self.keepalive_sent = None;
                 }
                 cmd = cmd_rx.recv() => match cmd {
                     None => return End::Stopped,
