@@ -225,8 +225,14 @@ fn no_answer_busy_locked_phone_link_down_and_hangup_each_end_the_attempt_with_th
 fn link_down_and_ivr_hangup_and_not_confirmed() {
     let mut t = T::new(policy());
     let (id, _) = t.to_ivr("alice", "2005");
-    t.run(Input::LinkDown { pbx: "paris".into(), now: t.now });
+    let call = t.e.view(&Principal::Admin, &id).unwrap().call.clone().expect("the call id is kept");
+    let out = t.run(Input::LinkDown { pbx: "paris".into(), now: t.now });
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::LinkDown), true));
+    // The PBX keeps its calls when the CTI link drops: the engine asks to clear it (the shell
+    // does so once the link is back) and forgets it.
+    let clear = CstaRequest::ClearConnection { call: hex::decode(&call).unwrap(), extension: "2005".into() };
+    assert!(out.actions.iter().any(|a| matches!(a, Action::Csta { request, .. } if *request == clear)), "{:?}", out.actions);
+    assert_eq!(t.e.view(&Principal::Admin, &id).unwrap().call, None);
 
     let mut t = T::new(policy());
     let (id, ctx2) = t.to_ivr("alice", "2005");
@@ -380,6 +386,9 @@ fn a_restart_keeps_bindings_and_counters_and_ends_associations_in_flight() {
     t.ivr("c1", Some("1"));
     t.ivr("c1", Some(CODE));
     let pending = t.create("bob", "2006").view.unwrap();
+    t.through_call(&pending.id, "2006");
+    let pending = t.e.view(&Principal::Admin, &pending.id).unwrap().clone();
+    let call = pending.call.clone().expect("the stored view names the call");
     let snap = cstagate::association::Snapshot {
         bindings: vec![t.e.binding("paris", "2005").unwrap().clone()],
         counters: vec![(CounterKey::Account { tenant: "acme".into(), account: "bob".into() }, 7)],
@@ -392,5 +401,30 @@ fn a_restart_keeps_bindings_and_counters_and_ends_associations_in_flight() {
         Action::Store(StoreWrite::Association(v)) => Some(v.clone()),
         _ => None,
     }).unwrap();
-    assert_eq!((restored.id.as_str(), restored.state, restored.reason), (pending.id.as_str(), State::Failed, Some(Reason::GatewayRestarted)));
+    assert_eq!((restored.id.as_str(), restored.state, restored.reason, restored.call), (pending.id.as_str(), State::Failed, Some(Reason::GatewayRestarted), None));
+    // The call the previous run left up is cleared, and the account told.
+    let clear = CstaRequest::ClearConnection { call: hex::decode(&call).unwrap(), extension: "2006".into() };
+    assert!(actions.iter().any(|a| matches!(a, Action::Csta { request, pbx, .. } if *request == clear && pbx == "paris")), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::Notify { event, account, .. } if event == "failed" && account == "bob")));
+}
+
+#[test]
+fn an_ivr_platform_that_goes_silent_ends_the_attempt_and_clears_the_call() {
+    let mut p = policy();
+    p.ivr_timeout = std::time::Duration::from_secs(30);
+    let mut t = T::new(p);
+    let (id, ctx) = t.to_ivr("alice", "2005");
+    // Each request of the platform restarts the timeout.
+    t.now += 20_000;
+    t.ivr("c1", Some(&ctx));
+    t.now += 20_000;
+    t.run(Input::Tick { now: t.now });
+    assert_eq!(t.state(&id).0, State::InIvr, "the platform spoke 20 s ago");
+    t.now += 10_000;
+    let out = t.run(Input::Tick { now: t.now });
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::IvrTimeout), true));
+    assert!(out.actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::ClearConnection { .. }, .. })));
+    // A late request of the platform gets nothing.
+    let r = t.ivr("c1", Some("1"));
+    assert!(r.hangup);
 }
