@@ -281,9 +281,11 @@ fn coalesce(writes: &mut Vec<crate::association::StoreWrite>) {
     writes.retain(|_| k.next().unwrap_or(true));
 }
 
+/// A request that got no answer in time (a stalled PBX) fails like a lost link: the PBX did not
+/// refuse anything.
 fn failure(e: &RequestError) -> CstaFailure {
     match e {
-        RequestError::LinkDown | RequestError::Closed | RequestError::QueueFull => CstaFailure::LinkDown,
+        RequestError::LinkDown | RequestError::Closed | RequestError::QueueFull | RequestError::Timeout => CstaFailure::LinkDown,
         RequestError::Failure(u) if u.category == ErrorCategory::StateIncompatibility => CstaFailure::Busy,
         RequestError::Failure(u) if u.category == ErrorCategory::SystemResourceAvailability && matches!(u.value, Some(2 | 3)) => CstaFailure::Busy,
         _ => CstaFailure::Rejected,

@@ -1,0 +1,367 @@
+//! Faults across the association, over real sockets: for each step of the flow (monitor, lock,
+//! call, ringing, in the IVR, the moment of binding) and each fault (the PBX link dropped, the
+//! PBX restarted, the PBX stalled, the IVR platform's connection dropped, the gateway process
+//! restarted), the association ends in a defined state with a reason, the user can retry where
+//! that makes sense, no binding is lost or half-written, no call is left up on the PBX, and the
+//! audit log tells the story. README.md's "What happens when something fails" table is this
+//! file's expectations.
+
+use std::time::Duration;
+
+use cstagate::api::sign;
+use cstagate::codec::Operation;
+use cstagate::demo::{local_secrets, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
+use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// MonitorStart sent, no answer yet.
+    Monitor,
+    /// The MakeCall to the lock prefix sent, no answer yet.
+    Lock,
+    /// The proof MakeCall sent, no answer yet.
+    Call,
+    /// The phone rings.
+    Ringing,
+    /// The user is in the IVR dialogue: account confirmed, code not yet keyed.
+    InIvr,
+    /// The code is keyed as the fault hits.
+    Binding,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    LinkDropped,
+    PbxRestarted,
+    PbxStalled,
+    IvrDropped,
+    GatewayRestarted,
+}
+
+const STEPS: [Step; 6] = [Step::Monitor, Step::Lock, Step::Call, Step::Ringing, Step::InIvr, Step::Binding];
+
+struct Case {
+    sim: SimPbx,
+    ivr: tokio::sync::mpsc::UnboundedReceiver<IvrSignal>,
+    gw: Option<LocalGateway>,
+    options: LocalOptions,
+    id: String,
+    code: String,
+    /// The IVR call (hex id) and the calling number it presents, once connected.
+    call: Option<(String, String)>,
+}
+
+fn options(step: Step) -> LocalOptions {
+    let lock = if step == Step::Lock { "lock_prefix = \"*66\"\n" } else { "" };
+    LocalOptions {
+        pbx: format!("extensions = [\"2005\"]\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nkeepalive = \"250ms\"\nrequest_timeout = \"5s\"\nivr_timeout = \"2s\"\nproof_calls_per_hour = 100\n{lock}"),
+        ..Default::default()
+    }
+}
+
+/// Start a PBX and a gateway and drive one association to `step`.
+async fn to_step(step: Step) -> Case {
+    let mut cfg = SimConfig::phase3(&["2005"]);
+    cfg.ivr_number = Some(IVR_NUMBER.into());
+    cfg.extensions[0].behaviour = if step == Step::Ringing { Behaviour::NeverAnswer } else { Behaviour::Answer { after: Duration::from_millis(5) } };
+    // The phone has a local lock PIN, and its user knows it.
+    cfg.extensions[0].pin = Some("1234".into());
+    cfg.extensions[0].user_pin = Some("1234".into());
+    let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+    let ivr = sim.take_ivr().unwrap();
+    let held = match step {
+        Step::Monitor => Some(Operation::MonitorStart),
+        Step::Lock | Step::Call => Some(Operation::MakeCall),
+        _ => None,
+    };
+    sim.faults().hold.extend(held);
+    let options = options(step);
+    let gw = LocalGateway::start(&sim, options.clone(), local_secrets()).await.unwrap();
+    let (s, v) = gw.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    assert_eq!(s, 201, "{v}");
+    let mut c = Case { sim, ivr, gw: Some(gw), options, id: v["id"].as_str().unwrap().to_owned(), code: v["code"].as_str().unwrap().to_owned(), call: None };
+    match step {
+        Step::Monitor | Step::Lock | Step::Call => {
+            let op = format!("{:?}", held.unwrap());
+            tokio::time::timeout(LIMIT, c.sim.wait_stats(|s| s.requests.get(&op).copied().unwrap_or(0) >= 1)).await.expect("the request reaches the PBX");
+            let want = match step {
+                Step::Monitor => "monitoring",
+                Step::Lock => "locking",
+                _ => "calling",
+            };
+            assert_eq!(c.state().await["state"], want);
+        }
+        Step::Ringing => {
+            c.wait(|v| v["state"] == "ringing").await;
+        }
+        Step::InIvr | Step::Binding => c.into_dialogue().await,
+    }
+    c
+}
+
+impl Case {
+    async fn state(&self) -> Value {
+        self.gw().http.json("GET", &format!("/v1/associations/{}", self.id), TENANT_TOKEN, None).await.unwrap().1
+    }
+
+    /// Poll the association (real API round trips) until `pred` holds.
+    async fn wait(&self, pred: impl Fn(&Value) -> bool) -> Value {
+        tokio::time::timeout(LIMIT, async {
+            loop {
+                let v = self.state().await;
+                if pred(&v) {
+                    return v;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("association {} never reached the expected state", self.id))
+    }
+
+    /// The call reaches the IVR; identify the association and confirm the account.
+    async fn into_dialogue(&mut self) {
+        let (call, calling) = loop {
+            if let IvrSignal::Connected { call, calling, .. } = tokio::time::timeout(LIMIT, self.ivr.recv()).await.unwrap().unwrap() {
+                break (call, calling);
+            }
+        };
+        let ctx = loop {
+            if let IvrSignal::Digits { digits, .. } = tokio::time::timeout(LIMIT, self.ivr.recv()).await.unwrap().unwrap() {
+                break digits;
+            }
+        };
+        self.call = Some((call, calling));
+        for d in [None, Some(ctx.as_str()), Some("1")] {
+            let (s, r) = self.webhook(d).await;
+            assert_eq!(s, 200, "{r}");
+        }
+        assert_eq!(self.state().await["state"], "in_ivr");
+    }
+
+    fn webhook_body(&self, digits: Option<&str>) -> Vec<u8> {
+        let (call, from) = self.call.clone().unwrap();
+        let mut body = json!({ "call": call, "from": from, "to": IVR_NUMBER });
+        if let Some(d) = digits {
+            body["digits"] = json!(d);
+        }
+        body.to_string().into_bytes()
+    }
+
+    /// A signed webhook request of the IVR platform (a future owning what it needs, so that it
+    /// can run while the gateway is being restarted). Status 0: no answer (connection failed).
+    fn webhook_request(&self, digits: Option<&str>) -> impl std::future::Future<Output = (u16, Value)> + 'static {
+        let raw = self.webhook_body(digits);
+        let http = self.gw().http.clone();
+        async move {
+            let sig = sign(IVR_SECRET, &raw);
+            http.send("POST", "/v1/ivr/webhook", &[("x-cstagate-signature", &sig)], Some(raw)).await.unwrap_or((0, Value::Null))
+        }
+    }
+
+    async fn webhook(&self, digits: Option<&str>) -> (u16, Value) {
+        self.webhook_request(digits).await
+    }
+
+    /// The IVR platform's last request on a call: the code.
+    async fn key_code(&self) -> (u16, Value) {
+        self.webhook(Some(&self.code.clone())).await
+    }
+
+    fn gw(&self) -> &LocalGateway {
+        self.gw.as_ref().expect("a gateway is running")
+    }
+
+    /// Stop the gateway process's work (its last batch committed, links released) while
+    /// `meanwhile` runs, then start a new one on the same database.
+    async fn restart_gateway<T>(&mut self, meanwhile: impl std::future::Future<Output = T>) -> T {
+        let old = self.gw.take().expect("a gateway is running");
+        let db = old.db.clone();
+        let (r, ()) = tokio::join!(meanwhile, old.running.shutdown());
+        let mut o = self.options.clone();
+        o.db = Some(db);
+        self.gw = Some(LocalGateway::start(&self.sim, o, local_secrets()).await.unwrap());
+        r
+    }
+
+    async fn binding(&self) -> Option<Value> {
+        let (s, b) = self.gw().http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap();
+        (s == 200).then_some(b)
+    }
+
+    async fn audit(&self) -> Vec<(String, String)> {
+        let (_, a) = self.gw().http.json("GET", &format!("/v1/audit?extension=2005&limit=1000"), ADMIN_TOKEN, None).await.unwrap();
+        a["records"].as_array().unwrap().iter().filter(|r| r["association"] == self.id.as_str()).map(|r| (r["step"].as_str().unwrap().to_owned(), r["result"].as_str().unwrap().to_owned())).collect()
+    }
+
+    /// No call is up on the PBX (the gateway cleared what it placed, the IVR hung up its own).
+    async fn no_call_left(&self) {
+        tokio::time::timeout(LIMIT, self.sim.wait_stats(|s| s.live_calls == 0)).await.unwrap_or_else(|_| panic!("a call is left up: {:?}", self.sim.stats()));
+    }
+
+    async fn link_up(&self) {
+        tokio::time::timeout(LIMIT, self.gw().link().wait_for(|s| *s == cstagate::link::LinkState::Up)).await.expect("the link comes back");
+    }
+
+    /// The user retries (same association) and this time keys the right code: bound.
+    async fn retry_and_bind(&mut self) {
+        self.link_up().await;
+        let (s, v) = self.gw().http.json("POST", &format!("/v1/associations/{}/complete", self.id), TENANT_TOKEN, None).await.unwrap();
+        assert_eq!(s, 202, "the user may retry: {v}");
+        self.bind_in_dialogue().await;
+    }
+
+    async fn bind_in_dialogue(&mut self) {
+        self.into_dialogue().await;
+        let (s, r) = self.key_code().await;
+        assert_eq!((s, r["hangup"].as_bool()), (200, Some(true)), "{r}");
+        self.wait(|v| v["state"] == "bound").await;
+        self.ivr_hangs_up();
+        assert_eq!(self.binding().await.expect("bound")["account"], "alice");
+    }
+
+    fn ivr_hangs_up(&self) {
+        if let Some((call, _)) = &self.call {
+            self.sim.ivr_hangup(call);
+        }
+    }
+}
+
+/// Apply `fault` to an association held at `step` and check the outcome the README promises.
+async fn case(step: Step, fault: Fault) {
+    let mut c = to_step(step).await;
+    let label = format!("{step:?} × {fault:?}");
+    // The code keyed at the same moment as the fault hits (Binding only).
+    let keyed: Option<(u16, Value)> = match fault {
+        Fault::LinkDropped | Fault::PbxRestarted | Fault::PbxStalled => {
+            let inject = || match fault {
+                Fault::LinkDropped => c.sim.drop_links(),
+                Fault::PbxRestarted => c.sim.restart(),
+                _ => c.sim.faults().stall = true,
+            };
+            let keyed = if step == Step::Binding {
+                let (r, ()) = tokio::join!(c.key_code(), async { inject() });
+                Some(r)
+            } else {
+                inject();
+                None
+            };
+            let v = c.wait(|v| v["state"] == "failed" || v["state"] == "bound").await;
+            c.sim.faults().stall = false;
+            c.sim.faults().hold.clear();
+            Some(keyed.unwrap_or((0, v)))
+        }
+        Fault::IvrDropped => match step {
+            Step::InIvr => None, // the platform goes silent
+            Step::Binding => {
+                // The request leaves; the platform's connection drops before the answer.
+                let raw = c.webhook_body(Some(&c.code));
+                let sig = sign(IVR_SECRET, &raw);
+                let mut s = tokio::net::TcpStream::connect(c.gw().running.addr).await.unwrap();
+                let head = format!("POST /v1/ivr/webhook HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\nx-cstagate-signature: {sig}\r\ncontent-length: {}\r\n\r\n", raw.len());
+                s.write_all(head.as_bytes()).await.unwrap();
+                s.write_all(&raw).await.unwrap();
+                drop(s);
+                None
+            }
+            _ => unreachable!("no IVR before the call is connected"),
+        },
+        Fault::GatewayRestarted => {
+            let keyed = if step == Step::Binding {
+                let key = c.webhook_request(Some(&c.code));
+                Some(c.restart_gateway(key).await)
+            } else {
+                c.restart_gateway(async {}).await;
+                None
+            };
+            c.sim.faults().hold.clear();
+            keyed
+        }
+    };
+
+    let v = c.wait(|v| ["failed", "bound"].contains(&v["state"].as_str().unwrap_or(""))).await;
+    let (state, reason, retryable) = (v["state"].as_str().unwrap().to_owned(), v["reason"].as_str().map(str::to_owned), v["retryable"].as_bool().unwrap());
+    let audit = c.audit().await;
+    let bound = state == "bound";
+    // Nothing half-written: state, binding and the IVR's answer agree.
+    assert_eq!(c.binding().await.is_some(), bound, "{label}: binding vs state {v}");
+    if let Some((200, r)) = &keyed {
+        if r["say"].as_str().is_some_and(|s| s.contains("now linked")) {
+            assert!(bound, "{label}: the IVR told the user the phone is linked, so it must be bound: {v}");
+        }
+    }
+    if bound {
+        assert_eq!(step, Step::Binding, "{label}: only a keyed code binds");
+        assert!(audit.iter().any(|(s, _)| s == "bound"), "{label}: {audit:?}");
+        c.ivr_hangs_up(); // after its "linked" prompt
+    } else {
+        let want = match (fault, step) {
+            (Fault::GatewayRestarted, _) => ("gateway_restarted", false),
+            (Fault::IvrDropped, _) => ("ivr_timeout", true),
+            _ => ("link_down", true),
+        };
+        assert_eq!((reason.as_deref(), retryable), (Some(want.0), want.1), "{label}: {v}");
+        assert!(audit.iter().any(|(s, r)| s == "failed" && r == want.0), "{label}: the audit log names the failure: {audit:?}");
+        if step == Step::Binding && fault == Fault::IvrDropped {
+            // The IVR platform hangs up a call whose webhook failed.
+            c.ivr_hangs_up();
+        }
+    }
+    c.no_call_left().await;
+    // Where it makes sense, the user tries again and succeeds (and this time picks up).
+    c.sim.config().extensions[0].behaviour = Behaviour::Answer { after: Duration::from_millis(5) };
+    if !bound {
+        if retryable {
+            c.retry_and_bind().await;
+        } else {
+            c.link_up().await;
+            let (s, v) = c.gw().http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+            assert_eq!(s, 201, "{label}: a new association may start: {v}");
+            c.id = v["id"].as_str().unwrap().to_owned();
+            c.code = v["code"].as_str().unwrap().to_owned();
+            c.bind_in_dialogue().await;
+        }
+    }
+    c.no_call_left().await;
+    if let Some(gw) = c.gw.take() {
+        gw.running.shutdown().await;
+    }
+}
+
+async fn each_step(fault: Fault) {
+    for step in STEPS {
+        if fault == Fault::IvrDropped && !matches!(step, Step::InIvr | Step::Binding) {
+            continue;
+        }
+        case(step, fault).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_link_dropped_at_each_step() {
+    each_step(Fault::LinkDropped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_restarted_at_each_step() {
+    each_step(Fault::PbxRestarted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_stalled_at_each_step() {
+    each_step(Fault::PbxStalled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ivr_connection_dropped_in_the_dialogue_and_at_binding() {
+    each_step(Fault::IvrDropped).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_restarted_at_each_step() {
+    each_step(Fault::GatewayRestarted).await;
+}
