@@ -8,9 +8,9 @@
 
 use std::time::Duration;
 
-use cstagate::api::sign;
+use cstagate::api::webhook_headers;
 use cstagate::codec::Operation;
-use cstagate::demo::{local_secrets, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
+use cstagate::demo::{local_secrets, post_webhook, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
 use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -157,10 +157,7 @@ impl Case {
     fn webhook_request(&self, digits: Option<&str>) -> impl std::future::Future<Output = (u16, Value)> + 'static {
         let raw = self.webhook_body(digits);
         let http = self.gw().http.clone();
-        async move {
-            let sig = sign(IVR_SECRET, &raw);
-            http.send("POST", "/v1/ivr/webhook", &[("x-cstagate-signature", &sig)], Some(raw)).await.unwrap_or((0, Value::Null))
-        }
+        async move { post_webhook(&http, IVR_SECRET, raw).await.unwrap_or((0, Value::Null)) }
     }
 
     async fn webhook(&self, digits: Option<&str>) -> (u16, Value) {
@@ -260,9 +257,9 @@ async fn case(step: Step, fault: Fault) {
             Step::Binding => {
                 // The request leaves; the platform's connection drops before the answer.
                 let raw = c.webhook_body(Some(&c.code));
-                let sig = sign(IVR_SECRET, &raw);
+                let [(tk, tv), (sk, sv)] = webhook_headers(IVR_SECRET, &raw);
                 let mut s = tokio::net::TcpStream::connect(c.gw().running.addr).await.unwrap();
-                let head = format!("POST /v1/ivr/webhook HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\nx-cstagate-signature: {sig}\r\ncontent-length: {}\r\n\r\n", raw.len());
+                let head = format!("POST /v1/ivr/webhook HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n{tk}: {tv}\r\n{sk}: {sv}\r\ncontent-length: {}\r\n\r\n", raw.len());
                 s.write_all(head.as_bytes()).await.unwrap();
                 s.write_all(&raw).await.unwrap();
                 drop(s);
