@@ -9,6 +9,13 @@
 //! Prompts are recorded files named per prompt id in the configuration, with a fallback file
 //! (for example a text-to-speech prompt) for ids without a file. The protocol has no
 //! authentication: listen on an address only the Asterisk servers reach.
+//!
+//! Hostile or broken clients are bounded: at most [`FastAgiSettings::max_sessions`] sessions at
+//! once (beyond, a connection is closed at once, unread), lines of at most [`MAX_LINE`] bytes, a
+//! header of at most [`MAX_HEADERS`] lines and [`MAX_HEADER_BYTES`] bytes, at most
+//! [`MAX_SKIPPED_LINES`] unexpected lines while waiting for a command's reply, and
+//! `read_timeout` for each line. Anything else ends the session, and the engine hears the call
+//! ended.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,6 +32,12 @@ use crate::gateway::{now_ms, Gateway};
 pub const MAX_LINE: usize = 4096;
 /// Most header lines accepted.
 pub const MAX_HEADERS: usize = 128;
+/// Most header bytes accepted (Asterisk sends about 1 KiB).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most lines that are not a reply accepted while waiting for one.
+pub const MAX_SKIPPED_LINES: usize = 16;
+/// Default most sessions at once.
+pub const MAX_SESSIONS: usize = 256;
 
 /// FastAGI settings.
 #[derive(Debug, Clone)]
@@ -35,24 +48,33 @@ pub struct FastAgiSettings {
     pub fallback: String,
     /// How long to wait for Asterisk's next line before giving up on the call.
     pub read_timeout: Duration,
+    /// Sessions served at once; connections beyond are closed at once.
+    pub max_sessions: usize,
 }
 
 impl Default for FastAgiSettings {
     fn default() -> Self {
-        FastAgiSettings { prompts: HashMap::new(), fallback: "cstagate/tts".into(), read_timeout: Duration::from_secs(60) }
+        FastAgiSettings { prompts: HashMap::new(), fallback: "cstagate/tts".into(), read_timeout: Duration::from_secs(60), max_sessions: MAX_SESSIONS }
     }
 }
 
 /// Serve FastAGI connections until the listener fails.
 pub async fn serve(listener: TcpListener, gw: Gateway, settings: Arc<FastAgiSettings>) {
+    let sessions = Arc::new(tokio::sync::Semaphore::new(settings.max_sessions));
     loop {
         let Ok((stream, peer)) = listener.accept().await else { continue };
+        let Ok(permit) = sessions.clone().try_acquire_owned() else {
+            warn!(%peer, max = settings.max_sessions, "FastAGI connection refused: too many sessions");
+            drop(stream);
+            continue;
+        };
         let gw = gw.clone();
         let settings = settings.clone();
         tokio::spawn(async move {
             if let Err(e) = session(stream, &gw, &settings).await {
                 debug!(%peer, error = %e, "FastAGI session ended");
             }
+            drop(permit);
         });
     }
 }
@@ -107,13 +129,17 @@ impl Agi {
             return Err(AgiError::LineTooLong);
         }
         let s = String::from_utf8(buf).map_err(|_| AgiError::Malformed("not UTF-8".into()))?;
-        Ok(s.trim_end_matches('\r').to_owned())
+        let s = s.trim_end_matches('\r');
+        if s.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(AgiError::Malformed("control character in a line".into()));
+        }
+        Ok(s.to_owned())
     }
 
     /// Send a command and read its `200 result=` value (the text after `result=`).
     async fn command(&mut self, cmd: &str) -> Result<String, AgiError> {
         self.wr.write_all(format!("{cmd}\n").as_bytes()).await?;
-        loop {
+        for _ in 0..=MAX_SKIPPED_LINES {
             let l = self.line().await?;
             if l == "HANGUP" {
                 return Err(AgiError::HungUp);
@@ -130,14 +156,21 @@ impl Agi {
             if l.starts_with("510") || l.starts_with("520") {
                 return Err(AgiError::Malformed(format!("Asterisk refused `{cmd}`: {l}")));
             }
-            // Anything else (e.g. the 520 usage continuation lines) is skipped.
+            // Anything else (e.g. the 520 usage continuation lines) is skipped, up to a point.
         }
+        Err(AgiError::Malformed(format!("no reply to `{cmd}` among {} lines", MAX_SKIPPED_LINES + 1)))
     }
 }
 
 /// `GET DATA` value: digits keyed, empty on timeout; `12 (timeout)` is a partial entry.
 fn digits_of(result: &str) -> String {
     result.split_whitespace().next().filter(|d| d.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#')).unwrap_or("").to_owned()
+}
+
+/// A calling or called number or call id as the webhook accepts it (at most 64 printable ASCII
+/// characters), else empty.
+fn party(v: &str) -> String {
+    if v.len() <= 64 && v.bytes().all(|b| (0x20..0x7F).contains(&b)) { v.to_owned() } else { String::new() }
 }
 
 /// Quote a prompt file name for an AGI command (no spaces or quotes reach Asterisk).
@@ -149,10 +182,15 @@ async fn session(stream: TcpStream, gw: &Gateway, settings: &FastAgiSettings) ->
     let (rd, wr) = stream.into_split();
     let mut agi = Agi { rd: BufReader::new(rd), wr, timeout: settings.read_timeout };
     let mut header = HashMap::new();
+    let mut header_bytes = 0;
     loop {
         let l = agi.line().await?;
         if l.is_empty() {
             break;
+        }
+        header_bytes += l.len() + 1;
+        if header_bytes > MAX_HEADER_BYTES {
+            return Err(AgiError::Malformed("header too long".into()));
         }
         if header.len() >= MAX_HEADERS {
             return Err(AgiError::Malformed("too many header lines".into()));
@@ -169,9 +207,11 @@ async fn session(stream: TcpStream, gw: &Gateway, settings: &FastAgiSettings) ->
         let _ = agi.command("HANGUP").await;
         return Ok(());
     }
-    let call = header.get("agi_uniqueid").cloned().filter(|c| !c.is_empty()).ok_or_else(|| AgiError::Malformed("no agi_uniqueid".into()))?;
-    let from = header.get("agi_callerid").cloned().unwrap_or_default();
-    let to = header.get("agi_dnid").filter(|d| !d.is_empty() && *d != "unknown").or_else(|| header.get("agi_extension")).cloned().unwrap_or_default();
+    let call = header.get("agi_uniqueid").cloned().filter(|c| party(c) == *c && !c.is_empty()).ok_or_else(|| AgiError::Malformed("no usable agi_uniqueid".into()))?;
+    // The calling number comes from the network (and may be spoofed): kept only if it looks
+    // like one, as the webhook requires.
+    let from = party(header.get("agi_callerid").map_or("", String::as_str));
+    let to = party(header.get("agi_dnid").filter(|d| !d.is_empty() && *d != "unknown").or_else(|| header.get("agi_extension")).map_or("", String::as_str));
     let call = format!("agi-{call}");
     let result = dialogue(&mut agi, gw, settings, &call, &from, &to).await;
     if result.is_err() {
@@ -213,5 +253,9 @@ mod tests {
         assert_eq!(digits_of(" (timeout)"), "");
         assert_eq!(digits_of("12 (timeout)"), "12");
         assert_eq!(file_name("cstagate/enter code\"; HANGUP"), "cstagate/entercodeHANGUP");
+        assert_eq!(party("+33144002005"), "+33144002005");
+        for bad in ["+3314\u{202e}4002005", "\u{1F600}", &"1".repeat(65)] {
+            assert_eq!(party(bad), "", "{bad:?}");
+        }
     }
 }
