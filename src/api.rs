@@ -340,7 +340,8 @@ fn query_params(raw: Option<&str>, allowed: &[&'static str]) -> Result<HashMap<&
         let Some(k) = percent_decode(k, true) else { return Err(err(StatusCode::BAD_REQUEST, "a query parameter name is not valid percent-encoded UTF-8", Some("query"))) };
         let Some(name) = allowed.iter().copied().find(|a| *a == k) else {
             let shown: String = k.chars().take(64).collect();
-            return Err(err(StatusCode::BAD_REQUEST, &format!("unknown query parameter `{shown}` (expected one of {})", allowed.join(", ")), Some(&shown)));
+            let expected = if allowed.is_empty() { "none".to_owned() } else { format!("one of {}", allowed.join(", ")) };
+            return Err(err(StatusCode::BAD_REQUEST, &format!("unknown query parameter `{shown}` (expected {expected})"), Some(&shown)));
         };
         let Some(v) = percent_decode(v, true) else { return Err(err(StatusCode::BAD_REQUEST, &format!("`{name}` is not valid percent-encoded UTF-8"), Some(name))) };
         match name {
@@ -373,12 +374,13 @@ struct CreateReq {
     pbx: Option<String>,
 }
 
-async fn create(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    either(create_inner(&st, &headers, &body).await)
+async fn create(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    either(create_inner(&st, &headers, q.as_deref(), &body).await)
 }
 
-async fn create_inner(st: &AppState, headers: &HeaderMap, body: &Bytes) -> Result<Response, Response> {
+async fn create_inner(st: &AppState, headers: &HeaderMap, q: Option<&str>, body: &Bytes) -> Result<Response, Response> {
     let p = principal(st, headers)?;
+    query_params(q, &[])?;
     let req: CreateReq = parse(body)?;
     check_id("account", &req.account, 128)?;
     check_number("extension", &req.extension)?;
@@ -424,6 +426,7 @@ async fn association_step(st: &AppState, headers: &HeaderMap, uri: &Uri, templat
     let r = async {
         let p = principal(st, headers)?;
         let [id] = path_params(uri, template)?;
+        query_params(uri.query(), &[])?;
         let out = st.gw.call(input(p, id)).await.ok_or_else(unavailable)?;
         match (&out.error, &out.view) {
             (Some(e), _) => Err(api_error(e)),
@@ -446,6 +449,7 @@ async fn get_association(State(st): State<AppState>, headers: HeaderMap, uri: Ur
     let r = async {
         let p = principal(&st, &headers)?;
         let [id] = path_params(&uri, "/v1/associations/{id}")?;
+        query_params(uri.query(), &[])?;
         match st.gw.query(Query::Association { principal: p, id }).await {
             QueryResult::Association(Some(v)) => Ok(Json(view_json(&v)).into_response()),
             QueryResult::Association(None) => Err(api_error(&ApiError::NotFound)),
@@ -487,6 +491,7 @@ async fn binding(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Re
     let r = async {
         let p = principal(&st, &headers)?;
         let [pbx, extension] = path_params(&uri, "/v1/bindings/{pbx}/{extension}")?;
+        query_params(uri.query(), &[])?;
         let b = visible_binding(&st, &p, &pbx, &extension).await.ok_or_else(|| api_error(&ApiError::NotFound))?;
         Ok(Json(binding_json(&b)).into_response())
     };
@@ -535,6 +540,7 @@ async fn make_call(State(st): State<AppState>, headers: HeaderMap, uri: Uri, bod
     let r = async {
         let p = principal(&st, &headers)?;
         let [pbx, extension] = path_params(&uri, "/v1/extensions/{pbx}/{extension}/calls")?;
+        query_params(uri.query(), &[])?;
         let req: CallReq = parse(&body)?;
         check_id("account", &req.account, 128)?;
         check_number("to", &req.to)?;
@@ -599,8 +605,8 @@ fn sse<S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static>(s: S) ->
     Sse::new(s).keep_alive(KeepAlive::default()).into_response()
 }
 
-async fn pbx_list(State(st): State<AppState>, headers: HeaderMap) -> Response {
-    if let Err(r) = admin(&st, &headers) {
+async fn pbx_list(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    if let Err(r) = admin(&st, &headers).and_then(|()| query_params(q.as_deref(), &[]).map(drop)) {
         return r;
     }
     let mut v: Vec<Json_> = st.gw.links().iter().map(|(id, l)| json!({ "id": id, "state": l.state(), "stats": l.stats() })).collect();

@@ -333,6 +333,20 @@ async fn bad_path_segments_and_query_strings_are_refused_naming_the_field() {
         cases.push(case("repeated parameter", method, format!("{path}?{name}=2005&{name}=2006"), *token, None, 400, ["account", "extension"].into_iter().find(|n| n == name)));
         cases.push(case("bad escape in a name", method, format!("{path}?a%zz=1"), *token, None, 400, Some("query")));
     }
+    // Endpoints without query parameters take none.
+    let create = Some(json!({ "account": "carol", "extension": "2005" }).to_string().into_bytes());
+    let call = Some(json!({ "account": "alice", "to": "2006" }).to_string().into_bytes());
+    for (method, path, token, body) in [
+        ("POST", "/v1/associations".to_owned(), t, create),
+        ("GET", format!("/v1/associations/{p}"), t, None),
+        ("DELETE", format!("/v1/associations/{p}"), t, None),
+        ("POST", format!("/v1/associations/{p}/complete"), t, None),
+        ("GET", "/v1/bindings/paris/2005".to_owned(), t, None),
+        ("POST", "/v1/extensions/paris/2005/calls".to_owned(), t, call),
+        ("GET", "/v1/pbx".to_owned(), Some(ADMIN_TOKEN), None),
+    ] {
+        cases.push(case("a query parameter where none is taken", method, format!("{path}?colour=red"), token, body, 400, Some("colour")));
+    }
     for (what, v) in [("not a number", "ten"), ("negative", "-1"), ("zero", "0"), ("one over", "10001"), ("huge", "99999999999999999999999"), ("fraction", "1.5")] {
         cases.push(case(format!("?limit: {what}"), "GET", format!("/v1/audit?limit={v}"), Some(ADMIN_TOKEN), None, 400, Some("limit")));
     }
