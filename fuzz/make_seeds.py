@@ -8,6 +8,11 @@
 - framer: each capture's framed stream in pieces of 8 APDUs, in the target's input layout
   (config byte, read-size count, read sizes, stream; see fuzz/src/lib.rs), with the capture's
   framing, and for OXE also behind the Alcatel 'P' preamble.
+- engine: hand-encoded scenarios in the byte layout `arbitrary::Unstructured` reads in
+  fuzz/src/engine.rs (the whole flow to a binding, with the lock and DTMF variants, wrong codes,
+  a restart in flight), so the fuzzer starts from live associations.
+- link_session: the link's session with each capture's PBX-side APDUs framed one by one,
+  interleaved with requests, monitors and answers (layout in fuzz/src/link_session.rs).
 """
 import os
 import shutil
@@ -86,8 +91,86 @@ def main():
     # The captures hold only AARQ/AARE that succeed: add the other ACSE APDUs by hand.
     for name, h in SYNTHETIC_ACSE:
         put("acse", name, bytes.fromhex(h.replace(" ", "")))
+    for name, data in engine_seeds():
+        put("engine", name, data)
+    for name, data in link_session_seeds(apdus):
+        put("link_session", name, data)
     for t in sorted(written):
         print(f"{t}: {len(written[t])} seeds", file=sys.stderr)
+
+
+# ---- engine: bytes as fuzz/src/engine.rs reads them (one byte per small choice; a choice
+# among one thing reads nothing).
+T0 = 0  # time step: none
+OP_CREATE, OP_COMPLETE, OP_DONE, OP_EVENT, OP_IVR, OP_HANGUP, OP_LINKDOWN, OP_RESTART, OP_TICK = 0, 3, 6, 12, 18, 25, 26, 29, 30
+
+
+def create(first, account=0, ext=0, code=0, ctx=0):
+    # admin? no; principal t1; account; pbx none; extension; [id reuse? no]; code; context; name
+    b = [T0, OP_CREATE, 1, 3, 1, account, 3, 1, ext]
+    if not first:
+        b.append(1)
+    return b + [code, ctx, 1]
+
+
+def done(index=None, ok=True):
+    # [which pending], not a duplicate, ok/err (+ failure kind)
+    b = [T0, OP_DONE] + ([] if index is None else [index]) + [1]
+    return b + ([1] if ok else [0, 2])
+
+
+def event(kind, back=0):
+    return [T0, OP_EVENT, 0, back, kind]  # on a call the PBX placed; Initiated..Cleared = 0..5
+
+
+def ivr(digits, call=0, extra=()):
+    # IVR call, from "", digits kind (0 none, 1 code, 5 wrong, 6 confirm, 9 context), to
+    return [T0, OP_IVR, call, 0, digits, *extra, 0]
+
+
+def engine_seeds():
+    flow = [1, 0x00, 0x00]  # p2 of t2; policies: DialSuffix, no lock, completion not required
+    flow += create(True) + done() + done() + event(0) + event(1) + event(3)
+    flow += ivr(9) + ivr(6) + ivr(1)
+    yield "flow-bound", bytes(flow)
+    # Lock first, DTMF delivery, a DID prefix: lock call cleared, then the proof call.
+    lock = [1, 0x15, 0x00]
+    lock += create(True) + done() + done(ok=True) + [1] + event(5) + done() + event(0) + event(3)
+    lock += [T0, OP_DONE, 1, 1] + ivr(9) + ivr(6) + ivr(5) + ivr(5) + ivr(1)
+    yield "lock-dtmf-wrong-then-right", bytes(lock)
+    # Wrong codes until the limit, a retry, a restart in flight, then expiry.
+    wrong = [1, 0x02, 0x80]
+    wrong += create(True) + [T0, OP_COMPLETE, 3, 0] + done() + done() + event(3)
+    wrong += ivr(9) + ivr(6) + ivr(5) + ivr(5) + ivr(5) + [T0, OP_COMPLETE, 3, 0] + done() + event(3)
+    wrong += ivr(9, call=1) + ivr(6, call=1) + ivr(5, call=1) + ivr(5, call=1)
+    wrong += create(False, account=1, ext=1) + done(0) + [T0, OP_RESTART] + [14, OP_TICK]
+    yield "wrong-codes-restart-expiry", bytes(wrong)
+    # Two associations, link down, hang-up in the IVR, cancel.
+    two = [1, 0x00, 0x08]
+    two += create(True) + create(False, account=1, ext=1, code=1, ctx=0) + done(0) + done(0) + done(0)
+    two += event(0) + [T0, OP_LINKDOWN, 0] + [T0, OP_COMPLETE, 3, 0] + done(0) + done(0) + event(3)
+    two += ivr(9) + ivr(6) + [T0, OP_HANGUP, 0] + [T0, 5, 3, 0] + [13, OP_TICK]
+    yield "two-linkdown-hangup-cancel", bytes(two)
+
+
+# ---- link_session: the layout of fuzz/src/link_session.rs.
+def link_session_seeds(apdus):
+    by = {}
+    for short, no, p2, a in apdus:
+        by.setdefault((short, p2), []).append(a)
+    for (short, p2), lst in sorted(by.items()):
+        siemens = short.startswith("hipath")
+        cfg = (1 if siemens else 0) | (2 if p2 else 0) | (4 if p2 else 0)
+        b = [cfg, 4, 0, 3, 0, 6, 0, 2, 0, 0]  # monitor 2001, request MakeCall, settle, answer
+        for a in lst[2:14]:
+            if len(a) <= 255 and a and not (0x60 <= a[0] <= 0x64):
+                b += [1, len(a)] + list(a)
+        b += [2, 0, 0, 5, 0, 7, 3, 1, 6, 3]  # answer, drop the monitor, keep-alive, request, time out
+        yield f"{short}", bytes(b)
+    # Framing errors and raw pieces.
+    yield "raw-split-frame", bytes([0, 3, 0, 0, 3, 0x00, 0x05, 0xA1, 0, 5, 0x03, 0x02, 0x01, 0x01, 0x02, 2, 0, 0])
+    yield "framing-error", bytes([1, 3, 0, 0, 4, 0x27, 0x00, 0x00, 0x00, 6, 3])
+    yield "rlrq", bytes([0, 3, 0, 1, 5, 0x62, 0x03, 0x80, 0x01, 0x00, 6, 3])
 
 
 if __name__ == "__main__":

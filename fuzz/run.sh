@@ -16,7 +16,7 @@ SECS="${1:-60}"
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(framer apdu_phase3 apdu_phase2 acse)
+    TARGETS=(framer apdu_phase3 apdu_phase2 acse engine link_session)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

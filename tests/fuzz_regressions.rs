@@ -56,8 +56,18 @@ fn acse_inputs_replay() {
 }
 
 #[test]
+fn engine_inputs_replay() {
+    replay("engine");
+}
+
+#[test]
+fn link_session_inputs_replay() {
+    replay("link_session");
+}
+
+#[test]
 fn every_target_has_a_replay() {
     for t in oracle::TARGETS {
-        assert!(["framer", "apdu_phase3", "apdu_phase2", "acse"].contains(t), "add a replay test for fuzz target {t}");
+        assert!(["framer", "apdu_phase3", "apdu_phase2", "acse", "engine", "link_session"].contains(t), "add a replay test for fuzz target {t}");
     }
 }

@@ -1,6 +1,7 @@
 //! The oracles of the fuzz targets, shared with `tests/fuzz_regressions.rs` (which includes this
 //! file with `#[path]`, so plain `cargo test` replays the seeds and every input a fuzzer found
-//! through exactly the same checks). Depends on `cstagate`, `bytes` and `serde_json` only.
+//! through exactly the same checks). Depends on `cstagate`, `bytes`, `serde_json`, `arbitrary`
+//! and `tokio`.
 //!
 //! Each function panics when a check fails; that is what libFuzzer reports as a crash.
 #![allow(dead_code)]
@@ -11,7 +12,15 @@ use cstagate::codec::{acse, Apdu, DecodeError, Dialect, Framer, Framing, Value};
 
 /// The fuzz targets, by name (also the directory names under `fuzz/seeds/` and
 /// `tests/fuzz_regressions/`).
-pub const TARGETS: &[&str] = &["framer", "apdu_phase3", "apdu_phase2", "acse"];
+pub const TARGETS: &[&str] = &["framer", "apdu_phase3", "apdu_phase2", "acse", "engine", "link_session"];
+
+// `#[path]` so that the file resolves the same when `tests/fuzz_regressions.rs` includes this one.
+#[path = "engine.rs"]
+mod engine_oracle;
+#[path = "link_session.rs"]
+mod link_session_oracle;
+pub use engine_oracle::engine;
+pub use link_session_oracle::link_session;
 
 /// Run the oracle of `target` on one input.
 ///
@@ -23,6 +32,8 @@ pub fn run(target: &str, data: &[u8]) {
         "apdu_phase3" => apdu(data, Dialect::Phase3),
         "apdu_phase2" => apdu(data, Dialect::Phase2),
         "acse" => acse(data),
+        "engine" => engine(data),
+        "link_session" => link_session(data),
         _ => panic!("unknown fuzz target {target}"),
     }
 }
