@@ -392,27 +392,41 @@ impl Engine {
                 self.after_monitor(id, now, actions);
             }
             (CstaRequest::MonitorStart { .. }, Err(f)) if state == State::Monitoring => self.fail_attempt(id, failure_reason(f), "MonitorStart refused", now, actions),
-            (CstaRequest::MakeCall { .. }, Ok(info)) if state == State::Locking => {
-                if let Some(a) = self.assocs.get_mut(id) {
-                    a.lock_call = info.call;
-                }
-            }
-            (CstaRequest::MakeCall { .. }, Ok(info)) if state == State::Calling || state == State::Ringing => {
-                if let Some(a) = self.assocs.get_mut(id) {
-                    // Events may have come first and named the call already.
-                    if a.view.call.is_none() && info.call.is_some() {
-                        a.view.call = info.call.map(hex::encode);
-                        // Durable before anything else happens: a restarted gateway clears it.
-                        actions.push(Action::Store(StoreWrite::Association(a.view.clone())));
-                    }
-                }
-            }
+            (CstaRequest::MakeCall { to, .. }, Ok(info)) => self.make_call_placed(id, &to, info.call, actions),
             (CstaRequest::MakeCall { .. }, Err(f)) if matches!(state, State::Locking | State::Calling) => {
                 let detail = if state == State::Locking { "the PBX refused the lock call" } else { "the PBX refused the proof call" };
                 self.fail_attempt(id, failure_reason(f), detail, now, actions)
             }
             (CstaRequest::SendDigits { .. }, Err(_)) => self.step(id, now, "dtmf_failed", "the PBX refused to send the context digits", actions),
             _ => {}
+        }
+    }
+
+    /// A MakeCall succeeded: the lock call, or a proof call, which the association follows if it
+    /// is waiting for one. A proof call it does not follow — its result came after the attempt
+    /// failed or the association ended, or it follows another call — is cleared at once: nothing
+    /// else would ever clear it, and the phone would ring for nothing.
+    fn make_call_placed(&mut self, id: &str, to: &str, call: Option<Vec<u8>>, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get_mut(id) else { return };
+        let state = a.view.state;
+        if self.policies.get(&a.view.pbx).and_then(|p| p.lock_prefix.as_deref()) == Some(to) {
+            // The lock feature call: the PBX ends it itself.
+            if state == State::Locking {
+                a.lock_call = call;
+            }
+            return;
+        }
+        let Some(call) = call else { return };
+        let this = hex::encode(&call);
+        match (state, a.view.call.as_deref()) {
+            (State::Calling | State::Ringing, None) => {
+                a.view.call = Some(this);
+                // Durable before anything else happens: a restarted gateway clears it.
+                actions.push(Action::Store(StoreWrite::Association(a.view.clone())));
+            }
+            // Events came first and named it already.
+            (State::Calling | State::Ringing | State::InIvr, Some(c)) if c == this => {}
+            _ => actions.push(Action::Csta { association: id.to_owned(), pbx: a.view.pbx.clone(), request: CstaRequest::ClearConnection { call, extension: a.view.extension.clone() } }),
         }
     }
 
