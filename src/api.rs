@@ -256,6 +256,16 @@ async fn metrics(State(st): State<AppState>) -> Response {
             out.push_str(&format!("cstagate_link_{name}{{pbx=\"{id}\"}} {}\n", s[name].as_u64().unwrap_or(0)));
         }
     }
+    if let QueryResult::Sizes(z) = st.gw.query(Query::Sizes).await {
+        for (name, help, v) in [
+            ("associations_in_memory", "Associations held in memory: live ones and those ended in the last 10 minutes.", z.associations),
+            ("associations_live", "Associations not yet ended.", z.live),
+            ("ivr_calls", "IVR calls the engine follows.", z.ivr_calls),
+            ("bindings", "Extensions bound to an account.", z.bindings),
+        ] {
+            out.push_str(&format!("# HELP cstagate_{name} {help}\n# TYPE cstagate_{name} gauge\ncstagate_{name} {v}\n"));
+        }
+    }
     out.push_str(&format!(
         "# HELP cstagate_webhook_replay_cache_entries Webhook signatures remembered to refuse replays (at most {REPLAY_CACHE_CAPACITY}).\n# TYPE cstagate_webhook_replay_cache_entries gauge\ncstagate_webhook_replay_cache_entries {}\n",
         replay_entries(&st)

@@ -48,10 +48,13 @@ pub enum Query {
     Binding { pbx: String, extension: String },
     BindingsOf { tenant: String, account: String },
     Audit(AuditFilter),
+    /// What the engine holds in memory.
+    Sizes,
 }
 
 pub enum QueryResult {
     Association(Option<AssociationView>),
+    Sizes(crate::association::Sizes),
     Bindings(Vec<Binding>),
     Audit(Vec<AuditRecord>),
     Failed(String),
@@ -210,6 +213,7 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
                             Ok(v) => QueryResult::Audit(v),
                             Err(e) => QueryResult::Failed(e.to_string()),
                         },
+                        Query::Sizes => QueryResult::Sizes(engine.sizes()),
                     };
                     let _ = reply.send(r);
                 }

@@ -428,3 +428,33 @@ fn an_ivr_platform_that_goes_silent_ends_the_attempt_and_clears_the_call() {
     let r = t.ivr("c1", Some("1"));
     assert!(r.hangup);
 }
+
+#[test]
+fn memory_holds_live_work_not_history() {
+    let mut p = policy();
+    p.proof_calls_per_hour = 1000;
+    let mut t = T::new(p);
+    // 50 associations that end (cancelled), one after the other on the same extension.
+    for i in 0..50 {
+        let v = t.create(&format!("user{i}"), "2006").view.unwrap();
+        t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: v.id, now: t.now });
+        t.now += 1_000;
+    }
+    t.now += 300_000;
+    let live = t.create("alice", "2005").view.unwrap();
+    let z = t.e.sizes();
+    assert_eq!((z.associations, z.live, z.proof_call_extensions), (51, 1, 2));
+    // Ten minutes after they ended, the ended ones leave memory (the store keeps them); the
+    // live one stays until it expires; proof calls leave after their hour.
+    t.now += 310_000;
+    t.run(Input::Tick { now: t.now });
+    let z = t.e.sizes();
+    assert_eq!((z.associations, z.live), (1, 1), "{z:?}");
+    assert!(t.e.view(&Principal::Admin, &live.id).is_some());
+    t.now += 3_600_000;
+    t.run(Input::Tick { now: t.now });
+    assert_eq!(t.e.sizes(), Sizes { associations: 1, live: 0, ivr_calls: 0, proof_call_extensions: 0, bindings: 0 }, "expired, kept 10 minutes");
+    t.now += 600_000;
+    t.run(Input::Tick { now: t.now });
+    assert_eq!(t.e.sizes().associations, 0);
+}

@@ -12,6 +12,10 @@ pub(crate) const MAX_CODE_ENTRIES: u32 = 5;
 pub(crate) const MAX_ENTRIES_PER_CALL: u32 = 3;
 /// Digits of the context id.
 const CONTEXT_DIGITS: usize = 8;
+/// How long an ended association stays in memory (late IVR requests and API reads find it
+/// there; afterwards the API reads it from the store). Memory holds the live associations and
+/// those of the last few minutes, not the whole history.
+pub(crate) const FORGET_AFTER: Millis = 600_000;
 
 pub(crate) struct Assoc {
     pub(crate) view: AssociationView,
@@ -45,6 +49,19 @@ pub struct Engine {
     pub(crate) counters: HashMap<CounterKey, u32>,
     pub(crate) proof_calls: HashMap<(String, String), Vec<Millis>>,
     pub(crate) ivr_calls: HashMap<String, super::ivr::IvrCall>,
+}
+
+/// How much the engine holds in memory (`/metrics`; bounded by live work, not by history).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Sizes {
+    /// Associations in memory: live ones and those ended in the last [`FORGET_AFTER`].
+    pub associations: usize,
+    /// Live (not final) associations.
+    pub live: usize,
+    pub ivr_calls: usize,
+    /// Extensions with proof calls in the last hour.
+    pub proof_call_extensions: usize,
+    pub bindings: usize,
 }
 
 /// What the store holds, to rebuild the engine after a restart.
@@ -120,6 +137,10 @@ impl Engine {
 
     pub fn policy(&self, pbx: &str) -> Option<&Policy> {
         self.policies.get(pbx)
+    }
+
+    pub fn sizes(&self) -> Sizes {
+        Sizes { associations: self.assocs.len(), live: self.by_ext.len(), ivr_calls: self.ivr_calls.len(), proof_call_extensions: self.proof_calls.len(), bindings: self.bindings.len() }
     }
 
     /// Feed one input.
@@ -510,8 +531,14 @@ impl Engine {
                 }
             }
         }
-        // Forget IVR calls older than any code can live.
+        // Forget IVR calls older than any code can live, proof calls older than the hour they
+        // count in, and ended associations after a while (the store keeps them).
         self.ivr_calls.retain(|_, c| now.saturating_sub(c.started) < 2 * HOUR);
+        self.proof_calls.retain(|_, calls| {
+            calls.retain(|t| now.saturating_sub(*t) < HOUR);
+            !calls.is_empty()
+        });
+        self.assocs.retain(|_, a| !a.view.state.is_final(a.view.retryable) || a.view.history.last().is_none_or(|s| now.saturating_sub(s.at) < FORGET_AFTER));
     }
 
     /// The attempt failed: clear any call, tell the account; the user may retry while the code

@@ -19,7 +19,7 @@
 mod engine;
 mod ivr;
 
-pub use engine::{Engine, Snapshot};
+pub use engine::{Engine, Sizes, Snapshot};
 
 use std::collections::HashMap;
 use std::time::Duration;
