@@ -24,6 +24,15 @@ impl Http {
     /// # Errors
     /// Connection or protocol failure.
     pub async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Result<(u16, Value), String> {
+        let (status, bytes) = self.raw(method, path, headers, body).await?;
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+    }
+
+    /// A request whose answer is not JSON (`/metrics`): status and body.
+    ///
+    /// # Errors
+    /// As [`Http::send`].
+    pub async fn raw(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>) -> Result<(u16, Bytes), String> {
         let mut req = hyper::Request::builder().method(method).uri(format!("{}{path}", self.base));
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -35,7 +44,7 @@ impl Http {
         let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Ok((status, bytes))
     }
 
     /// JSON request with a bearer token.

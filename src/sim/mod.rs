@@ -130,6 +130,9 @@ pub struct Faults {
     pub monitor_error: Option<i64>,
     /// Send every result twice (a PBX bug the gateway must absorb).
     pub duplicate_results: bool,
+    /// Delay every result and every step of a call (ringing, answering, the IVR answering) by a
+    /// further random time below this: a loaded PBX. The events of one call keep their order.
+    pub jitter: Option<Duration>,
     /// Swallow invokes of these operations: no result, no effect (a request the PBX lost). Tests
     /// use it to hold an association at a step.
     pub hold: Vec<Operation>,

@@ -102,6 +102,7 @@ fn dev(device: &str) -> Value {
 
 impl Switch {
     fn after(&self, d: Duration, t: Timer) {
+        let d = d + self.jitter();
         let me = self.me.clone();
         tokio::spawn(async move {
             tokio::time::sleep(d).await;
@@ -115,17 +116,27 @@ impl Switch {
         }
     }
 
-    /// Send an answer, honouring the result-delay fault.
+    /// A random extra delay in `0..jitter` (the jitter fault), else zero.
+    fn jitter(&self) -> Duration {
+        use rand::Rng;
+        match lock(&self.shared.faults).jitter {
+            Some(j) if !j.is_zero() => rand::rng().random_range(Duration::ZERO..j),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Send an answer, honouring the result-delay, jitter and duplicate-result faults.
     fn answer(&mut self, conn: u64, apdu: Apdu) {
-        let (delay, dup) = {
+        let (delay, dup, jitter) = {
             let f = lock(&self.shared.faults);
-            (f.result_delay, f.duplicate_results)
+            (f.result_delay, f.duplicate_results, f.jitter.is_some())
         };
         if dup {
             self.send(conn, apdu.clone());
         }
         match delay {
             Some(d) => self.after(d, Timer::Send { conn, apdu }),
+            None if jitter => self.after(Duration::ZERO, Timer::Send { conn, apdu }),
             None => self.send(conn, apdu),
         }
     }

@@ -1,0 +1,242 @@
+//! Load with faults: 1,000 associations at once, on 1,000 extensions, while the simulated PBX
+//! drops the CTI link and restarts at random moments and delays every result and call step by a
+//! random time. Every association must end in a terminal state; every success must be in the
+//! store exactly once (one binding, one `bound` audit record) and no failure may have left a
+//! binding; no call may be left up on the PBX; the gateway's memory holds no live work afterwards
+//! and the process (its engine and link tasks) is still serving.
+//!
+//! The cloud app here retries failed attempts the way a user would ("try again" after the link
+//! is back) and gives up (cancels) after a number of tries; the IVR platform keys the right code
+//! on every call that reaches it and hangs up after its last prompt.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::post;
+use cstagate::demo::{local_secrets, post_webhook, Http, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
+use cstagate::link::LinkState;
+use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+const N: usize = 1000;
+/// Attempts an app makes before it cancels.
+const MAX_ATTEMPTS: usize = 10;
+/// Faults injected during the run at most (then the run converges).
+const FAULTS: usize = 40;
+/// A notification can be lost (best effort): look at the association anyway after this long.
+const LOOK_ANYWAY: Duration = Duration::from_secs(2);
+
+type Codes = Arc<Mutex<HashMap<String, String>>>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_delays() {
+    let exts: Vec<String> = (4000..4000 + N).map(|n| n.to_string()).collect();
+    let refs: Vec<&str> = exts.iter().map(String::as_str).collect();
+    let mut cfg = SimConfig::phase3(&refs);
+    cfg.ivr_number = Some(IVR_NUMBER.into());
+    for e in &mut cfg.extensions {
+        e.behaviour = Behaviour::Answer { after: Duration::from_millis(20) };
+    }
+    let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+    sim.faults().jitter = Some(Duration::from_millis(50));
+    let mut ivr = sim.take_ivr().unwrap();
+
+    // The tenant's app receives the account notifications and wakes the association's task.
+    let (notes_tx, _) = broadcast::channel::<String>(1 << 16);
+    let tx = notes_tx.clone();
+    let app = axum::Router::new().route(
+        "/hooks",
+        post(move |body: axum::body::Bytes| {
+            let tx = tx.clone();
+            async move {
+                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                    let _ = tx.send(v["association"].as_str().unwrap_or_default().to_owned());
+                }
+                "ok"
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.ok() });
+
+    let url = format!("http://{hook}/hooks");
+    let options = LocalOptions {
+        tenant: format!("notify_url = \"{url}\"\nnotify_secret_env = \"UNUSED\"\n"),
+        pbx: format!("extensions = [\"4000-{}\"]\nproof_calls_per_hour = 100\nmax_requests_per_second = 100000\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nivr_timeout = \"10s\"\n", 4000 + N - 1),
+        ..Default::default()
+    };
+    let mut secrets = local_secrets();
+    secrets.notify.insert("acme".into(), cstagate::notify::Target { url, secret: "k".into() });
+    let gw = LocalGateway::start(&sim, options, secrets).await.unwrap();
+    let link = gw.link();
+
+    // The IVR platform: context from the dialled suffix, confirm, the right code, hang up.
+    let codes: Codes = Arc::default();
+    let platform = {
+        let (http, codes, line) = (gw.http.clone(), codes.clone(), sim.ivr_handle());
+        tokio::spawn(async move {
+            let mut connected: HashMap<String, String> = HashMap::new();
+            while let Some(sig) = ivr.recv().await {
+                match sig {
+                    IvrSignal::Connected { call, calling, .. } => {
+                        connected.insert(call, calling);
+                    }
+                    IvrSignal::Digits { call, digits } => {
+                        let Some(from) = connected.remove(&call) else { continue };
+                        let ctx = digits.trim_start_matches('*').trim_end_matches('#').to_owned();
+                        let code = codes.lock().unwrap().get(&ctx).cloned().unwrap_or_default();
+                        let (http, line) = (http.clone(), line.clone());
+                        tokio::spawn(async move {
+                            for d in [None, Some(ctx.as_str()), Some("1"), Some(code.as_str())] {
+                                let mut body = json!({ "call": call, "from": from, "to": IVR_NUMBER });
+                                if let Some(d) = d {
+                                    body["digits"] = json!(d);
+                                }
+                                match post_webhook(&http, IVR_SECRET, body.to_string().into_bytes()).await {
+                                    Ok((200, r)) if r["hangup"] != true => {}
+                                    _ => break,
+                                }
+                            }
+                            line.hangup(&call);
+                        });
+                    }
+                    IvrSignal::Cleared { call } => {
+                        connected.remove(&call);
+                    }
+                }
+            }
+        })
+    };
+
+    // The faults: link drops and PBX restarts at random moments while the load runs.
+
+    // The apps: one task per association.
+    let rss0 = rss_mib();
+    let t0 = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for (i, ext) in exts.iter().enumerate() {
+        let (http, codes, link, mut notes) = (gw.http.clone(), codes.clone(), link.clone(), notes_tx.subscribe());
+        let (ext, account) = (ext.clone(), format!("acct{i}"));
+        tasks.push(tokio::spawn(async move {
+            let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": account, "extension": ext }))).await.unwrap();
+            assert_eq!(s, 201, "{v}");
+            let id = v["id"].as_str().unwrap().to_owned();
+            codes.lock().unwrap().insert(v["context_id"].as_str().unwrap().to_owned(), v["code"].as_str().unwrap().to_owned());
+            let mut attempts = 1;
+            loop {
+                let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+                let retryable = v["retryable"] == true;
+                match v["state"].as_str().unwrap_or_default() {
+                    "bound" | "expired" | "cancelled" => return (id, ext, account, v),
+                    "failed" if !retryable => return (id, ext, account, v),
+                    "failed" if attempts >= MAX_ATTEMPTS => {
+                        let (s, v) = http.json("DELETE", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+                        assert_eq!(s, 200, "{v}");
+                        return (id, ext, account, v);
+                    }
+                    "failed" => {
+                        // "Try again", once the PBX is reachable.
+                        link.wait_for(|s| *s == LinkState::Up).await;
+                        attempts += 1;
+                        let (s, v) = http.json("POST", &format!("/v1/associations/{id}/complete"), TENANT_TOKEN, None).await.unwrap();
+                        assert!([202, 409, 410, 429].contains(&s), "{s} {v}");
+                        continue;
+                    }
+                    _ => {}
+                }
+                // Wait for news of this association.
+                let _ = tokio::time::timeout(LOOK_ANYWAY, async {
+                    loop {
+                        match notes.recv().await {
+                            Ok(a) if a == id => return,
+                            Err(broadcast::error::RecvError::Lagged(_)) => return,
+                            Err(broadcast::error::RecvError::Closed) => return,
+                            _ => {}
+                        }
+                    }
+                })
+                .await;
+            }
+        }));
+    }
+    // The faults, while the associations run: every 100–400 ms a link drop, every fourth time a
+    // PBX restart instead.
+    let all = async {
+        let mut results = Vec::new();
+        for t in tasks {
+            results.push(t.await.expect("app task"));
+        }
+        results
+    };
+    tokio::pin!(all);
+    let mut faults = 0;
+    let results = tokio::time::timeout(Duration::from_secs(300), async {
+        loop {
+            let pause = Duration::from_millis(rand::rng().random_range(100..400));
+            tokio::select! {
+                r = &mut all => return r,
+                () = tokio::time::sleep(pause), if faults < FAULTS => {
+                    faults += 1;
+                    if faults % 4 == 0 { sim.restart() } else { sim.drop_links() }
+                }
+            }
+        }
+    })
+    .await
+    .expect("every association ends");
+    let elapsed = t0.elapsed();
+
+    // Every association ended.
+    let mut by_state: HashMap<String, usize> = HashMap::new();
+    for (_, _, _, v) in &results {
+        let state = v["state"].as_str().unwrap_or_default();
+        assert!(["bound", "expired", "cancelled"].contains(&state) || (state == "failed" && v["retryable"] == false), "not terminal: {v}");
+        *by_state.entry(format!("{state}{}", v["reason"].as_str().map(|r| format!(" {r}")).unwrap_or_default())).or_default() += 1;
+    }
+    let failed_attempts: usize = results.iter().map(|r| r.3["history"].as_array().map_or(0, |h| h.iter().filter(|s| s["step"] == "failed").count())).sum();
+    eprintln!("load with faults: {N} associations in {:.1} s, {faults} faults, {failed_attempts} failed attempts retried or ended: {by_state:?}; process RSS {rss0:.0} → {:.0} MiB (PBX simulator, gateway and 1,000 app tasks in one process)", elapsed.as_secs_f64(), rss_mib());
+    assert!(faults >= 2 && failed_attempts > 0, "the faults hit associations in flight");
+    assert!(by_state.get("bound").copied().unwrap_or(0) > N / 2, "most associations bind despite the faults: {by_state:?}");
+
+    // The store: each success exactly once, no binding without success.
+    for (id, ext, account, v) in &results {
+        let (_, audit) = gw.http.json("GET", &format!("/v1/audit?extension={ext}&limit=10000"), ADMIN_TOKEN, None).await.unwrap();
+        let records = audit["records"].as_array().unwrap();
+        let bound_records = records.iter().filter(|r| r["step"] == "bound").count();
+        let (s, b) = gw.http.json("GET", &format!("/v1/bindings/paris/{ext}"), TENANT_TOKEN, None).await.unwrap();
+        if v["state"] == "bound" {
+            assert_eq!((s, b["account"].as_str()), (200, Some(account.as_str())), "{id}");
+            assert_eq!(bound_records, 1, "{id}: the success is recorded exactly once");
+        } else {
+            assert_eq!((s, bound_records), (404, 0), "no binding after {v}");
+        }
+    }
+
+    // No call left up; no live work left in memory; the gateway still serves.
+    tokio::time::timeout(Duration::from_secs(60), sim.wait_stats(|s| s.live_calls == 0)).await.unwrap_or_else(|_| panic!("calls left up: {}", sim.stats().live_calls));
+    let metrics = gateway_metrics(&gw.http).await;
+    assert_eq!(metrics.get("cstagate_associations_live"), Some(&0), "{metrics:?}");
+    assert_eq!(link.queued_commands(), 0);
+    assert_eq!(gw.link().state(), LinkState::Up);
+    let (s, _) = gw.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "late", "extension": exts[0] }))).await.unwrap();
+    assert!(s == 201 || s == 409, "the gateway still takes requests ({s})");
+    platform.abort();
+    gw.running.shutdown().await;
+}
+
+/// Resident memory of this process (Linux), for the report line.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The unlabelled gauges of `/metrics`.
+async fn gateway_metrics(http: &Http) -> HashMap<String, u64> {
+    let (_, body) = http.raw("GET", "/metrics", &[], None).await.unwrap();
+    let text = String::from_utf8_lossy(&body);
+    text.lines().filter(|l| !l.starts_with('#') && !l.contains('{')).filter_map(|l| l.split_once(' ')).filter_map(|(k, v)| Some((k.to_owned(), v.trim().parse().ok()?))).collect()
+}
