@@ -458,3 +458,23 @@ fn memory_holds_live_work_not_history() {
     t.run(Input::Tick { now: t.now });
     assert_eq!(t.e.sizes().associations, 0);
 }
+
+#[test]
+fn ivr_calls_are_capped_and_silent_ones_forgotten() {
+    let mut t = T::new(policy());
+    for i in 0..10_000 {
+        let r = t.ivr(&format!("flood{i}"), None);
+        assert!(!r.hangup, "call {i} is followed");
+    }
+    assert_eq!(t.e.sizes().ivr_calls, 10_000);
+    let r = t.ivr("one-too-many", None);
+    assert!(r.hangup && r.say.contains("busy"), "{}", r.say);
+    assert_eq!(t.e.sizes().ivr_calls, 10_000, "nothing more is kept");
+    // A call that keeps talking stays; silent ones go after 10 minutes.
+    t.now += 300_000;
+    t.ivr("flood7", Some("12345678"));
+    t.now += 300_000;
+    t.run(Input::Tick { now: t.now });
+    assert_eq!(t.e.sizes().ivr_calls, 1);
+    assert!(!t.ivr("a-new-call", None).hangup, "room again");
+}

@@ -531,9 +531,9 @@ impl Engine {
                 }
             }
         }
-        // Forget IVR calls older than any code can live, proof calls older than the hour they
-        // count in, and ended associations after a while (the store keeps them).
-        self.ivr_calls.retain(|_, c| now.saturating_sub(c.started) < 2 * HOUR);
+        // Forget silent IVR calls, proof calls older than the hour they count in, and ended
+        // associations after a while (the store keeps them).
+        self.ivr_calls.retain(|_, c| now.saturating_sub(c.last) < FORGET_AFTER);
         self.proof_calls.retain(|_, calls| {
             calls.retain(|t| now.saturating_sub(*t) < HOUR);
             !calls.is_empty()

@@ -10,6 +10,8 @@ use super::*;
 
 /// The confirm key after the account's name.
 const CONFIRM_KEY: &str = "1";
+/// IVR calls followed at once at most.
+pub(crate) const MAX_IVR_CALLS: usize = 10_000;
 /// How many times the caller may key an unknown context id.
 const CONTEXT_TRIES: u32 = 3;
 
@@ -23,7 +25,9 @@ pub(crate) enum Stage {
 
 #[derive(Debug, Clone)]
 pub(crate) struct IvrCall {
-    pub(crate) started: Millis,
+    /// The platform's last request on the call: a call silent for [`super::engine::FORGET_AFTER`]
+    /// is forgotten (a live one speaks every few seconds).
+    pub(crate) last: Millis,
     pub(crate) from: String,
     pub(crate) stage: Stage,
 }
@@ -43,6 +47,9 @@ impl Engine {
     /// call (the association's `ivr_timeout` starts again).
     pub(crate) fn ivr(&mut self, call: &str, from: &str, to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
         let reply = self.ivr_step(call, from, to, digits, now, actions);
+        if let Some(c) = self.ivr_calls.get_mut(call) {
+            c.last = now;
+        }
         let association = match self.ivr_calls.get(call).map(|c| &c.stage) {
             Some(Stage::AwaitConfirm { association } | Stage::AwaitCode { association, .. }) => Some(association.clone()),
             _ => None,
@@ -62,7 +69,12 @@ impl Engine {
             // First request of a call. Find the association by calling number where the PBX
             // presents a known DID; otherwise collect the context id (dialled after the number
             // or sent as DTMF by the gateway, or keyed by the user).
-            self.ivr_calls.insert(call.to_owned(), IvrCall { started: now, from: from.to_owned(), stage: Stage::AwaitContext { tries: 0 } });
+            if self.ivr_calls.len() >= MAX_IVR_CALLS {
+                // More calls in the IVR than any PBX fleet places: a platform gone wrong, or
+                // someone with the webhook key. Refuse new calls rather than grow.
+                return bye("busy", "The service is busy. Please try again later. Goodbye.");
+            }
+            self.ivr_calls.insert(call.to_owned(), IvrCall { last: now, from: from.to_owned(), stage: Stage::AwaitContext { tries: 0 } });
             if let Some(id) = self.by_calling_number(from) {
                 return self.confirm_prompt(call, &id, now, actions);
             }
