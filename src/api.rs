@@ -92,7 +92,18 @@ async fn no_route() -> Response {
 }
 
 /// The framework's own refusals (405, 413, ...) come as text; make every client error JSON.
+/// Every refusal also closes the connection (`Connection: close`): a request is often refused
+/// before its body is read (bad token, too large), and HTTP/1.1 cannot go on after an unread
+/// body — without the header the client would reuse a connection the server is closing.
 async fn json_refusals(resp: Response) -> Response {
+    let mut resp = json_refusal(resp).await;
+    if resp.status().is_client_error() {
+        resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+async fn json_refusal(resp: Response) -> Response {
     let json = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
     if !resp.status().is_client_error() || json {
         return resp;

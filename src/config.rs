@@ -45,12 +45,36 @@ pub struct GatewaySettings {
     pub fastagi_prompts: std::collections::HashMap<String, String>,
     /// FastAGI file for prompts without their own (e.g. a text-to-speech prompt).
     pub fastagi_fallback: Option<String>,
+    /// API connections open at once at most; more are closed at once (port scanners and
+    /// slow-header clients cannot take the API down).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (also while a kept-alive connection waits).
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: std::time::Duration,
 }
 
 impl Default for GatewaySettings {
     fn default() -> Self {
-        GatewaySettings { listen: default_listen(), database: default_database(), admin_token_env: None, ivr_secret_env: None, fastagi_listen: None, fastagi_prompts: Default::default(), fastagi_fallback: None }
+        GatewaySettings {
+            listen: default_listen(),
+            database: default_database(),
+            admin_token_env: None,
+            ivr_secret_env: None,
+            fastagi_listen: None,
+            fastagi_prompts: Default::default(),
+            fastagi_fallback: None,
+            max_connections: default_max_connections(),
+            header_timeout: default_header_timeout(),
+        }
     }
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 fn default_listen() -> String {

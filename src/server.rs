@@ -36,6 +36,38 @@ impl Running {
     }
 }
 
+/// The API's HTTP/1.1 server: at most `max_connections` connections (more are closed at once,
+/// without a word, as a full listen queue would), and `header_timeout` for each request's headers,
+/// so that clients that connect and say nothing, or send headers byte by byte, do not hold the
+/// API. (`axum::serve` has neither limit.)
+async fn serve(listener: tokio::net::TcpListener, app: axum::Router, max_connections: usize, header_timeout: std::time::Duration) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: give connections time to close.
+                tracing::warn!(error = %e, "API accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max_connections, "API connection refused: too many open");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+            if let Err(e) = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await {
+                tracing::debug!(%peer, error = %e, "API connection ended");
+            }
+        });
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StartError {
@@ -90,11 +122,7 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let app = router(gateway.clone(), secrets);
-    let server = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "HTTP server stopped");
-        }
-    });
+    let server = tokio::spawn(serve(listener, app, config.gateway.max_connections, config.gateway.header_timeout));
     tracing::info!(%addr, "gateway API listening");
     let mut fastagi_addr = None;
     let mut fastagi = None;

@@ -103,7 +103,7 @@ async fn run(h: &Http, cases: &[Case]) {
     for c in cases {
         let auth = c.token.map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
-        let (status, v) = h.send(c.method, &c.path, &headers, c.body.clone()).await.unwrap();
+        let (status, v) = h.send(c.method, &c.path, &headers, c.body.clone()).await.unwrap_or_else(|e| panic!("{} {} ({}): {e}", c.method, c.path, c.what));
         let field = v["field"].as_str();
         if status != c.status || !v["error"].is_string() || field != c.field {
             failures.push(format!("{} {} ({}): expected {} field {:?}, got {status} {v}", c.method, c.path, c.what, c.status, c.field));
@@ -402,4 +402,51 @@ async fn another_tenants_ids_are_not_found_on_every_endpoint_taking_one() {
     let (s, v) = h.json("GET", "/v1/audit?extension=2005", OTHER_TENANT_TOKEN, None).await.unwrap();
     assert_eq!((s, v["records"].as_array().map(Vec::len)), (200, Some(0)), "{v}");
     assert_eq!(store_view(h, &e.pending).await, before, "refused requests change nothing");
+}
+
+/// Clients that connect and say nothing, or dribble their headers, are cut off after
+/// `header_timeout`; connections beyond `max_connections` are closed at once; the API serves
+/// again as soon as a slot is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_slow_and_excess_connections_do_not_hold_the_api() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap();
+    let options = LocalOptions { gateway: "max_connections = 3\nheader_timeout = \"2s\"\n".into(), pbx: "extensions = [\"2005\"]\n".into(), ..Default::default() };
+    let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
+    let addr = gw.running.addr;
+    let closed = |mut s: tokio::net::TcpStream| async move {
+        let mut buf = Vec::new();
+        tokio::time::timeout(LIMIT, s.read_to_end(&mut buf)).await.expect("the gateway closes the connection").map(|_| buf)
+    };
+    // Three silent connections take every slot; a fourth is closed without an answer.
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The gateway accepts in order: make sure the three are counted before the fourth comes.
+    let mut probe = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = probe.write_all(b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n").await;
+    let answer = closed(probe).await.unwrap_or_default();
+    assert!(answer.is_empty(), "over the cap: closed with nothing said, got {:?}", String::from_utf8_lossy(&answer));
+    // The silent ones are cut off after the header timeout (an empty answer or a 408)...
+    for s in silent {
+        let r = closed(s).await.unwrap_or_default();
+        assert!(r.is_empty() || r.starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&r));
+    }
+    // ...and so is one that sends its headers a byte at a time, slower than the timeout allows.
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let dribble = async {
+        for b in b"GET /healthz HTTP/1.1\r\nhost: gw\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n" {
+            if slow.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await; // the attack's pace
+        }
+        false
+    };
+    assert!(tokio::time::timeout(LIMIT, dribble).await.unwrap(), "a header dribbled over 4.5 s is cut off");
+    // The API serves again.
+    let (s, v) = gw.http.send("GET", "/healthz", &[], None).await.unwrap();
+    assert_eq!(s, 200, "{v}");
+    gw.running.shutdown().await;
 }
