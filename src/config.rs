@@ -45,8 +45,7 @@ pub struct GatewaySettings {
     pub fastagi_prompts: std::collections::HashMap<String, String>,
     /// FastAGI file for prompts without their own (e.g. a text-to-speech prompt).
     pub fastagi_fallback: Option<String>,
-    /// API connections open at once at most; more are closed at once (port scanners and
-    /// slow-header clients cannot take the API down).
+    /// API connections open at once at most; more wait in the listen queue until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// Time a client has to send a request's headers (also while a kept-alive connection waits).

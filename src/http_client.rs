@@ -16,7 +16,11 @@ pub struct Http {
 
 impl Http {
     pub fn new(base: &str) -> Http {
-        Http { base: base.trim_end_matches('/').to_owned(), client: Client::builder(TokioExecutor::new()).build_http() }
+        // Idle pooled connections are dropped well before the gateway closes them
+        // (`header_timeout`, 10 s by default): reusing a connection at the moment the server
+        // closes it fails the request.
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(4)).build_http();
+        Http { base: base.trim_end_matches('/').to_owned(), client }
     }
 
     /// Send a request; returns the status and the body parsed as JSON (`null` if not JSON).
@@ -41,7 +45,7 @@ impl Http {
             req = req.header("content-type", "application/json");
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let resp = self.client.request(req).await.map_err(|e| error_chain(&e))?;
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok((status, bytes))
@@ -57,3 +61,15 @@ impl Http {
     }
 }
 
+
+/// An error with its causes (hyper's own message is only "client error (SendRequest)").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

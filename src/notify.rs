@@ -1,7 +1,9 @@
 //! Account notifications: what happened to an association or binding (`bound`,
 //! `attempt_failed`, `failed`, `expired`, `cancelled`, `unbound`) is POSTed to the tenant's
-//! notification URL as JSON, signed like the IVR webhook
-//! (`X-Cstagate-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`).
+//! notification URL as JSON, signed like the IVR webhook: `X-Cstagate-Timestamp` and
+//! `X-Cstagate-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>.<raw body>")>`, so that
+//! the receiver can refuse old and replayed notifications the way the gateway refuses webhook
+//! requests. Each attempt is signed anew.
 //!
 //! Delivery is best effort and never blocks the engine: a bounded queue (full: the notification
 //! is dropped and logged), three attempts with growing delays, then a logged give-up. The audit
@@ -78,10 +80,10 @@ async fn deliver(t: Target, n: Notification) {
         return;
     };
     let body = json!({ "event": n.event, "account": n.account, "association": n.association, "at": n.at }).to_string().into_bytes();
-    let sig = crate::api::sign(&t.secret, &body);
     let http = Http::new(&base);
     for attempt in 0..=DELAYS.len() {
-        match http.send("POST", &path, &[("x-cstagate-signature", &sig)], Some(body.clone())).await {
+        let [(tk, tv), (sk, sv)] = crate::api::webhook_headers(&t.secret, &body);
+        match http.send("POST", &path, &[(tk, &tv), (sk, &sv)], Some(body.clone())).await {
             Ok((s, _)) if (200..300).contains(&s) => return,
             Ok((s, _)) => warn!(status = s, tenant = %n.tenant, "notification refused"),
             Err(e) => warn!(error = %e, tenant = %n.tenant, "notification not delivered"),

@@ -36,13 +36,15 @@ impl Running {
     }
 }
 
-/// The API's HTTP/1.1 server: at most `max_connections` connections (more are closed at once,
-/// without a word, as a full listen queue would), and `header_timeout` for each request's headers,
-/// so that clients that connect and say nothing, or send headers byte by byte, do not hold the
-/// API. (`axum::serve` has neither limit.)
+/// The API's HTTP/1.1 server: at most `max_connections` connections at once — the next ones
+/// wait in the listen queue until one closes — and `header_timeout` for each request's headers
+/// (also while a kept-alive connection waits for its next request), so that clients that connect
+/// and say nothing, or send headers byte by byte, cannot hold the API: their slots free up within
+/// `header_timeout`. (`axum::serve` has neither limit.)
 async fn serve(listener: tokio::net::TcpListener, app: axum::Router, max_connections: usize, header_timeout: std::time::Duration) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
@@ -51,10 +53,6 @@ async fn serve(listener: tokio::net::TcpListener, app: axum::Router, max_connect
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max_connections, "API connection refused: too many open");
-            continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
         tokio::spawn(async move {

@@ -1,11 +1,13 @@
-//! Account notifications reach the tenant's URL, signed; the receiver here is a real HTTP server.
+//! Account notifications reach the tenant's URL, signed over a fresh timestamp and the body like
+//! the IVR webhook; the receiver here is a real HTTP server.
 
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use cstagate::api::sign;
+use cstagate::api::{sign_webhook, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use cstagate::gateway::now_ms;
 use cstagate::demo::{local_secrets, LocalGateway, LocalOptions, TENANT_TOKEN};
 use cstagate::sim::{SimConfig, SimPbx};
 use serde_json::{json, Value};
@@ -18,8 +20,10 @@ async fn notifications_are_posted_signed_to_the_tenant() {
         post(move |h: HeaderMap, body: Bytes| {
             let tx = tx.clone();
             async move {
-                let sig = h.get("x-cstagate-signature").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-                let ok = sig == sign("notify-key", &body);
+                let header = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                let ts: u64 = header(TIMESTAMP_HEADER).parse().unwrap_or(0);
+                let fresh = now_ms() / 1000 - ts <= 5;
+                let ok = fresh && header(SIGNATURE_HEADER) == sign_webhook("notify-key", ts, &body);
                 let _ = tx.send((if ok { "signed".into() } else { "BAD".into() }, serde_json::from_slice(&body).unwrap_or(Value::Null)));
                 "ok"
             }
