@@ -315,42 +315,29 @@ pub struct LoadReport {
 /// # Errors
 /// Any HTTP failure or unexpected status.
 pub async fn drive_many(http: &Http, ivr: &mut Ivr, ivr_secret: &str, tenant_token: &str, extensions: &[String], rounds: usize) -> Result<LoadReport, String> {
-    use std::collections::HashMap;
     use std::sync::Arc;
-    let signals = &mut ivr.signals;
     let hang = ivr.line.clone();
-    // context id → (code, right?) for the IVR platform; sim call → context.
+    // context id → (code, right?) for the IVR platform.
     let codes: Codes = Arc::default();
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<Option<Duration>, String>>();
     let ivr_http = http.clone();
     let secret = ivr_secret.to_owned();
     let codes2 = codes.clone();
     let platform = async move {
-        let mut connected: HashMap<String, String> = HashMap::new();
-        while let Some(sig) = signals.recv().await {
-            match sig {
-                IvrSignal::Connected { call, calling, .. } => {
-                    connected.insert(call, calling);
-                }
-                IvrSignal::Digits { call, digits } => {
-                    let Some(from) = connected.remove(&call) else { continue };
-                    let ctx = digits.trim_start_matches('*').trim_end_matches('#').to_owned();
-                    let http = ivr_http.clone();
-                    let secret = secret.clone();
-                    let done = done_tx.clone();
-                    let hang = hang.clone();
-                    let codes = codes2.clone();
-                    tokio::spawn(async move {
-                        // The call can reach the IVR before the app has read the API's answer:
-                        // wait for the code to be known.
-                        let (code, right) = codes.wait_for(&ctx).await;
-                        let r = ivr_dialogue(&http, &secret, &call, &from, &ctx, &code, right).await;
-                        hang.hangup(&call);
-                        let _ = done.send(r);
-                    });
-                }
-                IvrSignal::Cleared { .. } => {}
-            }
+        while let Some(IvrCall { call, from, context: ctx }) = ivr.next_call().await {
+            let http = ivr_http.clone();
+            let secret = secret.clone();
+            let done = done_tx.clone();
+            let hang = hang.clone();
+            let codes = codes2.clone();
+            tokio::spawn(async move {
+                // The call can reach the IVR before the app has read the API's answer: wait for
+                // the code to be known.
+                let (code, right) = codes.wait_for(&ctx).await;
+                let r = ivr_dialogue(&http, &secret, &call, &from, &ctx, &code, right).await;
+                hang.hangup(&call);
+                let _ = done.send(r);
+            });
         }
     };
     let main = drive_rounds(http, tenant_token, extensions, rounds, codes, done_rx);
@@ -364,12 +351,43 @@ pub async fn drive_many(http: &Http, ivr: &mut Ivr, ivr_secret: &str, tenant_tok
 pub struct Ivr {
     pub signals: tokio::sync::mpsc::UnboundedReceiver<IvrSignal>,
     pub line: crate::sim::IvrHandle,
+    /// Calls answered whose context digits have not come yet: call → calling number.
+    connected: std::collections::HashMap<String, String>,
+}
+
+/// A call that reached the IVR, with the context id dialled after the number.
+#[derive(Debug, Clone)]
+pub struct IvrCall {
+    pub call: String,
+    /// The calling number as presented.
+    pub from: String,
+    pub context: String,
 }
 
 impl Ivr {
     /// Take the simulator's IVR endpoint.
     pub fn of(sim: &mut SimPbx) -> Option<Ivr> {
-        Some(Ivr { signals: sim.take_ivr()?, line: sim.ivr_handle() })
+        Some(Ivr { signals: sim.take_ivr()?, line: sim.ivr_handle(), connected: Default::default() })
+    }
+
+    /// The next call that reached the IVR with its context digits; `None` when the simulator
+    /// is gone.
+    pub async fn next_call(&mut self) -> Option<IvrCall> {
+        loop {
+            match self.signals.recv().await? {
+                IvrSignal::Connected { call, calling, .. } => {
+                    self.connected.insert(call, calling);
+                }
+                IvrSignal::Digits { call, digits } => {
+                    if let Some(from) = self.connected.remove(&call) {
+                        return Some(IvrCall { call, from, context: digits.trim_start_matches('*').trim_end_matches('#').to_owned() });
+                    }
+                }
+                IvrSignal::Cleared { call } => {
+                    self.connected.remove(&call);
+                }
+            }
+        }
     }
 }
 

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::post;
-use cstagate::demo::{local_secrets, post_webhook, Http, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
+use cstagate::demo::{local_secrets, post_webhook, Http, Ivr, IvrCall, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
 use cstagate::link::LinkState;
-use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
+use cstagate::sim::{Behaviour, SimConfig, SimPbx};
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
@@ -42,7 +42,7 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
     }
     let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
     sim.faults().jitter = Some(Duration::from_millis(50));
-    let mut ivr = sim.take_ivr().unwrap();
+    let mut ivr = Ivr::of(&mut sim).unwrap();
 
     // The tenant's app receives the account notifications and wakes the association's task.
     let (notes_tx, _) = broadcast::channel::<String>(1 << 16);
@@ -79,42 +79,27 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
     // The IVR platform: context from the dialled suffix, confirm, the right code, hang up.
     let codes: Codes = Arc::default();
     let platform = {
-        let (http, codes, line) = (gw.http.clone(), codes.clone(), sim.ivr_handle());
+        let (http, codes, line) = (gw.http.clone(), codes.clone(), ivr.line.clone());
         tokio::spawn(async move {
-            let mut connected: HashMap<String, String> = HashMap::new();
-            while let Some(sig) = ivr.recv().await {
-                match sig {
-                    IvrSignal::Connected { call, calling, .. } => {
-                        connected.insert(call, calling);
+            while let Some(IvrCall { call, from, context }) = ivr.next_call().await {
+                let code = codes.lock().unwrap().get(&context).cloned().unwrap_or_default();
+                let (http, line) = (http.clone(), line.clone());
+                tokio::spawn(async move {
+                    for d in [None, Some(context.as_str()), Some("1"), Some(code.as_str())] {
+                        let mut body = json!({ "call": call, "from": from, "to": IVR_NUMBER });
+                        if let Some(d) = d {
+                            body["digits"] = json!(d);
+                        }
+                        match post_webhook(&http, IVR_SECRET, body.to_string().into_bytes()).await {
+                            Ok((200, r)) if r["hangup"] != true => {}
+                            _ => break,
+                        }
                     }
-                    IvrSignal::Digits { call, digits } => {
-                        let Some(from) = connected.remove(&call) else { continue };
-                        let ctx = digits.trim_start_matches('*').trim_end_matches('#').to_owned();
-                        let code = codes.lock().unwrap().get(&ctx).cloned().unwrap_or_default();
-                        let (http, line) = (http.clone(), line.clone());
-                        tokio::spawn(async move {
-                            for d in [None, Some(ctx.as_str()), Some("1"), Some(code.as_str())] {
-                                let mut body = json!({ "call": call, "from": from, "to": IVR_NUMBER });
-                                if let Some(d) = d {
-                                    body["digits"] = json!(d);
-                                }
-                                match post_webhook(&http, IVR_SECRET, body.to_string().into_bytes()).await {
-                                    Ok((200, r)) if r["hangup"] != true => {}
-                                    _ => break,
-                                }
-                            }
-                            line.hangup(&call);
-                        });
-                    }
-                    IvrSignal::Cleared { call } => {
-                        connected.remove(&call);
-                    }
-                }
+                    line.hangup(&call);
+                });
             }
         })
     };
-
-    // The faults: link drops and PBX restarts at random moments while the load runs.
 
     // The apps: one task per association.
     let rss0 = rss_mib();
