@@ -362,3 +362,107 @@ async fn ivr_connection_dropped_in_the_dialogue_and_at_binding() {
 async fn gateway_restarted_at_each_step() {
     each_step(Fault::GatewayRestarted).await;
 }
+
+/// The gateway as its own process, killed with SIGKILL (no orderly stop) right after the IVR told
+/// a user "linked", while another user's phone rings: the successor process has the binding the
+/// user was told of, ends the ringing association as `gateway_restarted` and clears its call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateway_process_keeps_what_it_said_and_its_successor_clears_the_call() {
+    let mut cfg = SimConfig::phase3(&["2005", "2006"]);
+    cfg.ivr_number = Some(IVR_NUMBER.into());
+    cfg.extensions[0].behaviour = Behaviour::Answer { after: Duration::from_millis(5) };
+    cfg.extensions[1].behaviour = Behaviour::NeverAnswer;
+    let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+    let mut ivr = cstagate::demo::Ivr::of(&mut sim).unwrap();
+    let dir = std::env::temp_dir().join(format!("cstagate-kill-{}", cstagate::gateway::random_id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{}\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n\n[[pbx]]\nid = \"paris\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"2005-2006\"]\nivr_number = \"{IVR_NUMBER}\"\nreconnect_min = \"20ms\"\n",
+            dir.join("gateway.db").display(),
+            sim.addr()
+        ),
+    )
+    .unwrap();
+    let http = cstagate::demo::Http::new(&format!("http://127.0.0.1:{port}"));
+    let start = || {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_cstagate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("ACME_TOKEN", TENANT_TOKEN)
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("IVR_SECRET", IVR_SECRET)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
+    };
+    // Ready: the API answers and the PBX link is up (polling a separate process).
+    let ready = |http: cstagate::demo::Http| async move {
+        tokio::time::timeout(LIMIT, async {
+            loop {
+                if let Ok((200, h)) = http.send("GET", "/healthz", &[], None).await {
+                    if h["links"]["paris"]["state"] == "up" {
+                        return;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await; // another process: poll
+            }
+        })
+        .await
+        .expect("the gateway process comes up");
+    };
+    let mut gw = start();
+    ready(http.clone()).await;
+
+    // bob's phone rings; alice goes through the IVR and hears "linked".
+    let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "bob", "extension": "2006" }))).await.unwrap();
+    assert_eq!(s, 201, "{v}");
+    let ringing = v["id"].as_str().unwrap().to_owned();
+    let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    assert_eq!(s, 201, "{v}");
+    let code = v["code"].as_str().unwrap().to_owned();
+    let c = tokio::time::timeout(LIMIT, ivr.next_call()).await.unwrap().unwrap();
+    let mut last = Value::Null;
+    for d in [None, Some(c.context.as_str()), Some("1"), Some(code.as_str())] {
+        let mut body = json!({ "call": c.call, "from": c.from, "to": IVR_NUMBER });
+        if let Some(d) = d {
+            body["digits"] = json!(d);
+        }
+        let (s, r) = post_webhook(&http, IVR_SECRET, body.to_string().into_bytes()).await.unwrap();
+        assert_eq!(s, 200, "{r}");
+        last = r;
+    }
+    assert!(last["say"].as_str().unwrap_or("").contains("now linked"), "{last}");
+    let (_, v) = http.json("GET", &format!("/v1/associations/{ringing}"), TENANT_TOKEN, None).await.unwrap();
+    assert_eq!(v["state"], "ringing");
+    // SIGKILL, at once.
+    gw.0.kill().unwrap();
+    gw.0.wait().unwrap();
+    ivr.line.hangup(&c.call); // the IVR platform, after its last prompt
+    tokio::time::timeout(LIMIT, sim.wait_stats(|s| s.live_calls == 1)).await.expect("alice's call ends; bob's phone still rings");
+
+    let _gw = start();
+    ready(http.clone()).await;
+    let (s, b) = http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap();
+    assert_eq!((s, b["account"].as_str()), (200, Some("alice")), "the binding alice was told of survives");
+    let (_, v) = http.json("GET", &format!("/v1/associations/{ringing}"), TENANT_TOKEN, None).await.unwrap();
+    assert_eq!((v["state"].as_str(), v["reason"].as_str(), v["retryable"].as_bool()), (Some("failed"), Some("gateway_restarted"), Some(false)), "{v}");
+    tokio::time::timeout(LIMIT, sim.wait_stats(|s| s.live_calls == 0)).await.expect("the successor clears bob's ringing call");
+    let (_, a) = http.json("GET", "/v1/audit?extension=2006", ADMIN_TOKEN, None).await.unwrap();
+    assert!(a["records"].as_array().unwrap().iter().any(|r| r["step"] == "failed" && r["result"] == "gateway_restarted"), "{a}");
+}
+
+/// A child process that does not outlive its test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
