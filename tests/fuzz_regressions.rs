@@ -71,3 +71,23 @@ fn every_target_has_a_replay() {
         assert!(["framer", "apdu_phase3", "apdu_phase2", "acse", "engine", "link_session"].contains(t), "add a replay test for fuzz target {t}");
     }
 }
+
+/// Not a check: what the local corpora (`fuzz/corpus/engine`, `fuzz/corpus/link_session`, grown
+/// by `fuzz/run.sh`) reach, to see that the stateful targets get somewhere. Each input still runs
+/// through its oracle. `cargo test --release --test fuzz_regressions -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn stateful_corpora_reach() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for t in ["engine", "link_session"] {
+        let all = inputs(&root.join("fuzz/corpus").join(t));
+        for p in &all {
+            oracle::run(t, &std::fs::read(p).expect("readable input"));
+        }
+        eprintln!("{t}: {} corpus inputs", all.len());
+    }
+    let e = oracle::engine_outcomes();
+    eprintln!("engine: associations created {}, reaching the IVR {}, bound {}, ended after 5 wrong codes {}, expired {}; restarts {}", e[0], e[1], e[2], e[3], e[4], e[5]);
+    let l = oracle::link_session_outcomes();
+    eprintln!("link_session: ended by a framing error {}, by RLRQ/ABRT {}; up with the late-answer and liveness checks {}, up mid-frame {}; requests answered Ok {} of {}", l[0], l[1], l[2], l[3], l[4], l[5]);
+}

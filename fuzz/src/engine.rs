@@ -5,7 +5,8 @@
 //! The input bytes are read with `arbitrary::Unstructured`: first the two PBXs' policies, then up
 //! to [`MAX_STEPS`] steps, each a time step and one input. Every value comes from a small alphabet
 //! (2 PBXs, 4 extensions, 3 accounts, 3 codes, 4 context ids) so that associations actually go
-//! live, collide and reach the IVR; CSTA results answer requests the engine really emitted; CSTA
+//! live, collide and reach the IVR; CSTA results answer requests the engine really emitted (within
+//! the link's request timeout, else as the timeout failure the shell reports); CSTA
 //! events name the calls the PBX model placed for the engine, or foreign calls; IVR digits are an
 //! issued code, a wrong one, a context id, the confirm key...
 //!
@@ -57,6 +58,8 @@ pub const MAX_CODE_ENTRIES: u32 = 5;
 /// Steps per input at most.
 pub const MAX_STEPS: usize = 96;
 const HOUR: Millis = 3_600_000;
+/// A CSTA request is answered within the link's request timeout (5 s by default) or fails.
+const ANSWER_WITHIN: Millis = 5_000;
 /// A realistic epoch in ms (13 digits: no issued code can hide in a timestamp's digits).
 const T0: Millis = 1_764_000_000_000;
 
@@ -85,6 +88,9 @@ struct Pending {
     call: Option<Vec<u8>>,
     /// The link dropped since: only a failure can come back.
     link_lost: bool,
+    /// When the engine asked for it: past [`ANSWER_WITHIN`], the link's request timeout has
+    /// failed it (the shell reports a timeout as `link_down`).
+    sent: Millis,
 }
 
 /// A call the PBX placed for a MakeCall of the engine.
@@ -120,6 +126,19 @@ impl Store {
     fn counter(&self, k: &CounterKey) -> u32 {
         self.counters.get(k).copied().unwrap_or(0)
     }
+}
+
+/// What the inputs run so far reached (to see what a corpus covers; `outcomes()`): associations
+/// created, reaching the IVR, bound, ended after 5 wrong codes, expired; restarts.
+static OUTCOMES: [std::sync::atomic::AtomicU64; 6] = [const { std::sync::atomic::AtomicU64::new(0) }; 6];
+
+fn count(i: usize) {
+    OUTCOMES[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`OUTCOMES`].
+pub fn outcomes() -> [u64; 6] {
+    std::array::from_fn(|i| OUTCOMES[i].load(std::sync::atomic::Ordering::Relaxed))
 }
 
 struct Fz {
@@ -254,9 +273,10 @@ impl Fz {
                     _ => None,
                 };
                 let extension = if u.ratio(1, 32)? { "9999".to_owned() } else { (*u.choose(&EXTS)?).to_owned() };
-                // Now and then an id the engine already holds (the shell draws ids at random: an id
-                // of a run before a restart never comes back).
-                let mut held: Vec<&String> = self.live.iter().collect();
+                // Now and then the id of a live association (the shell draws ids at random: the id
+                // of an association of a run before a restart, or of one the engine forgot 10
+                // minutes after it ended, never comes back).
+                let mut held: Vec<&String> = self.live.iter().filter(|id| self.store.assocs.get(*id).is_some_and(|v| !is_final(v))).collect();
                 held.sort();
                 let id = if !held.is_empty() && u.ratio(1, 32)? { (*u.choose(&held)?).clone() } else { format!("as{}", self.next_id) };
                 self.next_id += 1;
@@ -273,7 +293,7 @@ impl Fz {
                     let i = u.choose_index(self.pending.len())?;
                     let p = if u.ratio(1, 16)? { self.pending[i].clone() } else { self.pending.swap_remove(i) };
                     let fail = |u: &mut Unstructured<'_>| -> arbitrary::Result<CstaFailure> { Ok(*u.choose(&[CstaFailure::LinkDown, CstaFailure::Busy, CstaFailure::Rejected])?) };
-                    let outcome = if p.link_lost {
+                    let outcome = if p.link_lost || now.saturating_sub(p.sent) > ANSWER_WITHIN {
                         Err(CstaFailure::LinkDown)
                     } else if u.ratio(1, 4)? {
                         Err(fail(u)?)
@@ -368,6 +388,7 @@ impl Fz {
     /// The gateway restarts: a new engine from what the store holds.
     fn restart(&mut self) {
         self.trace.push(format!("RESTART at {}", self.now));
+        count(5);
         let (engine, actions) = Engine::restore(self.policies.clone(), self.store.snapshot(), self.now);
         self.engine = engine;
         // Links restart with the gateway: no answer comes for what was in flight (the calls stay
@@ -443,6 +464,17 @@ impl Fz {
                     if v.history.iter().any(|s| leaks(&s.step, &codes) || leaks(&s.detail, &codes)) {
                         self.fail(format!("a stored history holds a code: {v:?}"));
                     }
+                    let old_state = self.store.assocs.get(&v.id).map(|o| o.state);
+                    if old_state != Some(v.state) {
+                        match v.state {
+                            State::CodeIssued => count(0),
+                            State::InIvr => count(1),
+                            State::Bound => count(2),
+                            State::Failed if v.reason == Some(Reason::AttemptsExhausted) => count(3),
+                            State::Expired => count(4),
+                            _ => {}
+                        }
+                    }
                     if v.state == State::Bound && self.store.assocs.get(&v.id).is_none_or(|o| o.state != State::Bound) {
                         // The IVR hangs up the proof call of a bound association.
                         for c in self.calls.iter_mut().filter(|c| c.association == v.id) {
@@ -514,7 +546,7 @@ impl Fz {
                         }
                         _ => {}
                     }
-                    self.pending.push(Pending { association: association.clone(), pbx: pbx.clone(), request: request.clone(), call, link_lost: false });
+                    self.pending.push(Pending { association: association.clone(), pbx: pbx.clone(), request: request.clone(), call, link_lost: false, sent: self.now });
                 }
             }
         }

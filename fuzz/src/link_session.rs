@@ -18,9 +18,9 @@
 //!   6 `k`: time passes (0, 10 ms, half the request timeout, more than the request timeout);
 //!   7: the PBX sends a SystemStatus (keep-alive) invoke.
 //!
-//! Each input runs in a fresh current-thread tokio runtime: a listener, a [`Link`] with short
-//! timeouts, the AARQ read and an AARE accepting it (real time, a few hundred microseconds), then
-//! the operations in **paused** time: after each one the fake PBX waits until the runtime is idle
+//! Each input runs in one current-thread tokio runtime kept across inputs: a listener, a [`Link`]
+//! with short timeouts, the AARQ read and an AARE accepting it (real time, a few hundred
+//! microseconds), then the operations in **paused** time: after each one the fake PBX waits until the runtime is idle
 //! (a 1 ms virtual sleep: the clock only moves when every task is blocked), so the link has read
 //! and handled all that was written. The fake PBX reads all the link writes (framed and decoded
 //! with the codec) and keeps the link's invoke ids. It models what the link must make of what it
@@ -40,7 +40,7 @@
 //!    (the invoke table forgot them all: it does not grow without bound), and a new request gets
 //!    its correct result (invoke id read from the wire) as `Ok`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -52,6 +52,20 @@ use cstagate::link::{Link, LinkState, Monitor, RequestError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::time::timeout;
+
+/// How the inputs run so far ended (to see what a corpus reaches; `outcomes()`): connection ended
+/// by a framing error, by an RLRQ or ABRT; still up with the late-answer and liveness checks run,
+/// still up without them (bytes left mid-frame); requests answered `Ok`, requests in all.
+static OUTCOMES: [std::sync::atomic::AtomicU64; 6] = [const { std::sync::atomic::AtomicU64::new(0) }; 6];
+
+fn count(i: usize) {
+    OUTCOMES[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`OUTCOMES`].
+pub fn outcomes() -> [u64; 6] {
+    std::array::from_fn(|i| OUTCOMES[i].load(std::sync::atomic::Ordering::Relaxed))
+}
 
 /// Operations per input at most.
 pub const MAX_OPS: usize = 48;
@@ -196,11 +210,27 @@ impl Input<'_> {
 /// The `link_session` target (see the module docs).
 pub fn link_session(data: &[u8]) {
     let Some((&cfg, rest)) = data.split_first() else { return };
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => panic!("tokio runtime: {e}"),
-    };
+    // One runtime for all inputs (building one per input costs more than a short session).
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    let rt = RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("tokio runtime: {e}")));
     rt.block_on(session(cfg, rest));
+}
+
+/// Time is paused while this lives (also when an oracle check panics, so that the runtime is
+/// left in real time for the next input).
+struct Paused;
+
+impl Paused {
+    fn start() -> Paused {
+        tokio::time::pause();
+        Paused
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        tokio::time::resume();
+    }
 }
 
 async fn session(cfg: u8, ops: &[u8]) {
@@ -247,7 +277,7 @@ async fn session(cfg: u8, ops: &[u8]) {
     // The AARQ was read before the AARE could be written: it is the first invoke-less APDU.
 
     // The operations, in paused time.
-    tokio::time::pause();
+    let _paused = Paused::start();
     let settle = || tokio::time::sleep(Duration::from_millis(1));
     let mut model = Model { framer: Framer::new(framing), buf: BytesMut::new(), dialect, ended: None, framing_error: false, answered: Vec::new() };
     let mut input = Input { data: ops, pos: 0 };
@@ -355,8 +385,13 @@ async fn session(cfg: u8, ops: &[u8]) {
     // Every future of the gateway completes within a bounded (virtual) time.
     let bound = REQUEST_TIMEOUT * 3;
     for h in requests.drain(..) {
+        count(5);
         match timeout(bound, h).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(r)) => {
+                if r.is_ok() {
+                    count(4);
+                }
+            }
             Ok(Err(e)) => panic!("a request task failed: {e}"),
             Err(_) => panic!("a request did not complete within {bound:?} (link {:?})", link.state()),
         }
@@ -381,6 +416,7 @@ async fn session(cfg: u8, ops: &[u8]) {
             Ok(_) => {}
             Err(_) => panic!("the link is still up after {why}"),
         }
+        count(if model.framing_error { 0 } else { 1 });
         if model.framing_error {
             assert!(link.stats().decode_errors >= 1, "framing error not counted: {:?}", link.stats());
         }
@@ -388,6 +424,7 @@ async fn session(cfg: u8, ops: &[u8]) {
         let state = link.state();
         assert_eq!(state, LinkState::Up, "the link went down though nothing the PBX sent ends a connection ({stats:?})");
         assert_eq!((stats.connects, stats.reconnects), (1, 0), "the link reconnected though nothing the PBX sent ends a connection");
+        count(if model.clean() && write_ok { 2 } else { 3 });
         if model.clean() && write_ok {
             // Let every invoke of the link pass its deadline, then answer all the unanswered
             // ones: each must be unexpected (the table forgot it).
@@ -437,6 +474,15 @@ async fn session(cfg: u8, ops: &[u8]) {
             assert_eq!(link.state(), LinkState::Up);
         }
     }
+    // Leave nothing running into the next input: the link task ends once every handle is gone.
     drop(monitors);
+    let mut state = link.watch_state();
+    drop(link);
+    match timeout(bound, state.wait_for(|s| *s == LinkState::Closed)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => panic!("the link task ended without closing (panicked?)"),
+        Err(_) => panic!("the link task did not end once its handles were dropped"),
+    }
+    drop(wr);
     reader_task.abort();
 }
