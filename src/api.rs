@@ -61,11 +61,48 @@ struct AppState {
     gw: Gateway,
     secrets: Arc<Secrets>,
     replay: Arc<Mutex<ReplayCache>>,
+    /// Event streams open, by tenant.
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// Event streams (server-sent events) one tenant may hold open at once: each holds a connection,
+/// a PBX monitor subscription and up to 1,024 buffered events, and the API's connections are
+/// shared by all tenants.
+pub const MAX_EVENT_STREAMS_PER_TENANT: usize = 64;
+
+/// One open event stream of a tenant; gives its place back when the stream ends.
+struct StreamSlot {
+    streams: Arc<Mutex<HashMap<String, usize>>>,
+    tenant: String,
+}
+
+impl StreamSlot {
+    fn take(streams: &Arc<Mutex<HashMap<String, usize>>>, tenant: &str) -> Option<StreamSlot> {
+        let mut m = streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(tenant.to_owned()).or_insert(0);
+        if *n >= MAX_EVENT_STREAMS_PER_TENANT {
+            return None;
+        }
+        *n += 1;
+        Some(StreamSlot { streams: streams.clone(), tenant: tenant.to_owned() })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut m = self.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 /// The API's router.
 pub fn router(gw: Gateway, secrets: Secrets) -> Router {
-    let state = AppState { gw, secrets: Arc::new(secrets), replay: Arc::new(Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY))) };
+    let state = AppState { gw, secrets: Arc::new(secrets), replay: Arc::new(Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY))), streams: Arc::default() };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -605,9 +642,14 @@ async fn events(State(st): State<AppState>, headers: HeaderMap, uri: Uri, RawQue
         let [pbx, extension] = path_params(&uri, "/v1/extensions/{pbx}/{extension}/events")?;
         let account = required_account(q.as_deref())?;
         let link = bound_to(&st, &p, &pbx, &extension, &account).await?;
+        let tenant = match &p {
+            Principal::Tenant(t) => t.clone(),
+            Principal::Admin => String::new(),
+        };
+        let slot = StreamSlot::take(&st.streams, &tenant).ok_or_else(|| err(StatusCode::TOO_MANY_REQUESTS, &format!("at most {MAX_EVENT_STREAMS_PER_TENANT} event streams open per tenant"), None))?;
         let dialect = link.dialect();
         let monitor = link.monitor(&extension).await.map_err(|e| link_error(&e))?;
-        let stream = futures_util::stream::unfold(monitor, move |mut m| async move {
+        let stream = futures_util::stream::unfold((monitor, slot), move |(mut m, slot)| async move {
             let ev = m.next().await?;
             let data = match ev {
                 MonitorEvent::Event(r) => Json_::Object(crate::decode::event_json(&r, dialect)).to_string(),
@@ -615,7 +657,7 @@ async fn events(State(st): State<AppState>, headers: HeaderMap, uri: Uri, RawQue
                 MonitorEvent::LinkRestored => json!({ "link": "restored" }).to_string(),
                 MonitorEvent::MonitorFailed(e) => json!({ "link": "monitor failed", "reason": e.to_string() }).to_string(),
             };
-            Some((Ok::<_, Infallible>(SseEvent::default().data(data)), m))
+            Some((Ok::<_, Infallible>(SseEvent::default().data(data)), (m, slot)))
         });
         Ok(sse(stream))
     };

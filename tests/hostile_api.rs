@@ -451,3 +451,46 @@ async fn idle_slow_and_excess_connections_do_not_hold_the_api() {
     assert_eq!(s, 200, "{v}");
     gw.running.shutdown().await;
 }
+
+/// A tenant holds at most `MAX_EVENT_STREAMS_PER_TENANT` event streams; one more is refused with
+/// 429, and a stream the client closes gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_capped_per_tenant() {
+    use cstagate::api::MAX_EVENT_STREAMS_PER_TENANT;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let e = env().await;
+    let addr = e.gw.running.addr;
+    // Open a stream on alice's bound extension; the status line of the answer.
+    let open = || async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let req = format!("GET /v1/extensions/paris/2005/events?account=alice HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {TENANT_TOKEN}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 12];
+        tokio::time::timeout(LIMIT, s.read_exact(&mut head)).await.expect("an answer").unwrap();
+        (String::from_utf8_lossy(&head).into_owned(), s)
+    };
+    let mut streams = Vec::new();
+    for _ in 0..MAX_EVENT_STREAMS_PER_TENANT {
+        let (status, s) = open().await;
+        assert_eq!(status, "HTTP/1.1 200");
+        streams.push(s);
+    }
+    let (status, _) = open().await;
+    assert_eq!(status, "HTTP/1.1 429", "one stream too many");
+    // Another tenant is not affected by acme's streams (it has no binding: 404, not 429).
+    let (s, _) = e.gw.http.json("GET", "/v1/extensions/paris/2005/events?account=alice", OTHER_TENANT_TOKEN, None).await.unwrap();
+    assert_eq!(s, 404);
+    // Closing one gives its place back (once the gateway has seen the close).
+    drop(streams.pop());
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let (status, s) = open().await;
+            if status == "HTTP/1.1 200" {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // the gateway notices the close
+        }
+    })
+    .await
+    .expect("the closed stream's place is given back");
+}
