@@ -81,6 +81,24 @@ pub async fn post_webhook(http: &Http, secret: &str, raw: Vec<u8>) -> Result<(u1
     http.send("POST", "/v1/ivr/webhook", &[(tk, &tv), (sk, &sv)], Some(raw)).await
 }
 
+/// The body of the IVR platform's webhook request on `call` to the IVR number (no `digits` on
+/// the first request of a call).
+pub fn ivr_body(call: &str, from: &str, digits: Option<&str>) -> Vec<u8> {
+    let mut body = json!({ "call": call, "from": from, "to": IVR_NUMBER });
+    if let Some(d) = digits {
+        body["digits"] = json!(d);
+    }
+    body.to_string().into_bytes()
+}
+
+/// One signed webhook request of the IVR platform on `call`.
+///
+/// # Errors
+/// As [`Http::send`].
+pub async fn ivr_request(http: &Http, secret: &str, call: &str, from: &str, digits: Option<&str>) -> Result<(u16, Value), String> {
+    post_webhook(http, secret, ivr_body(call, from, digits)).await
+}
+
 impl LocalGateway {
     /// Start it against `sim` (its dialect decides the PBX preset).
     ///
@@ -205,11 +223,7 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
             // The dialled suffix has arrived (or will not): run the dialogue.
             let mut digits: Option<String> = pending_context.take();
             loop {
-                let mut body = json!({ "call": call, "from": from, "to": IVR_NUMBER });
-                if let Some(d) = &digits {
-                    body["digits"] = json!(d);
-                }
-                let reply = match post_webhook(&ivr_http, IVR_SECRET, body.to_string().into_bytes()).await {
+                let reply = match ivr_request(&ivr_http, IVR_SECRET, &call, &from, digits.as_deref()).await {
                     Ok((200, r)) => r,
                     Ok((s, r)) => {
                         narration.push(format!("IVR    webhook answered {s}: {r}"));
@@ -494,13 +508,6 @@ async fn drive_rounds(http: &Http, tenant_token: &str, extensions: &[String], ro
 /// One call's webhook dialogue: context, confirm, then the right code or three wrong ones.
 /// Returns the code-to-binding time for a right code.
 async fn ivr_dialogue(http: &Http, secret: &str, call: &str, from: &str, ctx: &str, code: &str, right: bool) -> Result<Option<Duration>, String> {
-    let post = |digits: Option<String>| {
-        let mut body = json!({ "call": call, "from": from, "to": IVR_NUMBER });
-        if let Some(d) = digits {
-            body["digits"] = json!(d);
-        }
-        post_webhook(http, secret, body.to_string().into_bytes())
-    };
     let mut steps = vec![None, Some(ctx.to_owned()), Some("1".to_owned())];
     if right {
         steps.push(Some(code.to_owned()));
@@ -511,7 +518,7 @@ async fn ivr_dialogue(http: &Http, secret: &str, call: &str, from: &str, ctx: &s
     let mut took = None;
     for (i, d) in steps.into_iter().enumerate() {
         let t = std::time::Instant::now();
-        let (s, r) = post(d).await?;
+        let (s, r) = ivr_request(http, secret, call, from, d.as_deref()).await?;
         if s != 200 {
             return Err(format!("webhook {s}: {r}"));
         }

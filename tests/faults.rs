@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cstagate::api::webhook_headers;
 use cstagate::codec::Operation;
-use cstagate::demo::{local_secrets, post_webhook, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
+use cstagate::demo::{ivr_body, ivr_request, local_secrets, post_webhook, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
 use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -144,12 +144,8 @@ impl Case {
     }
 
     fn webhook_body(&self, digits: Option<&str>) -> Vec<u8> {
-        let (call, from) = self.call.clone().unwrap();
-        let mut body = json!({ "call": call, "from": from, "to": IVR_NUMBER });
-        if let Some(d) = digits {
-            body["digits"] = json!(d);
-        }
-        body.to_string().into_bytes()
+        let (call, from) = self.call.as_ref().unwrap();
+        ivr_body(call, from, digits)
     }
 
     /// A signed webhook request of the IVR platform (a future owning what it needs, so that it
@@ -429,11 +425,7 @@ async fn a_killed_gateway_process_keeps_what_it_said_and_its_successor_clears_th
     let c = tokio::time::timeout(LIMIT, ivr.next_call()).await.unwrap().unwrap();
     let mut last = Value::Null;
     for d in [None, Some(c.context.as_str()), Some("1"), Some(code.as_str())] {
-        let mut body = json!({ "call": c.call, "from": c.from, "to": IVR_NUMBER });
-        if let Some(d) = d {
-            body["digits"] = json!(d);
-        }
-        let (s, r) = post_webhook(&http, IVR_SECRET, body.to_string().into_bytes()).await.unwrap();
+        let (s, r) = ivr_request(&http, IVR_SECRET, &c.call, &c.from, d).await.unwrap();
         assert_eq!(s, 200, "{r}");
         last = r;
     }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::post;
-use cstagate::demo::{local_secrets, post_webhook, Http, Ivr, IvrCall, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
+use cstagate::demo::{ivr_request, local_secrets, Http, Ivr, IvrCall, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
 use cstagate::link::LinkState;
 use cstagate::sim::{Behaviour, SimConfig, SimPbx};
 use rand::Rng;
@@ -86,11 +86,7 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
                 let (http, line) = (http.clone(), line.clone());
                 tokio::spawn(async move {
                     for d in [None, Some(context.as_str()), Some("1"), Some(code.as_str())] {
-                        let mut body = json!({ "call": call, "from": from, "to": IVR_NUMBER });
-                        if let Some(d) = d {
-                            body["digits"] = json!(d);
-                        }
-                        match post_webhook(&http, IVR_SECRET, body.to_string().into_bytes()).await {
+                        match ivr_request(&http, IVR_SECRET, &call, &from, d).await {
                             Ok((200, r)) if r["hangup"] != true => {}
                             _ => break,
                         }

@@ -37,6 +37,13 @@ impl Assoc {
     }
 }
 
+/// Forget the association's proof call and ask the shell to clear it, if there is one.
+fn clear_call(v: &mut AssociationView, actions: &mut Vec<Action>) {
+    if let Some(call) = v.call.take().and_then(|h| hex::decode(h).ok()) {
+        actions.push(Action::Csta { association: v.id.clone(), pbx: v.pbx.clone(), request: CstaRequest::ClearConnection { call, extension: v.extension.clone() } });
+    }
+}
+
 /// The association engine. See the module docs.
 pub struct Engine {
     pub(crate) policies: HashMap<String, Policy>,
@@ -113,9 +120,7 @@ impl Engine {
             v.history.push(Step { at: now, step: "failed".into(), detail: "gateway restarted while the association was in flight".into() });
             actions.push(audit(&v, now, "failed", "gateway_restarted"));
             // The call the previous run placed may still be up (ringing, or in the IVR).
-            if let Some(call) = v.call.take().and_then(|h| hex::decode(h).ok()) {
-                actions.push(Action::Csta { association: v.id.clone(), pbx: v.pbx.clone(), request: CstaRequest::ClearConnection { call, extension: v.extension.clone() } });
-            }
+            clear_call(&mut v, &mut actions);
             actions.push(Action::Notify { tenant: v.tenant.clone(), account: v.account.clone(), event: "failed".into(), association: v.id.clone() });
             actions.push(Action::Store(StoreWrite::Association(v)));
         }
@@ -137,6 +142,11 @@ impl Engine {
 
     pub fn policy(&self, pbx: &str) -> Option<&Policy> {
         self.policies.get(pbx)
+    }
+
+    /// When the IVR platform, silent from `now` on, has lost a call of `pbx`'s association.
+    pub(crate) fn ivr_deadline(&self, pbx: &str, now: Millis) -> Millis {
+        now + self.policies.get(pbx).map_or(60_000, |p| p.ivr_timeout.as_millis() as Millis)
     }
 
     pub fn sizes(&self) -> Sizes {
@@ -485,9 +495,9 @@ impl Engine {
                 if state == State::InIvr {
                     return;
                 }
-                let ivr_timeout = self.policies.get(pbx).map_or(60_000, |p| p.ivr_timeout.as_millis() as Millis);
+                let deadline = self.ivr_deadline(pbx, now);
                 if let Some(a) = self.assocs.get_mut(&id) {
-                    a.deadline = Some(now + ivr_timeout);
+                    a.deadline = Some(deadline);
                 }
                 self.set_state(&id, State::InIvr, now, "in_ivr", "the user is connected to the IVR", actions);
                 let dtmf = self.policies.get(pbx).is_some_and(|p| p.context_delivery == ContextDelivery::Dtmf);
@@ -547,10 +557,7 @@ impl Engine {
         let Some(a) = self.assocs.get_mut(id) else { return };
         a.deadline = None;
         let retryable = now < a.view.expires_at && a.code_entries < MAX_CODE_ENTRIES && !matches!(reason, Reason::LockedOut | Reason::AttemptsExhausted);
-        if let Some(call) = a.call() {
-            a.view.call = None;
-            actions.push(Action::Csta { association: id.to_owned(), pbx: a.view.pbx.clone(), request: CstaRequest::ClearConnection { call, extension: a.view.extension.clone() } });
-        }
+        clear_call(&mut a.view, actions);
         a.view.reason = Some(reason);
         a.view.retryable = retryable;
         if retryable {
@@ -572,11 +579,8 @@ impl Engine {
         a.deadline = None;
         // The code is of no use any more.
         a.code.clear();
+        clear_call(&mut a.view, actions);
         let (pbx, ext) = (a.view.pbx.clone(), a.view.extension.clone());
-        if let Some(call) = a.call() {
-            a.view.call = None;
-            actions.push(Action::Csta { association: id.to_owned(), pbx: pbx.clone(), request: CstaRequest::ClearConnection { call, extension: ext.clone() } });
-        }
         if std::mem::take(&mut a.monitored) {
             actions.push(Action::Csta { association: id.to_owned(), pbx: pbx.clone(), request: CstaRequest::MonitorStop { extension: ext.clone() } });
         }

@@ -55,9 +55,9 @@ impl Engine {
             _ => None,
         };
         if let Some(id) = association {
-            let timeout = self.assocs.get(&id).and_then(|a| self.policies.get(&a.view.pbx)).map_or(60_000, |p| p.ivr_timeout.as_millis() as Millis);
-            if let Some(a) = self.assocs.get_mut(&id).filter(|a| a.view.state == State::InIvr) {
-                a.deadline = Some(now + timeout);
+            let deadline = self.assocs.get(&id).map(|a| self.ivr_deadline(&a.view.pbx, now));
+            if let (Some(a), Some(d)) = (self.assocs.get_mut(&id).filter(|a| a.view.state == State::InIvr), deadline) {
+                a.deadline = Some(d);
             }
         }
         reply
