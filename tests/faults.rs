@@ -458,3 +458,30 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A PBX that never answers a request (it lost it, the link stays up) fails the attempt as
+/// `link_down` after `request_timeout`: the PBX refused nothing, and the user may retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_pbx_never_answers_fails_the_attempt_as_link_down() {
+    let sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap();
+    sim.faults().hold.push(Operation::MonitorStart);
+    let options = LocalOptions { pbx: "extensions = [\"2005\"]\nrequest_timeout = \"300ms\"\n".into(), ..Default::default() };
+    let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
+    let (s, v) = gw.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let v = tokio::time::timeout(LIMIT, async {
+        loop {
+            let (_, v) = gw.http.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+            if v["state"] == "failed" {
+                return v;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the attempt fails");
+    assert_eq!((v["reason"].as_str(), v["retryable"].as_bool()), (Some("link_down"), Some(true)), "{v}");
+    assert_eq!(gw.link().state(), cstagate::link::LinkState::Up, "the link itself stayed up");
+    gw.running.shutdown().await;
+}
