@@ -34,7 +34,7 @@ use serde_json::{json, Value as Json_};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::association::{ApiError, Input, Principal};
+use crate::association::{AdminScope, ApiError, Input, Principal};
 use crate::codec::body::{FieldName as F, Value};
 use crate::codec::{Body, ConnectionId, DeviceId, LocalDevice, Operation};
 use crate::gateway::{now_ms, random_digits, random_id, Gateway, Query, QueryResult};
@@ -69,6 +69,10 @@ struct AppState {
 /// a PBX monitor subscription and up to 1,024 buffered events, and the API's connections are
 /// shared by all tenants.
 pub const MAX_EVENT_STREAMS_PER_TENANT: usize = 64;
+
+/// CSPRNG digits handed to the engine for a proof call's context id: enough for a few tries of
+/// the longest (16 digits) should one collide with a live attempt's.
+const CONTEXT_RANDOM_DIGITS: usize = 64;
 
 /// One open event stream of a tenant; gives its place back when the stream ends.
 struct StreamSlot {
@@ -117,6 +121,10 @@ pub fn router(gw: Gateway, secrets: Secrets) -> Router {
         .route("/v1/extensions/{pbx}/{extension}/events", get(events))
         .route("/v1/pbx", get(pbx_list))
         .route("/v1/audit", get(audit))
+        .route("/v1/admin/counters", get(admin_read))
+        .route("/v1/admin/counters/reset", post(admin_counters_reset))
+        .route("/v1/admin/blocks", get(admin_read))
+        .route("/v1/admin/blocks/lift", post(admin_blocks_lift))
         .route("/v1/ivr/webhook", post(ivr_webhook))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -166,16 +174,22 @@ fn err(status: StatusCode, msg: &str, field: Option<&str>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// An engine refusal: its status, and a stable `code` for programs beside the message.
 fn api_error(e: &ApiError) -> Response {
-    let status = match e {
-        ApiError::NotFound | ApiError::UnknownExtension(_) => StatusCode::NOT_FOUND,
-        ApiError::AlreadyBound | ApiError::ExtensionBusy | ApiError::AccountBusy | ApiError::WrongState(_) => StatusCode::CONFLICT,
-        ApiError::LockedOut => StatusCode::LOCKED,
-        ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        ApiError::Expired => StatusCode::GONE,
-        _ => StatusCode::BAD_REQUEST,
+    let (status, code) = match e {
+        ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ApiError::UnknownExtension(_) => (StatusCode::NOT_FOUND, "unknown_extension"),
+        ApiError::AlreadyBound => (StatusCode::CONFLICT, "already_bound"),
+        ApiError::ExtensionBusy => (StatusCode::CONFLICT, "extension_busy"),
+        ApiError::AccountBusy => (StatusCode::CONFLICT, "account_busy"),
+        ApiError::WrongState(_) => (StatusCode::CONFLICT, "wrong_state"),
+        ApiError::LockedOut => (StatusCode::LOCKED, "locked_out"),
+        ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+        ApiError::BlockedByPhoneOwner(_) => (StatusCode::FORBIDDEN, "blocked_by_phone_owner"),
+        ApiError::Expired => (StatusCode::GONE, "expired"),
+        _ => (StatusCode::BAD_REQUEST, "bad_request"),
     };
-    err(status, &e.to_string(), None)
+    (status, Json(json!({ "error": e.to_string(), "code": code }))).into_response()
 }
 
 fn unavailable() -> Response {
@@ -455,7 +469,7 @@ async fn create_inner(st: &AppState, headers: &HeaderMap, q: Option<&str>, body:
         pbx: req.pbx,
         extension: req.extension,
         id: random_id(),
-        context_id: random_digits(32),
+        random: random_digits(CONTEXT_RANDOM_DIGITS),
         code: random_digits(16),
         now: now_ms(),
     };
@@ -465,7 +479,7 @@ async fn create_inner(st: &AppState, headers: &HeaderMap, q: Option<&str>, body:
     }
     let (Some(v), Some(code)) = (out.view, out.code) else { return Err(unavailable()) };
     Ok((StatusCode::CREATED, Json(json!({
-        "id": v.id, "state": v.state, "code": code, "context_id": v.context_id,
+        "id": v.id, "state": v.state, "code": code,
         "expires_at": v.expires_at, "extension": v.extension, "pbx": v.pbx,
     })))
         .into_response())
@@ -496,7 +510,7 @@ async fn association_step(st: &AppState, headers: &HeaderMap, uri: &Uri, templat
 }
 
 async fn complete(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    association_step(&st, &headers, &uri, "/v1/associations/{id}/complete", StatusCode::ACCEPTED, |principal, id| Input::Complete { principal, id, now: now_ms() }).await
+    association_step(&st, &headers, &uri, "/v1/associations/{id}/complete", StatusCode::ACCEPTED, |principal, id| Input::Complete { principal, id, random: random_digits(CONTEXT_RANDOM_DIGITS), now: now_ms() }).await
 }
 
 async fn cancel(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
@@ -641,7 +655,10 @@ async fn events(State(st): State<AppState>, headers: HeaderMap, uri: Uri, RawQue
         let p = principal(&st, &headers)?;
         let [pbx, extension] = path_params(&uri, "/v1/extensions/{pbx}/{extension}/events")?;
         let account = required_account(q.as_deref())?;
-        let link = bound_to(&st, &p, &pbx, &extension, &account).await?;
+        // Watch for unbinds before reading the binding, so none is missed in between.
+        let unbinds = st.gw.watch_unbinds();
+        let binding = visible_binding(&st, &p, &pbx, &extension).await.filter(|b| b.account == account).ok_or_else(|| api_error(&ApiError::NotFound))?;
+        let link = st.gw.links().get(&binding.pbx).cloned().ok_or_else(unavailable)?;
         let tenant = match &p {
             Principal::Tenant(t) => t.clone(),
             Principal::Admin => String::new(),
@@ -649,23 +666,150 @@ async fn events(State(st): State<AppState>, headers: HeaderMap, uri: Uri, RawQue
         let slot = StreamSlot::take(&st.streams, &tenant).ok_or_else(|| err(StatusCode::TOO_MANY_REQUESTS, &format!("at most {MAX_EVENT_STREAMS_PER_TENANT} event streams open per tenant"), None))?;
         let dialect = link.dialect();
         let monitor = link.monitor(&extension).await.map_err(|e| link_error(&e))?;
-        let stream = futures_util::stream::unfold((monitor, slot), move |(mut m, slot)| async move {
-            let ev = m.next().await?;
+        let follow = BindingFollow { gw: st.gw.clone(), binding, unbinds, ended: false };
+        let stream = futures_util::stream::unfold((monitor, slot, follow), move |(mut m, slot, mut follow)| async move {
+            if follow.ended {
+                return None;
+            }
+            let ev = loop {
+                tokio::select! {
+                    biased;
+                    changed = follow.unbinds.changed() => {
+                        if changed.is_err() || !follow.still_bound().await {
+                            follow.ended = true;
+                            break None;
+                        }
+                    }
+                    ev = m.next() => break Some(ev?),
+                }
+            };
+            // Every event is checked against the binding as it stands now.
+            let ev = match ev {
+                Some(ev) if !follow.unbinds.has_changed().unwrap_or(true) || follow.still_bound().await => ev,
+                _ => {
+                    follow.ended = true;
+                    return Some((Ok::<_, Infallible>(SseEvent::default().data(json!({ "binding": "ended" }).to_string())), (m, slot, follow)));
+                }
+            };
             let data = match ev {
                 MonitorEvent::Event(r) => Json_::Object(crate::decode::event_json(&r, dialect)).to_string(),
                 MonitorEvent::LinkLost => json!({ "link": "lost" }).to_string(),
                 MonitorEvent::LinkRestored => json!({ "link": "restored" }).to_string(),
                 MonitorEvent::MonitorFailed(e) => json!({ "link": "monitor failed", "reason": e.to_string() }).to_string(),
             };
-            Some((Ok::<_, Infallible>(SseEvent::default().data(data)), (m, slot)))
+            Some((Ok::<_, Infallible>(SseEvent::default().data(data)), (m, slot, follow)))
         });
         Ok(sse(stream))
     };
     either(r.await)
 }
 
+/// An event stream follows the binding it was opened under: when that binding ends (unbound,
+/// and perhaps bound again to someone else), the stream sends `{"binding":"ended"}` and ends, and
+/// no event after the unbind reaches it.
+struct BindingFollow {
+    gw: Gateway,
+    binding: crate::association::Binding,
+    unbinds: tokio::sync::watch::Receiver<u64>,
+    ended: bool,
+}
+
+impl BindingFollow {
+    async fn still_bound(&mut self) -> bool {
+        self.unbinds.borrow_and_update();
+        let b = &self.binding;
+        match self.gw.query(Query::Binding { pbx: b.pbx.clone(), extension: b.extension.clone() }).await {
+            QueryResult::Bindings(now) => now.first() == Some(b),
+            _ => false,
+        }
+    }
+}
+
 fn sse<S: Stream<Item = Result<SseEvent, Infallible>> + Send + 'static>(s: S) -> Response {
     Sse::new(s).keep_alive(KeepAlive::default()).into_response()
+}
+
+/// Which counters or blocks an admin request means: `pbx` and `extension` together, or
+/// `account` (with `tenant` to pick one tenant's account of that name).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopeReq {
+    pbx: Option<String>,
+    extension: Option<String>,
+    account: Option<String>,
+    tenant: Option<String>,
+}
+
+impl ScopeReq {
+    fn scope(self) -> Result<AdminScope, Response> {
+        for (field, v) in [("pbx", &self.pbx), ("account", &self.account), ("tenant", &self.tenant)] {
+            if let Some(v) = v {
+                check_id(field, v, 128)?;
+            }
+        }
+        if let Some(e) = &self.extension {
+            check_number("extension", e)?;
+        }
+        match self {
+            ScopeReq { pbx: Some(pbx), extension: Some(extension), account: None, tenant: None } => Ok(AdminScope::Extension { pbx, extension }),
+            ScopeReq { pbx: None, extension: None, account: Some(account), tenant } => Ok(AdminScope::Account { tenant, account }),
+            _ => Err(err(StatusCode::BAD_REQUEST, "give `pbx` and `extension`, or `account` (and optionally `tenant`)", None)),
+        }
+    }
+
+    fn from_query(q: Option<&str>) -> Result<AdminScope, Response> {
+        let mut q = query_params(q, &["pbx", "extension", "account", "tenant"])?;
+        ScopeReq { pbx: q.remove("pbx"), extension: q.remove("extension"), account: q.remove("account"), tenant: q.remove("tenant") }.scope()
+    }
+}
+
+fn counters_json(counters: &[(crate::association::CounterKey, u32)]) -> Json_ {
+    Json_::Array(counters.iter().map(|(k, n)| {
+        let mut o = serde_json::to_value(k).unwrap_or_default();
+        o["value"] = json!(n);
+        o
+    }).collect())
+}
+
+/// Admin reads or changes the limits of an extension or account.
+async fn admin_limits(st: &AppState, headers: &HeaderMap, scope: impl FnOnce() -> Result<AdminScope, Response>, change: Option<fn(AdminScope) -> Input>) -> Response {
+    let r = async {
+        admin(st, headers)?;
+        let scope = scope()?;
+        if let Some(change) = change {
+            let out = st.gw.call(change(scope.clone())).await.ok_or_else(unavailable)?;
+            if let Some(e) = &out.error {
+                return Err(api_error(e));
+            }
+        }
+        match st.gw.query(Query::Limits(scope)).await {
+            QueryResult::Limits { counters, blocks } => Ok(Json(json!({ "counters": counters_json(&counters), "blocks": blocks })).into_response()),
+            _ => Err(unavailable()),
+        }
+    };
+    either(r.await)
+}
+
+/// `GET /v1/admin/counters` and `GET /v1/admin/blocks`: both show the counters and the blocks in
+/// scope, so either answers "why can't this account (or extension) associate?".
+async fn admin_read(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
+    admin_limits(&st, &headers, || ScopeReq::from_query(q.as_deref()), None).await
+}
+
+async fn admin_change(st: &AppState, headers: &HeaderMap, q: Option<&str>, body: &Bytes, change: fn(AdminScope) -> Input) -> Response {
+    let scope = || {
+        query_params(q, &[])?;
+        parse::<ScopeReq>(body)?.scope()
+    };
+    admin_limits(st, headers, scope, Some(change)).await
+}
+
+async fn admin_counters_reset(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    admin_change(&st, &headers, q.as_deref(), &body, |scope| Input::ResetCounters { scope, now: now_ms() }).await
+}
+
+async fn admin_blocks_lift(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> Response {
+    admin_change(&st, &headers, q.as_deref(), &body, |scope| Input::LiftBlocks { scope, now: now_ms() }).await
 }
 
 async fn pbx_list(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {

@@ -174,6 +174,12 @@ pub struct AssociationSettings {
     pub proof_calls_per_hour: Option<usize>,
     pub lockout_after: Option<u32>,
     pub did_prefix: Option<String>,
+    /// Digits of each proof call's context id (8..=16).
+    pub context_digits: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub ivr_claim_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub owner_block: Option<Duration>,
 }
 
 fn default_keepalive() -> Duration {
@@ -289,6 +295,27 @@ impl Config {
                 pol.lockout_after = n;
             }
             pol.did_prefix = a.did_prefix.clone();
+            if let Some(n) = a.context_digits {
+                if !(8..=16).contains(&n) {
+                    return Err(p.invalid("context_digits", "must be 8 to 16"));
+                }
+                pol.context_digits = n;
+            }
+            if let Some(t) = a.ivr_claim_window {
+                if t.is_zero() || t > Duration::from_secs(120) {
+                    return Err(p.invalid("ivr_claim_window", "must be more than 0 and at most 2 minutes"));
+                }
+                pol.ivr_claim_window = t;
+            }
+            if let Some(t) = a.owner_block {
+                if t.is_zero() || t > Duration::from_secs(30 * 86_400) {
+                    return Err(p.invalid("owner_block", "must be more than 0 and at most 30 days"));
+                }
+                pol.owner_block = t;
+            }
+            if pol.context_delivery == crate::association::ContextDelivery::None && pol.did_prefix.is_none() {
+                return Err(p.invalid("context_delivery", "\"none\" needs did_prefix: without a context id only the extension's DID can name the proof call"));
+            }
             out.insert(p.id.clone(), pol);
         }
         Ok(out)

@@ -191,7 +191,7 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
     }
     let id = created["id"].as_str().unwrap_or_default().to_owned();
     let code = created["code"].as_str().unwrap_or_default().to_owned();
-    say(&format!("APP    code {code} shown to alice (context id {}); the gateway calls her phone", created["context_id"].as_str().unwrap_or("")));
+    say(&format!("APP    code {code} shown to alice; the gateway calls her phone (the proof call's context id never leaves the call)"));
 
     // The IVR platform: answers calls to the IVR number and relays prompts and digits.
     let ivr_http = http.clone();
@@ -244,7 +244,7 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
                     break;
                 }
                 // The simulated user at the phone answers the prompt.
-                let d = if text.contains("press 1") {
+                let d = if text.contains("press 1") && text.contains("press 9") {
                     "1".to_owned()
                 } else if text.contains("code") {
                     if wrong_first && !wrong_sent {
@@ -331,14 +331,14 @@ pub struct LoadReport {
 pub async fn drive_many(http: &Http, ivr: &mut Ivr, ivr_secret: &str, tenant_token: &str, extensions: &[String], rounds: usize) -> Result<LoadReport, String> {
     use std::sync::Arc;
     let hang = ivr.line.clone();
-    // context id → (code, right?) for the IVR platform.
+    // extension → (code, right?): what the simulated user at each phone knows from the app.
     let codes: Codes = Arc::default();
     let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<Option<Duration>, String>>();
     let ivr_http = http.clone();
     let secret = ivr_secret.to_owned();
     let codes2 = codes.clone();
     let platform = async move {
-        while let Some(IvrCall { call, from, context: ctx }) = ivr.next_call().await {
+        while let Some(IvrCall { call, from, context: ctx, extension }) = ivr.next_call().await {
             let http = ivr_http.clone();
             let secret = secret.clone();
             let done = done_tx.clone();
@@ -347,7 +347,7 @@ pub async fn drive_many(http: &Http, ivr: &mut Ivr, ivr_secret: &str, tenant_tok
             tokio::spawn(async move {
                 // The call can reach the IVR before the app has read the API's answer: wait for
                 // the code to be known.
-                let (code, right) = codes.wait_for(&ctx).await;
+                let (code, right) = codes.wait_for(&extension).await;
                 let r = ivr_dialogue(&http, &secret, &call, &from, &ctx, &code, right).await;
                 hang.hangup(&call);
                 let _ = done.send(r);
@@ -367,6 +367,8 @@ pub struct Ivr {
     pub line: crate::sim::IvrHandle,
     /// Calls answered whose context digits have not come yet: call → calling number.
     connected: std::collections::HashMap<String, String>,
+    /// The simulator's DID prefix: the calling number less it is the calling extension.
+    did_prefix: String,
 }
 
 /// A call that reached the IVR, with the context id dialled after the number.
@@ -375,13 +377,18 @@ pub struct IvrCall {
     pub call: String,
     /// The calling number as presented.
     pub from: String,
+    /// The digits dialled after the IVR number (what a real IVR platform receives as DTMF).
     pub context: String,
+    /// The calling extension (the calling number less the simulator's DID prefix): which
+    /// simulated user is at the phone.
+    pub extension: String,
 }
 
 impl Ivr {
     /// Take the simulator's IVR endpoint.
     pub fn of(sim: &mut SimPbx) -> Option<Ivr> {
-        Some(Ivr { signals: sim.take_ivr()?, line: sim.ivr_handle(), connected: Default::default() })
+        let did_prefix = sim.did_prefix();
+        Some(Ivr { signals: sim.take_ivr()?, line: sim.ivr_handle(), connected: Default::default(), did_prefix })
     }
 
     /// The next call that reached the IVR with its context digits; `None` when the simulator
@@ -394,7 +401,8 @@ impl Ivr {
                 }
                 IvrSignal::Digits { call, digits } => {
                     if let Some(from) = self.connected.remove(&call) {
-                        return Some(IvrCall { call, from, context: digits.trim_start_matches('*').trim_end_matches('#').to_owned() });
+                        let extension = from.strip_prefix(self.did_prefix.as_str()).unwrap_or(&from).to_owned();
+                        return Some(IvrCall { call, from, context: digits.trim_start_matches('*').trim_end_matches('#').to_owned(), extension });
                     }
                 }
                 IvrSignal::Cleared { call } => {
@@ -405,7 +413,7 @@ impl Ivr {
     }
 }
 
-/// Codes by context id, shared between the app side and the IVR platform of the load driver.
+/// Codes by extension, shared between the app side and the simulated users at the phones.
 #[derive(Default)]
 struct CodeBook {
     codes: std::sync::Mutex<std::collections::HashMap<String, (String, bool)>>,
@@ -415,19 +423,19 @@ struct CodeBook {
 type Codes = std::sync::Arc<CodeBook>;
 
 impl CodeBook {
-    fn insert(&self, ctx: String, code: String, right: bool) {
+    fn insert(&self, extension: String, code: String, right: bool) {
         if let Ok(mut m) = self.codes.lock() {
-            m.insert(ctx, (code, right));
+            m.insert(extension, (code, right));
         }
         self.added.notify_waiters();
     }
 
-    async fn wait_for(&self, ctx: &str) -> (String, bool) {
+    async fn wait_for(&self, extension: &str) -> (String, bool) {
         loop {
             let notified = self.added.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(v) = self.codes.lock().ok().and_then(|m| m.get(ctx).cloned()) {
+            if let Some(v) = self.codes.lock().ok().and_then(|m| m.get(extension).cloned()) {
                 return v;
             }
             notified.await;
@@ -457,7 +465,7 @@ async fn drive_rounds(http: &Http, tenant_token: &str, extensions: &[String], ro
                     return Err(format!("create: {s} {v}"));
                 }
                 let id = v["id"].as_str().unwrap_or_default().to_owned();
-                codes.insert(v["context_id"].as_str().unwrap_or_default().to_owned(), v["code"].as_str().unwrap_or_default().to_owned(), right);
+                codes.insert(ext.clone(), v["code"].as_str().unwrap_or_default().to_owned(), right);
                 Ok::<_, String>((id, account, ext, right))
             }));
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::association::{Action, AssociationView, AuditRecord, Binding, CallEvent, CstaFailure, CstaRequest, CstaResultInfo, Engine, Input, Millis, Output, Principal};
+use crate::association::{Action, AdminScope, AssociationView, AuditRecord, Binding, CallEvent, CounterKey, CstaFailure, CstaRequest, CstaResultInfo, Engine, Input, Millis, Output, OwnerBlock, Principal, StoreWrite, CLAIM_WAIT};
 use crate::codec::apdu::ErrorCategory;
 use crate::codec::body::{FieldName as F, Value};
 use crate::codec::{Body, ConnectionId, DeviceId, EventKind, LocalDevice, Operation};
@@ -50,6 +50,8 @@ pub enum Query {
     Audit(AuditFilter),
     /// What the engine holds in memory.
     Sizes,
+    /// Admin: failure counters and owner blocks in scope.
+    Limits(AdminScope),
 }
 
 pub enum QueryResult {
@@ -57,6 +59,7 @@ pub enum QueryResult {
     Sizes(crate::association::Sizes),
     Bindings(Vec<Binding>),
     Audit(Vec<AuditRecord>),
+    Limits { counters: Vec<(CounterKey, u32)>, blocks: Vec<OwnerBlock> },
     Failed(String),
 }
 
@@ -74,6 +77,9 @@ pub struct Gateway {
     links: Arc<HashMap<String, Link>>,
     notifier: Option<crate::notify::Notifier>,
     stopped: Arc<tokio::sync::Notify>,
+    /// Bumped whenever a binding ends, before it is committed: event streams opened under a
+    /// binding check it again and end when it is gone.
+    unbinds: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Commands handled per store transaction at most.
@@ -91,7 +97,7 @@ impl Gateway {
     pub fn start(engine: Engine, store: Box<dyn Store>, links: HashMap<String, Link>, notifier: Option<crate::notify::Notifier>, restored: Vec<Action>) -> Gateway {
         let (tx, rx) = mpsc::channel(65_536);
         let links = Arc::new(links);
-        let gw = Gateway { tx: tx.clone(), links: links.clone(), notifier, stopped: Arc::new(tokio::sync::Notify::new()) };
+        let gw = Gateway { tx: tx.clone(), links: links.clone(), notifier, stopped: Arc::new(tokio::sync::Notify::new()), unbinds: Arc::new(tokio::sync::watch::Sender::new(0)) };
         let done = gw.stopped.clone();
         let me = gw.clone();
         tokio::spawn(async move {
@@ -116,6 +122,11 @@ impl Gateway {
 
     pub fn links(&self) -> &HashMap<String, Link> {
         &self.links
+    }
+
+    /// Changes each time a binding ends (see [`Gateway::unbinds`]).
+    pub fn watch_unbinds(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.unbinds.subscribe()
     }
 
     /// Stop the actor and wait until it has committed its last batch and closed the store.
@@ -174,10 +185,13 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
     // Running monitor subscriptions of the engine: dropping the sender stops the task, and the
     // subscription with it.
     let mut monitors: HashMap<(String, String), oneshot::Sender<()>> = HashMap::new();
+    // IVR requests whose answer waits for the PBX's report of the proof call's answer, by IVR
+    // call (at most one per call: a newer request of the platform replaces the older).
+    let mut waiting: HashMap<String, oneshot::Sender<Output>> = HashMap::new();
     let mut writes = store_writes(&restored);
     coalesce(&mut writes);
     match store.apply(&writes) {
-        Ok(()) => carry_out(&gw, &mut monitors, &restored),
+        Ok(()) => carry_out(&gw, &mut monitors, &mut waiting, &restored),
         Err(e) => warn!(error = %e, "store commit of the restored state failed: carrying out nothing"),
     }
     let mut batch = Vec::with_capacity(BATCH);
@@ -188,13 +202,20 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
         }
         let mut writes = Vec::new();
         let mut stop = false;
-        let mut after: Vec<(Option<oneshot::Sender<Output>>, Output)> = Vec::new();
+        let mut after: Vec<(Option<oneshot::Sender<Output>>, Option<String>, Output)> = Vec::new();
         for cmd in batch.drain(..) {
             match cmd {
                 Cmd::Engine { input, reply } => {
+                    let ivr_call = match &input {
+                        Input::Ivr { call, .. } => Some(call.clone()),
+                        _ => None,
+                    };
                     let out = engine.handle(input);
                     writes.extend(store_writes(&out.actions));
-                    after.push((reply, out));
+                    if out.actions.iter().any(|a| matches!(a, Action::Store(StoreWrite::Unbind { .. }))) {
+                        gw.unbinds.send_modify(|n| *n += 1);
+                    }
+                    after.push((reply, ivr_call, out));
                 }
                 Cmd::Stop => stop = true,
                 Cmd::Query { query, reply } => {
@@ -214,6 +235,7 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
                             Err(e) => QueryResult::Failed(e.to_string()),
                         },
                         Query::Sizes => QueryResult::Sizes(engine.sizes()),
+                        Query::Limits(scope) => QueryResult::Limits { counters: engine.counters(&scope), blocks: engine.blocks(&scope, now_ms()) },
                     };
                     let _ = reply.send(r);
                 }
@@ -223,18 +245,34 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
         coalesce(&mut writes);
         if let Err(e) = store.apply(&writes) {
             warn!(error = %e, "store commit failed: answering with an error, carrying out nothing");
-            for (reply, _) in after {
+            for (reply, _, _) in after {
                 if let Some(r) = reply {
                     let _ = r.send(Output { error: Some(crate::association::ApiError::BadRequest("storage unavailable".into())), ..Output::default() });
                 }
             }
             continue;
         }
-        for (reply, out) in after {
-            carry_out(&gw, &mut monitors, &out.actions);
-            if let Some(r) = reply {
-                let _ = r.send(out);
+        for (reply, ivr_call, out) in after {
+            carry_out(&gw, &mut monitors, &mut waiting, &out.actions);
+            match (reply, ivr_call) {
+                (Some(r), Some(call)) if out.ivr_wait => {
+                    waiting.insert(call, r);
+                    // The engine decides at the latest when the wait is over.
+                    let tx = gw.tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(CLAIM_WAIT + Duration::from_millis(10)).await;
+                        let _ = tx.send(Cmd::Engine { input: Input::Tick { now: now_ms() }, reply: None }).await;
+                    });
+                }
+                (Some(r), _) => {
+                    let _ = r.send(out);
+                }
+                (None, _) => {}
             }
+        }
+        // Answers nobody waits for any more (the platform gave up on the request).
+        if waiting.len() > 1024 {
+            waiting.retain(|_, r| !r.is_closed());
         }
         if stop {
             return;
@@ -253,9 +291,14 @@ fn store_writes(actions: &[Action]) -> Vec<crate::association::StoreWrite> {
 }
 
 /// Carry out the engine's CSTA work and notifications (its store writes are committed already).
-fn carry_out(gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Sender<()>>, actions: &[Action]) {
+fn carry_out(gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Sender<()>>, waiting: &mut HashMap<String, oneshot::Sender<Output>>, actions: &[Action]) {
     for a in actions {
         match a {
+            Action::IvrReply { call, reply } => {
+                if let Some(r) = waiting.remove(call) {
+                    let _ = r.send(Output { ivr: Some(reply.clone()), ..Output::default() });
+                }
+            }
             Action::Csta { association, pbx, request } => run_csta(gw, monitors, association, pbx, request.clone()),
             Action::Notify { tenant, account, event, association } => {
                 info!(%tenant, %account, %event, %association, "notify account");

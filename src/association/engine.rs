@@ -10,8 +10,12 @@ const HOUR: Millis = 3_600_000;
 pub(crate) const MAX_CODE_ENTRIES: u32 = 5;
 /// Per-call limit of code entries.
 pub(crate) const MAX_ENTRIES_PER_CALL: u32 = 3;
-/// Digits of the context id.
-const CONTEXT_DIGITS: usize = 8;
+/// CSTA events about one attempt's calls beyond which the PBX is flooding us (a real proof call
+/// has about ten).
+pub(crate) const MAX_ATTEMPT_EVENTS: u32 = 200;
+/// Steps kept in an association's history; later ones replace the last entry after a
+/// "truncated" marker (the audit log keeps every step).
+pub(crate) const MAX_HISTORY: usize = 64;
 /// How long an ended association stays in memory (late IVR requests and API reads find it
 /// there; afterwards the API reads it from the store). Memory holds the live associations and
 /// those of the last few minutes, not the whole history.
@@ -28,6 +32,27 @@ pub(crate) struct Assoc {
     /// Ringing (until the IVR answers: `no_answer`) or in the IVR (until the IVR platform's
     /// next request: `ivr_timeout`).
     pub(crate) deadline: Option<Millis>,
+    /// The current attempt's proof call: its secret context id and what the IVR may know of it.
+    pub(crate) attempt: Attempt,
+}
+
+/// One proof call attempt. A new one (new context id) for every attempt.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Attempt {
+    /// Kept in memory only, never stored, logged or shown; `None` once the attempt is over.
+    pub(crate) context: Option<String>,
+    /// When the PBX reported the proof call answered at the IVR.
+    pub(crate) in_ivr_at: Option<Millis>,
+    /// The IVR call that claimed the attempt (the first to present its context in time).
+    pub(crate) claimed_by: Option<String>,
+    /// An IVR call that presented the context before the PBX reported the answer, and until when
+    /// it may wait for that report.
+    pub(crate) waiting: Option<(String, Millis)>,
+    /// CSTA events about the attempt's call (flood guard).
+    pub(crate) events: u32,
+    /// Steps recorded once per attempt however often the PBX repeats the event.
+    pub(crate) answered: bool,
+    pub(crate) reaching_ivr: bool,
 }
 
 impl Assoc {
@@ -54,7 +79,10 @@ pub struct Engine {
     pub(crate) by_context: HashMap<String, String>,
     pub(crate) bindings: HashMap<(String, String), Binding>,
     pub(crate) counters: HashMap<CounterKey, u32>,
-    pub(crate) proof_calls: HashMap<(String, String), Vec<Millis>>,
+    /// Proof calls of the last hour by extension, with the account each was charged to.
+    pub(crate) proof_calls: HashMap<(String, String), Vec<ProofCall>>,
+    /// Owner blocks by (tenant, account, pbx, extension).
+    pub(crate) blocks: HashMap<(String, String, String, String), OwnerBlock>,
     pub(crate) ivr_calls: HashMap<String, super::ivr::IvrCall>,
 }
 
@@ -76,7 +104,8 @@ pub struct Sizes {
 pub struct Snapshot {
     pub bindings: Vec<Binding>,
     pub counters: Vec<(CounterKey, u32)>,
-    pub proof_calls: Vec<(String, String, Millis)>,
+    pub proof_calls: Vec<ProofCall>,
+    pub blocks: Vec<OwnerBlock>,
     /// Associations that were not final when the gateway stopped.
     pub in_flight: Vec<AssociationView>,
 }
@@ -92,6 +121,7 @@ impl Engine {
             bindings: HashMap::new(),
             counters: HashMap::new(),
             proof_calls: HashMap::new(),
+            blocks: HashMap::new(),
             ivr_calls: HashMap::new(),
         }
     }
@@ -104,9 +134,14 @@ impl Engine {
             e.bindings.insert((b.pbx.clone(), b.extension.clone()), b);
         }
         e.counters.extend(snap.counters);
-        for (pbx, ext, at) in snap.proof_calls {
-            if now.saturating_sub(at) < HOUR {
-                e.proof_calls.entry((pbx, ext)).or_default().push(at);
+        for c in snap.proof_calls {
+            if now.saturating_sub(c.at) < HOUR {
+                e.proof_calls.entry((c.pbx.clone(), c.extension.clone())).or_default().push(c);
+            }
+        }
+        for b in snap.blocks {
+            if b.until > now {
+                e.blocks.insert((b.tenant.clone(), b.account.clone(), b.pbx.clone(), b.extension.clone()), b);
             }
         }
         let mut actions = Vec::new();
@@ -117,7 +152,7 @@ impl Engine {
             v.state = State::Failed;
             v.reason = Some(Reason::GatewayRestarted);
             v.retryable = false;
-            v.history.push(Step { at: now, step: "failed".into(), detail: "gateway restarted while the association was in flight".into() });
+            push_history(&mut v.history, Step { at: now, step: "failed".into(), detail: "gateway restarted while the association was in flight".into() });
             actions.push(audit(&v, now, "failed", "gateway_restarted"));
             // The call the previous run placed may still be up (ringing, or in the IVR).
             clear_call(&mut v, &mut actions);
@@ -149,6 +184,20 @@ impl Engine {
         now + self.policies.get(pbx).map_or(60_000, |p| p.ivr_timeout.as_millis() as Millis)
     }
 
+    /// Failure counters in scope (admin), non-zero ones only.
+    pub fn counters(&self, scope: &AdminScope) -> Vec<(CounterKey, u32)> {
+        let mut v: Vec<(CounterKey, u32)> = self.counters.iter().filter(|(k, n)| **n > 0 && scope.counter(k)).map(|(k, n)| (k.clone(), *n)).collect();
+        v.sort();
+        v
+    }
+
+    /// Owner blocks in scope still in force at `now` (admin).
+    pub fn blocks(&self, scope: &AdminScope, now: Millis) -> Vec<OwnerBlock> {
+        let mut v: Vec<OwnerBlock> = self.blocks.values().filter(|b| b.until > now && scope.block(b)).cloned().collect();
+        v.sort_by(|a, b| (&a.pbx, &a.extension, &a.tenant, &a.account).cmp(&(&b.pbx, &b.extension, &b.tenant, &b.account)));
+        v
+    }
+
     pub fn sizes(&self) -> Sizes {
         Sizes { associations: self.assocs.len(), live: self.by_ext.len(), ivr_calls: self.ivr_calls.len(), proof_call_extensions: self.proof_calls.len(), bindings: self.bindings.len() }
     }
@@ -157,8 +206,8 @@ impl Engine {
     pub fn handle(&mut self, input: Input) -> Output {
         let mut out = Output::default();
         match input {
-            Input::Create { principal, account, account_name, pbx, extension, id, context_id, code, now } => {
-                match self.create(&principal, account, account_name, pbx, extension, id, &context_id, &code, now, &mut out.actions) {
+            Input::Create { principal, account, account_name, pbx, extension, id, random, code, now } => {
+                match self.create(&principal, account, account_name, pbx, extension, id, &random, &code, now, &mut out.actions) {
                     Ok((view, code)) => {
                         out.view = Some(view);
                         out.code = Some(code);
@@ -166,10 +215,10 @@ impl Engine {
                     Err(e) => out.error = Some(e),
                 }
             }
-            Input::Complete { principal, id, now } => match self.visible_id(&principal, &id) {
+            Input::Complete { principal, id, random, now } => match self.visible_id(&principal, &id) {
                 None => out.error = Some(ApiError::NotFound),
                 Some(()) => {
-                    if let Err(e) = self.start_attempt(&id, now, &mut out.actions) {
+                    if let Err(e) = self.start_attempt(&id, &random, now, &mut out.actions) {
                         out.error = Some(e);
                     }
                     out.view = self.assocs.get(&id).map(|a| a.view.clone());
@@ -203,7 +252,10 @@ impl Engine {
                     }
                 }
             }
-            Input::Ivr { call, from, to, digits, now } => out.ivr = Some(self.ivr(&call, &from, &to, digits.as_deref(), now, &mut out.actions)),
+            Input::Ivr { call, from, to, digits, now } => match self.ivr(&call, &from, &to, digits.as_deref(), now, &mut out.actions) {
+                Some(reply) => out.ivr = Some(reply),
+                None => out.ivr_wait = true,
+            },
             Input::IvrHangup { call, now } => self.ivr_hangup(&call, now, &mut out.actions),
             Input::Tick { now } => self.tick(now, &mut out.actions),
             Input::Unbind { principal, account, pbx, extension, now } => {
@@ -228,14 +280,23 @@ impl Engine {
                     _ => out.error = Some(ApiError::NotFound),
                 }
             }
-            Input::ResetCounters { key, now } => {
-                self.counters.insert(key.clone(), 0);
-                out.actions.push(Action::Store(StoreWrite::Counter { key: key.clone(), value: 0 }));
-                let (tenant, account, pbx, extension) = match &key {
-                    CounterKey::Extension { pbx, extension } => (String::new(), String::new(), pbx.clone(), extension.clone()),
-                    CounterKey::Account { tenant, account } => (tenant.clone(), account.clone(), String::new(), String::new()),
-                };
-                out.actions.push(Action::Store(StoreWrite::Audit(AuditRecord { at: now, tenant, account, pbx, extension, association: String::new(), step: "counter_reset".into(), result: "by admin".into() })));
+            Input::ResetCounters { scope, now } => {
+                for (key, _) in self.counters(&scope) {
+                    self.counters.insert(key.clone(), 0);
+                    let (tenant, account) = key.tenant_account();
+                    let (pbx, extension) = key.extension().unwrap_or_default();
+                    let record = AuditRecord { at: now, tenant: tenant.into(), account: account.into(), pbx: pbx.into(), extension: extension.into(), association: String::new(), step: "counter_reset".into(), result: "by admin".into() };
+                    out.actions.push(Action::Store(StoreWrite::Counter { key: key.clone(), value: 0 }));
+                    out.actions.push(Action::Store(StoreWrite::Audit(record)));
+                }
+            }
+            Input::LiftBlocks { scope, now } => {
+                for b in self.blocks(&scope, now) {
+                    self.blocks.remove(&(b.tenant.clone(), b.account.clone(), b.pbx.clone(), b.extension.clone()));
+                    let record = AuditRecord { at: now, tenant: b.tenant.clone(), account: b.account.clone(), pbx: b.pbx.clone(), extension: b.extension.clone(), association: String::new(), step: "owner_block_lifted".into(), result: "by admin".into() };
+                    out.actions.push(Action::Store(StoreWrite::Unblock { tenant: b.tenant, account: b.account, pbx: b.pbx, extension: b.extension }));
+                    out.actions.push(Action::Store(StoreWrite::Audit(record)));
+                }
             }
         }
         out
@@ -246,7 +307,7 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn create(&mut self, principal: &Principal, account: String, account_name: Option<String>, pbx: Option<String>, extension: String, id: String, context_random: &str, code_random: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(AssociationView, String), ApiError> {
+    fn create(&mut self, principal: &Principal, account: String, account_name: Option<String>, pbx: Option<String>, extension: String, id: String, random: &str, code_random: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(AssociationView, String), ApiError> {
         let tenant = match principal {
             Principal::Tenant(t) => t.clone(),
             Principal::Admin => return Err(ApiError::BadRequest("associations are requested by a tenant for one of its accounts".into())),
@@ -276,6 +337,9 @@ impl Engine {
         }
         // Expired associations free their extension and account.
         self.tick(now, actions);
+        if let Some(until) = self.blocked_until(&tenant, &account, &pbx, &extension, now) {
+            return Err(ApiError::BlockedByPhoneOwner(until));
+        }
         if self.by_ext.contains_key(&ext_key) {
             return Err(ApiError::ExtensionBusy);
         }
@@ -285,6 +349,8 @@ impl Engine {
         if self.locked_out(&pbx, &extension, &tenant, &account) {
             return Err(ApiError::LockedOut);
         }
+        // Refused by a limit: no code, nothing live (the first attempt would be refused anyway).
+        self.proof_call_budget(&pbx, &extension, &tenant, &account, now)?;
         let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
         let code: String = digits(code_random).chars().take(code_digits).collect();
         if code.len() != code_digits {
@@ -293,16 +359,6 @@ impl Engine {
         if self.assocs.contains_key(&id) {
             return Err(ApiError::BadRequest("association id already used".into()));
         }
-        // A context id unique among live associations.
-        let pool = digits(context_random);
-        let context_id = pool
-            .as_bytes()
-            .chunks(CONTEXT_DIGITS)
-            .filter(|c| c.len() == CONTEXT_DIGITS)
-            .filter_map(|c| std::str::from_utf8(c).ok())
-            .find(|c| !self.by_context.contains_key(*c))
-            .map(str::to_owned)
-            .ok_or_else(|| ApiError::BadRequest("not enough randomness for the context id".into()))?;
         let expires_at = now + code_ttl.as_millis() as Millis;
         let view = AssociationView {
             id: id.clone(),
@@ -313,32 +369,54 @@ impl Engine {
             state: State::CodeIssued,
             reason: None,
             retryable: true,
-            context_id: context_id.clone(),
             expires_at,
             call: None,
             history: vec![Step { at: now, step: "code_issued".into(), detail: format!("code of {} digits valid until {expires_at}", code.len()) }],
         };
         self.by_ext.insert(ext_key, id.clone());
         self.by_account.insert((tenant.clone(), account.clone()), id.clone());
-        self.by_context.insert(context_id, id.clone());
-        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, monitored: false, deadline: None });
+        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, monitored: false, deadline: None, attempt: Attempt::default() });
         actions.push(audit(&view, now, "code_issued", "ok"));
         actions.push(Action::Store(StoreWrite::Association(view)));
         if !require_completion {
-            // A refusal here (rate limit) leaves the association waiting for a retry.
-            let _ = self.start_attempt(&id, now, actions);
+            if let Err(e) = self.start_attempt(&id, random, now, actions) {
+                // Checked above, so only a lack of randomness: undo, nothing stays live.
+                self.finish(&id, State::Failed, None, "the first attempt could not start", now, actions);
+                return Err(e);
+            }
         }
         Ok((self.assocs[&id].view.clone(), code))
     }
 
+    /// The failure limits of whoever asked: the account, and the account on this extension.
+    /// Another account's failures never lock out an extension's owner.
     pub(crate) fn locked_out(&self, pbx: &str, extension: &str, tenant: &str, account: &str) -> bool {
         let limit = self.policies.get(pbx).map_or(100, |p| p.lockout_after);
         let c = |k: CounterKey| self.counters.get(&k).copied().unwrap_or(0);
-        c(CounterKey::Extension { pbx: pbx.into(), extension: extension.into() }) >= limit || c(CounterKey::Account { tenant: tenant.into(), account: account.into() }) >= limit
+        c(CounterKey::Account { tenant: tenant.into(), account: account.into() }) >= limit || c(CounterKey::AccountExtension { tenant: tenant.into(), account: account.into(), pbx: pbx.into(), extension: extension.into() }) >= limit
     }
 
-    /// Steps 3–6: (re)start a proof attempt.
-    fn start_attempt(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(), ApiError> {
+    /// Until when the phone's owner has blocked `account` from `extension`, if they have.
+    fn blocked_until(&self, tenant: &str, account: &str, pbx: &str, extension: &str, now: Millis) -> Option<Millis> {
+        self.blocks.get(&(tenant.to_owned(), account.to_owned(), pbx.to_owned(), extension.to_owned())).map(|b| b.until).filter(|u| *u > now)
+    }
+
+    /// Another proof call to the extension is allowed: under the extension's hourly limit, and
+    /// under the requesting account's share of it (half, rounded up), so that no other account
+    /// can spend all of an owner's proof calls.
+    fn proof_call_budget(&mut self, pbx: &str, ext: &str, tenant: &str, account: &str, now: Millis) -> Result<(), ApiError> {
+        let limit = self.policies.get(pbx).map_or(3, |p| p.proof_calls_per_hour);
+        let calls = self.proof_calls.entry((pbx.to_owned(), ext.to_owned())).or_default();
+        calls.retain(|c| now.saturating_sub(c.at) < HOUR);
+        let mine = calls.iter().filter(|c| c.tenant == tenant && c.account == account).count();
+        if calls.len() >= limit || mine >= limit.div_ceil(2) {
+            return Err(ApiError::RateLimited);
+        }
+        Ok(())
+    }
+
+    /// Steps 3–6: (re)start a proof attempt, with a new context id drawn from `random`.
+    fn start_attempt(&mut self, id: &str, random: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(), ApiError> {
         let Some(a) = self.assocs.get(id) else { return Err(ApiError::NotFound) };
         let v = &a.view;
         match v.state {
@@ -355,20 +433,30 @@ impl Engine {
             self.finish(id, State::Failed, Some(Reason::LockedOut), "locked_out", now, actions);
             return Err(ApiError::LockedOut);
         }
-        let limit = self.policies.get(&pbx).map_or(3, |p| p.proof_calls_per_hour);
-        let calls = self.proof_calls.entry((pbx.clone(), ext.clone())).or_default();
-        calls.retain(|t| now.saturating_sub(*t) < HOUR);
-        if calls.len() >= limit {
-            self.step(id, now, "rate_limited", "proof-call limit of this extension reached", actions);
-            return Err(ApiError::RateLimited);
+        if let Err(e) = self.proof_call_budget(&pbx, &ext, &tenant, &account, now) {
+            self.step(id, now, "rate_limited", "proof-call limit of this extension or account reached", actions);
+            return Err(e);
         }
-        calls.push(now);
-        actions.push(Action::Store(StoreWrite::ProofCall { pbx: pbx.clone(), extension: ext.clone(), at: now }));
+        // A context id unique among live attempts, new for this proof call.
+        let n = self.policies.get(&pbx).map_or(8, |p| p.context_digits);
+        let pool: Vec<u8> = random.bytes().filter(u8::is_ascii_digit).collect();
+        let context = pool
+            .chunks(n)
+            .filter(|c| c.len() == n)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .find(|c| !self.by_context.contains_key(*c))
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::BadRequest("not enough randomness for the context id".into()))?;
+        let call = ProofCall { pbx: pbx.clone(), extension: ext.clone(), tenant, account, at: now };
+        self.proof_calls.entry((pbx.clone(), ext.clone())).or_default().push(call.clone());
+        actions.push(Action::Store(StoreWrite::ProofCall(call)));
+        self.by_context.insert(context.clone(), id.to_owned());
         let a = self.assocs.get_mut(id).ok_or(ApiError::NotFound)?;
         a.view.reason = None;
         a.view.retryable = true;
         a.view.call = None;
         a.lock_call = None;
+        a.attempt = Attempt { context: Some(context), ..Attempt::default() };
         if a.monitored {
             self.after_monitor(id, now, actions);
         } else {
@@ -393,7 +481,8 @@ impl Engine {
 
     fn place_call(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
         let Some(a) = self.assocs.get(id) else { return };
-        let (pbx, ext, ctx) = (a.view.pbx.clone(), a.view.extension.clone(), a.view.context_id.clone());
+        let (pbx, ext) = (a.view.pbx.clone(), a.view.extension.clone());
+        let Some(ctx) = a.attempt.context.clone() else { return };
         let Some(policy) = self.policies.get(&pbx) else { return };
         let to = match policy.context_delivery {
             ContextDelivery::DialSuffix => format!("{}*{ctx}#", policy.ivr_number),
@@ -487,10 +576,25 @@ impl Engine {
             None => a.view.call = Some(this),
             _ => {}
         }
+        // A PBX that repeats events without end must not hold the engine (each step is written).
+        a.attempt.events += 1;
+        if a.attempt.events > MAX_ATTEMPT_EVENTS {
+            self.fail_attempt(&id, Reason::PbxFlood, "the PBX sent more events about the proof call than a call has", now, actions);
+            return;
+        }
         match event {
-            CallEvent::Initiated { .. } => self.set_state(&id, State::Ringing, now, "ringing", "the phone is ringing", actions),
-            CallEvent::Originated { .. } => self.step(&id, now, "answered", "the user picked up", actions),
-            CallEvent::Delivered { .. } => self.step(&id, now, "reaching_ivr", "the call is reaching the IVR", actions),
+            CallEvent::Initiated { .. } if state == State::Calling => self.set_state(&id, State::Ringing, now, "ringing", "the phone is ringing", actions),
+            CallEvent::Initiated { .. } => {}
+            CallEvent::Originated { .. } => {
+                if !std::mem::replace(&mut a.attempt.answered, true) {
+                    self.step(&id, now, "answered", "the user picked up", actions);
+                }
+            }
+            CallEvent::Delivered { .. } => {
+                if !std::mem::replace(&mut a.attempt.reaching_ivr, true) {
+                    self.step(&id, now, "reaching_ivr", "the call is reaching the IVR", actions);
+                }
+            }
             CallEvent::Established { .. } => {
                 if state == State::InIvr {
                     return;
@@ -498,15 +602,18 @@ impl Engine {
                 let deadline = self.ivr_deadline(pbx, now);
                 if let Some(a) = self.assocs.get_mut(&id) {
                     a.deadline = Some(deadline);
+                    a.attempt.in_ivr_at = Some(now);
                 }
                 self.set_state(&id, State::InIvr, now, "in_ivr", "the user is connected to the IVR", actions);
                 let dtmf = self.policies.get(pbx).is_some_and(|p| p.context_delivery == ContextDelivery::Dtmf);
                 if let (true, Some(a)) = (dtmf, self.assocs.get(&id)) {
-                    if let Some(call) = a.call() {
-                        let digits = format!("*{}#", a.view.context_id);
+                    if let (Some(call), Some(ctx)) = (a.call(), a.attempt.context.as_ref()) {
+                        let digits = format!("*{ctx}#");
                         actions.push(Action::Csta { association: id.clone(), pbx: pbx.to_owned(), request: CstaRequest::SendDigits { call, extension: extension.to_owned(), digits } });
                     }
                 }
+                // An IVR request that came just before this report was waiting for it.
+                self.claim_waiting(&id, now, actions);
             }
             CallEvent::Failed { cause, .. } => {
                 let reason = match cause {
@@ -531,7 +638,9 @@ impl Engine {
         let ids: Vec<String> = self.by_ext.values().cloned().collect();
         for id in ids {
             let Some(a) = self.assocs.get(&id) else { continue };
-            if now >= a.view.expires_at {
+            if a.attempt.waiting.as_ref().is_some_and(|(_, until)| now >= *until) {
+                self.claim_waiting(&id, now, actions);
+            } else if now >= a.view.expires_at {
                 self.finish(&id, State::Expired, Some(Reason::Expired), "expired", now, actions);
             } else if a.deadline.is_some_and(|d| now >= d) {
                 match a.view.state {
@@ -544,8 +653,9 @@ impl Engine {
         // Forget silent IVR calls, proof calls older than the hour they count in, and ended
         // associations after a while (the store keeps them).
         self.ivr_calls.retain(|_, c| now.saturating_sub(c.last) < FORGET_AFTER);
+        self.blocks.retain(|_, b| b.until > now);
         self.proof_calls.retain(|_, calls| {
-            calls.retain(|t| now.saturating_sub(*t) < HOUR);
+            calls.retain(|c| now.saturating_sub(c.at) < HOUR);
             !calls.is_empty()
         });
         self.assocs.retain(|_, a| !a.view.state.is_final(a.view.retryable) || a.view.history.last().is_none_or(|s| now.saturating_sub(s.at) < FORGET_AFTER));
@@ -554,6 +664,7 @@ impl Engine {
     /// The attempt failed: clear any call, tell the account; the user may retry while the code
     /// is valid and its entries are not used up.
     pub(crate) fn fail_attempt(&mut self, id: &str, reason: Reason, detail: &str, now: Millis, actions: &mut Vec<Action>) {
+        self.end_attempt(id, actions);
         let Some(a) = self.assocs.get_mut(id) else { return };
         a.deadline = None;
         let retryable = now < a.view.expires_at && a.code_entries < MAX_CODE_ENTRIES && !matches!(reason, Reason::LockedOut | Reason::AttemptsExhausted);
@@ -573,6 +684,7 @@ impl Engine {
     /// End an association for good: free its extension, account and context id, clear its
     /// call and stop its monitor.
     pub(crate) fn finish(&mut self, id: &str, state: State, reason: Option<Reason>, detail: &str, now: Millis, actions: &mut Vec<Action>) {
+        self.end_attempt(id, actions);
         let Some(a) = self.assocs.get_mut(id) else { return };
         a.view.reason = reason;
         a.view.retryable = false;
@@ -584,10 +696,9 @@ impl Engine {
         if std::mem::take(&mut a.monitored) {
             actions.push(Action::Csta { association: id.to_owned(), pbx: pbx.clone(), request: CstaRequest::MonitorStop { extension: ext.clone() } });
         }
-        let (tenant, account, ctx) = (a.view.tenant.clone(), a.view.account.clone(), a.view.context_id.clone());
+        let (tenant, account) = (a.view.tenant.clone(), a.view.account.clone());
         self.by_ext.remove(&(pbx, ext));
         self.by_account.remove(&(tenant.clone(), account.clone()));
-        self.by_context.remove(&ctx);
         let step = match state {
             State::Bound => "bound",
             State::Expired => "expired",
@@ -602,7 +713,7 @@ impl Engine {
     fn set_state(&mut self, id: &str, state: State, now: Millis, step: &str, detail: &str, actions: &mut Vec<Action>) {
         let Some(a) = self.assocs.get_mut(id) else { return };
         a.view.state = state;
-        a.view.history.push(Step { at: now, step: step.to_owned(), detail: detail.to_owned() });
+        push_history(&mut a.view.history, Step { at: now, step: step.to_owned(), detail: detail.to_owned() });
         let result = a.view.reason.map_or_else(|| "ok".to_owned(), |r| serde_json::to_value(r).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default());
         actions.push(audit(&a.view, now, step, &result));
         actions.push(Action::Store(StoreWrite::Association(a.view.clone())));
@@ -611,9 +722,22 @@ impl Engine {
     /// A history step without a state change.
     pub(crate) fn step(&mut self, id: &str, now: Millis, step: &str, detail: &str, actions: &mut Vec<Action>) {
         let Some(a) = self.assocs.get_mut(id) else { return };
-        a.view.history.push(Step { at: now, step: step.to_owned(), detail: detail.to_owned() });
+        push_history(&mut a.view.history, Step { at: now, step: step.to_owned(), detail: detail.to_owned() });
         actions.push(audit(&a.view, now, step, "ok"));
         actions.push(Action::Store(StoreWrite::Association(a.view.clone())));
+    }
+}
+
+/// Append a step, keeping at most [`MAX_HISTORY`] entries and a "truncated" marker, after which
+/// the newest step replaces the last one: a PBX or IVR that repeats itself cannot grow a view.
+pub(crate) fn push_history(h: &mut Vec<Step>, s: Step) {
+    if h.len() < MAX_HISTORY - 1 {
+        h.push(s);
+    } else if h.len() == MAX_HISTORY - 1 {
+        h.push(Step { at: s.at, step: "truncated".into(), detail: "later steps are in the audit log; the newest follows".into() });
+        h.push(s);
+    } else if let Some(last) = h.last_mut() {
+        *last = s;
     }
 }
 

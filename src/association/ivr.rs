@@ -1,15 +1,24 @@
 //! The IVR dialogue (step 7–8): the gateway is the IVR application's logic; the IVR platform
-//! only plays prompts and collects DTMF. Identify the association (context id, else calling
-//! number), name the account and require the confirm key (anti-phishing), collect the code,
-//! compare it in constant time, bind or say what went wrong.
+//! only plays prompts and collects DTMF.
+//!
+//! An IVR call first has to **claim** an attempt, and only the proof call can: it presents the
+//! attempt's context id (or, with `context_delivery = "none"`, the extension's DID), the PBX has
+//! reported the proof call answered at the IVR, the IVR call started within `ivr_claim_window`
+//! of that report (a request that comes just before the report waits for it, [`CLAIM_WAIT`] at
+//! most), and no other IVR call claimed the attempt first. Anything else is a suspected attack:
+//! the attempt fails as `ivr_call_mismatch`, the call is cleared, the audit log and the account
+//! are told. Then the IVR names the asking account (anti-phishing) and the phone's owner accepts
+//! (1) or refuses (9); then the code, compared in constant time.
 
 use subtle::ConstantTimeEq;
 
 use super::engine::{audit, Engine, MAX_CODE_ENTRIES, MAX_ENTRIES_PER_CALL};
 use super::*;
 
-/// The confirm key after the account's name.
-const CONFIRM_KEY: &str = "1";
+/// "I asked for this", after the account's name.
+pub const CONFIRM_KEY: &str = "1";
+/// "I did not ask for this": blocks the account from the extension for `owner_block`.
+pub const REFUSE_KEY: &str = "9";
 /// IVR calls followed at once at most.
 pub(crate) const MAX_IVR_CALLS: usize = 10_000;
 /// How many times the caller may key an unknown context id.
@@ -18,6 +27,9 @@ const CONTEXT_TRIES: u32 = 3;
 #[derive(Debug, Clone)]
 pub(crate) enum Stage {
     AwaitContext { tries: u32 },
+    /// Presented the context of an attempt whose proof call the PBX has not yet reported
+    /// answered: the request's answer waits (see [`Output::ivr_wait`]).
+    AwaitAnswer,
     AwaitConfirm { association: String },
     AwaitCode { association: String, tries: u32 },
     Done,
@@ -25,6 +37,8 @@ pub(crate) enum Stage {
 
 #[derive(Debug, Clone)]
 pub(crate) struct IvrCall {
+    /// The platform's first request on the call: the call started then.
+    pub(crate) first: Millis,
     /// The platform's last request on the call: a call silent for [`super::engine::FORGET_AFTER`]
     /// is forgotten (a live one speaks every few seconds).
     pub(crate) last: Millis,
@@ -41,11 +55,18 @@ fn prompt(id: &'static str, say: &str, max_digits: usize) -> IvrReply {
 fn bye(id: &'static str, say: &str) -> IvrReply {
     IvrReply { prompt: id, say: say.to_owned(), gather: None, hangup: true }
 }
+fn not_linked() -> IvrReply {
+    bye("not_linked", "Nothing was linked. Goodbye.")
+}
+fn no_longer_valid() -> IvrReply {
+    bye("no_longer_valid", "This request is no longer valid. Goodbye.")
+}
 
 impl Engine {
     /// One request of the IVR platform on `call`; it also proves the platform still follows the
-    /// call (the association's `ivr_timeout` starts again).
-    pub(crate) fn ivr(&mut self, call: &str, from: &str, to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
+    /// call (the association's `ivr_timeout` starts again). `None`: the answer waits for the
+    /// PBX's report of the answer and comes as [`Action::IvrReply`].
+    pub(crate) fn ivr(&mut self, call: &str, from: &str, to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> Option<IvrReply> {
         let reply = self.ivr_step(call, from, to, digits, now, actions);
         if let Some(c) = self.ivr_calls.get_mut(call) {
             c.last = now;
@@ -63,46 +84,52 @@ impl Engine {
         reply
     }
 
-    fn ivr_step(&mut self, call: &str, from: &str, _to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
+    fn ivr_step(&mut self, call: &str, from: &str, _to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> Option<IvrReply> {
         let digits = digits.map(|d| d.trim().trim_end_matches('#').trim_start_matches('*').to_owned());
         let Some(session) = self.ivr_calls.get(call).cloned() else {
-            // First request of a call. Find the association by calling number where the PBX
-            // presents a known DID; otherwise collect the context id (dialled after the number
-            // or sent as DTMF by the gateway, or keyed by the user).
+            // First request of a call: the context id dialled after the number (or sent as DTMF
+            // by the gateway), or, where the PBX does not deliver one, the calling number.
             if self.ivr_calls.len() >= MAX_IVR_CALLS {
                 // More calls in the IVR than any PBX fleet places: a platform gone wrong, or
                 // someone with the webhook key. Refuse new calls rather than grow.
-                return bye("busy", "The service is busy. Please try again later. Goodbye.");
+                return Some(bye("busy", "The service is busy. Please try again later. Goodbye."));
             }
-            self.ivr_calls.insert(call.to_owned(), IvrCall { last: now, from: from.to_owned(), stage: Stage::AwaitContext { tries: 0 } });
-            if let Some(id) = self.by_calling_number(from) {
-                return self.confirm_prompt(call, &id, now, actions);
-            }
+            self.ivr_calls.insert(call.to_owned(), IvrCall { first: now, last: now, from: from.to_owned(), stage: Stage::AwaitContext { tries: 0 } });
             if let Some(d) = digits.filter(|d| !d.is_empty()) {
                 return self.context_entered(call, &d, 0, now, actions);
             }
-            return prompt("enter_context", "Please enter the number shown in your app, then the hash key.", 12);
+            if let Some(id) = self.by_calling_number(from) {
+                return self.claim(call, &id, now, actions);
+            }
+            return Some(prompt("enter_context", "Please enter the number shown in your app, then the hash key.", 16));
         };
         let entered = digits.unwrap_or_default();
-        match session.stage {
+        Some(match session.stage {
             Stage::Done => bye("goodbye", "Goodbye."),
-            Stage::AwaitContext { tries } => self.context_entered(call, &entered, tries, now, actions),
+            // The platform asked again before we answered: it gave up on the earlier request.
+            Stage::AwaitAnswer => return None,
+            Stage::AwaitContext { tries } => return self.context_entered(call, &entered, tries, now, actions),
             Stage::AwaitConfirm { association } => {
-                if entered == CONFIRM_KEY && self.live_in_call(&association) {
+                if !self.claimed(call, &association) {
+                    self.set_stage(call, Stage::Done);
+                    no_longer_valid()
+                } else if entered == CONFIRM_KEY {
                     self.set_stage(call, Stage::AwaitCode { association: association.clone(), tries: 0 });
                     let n = self.assocs.get(&association).map_or(6, |a| a.code.len());
-                    self.step(&association, now, "confirmed", "the caller confirmed the account", actions);
+                    self.step(&association, now, "confirmed", "the phone's owner confirmed the request", actions);
                     prompt("enter_code", "Please enter the code shown in your app, then the hash key.", n)
+                } else if entered == REFUSE_KEY {
+                    self.set_stage(call, Stage::Done);
+                    self.refused_by_owner(&association, now, actions);
+                    bye("refused", "Thank you. Nothing was linked, and this account may not ask for this phone again for now. Goodbye.")
                 } else {
                     self.set_stage(call, Stage::Done);
-                    if self.live_in_call(&association) {
-                        self.fail_attempt(&association, Reason::NotConfirmed, "the caller did not confirm the account", now, actions);
-                    }
-                    bye("not_linked", "Nothing was linked. Goodbye.")
+                    self.fail_attempt(&association, Reason::NotConfirmed, "the caller did not confirm the request", now, actions);
+                    not_linked()
                 }
             }
             Stage::AwaitCode { association, tries } => self.code_entered(call, &association, &entered, tries, now, actions),
-        }
+        })
     }
 
     fn set_stage(&mut self, call: &str, stage: Stage) {
@@ -111,54 +138,158 @@ impl Engine {
         }
     }
 
-    /// The association is waiting for this proof call.
-    fn live_in_call(&self, id: &str) -> bool {
-        self.assocs.get(id).is_some_and(|a| matches!(a.view.state, State::Calling | State::Ringing | State::InIvr))
+    /// `call` is the IVR call that claimed the association's current attempt, still in the IVR.
+    fn claimed(&self, call: &str, id: &str) -> bool {
+        self.assocs.get(id).is_some_and(|a| a.view.state == State::InIvr && a.attempt.claimed_by.as_deref() == Some(call))
     }
 
-    /// A live association in a call whose extension the calling number presents.
+    /// Where the PBX delivers no context id: the one live proof call of an extension whose DID
+    /// the calling number presents. Caller ID can be spoofed, so the claim's timing rules matter
+    /// all the more (README: weaker).
     fn by_calling_number(&self, from: &str) -> Option<String> {
         let mut found = self.by_ext.iter().filter_map(|((pbx, ext), id)| {
-            let prefix = self.policies.get(pbx)?.did_prefix.as_ref()?;
-            (from == format!("{prefix}{ext}") && self.live_in_call(id)).then(|| id.clone())
+            let p = self.policies.get(pbx)?;
+            let prefix = p.did_prefix.as_ref()?;
+            let live = self.assocs.get(id).is_some_and(|a| matches!(a.view.state, State::Calling | State::Ringing | State::InIvr));
+            (p.context_delivery == ContextDelivery::None && live && from == format!("{prefix}{ext}")).then(|| id.clone())
         });
         let first = found.next()?;
-        // Ambiguous: ask for the context id instead.
+        // Ambiguous: nobody.
         found.next().is_none().then_some(first)
     }
 
-    fn context_entered(&mut self, call: &str, entered: &str, tries: u32, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
-        match self.by_context.get(entered).cloned().filter(|id| self.live_in_call(id)) {
-            Some(id) => self.confirm_prompt(call, &id, now, actions),
-            None if tries + 1 < CONTEXT_TRIES => {
-                self.set_stage(call, Stage::AwaitContext { tries: tries + 1 });
-                prompt("unknown_context", "This number is not known. Please enter the number shown in your app, then the hash key.", 12)
+    fn context_entered(&mut self, call: &str, entered: &str, tries: u32, now: Millis, actions: &mut Vec<Action>) -> Option<IvrReply> {
+        if let Some(id) = self.by_context.get(entered).cloned() {
+            return self.claim(call, &id, now, actions);
+        }
+        // Unknown or stale: audited (never the digits), and the adapters count it.
+        actions.push(Action::Store(StoreWrite::Audit(AuditRecord { at: now, tenant: String::new(), account: String::new(), pbx: String::new(), extension: String::new(), association: String::new(), step: "ivr_unknown_context".into(), result: format!("IVR call {call}") })));
+        Some(if tries + 1 < CONTEXT_TRIES {
+            self.set_stage(call, Stage::AwaitContext { tries: tries + 1 });
+            prompt("unknown_context", "This number is not known. Please enter the number shown in your app, then the hash key.", 16)
+        } else {
+            self.set_stage(call, Stage::Done);
+            bye("unknown_context_bye", "This number is not known. Goodbye.")
+        })
+    }
+
+    /// `call` presents the attempt of `id` (its context id, or its DID). Only the proof call may
+    /// claim it; see the module docs.
+    fn claim(&mut self, call: &str, id: &str, now: Millis, actions: &mut Vec<Action>) -> Option<IvrReply> {
+        let Some(a) = self.assocs.get(id) else { return Some(not_linked()) };
+        let Some(c) = self.ivr_calls.get(call) else { return Some(not_linked()) };
+        let policy = self.policies.get(&a.view.pbx);
+        let did = policy.and_then(|p| p.did_prefix.as_ref()).map(|p| format!("{p}{}", a.view.extension));
+        let window = policy.map_or(30_000, |p| p.ivr_claim_window.as_millis() as Millis);
+        if a.attempt.claimed_by.as_deref().is_some_and(|other| other != call) || a.attempt.waiting.as_ref().is_some_and(|(other, _)| other != call) {
+            return Some(self.mismatch(call, id, "a second IVR call presented the proof call's context", now, actions));
+        }
+        if let Some(did) = did.filter(|_| !c.from.is_empty()) {
+            if c.from != did {
+                return Some(self.mismatch(call, id, "the IVR call's calling number is not the extension's", now, actions));
             }
-            None => {
-                self.set_stage(call, Stage::Done);
-                bye("unknown_context_bye", "This number is not known. Goodbye.")
+        }
+        match (a.view.state, a.attempt.in_ivr_at) {
+            (State::InIvr, Some(at)) => {
+                // The proof call's IVR leg starts when the PBX reports the answer: an IVR call
+                // that began well before (while the phone rang) or long after is another call.
+                if c.first + (CLAIM_WAIT.as_millis() as Millis) < at || c.first > at + window {
+                    return Some(self.mismatch(call, id, "the IVR call did not start with the proof call", now, actions));
+                }
+                if let Some(a) = self.assocs.get_mut(id) {
+                    a.attempt.claimed_by = Some(call.to_owned());
+                }
+                Some(self.confirm_prompt(call, id, now, actions))
             }
+            (State::Calling | State::Ringing, _) => {
+                // The request may have overtaken the PBX's report of the answer: wait for it.
+                if let Some(a) = self.assocs.get_mut(id) {
+                    a.attempt.waiting = Some((call.to_owned(), now + CLAIM_WAIT.as_millis() as Millis));
+                }
+                self.set_stage(call, Stage::AwaitAnswer);
+                None
+            }
+            // Monitoring or locking: the proof call has not even been placed.
+            _ => Some(self.mismatch(call, id, "an IVR call presented the context before the proof call was placed", now, actions)),
         }
     }
 
-    /// Name the account being linked and ask for the confirm key (anti-phishing).
+    /// The IVR call waiting on the attempt of `id` (if any) gets its answer: claimed if the PBX
+    /// has now reported the proof call answered, a mismatch once [`CLAIM_WAIT`] has passed.
+    pub(crate) fn claim_waiting(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get_mut(id) else { return };
+        let Some((call, until)) = a.attempt.waiting.take() else { return };
+        let reply = if a.view.state == State::InIvr {
+            self.set_stage(&call, Stage::AwaitContext { tries: 0 });
+            self.claim(&call, id, now, actions)
+        } else if now >= until {
+            Some(self.mismatch(&call, id, "an IVR call presented the context while the phone had not answered", now, actions))
+        } else {
+            a.attempt.waiting = Some((call, until));
+            return;
+        };
+        if let Some(reply) = reply {
+            actions.push(Action::IvrReply { call, reply });
+        }
+    }
+
+    /// The attempt of `id` is over (failed, ended): its context is forgotten, and a waiting IVR
+    /// request is answered.
+    pub(crate) fn end_attempt(&mut self, id: &str, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get_mut(id) else { return };
+        if let Some(ctx) = a.attempt.context.take() {
+            self.by_context.remove(&ctx);
+        }
+        if let Some((call, _)) = a.attempt.waiting.take() {
+            self.set_stage(&call, Stage::Done);
+            actions.push(Action::IvrReply { call, reply: no_longer_valid() });
+        }
+    }
+
+    /// An IVR call that is not the proof call acted on the attempt: fail it (clearing the proof
+    /// call), record a suspected attack and tell the account.
+    fn mismatch(&mut self, call: &str, id: &str, detail: &str, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
+        self.set_stage(call, Stage::Done);
+        if let Some(a) = self.assocs.get(id) {
+            actions.push(audit(&a.view, now, "suspected_attack", detail));
+            actions.push(Action::Notify { tenant: a.view.tenant.clone(), account: a.view.account.clone(), event: "suspected_attack".into(), association: id.to_owned() });
+        }
+        self.fail_attempt(id, Reason::IvrCallMismatch, detail, now, actions);
+        not_linked()
+    }
+
+    /// Name the asking account and tenant, and the tenant's display name as theirs, then ask
+    /// the phone's owner to accept or refuse (anti-phishing: the requester's own words are never
+    /// spoken as if they were the gateway's).
     fn confirm_prompt(&mut self, call: &str, id: &str, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
         let Some(a) = self.assocs.get(id) else { return bye("goodbye", "Goodbye.") };
-        let name = a.account_name.clone().unwrap_or_else(|| a.view.account.clone());
+        let (tenant, account) = (a.view.tenant.clone(), a.view.account.clone());
+        let named = a.account_name.as_ref().map_or_else(String::new, |n| format!(" {tenant} gives its name as: {n}."));
         self.set_stage(call, Stage::AwaitConfirm { association: id.to_owned() });
-        self.step(id, now, "ivr_identified", "the IVR found the association", actions);
-        prompt("confirm_account", &format!("To link this phone to the account of {name}, press 1. If you did not ask for this, hang up."), 1)
+        self.step(id, now, "ivr_identified", "the proof call reached the IVR and claimed the attempt", actions);
+        prompt("confirm_account", &format!("The account {account} of {tenant} asks to link this phone.{named} If you asked for this, press {CONFIRM_KEY}. If you did not, press {REFUSE_KEY}."), 1)
+    }
+
+    /// The phone's owner pressed 9: the attempt ends, and the account may not ask for this
+    /// extension for `owner_block`.
+    fn refused_by_owner(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get(id) else { return };
+        let v = &a.view;
+        let until = now + self.policies.get(&v.pbx).map_or(86_400_000, |p| p.owner_block.as_millis() as Millis);
+        let block = OwnerBlock { tenant: v.tenant.clone(), account: v.account.clone(), pbx: v.pbx.clone(), extension: v.extension.clone(), until };
+        actions.push(audit(v, now, "refused_by_phone_owner", &format!("account blocked from the extension until {until}")));
+        actions.push(Action::Notify { tenant: v.tenant.clone(), account: v.account.clone(), event: "refused_by_phone_owner".into(), association: id.to_owned() });
+        self.blocks.insert((block.tenant.clone(), block.account.clone(), block.pbx.clone(), block.extension.clone()), block.clone());
+        actions.push(Action::Store(StoreWrite::Block(block)));
+        self.finish(id, State::Failed, Some(Reason::RefusedByPhoneOwner), "the phone's owner did not ask for this", now, actions);
     }
 
     fn code_entered(&mut self, call: &str, id: &str, entered: &str, tries: u32, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
-        let Some(a) = self.assocs.get(id) else {
+        if !self.claimed(call, id) {
             self.set_stage(call, Stage::Done);
-            return bye("goodbye", "Goodbye.");
-        };
-        if !self.live_in_call(id) {
-            self.set_stage(call, Stage::Done);
-            return bye("no_longer_valid", "This request is no longer valid. Goodbye.");
+            return no_longer_valid();
         }
+        let Some(a) = self.assocs.get(id) else { return no_longer_valid() };
         if now >= a.view.expires_at {
             // "Expired" is told apart from "incorrect" (without revealing anything of the code).
             self.set_stage(call, Stage::Done);
@@ -167,14 +298,15 @@ impl Engine {
         }
         let ok = !a.code.is_empty() && a.code.len() == entered.len() && bool::from(a.code.as_bytes().ct_eq(entered.as_bytes()));
         let (pbx, ext, tenant, account) = (a.view.pbx.clone(), a.view.extension.clone(), a.view.tenant.clone(), a.view.account.clone());
-        let ext_key = CounterKey::Extension { pbx: pbx.clone(), extension: ext.clone() };
-        let acc_key = CounterKey::Account { tenant: tenant.clone(), account: account.clone() };
+        // Charged to whoever asked: the account, and the account on this extension.
+        let keys = [CounterKey::Account { tenant: tenant.clone(), account: account.clone() }, CounterKey::AccountExtension { tenant: tenant.clone(), account: account.clone(), pbx: pbx.clone(), extension: ext.clone() }];
         if ok {
             self.set_stage(call, Stage::Done);
             let from = self.ivr_calls.get(call).map(|c| c.from.clone()).filter(|f| !f.is_empty());
-            let binding = Binding { tenant, account, pbx: pbx.clone(), extension: ext.clone(), did: from, did_verified: false, bound_at: now };
-            // Success resets the failure counters (only success does).
-            for key in [ext_key, acc_key] {
+            let did_verified = self.policies.get(&pbx).and_then(|p| p.did_prefix.as_ref()).is_some_and(|p| from.as_deref() == Some(format!("{p}{ext}").as_str()));
+            let binding = Binding { tenant, account, pbx: pbx.clone(), extension: ext.clone(), did: from, did_verified, bound_at: now };
+            // A proof of presence resets the account's failure counters (only that does).
+            for key in keys {
                 if self.counters.get(&key).copied().unwrap_or(0) != 0 {
                     self.counters.insert(key.clone(), 0);
                     actions.push(Action::Store(StoreWrite::Counter { key, value: 0 }));
@@ -186,13 +318,11 @@ impl Engine {
             if let Some(a) = self.assocs.get_mut(id) {
                 a.view.call = None;
             }
-            self.finish(id, State::Bound, None, "the code matched: extension bound", now, actions);
-            let name = self.assocs.get(id).and_then(|a| a.account_name.clone()).unwrap_or_else(|| self.assocs.get(id).map(|a| a.view.account.clone()).unwrap_or_default());
-            return bye("bound", &format!("Thank you. This phone is now linked to the account of {name}. Goodbye."));
+            self.finish(id, State::Bound, None, "the code matched on the proof call: extension bound", now, actions);
+            let account = self.assocs.get(id).map(|a| a.view.account.clone()).unwrap_or_default();
+            return bye("bound", &format!("Thank you. This phone is now linked to the account {account}. Goodbye."));
         }
-        // Wrong code: counted per extension and per account, and per code.
-        let mut locked = false;
-        for key in [ext_key, acc_key] {
+        for key in keys {
             let v = self.counters.entry(key.clone()).or_insert(0);
             *v = v.saturating_add(1);
             actions.push(Action::Store(StoreWrite::Counter { key, value: *v }));
@@ -204,13 +334,14 @@ impl Engine {
             }
             None => MAX_CODE_ENTRIES,
         };
+        let mut locked = false;
         if let Some(a) = self.assocs.get(id) {
             actions.push(audit(&a.view, now, "code_entered", "wrong_code"));
             locked = self.locked_out(&a.view.pbx, &a.view.extension, &a.view.tenant, &a.view.account);
         }
         if locked {
             self.set_stage(call, Stage::Done);
-            self.fail_attempt(id, Reason::LockedOut, "too many wrong codes for this extension or account", now, actions);
+            self.fail_attempt(id, Reason::LockedOut, "too many wrong codes for this account", now, actions);
             return bye("locked_out", "Too many wrong codes. This phone cannot be linked for now. Goodbye.");
         }
         if entries >= MAX_CODE_ENTRIES {
@@ -231,7 +362,7 @@ impl Engine {
     pub(crate) fn ivr_hangup(&mut self, call: &str, now: Millis, actions: &mut Vec<Action>) {
         let Some(c) = self.ivr_calls.remove(call) else { return };
         if let Stage::AwaitConfirm { association } | Stage::AwaitCode { association, .. } = c.stage {
-            if self.live_in_call(&association) {
+            if self.claimed(call, &association) {
                 self.fail_attempt(&association, Reason::CallCleared, "the caller hung up in the IVR", now, actions);
             }
         }

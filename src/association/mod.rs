@@ -8,18 +8,33 @@
 //! reads no clock and draws no random numbers (codes and ids come in with the request), so tests
 //! and fuzzers drive it directly.
 //!
-//! Security rules (product-notes.md): 6-digit single-use codes from a CSPRNG (drawn by the
-//! shell), valid 10 minutes, compared in constant time, never logged or stored; at most 3 code
-//! entries per IVR call and 5 per code; failures counted per extension and per account, not reset
-//! by a new code, lock-out after 100; the IVR names the account and requires a confirm key before
-//! taking the code (anti-phishing); at most 3 proof calls per extension per hour and one live
-//! association per account and per extension (ring-flood protection); an account only reaches
-//! extensions of its own tenant's PBXs.
+//! Security rules (product-notes.md, issue 9):
+//! - **Only the proof call binds.** Each attempt draws a new context id (the shell's CSPRNG
+//!   digits), which leaves the gateway only inside the proof call (dial suffix or DTMF) and is
+//!   never shown to the app. An IVR call may act on an attempt only if the PBX reported that
+//!   attempt's call answered at the IVR (`in_ivr`), the IVR call started within
+//!   `ivr_claim_window` of that, it presents the context id, and no other IVR call claimed the
+//!   attempt first. Anything else — a second call with the context id, a call that started while
+//!   the phone still rang, a calling number that contradicts the extension's DID — fails the
+//!   attempt as `ivr_call_mismatch` (a suspected attack: audited and notified), clears the call.
+//! - 6-digit single-use codes from a CSPRNG, valid 10 minutes, compared in constant time, never
+//!   logged or stored; at most 3 entries per IVR call and 5 per code.
+//! - **Failures are charged to whoever asked**: per requesting account (lock-out after
+//!   `lockout_after`, not reset by a new code) and per (account, extension); another account's
+//!   failures never lock out an extension's owner. At most `proof_calls_per_hour` proof calls per
+//!   extension, of which one requesting account gets at most half (rounded up). A request refused
+//!   by a limit issues no code and leaves nothing live.
+//! - **The phone's owner can say no**: the IVR names the asking account and tenant (and the
+//!   tenant-supplied display name, marked as such) and takes 1 (I asked for this) or 9 (I did
+//!   not): 9 blocks that account from that extension for `owner_block`.
+//! - One live association per account and per extension; an account only reaches extensions of
+//!   its own tenant's PBXs; histories are capped and a PBX flooding events fails the attempt.
 
 mod engine;
 mod ivr;
 
 pub use engine::{Engine, Sizes, Snapshot};
+pub use ivr::CONFIRM_KEY;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -87,6 +102,13 @@ pub enum Reason {
     CancelledByUser,
     /// The IVR platform stopped sending requests for the connected call.
     IvrTimeout,
+    /// An IVR call that is not the proof call presented the attempt's context id, or the calling
+    /// number contradicts the extension's DID: a suspected attack.
+    IvrCallMismatch,
+    /// The person at the phone pressed 9: they did not ask for this.
+    RefusedByPhoneOwner,
+    /// The PBX sent more events about the proof call than any real call has.
+    PbxFlood,
 }
 
 /// How the context id reaches the IVR (per PBX).
@@ -97,7 +119,8 @@ pub enum ContextDelivery {
     DialSuffix,
     /// Sent with GenerateDigits/SendDTMFTones once the call is established.
     Dtmf,
-    /// Not sent: the IVR finds the association by calling number, or asks the user for it.
+    /// Not sent: the IVR finds the association by calling number (the extension's DID, with
+    /// `did_prefix`) and the timing of the answer alone. Weaker: caller ID can be spoofed.
     None,
 }
 
@@ -113,14 +136,23 @@ pub struct Policy {
     /// Lock the phone first (MakeCall to this prefix); the user unlocks with the local PIN.
     pub lock_prefix: Option<String>,
     pub code_digits: usize,
+    /// Digits of the context id drawn for each proof call (8..=16).
+    pub context_digits: usize,
     pub code_ttl: Duration,
     /// How long the phone may ring (and the call take to reach the IVR) before `no_answer`.
     pub ring_timeout: Duration,
     /// How long the IVR platform may stay silent about a connected call (no webhook request or
     /// FastAGI step for it) before `ivr_timeout`: the platform lost us, the call is cleared.
     pub ivr_timeout: Duration,
+    /// Proof calls to one extension per hour; one requesting account gets at most half (rounded
+    /// up).
     pub proof_calls_per_hour: usize,
     pub lockout_after: u32,
+    /// How long after the PBX reports the proof call answered at the IVR the IVR call may start
+    /// and claim the attempt.
+    pub ivr_claim_window: Duration,
+    /// How long a 9 ("I did not ask for this") keeps the asking account from the extension.
+    pub owner_block: Duration,
     /// Prefix that turns an extension into the number the IVR sees as calling (its DID), used to
     /// find an association by calling number when the context id is not delivered.
     pub did_prefix: Option<String>,
@@ -136,11 +168,14 @@ impl Policy {
             require_completion: false,
             lock_prefix: None,
             code_digits: 6,
+            context_digits: 8,
             code_ttl: Duration::from_secs(600),
             ring_timeout: Duration::from_secs(45),
             ivr_timeout: Duration::from_secs(60),
             proof_calls_per_hour: 3,
             lockout_after: 100,
+            ivr_claim_window: Duration::from_secs(30),
+            owner_block: Duration::from_secs(24 * 3600),
             did_prefix: None,
         }
     }
@@ -173,7 +208,6 @@ pub struct AssociationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
     pub retryable: bool,
-    pub context_id: String,
     pub expires_at: Millis,
     /// The PBX call id (hex) of the proof call while the gateway may have to clear it: kept in
     /// the store so that a restarted gateway clears a call its predecessor left up.
@@ -208,11 +242,74 @@ pub struct AuditRecord {
     pub result: String,
 }
 
-/// Whose failures a counter counts.
+/// Whose failures a counter counts: always the account that asked for the code.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CounterKey {
-    Extension { pbx: String, extension: String },
+    /// All wrong entries of an account's associations.
     Account { tenant: String, account: String },
+    /// Wrong entries of an account's associations on one extension.
+    AccountExtension { tenant: String, account: String, pbx: String, extension: String },
+}
+
+impl CounterKey {
+    pub fn tenant_account(&self) -> (&str, &str) {
+        match self {
+            CounterKey::Account { tenant, account } | CounterKey::AccountExtension { tenant, account, .. } => (tenant, account),
+        }
+    }
+    pub fn extension(&self) -> Option<(&str, &str)> {
+        match self {
+            CounterKey::Account { .. } => None,
+            CounterKey::AccountExtension { pbx, extension, .. } => Some((pbx, extension)),
+        }
+    }
+}
+
+/// One proof call placed, charged to the extension and to the account that asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct ProofCall {
+    pub pbx: String,
+    pub extension: String,
+    pub tenant: String,
+    pub account: String,
+    pub at: Millis,
+}
+
+/// The phone's owner pressed 9: `account` may not ask for `extension` until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub struct OwnerBlock {
+    pub tenant: String,
+    pub account: String,
+    pub pbx: String,
+    pub extension: String,
+    pub until: Millis,
+}
+
+/// Which counters and blocks an admin reads or resets: those of an extension, or of an account
+/// (of one tenant, or of every tenant).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminScope {
+    Extension { pbx: String, extension: String },
+    Account { tenant: Option<String>, account: String },
+}
+
+impl AdminScope {
+    pub fn counter(&self, k: &CounterKey) -> bool {
+        match self {
+            AdminScope::Extension { pbx, extension } => k.extension() == Some((pbx, extension)),
+            AdminScope::Account { tenant, account } => {
+                let (t, a) = k.tenant_account();
+                a == account && tenant.as_deref().is_none_or(|x| x == t)
+            }
+        }
+    }
+    pub fn block(&self, b: &OwnerBlock) -> bool {
+        match self {
+            AdminScope::Extension { pbx, extension } => b.pbx == *pbx && b.extension == *extension,
+            AdminScope::Account { tenant, account } => b.account == *account && tenant.as_deref().is_none_or(|x| x == b.tenant),
+        }
+    }
 }
 
 /// CSTA work the shell must do on the PBX link, tagged with the association it serves.
@@ -233,7 +330,10 @@ pub enum StoreWrite {
     Bind(Binding),
     Unbind { pbx: String, extension: String },
     Counter { key: CounterKey, value: u32 },
-    ProofCall { pbx: String, extension: String, at: Millis },
+    ProofCall(ProofCall),
+    Block(OwnerBlock),
+    /// Lift the owner block of `account` on `extension`.
+    Unblock { tenant: String, account: String, pbx: String, extension: String },
     Audit(AuditRecord),
 }
 
@@ -263,8 +363,11 @@ pub struct Gather {
 pub enum Action {
     Csta { association: String, pbx: String, request: CstaRequest },
     Store(StoreWrite),
-    /// Tell the account (webhook) what happened: `bound`, `failed`, `code` (out of band).
+    /// Tell the account (webhook) what happened: `bound`, `attempt_failed`, `failed`,
+    /// `suspected_attack`, `refused_by_phone_owner`, ...
     Notify { tenant: String, account: String, event: String, association: String },
+    /// The answer to an IVR request that waited ([`Output::ivr_wait`]): send it now.
+    IvrReply { call: String, reply: IvrReply },
 }
 
 /// API-level refusals, each with a clear reason.
@@ -285,6 +388,8 @@ pub enum ApiError {
     LockedOut,
     #[error("too many proof calls to this extension in the last hour")]
     RateLimited,
+    #[error("the phone's owner refused a request of this account: blocked until {0}")]
+    BlockedByPhoneOwner(Millis),
     #[error("the association is {0:?} and cannot do that")]
     WrongState(State),
     #[error("the code has expired")]
@@ -296,10 +401,11 @@ pub enum ApiError {
 /// Engine inputs.
 #[derive(Debug, Clone)]
 pub enum Input {
-    /// POST /v1/associations. `id`, `context_id` and `code` are drawn by the shell (CSPRNG).
-    Create { principal: Principal, account: String, account_name: Option<String>, pbx: Option<String>, extension: String, id: String, context_id: String, code: String, now: Millis },
-    /// POST /v1/associations/{id}/complete: "I'm at my phone" (or retry).
-    Complete { principal: Principal, id: String, now: Millis },
+    /// POST /v1/associations. `id`, `code` and `random` (digits for the first proof call's
+    /// context id) are drawn by the shell (CSPRNG).
+    Create { principal: Principal, account: String, account_name: Option<String>, pbx: Option<String>, extension: String, id: String, random: String, code: String, now: Millis },
+    /// POST /v1/associations/{id}/complete: "I'm at my phone" (or retry); `random` as in Create.
+    Complete { principal: Principal, id: String, random: String, now: Millis },
     /// DELETE /v1/associations/{id}.
     Cancel { principal: Principal, id: String, now: Millis },
     /// The answer to a CSTA request the engine asked for.
@@ -315,8 +421,10 @@ pub enum Input {
     Tick { now: Millis },
     /// DELETE /v1/bindings/{pbx}/{ext} by the admin or the bound account.
     Unbind { principal: Principal, account: Option<String>, pbx: String, extension: String, now: Millis },
-    /// Admin: reset failure counters of an extension and account.
-    ResetCounters { key: CounterKey, now: Millis },
+    /// Admin: reset the failure counters in scope.
+    ResetCounters { scope: AdminScope, now: Millis },
+    /// Admin: lift the owner blocks in scope.
+    LiftBlocks { scope: AdminScope, now: Millis },
 }
 
 /// What a successful CSTA request returned that the engine needs.
@@ -371,4 +479,11 @@ pub struct Output {
     pub error: Option<ApiError>,
     /// For IVR inputs.
     pub ivr: Option<IvrReply>,
+    /// For IVR inputs: the request presented a context id while the proof call was not yet
+    /// reported answered; its answer follows as [`Action::IvrReply`] once the PBX reports it (or
+    /// after [`CLAIM_WAIT`]). The shell feeds a [`Input::Tick`] at that time.
+    pub ivr_wait: bool,
 }
+
+/// How long an IVR request that came just before the PBX's report of the answer may wait for it.
+pub const CLAIM_WAIT: Duration = Duration::from_secs(2);

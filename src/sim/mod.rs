@@ -254,6 +254,11 @@ impl SimPbx {
         IvrHandle { switch: self.switch.clone() }
     }
 
+    /// The prefix that turns an extension into the calling number the IVR sees.
+    pub fn did_prefix(&self) -> String {
+        lock(&self.shared.config).did_prefix.clone()
+    }
+
     /// Whether an extension's phone is locked.
     pub fn is_locked(&self, ext: &str) -> bool {
         lock(&self.shared.config).extensions.iter().any(|e| e.number == ext && e.locked)

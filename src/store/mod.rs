@@ -1,5 +1,5 @@
 //! Durable storage: bindings, associations with their state and history, failure counters,
-//! proof calls and the append-only audit log.
+//! proof calls, owner blocks and the append-only audit log.
 //!
 //! [`Store`] is the small interface the gateway needs (so a PostgreSQL backend can follow);
 //! [`SqliteStore`] is the default: one embedded SQLite file in WAL mode with `synchronous=FULL`,
@@ -11,7 +11,7 @@ use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::association::{AssociationView, AuditRecord, Binding, CounterKey, Millis, Snapshot, StoreWrite};
+use crate::association::{AssociationView, AuditRecord, Binding, CounterKey, Millis, OwnerBlock, ProofCall, Snapshot, StoreWrite};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -74,6 +74,9 @@ CREATE INDEX IF NOT EXISTS associations_open ON associations (final);
 CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS proof_calls (pbx TEXT NOT NULL, extension TEXT NOT NULL, at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS proof_calls_at ON proof_calls (at);
+CREATE TABLE IF NOT EXISTS owner_blocks (
+    tenant TEXT NOT NULL, account TEXT NOT NULL, pbx TEXT NOT NULL, extension TEXT NOT NULL,
+    until INTEGER NOT NULL, PRIMARY KEY (tenant, account, pbx, extension));
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, tenant TEXT NOT NULL,
     account TEXT NOT NULL, pbx TEXT NOT NULL, extension TEXT NOT NULL, association TEXT NOT NULL,
@@ -97,6 +100,11 @@ impl SqliteStore {
         db.pragma_update(None, "synchronous", "FULL")?;
         db.busy_timeout(std::time::Duration::from_secs(5))?;
         db.execute_batch(SCHEMA)?;
+        // Proof calls are charged to the requesting account too (added after the first release).
+        let has_account: bool = db.query_row("SELECT COUNT(*) FROM pragma_table_info('proof_calls') WHERE name = 'account'", [], |r| r.get::<_, i64>(0))? > 0;
+        if !has_account {
+            db.execute_batch("ALTER TABLE proof_calls ADD COLUMN tenant TEXT NOT NULL DEFAULT ''; ALTER TABLE proof_calls ADD COLUMN account TEXT NOT NULL DEFAULT '';")?;
+        }
         // Statements are prepared once and reused (parsing dominated the commit cost).
         db.set_prepared_statement_cache_capacity(32);
         Ok(SqliteStore { db })
@@ -105,16 +113,25 @@ impl SqliteStore {
 
 fn key_text(k: &CounterKey) -> String {
     match k {
-        CounterKey::Extension { pbx, extension } => format!("ext\u{1f}{pbx}\u{1f}{extension}"),
         CounterKey::Account { tenant, account } => format!("acc\u{1f}{tenant}\u{1f}{account}"),
+        CounterKey::AccountExtension { tenant, account, pbx, extension } => format!("acx\u{1f}{tenant}\u{1f}{account}\u{1f}{pbx}\u{1f}{extension}"),
     }
 }
 
-fn key_parse(s: &str) -> Option<CounterKey> {
-    let mut p = s.split('\u{1f}');
-    match (p.next()?, p.next()?, p.next()?) {
-        ("ext", pbx, extension) => Some(CounterKey::Extension { pbx: pbx.into(), extension: extension.into() }),
-        ("acc", tenant, account) => Some(CounterKey::Account { tenant: tenant.into(), account: account.into() }),
+/// What a stored counter key is: a counter, one of the per-extension counters of earlier
+/// releases (which charged failures to the extension, so anyone could lock its owner out: no
+/// longer counted), or corrupt.
+enum StoredKey {
+    Counter(CounterKey),
+    Retired,
+}
+
+fn key_parse(s: &str) -> Option<StoredKey> {
+    let p: Vec<&str> = s.split('\u{1f}').collect();
+    match p.as_slice() {
+        ["acc", tenant, account] => Some(StoredKey::Counter(CounterKey::Account { tenant: (*tenant).into(), account: (*account).into() })),
+        ["acx", tenant, account, pbx, extension] => Some(StoredKey::Counter(CounterKey::AccountExtension { tenant: (*tenant).into(), account: (*account).into(), pbx: (*pbx).into(), extension: (*extension).into() })),
+        ["ext", _, _] => Some(StoredKey::Retired),
         _ => None,
     }
 }
@@ -148,10 +165,17 @@ impl Store for SqliteStore {
                         params![key_text(key), value],
                     )?;
                 }
-                StoreWrite::ProofCall { pbx, extension, at } => {
-                    tx.prepare_cached("INSERT INTO proof_calls (pbx, extension, at) VALUES (?1, ?2, ?3)")?.execute( params![pbx, extension, *at as i64])?;
+                StoreWrite::ProofCall(c) => {
+                    tx.prepare_cached("INSERT INTO proof_calls (pbx, extension, tenant, account, at) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![c.pbx, c.extension, c.tenant, c.account, c.at as i64])?;
                     // Older than a day is of no use to the hourly limit.
-                    tx.prepare_cached("DELETE FROM proof_calls WHERE at < ?1")?.execute( params![at.saturating_sub(86_400_000) as i64])?;
+                    tx.prepare_cached("DELETE FROM proof_calls WHERE at < ?1")?.execute(params![c.at.saturating_sub(86_400_000) as i64])?;
+                }
+                StoreWrite::Block(b) => {
+                    tx.prepare_cached("INSERT INTO owner_blocks (tenant, account, pbx, extension, until) VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT(tenant, account, pbx, extension) DO UPDATE SET until = excluded.until")?.execute(params![b.tenant, b.account, b.pbx, b.extension, b.until as i64])?;
+                }
+                StoreWrite::Unblock { tenant, account, pbx, extension } => {
+                    tx.prepare_cached("DELETE FROM owner_blocks WHERE tenant = ?1 AND account = ?2 AND pbx = ?3 AND extension = ?4")?.execute(params![tenant, account, pbx, extension])?;
                 }
                 StoreWrite::Audit(a) => {
                     tx.prepare_cached("INSERT INTO audit (at, tenant, account, pbx, extension, association, step, result) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)")?.execute(
@@ -176,12 +200,18 @@ impl Store for SqliteStore {
         let mut q = self.db.prepare("SELECT key, value FROM counters")?;
         for r in q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u32>(1)?)))? {
             let (k, v) = r?;
-            let key = key_parse(&k).ok_or_else(|| StoreError::Corrupt(format!("counter key {k:?}")))?;
-            s.counters.push((key, v));
+            match key_parse(&k).ok_or_else(|| StoreError::Corrupt(format!("counter key {k:?}")))? {
+                StoredKey::Counter(key) => s.counters.push((key, v)),
+                StoredKey::Retired => {}
+            }
         }
-        let mut q = self.db.prepare("SELECT pbx, extension, at FROM proof_calls WHERE at >= ?1")?;
-        for r in q.query_map(params![now.saturating_sub(3_600_000) as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)? as Millis)))? {
+        let mut q = self.db.prepare("SELECT pbx, extension, tenant, account, at FROM proof_calls WHERE at >= ?1")?;
+        for r in q.query_map(params![now.saturating_sub(3_600_000) as i64], |r| Ok(ProofCall { pbx: r.get(0)?, extension: r.get(1)?, tenant: r.get(2)?, account: r.get(3)?, at: r.get::<_, i64>(4)? as Millis }))? {
             s.proof_calls.push(r?);
+        }
+        let mut q = self.db.prepare("SELECT tenant, account, pbx, extension, until FROM owner_blocks WHERE until > ?1")?;
+        for r in q.query_map(params![now as i64], |r| Ok(OwnerBlock { tenant: r.get(0)?, account: r.get(1)?, pbx: r.get(2)?, extension: r.get(3)?, until: r.get::<_, i64>(4)? as Millis }))? {
+            s.blocks.push(r?);
         }
         let mut q = self.db.prepare("SELECT view FROM associations WHERE final = 0")?;
         for r in q.query_map([], |r| r.get::<_, String>(0))? {
