@@ -21,13 +21,33 @@ struct T {
     e: Engine,
     now: Millis,
     all: Vec<Action>,
+    /// Draws of "randomness" handed to the engine so far.
+    draws: u64,
 }
 
 impl T {
     fn new(p: Policy) -> T {
         let mut other = Policy::new("globex", IVR);
         other.directory.insert("2005".into(), None);
-        T { e: Engine::new(HashMap::from([("paris".to_owned(), p), ("ny".to_owned(), other)])), now: T0, all: Vec::new() }
+        T { e: Engine::new(HashMap::from([("paris".to_owned(), p), ("ny".to_owned(), other)])), now: T0, all: Vec::new(), draws: 0 }
+    }
+    /// Digits as the shell's CSPRNG would give them: different at every draw.
+    fn random(&mut self) -> String {
+        self.draws += 1;
+        format!("{:016}{:016}", 1_234_567_812_345_679u64.wrapping_mul(self.draws) % 10_000_000_000_000_000, self.draws * 7_777_777)
+    }
+    fn complete(&mut self, id: &str) -> Output {
+        let random = self.random();
+        self.run(Input::Complete { principal: Principal::Tenant("acme".into()), id: id.into(), random, now: self.now })
+    }
+    /// The context id of the extension's latest proof call, as the PBX dialled or sent it: the
+    /// only place it ever appears.
+    fn ctx(&self, ext: &str) -> String {
+        self.all.iter().rev().find_map(|a| match a {
+            Action::Csta { request: CstaRequest::MakeCall { from, to }, .. } if from == ext && to.starts_with(IVR) && to.len() > IVR.len() => Some(to[IVR.len()..].trim_matches(['*', '#']).to_owned()),
+            Action::Csta { request: CstaRequest::SendDigits { extension, digits, .. }, .. } if extension == ext => Some(digits.trim_matches(['*', '#']).to_owned()),
+            _ => None,
+        }).expect("a proof call was placed")
     }
     fn run(&mut self, i: Input) -> Output {
         let out = self.e.handle(i);
@@ -36,6 +56,7 @@ impl T {
     }
     fn create(&mut self, account: &str, ext: &str) -> Output {
         let id = format!("a-{account}-{ext}-{}", self.now);
+        let random = self.random();
         self.run(Input::Create {
             principal: Principal::Tenant("acme".into()),
             account: account.into(),
@@ -43,7 +64,7 @@ impl T {
             pbx: None,
             extension: ext.into(),
             id,
-            context_id: "1234567812345679".into(),
+            random,
             code: format!("{CODE}000000"),
             now: self.now,
         })
@@ -67,7 +88,7 @@ impl T {
         let v = out.view.expect("created");
         assert_eq!(out.code.as_deref(), Some(CODE));
         self.through_call(&v.id, ext);
-        (v.id, v.context_id)
+        (v.id.clone(), self.ctx(ext))
     }
     fn through_call(&mut self, id: &str, ext: &str) {
         let call = vec![0x2B, self.now as u8];
@@ -101,12 +122,15 @@ fn the_whole_flow_binds_the_extension_with_the_calling_number_as_unverified_did(
     assert_eq!(v.state, State::Monitoring, "no completion required by this policy");
     assert_eq!(t.csta(), [CstaRequest::MonitorStart { extension: "2005".into() }]);
     t.through_call(&v.id, "2005");
-    assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2005".into(), to: format!("{IVR}*{}#", v.context_id) }), "context id as dial suffix");
+    let ctx = t.ctx("2005");
+    assert_eq!(ctx.len(), 8, "context_digits defaults to 8");
+    assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2005".into(), to: format!("{IVR}*{ctx}#") }), "context id as dial suffix");
+    assert!(!format!("{:?}", t.e.view(&Principal::Admin, &v.id)).contains(&ctx), "the view never holds the context id");
 
     let r = t.ivr("c1", None);
     assert!(r.gather.is_some() && !r.hangup);
-    let r = t.ivr("c1", Some(&format!("*{}#", v.context_id)));
-    assert!(r.say.contains("alice name") && r.say.contains("press 1"), "the IVR names the account: {}", r.say);
+    let r = t.ivr("c1", Some(&format!("*{ctx}#")));
+    assert!(r.say.contains("account alice of acme") && r.say.contains("acme gives its name as: alice name") && r.say.contains("press 1") && r.say.contains("press 9"), "the IVR names the account, its tenant, and the tenant's words as theirs: {}", r.say);
     let r = t.ivr("c1", Some("1"));
     assert_eq!(r.gather.as_ref().unwrap().max_digits, 6);
     let r = t.ivr("c1", Some(&format!("{CODE}#")));
@@ -142,7 +166,7 @@ fn wrong_then_right_code_and_failure_counters_reset_only_on_success() {
     t.ivr("c1", Some("1"));
     let r = t.ivr("c1", Some("000000"));
     assert!(!r.hangup && r.say.contains("not correct"));
-    let ext = CounterKey::Extension { pbx: "paris".into(), extension: "2005".into() };
+    let ext = CounterKey::AccountExtension { tenant: "acme".into(), account: "alice".into(), pbx: "paris".into(), extension: "2005".into() };
     assert!(t.all.contains(&Action::Store(StoreWrite::Counter { key: ext.clone(), value: 1 })));
     t.ivr("c1", Some(CODE));
     assert_eq!(t.state(&id).0, State::Bound);
@@ -163,16 +187,20 @@ fn three_entries_per_call_five_per_code() {
     assert!(t.csta().iter().any(|c| matches!(c, CstaRequest::ClearConnection { .. })), "no call left up");
     // Retry from step 3 while the code is valid: two more wrong entries use up the code.
     t.now += 1000;
-    t.run(Input::Complete { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
+    t.complete(&id);
     t.through_call(&id, "2005");
-    t.ivr("c2", Some(&ctx));
+    let ctx2 = t.ctx("2005");
+    assert_ne!(ctx, ctx2, "a new context id for every proof call");
+    let stale = t.ivr("c-stale", Some(&ctx));
+    assert!(stale.say.contains("not known"), "the first attempt's context is dead: {}", stale.say);
+    t.ivr("c2", Some(&ctx2));
     t.ivr("c2", Some("1"));
     t.ivr("c2", Some("000004"));
     let r = t.ivr("c2", Some("000005"));
     assert!(r.hangup && r.say.contains("new code"));
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::AttemptsExhausted), false));
     // The right code after that is never accepted: the association is over.
-    let again = t.run(Input::Complete { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
+    let again = t.complete(&id);
     assert_eq!(again.error, Some(ApiError::WrongState(State::Failed)));
     assert!(t.e.binding("paris", "2005").is_none());
 }
@@ -199,7 +227,9 @@ fn expiry_is_told_apart_from_a_wrong_code() {
 #[test]
 fn no_answer_busy_locked_phone_link_down_and_hangup_each_end_the_attempt_with_their_reason() {
     // No answer within the ring timeout.
-    let mut t = T::new(policy());
+    let mut p = policy();
+    p.proof_calls_per_hour = 6;
+    let mut t = T::new(p);
     let id = t.create("alice", "2005").view.unwrap().id;
     t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
     t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, Ok(CstaResultInfo { call: Some(vec![1]) }));
@@ -211,13 +241,13 @@ fn no_answer_busy_locked_phone_link_down_and_hangup_each_end_the_attempt_with_th
 
     // Busy: the PBX refuses the call.
     t.now += 1000;
-    t.run(Input::Complete { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
+    t.complete(&id);
     t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, Err(CstaFailure::Busy));
     assert_eq!(t.state(&id).1, Some(Reason::Busy));
 
     // The third proof call this hour is allowed; the monitor is still running.
     t.now += 1000;
-    t.run(Input::Complete { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
+    t.complete(&id);
     assert_eq!(t.state(&id).0, State::Calling);
 }
 
@@ -269,20 +299,42 @@ fn the_lock_step_and_a_locked_phone() {
 }
 
 #[test]
-fn dtmf_delivery_and_calling_number_lookup() {
+fn dtmf_delivery_and_the_calling_number_never_identifies_alone() {
     let mut p = policy();
     p.context_delivery = ContextDelivery::Dtmf;
     p.did_prefix = Some("+3314400".into());
     let mut t = T::new(p);
-    let (id, _) = t.to_ivr("alice", "2005");
+    let (id, ctx) = t.to_ivr("alice", "2005");
     assert!(t.csta().iter().any(|c| matches!(c, CstaRequest::SendDigits { digits, .. } if digits.starts_with('*'))));
     assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2005".into(), to: IVR.into() }));
-    // The calling number presents the extension's DID: straight to the confirm prompt.
+    // The platform's first request, as it answers: the calling number presents the extension's
+    // DID, but caller ID can be spoofed: the context id is still required.
     let r = t.ivr("c1", None);
+    assert!(r.say.contains("enter the number"), "{}", r.say);
+    let r = t.ivr("c1", Some(&ctx));
     assert!(r.say.contains("press 1"), "{}", r.say);
     t.ivr("c1", Some("1"));
     t.ivr("c1", Some(CODE));
     assert_eq!(t.state(&id).0, State::Bound);
+    assert!(t.e.binding("paris", "2005").unwrap().did_verified, "the DID matched the extension's");
+}
+
+#[test]
+fn without_a_context_id_the_did_and_the_timing_name_the_proof_call_and_a_second_caller_fails_it() {
+    let mut p = policy();
+    p.context_delivery = ContextDelivery::None;
+    p.did_prefix = Some("+3314400".into());
+    let mut t = T::new(p);
+    let id = t.create("alice", "2005").view.unwrap().id;
+    t.through_call(&id, "2005");
+    assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2005".into(), to: IVR.into() }));
+    let r = t.ivr("c1", None);
+    assert!(r.say.contains("press 1"), "the DID names the one proof call in the IVR: {}", r.say);
+    // Someone else presenting the same calling number (spoofed) while the proof call is there.
+    let r = t.ivr("c-spoof", None);
+    assert!(r.hangup, "{}", r.say);
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::IvrCallMismatch), true));
+    assert!(t.e.binding("paris", "2005").is_none());
 }
 
 #[test]
@@ -295,7 +347,7 @@ fn tenants_are_isolated_and_one_live_association_per_extension_and_account() {
         pbx: Some("ny".into()),
         extension: "2005".into(),
         id: "x".into(),
-        context_id: "1111111122222222".into(),
+        random: "1111111122222222".into(),
         code: "123456".into(),
         now: t.now,
     });
@@ -329,31 +381,45 @@ fn an_extension_bound_to_someone_else_is_refused_until_unbound() {
 }
 
 #[test]
-fn proof_calls_are_limited_per_extension_per_hour() {
+fn proof_calls_are_limited_per_extension_per_hour_and_one_account_gets_half() {
     let mut p = policy();
     p.require_completion = true;
     let mut t = T::new(p);
     let id = t.create("alice", "2005").view.unwrap().id;
     assert_eq!(t.state(&id).0, State::CodeIssued, "waits for 'I am at my phone'");
-    for _ in 0..3 {
-        let o = t.run(Input::Complete { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
+    // Of the extension's 3 proof calls an hour, one account gets 2 (half, rounded up).
+    for _ in 0..2 {
+        let o = t.complete(&id);
         assert!(o.error.is_none());
         t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Err(CstaFailure::Rejected));
         assert_eq!(t.state(&id).1, Some(Reason::RejectedByPbx));
         t.now += 1000;
     }
-    let o = t.run(Input::Complete { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
-    assert_eq!(o.error, Some(ApiError::RateLimited));
+    assert_eq!(t.complete(&id).error, Some(ApiError::RateLimited));
+    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
+    // Alice's share is spent, and a create refused by a limit issues no code and holds nothing.
+    let live = t.e.sizes().live;
+    let refused = t.create("alice", "2005");
+    assert_eq!((refused.error, refused.code, refused.view.is_none()), (Some(ApiError::RateLimited), None, true));
+    assert_eq!(t.e.sizes().live, live, "nothing live after a refused create");
+    // Another account may have the third; then the extension's hour is spent for everyone.
+    let bob = t.create("bob", "2005").view.unwrap().id;
+    assert!(t.complete(&bob).error.is_none());
+    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: bob, now: t.now });
+    assert_eq!(t.create("carol", "2005").error, Some(ApiError::RateLimited));
+    assert_eq!(t.e.sizes().live, live);
     t.now += 3_600_000;
-    // Fresh hour, but the code has expired by now.
-    let o = t.run(Input::Complete { principal: Principal::Tenant("acme".into()), id, now: t.now });
-    assert_eq!(o.error, Some(ApiError::Expired));
+    // Fresh hour, but alice's first code has expired by now.
+    let o = t.complete(&id);
+    assert_eq!(o.error, Some(ApiError::WrongState(State::Cancelled)));
+    assert!(t.create("alice", "2005").error.is_none(), "a new hour");
 }
 
 #[test]
 fn lock_out_after_the_configured_failures_survives_new_codes() {
     let mut p = policy();
     p.lockout_after = 4;
+    p.proof_calls_per_hour = 6;
     let mut t = T::new(p);
     let (id, ctx) = t.to_ivr("alice", "2005");
     t.ivr("c1", Some(&ctx));
@@ -371,8 +437,9 @@ fn lock_out_after_the_configured_failures_survives_new_codes() {
     assert!(r.hangup);
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::LockedOut), false));
     assert_eq!(t.create("alice", "2005").error, Some(ApiError::LockedOut));
-    t.run(Input::ResetCounters { key: CounterKey::Extension { pbx: "paris".into(), extension: "2005".into() }, now: t.now });
-    t.run(Input::ResetCounters { key: CounterKey::Account { tenant: "acme".into(), account: "alice".into() }, now: t.now });
+    t.run(Input::ResetCounters { scope: AdminScope::Extension { pbx: "paris".into(), extension: "2005".into() }, now: t.now });
+    assert_eq!(t.create("alice", "2005").error, Some(ApiError::LockedOut), "the account's own counter still counts");
+    t.run(Input::ResetCounters { scope: AdminScope::Account { tenant: Some("acme".into()), account: "alice".into() }, now: t.now });
     t.now += 1;
     let again = t.create("alice", "2005");
     assert!(again.error.is_none(), "{:?}", again.error);
@@ -393,6 +460,7 @@ fn a_restart_keeps_bindings_and_counters_and_ends_associations_in_flight() {
         bindings: vec![t.e.binding("paris", "2005").unwrap().clone()],
         counters: vec![(CounterKey::Account { tenant: "acme".into(), account: "bob".into() }, 7)],
         proof_calls: vec![],
+        blocks: vec![],
         in_flight: vec![pending.clone()],
     };
     let (e, actions) = Engine::restore(HashMap::from([("paris".to_owned(), policy())]), snap, t.now + 10);
@@ -477,4 +545,247 @@ fn ivr_calls_are_capped_and_silent_ones_forgotten() {
     t.run(Input::Tick { now: t.now });
     assert_eq!(t.e.sizes().ivr_calls, 1);
     assert!(!t.ivr("a-new-call", None).hangup, "room again");
+}
+
+// --- Only the proof call binds (issue 9) -------------------------------------------------------
+
+/// An attacker's IVR call (from a mobile) that knows the context id, and the code — it is the
+/// attacker's own association on a colleague's extension, or it read both somewhere.
+const MOBILE: &str = "+33612345678";
+
+impl T {
+    fn ivr_from(&mut self, call: &str, from: &str, digits: Option<&str>) -> Output {
+        self.run(Input::Ivr { call: call.into(), from: from.into(), to: IVR.into(), digits: digits.map(str::to_owned), now: self.now })
+    }
+    /// Up to the phone ringing (the proof call placed, not answered).
+    fn ringing(&mut self, account: &str, ext: &str) -> (String, Vec<u8>) {
+        let id = self.create(account, ext).view.unwrap().id;
+        let call = vec![0x2C, self.now as u8];
+        let out = self.done(&id, CstaRequest::MonitorStart { extension: ext.into() }, Ok(CstaResultInfo::default()));
+        let to = out.actions.iter().find_map(|a| match a {
+            Action::Csta { request: CstaRequest::MakeCall { to, .. }, .. } => Some(to.clone()),
+            _ => None,
+        }).unwrap();
+        self.done(&id, CstaRequest::MakeCall { from: ext.into(), to }, Ok(CstaResultInfo { call: Some(call.clone()) }));
+        self.ev(ext, CallEvent::Initiated { call: call.clone() });
+        assert_eq!(self.state(&id).0, State::Ringing);
+        (id, call)
+    }
+    fn suspected(&self) -> usize {
+        self.all.iter().filter(|a| matches!(a, Action::Store(StoreWrite::Audit(r)) if r.step == "suspected_attack")).count()
+    }
+    fn ivr_reply_for(out: &Output, call: &str) -> Option<IvrReply> {
+        out.actions.iter().find_map(|a| match a {
+            Action::IvrReply { call: c, reply } if c == call => Some(reply.clone()),
+            _ => None,
+        })
+    }
+    /// The owner's own retry, answered at the phone: it must bind.
+    fn owner_retry_binds(&mut self, id: &str, ext: &str) {
+        self.now += 1000;
+        assert!(self.complete(id).error.is_none());
+        self.through_call(id, ext);
+        let ctx = self.ctx(ext);
+        let call = format!("owner-{}", self.now);
+        self.ivr(&call, Some(&ctx));
+        self.ivr(&call, Some("1"));
+        let r = self.ivr(&call, Some(CODE));
+        assert!(r.say.contains("linked"), "{}", r.say);
+        assert_eq!(self.state(id).0, State::Bound);
+    }
+}
+
+#[test]
+fn an_ivr_call_presenting_the_context_while_the_phone_rings_fails_the_attempt_after_the_wait() {
+    let mut t = T::new(policy());
+    let (id, call) = t.ringing("alice", "2005");
+    let ctx = t.ctx("2005");
+    // The attacker calls the IVR from a mobile while the phone rings and keys the context id.
+    let out = t.ivr_from("evil", MOBILE, Some(&ctx));
+    assert!(out.ivr.is_none() && out.ivr_wait, "the request may have overtaken the PBX's report: it waits");
+    t.now += 1_000;
+    let out = t.run(Input::Tick { now: t.now });
+    assert!(T::ivr_reply_for(&out, "evil").is_none(), "still within the wait");
+    t.now += 1_000;
+    let out = t.run(Input::Tick { now: t.now });
+    let reply = T::ivr_reply_for(&out, "evil").expect("answered after the wait");
+    assert!(reply.hangup, "{}", reply.say);
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::IvrCallMismatch), true));
+    assert!(t.csta().contains(&CstaRequest::ClearConnection { call, extension: "2005".into() }), "the proof call is cleared");
+    assert_eq!(t.suspected(), 1);
+    assert!(t.all.iter().any(|a| matches!(a, Action::Notify { event, .. } if event == "suspected_attack")));
+    // Whatever the attacker keys next is not heard.
+    assert!(t.ivr_from("evil", MOBILE, Some("1")).ivr.unwrap().hangup);
+    assert!(t.ivr_from("evil", MOBILE, Some(CODE)).ivr.unwrap().hangup);
+    assert!(t.e.binding("paris", "2005").is_none());
+    t.owner_retry_binds(&id, "2005");
+}
+
+#[test]
+fn a_request_just_ahead_of_the_pbx_report_waits_for_it_and_claims_the_attempt() {
+    let mut t = T::new(policy());
+    let (id, call) = t.ringing("alice", "2005");
+    let ctx = t.ctx("2005");
+    let out = t.ivr_from("ivr-1", "+33144002005", Some(&ctx));
+    assert!(out.ivr_wait);
+    t.now += 300;
+    let out = t.ev("2005", CallEvent::Established { call });
+    let reply = T::ivr_reply_for(&out, "ivr-1").expect("answered as the PBX reports the answer");
+    assert!(reply.say.contains("press 1"), "{}", reply.say);
+    t.ivr("ivr-1", Some("1"));
+    assert!(t.ivr("ivr-1", Some(CODE)).say.contains("linked"));
+    assert_eq!(t.state(&id).0, State::Bound);
+}
+
+#[test]
+fn a_second_ivr_call_with_the_context_fails_the_attempt_whichever_came_first() {
+    // The proof call claims first; the attacker's call comes second.
+    let mut t = T::new(policy());
+    let (id, ctx) = t.to_ivr("alice", "2005");
+    assert!(t.ivr("proof", Some(&ctx)).say.contains("press 1"));
+    t.now += 2_000;
+    assert!(t.ivr_from("evil", MOBILE, Some(&ctx)).ivr.unwrap().hangup);
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::IvrCallMismatch), true));
+    assert!(t.ivr("proof", Some("1")).hangup, "the attempt is over for the proof call too");
+    assert!(t.e.binding("paris", "2005").is_none());
+    t.owner_retry_binds(&id, "2005");
+
+    // The attacker races the proof call's first request after the answer and keys fast: the
+    // proof call's own request still fails the attempt before any code is taken.
+    let mut t = T::new(policy());
+    let (id, ctx) = t.to_ivr("bob", "2006");
+    assert!(t.ivr_from("evil", MOBILE, Some(&ctx)).ivr.unwrap().say.contains("press 1"));
+    t.ivr_from("evil", MOBILE, Some("1"));
+    assert!(t.ivr("proof", Some(&ctx)).hangup);
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::IvrCallMismatch), true));
+    let r = t.ivr_from("evil", MOBILE, Some(CODE)).ivr.unwrap();
+    assert!(r.hangup && !r.say.contains("linked"), "{}", r.say);
+    assert!(t.e.binding("paris", "2006").is_none());
+}
+
+#[test]
+fn an_ivr_call_that_began_while_the_phone_rang_or_long_after_the_answer_is_not_the_proof_call() {
+    let mut t = T::new(policy());
+    let (id, call) = t.ringing("alice", "2005");
+    let ctx = t.ctx("2005");
+    // The attacker's call starts while the phone rings, without digits, and waits.
+    assert!(!t.ivr_from("evil", MOBILE, None).ivr.unwrap().hangup);
+    t.now += 10_000;
+    t.ev("2005", CallEvent::Established { call });
+    assert!(t.ivr_from("evil", MOBILE, Some(&ctx)).ivr.unwrap().hangup);
+    assert_eq!(t.state(&id).1, Some(Reason::IvrCallMismatch));
+
+    // A call starting more than the claim window after the answer.
+    let mut t = T::new(policy());
+    let (id, ctx) = t.to_ivr("alice", "2005");
+    t.now += 31_000;
+    assert!(t.ivr_from("late", MOBILE, Some(&ctx)).ivr.unwrap().hangup);
+    assert_eq!(t.state(&id).1, Some(Reason::IvrCallMismatch));
+}
+
+#[test]
+fn a_calling_number_that_contradicts_the_extensions_did_fails_the_attempt() {
+    let mut p = policy();
+    p.did_prefix = Some("+3314400".into());
+    let mut t = T::new(p);
+    let (id, ctx) = t.to_ivr("alice", "2005");
+    assert!(t.ivr_from("evil", MOBILE, Some(&ctx)).ivr.unwrap().hangup);
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::IvrCallMismatch), true));
+    // A withheld number contradicts nothing.
+    t.now += 1000;
+    t.complete(&id);
+    t.through_call(&id, "2005");
+    let ctx = t.ctx("2005");
+    assert!(t.ivr_from("withheld", "", Some(&ctx)).ivr.unwrap().say.contains("press 1"));
+}
+
+#[test]
+fn another_accounts_wrong_entries_never_lock_out_the_extensions_owner() {
+    let mut p = policy();
+    p.lockout_after = 3;
+    p.proof_calls_per_hour = 20;
+    let mut t = T::new(p);
+    // Mallory asks for 2005 and keys wrong codes at the phone until she is locked out.
+    let (_, ctx) = t.to_ivr("mallory", "2005");
+    t.ivr("m1", Some(&ctx));
+    t.ivr("m1", Some("1"));
+    for _ in 0..3 {
+        t.ivr("m1", Some("000000"));
+    }
+    assert_eq!(t.create("mallory", "2006").error, Some(ApiError::LockedOut), "charged to mallory's account");
+    // The owner is not locked out and binds.
+    let (id, ctx) = t.to_ivr("alice", "2005");
+    t.ivr("a1", Some(&ctx));
+    t.ivr("a1", Some("1"));
+    assert!(t.ivr("a1", Some(CODE)).say.contains("linked"));
+    assert_eq!(t.state(&id).0, State::Bound);
+    // The admin sees and resets mallory's counters.
+    let scope = AdminScope::Account { tenant: None, account: "mallory".into() };
+    assert_eq!(t.e.counters(&scope).len(), 2, "{:?}", t.e.counters(&scope));
+    t.run(Input::ResetCounters { scope: scope.clone(), now: t.now });
+    assert!(t.e.counters(&scope).is_empty());
+    assert!(t.all.iter().any(|a| matches!(a, Action::Store(StoreWrite::Audit(r)) if r.step == "counter_reset" && r.account == "mallory")));
+    assert!(t.create("mallory", "2006").error.is_none());
+}
+
+#[test]
+fn the_phone_owner_pressing_9_blocks_the_account_from_the_extension() {
+    let mut t = T::new(policy());
+    let (id, ctx) = t.to_ivr("mallory", "2005");
+    t.ivr("c1", Some(&ctx));
+    let r = t.ivr("c1", Some("9"));
+    assert!(r.hangup && r.say.contains("Nothing was linked"), "{}", r.say);
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::RefusedByPhoneOwner), false));
+    assert!(t.csta().iter().any(|c| matches!(c, CstaRequest::ClearConnection { .. })));
+    assert!(t.all.iter().any(|a| matches!(a, Action::Notify { event, .. } if event == "refused_by_phone_owner")));
+    assert!(t.all.iter().any(|a| matches!(a, Action::Store(StoreWrite::Block(b)) if b.account == "mallory" && b.until == t.now + 86_400_000)));
+    t.now += 1;
+    assert_eq!(t.create("mallory", "2005").error, Some(ApiError::BlockedByPhoneOwner(t.now - 1 + 86_400_000)));
+    assert!(t.create("mallory", "2006").error.is_none(), "only that extension");
+    let scope = AdminScope::Extension { pbx: "paris".into(), extension: "2005".into() };
+    assert_eq!(t.e.blocks(&scope, t.now).len(), 1);
+    t.run(Input::LiftBlocks { scope: scope.clone(), now: t.now });
+    assert!(t.e.blocks(&scope, t.now).is_empty());
+    assert_eq!(t.create("mallory", "2005").error, Some(ApiError::AccountBusy), "no longer blocked (busy with 2006)");
+}
+
+#[test]
+fn a_pbx_flooding_events_fails_the_attempt_and_histories_stay_capped() {
+    let mut p = policy();
+    p.proof_calls_per_hour = 20;
+    let mut t = T::new(p);
+    let (id, call) = t.ringing("alice", "2005");
+    let mut writes = 0;
+    for _ in 0..10_000 {
+        let out = t.ev("2005", CallEvent::Delivered { call: call.clone() });
+        writes += out.actions.iter().filter(|a| matches!(a, Action::Store(StoreWrite::Association(_)))).count();
+        if t.state(&id).0 != State::Ringing {
+            break;
+        }
+    }
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::PbxFlood), true));
+    assert!(writes <= 3, "a repeated event writes the view once: {writes}");
+    // Whatever happens to one association, its history holds at most 64 steps and a marker.
+    for _ in 0..200 {
+        t.now += 1;
+        t.complete(&id);
+        t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, Err(CstaFailure::Busy));
+    }
+    let h = &t.e.view(&Principal::Admin, &id).unwrap().history;
+    assert!(h.len() <= 65 && h.iter().any(|s| s.step == "truncated"), "{} {:?}", h.len(), h);
+}
+
+#[test]
+fn context_ids_appear_only_in_the_proof_call() {
+    let mut t = T::new(policy());
+    let (id, ctx) = t.to_ivr("alice", "2005");
+    t.ivr("c1", Some(&ctx));
+    t.ivr("c1", Some("1"));
+    t.ivr("c1", Some(CODE));
+    assert_eq!(t.state(&id).0, State::Bound);
+    for a in &t.all {
+        if !matches!(a, Action::Csta { request: CstaRequest::MakeCall { .. } | CstaRequest::SendDigits { .. }, .. }) {
+            assert!(!format!("{a:?}").contains(&ctx), "context id in {a:?}");
+        }
+    }
 }

@@ -76,13 +76,14 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
     let gw = LocalGateway::start(&sim, options, secrets).await.unwrap();
     let link = gw.link();
 
-    // The IVR platform: context from the dialled suffix, confirm, the right code, hang up.
+    // The IVR platform: context from the dialled suffix, confirm, and the user at that phone
+    // keys the code the app showed them; hang up.
     let codes: Codes = Arc::default();
     let platform = {
         let (http, codes, line) = (gw.http.clone(), codes.clone(), ivr.line.clone());
         tokio::spawn(async move {
-            while let Some(IvrCall { call, from, context }) = ivr.next_call().await {
-                let code = codes.lock().unwrap().get(&context).cloned().unwrap_or_default();
+            while let Some(IvrCall { call, from, context, extension }) = ivr.next_call().await {
+                let code = codes.lock().unwrap().get(&extension).cloned().unwrap_or_default();
                 let (http, line) = (http.clone(), line.clone());
                 tokio::spawn(async move {
                     for d in [None, Some(context.as_str()), Some("1"), Some(code.as_str())] {
@@ -108,7 +109,7 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
             let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": account, "extension": ext }))).await.unwrap();
             assert_eq!(s, 201, "{v}");
             let id = v["id"].as_str().unwrap().to_owned();
-            codes.lock().unwrap().insert(v["context_id"].as_str().unwrap().to_owned(), v["code"].as_str().unwrap().to_owned());
+            codes.lock().unwrap().insert(ext.clone(), v["code"].as_str().unwrap().to_owned());
             let mut attempts = 1;
             loop {
                 let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();

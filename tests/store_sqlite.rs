@@ -38,15 +38,16 @@ fn drive(store: &mut SqliteStore) -> (String, String) {
         store.apply(&writes(&o)).unwrap();
         o
     };
-    let v = run(&mut e, Input::Create { principal: Principal::Tenant("acme".into()), account: "alice".into(), account_name: None, pbx: None, extension: "2005".into(), id: "a1".into(), context_id: "1234567800000000".into(), code: "111222333".into(), now }).view.unwrap();
+    let v = run(&mut e, Input::Create { principal: Principal::Tenant("acme".into()), account: "alice".into(), account_name: None, pbx: None, extension: "2005".into(), id: "a1".into(), random: "1234567800000000".into(), code: "111222333".into(), now }).view.unwrap();
     now += 10;
     run(&mut e, Input::CstaDone { association: "a1".into(), request: CstaRequest::MonitorStart { extension: "2005".into() }, outcome: Ok(Default::default()), now });
     run(&mut e, Input::CstaDone { association: "a1".into(), request: CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, outcome: Ok(CstaResultInfo { call: Some(vec![1]) }), now });
     run(&mut e, Input::CstaEvent { pbx: "paris".into(), extension: "2005".into(), event: CallEvent::Established { call: vec![1] }, now });
-    for d in [v.context_id.as_str(), "1", "000000", "111222"] {
+    // The context id as the PBX dialled it after the IVR number.
+    for d in ["12345678", "1", "000000", "111222"] {
         run(&mut e, Input::Ivr { call: "c".into(), from: "+3312345".into(), to: String::new(), digits: Some(d.into()), now });
     }
-    let p = run(&mut e, Input::Create { principal: Principal::Tenant("acme".into()), account: "bob".into(), account_name: None, pbx: None, extension: "2006".into(), id: "a2".into(), context_id: "8765432100000000".into(), code: "999888777".into(), now }).view.unwrap();
+    let p = run(&mut e, Input::Create { principal: Principal::Tenant("acme".into()), account: "bob".into(), account_name: None, pbx: None, extension: "2006".into(), id: "a2".into(), random: "8765432100000000".into(), code: "999888777".into(), now }).view.unwrap();
     (v.id, p.id)
 }
 
@@ -64,7 +65,9 @@ fn nothing_is_lost_across_a_restart() {
     let b = &snap.bindings[0];
     assert_eq!((b.account.as_str(), b.extension.as_str(), b.did.as_deref(), b.did_verified), ("alice", "2005", Some("+3312345"), false));
     // The wrong code counted, then success reset to 0: both persisted.
-    assert!(snap.counters.contains(&(CounterKey::Extension { pbx: "paris".into(), extension: "2005".into() }, 0)));
+    assert!(snap.counters.contains(&(CounterKey::AccountExtension { tenant: "acme".into(), account: "alice".into(), pbx: "paris".into(), extension: "2005".into() }, 0)));
+    assert!(snap.counters.contains(&(CounterKey::Account { tenant: "acme".into(), account: "alice".into() }, 0)));
+    assert!(snap.proof_calls.iter().all(|c| c.tenant == "acme"), "charged to the requesting account");
     assert_eq!(snap.proof_calls.len(), 2);
     assert_eq!(snap.in_flight.iter().map(|v| v.id.as_str()).collect::<Vec<_>>(), [pending.as_str()]);
     assert_eq!(s.association(&bound).unwrap().unwrap().state, State::Bound);
