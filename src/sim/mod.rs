@@ -259,6 +259,14 @@ impl SimPbx {
         lock(&self.shared.config).did_prefix.clone()
     }
 
+    /// What the phone of `device` shows it is dialling now (its live outgoing call, `*digits#`
+    /// suffix included), as anyone standing at it — or watching its display — would see it.
+    pub async fn dialled(&self, device: &str) -> Option<String> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.switch.send(switch::Msg::Dialled { device: device.to_owned(), reply }).ok()?;
+        rx.await.ok().flatten()
+    }
+
     /// Whether an extension's phone is locked.
     pub fn is_locked(&self, ext: &str) -> bool {
         lock(&self.shared.config).extensions.iter().any(|e| e.number == ext && e.locked)

@@ -29,6 +29,8 @@ pub(crate) enum Msg {
     DropLinks,
     /// Emit `count` Delivered events to the monitors of a device, as fast as possible.
     Flood { device: String, count: u64 },
+    /// What a phone shows it is dialling (its live outgoing call, suffix included).
+    Dialled { device: String, reply: tokio::sync::oneshot::Sender<Option<String>> },
 }
 
 pub(crate) enum Timer {
@@ -188,6 +190,9 @@ impl Switch {
                 self.conns.clear();
                 self.monitors.clear();
             }
+            Msg::Dialled { device, reply } => {
+                let _ = reply.send(self.calls.values().find(|c| c.caller == device).map(|c| format!("{}{}", c.called, c.suffix)));
+            }
             Msg::Restart => {
                 self.handle_one(Msg::DropLinks);
                 for (_, call) in self.calls.drain() {
@@ -199,7 +204,9 @@ impl Switch {
             }
             Msg::IvrHangup(call) => self.ivr_hangup(&call),
             Msg::Flood { device, count } => {
-                let id = Bytes::from_static(&[0x7F, 0xFF]);
+                // About the device's own live call if it has one (a PBX stuck repeating itself),
+                // else about a call nobody follows.
+                let id = self.calls.values().find(|c| c.caller == device).map_or(Bytes::from_static(&[0x7F, 0xFF]), |c| c.id.clone());
                 let body = party_event(&id, &device, "0800100200", &device, F::Connection, F::AlertingDevice, 2);
                 for _ in 0..count {
                     self.emit(&device, EventKind::Delivered, body.clone());
