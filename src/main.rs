@@ -211,7 +211,8 @@ async fn run_gateway(path: &std::path::Path) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cstagate run: {e}");
-            return ExitCode::from(2);
+            // A configuration the start refused (an ACSE password, a policy) like the others.
+            return ExitCode::from(if matches!(e, cstagate::server::StartError::Config(_)) { 5 } else { 2 });
         }
     };
     println!("cstagate gateway API on http://{}", running.addr);
