@@ -21,7 +21,7 @@ fn bench(c: &mut Criterion) {
             e.behaviour = cstagate::sim::Behaviour::Answer { after: Duration::ZERO };
         }
         let sim = SimPbx::start(cfg, "127.0.0.1:0").await.expect("sim");
-        let options = LocalOptions { pbx: "extensions = [\"3000-3099\"]\nproof_calls_per_hour = 1000000\nmax_requests_per_second = 1000000\n".into(), ..Default::default() };
+        let options = LocalOptions { pbx: "extensions = [\"3000-3099\"]\nmax_requests_per_second = 1000000\n".into(), proof_calls_per_hour: Some(1_000_000), ..Default::default() };
         let LocalGateway { running, http, .. } = LocalGateway::start(&sim, options, local_secrets()).await.expect("gateway");
         (sim, http, running)
     });

@@ -200,18 +200,28 @@ fn unavailable() -> Response {
 fn principal(st: &AppState, headers: &HeaderMap) -> Result<Principal, Response> {
     let unauthorized = || err(StatusCode::UNAUTHORIZED, "missing or wrong bearer token", None);
     let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(unauthorized)?;
-    let eq = |a: &str| a.len() == token.len() && bool::from(a.as_bytes().ct_eq(token.as_bytes()));
-    if st.secrets.admin_token.as_deref().is_some_and(eq) {
-        return Ok(Principal::Admin);
+    token_principal(&st.secrets, token).ok_or_else(unauthorized)
+}
+
+/// Whose token this is. Tokens are compared as SHA-256 digests in constant time: digests have
+/// one length, so neither a configured token's length nor how much of it a guess got right
+/// shows in the time taken (comparing the tokens themselves returned early on a length
+/// mismatch). Every token is compared, so timing does not tell which tenant's was close either.
+/// An empty configured token matches nothing (the start refuses one; this is the last guard).
+fn token_principal(secrets: &Secrets, token: &str) -> Option<Principal> {
+    use sha2::Digest;
+    let given = Sha256::digest(token.as_bytes());
+    let eq = |a: &str| !a.is_empty() && bool::from(Sha256::digest(a.as_bytes()).as_slice().ct_eq(given.as_slice()));
+    if secrets.admin_token.as_deref().is_some_and(eq) {
+        return Some(Principal::Admin);
     }
-    // Every token is compared, so timing does not tell which tenant's was close.
     let mut found = None;
-    for (tenant, t) in &st.secrets.tenant_tokens {
+    for (tenant, t) in &secrets.tenant_tokens {
         if eq(t) {
             found = Some(tenant.clone());
         }
     }
-    found.map(Principal::Tenant).ok_or_else(unauthorized)
+    found.map(Principal::Tenant)
 }
 
 fn admin(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
@@ -1043,6 +1053,22 @@ mod tests {
         assert_eq!(c.check([4; 32], t + 301, t + 301), Ok(()));
         assert_eq!(c.len(), 2);
         assert_eq!(c.check([3; 32], t + 200, t + 301), Err(Replay::Seen));
+    }
+
+    #[test]
+    fn tokens_are_accepted_exactly() {
+        let secrets = Secrets {
+            admin_token: Some("admin-0123456789abcdef".into()),
+            tenant_tokens: HashMap::from([("acme".into(), "acme-0123456789abcdef".into()), ("blank".into(), String::new())]),
+            ..Default::default()
+        };
+        assert_eq!(token_principal(&secrets, "admin-0123456789abcdef"), Some(Principal::Admin));
+        assert_eq!(token_principal(&secrets, "acme-0123456789abcdef"), Some(Principal::Tenant("acme".into())));
+        // Same length, last character wrong; shorter; longer; a prefix; empty (which an empty
+        // configured token must not match).
+        for wrong in ["acme-0123456789abcdeg", "acme-0123", "acme-0123456789abcdef0", "acme-0123456789abcde", "", "admin-0123456789abcdeF"] {
+            assert_eq!(token_principal(&secrets, wrong), None, "{wrong:?}");
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Each `[[pbx]]` table describes one PBX link. `dialect` picks a preset (port, framing,
 //! preamble, ACSE context and CSTA phase) that the other keys may override. Secrets are never
 //! written in the file: the ACSE password is read from the environment variable or the file the
-//! config names. Unknown keys and bad values are rejected at start-up with the key's name.
+//! config names. Unknown keys and bad values are rejected at start-up with the key's name (a wrong
+//! type with its full path, `pbx[0].ring_timeout`); so are secrets that are missing or empty.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -143,15 +144,9 @@ pub struct PbxConfig {
     pub reconnect_min: Duration,
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
-    /// The association policy of this PBX.
-    #[serde(flatten)]
-    pub association: AssociationSettings,
-}
-
-/// Association policy keys of a `[[pbx]]` table.
-#[derive(Debug, Clone, Deserialize, Default)]
-pub struct AssociationSettings {
-    /// The tenant whose accounts may bind extensions of this PBX.
+    // The association policy of this PBX, keys of the same table. (Not a `#[serde(flatten)]`ed
+    // struct: through a flatten a wrong type is reported against `pbx[0]`, not the key.)
+    /// The tenant whose accounts may bind extensions of this PBX; a `[[tenant]]` must define it.
     pub tenant: Option<String>,
     /// Directory: numbers and ranges (`["2000-2099", "3000"]`).
     #[serde(default)]
@@ -182,6 +177,12 @@ pub struct AssociationSettings {
     pub owner_block: Option<Duration>,
 }
 
+/// The longest a proof call may ring: past this the user has walked away, and the extension's
+/// line is held for nothing.
+pub const MAX_RING_TIMEOUT: Duration = Duration::from_secs(300);
+/// The most proof calls per extension an hour may set: each rings a person's desk phone.
+pub const MAX_PROOF_CALLS_PER_HOUR: usize = 20;
+
 fn default_keepalive() -> Duration {
     Duration::from_secs(30)
 }
@@ -207,10 +208,54 @@ fn default_reconnect_max() -> Duration {
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    #[error("{0}")]
-    Parse(String),
-    #[error("pbx `{pbx}`: `{key}` {why}")]
-    Invalid { pbx: String, key: &'static str, why: String },
+    /// TOML syntax, an unknown key or a wrong type. `key` is the full path of the key at fault
+    /// (`pbx[0].ring_timeout`), when there is one.
+    #[error("{}{message}", .key.as_deref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+    Parse { key: Option<String>, message: String },
+    /// A value of the right type that would hurt. `at` is the table (`pbx `paris``,
+    /// `[gateway]`, `tenant `acme``).
+    #[error("{at}: `{key}` {why}")]
+    Invalid { at: String, key: &'static str, why: String },
+    /// A secret the configuration points to is missing or empty. `from` names the environment
+    /// variable or file; the value is never part of the error.
+    #[error("{at}: `{key}`: {from} {why}")]
+    Secret { at: String, key: &'static str, from: String, why: String },
+}
+
+/// Where the configuration says a secret is: never the secret itself.
+#[derive(Debug, Clone, Copy)]
+pub enum SecretSource<'a> {
+    Env(&'a str),
+    /// A file whose trailing newline is not part of the secret.
+    File(&'a Path),
+}
+
+/// Read a secret for the key `key` of table `at`, refusing one that is missing or empty (or only
+/// white space): an empty token, HMAC key or password would let anyone through — an empty
+/// `IVR_SECRET` made the webhook accept requests signed with the empty key.
+///
+/// # Errors
+/// [`ConfigError::Secret`], naming the variable or file.
+pub fn read_secret(at: &str, key: &'static str, from: SecretSource<'_>) -> Result<String, ConfigError> {
+    let (name, value) = match from {
+        SecretSource::Env(var) => (
+            format!("environment variable {var}"),
+            std::env::var(var).map_err(|e| match e {
+                std::env::VarError::NotPresent => "is not set".to_owned(),
+                std::env::VarError::NotUnicode(_) => "is not UTF-8".to_owned(),
+            }),
+        ),
+        SecretSource::File(path) => (
+            format!("file {}", path.display()),
+            std::fs::read_to_string(path).map(|s| s.trim_end_matches(['\r', '\n']).to_owned()).map_err(|e| format!("cannot be read: {e}")),
+        ),
+    };
+    let secret = |why: String| ConfigError::Secret { at: at.to_owned(), key, from: name.clone(), why };
+    match value {
+        Ok(v) if v.trim().is_empty() => Err(secret("is empty".into())),
+        Ok(v) => Ok(v),
+        Err(why) => Err(secret(why)),
+    }
 }
 
 impl Config {
@@ -228,15 +273,49 @@ impl Config {
     /// # Errors
     /// As [`Config::load`].
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let mut seen = std::collections::HashSet::new();
-        for p in &c.pbx {
-            if !seen.insert(p.id.clone()) {
-                return Err(ConfigError::Invalid { pbx: p.id.clone(), key: "id", why: "is used by another [[pbx]]".into() });
+        let syntax = |e: toml::de::Error| ConfigError::Parse { key: None, message: e.to_string() };
+        let c: Config = serde_path_to_error::deserialize(toml::Deserializer::parse(text).map_err(syntax)?).map_err(|e| {
+            let key = e.path().iter().next().is_some().then(|| e.path().to_string());
+            ConfigError::Parse { key, message: e.into_inner().to_string() }
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The checks types cannot make, each naming its key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.gateway;
+        let gateway = |key, why: &str| Err(ConfigError::Invalid { at: "[gateway]".into(), key, why: why.into() });
+        if g.max_connections == 0 {
+            return gateway("max_connections", "must be at least 1 (with 0 the API would accept no connection)");
+        }
+        if g.header_timeout.is_zero() {
+            return gateway("header_timeout", "must be longer than zero");
+        }
+        let mut tenants = std::collections::HashSet::new();
+        for t in &self.tenant {
+            let tenant = |key, why: &str| Err(ConfigError::Invalid { at: format!("tenant `{}`", t.id), key, why: why.into() });
+            if t.id.is_empty() {
+                return tenant("id", "is empty");
+            }
+            if !tenants.insert(t.id.as_str()) {
+                return tenant("id", "is used by another [[tenant]]");
+            }
+            if t.notify_url.is_some() && t.notify_secret_env.is_none() {
+                return tenant("notify_secret_env", "is required with notify_url (notifications are signed)");
+            }
+        }
+        let mut pbxs = std::collections::HashSet::new();
+        for p in &self.pbx {
+            if !pbxs.insert(p.id.as_str()) {
+                return Err(p.invalid("id", "is used by another [[pbx]]"));
             }
             p.validate()?;
+            if let Some(t) = p.tenant.as_deref().filter(|t| !tenants.contains(t)) {
+                return Err(p.invalid("tenant", format!("names `{t}`, which no [[tenant]] defines")));
+            }
         }
-        Ok(c)
+        Ok(())
     }
 
     pub fn pbx(&self, id: &str) -> Option<&PbxConfig> {
@@ -250,71 +329,47 @@ impl Config {
     pub fn policies(&self) -> Result<std::collections::HashMap<String, crate::association::Policy>, ConfigError> {
         let mut out = std::collections::HashMap::new();
         for p in &self.pbx {
-            let a = &p.association;
-            let Some(tenant) = &a.tenant else { continue };
-            let ivr = a.ivr_number.as_deref().ok_or_else(|| p.invalid("ivr_number", "is required when `tenant` is set"))?;
+            let Some(tenant) = &p.tenant else { continue };
+            let ivr = p.ivr_number.as_deref().ok_or_else(|| p.invalid("ivr_number", "is required when `tenant` is set"))?;
             let mut pol = crate::association::Policy::new(tenant, ivr);
-            let numbers = crate::sim::parse_directory(&a.extensions.join(",")).map_err(|e| p.invalid("extensions", e))?;
+            let numbers = crate::sim::parse_directory(&p.extensions.join(",")).map_err(|e| p.invalid("extensions", e))?;
             for n in numbers {
-                let name = a.names.get(&n).cloned();
+                let name = p.names.get(&n).cloned();
                 pol.directory.insert(n, name);
             }
-            if let Some(d) = a.context_delivery {
+            if let Some(d) = p.context_delivery {
                 pol.context_delivery = d;
             }
-            pol.require_completion = a.require_completion;
-            pol.lock_prefix = a.lock_prefix.clone();
-            if let Some(n) = a.code_digits {
-                if !(6..=12).contains(&n) {
-                    return Err(p.invalid("code_digits", "must be 6 to 12 (NIST SP 800-63B: at least 6)"));
-                }
+            pol.require_completion = p.require_completion;
+            pol.lock_prefix = p.lock_prefix.clone();
+            // Ranges are checked by `Config::parse`.
+            if let Some(n) = p.code_digits {
                 pol.code_digits = n;
             }
-            if let Some(t) = a.code_ttl {
-                if t.is_zero() || t > Duration::from_secs(600) {
-                    return Err(p.invalid("code_ttl", "must be more than 0 and at most 10 minutes"));
-                }
+            if let Some(t) = p.code_ttl {
                 pol.code_ttl = t;
             }
-            if let Some(t) = a.ring_timeout {
+            if let Some(t) = p.ring_timeout {
                 pol.ring_timeout = t;
             }
-            if let Some(t) = a.ivr_timeout {
-                if t.is_zero() {
-                    return Err(p.invalid("ivr_timeout", "must be more than 0"));
-                }
+            if let Some(t) = p.ivr_timeout {
                 pol.ivr_timeout = t;
             }
-            if let Some(n) = a.proof_calls_per_hour {
+            if let Some(n) = p.proof_calls_per_hour {
                 pol.proof_calls_per_hour = n;
             }
-            if let Some(n) = a.lockout_after {
-                if n == 0 || n > 100 {
-                    return Err(p.invalid("lockout_after", "must be 1 to 100"));
-                }
+            if let Some(n) = p.lockout_after {
                 pol.lockout_after = n;
             }
-            pol.did_prefix = a.did_prefix.clone();
-            if let Some(n) = a.context_digits {
-                if !(8..=16).contains(&n) {
-                    return Err(p.invalid("context_digits", "must be 8 to 16"));
-                }
+            pol.did_prefix = p.did_prefix.clone();
+            if let Some(n) = p.context_digits {
                 pol.context_digits = n;
             }
-            if let Some(t) = a.ivr_claim_window {
-                if t.is_zero() || t > Duration::from_secs(120) {
-                    return Err(p.invalid("ivr_claim_window", "must be more than 0 and at most 2 minutes"));
-                }
+            if let Some(t) = p.ivr_claim_window {
                 pol.ivr_claim_window = t;
             }
-            if let Some(t) = a.owner_block {
-                if t.is_zero() || t > Duration::from_secs(30 * 86_400) {
-                    return Err(p.invalid("owner_block", "must be more than 0 and at most 30 days"));
-                }
+            if let Some(t) = p.owner_block {
                 pol.owner_block = t;
-            }
-            if pol.context_delivery == crate::association::ContextDelivery::None && pol.did_prefix.is_none() {
-                return Err(p.invalid("context_delivery", "\"none\" needs did_prefix: without a context id only the extension's DID can name the proof call"));
             }
             out.insert(p.id.clone(), pol);
         }
@@ -362,8 +417,12 @@ impl LinkProfile {
 }
 
 impl PbxConfig {
+    fn at(&self) -> String {
+        format!("pbx `{}`", self.id)
+    }
+
     fn invalid(&self, key: &'static str, why: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { pbx: self.id.clone(), key, why: why.into() }
+        ConfigError::Invalid { at: self.at(), key, why: why.into() }
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -395,13 +454,43 @@ impl PbxConfig {
         if (self.acse_password_env.is_some() || self.acse_password_file.is_some()) && self.acse_user.is_none() {
             return Err(self.invalid("acse_user", "is required when a password is configured"));
         }
+        if self.code_digits.is_some_and(|n| !(6..=12).contains(&n)) {
+            return Err(self.invalid("code_digits", "must be 6 to 12 (NIST SP 800-63B: at least 6)"));
+        }
+        if self.code_ttl.is_some_and(|t| t.is_zero() || t > Duration::from_secs(600)) {
+            return Err(self.invalid("code_ttl", "must be more than 0 and at most 10 minutes"));
+        }
+        if self.ring_timeout.is_some_and(|t| t.is_zero() || t > MAX_RING_TIMEOUT) {
+            return Err(self.invalid("ring_timeout", "must be more than 0 and at most 5 minutes"));
+        }
+        if self.ivr_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(self.invalid("ivr_timeout", "must be more than 0"));
+        }
+        if self.proof_calls_per_hour.is_some_and(|n| !(1..=MAX_PROOF_CALLS_PER_HOUR).contains(&n)) {
+            return Err(self.invalid("proof_calls_per_hour", format!("must be 1 to {MAX_PROOF_CALLS_PER_HOUR} (each rings a person's phone)")));
+        }
+        if self.lockout_after.is_some_and(|n| n == 0 || n > 100) {
+            return Err(self.invalid("lockout_after", "must be 1 to 100"));
+        }
+        if self.context_digits.is_some_and(|n| !(8..=16).contains(&n)) {
+            return Err(self.invalid("context_digits", "must be 8 to 16"));
+        }
+        if self.ivr_claim_window.is_some_and(|t| t.is_zero() || t > Duration::from_secs(120)) {
+            return Err(self.invalid("ivr_claim_window", "must be more than 0 and at most 2 minutes"));
+        }
+        if self.owner_block.is_some_and(|t| t.is_zero() || t > Duration::from_secs(30 * 86_400)) {
+            return Err(self.invalid("owner_block", "must be more than 0 and at most 30 days"));
+        }
+        if self.tenant.is_some() && self.context_delivery == Some(crate::association::ContextDelivery::None) && self.did_prefix.is_none() {
+            return Err(self.invalid("context_delivery", "\"none\" needs did_prefix: without a context id only the extension's DID can name the proof call"));
+        }
         Ok(())
     }
 
     /// Apply the preset and read the password.
     ///
     /// # Errors
-    /// The password's environment variable or file is missing.
+    /// The password's environment variable or file is missing or empty.
     pub fn profile(&self) -> Result<LinkProfile, ConfigError> {
         let (port, framing, dialect, preamble, context, versions): (u16, Framing, Dialect, bool, &str, Vec<u32>) = match self.dialect {
             // OXE: ECMA-180 context; CSTA versions one and two (brief §3.3).
@@ -411,13 +500,8 @@ impl PbxConfig {
         };
         let address = if self.address.contains(':') { self.address.clone() } else { format!("{}:{port}", self.address) };
         let password = match (&self.acse_password_env, &self.acse_password_file) {
-            (Some(var), _) => Some(std::env::var(var).map_err(|_| self.invalid("acse_password_env", format!("names {var}, which is not set")))?),
-            (_, Some(file)) => Some(
-                std::fs::read_to_string(file)
-                    .map_err(|e| self.invalid("acse_password_file", format!("{}: {e}", file.display())))?
-                    .trim_end_matches(['\r', '\n'])
-                    .to_owned(),
-            ),
+            (Some(var), _) => Some(read_secret(&self.at(), "acse_password_env", SecretSource::Env(var))?),
+            (_, Some(file)) => Some(read_secret(&self.at(), "acse_password_file", SecretSource::File(file))?),
             _ => None,
         };
         let context = self.acse_context.as_deref().unwrap_or(context);

@@ -52,6 +52,10 @@ pub struct LocalOptions {
     pub pbx: String,
     /// The database file; a fresh temporary directory when `None` (restart tests reuse one).
     pub db: Option<std::path::PathBuf>,
+    /// Proof calls per extension an hour beyond what a configuration file may set (1..=20),
+    /// for benchmarks that bind the same extensions thousands of times. Set on the parsed
+    /// configuration, so no file can ask for it.
+    pub proof_calls_per_hour: Option<usize>,
 }
 
 /// The real gateway started on loopback next to a simulated PBX, the way the demo, the tests
@@ -122,7 +126,10 @@ impl LocalGateway {
             sim.addr(),
             o.pbx,
         );
-        let config = Config::parse(&toml).map_err(|e| e.to_string())?;
+        let mut config = Config::parse(&toml).map_err(|e| e.to_string())?;
+        if let Some(n) = o.proof_calls_per_hour {
+            config.pbx.iter_mut().for_each(|p| p.proof_calls_per_hour = Some(n));
+        }
         let running = crate::server::start(&config, secrets).await.map_err(|e| e.to_string())?;
         let link = running.gateway.links().get("paris").cloned().ok_or("no link")?;
         tokio::time::timeout(Duration::from_secs(10), link.wait_for(|s| *s == crate::link::LinkState::Up)).await.map_err(|_| "the PBX link did not come up")?;

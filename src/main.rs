@@ -166,13 +166,13 @@ fn main() -> ExitCode {
             };
             let credentials = match (acse_user, acse_password_env) {
                 (Some(u), Some(var)) => match std::env::var(&var) {
-                    Ok(p) => Some((u, p)),
+                    Ok(p) => Some((u, p.into())),
                     Err(_) => {
                         eprintln!("cstagate sim-pbx: --acse-password-env names {var}, which is not set");
                         return ExitCode::from(5);
                     }
                 },
-                (Some(u), None) => Some((u, String::new())),
+                (Some(u), None) => Some((u, "".into())),
                 _ => None,
             };
             let cfg = cstagate::sim::SimConfig {
@@ -211,7 +211,8 @@ async fn run_gateway(path: &std::path::Path) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cstagate run: {e}");
-            return ExitCode::from(2);
+            // A configuration the start refused (an ACSE password, a policy) like the others.
+            return ExitCode::from(if matches!(e, cstagate::server::StartError::Config(_)) { 5 } else { 2 });
         }
     };
     println!("cstagate gateway API on http://{}", running.addr);

@@ -19,11 +19,18 @@ use tracing::warn;
 use crate::http_client::Http;
 
 /// Where and how to notify one tenant.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Target {
     /// Base URL and path, e.g. `http://app.internal:9000/cstagate/events`.
     pub url: String,
     pub secret: String,
+}
+
+/// Without the secret: a `Target` printed in a log or an error must not carry the HMAC key.
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target").field("url", &self.url).field("secret", &"<redacted>").finish()
+    }
 }
 
 /// One notification.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use crate::api::{router, Secrets};
 use crate::association::{Action, Engine};
-use crate::config::{Config, ConfigError};
+use crate::config::{read_secret, Config, ConfigError, SecretSource};
 use crate::gateway::{now_ms, Gateway};
 use crate::link::Link;
 use crate::store::{SqliteStore, Store};
@@ -82,21 +82,33 @@ pub enum StartError {
 /// Read the API secrets the configuration names from the environment.
 ///
 /// # Errors
-/// A named variable is not set (its name is given; its value never is).
+/// A named variable is not set or empty ([`ConfigError::Secret`]), or two principals share a
+/// token ([`StartError::Secret`]): the variables are named, their values never.
 pub fn secrets_from_env(c: &Config) -> Result<Secrets, StartError> {
-    let var = |name: &str| std::env::var(name).map_err(|_| StartError::Secret(format!("environment variable {name} is not set")));
     let mut s = Secrets::default();
+    // (variable, token) of every principal, to refuse a token shared by two of them: the API
+    // could not tell them apart, and one tenant would act as another, or as the admin.
+    let mut tokens: Vec<(&str, String)> = Vec::new();
     if let Some(v) = &c.gateway.admin_token_env {
-        s.admin_token = Some(var(v)?);
+        let t = read_secret("[gateway]", "admin_token_env", SecretSource::Env(v))?;
+        tokens.push((v, t.clone()));
+        s.admin_token = Some(t);
     }
     if let Some(v) = &c.gateway.ivr_secret_env {
-        s.ivr_secret = Some(var(v)?);
+        s.ivr_secret = Some(read_secret("[gateway]", "ivr_secret_env", SecretSource::Env(v))?);
     }
     for t in &c.tenant {
-        s.tenant_tokens.insert(t.id.clone(), var(&t.token_env)?);
-        if let Some(url) = &t.notify_url {
-            let env = t.notify_secret_env.as_deref().ok_or_else(|| StartError::Secret(format!("tenant {}: notify_url needs notify_secret_env", t.id)))?;
-            s.notify.insert(t.id.clone(), crate::notify::Target { url: url.clone(), secret: var(env)? });
+        let at = format!("tenant `{}`", t.id);
+        let token = read_secret(&at, "token_env", SecretSource::Env(&t.token_env))?;
+        if let Some((other, _)) = tokens.iter().find(|(_, o)| *o == token) {
+            return Err(StartError::Secret(format!("{at}: `token_env`: environment variables {} and {other} hold the same token; the admin and each tenant need their own", t.token_env)));
+        }
+        tokens.push((&t.token_env, token.clone()));
+        s.tenant_tokens.insert(t.id.clone(), token);
+        // `Config::parse` made sure a notify_url comes with its secret.
+        if let (Some(url), Some(env)) = (&t.notify_url, &t.notify_secret_env) {
+            let secret = read_secret(&at, "notify_secret_env", SecretSource::Env(env))?;
+            s.notify.insert(t.id.clone(), crate::notify::Target { url: url.clone(), secret });
         }
     }
     Ok(s)
@@ -107,14 +119,13 @@ pub fn secrets_from_env(c: &Config) -> Result<Secrets, StartError> {
 /// # Errors
 /// Bad configuration, unusable database, or the API address cannot be bound.
 pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartError> {
+    // Everything the configuration can refuse (policies, ACSE passwords) before the store.
     let policies = config.policies()?;
+    let profiles = config.pbx.iter().map(crate::config::PbxConfig::profile).collect::<Result<Vec<_>, _>>()?;
     let store = SqliteStore::open(&config.gateway.database)?;
     let snap = store.snapshot(now_ms())?;
     let (engine, restored): (Engine, Vec<Action>) = Engine::restore(policies, snap, now_ms());
-    let mut links = HashMap::new();
-    for p in &config.pbx {
-        links.insert(p.id.clone(), Link::spawn(p.profile()?));
-    }
+    let links: HashMap<_, _> = profiles.into_iter().map(|p| (p.id.clone(), Link::spawn(p))).collect();
     let notifier = (!secrets.notify.is_empty()).then(|| crate::notify::Notifier::start(secrets.notify.clone()));
     let gateway = Gateway::start(engine, Box::new(store), links, notifier, restored);
     let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;

@@ -70,3 +70,27 @@ fn a_bad_apdu_is_reported_with_its_offset_after_all_the_others() {
     assert_eq!(bad["error"]["offset"], 11, "{bad}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn an_aarq_login_is_never_printed_decoded_or_not() {
+    // "S3cr3t-pw-4711" as the password of a HiPath-style login, in a good AARQ and in one whose
+    // authentication value claims one octet more than its parent holds.
+    let password = "S3cr3t-pw-4711";
+    let good = "603180020780a10706052b0c00815a8a020680ac1ea21ca01aa0180406414d484f5354040e5333637233742d70772d34373131";
+    let bad = good.replace("ac1ea21c", "ac1fa21c");
+    let dir = std::env::temp_dir().join(format!("cstagate-decode-aarq-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let f = dir.join("login.hex");
+    std::fs::write(&f, format!("0033{good}\n0033{bad}\n")).expect("write");
+    for json in [true, false] {
+        let mut args = vec!["decode", "--dialect", "phase3", f.to_str().expect("utf-8")];
+        if json {
+            args.insert(1, "--json");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_cstagate")).args(&args).env("RUST_LOG", "trace").output().expect("runs");
+        let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)).to_ascii_lowercase();
+        assert!(all.contains("amhost"), "the user is shown: {all}");
+        assert!(!all.contains(&password.to_ascii_lowercase()) && !all.contains(&hex::encode(password)), "{all}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

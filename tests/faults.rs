@@ -58,7 +58,7 @@ struct Case {
 fn options(step: Step) -> LocalOptions {
     let lock = if step == Step::Lock { "lock_prefix = \"*66\"\n" } else { "" };
     LocalOptions {
-        pbx: format!("extensions = [\"2005\"]\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nkeepalive = \"250ms\"\nrequest_timeout = \"5s\"\nivr_timeout = \"2s\"\nproof_calls_per_hour = 100\n{lock}"),
+        pbx: format!("extensions = [\"2005\"]\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nkeepalive = \"250ms\"\nrequest_timeout = \"5s\"\nivr_timeout = \"2s\"\nproof_calls_per_hour = 20\n{lock}"),
         ..Default::default()
     }
 }

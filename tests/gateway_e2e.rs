@@ -203,7 +203,7 @@ async fn a_thousand_associations_across_a_hundred_extensions_all_end_as_the_stor
         e.behaviour = cstagate::sim::Behaviour::Answer { after: Duration::from_millis(5) };
     }
     let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
-    let options = LocalOptions { pbx: "extensions = [\"3000-3099\"]\nproof_calls_per_hour = 100\nmax_requests_per_second = 100000\n".into(), ..Default::default() };
+    let options = LocalOptions { pbx: "extensions = [\"3000-3099\"]\nproof_calls_per_hour = 20\nmax_requests_per_second = 100000\n".into(), ..Default::default() };
     let LocalGateway { running, http, .. } = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
     let report = tokio::time::timeout(Duration::from_secs(300), cstagate::demo::drive_many(&http, &mut cstagate::demo::Ivr::of(&mut sim).unwrap(), IVR_SECRET, TENANT_TOKEN, &exts, 10)).await.expect("in time").expect("load runs");
     assert_eq!(report.outcomes.len(), 1000);

@@ -68,7 +68,7 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
         // A thousand app clients and the IVR platform, each with its own connections.
         gateway: "max_connections = 4096\n".into(),
         tenant: format!("notify_url = \"{url}\"\nnotify_secret_env = \"UNUSED\"\n"),
-        pbx: format!("extensions = [\"4000-{}\"]\nproof_calls_per_hour = 100\nmax_requests_per_second = 100000\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nivr_timeout = \"10s\"\n", 4000 + N - 1),
+        pbx: format!("extensions = [\"4000-{}\"]\nproof_calls_per_hour = 20\nmax_requests_per_second = 100000\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nivr_timeout = \"10s\"\n", 4000 + N - 1),
         ..Default::default()
     };
     let mut secrets = local_secrets();

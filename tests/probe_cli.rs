@@ -65,8 +65,10 @@ async fn probe_exit_codes_name_the_failure() {
     assert_eq!(code, 3, "{err}");
     assert!(err.contains("authentication-failure"), "{err}");
     assert!(!err.contains("wrong"), "the password is never printed: {err}");
-    let (code, _, err) = probe(&config(&sim.addr().to_string(), login), &["--pbx", "lab", "--timeout", "1s"], &[("CSTAGATE_TEST_PBX_PASSWORD", "77777")]).await;
+    let (code, _, err) = probe(&config(&sim.addr().to_string(), login), &["--pbx", "lab", "--timeout", "1s"], &[("CSTAGATE_TEST_PBX_PASSWORD", "77777"), ("RUST_LOG", "trace")]).await;
     assert_eq!(code, 0, "{err}");
+    // Its trace shows the AARQ, without the password (hex of "77777").
+    assert!(err.contains("<redacted>") && !err.contains("3737373737"), "{err}");
 
     // A CSTA error, by name.
     let sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap();

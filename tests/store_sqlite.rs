@@ -111,3 +111,47 @@ fn the_audit_log_is_append_only_and_a_batch_is_atomic() {
     let journal: String = raw.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(journal, "wal");
 }
+
+/// The mode bits of a file the store made (or was given).
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+#[cfg(unix)]
+fn with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    s.into()
+}
+
+#[cfg(unix)]
+#[test]
+fn the_database_and_its_wal_are_readable_by_the_gateway_alone() {
+    // A new database: the file, its WAL and its shared-memory index, all 0600 while in use.
+    let path = tmp("modes");
+    let mut s = SqliteStore::open(&path).unwrap();
+    drive(&mut s);
+    for suffix in ["", "-wal", "-shm"] {
+        assert_eq!(format!("{:o}", mode(&with_suffix(&path, suffix))), "600", "gateway.db{suffix}");
+    }
+    drop(s);
+
+    // A database an older version left world-readable, in use (WAL and index present): tightened.
+    let path = tmp("modes-loose");
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let _: String = raw.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).unwrap();
+    raw.execute_batch("CREATE TABLE old (x); INSERT INTO old VALUES (1);").unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(with_suffix(&path, suffix), std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let mut s = SqliteStore::open(&path).unwrap();
+    drive(&mut s);
+    for suffix in ["", "-wal", "-shm"] {
+        assert_eq!(format!("{:o}", mode(&with_suffix(&path, suffix))), "600", "gateway.db{suffix}");
+    }
+    let n: i64 = raw.query_row("SELECT count(*) FROM old", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1, "tightening the modes keeps the data");
+}

@@ -325,3 +325,102 @@ pub fn diagnostic_name(d: &Option<(u8, i64)>) -> &'static str {
         Some(_) => "unknown diagnostic source",
     }
 }
+
+/// Identifier octets of the ACSE APDUs that may carry an authentication value (X.227:
+/// AARQ `[APPLICATION 0]`, AARE `[APPLICATION 1]`), and of those values: the AARQ's
+/// `calling-authentication-value [12]`, the AARE's `responding-authentication-value [10]`.
+const AARQ_TAG: u8 = 0x60;
+const AARE_TAG: u8 = 0x61;
+const AUTHENTICATION_TAGS: [Tag; 2] = [Tag(0xAC), Tag(0xAA)];
+
+/// An APDU (unframed) as logs show it: the only way APDUs are rendered for a log, so that a CTI
+/// login is never printed, whatever the level.
+///
+/// Hex, except in an AARQ or AARE, whose authentication value (the password of
+/// [`Authentication`], or an opaque credential) reads `<redacted>` in place of its whole TLV —
+/// not even its length is shown. An APDU whose first octet says AARQ or AARE but whose members
+/// cannot be walked is not printed at all: where its password lies cannot be told.
+pub fn for_log(apdu: &[u8]) -> ForLog<'_> {
+    ForLog(apdu)
+}
+
+/// See [`for_log`].
+pub struct ForLog<'a>(&'a [u8]);
+
+impl std::fmt::Display for ForLog<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !matches!(self.0.first(), Some(&(AARQ_TAG | AARE_TAG))) {
+            return f.write_str(&hex::encode(self.0));
+        }
+        match redacted_acse(&Bytes::copy_from_slice(self.0)) {
+            Ok(s) => f.write_str(&s),
+            Err(_) => write!(f, "<redacted: {} bytes of an ACSE APDU that does not decode>", self.0.len()),
+        }
+    }
+}
+
+/// Hex of an AARQ or AARE with its authentication values replaced by `<redacted>`.
+fn redacted_acse(b: &Bytes) -> Result<String> {
+    let mut r = Reader::new(b);
+    let outer = r.required("ACSE APDU")?;
+    outer.constructed("ACSE APDU")?;
+    r.finish()?;
+    let mut members = r.enter(&outer)?;
+    let mut s = hex::encode(&b[..outer.content_start]);
+    let mut end = outer.content_start;
+    while let Some(t) = members.next()? {
+        if AUTHENTICATION_TAGS.contains(&t.tag) {
+            s.push_str("<redacted>");
+        } else {
+            s.push_str(&hex::encode(&b[t.start..t.end]));
+        }
+        end = t.end;
+    }
+    // End-of-contents octets of an indefinite length.
+    s.push_str(&hex::encode(&b[end..outer.end]));
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Apdu, Dialect};
+
+    fn aarq_with(password: &str) -> Vec<u8> {
+        let p = AarqParams { context: "1.3.12.0.218".into(), credentials: Some(("AMHOST".into(), Secret::new(password.to_owned().into()))), user_information: None };
+        Apdu::Aarq(aarq(&p).unwrap()).to_vec(Dialect::Phase3).unwrap()
+    }
+
+    #[test]
+    fn an_aarq_is_logged_without_its_authentication_value() {
+        let bytes = aarq_with("pw-4711");
+        let shown = for_log(&bytes).to_string();
+        assert!(!shown.contains(&hex::encode("pw-4711")) && !shown.contains("pw-4711"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        // Everything else is there: the header, the context name.
+        assert!(shown.starts_with("60") && shown.contains("a10706052b0c00815a"), "{shown}");
+        // The password alone (charstring) and an opaque value are redacted the same way.
+        let mut charstring = hex::decode("6014a10706052b0c00815aac09800770772d34373131").unwrap();
+        assert!(!for_log(&charstring).to_string().contains("70772d"), "{}", for_log(&charstring));
+        charstring[0] = AARE_TAG;
+        assert!(!for_log(&charstring).to_string().contains("70772d"), "{}", for_log(&charstring));
+    }
+
+    #[test]
+    fn an_acse_apdu_that_does_not_decode_is_not_printed() {
+        let bytes = aarq_with("pw-4711");
+        for cut in [bytes.len() - 3, 12, 2, 1] {
+            let shown = for_log(&bytes[..cut]).to_string();
+            assert!(shown.starts_with("<redacted") && !shown.contains("70772d"), "{cut}: {shown}");
+        }
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(&hex::decode("0407").unwrap());
+        assert!(for_log(&trailing).to_string().starts_with("<redacted"));
+    }
+
+    #[test]
+    fn other_apdus_are_logged_as_hex() {
+        let invoke = hex::decode("a10c020101020200d330030a0102").unwrap();
+        assert_eq!(for_log(&invoke).to_string(), "a10c020101020200d330030a0102");
+    }
+}

@@ -377,6 +377,19 @@ impl Secret {
     }
 }
 
+/// A secret written by a person (a password from the environment or a file, a test's login).
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(Bytes::from(s))
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Secret(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("<redacted>")

@@ -54,7 +54,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, info_span, trace, warn, Instrument};
 
-use crate::codec::acse::{aare_outcome, aarq};
+use crate::codec::acse::{aare_outcome, aarq, for_log};
 use crate::codec::apdu::{ErrorParameter, EventReport, UniversalFailure};
 use crate::codec::body::{FieldName, Value};
 use crate::codec::framing::Framer;
@@ -474,7 +474,7 @@ impl<'a> Session<'a> {
         self.out.clear();
         apdu.encode(self.p.dialect, &mut self.out).map_err(|e| e.to_string())?;
         let framed = self.p.framing.frame(&self.out).map_err(|e| e.to_string())?;
-        trace!(apdu = %hex::encode(&self.out), "send");
+        trace!(apdu = %for_log(&self.out), "send");
         let wr = self.wr.as_mut().ok_or("not connected")?;
         // A peer that stops reading must not stall the link forever.
         match timeout(self.p.request_timeout, wr.write_all(&framed)).await {
@@ -783,7 +783,7 @@ impl<'a> Session<'a> {
     async fn on_undecodable(&mut self, frame: &Bytes, e: &DecodeError) -> Option<End> {
         Stats::inc(&self.stats.decode_errors);
         warn!(error = %e, "undecodable APDU from the PBX");
-        trace!(apdu = %hex::encode(frame), "undecodable");
+        trace!(apdu = %for_log(frame), "undecodable");
         Stats::inc(&self.stats.rejects_sent);
         match self.send(&Apdu::reject(None, RejectProblem::General(2))).await {
             Ok(()) => None,

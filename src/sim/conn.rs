@@ -9,10 +9,11 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tracing::trace;
 
 use super::switch::{Msg, Out};
 use super::{lock, Shared};
-use crate::codec::acse::Authentication;
+use crate::codec::acse::{for_log, Authentication};
 use crate::codec::body::{FieldName, Value};
 use crate::codec::framing::Framer;
 use crate::codec::{Apdu, Body, RejectProblem};
@@ -80,6 +81,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, switch: mpsc::UnboundedSe
                         Err(_) => { close = true; break; }
                     };
                     frames_in += 1;
+                    trace!(conn, apdu = %for_log(&frame), "sim received");
                     shared.stats.send_modify(|s| s.frames_in += 1);
                     if lock(&shared.faults).drop_after_frames.is_some_and(|n| frames_in >= n) {
                         close = true;
@@ -94,7 +96,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, switch: mpsc::UnboundedSe
                         let ok = match &creds {
                             None => true,
                             Some((u, p)) => matches!(aarq.get(FieldName::CallingAuthenticationValue),
-                                Some(Value::Auth(Authentication::UserPassword { user, password })) if user.as_ref() == u.as_bytes() && password.expose().as_ref() == p.as_bytes()),
+                                Some(Value::Auth(Authentication::UserPassword { user, password })) if user.as_ref() == u.as_bytes() && password == p),
                         };
                         let _ = out_tx.send(Out::Apdu(Apdu::Aare(aare(aarq, ok))));
                         if !ok { let _ = out_tx.send(Out::Close); continue; }
@@ -121,6 +123,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, switch: mpsc::UnboundedSe
                         while let Some(apdu) = next.take() {
                             let Ok(body) = apdu.to_vec(dialect) else { continue };
                             let Ok(framed) = framing.frame(&body) else { continue };
+                            trace!(conn, apdu = %for_log(&body), "sim sent");
                             frames_out += 1;
                             if faults.malformed_every.is_some_and(|n| n > 0 && frames_out % n == 0) {
                                 // Well framed, but a ROSE invoke whose invoke id is a constructed INTEGER.

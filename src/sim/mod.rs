@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::codec::framing::Framing;
+use crate::codec::values::Secret;
 use crate::codec::{Dialect, Operation};
 
 /// How a simulated phone's user behaves.
@@ -69,8 +70,9 @@ pub struct SimConfig {
     pub preamble: bool,
     /// Expect an AARQ first (all our presets do).
     pub acse: bool,
-    /// Required login; `None` accepts any.
-    pub credentials: Option<(String, String)>,
+    /// Required login (user, password); `None` accepts any. The password is a [`Secret`] so
+    /// that printing the configuration does not print it.
+    pub credentials: Option<(String, Secret)>,
     /// Period of the PBX's own SystemStatus; the link is dropped after two go unanswered.
     pub keepalive: Option<Duration>,
     pub extensions: Vec<Extension>,

@@ -20,6 +20,9 @@ pub enum StoreError {
     Db(#[from] rusqlite::Error),
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
+    /// The database file could not be created or its mode tightened.
+    #[error("{path}: {source}")]
+    File { path: String, source: std::io::Error },
 }
 
 /// Filter for reading the audit log.
@@ -95,6 +98,7 @@ impl SqliteStore {
     /// # Errors
     /// The file cannot be opened or the schema applied.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+        private_files(path)?;
         let db = Connection::open(path)?;
         db.pragma_update(None, "journal_mode", "WAL")?;
         db.pragma_update(None, "synchronous", "FULL")?;
@@ -109,6 +113,48 @@ impl SqliteStore {
         db.set_prepared_statement_cache_capacity(32);
         Ok(SqliteStore { db })
     }
+}
+
+/// Make the database and its companions readable and writable by the gateway's user alone: they
+/// hold who is bound to which phone, accounts and the audit log.
+///
+/// The database file is created 0600 here, before SQLite opens it (SQLite would create it 0644
+/// under the usual umask). SQLite creates the `-wal` and `-shm` files with the database file's
+/// mode whatever the umask (`robust_open` in its Unix VFS), so they are not created here: an
+/// empty WAL made in advance would be deleted beside an empty database and would switch an
+/// existing rollback-journal database to WAL before its pragmas are read. Files already there
+/// with looser modes (an older version, a hand-made copy) are tightened to 0600, and the log says
+/// so.
+///
+/// # Errors
+/// The database file cannot be created, or a mode cannot be changed.
+#[cfg(unix)]
+fn private_files(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    fn io(p: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+        move |source| StoreError::File { path: p.display().to_string(), source }
+    }
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(path).map_err(io(path))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let p = std::path::PathBuf::from(name);
+        let mode = match std::fs::metadata(&p) {
+            Ok(m) => m.permissions().mode() & 0o777,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&p)(e)),
+        };
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(io(&p))?;
+            tracing::warn!(path = %p.display(), was = format!("{mode:o}"), "database file was open to other users: mode set to 600");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn private_files(_: &Path) -> Result<(), StoreError> {
+    Ok(())
 }
 
 fn key_text(k: &CounterKey) -> String {

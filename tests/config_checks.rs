@@ -1,0 +1,136 @@
+//! A configuration that would hurt stops the start with the key's name: values of the right type
+//! that make no sense (table-driven over `Config::parse`), wrong types named by their full key
+//! path, and secrets that are missing or empty — through `PbxConfig::profile` for files and
+//! through the real `cstagate run` for environment variables, whose value never shows.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cstagate::config::Config;
+
+/// A valid configuration with one tenant and one PBX bound to it, with lines added to its
+/// `[gateway]`, `[[tenant]]` and `[[pbx]]` tables (the PBX's `tenant` key is in `pbx`).
+fn config(gateway: &str, tenant: &str, pbx: &str) -> String {
+    format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n{gateway}\n\
+         [[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n{tenant}\n\
+         [[pbx]]\nid = \"paris\"\naddress = \"127.0.0.1\"\ndialect = \"phase3\"\nivr_number = \"0800100200\"\nextensions = [\"2000-2009\"]\n{pbx}\n"
+    )
+}
+
+const BOUND: &str = "tenant = \"acme\"\n";
+
+#[test]
+fn each_refused_value_names_its_key() {
+    let second_pbx = "tenant = \"acme\"\n[[pbx]]\nid = \"lyon\"\naddress = \"h\"\ndialect = \"oxe\"\nkeepalive = 30\n";
+    // (what is wrong, the configuration, what the error must name)
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("a tenant no [[tenant]] defines", config("", "", "tenant = \"acme-corp\"\n"), "`tenant`"),
+        ("no API connection at all", config("max_connections = 0", "", BOUND), "`max_connections`"),
+        ("no time to send headers", config("header_timeout = \"0s\"", "", BOUND), "`header_timeout`"),
+        ("a proof call that never rings", config("", "", "tenant = \"acme\"\nring_timeout = \"0s\"\n"), "`ring_timeout`"),
+        ("a proof call ringing over 5 minutes", config("", "", "tenant = \"acme\"\nring_timeout = \"301s\"\n"), "`ring_timeout`"),
+        ("no proof call allowed", config("", "", "tenant = \"acme\"\nproof_calls_per_hour = 0\n"), "`proof_calls_per_hour`"),
+        ("more than 20 proof calls an hour", config("", "", "tenant = \"acme\"\nproof_calls_per_hour = 21\n"), "`proof_calls_per_hour`"),
+        ("two tenants with one id", format!("{}[[tenant]]\nid = \"acme\"\ntoken_env = \"OTHER\"\n", config("", "", BOUND)), "`id`"),
+        ("notifications nobody can check", config("", "notify_url = \"http://app/events\"", BOUND), "`notify_secret_env`"),
+        // Wrong types: the full path of the key, not only its table.
+        ("a duration without its unit", config("", "", "tenant = \"acme\"\nring_timeout = 5\n"), "pbx[0].ring_timeout"),
+        ("a count in words", config("max_connections = \"many\"", "", BOUND), "gateway.max_connections"),
+        ("a count in quotes", config("", "", "tenant = \"acme\"\nproof_calls_per_hour = \"3\"\n"), "pbx[0].proof_calls_per_hour"),
+        ("a list as a number", config("", "", "tenant = \"acme\"\nextensions = 2005\n").replace("extensions = [\"2000-2009\"]\n", ""), "pbx[0].extensions"),
+        ("a name as a number", config("", "", "tenant = \"acme\"\nnames = { \"2005\" = 5 }\n"), "pbx[0].names.2005"),
+        ("a variable name as a number", config("", "token_env = 5", BOUND).replace("token_env = \"ACME_TOKEN\"\n", ""), "tenant[0].token_env"),
+        ("the second PBX's key", config("", "", second_pbx), "pbx[1].keepalive"),
+    ];
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|(what, text, key)| match Config::parse(text) {
+            Ok(_) => Some(format!("{what}: accepted")),
+            Err(e) if !e.to_string().contains(key) => Some(format!("{what}: the error does not name {key}: {e}")),
+            Err(_) => None,
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The limits themselves are allowed.
+    for pbx in ["tenant = \"acme\"\nring_timeout = \"5m\"\nproof_calls_per_hour = 20\n", "tenant = \"acme\"\nring_timeout = \"1s\"\nproof_calls_per_hour = 1\n", ""] {
+        let text = config("max_connections = 1", "", pbx);
+        assert!(Config::parse(&text).is_ok(), "{text}");
+    }
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("cstagate-config-checks-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_missing_or_empty_password_file_names_the_file() {
+    let dir = tmp("file");
+    let file = dir.join("paris-password");
+    let text = config("", "", &format!("acse_user = \"CTI\"\nacse_password_file = \"{}\"\n", file.display()));
+    let c = Config::parse(&text).unwrap();
+    for content in [None, Some(""), Some("\n"), Some("\r\n")] {
+        if let Some(content) = content {
+            std::fs::write(&file, content).unwrap();
+        }
+        let e = c.pbx("paris").unwrap().profile().unwrap_err().to_string();
+        assert!(e.contains("acse_password_file") && e.contains(&file.display().to_string()), "{content:?}: {e}");
+    }
+    std::fs::write(&file, "s3cret\n").unwrap();
+    assert!(c.pbx("paris").unwrap().profile().is_ok());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `cstagate run --config` with these environment variables (and no other `*_TOKEN`-like ones):
+/// exit code and stderr.
+async fn run(name: &str, text: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let dir = tmp(name);
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text.replace("[gateway]\n", &format!("[gateway]\ndatabase = \"{}\"\n", dir.join("gw.db").display()))).unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cstagate"));
+    cmd.arg("run").arg("--config").arg(&path).env_remove("RUST_LOG").kill_on_drop(true);
+    for var in ["ADMIN_TOKEN", "IVR_SECRET", "ACME_TOKEN", "GLOBEX_TOKEN", "ACME_NOTIFY", "PARIS_PASSWORD"] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    // Every case is refused before anything is served, so the process ends by itself; a
+    // gateway that started anyway is killed and fails the case.
+    let out = tokio::time::timeout(Duration::from_secs(30), cmd.output()).await.map_err(|_| format!("{name}: the gateway started")).unwrap().expect("runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn cstagate_run_refuses_missing_or_empty_secrets_naming_the_variable() {
+    let gateway = "admin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"";
+    let tenant = "notify_url = \"http://127.0.0.1:9/events\"\nnotify_secret_env = \"ACME_NOTIFY\"";
+    let pbx = "tenant = \"acme\"\nacse_user = \"CTI\"\nacse_password_env = \"PARIS_PASSWORD\"\n";
+    let text = format!("{}[[tenant]]\nid = \"globex\"\ntoken_env = \"GLOBEX_TOKEN\"\n", config(gateway, tenant, pbx));
+    let good = [
+        ("ADMIN_TOKEN", "admin-token-1"),
+        ("IVR_SECRET", "ivr-secret-2"),
+        ("ACME_TOKEN", "acme-token-3"),
+        ("GLOBEX_TOKEN", "globex-token-4"),
+        ("ACME_NOTIFY", "notify-secret-5"),
+        ("PARIS_PASSWORD", "paris-password-6"),
+    ];
+    for (i, (var, _)) in good.iter().enumerate() {
+        for (case, value) in [("missing", None), ("empty", Some("")), ("blank", Some(" \n"))] {
+            let env: Vec<(&str, &str)> = good.iter().filter(|(v, _)| v != var).copied().chain(value.map(|v| (*var, v))).collect();
+            let (code, err) = run(&format!("{i}-{case}"), &text, &env).await;
+            assert_eq!(code, Some(5), "{var} {case}: {err}");
+            assert!(err.contains(var), "{var} {case}: the error does not name the variable: {err}");
+            for (_, secret) in &good {
+                assert!(!err.contains(secret), "{var} {case}: a secret is in the error: {err}");
+            }
+        }
+    }
+    // Two principals with one token: the API could not tell them apart.
+    let env: Vec<(&str, &str)> = good.iter().map(|&(v, s)| if v == "GLOBEX_TOKEN" { (v, "acme-token-3") } else { (v, s) }).collect();
+    let (code, err) = run("same-token", &text, &env).await;
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("GLOBEX_TOKEN") && err.contains("ACME_TOKEN") && !err.contains("acme-token-3"), "{err}");
+}
