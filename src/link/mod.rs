@@ -686,7 +686,7 @@ impl<'a> Session<'a> {
         let Some(id) = self.invokes.insert(pending) else {
             return Ok(()); // 32767 outstanding: the entry was not stored; it times out below
         };
-        let apdu = Apdu::invoke(id, op, arg);
+        let apdu = Apdu::invoke(id, op, arg).shaped(self.p.dialect, self.p.phase2_results);
         self.out.clear();
         if let Err(e) = apdu.encode(self.p.dialect, &mut self.out) {
             if let Some(p) = self.invokes.take(id) {

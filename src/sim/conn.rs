@@ -38,9 +38,9 @@ const STALL_POLL: Duration = Duration::from_millis(5);
 
 async fn serve(stream: TcpStream, shared: Arc<Shared>, switch: mpsc::UnboundedSender<Msg>, mut stop: watch::Receiver<bool>) {
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let (dialect, framing, preamble, acse, creds) = {
+    let (dialect, framing, preamble, acse, creds, wrapping) = {
         let c = lock(&shared.config);
-        (c.dialect, c.framing, c.preamble, c.acse, c.credentials.clone())
+        (c.dialect, c.framing, c.preamble, c.acse, c.credentials.clone(), c.phase2_results)
     };
     let (mut rd, mut wr) = stream.into_split();
     let mut framer = Framer::new(framing);
@@ -119,7 +119,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, switch: mpsc::UnboundedSe
                         let mut next = Some(apdu);
                         let mut closing = false;
                         while let Some(apdu) = next.take() {
-                            let Ok(body) = apdu.to_vec(dialect) else { continue };
+                            let Ok(body) = apdu.shaped(dialect, wrapping).to_vec(dialect) else { continue };
                             let Ok(framed) = framing.frame(&body) else { continue };
                             frames_out += 1;
                             if faults.malformed_every.is_some_and(|n| n > 0 && frames_out % n == 0) {
