@@ -3,7 +3,8 @@
 
 - apdu_phase3, apdu_phase2: every distinct APDU of every capture, frame header stripped (the
   dialect's own captures first: OXE is Phase II, the others Phase III; the other dialect's
-  APDUs share the ROSE/ACSE structure and are useful starting points too).
+  APDUs share the ROSE/ACSE structure and are useful starting points too); apdu_phase2 also
+  the wrapped forms of the Phase II values of unverified shape (SYNTHETIC_PHASE2).
 - acse: the distinct ACSE APDUs (AARQ/AARE/RLRQ/RLRE/ABRT, first byte 0x60..0x64).
 - framer: each capture's framed stream in pieces of 8 APDUs, in the target's input layout
   (config byte, read-size count, read sizes, stream; see fuzz/src/lib.rs), with the capture's
@@ -33,6 +34,20 @@ SYNTHETIC_ACSE = [
      " be 0b 28 09 a0 07 30 05 03 03 00 08 00"),
     # AARE rejected-permanent, service-user diagnostic authentication-failure.
     ("synthetic-aare-rejected", "61 15 a1 07 06 05 2b 0c 00 81 5a a2 03 02 01 01 a3 05 a1 03 02 01 0d"),
+]
+
+# Phase II values of unverified shape (asn1/README.md P8) in their wrapped form, which no capture
+# holds: makeCall result (with OXE-style security and private data), clearConnection,
+# monitorStop, snapshotDevice and systemStatus arguments, snapshotDevice and no-data results.
+SYNTHETIC_PHASE2 = [
+    ("synthetic-makecall-result-wrapped", "a2 38 02 01 06 30 33 02 01 0a 30 2e 6b 0a 82 02 2b 7a 83 04 08 b3 01 00"
+     " 7e 20 a0 0f 17 0d 32 35 30 33 30 31 31 36 30 37 32 33 5a a1 0d 30 0b 06 06 2b 0c 89 36 83 78 02 01 00"),
+    ("synthetic-clearconnection-wrapped", "a1 14 02 01 06 02 01 05 30 0c 6b 0a 82 02 2b 7a 83 04 08 b3 01 00"),
+    ("synthetic-monitorstop-wrapped", "a1 0e 02 01 06 02 01 49 30 06 55 04 01 35 f3 03"),
+    ("synthetic-snapshotdevice-wrapped", "a1 0f 02 01 06 02 01 4a 30 07 80 05 32 39 37 30 37"),
+    ("synthetic-systemstatus-wrapped", "a1 0d 02 01 06 02 01 34 30 05 0a 01 02 7e 00"),
+    ("synthetic-snapshot-result-wrapped", "a2 0c 02 01 06 30 07 02 01 4a 30 02 76 00"),
+    ("synthetic-nodata-result-wrapped", "a2 0c 02 01 06 30 07 02 01 49 30 02 05 00"),
 ]
 
 
@@ -85,6 +100,8 @@ def main():
     for target, want_p2 in (("apdu_phase3", False), ("apdu_phase2", True)):
         for short, no, p2, a in sorted(apdus, key=lambda x: x[2] != want_p2):
             put(target, f"{short}-{no:03}", a)
+    for name, h in SYNTHETIC_PHASE2:
+        put("apdu_phase2", name, bytes.fromhex(h.replace(" ", "")))
     for short, no, _, a in apdus:
         if a and 0x60 <= a[0] <= 0x64:
             put("acse", f"{short}-{no:03}", a)

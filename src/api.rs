@@ -318,6 +318,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
         ("events_unrouted", "Event reports for no monitor of ours."),
         ("events_dropped", "Events dropped for slow subscribers."),
         ("unexpected_responses", "Results and errors for no outstanding invoke of ours."),
+        ("undecodable_responses", "Results and errors for an outstanding invoke of ours that did not decode."),
         ("requests_ok", "Requests answered with a result."),
         ("requests_failed", "Requests answered with an error or lost with the link."),
         ("requests_timed_out", "Requests without an answer in time."),

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::codec::acse::{AarqParams, CstaUserInfo, UserInformation};
+use crate::codec::body::Wrapping;
 use crate::codec::framing::Framing;
 use crate::codec::values::{Dialect, Secret};
 
@@ -144,6 +145,11 @@ pub struct PbxConfig {
     pub reconnect_min: Duration,
     #[serde(default = "default_reconnect_max", with = "humantime_serde")]
     pub reconnect_max: Duration,
+    /// Phase II only: the form of the values whose shape is unverified (asn1/README.md P8) that
+    /// the link originates: `bare` (default, what OXE is known to take) or `wrapped`
+    /// (`SEQUENCE { value, extensions }`). Both forms are always accepted from the PBX.
+    #[serde(default)]
+    pub phase2_results: Wrapping,
     // The association policy of this PBX, keys of the same table. (Not a `#[serde(flatten)]`ed
     // struct: through a flatten a wrong type is reported against `pbx[0]`, not the key.)
     /// The tenant whose accounts may bind extensions of this PBX; a `[[tenant]]` must define it.
@@ -392,6 +398,8 @@ pub struct LinkProfile {
     pub max_requests_per_second: f64,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// The Phase II form of the unverified-shape values the link originates.
+    pub phase2_results: Wrapping,
 }
 
 impl LinkProfile {
@@ -412,6 +420,7 @@ impl LinkProfile {
             max_requests_per_second: default_rps(),
             reconnect_min: default_reconnect_min(),
             reconnect_max: default_reconnect_max(),
+            phase2_results: Wrapping::Bare,
         }
     }
 }
@@ -527,6 +536,7 @@ impl PbxConfig {
             max_requests_per_second: self.max_requests_per_second,
             reconnect_min: self.reconnect_min,
             reconnect_max: self.reconnect_max,
+            phase2_results: self.phase2_results,
         })
     }
 }
@@ -544,6 +554,7 @@ mod tests {
             address = "10.0.0.5"
             dialect = "oxe"
             keepalive = "10s"
+            phase2_results = "wrapped"
 
             [[pbx]]
             id = "berlin"
@@ -559,6 +570,8 @@ mod tests {
         assert_eq!((p.address.as_str(), p.framing, p.dialect, p.preamble), ("10.0.0.5:2555", Framing::TwoByteLength, Dialect::Phase2, true));
         assert_eq!(p.keepalive, Duration::from_secs(10));
         assert_eq!(p.acse.unwrap().context, "1.3.12.0.180");
+        assert_eq!(p.phase2_results, Wrapping::Wrapped);
+        assert_eq!(c.pbx("berlin").unwrap().phase2_results, Wrapping::Bare, "today's form by default");
         let err = c.pbx("berlin").unwrap().profile().unwrap_err().to_string();
         assert!(err.contains("acse_password_file"), "{err}");
     }
@@ -575,5 +588,7 @@ mod tests {
         assert!(e.contains("keepalive"), "{e}");
         let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='oxe'\nacse_password_env='P'\n").unwrap_err().to_string();
         assert!(e.contains("acse_user"), "{e}");
+        let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='oxe'\nphase2_results='boxed'\n").unwrap_err().to_string();
+        assert!(e.contains("phase2_results") || e.contains("boxed"), "{e}");
     }
 }

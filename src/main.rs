@@ -95,6 +95,11 @@ enum Command {
         /// How long simulated users take to pick up.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         answer_after: std::time::Duration,
+        /// With --dialect oxe: send makeCall's and snapshotDevice's results and the
+        /// systemStatus argument `bare` (as OXE) or `wrapped` in SEQUENCE { value, extensions }
+        /// (as another Phase II PBX may).
+        #[arg(long, default_value = "bare", value_parser = ["bare", "wrapped"])]
+        phase2_results: String,
     },
 }
 
@@ -151,7 +156,7 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::SimPbx { listen, dialect, extensions, ivr_number, lock_prefix, acse_user, acse_password_env, keepalive, answer_after } => {
+        Command::SimPbx { listen, dialect, extensions, ivr_number, lock_prefix, acse_user, acse_password_env, keepalive, answer_after, phase2_results } => {
             let (framing, dialect, preamble) = match dialect {
                 Profile::Oxe => (Framing::TwoByteLength, Dialect::Phase2, true),
                 Profile::Hipath => (Framing::Siemens, Dialect::Phase3, false),
@@ -186,6 +191,8 @@ fn main() -> ExitCode {
                 lock_prefix: Some(lock_prefix),
                 ivr_number: Some(ivr_number),
                 did_prefix: "+3314400".into(),
+                // clap allowed only the two names.
+                phase2_results: phase2_results.parse().unwrap_or_default(),
             };
             runtime().block_on(run_sim(cfg, &listen))
         }

@@ -13,7 +13,7 @@ use common::{apdu, hex, traces};
 use cstagate::codec::apdu::ErrorParameter;
 use cstagate::codec::body::Form;
 use cstagate::codec::schemas;
-use cstagate::codec::{Apdu, Argument, Dialect, Event, Op, Operation};
+use cstagate::codec::{Apdu, Argument, Dialect, Event, Op, Operation, Wrapping};
 use cstagate::decode::{project_fields, project_value};
 use serde_json::{json, Map, Value as Json};
 
@@ -46,8 +46,11 @@ fn fields(op: Operation, arg: &Argument, d: Dialect, is_result: bool, o: &mut Ma
             }
             let form = if is_result { schemas::result(op, d) } else { schemas::argument(op, d) };
             let mut f = match form {
-                // A bare (non-SEQUENCE) value is projected under "value".
-                Some(Form::Bare(_)) => b.fields.first().and_then(|f| project_value(&f.value)).map(|v| Map::from_iter([("value".to_owned(), v)])).unwrap_or_default(),
+                // A bare (non-SEQUENCE) value is projected under "value"; its wrapped form
+                // (asn1/README.md P8) is a SEQUENCE, projected by members.
+                Some(Form::Bare(_)) if b.wrapping != Some(Wrapping::Wrapped) => {
+                    b.fields.first().and_then(|f| project_value(&f.value)).map(|v| Map::from_iter([("value".to_owned(), v)])).unwrap_or_default()
+                }
                 _ => project_fields(b),
             };
             // asn1tools fills in DEFAULT members: Phase III MakeCall autoOriginate DEFAULT prompt.
@@ -148,6 +151,22 @@ fn inputs() -> Vec<(String, Dialect, Bytes)> {
         "A2 0B 02 02 29 E8 30 05 02 01 34 05 00",
         "A1 0D 02 01 03 02 01 4A 80 05 32 39 37 30 37",
         "A1 16 02 01 06 02 01 0A 30 0E 80 04 31 31 34 34 62 06 80 04 31 31 30 36",
+        // P8 both forms: makeCall result bare, wrapped, wrapped with OXE-style extensions
+        // (security timestamp, private data); the other P8 arguments and results wrapped.
+        "A2 14 02 01 06 30 0F 02 01 0A 6B 0A 82 02 2B 7A 83 04 08 B3 01 00",
+        "A2 16 02 01 06 30 11 02 01 0A 30 0C 6B 0A 82 02 2B 7A 83 04 08 B3 01 00",
+        "A2 38 02 01 06 30 33 02 01 0A 30 2E 6B 0A 82 02 2B 7A 83 04 08 B3 01 00 7E 20 A0 0F 17 0D 32 35 30 33 30 31 31 36 30 37 32 33 5A A1 0D 30 0B 06 06 2B 0C 89 36 83 78 02 01 00",
+        "A1 36 02 01 06 02 01 05 30 2E 6B 0A 82 02 2B 7A 83 04 08 B3 01 00 7E 20 A0 0F 17 0D 32 35 30 33 30 31 31 36 30 37 32 33 5A A1 0D 30 0B 06 06 2B 0C 89 36 83 78 02 01 00",
+        "A1 12 02 01 06 02 01 05 6B 0A 82 02 2B 7A 83 04 08 B3 01 00",
+        "A1 30 02 01 06 02 01 49 30 28 55 04 01 35 F3 03 7E 20 A0 0F 17 0D 32 35 30 33 30 31 31 36 30 37 32 33 5A A1 0D 30 0B 06 06 2B 0C 89 36 83 78 02 01 00",
+        "A1 0C 02 01 06 02 01 49 55 04 01 35 F3 03",
+        "A1 0F 02 01 06 02 01 4A 30 07 80 05 32 39 37 30 37",
+        "A1 0D 02 01 06 02 01 34 30 05 0A 01 02 7E 00",
+        "A2 0A 02 01 06 30 05 02 01 4A 76 00",
+        "A2 0C 02 01 06 30 07 02 01 4A 30 02 76 00",
+        "A2 0A 02 01 06 30 05 02 01 49 30 00",
+        "A2 0C 02 01 06 30 07 02 01 05 30 02 05 00",
+        "A2 0C 02 01 06 30 07 02 01 34 30 02 7E 00",
     ]
     .iter()
     .enumerate()

@@ -198,3 +198,108 @@ fn unknown_event_kinds_keep_their_bytes() {
     let back = Apdu::decode(&Bytes::from(bytes), Dialect::Phase3).expect("decodes");
     assert_eq!(back, apdu);
 }
+
+/// A BER TLV with a short or one-octet long length (test vectors below 256 bytes).
+fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let content = parts.concat();
+    let mut v = vec![tag];
+    if content.len() >= 0x80 {
+        v.push(0x81);
+    }
+    v.push(u8::try_from(content.len()).expect("short vector"));
+    v.extend_from_slice(&content);
+    v
+}
+
+/// An OXE ConnectionID (call 2b7a, dynamic device 08b30100: `captures/oxe-csta2-events-smallf00t`
+/// frame 1) and OXE-style extensions: a UTCTime in security, an OID/INTEGER item in privateData.
+const OXE_CONN: &str = "6B 0A 82 02 2B 7A 83 04 08 B3 01 00";
+const OXE_EXT: &str = "7E 20 A0 0F 17 0D 32 35 30 33 30 31 31 36 30 37 32 33 5A A1 0D 30 0B 06 06 2B 0C 89 36 83 78 02 01 00";
+
+fn p2_result(op: u8, value: &[u8]) -> Bytes {
+    Bytes::from(tlv(0xA2, &[&[0x02, 0x01, 0x06], &tlv(0x30, &[&[0x02, 0x01, op], value])]))
+}
+fn p2_invoke(op: u8, value: &[u8]) -> Bytes {
+    Bytes::from(tlv(0xA1, &[&[0x02, 0x01, 0x06, 0x02, 0x01, op], value]))
+}
+fn wrapped(parts: &[&[u8]]) -> Vec<u8> {
+    tlv(0x30, parts)
+}
+
+/// The argument or result body of a decoded invoke or result.
+fn body_of(a: &Apdu) -> &Body {
+    match a {
+        Apdu::Invoke(Invoke { argument: Argument::Body(b), .. }) => b,
+        Apdu::Result(cstagate::codec::ReturnResult { result: Some((_, Argument::Body(b))), .. }) => b,
+        other => panic!("no body in {other:?}"),
+    }
+}
+
+/// Phase II values whose shape no text confirms (asn1/README.md P8) decode whether they come bare
+/// or as `SEQUENCE { value, extensions OPTIONAL }` (private data and unknown members included),
+/// mean the same either way, and re-encode byte for byte in the form they came.
+#[test]
+fn phase_ii_unverified_shapes_decode_bare_and_wrapped_and_re_encode_as_they_came() {
+    use cstagate::codec::Wrapping;
+    let p2 = Dialect::Phase2;
+    let (c, ext) = (hex(OXE_CONN).to_vec(), hex(OXE_EXT).to_vec());
+    let unknown = [0x84, 0x01, 0x01];
+    let call = ConnectionId { call: Some(hex("2b7a")), device: Some(LocalDevice::Dynamic(hex("08b30100"))) };
+    // (what, bare, wrapped forms, the member both must yield)
+    let cases: Vec<(&str, Bytes, Vec<Bytes>, F, Value)> = vec![
+        ("makeCall result", p2_result(10, &c),
+            vec![p2_result(10, &wrapped(&[&c])), p2_result(10, &wrapped(&[&c, &ext])), p2_result(10, &wrapped(&[&c, &unknown, &ext]))],
+            F::CallingDevice, Value::Connection(call.clone())),
+        ("clearConnection argument", p2_invoke(5, &c), vec![p2_invoke(5, &wrapped(&[&c])), p2_invoke(5, &wrapped(&[&c, &ext]))],
+            F::ConnectionToBeCleared, Value::Connection(call.clone())),
+        ("monitorStop argument", p2_invoke(73, &hex("55 04 01 35 F3 03")), vec![p2_invoke(73, &wrapped(&[&hex("55 04 01 35 F3 03"), &ext]))],
+            F::CrossRefIdentifier, Value::Octets(hex("0135f303"))),
+        ("snapshotDevice argument", p2_invoke(74, &hex("80 05 32 39 37 30 37")), vec![p2_invoke(74, &wrapped(&[&hex("80 05 32 39 37 30 37"), &ext]))],
+            F::SnapshotObject, Value::DeviceId(dev("29707"))),
+        ("systemStatus argument", p2_invoke(52, &hex("0A 01 02")), vec![p2_invoke(52, &wrapped(&[&hex("0A 01 02"), &ext]))],
+            F::SystemStatus, Value::Int(2)),
+        ("snapshotDevice result", p2_result(74, &hex("76 00")), vec![p2_result(74, &wrapped(&[&hex("76 00"), &ext]))],
+            F::SnapshotData, Value::Raw(hex("76 00"))),
+    ];
+    for (what, bare, wrapped_forms, name, value) in cases {
+        for (bytes, form) in std::iter::once((bare, Wrapping::Bare)).chain(wrapped_forms.into_iter().map(|w| (w, Wrapping::Wrapped))) {
+            let a = Apdu::decode(&bytes, p2).unwrap_or_else(|e| panic!("{what} {form:?} {}: {e}", hex::encode(&bytes)));
+            let b = body_of(&a);
+            assert_eq!(b.get(name), Some(&value), "{what} {form:?}");
+            assert_eq!(b.wrapping, Some(form), "{what}");
+            // Kept as it came, even by a sender that would originate the other form.
+            let other = if form == Wrapping::Bare { Wrapping::Wrapped } else { Wrapping::Bare };
+            assert_eq!(hex::encode(a.shaped(p2, other).to_vec(p2).expect("re-encodes")), hex::encode(&bytes), "{what} {form:?}");
+        }
+    }
+    // Results without data: NULL, extensions, and (P8) the same wrapped in a SEQUENCE.
+    // A snapshot result that is a SEQUENCE is its wrapped form, even with no data in it.
+    for (op, v) in [(73, "05 00"), (73, OXE_EXT), (73, "30 00"), (74, "30 00"), (5, "30 02 05 00"), (52, "30 24 05 00 7E 20 A0 0F 17 0D 32 35 30 33 30 31 31 36 30 37 32 33 5A A1 0D 30 0B 06 06 2B 0C 89 36 83 78 02 01 00")] {
+        let bytes = p2_result(op, &hex(v));
+        let a = Apdu::decode(&bytes, p2).unwrap_or_else(|e| panic!("op {op} {v}: {e}"));
+        assert_eq!(a.to_vec(p2).expect("re-encodes"), bytes.to_vec(), "op {op} {v}");
+    }
+}
+
+/// What the gateway (or the simulator) originates keeps today's bare form, or the wrapped form
+/// when its PBX profile says so; Phase III is not affected.
+#[test]
+fn phase_ii_values_we_originate_are_bare_unless_the_profile_says_wrapped() {
+    use cstagate::codec::Wrapping;
+    let p2 = Dialect::Phase2;
+    let c = hex(OXE_CONN).to_vec();
+    let call = ConnectionId { call: Some(hex("2b7a")), device: Some(LocalDevice::Dynamic(hex("08b30100"))) };
+    let result = Apdu::result(6, Operation::MakeCall, Body::new().with(F::CallingDevice, Value::Connection(call.clone())));
+    assert_eq!(result.to_vec(p2).expect("encodes"), p2_result(10, &c).to_vec());
+    assert_eq!(result.clone().shaped(p2, Wrapping::Bare).to_vec(p2).expect("encodes"), p2_result(10, &c).to_vec());
+    // The worked example of the issue: A2 { 02 id, 30 { 02 0A, 30 { 6B ConnectionID } } }.
+    check(&result.clone().shaped(p2, Wrapping::Wrapped), p2, "00 18 A2 16 02 01 06 30 11 02 01 0A 30 0C 6B 0A 82 02 2B 7A 83 04 08 B3 01 00");
+    let clear = Apdu::invoke(6, Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(call)));
+    assert_eq!(clear.clone().shaped(p2, Wrapping::Wrapped).to_vec(p2).expect("encodes"), p2_invoke(5, &wrapped(&[&c])).to_vec());
+    // Phase III has no such values: shaping changes nothing.
+    let p3 = Dialect::Phase3;
+    assert_eq!(clear.clone().shaped(p3, Wrapping::Wrapped).to_vec(p3).expect("encodes"), clear.to_vec(p3).expect("encodes"));
+    // Results without data stay NULL: their form is the standard CHOICE in both phases.
+    let nothing = Apdu::result(6, Operation::SystemStatus, Body::null()).shaped(p2, Wrapping::Wrapped);
+    assert_eq!(nothing.to_vec(p2).expect("encodes"), p2_result(52, &[0x05, 0x00]).to_vec());
+}

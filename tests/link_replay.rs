@@ -195,3 +195,73 @@ async fn hipath_session_replayed_with_acse_login() {
     assert!(m.await.unwrap().is_ok());
     assert_eq!(link.stats().monitors, 1);
 }
+
+/// The invoke id of an invoke the link sent.
+fn invoke_id(bytes: &Bytes, d: Dialect) -> i64 {
+    match Apdu::decode(bytes, d).expect("the link sends valid APDUs") {
+        Apdu::Invoke(i) => i.invoke_id.expect("an invoke id"),
+        other => panic!("expected an invoke, got {other:?}"),
+    }
+}
+
+/// A PBX (here, Phase II like OXE) that answers our request with a result or error whose body
+/// does not decode: the request fails at once with a decode error naming the operation and the
+/// byte, rather than waiting out its timeout; the answer is counted and rejected by invoke id,
+/// and the link stays up and serves the next request, wrapped result form included.
+#[tokio::test]
+async fn an_answer_that_does_not_decode_fails_its_request_at_once_and_the_link_stays_up() {
+    use cstagate::codec::{ErrorKind, RejectProblem};
+    use cstagate::link::RequestError;
+    let (framing, d) = (cstagate::codec::Framing::TwoByteLength, Dialect::Phase2);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let link = Link::spawn(LinkProfile {
+        acse: None,
+        keepalive: Duration::from_secs(300),
+        // Far beyond the test's own limit: the outcome must not come from the timeout.
+        request_timeout: Duration::from_secs(300),
+        max_requests_per_second: 100.0,
+        ..LinkProfile::new("garbage", &listener.local_addr().unwrap().to_string(), framing, d)
+    });
+    let (s, _) = timeout(LIMIT, listener.accept()).await.unwrap().unwrap();
+    let mut peer = Peer { s, framer: Framer::new(framing), buf: BytesMut::new(), trace: (framing, d) };
+    timeout(LIMIT, link.wait_for(|s| *s == LinkState::Up)).await.unwrap();
+    let make_call = || Body::new().with(F::CallingDevice, Value::DeviceId(DeviceId::dialing("24105").unwrap())).with(F::CalledDirectoryNumber, Value::DeviceId(DeviceId::dialing("24640").unwrap()));
+
+    // 1. A MakeCall result whose value is an OCTET STRING where the ConnectionID belongs.
+    let l = link.clone();
+    let call = tokio::spawn(async move { l.request(Operation::MakeCall, make_call()).await });
+    let id = invoke_id(&peer.read().await, d);
+    let id8 = u8::try_from(id).unwrap();
+    peer.write(&[0xA2, 0x0C, 0x02, 0x01, id8, 0x30, 0x07, 0x02, 0x01, 0x0A, 0x04, 0x02, 0xFF, 0xFF]).await;
+    let e = timeout(LIMIT, call).await.expect("answered at once").unwrap().unwrap_err();
+    assert!(matches!(e, RequestError::Decode { operation: Operation::MakeCall, offset: 10, reason: ErrorKind::UnexpectedTag { .. } }), "{e:?}");
+    assert!(e.to_string().contains("makeCall") && e.to_string().contains("byte 10"), "{e}");
+    // Rejected by its invoke id: mistypedResult.
+    let reject = Apdu::decode(&peer.read().await, d).unwrap();
+    assert_eq!(reject, Apdu::reject(Some(id), RejectProblem::ReturnResult(2)));
+    let s = link.stats();
+    assert_eq!((s.undecodable_responses, s.decode_errors, s.requests_failed, s.requests_timed_out), (1, 1, 1, 0), "{s:?}");
+
+    // 2. An error whose universalFailure holds two values.
+    let l = link.clone();
+    let clear = tokio::spawn(async move { l.request(Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(Default::default()))).await });
+    let id = invoke_id(&peer.read().await, d);
+    peer.write(&[0xA3, 0x0E, 0x02, 0x01, u8::try_from(id).unwrap(), 0x02, 0x01, 0x01, 0xA1, 0x06, 0x0A, 0x01, 0x05, 0x0A, 0x01, 0x06]).await;
+    let e = timeout(LIMIT, clear).await.expect("answered at once").unwrap().unwrap_err();
+    assert!(matches!(e, RequestError::Decode { operation: Operation::ClearConnection, offset: 13, .. }), "{e:?}");
+    assert_eq!(Apdu::decode(&peer.read().await, d).unwrap(), Apdu::reject(Some(id), RejectProblem::ReturnError(4)));
+    assert_eq!(link.stats().undecodable_responses, 2);
+
+    // 3. The link is still up and the next MakeCall is served, its result in the wrapped form.
+    let l = link.clone();
+    let call = tokio::spawn(async move { l.request(Operation::MakeCall, make_call()).await });
+    let id = invoke_id(&peer.read().await, d);
+    let mut good = vec![0xA2, 0x16, 0x02, 0x01, u8::try_from(id).unwrap(), 0x30, 0x11, 0x02, 0x01, 0x0A, 0x30, 0x0C];
+    good.extend_from_slice(&hex::decode("6b0a82022b7a830408b30100").unwrap());
+    peer.write(&good).await;
+    let r = timeout(LIMIT, call).await.unwrap().unwrap().expect("served");
+    assert_eq!(r.connection(F::CallingDevice).and_then(|c| c.call.clone()).map(hex::encode), Some("2b7a".into()));
+    let s = link.stats();
+    assert_eq!((s.connects, s.reconnects, s.requests_ok, s.undecodable_responses), (1, 0, 1, 2), "{s:?}");
+    assert_eq!(link.state(), LinkState::Up);
+}

@@ -314,3 +314,36 @@ async fn a_connection_dropped_at_a_request_fails_it_with_link_down_and_reconnect
     up(&link).await;
     assert!(link.stats().reconnects >= 2);
 }
+
+/// Phase II values whose shape is unverified (asn1/README.md P8) travel in either form in both
+/// directions: a PBX that wraps its results (and its own SystemStatus argument) is served like
+/// OXE, and a link told to wrap what it originates is understood by the PBX.
+#[tokio::test]
+async fn phase2_results_bare_or_wrapped_from_either_side() {
+    use cstagate::codec::Wrapping;
+    for (pbx_form, link_form) in [(Wrapping::Bare, Wrapping::Bare), (Wrapping::Wrapped, Wrapping::Bare), (Wrapping::Bare, Wrapping::Wrapped), (Wrapping::Wrapped, Wrapping::Wrapped)] {
+        let mut cfg = SimConfig::oxe(&["2005", "2006"]);
+        cfg.phase2_results = pbx_form;
+        cfg.keepalive = Some(Duration::from_millis(50));
+        let sim = SimPbx::start(cfg.clone(), "127.0.0.1:0").await.unwrap();
+        let link = Link::spawn(LinkProfile { phase2_results: link_form, ..profile(&sim, &cfg) });
+        up(&link).await;
+        let what = format!("PBX {pbx_form:?}, link {link_form:?}");
+        // The PBX's keep-alives (wrapped or not) are answered, so it keeps the link.
+        timeout(LIMIT, sim.wait_stats(|s| s.keepalives_answered >= 2)).await.expect("keep-alives answered");
+        let mut m = link.monitor("2005").await.unwrap();
+        let r = link.request(Operation::MakeCall, make_call("2005", "2006")).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(r.wrapping, Some(pbx_form), "{what}");
+        let conn = r.connection(F::CallingDevice).cloned().unwrap_or_else(|| panic!("{what}: no connection in {r:?}"));
+        assert!(conn.call.is_some(), "{what}");
+        assert_eq!(next_event(&mut m).await, EventKind::ServiceInitiated, "{what}");
+        let snap = link.request(Operation::SnapshotDevice, Body::new().with(F::SnapshotObject, Value::DeviceId(DeviceId::dialing("2005").unwrap()))).await;
+        assert_eq!(snap.map(|b| b.wrapping), Ok(Some(pbx_form)), "{what}");
+        // Our ClearConnection (wrapped or not) names the call the PBX knows: it is cleared.
+        link.request(Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(conn))).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(sim.stats().requests.get("ClearConnection") == Some(&1), "{what}");
+        let s = link.stats();
+        assert_eq!((s.connects, s.reconnects, s.decode_errors, s.rejects_received), (1, 0, 0, 0), "{what}: {s:?}");
+        assert_eq!(sim.stats().connections, 1, "{what}");
+    }
+}

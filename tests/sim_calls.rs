@@ -30,6 +30,8 @@ async fn setup(mut cfg: SimConfig) -> (SimPbx, Link, UnboundedReceiver<IvrSignal
         max_requests_per_second: 1000.0,
         reconnect_min: Duration::from_millis(10),
         reconnect_max: Duration::from_millis(50),
+        // The gateway's side speaks the form its PBX does.
+        phase2_results: cfg.phase2_results,
         ..LinkProfile::new("sim", &sim.addr().to_string(), cfg.framing, cfg.dialect)
     });
     timeout(LIMIT, link.wait_for(|s| *s == LinkState::Up)).await.unwrap();
@@ -59,9 +61,13 @@ async fn ivr_next(rx: &mut UnboundedReceiver<IvrSignal>) -> IvrSignal {
 }
 
 async fn proof_call_flow(cfg: SimConfig) {
+    let (cfg_dialect, wrapping) = (cfg.dialect, cfg.phase2_results);
     let (sim, link, mut ivr) = setup(cfg).await;
     let mut m = link.monitor("2005").await.unwrap();
     let r = link.request(Operation::MakeCall, make_call("2005", &format!("{IVR}*4711#"))).await.unwrap();
+    if cfg_dialect == cstagate::codec::Dialect::Phase2 {
+        assert_eq!(r.wrapping, Some(wrapping), "the result came in the PBX's form");
+    }
     let conn = r.connection(F::CallingDevice).cloned().expect("connection in the result");
     let got = kinds(&mut m, 5).await;
     let order: Vec<EventKind> = got.iter().map(|(k, _)| *k).collect();
@@ -91,6 +97,15 @@ async fn proof_call_to_the_ivr_phase3() {
 #[tokio::test]
 async fn proof_call_to_the_ivr_oxe_phase2() {
     proof_call_flow(SimConfig::oxe(&["2005"])).await;
+}
+
+/// A Phase II PBX that wraps its results in `SEQUENCE { value, extensions }` (asn1/README.md
+/// P8), with a gateway configured to wrap what it sends too.
+#[tokio::test]
+async fn proof_call_to_the_ivr_phase2_wrapped_results() {
+    let mut cfg = SimConfig::oxe(&["2005"]);
+    cfg.phase2_results = cstagate::codec::Wrapping::Wrapped;
+    proof_call_flow(cfg).await;
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use super::acse;
 use super::ber::{DecodeError, ErrorKind, Reader, Result, Tag, Tlv, Writer};
-use super::body::{Body, Form};
+use super::body::{Body, Form, Wrapping};
 use super::operation::{Code, Operation};
 use super::schemas::{self, EventKind};
 use super::values::Dialect;
@@ -404,6 +404,35 @@ impl Apdu {
 
     pub fn reject(invoke_id: Option<i64>, problem: RejectProblem) -> Apdu {
         Apdu::Reject(Reject { invoke_id, problem })
+    }
+
+    /// Give the argument or result this side originates the Phase II form `wrapping` when its
+    /// type is one whose shape is unverified ([`Form::Bare`], asn1/README.md P8) and the body
+    /// was built here; a decoded body keeps the form it came in. Anything else is unchanged.
+    #[must_use]
+    pub fn shaped(mut self, dialect: Dialect, wrapping: Wrapping) -> Apdu {
+        let target = match &mut self {
+            Apdu::Invoke(i) => i.op.known().map(|o| (schemas::argument(o, dialect), &mut i.argument)),
+            Apdu::Result(ReturnResult { result: Some((op, arg)), .. }) => op.known().map(|o| (schemas::result(o, dialect), arg)),
+            _ => None,
+        };
+        if let Some((Some(Form::Bare(_)), Argument::Body(b))) = target {
+            b.wrapping.get_or_insert(wrapping);
+        }
+        self
+    }
+
+    /// The invoke id of a ReturnResult or ReturnError, read without decoding the rest: for an
+    /// answer whose body does not decode, so that the request it answers can still be told.
+    pub fn answer_invoke_id(apdu: &Bytes) -> Option<i64> {
+        let mut r = Reader::new(apdu);
+        let t = r.next().ok()??;
+        if !matches!(t.tag.0, 0xA2 | 0xA3) {
+            return None;
+        }
+        let mut s = r.enter(&t).ok()?;
+        let id = s.next().ok()??;
+        (id.tag == Tag::INTEGER).then(|| s.integer(&id, "invokeId").ok()).flatten()
     }
 }
 

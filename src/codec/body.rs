@@ -63,7 +63,7 @@ field_names! {
     ConnectionList => "connectionList", ChargingInfo => "chargingInfo", ServicesPermitted => "servicesPermitted",
     MediaCallCharacteristics => "mediaCallCharacteristics", CallCharacteristics => "callCharacteristics",
     ConnectionInfo => "connectionInfo", CallLinkageData => "callLinkageData", NetworkCapability => "networkCapability",
-    Reason => "reason",
+    Reason => "reason", NoData => "noData",
     // ACSE (X.227)
     ProtocolVersion => "protocolVersion", ApplicationContextName => "applicationContextName",
     SenderAcseRequirements => "senderAcseRequirements", MechanismName => "mechanismName",
@@ -128,6 +128,12 @@ pub struct Slot {
     pub required: bool,
 }
 
+/// The `extensions CSTACommonArguments OPTIONAL` member that ends most CSTA SEQUENCEs.
+pub const EXTENSIONS: Slot = opt(FieldName::Extensions, &[0x7E], Kind::Raw);
+
+/// The `noData NULL` alternative of a result without data, as a member of its wrapped form.
+const NO_DATA: Slot = opt(FieldName::NoData, &[0x05], Kind::Null);
+
 /// Optional member.
 pub const fn opt(name: FieldName, tags: &'static [u8], kind: Kind) -> Slot {
     Slot { name, tags, kind, required: false }
@@ -142,9 +148,13 @@ pub const fn req(name: FieldName, tags: &'static [u8], kind: Kind) -> Slot {
 pub enum Form {
     /// A SEQUENCE (tag `30`, or another tag when implicitly tagged).
     Sequence(&'static [Slot]),
-    /// A single bare value (Phase II arguments such as systemStatus's ENUMERATED).
+    /// A Phase II value that Phase I defines as a bare type (systemStatus's ENUMERATED,
+    /// makeCall's ConnectionID, ...) and that ECMA-218 may wrap as `SEQUENCE { value,
+    /// extensions CSTACommonArguments OPTIONAL }`: no text or frame tells which (asn1/README.md
+    /// P8), so both are accepted, and the one that came is kept ([`Body::wrapping`]).
     Bare(Slot),
-    /// `CHOICE { extensions CSTACommonArguments, noData NULL }` results.
+    /// `CHOICE { extensions CSTACommonArguments, noData NULL }` results; in Phase II also
+    /// `SEQUENCE { noData NULL OPTIONAL, extensions OPTIONAL }`, the P8 wrapping of "nothing".
     ExtensionsOrNull,
     /// Vendor-defined content (escape services' private data): any single value, kept verbatim
     /// under the given name.
@@ -167,6 +177,34 @@ pub struct Field {
 pub struct Body {
     pub fields: Vec<Field>,
     pub null: bool,
+    /// The Phase II form of a [`Form::Bare`] or [`Form::ExtensionsOrNull`] value: how it came on
+    /// the wire, so it re-encodes byte for byte; `None` for a body built locally, which goes out
+    /// bare (today's form) unless its sender says otherwise ([`super::Apdu::shaped`]).
+    pub wrapping: Option<Wrapping>,
+}
+
+/// The two wire forms of a Phase II value whose shape no available standard text confirms
+/// (asn1/README.md P8): the bare Phase I type, or `SEQUENCE { value, extensions OPTIONAL }`.
+/// Also the per-PBX setting `phase2_results` and `sim-pbx --phase2-results`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wrapping {
+    /// The Phase I type alone (what OXE is known to send, and what we send by default).
+    #[default]
+    Bare,
+    /// `SEQUENCE { value, extensions CSTACommonArguments OPTIONAL }`.
+    Wrapped,
+}
+
+impl std::str::FromStr for Wrapping {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "bare" => Ok(Wrapping::Bare),
+            "wrapped" => Ok(Wrapping::Wrapped),
+            _ => Err(format!("{s:?} is neither \"bare\" nor \"wrapped\"")),
+        }
+    }
 }
 
 impl Body {
@@ -175,7 +213,7 @@ impl Body {
     }
     /// The `NULL` result.
     pub fn null() -> Self {
-        Body { fields: Vec::new(), null: true }
+        Body { fields: Vec::new(), null: true, wrapping: None }
     }
     /// Add a member (builder style, for bodies the gateway sends).
     #[must_use]
@@ -247,11 +285,17 @@ impl Body {
                     r.null(t, "NULL")?;
                     return Ok(Body::null());
                 }
+                if t.tag == Tag::SEQUENCE && dialect == Dialect::Phase2 {
+                    return Ok(decode_members(r, t, &[NO_DATA, EXTENSIONS], dialect)?.wrapped(Wrapping::Wrapped));
+                }
                 t.expect(Tag(0x7E), "extensions or NULL")?;
-                Ok(Body { fields: vec![Field { name: FieldName::Extensions, tag: Some(t.tag), value: Value::Raw(r.raw(t)) }], null: false })
+                Ok(Body { fields: vec![Field { name: FieldName::Extensions, tag: Some(t.tag), value: Value::Raw(r.raw(t)) }], ..Body::default() })
             }
-            Form::Opaque(name) => Ok(Body { fields: vec![Field { name, tag: Some(t.tag), value: Value::Raw(r.raw(t)) }], null: false }),
+            Form::Opaque(name) => Ok(Body { fields: vec![Field { name, tag: Some(t.tag), value: Value::Raw(r.raw(t)) }], ..Body::default() }),
             Form::Bare(slot) => {
+                if t.tag == Tag::SEQUENCE && !slot.tags.contains(&0x30) {
+                    return Ok(decode_members(r, t, &[slot, EXTENSIONS], dialect)?.wrapped(Wrapping::Wrapped));
+                }
                 if t.tag == Tag::NULL && !slot.tags.contains(&0x05) {
                     r.null(t, "NULL")?;
                     return Ok(Body::null());
@@ -260,46 +304,21 @@ impl Body {
                     return Err(DecodeError::new(ErrorKind::UnexpectedTag { expected: slot.name.as_str(), found: t.tag }, t.start));
                 }
                 let value = decode_value(r, t, slot.kind, dialect)?;
-                Ok(Body { fields: vec![Field { name: slot.name, tag: Some(t.tag), value }], null: false })
+                Ok(Body { fields: vec![Field { name: slot.name, tag: Some(t.tag), value }], null: false, wrapping: Some(Wrapping::Bare) })
             }
             Form::Sequence(slots) => {
                 if t.tag == Tag::NULL {
                     r.null(t, "NULL")?;
                     return Ok(Body::null());
                 }
-                t.constructed("SEQUENCE")?;
-                let mut inner = r.enter(t)?;
-                let mut fields = Vec::with_capacity(slots.len().min(12));
-                let mut next_slot = 0;
-                let mut seen = 0u64; // bit per slot index (schemas have < 64 slots)
-                while let Some(m) = inner.next()? {
-                    match slots[next_slot..].iter().position(|s| slot_accepts(s, m.tag)) {
-                        Some(k) => {
-                            let i = next_slot + k;
-                            let value = decode_value(&inner, &m, slots[i].kind, dialect)
-                                .map_err(|e| e.within(slots[i].name.as_str()))?;
-                            fields.push(Field { name: slots[i].name, tag: Some(m.tag), value });
-                            seen |= 1 << i;
-                            next_slot = i + 1;
-                        }
-                        None => {
-                            // A known member with the constructed bit flipped is malformed, not
-                            // an unknown addition.
-                            let flipped = Tag(m.tag.0 ^ 0x20);
-                            if m.tag.0 <= 0xFF && slots[next_slot..].iter().any(|s| !s.tags.is_empty() && slot_accepts(s, flipped)) {
-                                let kind = if m.tag.constructed() { ErrorKind::MustBePrimitive("member") } else { ErrorKind::MustBeConstructed("member") };
-                                return Err(DecodeError::new(kind, m.start));
-                            }
-                            fields.push(Field { name: FieldName::Unknown, tag: Some(m.tag), value: Value::Raw(inner.raw(&m)) });
-                        }
-                    }
-                }
-                if let Some((_, s)) = slots.iter().enumerate().find(|(i, s)| s.required && seen & (1 << i) == 0) {
-                    return Err(DecodeError::new(ErrorKind::Missing(s.name.as_str()), t.content_end));
-                }
-                Ok(Body { fields, null: false })
+                decode_members(r, t, slots, dialect)
             }
         }
+    }
+
+    fn wrapped(mut self, w: Wrapping) -> Body {
+        self.wrapping = Some(w);
+        self
     }
 
     /// Encode as `form` in `dialect`, under `outer` instead of the SEQUENCE tag when the type is
@@ -309,51 +328,96 @@ impl Body {
             w.null(Tag::NULL);
             return;
         }
+        let wrapped = self.wrapping == Some(Wrapping::Wrapped);
         match form {
+            Form::ExtensionsOrNull if wrapped => self.encode_members(w, &[NO_DATA, EXTENSIONS], dialect, Tag::SEQUENCE),
             Form::ExtensionsOrNull | Form::Opaque(_) => match self.fields.first() {
                 Some(Field { value: Value::Raw(b), .. }) => w.raw(b),
                 _ => w.null(Tag::NULL),
             },
+            Form::Bare(slot) if wrapped => self.encode_members(w, &[slot, EXTENSIONS], dialect, Tag::SEQUENCE),
             Form::Bare(slot) => match self.fields.iter().find(|f| f.name == slot.name) {
                 Some(f) => encode_field(w, f, &slot, dialect),
                 None => w.null(Tag::NULL),
             },
-            Form::Sequence(slots) => w.constructed(outer.unwrap_or(Tag::SEQUENCE), |w| {
-                // Members go out in schema order. A decoded body already is in that order (the
-                // decoder matches slots monotonically) and keeps its unknown members where they
-                // were: each sorts just after the member before it.
-                let mut order: Vec<(usize, &Field)> = Vec::with_capacity(self.fields.len());
-                let mut last = 0;
-                for f in &self.fields {
-                    if f.name != FieldName::Unknown {
-                        if let Some(i) = slots.iter().position(|s| s.name == f.name) {
-                            last = i;
-                        }
-                    }
-                    order.push((last, f));
-                }
-                order.sort_by_key(|(i, _)| *i);
-                for f in order.into_iter().map(|(_, f)| f) {
-                    if let Value::Raw(b) = &f.value {
-                        if f.name == FieldName::Unknown || !slots.iter().any(|s| s.name == f.name) {
-                            w.raw(b);
-                            continue;
-                        }
-                    }
-                    // A member this dialect has no slot for cannot be expressed: it is left out.
-                    if let Some(slot) = slots.iter().find(|s| s.name == f.name) {
-                        encode_field(w, f, slot, dialect);
-                    }
-                }
-            }),
+            Form::Sequence(slots) => self.encode_members(w, slots, dialect, outer.unwrap_or(Tag::SEQUENCE)),
         }
     }
+
+    /// The members under `tag`, in schema order.
+    fn encode_members(&self, w: &mut Writer<'_>, slots: &[Slot], dialect: Dialect, tag: Tag) {
+        w.constructed(tag, |w| {
+            // Members go out in schema order. A decoded body already is in that order (the
+            // decoder matches slots monotonically) and keeps its unknown members where they
+            // were: each sorts just after the member before it.
+            let mut order: Vec<(usize, &Field)> = Vec::with_capacity(self.fields.len());
+            let mut last = 0;
+            for f in &self.fields {
+                if f.name != FieldName::Unknown {
+                    if let Some(i) = slots.iter().position(|s| s.name == f.name) {
+                        last = i;
+                    }
+                }
+                order.push((last, f));
+            }
+            order.sort_by_key(|(i, _)| *i);
+            for f in order.into_iter().map(|(_, f)| f) {
+                if let Value::Raw(b) = &f.value {
+                    if f.name == FieldName::Unknown || !slots.iter().any(|s| s.name == f.name) {
+                        w.raw(b);
+                        continue;
+                    }
+                }
+                // A member this dialect has no slot for cannot be expressed: it is left out.
+                if let Some(slot) = slots.iter().find(|s| s.name == f.name) {
+                    encode_field(w, f, slot, dialect);
+                }
+            }
+        });
+    }
+}
+
+/// The members of a SEQUENCE `t` (any tag: implicitly tagged types have their own), matched to
+/// `slots` in order; members no slot takes are kept verbatim in their position.
+fn decode_members(r: &Reader<'_>, t: &Tlv, slots: &[Slot], dialect: Dialect) -> Result<Body> {
+    t.constructed("SEQUENCE")?;
+    let mut inner = r.enter(t)?;
+    let mut fields = Vec::with_capacity(slots.len().min(12));
+    let mut next_slot = 0;
+    let mut seen = 0u64; // bit per slot index (schemas have < 64 slots)
+    while let Some(m) = inner.next()? {
+        match slots[next_slot..].iter().position(|s| slot_accepts(s, m.tag)) {
+            Some(k) => {
+                let i = next_slot + k;
+                let value = decode_value(&inner, &m, slots[i].kind, dialect).map_err(|e| e.within(slots[i].name.as_str()))?;
+                fields.push(Field { name: slots[i].name, tag: Some(m.tag), value });
+                seen |= 1 << i;
+                next_slot = i + 1;
+            }
+            None => {
+                // A known member with the constructed bit flipped is malformed, not an unknown
+                // addition.
+                let flipped = Tag(m.tag.0 ^ 0x20);
+                if m.tag.0 <= 0xFF && slots[next_slot..].iter().any(|s| !s.tags.is_empty() && slot_accepts(s, flipped)) {
+                    let kind = if m.tag.constructed() { ErrorKind::MustBePrimitive("member") } else { ErrorKind::MustBeConstructed("member") };
+                    return Err(DecodeError::new(kind, m.start));
+                }
+                fields.push(Field { name: FieldName::Unknown, tag: Some(m.tag), value: Value::Raw(inner.raw(&m)) });
+            }
+        }
+    }
+    if let Some((_, s)) = slots.iter().enumerate().find(|(i, s)| s.required && seen & (1 << i) == 0) {
+        return Err(DecodeError::new(ErrorKind::Missing(s.name.as_str()), t.content_end));
+    }
+    Ok(Body { fields, null: false, wrapping: None })
 }
 
 fn slot_accepts(s: &Slot, tag: Tag) -> bool {
     match s.kind {
         // A bare Phase II DeviceID is a CHOICE: any of its alternatives' tags.
         Kind::DeviceId if s.tags.is_empty() => DeviceId::bare_choice(tag),
+        // An ASN.1 ANY, kept verbatim.
+        Kind::Raw if s.tags.is_empty() => true,
         _ => tag.0 <= 0xFF && s.tags.contains(&(tag.0 as u8)),
     }
 }

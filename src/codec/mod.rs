@@ -26,7 +26,7 @@ pub mod values;
 
 pub use apdu::{Apdu, Argument, Event, EventReport, Invoke, Op, Reject, RejectProblem, ReturnError, ReturnResult};
 pub use ber::{DecodeError, ErrorKind};
-pub use body::{Body, Field, FieldName, Value};
+pub use body::{Body, Field, FieldName, Value, Wrapping};
 pub use framing::{Framer, Framing};
 pub use operation::{Code, Operation};
 pub use schemas::EventKind;

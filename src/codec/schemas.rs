@@ -3,10 +3,12 @@
 //!
 //! Phase III follows ECMA-285 (protocol brief §4.2–4.7): `DeviceID` is `30 {..}`, event bodies
 //! are IMPLICIT-tagged SEQUENCEs. Phase II follows ECMA-217/218 as Alcatel OXE speaks it (§4.10
-//! and the OXE captures): `DeviceID` is a bare CHOICE, several arguments are bare values, and
-//! event bodies are plain SEQUENCEs under EXPLICIT tags. Member names are ECMA-285's throughout.
+//! and the OXE captures): `DeviceID` is a bare CHOICE, several arguments and results are bare
+//! values ([`Form::Bare`], which also accepts their unverified wrapped form, asn1/README.md P8),
+//! and event bodies are plain SEQUENCEs under EXPLICIT tags. Member names are ECMA-285's
+//! throughout.
 
-use super::body::{opt, req, FieldName as F, Form, Kind as K, Slot};
+use super::body::{opt, req, FieldName as F, Form, Kind as K, Slot, EXTENSIONS};
 use super::operation::Operation;
 use super::values::Dialect;
 
@@ -17,7 +19,6 @@ const CALLED: &[u8] = &[0x62];
 const REDIR: &[u8] = &[0x64];
 const LCS: &[u8] = &[0x4E];
 const CAUSE: &[u8] = &[0x0A];
-const EXT: &[u8] = &[0x7E];
 const USERDATA: &[u8] = &[0x7D];
 /// Phase III `DeviceID`.
 const DEV3: &[u8] = &[0x30];
@@ -33,8 +34,10 @@ macro_rules! slots {
 }
 
 const fn ext() -> Slot {
-    opt(F::Extensions, EXT, K::Raw)
+    EXTENSIONS
 }
+/// An ASN.1 ANY: any single value, kept verbatim.
+const ANY: &[u8] = &[];
 
 /// Argument and result forms of an operation in a dialect; `None` for operations the codec
 /// carries as opaque bytes.
@@ -128,7 +131,10 @@ pub fn result(op: Operation, d: Dialect) -> Option<Form> {
             ext(),
         ]),
         (O::MakeCall, Dialect::Phase2) => Form::Bare(req(F::CallingDevice, CONN, K::Connection)),
-        (O::SnapshotDevice, _) => Form::Opaque(F::SnapshotData),
+        (O::SnapshotDevice, Dialect::Phase3) => Form::Opaque(F::SnapshotData),
+        // SnapshotDeviceData (76) as far as anyone knows, kept verbatim; a SEQUENCE is read as
+        // the wrapped form, which may then hold no data at all.
+        (O::SnapshotDevice, Dialect::Phase2) => Form::Bare(opt(F::SnapshotData, ANY, K::Raw)),
         (O::Escape, _) => Form::Opaque(F::PrivateData),
         (O::MonitorStop | O::ClearConnection | O::GenerateDigits | O::SystemStatus, _) => Form::ExtensionsOrNull,
         _ => return None,

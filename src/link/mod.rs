@@ -21,7 +21,10 @@
 //! Hostile or broken input from the PBX has one defined outcome each, and memory stays bounded:
 //! - stays up, counted in [`Link::stats`]: an APDU that does not decode (over-long inner
 //!   lengths, nesting past the BER reader's depth cap, bad tags) is answered with a ROSE Reject
-//!   (`decode_errors`, `rejects_sent`); a result or error for no outstanding invoke of ours
+//!   (`decode_errors`, `rejects_sent`); when it is a result or error naming an outstanding invoke
+//!   of ours, that request fails at once with [`RequestError::Decode`] (the operation and the
+//!   byte) rather than waiting for its timeout, and the Reject names the invoke
+//!   (`undecodable_responses`); a result or error for no outstanding invoke of ours
 //!   (`unexpected_responses`); rejects (`rejects_received`; one naming an outstanding invoke fails
 //!   that request with [`RequestError::Rejected`]); events for no monitor of ours
 //!   (`events_unrouted`); PBX invokes are matched by nothing of ours, so an invoke id that equals
@@ -58,7 +61,7 @@ use crate::codec::acse::{aare_outcome, aarq, for_log};
 use crate::codec::apdu::{ErrorParameter, EventReport, UniversalFailure};
 use crate::codec::body::{FieldName, Value};
 use crate::codec::framing::Framer;
-use crate::codec::{Apdu, Argument, Body, DecodeError, Dialect, Op, Operation, RejectProblem};
+use crate::codec::{Apdu, Argument, Body, DecodeError, Dialect, ErrorKind, Op, Operation, RejectProblem};
 use crate::config::LinkProfile;
 use parts::{Backoff, InvokeTable, TokenBucket};
 
@@ -88,6 +91,11 @@ pub enum RequestError {
     OtherError(String),
     #[error("cannot encode the request for this PBX: {0}")]
     Encode(String),
+    /// The PBX answered (its result or error carried our invoke id) with a body that does not
+    /// decode: a PBX whose wire form we do not know. `offset` is from the start of the APDU, as
+    /// `cstagate decode` counts, so the byte can be found in a trace.
+    #[error("the PBX's answer to {} does not decode: {reason} at byte {offset}", .operation.name(Dialect::Phase3))]
+    Decode { operation: Operation, offset: usize, reason: ErrorKind },
     #[error("link closed")]
     Closed,
 }
@@ -136,6 +144,7 @@ pub struct Stats {
     pub events_unrouted: AtomicU64,
     pub events_dropped: AtomicU64,
     pub unexpected_responses: AtomicU64,
+    pub undecodable_responses: AtomicU64,
     pub requests_ok: AtomicU64,
     pub requests_failed: AtomicU64,
     pub requests_timed_out: AtomicU64,
@@ -160,6 +169,9 @@ pub struct StatsSnapshot {
     pub events_unrouted: u64,
     pub events_dropped: u64,
     pub unexpected_responses: u64,
+    /// Results and errors for an outstanding invoke of ours whose body did not decode (each also
+    /// in `decode_errors`; the request failed with [`RequestError::Decode`]).
+    pub undecodable_responses: u64,
     pub requests_ok: u64,
     pub requests_failed: u64,
     pub requests_timed_out: u64,
@@ -188,6 +200,7 @@ impl Stats {
             events_unrouted: g(&self.events_unrouted),
             events_dropped: g(&self.events_dropped),
             unexpected_responses: g(&self.unexpected_responses),
+            undecodable_responses: g(&self.undecodable_responses),
             requests_ok: g(&self.requests_ok),
             requests_failed: g(&self.requests_failed),
             requests_timed_out: g(&self.requests_timed_out),
@@ -339,16 +352,22 @@ impl Drop for Monitor {
 
 /// What an outstanding invoke of ours is for.
 enum Pending {
-    User { reply: Reply, sent: Instant, deadline: Instant },
+    User { op: Operation, reply: Reply, sent: Instant, deadline: Instant },
     MonitorStart { device: String, deadline: Instant },
     /// MonitorStop, keep-alive: answers are only checked off.
-    Internal { deadline: Instant },
+    Internal { op: Operation, deadline: Instant },
 }
 
 impl Pending {
     fn deadline(&self) -> Instant {
         match self {
-            Pending::User { deadline, .. } | Pending::MonitorStart { deadline, .. } | Pending::Internal { deadline } => *deadline,
+            Pending::User { deadline, .. } | Pending::MonitorStart { deadline, .. } | Pending::Internal { deadline, .. } => *deadline,
+        }
+    }
+    fn operation(&self) -> Operation {
+        match self {
+            Pending::User { op, .. } | Pending::Internal { op, .. } => *op,
+            Pending::MonitorStart { .. } => Operation::MonitorStart,
         }
     }
 }
@@ -647,7 +666,7 @@ impl<'a> Session<'a> {
             let Some(q) = self.queue.pop_front() else { return Ok(()) };
             let deadline = now + self.p.request_timeout;
             let (op, arg, pending) = match q {
-                Queued::User { op, arg, reply, deadline } => (op, arg, Pending::User { reply, sent: now, deadline }),
+                Queued::User { op, arg, reply, deadline } => (op, arg, Pending::User { op, reply, sent: now, deadline }),
                 Queued::MonitorStart { device } => {
                     let Ok(dev) = crate::codec::DeviceId::dialing(&device) else {
                         monitors.start_failed(&device, RequestError::Encode("device number is not ASCII".into()));
@@ -655,7 +674,7 @@ impl<'a> Session<'a> {
                     };
                     (Operation::MonitorStart, Body::new().with(FieldName::MonitorObject, Value::DeviceId(dev)), Pending::MonitorStart { device, deadline })
                 }
-                Queued::MonitorStop { xref } => (Operation::MonitorStop, Body::new().with(FieldName::CrossRefIdentifier, Value::Octets(xref)), Pending::Internal { deadline }),
+                Queued::MonitorStop { xref } => (Operation::MonitorStop, Body::new().with(FieldName::CrossRefIdentifier, Value::Octets(xref)), Pending::Internal { op: Operation::MonitorStop, deadline }),
             };
             self.invoke(op, arg, pending, monitors).await?;
         }
@@ -667,7 +686,7 @@ impl<'a> Session<'a> {
         let Some(id) = self.invokes.insert(pending) else {
             return Ok(()); // 32767 outstanding: the entry was not stored; it times out below
         };
-        let apdu = Apdu::invoke(id, op, arg);
+        let apdu = Apdu::invoke(id, op, arg).shaped(self.p.dialect, self.p.phase2_results);
         self.out.clear();
         if let Err(e) = apdu.encode(self.p.dialect, &mut self.out) {
             if let Some(p) = self.invokes.take(id) {
@@ -712,7 +731,7 @@ impl<'a> Session<'a> {
     async fn on_frame(&mut self, frame: Bytes, monitors: &mut Monitors) -> Option<End> {
         let apdu = match Apdu::decode(&frame, self.p.dialect) {
             Ok(a) => a,
-            Err(e) => return self.on_undecodable(&frame, &e).await,
+            Err(e) => return self.on_undecodable(&frame, &e, monitors).await,
         };
         match apdu {
             Apdu::Invoke(inv) => {
@@ -778,14 +797,31 @@ impl<'a> Session<'a> {
         None
     }
 
-    /// A frame that does not decode: counted and rejected (X.880 general problem), and the
-    /// link goes on; only a framing error loses the stream.
-    async fn on_undecodable(&mut self, frame: &Bytes, e: &DecodeError) -> Option<End> {
+    /// A frame that does not decode: counted and rejected, and the link goes on; only a framing
+    /// error loses the stream. A result or error whose invoke id is one of ours outstanding
+    /// answers that request: it fails now with the decode error (waiting for the timeout would
+    /// only delay the same outcome), and the Reject names the invoke (X.880 mistypedResult /
+    /// mistypedParameter). Anything else gets a general problem (badly structured APDU).
+    async fn on_undecodable(&mut self, frame: &Bytes, e: &DecodeError, monitors: &mut Monitors) -> Option<End> {
         Stats::inc(&self.stats.decode_errors);
-        warn!(error = %e, "undecodable APDU from the PBX");
         trace!(apdu = %for_log(frame), "undecodable");
+        let answered = Apdu::answer_invoke_id(frame).and_then(|id| Some((id, self.invokes.take(id)?)));
+        let reject = match answered {
+            Some((id, p)) => {
+                let operation = p.operation();
+                warn!(error = %e, invoke_id = id, operation = operation.name(self.p.dialect), "undecodable answer from the PBX");
+                Stats::inc(&self.stats.undecodable_responses);
+                self.complete(p, Err(RequestError::Decode { operation, offset: e.offset, reason: e.kind.clone() }), monitors);
+                let problem = if frame.first() == Some(&0xA2) { RejectProblem::ReturnResult(2) } else { RejectProblem::ReturnError(4) };
+                Apdu::reject(Some(id), problem)
+            }
+            None => {
+                warn!(error = %e, "undecodable APDU from the PBX");
+                Apdu::reject(None, RejectProblem::General(2))
+            }
+        };
         Stats::inc(&self.stats.rejects_sent);
-        match self.send(&Apdu::reject(None, RejectProblem::General(2))).await {
+        match self.send(&reject).await {
             Ok(()) => None,
             Err(e) => Some(End::Lost(e)),
         }
@@ -814,7 +850,7 @@ impl<'a> Session<'a> {
             None if now >= self.last_rx + self.p.keepalive => {
                 self.keepalive_sent = Some(now);
                 let body = Body::new().with(FieldName::SystemStatus, Value::Int(2));
-                if let Err(e) = self.invoke(Operation::SystemStatus, body, Pending::Internal { deadline: now + self.p.keepalive }, monitors).await {
+                if let Err(e) = self.invoke(Operation::SystemStatus, body, Pending::Internal { op: Operation::SystemStatus, deadline: now + self.p.keepalive }, monitors).await {
                     return Some(End::Lost(e));
                 }
             }

@@ -39,9 +39,9 @@ const STALL_POLL: Duration = Duration::from_millis(5);
 
 async fn serve(stream: TcpStream, shared: Arc<Shared>, switch: mpsc::UnboundedSender<Msg>, mut stop: watch::Receiver<bool>) {
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-    let (dialect, framing, preamble, acse, creds) = {
+    let (dialect, framing, preamble, acse, creds, wrapping) = {
         let c = lock(&shared.config);
-        (c.dialect, c.framing, c.preamble, c.acse, c.credentials.clone())
+        (c.dialect, c.framing, c.preamble, c.acse, c.credentials.clone(), c.phase2_results)
     };
     let (mut rd, mut wr) = stream.into_split();
     let mut framer = Framer::new(framing);
@@ -121,7 +121,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, switch: mpsc::UnboundedSe
                         let mut next = Some(apdu);
                         let mut closing = false;
                         while let Some(apdu) = next.take() {
-                            let Ok(body) = apdu.to_vec(dialect) else { continue };
+                            let Ok(body) = apdu.shaped(dialect, wrapping).to_vec(dialect) else { continue };
                             let Ok(framed) = framing.frame(&body) else { continue };
                             trace!(conn, apdu = %for_log(&body), "sim sent");
                             frames_out += 1;

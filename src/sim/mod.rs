@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::codec::framing::Framing;
 use crate::codec::values::Secret;
-use crate::codec::{Dialect, Operation};
+use crate::codec::{Dialect, Operation, Wrapping};
 
 /// How a simulated phone's user behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +83,11 @@ pub struct SimConfig {
     pub ivr_number: Option<String>,
     /// Prefix that turns an extension into the calling number the outside world sees (its DID).
     pub did_prefix: String,
+    /// Phase II: the form of the values whose shape is unverified (makeCall's and
+    /// snapshotDevice's results, its own systemStatus argument; asn1/README.md P8) that the
+    /// simulated PBX sends: bare as OXE is known to, or wrapped in `SEQUENCE { value,
+    /// extensions }` as another Phase II PBX may (`sim-pbx --phase2-results`).
+    pub phase2_results: Wrapping,
 }
 
 impl SimConfig {
@@ -99,6 +104,7 @@ impl SimConfig {
             lock_prefix: Some("*66".into()),
             ivr_number: Some("0800100200".into()),
             did_prefix: "+3314400".into(),
+            phase2_results: Wrapping::Bare,
         }
     }
     /// An Alcatel OXE: Phase II, preamble, SystemStatus every 30 s.

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::{lock, Behaviour, IvrSignal, Shared};
 use crate::codec::apdu::{ErrorCategory, EventReport};
 use crate::codec::body::{FieldName as F, Value};
-use crate::codec::{Apdu, Argument, Body, ConnectionId, DeviceId, DeviceRef, Event, EventKind, LocalDevice, Op, Operation, RejectProblem};
+use crate::codec::{Apdu, Argument, Body, ConnectionId, DeviceId, DeviceRef, Dialect, Event, EventKind, LocalDevice, Op, Operation, RejectProblem};
 
 pub(crate) enum Out {
     Apdu(Apdu),
@@ -282,7 +282,11 @@ impl Switch {
                     Operation::GenerateDigits => self.generate_digits(conn, id, &body),
                     Operation::ClearConnection => self.clear_connection(conn, id, &body),
                     Operation::SnapshotDevice => {
-                        let empty = Value::Raw(Bytes::from_static(&[0x30, 0x00]));
+                        // An empty snapshot: Phase II SnapshotDeviceData is [APPLICATION 22].
+                        let empty = match lock(&self.shared.config).dialect {
+                            Dialect::Phase2 => Value::Raw(Bytes::from_static(&[0x76, 0x00])),
+                            Dialect::Phase3 => Value::Raw(Bytes::from_static(&[0x30, 0x00])),
+                        };
                         self.answer(conn, Apdu::result(id, op, Body::new().with(F::SnapshotData, empty)));
                     }
                     _ => self.send(conn, Apdu::reject(Some(id), RejectProblem::Invoke(1))),
