@@ -155,3 +155,30 @@ fn the_database_and_its_wal_are_readable_by_the_gateway_alone() {
     let n: i64 = raw.query_row("SELECT count(*) FROM old", [], |r| r.get(0)).unwrap();
     assert_eq!(n, 1, "tightening the modes keeps the data");
 }
+
+/// Owner blocks and the account each proof call was charged to survive a restart; counters of
+/// the retired per-extension kind (which let anyone lock an owner out) are no longer counted.
+#[test]
+fn blocks_and_charged_proof_calls_survive_a_reopen_and_extension_counters_are_retired() {
+    use cstagate::association::{OwnerBlock, ProofCall};
+    let path = tmp("blocks");
+    let block = OwnerBlock { tenant: "acme".into(), account: "mallory".into(), pbx: "paris".into(), extension: "2005".into(), until: 90_000 };
+    let call = ProofCall { pbx: "paris".into(), extension: "2005".into(), tenant: "acme".into(), account: "mallory".into(), at: 10_000 };
+    {
+        let mut s = SqliteStore::open(&path).unwrap();
+        s.apply(&[StoreWrite::Block(block.clone()), StoreWrite::ProofCall(call.clone())]).unwrap();
+        let lifted = OwnerBlock { account: "bob".into(), ..block.clone() };
+        s.apply(&[StoreWrite::Block(lifted), StoreWrite::Unblock { tenant: "acme".into(), account: "bob".into(), pbx: "paris".into(), extension: "2005".into() }]).unwrap();
+    }
+    // A counter written by an earlier release, keyed by extension.
+    rusqlite::Connection::open(&path).unwrap().execute("INSERT INTO counters (key, value) VALUES ('ext\u{1f}paris\u{1f}2005', 99)", []).unwrap();
+    let s = SqliteStore::open(&path).unwrap();
+    let snap = s.snapshot(20_000).unwrap();
+    assert_eq!(snap.blocks, vec![block.clone()]);
+    assert_eq!(snap.proof_calls, vec![call]);
+    assert!(snap.counters.is_empty(), "{:?}", snap.counters);
+    assert!(s.snapshot(95_000).unwrap().blocks.is_empty(), "an ended block is not restored");
+    let (e, _) = Engine::restore(policy(), snap, 20_000);
+    let scope = cstagate::association::AdminScope::Extension { pbx: "paris".into(), extension: "2005".into() };
+    assert_eq!(e.blocks(&scope, 20_000), vec![block]);
+}
