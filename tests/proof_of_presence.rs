@@ -308,3 +308,14 @@ async fn a_pbx_flooding_events_fails_the_attempt_keeps_the_history_capped_and_st
     e.no_call_left().await;
     e.gw.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_key_left_empty_accepts_nothing() {
+    let sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap();
+    let mut secrets = local_secrets();
+    secrets.ivr_secret = Some(String::new());
+    let gw = LocalGateway::start(&sim, LocalOptions { pbx: "extensions = [\"2005\"]\n".into(), ..Default::default() }, secrets).await.unwrap();
+    let (s, v) = ivr_request(&gw.http, "", "c1", MOBILE, Some("12345678")).await.unwrap();
+    assert_eq!(s, 404, "a request signed with the empty key is not taken: {v}");
+    gw.running.shutdown().await;
+}
