@@ -789,3 +789,39 @@ fn context_ids_appear_only_in_the_proof_call() {
         }
     }
 }
+
+#[test]
+fn empty_short_long_and_prefixed_codes_are_wrong() {
+    let mut p = policy();
+    p.proof_calls_per_hour = 20;
+    let mut t = T::new(p);
+    let (id, ctx) = t.to_ivr("alice", "2005");
+    t.ivr("c1", Some(&ctx));
+    t.ivr("c1", Some("1"));
+    for (i, entry) in ["#", &CODE[..5], &format!("{CODE}0")].into_iter().enumerate() {
+        let r = t.ivr("c1", Some(entry));
+        assert!(!r.say.contains("linked"), "{entry:?} must not bind: {}", r.say);
+        assert!(t.e.binding("paris", "2005").is_none());
+        if i < 2 {
+            assert!(r.say.contains("not correct"), "{entry:?}: {}", r.say);
+        }
+    }
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::WrongCode), true), "three wrong entries on the call");
+}
+
+#[test]
+fn an_account_locked_out_on_one_extension_is_locked_out_on_every_extension() {
+    let mut p = policy();
+    p.lockout_after = 3;
+    p.proof_calls_per_hour = 20;
+    let mut t = T::new(p);
+    let (_, ctx) = t.to_ivr("mallory", "2005");
+    t.ivr("c1", Some(&ctx));
+    t.ivr("c1", Some("1"));
+    for wrong in ["000001", "000002", "000003"] {
+        t.ivr("c1", Some(wrong));
+    }
+    t.now += 1;
+    assert_eq!(t.create("mallory", "2006").error, Some(ApiError::LockedOut), "the account's counter, not the extension's");
+    assert!(t.create("alice", "2006").error.is_none(), "other accounts are not affected");
+}
