@@ -340,8 +340,33 @@ const AUTHENTICATION_TAGS: [Tag; 2] = [Tag(0xAC), Tag(0xAA)];
 /// [`Authentication`], or an opaque credential) reads `<redacted>` in place of its whole TLV —
 /// not even its length is shown. An APDU whose first octet says AARQ or AARE but whose members
 /// cannot be walked is not printed at all: where its password lies cannot be told.
+///
+/// In every other APDU, digits dialled or sent between `*` and `#` (a proof call's secret
+/// context id travels as `<ivr>*<context>#` and as GenerateDigits `*<context>#`) read as `X`
+/// (`58` in the hex): the bytes are masked wherever they stand, so no member table is needed.
 pub fn for_log(apdu: &[u8]) -> ForLog<'_> {
     ForLog(apdu)
+}
+
+/// Shortest and longest run of digits between `*` and `#` that [`for_log`] masks.
+const MASKED_DIGITS: std::ops::RangeInclusive<usize> = 4..=32;
+
+/// `apdu` with every `*<digits>#` run's digits replaced by `X`.
+fn mask_dtmf_suffixes(apdu: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    let mut out = std::borrow::Cow::Borrowed(apdu);
+    let mut i = 0;
+    while i < apdu.len() {
+        if apdu[i] == b'*' {
+            let n = apdu[i + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+            if MASKED_DIGITS.contains(&n) && apdu.get(i + 1 + n) == Some(&b'#') {
+                out.to_mut()[i + 1..i + 1 + n].fill(b'X');
+                i += n + 1;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// See [`for_log`].
@@ -350,7 +375,7 @@ pub struct ForLog<'a>(&'a [u8]);
 impl std::fmt::Display for ForLog<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if !matches!(self.0.first(), Some(&(AARQ_TAG | AARE_TAG))) {
-            return f.write_str(&hex::encode(self.0));
+            return f.write_str(&hex::encode(mask_dtmf_suffixes(self.0)));
         }
         match redacted_acse(&Bytes::copy_from_slice(self.0)) {
             Ok(s) => f.write_str(&s),
@@ -383,6 +408,21 @@ fn redacted_acse(b: &Bytes) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn context_digits_are_masked_in_logs_and_nothing_else_is() {
+        // MakeCall-like bytes: IA5 "0800100200*12345678#", then "*66" (a lock prefix, no '#').
+        let mut apdu = vec![0xA1, 0x20, 0x16, 0x14];
+        apdu.extend_from_slice(b"0800100200*12345678#");
+        apdu.extend_from_slice(&[0x16, 0x03]);
+        apdu.extend_from_slice(b"*66");
+        let shown = super::for_log(&apdu).to_string();
+        assert!(!shown.contains(&hex::encode(b"12345678")), "{shown}");
+        assert!(shown.contains(&hex::encode(b"0800100200*XXXXXXXX#")), "{shown}");
+        assert!(shown.ends_with(&hex::encode(b"*66")), "{shown}");
+        let short = b"*12#";
+        assert_eq!(super::for_log(short).to_string(), hex::encode(short), "too short to be a context id");
+    }
+
     use super::*;
     use crate::codec::{Apdu, Dialect};
 
