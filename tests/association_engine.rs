@@ -825,3 +825,17 @@ fn an_account_locked_out_on_one_extension_is_locked_out_on_every_extension() {
     assert_eq!(t.create("mallory", "2006").error, Some(ApiError::LockedOut), "the account's counter, not the extension's");
     assert!(t.create("alice", "2006").error.is_none(), "other accounts are not affected");
 }
+
+#[test]
+fn a_waiting_ivr_call_that_hangs_up_ends_the_attempt_instead_of_leaving_it_to_the_next_call() {
+    let mut t = T::new(policy());
+    let (id, call) = t.ringing("alice", "2005");
+    let ctx = t.ctx("2005");
+    assert!(t.ivr_from("first", "+33144002005", Some(&ctx)).ivr_wait);
+    t.run(Input::IvrHangup { call: "first".into(), now: t.now });
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::CallCleared), true));
+    t.ev("2005", CallEvent::Established { call });
+    let r = t.ivr_from("second", MOBILE, Some(&ctx)).ivr.unwrap();
+    assert!(r.say.contains("not known"), "the attempt and its context are over: {}", r.say);
+    assert!(t.e.binding("paris", "2005").is_none());
+}

@@ -29,7 +29,7 @@ pub(crate) enum Stage {
     AwaitContext { tries: u32 },
     /// Presented the context of an attempt whose proof call the PBX has not yet reported
     /// answered: the request's answer waits (see [`Output::ivr_wait`]).
-    AwaitAnswer,
+    AwaitAnswer { association: String },
     AwaitConfirm { association: String },
     AwaitCode { association: String, tries: u32 },
     Done,
@@ -107,7 +107,7 @@ impl Engine {
         Some(match session.stage {
             Stage::Done => bye("goodbye", "Goodbye."),
             // The platform asked again before we answered: it gave up on the earlier request.
-            Stage::AwaitAnswer => return None,
+            Stage::AwaitAnswer { .. } => return None,
             Stage::AwaitContext { tries } => return self.context_entered(call, &entered, tries, now, actions),
             Stage::AwaitConfirm { association } => {
                 if !self.claimed(call, &association) {
@@ -177,7 +177,12 @@ impl Engine {
     /// claim it; see the module docs.
     fn claim(&mut self, call: &str, id: &str, now: Millis, actions: &mut Vec<Action>) -> Option<IvrReply> {
         let Some(a) = self.assocs.get(id) else { return Some(not_linked()) };
-        let Some(c) = self.ivr_calls.get(call) else { return Some(not_linked()) };
+        let Some(c) = self.ivr_calls.get(call) else {
+            // Forgotten while it waited (silent too long): the attempt is not left for the next
+            // call to claim.
+            self.fail_attempt(id, Reason::CallCleared, "the IVR call that presented the context is gone", now, actions);
+            return Some(not_linked());
+        };
         let policy = self.policies.get(&a.view.pbx);
         let did = policy.and_then(|p| p.did_prefix.as_ref()).map(|p| format!("{p}{}", a.view.extension));
         let window = policy.map_or(30_000, |p| p.ivr_claim_window.as_millis() as Millis);
@@ -206,7 +211,7 @@ impl Engine {
                 if let Some(a) = self.assocs.get_mut(id) {
                     a.attempt.waiting = Some((call.to_owned(), now + CLAIM_WAIT.as_millis() as Millis));
                 }
-                self.set_stage(call, Stage::AwaitAnswer);
+                self.set_stage(call, Stage::AwaitAnswer { association: id.to_owned() });
                 None
             }
             // Monitoring or locking: the proof call has not even been placed.
@@ -361,10 +366,22 @@ impl Engine {
 
     pub(crate) fn ivr_hangup(&mut self, call: &str, now: Millis, actions: &mut Vec<Action>) {
         let Some(c) = self.ivr_calls.remove(call) else { return };
-        if let Stage::AwaitConfirm { association } | Stage::AwaitCode { association, .. } = c.stage {
-            if self.claimed(call, &association) {
-                self.fail_attempt(&association, Reason::CallCleared, "the caller hung up in the IVR", now, actions);
+        match c.stage {
+            Stage::AwaitConfirm { association } | Stage::AwaitCode { association, .. } => {
+                if self.claimed(call, &association) {
+                    self.fail_attempt(&association, Reason::CallCleared, "the caller hung up in the IVR", now, actions);
+                }
             }
+            Stage::AwaitAnswer { association } => {
+                // It presented an attempt's context and waited: that attempt is over (a proof
+                // call that left the IVR, or a caller who gave up), never free for the next call.
+                let waiting = self.assocs.get_mut(&association).filter(|a| a.attempt.waiting.as_ref().is_some_and(|(w, _)| w == call));
+                if let Some(a) = waiting {
+                    a.attempt.waiting = None;
+                    self.fail_attempt(&association, Reason::CallCleared, "the IVR call that presented the context hung up before the PBX reported the answer", now, actions);
+                }
+            }
+            Stage::AwaitContext { .. } | Stage::Done => {}
         }
     }
 }
