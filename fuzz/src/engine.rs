@@ -717,7 +717,9 @@ impl Fz {
         let (Some(v), Some(a)) = (self.store.assocs.get(id), self.attempts.get(id)) else {
             self.fail(format!("a context of association {id}, which the model does not hold"));
         };
-        if a.claimed.as_deref().is_some_and(|c| c != call) || a.waiting.as_deref().is_some_and(|c| c != call) {
+        // Only the first call to present the attempt may claim it: a second one is not the proof
+        // call, whatever became of the first (claimed, waiting, or hung up while it waited).
+        if a.claimed.as_deref().is_some_and(|c| c != call) || a.waiting.as_deref().is_some_and(|c| c != call) || a.presenters.first().is_some_and(|c| c != call) {
             return Claim::Mismatch;
         }
         let p = self.policy(&v.pbx);
