@@ -198,6 +198,13 @@ def engine_seeds():
     refuse += [T0, OP_ADMIN, 0, 0, 0, 0]  # LiftBlocks, scope: account alice of every tenant
     refuse += create(False, dt=15)  # an hour later: alice's share of proof calls is back
     yield "second-call-then-refused", bytes(refuse)
+    # The claiming call reaches the code prompt, a second call presents the context (mismatch);
+    # after the retry's answer, the first call (which claimed the old attempt, not this one)
+    # keys the code: no_longer_valid, never a binding.
+    stale = policies(policy())
+    stale += create(False) + done() + done() + event(ESTABLISHED) + ivr(D_CTX, slot=0) + ivr(D_CONFIRM, slot=0)
+    stale += ivr(D_CTX, slot=1) + complete(pool=0) + done(index=1) + event(ESTABLISHED) + ivr(D_CODE, slot=0)
+    yield "old-claimer-enters-code", bytes(stale)
     # Wrong codes to the lock-out (limit 4) over two calls, the admin's reset of the extension's
     # counters (alice stays locked out by her account's), bob's request, a restart in flight.
     wrong = policies(policy(completion=True, lockout4=True))
