@@ -75,7 +75,7 @@
 //!    over; a final association never changes state, reason or retryability again, has no proof
 //!    call left up and the store names no call for it; at most one live association per
 //!    extension and per account; a PBX that sends more than 200 events about an attempt's call
-//!    fails it as `pbx_flood`; histories hold at most 64 steps (the 63rd a "truncated" marker);
+//!    fails it as `pbx_flood`; histories hold at most 64 steps and a "truncated" marker;
 //! 8. no audit record, history step, notification, IVR prompt or API view (but the creation's
 //!    `code` field) contains an issued code; the engine never panics.
 
@@ -94,7 +94,8 @@ const HOUR: Millis = 3_600_000;
 const ANSWER_WITHIN: Millis = 5_000;
 /// A realistic epoch in ms (13 digits: no issued code or context can hide in a timestamp).
 const T0: Millis = 1_764_000_000_000;
-/// `MAX_HISTORY` of the engine: a history holds at most this many steps.
+/// `MAX_HISTORY` of the engine: a history holds at most this many steps, and a "truncated"
+/// marker before the newest (65 entries).
 const MAX_HISTORY: usize = 64;
 /// `MAX_ATTEMPT_EVENTS` of the engine: beyond this many events about its call an attempt fails.
 const MAX_ATTEMPT_EVENTS: u32 = 200;
@@ -999,7 +1000,8 @@ impl Fz {
                     if view_leaks(v, &secrets) {
                         self.fail(format!("a stored association holds a code or a context id: {v:?}"));
                     }
-                    if v.history.len() > MAX_HISTORY || (v.history.len() == MAX_HISTORY && v.history[MAX_HISTORY - 2].step != "truncated") {
+                    // At most MAX_HISTORY steps and the "truncated" marker before the newest.
+                    if v.history.len() > MAX_HISTORY + 1 || (v.history.len() == MAX_HISTORY + 1 && v.history[MAX_HISTORY - 1].step != "truncated") {
                         self.fail(format!("association {} has a history of {} steps", v.id, v.history.len()));
                     }
                     let old_state = old.as_ref().map(|o| o.state);
