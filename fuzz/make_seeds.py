@@ -10,8 +10,10 @@
   (config byte, read-size count, read sizes, stream; see fuzz/src/lib.rs), with the capture's
   framing, and for OXE also behind the Alcatel 'P' preamble.
 - engine: hand-encoded scenarios in the byte layout `arbitrary::Unstructured` reads in
-  fuzz/src/engine.rs (the whole flow to a binding, with the lock and DTMF variants, wrong codes,
-  a restart in flight), so the fuzzer starts from live associations.
+  fuzz/src/engine.rs (the whole flow to a binding, with the lock, DTMF and DID variants, an IVR
+  request that waits for the PBX's report of the answer, the claim mismatches, the owner's 9 and
+  the admin's lift, wrong codes to the lock-out, a restart in flight, a PBX flood), so the fuzzer
+  starts from live associations and claimed attempts.
 - link_session: the link's session with each capture's PBX-side APDUs framed one by one,
   interleaved with requests, monitors and answers (layout in fuzz/src/link_session.rs).
 """
@@ -117,57 +119,128 @@ def main():
 
 
 # ---- engine: bytes as fuzz/src/engine.rs reads them (one byte per small choice; a choice
-# among one thing reads nothing).
+# among one thing reads nothing; a ratio(1, d) is true for a byte b with b % d == 0).
 T0 = 0  # time step: none
-OP_CREATE, OP_COMPLETE, OP_DONE, OP_EVENT, OP_IVR, OP_HANGUP, OP_LINKDOWN, OP_RESTART, OP_TICK = 0, 3, 6, 12, 18, 25, 26, 29, 30
+OP_CREATE, OP_COMPLETE, OP_CANCEL, OP_DONE, OP_EVENT, OP_IVR, OP_HANGUP = 0, 3, 5, 6, 11, 16, 23
+OP_LINKDOWN, OP_UNBIND, OP_ADMIN, OP_RESTART, OP_FLOOD, OP_TICK_WAIT, OP_TICK = 24, 25, 26, 27, 28, 29, 30
+INITIATED, ORIGINATED, DELIVERED, ESTABLISHED, FAILED, CLEARED = 0, 1, 2, 3, 6, 7
+DIAL, DTMF, NONE = 0, 1, 2
 
 
-def create(first, account=0, ext=0, code=0, ctx=0):
-    # admin? no; principal t1; account; pbx none; extension; [id reuse? no]; code; context; name
-    b = [T0, OP_CREATE, 1, 3, 1, account, 3, 1, ext]
-    if not first:
+def policy(lock=False, completion=False, delivery=DIAL, did=False, calls=3, lockout4=False, ctx_digits=8, block_hour=False, window10=False):
+    """The two policy bytes of one PBX (found by search: the fields share bits)."""
+    def ok(b):
+        return (bool(b & 1) == lock and bool(b & 2) == completion and (b >> 2) % 3 == delivery
+                and bool(b & 0x10) == did and 1 + (b >> 5) % 3 == calls and bool(b & 0x80) == lockout4)
+    b = next(b for b in range(256) if ok(b))
+    b2 = next(b2 for b2 in range(256) if [8, 12, 16][b2 % 3] == ctx_digits and bool(b2 & 4) == block_hour and bool(b2 & 8) == window10)
+    return [b, b2]
+
+
+def policies(p1, p2=None, p2_same_tenant=False):
+    return [0 if p2_same_tenant else 1] + p1 + (p2 or policy())
+
+
+def create(held, account=0, ext=0, code=0, pool=0, dt=T0):
+    # not admin; principal t1; account not empty; account; pbx none; extension not 9999; extension;
+    # [reuse a live id? no]; code; pool kind (0: fresh); name
+    b = [dt, OP_CREATE, 1, 3, 1, account, 3, 1, ext]
+    if held:
         b.append(1)
-    return b + [code, ctx, 1]
+    return b + [code, pool, 1]
 
 
-def done(index=None, ok=True):
-    # [which pending], not a duplicate, ok/err (+ failure kind)
-    b = [T0, OP_DONE] + ([] if index is None else [index]) + [1]
-    return b + ([1] if ok else [0, 2])
+def complete(back=0, pool=0, dt=T0):
+    return [dt, OP_COMPLETE, 3, 1, back, pool]  # principal t1, not "nope", back, fresh pool
 
 
-def event(kind, back=0):
-    return [T0, OP_EVENT, 0, back, kind]  # on a call the PBX placed; Initiated..Cleared = 0..5
+def done(index=None, ok=True, lock=False, dt=T0):
+    # [which pending], not a duplicate, ok (then: named, for a lock call) / failure kind
+    b = [dt, OP_DONE] + ([] if index is None else [index]) + [1]
+    if not ok:
+        return b + [0, 2]
+    return b + [1] + ([1] if lock else [])
 
 
-def ivr(digits, call=0, extra=()):
-    # IVR call, from "", digits kind (0 none, 1 code, 5 wrong, 6 confirm, 9 context), to
-    return [T0, OP_IVR, call, 0, digits, *extra, 0]
+def event(kind, back=0, dt=T0):
+    return [dt, OP_EVENT, 0, back, kind]  # on a call the PBX placed, back from the latest
+
+
+# IVR digits kinds
+D_NONE, D_CODE, D_WRONG, D_CONFIRM, D_REFUSE, D_CTX, D_MADE_UP = 0, 1, 5, 6, 8, 10, 14
+
+
+def ivr(digits, slot=0, frm=0, dt=T0):
+    # slot, same platform call, from (0 "", 2 the latest association's DID), digits, to
+    b = [dt, OP_IVR, slot, 1, frm, digits]
+    if digits == D_CODE:
+        b.append(0)  # the latest association's code
+    if digits == D_CTX:
+        b.append(0)  # the latest context seen
+    return b + [0]
 
 
 def engine_seeds():
-    flow = [1, 0x00, 0x00]  # p2 of t2; policies: DialSuffix, no lock, completion not required
-    flow += create(True) + done() + done() + event(0) + event(1) + event(3)
-    flow += ivr(9) + ivr(6) + ivr(1)
+    # The whole flow: dial suffix; the IVR call presents the context after the answer.
+    flow = policies(policy())
+    flow += create(False) + done() + done() + event(INITIATED) + event(ORIGINATED) + event(ESTABLISHED)
+    flow += ivr(D_CTX) + ivr(D_CONFIRM) + ivr(D_CODE)
     yield "flow-bound", bytes(flow)
-    # Lock first, DTMF delivery, a DID prefix: lock call cleared, then the proof call.
-    lock = [1, 0x15, 0x00]
-    lock += create(True) + done() + done(ok=True) + [1] + event(5) + done() + event(0) + event(3)
-    lock += [T0, OP_DONE, 1, 1] + ivr(9) + ivr(6) + ivr(5) + ivr(5) + ivr(1)
-    yield "lock-dtmf-wrong-then-right", bytes(lock)
-    # Wrong codes until the limit, a retry, a restart in flight, then expiry.
-    wrong = [1, 0x02, 0x80]
-    wrong += create(True) + [T0, OP_COMPLETE, 3, 0] + done() + done() + event(3)
-    wrong += ivr(9) + ivr(6) + ivr(5) + ivr(5) + ivr(5) + [T0, OP_COMPLETE, 3, 0] + done() + event(3)
-    wrong += ivr(9, call=1) + ivr(6, call=1) + ivr(5, call=1) + ivr(5, call=1)
-    wrong += create(False, account=1, ext=1) + done(0) + [T0, OP_RESTART] + [14, OP_TICK]
-    yield "wrong-codes-restart-expiry", bytes(wrong)
-    # Two associations, link down, hang-up in the IVR, cancel.
-    two = [1, 0x00, 0x08]
-    two += create(True) + create(False, account=1, ext=1, code=1, ctx=0) + done(0) + done(0) + done(0)
-    two += event(0) + [T0, OP_LINKDOWN, 0] + [T0, OP_COMPLETE, 3, 0] + done(0) + done(0) + event(3)
-    two += ivr(9) + ivr(6) + [T0, OP_HANGUP, 0] + [T0, 5, 3, 0] + [13, OP_TICK]
-    yield "two-linkdown-hangup-cancel", bytes(two)
+    # Lock first, DTMF delivery (the context leaves in SendDigits), a DID prefix and the right
+    # calling number; a wrong code, then the right one.
+    lock = policies(policy(lock=True, delivery=DTMF, did=True, ctx_digits=12))
+    lock += create(False) + done() + done(lock=True) + event(CLEARED) + done() + event(INITIATED) + event(ESTABLISHED)
+    lock += done() + ivr(D_CTX, frm=2) + ivr(D_CONFIRM) + ivr(D_WRONG) + ivr(D_CODE)
+    yield "lock-dtmf-did-wrong-then-right", bytes(lock)
+    # The IVR request overtakes the PBX's report of the answer: it waits, and Established answers it.
+    wait = policies(policy())
+    wait += create(False) + done() + done() + event(INITIATED) + ivr(D_CTX)
+    wait += [6, 0x01, 0xF3, OP_EVENT, 0, 0, ESTABLISHED]  # 500 ms later
+    wait += ivr(D_CONFIRM) + ivr(D_CODE)
+    yield "wait-then-established", bytes(wait)
+    # It waits in vain: the Tick at its deadline fails the attempt as a mismatch; the retry's
+    # IVR call starts too long after the answer (another mismatch); the third is a second call
+    # presenting a claimed context.
+    late = policies(policy(calls=3), policy(), p2_same_tenant=False)
+    late += create(False) + done() + done() + event(INITIATED) + ivr(D_CTX) + [T0, OP_TICK_WAIT, 0]
+    late += complete(pool=0) + done(index=1) + event(ESTABLISHED) + [13, 1] + [OP_IVR, 1, 1, 0, D_CTX, 0, 0]  # 31 s later
+    yield "wait-timeout-then-late-call", bytes(late)
+    # Two IVR calls: the first claims, the second presents the same context (suspected attack);
+    # the retry's call is claimed and the owner presses 9 (block); a new request is refused until
+    # the admin lifts the block.
+    refuse = policies(policy())
+    refuse += create(False) + done() + done() + event(ESTABLISHED) + ivr(D_CTX, slot=0) + ivr(D_CTX, slot=1)
+    refuse += complete(pool=0) + done(index=1) + event(ESTABLISHED) + ivr(D_CTX, slot=2) + ivr(D_REFUSE, slot=2)
+    refuse += create(False)  # refused: blocked by the phone's owner
+    refuse += [T0, OP_ADMIN, 0, 0, 0, 0]  # LiftBlocks, scope: account alice of every tenant
+    refuse += create(False, dt=15)  # an hour later: alice's share of proof calls is back
+    yield "second-call-then-refused", bytes(refuse)
+    # The claiming call reaches the code prompt, a second call presents the context (mismatch);
+    # after the retry's answer, the first call (which claimed the old attempt, not this one)
+    # keys the code: no_longer_valid, never a binding.
+    stale = policies(policy())
+    stale += create(False) + done() + done() + event(ESTABLISHED) + ivr(D_CTX, slot=0) + ivr(D_CONFIRM, slot=0)
+    stale += ivr(D_CTX, slot=1) + complete(pool=0) + done(index=1) + event(ESTABLISHED) + ivr(D_CODE, slot=0)
+    yield "old-claimer-enters-code", bytes(stale)
+    # Wrong codes to the lock-out (limit 4) over two calls, the admin's reset of the extension's
+    # counters (alice stays locked out by her account's), bob's request, a restart in flight.
+    wrong = policies(policy(completion=True, lockout4=True))
+    wrong += create(False) + complete() + done() + done() + event(ESTABLISHED)
+    wrong += ivr(D_CTX) + ivr(D_CONFIRM) + ivr(D_WRONG) + ivr(D_WRONG) + ivr(D_WRONG) + complete() + done(index=1) + event(ESTABLISHED)
+    wrong += ivr(D_CTX, slot=1) + ivr(D_CONFIRM, slot=1) + ivr(D_WRONG, slot=1)
+    wrong += [T0, OP_ADMIN, 1, 0, 0, 1]  # ResetCounters of p1/2001 (alice's account counter stays)
+    wrong += create(False) + create(False, account=1, ext=1) + done(0) + [T0, OP_RESTART] + [14, 0, 0, OP_TICK]
+    yield "wrong-codes-lockout-reset-restart", bytes(wrong)
+    # No context delivered: the IVR finds the attempt by the calling number (the DID); a call
+    # from another number finds nothing.
+    did = policies(policy(delivery=NONE, did=True))
+    did += create(False, ext=1) + done() + done() + event(ESTABLISHED) + [T0, OP_IVR, 1, 1, 4, 0, D_NONE, 0]  # from 2001's DID
+    did += ivr(D_NONE, frm=2) + ivr(D_CONFIRM) + ivr(D_CODE)
+    yield "did-lookup-bound", bytes(did)
+    # A PBX that repeats an event about the proof call: the attempt fails as pbx_flood.
+    flood = policies(policy())
+    flood += create(False) + done() + done() + event(INITIATED) + [T0, OP_FLOOD, 220, 2] + [T0, OP_TICK]
+    yield "pbx-flood", bytes(flood)
 
 
 # ---- link_session: the layout of fuzz/src/link_session.rs.

@@ -87,7 +87,8 @@ fn stateful_corpora_reach() {
         eprintln!("{t}: {} corpus inputs", all.len());
     }
     let e = oracle::engine_outcomes();
-    eprintln!("engine: associations created {}, reaching the IVR {}, bound {}, ended after 5 wrong codes {}, expired {}; restarts {}", e[0], e[1], e[2], e[3], e[4], e[5]);
+    let reached: Vec<String> = oracle::ENGINE_OUTCOME_NAMES.iter().zip(e).map(|(name, n)| format!("{name} {n}")).collect();
+    eprintln!("engine: {}", reached.join(", "));
     let l = oracle::link_session_outcomes();
     eprintln!("link_session: ended by a framing error {}, by RLRQ/ABRT {}; up with the late-answer and liveness checks {}, up mid-frame {}; requests answered Ok {} of {}", l[0], l[1], l[2], l[3], l[4], l[5]);
 }

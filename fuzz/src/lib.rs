@@ -19,7 +19,7 @@ pub const TARGETS: &[&str] = &["framer", "apdu_phase3", "apdu_phase2", "acse", "
 mod engine_oracle;
 #[path = "link_session.rs"]
 mod link_session_oracle;
-pub use engine_oracle::{engine, outcomes as engine_outcomes};
+pub use engine_oracle::{engine, outcomes as engine_outcomes, OUTCOME_NAMES as ENGINE_OUTCOME_NAMES};
 pub use link_session_oracle::{link_session, outcomes as link_session_outcomes};
 
 /// Run the oracle of `target` on one input.
