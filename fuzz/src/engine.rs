@@ -809,6 +809,9 @@ impl Fz {
             }
             Input::IvrHangup { call, .. } => {
                 self.ivr.remove(call);
+                // A waiting call that hangs up ends its attempt (call_cleared): nobody waits any
+                // more, and the attempt is not left to a later call.
+                self.waits.remove(call);
             }
             _ => {}
         }
