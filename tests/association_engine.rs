@@ -765,12 +765,24 @@ fn a_pbx_flooding_events_fails_the_attempt_and_histories_stay_capped() {
     }
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::PbxFlood), true));
     assert!(writes <= 3, "a repeated event writes the view once: {writes}");
-    // Whatever happens to one association, its history holds at most 64 steps and a marker.
-    for _ in 0..200 {
+    // Whatever happens to one association, its history holds at most 64 steps and a marker: ten
+    // more attempts of eight steps each (the caller hangs up after confirming).
+    for i in 0..9 {
         t.now += 1;
-        t.complete(&id);
-        t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, Err(CstaFailure::Busy));
+        assert!(t.complete(&id).error.is_none());
+        t.through_call(&id, "2005");
+        let (ctx, call) = (t.ctx("2005"), format!("c{i}"));
+        t.ivr(&call, Some(&ctx));
+        t.ivr(&call, Some("1"));
+        t.run(Input::IvrHangup { call, now: t.now });
+        assert_eq!(t.state(&id).1, Some(Reason::CallCleared));
     }
+    // Refusals repeated by the app are recorded once.
+    for _ in 0..5 {
+        assert_eq!(t.complete(&id).error, Some(ApiError::RateLimited));
+    }
+    let limited = t.all.iter().filter(|a| matches!(a, Action::Store(StoreWrite::Audit(r)) if r.step == "rate_limited")).count();
+    assert_eq!(limited, 1, "one rate_limited record however often the app asks");
     let h = &t.e.view(&Principal::Admin, &id).unwrap().history;
     assert!(h.len() <= 65 && h.iter().any(|s| s.step == "truncated"), "{} {:?}", h.len(), h);
 }

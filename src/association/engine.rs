@@ -434,7 +434,10 @@ impl Engine {
             return Err(ApiError::LockedOut);
         }
         if let Err(e) = self.proof_call_budget(&pbx, &ext, &tenant, &account, now) {
-            self.step(id, now, "rate_limited", "proof-call limit of this extension or account reached", actions);
+            // Recorded once however often the app asks again: refusals must not grow the store.
+            if self.assocs.get(id).and_then(|a| a.view.history.last()).is_none_or(|s| s.step != "rate_limited") {
+                self.step(id, now, "rate_limited", "proof-call limit of this extension or account reached", actions);
+            }
             return Err(e);
         }
         // A context id unique among live attempts, new for this proof call.
