@@ -353,6 +353,7 @@ pub fn call_event(kind: EventKind, body: &Body) -> Option<CallEvent> {
         EventKind::Established => CallEvent::Established { call },
         EventKind::Failed => CallEvent::Failed { call, cause: body.int(F::Cause) },
         EventKind::ConnectionCleared | EventKind::CallCleared => CallEvent::Cleared { call },
+        EventKind::Diverted | EventKind::Transferred | EventKind::Conferenced => CallEvent::Diverted { call },
         _ => return None,
     })
 }

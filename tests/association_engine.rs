@@ -851,3 +851,24 @@ fn a_waiting_ivr_call_that_hangs_up_ends_the_attempt_instead_of_leaving_it_to_th
     assert!(r.say.contains("not known"), "the attempt and its context are over: {}", r.say);
     assert!(t.e.binding("paris", "2005").is_none());
 }
+
+#[test]
+fn a_proof_call_diverted_transferred_or_conferenced_away_from_the_extension_proves_nothing() {
+    let mut t = T::new(policy());
+    let (id, call) = t.ringing("alice", "2005");
+    // Call forwarding sends the prompt to another phone.
+    t.ev("2005", CallEvent::Diverted { call: call.clone() });
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::CallDiverted), true));
+    assert!(t.csta().contains(&CstaRequest::ClearConnection { call, extension: "2005".into() }));
+    // In the IVR: someone transfers the call elsewhere before the code.
+    t.now += 1;
+    t.complete(&id);
+    t.through_call(&id, "2005");
+    let ctx = t.ctx("2005");
+    t.ivr("c2", Some(&ctx));
+    let call = hex::decode(t.e.view(&Principal::Admin, &id).unwrap().call.clone().unwrap()).unwrap();
+    t.ev("2005", CallEvent::Diverted { call });
+    assert_eq!(t.state(&id).1, Some(Reason::CallDiverted));
+    assert!(t.ivr("c2", Some("1")).hangup);
+    assert!(t.e.binding("paris", "2005").is_none());
+}

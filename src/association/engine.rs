@@ -627,6 +627,7 @@ impl Engine {
                 };
                 self.fail_attempt(&id, reason, &format!("the call failed (cause {})", cause.map_or("unknown".into(), |c| c.to_string())), now, actions);
             }
+            CallEvent::Diverted { .. } => self.fail_attempt(&id, Reason::CallDiverted, "the proof call left the extension (diverted, transferred or conferenced)", now, actions),
             CallEvent::Cleared { .. } => {
                 let reason = if state == State::InIvr { Reason::CallCleared } else { Reason::NoAnswer };
                 if let Some(a) = self.assocs.get_mut(&id) {

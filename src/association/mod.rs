@@ -109,6 +109,9 @@ pub enum Reason {
     RefusedByPhoneOwner,
     /// The PBX sent more events about the proof call than any real call has.
     PbxFlood,
+    /// The proof call left the extension (diverted by call forwarding, transferred or
+    /// conferenced): whoever keys the code may not be at that phone.
+    CallDiverted,
 }
 
 /// How the context id reaches the IVR (per PBX).
@@ -459,12 +462,15 @@ pub enum CallEvent {
     Failed { call: Vec<u8>, cause: Option<i64> },
     /// ConnectionCleared / CallCleared.
     Cleared { call: Vec<u8> },
+    /// Diverted / Transferred / Conferenced: the call no longer joins the extension and the IVR
+    /// alone.
+    Diverted { call: Vec<u8> },
 }
 
 impl CallEvent {
     pub fn call(&self) -> &[u8] {
         match self {
-            CallEvent::Initiated { call } | CallEvent::Originated { call } | CallEvent::Delivered { call } | CallEvent::Established { call } | CallEvent::Failed { call, .. } | CallEvent::Cleared { call } => call,
+            CallEvent::Initiated { call } | CallEvent::Originated { call } | CallEvent::Delivered { call } | CallEvent::Established { call } | CallEvent::Failed { call, .. } | CallEvent::Cleared { call } | CallEvent::Diverted { call } => call,
         }
     }
 }
