@@ -56,6 +56,9 @@ enum Command {
         timeout: std::time::Duration,
         #[arg(long)]
         json: bool,
+        /// Leave the call placed with --make-call up on exit (cleared by default).
+        #[arg(long, requires = "make_call")]
+        keep_call: bool,
     },
     /// Run the gateway: PBX links, HTTP API, IVR webhook (see README: configuration).
     Run {
@@ -138,8 +141,8 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Decode { dialect, json, port, files } => run_decode(dialect, json, port, &files),
-        Command::Probe { config, pbx, monitors, make_call, count, timeout, json } => {
-            runtime().block_on(cstagate::probe::run(cstagate::probe::Probe { config, pbx, monitors, make_call: make_call.map(|v| (v[0].clone(), v[1].clone())), count, timeout, json }))
+        Command::Probe { config, pbx, monitors, make_call, count, timeout, json, keep_call } => {
+            runtime().block_on(cstagate::probe::run(cstagate::probe::Probe { config, pbx, monitors, make_call: make_call.map(|v| (v[0].clone(), v[1].clone())), count, timeout, json, keep_call }))
         }
         Command::Run { config } => runtime().block_on(run_gateway(&config)),
         Command::Demo { dialect, scenario } => runtime().block_on(async move {
