@@ -290,7 +290,13 @@ async fn run_sim(cfg: cstagate::sim::SimConfig, listen: &str) -> ExitCode {
                 Ok(Some(l)) => {
                     let calls: Vec<String> = match l.split_whitespace().collect::<Vec<_>>()[..] {
                         ["hangup"] => std::mem::take(&mut answered).into_iter().collect(),
-                        ["hangup", call] => answered.take(call).into_iter().collect(),
+                        ["hangup", call] => {
+                            let found = answered.take(call);
+                            if found.is_none() {
+                                eprintln!("cstagate sim-pbx: no IVR call {call} (calls: {answered:?})");
+                            }
+                            found.into_iter().collect()
+                        }
                         [] => Vec::new(),
                         _ => {
                             eprintln!("cstagate sim-pbx: commands: `hangup` (every IVR call) or `hangup CALL`");
