@@ -246,8 +246,6 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
                     narration.push(format!("IVR    says: \"{text}\""));
                 }
                 if reply["hangup"].as_bool().unwrap_or(false) {
-                    narration.push("IVR    hangs up".into());
-                    ivr_line.hangup(&call);
                     break;
                 }
                 // The simulated user at the phone answers the prompt.
@@ -267,10 +265,11 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
                 narration.push(format!("USER   keys {d}"));
                 digits = Some(d);
             }
-            call_id = None;
-            if narration.last().is_some_and(|l| l.contains("hangs up")) {
-                break;
-            }
+            // The IVR platform ends its call after the dialogue, however the dialogue ended
+            // (a refused webhook request included), as a real one does.
+            narration.push("IVR    hangs up".into());
+            ivr_line.hangup(&call);
+            break;
         }
         narration
     });

@@ -56,6 +56,9 @@ enum Command {
         timeout: std::time::Duration,
         #[arg(long)]
         json: bool,
+        /// Leave the call placed with --make-call up on exit (cleared by default).
+        #[arg(long, requires = "make_call")]
+        keep_call: bool,
     },
     /// Run the gateway: PBX links, HTTP API, IVR webhook (see README: configuration).
     Run {
@@ -100,6 +103,14 @@ enum Command {
         /// (as another Phase II PBX may).
         #[arg(long, default_value = "bare", value_parser = ["bare", "wrapped"])]
         phase2_results: String,
+        /// The phones' local lock PIN, which their simulated users know: a phone locked with the
+        /// lock prefix asks for it before its next outgoing call, and the user keys it after
+        /// --pin-delay. Without it a locked phone stays locked (the call fails: phone_locked).
+        #[arg(long, value_name = "PIN")]
+        local_pin: Option<String>,
+        /// How long a simulated user takes to key the PIN after picking up.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        pin_delay: std::time::Duration,
     },
 }
 
@@ -135,8 +146,8 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Decode { dialect, json, port, files } => run_decode(dialect, json, port, &files),
-        Command::Probe { config, pbx, monitors, make_call, count, timeout, json } => {
-            runtime().block_on(cstagate::probe::run(cstagate::probe::Probe { config, pbx, monitors, make_call: make_call.map(|v| (v[0].clone(), v[1].clone())), count, timeout, json }))
+        Command::Probe { config, pbx, monitors, make_call, count, timeout, json, keep_call } => {
+            runtime().block_on(cstagate::probe::run(cstagate::probe::Probe { config, pbx, monitors, make_call: make_call.map(|v| (v[0].clone(), v[1].clone())), count, timeout, json, keep_call }))
         }
         Command::Run { config } => runtime().block_on(run_gateway(&config)),
         Command::Demo { dialect, scenario } => runtime().block_on(async move {
@@ -156,7 +167,7 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::SimPbx { listen, dialect, extensions, ivr_number, lock_prefix, acse_user, acse_password_env, keepalive, answer_after, phase2_results } => {
+        Command::SimPbx { listen, dialect, extensions, ivr_number, lock_prefix, acse_user, acse_password_env, keepalive, answer_after, phase2_results, local_pin, pin_delay } => {
             let (framing, dialect, preamble) = match dialect {
                 Profile::Oxe => (Framing::TwoByteLength, Dialect::Phase2, true),
                 Profile::Hipath => (Framing::Siemens, Dialect::Phase3, false),
@@ -169,6 +180,10 @@ fn main() -> ExitCode {
                     return ExitCode::from(5);
                 }
             };
+            if local_pin.as_deref().is_some_and(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#')) {
+                eprintln!("cstagate sim-pbx: --local-pin: digits, * and # only");
+                return ExitCode::from(5);
+            }
             let credentials = match (acse_user, acse_password_env) {
                 (Some(u), Some(var)) => match std::env::var(&var) {
                     Ok(p) => Some((u, p.into())),
@@ -187,14 +202,21 @@ fn main() -> ExitCode {
                 acse: true,
                 credentials,
                 keepalive,
-                extensions: numbers.iter().map(|n| cstagate::sim::Extension::answering(n, answer_after)).collect(),
+                extensions: numbers
+                    .iter()
+                    .map(|n| cstagate::sim::Extension { pin: local_pin.clone(), user_pin: local_pin.clone(), pin_delay, ..cstagate::sim::Extension::answering(n, answer_after) })
+                    .collect(),
                 lock_prefix: Some(lock_prefix),
                 ivr_number: Some(ivr_number),
                 did_prefix: "+3314400".into(),
                 // clap allowed only the two names.
                 phase2_results: phase2_results.parse().unwrap_or_default(),
             };
-            runtime().block_on(run_sim(cfg, &listen))
+            let rt = runtime();
+            let code = rt.block_on(run_sim(cfg, &listen));
+            // A read of stdin may still block its thread: do not wait for it.
+            rt.shutdown_background();
+            code
         }
     }
 }
@@ -238,7 +260,10 @@ fn runtime() -> tokio::runtime::Runtime {
     }
 }
 
+/// The simulated PBX, printing what its IVR number receives; commands on stdin play the IVR
+/// platform's side of the call (`hangup`).
 async fn run_sim(cfg: cstagate::sim::SimConfig, listen: &str) -> ExitCode {
+    use cstagate::sim::IvrSignal;
     let mut sim = match cstagate::sim::SimPbx::start(cfg, listen).await {
         Ok(s) => s,
         Err(e) => {
@@ -248,14 +273,70 @@ async fn run_sim(cfg: cstagate::sim::SimConfig, listen: &str) -> ExitCode {
     };
     println!("simulated PBX listening on {}", sim.addr());
     let mut ivr = sim.take_ivr();
+    let line = sim.ivr_handle();
+    // Calls the IVR number answered and not yet ended, for `hangup` without a call id.
+    let mut answered = std::collections::BTreeSet::new();
+    let mut commands = if stdin_is_ours() { Some(tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tokio::io::stdin()))) } else { None };
     loop {
         tokio::select! {
             s = async { match ivr.as_mut() { Some(r) => r.recv().await, None => None } } => match s {
-                Some(sig) => println!("ivr: {sig:?}"),
+                // What the IVR platform receives: the call, the digits dialled after the number
+                // or sent as DTMF (the context), the PBX ending the call.
+                Some(IvrSignal::Connected { call, calling, called }) => {
+                    println!("ivr: call {call} from {calling} to {called} answered");
+                    answered.insert(call);
+                }
+                Some(IvrSignal::Digits { call, digits }) => println!("ivr: call {call} digits {digits}"),
+                Some(IvrSignal::Cleared { call }) => {
+                    println!("ivr: call {call} cleared by the PBX");
+                    answered.remove(&call);
+                }
                 None => ivr = None,
+            },
+            l = async { match commands.as_mut() { Some(c) => c.next_line().await, None => std::future::pending().await } } => match l {
+                // The IVR platform ends its calls after its last prompt: `hangup [CALL]`.
+                Ok(Some(l)) => {
+                    let calls: Vec<String> = match l.split_whitespace().collect::<Vec<_>>()[..] {
+                        ["hangup"] => std::mem::take(&mut answered).into_iter().collect(),
+                        ["hangup", call] => {
+                            let found = answered.take(call);
+                            if found.is_none() {
+                                eprintln!("cstagate sim-pbx: no IVR call {call} (calls: {answered:?})");
+                            }
+                            found.into_iter().collect()
+                        }
+                        [] => Vec::new(),
+                        _ => {
+                            eprintln!("cstagate sim-pbx: commands: `hangup` (every IVR call) or `hangup CALL`");
+                            Vec::new()
+                        }
+                    };
+                    for call in calls {
+                        line.hangup(&call);
+                        println!("ivr: call {call} hung up by the IVR");
+                    }
+                }
+                // stdin closed (`< /dev/null`, a script): no more commands, the PBX runs on.
+                Ok(None) | Err(_) => commands = None,
             },
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
+    }
+}
+
+/// Whether `sim-pbx` may read commands on stdin: not when it is a background job of an
+/// interactive shell (`cstagate sim-pbx ... &`), where reading the terminal would stop it.
+fn stdin_is_ours() -> bool {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return true;
+    }
+    // /proc/self/stat after the command name: state ppid pgrp session tty_nr tpgid (Linux).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    match (fields.get(2), fields.get(5)) {
+        (Some(pgrp), Some(tpgid)) => pgrp == tpgid,
+        _ => true,
     }
 }
 

@@ -1,6 +1,7 @@
 //! `cstagate probe`: an admin's check that a PBX profile works. It logs in, starts the
 //! monitors, optionally places one MakeCall, and prints link state changes, results and events
-//! one per line (JSON with the same names as `cstagate decode --json` when asked).
+//! one per line (JSON with the same names as `cstagate decode --json` when asked). The call it
+//! placed is cleared before it exits, unless asked to keep it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,10 +12,11 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use crate::codec::body::{FieldName as F, Value};
-use crate::codec::{Apdu, Body, DeviceId, Operation};
+use crate::codec::apdu::ErrorCategory;
+use crate::codec::{Apdu, Body, ConnectionId, DeviceId, Operation};
 use crate::config::Config;
 use crate::decode::{describe, to_line};
-use crate::link::{Link, LinkState, MonitorEvent};
+use crate::link::{Link, LinkState, MonitorEvent, RequestError};
 
 pub struct Probe {
     pub config: PathBuf,
@@ -24,6 +26,9 @@ pub struct Probe {
     pub count: Option<usize>,
     pub timeout: Duration,
     pub json: bool,
+    /// Leave the call placed with `make_call` up on exit (by default the probe clears it, so a
+    /// check leaves no call behind on a production PBX).
+    pub keep_call: bool,
 }
 
 /// Exit codes, documented in the README.
@@ -112,11 +117,13 @@ async fn session(p: &Probe, link: &Link, deadline: Instant, dialect: crate::code
         }
     }
     drop(tx);
+    let mut placed = None;
     if let Some((from, to)) = &p.make_call {
         let (Ok(a), Ok(b)) = (DeviceId::dialing(from), DeviceId::dialing(to)) else { return fail(EXIT_CONFIG, "device numbers must be ASCII") };
         let body = Body::new().with(F::CallingDevice, Value::DeviceId(a)).with(F::CalledDirectoryNumber, Value::DeviceId(b));
         match link.request(Operation::MakeCall, body).await {
             Ok(result) => {
+                placed = result.connection(F::CallingDevice).cloned();
                 let mut o = Map::new();
                 describe(&Apdu::result(0, Operation::MakeCall, result), dialect, &mut o);
                 o.remove("invoke_id");
@@ -125,14 +132,40 @@ async fn session(p: &Probe, link: &Link, deadline: Instant, dialect: crate::code
             Err(e) => return fail(EXIT_CSTA_ERROR, &format!("makeCall {from} → {to}: {e}")),
         }
     }
+    print_events(p, &mut rx, deadline, dialect).await;
+    match placed {
+        Some(conn) if !p.keep_call => clear(p, link, conn, dialect).await,
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// Clear the call the probe placed. A call already gone (the far end hung up, the PBX ended it)
+/// is not an error; any other refusal is, since the call may still be up.
+async fn clear(p: &Probe, link: &Link, conn: ConnectionId, dialect: crate::codec::Dialect) -> ExitCode {
+    match link.request(Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(conn))).await {
+        Ok(result) => {
+            let mut o = Map::new();
+            describe(&Apdu::result(0, Operation::ClearConnection, result), dialect, &mut o);
+            o.remove("invoke_id");
+            print(p.json, o);
+            ExitCode::SUCCESS
+        }
+        // invalidConnectionID: the PBX no longer knows the call.
+        Err(RequestError::Failure(u)) if u.category == ErrorCategory::Operation && u.value == Some(13) => ExitCode::SUCCESS,
+        Err(e) => fail(EXIT_CSTA_ERROR, &format!("clearConnection of the call placed: {e} (it may still be up)")),
+    }
+}
+
+/// Print events until `count` of them, the deadline, or the end of every monitor.
+async fn print_events(p: &Probe, rx: &mut mpsc::Receiver<(String, MonitorEvent)>, deadline: Instant, dialect: crate::codec::Dialect) {
     let mut n = 0usize;
     loop {
         if p.count.is_some_and(|c| n >= c) {
-            return ExitCode::SUCCESS;
+            return;
         }
         tokio::select! {
             ev = rx.recv() => {
-                let Some((device, ev)) = ev else { return ExitCode::SUCCESS };
+                let Some((device, ev)) = ev else { return };
                 let mut o = Map::new();
                 o.insert("device".into(), json!(device));
                 match ev {
@@ -146,7 +179,7 @@ async fn session(p: &Probe, link: &Link, deadline: Instant, dialect: crate::code
                 }
                 print(p.json, o);
             }
-            _ = sleep_until(deadline) => return ExitCode::SUCCESS,
+            _ = sleep_until(deadline) => return,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Differential test: an independent ASN.1 implementation (asn1tools, compiled from the modules
 //! in `asn1/`, which `.ci/run` installs from PyPI) decodes every capture APDU and every worked
 //! vector to the same values as our codec. Both sides are reduced to the projection described
-//! in `asn1/README.md` and compared key by key.
+//! in `asn1/README.md` and compared key by key. Without asn1tools the test is skipped with a
+//! notice, unless `CSTAGATE_REQUIRE_ASN1TOOLS=1` (CI) makes it mandatory.
 
 mod common;
 
@@ -178,6 +179,9 @@ fn inputs() -> Vec<(String, Dialect, Bytes)> {
 
 #[test]
 fn asn1tools_compiled_from_asn1_decodes_every_capture_and_vector_like_our_codec() {
+    if !common::require_external("asn1tools", "CSTAGATE_REQUIRE_ASN1TOOLS", &["python3", "-c", "import asn1tools"], "`pip install asn1tools==0.169.0`") {
+        return;
+    }
     let inputs = inputs();
     let script = common::path("tests/asn1tools/project.py");
     let mut child = Command::new("python3")
@@ -188,7 +192,7 @@ fn asn1tools_compiled_from_asn1_decodes_every_capture_and_vector_like_our_codec(
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("python3 runs (CI installs it and asn1tools)");
+        .expect("python3 runs (checked above)");
     {
         let mut stdin = child.stdin.take().expect("stdin");
         for (_, d, b) in &inputs {
@@ -200,7 +204,7 @@ fn asn1tools_compiled_from_asn1_decodes_every_capture_and_vector_like_our_codec(
         }
     }
     let out = child.wait_with_output().expect("projection script finishes");
-    assert!(out.status.success(), "project.py failed (is asn1tools installed? `pip install asn1tools`)");
+    assert!(out.status.success(), "project.py failed");
     let lines: Vec<&str> = std::str::from_utf8(&out.stdout).expect("utf-8").lines().collect();
     assert_eq!(lines.len(), inputs.len(), "one projection per input");
     let mut mismatches = Vec::new();

@@ -184,7 +184,16 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
     let failed_attempts: usize = results.iter().map(|r| r.3["history"].as_array().map_or(0, |h| h.iter().filter(|s| s["step"] == "failed").count())).sum();
     eprintln!("load with faults: {N} associations in {:.1} s, {faults} faults, {failed_attempts} failed attempts retried or ended: {by_state:?}; process RSS {rss0:.0} → {:.0} MiB (PBX simulator, gateway and 1,000 app tasks in one process)", elapsed.as_secs_f64(), rss_mib());
     assert!(faults >= 2 && failed_attempts > 0, "the faults hit associations in flight");
-    assert!(by_state.get("bound").copied().unwrap_or(0) > N / 2, "most associations bind despite the faults: {by_state:?}");
+    // How many bind depends on how fast the machine gets through the attempts while the faults
+    // last, so it is not asserted. What the test controls is: the IVR keys the right code on
+    // every call, and the app cancels only after MAX_ATTEMPTS failed attempts. So each
+    // association binds, or the app cancelled it after exactly that many; nothing else.
+    for (id, _, _, v) in &results {
+        if v["state"] != "bound" {
+            let failed = v["history"].as_array().map_or(0, |h| h.iter().filter(|s| s["step"] == "failed").count());
+            assert_eq!((v["state"].as_str(), v["reason"].as_str(), failed), (Some("cancelled"), Some("cancelled_by_user"), MAX_ATTEMPTS), "{id}: bound, or given up by the app after {MAX_ATTEMPTS} failed attempts: {v}");
+        }
+    }
 
     // The store: each success exactly once, no binding without success.
     for (id, ext, account, v) in &results {
@@ -204,6 +213,12 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
     tokio::time::timeout(Duration::from_secs(60), sim.wait_stats(|s| s.live_calls == 0)).await.unwrap_or_else(|_| panic!("calls left up: {}", sim.stats().live_calls));
     let metrics = gateway_metrics(&gw.http).await;
     assert_eq!(metrics.get("cstagate_associations_live"), Some(&0), "{metrics:?}");
+    // Memory bounded by the work, not by the faults: the ended associations of the run at most,
+    // one binding per success, and the IVR calls followed at most the proof calls placed.
+    let bound = by_state.get("bound").copied().unwrap_or(0) as u64;
+    assert_eq!(metrics.get("cstagate_bindings"), Some(&bound), "{metrics:?}");
+    assert!(metrics.get("cstagate_associations_in_memory").is_some_and(|&m| m <= N as u64), "{metrics:?}");
+    assert!(metrics.get("cstagate_ivr_calls").is_some_and(|&c| c <= (N * MAX_ATTEMPTS) as u64), "{metrics:?}");
     assert_eq!(link.queued_commands(), 0);
     assert_eq!(gw.link().state(), LinkState::Up);
     let (s, _) = gw.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "late", "extension": exts[0] }))).await.unwrap();

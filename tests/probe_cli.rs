@@ -46,6 +46,15 @@ async fn probe_monitors_calls_and_prints_events_then_exits_zero() {
     let events: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
     assert_eq!(events, ["serviceInitiated", "originated", "networkReached", "delivered", "established"]);
     assert!(lines.iter().filter(|l| l["event"].is_string()).all(|l| l["device"] == "2005" && l["xref"].is_string()));
+    // The probe cleared the call it placed before it exited: nothing is left up on the PBX.
+    assert!(lines.iter().any(|l| l["kind"] == "result" && l["operation"] == "clearConnection"), "{lines:?}");
+    tokio::time::timeout(Duration::from_secs(10), sim.wait_stats(|s| s.live_calls == 0)).await.unwrap_or_else(|_| panic!("the probe left its call up: {:?}", sim.stats()));
+
+    // --keep-call leaves it up (the probe is gone, so nothing else will clear it).
+    let (code, lines, err) = probe(&config(&sim.addr().to_string(), ""), &["--pbx", "lab", "--monitor", "2005", "--make-call", "2005", "0800100200", "--count", "5", "--timeout", "20s", "--keep-call"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(!lines.iter().any(|l| l["operation"] == "clearConnection"), "{lines:?}");
+    assert_eq!(sim.stats().live_calls, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -152,6 +152,25 @@ async fn the_lock_prefix_locks_and_the_local_pin_unlocks() {
 }
 
 #[tokio::test]
+async fn a_locked_phone_calls_out_once_its_user_has_keyed_the_pin() {
+    let mut cfg = SimConfig::phase3(&["2005"]);
+    cfg.extensions[0].pin = Some("1234".into());
+    cfg.extensions[0].user_pin = Some("1234".into());
+    cfg.extensions[0].pin_delay = Duration::from_millis(200);
+    let (sim, link, mut ivr) = setup(cfg).await;
+    let mut m = link.monitor("2005").await.unwrap();
+    link.request(Operation::MakeCall, make_call("2005", "*66")).await.unwrap();
+    kinds(&mut m, 3).await;
+    assert!(sim.is_locked("2005"));
+    // The phone rings, its user picks up and keys the PIN: the call goes out, unlocked.
+    link.request(Operation::MakeCall, make_call("2005", IVR)).await.unwrap();
+    let got = kinds(&mut m, 5).await;
+    assert_eq!(got.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [EventKind::ServiceInitiated, EventKind::Originated, EventKind::NetworkReached, EventKind::Delivered, EventKind::Established]);
+    assert!(!sim.is_locked("2005"));
+    assert!(matches!(ivr_next(&mut ivr).await, IvrSignal::Connected { .. }));
+}
+
+#[tokio::test]
 async fn busy_out_of_service_unknown_and_never_answering_phones() {
     let mut cfg = SimConfig::phase3(&["2005", "2006", "2007", "2008"]);
     cfg.extensions[1].behaviour = Behaviour::Busy;

@@ -10,7 +10,8 @@
 //!   and ConnectionCleared when cleared; per-extension behaviour (answers after a delay, never
 //!   answers, busy, out of service); per-extension lock state with a local PIN: a MakeCall to the
 //!   lock prefix locks the phone, and a locked phone asks its user for the PIN before an outgoing
-//!   call (wrong PIN: Failed).
+//!   call: the user keys it after the extension's `pin_delay` and the call goes out (wrong or no
+//!   PIN: Failed, cause 35).
 //! - Calls to the IVR number reach an IVR endpoint the caller provides ([`IvrSignal`]), with the
 //!   digits sent by GenerateDigits/SendDTMFTones or dialled after the number.
 //! - Fault injection ([`Faults`]): drop the connection at a chosen message, stall, delay results,
@@ -52,12 +53,14 @@ pub struct Extension {
     pub pin: Option<String>,
     /// What the simulated user keys when the locked phone asks for the PIN.
     pub user_pin: Option<String>,
+    /// How long the user takes to key it, after picking up: the proof call goes out only then.
+    pub pin_delay: Duration,
     pub locked: bool,
 }
 
 impl Extension {
     pub fn answering(number: &str, after: Duration) -> Self {
-        Extension { number: number.to_owned(), behaviour: Behaviour::Answer { after }, pin: None, user_pin: None, locked: false }
+        Extension { number: number.to_owned(), behaviour: Behaviour::Answer { after }, pin: None, user_pin: None, pin_delay: Duration::ZERO, locked: false }
     }
 }
 

@@ -38,6 +38,8 @@ pub(crate) enum Timer {
     CallerAnswers { call: u16, generation: u64 },
     /// The called extension picked up.
     CalleeAnswers { call: u16, generation: u64 },
+    /// The user of a locked phone keyed its PIN: the phone unlocks and the call goes out.
+    PinKeyed { call: u16, generation: u64 },
     Keepalive { conn: u64 },
     Send { conn: u64, apdu: Apdu },
 }
@@ -238,7 +240,12 @@ impl Switch {
             }
             Timer::CallerAnswers { call, generation } if generation == self.generation => self.caller_answers(call),
             Timer::CalleeAnswers { call, generation } if generation == self.generation => self.callee_answers(call),
-            Timer::CallerAnswers { .. } | Timer::CalleeAnswers { .. } => {}
+            Timer::PinKeyed { call, generation } if generation == self.generation => {
+                let Some(caller) = self.calls.get(&call).map(|c| c.caller.clone()) else { return };
+                self.set_locked(&caller, false);
+                self.goes_out(call);
+            }
+            Timer::CallerAnswers { .. } | Timer::CalleeAnswers { .. } | Timer::PinKeyed { .. } => {}
         }
     }
 
@@ -389,7 +396,7 @@ impl Switch {
 
     fn caller_answers(&mut self, call: u16) {
         let Some(c) = self.calls.get(&call) else { return };
-        let (id, caller, called, suffix) = (c.id.clone(), c.caller.clone(), c.called.clone(), c.suffix.clone());
+        let (id, caller, called) = (c.id.clone(), c.caller.clone(), c.called.clone());
         let lock_prefix = lock(&self.shared.config).lock_prefix.clone();
         // A MakeCall to the lock prefix locks the phone; the feature is acknowledged by a tone
         // and the call ends.
@@ -399,10 +406,10 @@ impl Switch {
             self.clear(call, &caller, 48);
             return;
         }
-        let (locked, pin_ok) = {
+        let (locked, pin_ok, pin_delay) = {
             let cfg = lock(&self.shared.config);
             let e = cfg.extensions.iter().find(|e| e.number == caller);
-            (e.is_some_and(|e| e.locked), e.is_some_and(|e| e.pin.is_some() && e.pin == e.user_pin))
+            (e.is_some_and(|e| e.locked), e.is_some_and(|e| e.pin.is_some() && e.pin == e.user_pin), e.map_or(Duration::ZERO, |e| e.pin_delay))
         };
         if locked {
             if !pin_ok {
@@ -416,8 +423,20 @@ impl Switch {
                 self.clear(call, &caller, 35);
                 return;
             }
+            // The phone asks for its PIN; the user keys it, and only then does the call go out.
+            if !pin_delay.is_zero() {
+                self.after(pin_delay, Timer::PinKeyed { call, generation: self.generation });
+                return;
+            }
             self.set_locked(&caller, false);
         }
+        self.goes_out(call);
+    }
+
+    /// The calling phone is off-hook (and unlocked): the call goes out to the dialled number.
+    fn goes_out(&mut self, call: u16) {
+        let Some(c) = self.calls.get(&call) else { return };
+        let (id, caller, called, suffix) = (c.id.clone(), c.caller.clone(), c.called.clone(), c.suffix.clone());
         self.emit(&caller, EventKind::Originated, originated(&id, &caller, &called));
         let (ivr, internal) = match self.calls.get(&call) {
             Some(c) => (c.ivr, c.internal_callee),

@@ -63,3 +63,30 @@ pub fn hex(s: &str) -> Bytes {
 pub fn path(p: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
 }
+
+/// Whether an external program a test needs is present: `probe` (a program and its
+/// arguments) runs and exits 0. When it does not, the test is mandatory if the environment
+/// variable `require_var` is `1` (CI sets it: `.ci/run`), and this panics; otherwise it prints a
+/// notice past the test harness's output capture (so `cargo test` shows it even for a passing
+/// test) and returns `false`, and the test returns early. A fresh machine with only the Rust
+/// toolchain thus passes the suite and says what it skipped.
+pub fn require_external(what: &str, require_var: &str, probe: &[&str], install: &str) -> bool {
+    use std::io::Write;
+    let (program, args) = probe.split_first().expect("a probe command");
+    let present = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return true;
+    }
+    let probe: Vec<String> = probe.iter().map(|a| if a.contains(' ') { format!("'{a}'") } else { (*a).to_owned() }).collect();
+    let probe = probe.join(" ");
+    assert!(std::env::var(require_var).as_deref() != Ok("1"), "{what} is required ({require_var}=1) but `{probe}` failed; install it: {install}");
+    // Straight to the process's stderr: `eprintln!` would be captured and shown only on failure.
+    let _ = writeln!(std::io::stderr(), "NOTICE: {what} not found (`{probe}` failed): this test is SKIPPED. Install it ({install}) to run it; {require_var}=1 makes it mandatory, as in CI.");
+    false
+}
