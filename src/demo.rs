@@ -353,7 +353,7 @@ pub async fn drive_many(http: &Http, ivr: &mut Ivr, ivr_secret: &str, tenant_tok
             tokio::spawn(async move {
                 // The call can reach the IVR before the app has read the API's answer: wait for
                 // the code to be known.
-                let (code, right) = codes.wait_for(&extension).await;
+                let (code, right) = codes.take(&extension).await;
                 let r = ivr_dialogue(&http, &secret, &call, &from, &ctx, &code, right).await;
                 hang.hangup(&call);
                 let _ = done.send(r);
@@ -436,12 +436,14 @@ impl CodeBook {
         self.added.notify_waiters();
     }
 
-    async fn wait_for(&self, extension: &str) -> (String, bool) {
+    /// The code of the extension's current association, taken once: the next round's call to
+    /// the same extension must wait for the next round's code, not reuse this one.
+    async fn take(&self, extension: &str) -> (String, bool) {
         loop {
             let notified = self.added.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(v) = self.codes.lock().ok().and_then(|m| m.get(extension).cloned()) {
+            if let Some(v) = self.codes.lock().ok().and_then(|mut m| m.remove(extension)) {
                 return v;
             }
             notified.await;
@@ -537,7 +539,7 @@ async fn ivr_dialogue(http: &Http, secret: &str, call: &str, from: &str, ctx: &s
             return Err(format!("webhook {s}: {r}"));
         }
         if i == last && right {
-            if !r["say"].as_str().unwrap_or("").contains("linked") {
+            if !r["say"].as_str().unwrap_or("").contains("now linked") {
                 return Err(format!("expected a binding, got {r}"));
             }
             took = Some(t.elapsed());

@@ -134,7 +134,7 @@ fn the_whole_flow_binds_the_extension_with_the_calling_number_as_unverified_did(
     let r = t.ivr("c1", Some("1"));
     assert_eq!(r.gather.as_ref().unwrap().max_digits, 6);
     let r = t.ivr("c1", Some(&format!("{CODE}#")));
-    assert!(r.hangup && r.say.contains("linked"), "{}", r.say);
+    assert!(r.hangup && r.say.contains("now linked"), "{}", r.say);
     assert_eq!(t.state(&v.id), (State::Bound, None, false));
     let b = t.e.binding("paris", "2005").unwrap();
     assert_eq!((b.account.as_str(), b.did.as_deref(), b.did_verified), ("alice", Some("+33144002005"), false));
@@ -590,7 +590,7 @@ impl T {
         self.ivr(&call, Some(&ctx));
         self.ivr(&call, Some("1"));
         let r = self.ivr(&call, Some(CODE));
-        assert!(r.say.contains("linked"), "{}", r.say);
+        assert!(r.say.contains("now linked"), "{}", r.say);
         assert_eq!(self.state(id).0, State::Bound);
     }
 }
@@ -633,7 +633,7 @@ fn a_request_just_ahead_of_the_pbx_report_waits_for_it_and_claims_the_attempt() 
     let reply = T::ivr_reply_for(&out, "ivr-1").expect("answered as the PBX reports the answer");
     assert!(reply.say.contains("press 1"), "{}", reply.say);
     t.ivr("ivr-1", Some("1"));
-    assert!(t.ivr("ivr-1", Some(CODE)).say.contains("linked"));
+    assert!(t.ivr("ivr-1", Some(CODE)).say.contains("now linked"));
     assert_eq!(t.state(&id).0, State::Bound);
 }
 
@@ -659,7 +659,7 @@ fn a_second_ivr_call_with_the_context_fails_the_attempt_whichever_came_first() {
     assert!(t.ivr("proof", Some(&ctx)).hangup);
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::IvrCallMismatch), true));
     let r = t.ivr_from("evil", MOBILE, Some(CODE)).ivr.unwrap();
-    assert!(r.hangup && !r.say.contains("linked"), "{}", r.say);
+    assert!(r.hangup && !r.say.contains("now linked"), "{}", r.say);
     assert!(t.e.binding("paris", "2006").is_none());
 }
 
@@ -717,7 +717,7 @@ fn another_accounts_wrong_entries_never_lock_out_the_extensions_owner() {
     let (id, ctx) = t.to_ivr("alice", "2005");
     t.ivr("a1", Some(&ctx));
     t.ivr("a1", Some("1"));
-    assert!(t.ivr("a1", Some(CODE)).say.contains("linked"));
+    assert!(t.ivr("a1", Some(CODE)).say.contains("now linked"));
     assert_eq!(t.state(&id).0, State::Bound);
     // The admin sees and resets mallory's counters.
     let scope = AdminScope::Account { tenant: None, account: "mallory".into() };
@@ -812,7 +812,7 @@ fn empty_short_long_and_prefixed_codes_are_wrong() {
     t.ivr("c1", Some("1"));
     for (i, entry) in ["#", &CODE[..5], &format!("{CODE}0")].into_iter().enumerate() {
         let r = t.ivr("c1", Some(entry));
-        assert!(!r.say.contains("linked"), "{entry:?} must not bind: {}", r.say);
+        assert!(!r.say.contains("now linked"), "{entry:?} must not bind: {}", r.say);
         assert!(t.e.binding("paris", "2005").is_none());
         if i < 2 {
             assert!(r.say.contains("not correct"), "{entry:?}: {}", r.say);

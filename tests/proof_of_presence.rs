@@ -106,7 +106,7 @@ impl Env {
         assert!(r["say"].as_str().unwrap().contains("press 1"), "{r}");
         self.say(&call, DID_2005, Some("1")).await;
         let r = self.say(&call, DID_2005, Some(code)).await;
-        assert!(r["say"].as_str().unwrap().contains("linked"), "{r}");
+        assert!(r["say"].as_str().unwrap().contains("now linked"), "{r}");
         self.wait(id, |v| v["state"] == "bound").await;
         assert_eq!(self.binding("2005").await, 200);
     }
