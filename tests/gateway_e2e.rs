@@ -73,7 +73,11 @@ async fn to_ivr(e: &mut Env, account: &str, ext: &str) -> (String, String, Strin
         IvrSignal::Digits { digits, .. } => digits,
         other => panic!("{other:?}"),
     };
-    (v["id"].as_str().unwrap().to_owned(), v["code"].as_str().unwrap().to_owned(), call, ctx)
+    // The simulator tells its IVR side directly, the gateway hears of the answer over CSTA:
+    // wait for the gateway's own view, not the side channel.
+    let id = v["id"].as_str().unwrap().to_owned();
+    wait_assoc(&e.http, &id, |v| v["state"] == "in_ivr").await;
+    (id, v["code"].as_str().unwrap().to_owned(), call, ctx)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
