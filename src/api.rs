@@ -63,6 +63,8 @@ struct AppState {
     replay: Arc<Mutex<ReplayCache>>,
     /// Event streams open, by tenant.
     streams: Arc<Mutex<HashMap<String, usize>>>,
+    /// The IVR adapters' guessing limits and counters (the webhook's, and FastAGI's for `/metrics`).
+    ivr: crate::ivr::IvrGuards,
 }
 
 /// Event streams (server-sent events) one tenant may hold open at once: each holds a connection,
@@ -106,7 +108,12 @@ impl Drop for StreamSlot {
 
 /// The API's router.
 pub fn router(gw: Gateway, secrets: Secrets) -> Router {
-    let state = AppState { gw, secrets: Arc::new(secrets), replay: Arc::new(Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY))), streams: Arc::default() };
+    router_with(gw, secrets, crate::ivr::IvrGuards::default())
+}
+
+/// The API's router, its webhook guarded by (and `/metrics` reading) `ivr`.
+pub fn router_with(gw: Gateway, secrets: Secrets, ivr: crate::ivr::IvrGuards) -> Router {
+    let state = AppState { gw, secrets: Arc::new(secrets), replay: Arc::new(Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY))), streams: Arc::default(), ivr };
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -343,6 +350,38 @@ async fn metrics(State(st): State<AppState>) -> Response {
         "# HELP cstagate_webhook_replay_cache_entries Webhook signatures remembered to refuse replays (at most {REPLAY_CACHE_CAPACITY}).\n# TYPE cstagate_webhook_replay_cache_entries gauge\ncstagate_webhook_replay_cache_entries {}\n",
         replay_entries(&st)
     ));
+    for (name, help, v) in [
+        ("ivr_unknown_context_total", "Context ids entered that matched no association, by IVR adapter.", [st.ivr.webhook.unknown_total(), st.ivr.fastagi.unknown_total()]),
+        ("ivr_guesses_refused_total", "Context id entries refused without asking the engine: too many unknown ids in the last minute.", [st.ivr.webhook.refused_total(), st.ivr.fastagi.refused_total()]),
+    ] {
+        out.push_str(&format!("# HELP cstagate_{name} {help}\n# TYPE cstagate_{name} counter\n"));
+        for (adapter, v) in ["webhook", "fastagi"].iter().zip(v) {
+            out.push_str(&format!("cstagate_{name}{{adapter=\"{adapter}\"}} {v}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "# HELP cstagate_fastagi_refused_total FastAGI connections from peers outside fastagi_allow, closed unread.\n# TYPE cstagate_fastagi_refused_total counter\ncstagate_fastagi_refused_total {}\n",
+        st.ivr.fastagi_refused.load(std::sync::atomic::Ordering::Relaxed)
+    ));
+    let notified = st.gw.notifier().map(crate::notify::Notifier::stats).unwrap_or_default();
+    for (name, kind, help) in [
+        ("notifications_queued", "gauge", "Account notifications waiting in the tenant's queue."),
+        ("notifications_delivered_total", "counter", "Account notifications accepted by the tenant's endpoint."),
+        ("notifications_failed_total", "counter", "Account notifications given up after every attempt failed."),
+        ("notifications_dropped_total", "counter", "Account notifications dropped: the tenant's queue was full."),
+    ] {
+        out.push_str(&format!("# HELP cstagate_{name} {help}\n# TYPE cstagate_{name} {kind}\n"));
+        for t in &notified {
+            let v = match name {
+                "notifications_queued" => t.queued as u64,
+                "notifications_delivered_total" => t.delivered,
+                "notifications_failed_total" => t.given_up,
+                _ => t.dropped,
+            };
+            let tenant = t.tenant.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            out.push_str(&format!("cstagate_{name}{{tenant=\"{tenant}\"}} {v}\n"));
+        }
+    }
     ([("content-type", "text/plain; version=0.0.4")], out).into_response()
 }
 
@@ -1015,12 +1054,26 @@ async fn ivr_webhook(State(st): State<AppState>, headers: HeaderMap, body: Bytes
                 return Err(err(StatusCode::BAD_REQUEST, "`digits` must be DTMF digits (0-9 * #), at most 64", Some("digits")));
             }
         }
+        let now = now_ms();
+        let calls = || st.ivr.webhook_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if req.hangup {
-            let _ = st.gw.call(Input::IvrHangup { call: req.call, now: now_ms() }).await;
+            calls().set(&req.call, false, now);
+            let _ = st.gw.call(Input::IvrHangup { call: req.call, now }).await;
             return Ok(Json(json!({ "say": "", "hangup": true })).into_response());
         }
-        let out = st.gw.call(Input::Ivr { call: req.call, from: req.from, to: req.to, digits: req.digits, now: now_ms() }).await.ok_or_else(unavailable)?;
+        // Digits on a call not past the context stage are a context entry: guarded.
+        let entry = crate::ivr::names_a_number(req.digits.as_deref()) && !calls().contains(&req.call, now);
+        if entry && !st.ivr.webhook.admit(&req.call, now) {
+            let _ = st.gw.call(Input::IvrHangup { call: req.call, now }).await;
+            return Ok(Json(crate::association::IvrReply { prompt: crate::ivr::REFUSED_PROMPT, say: crate::ivr::REFUSED_SAY.into(), gather: None, hangup: true }).into_response());
+        }
+        let call = req.call.clone();
+        let out = st.gw.call(Input::Ivr { call: req.call, from: req.from, to: req.to, digits: req.digits, now }).await.ok_or_else(unavailable)?;
         let reply = out.ivr.ok_or_else(unavailable)?;
+        if entry {
+            st.ivr.webhook.answered(&call, reply.prompt, now);
+        }
+        calls().set(&call, !reply.hangup && !crate::ivr::asks_context(reply.prompt), now);
         Ok(Json(reply).into_response())
     };
     either(r.await)

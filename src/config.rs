@@ -53,6 +53,14 @@ pub struct GatewaySettings {
     /// Time a client has to send a request's headers (also while a kept-alive connection waits).
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub header_timeout: std::time::Duration,
+    /// Networks whose peers may use the FastAGI server (`["10.1.2.0/24", "2001:db8::7"]`);
+    /// connections from others are closed unread. Loopback only by default.
+    #[serde(default = "default_fastagi_allow")]
+    pub fastagi_allow: Vec<String>,
+    /// Unknown context ids each IVR adapter (webhook, FastAGI) hears per minute at most, across
+    /// all its calls; beyond, a context entry gets goodbye.
+    #[serde(default = "default_ivr_guesses_per_minute")]
+    pub ivr_guesses_per_minute: u32,
 }
 
 impl Default for GatewaySettings {
@@ -67,8 +75,39 @@ impl Default for GatewaySettings {
             fastagi_fallback: None,
             max_connections: default_max_connections(),
             header_timeout: default_header_timeout(),
+            fastagi_allow: default_fastagi_allow(),
+            ivr_guesses_per_minute: default_ivr_guesses_per_minute(),
         }
     }
+}
+
+impl GatewaySettings {
+    /// `fastagi_allow` parsed.
+    ///
+    /// # Errors
+    /// An entry that is not an IP network, or an empty list.
+    pub fn fastagi_allow_networks(&self) -> Result<Vec<crate::ivr::Cidr>, ConfigError> {
+        let invalid = |why: String| ConfigError::Invalid { at: "[gateway]".into(), key: "fastagi_allow", why };
+        if self.fastagi_allow.is_empty() {
+            return Err(invalid("must name at least one network (it is loopback only when absent)".into()));
+        }
+        self.fastagi_allow.iter().map(|s| s.parse().map_err(invalid)).collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.fastagi_allow_networks()?;
+        if !(1..=100_000).contains(&self.ivr_guesses_per_minute) {
+            return Err(ConfigError::Invalid { at: "[gateway]".into(), key: "ivr_guesses_per_minute", why: "must be 1 to 100000".into() });
+        }
+        Ok(())
+    }
+}
+
+fn default_fastagi_allow() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+fn default_ivr_guesses_per_minute() -> u32 {
+    crate::ivr::GUESSES_PER_MINUTE
 }
 
 fn default_max_connections() -> usize {
@@ -298,6 +337,7 @@ impl Config {
         if g.header_timeout.is_zero() {
             return gateway("header_timeout", "must be longer than zero");
         }
+        g.validate()?;
         let mut tenants = std::collections::HashSet::new();
         for t in &self.tenant {
             let tenant = |key, why: &str| Err(ConfigError::Invalid { at: format!("tenant `{}`", t.id), key, why: why.into() });
@@ -590,5 +630,29 @@ mod tests {
         assert!(e.contains("acse_user"), "{e}");
         let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='oxe'\nphase2_results='boxed'\n").unwrap_err().to_string();
         assert!(e.contains("phase2_results") || e.contains("boxed"), "{e}");
+        for (bad, key) in [
+            ("fastagi_allow = ['10.0.0.5/8']", "fastagi_allow"),
+            ("fastagi_allow = ['asterisk.local']", "fastagi_allow"),
+            ("fastagi_allow = []", "fastagi_allow"),
+            ("fastagi_allow = '10.0.0.0/8'", "fastagi_allow"),
+            ("ivr_guesses_per_minute = 0", "ivr_guesses_per_minute"),
+            ("ivr_guesses_per_minute = -1", "ivr_guesses_per_minute"),
+            ("ivr_guesses_per_minute = 'many'", "ivr_guesses_per_minute"),
+            ("ivr_guesses = 10", "ivr_guesses"),
+        ] {
+            let e = Config::parse(&format!("[gateway]\n{bad}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn fastagi_is_loopback_only_and_guesses_30_a_minute_by_default() {
+        let c = Config::parse("").unwrap();
+        let nets = c.gateway.fastagi_allow_networks().unwrap();
+        assert_eq!(nets.iter().map(ToString::to_string).collect::<Vec<_>>(), ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(c.gateway.ivr_guesses_per_minute, 30);
+        let c = Config::parse("[gateway]\nfastagi_allow = ['10.1.2.0/24', '2001:db8::7']\nivr_guesses_per_minute = 5\n").unwrap();
+        assert_eq!(c.gateway.fastagi_allow_networks().unwrap().len(), 2);
+        assert_eq!(c.gateway.ivr_guesses_per_minute, 5);
     }
 }

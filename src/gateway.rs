@@ -129,6 +129,11 @@ impl Gateway {
         self.unbinds.subscribe()
     }
 
+    /// The account notifier, when some tenant has a notification URL (for `/metrics`).
+    pub fn notifier(&self) -> Option<&crate::notify::Notifier> {
+        self.notifier.as_ref()
+    }
+
     /// Stop the actor and wait until it has committed its last batch and closed the store.
     pub async fn stop(&self) {
         if self.tx.send(Cmd::Stop).await.is_ok() {

@@ -1,26 +1,58 @@
 //! A small JSON-over-HTTP/1.1 client (hyper): the demo's app and IVR platform, the tests, and
 //! account notifications.
+//!
+//! Every request is bounded: [`CONNECT_TIMEOUT`] to connect, [`REQUEST_TIMEOUT`] for the whole
+//! exchange (sending, the answer's head and its body), and at most [`MAX_RESPONSE_BODY`] bytes of
+//! answer. A peer that accepts and never answers, or never accepts, costs one connection for that
+//! long, no more: when a request gives up, its connection is closed.
+
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-/// A small JSON-over-HTTP client for loopback (the demo's app and IVR platform, and tests).
+/// Time to set up a TCP connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time for a whole request, connecting included: from sending it to the last byte of the answer.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest answer body read.
+pub const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
+
+/// A small JSON-over-HTTP client (the demo's app and IVR platform, tests, account notifications).
 #[derive(Clone)]
 pub struct Http {
     base: String,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    request_timeout: Duration,
+    max_body: usize,
 }
 
 impl Http {
+    /// A client of `base` (`http://host:port`) with the default timeouts.
     pub fn new(base: &str) -> Http {
+        Http::with_timeouts(base, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+    }
+
+    /// A client of `base` with its own connect and whole-request timeouts.
+    pub fn with_timeouts(base: &str, connect: Duration, request: Duration) -> Http {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(connect));
         // Idle pooled connections are dropped well before the gateway closes them
         // (`header_timeout`, 10 s by default): reusing a connection at the moment the server
         // closes it fails the request.
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(std::time::Duration::from_secs(4)).build_http();
-        Http { base: base.trim_end_matches('/').to_owned(), client }
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(4)).build(connector);
+        Http { base: base.trim_end_matches('/').to_owned(), client, request_timeout: request, max_body: MAX_RESPONSE_BODY }
+    }
+
+    /// Read at most `max` bytes of an answer's body (more fails the request).
+    #[must_use]
+    pub fn max_body(mut self, max: usize) -> Http {
+        self.max_body = max;
+        self
     }
 
     /// Send a request; returns the status and the body parsed as JSON (`null` if not JSON).
@@ -45,10 +77,14 @@ impl Http {
             req = req.header("content-type", "application/json");
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(|e| error_chain(&e))?;
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, bytes))
+        let exchange = async {
+            let resp = self.client.request(req).await.map_err(|e| error_chain(&e))?;
+            let status = resp.status().as_u16();
+            let bytes = Limited::new(resp.into_body(), self.max_body).collect().await.map_err(|e| format!("reading the answer: {e}"))?.to_bytes();
+            Ok((status, bytes))
+        };
+        // Dropping the exchange on timeout drops its connection too.
+        tokio::time::timeout(self.request_timeout, exchange).await.map_err(|_| format!("no complete answer within {:?}", self.request_timeout))?
     }
 
     /// JSON request with a bearer token.
@@ -60,7 +96,6 @@ impl Http {
         self.send(method, path, &[("authorization", &auth)], body.map(|b| b.to_string().into_bytes())).await
     }
 }
-
 
 /// An error with its causes (hyper's own message is only "client error (SendRequest)").
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -16,6 +16,7 @@ pub mod http_client;
 pub mod ivr;
 pub mod config;
 pub mod link;
+pub mod log_gate;
 pub mod notify;
 pub mod probe;
 pub mod server;

@@ -5,18 +5,27 @@
 //! the receiver can refuse old and replayed notifications the way the gateway refuses webhook
 //! requests. Each attempt is signed anew.
 //!
-//! Delivery is best effort and never blocks the engine: a bounded queue (full: the notification
-//! is dropped and logged), three attempts with growing delays, then a logged give-up. The audit
-//! log holds every event regardless.
+//! Delivery is best effort and never blocks the engine, and what it holds is bounded whatever
+//! the tenants' endpoints do. Each tenant has its own queue of at most
+//! [`NotifySettings::queue`] notifications (full: the notification is dropped, counted and
+//! logged at most every 10 s) served by its own [`NotifySettings::workers_per_tenant`] workers,
+//! started once: no task per notification, at most that many connections per tenant, and a
+//! tenant whose endpoint never answers slows only its own notifications. Each attempt has
+//! [`crate::http_client::CONNECT_TIMEOUT`] to connect and [`crate::http_client::REQUEST_TIMEOUT`]
+//! in all; three attempts with growing delays, then a counted, logged give-up. The audit log
+//! holds every event regardless.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::mpsc;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::http_client::Http;
+use crate::log_gate::LogGate;
 
 /// Where and how to notify one tenant.
 #[derive(Clone)]
@@ -43,34 +52,157 @@ pub struct Notification {
     pub at: u64,
 }
 
-/// Queue capacity before notifications are dropped.
-pub const QUEUE: usize = 10_000;
-const DELAYS: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(2)];
+/// Notifications queued per tenant before more are dropped.
+pub const QUEUE: usize = 1_000;
+/// Workers (so connections at once) per tenant.
+pub const WORKERS_PER_TENANT: usize = 8;
+/// Largest answer body read from a tenant's endpoint (only its status matters).
+const MAX_ANSWER: usize = 64 * 1024;
 
-/// Handle to the delivery task.
+/// How notifications are delivered; [`Default`] is what the gateway uses.
+#[derive(Debug, Clone)]
+pub struct NotifySettings {
+    pub connect_timeout: Duration,
+    /// For a whole attempt: connecting, sending, and the answer.
+    pub request_timeout: Duration,
+    /// Waits between attempts: one attempt more than delays.
+    pub delays: Vec<Duration>,
+    /// Notifications queued per tenant at most.
+    pub queue: usize,
+    pub workers_per_tenant: usize,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        NotifySettings {
+            connect_timeout: crate::http_client::CONNECT_TIMEOUT,
+            request_timeout: crate::http_client::REQUEST_TIMEOUT,
+            delays: vec![Duration::from_millis(200), Duration::from_secs(2)],
+            queue: QUEUE,
+            workers_per_tenant: WORKERS_PER_TENANT,
+        }
+    }
+}
+
+/// Counters of one tenant's notifications.
+#[derive(Debug, Default)]
+struct Counters {
+    delivered: AtomicU64,
+    given_up: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// What one tenant's notifications came to (for `/metrics` and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantStats {
+    pub tenant: String,
+    /// Waiting in the queue now (not counting those being delivered).
+    pub queued: usize,
+    /// Accepted by the endpoint (2xx).
+    pub delivered: u64,
+    /// Given up after every attempt failed.
+    pub given_up: u64,
+    /// Dropped because the queue was full.
+    pub dropped: u64,
+}
+
+struct TenantQueue {
+    tx: mpsc::Sender<Notification>,
+    capacity: usize,
+    counters: Arc<Counters>,
+    drop_log: Mutex<LogGate>,
+}
+
+/// Handle to the delivery workers; cheap to clone. When the last handle is dropped, the workers
+/// stop at once, their attempts in hand and the queued notifications abandoned.
 #[derive(Clone)]
 pub struct Notifier {
-    tx: mpsc::Sender<Notification>,
+    tenants: Arc<HashMap<String, TenantQueue>>,
+    _stop: Arc<tokio_util::sync::DropGuard>,
 }
 
 impl Notifier {
-    /// Start delivering to `targets` (tenant → target); tenants without one are skipped.
+    /// Start delivering to `targets` (tenant → target) with the default settings; tenants
+    /// without one are skipped.
     pub fn start(targets: HashMap<String, Target>) -> Notifier {
-        let (tx, mut rx) = mpsc::channel::<Notification>(QUEUE);
-        tokio::spawn(async move {
-            while let Some(n) = rx.recv().await {
-                let Some(t) = targets.get(&n.tenant).cloned() else { continue };
-                tokio::spawn(deliver(t, n));
-            }
-        });
-        Notifier { tx }
+        Notifier::start_with(targets, &NotifySettings::default())
     }
 
-    /// Queue a notification; never waits.
-    pub fn send(&self, n: Notification) {
-        if let Err(e) = self.tx.try_send(n) {
-            warn!(error = %e, "notification queue full or closed: notification dropped");
+    /// Start each tenant's workers. A target whose URL is not `http://host[:port]/path` is
+    /// logged and skipped.
+    pub fn start_with(targets: HashMap<String, Target>, settings: &NotifySettings) -> Notifier {
+        let workers = settings.workers_per_tenant.max(1);
+        let capacity = settings.queue.max(1);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let mut tenants = HashMap::new();
+        for (tenant, t) in targets {
+            let Some((base, path)) = split(&t.url) else {
+                warn!(%tenant, url = %t.url, "notification URL must be http://host[:port]/path: this tenant's notifications are not sent");
+                continue;
+            };
+            let http = Http::with_timeouts(&base, settings.connect_timeout, settings.request_timeout).max_body(MAX_ANSWER);
+            let (tx, rx) = mpsc::channel(capacity);
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            let counters = Arc::new(Counters::default());
+            let job = Arc::new(Job { tenant: tenant.clone(), http, path, secret: t.secret, delays: settings.delays.clone(), counters: counters.clone(), give_up_log: Mutex::new(LogGate::new(Duration::from_secs(10))) });
+            for _ in 0..workers {
+                let (rx, job, stop) = (rx.clone(), job.clone(), stop.clone());
+                tokio::spawn(async move { stop.run_until_cancelled(worker(rx, job)).await });
+            }
+            tenants.insert(tenant, TenantQueue { tx, capacity, counters, drop_log: Mutex::new(LogGate::new(Duration::from_secs(10))) });
         }
+        Notifier { tenants: Arc::new(tenants), _stop: Arc::new(stop.drop_guard()) }
+    }
+
+    /// Queue a notification; never waits. A full queue drops it (counted, logged at most every
+    /// 10 s per tenant).
+    pub fn send(&self, n: Notification) {
+        let Some(q) = self.tenants.get(&n.tenant) else { return };
+        if let Err(e) = q.tx.try_send(n) {
+            let n = e.into_inner();
+            let dropped = q.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let gate = q.drop_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pass();
+            if let Some(held) = gate {
+                warn!(tenant = %n.tenant, event = %n.event, dropped_total = dropped, not_logged = held, queue = q.capacity, "notification queue full: notification dropped");
+            }
+        }
+    }
+
+    /// Each tenant's counters, by tenant id.
+    pub fn stats(&self) -> Vec<TenantStats> {
+        let mut v: Vec<TenantStats> = self
+            .tenants
+            .iter()
+            .map(|(tenant, q)| TenantStats {
+                tenant: tenant.clone(),
+                queued: q.capacity - q.tx.capacity(),
+                delivered: q.counters.delivered.load(Ordering::Relaxed),
+                given_up: q.counters.given_up.load(Ordering::Relaxed),
+                dropped: q.counters.dropped.load(Ordering::Relaxed),
+            })
+            .collect();
+        v.sort_by(|a, b| a.tenant.cmp(&b.tenant));
+        v
+    }
+}
+
+/// What a tenant's workers share.
+struct Job {
+    tenant: String,
+    http: Http,
+    path: String,
+    secret: String,
+    delays: Vec<Duration>,
+    counters: Arc<Counters>,
+    give_up_log: Mutex<LogGate>,
+}
+
+async fn worker(rx: Arc<tokio::sync::Mutex<mpsc::Receiver<Notification>>>, job: Arc<Job>) {
+    loop {
+        // One worker waits on the queue at a time; the others wait for it to take one.
+        let next = rx.lock().await.recv().await;
+        let Some(n) = next else { return };
+        deliver(&job, &n).await;
     }
 }
 
@@ -78,26 +210,41 @@ impl Notifier {
 fn split(url: &str) -> Option<(String, String)> {
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/').map_or((rest, String::from("/")), |(h, p)| (h, format!("/{p}")));
-    Some((format!("http://{host}"), path))
+    (!host.is_empty()).then(|| (format!("http://{host}"), path))
 }
 
-async fn deliver(t: Target, n: Notification) {
-    let Some((base, path)) = split(&t.url) else {
-        warn!(url = %t.url, "notification URL must be http://host[:port]/path");
-        return;
-    };
+async fn deliver(job: &Job, n: &Notification) {
     let body = json!({ "event": n.event, "account": n.account, "association": n.association, "at": n.at }).to_string().into_bytes();
-    let http = Http::new(&base);
-    for attempt in 0..=DELAYS.len() {
-        let [(tk, tv), (sk, sv)] = crate::api::webhook_headers(&t.secret, &body);
-        match http.send("POST", &path, &[(tk, &tv), (sk, &sv)], Some(body.clone())).await {
-            Ok((s, _)) if (200..300).contains(&s) => return,
-            Ok((s, _)) => warn!(status = s, tenant = %n.tenant, "notification refused"),
-            Err(e) => warn!(error = %e, tenant = %n.tenant, "notification not delivered"),
+    for attempt in 0..=job.delays.len() {
+        let [(tk, tv), (sk, sv)] = crate::api::webhook_headers(&job.secret, &body);
+        match job.http.raw("POST", &job.path, &[(tk, &tv), (sk, &sv)], Some(body.clone())).await {
+            Ok((s, _)) if (200..300).contains(&s) => {
+                job.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok((s, _)) => debug!(status = s, tenant = %job.tenant, attempt, "notification refused"),
+            Err(e) => debug!(error = %e, tenant = %job.tenant, attempt, "notification not delivered"),
         }
-        if let Some(d) = DELAYS.get(attempt) {
+        if let Some(d) = job.delays.get(attempt) {
             tokio::time::sleep(*d).await;
         }
     }
-    warn!(tenant = %n.tenant, event = %n.event, "notification given up after 3 attempts");
+    let total = job.counters.given_up.fetch_add(1, Ordering::Relaxed) + 1;
+    let gate = job.give_up_log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pass();
+    if let Some(held) = gate {
+        warn!(tenant = %job.tenant, event = %n.event, given_up_total = total, not_logged = held, "notification given up after {} attempts", job.delays.len() + 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_split_into_base_and_path() {
+        assert_eq!(split("http://app:9000/hooks/x"), Some(("http://app:9000".into(), "/hooks/x".into())));
+        assert_eq!(split("http://app:9000"), Some(("http://app:9000".into(), "/".into())));
+        assert_eq!(split("https://app/x"), None);
+        assert_eq!(split("http:///x"), None);
+    }
 }

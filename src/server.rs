@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::api::{router, Secrets};
+use crate::api::Secrets;
 use crate::association::{Action, Engine};
 use crate::config::{read_secret, Config, ConfigError, SecretSource};
 use crate::gateway::{now_ms, Gateway};
@@ -130,7 +130,8 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let gateway = Gateway::start(engine, Box::new(store), links, notifier, restored);
     let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
-    let app = router(gateway.clone(), secrets);
+    let guards = crate::ivr::IvrGuards::new(config.gateway.ivr_guesses_per_minute);
+    let app = crate::api::router_with(gateway.clone(), secrets, guards.clone());
     let server = tokio::spawn(serve(listener, app, config.gateway.max_connections, config.gateway.header_timeout));
     tracing::info!(%addr, "gateway API listening");
     let mut fastagi_addr = None;
@@ -141,9 +142,11 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
         let settings = crate::ivr::fastagi::FastAgiSettings {
             prompts: config.gateway.fastagi_prompts.clone(),
             fallback: config.gateway.fastagi_fallback.clone().unwrap_or_else(|| "cstagate/tts".into()),
+            allow: config.gateway.fastagi_allow_networks()?,
+            guesses_per_minute: config.gateway.ivr_guesses_per_minute,
             ..Default::default()
         };
-        fastagi = Some(tokio::spawn(crate::ivr::fastagi::serve(l, gateway.clone(), std::sync::Arc::new(settings))));
+        fastagi = Some(tokio::spawn(crate::ivr::fastagi::serve_guarded(l, gateway.clone(), std::sync::Arc::new(settings), guards)));
         tracing::info!(addr = ?fastagi_addr, "FastAGI server listening");
     }
     Ok(Running { addr, fastagi_addr, gateway, server, fastagi })

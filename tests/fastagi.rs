@@ -1,7 +1,9 @@
 //! The FastAGI adapter against a faithful stand-in for Asterisk's side of the protocol: the
 //! association bound through ANSWER / GET DATA / STREAM FILE / HANGUP; the caller hanging up
 //! mid-dialogue (`200 result=-1` and a bare `HANGUP` line); garbage and a client that stops
-//! mid-line get the connection closed with nothing changed.
+//! mid-line get the connection closed with nothing changed; a peer outside `fastagi_allow` is
+//! closed unread and counted; a caller guessing context ids gets goodbye once the adapter has
+//! heard `ivr_guesses_per_minute` unknown ones, and `/metrics` counts both.
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use cstagate::demo::{local_secrets, Http, LocalGateway, LocalOptions, TENANT_TOK
 use cstagate::sim::{IvrSignal, SimConfig, SimPbx};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -22,11 +24,16 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_with("fastagi_prompts = { enter_code = \"cstagate/enter-code\" }\n").await
+}
+
+/// The gateway with FastAGI on an ephemeral port and `gateway` as more `[gateway]` lines.
+async fn env_with(gateway: &str) -> Env {
     let mut sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap();
     sim.config().extensions[0].behaviour = cstagate::sim::Behaviour::Answer { after: Duration::from_millis(10) };
     let ivr = sim.take_ivr().unwrap();
     let options = LocalOptions {
-        gateway: "fastagi_listen = \"127.0.0.1:0\"\nfastagi_prompts = { enter_code = \"cstagate/enter-code\" }\n".into(),
+        gateway: format!("fastagi_listen = \"127.0.0.1:0\"\n{gateway}"),
         pbx: "extensions = [\"2005\"]\nnames = { \"2005\" = \"Alice Martin\" }\n".into(),
         ..Default::default()
     };
@@ -161,5 +168,86 @@ async fn hangups_and_garbage_end_the_dialogue_with_nothing_bound() {
     assert_eq!(v["state"], "failed");
     let (s, _) = e.http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap();
     assert_eq!(s, 404);
+    drop(e.sim);
+}
+
+/// One counter's value from `/metrics` (the whole line's name with its labels).
+async fn metric(http: &Http, name: &str) -> u64 {
+    let (s, body) = http.raw("GET", "/metrics", &[], None).await.unwrap();
+    assert_eq!(s, 200);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}")).trim().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_outside_fastagi_allow_is_closed_unread_and_counted() {
+    let e = env_with("fastagi_allow = [\"127.0.0.1/32\"]\n").await;
+    assert_eq!(metric(&e.http, "cstagate_fastagi_refused_total").await, 0);
+    // From 127.0.0.2 (loopback, but outside the list): closed, nothing sent back, no command.
+    let sock = TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut s = sock.connect(e.agi).await.unwrap();
+    let _ = s.write_all(b"agi_network: yes\nagi_network_script: associate\nagi_uniqueid: 1700000000.9\n\n").await;
+    let mut got = Vec::new();
+    // The end of the stream or a reset (the header was left unread): either way, nothing.
+    let _ = tokio::time::timeout(LIMIT, s.read_to_end(&mut got)).await.expect("closed");
+    assert!(got.is_empty(), "nothing is sent to a refused peer: {:?}", String::from_utf8_lossy(&got));
+    let counted = async {
+        while metric(&e.http, "cstagate_fastagi_refused_total").await != 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(LIMIT, counted).await.expect("the refusal is counted");
+    // From 127.0.0.1: served.
+    let mut a = Asterisk::connect(e.agi, "1700000000.10").await;
+    assert_eq!(a.next_command().await.as_deref(), Some("ANSWER"));
+    a.reply("HANGUP").await;
+    assert_eq!(metric(&e.http, "cstagate_fastagi_refused_total").await, 1);
+    drop(e.sim);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_guesser_gets_goodbye_after_30_unknown_ids_and_is_counted() {
+    let prompts = "fastagi_prompts = { enter_context = \"p/enter-context\", unknown_context = \"p/unknown\", unknown_context_bye = \"p/unknown-bye\", busy = \"p/busy\" }\n";
+    let e = env_with(prompts).await;
+    // Which prompt answered each guess, in order: 100 guesses over as many calls as it takes
+    // (the engine ends a call after three unknown ids; the guesser calls again).
+    let mut answers: Vec<&str> = Vec::new();
+    let mut calls = 0;
+    while answers.len() < 100 {
+        calls += 1;
+        let mut a = Asterisk::connect(e.agi, &format!("1700000100.{calls}")).await;
+        let mut guessed = false;
+        while let Some(cmd) = a.next_command().await {
+            if cmd == "ANSWER" {
+                a.reply("200 result=0").await;
+            } else if let Some(rest) = cmd.strip_prefix("GET DATA ") {
+                if guessed {
+                    answers.push(if rest.starts_with("p/unknown ") { "unknown" } else { "other" });
+                }
+                if answers.len() == 100 {
+                    a.reply("HANGUP").await;
+                    break;
+                }
+                guessed = true;
+                // A 12-digit number no association has (context ids are drawn at random).
+                a.reply(&format!("200 result={:012}", 900_000_000_000u64 + answers.len() as u64)).await;
+            } else if let Some(rest) = cmd.strip_prefix("STREAM FILE ") {
+                answers.push(if rest.starts_with("p/unknown-bye ") { "unknown" } else if rest.starts_with("p/busy ") { "busy" } else { "other" });
+                a.reply("200 result=0 endpos=100").await;
+            } else if cmd == "HANGUP" {
+                a.reply("200 result=1").await;
+                break;
+            } else {
+                a.reply("510 Invalid or unknown command").await;
+            }
+        }
+    }
+    assert!(answers[..30].iter().all(|a| *a == "unknown"), "the first 30 guesses reach the engine: {answers:?}");
+    assert!(answers[30..].iter().all(|a| *a == "busy"), "beyond 30, goodbye without the engine: {answers:?}");
+    assert_eq!(calls, 10 + 70, "three guesses a call, then one (refused) a call");
+    assert_eq!(metric(&e.http, "cstagate_ivr_unknown_context_total{adapter=\"fastagi\"}").await, 30);
+    assert_eq!(metric(&e.http, "cstagate_ivr_guesses_refused_total{adapter=\"fastagi\"}").await, 70);
+    assert_eq!(metric(&e.http, "cstagate_ivr_unknown_context_total{adapter=\"webhook\"}").await, 0);
     drop(e.sim);
 }

@@ -1,6 +1,14 @@
 //! Account notifications reach the tenant's URL, signed over a fresh timestamp and the body like
-//! the IVR webhook; the receiver here is a real HTTP server.
+//! the IVR webhook; the receiver here is a real HTTP server. Endpoints that never answer, or
+//! never accept, cost each attempt its timeouts (5 s to connect, 10 s in all: on the paused
+//! clock), three attempts each, each signed anew (`tests/notify_dead_endpoints.rs`: 2,000 of
+//! them hold no more than the tenant's workers' connections, while another tenant's are
+//! delivered).
 
+mod notify_common;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -8,7 +16,9 @@ use axum::http::HeaderMap;
 use axum::routing::post;
 use cstagate::api::{sign_webhook, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use cstagate::gateway::now_ms;
-use cstagate::demo::{local_secrets, LocalGateway, LocalOptions, TENANT_TOKEN};
+use cstagate::demo::{local_secrets, Http, LocalGateway, LocalOptions, TENANT_TOKEN};
+use cstagate::notify::{Notifier, TenantStats};
+use notify_common::{full_backlog, note, stats_of, target, Silent};
 use cstagate::sim::{SimConfig, SimPbx};
 use serde_json::{json, Value};
 
@@ -51,4 +61,44 @@ async fn notifications_are_posted_signed_to_the_tenant() {
     assert_eq!(sig, "signed");
     assert_eq!((n["event"].as_str(), n["account"].as_str(), n["association"].as_str()), (Some("cancelled"), Some("alice"), Some(id)));
     running.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_attempt_has_5_s_to_connect_and_10_s_in_all_and_a_notification_3_attempts() {
+    // Never set up: the connect timeout.
+    let (stuck, _l, _fill) = full_backlog().await;
+    let http = Http::new(&format!("http://{stuck}"));
+    let t = tokio::time::Instant::now();
+    let e = http.raw("POST", "/hook", &[], Some(b"{}".to_vec())).await.unwrap_err();
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_secs(5) && waited < Duration::from_secs(6), "{waited:?}: {e}");
+    assert!(e.contains("connect"), "{e}");
+
+    // Set up, never answered: the request timeout, and the connection is closed.
+    let (silent, s) = Silent::start().await;
+    let http = Http::new(&format!("http://{silent}"));
+    let t = tokio::time::Instant::now();
+    let e = http.raw("POST", "/hook", &[], Some(b"{}".to_vec())).await.unwrap_err();
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_secs(10) && waited < Duration::from_secs(11), "{waited:?}: {e}");
+    while s.open.load(Ordering::SeqCst) != 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    // A notification: three attempts, each signed, 10 s each and 0.2 s and 2 s between them,
+    // then given up; nothing stays open.
+    let (silent, s) = Silent::start().await;
+    let n = Notifier::start(HashMap::from([("acme".to_owned(), target(silent))]));
+    let t = tokio::time::Instant::now();
+    n.send(note("acme", 0));
+    while stats_of(&n, "acme").given_up == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let waited = t.elapsed();
+    assert!(waited >= Duration::from_millis(32_200) && waited < Duration::from_secs(34), "{waited:?}");
+    while s.open.load(Ordering::SeqCst) != 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!((s.accepted.load(Ordering::SeqCst), s.signed.load(Ordering::SeqCst)), (3, 3));
+    assert_eq!(stats_of(&n, "acme"), TenantStats { tenant: "acme".into(), queued: 0, delivered: 0, given_up: 1, dropped: 0 });
 }

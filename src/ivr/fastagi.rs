@@ -8,7 +8,15 @@
 //!
 //! Prompts are recorded files named per prompt id in the configuration, with a fallback file
 //! (for example a text-to-speech prompt) for ids without a file. The protocol has no
-//! authentication: listen on an address only the Asterisk servers reach.
+//! authentication: only peers in [`FastAgiSettings::allow`] (`fastagi_allow`, loopback by
+//! default) are served; a connection from any other address is closed before a byte is read,
+//! counted (`cstagate_fastagi_refused_total`) and logged with the address (at most every 10 s).
+//! Listen on an address only the Asterisk servers reach as well.
+//!
+//! Context ids are guarded across calls ([`crate::ivr::Guard`]): once the adapter has heard
+//! `ivr_guesses_per_minute` unknown context ids in the last minute, a context entry gets the
+//! `busy` prompt and a hang-up without reaching the engine. The calling number (`agi_callerid`)
+//! is whatever the caller's network claimed: the binding keeps it as an unverified hint.
 //!
 //! Hostile or broken clients are bounded: at most [`FastAgiSettings::max_sessions`] sessions at
 //! once (beyond, a connection is closed at once, unread), lines of at most [`MAX_LINE`] bytes, a
@@ -18,6 +26,7 @@
 //! ended.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +36,8 @@ use tracing::{debug, warn};
 
 use crate::association::Input;
 use crate::gateway::{now_ms, Gateway};
+use crate::ivr::{asks_context, names_a_number, Cidr, Guard, IvrGuards, REFUSED_PROMPT};
+use crate::log_gate::LogGate;
 
 /// Longest line accepted from Asterisk.
 pub const MAX_LINE: usize = 4096;
@@ -50,28 +61,69 @@ pub struct FastAgiSettings {
     pub read_timeout: Duration,
     /// Sessions served at once; connections beyond are closed at once.
     pub max_sessions: usize,
+    /// Networks whose peers are served (`fastagi_allow`); others are closed unread.
+    pub allow: Vec<Cidr>,
+    /// Unknown context ids heard per minute before context entries get goodbye (used by
+    /// [`serve`]; [`serve_guarded`] takes the guard it is given).
+    pub guesses_per_minute: u32,
 }
 
 impl Default for FastAgiSettings {
     fn default() -> Self {
-        FastAgiSettings { prompts: HashMap::new(), fallback: "cstagate/tts".into(), read_timeout: Duration::from_secs(60), max_sessions: MAX_SESSIONS }
+        FastAgiSettings {
+            prompts: HashMap::new(),
+            fallback: "cstagate/tts".into(),
+            read_timeout: Duration::from_secs(60),
+            max_sessions: MAX_SESSIONS,
+            allow: crate::ivr::loopback(),
+            guesses_per_minute: crate::ivr::GUESSES_PER_MINUTE,
+        }
     }
 }
 
-/// Serve FastAGI connections until the listener fails.
+/// Serve FastAGI connections until the listener fails, with a guard of its own.
 pub async fn serve(listener: TcpListener, gw: Gateway, settings: Arc<FastAgiSettings>) {
+    let guards = IvrGuards::new(settings.guesses_per_minute);
+    serve_guarded(listener, gw, settings, guards).await;
+}
+
+/// Serve FastAGI connections until the listener fails, counting into `guards` (its `fastagi`
+/// guard and `fastagi_refused`), which `/metrics` reads.
+pub async fn serve_guarded(listener: TcpListener, gw: Gateway, settings: Arc<FastAgiSettings>, guards: IvrGuards) {
     let sessions = Arc::new(tokio::sync::Semaphore::new(settings.max_sessions));
+    let mut refusal_log = LogGate::new(Duration::from_secs(10));
+    let mut busy_log = LogGate::new(Duration::from_secs(10));
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: give connections time to close.
+                warn!(error = %e, "FastAGI accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if !settings.allow.iter().any(|n| n.contains(peer.ip())) {
+            // Closed before a byte is read: nothing of the connection reaches the parser.
+            drop(stream);
+            let total = guards.fastagi_refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(held) = refusal_log.pass() {
+                warn!(%peer, refused_total = total, not_logged = held, "FastAGI connection refused: the peer is outside fastagi_allow");
+            }
+            continue;
+        }
         let Ok(permit) = sessions.clone().try_acquire_owned() else {
-            warn!(%peer, max = settings.max_sessions, "FastAGI connection refused: too many sessions");
+            if let Some(held) = busy_log.pass() {
+                warn!(%peer, max = settings.max_sessions, not_logged = held, "FastAGI connection refused: too many sessions");
+            }
             drop(stream);
             continue;
         };
         let gw = gw.clone();
         let settings = settings.clone();
+        let guard = guards.fastagi.clone();
         tokio::spawn(async move {
-            if let Err(e) = session(stream, &gw, &settings).await {
+            if let Err(e) = session(stream, &gw, &settings, &guard).await {
                 debug!(%peer, error = %e, "FastAGI session ended");
             }
             drop(permit);
@@ -178,7 +230,7 @@ fn file_name(s: &str) -> String {
     s.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.')).collect()
 }
 
-async fn session(stream: TcpStream, gw: &Gateway, settings: &FastAgiSettings) -> Result<(), AgiError> {
+async fn session(stream: TcpStream, gw: &Gateway, settings: &FastAgiSettings, guard: &Guard) -> Result<(), AgiError> {
     let (rd, wr) = stream.into_split();
     let mut agi = Agi { rd: BufReader::new(rd), wr, timeout: settings.read_timeout };
     let mut header = HashMap::new();
@@ -213,7 +265,7 @@ async fn session(stream: TcpStream, gw: &Gateway, settings: &FastAgiSettings) ->
     let from = party(header.get("agi_callerid").map_or("", String::as_str));
     let to = party(header.get("agi_dnid").filter(|d| !d.is_empty() && *d != "unknown").or_else(|| header.get("agi_extension")).map_or("", String::as_str));
     let call = format!("agi-{call}");
-    let result = dialogue(&mut agi, gw, settings, &call, &from, &to).await;
+    let result = dialogue(&mut agi, gw, settings, guard, &call, &from, &to).await;
     if result.is_err() {
         // Whatever broke the dialogue, the engine hears the call ended.
         let _ = gw.call(Input::IvrHangup { call, now: now_ms() }).await;
@@ -221,12 +273,28 @@ async fn session(stream: TcpStream, gw: &Gateway, settings: &FastAgiSettings) ->
     result
 }
 
-async fn dialogue(agi: &mut Agi, gw: &Gateway, settings: &FastAgiSettings, call: &str, from: &str, to: &str) -> Result<(), AgiError> {
+async fn dialogue(agi: &mut Agi, gw: &Gateway, settings: &FastAgiSettings, guard: &Guard, call: &str, from: &str, to: &str) -> Result<(), AgiError> {
     agi.command("ANSWER").await?;
     let mut digits: Option<String> = None;
+    // The last prompt asked for a context id: the digits keyed now are a context entry.
+    let mut at_context = false;
     loop {
-        let out = gw.call(Input::Ivr { call: call.to_owned(), from: from.to_owned(), to: to.to_owned(), digits: digits.take(), now: now_ms() }).await.ok_or(AgiError::Closed)?;
+        let now = now_ms();
+        let entry = at_context && names_a_number(digits.as_deref());
+        if entry && !guard.admit(call, now) {
+            // Too many unknown context ids lately: goodbye, without asking the engine.
+            let file = file_name(settings.prompts.get(REFUSED_PROMPT).unwrap_or(&settings.fallback));
+            agi.command(&format!("STREAM FILE {file} \"\"")).await?;
+            let _ = agi.command("HANGUP").await;
+            let _ = gw.call(Input::IvrHangup { call: call.to_owned(), now: now_ms() }).await;
+            return Ok(());
+        }
+        let out = gw.call(Input::Ivr { call: call.to_owned(), from: from.to_owned(), to: to.to_owned(), digits: digits.take(), now }).await.ok_or(AgiError::Closed)?;
         let Some(reply) = out.ivr else { return Err(AgiError::Closed) };
+        if entry {
+            guard.answered(call, reply.prompt, now);
+        }
+        at_context = asks_context(reply.prompt);
         let file = file_name(settings.prompts.get(reply.prompt).unwrap_or(&settings.fallback));
         match reply.gather {
             Some(g) if !reply.hangup => {
