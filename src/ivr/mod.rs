@@ -145,31 +145,17 @@ impl Default for IvrGuards {
     }
 }
 
-/// An IP network (`127.0.0.0/8`, `::1/128`; a bare address is one host).
+/// An IP network (`127.0.0.0/8`, `::1/128`; a bare address is one host): `ipnet`'s network with
+/// the gateway's stricter reading (no bits beyond the prefix) and IPv4-mapped peers taken as IPv4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(ipnet::IpNet);
 
 impl Cidr {
     /// Whether `ip` is in the network. An IPv4 address written as IPv6 (`::ffff:127.0.0.1`, as a
     /// dual-stack listener sees IPv4 peers) is taken as the IPv4 address.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => mask32(u32::from(ip), self.prefix) == u32::from(net),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => mask128(u128::from(ip), self.prefix) == u128::from(net),
-            _ => false,
-        }
+        self.0.contains(&ip.to_canonical())
     }
-}
-
-fn mask32(v: u32, prefix: u8) -> u32 {
-    if prefix == 0 { 0 } else { v & (u32::MAX << (32 - u32::from(prefix))) }
-}
-
-fn mask128(v: u128, prefix: u8) -> u128 {
-    if prefix == 0 { 0 } else { v & (u128::MAX << (128 - u32::from(prefix))) }
 }
 
 impl std::str::FromStr for Cidr {
@@ -178,27 +164,21 @@ impl std::str::FromStr for Cidr {
     /// `address/prefix`, or an address alone (a host). Bits set beyond the prefix are refused
     /// (`10.0.0.5/8` is a typo for `10.0.0.5/32` or `10.0.0.0/8`; which, the gateway cannot tell).
     fn from_str(s: &str) -> Result<Cidr, String> {
-        let (a, p) = s.split_once('/').map_or((s, None), |(a, p)| (a, Some(p)));
-        let addr: IpAddr = a.parse().map_err(|_| format!("`{s}` is not an IP network (address/prefix, e.g. 10.0.0.0/24)"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            None => max,
-            Some(p) => p.parse::<u8>().ok().filter(|n| *n <= max && !p.starts_with('+')).ok_or_else(|| format!("`{s}`: the prefix must be 0 to {max}"))?,
+        let net = match s.parse::<ipnet::IpNet>() {
+            Ok(n) => n,
+            Err(_) if !s.contains('/') => ipnet::IpNet::from(s.parse::<IpAddr>().map_err(|_| format!("`{s}` is not an IP network (address/prefix, e.g. 10.0.0.0/24)"))?),
+            Err(_) => return Err(format!("`{s}` is not an IP network (address/prefix, e.g. 10.0.0.0/24, the prefix 0 to 32 or 0 to 128)")),
         };
-        let exact = match addr {
-            IpAddr::V4(v) => mask32(u32::from(v), prefix) == u32::from(v),
-            IpAddr::V6(v) => mask128(u128::from(v), prefix) == u128::from(v),
-        };
-        if !exact {
-            return Err(format!("`{s}` has address bits set beyond the /{prefix} prefix"));
+        if net.trunc() != net {
+            return Err(format!("`{s}` has address bits set beyond the /{} prefix", net.prefix_len()));
         }
-        Ok(Cidr { addr, prefix })
+        Ok(Cidr(net))
     }
 }
 
 impl std::fmt::Display for Cidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        self.0.fmt(f)
     }
 }
 
