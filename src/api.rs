@@ -194,6 +194,7 @@ fn api_error(e: &ApiError) -> Response {
         ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         ApiError::BlockedByPhoneOwner(_) => (StatusCode::FORBIDDEN, "blocked_by_phone_owner"),
         ApiError::Expired => (StatusCode::GONE, "expired"),
+        ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         _ => (StatusCode::BAD_REQUEST, "bad_request"),
     };
     (status, Json(json!({ "error": e.to_string(), "code": code }))).into_response()

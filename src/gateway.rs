@@ -252,7 +252,7 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
             warn!(error = %e, "store commit failed: answering with an error, carrying out nothing");
             for (reply, _, _) in after {
                 if let Some(r) = reply {
-                    let _ = r.send(Output { error: Some(crate::association::ApiError::BadRequest("storage unavailable".into())), ..Output::default() });
+                    let _ = r.send(Output { error: Some(crate::association::ApiError::Unavailable), ..Output::default() });
                 }
             }
             continue;

@@ -399,6 +399,9 @@ pub enum ApiError {
     Expired,
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// The gateway could not commit what the request decided (storage failed): 503, try again.
+    #[error("storage unavailable: try again later")]
+    Unavailable,
 }
 
 /// Engine inputs.

@@ -1,0 +1,44 @@
+//! A store that refuses every commit: the API answers 503 `unavailable` (retry later), never a
+//! 400 that blames the client, and no code is handed out for an association that was not stored.
+
+use std::collections::HashMap;
+
+use cstagate::association::{AssociationView, AuditRecord, Engine, Millis, Policy, Snapshot, StoreWrite};
+use cstagate::demo::{local_secrets, TENANT_TOKEN};
+use cstagate::gateway::Gateway;
+use cstagate::http_client::Http;
+use cstagate::store::{AuditFilter, Store, StoreError};
+use serde_json::json;
+
+/// A database that has gone away: every commit fails.
+struct Broken;
+
+impl Store for Broken {
+    fn apply(&mut self, _: &[StoreWrite]) -> Result<(), StoreError> {
+        Err(StoreError::Corrupt("disk I/O error (simulated)".into()))
+    }
+    fn snapshot(&self, _: Millis) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot::default())
+    }
+    fn association(&self, _: &str) -> Result<Option<AssociationView>, StoreError> {
+        Ok(None)
+    }
+    fn audit(&self, _: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+#[tokio::test]
+async fn a_failed_commit_is_a_503_and_hands_out_no_code() {
+    let mut p = Policy::new("acme", "0800100200");
+    p.directory.insert("2005".into(), None);
+    let gw = Gateway::start(Engine::new(HashMap::from([("paris".to_owned(), p)])), Box::new(Broken), HashMap::new(), None, Vec::new());
+    let app = cstagate::api::router(gw, local_secrets());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = Http::new(&format!("http://{addr}"));
+    let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    assert_eq!((s, v["code"].as_str()), (503, Some("unavailable")), "{v}");
+    assert!(v.get("id").is_none(), "no association, no code: {v}");
+}
