@@ -200,10 +200,15 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
         Err(e) => warn!(error = %e, "store commit of the restored state failed: carrying out nothing"),
     }
     let mut batch = Vec::with_capacity(BATCH);
+    // The engine's memory is ahead of the store (a commit failed) until it is rebuilt from it.
+    let mut stale = false;
     loop {
         batch.clear();
         if rx.recv_many(&mut batch, BATCH).await == 0 {
             return;
+        }
+        if stale {
+            stale = !reload(&mut engine, store.as_mut(), &gw, &mut monitors, &mut waiting);
         }
         let mut writes = Vec::new();
         let mut stop = false;
@@ -255,6 +260,10 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
                     let _ = r.send(Output { error: Some(crate::association::ApiError::Unavailable), ..Output::default() });
                 }
             }
+            // The engine decided what the store does not hold (an association, a binding): go
+            // back to what the store holds, as a restart would, so that nothing lives in memory
+            // only — a binding nobody can read back after a restart must not drive a phone now.
+            stale = !reload(&mut engine, store.as_mut(), &gw, &mut monitors, &mut waiting);
             continue;
         }
         for (reply, ivr_call, out) in after {
@@ -283,6 +292,32 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
             return;
         }
     }
+}
+
+/// Rebuild the engine from the store (after a failed commit), ending what was in flight as a
+/// restart does and carrying out the ends. Until the store can be read, the engine holds nothing
+/// (fails closed: no binding, no association, every request refused or retried); `false` then.
+fn reload(engine: &mut Engine, store: &mut dyn Store, gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Sender<()>>, waiting: &mut HashMap<String, oneshot::Sender<Output>>) -> bool {
+    // Their associations are gone from memory: stop their monitors, drop their waiting replies.
+    monitors.clear();
+    waiting.clear();
+    let now = now_ms();
+    let (snap, ok) = match store.snapshot(now) {
+        Ok(s) => (s, true),
+        Err(e) => {
+            warn!(error = %e, "the store cannot be read either: the engine holds nothing until it can");
+            (crate::association::Snapshot::default(), false)
+        }
+    };
+    let (fresh, restored) = Engine::restore(engine.policies().clone(), snap, now);
+    *engine = fresh;
+    let mut writes = store_writes(&restored);
+    coalesce(&mut writes);
+    match store.apply(&writes) {
+        Ok(()) => carry_out(gw, monitors, waiting, &restored),
+        Err(e) => warn!(error = %e, "store commit of the reloaded state failed: carrying out nothing"),
+    }
+    ok
 }
 
 fn store_writes(actions: &[Action]) -> Vec<crate::association::StoreWrite> {

@@ -175,6 +175,11 @@ impl Engine {
         self.assocs.get(id).map(|a| &a.view).filter(|v| visible(principal, &v.tenant))
     }
 
+    /// Every PBX's policy (to rebuild the engine from the store).
+    pub fn policies(&self) -> &HashMap<String, Policy> {
+        &self.policies
+    }
+
     pub fn policy(&self, pbx: &str) -> Option<&Policy> {
         self.policies.get(pbx)
     }
