@@ -245,9 +245,26 @@ async fn run_gateway(path: &std::path::Path) -> ExitCode {
         }
     };
     println!("cstagate gateway API on http://{}", running.addr);
-    let _ = tokio::signal::ctrl_c().await;
+    stop_requested().await;
     running.shutdown().await;
     ExitCode::SUCCESS
+}
+
+/// Ctrl-C, or SIGTERM (what service managers and `kill` send): either stops the gateway cleanly —
+/// no new requests, the engine's last commits made, the PBX links released.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -134,3 +134,33 @@ async fn cstagate_run_refuses_missing_or_empty_secrets_naming_the_variable() {
     assert_eq!(code, Some(5), "{err}");
     assert!(err.contains("GLOBEX_TOKEN") && err.contains("ACME_TOKEN") && !err.contains("acme-token-3"), "{err}");
 }
+
+/// SIGTERM (a service manager's stop, `kill`) stops `cstagate run` cleanly, exit code 0, as Ctrl-C
+/// does; without a handler the process died of the signal.
+#[cfg(unix)]
+#[tokio::test]
+async fn sigterm_stops_the_gateway_cleanly() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tmp("sigterm");
+    let path = dir.join("gateway.toml");
+    let text = config("", "", BOUND).replace("[gateway]\n", &format!("[gateway]\ndatabase = \"{}\"\n", dir.join("gw.db").display()));
+    std::fs::write(&path, text).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cstagate"))
+        .arg("run")
+        .arg("--config")
+        .arg(&path)
+        .env("ACME_TOKEN", "acme-token")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let up = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("the gateway starts").unwrap().unwrap_or_default();
+    assert!(up.contains("gateway API on"), "{up}");
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await.expect("it stops").unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
