@@ -1,10 +1,12 @@
 //! A small JSON-over-HTTP/1.1 client (hyper): the demo's app and IVR platform, the tests, and
 //! account notifications.
 //!
-//! Every request is bounded: [`CONNECT_TIMEOUT`] to connect, [`REQUEST_TIMEOUT`] for the whole
-//! exchange (sending, the answer's head and its body), and at most [`MAX_RESPONSE_BODY`] bytes of
-//! answer. A peer that accepts and never answers, or never accepts, costs one connection for that
-//! long, no more: when a request gives up, its connection is closed.
+//! [`Http::with_timeouts`] bounds every request — to connect, and for the whole exchange
+//! (sending, the answer's head and its body) — and the answer's size: account notifications use
+//! it with [`CONNECT_TIMEOUT`] and [`REQUEST_TIMEOUT`], so that a peer that accepts and never
+//! answers, or never accepts, costs one connection for that long and no more (when a request
+//! gives up, its connection is closed). [`Http::new`] (the demo, the load driver, the tests)
+//! waits as long as its peer takes.
 
 use std::time::Duration;
 
@@ -15,43 +17,47 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
-/// Time to set up a TCP connection.
+/// Time for an account notification to set up its TCP connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time for a whole request, connecting included: from sending it to the last byte of the answer.
+/// Time for a whole account notification request, connecting included: from sending it to the
+/// last byte of the answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest answer body read.
-pub const MAX_RESPONSE_BODY: usize = 16 * 1024 * 1024;
 
 /// A small JSON-over-HTTP client (the demo's app and IVR platform, tests, account notifications).
 #[derive(Clone)]
 pub struct Http {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
-    request_timeout: Duration,
-    max_body: usize,
+    /// Whole-request limit, if any.
+    request_timeout: Option<Duration>,
+    /// Largest answer body read, if limited.
+    max_body: Option<usize>,
 }
 
+/// Idle pooled connections are dropped well before the gateway closes them (`header_timeout`,
+/// 10 s by default): reusing a connection at the moment the server closes it fails the request.
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
 impl Http {
-    /// A client of `base` (`http://host:port`) with the default timeouts.
+    /// A client of `base` (`http://host:port`) without time limits.
     pub fn new(base: &str) -> Http {
-        Http::with_timeouts(base, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build_http();
+        Http { base: base.trim_end_matches('/').to_owned(), client, request_timeout: None, max_body: None }
     }
 
-    /// A client of `base` with its own connect and whole-request timeouts.
+    /// A client of `base` whose requests have `connect` to connect and `request` in all.
     pub fn with_timeouts(base: &str, connect: Duration, request: Duration) -> Http {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(connect));
-        // Idle pooled connections are dropped well before the gateway closes them
-        // (`header_timeout`, 10 s by default): reusing a connection at the moment the server
-        // closes it fails the request.
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(4)).build(connector);
-        Http { base: base.trim_end_matches('/').to_owned(), client, request_timeout: request, max_body: MAX_RESPONSE_BODY }
+        connector.set_keepalive(Some(POOL_IDLE));
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
+        Http { base: base.trim_end_matches('/').to_owned(), client, request_timeout: Some(request), max_body: None }
     }
 
     /// Read at most `max` bytes of an answer's body (more fails the request).
     #[must_use]
     pub fn max_body(mut self, max: usize) -> Http {
-        self.max_body = max;
+        self.max_body = Some(max);
         self
     }
 
@@ -80,11 +86,17 @@ impl Http {
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| error_chain(&e))?;
             let status = resp.status().as_u16();
-            let bytes = Limited::new(resp.into_body(), self.max_body).collect().await.map_err(|e| format!("reading the answer: {e}"))?.to_bytes();
+            let bytes = match self.max_body {
+                Some(max) => Limited::new(resp.into_body(), max).collect().await.map_err(|e| format!("reading the answer: {e}"))?.to_bytes(),
+                None => resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes(),
+            };
             Ok((status, bytes))
         };
-        // Dropping the exchange on timeout drops its connection too.
-        tokio::time::timeout(self.request_timeout, exchange).await.map_err(|_| format!("no complete answer within {:?}", self.request_timeout))?
+        match self.request_timeout {
+            // Dropping the exchange on timeout drops its connection too.
+            Some(t) => tokio::time::timeout(t, exchange).await.map_err(|_| format!("no complete answer within {t:?}"))?,
+            None => exchange.await,
+        }
     }
 
     /// JSON request with a bearer token.

@@ -17,6 +17,7 @@ use axum::routing::post;
 use cstagate::api::{sign_webhook, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use cstagate::gateway::now_ms;
 use cstagate::demo::{local_secrets, Http, LocalGateway, LocalOptions, TENANT_TOKEN};
+use cstagate::http_client::{CONNECT_TIMEOUT, REQUEST_TIMEOUT};
 use cstagate::notify::{Notifier, TenantStats};
 use notify_common::{full_backlog, note, stats_of, target, Silent};
 use cstagate::sim::{SimConfig, SimPbx};
@@ -67,7 +68,8 @@ async fn notifications_are_posted_signed_to_the_tenant() {
 async fn an_attempt_has_5_s_to_connect_and_10_s_in_all_and_a_notification_3_attempts() {
     // Never set up: the connect timeout.
     let (stuck, _l, _fill) = full_backlog().await;
-    let http = Http::new(&format!("http://{stuck}"));
+    let notify_client = |addr| Http::with_timeouts(&format!("http://{addr}"), CONNECT_TIMEOUT, REQUEST_TIMEOUT);
+    let http = notify_client(stuck);
     let t = tokio::time::Instant::now();
     let e = http.raw("POST", "/hook", &[], Some(b"{}".to_vec())).await.unwrap_err();
     let waited = t.elapsed();
@@ -76,7 +78,7 @@ async fn an_attempt_has_5_s_to_connect_and_10_s_in_all_and_a_notification_3_atte
 
     // Set up, never answered: the request timeout, and the connection is closed.
     let (silent, s) = Silent::start().await;
-    let http = Http::new(&format!("http://{silent}"));
+    let http = notify_client(silent);
     let t = tokio::time::Instant::now();
     let e = http.raw("POST", "/hook", &[], Some(b"{}".to_vec())).await.unwrap_err();
     let waited = t.elapsed();
