@@ -192,7 +192,7 @@ fn three_entries_per_call_five_per_code() {
     let ctx2 = t.ctx("2005");
     assert_ne!(ctx, ctx2, "a new context id for every proof call");
     let stale = t.ivr("c-stale", Some(&ctx));
-    assert!(stale.say.contains("not known"), "the first attempt's context is dead: {}", stale.say);
+    assert!(stale.hangup && stale.prompt == "no_longer_valid", "the first attempt's context is dead (and is not counted as a guess): {}", stale.say);
     t.ivr("c2", Some(&ctx2));
     t.ivr("c2", Some("1"));
     t.ivr("c2", Some("000004"));
@@ -848,7 +848,7 @@ fn a_waiting_ivr_call_that_hangs_up_ends_the_attempt_instead_of_leaving_it_to_th
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::CallCleared), true));
     t.ev("2005", CallEvent::Established { call });
     let r = t.ivr_from("second", MOBILE, Some(&ctx)).ivr.unwrap();
-    assert!(r.say.contains("not known"), "the attempt and its context are over: {}", r.say);
+    assert!(r.hangup && r.prompt == "no_longer_valid", "the attempt and its context are over: {}", r.say);
     assert!(t.e.binding("paris", "2005").is_none());
 }
 
@@ -871,4 +871,20 @@ fn a_proof_call_diverted_transferred_or_conferenced_away_from_the_extension_prov
     assert_eq!(t.state(&id).1, Some(Reason::CallDiverted));
     assert!(t.ivr("c2", Some("1")).hangup);
     assert!(t.e.binding("paris", "2005").is_none());
+}
+
+#[test]
+fn a_context_never_issued_is_unknown_and_one_whose_attempt_ended_is_no_longer_valid() {
+    let mut t = T::new(policy());
+    let (id, call) = t.ringing("alice", "2005");
+    let ctx = t.ctx("2005");
+    t.ev("2005", CallEvent::Failed { call, cause: Some(3) });
+    assert_eq!(t.state(&id).1, Some(Reason::Busy));
+    // The proof call reaches the IVR after its attempt failed: no guess (adapters count guesses).
+    assert_eq!(t.ivr("late", Some(&ctx)).prompt, "no_longer_valid");
+    assert_eq!(t.ivr("guess", Some("99999999")).prompt, "unknown_context");
+    // After ten minutes the ended context is forgotten like any other.
+    t.now += 600_001;
+    t.run(Input::Tick { now: t.now });
+    assert_eq!(t.ivr("later", Some(&ctx)).prompt, "unknown_context");
 }

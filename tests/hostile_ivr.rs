@@ -230,12 +230,21 @@ async fn unknown_and_stale_context_ids_and_digit_floods_change_nothing() {
         post_webhook(&h, IVR_SECRET, b.to_string().into_bytes())
     };
     let stale = stale_ctx.trim_start_matches('*').trim_end_matches('#').to_owned();
-    for (call, ctx) in [("c-stale", stale.as_str()), ("c-unknown", "12345678901234567890123456789012"), ("c-64", &"7".repeat(64))] {
+    // The ended attempt's own context: no longer valid, at once (and not counted as a guess).
+    let (s, r) = ivr("c-stale", Some(&stale)).await.unwrap();
+    assert_eq!((s, r["hangup"].as_bool()), (200, Some(true)), "{r}");
+    assert!(r["say"].as_str().unwrap().contains("no longer valid"), "{r}");
+    for i in 0..200 {
+        let (s, r) = ivr("c-stale", Some(&i.to_string())).await.unwrap();
+        assert_eq!((s, r["hangup"].as_bool()), (200, Some(true)), "{r}");
+    }
+    for (call, ctx) in [("c-near-stale", stale.as_str()), ("c-unknown", "12345678901234567890123456789012"), ("c-64", &"7".repeat(64))] {
         // Three tries, then the IVR hangs up. (Each request differs: byte-identical requests
         // signed in the same second are one request, and the second is refused as a replay.)
         for i in 0..3 {
             let last = ctx.chars().last().and_then(|c| c.to_digit(10)).unwrap();
-            let entered = format!("{}{}", &ctx[..ctx.len() - 1], (last + i) % 10);
+            // Never the stale context itself (that one is above): the next digits instead.
+            let entered = format!("{}{}", &ctx[..ctx.len() - 1], (last + i + 1) % 10);
             let (s, r) = ivr(call, Some(&entered)).await.unwrap();
             assert_eq!(s, 200, "{r}");
             assert!(r["say"].as_str().unwrap().contains("not known"), "{call} try {i}: {r}");

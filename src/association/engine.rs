@@ -77,6 +77,11 @@ pub struct Engine {
     pub(crate) by_ext: HashMap<(String, String), String>,
     pub(crate) by_account: HashMap<(String, String), String>,
     pub(crate) by_context: HashMap<String, String>,
+    /// Context ids of attempts that ended in the last [`FORGET_AFTER`], with when: a proof call
+    /// that reaches the IVR after its attempt failed presents one. It is told "no longer valid",
+    /// not "unknown", so the adapters do not count it as a guess (a guess hits one of these as
+    /// rarely as a live one). Bounded by the proof calls of ten minutes.
+    pub(crate) ended_contexts: HashMap<String, Millis>,
     pub(crate) bindings: HashMap<(String, String), Binding>,
     pub(crate) counters: HashMap<CounterKey, u32>,
     /// Proof calls of the last hour by extension, with the account each was charged to.
@@ -118,6 +123,7 @@ impl Engine {
             by_ext: HashMap::new(),
             by_account: HashMap::new(),
             by_context: HashMap::new(),
+            ended_contexts: HashMap::new(),
             bindings: HashMap::new(),
             counters: HashMap::new(),
             proof_calls: HashMap::new(),
@@ -663,6 +669,7 @@ impl Engine {
         // associations after a while (the store keeps them).
         self.ivr_calls.retain(|_, c| now.saturating_sub(c.last) < FORGET_AFTER);
         self.blocks.retain(|_, b| b.until > now);
+        self.ended_contexts.retain(|_, at| now.saturating_sub(*at) < FORGET_AFTER);
         self.proof_calls.retain(|_, calls| {
             calls.retain(|c| now.saturating_sub(c.at) < HOUR);
             !calls.is_empty()
@@ -673,7 +680,7 @@ impl Engine {
     /// The attempt failed: clear any call, tell the account; the user may retry while the code
     /// is valid and its entries are not used up.
     pub(crate) fn fail_attempt(&mut self, id: &str, reason: Reason, detail: &str, now: Millis, actions: &mut Vec<Action>) {
-        self.end_attempt(id, actions);
+        self.end_attempt(id, now, actions);
         let Some(a) = self.assocs.get_mut(id) else { return };
         a.deadline = None;
         let retryable = now < a.view.expires_at && a.code_entries < MAX_CODE_ENTRIES && !matches!(reason, Reason::LockedOut | Reason::AttemptsExhausted);
@@ -693,7 +700,7 @@ impl Engine {
     /// End an association for good: free its extension, account and context id, clear its
     /// call and stop its monitor.
     pub(crate) fn finish(&mut self, id: &str, state: State, reason: Option<Reason>, detail: &str, now: Millis, actions: &mut Vec<Action>) {
-        self.end_attempt(id, actions);
+        self.end_attempt(id, now, actions);
         let Some(a) = self.assocs.get_mut(id) else { return };
         a.view.reason = reason;
         a.view.retryable = false;

@@ -162,6 +162,11 @@ impl Engine {
         if let Some(id) = self.by_context.get(entered).cloned() {
             return self.claim(call, &id, now, actions);
         }
+        if self.ended_contexts.contains_key(entered) {
+            // A proof call (or its context) of an attempt that is over: not a guess.
+            self.set_stage(call, Stage::Done);
+            return Some(no_longer_valid());
+        }
         // Unknown or stale: audited (never the digits), and the adapters count it.
         actions.push(Action::Store(StoreWrite::Audit(AuditRecord { at: now, tenant: String::new(), account: String::new(), pbx: String::new(), extension: String::new(), association: String::new(), step: "ivr_unknown_context".into(), result: format!("IVR call {call}") })));
         Some(if tries + 1 < CONTEXT_TRIES {
@@ -240,10 +245,11 @@ impl Engine {
 
     /// The attempt of `id` is over (failed, ended): its context is forgotten, and a waiting IVR
     /// request is answered.
-    pub(crate) fn end_attempt(&mut self, id: &str, actions: &mut Vec<Action>) {
+    pub(crate) fn end_attempt(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
         let Some(a) = self.assocs.get_mut(id) else { return };
         if let Some(ctx) = a.attempt.context.take() {
             self.by_context.remove(&ctx);
+            self.ended_contexts.insert(ctx, now);
         }
         if let Some((call, _)) = a.attempt.waiting.take() {
             self.set_stage(&call, Stage::Done);
