@@ -193,12 +193,7 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
     // IVR requests whose answer waits for the PBX's report of the proof call's answer, by IVR
     // call (at most one per call: a newer request of the platform replaces the older).
     let mut waiting: HashMap<String, oneshot::Sender<Output>> = HashMap::new();
-    let mut writes = store_writes(&restored);
-    coalesce(&mut writes);
-    match store.apply(&writes) {
-        Ok(()) => carry_out(&gw, &mut monitors, &mut waiting, &restored),
-        Err(e) => warn!(error = %e, "store commit of the restored state failed: carrying out nothing"),
-    }
+    commit_restored(store.as_mut(), &gw, &mut monitors, &mut waiting, &restored);
     let mut batch = Vec::with_capacity(BATCH);
     // The engine's memory is ahead of the store (a commit failed) until it is rebuilt from it.
     let mut stale = false;
@@ -311,13 +306,20 @@ fn reload(engine: &mut Engine, store: &mut dyn Store, gw: &Gateway, monitors: &m
     };
     let (fresh, restored) = Engine::restore(engine.policies().clone(), snap, now);
     *engine = fresh;
-    let mut writes = store_writes(&restored);
+    commit_restored(store, gw, monitors, waiting, &restored);
+    ok
+}
+
+/// Commit the actions of [`Engine::restore`] (the ends of associations that were in flight) and
+/// then carry them out (clear the calls they left up, tell the accounts); nothing if the commit
+/// fails.
+fn commit_restored(store: &mut dyn Store, gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Sender<()>>, waiting: &mut HashMap<String, oneshot::Sender<Output>>, restored: &[Action]) {
+    let mut writes = store_writes(restored);
     coalesce(&mut writes);
     match store.apply(&writes) {
-        Ok(()) => carry_out(gw, monitors, waiting, &restored),
-        Err(e) => warn!(error = %e, "store commit of the reloaded state failed: carrying out nothing"),
+        Ok(()) => carry_out(gw, monitors, waiting, restored),
+        Err(e) => warn!(error = %e, "store commit of the restored state failed: carrying out nothing"),
     }
-    ok
 }
 
 fn store_writes(actions: &[Action]) -> Vec<crate::association::StoreWrite> {

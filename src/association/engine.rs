@@ -87,7 +87,7 @@ pub struct Engine {
     /// Proof calls of the last hour by extension, with the account each was charged to.
     pub(crate) proof_calls: HashMap<(String, String), Vec<ProofCall>>,
     /// Owner blocks by (tenant, account, pbx, extension).
-    pub(crate) blocks: HashMap<(String, String, String, String), OwnerBlock>,
+    pub(crate) blocks: HashMap<BlockKey, OwnerBlock>,
     pub(crate) ivr_calls: HashMap<String, super::ivr::IvrCall>,
 }
 
@@ -147,7 +147,7 @@ impl Engine {
         }
         for b in snap.blocks {
             if b.until > now {
-                e.blocks.insert((b.tenant.clone(), b.account.clone(), b.pbx.clone(), b.extension.clone()), b);
+                e.blocks.insert(b.key(), b);
             }
         }
         let mut actions = Vec::new();
@@ -303,7 +303,7 @@ impl Engine {
             }
             Input::LiftBlocks { scope, now } => {
                 for b in self.blocks(&scope, now) {
-                    self.blocks.remove(&(b.tenant.clone(), b.account.clone(), b.pbx.clone(), b.extension.clone()));
+                    self.blocks.remove(&b.key());
                     let record = AuditRecord { at: now, tenant: b.tenant.clone(), account: b.account.clone(), pbx: b.pbx.clone(), extension: b.extension.clone(), association: String::new(), step: "owner_block_lifted".into(), result: "by admin".into() };
                     out.actions.push(Action::Store(StoreWrite::Unblock { tenant: b.tenant, account: b.account, pbx: b.pbx, extension: b.extension }));
                     out.actions.push(Action::Store(StoreWrite::Audit(record)));
@@ -403,8 +403,7 @@ impl Engine {
     /// Another account's failures never lock out an extension's owner.
     pub(crate) fn locked_out(&self, pbx: &str, extension: &str, tenant: &str, account: &str) -> bool {
         let limit = self.policies.get(pbx).map_or(100, |p| p.lockout_after);
-        let c = |k: CounterKey| self.counters.get(&k).copied().unwrap_or(0);
-        c(CounterKey::Account { tenant: tenant.into(), account: account.into() }) >= limit || c(CounterKey::AccountExtension { tenant: tenant.into(), account: account.into(), pbx: pbx.into(), extension: extension.into() }) >= limit
+        CounterKey::charged(tenant, account, pbx, extension).iter().any(|k| self.counters.get(k).copied().unwrap_or(0) >= limit)
     }
 
     /// Until when the phone's owner has blocked `account` from `extension`, if they have.

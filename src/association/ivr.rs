@@ -194,10 +194,9 @@ impl Engine {
         if a.attempt.claimed_by.as_deref().is_some_and(|other| other != call) || a.attempt.waiting.as_ref().is_some_and(|(other, _)| other != call) {
             return Some(self.mismatch(call, id, "a second IVR call presented the proof call's context", now, actions));
         }
-        if let Some(did) = did.filter(|_| !c.from.is_empty()) {
-            if c.from != did {
-                return Some(self.mismatch(call, id, "the IVR call's calling number is not the extension's", now, actions));
-            }
+        // A withheld number contradicts nothing.
+        if did.is_some_and(|did| !c.from.is_empty() && c.from != did) {
+            return Some(self.mismatch(call, id, "the IVR call's calling number is not the extension's", now, actions));
         }
         match (a.view.state, a.attempt.in_ivr_at) {
             (State::InIvr, Some(at)) => {
@@ -290,7 +289,7 @@ impl Engine {
         let block = OwnerBlock { tenant: v.tenant.clone(), account: v.account.clone(), pbx: v.pbx.clone(), extension: v.extension.clone(), until };
         actions.push(audit(v, now, "refused_by_phone_owner", &format!("account blocked from the extension until {until}")));
         actions.push(Action::Notify { tenant: v.tenant.clone(), account: v.account.clone(), event: "refused_by_phone_owner".into(), association: id.to_owned() });
-        self.blocks.insert((block.tenant.clone(), block.account.clone(), block.pbx.clone(), block.extension.clone()), block.clone());
+        self.blocks.insert(block.key(), block.clone());
         actions.push(Action::Store(StoreWrite::Block(block)));
         self.finish(id, State::Failed, Some(Reason::RefusedByPhoneOwner), "the phone's owner did not ask for this", now, actions);
     }
@@ -310,7 +309,7 @@ impl Engine {
         let ok = !a.code.is_empty() && a.code.len() == entered.len() && bool::from(a.code.as_bytes().ct_eq(entered.as_bytes()));
         let (pbx, ext, tenant, account) = (a.view.pbx.clone(), a.view.extension.clone(), a.view.tenant.clone(), a.view.account.clone());
         // Charged to whoever asked: the account, and the account on this extension.
-        let keys = [CounterKey::Account { tenant: tenant.clone(), account: account.clone() }, CounterKey::AccountExtension { tenant: tenant.clone(), account: account.clone(), pbx: pbx.clone(), extension: ext.clone() }];
+        let keys = CounterKey::charged(&tenant, &account, &pbx, &ext);
         if ok {
             self.set_stage(call, Stage::Done);
             let from = self.ivr_calls.get(call).map(|c| c.from.clone()).filter(|f| !f.is_empty());

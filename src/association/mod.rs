@@ -256,6 +256,15 @@ pub enum CounterKey {
 }
 
 impl CounterKey {
+    /// The counters a wrong code of `account`'s association on `extension` adds to: the
+    /// account's, and the account's on that extension.
+    pub(crate) fn charged(tenant: &str, account: &str, pbx: &str, extension: &str) -> [CounterKey; 2] {
+        [
+            CounterKey::Account { tenant: tenant.into(), account: account.into() },
+            CounterKey::AccountExtension { tenant: tenant.into(), account: account.into(), pbx: pbx.into(), extension: extension.into() },
+        ]
+    }
+
     pub fn tenant_account(&self) -> (&str, &str) {
         match self {
             CounterKey::Account { tenant, account } | CounterKey::AccountExtension { tenant, account, .. } => (tenant, account),
@@ -287,6 +296,15 @@ pub struct OwnerBlock {
     pub pbx: String,
     pub extension: String,
     pub until: Millis,
+}
+
+/// Whom a block keeps from what: (tenant, account, pbx, extension).
+pub(crate) type BlockKey = (String, String, String, String);
+
+impl OwnerBlock {
+    pub(crate) fn key(&self) -> BlockKey {
+        (self.tenant.clone(), self.account.clone(), self.pbx.clone(), self.extension.clone())
+    }
 }
 
 /// Which counters and blocks an admin reads or resets: those of an extension, or of an account
