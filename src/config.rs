@@ -656,3 +656,15 @@ mod tests {
         assert_eq!(c.gateway.ivr_guesses_per_minute, 5);
     }
 }
+
+/// The secrets the API checks, read from the environment at start-up.
+#[derive(Clone, Default)]
+pub struct Secrets {
+    pub admin_token: Option<String>,
+    /// Tenant id → token.
+    pub tenant_tokens: std::collections::HashMap<String, String>,
+    /// HMAC-SHA256 key of the IVR webhook.
+    pub ivr_secret: Option<String>,
+    /// Tenant id → where to send its accounts' notifications.
+    pub notify: std::collections::HashMap<String, crate::notify::Target>,
+}

@@ -68,20 +68,20 @@ pub struct LocalGateway {
 }
 
 /// The secrets of a [`LocalGateway`]: the tokens and IVR key above.
-pub fn local_secrets() -> crate::api::Secrets {
-    let mut secrets = crate::api::Secrets { admin_token: Some(ADMIN_TOKEN.into()), ivr_secret: Some(IVR_SECRET.into()), ..Default::default() };
+pub fn local_secrets() -> crate::config::Secrets {
+    let mut secrets = crate::config::Secrets { admin_token: Some(ADMIN_TOKEN.into()), ivr_secret: Some(IVR_SECRET.into()), ..Default::default() };
     secrets.tenant_tokens.insert("acme".into(), TENANT_TOKEN.into());
     secrets.tenant_tokens.insert("globex".into(), OTHER_TENANT_TOKEN.into());
     secrets
 }
 
 /// POST a body to the IVR webhook the way an IVR platform does: stamped with the current time
-/// and signed with [`crate::api::sign_webhook`].
+/// and signed with [`crate::webhook::sign_webhook`].
 ///
 /// # Errors
 /// As [`Http::send`].
 pub async fn post_webhook(http: &Http, secret: &str, raw: Vec<u8>) -> Result<(u16, Value), String> {
-    let [(tk, tv), (sk, sv)] = crate::api::webhook_headers(secret, &raw);
+    let [(tk, tv), (sk, sv)] = crate::webhook::webhook_headers(secret, &raw);
     http.send("POST", "/v1/ivr/webhook", &[(tk, &tv), (sk, &sv)], Some(raw)).await
 }
 
@@ -108,11 +108,11 @@ impl LocalGateway {
     ///
     /// # Errors
     /// The configuration is refused, the gateway cannot start, or the link stays down 10 s.
-    pub async fn start(sim: &SimPbx, o: LocalOptions, secrets: crate::api::Secrets) -> Result<LocalGateway, String> {
+    pub async fn start(sim: &SimPbx, o: LocalOptions, secrets: crate::config::Secrets) -> Result<LocalGateway, String> {
         let db = match o.db {
             Some(db) => db,
             None => {
-                let dir = std::env::temp_dir().join(format!("cstagate-local-{}-{}", std::process::id(), crate::gateway::random_id()));
+                let dir = std::env::temp_dir().join(format!("cstagate-local-{}-{}", std::process::id(), crate::random::id()));
                 std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
                 dir.join("gateway.db")
             }
@@ -149,7 +149,7 @@ impl LocalGateway {
 /// # Errors
 /// Anything that prevented the demo from running (not an unexpected outcome).
 pub async fn run(dialect: DemoDialect, scenario: Scenario, say: &(dyn Fn(&str) + Sync)) -> Result<(Value, bool), String> {
-    let dir = std::env::temp_dir().join(format!("cstagate-demo-{}-{}", std::process::id(), crate::gateway::random_id()));
+    let dir = std::env::temp_dir().join(format!("cstagate-demo-{}-{}", std::process::id(), crate::random::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let result = run_in(&dir, dialect, scenario, say).await;
     let _ = std::fs::remove_dir_all(&dir);

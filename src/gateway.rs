@@ -8,39 +8,18 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::association::{Action, AdminScope, AssociationView, AuditRecord, Binding, CallEvent, CounterKey, CstaFailure, CstaRequest, CstaResultInfo, Engine, Input, Millis, Output, OwnerBlock, Principal, StoreWrite, CLAIM_WAIT};
+use crate::association::{Action, AdminScope, AssociationView, AuditRecord, Binding, CallEvent, CounterKey, CstaFailure, CstaRequest, CstaResultInfo, Engine, Input, Output, OwnerBlock, Principal, StoreWrite, CLAIM_WAIT};
 use crate::codec::apdu::ErrorCategory;
 use crate::codec::body::{FieldName as F, Value};
 use crate::codec::{Body, ConnectionId, DeviceId, EventKind, LocalDevice, Operation};
+use crate::clock::now_ms;
 use crate::link::{Link, LinkState, MonitorEvent, RequestError};
 use crate::store::{AuditFilter, Store};
-
-/// Wall-clock milliseconds: the only clock the engine sees, read here.
-pub fn now_ms() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
-}
-
-/// Uniform random decimal digits from a CSPRNG (codes and context ids): `rand`'s thread-local
-/// ChaCha12 generator, seeded and periodically reseeded from the operating system; each digit is
-/// drawn without modulo bias.
-pub fn random_digits(n: usize) -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    (0..n).map(|_| char::from(b'0' + rng.random_range(0..10u8))).collect()
-}
-
-/// A random association id (128 bits, hex).
-pub fn random_id() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 16];
-    rand::rng().fill_bytes(&mut b);
-    hex::encode(b)
-}
 
 /// Reads the API needs, answered by the actor.
 pub enum Query {

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod association;
 pub mod capture;
+pub mod clock;
 pub mod codec;
 pub mod decode;
 pub mod demo;
@@ -19,6 +20,8 @@ pub mod link;
 pub mod log_gate;
 pub mod notify;
 pub mod probe;
+pub mod random;
 pub mod server;
 pub mod sim;
 pub mod store;
+pub mod webhook;

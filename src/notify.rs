@@ -216,7 +216,7 @@ fn split(url: &str) -> Option<(String, String)> {
 async fn deliver(job: &Job, n: &Notification) {
     let body = json!({ "event": n.event, "account": n.account, "association": n.association, "at": n.at }).to_string().into_bytes();
     for attempt in 0..=job.delays.len() {
-        let [(tk, tv), (sk, sv)] = crate::api::webhook_headers(&job.secret, &body);
+        let [(tk, tv), (sk, sv)] = crate::webhook::webhook_headers(&job.secret, &body);
         match job.http.raw("POST", &job.path, &[(tk, &tv), (sk, &sv)], Some(body.clone())).await {
             Ok((s, _)) if (200..300).contains(&s) => {
                 job.counters.delivered.fetch_add(1, Ordering::Relaxed);

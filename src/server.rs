@@ -4,10 +4,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use crate::api::Secrets;
+use crate::config::Secrets;
 use crate::association::{Action, Engine};
 use crate::config::{read_secret, Config, ConfigError, SecretSource};
-use crate::gateway::{now_ms, Gateway};
+use crate::clock::now_ms;
+use crate::gateway::Gateway;
 use crate::link::Link;
 use crate::store::{SqliteStore, Store};
 

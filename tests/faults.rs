@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use cstagate::api::webhook_headers;
+use cstagate::webhook::webhook_headers;
 use cstagate::codec::Operation;
 use cstagate::demo::{ivr_body, ivr_request, local_secrets, post_webhook, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
 use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
@@ -370,7 +370,7 @@ async fn a_killed_gateway_process_keeps_what_it_said_and_its_successor_clears_th
     cfg.extensions[1].behaviour = Behaviour::NeverAnswer;
     let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
     let mut ivr = cstagate::demo::Ivr::of(&mut sim).unwrap();
-    let dir = std::env::temp_dir().join(format!("cstagate-kill-{}", cstagate::gateway::random_id()));
+    let dir = std::env::temp_dir().join(format!("cstagate-kill-{}", cstagate::random::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let config = dir.join("gateway.toml");

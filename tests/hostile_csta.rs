@@ -276,7 +276,7 @@ async fn env() -> Env {
     }
     let sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
     let proxy = Proxy::start(sim.addr()).await;
-    let dir = std::env::temp_dir().join(format!("cstagate-hostile-csta-{}", cstagate::gateway::random_id()));
+    let dir = std::env::temp_dir().join(format!("cstagate-hostile-csta-{}", cstagate::random::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let toml = format!(
         "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\n[[tenant]]\nid = \"acme\"\ntoken_env = \"UNUSED\"\n[[tenant]]\nid = \"globex\"\ntoken_env = \"UNUSED\"\n\n\

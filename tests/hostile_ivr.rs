@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cstagate::api::{sign, sign_webhook, SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_WINDOW_SECS};
+use cstagate::webhook::{sign, sign_webhook, SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_WINDOW_SECS};
 use cstagate::demo::{local_secrets, post_webhook, Http, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_SECRET, TENANT_TOKEN};
 use cstagate::ivr::fastagi::{FastAgiSettings, MAX_SKIPPED_LINES};
 use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};

@@ -35,7 +35,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use crate::association::Input;
-use crate::gateway::{now_ms, Gateway};
+use crate::clock::now_ms;
+use crate::gateway::Gateway;
 use crate::ivr::{asks_context, names_a_number, Cidr, Guard, IvrGuards, REFUSED_PROMPT};
 use crate::log_gate::LogGate;
 
