@@ -59,6 +59,8 @@ pub struct Gateway {
     /// Bumped whenever a binding ends, before it is committed: event streams opened under a
     /// binding check it again and end when it is gone.
     unbinds: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Associations ended, counted once their end is committed (for `/metrics`).
+    ended: crate::metrics::Ended,
 }
 
 /// Commands handled per store transaction at most.
@@ -76,7 +78,7 @@ impl Gateway {
     pub fn start(engine: Engine, store: Box<dyn Store>, links: HashMap<String, Link>, notifier: Option<crate::notify::Notifier>, restored: Vec<Action>) -> Gateway {
         let (tx, rx) = mpsc::channel(65_536);
         let links = Arc::new(links);
-        let gw = Gateway { tx: tx.clone(), links: links.clone(), notifier, stopped: Arc::new(tokio::sync::Notify::new()), unbinds: Arc::new(tokio::sync::watch::Sender::new(0)) };
+        let gw = Gateway { tx: tx.clone(), links: links.clone(), notifier, stopped: Arc::new(tokio::sync::Notify::new()), unbinds: Arc::new(tokio::sync::watch::Sender::new(0)), ended: crate::metrics::Ended::default() };
         let done = gw.stopped.clone();
         let me = gw.clone();
         tokio::spawn(async move {
@@ -106,6 +108,11 @@ impl Gateway {
     /// Changes each time a binding ends (see [`Gateway::unbinds`]).
     pub fn watch_unbinds(&self) -> tokio::sync::watch::Receiver<u64> {
         self.unbinds.subscribe()
+    }
+
+    /// The associations ended so far, by final state and reason (for `/metrics`).
+    pub fn ended(&self) -> &crate::metrics::Ended {
+        &self.ended
     }
 
     /// The account notifier, when some tenant has a notification URL (for `/metrics`).
@@ -240,6 +247,7 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
             stale = !reload(&mut engine, store.as_mut(), &gw, &mut monitors, &mut waiting);
             continue;
         }
+        gw.ended.count(&writes);
         for (reply, ivr_call, out) in after {
             carry_out(&gw, &mut monitors, &mut waiting, &out.actions);
             match (reply, ivr_call) {
@@ -296,7 +304,10 @@ fn commit_restored(store: &mut dyn Store, gw: &Gateway, monitors: &mut HashMap<(
     let mut writes = store_writes(restored);
     coalesce(&mut writes);
     match store.apply(&writes) {
-        Ok(()) => carry_out(gw, monitors, waiting, restored),
+        Ok(()) => {
+            gw.ended.count(&writes);
+            carry_out(gw, monitors, waiting, restored);
+        }
         Err(e) => warn!(error = %e, "store commit of the restored state failed: carrying out nothing"),
     }
 }

@@ -18,6 +18,7 @@ pub mod ivr;
 pub mod config;
 pub mod link;
 pub mod log_gate;
+pub mod metrics;
 pub mod notify;
 pub mod probe;
 pub mod random;

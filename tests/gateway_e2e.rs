@@ -119,7 +119,7 @@ async fn api_authentication_tenancy_and_strict_bodies() {
     // Health, metrics, OpenAPI; admin-only views.
     assert_eq!(h.send("GET", "/healthz", &[], None).await.unwrap().1["links"]["paris"]["state"], "up");
     let (s, o) = h.send("GET", "/v1/openapi.json", &[], None).await.unwrap();
-    assert_eq!((s, o["openapi"].as_str()), (200, Some("3.0.3")));
+    assert_eq!((s, o["openapi"].as_str()), (200, Some("3.1.0")));
     assert_eq!(h.json("GET", "/v1/pbx", TENANT_TOKEN, None).await.unwrap().0, 403);
     let (s, p) = h.json("GET", "/v1/pbx", ADMIN_TOKEN, None).await.unwrap();
     assert_eq!((s, p["pbx"][0]["state"]["state"].as_str()), (200, Some("up")));
@@ -308,4 +308,225 @@ async fn a_link_drop_or_a_hang_up_during_the_ivr_dialogue_binds_nothing() {
     let v = wait_assoc(&e.http, &id, |v| v["reason"] == "call_cleared").await;
     assert_eq!((v["state"].as_str(), v["retryable"].as_bool()), (Some("failed"), Some(true)));
     e.running.shutdown().await;
+}
+
+/// The served OpenAPI document and the API agree: every route is in it, and real responses of a
+/// running gateway (success and refusal, tenant and admin, every group of routes) validate
+/// against the schema of their route and status in it — an undocumented member fails too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_response_matches_the_served_openapi_document() {
+    let mut e = env(None).await;
+    let (s, doc) = e.http.send("GET", "/v1/openapi.json", &[], None).await.unwrap();
+    assert_eq!((s, doc["openapi"].as_str()), (200, Some("3.1.0")));
+    // Every route of the router is documented, and every documented route is served.
+    let routes = [
+        ("get", "/healthz"), ("get", "/metrics"), ("get", "/v1/openapi.json"),
+        ("post", "/v1/associations"), ("get", "/v1/associations/{id}"), ("delete", "/v1/associations/{id}"), ("post", "/v1/associations/{id}/complete"),
+        ("get", "/v1/bindings"), ("get", "/v1/bindings/{pbx}/{extension}"), ("delete", "/v1/bindings/{pbx}/{extension}"),
+        ("post", "/v1/extensions/{pbx}/{extension}/calls"), ("delete", "/v1/extensions/{pbx}/{extension}/calls/{call}"), ("get", "/v1/extensions/{pbx}/{extension}/events"),
+        ("get", "/v1/pbx"), ("get", "/v1/audit"), ("get", "/v1/admin/counters"), ("post", "/v1/admin/counters/reset"), ("get", "/v1/admin/blocks"), ("post", "/v1/admin/blocks/lift"),
+        ("post", "/v1/ivr/webhook"),
+    ];
+    let documented: Vec<(String, String)> = doc["paths"].as_object().unwrap().iter().flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), p.clone()))).collect();
+    let mut expected: Vec<(String, String)> = routes.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
+    let mut got = documented.clone();
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected, "the document's routes");
+    for (m, p) in routes {
+        let path = p.replace("{id}", "abc").replace("{pbx}", "paris").replace("{extension}", "2005").replace("{call}", "ab");
+        let (s, v) = e.http.send(&m.to_uppercase(), &path, &[], Some(b"{}".to_vec())).await.unwrap();
+        assert!(!(s == 404 && v["error"] == "no such endpoint") && s != 405, "{m} {p} is not served: {s} {v}");
+    }
+    // Every reason, and `reason` nullable.
+    let reasons: Vec<&str> = doc["components"]["schemas"]["Reason"]["enum"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    for r in ["wrong_code", "attempts_exhausted", "no_answer", "busy", "phone_locked", "link_down", "rejected_by_pbx", "expired", "call_cleared", "not_confirmed", "locked_out", "rate_limited", "gateway_restarted", "cancelled_by_user", "ivr_timeout", "ivr_call_mismatch", "refused_by_phone_owner", "pbx_flood", "call_diverted"] {
+        assert!(reasons.contains(&r), "{r} not in {reasons:?}");
+    }
+    validate(&doc, &doc["components"]["schemas"]["Association"], &json!({ "id": "a", "state": "failed", "reason": null, "retryable": true, "extension": "1", "pbx": "p", "account": "a", "expires_at": 1, "history": [] }), "$").expect("reason is nullable");
+    // The check bites: an undocumented member, an unknown reason, a missing member.
+    let assoc = &doc["components"]["schemas"]["Association"];
+    let good = json!({ "id": "a", "state": "failed", "reason": "ivr_timeout", "retryable": true, "extension": "1", "pbx": "p", "account": "a", "expires_at": 1, "history": [{ "at": 1, "step": "s", "detail": "" }] });
+    validate(&doc, assoc, &good, "$").expect("a failed association");
+    for (k, bad) in [("tenant", json!("acme")), ("reason", json!("bogus")), ("history", json!([{ "at": -1, "step": "s", "detail": "" }])), ("state", json!(null))] {
+        let mut v = good.clone();
+        v[k] = bad;
+        assert!(validate(&doc, assoc, &v, "$").is_err(), "{v}");
+    }
+    let mut v = good.clone();
+    v.as_object_mut().unwrap().remove("retryable");
+    assert!(validate(&doc, assoc, &v, "$").is_err(), "{v}");
+
+    let mut seen = 0;
+    let mut check = |method: &str, template: &str, (s, v): (u16, Value)| {
+        let schema = response_schema(&doc, method, template, s).unwrap_or_else(|| panic!("{method} {template}: no documented response {s}: {v}"));
+        if let Err(why) = validate(&doc, &schema, &v, "$") {
+            panic!("{method} {template} {s}: {why}\n{v}");
+        }
+        seen += 1;
+    };
+    let h = e.http.clone();
+    let t = TENANT_TOKEN;
+    check("get", "/healthz", h.send("GET", "/healthz", &[], None).await.unwrap());
+    check("post", "/v1/associations", h.json("POST", "/v1/associations", "nope", Some(json!({}))).await.unwrap());
+    check("post", "/v1/associations", h.json("POST", "/v1/associations", t, Some(json!({ "account": "a", "extension": "2005", "colour": "red" }))).await.unwrap());
+    check("get", "/v1/associations/{id}", h.json("GET", "/v1/associations/nope", t, None).await.unwrap());
+    // bob's association, cancelled: a reason.
+    let (s, b) = h.json("POST", "/v1/associations", t, Some(json!({ "account": "bob", "extension": "2006", "display_name": "Bob" }))).await.unwrap();
+    let bob = b["id"].as_str().unwrap().to_owned();
+    check("post", "/v1/associations", (s, b));
+    check("post", "/v1/associations", h.json("POST", "/v1/associations", t, Some(json!({ "account": "carol", "extension": "2006" }))).await.unwrap());
+    check("delete", "/v1/associations/{id}", h.json("DELETE", &format!("/v1/associations/{bob}"), t, None).await.unwrap());
+    // alice's, bound through the IVR dialogue.
+    let (id, code, call, ctx) = to_ivr(&mut e, "alice", "2005").await;
+    check("get", "/v1/associations/{id}", h.json("GET", &format!("/v1/associations/{id}"), t, None).await.unwrap());
+    for d in [None, Some(ctx.as_str()), Some("1"), Some(code.as_str())] {
+        let mut body = json!({ "call": call, "from": "+33144002005", "to": "0800100200" });
+        if let Some(d) = d {
+            body["digits"] = json!(d);
+        }
+        check("post", "/v1/ivr/webhook", webhook(&h, body, IVR_SECRET).await);
+    }
+    check("post", "/v1/ivr/webhook", webhook(&h, json!({ "call": call, "from": "", "to": "", "hangup": true }), IVR_SECRET).await);
+    check("post", "/v1/ivr/webhook", webhook(&h, json!({ "call": call, "from": "", "to": "" }), "wrong").await);
+    e.sim.ivr_hangup(&call);
+    let (s, v) = h.json("GET", &format!("/v1/associations/{id}"), t, None).await.unwrap();
+    assert_eq!(v["state"], "bound");
+    check("get", "/v1/associations/{id}", (s, v));
+    check("post", "/v1/associations/{id}/complete", h.json("POST", &format!("/v1/associations/{id}/complete"), t, None).await.unwrap());
+    check("get", "/v1/bindings", h.json("GET", "/v1/bindings?account=alice", t, None).await.unwrap());
+    check("get", "/v1/bindings", h.json("GET", "/v1/bindings?acount=alice", t, None).await.unwrap());
+    check("get", "/v1/bindings/{pbx}/{extension}", h.json("GET", "/v1/bindings/paris/2005", t, None).await.unwrap());
+    check("get", "/v1/bindings/{pbx}/{extension}", h.json("GET", "/v1/bindings/paris/2005", OTHER_TENANT_TOKEN, None).await.unwrap());
+    let (s, r) = h.json("POST", "/v1/extensions/paris/2005/calls", t, Some(json!({ "account": "alice", "to": "2006" }))).await.unwrap();
+    let made = r["call"].as_str().unwrap().to_owned();
+    check("post", "/v1/extensions/{pbx}/{extension}/calls", (s, r));
+    check("post", "/v1/extensions/{pbx}/{extension}/calls", h.json("POST", "/v1/extensions/paris/2005/calls", t, Some(json!({ "account": "bob", "to": "2006" }))).await.unwrap());
+    let (s, v) = h.json("DELETE", &format!("/v1/extensions/paris/2005/calls/{made}?account=alice"), t, None).await.unwrap();
+    assert_eq!((s, v), (204, Value::Null));
+    // Admin reads and changes.
+    check("get", "/v1/pbx", h.json("GET", "/v1/pbx", ADMIN_TOKEN, None).await.unwrap());
+    check("get", "/v1/pbx", h.json("GET", "/v1/pbx", t, None).await.unwrap());
+    check("get", "/v1/audit", h.json("GET", "/v1/audit?extension=2005", ADMIN_TOKEN, None).await.unwrap());
+    check("get", "/v1/audit", h.json("GET", "/v1/audit?limit=0", t, None).await.unwrap());
+    check("get", "/v1/admin/counters", h.json("GET", "/v1/admin/counters?account=alice", ADMIN_TOKEN, None).await.unwrap());
+    check("get", "/v1/admin/blocks", h.json("GET", "/v1/admin/blocks?pbx=paris&extension=2005", ADMIN_TOKEN, None).await.unwrap());
+    check("get", "/v1/admin/blocks", h.json("GET", "/v1/admin/blocks?pbx=paris", ADMIN_TOKEN, None).await.unwrap());
+    check("post", "/v1/admin/counters/reset", h.json("POST", "/v1/admin/counters/reset", ADMIN_TOKEN, Some(json!({ "account": "alice", "tenant": "acme" }))).await.unwrap());
+    check("post", "/v1/admin/blocks/lift", h.json("POST", "/v1/admin/blocks/lift", ADMIN_TOKEN, Some(json!({ "pbx": "paris", "extension": "2005" }))).await.unwrap());
+    let (s, v) = h.json("DELETE", "/v1/bindings/paris/2005?account=alice", t, None).await.unwrap();
+    assert_eq!((s, v), (204, Value::Null));
+    check("delete", "/v1/bindings/{pbx}/{extension}", h.json("DELETE", "/v1/bindings/paris/2005?account=alice", t, None).await.unwrap());
+    check("get", "/v1/extensions/{pbx}/{extension}/events", h.json("GET", "/v1/extensions/paris/2005/events?account=alice", t, None).await.unwrap());
+    assert_eq!(seen, 33);
+    drop(e.sim);
+    e.running.shutdown().await;
+}
+
+/// The JSON schema of `method template`'s response with `status` (or its `4XX`/`5XX` range).
+fn response_schema(doc: &Value, method: &str, template: &str, status: u16) -> Option<Value> {
+    let responses = &doc["paths"][template][method]["responses"];
+    let r = [status.to_string(), format!("{}XX", status / 100)].into_iter().find_map(|k| responses.get(&k))?;
+    Some(r["content"]["application/json"]["schema"].clone())
+}
+
+/// The members a schema declares, through references and compositions.
+fn declared(doc: &Value, schema: &Value, out: &mut Vec<String>) {
+    let schema = resolve(doc, schema);
+    if let Some(p) = schema["properties"].as_object() {
+        out.extend(p.keys().cloned());
+    }
+    for k in ["allOf", "oneOf", "anyOf"] {
+        for s in schema[k].as_array().into_iter().flatten() {
+            declared(doc, s, out);
+        }
+    }
+}
+
+fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+        Some(name) => resolve(doc, &doc["components"]["schemas"][name]),
+        None => schema,
+    }
+}
+
+/// A small JSON-schema check (the subset the document uses): `$ref`, `type` (one or several),
+/// `enum`, `required`, `properties`, `additionalProperties`, `items`, `allOf`/`oneOf`/`anyOf`,
+/// `minimum`; an object member the schema does not declare is an error too (the document must
+/// say everything a response holds).
+fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+    validate_in(doc, schema, v, at, true)
+}
+
+fn validate_in(doc: &Value, schema: &Value, v: &Value, at: &str, strict: bool) -> Result<(), String> {
+    let schema = resolve(doc, schema);
+    if let Some(all) = schema["allOf"].as_array() {
+        for s in all {
+            validate_in(doc, s, v, at, false)?;
+        }
+    }
+    if let Some(one) = schema["oneOf"].as_array().or(schema["anyOf"].as_array()) {
+        let ok = one.iter().filter(|s| validate_in(doc, s, v, at, strict).is_ok()).count();
+        if ok == 0 || (schema["oneOf"].is_array() && ok > 1) {
+            return Err(format!("{at}: {ok} branches of {one:?} match {v}"));
+        }
+    }
+    if let Some(t) = schema.get("type") {
+        let types: Vec<&str> = match t {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let fits = |t: &str| match t {
+            "null" => v.is_null(),
+            "string" => v.is_string(),
+            "boolean" => v.is_boolean(),
+            "integer" => v.is_i64() || v.is_u64(),
+            "number" => v.is_number(),
+            "array" => v.is_array(),
+            "object" => v.is_object(),
+            _ => false,
+        };
+        if !types.iter().any(|t| fits(t)) {
+            return Err(format!("{at}: {v} is not of type {t}"));
+        }
+    }
+    if let Some(e) = schema["enum"].as_array() {
+        if !e.contains(v) {
+            return Err(format!("{at}: {v} is not one of {e:?}"));
+        }
+    }
+    if let (Some(min), Some(n)) = (schema["minimum"].as_f64(), v.as_f64()) {
+        if n < min {
+            return Err(format!("{at}: {n} < {min}"));
+        }
+    }
+    if let Some(items) = schema.get("items") {
+        for (i, item) in v.as_array().into_iter().flatten().enumerate() {
+            validate_in(doc, items, item, &format!("{at}[{i}]"), true)?;
+        }
+    }
+    if let Some(o) = v.as_object() {
+        for r in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            if !o.contains_key(r) {
+                return Err(format!("{at}: required member `{r}` missing"));
+            }
+        }
+        let props = schema["properties"].as_object();
+        for (k, member) in o {
+            if let Some(s) = props.and_then(|p| p.get(k)) {
+                validate_in(doc, s, member, &format!("{at}.{k}"), true)?;
+            } else if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+                validate_in(doc, extra, member, &format!("{at}.{k}"), true)?;
+            }
+        }
+        if strict && schema.get("additionalProperties").is_none() && (props.is_some() || schema["allOf"].is_array()) {
+            let mut names = Vec::new();
+            declared(doc, schema, &mut names);
+            if let Some(k) = o.keys().find(|k| !names.contains(k)) {
+                return Err(format!("{at}: member `{k}` is not in the document"));
+            }
+        }
+    }
+    Ok(())
 }

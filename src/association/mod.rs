@@ -45,7 +45,7 @@ use serde::Serialize;
 pub type Millis = u64;
 
 /// Where an association stands. Serialized as the API's `state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     /// Code issued; waiting for "I'm at my phone" (or for a retry after a failed attempt).
@@ -79,7 +79,7 @@ impl State {
 }
 
 /// Why an attempt or an association failed. Serialized as the API's `reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     WrongCode,
@@ -192,7 +192,7 @@ pub enum Principal {
 }
 
 /// One step of an association's history (API `history`, and the audit log).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Step {
     pub at: Millis,
     pub step: String,
@@ -233,7 +233,7 @@ pub struct Binding {
 }
 
 /// An append-only audit record. Never holds a code or a credential.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub at: Millis,
     pub tenant: String,
@@ -246,7 +246,7 @@ pub struct AuditRecord {
 }
 
 /// Whose failures a counter counts: always the account that asked for the code.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CounterKey {
     /// All wrong entries of an account's associations.
@@ -289,7 +289,7 @@ pub struct ProofCall {
 }
 
 /// The phone's owner pressed 9: `account` may not ask for `extension` until `until`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct OwnerBlock {
     pub tenant: String,
     pub account: String,
@@ -359,7 +359,7 @@ pub enum StoreWrite {
 }
 
 /// What the IVR platform should do next on a call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct IvrReply {
     /// Which prompt this is (`enter_code`, `confirm_account`, `bound`, ...): IVR adapters that
     /// play recorded files map it to a file name.
@@ -372,7 +372,7 @@ pub struct IvrReply {
     pub hangup: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Gather {
     pub max_digits: usize,
     pub finish_on_key: String,

@@ -1,0 +1,129 @@
+//! `/v1/associations`: ask for a code, say "I'm at my phone" (or retry), follow, cancel.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiResult, ErrorBody, HttpError};
+use super::extract::{check_id, check_number, check_text, Caller, NoQuery, StrictJson, StrictPath, StrictQuery, Validate};
+use super::{AppState, CONTEXT_RANDOM_DIGITS};
+use crate::association::{AssociationView, Input, Millis, Output, Reason, State as AssocState, Step};
+use crate::clock::now_ms;
+use crate::gateway::{Query, QueryResult};
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateReq {
+    /// The account (of the calling tenant) asking to bind the extension.
+    account: String,
+    extension: String,
+    /// The name the IVR reads out as the tenant's.
+    display_name: Option<String>,
+    /// Needed only when the extension exists on several PBXs of the tenant.
+    pbx: Option<String>,
+}
+
+impl Validate for CreateReq {
+    fn validate(&self) -> Result<(), HttpError> {
+        check_id("account", &self.account, 128)?;
+        check_number("extension", &self.extension)?;
+        if let Some(d) = &self.display_name {
+            check_text("display_name", d, 128)?;
+        }
+        if let Some(pbx) = &self.pbx {
+            check_id("pbx", pbx, 64)?;
+        }
+        Ok(())
+    }
+}
+
+/// A new association, with its one-time code: the only time the code is shown.
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    id: String,
+    state: AssocState,
+    code: String,
+    expires_at: Millis,
+    extension: String,
+    pbx: String,
+}
+
+/// What the API shows of an association: the engine's view without the tenant (the caller's
+/// own) and the proof call's PBX id (the gateway's business).
+#[derive(Serialize, ToSchema)]
+pub struct Association {
+    id: String,
+    state: AssocState,
+    /// Why the last attempt or the association failed; null while nothing failed.
+    #[schema(required = true)]
+    reason: Option<Reason>,
+    retryable: bool,
+    extension: String,
+    pbx: String,
+    account: String,
+    expires_at: Millis,
+    history: Vec<Step>,
+}
+
+impl From<AssociationView> for Association {
+    fn from(v: AssociationView) -> Association {
+        Association { id: v.id, state: v.state, reason: v.reason, retryable: v.retryable, extension: v.extension, pbx: v.pbx, account: v.account, expires_at: v.expires_at, history: v.history }
+    }
+}
+
+/// The engine's answer to an association input: its refusal, or the view.
+fn view_of(out: Option<Output>) -> ApiResult<(AssociationView, Option<String>)> {
+    let out = out.ok_or_else(HttpError::unavailable)?;
+    if let Some(e) = &out.error {
+        return Err(e.into());
+    }
+    out.view.map(|v| (v, out.code)).ok_or_else(HttpError::unavailable)
+}
+
+#[utoipa::path(post, path = "/v1/associations", tag = "associations", request_body = CreateReq, security(("bearer" = [])),
+    responses((status = 201, body = Created), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn create(State(st): State<AppState>, Caller(principal): Caller, _: StrictQuery<NoQuery>, StrictJson(req): StrictJson<CreateReq>) -> ApiResult<(StatusCode, Json<Created>)> {
+    let input = Input::Create {
+        principal,
+        account: req.account,
+        account_name: req.display_name,
+        pbx: req.pbx,
+        extension: req.extension,
+        id: crate::random::id(),
+        random: crate::random::digits(CONTEXT_RANDOM_DIGITS),
+        code: crate::random::digits(16),
+        now: now_ms(),
+    };
+    let (v, code) = view_of(st.gw.call(input).await)?;
+    let code = code.ok_or_else(HttpError::unavailable)?;
+    Ok((StatusCode::CREATED, Json(Created { id: v.id, state: v.state, code, expires_at: v.expires_at, extension: v.extension, pbx: v.pbx })))
+}
+
+#[utoipa::path(post, path = "/v1/associations/{id}/complete", tag = "associations", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 202, body = Association), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn complete(State(st): State<AppState>, Caller(principal): Caller, StrictPath(path): StrictPath<1>, _: StrictQuery<NoQuery>) -> ApiResult<(StatusCode, Json<Association>)> {
+    let [id] = path;
+    let (v, _) = view_of(st.gw.call(Input::Complete { principal, id, random: crate::random::digits(CONTEXT_RANDOM_DIGITS), now: now_ms() }).await)?;
+    Ok((StatusCode::ACCEPTED, Json(v.into())))
+}
+
+#[utoipa::path(delete, path = "/v1/associations/{id}", tag = "associations", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = Association), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn cancel(State(st): State<AppState>, Caller(principal): Caller, StrictPath(path): StrictPath<1>, _: StrictQuery<NoQuery>) -> ApiResult<Json<Association>> {
+    let [id] = path;
+    let (v, _) = view_of(st.gw.call(Input::Cancel { principal, id, now: now_ms() }).await)?;
+    Ok(Json(v.into()))
+}
+
+#[utoipa::path(get, path = "/v1/associations/{id}", tag = "associations", params(("id" = String, Path)), security(("bearer" = [])),
+    responses((status = 200, body = Association), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(super) async fn get_association(State(st): State<AppState>, Caller(principal): Caller, StrictPath(path): StrictPath<1>, _: StrictQuery<NoQuery>) -> ApiResult<Json<Association>> {
+    let [id] = path;
+    match st.gw.query(Query::Association { principal, id }).await {
+        QueryResult::Association(Some(v)) => Ok(Json(v.into())),
+        QueryResult::Association(None) => Err(HttpError::not_found()),
+        _ => Err(HttpError::unavailable()),
+    }
+}

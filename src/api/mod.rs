@@ -1,0 +1,172 @@
+//! The HTTP API (JSON), served with axum: associations, bindings, CTI control of a bound
+//! extension, admin views, health and metrics, the OpenAPI document, and the IVR webhook.
+//!
+//! Authentication: `Authorization: Bearer <token>`. Tenant tokens (the tenant's cloud service
+//! acting for its accounts, which it names in the request) and one admin token, compared in
+//! constant time ([`extract::Caller`]). A wrong or missing token gives 401; another tenant's
+//! object gives 404. Bodies, path segments and query strings are parsed strictly
+//! ([`extract`]): malformed JSON, unknown fields, wrong types, over-long strings, control or
+//! bidirectional-formatting characters, characters outside a field's alphabet and invalid
+//! percent-encoding give 400 with the field named; bodies over 16 KiB give 413; every refusal,
+//! the framework's own included, is a JSON `{"error", "field"?, "code"?}` ([`HttpError`]). The
+//! token is checked first, so an unauthenticated caller learns nothing but 401. Nothing is
+//! changed when a request is refused. A stopped gateway or a failing store is 503 `unavailable`.
+//!
+//! The routes are registered with their `#[utoipa::path]` descriptions ([`utoipa_axum`]), so the
+//! OpenAPI document served at `/v1/openapi.json` is generated from the very handlers and the
+//! types they exchange: a route cannot be served without being documented.
+//!
+//! One file per group of routes: [`associations`], [`bindings`], [`cti`], [`admin`], [`ivr`]
+//! (the webhook), [`ops`] (health, metrics, the document).
+
+pub mod admin;
+pub mod associations;
+pub mod bindings;
+pub mod cti;
+pub mod error;
+pub mod extract;
+pub mod ivr;
+pub mod ops;
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::{ErrorBody, HttpError};
+
+use crate::config::Secrets;
+use crate::gateway::Gateway;
+use crate::webhook::{ReplayCache, REPLAY_CACHE_CAPACITY};
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 16 * 1024;
+
+/// Event streams (server-sent events) one tenant may hold open at once: each holds a connection,
+/// a PBX monitor subscription and up to 1,024 buffered events, and the API's connections are
+/// shared by all tenants.
+pub const MAX_EVENT_STREAMS_PER_TENANT: usize = 64;
+
+/// CSPRNG digits handed to the engine for a proof call's context id: enough for a few tries of
+/// the longest (16 digits) should one collide with a live attempt's.
+const CONTEXT_RANDOM_DIGITS: usize = 64;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    gw: Gateway,
+    secrets: Arc<Secrets>,
+    /// The configured tokens' digests, computed once.
+    tokens: Arc<extract::Tokens>,
+    replay: Arc<Mutex<ReplayCache>>,
+    /// Event streams open, by tenant.
+    streams: cti::Streams,
+    /// The IVR adapters' guessing limits and counters (the webhook's, and FastAGI's for `/metrics`).
+    ivr: crate::ivr::IvrGuards,
+    /// The OpenAPI document, serialized once.
+    openapi: Arc<str>,
+}
+
+/// The document's frame: what the handlers do not say themselves.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "cstagate", description = "CTI gateway: self-service binding of a desk-phone extension to a cloud account by a proof call, and CTI control of the bound extension."),
+    modifiers(&BearerAuth),
+    components(schemas(crate::association::Reason, crate::association::State)),
+)]
+struct ApiDoc;
+
+/// The `bearer` security scheme the routes name.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("a tenant token or the admin token")).build()));
+    }
+}
+
+/// Every route with its description.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+        .routes(routes!(associations::create))
+        .routes(routes!(associations::get_association, associations::cancel))
+        .routes(routes!(associations::complete))
+        .routes(routes!(bindings::bindings_of))
+        .routes(routes!(bindings::binding, bindings::unbind))
+        .routes(routes!(cti::make_call))
+        .routes(routes!(cti::clear_call))
+        .routes(routes!(cti::events))
+        .routes(routes!(admin::pbx_list))
+        .routes(routes!(admin::audit))
+        .routes(routes!(admin::counters))
+        .routes(routes!(admin::counters_reset))
+        .routes(routes!(admin::blocks))
+        .routes(routes!(admin::blocks_lift))
+        .routes(routes!(ivr::ivr_webhook))
+}
+
+/// The OpenAPI document of this API, as `/v1/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// The API's router.
+pub fn router(gw: Gateway, secrets: Secrets) -> Router {
+    router_with(gw, secrets, crate::ivr::IvrGuards::default())
+}
+
+/// The API's router, its webhook guarded by (and `/metrics` reading) `ivr`.
+pub fn router_with(gw: Gateway, secrets: Secrets, ivr: crate::ivr::IvrGuards) -> Router {
+    let (router, doc) = routes().split_for_parts();
+    let openapi: Arc<str> = doc.to_json().unwrap_or_default().into();
+    let tokens = Arc::new(extract::Tokens::new(&secrets));
+    let state = AppState { gw, secrets: Arc::new(secrets), tokens, replay: Arc::new(Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY))), streams: Arc::default(), ivr, openapi };
+    router
+        .fallback(no_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(json_refusals))
+        .with_state(state)
+}
+
+async fn no_route() -> HttpError {
+    HttpError::new(StatusCode::NOT_FOUND, "no such endpoint")
+}
+
+/// The framework's own refusals (405, 413, ...) come as text; make every client error JSON.
+/// Every refusal also closes the connection (`Connection: close`): a request is often refused
+/// before its body is read (bad token, too large), and HTTP/1.1 cannot go on after an unread
+/// body — without the header the client would reuse a connection the server is closing.
+async fn json_refusals(resp: Response) -> Response {
+    let mut resp = json_refusal(resp).await;
+    if resp.status().is_client_error() {
+        resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+async fn json_refusal(resp: Response) -> Response {
+    let json = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/json"));
+    if !resp.status().is_client_error() || json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_owned()).unwrap_or_default();
+    let msg = if text.is_empty() { parts.status.canonical_reason().unwrap_or("refused").to_owned() } else { text };
+    let mut out = HttpError::new(parts.status, msg).into_response();
+    for (k, v) in &parts.headers {
+        if k != "content-type" && k != "content-length" {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
+}
