@@ -419,6 +419,16 @@ async fn every_response_matches_the_served_openapi_document() {
     check("delete", "/v1/bindings/{pbx}/{extension}", h.json("DELETE", "/v1/bindings/paris/2005?account=alice", t, None).await.unwrap());
     check("get", "/v1/extensions/{pbx}/{extension}/events", h.json("GET", "/v1/extensions/paris/2005/events?account=alice", t, None).await.unwrap());
     assert_eq!(seen, 33);
+    // The metrics: counters end in `_total`, and the ends are counted by state and reason.
+    let (s, body) = h.raw("GET", "/metrics", &[], None).await.unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert_eq!(s, 200);
+    for line in ["cstagate_associations_ended_total{state=\"bound\",reason=\"none\"} 1", "cstagate_associations_ended_total{state=\"cancelled\",reason=\"cancelled_by_user\"} 1", "cstagate_link_up{pbx=\"paris\"} 1", "# TYPE cstagate_link_frames_in counter", "# TYPE cstagate_bindings gauge", "cstagate_bindings 0"] {
+        assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+    }
+    for prefix in ["cstagate_link_frames_in_total{pbx=\"paris\"} ", "cstagate_link_requests_ok_total{pbx=\"paris\"} ", "cstagate_link_monitors{pbx=\"paris\"} "] {
+        assert!(text.lines().any(|l| l.starts_with(prefix)), "{prefix} not in\n{text}");
+    }
     drop(e.sim);
     e.running.shutdown().await;
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use cstagate::association::{AssociationView, AuditRecord, Engine, Millis, Policy, Snapshot, StoreWrite};
-use cstagate::demo::{local_secrets, TENANT_TOKEN};
+use cstagate::demo::{local_secrets, ADMIN_TOKEN, TENANT_TOKEN};
 use cstagate::gateway::Gateway;
 use cstagate::http_client::Http;
 use cstagate::store::{AuditFilter, Store, StoreError};
@@ -50,4 +50,72 @@ async fn a_failed_commit_is_a_503_and_hands_out_no_code() {
     // not hold the extension (it would answer 409 extension_busy from memory alone).
     let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "bob", "extension": "2005" }))).await.unwrap();
     assert_eq!((s, v["code"].as_str()), (503, Some("unavailable")), "{v}");
+}
+
+/// A database that cannot be read: commits of nothing pass, every read fails.
+struct Unreadable;
+
+impl Store for Unreadable {
+    fn apply(&mut self, writes: &[StoreWrite]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        Err(StoreError::Corrupt("disk I/O error (simulated)".into()))
+    }
+    fn snapshot(&self, _: Millis) -> Result<Snapshot, StoreError> {
+        Ok(Snapshot::default())
+    }
+    fn association(&self, _: &str) -> Result<Option<AssociationView>, StoreError> {
+        Err(StoreError::Corrupt("disk I/O error (simulated)".into()))
+    }
+    fn audit(&self, _: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        Err(StoreError::Corrupt("disk I/O error (simulated)".into()))
+    }
+}
+
+async fn serve(gw: Gateway) -> Http {
+    let app = cstagate::api::router(gw, local_secrets());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Http::new(&format!("http://{addr}"))
+}
+
+/// A read the store fails (an association no longer in memory, the audit log) is a 503
+/// `unavailable` too, never a 404 or a 400.
+#[tokio::test]
+async fn a_failed_read_is_a_503() {
+    let gw = Gateway::start(Engine::new(HashMap::new()), Box::new(Unreadable), HashMap::new(), None, Vec::new());
+    let http = serve(gw).await;
+    for (path, token) in [("/v1/associations/abc123", TENANT_TOKEN), ("/v1/audit", TENANT_TOKEN), ("/v1/audit?extension=2005", ADMIN_TOKEN)] {
+        let (s, v) = http.json("GET", path, token, None).await.unwrap();
+        assert_eq!((s, v["code"].as_str()), (503, Some("unavailable")), "{path}: {v}");
+    }
+}
+
+/// A stopped gateway answers every request that needs it with 503 `unavailable`.
+#[tokio::test]
+async fn a_stopped_gateway_is_a_503() {
+    let mut p = Policy::new("acme", "0800100200");
+    p.directory.insert("2005".into(), None);
+    let gw = Gateway::start(Engine::new(HashMap::from([("paris".to_owned(), p)])), Box::new(Unreadable), HashMap::new(), None, Vec::new());
+    let http = serve(gw.clone()).await;
+    gw.stop().await;
+    let requests = [
+        ("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))),
+        ("GET", "/v1/associations/abc123", TENANT_TOKEN, None),
+        ("POST", "/v1/associations/abc123/complete", TENANT_TOKEN, None),
+        ("DELETE", "/v1/associations/abc123", TENANT_TOKEN, None),
+        ("GET", "/v1/bindings?account=alice", TENANT_TOKEN, None),
+        ("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None),
+        ("DELETE", "/v1/bindings/paris/2005?account=alice", TENANT_TOKEN, None),
+        ("POST", "/v1/extensions/paris/2005/calls", TENANT_TOKEN, Some(json!({ "account": "alice", "to": "2006" }))),
+        ("GET", "/v1/audit", ADMIN_TOKEN, None),
+        ("GET", "/v1/admin/counters?account=alice", ADMIN_TOKEN, None),
+        ("POST", "/v1/admin/blocks/lift", ADMIN_TOKEN, Some(json!({ "account": "alice" }))),
+    ];
+    for (method, path, token, body) in requests {
+        let (s, v) = http.json(method, path, token, body).await.unwrap();
+        assert_eq!((s, v["code"].as_str()), (503, Some("unavailable")), "{method} {path}: {v}");
+    }
 }
