@@ -15,7 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::association::{Sizes, StoreWrite};
+use crate::association::{Sizes, State, StoreWrite};
 use crate::gateway::Gateway;
 use crate::webhook::REPLAY_CACHE_CAPACITY;
 
@@ -36,12 +36,20 @@ struct EndedLabels {
 pub struct Ended(Family<EndedLabels, Counter>);
 
 impl Ended {
-    /// Count the associations that `writes` (just committed) leave in a final state. An
-    /// association is written final once: nothing moves it afterwards.
+    /// Count the associations that `writes` (just committed) bring to a final state. A final
+    /// association may be written again (a history step after its end, such as a DTMF failure
+    /// reported late): only the write whose newest step is the end itself counts, so each end
+    /// counts once without remembering ids.
     pub fn count(&self, writes: &[StoreWrite]) {
         for w in writes {
             if let StoreWrite::Association(v) = w {
-                if v.state.is_final(v.retryable) {
+                let end_step = match v.state {
+                    State::Bound => "bound",
+                    State::Expired => "expired",
+                    State::Cancelled => "cancelled",
+                    _ => "failed",
+                };
+                if v.state.is_final(v.retryable) && v.history.last().is_some_and(|s| s.step == end_step) {
                     let name = |v: serde_json::Value| v.as_str().unwrap_or("none").to_owned();
                     let state = name(serde_json::to_value(v.state).unwrap_or_default());
                     let reason = name(serde_json::to_value(v.reason).unwrap_or_default());
@@ -150,4 +158,33 @@ pub fn render(src: &Sources<'_>) -> String {
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &reg);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::association::{AssociationView, Reason, Step};
+
+    fn view(state: State, reason: Option<Reason>, retryable: bool, steps: &[&str]) -> StoreWrite {
+        let history = steps.iter().map(|s| Step { at: 1, step: (*s).into(), detail: String::new() }).collect();
+        StoreWrite::Association(AssociationView { id: "a".into(), tenant: "t".into(), account: "x".into(), pbx: "p".into(), extension: "1".into(), state, reason, retryable, expires_at: 1, call: None, history })
+    }
+
+    #[test]
+    fn each_end_counts_once_by_state_and_reason() {
+        let ended = Ended::default();
+        ended.count(&[view(State::Ringing, None, true, &["created", "ringing"]), view(State::Failed, Some(Reason::NoAnswer), true, &["created", "failed"])]);
+        ended.count(&[view(State::Bound, None, false, &["created", "bound"])]);
+        // Written again after its end, with a later step: not a second end.
+        ended.count(&[view(State::Bound, None, false, &["created", "bound", "dtmf_failed"])]);
+        ended.count(&[view(State::Failed, Some(Reason::IvrTimeout), false, &["created", "failed"])]);
+        let mut reg = Registry::default();
+        reg.register("cstagate_associations_ended", "Ended", ended.0.clone());
+        let mut text = String::new();
+        encode(&mut text, &reg).unwrap();
+        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(samples.len(), 2, "{text}");
+        assert!(samples.contains(&"cstagate_associations_ended_total{state=\"bound\",reason=\"none\"} 1"), "{text}");
+        assert!(samples.contains(&"cstagate_associations_ended_total{state=\"failed\",reason=\"ivr_timeout\"} 1"), "{text}");
+    }
 }
