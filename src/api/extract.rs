@@ -254,13 +254,13 @@ pub trait Validate {
 pub struct StrictJson<T>(pub T);
 
 impl<T: DeserializeOwned + Validate> FromRequest<AppState> for StrictJson<T> {
-    type Rejection = axum::response::Response;
+    type Rejection = HttpError;
 
-    async fn from_request(req: Request, st: &AppState) -> Result<StrictJson<T>, axum::response::Response> {
-        use axum::response::IntoResponse;
-        let body = Bytes::from_request(req, st).await.map_err(IntoResponse::into_response)?;
-        let v: T = parse(&body).map_err(IntoResponse::into_response)?;
-        v.validate().map_err(IntoResponse::into_response)?;
+    async fn from_request(req: Request, st: &AppState) -> Result<StrictJson<T>, HttpError> {
+        // Too large (413) or unreadable: the framework's status and message.
+        let body = Bytes::from_request(req, st).await.map_err(|e| HttpError::new(e.status(), e.body_text()))?;
+        let v: T = parse(&body)?;
+        v.validate()?;
         Ok(StrictJson(v))
     }
 }
