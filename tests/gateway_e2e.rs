@@ -501,15 +501,15 @@ fn validate_in(doc: &Value, schema: &Value, v: &Value, at: &str, strict: bool) -
             return Err(format!("{at}: {v} is not of type {t}"));
         }
     }
-    if let Some(e) = schema["enum"].as_array() {
-        if !e.contains(v) {
-            return Err(format!("{at}: {v} is not one of {e:?}"));
-        }
+    if let Some(e) = schema["enum"].as_array()
+        && !e.contains(v)
+    {
+        return Err(format!("{at}: {v} is not one of {e:?}"));
     }
-    if let (Some(min), Some(n)) = (schema["minimum"].as_f64(), v.as_f64()) {
-        if n < min {
-            return Err(format!("{at}: {n} < {min}"));
-        }
+    if let (Some(min), Some(n)) = (schema["minimum"].as_f64(), v.as_f64())
+        && n < min
+    {
+        return Err(format!("{at}: {n} < {min}"));
     }
     if let Some(items) = schema.get("items") {
         for (i, item) in v.as_array().into_iter().flatten().enumerate() {

@@ -83,10 +83,10 @@ pub(super) async fn ivr_webhook(State(st): State<AppState>, headers: HeaderMap, 
     check_id("call", &req.call, 128)?;
     check_party("from", &req.from)?;
     check_party("to", &req.to)?;
-    if let Some(d) = &req.digits {
-        if d.len() > 64 || !d.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#') {
-            return Err(HttpError::bad("digits", "`digits` must be DTMF digits (0-9 * #), at most 64"));
-        }
+    if let Some(d) = &req.digits
+        && (d.len() > 64 || !d.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#'))
+    {
+        return Err(HttpError::bad("digits", "`digits` must be DTMF digits (0-9 * #), at most 64"));
     }
     let now = now_ms();
     let calls = || st.ivr.webhook_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
