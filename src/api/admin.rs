@@ -94,27 +94,27 @@ async fn change(st: &AppState, scope: AdminScope, input: Input) -> ApiResult<Jso
 /// `GET /v1/admin/counters` and `GET /v1/admin/blocks`: both show the counters and the blocks in
 /// scope, so either answers "why can't this account (or extension) associate?".
 #[utoipa::path(get, path = "/v1/admin/counters", tag = "admin", params(("pbx" = Option<String>, Query), ("extension" = Option<String>, Query), ("account" = Option<String>, Query), ("tenant" = Option<String>, Query)), security(("bearer" = [])),
-    responses((status = 200, body = Limits), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Limits), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn counters(State(st): State<AppState>, _: AdminCaller, StrictQuery(q): StrictQuery<ScopeReq>) -> ApiResult<Json<Limits>> {
     limits(&st, q.scope()?).await
 }
 
 /// The same as `GET /v1/admin/counters`.
 #[utoipa::path(get, path = "/v1/admin/blocks", tag = "admin", params(("pbx" = Option<String>, Query), ("extension" = Option<String>, Query), ("account" = Option<String>, Query), ("tenant" = Option<String>, Query)), security(("bearer" = [])),
-    responses((status = 200, body = Limits), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Limits), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn blocks(st: State<AppState>, admin: AdminCaller, q: StrictQuery<ScopeReq>) -> ApiResult<Json<Limits>> {
     counters(st, admin, q).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/counters/reset", tag = "admin", request_body = ScopeReq, security(("bearer" = [])),
-    responses((status = 200, body = Limits), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Limits), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn counters_reset(State(st): State<AppState>, _: AdminCaller, _: StrictQuery<NoQuery>, StrictJson(req): StrictJson<ScopeReq>) -> ApiResult<Json<Limits>> {
     let scope = req.scope()?;
     change(&st, scope.clone(), Input::ResetCounters { scope, now: now_ms() }).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/blocks/lift", tag = "admin", request_body = ScopeReq, security(("bearer" = [])),
-    responses((status = 200, body = Limits), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Limits), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn blocks_lift(State(st): State<AppState>, _: AdminCaller, _: StrictQuery<NoQuery>, StrictJson(req): StrictJson<ScopeReq>) -> ApiResult<Json<Limits>> {
     let scope = req.scope()?;
     change(&st, scope.clone(), Input::LiftBlocks { scope, now: now_ms() }).await
@@ -136,7 +136,7 @@ pub struct PbxList {
 }
 
 #[utoipa::path(get, path = "/v1/pbx", tag = "admin", security(("bearer" = [])),
-    responses((status = 200, body = PbxList), (status = "4XX", body = ErrorBody)))]
+    responses((status = 200, body = PbxList), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody)))]
 pub(super) async fn pbx_list(State(st): State<AppState>, _: AdminCaller, _: StrictQuery<NoQuery>) -> Json<PbxList> {
     let mut pbx: Vec<PbxLink> = st.gw.links().iter().map(|(id, l)| PbxLink { id: id.clone(), state: l.state(), stats: l.stats() }).collect();
     pbx.sort_by(|a, b| a.id.cmp(&b.id));
@@ -163,7 +163,7 @@ pub struct AuditLog {
 }
 
 #[utoipa::path(get, path = "/v1/audit", tag = "admin", params(("extension" = Option<String>, Query), ("account" = Option<String>, Query), ("limit" = Option<usize>, Query)), security(("bearer" = [])),
-    responses((status = 200, body = AuditLog), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = AuditLog), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn audit(State(st): State<AppState>, Caller(p): Caller, StrictQuery(q): StrictQuery<AuditQuery>) -> ApiResult<Json<AuditLog>> {
     // A tenant sees its own records only.
     let tenant = match p {

@@ -83,7 +83,7 @@ fn view_of(out: Option<Output>) -> ApiResult<(AssociationView, Option<String>)> 
 }
 
 #[utoipa::path(post, path = "/v1/associations", tag = "associations", request_body = CreateReq, security(("bearer" = [])),
-    responses((status = 201, body = Created), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 201, body = Created), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn create(State(st): State<AppState>, Caller(principal): Caller, _: StrictQuery<NoQuery>, StrictJson(req): StrictJson<CreateReq>) -> ApiResult<(StatusCode, Json<Created>)> {
     let input = Input::Create {
         principal,
@@ -102,7 +102,7 @@ pub(super) async fn create(State(st): State<AppState>, Caller(principal): Caller
 }
 
 #[utoipa::path(post, path = "/v1/associations/{id}/complete", tag = "associations", params(("id" = String, Path)), security(("bearer" = [])),
-    responses((status = 202, body = Association), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 202, body = Association), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn complete(State(st): State<AppState>, Caller(principal): Caller, StrictPath(path): StrictPath<1>, _: StrictQuery<NoQuery>) -> ApiResult<(StatusCode, Json<Association>)> {
     let [id] = path;
     let (v, _) = view_of(st.gw.call(Input::Complete { principal, id, random: crate::random::digits(CONTEXT_RANDOM_DIGITS), now: now_ms() }).await)?;
@@ -110,7 +110,7 @@ pub(super) async fn complete(State(st): State<AppState>, Caller(principal): Call
 }
 
 #[utoipa::path(delete, path = "/v1/associations/{id}", tag = "associations", params(("id" = String, Path)), security(("bearer" = [])),
-    responses((status = 200, body = Association), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Association), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn cancel(State(st): State<AppState>, Caller(principal): Caller, StrictPath(path): StrictPath<1>, _: StrictQuery<NoQuery>) -> ApiResult<Json<Association>> {
     let [id] = path;
     let (v, _) = view_of(st.gw.call(Input::Cancel { principal, id, now: now_ms() }).await)?;
@@ -118,7 +118,7 @@ pub(super) async fn cancel(State(st): State<AppState>, Caller(principal): Caller
 }
 
 #[utoipa::path(get, path = "/v1/associations/{id}", tag = "associations", params(("id" = String, Path)), security(("bearer" = [])),
-    responses((status = 200, body = Association), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = Association), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn get_association(State(st): State<AppState>, Caller(principal): Caller, StrictPath(path): StrictPath<1>, _: StrictQuery<NoQuery>) -> ApiResult<Json<Association>> {
     let [id] = path;
     match st.gw.query(Query::Association { principal, id }).await {

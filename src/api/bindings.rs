@@ -46,7 +46,7 @@ pub(super) async fn visible_binding(st: &AppState, p: &Principal, pbx: &str, ext
 }
 
 #[utoipa::path(get, path = "/v1/bindings", tag = "bindings", params(("account" = String, Query)), security(("bearer" = [])),
-    responses((status = 200, body = BindingList), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = BindingList), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn bindings_of(State(st): State<AppState>, Caller(p): Caller, StrictQuery(q): StrictQuery<MaybeAccountQuery>) -> ApiResult<Json<BindingList>> {
     let Principal::Tenant(tenant) = p else {
         return Err(HttpError::bad("account", "list bindings with a tenant token and `account`"));
@@ -59,7 +59,7 @@ pub(super) async fn bindings_of(State(st): State<AppState>, Caller(p): Caller, S
 }
 
 #[utoipa::path(get, path = "/v1/bindings/{pbx}/{extension}", tag = "bindings", params(("pbx" = String, Path), ("extension" = String, Path)), security(("bearer" = [])),
-    responses((status = 200, body = BindingBody), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = BindingBody), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn binding(State(st): State<AppState>, Caller(p): Caller, StrictPath(path): StrictPath<2>, _: StrictQuery<NoQuery>) -> ApiResult<Json<BindingBody>> {
     let [pbx, extension] = path;
     let b = visible_binding(&st, &p, &pbx, &extension).await?.ok_or_else(HttpError::not_found)?;
@@ -67,7 +67,7 @@ pub(super) async fn binding(State(st): State<AppState>, Caller(p): Caller, Stric
 }
 
 #[utoipa::path(delete, path = "/v1/bindings/{pbx}/{extension}", tag = "bindings", params(("pbx" = String, Path), ("extension" = String, Path), ("account" = Option<String>, Query)), security(("bearer" = [])),
-    responses((status = 204), (status = "4XX", body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 204), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn unbind(State(st): State<AppState>, Caller(principal): Caller, StrictPath(path): StrictPath<2>, StrictQuery(q): StrictQuery<MaybeAccountQuery>) -> ApiResult<StatusCode> {
     let [pbx, extension] = path;
     let out = st.gw.call(Input::Unbind { principal, account: q.account, pbx, extension, now: now_ms() }).await.ok_or_else(HttpError::unavailable)?;

@@ -87,7 +87,7 @@ async fn bound_to(st: &AppState, p: &Principal, pbx: &str, extension: &str, acco
 }
 
 #[utoipa::path(post, path = "/v1/extensions/{pbx}/{extension}/calls", tag = "cti", request_body = CallReq, params(("pbx" = String, Path), ("extension" = String, Path)), security(("bearer" = [])),
-    responses((status = 201, body = CallPlaced), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+    responses((status = 201, body = CallPlaced), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = "5XX", description = "the PBX link is down or busy (503), timed out (504) or the PBX refused (502); or `unavailable`", body = ErrorBody)))]
 pub(super) async fn make_call(State(st): State<AppState>, Caller(p): Caller, StrictPath(path): StrictPath<2>, _: StrictQuery<NoQuery>, StrictJson(req): StrictJson<CallReq>) -> ApiResult<(StatusCode, Json<CallPlaced>)> {
     let [pbx, extension] = path;
     let link = bound_to(&st, &p, &pbx, &extension, &req.account).await?;
@@ -98,7 +98,7 @@ pub(super) async fn make_call(State(st): State<AppState>, Caller(p): Caller, Str
 }
 
 #[utoipa::path(delete, path = "/v1/extensions/{pbx}/{extension}/calls/{call}", tag = "cti", params(("pbx" = String, Path), ("extension" = String, Path), ("call" = String, Path), ("account" = String, Query)), security(("bearer" = [])),
-    responses((status = 204), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+    responses((status = 204), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = "5XX", description = "the PBX link is down or busy (503), timed out (504) or the PBX refused (502); or `unavailable`", body = ErrorBody)))]
 pub(super) async fn clear_call(State(st): State<AppState>, Caller(p): Caller, StrictPath(path): StrictPath<3>, StrictQuery(q): StrictQuery<AccountQuery>) -> ApiResult<StatusCode> {
     let [pbx, extension, call] = path;
     let link = bound_to(&st, &p, &pbx, &extension, &q.account).await?;
@@ -111,7 +111,7 @@ pub(super) async fn clear_call(State(st): State<AppState>, Caller(p): Caller, St
 /// The extension's events as server-sent events (`data:` one JSON object each: the decoded CSTA
 /// event, `{"link": "lost" | "restored" | "monitor failed"}`, and `{"binding": "ended"}` last).
 #[utoipa::path(get, path = "/v1/extensions/{pbx}/{extension}/events", tag = "cti", params(("pbx" = String, Path), ("extension" = String, Path), ("account" = String, Query)), security(("bearer" = [])),
-    responses((status = 200, content_type = "text/event-stream", body = String), (status = "4XX", body = ErrorBody), (status = "5XX", body = ErrorBody)))]
+    responses((status = 200, content_type = "text/event-stream", body = String), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = "5XX", description = "the PBX link is down or busy (503), timed out (504) or the PBX refused (502); or `unavailable`", body = ErrorBody)))]
 pub(super) async fn events(State(st): State<AppState>, Caller(p): Caller, StrictPath(path): StrictPath<2>, StrictQuery(q): StrictQuery<AccountQuery>) -> ApiResult<Response> {
     let [pbx, extension] = path;
     // Watch for unbinds before reading the binding, so none is missed in between.
