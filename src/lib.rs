@@ -24,4 +24,6 @@ pub mod random;
 pub mod server;
 pub mod sim;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod webhook;

@@ -173,7 +173,7 @@ fn main() -> ExitCode {
                 Profile::Hipath => (Framing::Siemens, Dialect::Phase3, false),
                 Profile::Phase3 | Profile::Auto => (Framing::TwoByteLength, Dialect::Phase3, false),
             };
-            let numbers = match cstagate::sim::parse_directory(&extensions) {
+            let numbers = match cstagate::config::parse_directory(&extensions) {
                 Ok(n) => n,
                 Err(e) => {
                     eprintln!("cstagate sim-pbx: --extensions: {e}");

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use cstagate::association::{AssociationView, AuditRecord, Engine, Millis, Policy, Snapshot, StoreWrite};
-use cstagate::demo::{local_secrets, TENANT_TOKEN};
+use cstagate::testkit::Tokens;
 use cstagate::gateway::Gateway;
 use cstagate::http_client::Http;
 use cstagate::store::{AuditFilter, Store, StoreError};
@@ -38,16 +38,17 @@ async fn a_failed_commit_is_a_503_and_hands_out_no_code() {
     let mut p = Policy::new("acme", "0800100200");
     p.directory.insert("2005".into(), None);
     let gw = Gateway::start(Engine::new(HashMap::from([("paris".to_owned(), p)])), Box::new(Broken), HashMap::new(), None, Vec::new());
-    let app = cstagate::api::router(gw, local_secrets());
+    let tokens = Tokens::random();
+    let app = cstagate::api::router(gw, tokens.secrets());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     let http = Http::new(&format!("http://{addr}"));
-    let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let (s, v) = http.json("POST", "/v1/associations", &tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     assert_eq!((s, v["code"].as_str()), (503, Some("unavailable")), "{v}");
     assert!(v.get("id").is_none(), "no association, no code: {v}");
     // The engine went back to what the store holds: the association that was never stored does
     // not hold the extension (it would answer 409 extension_busy from memory alone).
-    let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "bob", "extension": "2005" }))).await.unwrap();
+    let (s, v) = http.json("POST", "/v1/associations", &tokens.tenant, Some(json!({ "account": "bob", "extension": "2005" }))).await.unwrap();
     assert_eq!((s, v["code"].as_str()), (503, Some("unavailable")), "{v}");
 }
