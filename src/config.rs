@@ -61,6 +61,10 @@ pub struct GatewaySettings {
     /// all its calls; beyond, a context entry gets goodbye.
     #[serde(default = "default_ivr_guesses_per_minute")]
     pub ivr_guesses_per_minute: u32,
+    /// At shutdown (SIGTERM, Ctrl-C), how long requests and FastAGI sessions in progress have to
+    /// finish once no new connection is accepted; those still open then are closed.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl Default for GatewaySettings {
@@ -77,6 +81,7 @@ impl Default for GatewaySettings {
             header_timeout: default_header_timeout(),
             fastagi_allow: default_fastagi_allow(),
             ivr_guesses_per_minute: default_ivr_guesses_per_minute(),
+            shutdown_grace: default_shutdown_grace(),
         }
     }
 }
@@ -99,12 +104,23 @@ impl GatewaySettings {
         if !(1..=100_000).contains(&self.ivr_guesses_per_minute) {
             return Err(ConfigError::Invalid { at: "[gateway]".into(), key: "ivr_guesses_per_minute", why: "must be 1 to 100000".into() });
         }
+        // A service manager kills a process that takes longer than its own stop timeout (90 s
+        // by default for systemd): the grace period must leave time for the rest of the stop.
+        if self.shutdown_grace > MAX_SHUTDOWN_GRACE {
+            return Err(ConfigError::Invalid { at: "[gateway]".into(), key: "shutdown_grace", why: "must be at most 60s".into() });
+        }
         Ok(())
     }
 }
 
 fn default_fastagi_allow() -> Vec<String> {
     vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+/// The longest `shutdown_grace`.
+pub const MAX_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn default_shutdown_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
 }
 fn default_ivr_guesses_per_minute() -> u32 {
     crate::ivr::GUESSES_PER_MINUTE
@@ -683,6 +699,8 @@ mod tests {
             ("ivr_guesses_per_minute = -1", "ivr_guesses_per_minute"),
             ("ivr_guesses_per_minute = 'many'", "ivr_guesses_per_minute"),
             ("ivr_guesses = 10", "ivr_guesses"),
+            ("shutdown_grace = '61s'", "shutdown_grace"),
+            ("shutdown_grace = 5", "shutdown_grace"),
         ] {
             let e = Config::parse(&format!("[gateway]\n{bad}\n")).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");

@@ -22,6 +22,7 @@ pub mod notify;
 pub mod probe;
 pub mod random;
 pub mod server;
+pub mod shutdown;
 pub mod sim;
 pub mod store;
 #[cfg(feature = "testkit")]
