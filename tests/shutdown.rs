@@ -142,3 +142,28 @@ async fn sigterm_refuses_new_connections_lets_the_request_in_progress_finish_and
     line_with(&mut out, "cstagate gateway stopped", &mut seen_out).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A request still in progress when the grace period is over is cut off: its connection is
+/// closed without an answer, and the shutdown goes on (gateway stopped, link released).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_open_after_the_grace_period_is_closed_and_the_shutdown_completes() {
+    use cstagate::testkit::{local_secrets, LocalGateway, LocalOptions};
+    let sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap();
+    let options = LocalOptions { gateway: "shutdown_grace = \"100ms\"\n".into(), pbx: "extensions = [\"2005\"]\n".into(), ..Default::default() };
+    let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
+    let addr = gw.running.addr;
+    // Headers sent, the body never comes.
+    let mut held = TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST /v1/associations HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\nexpect: 100-continue\r\ncontent-length: 50\r\n\r\n", gw.tokens.tenant);
+    held.write_all(head.as_bytes()).await.unwrap();
+    let mut cont = vec![0u8; "HTTP/1.1 100 Continue\r\n\r\n".len()];
+    timeout(LIMIT, held.read_exact(&mut cont)).await.expect("100 Continue").unwrap();
+    timeout(LIMIT, gw.running.shutdown()).await.expect("the shutdown completes");
+    let mut rest = Vec::new();
+    let read = timeout(LIMIT, held.read_to_end(&mut rest)).await.expect("the connection is closed");
+    assert!(read.is_err() || rest.is_empty(), "closed without an answer: {}", String::from_utf8_lossy(&rest));
+    let e = TcpStream::connect(addr).await.expect_err("the listener is closed");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    assert_eq!(sim.stats().releases, 1, "the link was released before shutdown returned");
+    assert_eq!(sim.stats().requests.get("MakeCall"), None, "the unfinished request created nothing");
+}
