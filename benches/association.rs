@@ -8,13 +8,13 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use cstagate::demo::{drive_many, local_secrets, LocalGateway, LocalOptions, IVR_SECRET, TENANT_TOKEN};
+use cstagate::testkit::{drive_many, local_secrets, Ivr, LocalGateway, LocalOptions};
 use cstagate::sim::{SimConfig, SimPbx};
 
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let exts: Vec<String> = (3000..3100).map(|n| n.to_string()).collect();
-    let (mut sim, http, _running) = rt.block_on(async {
+    let (mut sim, http, tokens, _running) = rt.block_on(async {
         let refs: Vec<&str> = exts.iter().map(String::as_str).collect();
         let mut cfg = SimConfig::phase3(&refs);
         for e in &mut cfg.extensions {
@@ -22,12 +22,12 @@ fn bench(c: &mut Criterion) {
         }
         let sim = SimPbx::start(cfg, "127.0.0.1:0").await.expect("sim");
         let options = LocalOptions { pbx: "extensions = [\"3000-3099\"]\nmax_requests_per_second = 1000000\n".into(), proof_calls_per_hour: Some(1_000_000), ..Default::default() };
-        let LocalGateway { running, http, .. } = LocalGateway::start(&sim, options, local_secrets()).await.expect("gateway");
-        (sim, http, running)
+        let LocalGateway { running, http, tokens, .. } = LocalGateway::start(&sim, options, local_secrets()).await.expect("gateway");
+        (sim, http, tokens, running)
     });
     // Throughput: 100 extensions at a time, 20 rounds.
-    let mut ivr = cstagate::demo::Ivr::of(&mut sim).expect("IVR endpoint");
-    let report = rt.block_on(drive_many(&http, &mut ivr, IVR_SECRET, TENANT_TOKEN, &exts, 20)).expect("load");
+    let mut ivr = Ivr::of(&mut sim).expect("IVR endpoint");
+    let report = rt.block_on(drive_many(&http, &mut ivr, &tokens.ivr, &tokens.tenant, &exts, 20)).expect("load");
     eprintln!(
         "association/throughput: {} associations in {:.2} s = {:.0} associations/s (100 concurrent; half bound then unbound, half three wrong codes then cancelled)",
         report.outcomes.len(),
@@ -41,9 +41,9 @@ fn bench(c: &mut Criterion) {
     };
     show("latency-under-load", &mut report.code_to_binding.clone());
     // Latency at a moderate load: 10 extensions at a time.
-    let report = rt.block_on(drive_many(&http, &mut ivr, IVR_SECRET, TENANT_TOKEN, &exts[..10], 40)).expect("load");
+    let report = rt.block_on(drive_many(&http, &mut ivr, &tokens.ivr, &tokens.tenant, &exts[..10], 40)).expect("load");
     show("latency-10-concurrent", &mut report.code_to_binding.clone());
-    let report = rt.block_on(drive_many(&http, &mut ivr, IVR_SECRET, TENANT_TOKEN, &exts[..1], 200)).expect("load");
+    let report = rt.block_on(drive_many(&http, &mut ivr, &tokens.ivr, &tokens.tenant, &exts[..1], 200)).expect("load");
     show("latency-sequential", &mut report.code_to_binding.clone());
     drop(sim);
     let _ = c;

@@ -61,6 +61,10 @@ pub struct GatewaySettings {
     /// all its calls; beyond, a context entry gets goodbye.
     #[serde(default = "default_ivr_guesses_per_minute")]
     pub ivr_guesses_per_minute: u32,
+    /// At shutdown (SIGTERM, Ctrl-C), how long requests and FastAGI sessions in progress have to
+    /// finish once no new connection is accepted; those still open then are closed.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl Default for GatewaySettings {
@@ -77,6 +81,7 @@ impl Default for GatewaySettings {
             header_timeout: default_header_timeout(),
             fastagi_allow: default_fastagi_allow(),
             ivr_guesses_per_minute: default_ivr_guesses_per_minute(),
+            shutdown_grace: default_shutdown_grace(),
         }
     }
 }
@@ -99,12 +104,23 @@ impl GatewaySettings {
         if !(1..=100_000).contains(&self.ivr_guesses_per_minute) {
             return Err(ConfigError::Invalid { at: "[gateway]".into(), key: "ivr_guesses_per_minute", why: "must be 1 to 100000".into() });
         }
+        // A service manager kills a process that takes longer than its own stop timeout (90 s
+        // by default for systemd): the grace period must leave time for the rest of the stop.
+        if self.shutdown_grace > MAX_SHUTDOWN_GRACE {
+            return Err(ConfigError::Invalid { at: "[gateway]".into(), key: "shutdown_grace", why: "must be at most 60s".into() });
+        }
         Ok(())
     }
 }
 
 fn default_fastagi_allow() -> Vec<String> {
     vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+/// The longest `shutdown_grace`.
+pub const MAX_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn default_shutdown_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
 }
 fn default_ivr_guesses_per_minute() -> u32 {
     crate::ivr::GUESSES_PER_MINUTE
@@ -378,7 +394,7 @@ impl Config {
             let Some(tenant) = &p.tenant else { continue };
             let ivr = p.ivr_number.as_deref().ok_or_else(|| p.invalid("ivr_number", "is required when `tenant` is set"))?;
             let mut pol = crate::association::Policy::new(tenant, ivr);
-            let numbers = crate::sim::parse_directory(&p.extensions.join(",")).map_err(|e| p.invalid("extensions", e))?;
+            let numbers = parse_directory(&p.extensions.join(",")).map_err(|e| p.invalid("extensions", e.to_string()))?;
             for n in numbers {
                 let name = p.names.get(&n).cloned();
                 pol.directory.insert(n, name);
@@ -581,6 +597,50 @@ impl PbxConfig {
     }
 }
 
+/// The most numbers a directory list may expand to.
+pub const MAX_DIRECTORY: usize = 100_000;
+
+/// A directory list that does not parse, naming the item at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectoryError {
+    #[error("bad number {0:?}")]
+    BadNumber(String),
+    /// Reversed, wider than [`MAX_DIRECTORY`], or with ends of different lengths.
+    #[error("bad range {0:?}")]
+    BadRange(String),
+    #[error("more than {MAX_DIRECTORY} extensions")]
+    TooMany,
+}
+
+/// Parse a directory list such as `2000-2010,3000`: the `extensions` key of a `[[pbx]]` table
+/// (its items joined with commas) and `cstagate sim-pbx --extensions`. A range keeps its ends'
+/// width (`0100-0102` is `0100`, `0101`, `0102`); single numbers may hold `*` and `#`.
+///
+/// # Errors
+/// A malformed item, a reversed range, or more than [`MAX_DIRECTORY`] numbers.
+pub fn parse_directory(spec: &str) -> Result<Vec<String>, DirectoryError> {
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.split_once('-') {
+            Some((a, b)) => {
+                let number = |n: &str| n.parse::<u64>().map_err(|_| DirectoryError::BadNumber(n.to_owned()));
+                let (x, y) = (number(a)?, number(b)?);
+                if y < x || y - x > MAX_DIRECTORY as u64 || a.len() != b.len() {
+                    return Err(DirectoryError::BadRange(item.to_owned()));
+                }
+                out.extend((x..=y).map(|n| format!("{n:0width$}", width = a.len())));
+            }
+            None if item.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#') => out.push(item.to_owned()),
+            None => return Err(DirectoryError::BadNumber(item.to_owned())),
+        }
+        if out.len() > MAX_DIRECTORY {
+            return Err(DirectoryError::TooMany);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -639,6 +699,8 @@ mod tests {
             ("ivr_guesses_per_minute = -1", "ivr_guesses_per_minute"),
             ("ivr_guesses_per_minute = 'many'", "ivr_guesses_per_minute"),
             ("ivr_guesses = 10", "ivr_guesses"),
+            ("shutdown_grace = '61s'", "shutdown_grace"),
+            ("shutdown_grace = 5", "shutdown_grace"),
         ] {
             let e = Config::parse(&format!("[gateway]\n{bad}\n")).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");
@@ -654,6 +716,18 @@ mod tests {
         let c = Config::parse("[gateway]\nfastagi_allow = ['10.1.2.0/24', '2001:db8::7']\nivr_guesses_per_minute = 5\n").unwrap();
         assert_eq!(c.gateway.fastagi_allow_networks().unwrap().len(), 2);
         assert_eq!(c.gateway.ivr_guesses_per_minute, 5);
+    }
+
+    #[test]
+    fn directories_expand_ranges_and_name_the_bad_item() {
+        assert_eq!(parse_directory("2000-2002, 3000,*66#").unwrap(), ["2000", "2001", "2002", "3000", "*66#"]);
+        assert_eq!(parse_directory("0100-0101").unwrap(), ["0100", "0101"]);
+        assert_eq!(parse_directory("2010-2000"), Err(DirectoryError::BadRange("2010-2000".into())));
+        assert_eq!(parse_directory("200-2000"), Err(DirectoryError::BadRange("200-2000".into())));
+        assert_eq!(parse_directory("20a0"), Err(DirectoryError::BadNumber("20a0".into())));
+        assert_eq!(parse_directory("1-x"), Err(DirectoryError::BadNumber("x".into())));
+        assert_eq!(parse_directory("100000-199999,200000-200001"), Err(DirectoryError::TooMany));
+        assert_eq!(parse_directory("").unwrap(), Vec::<String>::new());
     }
 }
 

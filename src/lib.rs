@@ -23,6 +23,9 @@ pub mod notify;
 pub mod probe;
 pub mod random;
 pub mod server;
+pub mod shutdown;
 pub mod sim;
 pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod webhook;

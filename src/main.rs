@@ -173,7 +173,7 @@ fn main() -> ExitCode {
                 Profile::Hipath => (Framing::Siemens, Dialect::Phase3, false),
                 Profile::Phase3 | Profile::Auto => (Framing::TwoByteLength, Dialect::Phase3, false),
             };
-            let numbers = match cstagate::sim::parse_directory(&extensions) {
+            let numbers = match cstagate::config::parse_directory(&extensions) {
                 Ok(n) => n,
                 Err(e) => {
                     eprintln!("cstagate sim-pbx: --extensions: {e}");
@@ -222,6 +222,15 @@ fn main() -> ExitCode {
 }
 
 async fn run_gateway(path: &std::path::Path) -> ExitCode {
+    // Before anything starts: a SIGTERM during the start stops the gateway as well, instead of
+    // killing the process halfway.
+    let stop = match StopSignals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cstagate run: cannot watch for SIGTERM and Ctrl-C: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let config = match cstagate::config::Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -245,26 +254,53 @@ async fn run_gateway(path: &std::path::Path) -> ExitCode {
         }
     };
     println!("cstagate gateway API on http://{}", running.addr);
-    stop_requested().await;
+    if let Some(addr) = running.fastagi_addr {
+        println!("cstagate FastAGI on {addr}");
+    }
+    let signal = stop.recv().await;
+    tracing::info!(signal, "stop requested");
     running.shutdown().await;
+    println!("cstagate gateway stopped");
     ExitCode::SUCCESS
 }
 
-/// Ctrl-C, or SIGTERM (what service managers and `kill` send): either stops the gateway cleanly —
-/// no new requests, the engine's last commits made, the PBX links released.
-async fn stop_requested() {
+/// Ctrl-C (SIGINT), or SIGTERM (what service managers and `kill` send): either stops the gateway
+/// the same way ([`cstagate::server::Running::shutdown`]) and the process exits 0.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Take over both signals from now on.
+    fn install() -> std::io::Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(StopSignals { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+        }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
+    }
+
+    /// The name of the first signal received.
+    async fn recv(mut self) -> &'static str {
+        #[cfg(unix)]
+        {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+                _ = self.interrupt.recv() => "SIGINT",
+                _ = self.terminate.recv() => "SIGTERM",
             }
-            return;
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -1,5 +1,5 @@
 //! `cstagate run`: the real gateway from a configuration — store, engine, PBX links, HTTP API
-//! and IVR webhook — started for real.
+//! and IVR webhook — started for real, and stopped in order ([`Running::shutdown`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,7 +10,12 @@ use crate::config::{read_secret, Config, ConfigError, SecretSource};
 use crate::clock::now_ms;
 use crate::gateway::Gateway;
 use crate::link::Link;
+use crate::shutdown::Shutdown;
 use crate::store::{SqliteStore, Store};
+
+/// How long the release of every PBX link (RLRQ, then the PBX's RLRE) may take at shutdown; a
+/// PBX that does not answer in time has its connection closed.
+pub const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A started gateway.
 pub struct Running {
@@ -18,22 +23,42 @@ pub struct Running {
     /// The FastAGI server's address, when configured.
     pub fastagi_addr: Option<SocketAddr>,
     pub gateway: Gateway,
+    /// The accept loops of the API and of FastAGI: each ends, dropping its listener, when the
+    /// shutdown begins.
     server: tokio::task::JoinHandle<()>,
     fastagi: Option<tokio::task::JoinHandle<()>>,
+    shutdown: Shutdown,
+    /// `shutdown_grace`: how long requests in progress have to finish.
+    grace: std::time::Duration,
 }
 
 impl Running {
-    /// Stop serving, stop the engine (its last writes committed, the database closed), then
-    /// release every PBX link. Associations in flight are ended by the next start.
+    /// Stop, in this order, and return when done: stop accepting connections (API and FastAGI:
+    /// their listeners are closed, a new connection is refused) and let the requests and
+    /// sessions in progress finish, for `shutdown_grace` at most (connections still open then
+    /// are closed); stop the gateway (the engine's last commits made; it ends the associations
+    /// in flight); release every PBX link (RLRQ), for [`RELEASE_TIMEOUT`] at most.
     pub async fn shutdown(self) {
-        self.server.abort();
-        if let Some(f) = &self.fastagi {
-            f.abort();
+        tracing::info!(grace = ?self.grace, "shutting down: no new connections, requests in progress may finish");
+        self.shutdown.begin();
+        // The accept loops end at once; awaiting them makes sure their listeners are closed.
+        let _ = self.server.await;
+        if let Some(f) = self.fastagi {
+            let _ = f.await;
+        }
+        tracing::info!(open = self.shutdown.open(), "stopped accepting connections");
+        let left = self.shutdown.drain(self.grace).await;
+        if left > 0 {
+            tracing::warn!(closed = left, grace = ?self.grace, "connections still open after the grace period were closed");
         }
         self.gateway.stop().await;
-        for l in self.gateway.links().values() {
-            l.shutdown().await;
+        tracing::info!("gateway stopped: last commits made");
+        let links: Vec<Link> = self.gateway.links().values().cloned().collect();
+        let release = futures_util::future::join_all(links.iter().map(Link::shutdown));
+        if tokio::time::timeout(RELEASE_TIMEOUT, release).await.is_err() {
+            tracing::warn!(timeout = ?RELEASE_TIMEOUT, "a PBX did not confirm the release of its link in time");
         }
+        tracing::info!(links = links.len(), "PBX links released; stopped");
     }
 }
 
@@ -42,11 +67,23 @@ impl Running {
 /// (also while a kept-alive connection waits for its next request), so that clients that connect
 /// and say nothing, or send headers byte by byte, cannot hold the API: their slots free up within
 /// `header_timeout`. (`axum::serve` has neither limit.)
-async fn serve(listener: tokio::net::TcpListener, app: axum::Router, max_connections: usize, header_timeout: std::time::Duration) {
+///
+/// When `shutdown` begins it returns, closing the listener, and each connection finishes the
+/// response in progress and closes (an idle one at once: hyper's graceful shutdown); one still
+/// open when the grace period is over is closed.
+async fn serve(listener: tokio::net::TcpListener, app: axum::Router, max_connections: usize, header_timeout: std::time::Duration, shutdown: Shutdown) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.stopping() => return,
+            a = async {
+                let slot = slots.clone().acquire_owned().await.ok()?;
+                Some((slot, listener.accept().await))
+            } => a,
+        };
+        let Some((slot, accepted)) = accepted else { return };
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors and the like: give connections time to close.
@@ -56,11 +93,30 @@ async fn serve(listener: tokio::net::TcpListener, app: axum::Router, max_connect
             }
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        tokio::spawn(async move {
+        let stop = shutdown.clone();
+        shutdown.spawn(async move {
             let _slot = slot;
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
-            if let Err(e) = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service).await {
+            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                r = conn.as_mut() => Some(r),
+                () = stop.stopping() => None,
+            };
+            let ended = match ended {
+                Some(r) => r,
+                None => {
+                    // The response in progress goes out, then the connection closes.
+                    conn.as_mut().graceful_shutdown();
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        // Grace period over: dropping the connection closes it.
+                        () = stop.closing() => return,
+                    }
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "API connection ended");
             }
         });
@@ -133,7 +189,8 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let guards = crate::ivr::IvrGuards::new(config.gateway.ivr_guesses_per_minute);
     let app = crate::api::router_with(gateway.clone(), secrets, guards.clone());
-    let server = tokio::spawn(serve(listener, app, config.gateway.max_connections, config.gateway.header_timeout));
+    let shutdown = Shutdown::new();
+    let server = tokio::spawn(serve(listener, app, config.gateway.max_connections, config.gateway.header_timeout, shutdown.clone()));
     tracing::info!(%addr, "gateway API listening");
     let mut fastagi_addr = None;
     let mut fastagi = None;
@@ -147,8 +204,8 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
             guesses_per_minute: config.gateway.ivr_guesses_per_minute,
             ..Default::default()
         };
-        fastagi = Some(tokio::spawn(crate::ivr::fastagi::serve_guarded(l, gateway.clone(), std::sync::Arc::new(settings), guards)));
+        fastagi = Some(tokio::spawn(crate::ivr::fastagi::serve_until(l, gateway.clone(), std::sync::Arc::new(settings), guards, shutdown.clone())));
         tracing::info!(addr = ?fastagi_addr, "FastAGI server listening");
     }
-    Ok(Running { addr, fastagi_addr, gateway, server, fastagi })
+    Ok(Running { addr, fastagi_addr, gateway, server, fastagi, shutdown, grace: config.gateway.shutdown_grace })
 }

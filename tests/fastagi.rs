@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use cstagate::demo::{local_secrets, Http, LocalGateway, LocalOptions, TENANT_TOKEN};
+use cstagate::testkit::{local_secrets, Http, LocalGateway, LocalOptions, Tokens};
 use cstagate::sim::{IvrSignal, SimConfig, SimPbx};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -21,6 +21,7 @@ struct Env {
     http: Http,
     agi: std::net::SocketAddr,
     _running: cstagate::server::Running,
+    tokens: Tokens,
 }
 
 async fn env() -> Env {
@@ -38,7 +39,7 @@ async fn env_with(gateway: &str) -> Env {
         ..Default::default()
     };
     let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
-    Env { sim, ivr, agi: gw.running.fastagi_addr.unwrap(), http: gw.http, _running: gw.running }
+    Env { sim, ivr, agi: gw.running.fastagi_addr.unwrap(), http: gw.http, _running: gw.running, tokens: gw.tokens }
 }
 
 /// Asterisk's side: the header, then one reply per command, from a script of answers to GET DATA.
@@ -84,7 +85,7 @@ async fn connected(e: &mut Env) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_association_is_bound_through_fastagi() {
     let mut e = env().await;
-    let (_, v) = e.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let (_, v) = e.http.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     let code = v["code"].as_str().unwrap().to_owned();
     let ctx = connected(&mut e).await; // dialled after the IVR number: "*<context>#"
     let mut a = Asterisk::connect(e.agi, "1700000000.1").await;
@@ -108,7 +109,7 @@ async fn an_association_is_bound_through_fastagi() {
     assert_eq!(a.commands[0], "ANSWER");
     assert!(a.commands.iter().any(|c| c.starts_with("GET DATA cstagate/enter-code 8000 6")), "{:?}", a.commands);
     assert!(a.commands.iter().any(|c| c.starts_with("GET DATA cstagate/tts ")), "fallback file for prompts without one");
-    let (s, b) = e.http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap();
+    let (s, b) = e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.tenant, None).await.unwrap();
     assert_eq!((s, b["did"].as_str()), (200, Some("+33144002005")), "agi_callerid is the calling number");
     drop(e.sim);
 }
@@ -116,7 +117,7 @@ async fn an_association_is_bound_through_fastagi() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hangups_and_garbage_end_the_dialogue_with_nothing_bound() {
     let mut e = env().await;
-    let (_, v) = e.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let (_, v) = e.http.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     let id = v["id"].as_str().unwrap().to_owned();
     let ctx = connected(&mut e).await;
     let ctx = ctx.trim_start_matches('*').trim_end_matches('#').to_owned();
@@ -154,9 +155,10 @@ async fn hangups_and_garbage_end_the_dialogue_with_nothing_bound() {
     let wait_state = |want: &'static str| {
         let http = e.http.clone();
         let id = id.clone();
+        let token = e.tokens.tenant.clone();
         async move {
             loop {
-                let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+                let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), &token, None).await.unwrap();
                 if v["reason"] == want {
                     return v;
                 }
@@ -166,7 +168,7 @@ async fn hangups_and_garbage_end_the_dialogue_with_nothing_bound() {
     };
     let v = tokio::time::timeout(LIMIT, wait_state("call_cleared")).await.expect("the hang-up ends the attempt");
     assert_eq!(v["state"], "failed");
-    let (s, _) = e.http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap();
+    let (s, _) = e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.tenant, None).await.unwrap();
     assert_eq!(s, 404);
     drop(e.sim);
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use cstagate::webhook::webhook_headers;
 use cstagate::codec::Operation;
-use cstagate::demo::{ivr_body, ivr_request, local_secrets, post_webhook, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
+use cstagate::testkit::{ivr_body, ivr_request, local_secrets, post_webhook, Http, Ivr, LocalGateway, LocalOptions, Tokens, IVR_NUMBER};
 use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
@@ -81,7 +81,7 @@ async fn to_step(step: Step) -> Case {
     sim.faults().hold.extend(held);
     let options = options(step);
     let gw = LocalGateway::start(&sim, options.clone(), local_secrets()).await.unwrap();
-    let (s, v) = gw.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let (s, v) = gw.http.json("POST", "/v1/associations", &gw.tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     assert_eq!(s, 201, "{v}");
     let mut c = Case { sim, ivr, gw: Some(gw), options, id: v["id"].as_str().unwrap().to_owned(), code: v["code"].as_str().unwrap().to_owned(), call: None };
     match step {
@@ -105,7 +105,7 @@ async fn to_step(step: Step) -> Case {
 
 impl Case {
     async fn state(&self) -> Value {
-        self.gw().http.json("GET", &format!("/v1/associations/{}", self.id), TENANT_TOKEN, None).await.unwrap().1
+        self.gw().http.json("GET", &format!("/v1/associations/{}", self.id), &self.gw().tokens.tenant, None).await.unwrap().1
     }
 
     /// Poll the association (real API round trips) until `pred` holds.
@@ -152,8 +152,8 @@ impl Case {
     /// can run while the gateway is being restarted). Status 0: no answer (connection failed).
     fn webhook_request(&self, digits: Option<&str>) -> impl std::future::Future<Output = (u16, Value)> + 'static {
         let raw = self.webhook_body(digits);
-        let http = self.gw().http.clone();
-        async move { post_webhook(&http, IVR_SECRET, raw).await.unwrap_or((0, Value::Null)) }
+        let (http, secret) = (self.gw().http.clone(), self.gw().tokens.ivr.clone());
+        async move { post_webhook(&http, &secret, raw).await.unwrap_or((0, Value::Null)) }
     }
 
     async fn webhook(&self, digits: Option<&str>) -> (u16, Value) {
@@ -182,12 +182,12 @@ impl Case {
     }
 
     async fn binding(&self) -> Option<Value> {
-        let (s, b) = self.gw().http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap();
+        let (s, b) = self.gw().http.json("GET", "/v1/bindings/paris/2005", &self.gw().tokens.tenant, None).await.unwrap();
         (s == 200).then_some(b)
     }
 
     async fn audit(&self) -> Vec<(String, String)> {
-        let (_, a) = self.gw().http.json("GET", &format!("/v1/audit?extension=2005&limit=1000"), ADMIN_TOKEN, None).await.unwrap();
+        let (_, a) = self.gw().http.json("GET", &format!("/v1/audit?extension=2005&limit=1000"), &self.gw().tokens.admin, None).await.unwrap();
         a["records"].as_array().unwrap().iter().filter(|r| r["association"] == self.id.as_str()).map(|r| (r["step"].as_str().unwrap().to_owned(), r["result"].as_str().unwrap().to_owned())).collect()
     }
 
@@ -203,7 +203,7 @@ impl Case {
     /// The user retries (same association) and this time keys the right code: bound.
     async fn retry_and_bind(&mut self) {
         self.link_up().await;
-        let (s, v) = self.gw().http.json("POST", &format!("/v1/associations/{}/complete", self.id), TENANT_TOKEN, None).await.unwrap();
+        let (s, v) = self.gw().http.json("POST", &format!("/v1/associations/{}/complete", self.id), &self.gw().tokens.tenant, None).await.unwrap();
         assert_eq!(s, 202, "the user may retry: {v}");
         self.bind_in_dialogue().await;
     }
@@ -253,7 +253,7 @@ async fn case(step: Step, fault: Fault) {
             Step::Binding => {
                 // The request leaves; the platform's connection drops before the answer.
                 let raw = c.webhook_body(Some(&c.code));
-                let [(tk, tv), (sk, sv)] = webhook_headers(IVR_SECRET, &raw);
+                let [(tk, tv), (sk, sv)] = webhook_headers(&c.gw().tokens.ivr, &raw);
                 let mut s = tokio::net::TcpStream::connect(c.gw().running.addr).await.unwrap();
                 let head = format!("POST /v1/ivr/webhook HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n{tk}: {tv}\r\n{sk}: {sv}\r\ncontent-length: {}\r\n\r\n", raw.len());
                 s.write_all(head.as_bytes()).await.unwrap();
@@ -312,7 +312,7 @@ async fn case(step: Step, fault: Fault) {
             c.retry_and_bind().await;
         } else {
             c.link_up().await;
-            let (s, v) = c.gw().http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+            let (s, v) = c.gw().http.json("POST", "/v1/associations", &c.gw().tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
             assert_eq!(s, 201, "{label}: a new association may start: {v}");
             c.id = v["id"].as_str().unwrap().to_owned();
             c.code = v["code"].as_str().unwrap().to_owned();
@@ -369,7 +369,7 @@ async fn a_killed_gateway_process_keeps_what_it_said_and_its_successor_clears_th
     cfg.extensions[0].behaviour = Behaviour::Answer { after: Duration::from_millis(5) };
     cfg.extensions[1].behaviour = Behaviour::NeverAnswer;
     let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
-    let mut ivr = cstagate::demo::Ivr::of(&mut sim).unwrap();
+    let mut ivr = Ivr::of(&mut sim).unwrap();
     let dir = std::env::temp_dir().join(format!("cstagate-kill-{}", cstagate::random::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -383,14 +383,15 @@ async fn a_killed_gateway_process_keeps_what_it_said_and_its_successor_clears_th
         ),
     )
     .unwrap();
-    let http = cstagate::demo::Http::new(&format!("http://127.0.0.1:{port}"));
+    let http = Http::new(&format!("http://127.0.0.1:{port}"));
+    let tokens = Tokens::random();
     let start = || {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_cstagate"))
             .args(["run", "--config"])
             .arg(&config)
-            .env("ACME_TOKEN", TENANT_TOKEN)
-            .env("ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("IVR_SECRET", IVR_SECRET)
+            .env("ACME_TOKEN", &tokens.tenant)
+            .env("ADMIN_TOKEN", &tokens.admin)
+            .env("IVR_SECRET", &tokens.ivr)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -398,7 +399,7 @@ async fn a_killed_gateway_process_keeps_what_it_said_and_its_successor_clears_th
         KillOnDrop(child)
     };
     // Ready: the API answers and the PBX link is up (polling a separate process).
-    let ready = |http: cstagate::demo::Http| async move {
+    let ready = |http: Http| async move {
         tokio::time::timeout(LIMIT, async {
             loop {
                 if let Ok((200, h)) = http.send("GET", "/healthz", &[], None).await {
@@ -416,21 +417,21 @@ async fn a_killed_gateway_process_keeps_what_it_said_and_its_successor_clears_th
     ready(http.clone()).await;
 
     // bob's phone rings; alice goes through the IVR and hears "linked".
-    let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "bob", "extension": "2006" }))).await.unwrap();
+    let (s, v) = http.json("POST", "/v1/associations", &tokens.tenant, Some(json!({ "account": "bob", "extension": "2006" }))).await.unwrap();
     assert_eq!(s, 201, "{v}");
     let ringing = v["id"].as_str().unwrap().to_owned();
-    let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let (s, v) = http.json("POST", "/v1/associations", &tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     assert_eq!(s, 201, "{v}");
     let code = v["code"].as_str().unwrap().to_owned();
     let c = tokio::time::timeout(LIMIT, ivr.next_call()).await.unwrap().unwrap();
     let mut last = Value::Null;
     for d in [None, Some(c.context.as_str()), Some("1"), Some(code.as_str())] {
-        let (s, r) = ivr_request(&http, IVR_SECRET, &c.call, &c.from, d).await.unwrap();
+        let (s, r) = ivr_request(&http, &tokens.ivr, &c.call, &c.from, d).await.unwrap();
         assert_eq!(s, 200, "{r}");
         last = r;
     }
     assert!(last["say"].as_str().unwrap_or("").contains("now linked"), "{last}");
-    let (_, v) = http.json("GET", &format!("/v1/associations/{ringing}"), TENANT_TOKEN, None).await.unwrap();
+    let (_, v) = http.json("GET", &format!("/v1/associations/{ringing}"), &tokens.tenant, None).await.unwrap();
     assert_eq!(v["state"], "ringing");
     // SIGKILL, at once.
     gw.0.kill().unwrap();
@@ -440,12 +441,12 @@ async fn a_killed_gateway_process_keeps_what_it_said_and_its_successor_clears_th
 
     let _gw = start();
     ready(http.clone()).await;
-    let (s, b) = http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap();
+    let (s, b) = http.json("GET", "/v1/bindings/paris/2005", &tokens.tenant, None).await.unwrap();
     assert_eq!((s, b["account"].as_str()), (200, Some("alice")), "the binding alice was told of survives");
-    let (_, v) = http.json("GET", &format!("/v1/associations/{ringing}"), TENANT_TOKEN, None).await.unwrap();
+    let (_, v) = http.json("GET", &format!("/v1/associations/{ringing}"), &tokens.tenant, None).await.unwrap();
     assert_eq!((v["state"].as_str(), v["reason"].as_str(), v["retryable"].as_bool()), (Some("failed"), Some("gateway_restarted"), Some(false)), "{v}");
     tokio::time::timeout(LIMIT, sim.wait_stats(|s| s.live_calls == 0)).await.expect("the successor clears bob's ringing call");
-    let (_, a) = http.json("GET", "/v1/audit?extension=2006", ADMIN_TOKEN, None).await.unwrap();
+    let (_, a) = http.json("GET", "/v1/audit?extension=2006", &tokens.admin, None).await.unwrap();
     assert!(a["records"].as_array().unwrap().iter().any(|r| r["step"] == "failed" && r["result"] == "gateway_restarted"), "{a}");
 }
 
@@ -467,12 +468,12 @@ async fn a_request_the_pbx_never_answers_fails_the_attempt_as_link_down() {
     sim.faults().hold.push(Operation::MonitorStart);
     let options = LocalOptions { pbx: "extensions = [\"2005\"]\nrequest_timeout = \"300ms\"\n".into(), ..Default::default() };
     let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
-    let (s, v) = gw.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let (s, v) = gw.http.json("POST", "/v1/associations", &gw.tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     assert_eq!(s, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_owned();
     let v = tokio::time::timeout(LIMIT, async {
         loop {
-            let (_, v) = gw.http.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+            let (_, v) = gw.http.json("GET", &format!("/v1/associations/{id}"), &gw.tokens.tenant, None).await.unwrap();
             if v["state"] == "failed" {
                 return v;
             }

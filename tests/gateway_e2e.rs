@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use cstagate::demo::{local_secrets, run, DemoDialect, Http, LocalGateway, LocalOptions, Scenario, ADMIN_TOKEN, IVR_SECRET, OTHER_TENANT_TOKEN, TENANT_TOKEN};
+use cstagate::demo::{run, DemoDialect, Scenario};
+use cstagate::testkit::{drive_many, local_secrets, Http, Ivr, LocalGateway, LocalOptions, Tokens};
 use cstagate::sim::{IvrSignal, SimConfig, SimPbx};
 use serde_json::{json, Value};
 
@@ -42,6 +43,7 @@ struct Env {
     http: Http,
     running: cstagate::server::Running,
     db: std::path::PathBuf,
+    tokens: Tokens,
 }
 
 async fn env(db: Option<std::path::PathBuf>) -> Env {
@@ -52,16 +54,16 @@ async fn env(db: Option<std::path::PathBuf>) -> Env {
     let ivr = sim.take_ivr().unwrap();
     let options = LocalOptions { pbx: "extensions = [\"2005-2006\"]\nreconnect_min = \"20ms\"\n".into(), db, ..Default::default() };
     let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
-    Env { sim, ivr, http: gw.http, running: gw.running, db: gw.db }
+    Env { sim, ivr, http: gw.http, running: gw.running, db: gw.db, tokens: gw.tokens }
 }
 
 async fn webhook(http: &Http, body: Value, secret: &str) -> (u16, Value) {
-    cstagate::demo::post_webhook(http, secret, body.to_string().into_bytes()).await.unwrap()
+    cstagate::testkit::post_webhook(http, secret, body.to_string().into_bytes()).await.unwrap()
 }
 
 /// Create an association and wait for the call to reach the IVR; returns (id, code, call).
 async fn to_ivr(e: &mut Env, account: &str, ext: &str) -> (String, String, String, String) {
-    let (s, v) = e.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": account, "extension": ext }))).await.unwrap();
+    let (s, v) = e.http.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": account, "extension": ext }))).await.unwrap();
     assert_eq!(s, 201, "{v}");
     let call = loop {
         match tokio::time::timeout(LIMIT, e.ivr.recv()).await.unwrap().unwrap() {
@@ -76,7 +78,7 @@ async fn to_ivr(e: &mut Env, account: &str, ext: &str) -> (String, String, Strin
     // The simulator tells its IVR side directly, the gateway hears of the answer over CSTA:
     // wait for the gateway's own view, not the side channel.
     let id = v["id"].as_str().unwrap().to_owned();
-    wait_assoc(&e.http, &id, |v| v["state"] == "in_ivr").await;
+    wait_assoc(&e.http, &e.tokens.tenant, &id, |v| v["state"] == "in_ivr").await;
     (id, v["code"].as_str().unwrap().to_owned(), call, ctx)
 }
 
@@ -88,31 +90,31 @@ async fn api_authentication_tenancy_and_strict_bodies() {
     assert_eq!(h.send("POST", "/v1/associations", &[], Some(b"{}".to_vec())).await.unwrap().0, 401);
     assert_eq!(h.json("POST", "/v1/associations", "nope", Some(json!({}))).await.unwrap().0, 401);
     // Strict bodies name the field; nothing is created.
-    let (s, v) = h.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "a", "extension": "2005", "colour": "red" }))).await.unwrap();
+    let (s, v) = h.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": "a", "extension": "2005", "colour": "red" }))).await.unwrap();
     assert_eq!((s, v["field"].as_str()), (400, Some("colour")), "{v}");
-    let (s, v) = h.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "a", "extension": 2005 }))).await.unwrap();
+    let (s, v) = h.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": "a", "extension": 2005 }))).await.unwrap();
     assert_eq!((s, v["field"].as_str()), (400, Some("extension")), "{v}");
-    let (s, v) = h.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "extension": "2005" }))).await.unwrap();
+    let (s, v) = h.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "extension": "2005" }))).await.unwrap();
     assert_eq!((s, v["field"].as_str()), (400, Some("account")), "{v}");
-    let (s, v) = h.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "a\u{7}", "extension": "2005" }))).await.unwrap();
+    let (s, v) = h.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": "a\u{7}", "extension": "2005" }))).await.unwrap();
     assert_eq!((s, v["field"].as_str()), (400, Some("account")), "{v}");
-    let (s, _) = h.send("POST", "/v1/associations", &[("authorization", &format!("Bearer {TENANT_TOKEN}"))], Some(b"{not json".to_vec())).await.unwrap();
+    let (s, _) = h.send("POST", "/v1/associations", &[("authorization", &format!("Bearer {}", e.tokens.tenant))], Some(b"{not json".to_vec())).await.unwrap();
     assert_eq!(s, 400);
     let big = json!({ "account": "x".repeat(20_000), "extension": "2005" });
-    assert_eq!(h.json("POST", "/v1/associations", TENANT_TOKEN, Some(big)).await.unwrap().0, 413);
-    let (_, audit) = h.json("GET", "/v1/audit", ADMIN_TOKEN, None).await.unwrap();
+    assert_eq!(h.json("POST", "/v1/associations", &e.tokens.tenant, Some(big)).await.unwrap().0, 413);
+    let (_, audit) = h.json("GET", "/v1/audit", &e.tokens.admin, None).await.unwrap();
     assert_eq!(audit["records"].as_array().unwrap().len(), 0, "refused requests change nothing");
 
     // Another tenant sees nothing of acme's association; an unknown extension is 404.
-    let (s, v) = h.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let (s, v) = h.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     assert_eq!(s, 201);
     let id = v["id"].as_str().unwrap();
-    assert_eq!(h.json("GET", &format!("/v1/associations/{id}"), OTHER_TENANT_TOKEN, None).await.unwrap().0, 404);
-    assert_eq!(h.json("DELETE", &format!("/v1/associations/{id}"), OTHER_TENANT_TOKEN, None).await.unwrap().0, 404);
-    assert_eq!(h.json("POST", "/v1/associations", OTHER_TENANT_TOKEN, Some(json!({ "account": "m", "extension": "2005" }))).await.unwrap().0, 404);
+    assert_eq!(h.json("GET", &format!("/v1/associations/{id}"), &e.tokens.other_tenant, None).await.unwrap().0, 404);
+    assert_eq!(h.json("DELETE", &format!("/v1/associations/{id}"), &e.tokens.other_tenant, None).await.unwrap().0, 404);
+    assert_eq!(h.json("POST", "/v1/associations", &e.tokens.other_tenant, Some(json!({ "account": "m", "extension": "2005" }))).await.unwrap().0, 404);
     // Duplicate association for the extension: 409.
-    assert_eq!(h.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "bob", "extension": "2005" }))).await.unwrap().0, 409);
-    let (s, v) = h.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+    assert_eq!(h.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": "bob", "extension": "2005" }))).await.unwrap().0, 409);
+    let (s, v) = h.json("GET", &format!("/v1/associations/{id}"), &e.tokens.tenant, None).await.unwrap();
     assert_eq!(s, 200);
     assert!(v.get("code").is_none(), "the code is shown once, at creation");
 
@@ -120,8 +122,8 @@ async fn api_authentication_tenancy_and_strict_bodies() {
     assert_eq!(h.send("GET", "/healthz", &[], None).await.unwrap().1["links"]["paris"]["state"], "up");
     let (s, o) = h.send("GET", "/v1/openapi.json", &[], None).await.unwrap();
     assert_eq!((s, o["openapi"].as_str()), (200, Some("3.1.0")));
-    assert_eq!(h.json("GET", "/v1/pbx", TENANT_TOKEN, None).await.unwrap().0, 403);
-    let (s, p) = h.json("GET", "/v1/pbx", ADMIN_TOKEN, None).await.unwrap();
+    assert_eq!(h.json("GET", "/v1/pbx", &e.tokens.tenant, None).await.unwrap().0, 403);
+    let (s, p) = h.json("GET", "/v1/pbx", &e.tokens.admin, None).await.unwrap();
     assert_eq!((s, p["pbx"][0]["state"]["state"].as_str()), (200, Some("up")));
     e.running.shutdown().await;
 }
@@ -133,7 +135,7 @@ async fn bad_webhook_signatures_have_no_effect_and_cti_control_is_for_the_bound_
     // Wrong secret: 401, and the dialogue did not move.
     let (s, _) = webhook(&e.http, json!({ "call": call, "from": "+33144002005", "to": "0800100200", "digits": ctx }), "wrong").await;
     assert_eq!(s, 401);
-    let (_, v) = e.http.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+    let (_, v) = e.http.json("GET", &format!("/v1/associations/{id}"), &e.tokens.tenant, None).await.unwrap();
     assert_eq!(v["state"], "in_ivr");
     // The real dialogue.
     for d in [None, Some(ctx.as_str()), Some("1"), Some(code.as_str())] {
@@ -141,32 +143,32 @@ async fn bad_webhook_signatures_have_no_effect_and_cti_control_is_for_the_bound_
         if let Some(d) = d {
             body["digits"] = json!(d);
         }
-        let (s, r) = webhook(&e.http, body, IVR_SECRET).await;
+        let (s, r) = webhook(&e.http, body, &e.tokens.ivr).await;
         assert_eq!(s, 200, "{r}");
     }
     // The IVR platform hangs up after the last prompt.
     e.sim.ivr_hangup(&call);
-    let (_, b) = e.http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap();
+    let (_, b) = e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.tenant, None).await.unwrap();
     assert_eq!((b["account"].as_str(), b["did"].as_str(), b["did_verified"].as_bool()), (Some("alice"), Some("+33144002005"), Some(false)));
-    assert_eq!(e.http.json("GET", "/v1/bindings/paris/2005", OTHER_TENANT_TOKEN, None).await.unwrap().0, 404);
-    let (_, list) = e.http.json("GET", "/v1/bindings?account=alice", TENANT_TOKEN, None).await.unwrap();
+    assert_eq!(e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.other_tenant, None).await.unwrap().0, 404);
+    let (_, list) = e.http.json("GET", "/v1/bindings?account=alice", &e.tokens.tenant, None).await.unwrap();
     assert_eq!(list["bindings"].as_array().unwrap().len(), 1);
 
     // The bound account drives its extension; another account cannot.
-    let (s, r) = e.http.json("POST", "/v1/extensions/paris/2005/calls", TENANT_TOKEN, Some(json!({ "account": "alice", "to": "2006" }))).await.unwrap();
+    let (s, r) = e.http.json("POST", "/v1/extensions/paris/2005/calls", &e.tokens.tenant, Some(json!({ "account": "alice", "to": "2006" }))).await.unwrap();
     assert_eq!(s, 201, "{r}");
     let call_id = r["call"].as_str().unwrap().to_owned();
-    assert_eq!(e.http.json("POST", "/v1/extensions/paris/2005/calls", TENANT_TOKEN, Some(json!({ "account": "bob", "to": "2006" }))).await.unwrap().0, 404);
-    let (s, _) = e.http.json("DELETE", &format!("/v1/extensions/paris/2005/calls/{call_id}?account=alice"), TENANT_TOKEN, None).await.unwrap();
+    assert_eq!(e.http.json("POST", "/v1/extensions/paris/2005/calls", &e.tokens.tenant, Some(json!({ "account": "bob", "to": "2006" }))).await.unwrap().0, 404);
+    let (s, _) = e.http.json("DELETE", &format!("/v1/extensions/paris/2005/calls/{call_id}?account=alice"), &e.tokens.tenant, None).await.unwrap();
     assert_eq!(s, 204);
 
     // The audit log tells the story, and never holds the code.
-    let (_, a) = e.http.json("GET", "/v1/audit?extension=2005", ADMIN_TOKEN, None).await.unwrap();
+    let (_, a) = e.http.json("GET", "/v1/audit?extension=2005", &e.tokens.admin, None).await.unwrap();
     let text = a.to_string();
     assert!(text.contains("\"bound\"") && !text.contains(&code));
     // Unbind by the account.
-    assert_eq!(e.http.json("DELETE", "/v1/bindings/paris/2005?account=alice", TENANT_TOKEN, None).await.unwrap().0, 204);
-    assert_eq!(e.http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap().0, 404);
+    assert_eq!(e.http.json("DELETE", "/v1/bindings/paris/2005?account=alice", &e.tokens.tenant, None).await.unwrap().0, 204);
+    assert_eq!(e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.tenant, None).await.unwrap().0, 404);
     drop(e.sim);
     e.running.shutdown().await;
 }
@@ -180,7 +182,7 @@ async fn a_gateway_restart_keeps_bindings_and_ends_associations_in_flight() {
         if let Some(d) = d {
             body["digits"] = json!(d);
         }
-        webhook(&e.http, body, IVR_SECRET).await;
+        webhook(&e.http, body, &e.tokens.ivr).await;
     }
     // A second association left in flight in the IVR.
     let (pending, _, _, _) = to_ivr(&mut e, "bob", "2006").await;
@@ -189,12 +191,12 @@ async fn a_gateway_restart_keeps_bindings_and_ends_associations_in_flight() {
     drop(e.sim);
 
     let e2 = env(Some(db)).await;
-    let (s, b) = e2.http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap();
+    let (s, b) = e2.http.json("GET", "/v1/bindings/paris/2005", &e2.tokens.tenant, None).await.unwrap();
     assert_eq!((s, b["account"].as_str()), (200, Some("alice")));
-    let (s, v) = e2.http.json("GET", &format!("/v1/associations/{pending}"), TENANT_TOKEN, None).await.unwrap();
+    let (s, v) = e2.http.json("GET", &format!("/v1/associations/{pending}"), &e2.tokens.tenant, None).await.unwrap();
     assert_eq!((s, v["state"].as_str(), v["reason"].as_str()), (200, Some("failed"), Some("gateway_restarted")));
     // bob may start again.
-    assert_eq!(e2.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "bob", "extension": "2006" }))).await.unwrap().0, 201);
+    assert_eq!(e2.http.json("POST", "/v1/associations", &e2.tokens.tenant, Some(json!({ "account": "bob", "extension": "2006" }))).await.unwrap().0, 201);
     e2.running.shutdown().await;
 }
 
@@ -208,8 +210,8 @@ async fn a_thousand_associations_across_a_hundred_extensions_all_end_as_the_stor
     }
     let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
     let options = LocalOptions { pbx: "extensions = [\"3000-3099\"]\nproof_calls_per_hour = 20\nmax_requests_per_second = 100000\n".into(), ..Default::default() };
-    let LocalGateway { running, http, .. } = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
-    let report = tokio::time::timeout(Duration::from_secs(300), cstagate::demo::drive_many(&http, &mut cstagate::demo::Ivr::of(&mut sim).unwrap(), IVR_SECRET, TENANT_TOKEN, &exts, 10)).await.expect("in time").expect("load runs");
+    let LocalGateway { running, http, tokens, .. } = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(300), drive_many(&http, &mut Ivr::of(&mut sim).unwrap(), &tokens.ivr, &tokens.tenant, &exts, 10)).await.expect("in time").expect("load runs");
     assert_eq!(report.outcomes.len(), 1000);
     let bound = report.outcomes.values().filter(|s| *s == "bound").count();
     let cancelled = report.outcomes.values().filter(|s| *s == "cancelled").count();
@@ -218,22 +220,22 @@ async fn a_thousand_associations_across_a_hundred_extensions_all_end_as_the_stor
     // The store agrees: 500 bindings were written and all were unbound again by their accounts.
     let mut recs = Vec::new();
     for ext in &exts {
-        let (_, audit) = http.json("GET", &format!("/v1/audit?extension={ext}&limit=10000"), TENANT_TOKEN, None).await.unwrap();
+        let (_, audit) = http.json("GET", &format!("/v1/audit?extension={ext}&limit=10000"), &tokens.tenant, None).await.unwrap();
         recs.extend(audit["records"].as_array().unwrap().clone());
     }
     let count = |step: &str| recs.iter().filter(|r| r["step"] == step).count();
     assert_eq!((count("bound"), count("unbound"), count("cancelled")), (500, 500, 500));
     for ext in &exts {
-        assert_eq!(http.json("GET", &format!("/v1/bindings/paris/{ext}"), TENANT_TOKEN, None).await.unwrap().0, 404);
+        assert_eq!(http.json("GET", &format!("/v1/bindings/paris/{ext}"), &tokens.tenant, None).await.unwrap().0, 404);
     }
     running.shutdown().await;
 }
 
 /// Poll the association until `pred` holds (each poll is a real API round trip).
-async fn wait_assoc(http: &Http, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+async fn wait_assoc(http: &Http, token: &str, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
     tokio::time::timeout(LIMIT, async {
         loop {
-            let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+            let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), token, None).await.unwrap();
             if pred(&v) {
                 return v;
             }
@@ -248,20 +250,20 @@ async fn wait_assoc(http: &Http, id: &str, pred: impl Fn(&Value) -> bool) -> Val
 async fn a_link_drop_while_ringing_fails_the_attempt_and_a_retry_works() {
     let e = env(None).await;
     e.sim.config().extensions[0].behaviour = cstagate::sim::Behaviour::NeverAnswer;
-    let (s, v) = e.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let (s, v) = e.http.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     assert_eq!(s, 201);
     let id = v["id"].as_str().unwrap().to_owned();
-    wait_assoc(&e.http, &id, |v| v["state"] == "ringing").await;
+    wait_assoc(&e.http, &e.tokens.tenant, &id, |v| v["state"] == "ringing").await;
     e.sim.restart();
-    let v = wait_assoc(&e.http, &id, |v| v["state"] == "failed").await;
+    let v = wait_assoc(&e.http, &e.tokens.tenant, &id, |v| v["state"] == "failed").await;
     assert_eq!((v["reason"].as_str(), v["retryable"].as_bool()), (Some("link_down"), Some(true)));
     // The link comes back; the user retries.
     let link = e.running.gateway.links()["paris"].clone();
     tokio::time::timeout(LIMIT, link.wait_for(|s| *s == cstagate::link::LinkState::Up)).await.unwrap();
     e.sim.config().extensions[0].behaviour = cstagate::sim::Behaviour::Answer { after: Duration::from_millis(10) };
-    let (s, _) = e.http.json("POST", &format!("/v1/associations/{id}/complete"), TENANT_TOKEN, None).await.unwrap();
+    let (s, _) = e.http.json("POST", &format!("/v1/associations/{id}/complete"), &e.tokens.tenant, None).await.unwrap();
     assert_eq!(s, 202);
-    wait_assoc(&e.http, &id, |v| v["state"] == "in_ivr").await;
+    wait_assoc(&e.http, &e.tokens.tenant, &id, |v| v["state"] == "in_ivr").await;
     e.running.shutdown().await;
 }
 
@@ -274,20 +276,20 @@ async fn a_link_drop_or_a_hang_up_during_the_ivr_dialogue_binds_nothing() {
         if let Some(d) = d {
             body["digits"] = json!(d);
         }
-        webhook(&e.http, body, IVR_SECRET).await;
+        webhook(&e.http, body, &e.tokens.ivr).await;
     }
     e.sim.restart();
-    let v = wait_assoc(&e.http, &id, |v| v["state"] == "failed").await;
+    let v = wait_assoc(&e.http, &e.tokens.tenant, &id, |v| v["state"] == "failed").await;
     assert_eq!(v["reason"], "link_down");
     // The right code arrives too late: refused, nothing bound.
-    let (_, r) = webhook(&e.http, json!({ "call": call, "from": "+33144002005", "to": "0800100200", "digits": code }), IVR_SECRET).await;
+    let (_, r) = webhook(&e.http, json!({ "call": call, "from": "+33144002005", "to": "0800100200", "digits": code }), &e.tokens.ivr).await;
     assert_eq!(r["hangup"], true);
-    assert_eq!(e.http.json("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None).await.unwrap().0, 404);
+    assert_eq!(e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.tenant, None).await.unwrap().0, 404);
 
     // Next attempt: the caller hangs up in the IVR.
     let link = e.running.gateway.links()["paris"].clone();
     tokio::time::timeout(LIMIT, link.wait_for(|s| *s == cstagate::link::LinkState::Up)).await.unwrap();
-    assert_eq!(e.http.json("POST", &format!("/v1/associations/{id}/complete"), TENANT_TOKEN, None).await.unwrap().0, 202);
+    assert_eq!(e.http.json("POST", &format!("/v1/associations/{id}/complete"), &e.tokens.tenant, None).await.unwrap().0, 202);
     let call2 = loop {
         if let IvrSignal::Connected { call, .. } = tokio::time::timeout(LIMIT, e.ivr.recv()).await.unwrap().unwrap() {
             break call;
@@ -301,11 +303,11 @@ async fn a_link_drop_or_a_hang_up_during_the_ivr_dialogue_binds_nothing() {
         if let Some(d) = d {
             body["digits"] = json!(d);
         }
-        webhook(&e.http, body, IVR_SECRET).await;
+        webhook(&e.http, body, &e.tokens.ivr).await;
     }
-    let (s, _) = webhook(&e.http, json!({ "call": call2, "from": "+33144002005", "to": "0800100200", "hangup": true }), IVR_SECRET).await;
+    let (s, _) = webhook(&e.http, json!({ "call": call2, "from": "+33144002005", "to": "0800100200", "hangup": true }), &e.tokens.ivr).await;
     assert_eq!(s, 200);
-    let v = wait_assoc(&e.http, &id, |v| v["reason"] == "call_cleared").await;
+    let v = wait_assoc(&e.http, &e.tokens.tenant, &id, |v| v["reason"] == "call_cleared").await;
     assert_eq!((v["state"].as_str(), v["retryable"].as_bool()), (Some("failed"), Some(true)));
     e.running.shutdown().await;
 }
@@ -366,7 +368,8 @@ async fn every_response_matches_the_served_openapi_document() {
         seen += 1;
     };
     let h = e.http.clone();
-    let t = TENANT_TOKEN;
+    let t = e.tokens.tenant.clone();
+    let t = t.as_str();
     check("get", "/healthz", h.send("GET", "/healthz", &[], None).await.unwrap());
     check("post", "/v1/associations", h.json("POST", "/v1/associations", "nope", Some(json!({}))).await.unwrap());
     check("post", "/v1/associations", h.json("POST", "/v1/associations", t, Some(json!({ "account": "a", "extension": "2005", "colour": "red" }))).await.unwrap());
@@ -379,11 +382,11 @@ async fn every_response_matches_the_served_openapi_document() {
         if let Some(d) = d {
             body["digits"] = json!(d);
         }
-        let (s, r) = webhook(&h, body, IVR_SECRET).await;
+        let (s, r) = webhook(&h, body, &e.tokens.ivr).await;
         assert_eq!(s, 200, "{r}");
         check("post", "/v1/ivr/webhook", (s, r));
     }
-    check("post", "/v1/ivr/webhook", webhook(&h, json!({ "call": call, "from": "", "to": "", "hangup": true }), IVR_SECRET).await);
+    check("post", "/v1/ivr/webhook", webhook(&h, json!({ "call": call, "from": "", "to": "", "hangup": true }), &e.tokens.ivr).await);
     check("post", "/v1/ivr/webhook", webhook(&h, json!({ "call": call, "from": "", "to": "" }), "wrong").await);
     e.sim.ivr_hangup(&call);
     let (s, v) = h.json("GET", &format!("/v1/associations/{id}"), t, None).await.unwrap();
@@ -393,7 +396,7 @@ async fn every_response_matches_the_served_openapi_document() {
     check("get", "/v1/bindings", h.json("GET", "/v1/bindings?account=alice", t, None).await.unwrap());
     check("get", "/v1/bindings", h.json("GET", "/v1/bindings?acount=alice", t, None).await.unwrap());
     check("get", "/v1/bindings/{pbx}/{extension}", h.json("GET", "/v1/bindings/paris/2005", t, None).await.unwrap());
-    check("get", "/v1/bindings/{pbx}/{extension}", h.json("GET", "/v1/bindings/paris/2005", OTHER_TENANT_TOKEN, None).await.unwrap());
+    check("get", "/v1/bindings/{pbx}/{extension}", h.json("GET", "/v1/bindings/paris/2005", &e.tokens.other_tenant, None).await.unwrap());
     let (s, r) = h.json("POST", "/v1/extensions/paris/2005/calls", t, Some(json!({ "account": "alice", "to": "2006" }))).await.unwrap();
     let made = r["call"].as_str().unwrap().to_owned();
     check("post", "/v1/extensions/{pbx}/{extension}/calls", (s, r));
@@ -408,15 +411,15 @@ async fn every_response_matches_the_served_openapi_document() {
     check("post", "/v1/associations", h.json("POST", "/v1/associations", t, Some(json!({ "account": "carol", "extension": "2006" }))).await.unwrap());
     check("delete", "/v1/associations/{id}", h.json("DELETE", &format!("/v1/associations/{bob}"), t, None).await.unwrap());
     // Admin reads and changes.
-    check("get", "/v1/pbx", h.json("GET", "/v1/pbx", ADMIN_TOKEN, None).await.unwrap());
+    check("get", "/v1/pbx", h.json("GET", "/v1/pbx", &e.tokens.admin, None).await.unwrap());
     check("get", "/v1/pbx", h.json("GET", "/v1/pbx", t, None).await.unwrap());
-    check("get", "/v1/audit", h.json("GET", "/v1/audit?extension=2005", ADMIN_TOKEN, None).await.unwrap());
+    check("get", "/v1/audit", h.json("GET", "/v1/audit?extension=2005", &e.tokens.admin, None).await.unwrap());
     check("get", "/v1/audit", h.json("GET", "/v1/audit?limit=0", t, None).await.unwrap());
-    check("get", "/v1/admin/counters", h.json("GET", "/v1/admin/counters?account=alice", ADMIN_TOKEN, None).await.unwrap());
-    check("get", "/v1/admin/blocks", h.json("GET", "/v1/admin/blocks?pbx=paris&extension=2005", ADMIN_TOKEN, None).await.unwrap());
-    check("get", "/v1/admin/blocks", h.json("GET", "/v1/admin/blocks?pbx=paris", ADMIN_TOKEN, None).await.unwrap());
-    check("post", "/v1/admin/counters/reset", h.json("POST", "/v1/admin/counters/reset", ADMIN_TOKEN, Some(json!({ "account": "alice", "tenant": "acme" }))).await.unwrap());
-    check("post", "/v1/admin/blocks/lift", h.json("POST", "/v1/admin/blocks/lift", ADMIN_TOKEN, Some(json!({ "pbx": "paris", "extension": "2005" }))).await.unwrap());
+    check("get", "/v1/admin/counters", h.json("GET", "/v1/admin/counters?account=alice", &e.tokens.admin, None).await.unwrap());
+    check("get", "/v1/admin/blocks", h.json("GET", "/v1/admin/blocks?pbx=paris&extension=2005", &e.tokens.admin, None).await.unwrap());
+    check("get", "/v1/admin/blocks", h.json("GET", "/v1/admin/blocks?pbx=paris", &e.tokens.admin, None).await.unwrap());
+    check("post", "/v1/admin/counters/reset", h.json("POST", "/v1/admin/counters/reset", &e.tokens.admin, Some(json!({ "account": "alice", "tenant": "acme" }))).await.unwrap());
+    check("post", "/v1/admin/blocks/lift", h.json("POST", "/v1/admin/blocks/lift", &e.tokens.admin, Some(json!({ "pbx": "paris", "extension": "2005" }))).await.unwrap());
     let (s, v) = h.json("DELETE", "/v1/bindings/paris/2005?account=alice", t, None).await.unwrap();
     assert_eq!((s, v), (204, Value::Null));
     check("delete", "/v1/bindings/{pbx}/{extension}", h.json("DELETE", "/v1/bindings/paris/2005?account=alice", t, None).await.unwrap());

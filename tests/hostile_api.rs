@@ -1,5 +1,5 @@
 //! Hostile input on the HTTP API, over real sockets against the real gateway
-//! (`demo::LocalGateway` next to the simulated PBX): table-driven, every endpoint that takes
+//! (`testkit::LocalGateway` next to the simulated PBX): table-driven, every endpoint that takes
 //! input × bad values — missing and wrong tokens, malformed JSON, unknown fields, wrong types,
 //! huge bodies, strings just under and just over their limits, control characters, NUL, RTL
 //! override, zero-width and emoji characters, invalid percent-encoding and invalid UTF-8 in path
@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use cstagate::demo::{local_secrets, post_webhook, Http, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_SECRET, OTHER_TENANT_TOKEN, TENANT_TOKEN};
+use cstagate::testkit::{local_secrets, post_webhook, Http, LocalGateway, LocalOptions, Tokens};
 use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
 use serde_json::{json, Value};
 
@@ -34,7 +34,7 @@ async fn env() -> Env {
     let options = LocalOptions { pbx: "extensions = [\"2005-2006\"]\nring_timeout = \"120s\"\n".into(), ..Default::default() };
     let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
     let h = &gw.http;
-    let (s, v) = h.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let (s, v) = h.json("POST", "/v1/associations", &gw.tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     assert_eq!(s, 201, "{v}");
     let (id, code) = (v["id"].as_str().unwrap().to_owned(), v["code"].as_str().unwrap().to_owned());
     let (call, ctx) = loop {
@@ -48,18 +48,18 @@ async fn env() -> Env {
     };
     for d in [Some(ctx.as_str()), Some("1"), Some(code.as_str())] {
         let body = json!({ "call": call, "from": "+33144002005", "to": "0800100200", "digits": d });
-        let (s, r) = post_webhook(h, IVR_SECRET, body.to_string().into_bytes()).await.unwrap();
+        let (s, r) = post_webhook(h, &gw.tokens.ivr, body.to_string().into_bytes()).await.unwrap();
         assert_eq!(s, 200, "{r}");
     }
-    let (_, v) = h.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+    let (_, v) = h.json("GET", &format!("/v1/associations/{id}"), &gw.tokens.tenant, None).await.unwrap();
     assert_eq!(v["state"], "bound", "{v}");
-    let (s, v) = h.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "bob", "extension": "2006" }))).await.unwrap();
+    let (s, v) = h.json("POST", "/v1/associations", &gw.tokens.tenant, Some(json!({ "account": "bob", "extension": "2006" }))).await.unwrap();
     assert_eq!(s, 201, "{v}");
     let pending = v["id"].as_str().unwrap().to_owned();
     // Settled: the phone rings and nobody answers for the whole test.
     tokio::time::timeout(LIMIT, async {
         loop {
-            let (_, v) = h.json("GET", &format!("/v1/associations/{pending}"), TENANT_TOKEN, None).await.unwrap();
+            let (_, v) = h.json("GET", &format!("/v1/associations/{pending}"), &gw.tokens.tenant, None).await.unwrap();
             if v["state"] == "ringing" {
                 break;
             }
@@ -72,12 +72,12 @@ async fn env() -> Env {
 }
 
 /// What the store shows: the whole audit log (admin), alice's binding and both association views.
-async fn store_view(h: &Http, pending: &str) -> Value {
-    let (_, audit) = h.json("GET", "/v1/audit?limit=10000", ADMIN_TOKEN, None).await.unwrap();
-    let (_, binding) = h.json("GET", "/v1/bindings/paris/2005", ADMIN_TOKEN, None).await.unwrap();
-    let (_, bindings) = h.json("GET", "/v1/bindings?account=alice", TENANT_TOKEN, None).await.unwrap();
-    let (_, other) = h.json("GET", "/v1/bindings/paris/2006", ADMIN_TOKEN, None).await.unwrap();
-    let (_, assoc) = h.json("GET", &format!("/v1/associations/{pending}"), ADMIN_TOKEN, None).await.unwrap();
+async fn store_view(h: &Http, tokens: &Tokens, pending: &str) -> Value {
+    let (_, audit) = h.json("GET", "/v1/audit?limit=10000", &tokens.admin, None).await.unwrap();
+    let (_, binding) = h.json("GET", "/v1/bindings/paris/2005", &tokens.admin, None).await.unwrap();
+    let (_, bindings) = h.json("GET", "/v1/bindings?account=alice", &tokens.tenant, None).await.unwrap();
+    let (_, other) = h.json("GET", "/v1/bindings/paris/2006", &tokens.admin, None).await.unwrap();
+    let (_, assoc) = h.json("GET", &format!("/v1/associations/{pending}"), &tokens.admin, None).await.unwrap();
     assert!(audit["records"].as_array().is_some_and(|r| !r.is_empty()), "{audit}");
     json!({ "audit": audit, "binding": binding, "bindings": bindings, "other": other, "pending": assoc })
 }
@@ -87,21 +87,21 @@ struct Case {
     what: String,
     method: &'static str,
     path: String,
-    token: Option<&'static str>,
+    token: Option<String>,
     body: Option<Vec<u8>>,
     status: u16,
     /// The field the error must name (`None`: the error must not be about a field).
     field: Option<&'static str>,
 }
 
-fn case(what: impl Into<String>, method: &'static str, path: impl Into<String>, token: Option<&'static str>, body: Option<Vec<u8>>, status: u16, field: Option<&'static str>) -> Case {
-    Case { what: what.into(), method, path: path.into(), token, body, status, field }
+fn case(what: impl Into<String>, method: &'static str, path: impl Into<String>, token: Option<&str>, body: Option<Vec<u8>>, status: u16, field: Option<&'static str>) -> Case {
+    Case { what: what.into(), method, path: path.into(), token: token.map(str::to_owned), body, status, field }
 }
 
 async fn run(h: &Http, cases: &[Case]) {
     let mut failures = Vec::new();
     for c in cases {
-        let auth = c.token.map(|t| format!("Bearer {t}"));
+        let auth = c.token.as_ref().map(|t| format!("Bearer {t}"));
         let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
         let (status, v) = h.send(c.method, &c.path, &headers, c.body.clone()).await.unwrap_or_else(|e| panic!("{} {} ({}): {e}", c.method, c.path, c.what));
         let field = v["field"].as_str();
@@ -134,12 +134,12 @@ fn endpoints(pending: &str) -> Vec<(&'static str, String, Option<Value>)> {
 async fn missing_or_wrong_tokens_are_refused_on_every_authenticated_endpoint() {
     let e = env().await;
     let h = &e.gw.http;
-    let before = store_view(h, &e.pending).await;
+    let before = store_view(h, &e.gw.tokens, &e.pending).await;
     let mut cases = Vec::new();
     for (method, path, body) in endpoints(&e.pending) {
         let body = body.map(|b| b.to_string().into_bytes());
         cases.push(case("no token", method, &path, None, body.clone(), 401, None));
-        for (what, token) in [("wrong token", "nope"), ("a token's prefix", &TENANT_TOKEN[..5]), ("the token twice", "demo-tenant-tokendemo-tenant-token"), ("empty", "")] {
+        for (what, token) in [("wrong token", "nope"), ("a token's prefix", &e.gw.tokens.tenant[..5]), ("the token twice", &e.gw.tokens.tenant.repeat(2)), ("empty", "")] {
             cases.push(case(what, method, &path, Some(token), body.clone(), 401, None));
         }
         // A malformed body does not tell an unauthenticated caller anything either.
@@ -147,14 +147,15 @@ async fn missing_or_wrong_tokens_are_refused_on_every_authenticated_endpoint() {
             cases.push(case("no token, bad body", method, &path, Some("nope"), Some(b"{oops".to_vec()), 401, None));
         }
     }
-    cases.push(case("tenant on an admin endpoint", "GET", "/v1/pbx", Some(TENANT_TOKEN), None, 403, None));
+    cases.push(case("tenant on an admin endpoint", "GET", "/v1/pbx", Some(&e.gw.tokens.tenant), None, 403, None));
     run(h, &cases).await;
     // Other schemes and spellings of the header.
-    for value in ["Basic ZGVtbzpkZW1v", "Bearer  demo-tenant-token", "Bearer demo-tenant-token\tx", "Token demo-tenant-token", "demo-tenant-token"] {
-        let (s, v) = h.send("GET", "/v1/audit", &[("authorization", value)], None).await.unwrap();
+    let t = &e.gw.tokens.tenant;
+    for value in ["Basic ZGVtbzpkZW1v".to_owned(), format!("Bearer  {t}"), format!("Bearer {t}\tx"), format!("Token {t}"), t.clone()] {
+        let (s, v) = h.send("GET", "/v1/audit", &[("authorization", &value)], None).await.unwrap();
         assert_eq!((s, v["error"].is_string()), (401, true), "{value:?}: {v}");
     }
-    assert_eq!(store_view(h, &e.pending).await, before, "refused requests change nothing");
+    assert_eq!(store_view(h, &e.gw.tokens, &e.pending).await, before, "refused requests change nothing");
 }
 
 /// Values every string body field must refuse, with what they are.
@@ -181,7 +182,7 @@ fn bad_strings(max: usize) -> Vec<(String, Value)> {
 async fn bad_bodies_are_refused_naming_the_field() {
     let e = env().await;
     let h = &e.gw.http;
-    let before = store_view(h, &e.pending).await;
+    let before = store_view(h, &e.gw.tokens, &e.pending).await;
     let create = json!({ "account": "carol", "extension": "2005", "display_name": "Carol", "pbx": "paris" });
     let call = json!({ "account": "alice", "to": "2006" });
     let mut cases = Vec::new();
@@ -194,27 +195,27 @@ async fn bad_bodies_are_refused_naming_the_field() {
                 // A display name may be in any script, but not hidden characters or pictographs.
                 let mut body = valid.clone();
                 body[field] = bad;
-                cases.push(case(format!("{field}: {what}"), "POST", path, Some(TENANT_TOKEN), Some(body.to_string().into_bytes()), 400, Some(field)));
+                cases.push(case(format!("{field}: {what}"), "POST", path, Some(&e.gw.tokens.tenant), Some(body.to_string().into_bytes()), 400, Some(field)));
             }
             if !["display_name", "pbx"].contains(&field) {
                 let mut body = valid.clone();
                 body.as_object_mut().unwrap().remove(field);
-                cases.push(case(format!("{field}: missing"), "POST", path, Some(TENANT_TOKEN), Some(body.to_string().into_bytes()), 400, Some(field)));
+                cases.push(case(format!("{field}: missing"), "POST", path, Some(&e.gw.tokens.tenant), Some(body.to_string().into_bytes()), 400, Some(field)));
             }
             let mut body = valid.to_string();
             body.insert_str(1, &format!("\"{field}\":\"x\","));
-            cases.push(case(format!("{field}: given twice"), "POST", path, Some(TENANT_TOKEN), Some(body.into_bytes()), 400, Some(field)));
+            cases.push(case(format!("{field}: given twice"), "POST", path, Some(&e.gw.tokens.tenant), Some(body.into_bytes()), 400, Some(field)));
         }
         // Dial strings take digits, *, # and + only.
         let number = if path == "/v1/associations" { "extension" } else { "to" };
         for bad in ["20 05", "2005a", "٢٠٠٥", "2005;", "-1"] {
             let mut body = valid.clone();
             body[number] = json!(bad);
-            cases.push(case(format!("{number}: {bad:?}"), "POST", path, Some(TENANT_TOKEN), Some(body.to_string().into_bytes()), 400, Some(number)));
+            cases.push(case(format!("{number}: {bad:?}"), "POST", path, Some(&e.gw.tokens.tenant), Some(body.to_string().into_bytes()), 400, Some(number)));
         }
         let mut body = valid.clone();
         body["colour"] = json!("red");
-        cases.push(case("unknown field", "POST", path, Some(TENANT_TOKEN), Some(body.to_string().into_bytes()), 400, Some("colour")));
+        cases.push(case("unknown field", "POST", path, Some(&e.gw.tokens.tenant), Some(body.to_string().into_bytes()), 400, Some("colour")));
         // Not JSON, or not an object; the error names no field.
         let mut malformed: Vec<(&str, Vec<u8>)> = vec![
             ("empty body", b"".to_vec()),
@@ -228,25 +229,25 @@ async fn bad_bodies_are_refused_naming_the_field() {
         malformed.push(("invalid UTF-8", b"{\"account\":\"\xff\xfe\",\"extension\":\"2005\"}".to_vec()));
         for (what, body) in malformed {
             let field = if ["invalid UTF-8", "truncated", "nested 8000 deep"].contains(&what) { Some("account") } else { None };
-            cases.push(case(what, "POST", path, Some(TENANT_TOKEN), Some(body), 400, field));
+            cases.push(case(what, "POST", path, Some(&e.gw.tokens.tenant), Some(body), 400, field));
         }
         // A lone surrogate escape is not a string.
-        cases.push(case("lone surrogate", "POST", path, Some(TENANT_TOKEN), Some(br#"{"account":"\ud800","extension":"2005"}"#.to_vec()), 400, Some("account")));
+        cases.push(case("lone surrogate", "POST", path, Some(&e.gw.tokens.tenant), Some(br#"{"account":"\ud800","extension":"2005"}"#.to_vec()), 400, Some("account")));
         // Huge: over 16 KiB is 413 before anything is parsed; just under, the field is too long.
         let huge = json!({ "account": "a".repeat(17 * 1024), "extension": "2005" });
-        cases.push(case("17 KiB body", "POST", path, Some(TENANT_TOKEN), Some(huge.to_string().into_bytes()), 413, None));
+        cases.push(case("17 KiB body", "POST", path, Some(&e.gw.tokens.tenant), Some(huge.to_string().into_bytes()), 413, None));
         let mut big = valid.clone();
         big["account"] = json!("a".repeat(16 * 1024 - 160));
         assert!(big.to_string().len() < 16 * 1024);
-        cases.push(case("16 KiB body, over-long account", "POST", path, Some(TENANT_TOKEN), Some(big.to_string().into_bytes()), 400, Some("account")));
-        cases.push(case("1 MiB body", "POST", path, Some(TENANT_TOKEN), Some(vec![b' '; 1 << 20]), 413, None));
+        cases.push(case("16 KiB body, over-long account", "POST", path, Some(&e.gw.tokens.tenant), Some(big.to_string().into_bytes()), 400, Some("account")));
+        cases.push(case("1 MiB body", "POST", path, Some(&e.gw.tokens.tenant), Some(vec![b' '; 1 << 20]), 413, None));
     }
     // Just under the limits is accepted by the parser: the refusal is about the PBX's directory
     // (404), not the shape of the request.
     let under = json!({ "account": "a".repeat(128), "extension": "9".repeat(32), "display_name": "É".repeat(128), "pbx": "p".repeat(64) });
-    cases.push(case("every field at its limit", "POST", "/v1/associations", Some(TENANT_TOKEN), Some(under.to_string().into_bytes()), 404, None));
+    cases.push(case("every field at its limit", "POST", "/v1/associations", Some(&e.gw.tokens.tenant), Some(under.to_string().into_bytes()), 404, None));
     run(h, &cases).await;
-    assert_eq!(store_view(h, &e.pending).await, before, "refused requests change nothing");
+    assert_eq!(store_view(h, &e.gw.tokens, &e.pending).await, before, "refused requests change nothing");
 }
 
 /// Values every path segment and query value must refuse (percent-encoded as sent).
@@ -266,9 +267,9 @@ const BAD_COMPONENTS: &[(&str, &str)] = &[
 async fn bad_path_segments_and_query_strings_are_refused_naming_the_field() {
     let e = env().await;
     let h = &e.gw.http;
-    let before = store_view(h, &e.pending).await;
+    let before = store_view(h, &e.gw.tokens, &e.pending).await;
     let p = &e.pending;
-    let t = Some(TENANT_TOKEN);
+    let t = Some(e.gw.tokens.tenant.as_str());
     let mut cases = Vec::new();
     // Every path parameter of every endpoint, with every bad value and one over its length.
     let templates: Vec<(&str, String)> = vec![
@@ -313,13 +314,13 @@ async fn bad_path_segments_and_query_strings_are_refused_naming_the_field() {
         }
     }
     // Every query parameter of every endpoint.
-    let queries: Vec<(&str, &str, &str, Option<&'static str>)> = vec![
+    let queries: Vec<(&str, &str, &str, Option<&str>)> = vec![
         ("GET", "/v1/bindings", "account", t),
         ("DELETE", "/v1/bindings/paris/2005", "account", t),
         ("DELETE", "/v1/extensions/paris/2005/calls/0a0b", "account", t),
         ("GET", "/v1/extensions/paris/2005/events", "account", t),
-        ("GET", "/v1/audit", "account", Some(ADMIN_TOKEN)),
-        ("GET", "/v1/audit", "extension", Some(ADMIN_TOKEN)),
+        ("GET", "/v1/audit", "account", Some(&e.gw.tokens.admin)),
+        ("GET", "/v1/audit", "extension", Some(&e.gw.tokens.admin)),
     ];
     for (method, path, name, token) in &queries {
         let mut values: Vec<(String, String)> = BAD_COMPONENTS.iter().map(|(w, v)| ((*w).to_owned(), (*v).to_owned())).collect();
@@ -343,12 +344,12 @@ async fn bad_path_segments_and_query_strings_are_refused_naming_the_field() {
         ("POST", format!("/v1/associations/{p}/complete"), t, None),
         ("GET", "/v1/bindings/paris/2005".to_owned(), t, None),
         ("POST", "/v1/extensions/paris/2005/calls".to_owned(), t, call),
-        ("GET", "/v1/pbx".to_owned(), Some(ADMIN_TOKEN), None),
+        ("GET", "/v1/pbx".to_owned(), Some(&e.gw.tokens.admin), None),
     ] {
         cases.push(case("a query parameter where none is taken", method, format!("{path}?colour=red"), token, body, 400, Some("colour")));
     }
     for (what, v) in [("not a number", "ten"), ("negative", "-1"), ("zero", "0"), ("one over", "10001"), ("huge", "99999999999999999999999"), ("fraction", "1.5")] {
-        cases.push(case(format!("?limit: {what}"), "GET", format!("/v1/audit?limit={v}"), Some(ADMIN_TOKEN), None, 400, Some("limit")));
+        cases.push(case(format!("?limit: {what}"), "GET", format!("/v1/audit?limit={v}"), Some(&e.gw.tokens.admin), None, 400, Some("limit")));
     }
     // `account` is required where it names who acts.
     for (method, path) in [("GET", "/v1/bindings"), ("DELETE", "/v1/extensions/paris/2005/calls/0a0b"), ("GET", "/v1/extensions/paris/2005/events")] {
@@ -363,20 +364,20 @@ async fn bad_path_segments_and_query_strings_are_refused_naming_the_field() {
     run(h, &cases).await;
     // Just under the limits in query strings: accepted.
     for path in [format!("/v1/audit?limit=10000&account={}&extension={}", "a".repeat(128), "1".repeat(32)), format!("/v1/bindings?account={}", "a".repeat(128))] {
-        let token = if path.starts_with("/v1/audit") { ADMIN_TOKEN } else { TENANT_TOKEN };
+        let token = if path.starts_with("/v1/audit") { &e.gw.tokens.admin } else { &e.gw.tokens.tenant };
         let (s, v) = h.json("GET", &path, token, None).await.unwrap();
         assert_eq!(s, 200, "{path}: {v}");
     }
-    assert_eq!(store_view(h, &e.pending).await, before, "refused requests change nothing");
+    assert_eq!(store_view(h, &e.gw.tokens, &e.pending).await, before, "refused requests change nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenants_ids_are_not_found_on_every_endpoint_taking_one() {
     let e = env().await;
     let h = &e.gw.http;
-    let before = store_view(h, &e.pending).await;
+    let before = store_view(h, &e.gw.tokens, &e.pending).await;
     let p = &e.pending;
-    let o = Some(OTHER_TENANT_TOKEN);
+    let o = Some(e.gw.tokens.other_tenant.as_str());
     let call = Some(json!({ "account": "alice", "to": "2006" }).to_string().into_bytes());
     let create = Some(json!({ "account": "alice", "extension": "2006", "pbx": "paris" }).to_string().into_bytes());
     let cases = vec![
@@ -391,17 +392,17 @@ async fn another_tenants_ids_are_not_found_on_every_endpoint_taking_one() {
         case("events", "GET", "/v1/extensions/paris/2005/events?account=alice", o, None, 404, None),
         case("another tenant's PBX", "POST", "/v1/associations", o, create, 404, None),
         // Within acme, another account of the same tenant cannot drive alice's extension.
-        case("another account", "POST", "/v1/extensions/paris/2005/calls", Some(TENANT_TOKEN), Some(json!({ "account": "bob", "to": "2006" }).to_string().into_bytes()), 404, None),
-        case("another account clears", "DELETE", "/v1/extensions/paris/2005/calls/0a0b?account=bob", Some(TENANT_TOKEN), None, 404, None),
-        case("another account unbinds", "DELETE", "/v1/bindings/paris/2005?account=bob", Some(TENANT_TOKEN), None, 404, None),
+        case("another account", "POST", "/v1/extensions/paris/2005/calls", Some(&e.gw.tokens.tenant), Some(json!({ "account": "bob", "to": "2006" }).to_string().into_bytes()), 404, None),
+        case("another account clears", "DELETE", "/v1/extensions/paris/2005/calls/0a0b?account=bob", Some(&e.gw.tokens.tenant), None, 404, None),
+        case("another account unbinds", "DELETE", "/v1/bindings/paris/2005?account=bob", Some(&e.gw.tokens.tenant), None, 404, None),
     ];
     run(h, &cases).await;
     // Lists show nothing of acme's to globex.
-    let (s, v) = h.json("GET", "/v1/bindings?account=alice", OTHER_TENANT_TOKEN, None).await.unwrap();
+    let (s, v) = h.json("GET", "/v1/bindings?account=alice", &e.gw.tokens.other_tenant, None).await.unwrap();
     assert_eq!((s, v["bindings"].as_array().map(Vec::len)), (200, Some(0)), "{v}");
-    let (s, v) = h.json("GET", "/v1/audit?extension=2005", OTHER_TENANT_TOKEN, None).await.unwrap();
+    let (s, v) = h.json("GET", "/v1/audit?extension=2005", &e.gw.tokens.other_tenant, None).await.unwrap();
     assert_eq!((s, v["records"].as_array().map(Vec::len)), (200, Some(0)), "{v}");
-    assert_eq!(store_view(h, &e.pending).await, before, "refused requests change nothing");
+    assert_eq!(store_view(h, &e.gw.tokens, &e.pending).await, before, "refused requests change nothing");
 }
 
 /// Clients that connect and say nothing, or dribble their headers, are cut off after
@@ -460,10 +461,11 @@ async fn event_streams_are_capped_per_tenant() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let e = env().await;
     let addr = e.gw.running.addr;
+    let token = e.gw.tokens.tenant.as_str();
     // Open a stream on alice's bound extension; the status line of the answer.
     let open = || async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let req = format!("GET /v1/extensions/paris/2005/events?account=alice HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {TENANT_TOKEN}\r\n\r\n");
+        let req = format!("GET /v1/extensions/paris/2005/events?account=alice HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {token}\r\n\r\n");
         s.write_all(req.as_bytes()).await.unwrap();
         let mut head = vec![0u8; 12];
         tokio::time::timeout(LIMIT, s.read_exact(&mut head)).await.expect("an answer").unwrap();
@@ -478,7 +480,7 @@ async fn event_streams_are_capped_per_tenant() {
     let (status, _) = open().await;
     assert_eq!(status, "HTTP/1.1 429", "one stream too many");
     // Another tenant is not affected by acme's streams (it has no binding: 404, not 429).
-    let (s, _) = e.gw.http.json("GET", "/v1/extensions/paris/2005/events?account=alice", OTHER_TENANT_TOKEN, None).await.unwrap();
+    let (s, _) = e.gw.http.json("GET", "/v1/extensions/paris/2005/events?account=alice", &e.gw.tokens.other_tenant, None).await.unwrap();
     assert_eq!(s, 404);
     // Closing one gives its place back (once the gateway has seen the close).
     drop(streams.pop());

@@ -22,7 +22,7 @@ use cstagate::codec::apdu::ErrorCategory;
 use cstagate::codec::body::{FieldName as F, Value};
 use cstagate::codec::framing::DEFAULT_MAX_FRAME;
 use cstagate::codec::{Apdu, Argument, Body, ConnectionId, DeviceId, LocalDevice, Dialect, EventKind, EventReport, Framer, Framing, Op, Operation, RejectProblem};
-use cstagate::demo::{local_secrets, Http, ADMIN_TOKEN};
+use cstagate::testkit::{Http, Tokens};
 use cstagate::link::{Link, LinkState, Monitor, MonitorEvent, RequestError, COMMAND_QUEUE, MAX_QUEUED_REQUESTS, SUBSCRIBER_BUFFER};
 use cstagate::sim::{Behaviour, SimConfig, SimPbx};
 use futures_util::FutureExt;
@@ -262,6 +262,7 @@ struct Env {
     proxy: Proxy,
     _running: cstagate::server::Running,
     http: Http,
+    tokens: Tokens,
     link: Link,
     /// A subscriber on a good device, 2005.
     good: Monitor,
@@ -286,22 +287,23 @@ async fn env() -> Env {
         proxy.addr
     );
     let config = cstagate::config::Config::parse(&toml).unwrap();
-    let running = cstagate::server::start(&config, local_secrets()).await.unwrap();
+    let tokens = Tokens::random();
+    let running = cstagate::server::start(&config, tokens.secrets()).await.unwrap();
     let link = running.gateway.links()["paris"].clone();
     timeout(LIMIT, link.wait_for(|s| *s == LinkState::Up)).await.expect("link up");
     let good = link.monitor("2005").await.unwrap();
     let http = Http::new(&format!("http://{}", running.addr));
-    let env = Env { _sim: sim, proxy, _running: running, http, link, good };
+    let env = Env { _sim: sim, proxy, _running: running, http, tokens, link, good };
     store_is_empty(&env).await;
     env
 }
 
 /// Nothing from the PBX side reaches the store: no audit record, no binding.
 async fn store_is_empty(e: &Env) {
-    let (s, audit) = e.http.json("GET", "/v1/audit?limit=10000", ADMIN_TOKEN, None).await.unwrap();
+    let (s, audit) = e.http.json("GET", "/v1/audit?limit=10000", &e.tokens.admin, None).await.unwrap();
     assert_eq!((s, audit["records"].as_array().map(Vec::len)), (200, Some(0)), "{audit}");
     for ext in ["2005", "2006", "2007"] {
-        let (s, _) = e.http.json("GET", &format!("/v1/bindings/paris/{ext}"), ADMIN_TOKEN, None).await.unwrap();
+        let (s, _) = e.http.json("GET", &format!("/v1/bindings/paris/{ext}"), &e.tokens.admin, None).await.unwrap();
         assert_eq!(s, 404);
     }
 }
@@ -622,7 +624,7 @@ async fn a_peer_that_never_reads_bounds_the_queue_fails_requests_fast_and_is_rep
     assert_eq!(e.link.queued_commands(), 0);
     good_device_works(&mut e).await;
     // The new connection is served normally: keep-alives flow again.
-    let stats: Json = e.http.json("GET", "/v1/pbx", ADMIN_TOKEN, None).await.unwrap().1;
+    let stats: Json = e.http.json("GET", "/v1/pbx", &e.tokens.admin, None).await.unwrap().1;
     assert_eq!(stats["pbx"][0]["state"]["state"], "up", "{stats}");
     store_is_empty(&e).await;
 }

@@ -1,5 +1,5 @@
 //! Hostile input on the IVR side, over real sockets against the real gateway
-//! (`demo::LocalGateway` next to the simulated PBX): webhook requests with bad, missing or stale
+//! (`testkit::LocalGateway` next to the simulated PBX): webhook requests with bad, missing or stale
 //! signatures and timestamps, verbatim replays, unknown and stale context ids (an association
 //! that has ended), digit floods (over-long digit strings, non-DTMF characters, many requests on
 //! one call), bad values in every webhook field, and FastAGI clients that stop mid-line, flood the
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cstagate::webhook::{sign, sign_webhook, SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_WINDOW_SECS};
-use cstagate::demo::{local_secrets, post_webhook, Http, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_SECRET, TENANT_TOKEN};
+use cstagate::testkit::{local_secrets, post_webhook, Http, LocalGateway, LocalOptions, Tokens};
 use cstagate::ivr::fastagi::{FastAgiSettings, MAX_SKIPPED_LINES};
 use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
 use serde_json::{json, Value};
@@ -65,9 +65,9 @@ struct Signed {
 }
 
 impl Signed {
-    fn new(body: &Value, ts: u64) -> Signed {
+    fn new(key: &str, body: &Value, ts: u64) -> Signed {
         let body = body.to_string().into_bytes();
-        Signed { sig: sign_webhook(IVR_SECRET, ts, &body), ts: ts.to_string(), body }
+        Signed { sig: sign_webhook(key, ts, &body), ts: ts.to_string(), body }
     }
     async fn send(&self, h: &Http) -> (u16, Value) {
         post(h, &self.body, Some(&self.ts), Some(&self.sig)).await
@@ -76,12 +76,12 @@ impl Signed {
 
 /// The audit log less the records of unknown context ids (those are audited by design: a guess
 /// is worth a line, and the adapters limit them).
-async fn audit(h: &Http) -> Vec<Value> {
-    audit_all(h).await.into_iter().filter(|r| r["step"] != "ivr_unknown_context").collect()
+async fn audit(h: &Http, tokens: &Tokens) -> Vec<Value> {
+    audit_all(h, tokens).await.into_iter().filter(|r| r["step"] != "ivr_unknown_context").collect()
 }
 
-async fn audit_all(h: &Http) -> Vec<Value> {
-    let (s, v) = h.json("GET", "/v1/audit?limit=10000", ADMIN_TOKEN, None).await.unwrap();
+async fn audit_all(h: &Http, tokens: &Tokens) -> Vec<Value> {
+    let (s, v) = h.json("GET", "/v1/audit?limit=10000", &tokens.admin, None).await.unwrap();
     assert_eq!(s, 200, "{v}");
     v["records"].as_array().unwrap().clone()
 }
@@ -97,7 +97,7 @@ async fn replay_cache_entries(e: &Env) -> u64 {
 
 /// Create an association and wait for its proof call to reach the IVR: (id, code, call, context).
 async fn to_ivr(e: &mut Env, account: &str, ext: &str) -> (String, String, String, String) {
-    let (s, v) = e.gw.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": account, "extension": ext }))).await.unwrap();
+    let (s, v) = e.gw.http.json("POST", "/v1/associations", &e.gw.tokens.tenant, Some(json!({ "account": account, "extension": ext }))).await.unwrap();
     assert_eq!(s, 201, "{v}");
     loop {
         if let IvrSignal::Connected { call, .. } = timeout(LIMIT, e.ivr.recv()).await.unwrap().unwrap() {
@@ -117,11 +117,11 @@ fn the_readme_signing_recipe_matches() {
 async fn webhook_signatures_must_cover_a_fresh_timestamp_and_replays_are_refused() {
     let e = env().await;
     let h = &e.gw.http;
-    let before = audit(h).await;
+    let before = audit(h, &e.gw.tokens).await;
     let body = json!({ "call": "c-sig", "from": "+33144002005", "to": "0800100200" });
     let raw = body.to_string().into_bytes();
     let t = now();
-    let good = sign_webhook(IVR_SECRET, t, &raw);
+    let good = sign_webhook(&e.gw.tokens.ivr, t, &raw);
     let ts = t.to_string();
     // A few seconds past the window, so that a clock tick during the test does not matter.
     let stale = t - WEBHOOK_WINDOW_SECS - 5;
@@ -129,18 +129,18 @@ async fn webhook_signatures_must_cover_a_fresh_timestamp_and_replays_are_refused
     let other_body = json!({ "call": "c-sig", "from": "+33144002006", "to": "0800100200" }).to_string().into_bytes();
     let refusals: Vec<(&str, Option<String>, Option<String>)> = vec![
         ("no headers", None, None),
-        ("the old body-only signature", None, Some(sign(IVR_SECRET, &raw))),
+        ("the old body-only signature", None, Some(sign(&e.gw.tokens.ivr, &raw))),
         ("no timestamp", None, Some(good.clone())),
         ("no signature", Some(ts.clone()), None),
         ("timestamp not a number", Some("yesterday".into()), Some(good.clone())),
         ("negative timestamp", Some(format!("-{t}")), Some(good.clone())),
-        ("timestamp with a sign", Some(format!("+{t}")), Some(sign_webhook(IVR_SECRET, t, &raw))),
+        ("timestamp with a sign", Some(format!("+{t}")), Some(sign_webhook(&e.gw.tokens.ivr, t, &raw))),
         ("exponent timestamp", Some("1.7e9".into()), Some(good.clone())),
-        ("13-digit timestamp", Some(format!("{t}000")), Some(sign_webhook(IVR_SECRET, t * 1000, &raw))),
-        ("stale, correctly signed", Some(stale.to_string()), Some(sign_webhook(IVR_SECRET, stale, &raw))),
-        ("from the future, correctly signed", Some(early.to_string()), Some(sign_webhook(IVR_SECRET, early, &raw))),
+        ("13-digit timestamp", Some(format!("{t}000")), Some(sign_webhook(&e.gw.tokens.ivr, t * 1000, &raw))),
+        ("stale, correctly signed", Some(stale.to_string()), Some(sign_webhook(&e.gw.tokens.ivr, stale, &raw))),
+        ("from the future, correctly signed", Some(early.to_string()), Some(sign_webhook(&e.gw.tokens.ivr, early, &raw))),
         ("timestamp changed after signing", Some((t - 1).to_string()), Some(good.clone())),
-        ("another body's signature", Some(ts.clone()), Some(sign_webhook(IVR_SECRET, t, &other_body))),
+        ("another body's signature", Some(ts.clone()), Some(sign_webhook(&e.gw.tokens.ivr, t, &other_body))),
         ("another secret", Some(ts.clone()), Some(sign_webhook("not-the-secret", t, &raw))),
         ("another algorithm", Some(ts.clone()), Some(good.replace("sha256=", "sha1="))),
         ("not hex", Some(ts.clone()), Some(format!("sha256={}", "zz".repeat(32)))),
@@ -156,7 +156,7 @@ async fn webhook_signatures_must_cover_a_fresh_timestamp_and_replays_are_refused
     }
     assert_eq!(replay_cache_entries(&e).await, 0, "refused requests are not remembered");
     // Within the window, either side, it is accepted once.
-    let inside = Signed::new(&body, t - WEBHOOK_WINDOW_SECS + 5);
+    let inside = Signed::new(&e.gw.tokens.ivr, &body, t - WEBHOOK_WINDOW_SECS + 5);
     let (s, v) = inside.send(h).await;
     assert_eq!(s, 200, "{v}");
     let first = Signed { body: raw.clone(), ts: ts.clone(), sig: good.clone() };
@@ -171,10 +171,10 @@ async fn webhook_signatures_must_cover_a_fresh_timestamp_and_replays_are_refused
     let (s, _) = post(h, &raw, Some(&ts), Some(&good.to_uppercase().replace("SHA256=", "sha256="))).await;
     assert_eq!(s, 409);
     // A platform's retry signs again with a new timestamp: a new request.
-    let (s, v) = Signed::new(&body, t + 1).send(h).await;
+    let (s, v) = Signed::new(&e.gw.tokens.ivr, &body, t + 1).send(h).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(replay_cache_entries(&e).await, 3, "one entry per accepted request");
-    assert_eq!(audit(h).await, before, "nothing in the store changed");
+    assert_eq!(audit(h, &e.gw.tokens).await, before, "nothing in the store changed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,7 +182,7 @@ async fn a_replayed_request_moves_nothing_in_the_dialogue() {
     let mut e = env().await;
     let (id, code, call, ctx) = to_ivr(&mut e, "alice", "2005").await;
     let h = e.gw.http.clone();
-    let req = |digits: &str, ts: u64| Signed::new(&json!({ "call": call, "from": "+33144002005", "to": "0800100200", "digits": digits }), ts);
+    let req = |digits: &str, ts: u64| Signed::new(&e.gw.tokens.ivr, &json!({ "call": call, "from": "+33144002005", "to": "0800100200", "digits": digits }), ts);
     let t = now();
     let (s, r) = req(&ctx, t).send(&h).await;
     assert!(s == 200 && r["say"].as_str().unwrap().contains("press 1"), "{r}");
@@ -194,20 +194,20 @@ async fn a_replayed_request_moves_nothing_in_the_dialogue() {
     let wrong = req(wrong, t);
     let (s, r) = wrong.send(&h).await;
     assert!(s == 200 && r["say"].as_str().unwrap().contains("not correct"), "{r}");
-    let audit_after_one = audit(&h).await;
+    let audit_after_one = audit(&h, &e.gw.tokens).await;
     // Five replays of the wrong code: refused, and not counted as wrong codes.
     for _ in 0..5 {
         assert_eq!(wrong.send(&h).await.0, 409);
     }
-    assert_eq!(audit(&h).await, audit_after_one, "replays are not wrong codes");
+    assert_eq!(audit(&h, &e.gw.tokens).await, audit_after_one, "replays are not wrong codes");
     let right = req(&code, t);
     let (s, r) = right.send(&h).await;
     assert!(s == 200 && r["say"].as_str().unwrap().contains("now linked"), "{r}");
-    let bound = audit(&h).await;
+    let bound = audit(&h, &e.gw.tokens).await;
     assert_eq!(right.send(&h).await.0, 409);
-    let (_, v) = h.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+    let (_, v) = h.json("GET", &format!("/v1/associations/{id}"), &e.gw.tokens.tenant, None).await.unwrap();
     assert_eq!(v["state"], "bound");
-    assert_eq!(audit(&h).await, bound, "a replayed success records nothing");
+    assert_eq!(audit(&h, &e.gw.tokens).await, bound, "a replayed success records nothing");
     e.sim.ivr_hangup(&call);
 }
 
@@ -217,17 +217,17 @@ async fn unknown_and_stale_context_ids_and_digit_floods_change_nothing() {
     // An association that has ended: its context id is stale.
     let (id, _, call, stale_ctx) = to_ivr(&mut e, "alice", "2005").await;
     let h = e.gw.http.clone();
-    let (s, v) = h.json("DELETE", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+    let (s, v) = h.json("DELETE", &format!("/v1/associations/{id}"), &e.gw.tokens.tenant, None).await.unwrap();
     assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{v}");
     e.sim.ivr_hangup(&call);
-    let ended = h.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap().1;
-    let before = audit(&h).await;
+    let ended = h.json("GET", &format!("/v1/associations/{id}"), &e.gw.tokens.tenant, None).await.unwrap().1;
+    let before = audit(&h, &e.gw.tokens).await;
     let ivr = |call: &str, digits: Option<&str>| {
         let mut b = json!({ "call": call, "from": "+33144002005", "to": "0800100200" });
         if let Some(d) = digits {
             b["digits"] = json!(d);
         }
-        post_webhook(&h, IVR_SECRET, b.to_string().into_bytes())
+        post_webhook(&h, &e.gw.tokens.ivr, b.to_string().into_bytes())
     };
     let stale = stale_ctx.trim_start_matches('*').trim_end_matches('#').to_owned();
     // The ended attempt's own context: no longer valid, at once (and not counted as a guess).
@@ -261,18 +261,18 @@ async fn unknown_and_stale_context_ids_and_digit_floods_change_nothing() {
         let (s, v) = ivr("c-bad", Some(&bad)).await.unwrap();
         assert_eq!((s, v["field"].as_str()), (400, Some("digits")), "{bad:?}: {v}");
     }
-    assert_eq!(audit(&h).await, before, "nothing in the store changed");
-    let guesses = audit_all(&h).await.into_iter().filter(|r| r["step"] == "ivr_unknown_context").count();
+    assert_eq!(audit(&h, &e.gw.tokens).await, before, "nothing in the store changed");
+    let guesses = audit_all(&h, &e.gw.tokens).await.into_iter().filter(|r| r["step"] == "ivr_unknown_context").count();
     assert!(guesses >= 3, "unknown context ids are audited: {guesses}");
-    assert_eq!(h.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap().1, ended);
-    assert_eq!(h.json("GET", "/v1/bindings/paris/2005", ADMIN_TOKEN, None).await.unwrap().0, 404);
+    assert_eq!(h.json("GET", &format!("/v1/associations/{id}"), &e.gw.tokens.tenant, None).await.unwrap().1, ended);
+    assert_eq!(h.json("GET", "/v1/bindings/paris/2005", &e.gw.tokens.admin, None).await.unwrap().0, 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_values_in_every_webhook_field_are_refused_naming_it() {
     let e = env().await;
     let h = &e.gw.http;
-    let before = audit(h).await;
+    let before = audit(h, &e.gw.tokens).await;
     let valid = json!({ "call": "c-f", "from": "+33144002005", "to": "0800100200", "digits": "1", "hangup": false });
     let mut cases: Vec<(String, Vec<u8>, u16, Option<&str>)> = Vec::new();
     for (field, max) in [("call", 128), ("from", 64), ("to", 64)] {
@@ -317,16 +317,16 @@ async fn bad_values_in_every_webhook_field_are_refused_naming_it() {
     cases.push(("17 KiB".into(), json!({ "call": "x".repeat(17 * 1024), "from": "", "to": "" }).to_string().into_bytes(), 413, None));
     let mut failures = Vec::new();
     for (what, body, status, field) in &cases {
-        let (s, v) = post_webhook(h, IVR_SECRET, body.clone()).await.unwrap();
+        let (s, v) = post_webhook(h, &e.gw.tokens.ivr, body.clone()).await.unwrap();
         if s != *status || !v["error"].is_string() || v["field"].as_str() != *field {
             failures.push(format!("{what}: expected {status} {field:?}, got {s} {v}"));
         }
     }
     assert!(failures.is_empty(), "{} of {} failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
     // Empty calling and called numbers (withheld) are fine.
-    let (s, v) = post_webhook(h, IVR_SECRET, json!({ "call": "c-ok", "from": "", "to": "" }).to_string().into_bytes()).await.unwrap();
+    let (s, v) = post_webhook(h, &e.gw.tokens.ivr, json!({ "call": "c-ok", "from": "", "to": "" }).to_string().into_bytes()).await.unwrap();
     assert_eq!(s, 200, "{v}");
-    assert_eq!(audit(h).await, before, "nothing in the store changed");
+    assert_eq!(audit(h, &e.gw.tokens).await, before, "nothing in the store changed");
 }
 
 /// A FastAGI server of the gateway with its own settings.
@@ -354,7 +354,7 @@ async fn closed_within(c: &mut TcpStream, within: Duration) -> Vec<u8> {
 async fn fastagi_clients_that_stall_flood_or_babble_are_cut_off_and_sessions_are_capped() {
     let e = env().await;
     let h = &e.gw.http;
-    let before = audit(h).await;
+    let before = audit(h, &e.gw.tokens).await;
     let quick = fastagi(&e, FastAgiSettings { read_timeout: Duration::from_millis(300), ..Default::default() }).await;
 
     // Stops mid-line: cut off after the read timeout, nothing sent.
@@ -436,5 +436,5 @@ async fn fastagi_clients_that_stall_flood_or_babble_are_cut_off_and_sessions_are
     .await
     .expect("a session is served once one has left");
     assert_eq!(served.trim_end(), "ANSWER");
-    assert_eq!(audit(h).await, before, "nothing in the store changed");
+    assert_eq!(audit(h, &e.gw.tokens).await, before, "nothing in the store changed");
 }

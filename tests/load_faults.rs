@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::post;
-use cstagate::demo::{ivr_request, local_secrets, Http, Ivr, IvrCall, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_NUMBER, IVR_SECRET, TENANT_TOKEN};
+use cstagate::testkit::{ivr_request, local_secrets, Http, Ivr, IvrCall, LocalGateway, LocalOptions, IVR_NUMBER};
 use cstagate::link::LinkState;
 use cstagate::sim::{Behaviour, SimConfig, SimPbx};
 use rand::Rng;
@@ -83,14 +83,14 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
     // keys the code the app showed them; hang up.
     let codes: Codes = Arc::default();
     let platform = {
-        let (http, codes, line) = (gw.http.clone(), codes.clone(), ivr.line.clone());
+        let (http, codes, line, key) = (gw.http.clone(), codes.clone(), ivr.line.clone(), gw.tokens.ivr.clone());
         tokio::spawn(async move {
             while let Some(IvrCall { call, from, context, extension }) = ivr.next_call().await {
                 let code = codes.lock().unwrap().get(&extension).cloned().unwrap_or_default();
-                let (http, line) = (http.clone(), line.clone());
+                let (http, line, key) = (http.clone(), line.clone(), key.clone());
                 tokio::spawn(async move {
                     for d in [None, Some(context.as_str()), Some("1"), Some(code.as_str())] {
-                        match ivr_request(&http, IVR_SECRET, &call, &from, d).await {
+                        match ivr_request(&http, &key, &call, &from, d).await {
                             Ok((200, r)) if r["hangup"] != true => {}
                             _ => break,
                         }
@@ -106,22 +106,22 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
     let t0 = std::time::Instant::now();
     let mut tasks = Vec::new();
     for (i, ext) in exts.iter().enumerate() {
-        let (http, codes, link, mut notes) = (gw.http.clone(), codes.clone(), link.clone(), notes_tx.subscribe());
+        let (http, codes, link, mut notes, token) = (gw.http.clone(), codes.clone(), link.clone(), notes_tx.subscribe(), gw.tokens.tenant.clone());
         let (ext, account) = (ext.clone(), format!("acct{i}"));
         tasks.push(tokio::spawn(async move {
-            let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": account, "extension": ext }))).await.unwrap();
+            let (s, v) = http.json("POST", "/v1/associations", &token, Some(json!({ "account": account, "extension": ext }))).await.unwrap();
             assert_eq!(s, 201, "{v}");
             let id = v["id"].as_str().unwrap().to_owned();
             codes.lock().unwrap().insert(ext.clone(), v["code"].as_str().unwrap().to_owned());
             let mut attempts = 1;
             loop {
-                let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+                let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), &token, None).await.unwrap();
                 let retryable = v["retryable"] == true;
                 match v["state"].as_str().unwrap_or_default() {
                     "bound" | "expired" | "cancelled" => return (id, ext, account, v),
                     "failed" if !retryable => return (id, ext, account, v),
                     "failed" if attempts >= MAX_ATTEMPTS => {
-                        let (s, v) = http.json("DELETE", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+                        let (s, v) = http.json("DELETE", &format!("/v1/associations/{id}"), &token, None).await.unwrap();
                         assert_eq!(s, 200, "{v}");
                         return (id, ext, account, v);
                     }
@@ -129,7 +129,7 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
                         // "Try again", once the PBX is reachable.
                         link.wait_for(|s| *s == LinkState::Up).await;
                         attempts += 1;
-                        let (s, v) = http.json("POST", &format!("/v1/associations/{id}/complete"), TENANT_TOKEN, None).await.unwrap();
+                        let (s, v) = http.json("POST", &format!("/v1/associations/{id}/complete"), &token, None).await.unwrap();
                         assert!([202, 409, 410, 429].contains(&s), "{s} {v}");
                         continue;
                     }
@@ -204,7 +204,7 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
         if v["state"] != "bound" {
             // From the audit log, which keeps every step (a history keeps 64: ten attempts of up
             // to eight steps each can pass that).
-            let (_, audit) = gw.http.json("GET", &format!("/v1/audit?extension={ext}&limit=10000"), ADMIN_TOKEN, None).await.unwrap();
+            let (_, audit) = gw.http.json("GET", &format!("/v1/audit?extension={ext}&limit=10000"), &gw.tokens.admin, None).await.unwrap();
             let failed = audit["records"].as_array().unwrap().iter().filter(|r| r["association"] == id.as_str() && r["step"] == "failed").count();
             assert_eq!((v["state"].as_str(), v["reason"].as_str(), failed), (Some("cancelled"), Some("cancelled_by_user"), MAX_ATTEMPTS), "{id}: bound, or given up by the app after {MAX_ATTEMPTS} failed attempts: {v}");
         }
@@ -212,10 +212,10 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
 
     // The store: each success exactly once, no binding without success.
     for (id, ext, account, v) in &results {
-        let (_, audit) = gw.http.json("GET", &format!("/v1/audit?extension={ext}&limit=10000"), ADMIN_TOKEN, None).await.unwrap();
+        let (_, audit) = gw.http.json("GET", &format!("/v1/audit?extension={ext}&limit=10000"), &gw.tokens.admin, None).await.unwrap();
         let records = audit["records"].as_array().unwrap();
         let bound_records = records.iter().filter(|r| r["step"] == "bound").count();
-        let (s, b) = gw.http.json("GET", &format!("/v1/bindings/paris/{ext}"), TENANT_TOKEN, None).await.unwrap();
+        let (s, b) = gw.http.json("GET", &format!("/v1/bindings/paris/{ext}"), &gw.tokens.tenant, None).await.unwrap();
         if v["state"] == "bound" {
             assert_eq!((s, b["account"].as_str()), (200, Some(account.as_str())), "{id}");
             assert_eq!(bound_records, 1, "{id}: the success is recorded exactly once");
@@ -236,7 +236,7 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
     assert!(metrics.get("cstagate_ivr_calls").is_some_and(|&c| c <= (N * MAX_ATTEMPTS) as u64), "{metrics:?}");
     assert_eq!(link.queued_commands(), 0);
     assert_eq!(gw.link().state(), LinkState::Up);
-    let (s, _) = gw.http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "late", "extension": exts[0] }))).await.unwrap();
+    let (s, _) = gw.http.json("POST", "/v1/associations", &gw.tokens.tenant, Some(json!({ "account": "late", "extension": exts[0] }))).await.unwrap();
     assert!(s == 201 || s == 409, "the gateway still takes requests ({s})");
     platform.abort();
     gw.running.shutdown().await;

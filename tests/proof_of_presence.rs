@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use cstagate::demo::{ivr_request, local_secrets, LocalGateway, LocalOptions, ADMIN_TOKEN, IVR_SECRET, OTHER_TENANT_TOKEN, TENANT_TOKEN};
+use cstagate::testkit::{ivr_request, local_secrets, LocalGateway, LocalOptions};
 use cstagate::http_client::Http;
 use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
 use serde_json::{json, Value};
@@ -42,7 +42,7 @@ impl Env {
         &self.gw.http
     }
     async fn create(&self, account: &str, ext: &str) -> (u16, Value) {
-        self.http().json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": account, "extension": ext }))).await.unwrap()
+        self.http().json("POST", "/v1/associations", &self.gw.tokens.tenant, Some(json!({ "account": account, "extension": ext }))).await.unwrap()
     }
     async fn created(&self, account: &str, ext: &str) -> (String, String) {
         let (s, v) = self.create(account, ext).await;
@@ -51,7 +51,7 @@ impl Env {
         (v["id"].as_str().unwrap().to_owned(), v["code"].as_str().unwrap().to_owned())
     }
     async fn assoc(&self, id: &str) -> Value {
-        self.http().json("GET", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap().1
+        self.http().json("GET", &format!("/v1/associations/{id}"), &self.gw.tokens.tenant, None).await.unwrap().1
     }
     async fn wait(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
         timeout(LIMIT, async {
@@ -77,15 +77,15 @@ impl Env {
         (call, digits)
     }
     async fn say(&self, call: &str, from: &str, digits: Option<&str>) -> Value {
-        let (s, r) = ivr_request(self.http(), IVR_SECRET, call, from, digits).await.unwrap();
+        let (s, r) = ivr_request(self.http(), &self.gw.tokens.ivr, call, from, digits).await.unwrap();
         assert_eq!(s, 200, "{r}");
         r
     }
     async fn binding(&self, ext: &str) -> u16 {
-        self.http().json("GET", &format!("/v1/bindings/paris/{ext}"), TENANT_TOKEN, None).await.unwrap().0
+        self.http().json("GET", &format!("/v1/bindings/paris/{ext}"), &self.gw.tokens.tenant, None).await.unwrap().0
     }
     async fn audit_steps(&self, ext: &str) -> Vec<String> {
-        let (_, a) = self.http().json("GET", &format!("/v1/audit?extension={ext}&limit=10000"), TENANT_TOKEN, None).await.unwrap();
+        let (_, a) = self.http().json("GET", &format!("/v1/audit?extension={ext}&limit=10000"), &self.gw.tokens.tenant, None).await.unwrap();
         a["records"].as_array().unwrap().iter().map(|r| r["step"].as_str().unwrap_or_default().to_owned()).collect()
     }
     async fn no_call_left(&self) {
@@ -134,7 +134,7 @@ async fn an_attackers_ivr_call_with_context_and_code_binds_nothing_while_the_pho
     e.no_call_left().await;
     // Alice's phone stopped ringing; alice's own request binds it.
     e.sim.config().extensions[0].behaviour = Behaviour::Answer { after: Duration::from_millis(10) };
-    let (s, _) = e.http().json("DELETE", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+    let (s, _) = e.http().json("DELETE", &format!("/v1/associations/{id}"), &e.gw.tokens.tenant, None).await.unwrap();
     assert_eq!(s, 200);
     let (id, code) = e.created("alice", "2005").await;
     e.owner_binds(&id, &code).await;
@@ -156,7 +156,7 @@ async fn a_second_ivr_call_after_the_answer_fails_the_attempt_whichever_claims_f
 
     // Retry; now the attacker gets in first after the answer and keys fast: the proof call's own
     // request still ends the attempt before the code is taken.
-    let (s, _) = e.http().json("POST", &format!("/v1/associations/{id}/complete"), TENANT_TOKEN, None).await.unwrap();
+    let (s, _) = e.http().json("POST", &format!("/v1/associations/{id}/complete"), &e.gw.tokens.tenant, None).await.unwrap();
     assert_eq!(s, 202);
     let (call, ctx2) = e.proof_call_at_ivr().await;
     assert_ne!(ctx, ctx2, "a new context id for every proof call");
@@ -172,7 +172,7 @@ async fn a_second_ivr_call_after_the_answer_fails_the_attempt_whichever_claims_f
     e.no_call_left().await;
 
     // The owner's next retry binds.
-    let (s, _) = e.http().json("POST", &format!("/v1/associations/{id}/complete"), TENANT_TOKEN, None).await.unwrap();
+    let (s, _) = e.http().json("POST", &format!("/v1/associations/{id}/complete"), &e.gw.tokens.tenant, None).await.unwrap();
     assert_eq!(s, 202);
     e.owner_binds(&id, &code).await;
     e.gw.running.shutdown().await;
@@ -200,16 +200,16 @@ async fn another_accounts_failures_never_lock_out_the_owner_and_the_admin_can_re
     e.owner_binds(&id, &code).await;
 
     // The admin sees mallory's counters and resets them; tenants may not.
-    let (s, _) = e.http().json("GET", "/v1/admin/counters?account=mallory", TENANT_TOKEN, None).await.unwrap();
+    let (s, _) = e.http().json("GET", "/v1/admin/counters?account=mallory", &e.gw.tokens.tenant, None).await.unwrap();
     assert_eq!(s, 403);
-    let (s, v) = e.http().json("GET", "/v1/admin/counters?account=mallory", ADMIN_TOKEN, None).await.unwrap();
+    let (s, v) = e.http().json("GET", "/v1/admin/counters?account=mallory", &e.gw.tokens.admin, None).await.unwrap();
     assert_eq!(s, 200);
     assert!(v["counters"].as_array().unwrap().iter().any(|c| c["kind"] == "account" && c["value"] == 3), "{v}");
-    let (s, v) = e.http().json("POST", "/v1/admin/counters/reset", ADMIN_TOKEN, Some(json!({ "account": "mallory", "tenant": "acme" }))).await.unwrap();
+    let (s, v) = e.http().json("POST", "/v1/admin/counters/reset", &e.gw.tokens.admin, Some(json!({ "account": "mallory", "tenant": "acme" }))).await.unwrap();
     assert_eq!((s, v["counters"].as_array().map(Vec::len)), (200, Some(0)), "{v}");
     let (s, _) = e.create("mallory", "2006").await;
     assert_eq!(s, 201);
-    let (_, a) = e.http().json("GET", "/v1/audit?account=mallory&limit=1000", ADMIN_TOKEN, None).await.unwrap();
+    let (_, a) = e.http().json("GET", "/v1/audit?account=mallory&limit=1000", &e.gw.tokens.admin, None).await.unwrap();
     assert!(a["records"].as_array().unwrap().iter().any(|r| r["step"] == "counter_reset"));
     e.gw.running.shutdown().await;
 }
@@ -220,10 +220,10 @@ async fn a_create_refused_by_a_limit_issues_no_code_and_leaves_nothing_live() {
     // Of the extension's 3 proof calls an hour, mallory may spend 2 on alice's extension.
     for _ in 0..2 {
         let (id, _) = e.created("mallory", "2005").await;
-        let (s, _) = e.http().json("POST", &format!("/v1/associations/{id}/complete"), TENANT_TOKEN, None).await.unwrap();
+        let (s, _) = e.http().json("POST", &format!("/v1/associations/{id}/complete"), &e.gw.tokens.tenant, None).await.unwrap();
         assert_eq!(s, 202);
         e.wait(&id, |v| v["state"] == "in_ivr").await;
-        let (s, _) = e.http().json("DELETE", &format!("/v1/associations/{id}"), TENANT_TOKEN, None).await.unwrap();
+        let (s, _) = e.http().json("DELETE", &format!("/v1/associations/{id}"), &e.gw.tokens.tenant, None).await.unwrap();
         assert_eq!(s, 200);
         e.no_call_left().await;
     }
@@ -251,12 +251,12 @@ async fn the_phone_owner_refuses_with_9_and_the_account_is_blocked_until_an_admi
     e.no_call_left().await;
     let (s, v) = e.create("mallory", "2005").await;
     assert_eq!((s, v["code"].as_str()), (403, Some("blocked_by_phone_owner")), "{v}");
-    let (s, v) = e.http().json("GET", "/v1/admin/blocks?pbx=paris&extension=2005", ADMIN_TOKEN, None).await.unwrap();
+    let (s, v) = e.http().json("GET", "/v1/admin/blocks?pbx=paris&extension=2005", &e.gw.tokens.admin, None).await.unwrap();
     assert_eq!(s, 200);
     assert_eq!(v["blocks"][0]["account"], "mallory", "{v}");
-    let (s, _) = e.http().json("POST", "/v1/admin/blocks/lift", OTHER_TENANT_TOKEN, Some(json!({ "pbx": "paris", "extension": "2005" }))).await.unwrap();
+    let (s, _) = e.http().json("POST", "/v1/admin/blocks/lift", &e.gw.tokens.other_tenant, Some(json!({ "pbx": "paris", "extension": "2005" }))).await.unwrap();
     assert_eq!(s, 403);
-    let (s, v) = e.http().json("POST", "/v1/admin/blocks/lift", ADMIN_TOKEN, Some(json!({ "pbx": "paris", "extension": "2005" }))).await.unwrap();
+    let (s, v) = e.http().json("POST", "/v1/admin/blocks/lift", &e.gw.tokens.admin, Some(json!({ "pbx": "paris", "extension": "2005" }))).await.unwrap();
     assert_eq!((s, v["blocks"].as_array().map(Vec::len)), (200, Some(0)));
     assert_eq!(e.create("mallory", "2005").await.0, 201);
     let steps = e.audit_steps("2005").await;
@@ -271,12 +271,12 @@ async fn an_event_stream_ends_when_its_binding_ends() {
     let (id, code) = e.created("alice", "2005").await;
     e.owner_binds(&id, &code).await;
     let mut s = tokio::net::TcpStream::connect(e.gw.running.addr).await.unwrap();
-    let req = format!("GET /v1/extensions/paris/2005/events?account=alice HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {TENANT_TOKEN}\r\n\r\n");
+    let req = format!("GET /v1/extensions/paris/2005/events?account=alice HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {}\r\n\r\n", e.gw.tokens.tenant);
     s.write_all(req.as_bytes()).await.unwrap();
     let mut head = vec![0u8; 12];
     timeout(LIMIT, s.read_exact(&mut head)).await.unwrap().unwrap();
     assert_eq!(&head, b"HTTP/1.1 200");
-    let (st, _) = e.http().json("DELETE", "/v1/bindings/paris/2005?account=alice", TENANT_TOKEN, None).await.unwrap();
+    let (st, _) = e.http().json("DELETE", "/v1/bindings/paris/2005?account=alice", &e.gw.tokens.tenant, None).await.unwrap();
     assert_eq!(st, 204);
     // The stream says so and ends (the server closes the response), with no event after it.
     let mut rest = Vec::new();
@@ -297,7 +297,7 @@ async fn a_pbx_flooding_events_fails_the_attempt_keeps_the_history_capped_and_st
     e.sim.flood_events("2005", 20_000);
     // Meanwhile the API answers everyone (another tenant included).
     for _ in 0..20 {
-        let (s, _) = timeout(LIMIT, e.http().json("GET", "/v1/bindings?account=bob", OTHER_TENANT_TOKEN, None)).await.expect("the API answers during the flood").unwrap();
+        let (s, _) = timeout(LIMIT, e.http().json("GET", "/v1/bindings?account=bob", &e.gw.tokens.other_tenant, None)).await.expect("the API answers during the flood").unwrap();
         assert_eq!(s, 200);
     }
     let v = e.wait(&id, |v| v["state"] == "failed").await;

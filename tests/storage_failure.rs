@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use cstagate::association::{AssociationView, AuditRecord, Engine, Millis, Policy, Snapshot, StoreWrite};
-use cstagate::demo::{local_secrets, ADMIN_TOKEN, TENANT_TOKEN};
+use cstagate::testkit::Tokens;
 use cstagate::gateway::Gateway;
 use cstagate::http_client::Http;
 use cstagate::store::{AuditFilter, Store, StoreError};
@@ -38,17 +38,18 @@ async fn a_failed_commit_is_a_503_and_hands_out_no_code() {
     let mut p = Policy::new("acme", "0800100200");
     p.directory.insert("2005".into(), None);
     let gw = Gateway::start(Engine::new(HashMap::from([("paris".to_owned(), p)])), Box::new(Broken), HashMap::new(), None, Vec::new());
-    let app = cstagate::api::router(gw, local_secrets());
+    let tokens = Tokens::random();
+    let app = cstagate::api::router(gw, tokens.secrets());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     let http = Http::new(&format!("http://{addr}"));
-    let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let (s, v) = http.json("POST", "/v1/associations", &tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     assert_eq!((s, v["code"].as_str()), (503, Some("unavailable")), "{v}");
     assert!(v.get("id").is_none(), "no association, no code: {v}");
     // The engine went back to what the store holds: the association that was never stored does
     // not hold the extension (it would answer 409 extension_busy from memory alone).
-    let (s, v) = http.json("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "bob", "extension": "2005" }))).await.unwrap();
+    let (s, v) = http.json("POST", "/v1/associations", &tokens.tenant, Some(json!({ "account": "bob", "extension": "2005" }))).await.unwrap();
     assert_eq!((s, v["code"].as_str()), (503, Some("unavailable")), "{v}");
 }
 
@@ -73,8 +74,8 @@ impl Store for Unreadable {
     }
 }
 
-async fn serve(gw: Gateway) -> Http {
-    let app = cstagate::api::router(gw, local_secrets());
+async fn serve(gw: Gateway, tokens: &Tokens) -> Http {
+    let app = cstagate::api::router(gw, tokens.secrets());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -86,8 +87,9 @@ async fn serve(gw: Gateway) -> Http {
 #[tokio::test]
 async fn a_failed_read_is_a_503() {
     let gw = Gateway::start(Engine::new(HashMap::new()), Box::new(Unreadable), HashMap::new(), None, Vec::new());
-    let http = serve(gw).await;
-    for (path, token) in [("/v1/associations/abc123", TENANT_TOKEN), ("/v1/audit", TENANT_TOKEN), ("/v1/audit?extension=2005", ADMIN_TOKEN)] {
+    let tokens = Tokens::random();
+    let http = serve(gw, &tokens).await;
+    for (path, token) in [("/v1/associations/abc123", &tokens.tenant), ("/v1/audit", &tokens.tenant), ("/v1/audit?extension=2005", &tokens.admin)] {
         let (s, v) = http.json("GET", path, token, None).await.unwrap();
         assert_eq!((s, v["code"].as_str()), (503, Some("unavailable")), "{path}: {v}");
     }
@@ -99,20 +101,21 @@ async fn a_stopped_gateway_is_a_503() {
     let mut p = Policy::new("acme", "0800100200");
     p.directory.insert("2005".into(), None);
     let gw = Gateway::start(Engine::new(HashMap::from([("paris".to_owned(), p)])), Box::new(Unreadable), HashMap::new(), None, Vec::new());
-    let http = serve(gw.clone()).await;
+    let tokens = Tokens::random();
+    let http = serve(gw.clone(), &tokens).await;
     gw.stop().await;
     let requests = [
-        ("POST", "/v1/associations", TENANT_TOKEN, Some(json!({ "account": "alice", "extension": "2005" }))),
-        ("GET", "/v1/associations/abc123", TENANT_TOKEN, None),
-        ("POST", "/v1/associations/abc123/complete", TENANT_TOKEN, None),
-        ("DELETE", "/v1/associations/abc123", TENANT_TOKEN, None),
-        ("GET", "/v1/bindings?account=alice", TENANT_TOKEN, None),
-        ("GET", "/v1/bindings/paris/2005", TENANT_TOKEN, None),
-        ("DELETE", "/v1/bindings/paris/2005?account=alice", TENANT_TOKEN, None),
-        ("POST", "/v1/extensions/paris/2005/calls", TENANT_TOKEN, Some(json!({ "account": "alice", "to": "2006" }))),
-        ("GET", "/v1/audit", ADMIN_TOKEN, None),
-        ("GET", "/v1/admin/counters?account=alice", ADMIN_TOKEN, None),
-        ("POST", "/v1/admin/blocks/lift", ADMIN_TOKEN, Some(json!({ "account": "alice" }))),
+        ("POST", "/v1/associations", &tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))),
+        ("GET", "/v1/associations/abc123", &tokens.tenant, None),
+        ("POST", "/v1/associations/abc123/complete", &tokens.tenant, None),
+        ("DELETE", "/v1/associations/abc123", &tokens.tenant, None),
+        ("GET", "/v1/bindings?account=alice", &tokens.tenant, None),
+        ("GET", "/v1/bindings/paris/2005", &tokens.tenant, None),
+        ("DELETE", "/v1/bindings/paris/2005?account=alice", &tokens.tenant, None),
+        ("POST", "/v1/extensions/paris/2005/calls", &tokens.tenant, Some(json!({ "account": "alice", "to": "2006" }))),
+        ("GET", "/v1/audit", &tokens.admin, None),
+        ("GET", "/v1/admin/counters?account=alice", &tokens.admin, None),
+        ("POST", "/v1/admin/blocks/lift", &tokens.admin, Some(json!({ "account": "alice" }))),
     ];
     for (method, path, token, body) in requests {
         let (s, v) = http.json(method, path, token, body).await.unwrap();

@@ -39,6 +39,7 @@ use crate::clock::now_ms;
 use crate::gateway::Gateway;
 use crate::ivr::{asks_context, names_a_number, Cidr, Guard, IvrGuards, REFUSED_PROMPT};
 use crate::log_gate::LogGate;
+use crate::shutdown::Shutdown;
 
 /// Longest line accepted from Asterisk.
 pub const MAX_LINE: usize = 4096;
@@ -91,11 +92,23 @@ pub async fn serve(listener: TcpListener, gw: Gateway, settings: Arc<FastAgiSett
 /// Serve FastAGI connections until the listener fails, counting into `guards` (its `fastagi`
 /// guard and `fastagi_refused`), which `/metrics` reads.
 pub async fn serve_guarded(listener: TcpListener, gw: Gateway, settings: Arc<FastAgiSettings>, guards: IvrGuards) {
+    serve_until(listener, gw, settings, guards, Shutdown::new()).await;
+}
+
+/// As [`serve_guarded`], until `shutdown` begins: then it returns (the listener closes), and
+/// the sessions in progress go on until the grace period is over (then they are closed, which
+/// Asterisk sees as a hang-up).
+pub async fn serve_until(listener: TcpListener, gw: Gateway, settings: Arc<FastAgiSettings>, guards: IvrGuards, shutdown: Shutdown) {
     let sessions = Arc::new(tokio::sync::Semaphore::new(settings.max_sessions));
     let mut refusal_log = LogGate::new(Duration::from_secs(10));
     let mut busy_log = LogGate::new(Duration::from_secs(10));
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.stopping() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors and the like: give connections time to close.
@@ -123,9 +136,13 @@ pub async fn serve_guarded(listener: TcpListener, gw: Gateway, settings: Arc<Fas
         let gw = gw.clone();
         let settings = settings.clone();
         let guard = guards.fastagi.clone();
-        tokio::spawn(async move {
-            if let Err(e) = session(stream, &gw, &settings, &guard).await {
-                debug!(%peer, error = %e, "FastAGI session ended");
+        let stop = shutdown.clone();
+        shutdown.spawn(async move {
+            tokio::select! {
+                r = session(stream, &gw, &settings, &guard) => if let Err(e) = r {
+                    debug!(%peer, error = %e, "FastAGI session ended");
+                },
+                () = stop.closing() => debug!(%peer, "FastAGI session closed: shutdown"),
             }
             drop(permit);
         });

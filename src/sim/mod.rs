@@ -312,28 +312,3 @@ impl Drop for SimPbx {
         self.stop();
     }
 }
-
-/// Parse a directory list such as `2000-2010,3000`.
-///
-/// # Errors
-/// A malformed item, a reversed range, or more than 100,000 numbers.
-pub fn parse_directory(spec: &str) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        match item.split_once('-') {
-            Some((a, b)) => {
-                let (x, y): (u64, u64) = (a.parse().map_err(|_| format!("bad number {a:?}"))?, b.parse().map_err(|_| format!("bad number {b:?}"))?);
-                if y < x || y - x > 100_000 || a.len() != b.len() {
-                    return Err(format!("bad range {item:?}"));
-                }
-                out.extend((x..=y).map(|n| format!("{n:0width$}", width = a.len())));
-            }
-            None if item.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#') => out.push(item.to_owned()),
-            None => return Err(format!("bad number {item:?}")),
-        }
-        if out.len() > 100_000 {
-            return Err("more than 100000 extensions".into());
-        }
-    }
-    Ok(out)
-}
