@@ -597,24 +597,21 @@ impl Registry {
     /// connection; otherwise it waits, and `Start` says the session must be asked.
     fn subscribe(&mut self, device: &Arc<str>, sub: Sub, reply: Reply) -> Need {
         if matches!(sub.sink, Sink::Port) {
-            match self.ports.get_mut(&sub.id) {
-                Some(p) if p.devices.contains(device) => {
-                    // Already monitored through this port (or on its way): one delivery per event.
-                    let running = self.devices.get(device).is_some_and(|e| e.state == MonState::Running);
-                    if running {
-                        reply.deliver(Ok(Body::null()));
-                    } else if let Some(e) = self.devices.get_mut(device) {
-                        e.waiting.push((Sub { id: sub.id, sink: Sink::Port }, reply));
-                        // Not in `subs` twice: the waiting entry is dropped when it is answered.
-                        return Need::Nothing;
-                    }
-                    return Need::Nothing;
+            let Some(p) = self.ports.get_mut(&sub.id) else {
+                reply.deliver(Err(RequestError::Closed));
+                return Need::Nothing;
+            };
+            if !p.devices.contains(device) {
+                p.devices.push(device.clone());
+            } else if let Some(e) = self.devices.get_mut(device) {
+                // Already monitored through this port (or on its way): answered, events once.
+                if e.state == MonState::Running {
+                    reply.deliver(Ok(Body::null()));
+                } else {
+                    // Answered with the others; `started` does not add the port twice.
+                    e.waiting.push((Sub { id: sub.id, sink: Sink::Port }, reply));
                 }
-                Some(p) => p.devices.push(device.clone()),
-                None => {
-                    reply.deliver(Err(RequestError::Closed));
-                    return Need::Nothing;
-                }
+                return Need::Nothing;
             }
         }
         let e = self.devices.entry(device.clone()).or_insert_with(|| DeviceEntry { state: MonState::Idle, subs: Vec::new(), waiting: Vec::new() });
