@@ -336,15 +336,19 @@ impl Session {
 
     /// Monitor `device` on this connection. Returns true when it is monitored already (no event
     /// follows); otherwise [`SessionEvent::MonitorStarted`] or [`SessionEvent::MonitorFailed`]
-    /// follows (not when the session is lost first: the loss says it all).
+    /// follows (not when the session is dead or lost first: the loss says it all).
     pub fn monitor(&mut self, now: Instant, device: &Arc<str>) -> bool {
         if let Some(m) = self.monitors.get_mut(device) {
             m.wanted = true;
             return m.xref.is_some();
         }
-        if self.phase != Phase::Up {
-            self.events.push_back(SessionEvent::MonitorFailed { device: device.clone(), error: RequestError::LinkDown });
-            return false;
+        match self.phase {
+            Phase::Up => {}
+            Phase::Dead => return false,
+            Phase::Associating { .. } | Phase::Releasing { .. } => {
+                self.events.push_back(SessionEvent::MonitorFailed { device: device.clone(), error: RequestError::LinkDown });
+                return false;
+            }
         }
         self.monitors.insert(device.clone(), MonitorState { xref: None, starting: true, wanted: true });
         self.queue.push_back(Queued::MonitorStart { device: device.clone() });
