@@ -705,8 +705,10 @@ impl Registry {
         }
     }
 
-    fn route(&mut self, device: &Arc<str>, report: Arc<EventReport>, stats: &Stats) {
-        let Some(e) = self.devices.get_mut(device) else { return };
+    /// Deliver an event to the device's subscribers. Returns the devices nobody wants any more
+    /// (a port found closed here is detached).
+    fn route(&mut self, device: &Arc<str>, report: Arc<EventReport>, stats: &Stats) -> Vec<Arc<str>> {
+        let Some(e) = self.devices.get_mut(device) else { return Vec::new() };
         let mut closed_ports = Vec::new();
         e.subs.retain(|s| match &s.sink {
             Sink::Channel(tx) => !tx.is_closed(),
@@ -729,9 +731,7 @@ impl Registry {
                 }
             }
         }
-        for id in closed_ports {
-            self.detach(id);
-        }
+        closed_ports.into_iter().flat_map(|id| self.detach(id)).collect()
     }
 
     /// A port is gone: its monitors are released. Returns the devices nobody wants any more.
@@ -749,6 +749,10 @@ impl Registry {
     /// A connection that came up is gone: every monitor is void, waiting subscribers fail,
     /// subscribers and ports hear of it once.
     fn link_lost(&mut self, was_up: bool) {
+        let closed: Vec<u64> = self.ports.iter().filter(|(_, p)| p.tx.is_closed()).map(|(id, _)| *id).collect();
+        for id in closed {
+            self.detach(id);
+        }
         self.devices.retain(|_, e| {
             for (_, reply) in std::mem::take(&mut e.waiting) {
                 reply.deliver(Err(RequestError::LinkDown));
@@ -763,11 +767,10 @@ impl Registry {
             !e.subs.is_empty()
         });
         if was_up {
-            self.ports.retain(|_, p| {
+            for p in self.ports.values_mut() {
                 p.notify(Delivery::LinkLost);
                 p.told_lost = true;
-                !p.tx.is_closed()
-            });
+            }
         }
         // A port's devices whose entries went are not monitored through it any more.
         let devices = &self.devices;
@@ -929,7 +932,11 @@ impl Driver {
                             r.deliver(result);
                         }
                     }
-                    SessionEvent::Event { device, report } => self.reg.route(&device, report, &self.stats),
+                    SessionEvent::Event { device, report } => {
+                        for gone in self.reg.route(&device, report, &self.stats) {
+                            s.unmonitor(now(), &gone);
+                        }
+                    }
                     SessionEvent::MonitorStarted { device } => {
                         if let Need::Stop = self.reg.started(&device) {
                             s.unmonitor(now(), &device);
@@ -958,13 +965,12 @@ impl Driver {
                     Ok(_) => s.handle_input(now(), &mut buf),
                 },
                 cmd = self.cmd_rx.recv(), if accepting => match cmd {
-                    None => {
-                        s.close(now());
-                    }
+                    // Every handle is gone: nobody is left to tell, stop at once.
+                    None => return End::Stopped,
                     Some(c) => self.command(&mut s, c),
                 },
                 ctl = self.ctl_rx.recv(), if shutdown.is_none() => match ctl {
-                    None => s.close(now()),
+                    None => return End::Stopped,
                     Some(Control::Unsubscribe { device, sub }) => {
                         if let Need::Stop = self.reg.unsubscribe(&device, sub) {
                             s.unmonitor(now(), &device);
