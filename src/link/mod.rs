@@ -907,7 +907,7 @@ impl Driver {
             if let Some(out) = s.poll_transmit() {
                 match timeout(self.p.request_timeout, wr.write_all(&out)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => s.connection_lost(if *came_up { LinkLoss::Write(e.kind()) } else { LinkLoss::Preamble(e.kind()) }),
+                    Ok(Err(e)) => s.connection_lost(LinkLoss::Write(e.kind())),
                     // A peer that stops reading must not stall the link forever.
                     Err(_) => s.connection_lost(LinkLoss::WriteStalled),
                 }

@@ -64,8 +64,6 @@ pub enum LinkLoss {
     Connect(std::io::ErrorKind),
     #[error("connect: timed out")]
     ConnectTimeout,
-    #[error("preamble: {0}")]
-    Preamble(std::io::ErrorKind),
     #[error("AARQ: the configured application context is not a dotted OID")]
     BadContext,
     #[error("no AARE within the connect timeout")]
