@@ -465,3 +465,43 @@ async fn dropping_the_port_stops_its_monitors() {
     assert_eq!(op, Operation::MonitorStop);
     assert_eq!(link.stats().monitors, 0);
 }
+
+#[tokio::test]
+async fn a_port_hears_of_a_pbx_restart_once_and_its_monitors_come_back() {
+    use cstagate::sim::{SimConfig, SimPbx};
+    let cfg = SimConfig::phase3(&["2005", "2006"]);
+    let sim = SimPbx::start(cfg.clone(), "127.0.0.1:0").await.expect("sim");
+    let link = Link::spawn(LinkProfile { max_requests_per_second: 1000.0, reconnect_min: Duration::from_millis(10), reconnect_max: Duration::from_millis(50), ..LinkProfile::new("t", &sim.addr().to_string(), cfg.framing, cfg.dialect) });
+    link.wait_for(|s| *s == LinkState::Up).await;
+    let (port, mut rx) = link.attach();
+    port.monitor(1, "2005").expect("accepted");
+    assert!(matches!(recv(&mut rx).await, Delivery::Completed { tag: 1, result: Ok(_) }));
+    sim.restart();
+    assert_eq!(recv(&mut rx).await, Delivery::LinkLost);
+    assert_eq!(recv(&mut rx).await, Delivery::LinkRestored);
+    // Once the monitor runs again: the MakeCall's result and the call's first event both arrive.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while link.stats().monitors < 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .expect("the monitor is started again");
+    let call = Body::new().with(F::CallingDevice, Value::DeviceId(DeviceId::dialing("2005").expect("ASCII"))).with(F::CalledDirectoryNumber, Value::DeviceId(DeviceId::dialing("2006").expect("ASCII")));
+    port.request(2, Operation::MakeCall, call).expect("accepted");
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match recv(&mut rx).await {
+            Delivery::Completed { tag: 2, result } => {
+                assert!(result.is_ok(), "{result:?}");
+                seen.push("result");
+            }
+            Delivery::Event { device, .. } => {
+                assert_eq!(&*device, "2005");
+                seen.push("event");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(sim.stats().requests.get("MonitorStart"), Some(&2), "monitored again once");
+}
