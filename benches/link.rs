@@ -174,10 +174,13 @@ fn bench(c: &mut Criterion) {
             rt.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
+                    // Watch from before the restart: a link that is down and up again before
+                    // this task looks must not be missed (the state only changes when it drops).
+                    let mut st = link2.watch_state();
+                    st.borrow_and_update();
                     let t0 = Instant::now();
                     sim2.restart();
-                    let mut st = link2.watch_state();
-                    let _ = st.wait_for(|s| !matches!(s, LinkState::Up)).await;
+                    let _ = st.changed().await;
                     loop {
                         if link2.state() == LinkState::Up && link2.stats().monitors == 10_000 {
                             break;

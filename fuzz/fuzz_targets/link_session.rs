@@ -1,6 +1,6 @@
-//! The PBX link session (`cstagate::link`) over real TCP against a fake PBX that sends arbitrary
-//! chunks of bytes, interleaved with the gateway's requests and monitors (input layout and
-//! checks: `src/link_session.rs`).
+//! The sans-IO PBX link session (`cstagate::link::Session`) in virtual time, fed arbitrary
+//! chunks of bytes from a fake PBX, interleaved with the gateway's requests and monitors (input
+//! layout and checks: `src/link_session.rs`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

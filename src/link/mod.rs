@@ -1,9 +1,22 @@
 //! The PBX link manager: the only place that owns the PBX-side sockets.
 //!
-//! One supervised tokio task per PBX ([`Link::spawn`]) connects with a timeout, sends the
-//! Alcatel preamble when the profile says so, opens the ACSE association (AARQ from the profile,
-//! AARE checked: a rejection is reported with its diagnostic and retried with backoff), then
-//! carries ROSE traffic:
+//! Two layers, so that the protocol is tested and fuzzed without sockets or clocks:
+//! - [`session`]: the sans-IO [`Session`] of one connection: the association (preamble,
+//!   AARQ/AARE, release), framing, the invoke table with deadlines, keep-alive and dead-peer
+//!   detection, the rate limiter, the PBX's invokes (SystemStatus answered, others rejected,
+//!   events routed by cross-reference id), this connection's monitors, the counters. Time comes in
+//!   as `now`; frames go out through `poll_transmit`, outcomes through `poll_event`, in wire order;
+//!   why a connection ended is a typed [`LinkLoss`].
+//! - this module: the tokio driver. One supervised task per PBX ([`Link::spawn`]) connects with
+//!   a timeout, hands the socket's bytes to a fresh [`Session`] per connection, writes what it
+//!   transmits, sleeps until its `poll_timeout`, reconnects with backoff after a loss, and maps
+//!   the session's [`RequestId`]s and devices to the callers: a oneshot per [`Link::request`], a
+//!   channel per [`Monitor`], or one ordered channel per [`Port`]. What outlives a connection
+//!   lives here: who subscribed to which device (monitors are started again on every new
+//!   connection, the new cross-reference ids mapped invisibly; subscribers see only
+//!   [`MonitorEvent::LinkLost`] and [`MonitorEvent::LinkRestored`]), the backoff, the state.
+//!
+//! The behaviour, whichever layer holds it:
 //! - our invokes get ids from a per-link table and are correlated with their result, error or
 //!   reject; each has a timeout; none is answered twice or lost silently; while the link is down
 //!   requests fail at once with [`RequestError::LinkDown`];
@@ -12,11 +25,18 @@
 //! - our own keep-alive (a SystemStatus invoke after `keepalive` of silence) detects a dead or
 //!   half-open peer within two keep-alive periods and reconnects;
 //! - switching requests pass a token bucket (`max_requests_per_second`);
-//! - monitors: one PBX monitor per device however many subscribers ([`Link::monitor`]), stopped
-//!   when the last leaves; events are routed by cross-reference id; after every reconnect all
-//!   monitors are started again and the new cross-reference ids mapped, and subscribers see only
-//!   [`MonitorEvent::LinkLost`] and [`MonitorEvent::LinkRestored`].
+//! - monitors: one PBX monitor per device however many subscribers ([`Link::monitor`],
+//!   [`Port::monitor`]), stopped when the last leaves;
 //! - [`Link::shutdown`] releases the association (RLRQ) and closes.
+//!
+//! **Ordered delivery** ([`Link::attach`]): everything for one [`Port`] (the completions of its
+//! requests and monitor starts, the events of the devices it monitors, link notices) arrives on
+//! one bounded channel in the order the link handled it on the wire, because the driver hands
+//! over each session event as it pops it, synchronously. A completion is never dropped: the port
+//! reserves a slot of its channel for it when the request is made (a full channel refuses the
+//! request at once with `QueueFull`), so a slow consumer limits its own requests in flight and
+//! never stalls the link or other ports; events find the slots left (beyond, dropped and counted
+//! in `events_dropped`, as for a [`Monitor`]); one more slot is kept for the link notices.
 //!
 //! Hostile or broken input from the PBX has one defined outcome each, and memory stays bounded:
 //! - stays up, counted in [`Link::stats`]: an APDU that does not decode (over-long inner
@@ -38,33 +58,31 @@
 //! - bounds: [`COMMAND_QUEUE`] commands wait for the link task (beyond, requests fail at once
 //!   with [`RequestError::QueueFull`]; [`Link::queued_commands`] tells how many wait), at most
 //!   [`MAX_QUEUED_REQUESTS`] wait for the rate limiter (beyond, `QueueFull`), at most 32767
-//!   invokes are outstanding, one frame is at most the frame cap, each subscriber buffers
-//!   [`SUBSCRIBER_BUFFER`] events (beyond, `events_dropped`). While a write is blocked the task
-//!   reads nothing more, so a request waits at most about twice `request_timeout` for its answer.
+//!   invokes are outstanding (more wait in the rate limiter's queue), one frame is at most the
+//!   frame cap, each subscriber or port buffers [`SUBSCRIBER_BUFFER`] deliveries (beyond,
+//!   `events_dropped`). While a write is blocked the task reads nothing more, so a request waits
+//!   at most about twice `request_timeout` for its answer.
 
 pub mod parts;
+pub mod session;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
-use tracing::{debug, info, info_span, trace, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::codec::acse::{aare_outcome, aarq, for_log};
-use crate::codec::apdu::{ErrorParameter, EventReport, UniversalFailure};
-use crate::codec::body::{FieldName, Value};
-use crate::codec::framing::Framer;
-use crate::codec::{Apdu, Argument, Body, DecodeError, Dialect, ErrorKind, Op, Operation, RejectProblem};
+use crate::codec::apdu::{EncodeError, EventReport, UniversalFailure};
+use crate::codec::{Body, Code, Dialect, ErrorKind, Operation, RejectProblem};
 use crate::config::LinkProfile;
-use parts::{Backoff, InvokeTable, TokenBucket};
-
+use parts::Backoff;
+pub use session::{LinkLoss, RequestId, Session, SessionEvent};
 /// Commands (requests, monitor subscriptions) waiting for the link task; beyond this, requests
 /// fail at once with `QueueFull`.
 pub const COMMAND_QUEUE: usize = 1024;
@@ -87,10 +105,14 @@ pub enum RequestError {
     Rejected(RejectProblem),
     #[error("CSTA error {}", failure_name(.0))]
     Failure(UniversalFailure),
-    #[error("PBX returned error code {0}")]
-    OtherError(String),
+    /// A ReturnError other than CSTA's universalFailure: the PBX's error code.
+    #[error("PBX returned error code {}", code_name(.0))]
+    OtherError(Code),
+    /// A MonitorStart result without the crossRefIdentifier its events will carry.
+    #[error("MonitorStart result without crossRefIdentifier")]
+    NoCrossRef,
     #[error("cannot encode the request for this PBX: {0}")]
-    Encode(String),
+    Encode(EncodeProblem),
     /// The PBX answered (its result or error carried our invoke id) with a body that does not
     /// decode: a PBX whose wire form we do not know. `offset` is from the start of the APDU, as
     /// `cstagate decode` counts, so the byte can be found in a trace.
@@ -100,12 +122,31 @@ pub enum RequestError {
     Closed,
 }
 
+/// Why a request of ours could not be put on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EncodeProblem {
+    #[error("{0}")]
+    Apdu(EncodeError),
+    #[error("an APDU of {0} bytes is over the framing's limit")]
+    TooLarge(usize),
+    #[error("device number is not ASCII")]
+    DeviceNotAscii,
+}
+
+fn code_name(c: &Code) -> String {
+    match c {
+        Code::Local(n) => n.to_string(),
+        Code::Global(_) => c.name(Dialect::Phase3),
+    }
+}
+
 fn failure_name(u: &UniversalFailure) -> String {
     let name = u.value.and_then(|v| crate::codec::names::universal_failure(u.category, v));
     format!("{}/{}", u.category.name(), name.map_or_else(|| format!("{:?}", u.value), str::to_owned))
 }
 
-/// Observable link state.
+/// Observable link state. `Down`'s reason is the [`LinkLoss`]'s `Display` (for the JSON view).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum LinkState {
@@ -211,16 +252,75 @@ impl Stats {
     }
 }
 
-type Reply = oneshot::Sender<Result<Body, RequestError>>;
+/// Where a completion goes: the caller of [`Link::request`] / [`Link::monitor`] waiting on a
+/// oneshot, or a [`Port`], through the channel slot reserved for it when the request was made.
+enum Reply {
+    Once(oneshot::Sender<Result<Body, RequestError>>),
+    Port { permit: mpsc::OwnedPermit<Delivery>, tag: u64 },
+}
+
+impl Reply {
+    fn deliver(self, result: Result<Body, RequestError>) {
+        match self {
+            Reply::Once(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Port { permit, tag } => {
+                permit.send(Delivery::Completed { tag, result });
+            }
+        }
+    }
+    /// Whoever waits for this answer is gone.
+    fn is_closed(&self) -> bool {
+        match self {
+            Reply::Once(tx) => tx.is_closed(),
+            Reply::Port { .. } => false,
+        }
+    }
+}
+
+/// Where a subscriber's events go.
+enum Sink {
+    /// A [`Monitor`]'s own channel.
+    Channel(mpsc::Sender<MonitorEvent>),
+    /// A [`Port`] (its channel is in the port table: one per port, not per device).
+    Port,
+}
+
+struct Sub {
+    id: u64,
+    sink: Sink,
+}
 
 enum Command {
     Request { op: Operation, arg: Body, reply: Reply },
-    Monitor { device: String, sub: u64, tx: mpsc::Sender<MonitorEvent>, reply: oneshot::Sender<Result<(), RequestError>> },
+    Monitor { device: Arc<str>, sub: Sub, reply: Reply },
+    Attach { port: u64, tx: mpsc::Sender<Delivery> },
 }
 
 enum Control {
-    Unsubscribe { device: String, sub: u64 },
+    Unsubscribe { device: Arc<str>, sub: u64 },
+    Detach { port: u64 },
     Shutdown(oneshot::Sender<()>),
+}
+
+/// What a [`Port`]'s channel carries, in the order the link handled it on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// The answer to [`Port::request`] or [`Port::monitor`] made with this tag (a monitor start
+    /// answers `Ok` with an empty body). Never dropped.
+    Completed { tag: u64, result: Result<Body, RequestError> },
+    /// An event of a device this port monitors.
+    Event { device: Arc<str>, report: Arc<EventReport> },
+    /// The link dropped: the port's requests in flight failed (their `Completed` came first) and
+    /// its monitors are silent until `LinkRestored`.
+    LinkLost,
+    /// The link is up again; the port's monitors are being started again (events follow, or
+    /// `MonitorFailed`).
+    LinkRestored,
+    /// The PBX refused to monitor the device again after a reconnect; the port no longer
+    /// monitors it.
+    MonitorFailed { device: Arc<str>, error: RequestError },
 }
 
 /// Handle to one PBX link. Cheap to clone.
@@ -233,6 +333,13 @@ pub struct Link {
     state: watch::Receiver<LinkState>,
     stats: Arc<Stats>,
     next_sub: Arc<AtomicU64>,
+}
+
+fn queue_error<T>(e: mpsc::error::TrySendError<T>) -> RequestError {
+    match e {
+        mpsc::error::TrySendError::Full(_) => RequestError::QueueFull,
+        mpsc::error::TrySendError::Closed(_) => RequestError::Closed,
+    }
 }
 
 impl Link {
@@ -252,7 +359,8 @@ impl Link {
             stats: stats.clone(),
             next_sub: Arc::new(AtomicU64::new(1)),
         };
-        tokio::spawn(supervise(profile, cmd_rx, ctl_rx, state_tx, stats).instrument(span));
+        let driver = Driver { p: Arc::new(profile), stats, state: state_tx, cmd_rx, ctl_rx, reg: Registry::default(), replies: HashMap::new() };
+        tokio::spawn(driver.supervise().instrument(span));
         link
     }
 
@@ -292,10 +400,7 @@ impl Link {
     /// Link down, timeout, queue full, or the PBX's reject or error.
     pub async fn request(&self, op: Operation, arg: Body) -> Result<Body, RequestError> {
         let (reply, rx) = oneshot::channel();
-        self.cmd.try_send(Command::Request { op, arg, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => RequestError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => RequestError::Closed,
-        })?;
+        self.cmd.try_send(Command::Request { op, arg, reply: Reply::Once(reply) }).map_err(queue_error)?;
         rx.await.unwrap_or(Err(RequestError::Closed))
     }
 
@@ -304,15 +409,31 @@ impl Link {
     /// # Errors
     /// Link down, or the PBX refused the MonitorStart.
     pub async fn monitor(&self, device: &str) -> Result<Monitor, RequestError> {
-        let sub = self.next_sub.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let (reply, done) = oneshot::channel();
-        self.cmd.try_send(Command::Monitor { device: device.to_owned(), sub, tx, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => RequestError::QueueFull,
-            mpsc::error::TrySendError::Closed(_) => RequestError::Closed,
-        })?;
+        let device: Arc<str> = device.into();
+        self.cmd.try_send(Command::Monitor { device: device.clone(), sub: Sub { id, sink: Sink::Channel(tx) }, reply: Reply::Once(reply) }).map_err(queue_error)?;
         done.await.unwrap_or(Err(RequestError::Closed))?;
-        Ok(Monitor { device: device.to_owned(), sub, rx, ctl: self.ctl.clone() })
+        Ok(Monitor { device: device.to_string(), key: device, sub: id, rx, ctl: self.ctl.clone() })
+    }
+
+    /// One ordered delivery channel (see the module docs): requests and monitors made through
+    /// the [`Port`] are answered, and the monitored devices' events delivered, on the receiver,
+    /// in wire order. Buffers [`SUBSCRIBER_BUFFER`] deliveries.
+    pub fn attach(&self) -> (Port, mpsc::Receiver<Delivery>) {
+        self.attach_with_capacity(SUBSCRIBER_BUFFER)
+    }
+
+    /// [`Link::attach`] with a channel of `capacity` deliveries (at least 2: one slot is kept for
+    /// the link notices).
+    pub fn attach_with_capacity(&self, capacity: usize) -> (Port, mpsc::Receiver<Delivery>) {
+        let id = self.next_sub.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(capacity.max(2));
+        // Unbounded would be wrong here (outside input); a full command queue means the port is
+        // registered by the first request or monitor that gets through instead.
+        let attached = self.cmd.try_send(Command::Attach { port: id, tx: tx.clone() }).is_ok();
+        (Port { id, tx, attached: std::sync::atomic::AtomicBool::new(attached), cmd: self.cmd.clone(), ctl: self.ctl.clone() }, rx)
     }
 
     /// Release the association (RLRQ/RLRE) and stop the task.
@@ -324,9 +445,67 @@ impl Link {
     }
 }
 
+/// The sending half of an ordered delivery channel ([`Link::attach`]). Dropping it (or the
+/// receiver) releases its monitors.
+pub struct Port {
+    id: u64,
+    tx: mpsc::Sender<Delivery>,
+    attached: std::sync::atomic::AtomicBool,
+    cmd: mpsc::Sender<Command>,
+    ctl: mpsc::UnboundedSender<Control>,
+}
+
+impl Port {
+    /// Reserve the slot of the answer, then hand the command to the link.
+    fn reserve(&self) -> Result<mpsc::OwnedPermit<Delivery>, RequestError> {
+        if !self.attached.load(Ordering::Relaxed) {
+            self.cmd.try_send(Command::Attach { port: self.id, tx: self.tx.clone() }).map_err(queue_error)?;
+            self.attached.store(true, Ordering::Relaxed);
+        }
+        self.tx.clone().try_reserve_owned().map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => RequestError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => RequestError::Closed,
+        })
+    }
+
+    /// Invoke a CSTA service; the answer comes as [`Delivery::Completed`] with `tag`, with the
+    /// same timeouts, rate limit and errors as [`Link::request`].
+    ///
+    /// # Errors
+    /// `QueueFull` (the link's command queue, or this port's channel, is full) or `Closed`, at
+    /// once; then no `Completed` follows.
+    pub fn request(&self, tag: u64, op: Operation, arg: Body) -> Result<(), RequestError> {
+        let permit = self.reserve()?;
+        self.cmd.try_send(Command::Request { op, arg, reply: Reply::Port { permit, tag } }).map_err(queue_error)
+    }
+
+    /// Monitor `device` through this port: `Completed { tag, Ok(_) }` once monitored (or the
+    /// error), then its events as [`Delivery::Event`]. Monitoring a device twice through one port
+    /// delivers its events once.
+    ///
+    /// # Errors
+    /// As [`Port::request`].
+    pub fn monitor(&self, tag: u64, device: &str) -> Result<(), RequestError> {
+        let permit = self.reserve()?;
+        self.cmd.try_send(Command::Monitor { device: device.into(), sub: Sub { id: self.id, sink: Sink::Port }, reply: Reply::Port { permit, tag } }).map_err(queue_error)
+    }
+
+    /// Stop this port's monitor of `device` (the PBX monitor stops when no one else wants it).
+    pub fn unmonitor(&self, device: &str) {
+        let _ = self.ctl.send(Control::Unsubscribe { device: device.into(), sub: self.id });
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        let _ = self.ctl.send(Control::Detach { port: self.id });
+    }
+}
+
 /// A subscription to one device's events. Dropping it unsubscribes.
 pub struct Monitor {
     pub device: String,
+    key: Arc<str>,
     sub: u64,
     rx: mpsc::Receiver<MonitorEvent>,
     ctl: mpsc::UnboundedSender<Control>,
@@ -346,706 +525,492 @@ impl Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        let _ = self.ctl.send(Control::Unsubscribe { device: std::mem::take(&mut self.device), sub: self.sub });
+        let _ = self.ctl.send(Control::Unsubscribe { device: self.key.clone(), sub: self.sub });
     }
 }
 
-/// What an outstanding invoke of ours is for.
-enum Pending {
-    User { op: Operation, reply: Reply, sent: Instant, deadline: Instant },
-    MonitorStart { device: String, deadline: Instant },
-    /// MonitorStop, keep-alive: answers are only checked off.
-    Internal { op: Operation, deadline: Instant },
+// ---- the driver's registry: who wants what, across connections ------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MonState {
+    /// Not monitored on the current connection (none, or not restarted yet).
+    Idle,
+    Starting,
+    Running,
 }
 
-impl Pending {
-    fn deadline(&self) -> Instant {
-        match self {
-            Pending::User { deadline, .. } | Pending::MonitorStart { deadline, .. } | Pending::Internal { deadline, .. } => *deadline,
+struct DeviceEntry {
+    state: MonState,
+    subs: Vec<Sub>,
+    waiting: Vec<(Sub, Reply)>,
+}
+
+struct PortEntry {
+    tx: mpsc::Sender<Delivery>,
+    /// A slot kept for the next link notice, so that a port whose channel is full of events still
+    /// learns that the link dropped.
+    notice: Option<mpsc::OwnedPermit<Delivery>>,
+    devices: Vec<Arc<str>>,
+    told_lost: bool,
+}
+
+impl PortEntry {
+    fn new(tx: mpsc::Sender<Delivery>) -> PortEntry {
+        let notice = tx.clone().try_reserve_owned().ok();
+        PortEntry { tx, notice, devices: Vec::new(), told_lost: false }
+    }
+    fn notify(&mut self, d: Delivery) {
+        match self.notice.take() {
+            Some(p) => {
+                p.send(d);
+            }
+            None => {
+                let _ = self.tx.try_send(d);
+            }
         }
+        self.notice = self.tx.clone().try_reserve_owned().ok();
     }
-    fn operation(&self) -> Operation {
-        match self {
-            Pending::User { op, .. } | Pending::Internal { op, .. } => *op,
-            Pending::MonitorStart { .. } => Operation::MonitorStart,
+    /// An event: only into the slots not kept for notices.
+    fn event(&mut self, d: Delivery) -> Result<(), mpsc::error::TrySendError<Delivery>> {
+        if self.notice.is_none() {
+            self.notice = self.tx.clone().try_reserve_owned().ok();
         }
+        self.tx.try_send(d)
     }
 }
 
-/// A request waiting for a rate-limiter token.
-enum Queued {
-    User { op: Operation, arg: Body, reply: Reply, deadline: Instant },
-    MonitorStart { device: String },
-    MonitorStop { xref: Bytes },
-}
-
-struct MonitorEntry {
-    xref: Option<Bytes>,
-    starting: bool,
-    subs: Vec<(u64, mpsc::Sender<MonitorEvent>)>,
-    waiting: Vec<(u64, mpsc::Sender<MonitorEvent>, oneshot::Sender<Result<(), RequestError>>)>,
-}
-
-/// The monitor registry: one PBX monitor per device, fanned out to subscribers.
 #[derive(Default)]
-struct Monitors {
-    by_device: HashMap<String, MonitorEntry>,
-    by_xref: HashMap<Bytes, String>,
+struct Registry {
+    devices: HashMap<Arc<str>, DeviceEntry>,
+    ports: HashMap<u64, PortEntry>,
 }
+
+/// What the session must do after a registry change.
+enum Need {
+    Nothing,
+    Start,
+    Stop,
+}
+
+impl Registry {
+    /// Add a subscriber: answered at once when the device is monitored on the current
+    /// connection; otherwise it waits, and `Start` says the session must be asked.
+    fn subscribe(&mut self, device: &Arc<str>, sub: Sub, reply: Reply) -> Need {
+        if matches!(sub.sink, Sink::Port) {
+            let Some(p) = self.ports.get_mut(&sub.id) else {
+                reply.deliver(Err(RequestError::Closed));
+                return Need::Nothing;
+            };
+            if !p.devices.contains(device) {
+                p.devices.push(device.clone());
+            } else if let Some(e) = self.devices.get_mut(device) {
+                // Already monitored through this port (or on its way): answered, events once.
+                if e.state == MonState::Running {
+                    reply.deliver(Ok(Body::null()));
+                } else {
+                    // Answered with the others; `started` does not add the port twice.
+                    e.waiting.push((Sub { id: sub.id, sink: Sink::Port }, reply));
+                }
+                return Need::Nothing;
+            }
+        }
+        let e = self.devices.entry(device.clone()).or_insert_with(|| DeviceEntry { state: MonState::Idle, subs: Vec::new(), waiting: Vec::new() });
+        match e.state {
+            MonState::Running => {
+                reply.deliver(Ok(Body::null()));
+                e.subs.push(sub);
+                Need::Nothing
+            }
+            MonState::Starting => {
+                e.waiting.push((sub, reply));
+                Need::Nothing
+            }
+            MonState::Idle => {
+                e.waiting.push((sub, reply));
+                e.state = MonState::Starting;
+                Need::Start
+            }
+        }
+    }
+
+    /// Remove a subscriber; `Stop` when it was the last.
+    fn unsubscribe(&mut self, device: &str, sub: u64) -> Need {
+        if let Some(p) = self.ports.get_mut(&sub) {
+            p.devices.retain(|d| &**d != device);
+        }
+        let Some(e) = self.devices.get_mut(device) else { return Need::Nothing };
+        e.subs.retain(|s| s.id != sub);
+        for (s, reply) in std::mem::take(&mut e.waiting) {
+            if s.id == sub {
+                reply.deliver(Err(RequestError::Closed));
+            } else {
+                e.waiting.push((s, reply));
+            }
+        }
+        if !e.subs.is_empty() || !e.waiting.is_empty() {
+            return Need::Nothing;
+        }
+        let was = e.state;
+        self.devices.remove(device);
+        if was == MonState::Idle { Need::Nothing } else { Need::Stop }
+    }
+
+    /// The session monitors `device`. Returns `Stop` when nobody wants it any more.
+    fn started(&mut self, device: &Arc<str>) -> Need {
+        let Some(e) = self.devices.get_mut(device) else { return Need::Stop };
+        let restored = e.state != MonState::Running;
+        e.state = MonState::Running;
+        if restored {
+            // Existing subscribers are re-attached after a reconnect.
+            for s in &e.subs {
+                if let Sink::Channel(tx) = &s.sink {
+                    let _ = tx.try_send(MonitorEvent::LinkRestored);
+                }
+            }
+        }
+        for (sub, reply) in std::mem::take(&mut e.waiting) {
+            if reply.is_closed() {
+                continue;
+            }
+            let already = matches!(sub.sink, Sink::Port) && e.subs.iter().any(|s| s.id == sub.id);
+            reply.deliver(Ok(Body::null()));
+            if !already {
+                e.subs.push(sub);
+            }
+        }
+        if e.subs.is_empty() {
+            self.devices.remove(device);
+            return Need::Stop;
+        }
+        Need::Nothing
+    }
+
+    fn start_failed(&mut self, device: &Arc<str>, err: &RequestError) {
+        let Some(e) = self.devices.remove(device) else { return };
+        for (_, reply) in e.waiting {
+            reply.deliver(Err(err.clone()));
+        }
+        for s in e.subs {
+            match s.sink {
+                Sink::Channel(tx) => {
+                    let _ = tx.try_send(MonitorEvent::MonitorFailed(Box::new(err.clone())));
+                }
+                Sink::Port => {
+                    if let Some(p) = self.ports.get_mut(&s.id) {
+                        p.devices.retain(|d| d != device);
+                        let _ = p.tx.try_send(Delivery::MonitorFailed { device: device.clone(), error: err.clone() });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Deliver an event to the device's subscribers. Returns the devices nobody wants any more
+    /// (a port found closed here is detached).
+    fn route(&mut self, device: &Arc<str>, report: Arc<EventReport>, stats: &Stats) -> Vec<Arc<str>> {
+        let Some(e) = self.devices.get_mut(device) else { return Vec::new() };
+        let mut closed_ports = Vec::new();
+        e.subs.retain(|s| match &s.sink {
+            Sink::Channel(tx) => !tx.is_closed(),
+            Sink::Port => true,
+        });
+        for s in &e.subs {
+            match &s.sink {
+                Sink::Channel(tx) => {
+                    if tx.try_send(MonitorEvent::Event(report.clone())).is_err() {
+                        Stats::inc(&stats.events_dropped);
+                    }
+                }
+                Sink::Port => {
+                    let Some(p) = self.ports.get_mut(&s.id) else { continue };
+                    match p.event(Delivery::Event { device: device.clone(), report: report.clone() }) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => Stats::inc(&stats.events_dropped),
+                        Err(mpsc::error::TrySendError::Closed(_)) => closed_ports.push(s.id),
+                    }
+                }
+            }
+        }
+        closed_ports.into_iter().flat_map(|id| self.detach(id)).collect()
+    }
+
+    /// A port is gone: its monitors are released. Returns the devices nobody wants any more.
+    fn detach(&mut self, port: u64) -> Vec<Arc<str>> {
+        let Some(p) = self.ports.remove(&port) else { return Vec::new() };
+        let mut stop = Vec::new();
+        for d in p.devices {
+            if let Need::Stop = self.unsubscribe(&d, port) {
+                stop.push(d);
+            }
+        }
+        stop
+    }
+
+    /// A connection that came up is gone: every monitor is void, waiting subscribers fail,
+    /// subscribers and ports hear of it once.
+    fn link_lost(&mut self, was_up: bool) {
+        let closed: Vec<u64> = self.ports.iter().filter(|(_, p)| p.tx.is_closed()).map(|(id, _)| *id).collect();
+        for id in closed {
+            self.detach(id);
+        }
+        self.devices.retain(|_, e| {
+            for (_, reply) in std::mem::take(&mut e.waiting) {
+                reply.deliver(Err(RequestError::LinkDown));
+            }
+            e.state = MonState::Idle;
+            if was_up {
+                e.subs.retain(|s| match &s.sink {
+                    Sink::Channel(tx) => tx.try_send(MonitorEvent::LinkLost).is_ok() || !tx.is_closed(),
+                    Sink::Port => true,
+                });
+            }
+            !e.subs.is_empty()
+        });
+        if was_up {
+            for p in self.ports.values_mut() {
+                p.notify(Delivery::LinkLost);
+                p.told_lost = true;
+            }
+        }
+        // A port's devices whose entries went are not monitored through it any more.
+        let devices = &self.devices;
+        for p in self.ports.values_mut() {
+            p.devices.retain(|d| devices.contains_key(d));
+        }
+    }
+
+    /// A new connection is up: the ports told of the loss hear of the restoration; the devices
+    /// with subscribers are to be monitored again.
+    fn restore(&mut self) -> Vec<Arc<str>> {
+        for p in self.ports.values_mut() {
+            if std::mem::take(&mut p.told_lost) {
+                p.notify(Delivery::LinkRestored);
+            }
+        }
+        self.devices
+            .iter_mut()
+            .filter(|(_, e)| !e.subs.is_empty() && e.state == MonState::Idle)
+            .map(|(d, e)| {
+                e.state = MonState::Starting;
+                d.clone()
+            })
+            .collect()
+    }
+}
+
+// ---- the driver ----------------------------------------------------------------------------
 
 enum End {
     Shutdown(oneshot::Sender<()>),
     Stopped,
-    Lost(String),
+    Lost(LinkLoss),
 }
 
-async fn supervise(profile: LinkProfile, mut cmd_rx: mpsc::Receiver<Command>, mut ctl_rx: mpsc::UnboundedReceiver<Control>, state: watch::Sender<LinkState>, stats: Arc<Stats>) {
-    let mut monitors = Monitors::default();
-    let mut backoff = Backoff::new(profile.reconnect_min, profile.reconnect_max);
-    loop {
-        let _ = state.send(LinkState::Connecting);
-        let started = Instant::now();
-        let mut s = Session::new(&profile, &stats);
-        let end = s.run(&mut cmd_rx, &mut ctl_rx, &state, &mut monitors).await;
-        if s.came_up && started.elapsed() > profile.reconnect_max {
-            backoff.reset();
-        }
-        monitors.link_lost(&stats);
-        match end {
-            End::Shutdown(done) => {
-                let _ = state.send(LinkState::Closed);
-                let _ = done.send(());
-                return;
-            }
-            End::Stopped => {
-                let _ = state.send(LinkState::Closed);
-                return;
-            }
-            End::Lost(reason) => {
-                warn!(%reason, "link down");
-                let _ = state.send(LinkState::Down { reason });
-            }
-        }
-        let delay = backoff.next(rand::random::<f64>());
-        debug!(?delay, "reconnecting after backoff");
-        let wake = sleep_until(Instant::now() + delay);
-        tokio::pin!(wake);
+/// The link task's state: what outlives a connection.
+struct Driver {
+    p: Arc<LinkProfile>,
+    stats: Arc<Stats>,
+    state: watch::Sender<LinkState>,
+    cmd_rx: mpsc::Receiver<Command>,
+    ctl_rx: mpsc::UnboundedReceiver<Control>,
+    reg: Registry,
+    /// The callers of the current session's requests.
+    replies: HashMap<RequestId, Reply>,
+}
+
+/// The session's clock is the runtime's (paused in tests that pause it).
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+impl Driver {
+    async fn supervise(mut self) {
+        let mut backoff = Backoff::new(self.p.reconnect_min, self.p.reconnect_max);
         loop {
-            tokio::select! {
-                _ = &mut wake => break,
-                cmd = cmd_rx.recv() => match cmd {
-                    Some(c) => fail_fast(c),
-                    None => { let _ = state.send(LinkState::Closed); return; }
-                },
-                ctl = ctl_rx.recv() => match ctl {
-                    Some(Control::Unsubscribe { device, sub }) => { monitors.unsubscribe(&device, sub); }
-                    Some(Control::Shutdown(done)) => { let _ = state.send(LinkState::Closed); let _ = done.send(()); return; }
-                    None => { let _ = state.send(LinkState::Closed); return; }
-                },
+            let _ = self.state.send(LinkState::Connecting);
+            let started = Instant::now();
+            let mut came_up = false;
+            let end = self.connection(&mut came_up).await;
+            if came_up && started.elapsed() > self.p.reconnect_max {
+                backoff.reset();
+            }
+            for (_, r) in self.replies.drain() {
+                r.deliver(Err(RequestError::LinkDown));
+            }
+            self.reg.link_lost(came_up);
+            match end {
+                End::Shutdown(done) => {
+                    let _ = self.state.send(LinkState::Closed);
+                    let _ = done.send(());
+                    return;
+                }
+                End::Stopped => {
+                    let _ = self.state.send(LinkState::Closed);
+                    return;
+                }
+                End::Lost(loss) => {
+                    warn!(reason = %loss, "link down");
+                    let _ = self.state.send(LinkState::Down { reason: loss.to_string() });
+                }
+            }
+            let delay = backoff.next(rand::random::<f64>());
+            debug!(?delay, "reconnecting after backoff");
+            let wake = sleep_until(Instant::now() + delay);
+            tokio::pin!(wake);
+            loop {
+                tokio::select! {
+                    _ = &mut wake => break,
+                    cmd = self.cmd_rx.recv() => match cmd {
+                        Some(c) => self.fail_fast(c),
+                        None => { let _ = self.state.send(LinkState::Closed); return; }
+                    },
+                    ctl = self.ctl_rx.recv() => match ctl {
+                        Some(Control::Unsubscribe { device, sub }) => { self.reg.unsubscribe(&device, sub); }
+                        Some(Control::Detach { port }) => { self.reg.detach(port); }
+                        Some(Control::Shutdown(done)) => { let _ = self.state.send(LinkState::Closed); let _ = done.send(()); return; }
+                        None => { let _ = self.state.send(LinkState::Closed); return; }
+                    },
+                }
+            }
+            Stats::inc(&self.stats.reconnects);
+        }
+    }
+
+    /// While down, requests fail at once (ports still attach).
+    fn fail_fast(&mut self, c: Command) {
+        match c {
+            Command::Request { reply, .. } | Command::Monitor { reply, .. } => reply.deliver(Err(RequestError::LinkDown)),
+            Command::Attach { port, tx } => {
+                self.reg.ports.insert(port, PortEntry::new(tx));
             }
         }
-        Stats::inc(&stats.reconnects);
-    }
-}
-
-fn fail_fast(c: Command) {
-    match c {
-        Command::Request { reply, .. } => {
-            let _ = reply.send(Err(RequestError::LinkDown));
-        }
-        Command::Monitor { reply, .. } => {
-            let _ = reply.send(Err(RequestError::LinkDown));
-        }
-    }
-}
-
-/// One connection's worth of state.
-struct Session<'a> {
-    p: &'a LinkProfile,
-    stats: &'a Stats,
-    invokes: InvokeTable<Pending>,
-    queue: VecDeque<Queued>,
-    bucket: TokenBucket,
-    out: Vec<u8>,
-    wr: Option<tokio::net::tcp::OwnedWriteHalf>,
-    last_rx: Instant,
-    keepalive_sent: Option<Instant>,
-    came_up: bool,
-}
-
-impl<'a> Session<'a> {
-    fn new(p: &'a LinkProfile, stats: &'a Stats) -> Self {
-        Session {
-            p,
-            stats,
-            invokes: InvokeTable::default(),
-            queue: VecDeque::new(),
-            bucket: TokenBucket::new(p.max_requests_per_second, Instant::now()),
-            out: Vec::with_capacity(256),
-            wr: None,
-            last_rx: Instant::now(),
-            keepalive_sent: None,
-            came_up: false,
-        }
     }
 
-    async fn send(&mut self, apdu: &Apdu) -> Result<(), String> {
-        self.out.clear();
-        apdu.encode(self.p.dialect, &mut self.out).map_err(|e| e.to_string())?;
-        let framed = self.p.framing.frame(&self.out).map_err(|e| e.to_string())?;
-        trace!(apdu = %for_log(&self.out), "send");
-        let wr = self.wr.as_mut().ok_or("not connected")?;
-        // A peer that stops reading must not stall the link forever.
-        match timeout(self.p.request_timeout, wr.write_all(&framed)).await {
-            Ok(Ok(())) => {
-                Stats::inc(&self.stats.frames_out);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(format!("write: {e}")),
-            Err(_) => Err("write stalled: the PBX does not read".into()),
-        }
-    }
-
-    async fn run(&mut self, cmd_rx: &mut mpsc::Receiver<Command>, ctl_rx: &mut mpsc::UnboundedReceiver<Control>, state: &watch::Sender<LinkState>, monitors: &mut Monitors) -> End {
+    /// One connection: connect, then drive a fresh session until it ends.
+    async fn connection(&mut self, came_up: &mut bool) -> End {
         let stream = match timeout(self.p.connect_timeout, TcpStream::connect(&self.p.address)).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return End::Lost(format!("connect to {}: {e}", self.p.address)),
-            Err(_) => return End::Lost(format!("connect to {}: timed out", self.p.address)),
+            Ok(Err(e)) => {
+                warn!(address = %self.p.address, error = %e, "connect failed");
+                return End::Lost(LinkLoss::Connect(e.kind()));
+            }
+            Err(_) => return End::Lost(LinkLoss::ConnectTimeout),
         };
         let _ = stream.set_nodelay(true);
-        let (mut rd, wr) = stream.into_split();
-        self.wr = Some(wr);
-        let mut framer = Framer::new(self.p.framing);
+        let (mut rd, mut wr) = stream.into_split();
+        let _ = self.state.send(LinkState::Associating);
+        let mut s = Session::new(self.p.clone(), self.stats.clone(), now());
         let mut buf = BytesMut::with_capacity(16 * 1024);
-        let _ = state.send(LinkState::Associating);
-        if self.p.preamble {
-            framer = framer.expect_preamble(b'P');
-            if let Some(wr) = self.wr.as_mut() {
-                if let Err(e) = wr.write_all(b"B").await {
-                    return End::Lost(format!("preamble: {e}"));
-                }
-            }
-        }
-        if let Some(params) = &self.p.acse {
-            let body = match aarq(params) {
-                Ok(b) => b,
-                Err(e) => return End::Lost(format!("AARQ: {e}")),
-            };
-            if let Err(e) = self.send(&Apdu::Aarq(body)).await {
-                return End::Lost(e);
-            }
-            let deadline = Instant::now() + self.p.connect_timeout;
-            loop {
-                let apdu = match timeout_at(deadline, next_apdu(&mut rd, &mut framer, &mut buf, self.stats, self.p.dialect)).await {
-                    None => return End::Lost("no AARE within the connect timeout".into()),
-                    Some(Err(e)) => return End::Lost(e),
-                    Some(Ok(a)) => a,
-                };
-                match apdu {
-                    Apdu::Aare(b) => match aare_outcome(&b) {
-                        Ok(()) => break,
-                        Err(rej) => return End::Lost(format!("AARE rejected: {rej}")),
-                    },
-                    Apdu::Abrt(_) => return End::Lost("association aborted by the PBX".into()),
-                    other => {
-                        debug!(kind = other.kind_name(), "ignored before AARE");
-                    }
-                }
-            }
-        }
-        self.came_up = true;
-        Stats::inc(&self.stats.connects);
-        info!(address = %self.p.address, "link up");
-        let _ = state.send(LinkState::Up);
-        self.last_rx = Instant::now();
-        // Re-monitor everything subscribers still want; new cross-reference ids map invisibly.
-        for device in monitors.restart_all() {
-            self.queue.push_back(Queued::MonitorStart { device });
-        }
-
+        let mut shutdown: Option<oneshot::Sender<()>> = None;
         loop {
-            // Frames already buffered first: the AARE and the PBX's first SystemStatus often
-            // arrive in one read.
-            loop {
-                match framer.decode(&mut buf) {
-                    Ok(Some(frame)) => {
-                        Stats::inc(&self.stats.frames_in);
-                        // Only a complete frame is a sign of life: bytes of a frame that never
-                        // completes do not hold the keep-alive off.
-                        self.last_rx = Instant::now();
-                        self.keepalive_sent = None;
-                        if let Some(end) = self.on_frame(frame, monitors).await {
-                            return end;
+            // Write what the session transmits (answers first go out before anything is read).
+            if let Some(out) = s.poll_transmit() {
+                match timeout(self.p.request_timeout, wr.write_all(&out)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => s.connection_lost(LinkLoss::Write(e.kind())),
+                    // A peer that stops reading must not stall the link forever.
+                    Err(_) => s.connection_lost(LinkLoss::WriteStalled),
+                }
+            }
+            while let Some(ev) = s.poll_event() {
+                match ev {
+                    SessionEvent::Up => {
+                        *came_up = true;
+                        info!(address = %self.p.address, "link up");
+                        let _ = self.state.send(LinkState::Up);
+                        // Re-monitor everything subscribers still want; new cross-reference ids
+                        // map invisibly.
+                        let t = now();
+                        for device in self.reg.restore() {
+                            if s.monitor(t, &device) {
+                                self.reg.started(&device);
+                            }
                         }
                     }
-                    Ok(None) => break,
-                    Err(e) => {
-                        Stats::inc(&self.stats.decode_errors);
-                        return End::Lost(format!("framing: {e}"));
+                    SessionEvent::Completed { id, result } => {
+                        if let Some(r) = self.replies.remove(&id) {
+                            r.deliver(result);
+                        }
+                    }
+                    SessionEvent::Event { device, report } => {
+                        for gone in self.reg.route(&device, report, &self.stats) {
+                            s.unmonitor(now(), &gone);
+                        }
+                    }
+                    SessionEvent::MonitorStarted { device } => {
+                        if let Need::Stop = self.reg.started(&device) {
+                            s.unmonitor(now(), &device);
+                        }
+                    }
+                    SessionEvent::MonitorFailed { device, error } => self.reg.start_failed(&device, &error),
+                    SessionEvent::Lost(loss) => return End::Lost(loss),
+                    SessionEvent::Closed => {
+                        let _ = wr.shutdown().await;
+                        return match shutdown.take() {
+                            Some(done) => End::Shutdown(done),
+                            None => End::Stopped,
+                        };
                     }
                 }
             }
-            if let Err(e) = self.pump_queue(monitors).await {
-                return End::Lost(e);
+            if s.poll_transmit_pending() {
+                continue;
             }
-            let wake = self.next_wake();
+            let wake = s.poll_timeout().map_or_else(|| Instant::now() + self.p.keepalive, Instant::from_std);
+            let accepting = s.is_up() && shutdown.is_none();
             tokio::select! {
-                r = rd.read_buf(&mut buf) => {
-                    match r {
-                        Ok(0) => return End::Lost("connection closed by the PBX".into()),
-                        Err(e) => return End::Lost(format!("read: {e}")),
-                        Ok(_) => {}
-                    }
-                }
-                cmd = cmd_rx.recv() => match cmd {
-                    None => return End::Stopped,
-                    Some(Command::Request { op, arg, reply }) => {
-                        if self.queue.len() >= MAX_QUEUED_REQUESTS {
-                            let _ = reply.send(Err(RequestError::QueueFull));
-                        } else {
-                            self.queue.push_back(Queued::User { op, arg, reply, deadline: Instant::now() + self.p.request_timeout });
-                        }
-                    }
-                    Some(Command::Monitor { device, sub, tx, reply }) => {
-                        if monitors.subscribe(&device, sub, tx, reply) {
-                            self.queue.push_back(Queued::MonitorStart { device });
-                        }
-                    }
+                r = rd.read_buf(&mut buf) => match r {
+                    Ok(0) => s.connection_lost(LinkLoss::ClosedByPeer),
+                    Err(e) => s.connection_lost(LinkLoss::Read(e.kind())),
+                    Ok(_) => s.handle_input(now(), &mut buf),
                 },
-                ctl = ctl_rx.recv() => match ctl {
+                cmd = self.cmd_rx.recv(), if accepting => match cmd {
+                    // Every handle is gone: nobody is left to tell, stop at once.
+                    None => return End::Stopped,
+                    Some(c) => self.command(&mut s, c),
+                },
+                ctl = self.ctl_rx.recv(), if shutdown.is_none() => match ctl {
                     None => return End::Stopped,
                     Some(Control::Unsubscribe { device, sub }) => {
-                        if let Some(xref) = monitors.unsubscribe(&device, sub) {
-                            self.queue.push_back(Queued::MonitorStop { xref });
+                        if let Need::Stop = self.reg.unsubscribe(&device, sub) {
+                            s.unmonitor(now(), &device);
+                        }
+                    }
+                    Some(Control::Detach { port }) => {
+                        let t = now();
+                        for device in self.reg.detach(port) {
+                            s.unmonitor(t, &device);
                         }
                     }
                     Some(Control::Shutdown(done)) => {
-                        self.release(&mut rd, &mut framer, &mut buf).await;
-                        return End::Shutdown(done);
+                        shutdown = Some(done);
+                        s.close(now());
                     }
                 },
-                _ = sleep_until(wake) => {
-                    if let Some(end) = self.on_timer(monitors).await {
-                        return end;
-                    }
+                () = sleep_until(wake) => s.handle_timeout(now()),
+            }
+        }
+    }
+
+    fn command(&mut self, s: &mut Session, c: Command) {
+        let t = now();
+        match c {
+            Command::Request { op, arg, reply } => match s.request(t, op, arg) {
+                Ok(id) => {
+                    self.replies.insert(id, reply);
                 }
-            }
-        }
-    }
-
-    /// The earliest of: next request deadline, keep-alive check, next token when requests wait.
-    fn next_wake(&mut self) -> Instant {
-        let now = Instant::now();
-        let mut wake = match self.keepalive_sent {
-            Some(sent) => sent + self.p.keepalive,
-            None => self.last_rx + self.p.keepalive,
-        };
-        if let Some(d) = self.invokes.values().map(Pending::deadline).min() {
-            wake = wake.min(d);
-        }
-        for q in &self.queue {
-            if let Queued::User { deadline, .. } = q {
-                wake = wake.min(*deadline);
-            }
-        }
-        if !self.queue.is_empty() {
-            if let Err(wait) = self.bucket.clone().try_take(now) {
-                wake = wake.min(now + wait);
-            }
-        }
-        wake
-    }
-
-    /// Send queued requests while tokens last.
-    async fn pump_queue(&mut self, monitors: &mut Monitors) -> Result<(), String> {
-        while !self.queue.is_empty() {
-            let now = Instant::now();
-            if self.bucket.try_take(now).is_err() {
-                return Ok(());
-            }
-            let Some(q) = self.queue.pop_front() else { return Ok(()) };
-            let deadline = now + self.p.request_timeout;
-            let (op, arg, pending) = match q {
-                Queued::User { op, arg, reply, deadline } => (op, arg, Pending::User { op, reply, sent: now, deadline }),
-                Queued::MonitorStart { device } => {
-                    let Ok(dev) = crate::codec::DeviceId::dialing(&device) else {
-                        monitors.start_failed(&device, RequestError::Encode("device number is not ASCII".into()));
-                        continue;
-                    };
-                    (Operation::MonitorStart, Body::new().with(FieldName::MonitorObject, Value::DeviceId(dev)), Pending::MonitorStart { device, deadline })
-                }
-                Queued::MonitorStop { xref } => (Operation::MonitorStop, Body::new().with(FieldName::CrossRefIdentifier, Value::Octets(xref)), Pending::Internal { op: Operation::MonitorStop, deadline }),
-            };
-            self.invoke(op, arg, pending, monitors).await?;
-        }
-        Ok(())
-    }
-
-    /// Allocate an id and send. Encoding problems fail the request, not the link.
-    async fn invoke(&mut self, op: Operation, arg: Body, pending: Pending, monitors: &mut Monitors) -> Result<(), String> {
-        let Some(id) = self.invokes.insert(pending) else {
-            return Ok(()); // 32767 outstanding: the entry was not stored; it times out below
-        };
-        let apdu = Apdu::invoke(id, op, arg).shaped(self.p.dialect, self.p.phase2_results);
-        self.out.clear();
-        if let Err(e) = apdu.encode(self.p.dialect, &mut self.out) {
-            if let Some(p) = self.invokes.take(id) {
-                self.complete(p, Err(RequestError::Encode(e.to_string())), monitors);
-            }
-            return Ok(());
-        }
-        self.send(&apdu).await
-    }
-
-    fn complete(&mut self, p: Pending, result: Result<Body, RequestError>, monitors: &mut Monitors) {
-        match p {
-            Pending::User { reply, sent, .. } => {
-                match &result {
-                    Ok(_) => {
-                        Stats::inc(&self.stats.requests_ok);
-                        let us = sent.elapsed().as_micros() as u64;
-                        Stats::inc(&self.stats.latency_count);
-                        self.stats.latency_sum_us.fetch_add(us, Ordering::Relaxed);
-                        self.stats.latency_max_us.fetch_max(us, Ordering::Relaxed);
-                    }
-                    Err(RequestError::Timeout) => Stats::inc(&self.stats.requests_timed_out),
-                    Err(_) => Stats::inc(&self.stats.requests_failed),
-                }
-                let _ = reply.send(result);
-            }
-            Pending::MonitorStart { device, .. } => match result {
-                Ok(body) => match body.octets(FieldName::CrossRefIdentifier) {
-                    Some(x) => {
-                        if let Some(stop) = monitors.started(&device, x.clone(), self.stats) {
-                            self.queue.push_back(Queued::MonitorStop { xref: stop });
-                        }
-                    }
-                    None => monitors.start_failed(&device, RequestError::OtherError("MonitorStart result without crossRefIdentifier".into())),
-                },
-                Err(e) => monitors.start_failed(&device, e),
+                Err(e) => reply.deliver(Err(e)),
             },
-            Pending::Internal { .. } => {}
-        }
-    }
-
-    async fn on_frame(&mut self, frame: Bytes, monitors: &mut Monitors) -> Option<End> {
-        let apdu = match Apdu::decode(&frame, self.p.dialect) {
-            Ok(a) => a,
-            Err(e) => return self.on_undecodable(&frame, &e, monitors).await,
-        };
-        match apdu {
-            Apdu::Invoke(inv) => {
-                let answer = match (&inv.op, inv.invoke_id) {
-                    (Op::Known(Operation::EventReport), _) => {
-                        if let Argument::Event(ev) = inv.argument {
-                            Stats::inc(&self.stats.events_in);
-                            monitors.route(ev, self.stats);
-                        }
-                        None
-                    }
-                    (Op::Known(Operation::SystemStatus), Some(id)) => {
-                        Stats::inc(&self.stats.keepalives_answered);
-                        Some(Apdu::result(id, Operation::SystemStatus, Body::null()))
-                    }
-                    (_, id) => {
-                        Stats::inc(&self.stats.rejects_sent);
-                        Some(Apdu::reject(id, RejectProblem::Invoke(1)))
-                    }
-                };
-                if let Some(a) = answer {
-                    if let Err(e) = self.send(&a).await {
-                        return Some(End::Lost(e));
+            Command::Monitor { device, sub, reply } => {
+                if let Need::Start = self.reg.subscribe(&device, sub, reply) {
+                    if s.monitor(t, &device) {
+                        self.reg.started(&device);
                     }
                 }
             }
-            Apdu::Result(r) => {
-                let taken = r.invoke_id.and_then(|id| self.invokes.take(id));
-                match taken {
-                    Some(p) => {
-                        let body = match r.result {
-                            Some((_, Argument::Body(b))) => b,
-                            _ => Body::null(),
-                        };
-                        self.complete(p, Ok(body), monitors);
-                    }
-                    None => Stats::inc(&self.stats.unexpected_responses),
-                }
-            }
-            Apdu::Error(e) => match e.invoke_id.and_then(|id| self.invokes.take(id)) {
-                Some(p) => {
-                    let err = match e.parameter {
-                        Some(ErrorParameter::UniversalFailure(u)) => RequestError::Failure(u),
-                        _ => RequestError::OtherError(e.code.name(self.p.dialect)),
-                    };
-                    self.complete(p, Err(err), monitors);
-                }
-                None => Stats::inc(&self.stats.unexpected_responses),
-            },
-            Apdu::Reject(rj) => {
-                Stats::inc(&self.stats.rejects_received);
-                if let Some(p) = rj.invoke_id.and_then(|id| self.invokes.take(id)) {
-                    self.complete(p, Err(RequestError::Rejected(rj.problem)), monitors);
-                }
-            }
-            Apdu::Rlrq(_) => {
-                let _ = self.send(&Apdu::Rlre(Body::new())).await;
-                return Some(End::Lost("association released by the PBX".into()));
-            }
-            Apdu::Abrt(_) => return Some(End::Lost("association aborted by the PBX".into())),
-            Apdu::Aarq(_) | Apdu::Aare(_) | Apdu::Rlre(_) => Stats::inc(&self.stats.unexpected_responses),
-        }
-        None
-    }
-
-    /// A frame that does not decode: counted and rejected, and the link goes on; only a framing
-    /// error loses the stream. A result or error whose invoke id is one of ours outstanding
-    /// answers that request: it fails now with the decode error (waiting for the timeout would
-    /// only delay the same outcome), and the Reject names the invoke (X.880 mistypedResult /
-    /// mistypedParameter). Anything else gets a general problem (badly structured APDU).
-    async fn on_undecodable(&mut self, frame: &Bytes, e: &DecodeError, monitors: &mut Monitors) -> Option<End> {
-        Stats::inc(&self.stats.decode_errors);
-        trace!(apdu = %for_log(frame), "undecodable");
-        let answered = Apdu::answer_invoke_id(frame).and_then(|id| Some((id, self.invokes.take(id)?)));
-        let reject = match answered {
-            Some((id, p)) => {
-                let operation = p.operation();
-                warn!(error = %e, invoke_id = id, operation = operation.name(self.p.dialect), "undecodable answer from the PBX");
-                Stats::inc(&self.stats.undecodable_responses);
-                self.complete(p, Err(RequestError::Decode { operation, offset: e.offset, reason: e.kind.clone() }), monitors);
-                let problem = if frame.first() == Some(&0xA2) { RejectProblem::ReturnResult(2) } else { RejectProblem::ReturnError(4) };
-                Apdu::reject(Some(id), problem)
-            }
-            None => {
-                warn!(error = %e, "undecodable APDU from the PBX");
-                Apdu::reject(None, RejectProblem::General(2))
-            }
-        };
-        Stats::inc(&self.stats.rejects_sent);
-        match self.send(&reject).await {
-            Ok(()) => None,
-            Err(e) => Some(End::Lost(e)),
-        }
-    }
-
-    async fn on_timer(&mut self, monitors: &mut Monitors) -> Option<End> {
-        let now = Instant::now();
-        for (_, p) in self.invokes.drain_where(|p| p.deadline() <= now) {
-            self.complete(p, Err(RequestError::Timeout), monitors);
-        }
-        let mut kept = VecDeque::with_capacity(self.queue.len());
-        while let Some(q) = self.queue.pop_front() {
-            match q {
-                Queued::User { reply, deadline, .. } if deadline <= now => {
-                    Stats::inc(&self.stats.requests_timed_out);
-                    let _ = reply.send(Err(RequestError::Timeout));
-                }
-                other => kept.push_back(other),
+            Command::Attach { port, tx } => {
+                self.reg.ports.insert(port, PortEntry::new(tx));
             }
         }
-        self.queue = kept;
-        match self.keepalive_sent {
-            Some(sent) if now >= sent + self.p.keepalive => {
-                return Some(End::Lost(format!("no answer to keep-alive within {:?}: peer dead", self.p.keepalive)));
-            }
-            None if now >= self.last_rx + self.p.keepalive => {
-                self.keepalive_sent = Some(now);
-                let body = Body::new().with(FieldName::SystemStatus, Value::Int(2));
-                if let Err(e) = self.invoke(Operation::SystemStatus, body, Pending::Internal { op: Operation::SystemStatus, deadline: now + self.p.keepalive }, monitors).await {
-                    return Some(End::Lost(e));
-                }
-            }
-            _ => {}
-        }
-        None
-    }
-
-    /// Graceful release: RLRQ, wait briefly for RLRE, close; pending requests fail as closed.
-    async fn release(&mut self, rd: &mut tokio::net::tcp::OwnedReadHalf, framer: &mut Framer, buf: &mut BytesMut) {
-        if self.p.acse.is_some() && self.send(&Apdu::Rlrq(Body::new())).await.is_ok() {
-            let deadline = Instant::now() + self.p.request_timeout.min(Duration::from_secs(2));
-            while let Some(Ok(a)) = timeout_at(deadline, next_apdu(rd, framer, buf, self.stats, self.p.dialect)).await {
-                if matches!(a, Apdu::Rlre(_)) {
-                    break;
-                }
-            }
-        }
-        for (_, p) in self.invokes.drain() {
-            if let Pending::User { reply, .. } = p {
-                let _ = reply.send(Err(RequestError::Closed));
-            }
-        }
-        for q in self.queue.drain(..) {
-            if let Queued::User { reply, .. } = q {
-                let _ = reply.send(Err(RequestError::Closed));
-            }
-        }
-        if let Some(mut wr) = self.wr.take() {
-            let _ = wr.shutdown().await;
-        }
-    }
-}
-
-impl Drop for Session<'_> {
-    /// Whatever is still pending when a connection ends fails with `LinkDown`: nothing is lost
-    /// silently.
-    fn drop(&mut self) {
-        for (_, p) in self.invokes.drain() {
-            if let Pending::User { reply, .. } = p {
-                Stats::inc(&self.stats.requests_failed);
-                let _ = reply.send(Err(RequestError::LinkDown));
-            }
-        }
-        for q in self.queue.drain(..) {
-            if let Queued::User { reply, .. } = q {
-                Stats::inc(&self.stats.requests_failed);
-                let _ = reply.send(Err(RequestError::LinkDown));
-            }
-        }
-    }
-}
-
-async fn timeout_at<F: std::future::Future>(deadline: Instant, f: F) -> Option<F::Output> {
-    tokio::time::timeout_at(deadline, f).await.ok()
-}
-
-/// Read until one APDU is complete (used before the main loop and during release).
-async fn next_apdu(rd: &mut tokio::net::tcp::OwnedReadHalf, framer: &mut Framer, buf: &mut BytesMut, stats: &Stats, dialect: Dialect) -> Result<Apdu, String> {
-    loop {
-        match framer.decode(buf) {
-            Ok(Some(frame)) => {
-                Stats::inc(&stats.frames_in);
-                return Apdu::decode(&frame, dialect).map_err(|e| {
-                    Stats::inc(&stats.decode_errors);
-                    format!("undecodable APDU during association: {e}")
-                });
-            }
-            Ok(None) => {}
-            Err(e) => return Err(format!("framing: {e}")),
-        }
-        match rd.read_buf(buf).await {
-            Ok(0) => return Err("connection closed by the PBX".into()),
-            Ok(_) => {}
-            Err(e) => return Err(format!("read: {e}")),
-        }
-    }
-}
-
-impl Monitors {
-    /// Add a subscriber. Returns true when a MonitorStart must be sent.
-    fn subscribe(&mut self, device: &str, sub: u64, tx: mpsc::Sender<MonitorEvent>, reply: oneshot::Sender<Result<(), RequestError>>) -> bool {
-        let e = self.by_device.entry(device.to_owned()).or_insert_with(|| MonitorEntry { xref: None, starting: false, subs: Vec::new(), waiting: Vec::new() });
-        if e.xref.is_some() {
-            e.subs.push((sub, tx));
-            let _ = reply.send(Ok(()));
-            return false;
-        }
-        e.waiting.push((sub, tx, reply));
-        if e.starting {
-            return false;
-        }
-        e.starting = true;
-        true
-    }
-
-    /// The PBX accepted a MonitorStart. Returns the cross-reference id to stop when every
-    /// would-be subscriber left while it was starting.
-    fn started(&mut self, device: &str, xref: Bytes, stats: &Stats) -> Option<Bytes> {
-        let Some(e) = self.by_device.get_mut(device) else { return Some(xref) };
-        if let Some(old) = e.xref.replace(xref.clone()) {
-            self.by_xref.remove(&old);
-        } else {
-            Stats::inc(&stats.monitors);
-        }
-        e.starting = false;
-        self.by_xref.insert(xref, device.to_owned());
-        // Existing subscribers are re-attached after a reconnect.
-        for (_, tx) in &e.subs {
-            let _ = tx.try_send(MonitorEvent::LinkRestored);
-        }
-        for (sub, tx, reply) in e.waiting.drain(..) {
-            if reply.send(Ok(())).is_ok() {
-                e.subs.push((sub, tx));
-            }
-        }
-        if e.subs.is_empty() {
-            let x = e.xref.take();
-            self.by_device.remove(device);
-            if let Some(x) = &x {
-                self.by_xref.remove(x);
-                stats.monitors.fetch_sub(1, Ordering::Relaxed);
-            }
-            return x;
-        }
-        None
-    }
-
-    fn start_failed(&mut self, device: &str, err: RequestError) {
-        let Some(e) = self.by_device.get_mut(device) else { return };
-        e.starting = false;
-        for (_, _, reply) in e.waiting.drain(..) {
-            let _ = reply.send(Err(err.clone()));
-        }
-        for (_, tx) in &e.subs {
-            let _ = tx.try_send(MonitorEvent::MonitorFailed(Box::new(err.clone())));
-        }
-        if e.xref.is_none() {
-            self.by_device.remove(device);
-        }
-    }
-
-    /// Remove a subscriber; returns the cross-reference id to stop when it was the last.
-    fn unsubscribe(&mut self, device: &str, sub: u64) -> Option<Bytes> {
-        let e = self.by_device.get_mut(device)?;
-        e.subs.retain(|(s, _)| *s != sub);
-        if !e.subs.is_empty() || !e.waiting.is_empty() || e.starting {
-            return None;
-        }
-        let e = self.by_device.remove(device)?;
-        let xref = e.xref?;
-        self.by_xref.remove(&xref);
-        Some(xref)
-    }
-
-    fn route(&mut self, ev: EventReport, stats: &Stats) {
-        let Some(device) = self.by_xref.get(&ev.xref) else {
-            Stats::inc(&stats.events_unrouted);
-            return;
-        };
-        let Some(e) = self.by_device.get_mut(device) else { return };
-        e.subs.retain(|(_, tx)| !tx.is_closed());
-        let ev = Arc::new(ev);
-        for (_, tx) in &e.subs {
-            if tx.try_send(MonitorEvent::Event(ev.clone())).is_err() {
-                Stats::inc(&stats.events_dropped);
-            }
-        }
-    }
-
-    /// The connection is gone: every cross-reference id is void.
-    fn link_lost(&mut self, stats: &Stats) {
-        self.by_xref.clear();
-        self.by_device.retain(|_, e| {
-            for (_, _, reply) in e.waiting.drain(..) {
-                let _ = reply.send(Err(RequestError::LinkDown));
-            }
-            e.starting = false;
-            if e.xref.take().is_some() {
-                stats.monitors.fetch_sub(1, Ordering::Relaxed);
-            }
-            e.subs.retain(|(_, tx)| tx.try_send(MonitorEvent::LinkLost).is_ok() || !tx.is_closed());
-            !e.subs.is_empty()
-        });
-    }
-
-    /// Devices to monitor again after a reconnect.
-    fn restart_all(&mut self) -> Vec<String> {
-        self.by_device
-            .iter_mut()
-            .filter(|(_, e)| !e.subs.is_empty() && e.xref.is_none() && !e.starting)
-            .map(|(d, e)| {
-                e.starting = true;
-                d.clone()
-            })
-            .collect()
     }
 }

@@ -1,10 +1,11 @@
 //! The link's sans-IO parts, each driven with an explicit `now` so they are tested without
-//! sockets or clocks: the ROSE invoke table, the request token bucket, and reconnect backoff.
+//! sockets or clocks (`std::time::Instant`, no tokio): the ROSE invoke table, the request token
+//! bucket, and reconnect backoff.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use std::time::Instant;
 
 /// Our invoke ids, allocated per link and correlated with their answer. X.880 leaves the id
 /// space to the invoker; PBXs commonly treat it as a 16-bit value, so ids run 1..=32767 and wrap,

@@ -1,0 +1,747 @@
+//! The sans-IO PBX link session: all the ROSE/ACSE logic of **one** connection, with no socket,
+//! no task and no clock of its own (in the style of quinn-proto's `Connection`).
+//!
+//! Why: the tokio driver ([`super`]) used to mix this logic with socket writes and
+//! `Instant::now()`, so it could only be tested (and fuzzed) over real TCP and real time. Here
+//! time comes in as `now` on every call, bytes come in through [`Session::handle_input`] (or one
+//! unframed APDU through [`Session::handle_frame`]) and go out through
+//! [`Session::poll_transmit`], and what the caller must learn comes out of
+//! [`Session::poll_event`] in the order it happened on the wire. The driver sleeps until
+//! [`Session::poll_timeout`] and then calls [`Session::handle_timeout`].
+//!
+//! What lives here:
+//! - the association: the Alcatel preamble and the AARQ are queued at [`Session::new`]; the AARE
+//!   is checked (a rejection ends the session with [`LinkLoss::AareRejected`]); no AARE within
+//!   `connect_timeout` ends it too; [`Session::close`] sends an RLRQ and waits (briefly) for the
+//!   RLRE;
+//! - the session owns the [`Framer`] (the driver feeds raw bytes: one place decides what a frame
+//!   is, and a framing error ends the session with [`LinkLoss::Framing`]);
+//! - our invokes: ids from the [`InvokeTable`], a deadline each, correlated with their result,
+//!   error or reject, each completed exactly once as [`SessionEvent::Completed`]; queued behind
+//!   the [`TokenBucket`]; each APDU is **encoded once**, straight into the transmit buffer;
+//! - keep-alive: a SystemStatus invoke after `keepalive` of silence; no complete frame within
+//!   two periods is a dead peer ([`LinkLoss::DeadPeer`]);
+//! - the PBX's invokes: SystemStatus answered, events routed by cross-reference id to
+//!   [`SessionEvent::Event`], anything else rejected;
+//! - monitors of this connection: MonitorStart/Stop and the cross-reference map. Which devices
+//!   are wanted across reconnects, and by whom, is the driver's business: after a reconnect it
+//!   asks a fresh session to monitor them again.
+//! - the counters of [`Stats`] (shared with the handle, atomics only).
+//!
+//! Once the session reports [`SessionEvent::Lost`] (or [`SessionEvent::Closed`]) it is dead: every
+//! request it held has been completed (with [`RequestError::LinkDown`] or
+//! [`RequestError::Closed`]) before that event, and further input is ignored.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tracing::{debug, trace, warn};
+
+use super::parts::{InvokeTable, TokenBucket, MAX_INVOKE_ID};
+use super::{EncodeProblem, RequestError, Stats, MAX_QUEUED_REQUESTS};
+use crate::codec::acse::{aare_outcome, aarq, for_log, AareRejection};
+use crate::codec::apdu::{ErrorParameter, EventReport};
+use crate::codec::body::{FieldName, Value};
+use crate::codec::framing::Framer;
+use crate::codec::{Apdu, Argument, Body, DecodeError, Op, Operation, RejectProblem};
+use crate::config::LinkProfile;
+
+/// A request of the session's user, named in its [`SessionEvent::Completed`]. Allocated by the
+/// session, never reused within one session (unlike ROSE invoke ids, which wrap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// Why a connection ended. Typed so that the driver and the tests can tell the causes apart; its
+/// `Display` is the human reason [`super::LinkState::Down`] shows.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkLoss {
+    #[error("connect: {0}")]
+    Connect(std::io::ErrorKind),
+    #[error("connect: timed out")]
+    ConnectTimeout,
+    #[error("AARQ: the configured application context is not a dotted OID")]
+    BadContext,
+    #[error("no AARE within the connect timeout")]
+    NoAare,
+    #[error("AARE rejected: {0}")]
+    AareRejected(AareRejection),
+    #[error("undecodable APDU during association: {0}")]
+    UndecodableDuringAssociation(DecodeError),
+    #[error("framing: {0}")]
+    Framing(DecodeError),
+    #[error("association released by the PBX")]
+    ReleasedByPeer,
+    #[error("association aborted by the PBX")]
+    AbortedByPeer,
+    #[error("no answer to keep-alive within {0:?}: peer dead")]
+    DeadPeer(Duration),
+    #[error("connection closed by the PBX")]
+    ClosedByPeer,
+    #[error("read: {0}")]
+    Read(std::io::ErrorKind),
+    #[error("write: {0}")]
+    Write(std::io::ErrorKind),
+    #[error("write stalled: the PBX does not read")]
+    WriteStalled,
+}
+
+/// What the session tells its driver, in wire order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// The association is accepted (or there is none to open): requests flow from now on.
+    Up,
+    /// A request of ours got its answer (or failed).
+    Completed { id: RequestId, result: Result<Body, RequestError> },
+    /// An event report for a device this session monitors.
+    Event { device: Arc<str>, report: Arc<EventReport> },
+    /// The PBX monitors the device (a [`Session::monitor`] answered).
+    MonitorStarted { device: Arc<str> },
+    /// The PBX refused to monitor the device (or the start could not be sent).
+    MonitorFailed { device: Arc<str>, error: RequestError },
+    /// The connection is gone; nothing more comes from this session.
+    Lost(LinkLoss),
+    /// [`Session::close`] finished (RLRE received, or its wait ended).
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Associating { deadline: Instant },
+    Up,
+    Releasing { deadline: Instant },
+    Dead,
+}
+
+/// One outstanding invoke of ours.
+enum Pending {
+    User { id: RequestId, op: Operation, sent: Instant, deadline: Instant },
+    MonitorStart { device: Arc<str>, deadline: Instant },
+    Internal { op: Operation, deadline: Instant },
+}
+
+impl Pending {
+    fn deadline(&self) -> Instant {
+        match self {
+            Pending::User { deadline, .. } | Pending::MonitorStart { deadline, .. } | Pending::Internal { deadline, .. } => *deadline,
+        }
+    }
+    fn operation(&self) -> Operation {
+        match self {
+            Pending::User { op, .. } | Pending::Internal { op, .. } => *op,
+            Pending::MonitorStart { .. } => Operation::MonitorStart,
+        }
+    }
+}
+
+/// An invoke waiting for a rate-limiter token.
+enum Queued {
+    User { id: RequestId, op: Operation, arg: Body, deadline: Instant },
+    MonitorStart { device: Arc<str> },
+    MonitorStop { xref: Bytes },
+}
+
+/// One device's monitor on this connection.
+struct MonitorState {
+    xref: Option<Bytes>,
+    /// A MonitorStart is queued or outstanding.
+    starting: bool,
+    /// Still wanted: a start answered after [`Session::unmonitor`] is stopped again.
+    wanted: bool,
+}
+
+/// The sans-IO session of one connection (see the module docs).
+pub struct Session {
+    p: Arc<LinkProfile>,
+    stats: Arc<Stats>,
+    phase: Phase,
+    framer: Framer,
+    invokes: InvokeTable<Pending>,
+    queue: VecDeque<Queued>,
+    /// Queued user requests (bounded by [`MAX_QUEUED_REQUESTS`]).
+    queued_user: usize,
+    bucket: TokenBucket,
+    last_rx: Instant,
+    keepalive_sent: Option<Instant>,
+    next_request: u64,
+    /// The latest `now` the session was given (for [`Session::poll_timeout`], which takes none).
+    now: Instant,
+    /// Framed APDUs to write, in order.
+    transmit: BytesMut,
+    /// Encoding scratch, reused.
+    scratch: Vec<u8>,
+    events: VecDeque<SessionEvent>,
+    monitors: HashMap<Arc<str>, MonitorState>,
+    by_xref: HashMap<Bytes, Arc<str>>,
+}
+
+impl Session {
+    /// A session on a connection just opened at `now`: the preamble and the AARQ (when the
+    /// profile has them) are queued for transmission; without ACSE the session is up at once.
+    pub fn new(profile: Arc<LinkProfile>, stats: Arc<Stats>, now: Instant) -> Session {
+        let mut framer = Framer::new(profile.framing);
+        if profile.preamble {
+            framer = framer.expect_preamble(b'P');
+        }
+        let mut s = Session {
+            bucket: TokenBucket::new(profile.max_requests_per_second, now),
+            phase: Phase::Up,
+            framer,
+            invokes: InvokeTable::default(),
+            queue: VecDeque::new(),
+            queued_user: 0,
+            last_rx: now,
+            keepalive_sent: None,
+            next_request: 1,
+            now,
+            transmit: BytesMut::with_capacity(1024),
+            scratch: Vec::with_capacity(256),
+            events: VecDeque::new(),
+            monitors: HashMap::new(),
+            by_xref: HashMap::new(),
+            stats,
+            p: profile,
+        };
+        if s.p.preamble {
+            s.transmit.extend_from_slice(b"B");
+        }
+        match s.p.acse.as_ref().map(aarq) {
+            None => s.come_up(now),
+            Some(Ok(body)) => {
+                s.phase = Phase::Associating { deadline: now + s.p.connect_timeout };
+                s.send(&Apdu::Aarq(body));
+            }
+            Some(Err(_)) => s.lose(LinkLoss::BadContext),
+        }
+        s
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.phase == Phase::Up
+    }
+    /// Lost or closed: nothing more will happen.
+    pub fn is_dead(&self) -> bool {
+        self.phase == Phase::Dead
+    }
+    /// Invokes of ours waiting for their answer.
+    pub fn outstanding(&self) -> usize {
+        self.invokes.len()
+    }
+    /// Devices this session monitors (started or starting).
+    pub fn monitored(&self) -> usize {
+        self.monitors.len()
+    }
+
+    fn come_up(&mut self, now: Instant) {
+        self.phase = Phase::Up;
+        self.last_rx = now;
+        Stats::inc(&self.stats.connects);
+        self.events.push_back(SessionEvent::Up);
+        self.pump(now);
+    }
+
+    // ---- output ----------------------------------------------------------------------------
+
+    /// Frames to write, in order, all of them at once (`None`: nothing to write).
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        (!self.transmit.is_empty()).then(|| self.transmit.split().freeze())
+    }
+
+    /// Whether frames wait in the transmit buffer.
+    pub fn poll_transmit_pending(&self) -> bool {
+        !self.transmit.is_empty()
+    }
+
+    /// The next thing the driver must learn, in the order it happened.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Session::handle_timeout`] must be called next (`None` when dead).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut wake = match self.phase {
+            Phase::Dead => return None,
+            Phase::Associating { deadline } | Phase::Releasing { deadline } => return Some(deadline),
+            Phase::Up => match self.keepalive_sent {
+                Some(sent) => sent + self.p.keepalive,
+                None => self.last_rx + self.p.keepalive,
+            },
+        };
+        if let Some(d) = self.invokes.values().map(Pending::deadline).min() {
+            wake = wake.min(d);
+        }
+        let mut may_send = false;
+        for q in &self.queue {
+            if let Queued::User { deadline, .. } = q {
+                wake = wake.min(*deadline);
+            }
+            may_send = true;
+        }
+        if may_send && self.invokes.len() < MAX_INVOKE_ID as usize {
+            if let Err(wait) = self.bucket.clone().try_take(self.now) {
+                wake = wake.min(self.now + wait);
+            }
+        }
+        Some(wake)
+    }
+
+    /// Encode `apdu` once, frame it into the transmit buffer. Counts `frames_out`.
+    ///
+    /// # Errors
+    /// The APDU does not encode in the dialect, or is too large for the framing.
+    fn try_send(&mut self, apdu: &Apdu) -> Result<(), EncodeProblem> {
+        self.scratch.clear();
+        apdu.encode(self.p.dialect, &mut self.scratch).map_err(EncodeProblem::Apdu)?;
+        self.p.framing.write_header(self.scratch.len(), &mut self.transmit).map_err(|_| EncodeProblem::TooLarge(self.scratch.len()))?;
+        self.transmit.extend_from_slice(&self.scratch);
+        trace!(apdu = %for_log(&self.scratch), "send");
+        Stats::inc(&self.stats.frames_out);
+        Ok(())
+    }
+
+    /// Send what the session itself originates (answers, AARQ, RLRQ): these always encode.
+    fn send(&mut self, apdu: &Apdu) {
+        if let Err(e) = self.try_send(apdu) {
+            warn!(error = %e, kind = apdu.kind_name(), "an APDU of the link does not encode");
+        }
+    }
+
+    // ---- requests and monitors -------------------------------------------------------------
+
+    /// Queue a request; its answer comes as [`SessionEvent::Completed`] with the returned id.
+    ///
+    /// # Errors
+    /// `QueueFull` when [`MAX_QUEUED_REQUESTS`] wait for the rate limiter; `LinkDown` when the
+    /// session is not up.
+    pub fn request(&mut self, now: Instant, op: Operation, arg: Body) -> Result<RequestId, RequestError> {
+        if self.phase != Phase::Up {
+            return Err(if matches!(self.phase, Phase::Releasing { .. }) { RequestError::Closed } else { RequestError::LinkDown });
+        }
+        if self.queued_user >= MAX_QUEUED_REQUESTS {
+            return Err(RequestError::QueueFull);
+        }
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.queue.push_back(Queued::User { id, op, arg, deadline: now + self.p.request_timeout });
+        self.queued_user += 1;
+        self.pump(now);
+        Ok(id)
+    }
+
+    /// Monitor `device` on this connection. Returns true when it is monitored already (no event
+    /// follows); otherwise [`SessionEvent::MonitorStarted`] or [`SessionEvent::MonitorFailed`]
+    /// follows (not when the session is dead or lost first: the loss says it all).
+    pub fn monitor(&mut self, now: Instant, device: &Arc<str>) -> bool {
+        if let Some(m) = self.monitors.get_mut(device) {
+            m.wanted = true;
+            return m.xref.is_some();
+        }
+        match self.phase {
+            Phase::Up => {}
+            Phase::Dead => return false,
+            Phase::Associating { .. } | Phase::Releasing { .. } => {
+                self.events.push_back(SessionEvent::MonitorFailed { device: device.clone(), error: RequestError::LinkDown });
+                return false;
+            }
+        }
+        self.monitors.insert(device.clone(), MonitorState { xref: None, starting: true, wanted: true });
+        self.queue.push_back(Queued::MonitorStart { device: device.clone() });
+        self.pump(now);
+        false
+    }
+
+    /// Stop monitoring `device` (a start in flight is stopped once the PBX answers it).
+    pub fn unmonitor(&mut self, now: Instant, device: &str) {
+        let Some(m) = self.monitors.get_mut(device) else { return };
+        if m.starting {
+            m.wanted = false;
+            return;
+        }
+        if let Some((_, m)) = self.monitors.remove_entry(device) {
+            if let Some(x) = m.xref {
+                self.by_xref.remove(&x);
+                self.stats.monitors.fetch_sub(1, Ordering::Relaxed);
+                self.queue.push_back(Queued::MonitorStop { xref: x });
+                self.pump(now);
+            }
+        }
+    }
+
+    /// Release the association: RLRQ, then [`SessionEvent::Closed`] on the RLRE or after a
+    /// short wait. Requests still held fail with [`RequestError::Closed`].
+    pub fn close(&mut self, now: Instant) {
+        if self.phase == Phase::Dead {
+            return;
+        }
+        self.fail_all(&RequestError::Closed);
+        if self.phase == Phase::Up && self.p.acse.is_some() {
+            self.send(&Apdu::Rlrq(Body::new()));
+            self.phase = Phase::Releasing { deadline: now + self.p.request_timeout.min(Duration::from_secs(2)) };
+        } else {
+            self.finish(SessionEvent::Closed);
+        }
+    }
+
+    /// The connection is gone for a reason the driver saw (I/O).
+    pub fn connection_lost(&mut self, loss: LinkLoss) {
+        if self.phase == Phase::Dead {
+            return;
+        }
+        if matches!(self.phase, Phase::Releasing { .. }) {
+            self.finish(SessionEvent::Closed);
+        } else {
+            self.lose(loss);
+        }
+    }
+
+    fn lose(&mut self, loss: LinkLoss) {
+        if self.phase == Phase::Dead {
+            return;
+        }
+        self.fail_all(&RequestError::LinkDown);
+        self.finish(SessionEvent::Lost(loss));
+    }
+
+    fn finish(&mut self, last: SessionEvent) {
+        for (_, m) in self.monitors.drain() {
+            if m.xref.is_some() {
+                self.stats.monitors.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.by_xref.clear();
+        self.phase = Phase::Dead;
+        self.events.push_back(last);
+    }
+
+    /// Every user request still held fails with `err` (nothing is lost silently), in the order
+    /// they were made.
+    fn fail_all(&mut self, err: &RequestError) {
+        let mut held: Vec<RequestId> = Vec::new();
+        for (_, p) in self.invokes.drain() {
+            if let Pending::User { id, .. } = p {
+                held.push(id);
+            }
+        }
+        for q in self.queue.drain(..) {
+            if let Queued::User { id, .. } = q {
+                held.push(id);
+            }
+        }
+        self.queued_user = 0;
+        held.sort_unstable();
+        for id in held {
+            if *err == RequestError::LinkDown {
+                Stats::inc(&self.stats.requests_failed);
+            }
+            self.events.push_back(SessionEvent::Completed { id, result: Err(err.clone()) });
+        }
+    }
+
+    /// Send queued invokes while tokens (and invoke ids) last.
+    fn pump(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        while self.phase == Phase::Up && !self.queue.is_empty() && self.invokes.len() < MAX_INVOKE_ID as usize {
+            if self.bucket.try_take(now).is_err() {
+                return;
+            }
+            let Some(q) = self.queue.pop_front() else { return };
+            let deadline = now + self.p.request_timeout;
+            let (op, arg, pending) = match q {
+                Queued::User { id, op, arg, deadline } => {
+                    self.queued_user -= 1;
+                    (op, arg, Pending::User { id, op, sent: now, deadline })
+                }
+                Queued::MonitorStart { device } => {
+                    if !self.monitors.get(&device).is_some_and(|m| m.wanted) {
+                        // Nobody wants it any more: do not start it at all.
+                        self.monitors.remove(&device);
+                        continue;
+                    }
+                    let Ok(dev) = crate::codec::DeviceId::dialing(&device) else {
+                        self.monitors.remove(&device);
+                        self.events.push_back(SessionEvent::MonitorFailed { device, error: RequestError::Encode(EncodeProblem::DeviceNotAscii) });
+                        continue;
+                    };
+                    (Operation::MonitorStart, Body::new().with(FieldName::MonitorObject, Value::DeviceId(dev)), Pending::MonitorStart { device, deadline })
+                }
+                Queued::MonitorStop { xref } => (Operation::MonitorStop, Body::new().with(FieldName::CrossRefIdentifier, Value::Octets(xref)), Pending::Internal { op: Operation::MonitorStop, deadline }),
+            };
+            self.invoke(now, op, arg, pending);
+        }
+    }
+
+    /// Allocate an id and send. Encoding problems fail the request, not the link.
+    fn invoke(&mut self, now: Instant, op: Operation, arg: Body, pending: Pending) {
+        let Some(id) = self.invokes.insert(pending) else { return };
+        let apdu = Apdu::invoke(id, op, arg).shaped(self.p.dialect, self.p.phase2_results);
+        if let Err(e) = self.try_send(&apdu) {
+            if let Some(p) = self.invokes.take(id) {
+                self.complete(now, p, Err(RequestError::Encode(e)));
+            }
+        }
+    }
+
+    fn complete(&mut self, now: Instant, p: Pending, result: Result<Body, RequestError>) {
+        match p {
+            Pending::User { id, sent, .. } => {
+                match &result {
+                    Ok(_) => {
+                        Stats::inc(&self.stats.requests_ok);
+                        let us = now.saturating_duration_since(sent).as_micros() as u64;
+                        Stats::inc(&self.stats.latency_count);
+                        self.stats.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+                        self.stats.latency_max_us.fetch_max(us, Ordering::Relaxed);
+                    }
+                    Err(RequestError::Timeout) => Stats::inc(&self.stats.requests_timed_out),
+                    Err(_) => Stats::inc(&self.stats.requests_failed),
+                }
+                self.events.push_back(SessionEvent::Completed { id, result });
+            }
+            Pending::MonitorStart { device, .. } => {
+                let outcome = result.and_then(|body| body.octets(FieldName::CrossRefIdentifier).cloned().ok_or(RequestError::NoCrossRef));
+                self.monitor_answered(now, device, outcome);
+            }
+            Pending::Internal { .. } => {}
+        }
+    }
+
+    fn monitor_answered(&mut self, now: Instant, device: Arc<str>, outcome: Result<Bytes, RequestError>) {
+        let wanted = self.monitors.get(&device).is_some_and(|m| m.wanted);
+        match outcome {
+            Ok(xref) if wanted => {
+                if let Some(m) = self.monitors.get_mut(&device) {
+                    m.starting = false;
+                    if let Some(old) = m.xref.replace(xref.clone()) {
+                        self.by_xref.remove(&old);
+                    } else {
+                        Stats::inc(&self.stats.monitors);
+                    }
+                }
+                self.by_xref.insert(xref, device.clone());
+                self.events.push_back(SessionEvent::MonitorStarted { device });
+            }
+            Ok(xref) => {
+                // Every would-be subscriber left while it was starting: stop it again.
+                self.monitors.remove(&device);
+                self.queue.push_back(Queued::MonitorStop { xref });
+                self.pump(now);
+            }
+            Err(error) => {
+                self.monitors.remove(&device);
+                if wanted {
+                    self.events.push_back(SessionEvent::MonitorFailed { device, error });
+                }
+            }
+        }
+    }
+
+    // ---- input -----------------------------------------------------------------------------
+
+    /// Feed bytes read from the socket: every complete frame in `buf` is taken off and handled;
+    /// a partial frame stays in `buf` for the next read. A framing error ends the session.
+    pub fn handle_input(&mut self, now: Instant, buf: &mut BytesMut) {
+        while self.phase != Phase::Dead {
+            match self.framer.decode(buf) {
+                Ok(Some(frame)) => self.handle_frame(now, frame),
+                Ok(None) => return,
+                Err(e) => {
+                    Stats::inc(&self.stats.decode_errors);
+                    self.lose(LinkLoss::Framing(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handle one APDU (a frame without its header).
+    pub fn handle_frame(&mut self, now: Instant, frame: Bytes) {
+        if self.phase == Phase::Dead {
+            return;
+        }
+        self.now = self.now.max(now);
+        Stats::inc(&self.stats.frames_in);
+        // Only a complete frame is a sign of life: bytes of a frame that never completes do not
+        // hold the keep-alive off.
+        self.last_rx = now;
+        self.keepalive_sent = None;
+        let apdu = Apdu::decode(&frame, self.p.dialect);
+        match self.phase {
+            Phase::Associating { .. } => self.on_association_frame(now, apdu),
+            Phase::Releasing { .. } => {
+                if matches!(apdu, Ok(Apdu::Rlre(_))) {
+                    self.finish(SessionEvent::Closed);
+                }
+            }
+            Phase::Up => match apdu {
+                Ok(a) => self.on_apdu(now, a),
+                Err(e) => self.on_undecodable(now, &frame, &e),
+            },
+            Phase::Dead => {}
+        }
+        self.pump(now);
+    }
+
+    fn on_association_frame(&mut self, now: Instant, apdu: Result<Apdu, DecodeError>) {
+        match apdu {
+            Err(e) => {
+                Stats::inc(&self.stats.decode_errors);
+                self.lose(LinkLoss::UndecodableDuringAssociation(e));
+            }
+            Ok(Apdu::Aare(b)) => match aare_outcome(&b) {
+                Ok(()) => self.come_up(now),
+                Err(rej) => self.lose(LinkLoss::AareRejected(rej)),
+            },
+            Ok(Apdu::Abrt(_)) => self.lose(LinkLoss::AbortedByPeer),
+            Ok(other) => debug!(kind = other.kind_name(), "ignored before AARE"),
+        }
+    }
+
+    fn on_apdu(&mut self, now: Instant, apdu: Apdu) {
+        match apdu {
+            Apdu::Invoke(inv) => match (&inv.op, inv.invoke_id) {
+                (Op::Known(Operation::EventReport), _) => {
+                    if let Argument::Event(ev) = inv.argument {
+                        Stats::inc(&self.stats.events_in);
+                        match self.by_xref.get(&ev.xref) {
+                            Some(device) => self.events.push_back(SessionEvent::Event { device: device.clone(), report: Arc::new(ev) }),
+                            None => Stats::inc(&self.stats.events_unrouted),
+                        }
+                    }
+                }
+                (Op::Known(Operation::SystemStatus), Some(id)) => {
+                    Stats::inc(&self.stats.keepalives_answered);
+                    self.send(&Apdu::result(id, Operation::SystemStatus, Body::null()));
+                }
+                (_, id) => {
+                    Stats::inc(&self.stats.rejects_sent);
+                    self.send(&Apdu::reject(id, RejectProblem::Invoke(1)));
+                }
+            },
+            Apdu::Result(r) => match r.invoke_id.and_then(|id| self.invokes.take(id)) {
+                Some(p) => {
+                    let body = match r.result {
+                        Some((_, Argument::Body(b))) => b,
+                        _ => Body::null(),
+                    };
+                    self.complete(now, p, Ok(body));
+                }
+                None => Stats::inc(&self.stats.unexpected_responses),
+            },
+            Apdu::Error(e) => match e.invoke_id.and_then(|id| self.invokes.take(id)) {
+                Some(p) => {
+                    let err = match e.parameter {
+                        Some(ErrorParameter::UniversalFailure(u)) => RequestError::Failure(u),
+                        _ => RequestError::OtherError(e.code),
+                    };
+                    self.complete(now, p, Err(err));
+                }
+                None => Stats::inc(&self.stats.unexpected_responses),
+            },
+            Apdu::Reject(rj) => {
+                Stats::inc(&self.stats.rejects_received);
+                if let Some(p) = rj.invoke_id.and_then(|id| self.invokes.take(id)) {
+                    self.complete(now, p, Err(RequestError::Rejected(rj.problem)));
+                }
+            }
+            Apdu::Rlrq(_) => {
+                self.send(&Apdu::Rlre(Body::new()));
+                self.lose(LinkLoss::ReleasedByPeer);
+            }
+            Apdu::Abrt(_) => self.lose(LinkLoss::AbortedByPeer),
+            Apdu::Aarq(_) | Apdu::Aare(_) | Apdu::Rlre(_) => Stats::inc(&self.stats.unexpected_responses),
+        }
+    }
+
+    /// A frame that does not decode: counted and rejected, and the link goes on; only a framing
+    /// error loses the stream. A result or error whose invoke id is one of ours outstanding
+    /// answers that request: it fails now with the decode error (waiting for the timeout would
+    /// only delay the same outcome), and the Reject names the invoke (X.880 mistypedResult /
+    /// mistypedParameter). Anything else gets a general problem (badly structured APDU).
+    fn on_undecodable(&mut self, now: Instant, frame: &Bytes, e: &DecodeError) {
+        Stats::inc(&self.stats.decode_errors);
+        trace!(apdu = %for_log(frame), "undecodable");
+        let answered = Apdu::answer_invoke_id(frame).and_then(|id| Some((id, self.invokes.take(id)?)));
+        let reject = match answered {
+            Some((id, p)) => {
+                let operation = p.operation();
+                warn!(error = %e, invoke_id = id, operation = operation.name(self.p.dialect), "undecodable answer from the PBX");
+                Stats::inc(&self.stats.undecodable_responses);
+                self.complete(now, p, Err(RequestError::Decode { operation, offset: e.offset, reason: e.kind.clone() }));
+                let problem = if frame.first() == Some(&0xA2) { RejectProblem::ReturnResult(2) } else { RejectProblem::ReturnError(4) };
+                Apdu::reject(Some(id), problem)
+            }
+            None => {
+                warn!(error = %e, "undecodable APDU from the PBX");
+                Apdu::reject(None, RejectProblem::General(2))
+            }
+        };
+        Stats::inc(&self.stats.rejects_sent);
+        self.send(&reject);
+    }
+
+    /// Time has come (at or after [`Session::poll_timeout`]; calling it early is harmless):
+    /// deadlines of requests, the AARE and release waits, keep-alive and dead-peer detection,
+    /// rate-limited invokes.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        match self.phase {
+            Phase::Dead => return,
+            Phase::Associating { deadline } => {
+                if now >= deadline {
+                    self.lose(LinkLoss::NoAare);
+                }
+                return;
+            }
+            Phase::Releasing { deadline } => {
+                if now >= deadline {
+                    self.finish(SessionEvent::Closed);
+                }
+                return;
+            }
+            Phase::Up => {}
+        }
+        let mut expired = self.invokes.drain_where(|p| p.deadline() <= now);
+        // Completions in the order the requests were sent (ids wrap, so by deadline).
+        expired.sort_by_key(|(_, p)| p.deadline());
+        for (_, p) in expired {
+            self.complete(now, p, Err(RequestError::Timeout));
+        }
+        if self.queue.iter().any(|q| matches!(q, Queued::User { deadline, .. } if *deadline <= now)) {
+            let mut kept = VecDeque::with_capacity(self.queue.len());
+            while let Some(q) = self.queue.pop_front() {
+                match q {
+                    Queued::User { id, deadline, .. } if deadline <= now => {
+                        self.queued_user -= 1;
+                        Stats::inc(&self.stats.requests_timed_out);
+                        self.events.push_back(SessionEvent::Completed { id, result: Err(RequestError::Timeout) });
+                    }
+                    other => kept.push_back(other),
+                }
+            }
+            self.queue = kept;
+        }
+        match self.keepalive_sent {
+            Some(sent) if now >= sent + self.p.keepalive => {
+                self.lose(LinkLoss::DeadPeer(self.p.keepalive));
+                return;
+            }
+            None if now >= self.last_rx + self.p.keepalive => {
+                self.keepalive_sent = Some(now);
+                let body = Body::new().with(FieldName::SystemStatus, Value::Int(2));
+                self.invoke(now, Operation::SystemStatus, body, Pending::Internal { op: Operation::SystemStatus, deadline: now + self.p.keepalive });
+            }
+            _ => {}
+        }
+        self.pump(now);
+    }
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session").field("phase", &self.phase).field("outstanding", &self.invokes.len()).field("queued", &self.queue.len()).field("monitors", &self.monitors.len()).finish_non_exhaustive()
+    }
+}
