@@ -33,12 +33,11 @@ use serde_json::{json, Value as Json_};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::association::{AdminScope, ApiError, Input, Principal};
-use crate::codec::body::{FieldName as F, Value};
-use crate::codec::{Body, ConnectionId, DeviceId, LocalDevice, Operation};
+use crate::association::{AdminScope, ApiInput, ApiReply, IvrInput, Principal, Refusal as ApiError};
+use crate::codec::Operation;
 use crate::clock::now_ms;
 use crate::config::Secrets;
-use crate::gateway::{Gateway, Query, QueryResult};
+use crate::gateway::{Gateway, GatewayError, Query, QueryResult};
 use crate::webhook::{sign_webhook, Replay, ReplayCache, REPLAY_CACHE_CAPACITY, SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_WINDOW_SECS};
 use crate::link::MonitorEvent;
 use crate::store::AuditFilter;
@@ -184,7 +183,6 @@ fn api_error(e: &ApiError) -> Response {
         ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         ApiError::BlockedByPhoneOwner(_) => (StatusCode::FORBIDDEN, "blocked_by_phone_owner"),
         ApiError::Expired => (StatusCode::GONE, "expired"),
-        ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         _ => (StatusCode::BAD_REQUEST, "bad_request"),
     };
     (status, Json(json!({ "error": e.to_string(), "code": code }))).into_response()
@@ -192,6 +190,15 @@ fn api_error(e: &ApiError) -> Response {
 
 fn unavailable() -> Response {
     err(StatusCode::SERVICE_UNAVAILABLE, "gateway unavailable", None)
+}
+
+/// The engine's refusal as its status; a storage failure or a stopped gateway is 503.
+fn gateway_error(e: GatewayError) -> Response {
+    match e {
+        GatewayError::Refused(r) => api_error(&r),
+        GatewayError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": e.to_string(), "code": "unavailable" }))).into_response(),
+        GatewayError::Stopped => unavailable(),
+    }
 }
 
 /// The caller, from its bearer token.
@@ -503,7 +510,7 @@ async fn create_inner(st: &AppState, headers: &HeaderMap, q: Option<&str>, body:
     if let Some(pbx) = &req.pbx {
         check_id("pbx", pbx, 64)?;
     }
-    let input = Input::Create {
+    let input = ApiInput::Create {
         principal: p,
         account: req.account,
         account_name: req.display_name,
@@ -514,11 +521,7 @@ async fn create_inner(st: &AppState, headers: &HeaderMap, q: Option<&str>, body:
         code: crate::random::digits(16),
         now: now_ms(),
     };
-    let out = st.gw.call(input).await.ok_or_else(unavailable)?;
-    if let Some(e) = &out.error {
-        return Err(api_error(e));
-    }
-    let (Some(v), Some(code)) = (out.view, out.code) else { return Err(unavailable()) };
+    let ApiReply::Created { view: v, code } = st.gw.api(input).await.map_err(gateway_error)? else { return Err(unavailable()) };
     Ok((StatusCode::CREATED, Json(json!({
         "id": v.id, "state": v.state, "code": code,
         "expires_at": v.expires_at, "extension": v.extension, "pbx": v.pbx,
@@ -535,27 +538,25 @@ fn view_json(v: &crate::association::AssociationView) -> Json_ {
 }
 
 /// Feed an association input built for the caller and answer with the association's view.
-async fn association_step(st: &AppState, headers: &HeaderMap, uri: &Uri, template: &str, ok: StatusCode, input: impl FnOnce(Principal, String) -> Input) -> Response {
+async fn association_step(st: &AppState, headers: &HeaderMap, uri: &Uri, template: &str, ok: StatusCode, input: impl FnOnce(Principal, String) -> ApiInput) -> Response {
     let r = async {
         let p = principal(st, headers)?;
         let [id] = path_params(uri, template)?;
         query_params(uri.query(), &[])?;
-        let out = st.gw.call(input(p, id)).await.ok_or_else(unavailable)?;
-        match (&out.error, &out.view) {
-            (Some(e), _) => Err(api_error(e)),
-            (None, Some(v)) => Ok((ok, Json(view_json(v))).into_response()),
-            (None, None) => Err(unavailable()),
+        match st.gw.api(input(p, id)).await.map_err(gateway_error)? {
+            ApiReply::Association(v) => Ok((ok, Json(view_json(&v))).into_response()),
+            _ => Err(unavailable()),
         }
     };
     either(r.await)
 }
 
 async fn complete(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    association_step(&st, &headers, &uri, "/v1/associations/{id}/complete", StatusCode::ACCEPTED, |principal, id| Input::Complete { principal, id, random: crate::random::digits(CONTEXT_RANDOM_DIGITS), now: now_ms() }).await
+    association_step(&st, &headers, &uri, "/v1/associations/{id}/complete", StatusCode::ACCEPTED, |principal, id| ApiInput::Complete { principal, id, random: crate::random::digits(CONTEXT_RANDOM_DIGITS), now: now_ms() }).await
 }
 
 async fn cancel(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    association_step(&st, &headers, &uri, "/v1/associations/{id}", StatusCode::OK, |principal, id| Input::Cancel { principal, id, now: now_ms() }).await
+    association_step(&st, &headers, &uri, "/v1/associations/{id}", StatusCode::OK, |principal, id| ApiInput::Cancel { principal, id, now: now_ms() }).await
 }
 
 async fn get_association(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
@@ -616,11 +617,8 @@ async fn unbind(State(st): State<AppState>, headers: HeaderMap, uri: Uri, RawQue
         let p = principal(&st, &headers)?;
         let [pbx, extension] = path_params(&uri, "/v1/bindings/{pbx}/{extension}")?;
         let mut q = query_params(q.as_deref(), &["account"])?;
-        let out = st.gw.call(Input::Unbind { principal: p, account: q.remove("account"), pbx, extension, now: now_ms() }).await.ok_or_else(unavailable)?;
-        match &out.error {
-            Some(e) => Err(api_error(e)),
-            None => Ok(StatusCode::NO_CONTENT.into_response()),
-        }
+        st.gw.api(ApiInput::Unbind { principal: p, account: q.remove("account"), pbx, extension, now: now_ms() }).await.map_err(gateway_error)?;
+        Ok(StatusCode::NO_CONTENT.into_response())
     };
     either(r.await)
 }
@@ -658,10 +656,10 @@ async fn make_call(State(st): State<AppState>, headers: HeaderMap, uri: Uri, bod
         check_id("account", &req.account, 128)?;
         check_number("to", &req.to)?;
         let link = bound_to(&st, &p, &pbx, &extension, &req.account).await?;
-        let (Ok(from), Ok(to)) = (DeviceId::dialing(&extension), DeviceId::dialing(&req.to)) else { return Err(err(StatusCode::BAD_REQUEST, "bad number", Some("to"))) };
-        match link.request(Operation::MakeCall, Body::new().with(F::CallingDevice, Value::DeviceId(from)).with(F::CalledDirectoryNumber, Value::DeviceId(to))).await {
+        let Ok(body) = crate::csta::make_call(&extension, &req.to) else { return Err(err(StatusCode::BAD_REQUEST, "bad number", Some("to"))) };
+        match link.request(Operation::MakeCall, body).await {
             Ok(r) => {
-                let call = r.connection(F::CallingDevice).and_then(|c| c.call.as_ref()).map(hex::encode);
+                let call = crate::csta::made_call(&r);
                 Ok((StatusCode::CREATED, Json(json!({ "call": call }))).into_response())
             }
             Err(e) => Err(link_error(&e)),
@@ -681,9 +679,8 @@ async fn clear_call(State(st): State<AppState>, headers: HeaderMap, uri: Uri, Ra
         let [pbx, extension, call] = path_params(&uri, "/v1/extensions/{pbx}/{extension}/calls/{call}")?;
         let account = required_account(q.as_deref())?;
         let link = bound_to(&st, &p, &pbx, &extension, &account).await?;
-        let call = hex::decode(&call).map_err(|_| err(StatusCode::BAD_REQUEST, "`call` must be hex", Some("call")))?;
-        let conn = ConnectionId { call: Some(call.into()), device: DeviceId::dialing(&extension).ok().map(LocalDevice::Static) };
-        match link.request(Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(conn))).await {
+        let call: crate::csta::CallId = call.parse().map_err(|_| err(StatusCode::BAD_REQUEST, "`call` must be hex", Some("call")))?;
+        match link.request(Operation::ClearConnection, crate::csta::clear_connection(&call, &extension)).await {
             Ok(_) => Ok(StatusCode::NO_CONTENT.into_response()),
             Err(e) => Err(link_error(&e)),
         }
@@ -813,15 +810,12 @@ fn counters_json(counters: &[(crate::association::CounterKey, u32)]) -> Json_ {
 }
 
 /// Admin reads or changes the limits of an extension or account.
-async fn admin_limits(st: &AppState, headers: &HeaderMap, scope: impl FnOnce() -> Result<AdminScope, Response>, change: Option<fn(AdminScope) -> Input>) -> Response {
+async fn admin_limits(st: &AppState, headers: &HeaderMap, scope: impl FnOnce() -> Result<AdminScope, Response>, change: Option<fn(AdminScope) -> ApiInput>) -> Response {
     let r = async {
         admin(st, headers)?;
         let scope = scope()?;
         if let Some(change) = change {
-            let out = st.gw.call(change(scope.clone())).await.ok_or_else(unavailable)?;
-            if let Some(e) = &out.error {
-                return Err(api_error(e));
-            }
+            st.gw.api(change(scope.clone())).await.map_err(gateway_error)?;
         }
         match st.gw.query(Query::Limits(scope)).await {
             QueryResult::Limits { counters, blocks } => Ok(Json(json!({ "counters": counters_json(&counters), "blocks": blocks })).into_response()),
@@ -837,7 +831,7 @@ async fn admin_read(State(st): State<AppState>, headers: HeaderMap, RawQuery(q):
     admin_limits(&st, &headers, || ScopeReq::from_query(q.as_deref()), None).await
 }
 
-async fn admin_change(st: &AppState, headers: &HeaderMap, q: Option<&str>, body: &Bytes, change: fn(AdminScope) -> Input) -> Response {
+async fn admin_change(st: &AppState, headers: &HeaderMap, q: Option<&str>, body: &Bytes, change: fn(AdminScope) -> ApiInput) -> Response {
     let scope = || {
         query_params(q, &[])?;
         parse::<ScopeReq>(body)?.scope()
@@ -846,11 +840,11 @@ async fn admin_change(st: &AppState, headers: &HeaderMap, q: Option<&str>, body:
 }
 
 async fn admin_counters_reset(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> Response {
-    admin_change(&st, &headers, q.as_deref(), &body, |scope| Input::ResetCounters { scope, now: now_ms() }).await
+    admin_change(&st, &headers, q.as_deref(), &body, |scope| ApiInput::ResetCounters { scope, now: now_ms() }).await
 }
 
 async fn admin_blocks_lift(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery, body: Bytes) -> Response {
-    admin_change(&st, &headers, q.as_deref(), &body, |scope| Input::LiftBlocks { scope, now: now_ms() }).await
+    admin_change(&st, &headers, q.as_deref(), &body, |scope| ApiInput::LiftBlocks { scope, now: now_ms() }).await
 }
 
 async fn pbx_list(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
@@ -956,18 +950,17 @@ async fn ivr_webhook(State(st): State<AppState>, headers: HeaderMap, body: Bytes
         let calls = || st.ivr.webhook_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if req.hangup {
             calls().set(&req.call, false, now);
-            let _ = st.gw.call(Input::IvrHangup { call: req.call, now }).await;
+            st.gw.ivr_hangup(req.call, now).await;
             return Ok(Json(json!({ "say": "", "hangup": true })).into_response());
         }
         // Digits on a call not past the context stage are a context entry: guarded.
         let entry = crate::ivr::names_a_number(req.digits.as_deref()) && !calls().contains(&req.call, now);
         if entry && !st.ivr.webhook.admit(&req.call, now) {
-            let _ = st.gw.call(Input::IvrHangup { call: req.call, now }).await;
+            st.gw.ivr_hangup(req.call, now).await;
             return Ok(Json(crate::association::IvrReply { prompt: crate::ivr::REFUSED_PROMPT, say: crate::ivr::REFUSED_SAY.into(), gather: None, hangup: true }).into_response());
         }
         let call = req.call.clone();
-        let out = st.gw.call(Input::Ivr { call: req.call, from: req.from, to: req.to, digits: req.digits, now }).await.ok_or_else(unavailable)?;
-        let reply = out.ivr.ok_or_else(unavailable)?;
+        let reply = st.gw.ivr(IvrInput { call: req.call, from: req.from, to: req.to, digits: req.digits, now }).await.map_err(gateway_error)?;
         if entry {
             st.ivr.webhook.answered(&call, reply.prompt, now);
         }

@@ -83,6 +83,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use arbitrary::Unstructured;
+use cstagate::association::harness::{handle, Input, Output};
 use cstagate::association::*;
 
 /// Per-code limit of code entries (`MAX_CODE_ENTRIES` in `src/association/engine.rs`).
@@ -125,6 +126,7 @@ fn claim_wait() -> Millis {
 /// A CSTA request the engine emitted and the PBX has not answered yet.
 #[derive(Debug, Clone)]
 struct Pending {
+    id: RequestId,
     association: String,
     pbx: String,
     request: CstaRequest,
@@ -364,7 +366,7 @@ fn leaks(s: &str, secrets: &HashSet<&str>) -> bool {
 
 fn view_leaks(v: &AssociationView, secrets: &HashSet<&str>) -> bool {
     [&v.id, &v.tenant, &v.account, &v.pbx, &v.extension].iter().any(|s| leaks(s, secrets))
-        || v.call.as_deref().is_some_and(|c| leaks(c, secrets))
+        || v.call.as_ref().is_some_and(|c| leaks(&c.to_string(), secrets))
         || v.history.iter().any(|s| leaks(&s.step, secrets) || leaks(&s.detail, secrets))
 }
 
@@ -530,7 +532,7 @@ impl Fz {
             5 => Input::Cancel { principal: self.principal(u)?, id: self.some_id(u)?, now },
             6..=10 => {
                 if self.pending.is_empty() {
-                    Input::Tick { now }
+                    Input::Timeout { now }
                 } else {
                     let i = u.choose_index(self.pending.len())?;
                     let p = if u.ratio(1, 16)? { self.pending[i].clone() } else { self.pending.swap_remove(i) };
@@ -549,12 +551,12 @@ impl Fz {
                                 for k in self.calls.iter_mut().filter(|k| k.pbx == p.pbx && k.id == *c) {
                                     k.exists = true;
                                 }
-                                Ok(CstaResultInfo { call: named.then(|| c.clone()) })
+                                Ok(CstaResultInfo { call: named.then(|| CallId::from(c.clone())) })
                             }
                             None => Ok(CstaResultInfo::default()),
                         }
                     };
-                    Input::CstaDone { association: p.association, request: p.request, outcome, now }
+                    Input::CstaDone { id: p.id, outcome, now }
                 }
             }
             11..=15 => {
@@ -567,12 +569,12 @@ impl Fz {
                     ((*u.choose(&PBXS)?).to_owned(), (*u.choose(&EXTS)?).to_owned(), vec![0xF0 | u.int_in_range(0..=1u8)?])
                 };
                 let event = match u.int_in_range(0..=7u8)? {
-                    0 => CallEvent::Initiated { call },
-                    1 => CallEvent::Originated { call },
-                    2 => CallEvent::Delivered { call },
-                    3..=5 => CallEvent::Established { call },
-                    6 => CallEvent::Failed { call, cause: *u.choose(&[None, Some(3), Some(18), Some(10), Some(99)])? },
-                    _ => CallEvent::Cleared { call },
+                    0 => CallEvent::Initiated { call: call.into() },
+                    1 => CallEvent::Originated { call: call.into() },
+                    2 => CallEvent::Delivered { call: call.into() },
+                    3..=5 => CallEvent::Established { call: call.into() },
+                    6 => CallEvent::Failed { call: call.into(), cause: *u.choose(&[None, Some(3), Some(18), Some(10), Some(99)])? },
+                    _ => CallEvent::Cleared { call: call.into() },
                 };
                 Input::CstaEvent { pbx, extension, event, now }
             }
@@ -654,19 +656,19 @@ impl Fz {
                 let target = self.store.assocs.values().filter(|v| !is_final(v) && matches!(v.state, State::Calling | State::Ringing | State::InIvr)).filter_map(|v| Some((v.pbx.clone(), v.extension.clone(), v.call.clone()?))).last();
                 let n = u.int_in_range(1..=250u16)?;
                 let kind = u.int_in_range(0..=2u8)?;
-                match target.and_then(|(p, e, c)| Some((p, e, (0..c.len()).step_by(2).map(|i| u8::from_str_radix(c.get(i..i + 2)?, 16).ok()).collect::<Option<Vec<u8>>>()?))) {
+                match target.and_then(|(p, e, c)| Some((p, e, c.as_bytes().to_vec()))) {
                     Some((pbx, extension, call)) => {
                         for _ in 0..n {
                             let event = match kind {
-                                0 => CallEvent::Initiated { call: call.clone() },
-                                1 => CallEvent::Originated { call: call.clone() },
-                                _ => CallEvent::Delivered { call: call.clone() },
+                                0 => CallEvent::Initiated { call: call.clone().into() },
+                                1 => CallEvent::Originated { call: call.clone().into() },
+                                _ => CallEvent::Delivered { call: call.clone().into() },
                             };
                             self.feed(Input::CstaEvent { pbx: pbx.clone(), extension: extension.clone(), event, now });
                         }
                         return Ok(());
                     }
-                    None => Input::Tick { now },
+                    None => Input::Timeout { now },
                 }
             }
             29 => {
@@ -674,9 +676,9 @@ impl Fz {
                 if let Some(until) = self.waits.values().map(|(_, t)| *t).min() {
                     self.now = self.now.max(until + u.int_in_range(0..=1u64)?);
                 }
-                Input::Tick { now: self.now }
+                Input::Timeout { now: self.now }
             }
-            _ => Input::Tick { now },
+            _ => Input::Timeout { now },
         };
         self.feed(input);
         Ok(())
@@ -778,13 +780,14 @@ impl Fz {
             }
             Input::CstaEvent { pbx, extension, event, .. } => {
                 if let CallEvent::Cleared { call } = event {
+                    let call = &call.as_bytes().to_vec();
                     for c in self.calls.iter_mut().filter(|c| c.pbx == *pbx && c.id == *call) {
                         c.down = true;
                     }
                 }
                 // The engine counts the events about the call an attempt follows.
                 if let Some(v) = pre.live_on(pbx, extension) {
-                    if matches!(v.state, State::Calling | State::Ringing | State::InIvr) && v.call.as_ref().is_none_or(|c| *c == hex(event.call())) {
+                    if matches!(v.state, State::Calling | State::Ringing | State::InIvr) && v.call.as_ref().is_none_or(|c| c == event.call()) {
                         if let Some(a) = self.attempts.get_mut(&v.id) {
                             a.events += 1;
                         }
@@ -815,7 +818,7 @@ impl Fz {
             }
             _ => {}
         }
-        let out = self.engine.handle(input.clone());
+        let out = handle(&mut self.engine, input.clone());
         self.trace.push(format!("  -> {:?} code={:?} error={:?} ivr={:?} wait={}", out.actions, out.code, out.error, out.ivr, out.ivr_wait));
         if let (Some(code), Some(v)) = (&out.code, &out.view) {
             if self.codes.contains_key(&v.id) || !self.live.insert(v.id.clone()) {
@@ -890,7 +893,7 @@ impl Fz {
             if out.actions.iter().any(|a| matches!(a, Action::Store(StoreWrite::ProofCall(_))) || matches!(a, Action::Csta { association, request, .. } if association == id && !matches!(request, CstaRequest::ClearConnection { .. } | CstaRequest::MonitorStop { .. }))) {
                 self.fail(format!("a refused create ({:?}) placed a proof call or asked the PBX for work", out.error));
             }
-            if matches!(out.error, Some(ApiError::BlockedByPhoneOwner(_))) {
+            if matches!(out.error, Some(Refusal::BlockedByPhoneOwner(_))) {
                 count(10);
             }
             return;
@@ -1025,7 +1028,7 @@ impl Fz {
                             self.fail(format!("association {} in_ivr without the PBX reporting its call established", v.id));
                         };
                         if let Some(att) = self.attempts.get_mut(&v.id) {
-                            att.established = Some((now, call.clone()));
+                            att.established = Some((now, call.as_bytes().to_vec()));
                         }
                     }
                     if !in_attempt(v.state) {
@@ -1099,7 +1102,7 @@ impl Fz {
                     }
                 }
                 Action::IvrReply { call, reply } => self.ivr_reply(call, reply, &secrets),
-                Action::Csta { association, pbx, request } => {
+                Action::Csta { id: request_id, association, pbx, request } => {
                     let mut call = None;
                     match request {
                         CstaRequest::MakeCall { from, to } => {
@@ -1123,13 +1126,13 @@ impl Fz {
                             }
                         }
                         CstaRequest::ClearConnection { call, .. } => {
-                            for c in self.calls.iter_mut().filter(|c| c.pbx == *pbx && c.id == *call) {
+                            for c in self.calls.iter_mut().filter(|c| c.pbx == *pbx && c.id == call.as_bytes()) {
                                 c.down = true;
                             }
                         }
                         _ => {}
                     }
-                    self.pending.push(Pending { association: association.clone(), pbx: pbx.clone(), request: request.clone(), call, link_lost: false, sent: self.now });
+                    self.pending.push(Pending { id: *request_id, association: association.clone(), pbx: pbx.clone(), request: request.clone(), call, link_lost: false, sent: self.now });
                 }
             }
         }
@@ -1386,7 +1389,7 @@ impl Fz {
             if !matches!(state, Some(State::Calling | State::Ringing)) {
                 self.fail(format!("IVR call {call} still waits on association {id}, which is {state:?}"));
             }
-            if matches!(input, Some(Input::Tick { .. })) && self.now >= *until {
+            if matches!(input, Some(Input::Timeout { .. })) && self.now >= *until {
                 self.fail(format!("IVR call {call} waiting on {id} got no answer by its deadline {until} (tick at {})", self.now));
             }
         }

@@ -28,7 +28,7 @@ const CONTEXT_TRIES: u32 = 3;
 pub(crate) enum Stage {
     AwaitContext { tries: u32 },
     /// Presented the context of an attempt whose proof call the PBX has not yet reported
-    /// answered: the request's answer waits (see [`Output::ivr_wait`]).
+    /// answered: the request's answer waits (see [`IvrAnswer::Wait`]).
     AwaitAnswer { association: String },
     AwaitConfirm { association: String },
     AwaitCode { association: String, tries: u32 },
@@ -66,7 +66,7 @@ impl Engine {
     /// One request of the IVR platform on `call`; it also proves the platform still follows the
     /// call (the association's `ivr_timeout` starts again). `None`: the answer waits for the
     /// PBX's report of the answer and comes as [`Action::IvrReply`].
-    pub(crate) fn ivr(&mut self, call: &str, from: &str, to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> Option<IvrReply> {
+    pub(crate) fn ivr_request(&mut self, call: &str, from: &str, to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> Option<IvrReply> {
         let reply = self.ivr_step(call, from, to, digits, now, actions);
         if let Some(c) = self.ivr_calls.get_mut(call) {
             c.last = now;
@@ -76,6 +76,7 @@ impl Engine {
             _ => None,
         };
         if let Some(id) = association {
+            self.touch(&id);
             let deadline = self.assocs.get(&id).map(|a| self.ivr_deadline(&a.view.pbx, now));
             if let (Some(a), Some(d)) = (self.assocs.get_mut(&id).filter(|a| a.view.state == State::InIvr), deadline) {
                 a.deadline = Some(d);
@@ -215,6 +216,7 @@ impl Engine {
                 if let Some(a) = self.assocs.get_mut(id) {
                     a.attempt.waiting = Some((call.to_owned(), now + CLAIM_WAIT.as_millis() as Millis));
                 }
+                self.touch(id);
                 self.set_stage(call, Stage::AwaitAnswer { association: id.to_owned() });
                 None
             }
@@ -226,6 +228,7 @@ impl Engine {
     /// The IVR call waiting on the attempt of `id` (if any) gets its answer: claimed if the PBX
     /// has now reported the proof call answered, a mismatch once [`CLAIM_WAIT`] has passed.
     pub(crate) fn claim_waiting(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
+        self.touch(id);
         let Some(a) = self.assocs.get_mut(id) else { return };
         let Some((call, until)) = a.attempt.waiting.take() else { return };
         let reply = if a.view.state == State::InIvr {
@@ -245,6 +248,7 @@ impl Engine {
     /// The attempt of `id` is over (failed, ended): its context is forgotten, and a waiting IVR
     /// request is answered.
     pub(crate) fn end_attempt(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
+        self.touch(id);
         let Some(a) = self.assocs.get_mut(id) else { return };
         if let Some(ctx) = a.attempt.context.take() {
             self.by_context.remove(&ctx);
@@ -369,7 +373,7 @@ impl Engine {
         prompt("wrong_code", "The code is not correct. Please try again, then the hash key.", n)
     }
 
-    pub(crate) fn ivr_hangup(&mut self, call: &str, now: Millis, actions: &mut Vec<Action>) {
+    pub(crate) fn ivr_call_ended(&mut self, call: &str, now: Millis, actions: &mut Vec<Action>) {
         let Some(c) = self.ivr_calls.remove(call) else { return };
         match c.stage {
             Stage::AwaitConfirm { association } | Stage::AwaitCode { association, .. } => {

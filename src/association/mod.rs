@@ -31,10 +31,13 @@
 //!   its own tenant's PBXs; histories are capped and a PBX flooding events fails the attempt.
 
 mod engine;
+#[doc(hidden)]
+pub mod harness;
 mod ivr;
 
 pub use engine::{Engine, Sizes, Snapshot};
 pub use ivr::CONFIRM_KEY;
+pub use crate::csta::{CallEvent, CallId};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -215,7 +218,7 @@ pub struct AssociationView {
     /// The PBX call id (hex) of the proof call while the gateway may have to clear it: kept in
     /// the store so that a restarted gateway clears a call its predecessor left up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub call: Option<String>,
+    pub call: Option<CallId>,
     pub history: Vec<Step>,
 }
 
@@ -333,15 +336,29 @@ impl AdminScope {
     }
 }
 
-/// CSTA work the shell must do on the PBX link, tagged with the association it serves.
+/// CSTA work the shell must do on the PBX link ([`Action::Csta`]); the shell builds it with the
+/// [`crate::csta`] builders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CstaRequest {
     MonitorStart { extension: String },
     MonitorStop { extension: String },
     MakeCall { from: String, to: String },
     /// DTMF on the extension's connection of the call (GenerateDigits / SendDTMFTones).
-    SendDigits { call: Vec<u8>, extension: String, digits: String },
-    ClearConnection { call: Vec<u8>, extension: String },
+    SendDigits { call: CallId, extension: String, digits: String },
+    ClearConnection { call: CallId, extension: String },
+}
+
+/// The engine's name for one CSTA request it asked for: its answer comes back as
+/// [`CstaInput::Done`] with the same id, and the engine knows from the id alone what the request
+/// was for (which association, monitor or lock call or proof call...). Issued by a counter, never
+/// reused by one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub(crate) u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "r{}", self.0)
+    }
 }
 
 /// Writes the shell commits, in order, before carrying out the actions after them.
@@ -382,19 +399,22 @@ pub struct Gather {
 /// Something the shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Csta { association: String, pbx: String, request: CstaRequest },
+    /// Send `request` on `pbx`'s link and answer with [`CstaInput::Done`] `{ id, .. }`.
+    /// `association` names whom it serves, for the logs.
+    Csta { id: RequestId, association: String, pbx: String, request: CstaRequest },
     Store(StoreWrite),
     /// Tell the account (webhook) what happened: `bound`, `attempt_failed`, `failed`,
     /// `suspected_attack`, `refused_by_phone_owner`, ...
     Notify { tenant: String, account: String, event: String, association: String },
-    /// The answer to an IVR request that waited ([`Output::ivr_wait`]): send it now.
+    /// The answer to an IVR request that waited ([`IvrAnswer::Wait`]): send it now.
     IvrReply { call: String, reply: IvrReply },
 }
 
-/// API-level refusals, each with a clear reason.
+/// Why the engine refused an API request, each with a clear reason (the API maps each to a
+/// status). Storage failures are not refusals: the gateway reports them apart (503).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ApiError {
+pub enum Refusal {
     #[error("not found")]
     NotFound,
     #[error("extension {0} is not in the directory of a PBX of this tenant")]
@@ -417,14 +437,11 @@ pub enum ApiError {
     Expired,
     #[error("bad request: {0}")]
     BadRequest(String),
-    /// The gateway could not commit what the request decided (storage failed): 503, try again.
-    #[error("storage unavailable: try again later")]
-    Unavailable,
 }
 
-/// Engine inputs.
+/// API requests to the engine ([`Engine::api`]). `now` is the shell's clock.
 #[derive(Debug, Clone)]
-pub enum Input {
+pub enum ApiInput {
     /// POST /v1/associations. `id`, `code` and `random` (digits for the first proof call's
     /// context id) are drawn by the shell (CSPRNG).
     Create { principal: Principal, account: String, account_name: Option<String>, pbx: Option<String>, extension: String, id: String, random: String, code: String, now: Millis },
@@ -432,17 +449,6 @@ pub enum Input {
     Complete { principal: Principal, id: String, random: String, now: Millis },
     /// DELETE /v1/associations/{id}.
     Cancel { principal: Principal, id: String, now: Millis },
-    /// The answer to a CSTA request the engine asked for.
-    CstaDone { association: String, request: CstaRequest, outcome: Result<CstaResultInfo, CstaFailure>, now: Millis },
-    /// A call event on a monitored extension.
-    CstaEvent { pbx: String, extension: String, event: CallEvent, now: Millis },
-    /// The PBX link dropped: every attempt in flight on it fails.
-    LinkDown { pbx: String, now: Millis },
-    /// The IVR platform's request on a call (first one without digits).
-    Ivr { call: String, from: String, to: String, digits: Option<String>, now: Millis },
-    /// The IVR call ended (hang-up).
-    IvrHangup { call: String, now: Millis },
-    Tick { now: Millis },
     /// DELETE /v1/bindings/{pbx}/{ext} by the admin or the bound account.
     Unbind { principal: Principal, account: Option<String>, pbx: String, extension: String, now: Millis },
     /// Admin: reset the failure counters in scope.
@@ -451,11 +457,62 @@ pub enum Input {
     LiftBlocks { scope: AdminScope, now: Millis },
 }
 
+/// What an accepted API request answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiReply {
+    /// Create: the association, and its code (shown this once).
+    Created { view: AssociationView, code: String },
+    /// Complete, Cancel: the association as it stands.
+    Association(AssociationView),
+    /// Unbind, ResetCounters, LiftBlocks.
+    Done,
+}
+
+/// The IVR platform's request on a call (the first one without digits) ([`Engine::ivr`]).
+#[derive(Debug, Clone)]
+pub struct IvrInput {
+    pub call: String,
+    pub from: String,
+    pub to: String,
+    pub digits: Option<String>,
+    pub now: Millis,
+}
+
+/// The engine's answer to an IVR request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IvrAnswer {
+    Reply(IvrReply),
+    /// The request presented a context id while the proof call was not yet reported answered:
+    /// its answer follows as [`Action::IvrReply`] once the PBX reports it, or at the latest at
+    /// the deadline [`Engine::poll_timeout`] names ([`CLAIM_WAIT`] after the request).
+    Wait,
+}
+
+/// What the PBX link reports ([`Engine::csta`]).
+#[derive(Debug, Clone)]
+pub enum CstaInput {
+    /// The answer to the request the engine named `id` ([`Action::Csta`]). Ids the engine does
+    /// not know (never issued, or of an association it forgot) are ignored.
+    Done { id: RequestId, outcome: Result<CstaResultInfo, CstaFailure>, now: Millis },
+    /// A call event on a monitored extension.
+    Event { pbx: String, extension: String, event: CallEvent, now: Millis },
+    /// The PBX link dropped: every attempt in flight on it fails.
+    LinkDown { pbx: String, now: Millis },
+}
+
+/// An input's answer to its caller with the actions the shell must carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Handled<R> {
+    pub reply: R,
+    pub actions: Vec<Action>,
+}
+
 /// What a successful CSTA request returned that the engine needs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CstaResultInfo {
     /// MakeCall: the call id of the calling connection.
-    pub call: Option<Vec<u8>>,
+    pub call: Option<CallId>,
 }
 
 /// Why a CSTA request failed, as the engine distinguishes it.
@@ -466,50 +523,6 @@ pub enum CstaFailure {
     Busy,
     /// Any other refusal (universalFailure, reject, timeout).
     Rejected,
-}
-
-/// The call events the engine follows, reduced from CSTA events by the shell.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallEvent {
-    /// ServiceInitiated: the phone is prompted (rings) for the call.
-    Initiated { call: Vec<u8> },
-    /// Originated: the user picked up; the call goes out.
-    Originated { call: Vec<u8> },
-    /// Delivered / NetworkReached: the far end (the IVR) is being reached.
-    Delivered { call: Vec<u8> },
-    /// Established: the far end answered.
-    Established { call: Vec<u8> },
-    /// Failed, with the CSTA event cause.
-    Failed { call: Vec<u8>, cause: Option<i64> },
-    /// ConnectionCleared / CallCleared.
-    Cleared { call: Vec<u8> },
-    /// Diverted / Transferred / Conferenced: the call no longer joins the extension and the IVR
-    /// alone.
-    Diverted { call: Vec<u8> },
-}
-
-impl CallEvent {
-    pub fn call(&self) -> &[u8] {
-        match self {
-            CallEvent::Initiated { call } | CallEvent::Originated { call } | CallEvent::Delivered { call } | CallEvent::Established { call } | CallEvent::Failed { call, .. } | CallEvent::Cleared { call } | CallEvent::Diverted { call } => call,
-        }
-    }
-}
-
-/// The engine's answer to an input.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Output {
-    pub actions: Vec<Action>,
-    /// For API inputs: the association as it stands (with the code once, on creation).
-    pub view: Option<AssociationView>,
-    pub code: Option<String>,
-    pub error: Option<ApiError>,
-    /// For IVR inputs.
-    pub ivr: Option<IvrReply>,
-    /// For IVR inputs: the request presented a context id while the proof call was not yet
-    /// reported answered; its answer follows as [`Action::IvrReply`] once the PBX reports it (or
-    /// after [`CLAIM_WAIT`]). The shell feeds a [`Input::Tick`] at that time.
-    pub ivr_wait: bool,
 }
 
 /// How long an IVR request that came just before the PBX's report of the answer may wait for it.
