@@ -899,3 +899,136 @@ fn a_context_never_issued_is_unknown_and_one_whose_attempt_ended_is_no_longer_va
     t.run(Input::Timeout { now: t.now });
     assert_eq!(t.ivr("later", Some(&ctx)).prompt, "unknown_context");
 }
+
+/// The ids of the requests like `pred` the engine asked for, in order.
+fn ids_of(actions: &[Action], pred: impl Fn(&CstaRequest) -> bool) -> Vec<RequestId> {
+    actions.iter().filter_map(|a| match a {
+        Action::Csta { id, request, .. } if pred(request) => Some(*id),
+        _ => None,
+    }).collect()
+}
+
+#[test]
+fn an_answer_to_a_request_the_engine_did_not_issue_or_already_had_is_ignored() {
+    let mut t = T::new(policy());
+    let out = t.create("alice", "2005");
+    let id = out.view.unwrap().id;
+    let monitor = ids_of(&out.actions, |r| matches!(r, CstaRequest::MonitorStart { .. }))[0];
+    // An id this engine never issued (another engine's, as after a rebuild): ignored.
+    let mut other = T::new(policy());
+    let first = other.create("bob", "2006").view.unwrap().id;
+    other.done(&first, CstaRequest::MonitorStart { extension: "2006".into() }, Ok(Default::default()));
+    let foreign = *ids_of(&other.all, |r| matches!(r, CstaRequest::MakeCall { .. })).last().unwrap();
+    assert!(!t.e.awaits(foreign) && foreign != monitor);
+    let before = t.e.view(&Principal::Admin, &id).cloned();
+    let out = t.run(Input::CstaDone { id: foreign, outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![7])) }), now: t.now });
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    assert_eq!(t.e.view(&Principal::Admin, &id).cloned(), before);
+    // The real answer moves the association on; the same answer again changes nothing.
+    assert!(t.e.awaits(monitor));
+    let out = t.run(Input::CstaDone { id: monitor, outcome: Ok(CstaResultInfo::default()), now: t.now });
+    assert_eq!(ids_of(&out.actions, |r| matches!(r, CstaRequest::MakeCall { .. })).len(), 1, "the proof call");
+    assert_eq!(t.state(&id).0, State::Calling);
+    assert!(!t.e.awaits(monitor));
+    let again = t.run(Input::CstaDone { id: monitor, outcome: Ok(CstaResultInfo::default()), now: t.now });
+    assert!(again.actions.is_empty(), "a second answer places no second call: {:?}", again.actions);
+    // A failure for an id already answered does not fail the attempt either.
+    let again = t.run(Input::CstaDone { id: monitor, outcome: Err(CstaFailure::Rejected), now: t.now });
+    assert!(again.actions.is_empty());
+    assert_eq!(t.state(&id).0, State::Calling);
+}
+
+#[test]
+fn the_lock_call_and_the_proof_call_are_told_apart_by_their_request_ids_not_by_what_they_dial() {
+    let mut p = policy();
+    // The lock prefix is the IVR number itself: only the ids can tell the two calls apart.
+    p.lock_prefix = Some(IVR.into());
+    p.context_delivery = ContextDelivery::Dtmf;
+    let mut t = T::new(p);
+    let id = t.create("alice", "2005").view.unwrap().id;
+    let out = t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    assert_eq!(t.state(&id).0, State::Locking);
+    let lock = ids_of(&out.actions, |r| matches!(r, CstaRequest::MakeCall { .. }))[0];
+    t.ev("2005", CallEvent::Cleared { call: CallId::from(vec![9]) });
+    assert_eq!(t.state(&id).0, State::Calling);
+    let proof = *ids_of(&t.all, |r| matches!(r, CstaRequest::MakeCall { .. })).last().unwrap();
+    assert_ne!(lock, proof);
+    // The lock call's result comes late: it is not taken for the proof call (nor cleared as a
+    // stray one: the PBX ends feature calls itself).
+    let out = t.run(Input::CstaDone { id: lock, outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }), now: t.now });
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    assert_eq!(t.e.view(&Principal::Admin, &id).unwrap().call, None);
+    // The proof call's result names the call the association follows from now on.
+    t.run(Input::CstaDone { id: proof, outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![10])) }), now: t.now });
+    assert_eq!(t.e.view(&Principal::Admin, &id).unwrap().call, Some(CallId::from(vec![10])));
+    // A refused lock call fails only while locking: its late failure leaves the proof call be.
+    let out = t.run(Input::CstaDone { id: lock, outcome: Err(CstaFailure::Rejected), now: t.now });
+    assert!(out.actions.is_empty());
+    assert_eq!(t.state(&id).0, State::Calling);
+}
+
+#[test]
+fn a_proof_call_placed_after_its_attempt_ended_is_cleared_by_its_id() {
+    let mut t = T::new(policy());
+    let id = t.create("alice", "2005").view.unwrap().id;
+    let out = t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    let proof = ids_of(&out.actions, |r| matches!(r, CstaRequest::MakeCall { .. }))[0];
+    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
+    let out = t.run(Input::CstaDone { id: proof, outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![5])) }), now: t.now });
+    let clear = CstaRequest::ClearConnection { call: CallId::from(vec![5]), extension: "2005".into() };
+    assert!(out.actions.iter().any(|a| matches!(a, Action::Csta { request, .. } if *request == clear)), "{:?}", out.actions);
+}
+
+#[test]
+fn poll_timeout_names_the_earliest_deadline_and_nothing_happens_before_it() {
+    let mut p = policy();
+    p.ring_timeout = std::time::Duration::from_secs(45);
+    p.code_ttl = std::time::Duration::from_secs(600);
+    let mut t = T::new(p);
+    assert_eq!(t.e.poll_timeout(), None, "an idle engine has nothing due");
+    let (id, _call) = t.ringing("alice", "2005");
+    let calling_at = t.now;
+    // The phone rings: the ring timeout comes before the code's expiry.
+    assert_eq!(t.e.poll_timeout(), Some(calling_at + 45_000));
+    // Just before it, nothing happens.
+    let out = t.run(Input::Timeout { now: calling_at + 44_999 });
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    assert_eq!(t.state(&id).0, State::Ringing);
+    assert_eq!(t.e.poll_timeout(), Some(calling_at + 45_000));
+    // At it, the attempt fails as no_answer; the next deadline is the code's expiry (and the
+    // memory sweep, which comes earlier).
+    t.now = calling_at + 45_000;
+    let out = t.run(Input::Timeout { now: t.now });
+    assert!(!out.actions.is_empty());
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::NoAnswer), true));
+    let next = t.e.poll_timeout().expect("the code still expires");
+    assert!(next > t.now && next <= T0 + 600_000, "{next}");
+    // Waking at each deadline in turn expires the association at its code's expiry, not before.
+    let mut wakes = 0;
+    while let Some(at) = t.e.poll_timeout() {
+        if t.state(&id).0 == State::Expired || wakes > 100 {
+            break;
+        }
+        assert!(at > t.now, "a deadline that was due was handled");
+        t.now = at;
+        t.run(Input::Timeout { now: at });
+        wakes += 1;
+        if at < T0 + 600_000 {
+            assert_eq!(t.state(&id).0, State::Failed, "expired early at {at}");
+        }
+    }
+    assert_eq!(t.state(&id), (State::Expired, Some(Reason::Expired), false));
+}
+
+#[test]
+fn a_waiting_ivr_request_is_answered_at_its_deadline() {
+    let mut t = T::new(policy());
+    let (_id, _call) = t.ringing("alice", "2005");
+    let ctx = t.ctx("2005");
+    let out = t.run(Input::Ivr { call: "c1".into(), from: String::new(), to: IVR.into(), digits: Some(ctx), now: t.now });
+    assert!(out.ivr_wait);
+    assert_eq!(t.e.poll_timeout(), Some(t.now + CLAIM_WAIT.as_millis() as Millis), "the wait is the earliest deadline");
+    let at = t.now + CLAIM_WAIT.as_millis() as Millis;
+    let out = t.run(Input::Timeout { now: at });
+    assert!(out.actions.iter().any(|a| matches!(a, Action::IvrReply { call, .. } if call == "c1")), "{:?}", out.actions);
+}
