@@ -103,6 +103,8 @@ const BATCH: usize = 256;
 const CLEAR_RETRY_WINDOW: Duration = Duration::from_secs(600);
 /// ClearConnection attempts at most (each after the link is up again).
 const CLEAR_ATTEMPTS: usize = 5;
+/// How long a stopping gateway waits for the ClearConnections of the proof calls still up.
+const STOP_CLEAR_WAIT: Duration = Duration::from_secs(3);
 
 impl Gateway {
     /// Start the actor. `links` are the PBX links by PBX id; `store` is already opened and the
@@ -138,7 +140,10 @@ impl Gateway {
         self.notifier.as_ref()
     }
 
-    /// Stop the actor and wait until it has committed its last batch and closed the store.
+    /// Stop the actor: it takes no more inputs, clears the proof calls of the associations in
+    /// flight on their PBXs (waiting [`STOP_CLEAR_WAIT`] at most), ends those associations as a
+    /// restart would (`gateway_restarted`, audited, committed; one whose call could not be cleared
+    /// is left to the next start, which clears it), and closes the store. Returns once done.
     pub async fn stop(&self) {
         if self.tx.send(Cmd::Stop).await.is_ok() {
             self.stopped.notified().await;
@@ -341,9 +346,42 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
             sh.waiting.retain(|_, r| !r.is_closed());
         }
         if stop {
+            if !stale {
+                stop_gateway(&mut engine, store.as_mut(), &mut sh).await;
+            }
             return;
         }
     }
+}
+
+/// The end of [`Gateway::stop`]: clear the proof calls still up, end their associations, commit.
+async fn stop_gateway(engine: &mut Engine, store: &mut dyn Store, sh: &mut Shell) {
+    let clears = engine.live_calls().into_iter().map(|(association, pbx, extension, call)| {
+        let link = sh.gw.links.get(&pbx).cloned();
+        async move {
+            let cleared = match link {
+                None => false,
+                Some(link) => match tokio::time::timeout(STOP_CLEAR_WAIT, link.request(Operation::ClearConnection, crate::csta::clear_connection(&call, &extension))).await {
+                    // The PBX answered: cleared, or it no longer knows the call.
+                    Ok(Ok(_) | Err(RequestError::Failure(_))) => true,
+                    Ok(Err(_)) | Err(_) => false,
+                },
+            };
+            if !cleared {
+                info!(%association, %pbx, %extension, "proof call not cleared at stop: the next start clears it");
+            }
+            (association, cleared)
+        }
+    });
+    let left_up: Vec<String> = futures_util::future::join_all(clears).await.into_iter().filter(|(_, cleared)| !cleared).map(|(a, _)| a).collect();
+    let actions = engine.shutdown(now_ms(), &left_up);
+    let mut writes = store_writes(&actions);
+    coalesce(&mut writes);
+    if let Err(e) = store.apply(&writes) {
+        warn!(error = %e, "store commit at stop failed: the next start ends the associations in flight");
+        return;
+    }
+    carry_out(sh, &actions);
 }
 
 fn answer_query(engine: &Engine, store: &mut dyn Store, query: Query) -> QueryResult {

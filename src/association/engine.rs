@@ -276,6 +276,31 @@ impl Engine {
         (e, actions)
     }
 
+    /// The proof calls of the live associations, as `(association, pbx, extension, call)`: the
+    /// calls a stopping gateway clears before it ends their associations.
+    pub fn live_calls(&self) -> Vec<(String, String, String, CallId)> {
+        self.by_ext.values().filter_map(|id| self.assocs.get(id)).filter_map(|a| Some((a.view.id.clone(), a.view.pbx.clone(), a.view.extension.clone(), a.view.call.clone()?))).collect()
+    }
+
+    /// The gateway stops: every live association ends as a restart would end it (failed,
+    /// `gateway_restarted`, audited, the account told), except those in `left_up`, whose proof
+    /// call may still be up (its ClearConnection did not get through): they stay in flight in the
+    /// store, so that the next start ends them and clears their call. The calls of the others
+    /// are cleared already (see [`Engine::live_calls`]).
+    pub fn shutdown(&mut self, now: Millis, left_up: &[String]) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut ids: Vec<String> = self.by_ext.values().filter(|id| !left_up.contains(id)).cloned().collect();
+        ids.sort();
+        for id in ids {
+            if let Some(a) = self.assocs.get_mut(&id) {
+                a.view.call = None;
+            }
+            self.finish(&id, State::Failed, Some(Reason::GatewayRestarted), "the gateway stopped while the association was in flight", now, &mut actions);
+        }
+        self.rearm();
+        actions
+    }
+
     pub fn binding(&self, pbx: &str, extension: &str) -> Option<&Binding> {
         self.bindings.get(&(pbx.to_owned(), extension.to_owned()))
     }
