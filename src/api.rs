@@ -334,7 +334,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
             out.push_str(&format!("cstagate_link_{name}{{pbx=\"{id}\"}} {}\n", s[name].as_u64().unwrap_or(0)));
         }
     }
-    if let QueryResult::Sizes(z) = st.gw.query(Query::Sizes).await {
+    if let Ok(QueryResult::Sizes(z)) = st.gw.query(Query::Sizes).await {
         for (name, help, v) in [
             ("associations_in_memory", "Associations held in memory: live ones and those ended in the last 10 minutes.", z.associations),
             ("associations_live", "Associations not yet ended.", z.live),
@@ -565,8 +565,8 @@ async fn get_association(State(st): State<AppState>, headers: HeaderMap, uri: Ur
         let [id] = path_params(&uri, "/v1/associations/{id}")?;
         query_params(uri.query(), &[])?;
         match st.gw.query(Query::Association { principal: p, id }).await {
-            QueryResult::Association(Some(v)) => Ok(Json(view_json(&v)).into_response()),
-            QueryResult::Association(None) => Err(api_error(&ApiError::NotFound)),
+            Ok(QueryResult::Association(Some(v))) => Ok(Json(view_json(&v)).into_response()),
+            Ok(QueryResult::Association(None)) => Err(api_error(&ApiError::NotFound)),
             _ => Err(unavailable()),
         }
     };
@@ -586,7 +586,7 @@ async fn bindings_of(State(st): State<AppState>, headers: HeaderMap, RawQuery(q)
         };
         let account = q.remove("account").ok_or_else(|| err(StatusCode::BAD_REQUEST, "`account` is required", Some("account")))?;
         match st.gw.query(Query::BindingsOf { tenant, account }).await {
-            QueryResult::Bindings(v) => Ok(Json(json!({ "bindings": v.iter().map(binding_json).collect::<Vec<_>>() })).into_response()),
+            Ok(QueryResult::Bindings(v)) => Ok(Json(json!({ "bindings": v.iter().map(binding_json).collect::<Vec<_>>() })).into_response()),
             _ => Err(unavailable()),
         }
     };
@@ -596,7 +596,7 @@ async fn bindings_of(State(st): State<AppState>, headers: HeaderMap, RawQuery(q)
 /// The binding of an extension, if `p` may see it.
 async fn visible_binding(st: &AppState, p: &Principal, pbx: &str, extension: &str) -> Option<crate::association::Binding> {
     match st.gw.query(Query::Binding { pbx: pbx.to_owned(), extension: extension.to_owned() }).await {
-        QueryResult::Bindings(v) => v.into_iter().find(|b| *p == Principal::Admin || *p == Principal::Tenant(b.tenant.clone())),
+        Ok(QueryResult::Bindings(v)) => v.into_iter().find(|b| *p == Principal::Admin || *p == Principal::Tenant(b.tenant.clone())),
         _ => None,
     }
 }
@@ -757,7 +757,7 @@ impl BindingFollow {
         self.unbinds.borrow_and_update();
         let b = &self.binding;
         match self.gw.query(Query::Binding { pbx: b.pbx.clone(), extension: b.extension.clone() }).await {
-            QueryResult::Bindings(now) => now.first() == Some(b),
+            Ok(QueryResult::Bindings(now)) => now.first() == Some(b),
             _ => false,
         }
     }
@@ -818,7 +818,7 @@ async fn admin_limits(st: &AppState, headers: &HeaderMap, scope: impl FnOnce() -
             st.gw.api(change(scope.clone())).await.map_err(gateway_error)?;
         }
         match st.gw.query(Query::Limits(scope)).await {
-            QueryResult::Limits { counters, blocks } => Ok(Json(json!({ "counters": counters_json(&counters), "blocks": blocks })).into_response()),
+            Ok(QueryResult::Limits { counters, blocks }) => Ok(Json(json!({ "counters": counters_json(&counters), "blocks": blocks })).into_response()),
             _ => Err(unavailable()),
         }
     };
@@ -868,7 +868,7 @@ async fn audit(State(st): State<AppState>, headers: HeaderMap, RawQuery(q): RawQ
         let limit = q.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
         let f = AuditFilter { tenant, account: q.remove("account"), extension: q.remove("extension"), limit };
         match st.gw.query(Query::Audit(f)).await {
-            QueryResult::Audit(v) => Ok(Json(json!({ "records": v })).into_response()),
+            Ok(QueryResult::Audit(v)) => Ok(Json(json!({ "records": v })).into_response()),
             _ => Err(unavailable()),
         }
     };

@@ -40,7 +40,6 @@ pub enum QueryResult {
     Bindings(Vec<Binding>),
     Audit(Vec<AuditRecord>),
     Limits { counters: Vec<(CounterKey, u32)>, blocks: Vec<OwnerBlock> },
-    Failed(String),
 }
 
 /// Why the gateway did not carry out a request.
@@ -67,7 +66,7 @@ enum Cmd {
     IvrHangup { call: String, now: Millis },
     /// What a PBX link reported. `epoch` is the engine's (see [`Submitted`]).
     Csta { epoch: u64, input: CstaInput, made: Option<Submitted> },
-    Query { query: Query, reply: oneshot::Sender<QueryResult> },
+    Query { query: Query, reply: oneshot::Sender<Result<QueryResult, GatewayError>> },
     /// Stop after the batch in hand: nothing is written afterwards.
     Stop,
 }
@@ -170,12 +169,11 @@ impl Gateway {
         let _ = self.tx.send(Cmd::IvrHangup { call, now }).await;
     }
 
-    pub async fn query(&self, query: Query) -> QueryResult {
+    /// A read: from the engine's memory, or the store (`Unavailable` when it cannot be read).
+    pub async fn query(&self, query: Query) -> Result<QueryResult, GatewayError> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Query { query, reply }).await.is_err() {
-            return QueryResult::Failed("gateway stopped".into());
-        }
-        rx.await.unwrap_or(QueryResult::Failed("gateway stopped".into()))
+        self.tx.send(Cmd::Query { query, reply }).await.map_err(|_| GatewayError::Stopped)?;
+        rx.await.map_err(|_| GatewayError::Stopped)?
     }
 
     /// The one path by which what a link reports comes back to the actor, in the order it is
@@ -384,25 +382,29 @@ async fn stop_gateway(engine: &mut Engine, store: &mut dyn Store, sh: &mut Shell
     carry_out(sh, &actions);
 }
 
-fn answer_query(engine: &Engine, store: &mut dyn Store, query: Query) -> QueryResult {
-    match query {
+fn answer_query(engine: &Engine, store: &mut dyn Store, query: Query) -> Result<QueryResult, GatewayError> {
+    let unavailable = |e: crate::store::StoreError| {
+        warn!(error = %e, "store read failed");
+        GatewayError::Unavailable
+    };
+    Ok(match query {
         Query::Association { principal, id } => match engine.view(&principal, &id) {
             Some(v) => QueryResult::Association(Some(v.clone())),
             None => match store.association(&id) {
                 Ok(Some(v)) if principal == Principal::Admin || principal == Principal::Tenant(v.tenant.clone()) => QueryResult::Association(Some(v)),
                 Ok(_) => QueryResult::Association(None),
-                Err(e) => QueryResult::Failed(e.to_string()),
+                Err(e) => return Err(unavailable(e)),
             },
         },
         Query::Binding { pbx, extension } => QueryResult::Bindings(engine.binding(&pbx, &extension).cloned().into_iter().collect()),
         Query::BindingsOf { tenant, account } => QueryResult::Bindings(engine.bindings_of(&tenant, &account).into_iter().cloned().collect()),
         Query::Audit(f) => match store.audit(&f) {
             Ok(v) => QueryResult::Audit(v),
-            Err(e) => QueryResult::Failed(e.to_string()),
+            Err(e) => return Err(unavailable(e)),
         },
         Query::Sizes => QueryResult::Sizes(engine.sizes()),
         Query::Limits(scope) => QueryResult::Limits { counters: engine.counters(&scope), blocks: engine.blocks(&scope, now_ms()) },
-    }
+    })
 }
 
 /// Rebuild the engine from the store (after a failed commit), ending what was in flight as a
