@@ -226,7 +226,7 @@ fn token_principal(secrets: &Secrets, token: &str) -> Option<Principal> {
             found = Some(tenant.clone());
         }
     }
-    found.map(Principal::Tenant)
+    found.map(|t| Principal::Tenant(t.into()))
 }
 
 fn admin(st: &AppState, headers: &HeaderMap) -> Result<(), Response> {
@@ -512,11 +512,11 @@ async fn create_inner(st: &AppState, headers: &HeaderMap, q: Option<&str>, body:
     }
     let input = ApiInput::Create {
         principal: p,
-        account: req.account,
+        account: req.account.into(),
         account_name: req.display_name,
-        pbx: req.pbx,
-        extension: req.extension,
-        id: crate::random::id(),
+        pbx: req.pbx.map(Into::into),
+        extension: req.extension.into(),
+        id: crate::random::id().into(),
         random: crate::random::digits(CONTEXT_RANDOM_DIGITS),
         code: crate::random::digits(16),
         now: now_ms(),
@@ -552,11 +552,11 @@ async fn association_step(st: &AppState, headers: &HeaderMap, uri: &Uri, templat
 }
 
 async fn complete(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    association_step(&st, &headers, &uri, "/v1/associations/{id}/complete", StatusCode::ACCEPTED, |principal, id| ApiInput::Complete { principal, id, random: crate::random::digits(CONTEXT_RANDOM_DIGITS), now: now_ms() }).await
+    association_step(&st, &headers, &uri, "/v1/associations/{id}/complete", StatusCode::ACCEPTED, |principal, id| ApiInput::Complete { principal, id: id.into(), random: crate::random::digits(CONTEXT_RANDOM_DIGITS), now: now_ms() }).await
 }
 
 async fn cancel(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
-    association_step(&st, &headers, &uri, "/v1/associations/{id}", StatusCode::OK, |principal, id| ApiInput::Cancel { principal, id, now: now_ms() }).await
+    association_step(&st, &headers, &uri, "/v1/associations/{id}", StatusCode::OK, |principal, id| ApiInput::Cancel { principal, id: id.into(), now: now_ms() }).await
 }
 
 async fn get_association(State(st): State<AppState>, headers: HeaderMap, uri: Uri) -> Response {
@@ -564,7 +564,7 @@ async fn get_association(State(st): State<AppState>, headers: HeaderMap, uri: Ur
         let p = principal(&st, &headers)?;
         let [id] = path_params(&uri, "/v1/associations/{id}")?;
         query_params(uri.query(), &[])?;
-        match st.gw.query(Query::Association { principal: p, id }).await {
+        match st.gw.query(Query::Association { principal: p, id: id.into() }).await {
             Ok(QueryResult::Association(Some(v))) => Ok(Json(view_json(&v)).into_response()),
             Ok(QueryResult::Association(None)) => Err(api_error(&ApiError::NotFound)),
             _ => Err(unavailable()),
@@ -585,7 +585,7 @@ async fn bindings_of(State(st): State<AppState>, headers: HeaderMap, RawQuery(q)
             return Err(err(StatusCode::BAD_REQUEST, "list bindings with a tenant token and `account`", Some("account")));
         };
         let account = q.remove("account").ok_or_else(|| err(StatusCode::BAD_REQUEST, "`account` is required", Some("account")))?;
-        match st.gw.query(Query::BindingsOf { tenant, account }).await {
+        match st.gw.query(Query::BindingsOf { tenant, account: account.into() }).await {
             Ok(QueryResult::Bindings(v)) => Ok(Json(json!({ "bindings": v.iter().map(binding_json).collect::<Vec<_>>() })).into_response()),
             _ => Err(unavailable()),
         }
@@ -595,7 +595,7 @@ async fn bindings_of(State(st): State<AppState>, headers: HeaderMap, RawQuery(q)
 
 /// The binding of an extension, if `p` may see it.
 async fn visible_binding(st: &AppState, p: &Principal, pbx: &str, extension: &str) -> Option<crate::association::Binding> {
-    match st.gw.query(Query::Binding { pbx: pbx.to_owned(), extension: extension.to_owned() }).await {
+    match st.gw.query(Query::Binding { pbx: pbx.into(), extension: extension.into() }).await {
         Ok(QueryResult::Bindings(v)) => v.into_iter().find(|b| *p == Principal::Admin || *p == Principal::Tenant(b.tenant.clone())),
         _ => None,
     }
@@ -617,7 +617,7 @@ async fn unbind(State(st): State<AppState>, headers: HeaderMap, uri: Uri, RawQue
         let p = principal(&st, &headers)?;
         let [pbx, extension] = path_params(&uri, "/v1/bindings/{pbx}/{extension}")?;
         let mut q = query_params(q.as_deref(), &["account"])?;
-        st.gw.api(ApiInput::Unbind { principal: p, account: q.remove("account"), pbx, extension, now: now_ms() }).await.map_err(gateway_error)?;
+        st.gw.api(ApiInput::Unbind { principal: p, account: q.remove("account").map(Into::into), pbx: pbx.into(), extension: extension.into(), now: now_ms() }).await.map_err(gateway_error)?;
         Ok(StatusCode::NO_CONTENT.into_response())
     };
     either(r.await)
@@ -633,7 +633,7 @@ struct CallReq {
 /// CTI control is for the bound account only.
 async fn bound_to(st: &AppState, p: &Principal, pbx: &str, extension: &str, account: &str) -> Result<crate::link::Link, Response> {
     let b = visible_binding(st, p, pbx, extension).await.filter(|b| b.account == account).ok_or_else(|| api_error(&ApiError::NotFound))?;
-    st.gw.links().get(&b.pbx).cloned().ok_or_else(unavailable)
+    st.gw.links().get(b.pbx.as_str()).cloned().ok_or_else(unavailable)
 }
 
 /// Link failures: 503 while the link is down or its queue is full (retry later), 504 on a
@@ -696,9 +696,9 @@ async fn events(State(st): State<AppState>, headers: HeaderMap, uri: Uri, RawQue
         // Watch for unbinds before reading the binding, so none is missed in between.
         let unbinds = st.gw.watch_unbinds();
         let binding = visible_binding(&st, &p, &pbx, &extension).await.filter(|b| b.account == account).ok_or_else(|| api_error(&ApiError::NotFound))?;
-        let link = st.gw.links().get(&binding.pbx).cloned().ok_or_else(unavailable)?;
+        let link = st.gw.links().get(binding.pbx.as_str()).cloned().ok_or_else(unavailable)?;
         let tenant = match &p {
-            Principal::Tenant(t) => t.clone(),
+            Principal::Tenant(t) => t.to_string(),
             Principal::Admin => String::new(),
         };
         let slot = StreamSlot::take(&st.streams, &tenant).ok_or_else(|| err(StatusCode::TOO_MANY_REQUESTS, &format!("at most {MAX_EVENT_STREAMS_PER_TENANT} event streams open per tenant"), None))?;
@@ -789,8 +789,8 @@ impl ScopeReq {
             check_number("extension", e)?;
         }
         match self {
-            ScopeReq { pbx: Some(pbx), extension: Some(extension), account: None, tenant: None } => Ok(AdminScope::Extension { pbx, extension }),
-            ScopeReq { pbx: None, extension: None, account: Some(account), tenant } => Ok(AdminScope::Account { tenant, account }),
+            ScopeReq { pbx: Some(pbx), extension: Some(extension), account: None, tenant: None } => Ok(AdminScope::Extension { pbx: pbx.into(), extension: extension.into() }),
+            ScopeReq { pbx: None, extension: None, account: Some(account), tenant } => Ok(AdminScope::Account { tenant: tenant.map(Into::into), account: account.into() }),
             _ => Err(err(StatusCode::BAD_REQUEST, "give `pbx` and `extension`, or `account` (and optionally `tenant`)", None)),
         }
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::association::{Action, AdminScope, ApiInput, ApiReply, AssociationView, AuditRecord, Binding, CallId, CounterKey, CstaFailure, CstaInput, CstaRequest, CstaResultInfo, Engine, IvrAnswer, IvrInput, IvrReply, OwnerBlock, Principal, Refusal, RequestId, StoreWrite};
+use crate::association::{AccountId, AssociationId, Extension, PbxId, TenantId, Action, AdminScope, ApiInput, ApiReply, AssociationView, AuditRecord, Binding, CallId, CounterKey, CstaFailure, CstaInput, CstaRequest, CstaResultInfo, Engine, IvrAnswer, IvrInput, IvrReply, OwnerBlock, Principal, Refusal, RequestId, StoreWrite};
 use crate::codec::apdu::ErrorCategory;
 use crate::codec::Operation;
 use crate::clock::now_ms;
@@ -24,9 +24,9 @@ pub use crate::csta::call_event;
 
 /// Reads the API needs, answered by the actor.
 pub enum Query {
-    Association { principal: Principal, id: String },
-    Binding { pbx: String, extension: String },
-    BindingsOf { tenant: String, account: String },
+    Association { principal: Principal, id: AssociationId },
+    Binding { pbx: PbxId, extension: Extension },
+    BindingsOf { tenant: TenantId, account: AccountId },
     Audit(AuditFilter),
     /// What the engine holds in memory.
     Sizes,
@@ -78,9 +78,9 @@ use crate::association::Millis;
 /// `epoch` counts rebuilds, since a rebuilt engine issues request ids anew).
 #[derive(Debug, Clone)]
 struct Submitted {
-    pbx: String,
-    association: String,
-    extension: String,
+    pbx: PbxId,
+    association: AssociationId,
+    extension: Extension,
 }
 
 /// Handle to the running gateway. Cheap to clone.
@@ -193,7 +193,7 @@ async fn watch_link(pbx: String, link: Link, tx: mpsc::Sender<Cmd>) {
             LinkState::Up => was_up = true,
             LinkState::Down { .. } | LinkState::Closed if was_up => {
                 was_up = false;
-                if tx.send(Cmd::Csta { epoch: u64::MAX, input: CstaInput::LinkDown { pbx: pbx.clone(), now: now_ms() }, made: None }).await.is_err() {
+                if tx.send(Cmd::Csta { epoch: u64::MAX, input: CstaInput::LinkDown { pbx: pbx.as_str().into(), now: now_ms() }, made: None }).await.is_err() {
                     return;
                 }
             }
@@ -210,7 +210,7 @@ struct Shell {
     gw: Gateway,
     /// Running monitor subscriptions of the engine: dropping the sender stops the task, and the
     /// subscription with it.
-    monitors: HashMap<(String, String), oneshot::Sender<()>>,
+    monitors: HashMap<(PbxId, Extension), oneshot::Sender<()>>,
     /// IVR requests whose answer waits for the PBX's report of the proof call's answer, by IVR
     /// call (at most one per call: a newer request of the platform replaces the older).
     waiting: HashMap<String, IvrTx>,
@@ -355,7 +355,7 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
 /// The end of [`Gateway::stop`]: clear the proof calls still up, end their associations, commit.
 async fn stop_gateway(engine: &mut Engine, store: &mut dyn Store, sh: &mut Shell) {
     let clears = engine.live_calls().into_iter().map(|(association, pbx, extension, call)| {
-        let link = sh.gw.links.get(&pbx).cloned();
+        let link = sh.gw.links.get(pbx.as_str()).cloned();
         async move {
             let cleared = match link {
                 None => false,
@@ -371,7 +371,7 @@ async fn stop_gateway(engine: &mut Engine, store: &mut dyn Store, sh: &mut Shell
             (association, cleared)
         }
     });
-    let left_up: Vec<String> = futures_util::future::join_all(clears).await.into_iter().filter(|(_, cleared)| !cleared).map(|(a, _)| a).collect();
+    let left_up: Vec<AssociationId> = futures_util::future::join_all(clears).await.into_iter().filter(|(_, cleared)| !cleared).map(|(a, _)| a).collect();
     let actions = engine.shutdown(now_ms(), &left_up);
     let mut writes = store_writes(&actions);
     coalesce(&mut writes);
@@ -465,7 +465,7 @@ fn carry_out(sh: &mut Shell, actions: &[Action]) {
             Action::Notify { tenant, account, event, association } => {
                 info!(%tenant, %account, %event, %association, "notify account");
                 if let Some(n) = &sh.gw.notifier {
-                    n.send(crate::notify::Notification { tenant: tenant.clone(), account: account.clone(), event: event.clone(), association: association.clone(), at: now_ms() });
+                    n.send(crate::notify::Notification { tenant: tenant.to_string(), account: account.to_string(), event: event.clone(), association: association.to_string(), at: now_ms() });
                 }
             }
             Action::Store(_) => {}
@@ -503,17 +503,17 @@ fn failure(e: &RequestError) -> CstaFailure {
 /// The one place that turns the engine's request `id` into link work (with the [`crate::csta`]
 /// builders) and its result back into [`CstaInput::Done`] `{ id, .. }`; a monitor's events come
 /// back by the same path, in order.
-fn submit(sh: &mut Shell, id: RequestId, association: &str, pbx: &str, request: CstaRequest) {
+fn submit(sh: &mut Shell, id: RequestId, association: &AssociationId, pbx: &PbxId, request: CstaRequest) {
     let gw = sh.gw.clone();
     let epoch = sh.epoch;
-    let Some(link) = gw.links.get(pbx).cloned() else {
+    let Some(link) = gw.links.get(pbx.as_str()).cloned() else {
         tokio::spawn(async move {
             gw.report(epoch, CstaInput::Done { id, outcome: Err(CstaFailure::LinkDown), now: now_ms() }, None).await;
         });
         return;
     };
-    let association = association.to_owned();
-    let pbx = pbx.to_owned();
+    let association = association.clone();
+    let pbx = pbx.clone();
     match request {
         CstaRequest::MonitorStop { extension } => {
             sh.monitors.remove(&(pbx, extension));
@@ -576,8 +576,8 @@ fn submit(sh: &mut Shell, id: RequestId, association: &str, pbx: &str, request: 
 }
 
 /// ClearConnection of `extension`'s connection in `call`, retried after the link comes back.
-fn clear(gw: &Gateway, id: Option<(u64, RequestId)>, association: String, pbx: String, call: CallId, extension: String) {
-    let Some(link) = gw.links.get(&pbx).cloned() else { return };
+fn clear(gw: &Gateway, id: Option<(u64, RequestId)>, association: AssociationId, pbx: PbxId, call: CallId, extension: Extension) {
+    let Some(link) = gw.links.get(pbx.as_str()).cloned() else { return };
     let gw = gw.clone();
     tokio::spawn(async move {
         let body = crate::csta::clear_connection(&call, &extension);

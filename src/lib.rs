@@ -16,6 +16,7 @@ pub use csta::view as decode;
 pub mod demo;
 pub mod gateway;
 pub mod http_client;
+pub mod ids;
 pub mod ivr;
 pub mod config;
 pub mod link;

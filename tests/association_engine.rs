@@ -64,7 +64,7 @@ impl T {
             account_name: Some(format!("{account} name")),
             pbx: None,
             extension: ext.into(),
-            id,
+            id: id.into(),
             random,
             code: format!("{CODE}000000"),
             now: self.now,
@@ -99,7 +99,7 @@ impl T {
         let v = out.view.expect("created");
         assert_eq!(out.code.as_deref(), Some(CODE));
         self.through_call(&v.id, ext);
-        (v.id.clone(), self.ctx(ext))
+        (v.id.to_string(), self.ctx(ext))
     }
     fn through_call(&mut self, id: &str, ext: &str) {
         let call = CallId::from(vec![0x2B, self.now as u8]);
@@ -439,7 +439,7 @@ fn lock_out_after_the_configured_failures_survives_new_codes() {
         t.ivr("c1", Some("000000"));
     }
     t.now += 1000;
-    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id, now: t.now });
+    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.into(), now: t.now });
     // A new code does not reset the count: one more failure locks the extension out.
     let (id, ctx) = t.to_ivr("alice", "2005");
     t.ivr("c2", Some(&ctx));
@@ -580,7 +580,7 @@ impl T {
         self.done(&id, CstaRequest::MakeCall { from: ext.into(), to }, Ok(CstaResultInfo { call: Some(call.clone()) }));
         self.ev(ext, CallEvent::Initiated { call: call.clone() });
         assert_eq!(self.state(&id).0, State::Ringing);
-        (id, call)
+        (id.into_string(), call)
     }
     fn suspected(&self) -> usize {
         self.all.iter().filter(|a| matches!(a, Action::Store(StoreWrite::Audit(r)) if r.step == "suspected_attack")).count()

@@ -58,7 +58,7 @@ fn drive(store: &mut SqliteStore) -> (String, String) {
         run(&mut e, Input::Ivr { call: "c".into(), from: "+3312345".into(), to: String::new(), digits: Some(d.into()), now });
     }
     let p = run(&mut e, Input::Create { principal: Principal::Tenant("acme".into()), account: "bob".into(), account_name: None, pbx: None, extension: "2006".into(), id: "a2".into(), random: "8765432100000000".into(), code: "999888777".into(), now }).view.unwrap();
-    (v.id, p.id)
+    (v.id.into_string(), p.id.into_string())
 }
 
 #[test]

@@ -365,7 +365,7 @@ fn leaks(s: &str, secrets: &HashSet<&str>) -> bool {
 }
 
 fn view_leaks(v: &AssociationView, secrets: &HashSet<&str>) -> bool {
-    [&v.id, &v.tenant, &v.account, &v.pbx, &v.extension].iter().any(|s| leaks(s, secrets))
+    [v.id.as_str(), v.tenant.as_str(), v.account.as_str(), v.pbx.as_str(), v.extension.as_str()].iter().any(|s| leaks(s, secrets))
         || v.call.as_ref().is_some_and(|c| leaks(&c.to_string(), secrets))
         || v.history.iter().any(|s| leaks(&s.step, secrets) || leaks(&s.detail, secrets))
 }
@@ -526,10 +526,10 @@ impl Fz {
                 self.next_id += 1;
                 let code = (*u.choose(&CODES)?).to_owned();
                 let random = self.pool(u)?;
-                Input::Create { principal, account_name: u.arbitrary::<bool>()?.then(|| format!("Name of {account}")), account, pbx, extension, id, random, code, now }
+                Input::Create { principal, account_name: u.arbitrary::<bool>()?.then(|| format!("Name of {account}")), account: account.into(), pbx: pbx.map(Into::into), extension: extension.into(), id: id.into(), random, code, now }
             }
-            3..=4 => Input::Complete { principal: self.principal(u)?, id: self.some_id(u)?, random: self.pool(u)?, now },
-            5 => Input::Cancel { principal: self.principal(u)?, id: self.some_id(u)?, now },
+            3..=4 => Input::Complete { principal: self.principal(u)?, id: self.some_id(u)?.into(), random: self.pool(u)?, now },
+            5 => Input::Cancel { principal: self.principal(u)?, id: self.some_id(u)?.into(), now },
             6..=10 => {
                 if self.pending.is_empty() {
                     Input::Timeout { now }
@@ -576,7 +576,7 @@ impl Fz {
                     6 => CallEvent::Failed { call: call.into(), cause: *u.choose(&[None, Some(3), Some(18), Some(10), Some(99)])? },
                     _ => CallEvent::Cleared { call: call.into() },
                 };
-                Input::CstaEvent { pbx, extension, event, now }
+                Input::CstaEvent { pbx: pbx.into(), extension: extension.into(), event, now }
             }
             16..=22 => {
                 let slot = usize::from(u.int_in_range(0..=(IVR_SLOTS as u8 - 1))?);
@@ -589,7 +589,7 @@ impl Fz {
                 let from = match u.int_in_range(0..=4u8)? {
                     0 => String::new(),
                     1 => "anonymous".to_owned(),
-                    2..=3 => format!("{DID_PREFIX}{}", latest_ext.unwrap_or_else(|| EXTS[0].to_owned())),
+                    2..=3 => format!("{DID_PREFIX}{}", latest_ext.unwrap_or_else(|| EXTS[0].into())),
                     _ => format!("{DID_PREFIX}{}", u.choose(&EXTS)?),
                 };
                 let code = |fz: &Fz, u: &mut Unstructured<'_>| -> arbitrary::Result<String> {
@@ -628,18 +628,18 @@ impl Fz {
                 self.slots[slot] += 1;
                 Input::IvrHangup { call, now }
             }
-            24 => Input::LinkDown { pbx: (*u.choose(&PBXS)?).to_owned(), now },
+            24 => Input::LinkDown { pbx: (*u.choose(&PBXS)?).into(), now },
             25 => {
                 let principal = self.principal(u)?;
                 let account = if u.ratio(1, 4)? { None } else { Some((*u.choose(&ACCOUNTS)?).to_owned()) };
-                Input::Unbind { principal, account, pbx: (*u.choose(&PBXS)?).to_owned(), extension: (*u.choose(&EXTS)?).to_owned(), now }
+                Input::Unbind { principal, account: account.map(Into::into), pbx: (*u.choose(&PBXS)?).into(), extension: (*u.choose(&EXTS)?).into(), now }
             }
             26 => {
                 let scope = if u.arbitrary::<bool>()? {
-                    AdminScope::Extension { pbx: (*u.choose(&PBXS)?).to_owned(), extension: (*u.choose(&EXTS)?).to_owned() }
+                    AdminScope::Extension { pbx: (*u.choose(&PBXS)?).into(), extension: (*u.choose(&EXTS)?).into() }
                 } else {
                     let tenant = if u.ratio(1, 3)? { None } else { Some((*u.choose(&TENANTS)?).to_owned()) };
-                    AdminScope::Account { tenant, account: (*u.choose(&ACCOUNTS)?).to_owned() }
+                    AdminScope::Account { tenant: tenant.map(Into::into), account: (*u.choose(&ACCOUNTS)?).into() }
                 };
                 if u.arbitrary::<bool>()? {
                     Input::ResetCounters { scope, now }
@@ -760,7 +760,7 @@ impl Fz {
             })
             .collect();
         match found.as_slice() {
-            [one] => Some(one.id.clone()),
+            [one] => Some(one.id.to_string()),
             _ => None,
         }
     }
@@ -788,7 +788,7 @@ impl Fz {
                 // The engine counts the events about the call an attempt follows.
                 if let Some(v) = pre.live_on(pbx, extension) {
                     if matches!(v.state, State::Calling | State::Ringing | State::InIvr) && v.call.as_ref().is_none_or(|c| c == event.call()) {
-                        if let Some(a) = self.attempts.get_mut(&v.id) {
+                        if let Some(a) = self.attempts.get_mut(v.id.as_str()) {
                             a.events += 1;
                         }
                     }
@@ -821,11 +821,11 @@ impl Fz {
         let out = handle(&mut self.engine, input.clone());
         self.trace.push(format!("  -> {:?} code={:?} error={:?} ivr={:?} wait={}", out.actions, out.code, out.error, out.ivr, out.ivr_wait));
         if let (Some(code), Some(v)) = (&out.code, &out.view) {
-            if self.codes.contains_key(&v.id) || !self.live.insert(v.id.clone()) {
+            if self.codes.contains_key(v.id.as_str()) || !self.live.insert(v.id.to_string()) {
                 self.fail(format!("a code issued twice for {}", v.id));
             }
-            self.codes.insert(v.id.clone(), code.clone());
-            self.ids.push(v.id.clone());
+            self.codes.insert(v.id.to_string(), code.clone());
+            self.ids.push(v.id.to_string());
         }
         self.actions(&out.actions, Some((&input, &out)), &pre);
         // Nothing the API or the IVR shows holds a code or a context id (but the creation's
@@ -847,7 +847,7 @@ impl Fz {
             Input::Ivr { call, .. } => self.check_ivr(call, &out, presented),
             Input::CstaEvent { pbx, extension, .. } => {
                 if let Some(v) = pre.live_on(pbx, extension) {
-                    let events = self.attempts.get(&v.id).map_or(0, |a| a.events);
+                    let events = self.attempts.get(v.id.as_str()).map_or(0, |a| a.events);
                     let flood = out.actions.iter().any(|a| matches!(a, Action::Store(StoreWrite::Association(w)) if w.id == v.id && w.reason == Some(Reason::PbxFlood)));
                     if events == MAX_ATTEMPT_EVENTS + 1 && matches!(v.state, State::Calling | State::Ringing | State::InIvr) && !flood {
                         self.fail(format!("association {} got {events} events about its call and goes on", v.id));
@@ -900,7 +900,7 @@ impl Fz {
         }
         let Some(v) = &out.view else { return };
         let p = self.policy(&v.pbx);
-        if pre.bindings.contains_key(&(v.pbx.clone(), v.extension.clone())) {
+        if pre.bindings.contains_key(&(v.pbx.to_string(), v.extension.to_string())) {
             self.fail(format!("create of {id} on a bound extension"));
         }
         if pre.blocked(&v.tenant, &v.account, &v.pbx, &v.extension, self.now) {
@@ -997,7 +997,7 @@ impl Fz {
         for a in actions {
             match a {
                 Action::Store(StoreWrite::Association(v)) => {
-                    let old = self.store.assocs.get(&v.id).cloned();
+                    let old = self.store.assocs.get(v.id.as_str()).cloned();
                     if let Some(old) = &old {
                         if is_final(old) && (old.state, old.reason, old.retryable) != (v.state, v.reason, v.retryable) {
                             self.fail(format!("final association {} changed from {:?}/{:?} to {:?}/{:?}", v.id, old.state, old.reason, v.state, v.reason));
@@ -1027,14 +1027,14 @@ impl Fz {
                         let Some((Input::CstaEvent { event: CallEvent::Established { call }, .. }, _)) = cause else {
                             self.fail(format!("association {} in_ivr without the PBX reporting its call established", v.id));
                         };
-                        if let Some(att) = self.attempts.get_mut(&v.id) {
+                        if let Some(att) = self.attempts.get_mut(v.id.as_str()) {
                             att.established = Some((now, call.as_bytes().to_vec()));
                         }
                     }
                     if !in_attempt(v.state) {
                         // The attempt is over: its context id is free again.
-                        if let Some(ctx) = self.attempts.get_mut(&v.id).and_then(|a| a.ctx.take()) {
-                            if self.ctx_live.get(&ctx) == Some(&v.id) {
+                        if let Some(ctx) = self.attempts.get_mut(v.id.as_str()).and_then(|a| a.ctx.take()) {
+                            if self.ctx_live.get(&ctx) == Some(&v.id.to_string()) {
                                 self.ctx_live.remove(&ctx);
                             }
                         }
@@ -1045,10 +1045,10 @@ impl Fz {
                             c.down = true;
                         }
                     }
-                    self.store.assocs.insert(v.id.clone(), v.clone());
+                    self.store.assocs.insert(v.id.to_string(), v.clone());
                 }
                 Action::Store(StoreWrite::Bind(b)) => {
-                    let key = (b.pbx.clone(), b.extension.clone());
+                    let key = (b.pbx.to_string(), b.extension.to_string());
                     if self.store.bindings.contains_key(&key) {
                         self.fail(format!("a second binding for {key:?}: {b:?}"));
                     }
@@ -1056,7 +1056,7 @@ impl Fz {
                     binds.push(b.clone());
                 }
                 Action::Store(StoreWrite::Unbind { pbx, extension }) => {
-                    if self.store.bindings.remove(&(pbx.clone(), extension.clone())).is_none() {
+                    if self.store.bindings.remove(&(pbx.to_string(), extension.to_string())).is_none() {
                         self.fail(format!("unbind of {pbx}/{extension}, which is not bound"));
                     }
                 }
@@ -1070,10 +1070,10 @@ impl Fz {
                 }
                 Action::Store(StoreWrite::Block(b)) => {
                     self.check_block(b, cause);
-                    self.store.blocks.insert((b.tenant.clone(), b.account.clone(), b.pbx.clone(), b.extension.clone()), b.clone());
+                    self.store.blocks.insert((b.tenant.to_string(), b.account.to_string(), b.pbx.to_string(), b.extension.to_string()), b.clone());
                 }
                 Action::Store(StoreWrite::Unblock { tenant, account, pbx, extension }) => {
-                    let key = (tenant.clone(), account.clone(), pbx.clone(), extension.clone());
+                    let key = (tenant.to_string(), account.to_string(), pbx.to_string(), extension.to_string());
                     let Some((Input::LiftBlocks { scope, .. }, _)) = cause else {
                         self.fail(format!("block {key:?} lifted by something other than the admin"));
                     };
@@ -1084,11 +1084,11 @@ impl Fz {
                     self.store.blocks.remove(&key);
                 }
                 Action::Store(StoreWrite::Audit(r)) => {
-                    if [&r.step, &r.result, &r.association, &r.account, &r.tenant, &r.pbx, &r.extension].iter().any(|s| leaks(s, &secrets)) {
+                    if [r.step.as_str(), r.result.as_str(), r.association.as_str(), r.account.as_str(), r.tenant.as_str(), r.pbx.as_str(), r.extension.as_str()].iter().any(|s| leaks(s, &secrets)) {
                         self.fail(format!("an audit record holds a code or a context id: {r:?}"));
                     }
                     if r.step == "code_entered" && r.result == "wrong_code" {
-                        let n = self.wrong.entry(r.association.clone()).or_insert(0);
+                        let n = self.wrong.entry(r.association.to_string()).or_insert(0);
                         *n += 1;
                         if *n > MAX_CODE_ENTRIES {
                             let n = *n;
@@ -1097,7 +1097,7 @@ impl Fz {
                     }
                 }
                 Action::Notify { tenant, account, event, association } => {
-                    if [tenant, account, event, association].iter().any(|s| leaks(s, &secrets)) {
+                    if [tenant.as_str(), account.as_str(), event.as_str(), association.as_str()].iter().any(|s| leaks(s, &secrets)) {
                         self.fail(format!("a notification holds a code or a context id: {a:?}"));
                     }
                 }
@@ -1109,15 +1109,15 @@ impl Fz {
                             self.next_call += 1;
                             let id = vec![0xC0, (self.next_call >> 8) as u8, self.next_call as u8];
                             let lock = to == LOCK_PREFIX;
-                            let attempt = self.attempts.get(association).map_or(0, |a| a.n);
+                            let attempt = self.attempts.get(association.as_str()).map_or(0, |a| a.n);
                             if !lock {
                                 self.check_dial(association, pbx, to);
                             }
-                            self.calls.push(Call { pbx: pbx.clone(), extension: from.clone(), id: id.clone(), association: association.clone(), attempt, lock, exists: false, down: false });
+                            self.calls.push(Call { pbx: pbx.to_string(), extension: from.to_string(), id: id.clone(), association: association.to_string(), attempt, lock, exists: false, down: false });
                             call = Some(id);
                         }
                         CstaRequest::SendDigits { digits, .. } => {
-                            let ctx = self.attempts.get(association).and_then(|a| a.ctx.clone());
+                            let ctx = self.attempts.get(association.as_str()).and_then(|a| a.ctx.clone());
                             if self.policy(pbx).context_delivery != ContextDelivery::Dtmf || ctx.as_ref().is_none_or(|c| *digits != format!("*{c}#")) {
                                 self.fail(format!("SendDigits {digits:?} for {association}, whose attempt's context is {ctx:?} ({:?} delivery)", self.policy(pbx).context_delivery));
                             }
@@ -1132,7 +1132,7 @@ impl Fz {
                         }
                         _ => {}
                     }
-                    self.pending.push(Pending { id: *request_id, association: association.clone(), pbx: pbx.clone(), request: request.clone(), call, link_lost: false, sent: self.now });
+                    self.pending.push(Pending { id: *request_id, association: association.to_string(), pbx: pbx.to_string(), request: request.clone(), call, link_lost: false, sent: self.now });
                 }
             }
         }
@@ -1162,7 +1162,7 @@ impl Fz {
     /// within every limit; the model draws its context id as the engine must.
     fn proof_call(&mut self, c: &ProofCall, cause: Option<(&Input, &Output)>) {
         let (id, random) = match cause {
-            Some((Input::Create { id, random, .. } | Input::Complete { id, random, .. }, _)) => (id.clone(), random.clone()),
+            Some((Input::Create { id, random, .. } | Input::Complete { id, random, .. }, _)) => (id.to_string(), random.clone()),
             _ => self.fail(format!("a proof call charged by something other than a Create or Complete: {c:?}")),
         };
         let Some(v) = self.store.assocs.get(&id) else { self.fail(format!("a proof call for {id}, which the store does not hold")) };
@@ -1290,7 +1290,7 @@ impl Fz {
         let [v] = bound.as_slice() else {
             self.fail(format!("binding {b:?} without exactly one association bound with it ({} found)", bound.len()));
         };
-        let id = &v.id;
+        let id = v.id.as_str();
         let Some(before) = pre.assocs.get(id) else { self.fail(format!("binding for association {id} the store never held")) };
         if (b.tenant.as_str(), b.account.as_str(), b.bound_at) != (v.tenant.as_str(), v.account.as_str(), *now) {
             self.fail(format!("binding {b:?} does not match its association {v:?}"));
@@ -1298,7 +1298,7 @@ impl Fz {
         if before.state != State::InIvr {
             self.fail(format!("association {id} bound from state {:?}", before.state));
         }
-        if self.ivr_before.as_ref().map(|(_, e)| e) != Some(&Expect::Code(id.clone())) {
+        if self.ivr_before.as_ref().map(|(_, e)| e) != Some(&Expect::Code(id.to_owned())) {
             self.fail(format!("IVR call {call} bound association {id} but had been asked for {:?}", self.ivr_before));
         }
         let Some(att) = self.attempts.get(id) else { self.fail(format!("association {id} bound without an attempt")) };
@@ -1357,7 +1357,7 @@ impl Fz {
         let mut by_ext = HashSet::new();
         let mut by_account = HashSet::new();
         for v in self.store.assocs.values() {
-            if self.wrong.get(&v.id).copied().unwrap_or(0) >= MAX_CODE_ENTRIES && !is_final(v) {
+            if self.wrong.get(v.id.as_str()).copied().unwrap_or(0) >= MAX_CODE_ENTRIES && !is_final(v) {
                 self.fail(format!("association {} still {:?} after {MAX_CODE_ENTRIES} wrong entries of its code", v.id, v.state));
             }
             if is_final(v) {

@@ -90,21 +90,21 @@ impl Assoc {
 
 /// The association engine. See the module docs.
 pub struct Engine {
-    pub(crate) policies: HashMap<String, Policy>,
-    pub(crate) assocs: HashMap<String, Assoc>,
+    pub(crate) policies: HashMap<PbxId, Policy>,
+    pub(crate) assocs: HashMap<AssociationId, Assoc>,
     /// Live (not final) associations by (pbx, extension), (tenant, account) and context id.
-    pub(crate) by_ext: HashMap<(String, String), String>,
-    pub(crate) by_account: HashMap<(String, String), String>,
-    pub(crate) by_context: HashMap<String, String>,
+    pub(crate) by_ext: HashMap<(PbxId, Extension), AssociationId>,
+    pub(crate) by_account: HashMap<(TenantId, AccountId), AssociationId>,
+    pub(crate) by_context: HashMap<String, AssociationId>,
     /// Context ids of attempts that ended in the last [`FORGET_AFTER`], with when: a proof call
     /// that reaches the IVR after its attempt failed presents one. It is told "no longer valid",
     /// not "unknown", so the adapters do not count it as a guess (a guess hits one of these as
     /// rarely as a live one). Bounded by the proof calls of ten minutes.
     pub(crate) ended_contexts: HashMap<String, Millis>,
-    pub(crate) bindings: HashMap<(String, String), Binding>,
+    pub(crate) bindings: HashMap<(PbxId, Extension), Binding>,
     pub(crate) counters: HashMap<CounterKey, u32>,
     /// Proof calls of the last hour by extension, with the account each was charged to.
-    pub(crate) proof_calls: HashMap<(String, String), Vec<ProofCall>>,
+    pub(crate) proof_calls: HashMap<(PbxId, Extension), Vec<ProofCall>>,
     /// Owner blocks by (tenant, account, pbx, extension).
     pub(crate) blocks: HashMap<BlockKey, OwnerBlock>,
     pub(crate) ivr_calls: HashMap<String, super::ivr::IvrCall>,
@@ -149,9 +149,9 @@ pub struct Snapshot {
 }
 
 impl Engine {
-    pub fn new(policies: HashMap<String, Policy>) -> Engine {
+    pub fn new<K: Into<PbxId>>(policies: HashMap<K, Policy>) -> Engine {
         Engine {
-            policies,
+            policies: policies.into_iter().map(|(k, p)| (k.into(), p)).collect(),
             assocs: HashMap::new(),
             by_ext: HashMap::new(),
             by_account: HashMap::new(),
@@ -180,7 +180,7 @@ impl Engine {
         if let Some(purpose) = purpose {
             self.pending.insert(rid, Pending { association: id.to_owned(), purpose });
         }
-        actions.push(Action::Csta { id: rid, association: id.to_owned(), pbx: pbx.to_owned(), request });
+        actions.push(Action::Csta { id: rid, association: id.into(), pbx: pbx.into(), request });
     }
 
     /// Whether the engine awaits the answer to `id`. The shell clears a call that a MakeCall it no
@@ -218,7 +218,7 @@ impl Engine {
     /// Re-arm the deadlines of the associations the last input changed.
     pub(crate) fn rearm(&mut self) {
         while let Some(id) = self.touched.pop() {
-            let next = self.assocs.get(&id).and_then(|a| a.next_deadline());
+            let next = self.assocs.get(id.as_str()).and_then(|a| a.next_deadline());
             if self.armed.get(&id) == next.as_ref() {
                 continue;
             }
@@ -238,7 +238,7 @@ impl Engine {
 
     /// Rebuild from the store after a restart. Associations in flight cannot go on (their code
     /// was never stored and their call is gone): they end as failed with `gateway_restarted`.
-    pub fn restore(policies: HashMap<String, Policy>, snap: Snapshot, now: Millis) -> (Engine, Vec<Action>) {
+    pub fn restore<K: Into<PbxId>>(policies: HashMap<K, Policy>, snap: Snapshot, now: Millis) -> (Engine, Vec<Action>) {
         let mut e = Engine::new(policies);
         for b in snap.bindings {
             e.bindings.insert((b.pbx.clone(), b.extension.clone()), b);
@@ -278,7 +278,7 @@ impl Engine {
 
     /// The proof calls of the live associations, as `(association, pbx, extension, call)`: the
     /// calls a stopping gateway clears before it ends their associations.
-    pub fn live_calls(&self) -> Vec<(String, String, String, CallId)> {
+    pub fn live_calls(&self) -> Vec<(AssociationId, PbxId, Extension, CallId)> {
         self.by_ext.values().filter_map(|id| self.assocs.get(id)).filter_map(|a| Some((a.view.id.clone(), a.view.pbx.clone(), a.view.extension.clone(), a.view.call.clone()?))).collect()
     }
 
@@ -287,12 +287,12 @@ impl Engine {
     /// call may still be up (its ClearConnection did not get through): they stay in flight in the
     /// store, so that the next start ends them and clears their call. The calls of the others
     /// are cleared already (see [`Engine::live_calls`]).
-    pub fn shutdown(&mut self, now: Millis, left_up: &[String]) -> Vec<Action> {
+    pub fn shutdown(&mut self, now: Millis, left_up: &[AssociationId]) -> Vec<Action> {
         let mut actions = Vec::new();
-        let mut ids: Vec<String> = self.by_ext.values().filter(|id| !left_up.contains(id)).cloned().collect();
+        let mut ids: Vec<AssociationId> = self.by_ext.values().filter(|id| !left_up.contains(id)).cloned().collect();
         ids.sort();
         for id in ids {
-            if let Some(a) = self.assocs.get_mut(&id) {
+            if let Some(a) = self.assocs.get_mut(id.as_str()) {
                 a.view.call = None;
             }
             self.finish(&id, State::Failed, Some(Reason::GatewayRestarted), "the gateway stopped while the association was in flight", now, &mut actions);
@@ -302,7 +302,7 @@ impl Engine {
     }
 
     pub fn binding(&self, pbx: &str, extension: &str) -> Option<&Binding> {
-        self.bindings.get(&(pbx.to_owned(), extension.to_owned()))
+        self.bindings.get(&(pbx.into(), extension.into()))
     }
 
     pub fn bindings_of(&self, tenant: &str, account: &str) -> Vec<&Binding> {
@@ -315,7 +315,7 @@ impl Engine {
     }
 
     /// Every PBX's policy (to rebuild the engine from the store).
-    pub fn policies(&self) -> &HashMap<String, Policy> {
+    pub fn policies(&self) -> &HashMap<PbxId, Policy> {
         &self.policies
     }
 
@@ -362,16 +362,16 @@ impl Engine {
             ApiInput::Complete { principal, id, random, now } => {
                 self.visible_id(&principal, &id).ok_or(Refusal::NotFound)?;
                 self.start_attempt(&id, &random, now, actions)?;
-                self.assocs.get(&id).map(|a| ApiReply::Association(a.view.clone())).ok_or(Refusal::NotFound)
+                self.assocs.get(id.as_str()).map(|a| ApiReply::Association(a.view.clone())).ok_or(Refusal::NotFound)
             }
             ApiInput::Cancel { principal, id, now } => {
                 self.visible_id(&principal, &id).ok_or(Refusal::NotFound)?;
-                let a = self.assocs.get(&id).ok_or(Refusal::NotFound)?;
+                let a = self.assocs.get(id.as_str()).ok_or(Refusal::NotFound)?;
                 if a.view.state.is_final(a.view.retryable) {
                     return Err(Refusal::WrongState(a.view.state));
                 }
                 self.finish(&id, State::Cancelled, Some(Reason::CancelledByUser), "cancelled", now, actions);
-                self.assocs.get(&id).map(|a| ApiReply::Association(a.view.clone())).ok_or(Refusal::NotFound)
+                self.assocs.get(id.as_str()).map(|a| ApiReply::Association(a.view.clone())).ok_or(Refusal::NotFound)
             }
             ApiInput::Unbind { principal, account, pbx, extension, now } => {
                 let key = (pbx.clone(), extension.clone());
@@ -386,11 +386,11 @@ impl Engine {
                             account: b.account.clone(),
                             pbx: b.pbx.clone(),
                             extension: b.extension.clone(),
-                            association: String::new(),
+                            association: AssociationId::default(),
                             step: "unbound".into(),
                             result: if principal == Principal::Admin { "by admin".into() } else { "by the account".into() },
                         })));
-                        actions.push(Action::Notify { tenant: b.tenant, account: b.account, event: "unbound".into(), association: String::new() });
+                        actions.push(Action::Notify { tenant: b.tenant, account: b.account, event: "unbound".into(), association: AssociationId::default() });
                         Ok(ApiReply::Done)
                     }
                     _ => Err(Refusal::NotFound),
@@ -401,7 +401,7 @@ impl Engine {
                     self.counters.insert(key.clone(), 0);
                     let (tenant, account) = key.tenant_account();
                     let (pbx, extension) = key.extension().unwrap_or_default();
-                    let record = AuditRecord { at: now, tenant: tenant.into(), account: account.into(), pbx: pbx.into(), extension: extension.into(), association: String::new(), step: "counter_reset".into(), result: "by admin".into() };
+                    let record = AuditRecord { at: now, tenant: tenant.into(), account: account.into(), pbx: pbx.into(), extension: extension.into(), association: AssociationId::default(), step: "counter_reset".into(), result: "by admin".into() };
                     actions.push(Action::Store(StoreWrite::Counter { key: key.clone(), value: 0 }));
                     actions.push(Action::Store(StoreWrite::Audit(record)));
                 }
@@ -410,7 +410,7 @@ impl Engine {
             ApiInput::LiftBlocks { scope, now } => {
                 for b in self.blocks(&scope, now) {
                     self.blocks.remove(&b.key());
-                    let record = AuditRecord { at: now, tenant: b.tenant.clone(), account: b.account.clone(), pbx: b.pbx.clone(), extension: b.extension.clone(), association: String::new(), step: "owner_block_lifted".into(), result: "by admin".into() };
+                    let record = AuditRecord { at: now, tenant: b.tenant.clone(), account: b.account.clone(), pbx: b.pbx.clone(), extension: b.extension.clone(), association: AssociationId::default(), step: "owner_block_lifted".into(), result: "by admin".into() };
                     actions.push(Action::Store(StoreWrite::Unblock { tenant: b.tenant, account: b.account, pbx: b.pbx, extension: b.extension }));
                     actions.push(Action::Store(StoreWrite::Audit(record)));
                 }
@@ -446,9 +446,9 @@ impl Engine {
             CstaInput::Done { id, outcome, now } => self.csta_done(id, outcome, now, &mut actions),
             CstaInput::Event { pbx, extension, event, now } => self.csta_event(&pbx, &extension, event, now, &mut actions),
             CstaInput::LinkDown { pbx, now } => {
-                let ids: Vec<String> = self.by_ext.iter().filter(|((p, _), _)| *p == pbx).map(|(_, id)| id.clone()).collect();
+                let ids: Vec<AssociationId> = self.by_ext.iter().filter(|((p, _), _)| *p == pbx).map(|(_, id)| id.clone()).collect();
                 for id in ids {
-                    if let Some(a) = self.assocs.get_mut(&id) {
+                    if let Some(a) = self.assocs.get_mut(id.as_str()) {
                         a.monitored = false;
                         if matches!(a.view.state, State::Monitoring | State::Locking | State::Calling | State::Ringing | State::InIvr) {
                             // A lost CTI link does not end the PBX's calls: the attempt fails
@@ -469,7 +469,7 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn create(&mut self, principal: &Principal, account: String, account_name: Option<String>, pbx: Option<String>, extension: String, id: String, random: &str, code_random: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(AssociationView, String), Refusal> {
+    fn create(&mut self, principal: &Principal, account: AccountId, account_name: Option<String>, pbx: Option<PbxId>, extension: Extension, id: AssociationId, random: &str, code_random: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(AssociationView, String), Refusal> {
         let tenant = match principal {
             Principal::Tenant(t) => t.clone(),
             Principal::Admin => return Err(Refusal::BadRequest("associations are requested by a tenant for one of its accounts".into())),
@@ -478,15 +478,15 @@ impl Engine {
             return Err(Refusal::BadRequest("account and extension are required".into()));
         }
         // The extension must be in the directory of a PBX of this tenant.
-        let candidates: Vec<&String> = self
+        let candidates: Vec<&PbxId> = self
             .policies
             .iter()
-            .filter(|(id, p)| p.tenant == tenant && p.directory.contains_key(&extension) && pbx.as_ref().is_none_or(|want| want == *id))
+            .filter(|(id, p)| p.tenant == tenant && p.directory.contains_key(extension.as_str()) && pbx.as_ref().is_none_or(|want| want == *id))
             .map(|(id, _)| id)
             .collect();
         let pbx = match candidates.as_slice() {
             [one] => (*one).clone(),
-            [] => return Err(Refusal::UnknownExtension(extension)),
+            [] => return Err(Refusal::UnknownExtension(extension.into_string())),
             _ => return Err(Refusal::BadRequest("the extension exists on several PBXs of this tenant: give `pbx`".into())),
         };
         let (code_digits, code_ttl, require_completion) = {
@@ -518,7 +518,7 @@ impl Engine {
         if code.len() != code_digits {
             return Err(Refusal::BadRequest("not enough randomness for the code".into()));
         }
-        if self.assocs.contains_key(&id) {
+        if self.assocs.contains_key(id.as_str()) {
             return Err(Refusal::BadRequest("association id already used".into()));
         }
         let expires_at = now + code_ttl.as_millis() as Millis;
@@ -560,7 +560,7 @@ impl Engine {
 
     /// Until when the phone's owner has blocked `account` from `extension`, if they have.
     fn blocked_until(&self, tenant: &str, account: &str, pbx: &str, extension: &str, now: Millis) -> Option<Millis> {
-        self.blocks.get(&(tenant.to_owned(), account.to_owned(), pbx.to_owned(), extension.to_owned())).map(|b| b.until).filter(|u| *u > now)
+        self.blocks.get(&(tenant.into(), account.into(), pbx.into(), extension.into())).map(|b| b.until).filter(|u| *u > now)
     }
 
     /// Another proof call to the extension is allowed: under the extension's hourly limit, and
@@ -568,7 +568,7 @@ impl Engine {
     /// can spend all of an owner's proof calls.
     fn proof_call_budget(&mut self, pbx: &str, ext: &str, tenant: &str, account: &str, now: Millis) -> Result<(), Refusal> {
         let limit = self.policies.get(pbx).map_or(3, |p| p.proof_calls_per_hour);
-        let calls = self.proof_calls.entry((pbx.to_owned(), ext.to_owned())).or_default();
+        let calls = self.proof_calls.entry((pbx.into(), ext.into())).or_default();
         calls.retain(|c| now.saturating_sub(c.at) < HOUR);
         let mine = calls.iter().filter(|c| c.tenant == tenant && c.account == account).count();
         if calls.len() >= limit || mine >= limit.div_ceil(2) {
@@ -615,7 +615,7 @@ impl Engine {
         let call = ProofCall { pbx: pbx.clone(), extension: ext.clone(), tenant, account, at: now };
         self.proof_calls.entry((pbx.clone(), ext.clone())).or_default().push(call.clone());
         actions.push(Action::Store(StoreWrite::ProofCall(call)));
-        self.by_context.insert(context.clone(), id.to_owned());
+        self.by_context.insert(context.clone(), id.into());
         let a = self.assocs.get_mut(id).ok_or(Refusal::NotFound)?;
         a.view.reason = None;
         a.view.retryable = true;
@@ -718,8 +718,8 @@ impl Engine {
     }
 
     fn csta_event(&mut self, pbx: &str, extension: &str, event: CallEvent, now: Millis, actions: &mut Vec<Action>) {
-        let Some(id) = self.by_ext.get(&(pbx.to_owned(), extension.to_owned())).cloned() else { return };
-        let Some(a) = self.assocs.get_mut(&id) else { return };
+        let Some(id) = self.by_ext.get(&(pbx.into(), extension.into())).cloned() else { return };
+        let Some(a) = self.assocs.get_mut(id.as_str()) else { return };
         let state = a.view.state;
         if state == State::Locking {
             let is_lock_call = a.lock_call.as_ref().is_none_or(|c| c == event.call());
@@ -766,16 +766,16 @@ impl Engine {
                     return;
                 }
                 let deadline = self.ivr_deadline(pbx, now);
-                if let Some(a) = self.assocs.get_mut(&id) {
+                if let Some(a) = self.assocs.get_mut(id.as_str()) {
                     a.deadline = Some(deadline);
                     a.attempt.in_ivr_at = Some(now);
                 }
                 self.set_state(&id, State::InIvr, now, "in_ivr", "the user is connected to the IVR", actions);
                 let dtmf = self.policies.get(pbx).is_some_and(|p| p.context_delivery == ContextDelivery::Dtmf);
-                if let (true, Some(a)) = (dtmf, self.assocs.get(&id)) {
+                if let (true, Some(a)) = (dtmf, self.assocs.get(id.as_str())) {
                     if let (Some(call), Some(ctx)) = (a.view.call.clone(), a.attempt.context.as_ref()) {
                         let digits = format!("*{ctx}#");
-                        self.request(&id, pbx, CstaRequest::SendDigits { call, extension: extension.to_owned(), digits }, Some(Purpose::Digits), actions);
+                        self.request(&id, pbx, CstaRequest::SendDigits { call, extension: extension.into(), digits }, Some(Purpose::Digits), actions);
                     }
                 }
                 // An IVR request that came just before this report was waiting for it.
@@ -793,7 +793,7 @@ impl Engine {
             CallEvent::Diverted { .. } => self.fail_attempt(&id, Reason::CallDiverted, "the proof call left the extension (diverted, transferred or conferenced)", now, actions),
             CallEvent::Cleared { .. } => {
                 let reason = if state == State::InIvr { Reason::CallCleared } else { Reason::NoAnswer };
-                if let Some(a) = self.assocs.get_mut(&id) {
+                if let Some(a) = self.assocs.get_mut(id.as_str()) {
                     a.view.call = None; // nothing to clear any more
                 }
                 self.fail_attempt(&id, reason, "the call ended before the code was accepted", now, actions);
@@ -819,7 +819,7 @@ impl Engine {
             }
             self.forget.remove(&(at, id.clone()));
             // A step recorded after the end (a late IVR request) keeps it a while longer.
-            let keep = self.assocs.get(&id).and_then(|a| a.view.history.last()).map(|s| s.at + FORGET_AFTER).filter(|t| *t > now);
+            let keep = self.assocs.get(id.as_str()).and_then(|a| a.view.history.last()).map(|s| s.at + FORGET_AFTER).filter(|t| *t > now);
             match keep {
                 Some(t) => {
                     self.forget.insert((t, id));
@@ -887,7 +887,7 @@ impl Engine {
         if retryable {
             self.set_state(id, State::Failed, now, "failed", detail, actions);
             if let Some(a) = self.assocs.get(id) {
-                actions.push(Action::Notify { tenant: a.view.tenant.clone(), account: a.view.account.clone(), event: "attempt_failed".into(), association: id.to_owned() });
+                actions.push(Action::Notify { tenant: a.view.tenant.clone(), account: a.view.account.clone(), event: "attempt_failed".into(), association: id.into() });
             }
         } else {
             self.finish(id, State::Failed, Some(reason), detail, now, actions);
@@ -922,7 +922,7 @@ impl Engine {
         };
         self.set_state(id, state, now, step, detail, actions);
         let event = if state == State::Bound { "bound" } else { step };
-        actions.push(Action::Notify { tenant, account, event: event.into(), association: id.to_owned() });
+        actions.push(Action::Notify { tenant, account, event: event.into(), association: id.into() });
     }
 
     fn set_state(&mut self, id: &str, state: State, now: Millis, step: &str, detail: &str, actions: &mut Vec<Action>) {

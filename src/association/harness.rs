@@ -7,17 +7,17 @@ use super::*;
 /// Any engine input.
 #[derive(Debug, Clone)]
 pub enum Input {
-    Create { principal: Principal, account: String, account_name: Option<String>, pbx: Option<String>, extension: String, id: String, random: String, code: String, now: Millis },
-    Complete { principal: Principal, id: String, random: String, now: Millis },
-    Cancel { principal: Principal, id: String, now: Millis },
+    Create { principal: Principal, account: AccountId, account_name: Option<String>, pbx: Option<PbxId>, extension: Extension, id: AssociationId, random: String, code: String, now: Millis },
+    Complete { principal: Principal, id: AssociationId, random: String, now: Millis },
+    Cancel { principal: Principal, id: AssociationId, now: Millis },
     CstaDone { id: RequestId, outcome: Result<CstaResultInfo, CstaFailure>, now: Millis },
-    CstaEvent { pbx: String, extension: String, event: CallEvent, now: Millis },
-    LinkDown { pbx: String, now: Millis },
+    CstaEvent { pbx: PbxId, extension: Extension, event: CallEvent, now: Millis },
+    LinkDown { pbx: PbxId, now: Millis },
     Ivr { call: String, from: String, to: String, digits: Option<String>, now: Millis },
     IvrHangup { call: String, now: Millis },
     /// [`Engine::handle_timeout`] at `now`.
     Timeout { now: Millis },
-    Unbind { principal: Principal, account: Option<String>, pbx: String, extension: String, now: Millis },
+    Unbind { principal: Principal, account: Option<AccountId>, pbx: PbxId, extension: Extension, now: Millis },
     ResetCounters { scope: AdminScope, now: Millis },
     LiftBlocks { scope: AdminScope, now: Millis },
 }

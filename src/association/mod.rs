@@ -38,6 +38,7 @@ mod ivr;
 pub use engine::{Engine, Sizes, Snapshot};
 pub use ivr::CONFIRM_KEY;
 pub use crate::csta::{CallEvent, CallId};
+pub use crate::ids::{AccountId, AssociationId, Extension, PbxId, TenantId};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -190,7 +191,7 @@ impl Policy {
 /// Who is asking: a tenant's service acting for one of its accounts, or the admin.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Principal {
-    Tenant(String),
+    Tenant(TenantId),
     Admin,
 }
 
@@ -205,11 +206,11 @@ pub struct Step {
 /// What the API shows of an association. Never the code after creation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AssociationView {
-    pub id: String,
-    pub tenant: String,
-    pub account: String,
-    pub pbx: String,
-    pub extension: String,
+    pub id: AssociationId,
+    pub tenant: TenantId,
+    pub account: AccountId,
+    pub pbx: PbxId,
+    pub extension: Extension,
     pub state: State,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
@@ -225,10 +226,10 @@ pub struct AssociationView {
 /// An extension bound to an account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Binding {
-    pub tenant: String,
-    pub account: String,
-    pub pbx: String,
-    pub extension: String,
+    pub tenant: TenantId,
+    pub account: AccountId,
+    pub pbx: PbxId,
+    pub extension: Extension,
     /// The calling number the IVR saw: a hint, not verified identity.
     pub did: Option<String>,
     pub did_verified: bool,
@@ -239,11 +240,11 @@ pub struct Binding {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AuditRecord {
     pub at: Millis,
-    pub tenant: String,
-    pub account: String,
-    pub pbx: String,
-    pub extension: String,
-    pub association: String,
+    pub tenant: TenantId,
+    pub account: AccountId,
+    pub pbx: PbxId,
+    pub extension: Extension,
+    pub association: AssociationId,
     pub step: String,
     pub result: String,
 }
@@ -253,9 +254,9 @@ pub struct AuditRecord {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CounterKey {
     /// All wrong entries of an account's associations.
-    Account { tenant: String, account: String },
+    Account { tenant: TenantId, account: AccountId },
     /// Wrong entries of an account's associations on one extension.
-    AccountExtension { tenant: String, account: String, pbx: String, extension: String },
+    AccountExtension { tenant: TenantId, account: AccountId, pbx: PbxId, extension: Extension },
 }
 
 impl CounterKey {
@@ -270,13 +271,13 @@ impl CounterKey {
 
     pub fn tenant_account(&self) -> (&str, &str) {
         match self {
-            CounterKey::Account { tenant, account } | CounterKey::AccountExtension { tenant, account, .. } => (tenant, account),
+            CounterKey::Account { tenant, account } | CounterKey::AccountExtension { tenant, account, .. } => (tenant.as_str(), account.as_str()),
         }
     }
     pub fn extension(&self) -> Option<(&str, &str)> {
         match self {
             CounterKey::Account { .. } => None,
-            CounterKey::AccountExtension { pbx, extension, .. } => Some((pbx, extension)),
+            CounterKey::AccountExtension { pbx, extension, .. } => Some((pbx.as_str(), extension.as_str())),
         }
     }
 }
@@ -284,25 +285,25 @@ impl CounterKey {
 /// One proof call placed, charged to the extension and to the account that asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ProofCall {
-    pub pbx: String,
-    pub extension: String,
-    pub tenant: String,
-    pub account: String,
+    pub pbx: PbxId,
+    pub extension: Extension,
+    pub tenant: TenantId,
+    pub account: AccountId,
     pub at: Millis,
 }
 
 /// The phone's owner pressed 9: `account` may not ask for `extension` until `until`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 pub struct OwnerBlock {
-    pub tenant: String,
-    pub account: String,
-    pub pbx: String,
-    pub extension: String,
+    pub tenant: TenantId,
+    pub account: AccountId,
+    pub pbx: PbxId,
+    pub extension: Extension,
     pub until: Millis,
 }
 
 /// Whom a block keeps from what: (tenant, account, pbx, extension).
-pub(crate) type BlockKey = (String, String, String, String);
+pub(crate) type BlockKey = (TenantId, AccountId, PbxId, Extension);
 
 impl OwnerBlock {
     pub(crate) fn key(&self) -> BlockKey {
@@ -314,24 +315,24 @@ impl OwnerBlock {
 /// (of one tenant, or of every tenant).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminScope {
-    Extension { pbx: String, extension: String },
-    Account { tenant: Option<String>, account: String },
+    Extension { pbx: PbxId, extension: Extension },
+    Account { tenant: Option<TenantId>, account: AccountId },
 }
 
 impl AdminScope {
     pub fn counter(&self, k: &CounterKey) -> bool {
         match self {
-            AdminScope::Extension { pbx, extension } => k.extension() == Some((pbx, extension)),
+            AdminScope::Extension { pbx, extension } => k.extension() == Some((pbx.as_str(), extension.as_str())),
             AdminScope::Account { tenant, account } => {
                 let (t, a) = k.tenant_account();
-                a == account && tenant.as_deref().is_none_or(|x| x == t)
+                *account == a && tenant.as_ref().is_none_or(|x| *x == t)
             }
         }
     }
     pub fn block(&self, b: &OwnerBlock) -> bool {
         match self {
             AdminScope::Extension { pbx, extension } => b.pbx == *pbx && b.extension == *extension,
-            AdminScope::Account { tenant, account } => b.account == *account && tenant.as_deref().is_none_or(|x| x == b.tenant),
+            AdminScope::Account { tenant, account } => b.account == *account && tenant.as_ref().is_none_or(|x| *x == b.tenant),
         }
     }
 }
@@ -340,12 +341,13 @@ impl AdminScope {
 /// [`crate::csta`] builders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CstaRequest {
-    MonitorStart { extension: String },
-    MonitorStop { extension: String },
-    MakeCall { from: String, to: String },
+    MonitorStart { extension: Extension },
+    MonitorStop { extension: Extension },
+    /// `to` is a dial string (the IVR number, the lock prefix), not an extension.
+    MakeCall { from: Extension, to: String },
     /// DTMF on the extension's connection of the call (GenerateDigits / SendDTMFTones).
-    SendDigits { call: CallId, extension: String, digits: String },
-    ClearConnection { call: CallId, extension: String },
+    SendDigits { call: CallId, extension: Extension, digits: String },
+    ClearConnection { call: CallId, extension: Extension },
 }
 
 /// The engine's name for one CSTA request it asked for: its answer comes back as
@@ -366,12 +368,12 @@ impl std::fmt::Display for RequestId {
 pub enum StoreWrite {
     Association(AssociationView),
     Bind(Binding),
-    Unbind { pbx: String, extension: String },
+    Unbind { pbx: PbxId, extension: Extension },
     Counter { key: CounterKey, value: u32 },
     ProofCall(ProofCall),
     Block(OwnerBlock),
     /// Lift the owner block of `account` on `extension`.
-    Unblock { tenant: String, account: String, pbx: String, extension: String },
+    Unblock { tenant: TenantId, account: AccountId, pbx: PbxId, extension: Extension },
     Audit(AuditRecord),
 }
 
@@ -401,11 +403,11 @@ pub struct Gather {
 pub enum Action {
     /// Send `request` on `pbx`'s link and answer with [`CstaInput::Done`] `{ id, .. }`.
     /// `association` names whom it serves, for the logs.
-    Csta { id: RequestId, association: String, pbx: String, request: CstaRequest },
+    Csta { id: RequestId, association: AssociationId, pbx: PbxId, request: CstaRequest },
     Store(StoreWrite),
     /// Tell the account (webhook) what happened: `bound`, `attempt_failed`, `failed`,
     /// `suspected_attack`, `refused_by_phone_owner`, ...
-    Notify { tenant: String, account: String, event: String, association: String },
+    Notify { tenant: TenantId, account: AccountId, event: String, association: AssociationId },
     /// The answer to an IVR request that waited ([`IvrAnswer::Wait`]): send it now.
     IvrReply { call: String, reply: IvrReply },
 }
@@ -444,13 +446,13 @@ pub enum Refusal {
 pub enum ApiInput {
     /// POST /v1/associations. `id`, `code` and `random` (digits for the first proof call's
     /// context id) are drawn by the shell (CSPRNG).
-    Create { principal: Principal, account: String, account_name: Option<String>, pbx: Option<String>, extension: String, id: String, random: String, code: String, now: Millis },
+    Create { principal: Principal, account: AccountId, account_name: Option<String>, pbx: Option<PbxId>, extension: Extension, id: AssociationId, random: String, code: String, now: Millis },
     /// POST /v1/associations/{id}/complete: "I'm at my phone" (or retry); `random` as in Create.
-    Complete { principal: Principal, id: String, random: String, now: Millis },
+    Complete { principal: Principal, id: AssociationId, random: String, now: Millis },
     /// DELETE /v1/associations/{id}.
-    Cancel { principal: Principal, id: String, now: Millis },
+    Cancel { principal: Principal, id: AssociationId, now: Millis },
     /// DELETE /v1/bindings/{pbx}/{ext} by the admin or the bound account.
-    Unbind { principal: Principal, account: Option<String>, pbx: String, extension: String, now: Millis },
+    Unbind { principal: Principal, account: Option<AccountId>, pbx: PbxId, extension: Extension, now: Millis },
     /// Admin: reset the failure counters in scope.
     ResetCounters { scope: AdminScope, now: Millis },
     /// Admin: lift the owner blocks in scope.
@@ -495,9 +497,9 @@ pub enum CstaInput {
     /// not know (never issued, or of an association it forgot) are ignored.
     Done { id: RequestId, outcome: Result<CstaResultInfo, CstaFailure>, now: Millis },
     /// A call event on a monitored extension.
-    Event { pbx: String, extension: String, event: CallEvent, now: Millis },
+    Event { pbx: PbxId, extension: Extension, event: CallEvent, now: Millis },
     /// The PBX link dropped: every attempt in flight on it fails.
-    LinkDown { pbx: String, now: Millis },
+    LinkDown { pbx: PbxId, now: Millis },
 }
 
 /// An input's answer to its caller with the actions the shell must carry out.
