@@ -1,10 +1,12 @@
 //! The gateway runtime: the thin tokio shell around the association engine.
 //!
 //! One actor task owns the [`Engine`] and the [`Store`]. Commands (API requests, IVR requests,
-//! CSTA results and events, link losses, ticks) queue to it; it feeds a batch of them to the
-//! engine, commits all their store writes in **one** transaction (group commit: durable, and
-//! cheap under load), and only then answers the callers and starts the CSTA work the engine
-//! asked for on the PBX links. CSTA results and events come back as new commands.
+//! what the PBX links report) queue to it, and it sleeps until the engine's next deadline
+//! ([`Engine::poll_timeout`]) when none come; it feeds a batch of them to the engine, commits all
+//! their store writes in **one** transaction (group commit: durable, and cheap under load), and
+//! only then answers the callers and starts the CSTA work the engine asked for on the PBX links
+//! ([`submit`]: the one place that turns an engine request into link work). Results and events
+//! come back as commands by one path ([`Gateway::report`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -18,7 +18,8 @@
 //!   9 minutes of silence, or at random), from the right DID, a wrong one, an empty or anonymous
 //!   number; their digits are a context the oracle saw leave the gateway (in a `MakeCall` dial
 //!   suffix or a `SendDigits`), a made-up one, an issued code, a wrong code, keys 1, 9 and others;
-//! - `Tick`s at arbitrary times, and right at the deadline of a waiting IVR request;
+//! - timeouts (`Engine::handle_timeout`, traced as `Timeout`) at arbitrary times, and right at
+//!   the deadline of a waiting IVR request;
 //! - the admin's `ResetCounters` and `LiftBlocks`, in extension and account scopes.
 //!
 //! The model:
@@ -57,7 +58,7 @@
 //!    `ivr_call_mismatch` with a `suspected_attack` audit record and notification); the engine
 //!    never names the account (`confirm_account`) to a call the model does not see claim;
 //! 4. waiting requests: no `Action::IvrReply` for a call that is not waiting; a waiting call's
-//!    attempt is still ringing (it was answered when the attempt moved on), and a `Tick` at or
+//!    attempt is still ringing (it was answered when the attempt moved on), and a `Timeout` at or
 //!    after its deadline (`CLAIM_WAIT` after its request) answers it;
 //! 5. contexts: each attempt's context id is the first free chunk of its own randomness, of the
 //!    policy's length, and is never in an `AssociationView`, an audit record, a notification or
@@ -1383,7 +1384,7 @@ impl Fz {
                 }
             }
         }
-        // A waiting request's attempt still rings; a Tick past its deadline answered it.
+        // A waiting request's attempt still rings; a timeout past its deadline answered it.
         for (call, (id, until)) in &self.waits {
             let state = self.store.assocs.get(id).map(|v| v.state);
             if !matches!(state, Some(State::Calling | State::Ringing)) {

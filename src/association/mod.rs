@@ -2,8 +2,11 @@
 //!
 //! An end user binds their own desk-phone extension to their cloud account by answering a call
 //! on that very phone and keying a one-time code into the IVR (patent description S1–S36; issue
-//! "association flow"). The engine is driven by [`Input`]s — API requests, CSTA results and
-//! events, IVR requests, timer ticks — each with an explicit `now`, and answers with
+//! "association flow"). The engine is driven through one typed entry point per caller, each
+//! input with an explicit `now`: [`Engine::api`] (API requests: `Result<ApiReply, Refusal>`),
+//! [`Engine::ivr`] (IVR requests: an [`IvrAnswer`]), [`Engine::csta`] (CSTA results by
+//! [`RequestId`], events, link losses) and the timer interface — [`Engine::poll_timeout`] names
+//! the earliest deadline, [`Engine::handle_timeout`] does what is due. Each answers with
 //! [`Action`]s — CSTA requests to send, store writes, IVR prompts, notifications. It does no I/O,
 //! reads no clock and draws no random numbers (codes and ids come in with the request), so tests
 //! and fuzzers drive it directly.
