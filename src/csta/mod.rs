@@ -134,6 +134,27 @@ pub fn made_call(result: &Body) -> Option<CallId> {
     result.connection(F::CallingDevice).and_then(|c| c.call.clone()).map(CallId)
 }
 
+/// The PBX's side (the simulator): what a MakeCall argument asks, `(from, to)` as digits.
+pub fn make_call_args(arg: &Body) -> Option<(String, String)> {
+    Some((arg.digits(F::CallingDevice)?, arg.digits(F::CalledDirectoryNumber)?))
+}
+
+/// The PBX's side: the MakeCall result naming `call` as `from`'s connection (what
+/// [`made_call`] reads).
+pub fn make_call_result(call: &CallId, from: &str) -> Body {
+    Body::new().with(F::CallingDevice, connection(call, from))
+}
+
+/// The PBX's side: the call a ClearConnection argument names.
+pub fn cleared_call(arg: &Body) -> Option<CallId> {
+    arg.connection(F::ConnectionToBeCleared).and_then(|c| c.call.clone()).map(CallId)
+}
+
+/// The PBX's side: the call a GenerateDigits argument names.
+pub fn digits_call(arg: &Body) -> Option<CallId> {
+    arg.connection(F::ConnectionToSendDigits).and_then(|c| c.call.clone()).map(CallId)
+}
+
 /// The call events the engine follows, reduced from CSTA events by [`call_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallEvent {
@@ -199,5 +220,10 @@ mod tests {
         assert_eq!(made_call(&Body::new()), None);
         assert_eq!(make_call("2005", "0800").map(|b| b.digits(F::CalledDirectoryNumber)), Ok(Some("0800".into())));
         assert_eq!(make_call("2005", "08é").err(), Some(BuildError::BadNumber));
+        let call = CallId::from(vec![1, 2]);
+        assert_eq!(made_call(&make_call_result(&call, "2005")), Some(call.clone()));
+        assert_eq!(cleared_call(&clear_connection(&call, "2005")), Some(call.clone()));
+        assert_eq!(generate_digits(&call, "2005", "*12#").ok().and_then(|b| digits_call(&b)), Some(call));
+        assert_eq!(make_call("2005", "0800").ok().and_then(|b| make_call_args(&b)), Some(("2005".into(), "0800".into())));
     }
 }
