@@ -1,10 +1,12 @@
 //! The gateway runtime: the thin tokio shell around the association engine.
 //!
 //! One actor task owns the [`Engine`] and the [`Store`]. Commands (API requests, IVR requests,
-//! CSTA results and events, link losses, ticks) queue to it; it feeds a batch of them to the
-//! engine, commits all their store writes in **one** transaction (group commit: durable, and
-//! cheap under load), and only then answers the callers and starts the CSTA work the engine
-//! asked for on the PBX links. CSTA results and events come back as new commands.
+//! what the PBX links report) queue to it, and it sleeps until the engine's next deadline
+//! ([`Engine::poll_timeout`]) when none come; it feeds a batch of them to the engine, commits all
+//! their store writes in **one** transaction (group commit: durable, and cheap under load), and
+//! only then answers the callers and starts the CSTA work the engine asked for on the PBX links
+//! ([`submit`]: the one place that turns an engine request into link work). Results and events
+//! come back as commands by one path ([`Gateway::report`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,19 +15,20 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::association::{Action, AdminScope, AssociationView, AuditRecord, Binding, CallEvent, CounterKey, CstaFailure, CstaRequest, CstaResultInfo, Engine, Input, Output, OwnerBlock, Principal, StoreWrite, CLAIM_WAIT};
+use crate::association::{AccountId, AssociationId, Extension, PbxId, TenantId, Action, AdminScope, ApiInput, ApiReply, AssociationView, AuditRecord, Binding, CallId, CounterKey, CstaFailure, CstaInput, CstaRequest, CstaResultInfo, Engine, IvrAnswer, IvrInput, IvrReply, OwnerBlock, Principal, Refusal, RequestId, StoreWrite};
 use crate::codec::apdu::ErrorCategory;
-use crate::codec::body::{FieldName as F, Value};
-use crate::codec::{Body, ConnectionId, DeviceId, EventKind, LocalDevice, Operation};
+use crate::codec::Operation;
 use crate::clock::now_ms;
 use crate::link::{Link, LinkState, MonitorEvent, RequestError};
 use crate::store::{AuditFilter, Store};
 
+pub use crate::csta::call_event;
+
 /// Reads the API needs, answered by the actor.
 pub enum Query {
-    Association { principal: Principal, id: String },
-    Binding { pbx: String, extension: String },
-    BindingsOf { tenant: String, account: String },
+    Association { principal: Principal, id: AssociationId },
+    Binding { pbx: PbxId, extension: Extension },
+    BindingsOf { tenant: TenantId, account: AccountId },
     Audit(AuditFilter),
     /// What the engine holds in memory.
     Sizes,
@@ -39,14 +42,47 @@ pub enum QueryResult {
     Bindings(Vec<Binding>),
     Audit(Vec<AuditRecord>),
     Limits { counters: Vec<(CounterKey, u32)>, blocks: Vec<OwnerBlock> },
-    Failed(String),
 }
 
+/// Why the gateway did not carry out a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The engine refused it (the API maps each refusal to its status).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// What the request decided could not be committed, or the store could not be read: 503,
+    /// try again.
+    #[error("storage unavailable: try again later")]
+    Unavailable,
+    /// The gateway is stopping or stopped.
+    #[error("the gateway stopped")]
+    Stopped,
+}
+
+type ApiTx = oneshot::Sender<Result<ApiReply, GatewayError>>;
+type IvrTx = oneshot::Sender<Result<IvrReply, GatewayError>>;
+
 enum Cmd {
-    Engine { input: Input, reply: Option<oneshot::Sender<Output>> },
-    Query { query: Query, reply: oneshot::Sender<QueryResult> },
+    Api { input: ApiInput, reply: ApiTx },
+    Ivr { input: IvrInput, reply: IvrTx },
+    IvrHangup { call: String, now: Millis },
+    /// What a PBX link reported. `epoch` is the engine's (see [`Submitted`]).
+    Csta { epoch: u64, input: CstaInput, made: Option<Submitted> },
+    Query { query: Query, reply: oneshot::Sender<Result<QueryResult, GatewayError>> },
     /// Stop after the batch in hand: nothing is written afterwards.
     Stop,
+}
+
+use crate::association::Millis;
+
+/// A request of the engine as the gateway submitted it: to clear a call that a MakeCall placed
+/// after the engine stopped awaiting it (its association forgotten, or the engine rebuilt since:
+/// `epoch` counts rebuilds, since a rebuilt engine issues request ids anew).
+#[derive(Debug, Clone)]
+struct Submitted {
+    pbx: PbxId,
+    association: AssociationId,
+    extension: Extension,
 }
 
 /// Handle to the running gateway. Cheap to clone.
@@ -70,6 +106,8 @@ const BATCH: usize = 256;
 const CLEAR_RETRY_WINDOW: Duration = Duration::from_secs(600);
 /// ClearConnection attempts at most (each after the link is up again).
 const CLEAR_ATTEMPTS: usize = 5;
+/// How long a stopping gateway waits for the ClearConnections of the proof calls still up.
+const STOP_CLEAR_WAIT: Duration = Duration::from_secs(3);
 
 impl Gateway {
     /// Start the actor. `links` are the PBX links by PBX id; `store` is already opened and the
@@ -88,16 +126,6 @@ impl Gateway {
         for (pbx, link) in links.iter() {
             tokio::spawn(watch_link(pbx.clone(), link.clone(), tx.clone()));
         }
-        let ticker = tx.clone();
-        tokio::spawn(async move {
-            let mut iv = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                iv.tick().await;
-                if ticker.send(Cmd::Engine { input: Input::Tick { now: now_ms() }, reply: None }).await.is_err() {
-                    return;
-                }
-            }
-        });
         gw
     }
 
@@ -120,33 +148,47 @@ impl Gateway {
         self.notifier.as_ref()
     }
 
-    /// Stop the actor and wait until it has committed its last batch and closed the store.
+    /// Stop the actor: it takes no more inputs, clears the proof calls of the associations in
+    /// flight on their PBXs (waiting [`STOP_CLEAR_WAIT`] at most), ends those associations as a
+    /// restart would (`gateway_restarted`, audited, committed; one whose call could not be cleared
+    /// is left to the next start, which clears it), and closes the store. Returns once done.
     pub async fn stop(&self) {
         if self.tx.send(Cmd::Stop).await.is_ok() {
             self.stopped.notified().await;
         }
     }
 
-    /// Feed one engine input and wait for its output (after its writes are committed).
-    pub async fn call(&self, input: Input) -> Option<Output> {
+    /// An API request, answered once what it decided is committed.
+    pub async fn api(&self, input: ApiInput) -> Result<ApiReply, GatewayError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Cmd::Engine { input, reply: Some(reply) }).await.ok()?;
-        rx.await.ok()
+        self.tx.send(Cmd::Api { input, reply }).await.map_err(|_| GatewayError::Stopped)?;
+        rx.await.map_err(|_| GatewayError::Stopped)?
     }
 
-    pub async fn query(&self, query: Query) -> QueryResult {
+    /// An IVR request, answered once what it decided is committed (an answer that waits for the
+    /// PBX's report of the proof call's answer comes when the engine decides it).
+    pub async fn ivr(&self, input: IvrInput) -> Result<IvrReply, GatewayError> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Cmd::Query { query, reply }).await.is_err() {
-            return QueryResult::Failed("gateway stopped".into());
-        }
-        rx.await.unwrap_or(QueryResult::Failed("gateway stopped".into()))
+        self.tx.send(Cmd::Ivr { input, reply }).await.map_err(|_| GatewayError::Stopped)?;
+        rx.await.map_err(|_| GatewayError::Stopped)?
     }
 
-    fn feed(&self, input: Input) {
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let _ = tx.send(Cmd::Engine { input, reply: None }).await;
-        });
+    /// The IVR call ended (hang-up).
+    pub async fn ivr_hangup(&self, call: String, now: Millis) {
+        let _ = self.tx.send(Cmd::IvrHangup { call, now }).await;
+    }
+
+    /// A read: from the engine's memory, or the store (`Unavailable` when it cannot be read).
+    pub async fn query(&self, query: Query) -> Result<QueryResult, GatewayError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Query { query, reply }).await.map_err(|_| GatewayError::Stopped)?;
+        rx.await.map_err(|_| GatewayError::Stopped)?
+    }
+
+    /// The one path by which what a link reports comes back to the actor, in the order it is
+    /// reported here.
+    async fn report(&self, epoch: u64, input: CstaInput, made: Option<Submitted>) -> bool {
+        self.tx.send(Cmd::Csta { epoch, input, made }).await.is_ok()
     }
 }
 
@@ -160,7 +202,7 @@ async fn watch_link(pbx: String, link: Link, tx: mpsc::Sender<Cmd>) {
             LinkState::Up => was_up = true,
             LinkState::Down { .. } | LinkState::Closed if was_up => {
                 was_up = false;
-                if tx.send(Cmd::Engine { input: Input::LinkDown { pbx: pbx.clone(), now: now_ms() }, reply: None }).await.is_err() {
+                if tx.send(Cmd::Csta { epoch: u64::MAX, input: CstaInput::LinkDown { pbx: pbx.as_str().into(), now: now_ms() }, made: None }).await.is_err() {
                     return;
                 }
             }
@@ -172,117 +214,218 @@ async fn watch_link(pbx: String, link: Link, tx: mpsc::Sender<Cmd>) {
     }
 }
 
+/// The actor's state besides the engine and the store.
+struct Shell {
+    gw: Gateway,
+    /// Running monitor subscriptions of the engine: dropping the sender stops the task, and the
+    /// subscription with it.
+    monitors: HashMap<(PbxId, Extension), oneshot::Sender<()>>,
+    /// IVR requests whose answer waits for the PBX's report of the proof call's answer, by IVR
+    /// call (at most one per call: a newer request of the platform replaces the older).
+    waiting: HashMap<String, IvrTx>,
+    /// Engine rebuilds so far: answers to requests of an earlier engine are not its own.
+    epoch: u64,
+}
+
+/// What a command's caller hears once the batch is committed.
+enum Answer {
+    Api(ApiTx, Result<ApiReply, Refusal>),
+    Ivr(IvrTx, String, IvrAnswer),
+    None,
+}
+
 async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Cmd>, gw: Gateway, restored: Vec<Action>) {
-    // Running monitor subscriptions of the engine: dropping the sender stops the task, and the
-    // subscription with it.
-    let mut monitors: HashMap<(String, String), oneshot::Sender<()>> = HashMap::new();
-    // IVR requests whose answer waits for the PBX's report of the proof call's answer, by IVR
-    // call (at most one per call: a newer request of the platform replaces the older).
-    let mut waiting: HashMap<String, oneshot::Sender<Output>> = HashMap::new();
-    commit_restored(store.as_mut(), &gw, &mut monitors, &mut waiting, &restored);
+    let mut sh = Shell { gw, monitors: HashMap::new(), waiting: HashMap::new(), epoch: 0 };
+    commit_restored(store.as_mut(), &mut sh, &restored);
     let mut batch = Vec::with_capacity(BATCH);
     // The engine's memory is ahead of the store (a commit failed) until it is rebuilt from it.
     let mut stale = false;
     loop {
         batch.clear();
-        if rx.recv_many(&mut batch, BATCH).await == 0 {
-            return;
-        }
-        if stale {
-            stale = !reload(&mut engine, store.as_mut(), &gw, &mut monitors, &mut waiting);
-        }
-        let mut writes = Vec::new();
-        let mut stop = false;
-        let mut after: Vec<(Option<oneshot::Sender<Output>>, Option<String>, Output)> = Vec::new();
-        for cmd in batch.drain(..) {
-            match cmd {
-                Cmd::Engine { input, reply } => {
-                    let ivr_call = match &input {
-                        Input::Ivr { call, .. } => Some(call.clone()),
-                        _ => None,
-                    };
-                    let out = engine.handle(input);
-                    writes.extend(store_writes(&out.actions));
-                    if out.actions.iter().any(|a| matches!(a, Action::Store(StoreWrite::Unbind { .. }))) {
-                        gw.unbinds.send_modify(|n| *n += 1);
-                    }
-                    after.push((reply, ivr_call, out));
-                }
-                Cmd::Stop => stop = true,
-                Cmd::Query { query, reply } => {
-                    let r = match query {
-                        Query::Association { principal, id } => match engine.view(&principal, &id) {
-                            Some(v) => QueryResult::Association(Some(v.clone())),
-                            None => match store.association(&id) {
-                                Ok(Some(v)) if principal == Principal::Admin || principal == Principal::Tenant(v.tenant.clone()) => QueryResult::Association(Some(v)),
-                                Ok(_) => QueryResult::Association(None),
-                                Err(e) => QueryResult::Failed(e.to_string()),
-                            },
-                        },
-                        Query::Binding { pbx, extension } => QueryResult::Bindings(engine.binding(&pbx, &extension).cloned().into_iter().collect()),
-                        Query::BindingsOf { tenant, account } => QueryResult::Bindings(engine.bindings_of(&tenant, &account).into_iter().cloned().collect()),
-                        Query::Audit(f) => match store.audit(&f) {
-                            Ok(v) => QueryResult::Audit(v),
-                            Err(e) => QueryResult::Failed(e.to_string()),
-                        },
-                        Query::Sizes => QueryResult::Sizes(engine.sizes()),
-                        Query::Limits(scope) => QueryResult::Limits { counters: engine.counters(&scope), blocks: engine.blocks(&scope, now_ms()) },
-                    };
-                    let _ = reply.send(r);
-                }
+        // Sleep until the engine's next deadline, or until commands come.
+        let deadline = engine.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+                None => std::future::pending().await,
             }
+        };
+        let timed_out = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                false
+            }
+            _ = sleep => true,
+        };
+        if stale {
+            stale = !reload(&mut engine, store.as_mut(), &mut sh);
+        }
+        let mut actions: Vec<Action> = Vec::new();
+        let mut stop = false;
+        let mut after: Vec<(Answer, std::ops::Range<usize>)> = Vec::new();
+        if timed_out {
+            actions.extend(engine.handle_timeout(now_ms()));
+        }
+        for cmd in batch.drain(..) {
+            let start = actions.len();
+            let answer = match cmd {
+                Cmd::Api { input, reply } => {
+                    let h = engine.api(input);
+                    actions.extend(h.actions);
+                    Answer::Api(reply, h.reply)
+                }
+                Cmd::Ivr { input, reply } => {
+                    let call = input.call.clone();
+                    let h = engine.ivr(input);
+                    actions.extend(h.actions);
+                    Answer::Ivr(reply, call, h.reply)
+                }
+                Cmd::IvrHangup { call, now } => {
+                    actions.extend(engine.ivr_hangup(&call, now));
+                    Answer::None
+                }
+                Cmd::Csta { epoch, input, made } => {
+                    let mine = match &input {
+                        CstaInput::Done { id, .. } => epoch == sh.epoch && engine.awaits(*id),
+                        _ => true,
+                    };
+                    if mine {
+                        actions.extend(engine.csta(input));
+                    } else if let (CstaInput::Done { outcome: Ok(CstaResultInfo { call: Some(call) }), .. }, Some(m)) = (&input, made) {
+                        // A proof call placed for an attempt the engine no longer follows:
+                        // nothing else would ever clear it.
+                        clear(&sh.gw, None, m.association, m.pbx, call.clone(), m.extension);
+                    }
+                    Answer::None
+                }
+                Cmd::Stop => {
+                    stop = true;
+                    Answer::None
+                }
+                Cmd::Query { query, reply } => {
+                    let _ = reply.send(answer_query(&engine, store.as_mut(), query));
+                    Answer::None
+                }
+            };
+            after.push((answer, start..actions.len()));
+        }
+        let writes = store_writes(&actions);
+        if actions.iter().any(|a| matches!(a, Action::Store(StoreWrite::Unbind { .. }))) {
+            sh.gw.unbinds.send_modify(|n| *n += 1);
         }
         // Group commit: everything this batch decided is durable before anyone hears of it.
+        let mut writes = writes;
         coalesce(&mut writes);
         if let Err(e) = store.apply(&writes) {
             warn!(error = %e, "store commit failed: answering with an error, carrying out nothing");
-            for (reply, _, _) in after {
-                if let Some(r) = reply {
-                    let _ = r.send(Output { error: Some(crate::association::ApiError::Unavailable), ..Output::default() });
+            for (answer, _) in after {
+                match answer {
+                    Answer::Api(r, _) => drop(r.send(Err(GatewayError::Unavailable))),
+                    Answer::Ivr(r, _, _) => drop(r.send(Err(GatewayError::Unavailable))),
+                    Answer::None => {}
                 }
             }
             // The engine decided what the store does not hold (an association, a binding): go
             // back to what the store holds, as a restart would, so that nothing lives in memory
             // only — a binding nobody can read back after a restart must not drive a phone now.
-            stale = !reload(&mut engine, store.as_mut(), &gw, &mut monitors, &mut waiting);
+            stale = !reload(&mut engine, store.as_mut(), &mut sh);
             continue;
         }
-        gw.ended.count(&writes);
-        for (reply, ivr_call, out) in after {
-            carry_out(&gw, &mut monitors, &mut waiting, &out.actions);
-            match (reply, ivr_call) {
-                (Some(r), Some(call)) if out.ivr_wait => {
-                    waiting.insert(call, r);
-                    // The engine decides at the latest when the wait is over.
-                    let tx = gw.tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(CLAIM_WAIT + Duration::from_millis(10)).await;
-                        let _ = tx.send(Cmd::Engine { input: Input::Tick { now: now_ms() }, reply: None }).await;
-                    });
+        sh.gw.ended.count(&writes);
+        // The timeout's actions come first, then each command's, in order.
+        let first = after.first().map_or(actions.len(), |(_, r)| r.start);
+        carry_out(&mut sh, &actions[..first]);
+        for (answer, range) in after {
+            carry_out(&mut sh, &actions[range]);
+            match answer {
+                Answer::Api(r, reply) => drop(r.send(reply.map_err(GatewayError::Refused))),
+                Answer::Ivr(r, _, IvrAnswer::Reply(reply)) => drop(r.send(Ok(reply))),
+                Answer::Ivr(r, call, IvrAnswer::Wait) => {
+                    // Answered by an Action::IvrReply, at the latest at the engine's deadline.
+                    sh.waiting.insert(call, r);
                 }
-                (Some(r), _) => {
-                    let _ = r.send(out);
-                }
-                (None, _) => {}
+                Answer::None => {}
             }
         }
         // Answers nobody waits for any more (the platform gave up on the request).
-        if waiting.len() > 1024 {
-            waiting.retain(|_, r| !r.is_closed());
+        if sh.waiting.len() > 1024 {
+            sh.waiting.retain(|_, r| !r.is_closed());
         }
         if stop {
+            if !stale {
+                stop_gateway(&mut engine, store.as_mut(), &mut sh).await;
+            }
             return;
         }
     }
 }
 
+/// The end of [`Gateway::stop`]: clear the proof calls still up, end their associations, commit.
+async fn stop_gateway(engine: &mut Engine, store: &mut dyn Store, sh: &mut Shell) {
+    let clears = engine.live_calls().into_iter().map(|(association, pbx, extension, call)| {
+        let link = sh.gw.links.get(pbx.as_str()).cloned();
+        async move {
+            let cleared = match link {
+                None => false,
+                Some(link) => match tokio::time::timeout(STOP_CLEAR_WAIT, link.request(Operation::ClearConnection, crate::csta::clear_connection(&call, &extension))).await {
+                    // The PBX answered: cleared, or it no longer knows the call.
+                    Ok(Ok(_) | Err(RequestError::Failure(_))) => true,
+                    Ok(Err(_)) | Err(_) => false,
+                },
+            };
+            if !cleared {
+                info!(%association, %pbx, %extension, "proof call not cleared at stop: the next start clears it");
+            }
+            (association, cleared)
+        }
+    });
+    let left_up: Vec<AssociationId> = futures_util::future::join_all(clears).await.into_iter().filter(|(_, cleared)| !cleared).map(|(a, _)| a).collect();
+    let actions = engine.shutdown(now_ms(), &left_up);
+    let mut writes = store_writes(&actions);
+    coalesce(&mut writes);
+    if let Err(e) = store.apply(&writes) {
+        warn!(error = %e, "store commit at stop failed: the next start ends the associations in flight");
+        return;
+    }
+    carry_out(sh, &actions);
+}
+
+fn answer_query(engine: &Engine, store: &mut dyn Store, query: Query) -> Result<QueryResult, GatewayError> {
+    let unavailable = |e: crate::store::StoreError| {
+        warn!(error = %e, "store read failed");
+        GatewayError::Unavailable
+    };
+    Ok(match query {
+        Query::Association { principal, id } => match engine.view(&principal, &id) {
+            Some(v) => QueryResult::Association(Some(v.clone())),
+            None => match store.association(&id) {
+                Ok(Some(v)) if principal == Principal::Admin || principal == Principal::Tenant(v.tenant.clone()) => QueryResult::Association(Some(v)),
+                Ok(_) => QueryResult::Association(None),
+                Err(e) => return Err(unavailable(e)),
+            },
+        },
+        Query::Binding { pbx, extension } => QueryResult::Bindings(engine.binding(&pbx, &extension).cloned().into_iter().collect()),
+        Query::BindingsOf { tenant, account } => QueryResult::Bindings(engine.bindings_of(&tenant, &account).into_iter().cloned().collect()),
+        Query::Audit(f) => match store.audit(&f) {
+            Ok(v) => QueryResult::Audit(v),
+            Err(e) => return Err(unavailable(e)),
+        },
+        Query::Sizes => QueryResult::Sizes(engine.sizes()),
+        Query::Limits(scope) => QueryResult::Limits { counters: engine.counters(&scope), blocks: engine.blocks(&scope, now_ms()) },
+    })
+}
+
 /// Rebuild the engine from the store (after a failed commit), ending what was in flight as a
 /// restart does and carrying out the ends. Until the store can be read, the engine holds nothing
 /// (fails closed: no binding, no association, every request refused or retried); `false` then.
-fn reload(engine: &mut Engine, store: &mut dyn Store, gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Sender<()>>, waiting: &mut HashMap<String, oneshot::Sender<Output>>) -> bool {
+fn reload(engine: &mut Engine, store: &mut dyn Store, sh: &mut Shell) -> bool {
     // Their associations are gone from memory: stop their monitors, drop their waiting replies.
-    monitors.clear();
-    waiting.clear();
+    sh.monitors.clear();
+    sh.waiting.clear();
+    // Requests in flight belong to the old engine.
+    sh.epoch += 1;
     let now = now_ms();
     let (snap, ok) = match store.snapshot(now) {
         Ok(s) => (s, true),
@@ -293,26 +436,26 @@ fn reload(engine: &mut Engine, store: &mut dyn Store, gw: &Gateway, monitors: &m
     };
     let (fresh, restored) = Engine::restore(engine.policies().clone(), snap, now);
     *engine = fresh;
-    commit_restored(store, gw, monitors, waiting, &restored);
+    commit_restored(store, sh, &restored);
     ok
 }
 
 /// Commit the actions of [`Engine::restore`] (the ends of associations that were in flight) and
 /// then carry them out (clear the calls they left up, tell the accounts); nothing if the commit
 /// fails.
-fn commit_restored(store: &mut dyn Store, gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Sender<()>>, waiting: &mut HashMap<String, oneshot::Sender<Output>>, restored: &[Action]) {
+fn commit_restored(store: &mut dyn Store, sh: &mut Shell, restored: &[Action]) {
     let mut writes = store_writes(restored);
     coalesce(&mut writes);
     match store.apply(&writes) {
         Ok(()) => {
-            gw.ended.count(&writes);
-            carry_out(gw, monitors, waiting, restored);
+            sh.gw.ended.count(&writes);
+            carry_out(sh, restored);
         }
         Err(e) => warn!(error = %e, "store commit of the restored state failed: carrying out nothing"),
     }
 }
 
-fn store_writes(actions: &[Action]) -> Vec<crate::association::StoreWrite> {
+fn store_writes(actions: &[Action]) -> Vec<StoreWrite> {
     actions
         .iter()
         .filter_map(|a| match a {
@@ -323,19 +466,19 @@ fn store_writes(actions: &[Action]) -> Vec<crate::association::StoreWrite> {
 }
 
 /// Carry out the engine's CSTA work and notifications (its store writes are committed already).
-fn carry_out(gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Sender<()>>, waiting: &mut HashMap<String, oneshot::Sender<Output>>, actions: &[Action]) {
+fn carry_out(sh: &mut Shell, actions: &[Action]) {
     for a in actions {
         match a {
             Action::IvrReply { call, reply } => {
-                if let Some(r) = waiting.remove(call) {
-                    let _ = r.send(Output { ivr: Some(reply.clone()), ..Output::default() });
+                if let Some(r) = sh.waiting.remove(call) {
+                    let _ = r.send(Ok(reply.clone()));
                 }
             }
-            Action::Csta { association, pbx, request } => run_csta(gw, monitors, association, pbx, request.clone()),
+            Action::Csta { id, association, pbx, request } => submit(sh, *id, association, pbx, request.clone()),
             Action::Notify { tenant, account, event, association } => {
                 info!(%tenant, %account, %event, %association, "notify account");
-                if let Some(n) = &gw.notifier {
-                    n.send(crate::notify::Notification { tenant: tenant.clone(), account: account.clone(), event: event.clone(), association: association.clone(), at: now_ms() });
+                if let Some(n) = &sh.gw.notifier {
+                    n.send(crate::notify::Notification { tenant: tenant.to_string(), account: account.to_string(), event: event.clone(), association: association.to_string(), at: now_ms() });
                 }
             }
             Action::Store(_) => {}
@@ -345,8 +488,7 @@ fn carry_out(gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Sen
 
 /// An association written several times in one batch needs only its last state written: drop
 /// the earlier upserts (the other writes keep their order).
-fn coalesce(writes: &mut Vec<crate::association::StoreWrite>) {
-    use crate::association::StoreWrite;
+fn coalesce(writes: &mut Vec<StoreWrite>) {
     let mut seen = std::collections::HashSet::new();
     let mut keep = vec![true; writes.len()];
     for (i, w) in writes.iter().enumerate().rev() {
@@ -371,58 +513,47 @@ fn failure(e: &RequestError) -> CstaFailure {
     }
 }
 
-fn connection(call: &[u8], ext: &str) -> Value {
-    Value::Connection(ConnectionId { call: Some(bytes::Bytes::copy_from_slice(call)), device: DeviceId::dialing(ext).ok().map(LocalDevice::Static) })
-}
-
-/// Reduce a CSTA event to what the engine follows.
-pub fn call_event(kind: EventKind, body: &Body) -> Option<CallEvent> {
-    let call = body.first_connection()?.call.as_ref()?.to_vec();
-    Some(match kind {
-        EventKind::ServiceInitiated => CallEvent::Initiated { call },
-        EventKind::Originated => CallEvent::Originated { call },
-        EventKind::Delivered | EventKind::NetworkReached => CallEvent::Delivered { call },
-        EventKind::Established => CallEvent::Established { call },
-        EventKind::Failed => CallEvent::Failed { call, cause: body.int(F::Cause) },
-        EventKind::ConnectionCleared | EventKind::CallCleared => CallEvent::Cleared { call },
-        EventKind::Diverted | EventKind::Transferred | EventKind::Conferenced => CallEvent::Diverted { call },
-        _ => return None,
-    })
-}
-
-fn run_csta(gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Sender<()>>, association: &str, pbx: &str, request: CstaRequest) {
-    let Some(link) = gw.links.get(pbx).cloned() else {
-        gw.feed(Input::CstaDone { association: association.to_owned(), request, outcome: Err(CstaFailure::LinkDown), now: now_ms() });
+/// The one place that turns the engine's request `id` into link work (with the [`crate::csta`]
+/// builders) and its result back into [`CstaInput::Done`] `{ id, .. }`; a monitor's events come
+/// back by the same path, in order.
+fn submit(sh: &mut Shell, id: RequestId, association: &AssociationId, pbx: &PbxId, request: CstaRequest) {
+    let gw = sh.gw.clone();
+    let epoch = sh.epoch;
+    let Some(link) = gw.links.get(pbx.as_str()).cloned() else {
+        tokio::spawn(async move {
+            gw.report(epoch, CstaInput::Done { id, outcome: Err(CstaFailure::LinkDown), now: now_ms() }, None).await;
+        });
         return;
     };
-    let gw2 = gw.clone();
-    let association = association.to_owned();
-    let pbx = pbx.to_owned();
-    match request.clone() {
+    let association = association.clone();
+    let pbx = pbx.clone();
+    match request {
         CstaRequest::MonitorStop { extension } => {
-            monitors.remove(&(pbx, extension));
+            sh.monitors.remove(&(pbx, extension));
         }
         CstaRequest::MonitorStart { extension } => {
             let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-            monitors.insert((pbx.clone(), extension.clone()), stop_tx);
+            sh.monitors.insert((pbx.clone(), extension.clone()), stop_tx);
             tokio::spawn(async move {
                 let mut m = match link.monitor(&extension).await {
                     Ok(m) => m,
                     Err(e) => {
-                        gw2.feed(Input::CstaDone { association, request, outcome: Err(failure(&e)), now: now_ms() });
+                        gw.report(epoch, CstaInput::Done { id, outcome: Err(failure(&e)), now: now_ms() }, None).await;
                         return;
                     }
                 };
-                gw2.feed(Input::CstaDone { association, request, outcome: Ok(CstaResultInfo::default()), now: now_ms() });
+                if !gw.report(epoch, CstaInput::Done { id, outcome: Ok(CstaResultInfo::default()), now: now_ms() }, None).await {
+                    return;
+                }
                 loop {
                     tokio::select! {
                         _ = &mut stop_rx => return,
                         ev = m.next() => match ev {
                             None => return,
                             Some(MonitorEvent::Event(r)) => {
-                                if let Some(e) = r.event.kind().and_then(|k| r.event.body().and_then(|b| call_event(k, b))) {
+                                if let Some(event) = r.event.kind().and_then(|k| r.event.body().and_then(|b| crate::csta::call_event(k, b))) {
                                     // In order: one sender per subscription, awaited.
-                                    if gw2.tx.send(Cmd::Engine { input: Input::CstaEvent { pbx: pbx.clone(), extension: extension.clone(), event: e, now: now_ms() }, reply: None }).await.is_err() {
+                                    if !gw.report(epoch, CstaInput::Event { pbx: pbx.clone(), extension: extension.clone(), event, now: now_ms() }, None).await {
                                         return;
                                     }
                                 }
@@ -435,47 +566,52 @@ fn run_csta(gw: &Gateway, monitors: &mut HashMap<(String, String), oneshot::Send
         }
         CstaRequest::MakeCall { from, to } => {
             tokio::spawn(async move {
-                let (Ok(a), Ok(b)) = (DeviceId::dialing(&from), DeviceId::dialing(&to)) else {
-                    gw2.feed(Input::CstaDone { association, request, outcome: Err(CstaFailure::Rejected), now: now_ms() });
-                    return;
+                let outcome = match crate::csta::make_call(&from, &to) {
+                    Err(_) => Err(CstaFailure::Rejected),
+                    Ok(body) => match link.request(Operation::MakeCall, body).await {
+                        Ok(r) => Ok(CstaResultInfo { call: crate::csta::made_call(&r) }),
+                        Err(e) => Err(failure(&e)),
+                    },
                 };
-                let body = Body::new().with(F::CallingDevice, Value::DeviceId(a)).with(F::CalledDirectoryNumber, Value::DeviceId(b));
-                let outcome = match link.request(Operation::MakeCall, body).await {
-                    Ok(r) => Ok(CstaResultInfo { call: r.connection(F::CallingDevice).and_then(|c| c.call.as_ref()).map(|c| c.to_vec()) }),
-                    Err(e) => Err(failure(&e)),
-                };
-                gw2.feed(Input::CstaDone { association, request, outcome, now: now_ms() });
+                let made = Submitted { pbx, association, extension: from };
+                gw.report(epoch, CstaInput::Done { id, outcome, now: now_ms() }, Some(made)).await;
             });
         }
         CstaRequest::SendDigits { call, extension, digits } => {
             tokio::spawn(async move {
-                let Ok(chars) = crate::codec::ber::Ia5::try_from(digits.as_str()) else { return };
-                let body = Body::new().with(F::ConnectionToSendDigits, connection(&call, &extension)).with(F::CharactersToSend, Value::Text(chars));
+                let Ok(body) = crate::csta::generate_digits(&call, &extension, &digits) else { return };
                 let outcome = link.request(Operation::GenerateDigits, body).await.map(|_| CstaResultInfo::default()).map_err(|e| failure(&e));
-                gw2.feed(Input::CstaDone { association, request, outcome, now: now_ms() });
+                gw.report(epoch, CstaInput::Done { id, outcome, now: now_ms() }, None).await;
             });
         }
-        CstaRequest::ClearConnection { call, extension } => {
-            tokio::spawn(async move {
-                let body = Body::new().with(F::ConnectionToBeCleared, connection(&call, &extension));
-                let mut outcome = link.request(Operation::ClearConnection, body.clone()).await;
-                // The PBX keeps its calls when only the CTI link is lost (or stalls): clear the
-                // call once the link is up again. After a PBX restart the call is gone and the
-                // PBX says so; that ends it too.
-                for _ in 1..CLEAR_ATTEMPTS {
-                    if !matches!(outcome, Err(RequestError::LinkDown | RequestError::Timeout | RequestError::QueueFull)) {
-                        break;
-                    }
-                    if tokio::time::timeout(CLEAR_RETRY_WINDOW, link.wait_for(|s| *s == LinkState::Up)).await.is_err() {
-                        break;
-                    }
-                    outcome = link.request(Operation::ClearConnection, body.clone()).await;
-                }
-                if let Err(e) = &outcome {
-                    info!(%association, %pbx, %extension, error = %e, "proof call not cleared by the gateway");
-                }
-                gw2.feed(Input::CstaDone { association, request, outcome: outcome.map(|_| CstaResultInfo::default()).map_err(|e| failure(&e)), now: now_ms() });
-            });
-        }
+        CstaRequest::ClearConnection { call, extension } => clear(&gw, Some((epoch, id)), association, pbx, call, extension),
     }
+}
+
+/// ClearConnection of `extension`'s connection in `call`, retried after the link comes back.
+fn clear(gw: &Gateway, id: Option<(u64, RequestId)>, association: AssociationId, pbx: PbxId, call: CallId, extension: Extension) {
+    let Some(link) = gw.links.get(pbx.as_str()).cloned() else { return };
+    let gw = gw.clone();
+    tokio::spawn(async move {
+        let body = crate::csta::clear_connection(&call, &extension);
+        let mut outcome = link.request(Operation::ClearConnection, body.clone()).await;
+        // The PBX keeps its calls when only the CTI link is lost (or stalls): clear the
+        // call once the link is up again. After a PBX restart the call is gone and the
+        // PBX says so; that ends it too.
+        for _ in 1..CLEAR_ATTEMPTS {
+            if !matches!(outcome, Err(RequestError::LinkDown | RequestError::Timeout | RequestError::QueueFull)) {
+                break;
+            }
+            if tokio::time::timeout(CLEAR_RETRY_WINDOW, link.wait_for(|s| *s == LinkState::Up)).await.is_err() {
+                break;
+            }
+            outcome = link.request(Operation::ClearConnection, body.clone()).await;
+        }
+        if let Err(e) = &outcome {
+            info!(%association, %pbx, %extension, error = %e, "proof call not cleared by the gateway");
+        }
+        if let Some((epoch, id)) = id {
+            gw.report(epoch, CstaInput::Done { id, outcome: outcome.map(|_| CstaResultInfo::default()).map_err(|e| failure(&e)), now: now_ms() }, None).await;
+        }
+    });
 }

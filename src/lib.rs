@@ -10,10 +10,13 @@ pub mod association;
 pub mod capture;
 pub mod clock;
 pub mod codec;
-pub mod decode;
+pub mod csta;
+/// The JSON view of APDUs moved to [`csta::view`]; this name stays for `cstagate decode` and the tests.
+pub use csta::view as decode;
 pub mod demo;
 pub mod gateway;
 pub mod http_client;
+pub mod ids;
 pub mod ivr;
 pub mod config;
 pub mod link;

@@ -13,9 +13,9 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::codec::body::{FieldName as F, Value};
 use crate::codec::apdu::ErrorCategory;
-use crate::codec::{Apdu, Body, ConnectionId, DeviceId, Operation};
+use crate::codec::{Apdu, Body, ConnectionId, Operation};
 use crate::config::Config;
-use crate::decode::{describe, to_line};
+use crate::csta::view::{describe, to_line};
 use crate::link::{Link, LinkState, MonitorEvent, RequestError};
 
 pub struct Probe {
@@ -119,8 +119,7 @@ async fn session(p: &Probe, link: &Link, deadline: Instant, dialect: crate::code
     drop(tx);
     let mut placed = None;
     if let Some((from, to)) = &p.make_call {
-        let (Ok(a), Ok(b)) = (DeviceId::dialing(from), DeviceId::dialing(to)) else { return fail(EXIT_CONFIG, "device numbers must be ASCII") };
-        let body = Body::new().with(F::CallingDevice, Value::DeviceId(a)).with(F::CalledDirectoryNumber, Value::DeviceId(b));
+        let Ok(body) = crate::csta::make_call(from, to) else { return fail(EXIT_CONFIG, "device numbers must be ASCII") };
         match link.request(Operation::MakeCall, body).await {
             Ok(result) => {
                 placed = result.connection(F::CallingDevice).cloned();
@@ -170,7 +169,7 @@ async fn print_events(p: &Probe, rx: &mut mpsc::Receiver<(String, MonitorEvent)>
                 o.insert("device".into(), json!(device));
                 match ev {
                     MonitorEvent::Event(report) => {
-                        o.extend(crate::decode::event_json(&report, dialect));
+                        o.extend(crate::csta::view::event_json(&report, dialect));
                         n += 1;
                     }
                     MonitorEvent::LinkLost => { o.insert("link".into(), json!("lost")); }

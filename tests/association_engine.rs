@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use cstagate::association::harness::{handle, Input, Output};
 use cstagate::association::*;
 
 const T0: Millis = 1_000;
@@ -50,7 +51,7 @@ impl T {
         }).expect("a proof call was placed")
     }
     fn run(&mut self, i: Input) -> Output {
-        let out = self.e.handle(i);
+        let out = handle(&mut self.e, i);
         self.all.extend(out.actions.clone());
         out
     }
@@ -63,14 +64,24 @@ impl T {
             account_name: Some(format!("{account} name")),
             pbx: None,
             extension: ext.into(),
-            id,
+            id: id.into(),
             random,
             code: format!("{CODE}000000"),
             now: self.now,
         })
     }
-    fn done(&mut self, id: &str, request: CstaRequest, outcome: Result<CstaResultInfo, CstaFailure>) -> Output {
-        self.run(Input::CstaDone { association: id.into(), request, outcome, now: self.now })
+    /// The id of the latest request like `request` (a MakeCall without `to`: the latest from
+    /// its extension).
+    fn request_id(&self, request: &CstaRequest) -> RequestId {
+        self.all.iter().rev().find_map(|a| match (a, request) {
+            (Action::Csta { id, request: CstaRequest::MakeCall { from, to }, .. }, CstaRequest::MakeCall { from: f, to: t }) if from == f && (t.is_empty() || to == t) => Some(*id),
+            (Action::Csta { id, request: r, .. }, _) if r == request => Some(*id),
+            _ => None,
+        }).expect("the engine asked for this request")
+    }
+    fn done(&mut self, _association: &str, request: CstaRequest, outcome: Result<CstaResultInfo, CstaFailure>) -> Output {
+        let id = self.request_id(&request);
+        self.run(Input::CstaDone { id, outcome, now: self.now })
     }
     fn ev(&mut self, ext: &str, event: CallEvent) -> Output {
         self.run(Input::CstaEvent { pbx: "paris".into(), extension: ext.into(), event, now: self.now })
@@ -88,10 +99,10 @@ impl T {
         let v = out.view.expect("created");
         assert_eq!(out.code.as_deref(), Some(CODE));
         self.through_call(&v.id, ext);
-        (v.id.clone(), self.ctx(ext))
+        (v.id.to_string(), self.ctx(ext))
     }
     fn through_call(&mut self, id: &str, ext: &str) {
-        let call = vec![0x2B, self.now as u8];
+        let call = CallId::from(vec![0x2B, self.now as u8]);
         let out = self.done(id, CstaRequest::MonitorStart { extension: ext.into() }, Ok(CstaResultInfo::default()));
         let to = out.actions.iter().find_map(|a| match a {
             Action::Csta { request: CstaRequest::MakeCall { to, .. }, .. } => Some(to.clone()),
@@ -201,7 +212,7 @@ fn three_entries_per_call_five_per_code() {
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::AttemptsExhausted), false));
     // The right code after that is never accepted: the association is over.
     let again = t.complete(&id);
-    assert_eq!(again.error, Some(ApiError::WrongState(State::Failed)));
+    assert_eq!(again.error, Some(Refusal::WrongState(State::Failed)));
     assert!(t.e.binding("paris", "2005").is_none());
 }
 
@@ -220,7 +231,7 @@ fn expiry_is_told_apart_from_a_wrong_code() {
     t.now += 1;
     let id2 = t.create("bob", "2006").view.unwrap().id;
     t.now += 600_001;
-    t.run(Input::Tick { now: t.now });
+    t.run(Input::Timeout { now: t.now });
     assert_eq!(t.state(&id2).0, State::Expired);
 }
 
@@ -232,12 +243,12 @@ fn no_answer_busy_locked_phone_link_down_and_hangup_each_end_the_attempt_with_th
     let mut t = T::new(p);
     let id = t.create("alice", "2005").view.unwrap().id;
     t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
-    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, Ok(CstaResultInfo { call: Some(vec![1]) }));
-    t.ev("2005", CallEvent::Initiated { call: vec![1] });
+    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![1])) }));
+    t.ev("2005", CallEvent::Initiated { call: CallId::from(vec![1]) });
     t.now += 46_000;
-    t.run(Input::Tick { now: t.now });
+    t.run(Input::Timeout { now: t.now });
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::NoAnswer), true));
-    assert!(t.csta().contains(&CstaRequest::ClearConnection { call: vec![1], extension: "2005".into() }));
+    assert!(t.csta().contains(&CstaRequest::ClearConnection { call: CallId::from(vec![1]), extension: "2005".into() }));
 
     // Busy: the PBX refuses the call.
     t.now += 1000;
@@ -260,7 +271,7 @@ fn link_down_and_ivr_hangup_and_not_confirmed() {
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::LinkDown), true));
     // The PBX keeps its calls when the CTI link drops: the engine asks to clear it (the shell
     // does so once the link is back) and forgets it.
-    let clear = CstaRequest::ClearConnection { call: hex::decode(&call).unwrap(), extension: "2005".into() };
+    let clear = CstaRequest::ClearConnection { call: call.clone(), extension: "2005".into() };
     assert!(out.actions.iter().any(|a| matches!(a, Action::Csta { request, .. } if *request == clear)), "{:?}", out.actions);
     assert_eq!(t.e.view(&Principal::Admin, &id).unwrap().call, None);
 
@@ -288,13 +299,13 @@ fn the_lock_step_and_a_locked_phone() {
     t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
     assert_eq!(t.state(&id).0, State::Locking);
     assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }));
-    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Ok(CstaResultInfo { call: Some(vec![9]) }));
-    t.ev("2005", CallEvent::Cleared { call: vec![9] });
+    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }));
+    t.ev("2005", CallEvent::Cleared { call: CallId::from(vec![9]) });
     assert_eq!(t.state(&id).0, State::Calling);
-    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, Ok(CstaResultInfo { call: Some(vec![10]) }));
-    t.ev("2005", CallEvent::Initiated { call: vec![10] });
+    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![10])) }));
+    t.ev("2005", CallEvent::Initiated { call: CallId::from(vec![10]) });
     // Wrong local PIN: the PBX fails the call with cause blocked.
-    t.ev("2005", CallEvent::Failed { call: vec![10], cause: Some(35) });
+    t.ev("2005", CallEvent::Failed { call: CallId::from(vec![10]), cause: Some(35) });
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::PhoneLocked), true));
 }
 
@@ -351,14 +362,14 @@ fn tenants_are_isolated_and_one_live_association_per_extension_and_account() {
         code: "123456".into(),
         now: t.now,
     });
-    assert_eq!(other.error, Some(ApiError::UnknownExtension("2005".into())), "another tenant's PBX");
-    assert_eq!(t.create("alice", "9999").error, Some(ApiError::UnknownExtension("9999".into())));
+    assert_eq!(other.error, Some(Refusal::UnknownExtension("2005".into())), "another tenant's PBX");
+    assert_eq!(t.create("alice", "9999").error, Some(Refusal::UnknownExtension("9999".into())));
     let id = t.create("alice", "2005").view.unwrap().id;
     assert!(t.e.view(&Principal::Tenant("globex".into()), &id).is_none());
     let cancel = t.run(Input::Cancel { principal: Principal::Tenant("globex".into()), id: id.clone(), now: t.now });
-    assert_eq!(cancel.error, Some(ApiError::NotFound));
-    assert_eq!(t.create("bob", "2005").error, Some(ApiError::ExtensionBusy));
-    assert_eq!(t.create("alice", "2006").error, Some(ApiError::AccountBusy));
+    assert_eq!(cancel.error, Some(Refusal::NotFound));
+    assert_eq!(t.create("bob", "2005").error, Some(Refusal::ExtensionBusy));
+    assert_eq!(t.create("alice", "2006").error, Some(Refusal::AccountBusy));
     // Cancel frees both.
     t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
     assert_eq!(t.state(&id), (State::Cancelled, Some(Reason::CancelledByUser), false));
@@ -372,9 +383,9 @@ fn an_extension_bound_to_someone_else_is_refused_until_unbound() {
     t.ivr("c1", Some(&ctx));
     t.ivr("c1", Some("1"));
     t.ivr("c1", Some(CODE));
-    assert_eq!(t.create("bob", "2005").error, Some(ApiError::AlreadyBound));
+    assert_eq!(t.create("bob", "2005").error, Some(Refusal::AlreadyBound));
     let not_owner = t.run(Input::Unbind { principal: Principal::Tenant("acme".into()), account: Some("bob".into()), pbx: "paris".into(), extension: "2005".into(), now: t.now });
-    assert_eq!(not_owner.error, Some(ApiError::NotFound));
+    assert_eq!(not_owner.error, Some(Refusal::NotFound));
     let owner = t.run(Input::Unbind { principal: Principal::Tenant("acme".into()), account: Some("alice".into()), pbx: "paris".into(), extension: "2005".into(), now: t.now });
     assert!(owner.error.is_none());
     assert!(t.create("bob", "2005").error.is_none());
@@ -395,23 +406,23 @@ fn proof_calls_are_limited_per_extension_per_hour_and_one_account_gets_half() {
         assert_eq!(t.state(&id).1, Some(Reason::RejectedByPbx));
         t.now += 1000;
     }
-    assert_eq!(t.complete(&id).error, Some(ApiError::RateLimited));
+    assert_eq!(t.complete(&id).error, Some(Refusal::RateLimited));
     t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
     // Alice's share is spent, and a create refused by a limit issues no code and holds nothing.
     let live = t.e.sizes().live;
     let refused = t.create("alice", "2005");
-    assert_eq!((refused.error, refused.code, refused.view.is_none()), (Some(ApiError::RateLimited), None, true));
+    assert_eq!((refused.error, refused.code, refused.view.is_none()), (Some(Refusal::RateLimited), None, true));
     assert_eq!(t.e.sizes().live, live, "nothing live after a refused create");
     // Another account may have the third; then the extension's hour is spent for everyone.
     let bob = t.create("bob", "2005").view.unwrap().id;
     assert!(t.complete(&bob).error.is_none());
     t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: bob, now: t.now });
-    assert_eq!(t.create("carol", "2005").error, Some(ApiError::RateLimited));
+    assert_eq!(t.create("carol", "2005").error, Some(Refusal::RateLimited));
     assert_eq!(t.e.sizes().live, live);
     t.now += 3_600_000;
     // Fresh hour, but alice's first code has expired by now.
     let o = t.complete(&id);
-    assert_eq!(o.error, Some(ApiError::WrongState(State::Cancelled)));
+    assert_eq!(o.error, Some(Refusal::WrongState(State::Cancelled)));
     assert!(t.create("alice", "2005").error.is_none(), "a new hour");
 }
 
@@ -428,7 +439,7 @@ fn lock_out_after_the_configured_failures_survives_new_codes() {
         t.ivr("c1", Some("000000"));
     }
     t.now += 1000;
-    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id, now: t.now });
+    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.into(), now: t.now });
     // A new code does not reset the count: one more failure locks the extension out.
     let (id, ctx) = t.to_ivr("alice", "2005");
     t.ivr("c2", Some(&ctx));
@@ -436,9 +447,9 @@ fn lock_out_after_the_configured_failures_survives_new_codes() {
     let r = t.ivr("c2", Some("000000"));
     assert!(r.hangup);
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::LockedOut), false));
-    assert_eq!(t.create("alice", "2005").error, Some(ApiError::LockedOut));
+    assert_eq!(t.create("alice", "2005").error, Some(Refusal::LockedOut));
     t.run(Input::ResetCounters { scope: AdminScope::Extension { pbx: "paris".into(), extension: "2005".into() }, now: t.now });
-    assert_eq!(t.create("alice", "2005").error, Some(ApiError::LockedOut), "the account's own counter still counts");
+    assert_eq!(t.create("alice", "2005").error, Some(Refusal::LockedOut), "the account's own counter still counts");
     t.run(Input::ResetCounters { scope: AdminScope::Account { tenant: Some("acme".into()), account: "alice".into() }, now: t.now });
     t.now += 1;
     let again = t.create("alice", "2005");
@@ -471,7 +482,7 @@ fn a_restart_keeps_bindings_and_counters_and_ends_associations_in_flight() {
     }).unwrap();
     assert_eq!((restored.id.as_str(), restored.state, restored.reason, restored.call), (pending.id.as_str(), State::Failed, Some(Reason::GatewayRestarted), None));
     // The call the previous run left up is cleared, and the account told.
-    let clear = CstaRequest::ClearConnection { call: hex::decode(&call).unwrap(), extension: "2006".into() };
+    let clear = CstaRequest::ClearConnection { call: call.clone(), extension: "2006".into() };
     assert!(actions.iter().any(|a| matches!(a, Action::Csta { request, pbx, .. } if *request == clear && pbx == "paris")), "{actions:?}");
     assert!(actions.iter().any(|a| matches!(a, Action::Notify { event, account, .. } if event == "failed" && account == "bob")));
 }
@@ -486,10 +497,10 @@ fn an_ivr_platform_that_goes_silent_ends_the_attempt_and_clears_the_call() {
     t.now += 20_000;
     t.ivr("c1", Some(&ctx));
     t.now += 20_000;
-    t.run(Input::Tick { now: t.now });
+    t.run(Input::Timeout { now: t.now });
     assert_eq!(t.state(&id).0, State::InIvr, "the platform spoke 20 s ago");
     t.now += 10_000;
-    let out = t.run(Input::Tick { now: t.now });
+    let out = t.run(Input::Timeout { now: t.now });
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::IvrTimeout), true));
     assert!(out.actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::ClearConnection { .. }, .. })));
     // A late request of the platform gets nothing.
@@ -515,15 +526,15 @@ fn memory_holds_live_work_not_history() {
     // Ten minutes after they ended, the ended ones leave memory (the store keeps them); the
     // live one stays until it expires; proof calls leave after their hour.
     t.now += 310_000;
-    t.run(Input::Tick { now: t.now });
+    t.run(Input::Timeout { now: t.now });
     let z = t.e.sizes();
     assert_eq!((z.associations, z.live), (1, 1), "{z:?}");
     assert!(t.e.view(&Principal::Admin, &live.id).is_some());
     t.now += 3_600_000;
-    t.run(Input::Tick { now: t.now });
+    t.run(Input::Timeout { now: t.now });
     assert_eq!(t.e.sizes(), Sizes { associations: 1, live: 0, ivr_calls: 0, proof_call_extensions: 0, bindings: 0 }, "expired, kept 10 minutes");
     t.now += 600_000;
-    t.run(Input::Tick { now: t.now });
+    t.run(Input::Timeout { now: t.now });
     assert_eq!(t.e.sizes().associations, 0);
 }
 
@@ -542,7 +553,7 @@ fn ivr_calls_are_capped_and_silent_ones_forgotten() {
     t.now += 300_000;
     t.ivr("flood7", Some("12345678"));
     t.now += 300_000;
-    t.run(Input::Tick { now: t.now });
+    t.run(Input::Timeout { now: t.now });
     assert_eq!(t.e.sizes().ivr_calls, 1);
     assert!(!t.ivr("a-new-call", None).hangup, "room again");
 }
@@ -558,9 +569,9 @@ impl T {
         self.run(Input::Ivr { call: call.into(), from: from.into(), to: IVR.into(), digits: digits.map(str::to_owned), now: self.now })
     }
     /// Up to the phone ringing (the proof call placed, not answered).
-    fn ringing(&mut self, account: &str, ext: &str) -> (String, Vec<u8>) {
+    fn ringing(&mut self, account: &str, ext: &str) -> (String, CallId) {
         let id = self.create(account, ext).view.unwrap().id;
-        let call = vec![0x2C, self.now as u8];
+        let call = CallId::from(vec![0x2C, self.now as u8]);
         let out = self.done(&id, CstaRequest::MonitorStart { extension: ext.into() }, Ok(CstaResultInfo::default()));
         let to = out.actions.iter().find_map(|a| match a {
             Action::Csta { request: CstaRequest::MakeCall { to, .. }, .. } => Some(to.clone()),
@@ -569,7 +580,7 @@ impl T {
         self.done(&id, CstaRequest::MakeCall { from: ext.into(), to }, Ok(CstaResultInfo { call: Some(call.clone()) }));
         self.ev(ext, CallEvent::Initiated { call: call.clone() });
         assert_eq!(self.state(&id).0, State::Ringing);
-        (id, call)
+        (id.into_string(), call)
     }
     fn suspected(&self) -> usize {
         self.all.iter().filter(|a| matches!(a, Action::Store(StoreWrite::Audit(r)) if r.step == "suspected_attack")).count()
@@ -604,10 +615,10 @@ fn an_ivr_call_presenting_the_context_while_the_phone_rings_fails_the_attempt_af
     let out = t.ivr_from("evil", MOBILE, Some(&ctx));
     assert!(out.ivr.is_none() && out.ivr_wait, "the request may have overtaken the PBX's report: it waits");
     t.now += 1_000;
-    let out = t.run(Input::Tick { now: t.now });
+    let out = t.run(Input::Timeout { now: t.now });
     assert!(T::ivr_reply_for(&out, "evil").is_none(), "still within the wait");
     t.now += 1_000;
-    let out = t.run(Input::Tick { now: t.now });
+    let out = t.run(Input::Timeout { now: t.now });
     let reply = T::ivr_reply_for(&out, "evil").expect("answered after the wait");
     assert!(reply.hangup, "{}", reply.say);
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::IvrCallMismatch), true));
@@ -712,7 +723,7 @@ fn another_accounts_wrong_entries_never_lock_out_the_extensions_owner() {
     for _ in 0..3 {
         t.ivr("m1", Some("000000"));
     }
-    assert_eq!(t.create("mallory", "2006").error, Some(ApiError::LockedOut), "charged to mallory's account");
+    assert_eq!(t.create("mallory", "2006").error, Some(Refusal::LockedOut), "charged to mallory's account");
     // The owner is not locked out and binds.
     let (id, ctx) = t.to_ivr("alice", "2005");
     t.ivr("a1", Some(&ctx));
@@ -740,13 +751,13 @@ fn the_phone_owner_pressing_9_blocks_the_account_from_the_extension() {
     assert!(t.all.iter().any(|a| matches!(a, Action::Notify { event, .. } if event == "refused_by_phone_owner")));
     assert!(t.all.iter().any(|a| matches!(a, Action::Store(StoreWrite::Block(b)) if b.account == "mallory" && b.until == t.now + 86_400_000)));
     t.now += 1;
-    assert_eq!(t.create("mallory", "2005").error, Some(ApiError::BlockedByPhoneOwner(t.now - 1 + 86_400_000)));
+    assert_eq!(t.create("mallory", "2005").error, Some(Refusal::BlockedByPhoneOwner(t.now - 1 + 86_400_000)));
     assert!(t.create("mallory", "2006").error.is_none(), "only that extension");
     let scope = AdminScope::Extension { pbx: "paris".into(), extension: "2005".into() };
     assert_eq!(t.e.blocks(&scope, t.now).len(), 1);
     t.run(Input::LiftBlocks { scope: scope.clone(), now: t.now });
     assert!(t.e.blocks(&scope, t.now).is_empty());
-    assert_eq!(t.create("mallory", "2005").error, Some(ApiError::AccountBusy), "no longer blocked (busy with 2006)");
+    assert_eq!(t.create("mallory", "2005").error, Some(Refusal::AccountBusy), "no longer blocked (busy with 2006)");
 }
 
 #[test]
@@ -779,7 +790,7 @@ fn a_pbx_flooding_events_fails_the_attempt_and_histories_stay_capped() {
     }
     // Refusals repeated by the app are recorded once.
     for _ in 0..5 {
-        assert_eq!(t.complete(&id).error, Some(ApiError::RateLimited));
+        assert_eq!(t.complete(&id).error, Some(Refusal::RateLimited));
     }
     let limited = t.all.iter().filter(|a| matches!(a, Action::Store(StoreWrite::Audit(r)) if r.step == "rate_limited")).count();
     assert_eq!(limited, 1, "one rate_limited record however often the app asks");
@@ -834,7 +845,7 @@ fn an_account_locked_out_on_one_extension_is_locked_out_on_every_extension() {
         t.ivr("c1", Some(wrong));
     }
     t.now += 1;
-    assert_eq!(t.create("mallory", "2006").error, Some(ApiError::LockedOut), "the account's counter, not the extension's");
+    assert_eq!(t.create("mallory", "2006").error, Some(Refusal::LockedOut), "the account's counter, not the extension's");
     assert!(t.create("alice", "2006").error.is_none(), "other accounts are not affected");
 }
 
@@ -866,7 +877,7 @@ fn a_proof_call_diverted_transferred_or_conferenced_away_from_the_extension_prov
     t.through_call(&id, "2005");
     let ctx = t.ctx("2005");
     t.ivr("c2", Some(&ctx));
-    let call = hex::decode(t.e.view(&Principal::Admin, &id).unwrap().call.clone().unwrap()).unwrap();
+    let call = t.e.view(&Principal::Admin, &id).unwrap().call.clone().unwrap();
     t.ev("2005", CallEvent::Diverted { call });
     assert_eq!(t.state(&id).1, Some(Reason::CallDiverted));
     assert!(t.ivr("c2", Some("1")).hangup);
@@ -885,6 +896,139 @@ fn a_context_never_issued_is_unknown_and_one_whose_attempt_ended_is_no_longer_va
     assert_eq!(t.ivr("guess", Some("99999999")).prompt, "unknown_context");
     // After ten minutes the ended context is forgotten like any other.
     t.now += 600_001;
-    t.run(Input::Tick { now: t.now });
+    t.run(Input::Timeout { now: t.now });
     assert_eq!(t.ivr("later", Some(&ctx)).prompt, "unknown_context");
+}
+
+/// The ids of the requests like `pred` the engine asked for, in order.
+fn ids_of(actions: &[Action], pred: impl Fn(&CstaRequest) -> bool) -> Vec<RequestId> {
+    actions.iter().filter_map(|a| match a {
+        Action::Csta { id, request, .. } if pred(request) => Some(*id),
+        _ => None,
+    }).collect()
+}
+
+#[test]
+fn an_answer_to_a_request_the_engine_did_not_issue_or_already_had_is_ignored() {
+    let mut t = T::new(policy());
+    let out = t.create("alice", "2005");
+    let id = out.view.unwrap().id;
+    let monitor = ids_of(&out.actions, |r| matches!(r, CstaRequest::MonitorStart { .. }))[0];
+    // An id this engine never issued (another engine's, as after a rebuild): ignored.
+    let mut other = T::new(policy());
+    let first = other.create("bob", "2006").view.unwrap().id;
+    other.done(&first, CstaRequest::MonitorStart { extension: "2006".into() }, Ok(Default::default()));
+    let foreign = *ids_of(&other.all, |r| matches!(r, CstaRequest::MakeCall { .. })).last().unwrap();
+    assert!(!t.e.awaits(foreign) && foreign != monitor);
+    let before = t.e.view(&Principal::Admin, &id).cloned();
+    let out = t.run(Input::CstaDone { id: foreign, outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![7])) }), now: t.now });
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    assert_eq!(t.e.view(&Principal::Admin, &id).cloned(), before);
+    // The real answer moves the association on; the same answer again changes nothing.
+    assert!(t.e.awaits(monitor));
+    let out = t.run(Input::CstaDone { id: monitor, outcome: Ok(CstaResultInfo::default()), now: t.now });
+    assert_eq!(ids_of(&out.actions, |r| matches!(r, CstaRequest::MakeCall { .. })).len(), 1, "the proof call");
+    assert_eq!(t.state(&id).0, State::Calling);
+    assert!(!t.e.awaits(monitor));
+    let again = t.run(Input::CstaDone { id: monitor, outcome: Ok(CstaResultInfo::default()), now: t.now });
+    assert!(again.actions.is_empty(), "a second answer places no second call: {:?}", again.actions);
+    // A failure for an id already answered does not fail the attempt either.
+    let again = t.run(Input::CstaDone { id: monitor, outcome: Err(CstaFailure::Rejected), now: t.now });
+    assert!(again.actions.is_empty());
+    assert_eq!(t.state(&id).0, State::Calling);
+}
+
+#[test]
+fn the_lock_call_and_the_proof_call_are_told_apart_by_their_request_ids_not_by_what_they_dial() {
+    let mut p = policy();
+    // The lock prefix is the IVR number itself: only the ids can tell the two calls apart.
+    p.lock_prefix = Some(IVR.into());
+    p.context_delivery = ContextDelivery::Dtmf;
+    let mut t = T::new(p);
+    let id = t.create("alice", "2005").view.unwrap().id;
+    let out = t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    assert_eq!(t.state(&id).0, State::Locking);
+    let lock = ids_of(&out.actions, |r| matches!(r, CstaRequest::MakeCall { .. }))[0];
+    t.ev("2005", CallEvent::Cleared { call: CallId::from(vec![9]) });
+    assert_eq!(t.state(&id).0, State::Calling);
+    let proof = *ids_of(&t.all, |r| matches!(r, CstaRequest::MakeCall { .. })).last().unwrap();
+    assert_ne!(lock, proof);
+    // The lock call's result comes late: it is not taken for the proof call (nor cleared as a
+    // stray one: the PBX ends feature calls itself).
+    let out = t.run(Input::CstaDone { id: lock, outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }), now: t.now });
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    assert_eq!(t.e.view(&Principal::Admin, &id).unwrap().call, None);
+    // The proof call's result names the call the association follows from now on.
+    t.run(Input::CstaDone { id: proof, outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![10])) }), now: t.now });
+    assert_eq!(t.e.view(&Principal::Admin, &id).unwrap().call, Some(CallId::from(vec![10])));
+    // A refused lock call fails only while locking: its late failure leaves the proof call be.
+    let out = t.run(Input::CstaDone { id: lock, outcome: Err(CstaFailure::Rejected), now: t.now });
+    assert!(out.actions.is_empty());
+    assert_eq!(t.state(&id).0, State::Calling);
+}
+
+#[test]
+fn a_proof_call_placed_after_its_attempt_ended_is_cleared_by_its_id() {
+    let mut t = T::new(policy());
+    let id = t.create("alice", "2005").view.unwrap().id;
+    let out = t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    let proof = ids_of(&out.actions, |r| matches!(r, CstaRequest::MakeCall { .. }))[0];
+    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
+    let out = t.run(Input::CstaDone { id: proof, outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![5])) }), now: t.now });
+    let clear = CstaRequest::ClearConnection { call: CallId::from(vec![5]), extension: "2005".into() };
+    assert!(out.actions.iter().any(|a| matches!(a, Action::Csta { request, .. } if *request == clear)), "{:?}", out.actions);
+}
+
+#[test]
+fn poll_timeout_names_the_earliest_deadline_and_nothing_happens_before_it() {
+    let mut p = policy();
+    p.ring_timeout = std::time::Duration::from_secs(45);
+    p.code_ttl = std::time::Duration::from_secs(600);
+    let mut t = T::new(p);
+    assert_eq!(t.e.poll_timeout(), None, "an idle engine has nothing due");
+    let (id, _call) = t.ringing("alice", "2005");
+    let calling_at = t.now;
+    // The phone rings: the ring timeout comes before the code's expiry.
+    assert_eq!(t.e.poll_timeout(), Some(calling_at + 45_000));
+    // Just before it, nothing happens.
+    let out = t.run(Input::Timeout { now: calling_at + 44_999 });
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    assert_eq!(t.state(&id).0, State::Ringing);
+    assert_eq!(t.e.poll_timeout(), Some(calling_at + 45_000));
+    // At it, the attempt fails as no_answer; the next deadline is the code's expiry (and the
+    // memory sweep, which comes earlier).
+    t.now = calling_at + 45_000;
+    let out = t.run(Input::Timeout { now: t.now });
+    assert!(!out.actions.is_empty());
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::NoAnswer), true));
+    let next = t.e.poll_timeout().expect("the code still expires");
+    assert!(next > t.now && next <= T0 + 600_000, "{next}");
+    // Waking at each deadline in turn expires the association at its code's expiry, not before.
+    let mut wakes = 0;
+    while let Some(at) = t.e.poll_timeout() {
+        if t.state(&id).0 == State::Expired || wakes > 100 {
+            break;
+        }
+        assert!(at > t.now, "a deadline that was due was handled");
+        t.now = at;
+        t.run(Input::Timeout { now: at });
+        wakes += 1;
+        if at < T0 + 600_000 {
+            assert_eq!(t.state(&id).0, State::Failed, "expired early at {at}");
+        }
+    }
+    assert_eq!(t.state(&id), (State::Expired, Some(Reason::Expired), false));
+}
+
+#[test]
+fn a_waiting_ivr_request_is_answered_at_its_deadline() {
+    let mut t = T::new(policy());
+    let (_id, _call) = t.ringing("alice", "2005");
+    let ctx = t.ctx("2005");
+    let out = t.run(Input::Ivr { call: "c1".into(), from: String::new(), to: IVR.into(), digits: Some(ctx), now: t.now });
+    assert!(out.ivr_wait);
+    assert_eq!(t.e.poll_timeout(), Some(t.now + CLAIM_WAIT.as_millis() as Millis), "the wait is the earliest deadline");
+    let at = t.now + CLAIM_WAIT.as_millis() as Millis;
+    let out = t.run(Input::Timeout { now: at });
+    assert!(out.actions.iter().any(|a| matches!(a, Action::IvrReply { call, .. } if call == "c1")), "{:?}", out.actions);
 }

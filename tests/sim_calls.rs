@@ -208,3 +208,42 @@ async fn proof_call_to_the_ivr_hipath_framing() {
     cfg.framing = cstagate::codec::Framing::Siemens;
     proof_call_flow(cfg).await;
 }
+
+/// `Gateway::stop` (the server's shutdown) clears the proof call of an association in flight on
+/// the PBX before it ends the association as a restart would: the simulated PBX has no call
+/// left, and the store holds the association failed with `gateway_restarted`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_call_up_at_stop_is_cleared_on_the_pbx() {
+    use cstagate::testkit::{local_secrets, LocalGateway, LocalOptions};
+    use cstagate::store::{SqliteStore, Store};
+    let mut cfg = SimConfig::phase3(&["2005"]);
+    cfg.ivr_number = Some(IVR.into());
+    cfg.extensions[0].behaviour = Behaviour::Answer { after: Duration::from_millis(5) };
+    let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+    let mut ivr = sim.take_ivr().unwrap();
+    let gw = LocalGateway::start(&sim, LocalOptions { pbx: "extensions = [\"2005\"]\n".into(), ..Default::default() }, local_secrets()).await.unwrap();
+    let (s, v) = gw.http.json("POST", "/v1/associations", &gw.tokens.tenant, Some(serde_json::json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    // The proof call is answered at the IVR: it is up on the PBX, and the gateway follows it.
+    loop {
+        if let IvrSignal::Connected { .. } = ivr_next(&mut ivr).await {
+            break;
+        }
+    }
+    timeout(LIMIT, async {
+        while gw.http.json("GET", &format!("/v1/associations/{id}"), &gw.tokens.tenant, None).await.unwrap().1["state"] != "in_ivr" {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the association follows the call into the IVR");
+    assert_eq!(sim.stats().live_calls, 1);
+    let db = gw.db.clone();
+    timeout(LIMIT, gw.running.shutdown()).await.expect("the gateway stops in time");
+    timeout(LIMIT, sim.wait_stats(|s| s.live_calls == 0)).await.unwrap_or_else(|_| panic!("a call is left up: {:?}", sim.stats()));
+    let store = SqliteStore::open(&db).unwrap();
+    let v = store.association(&id).unwrap().expect("stored");
+    assert_eq!((v.state, v.reason, v.retryable, v.call), (cstagate::association::State::Failed, Some(cstagate::association::Reason::GatewayRestarted), false, None));
+    assert!(store.snapshot(0).unwrap().in_flight.is_empty(), "nothing left for the next start to end");
+}

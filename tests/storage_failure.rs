@@ -86,7 +86,7 @@ async fn serve(gw: Gateway, tokens: &Tokens) -> Http {
 /// `unavailable` too, never a 404 or a 400.
 #[tokio::test]
 async fn a_failed_read_is_a_503() {
-    let gw = Gateway::start(Engine::new(HashMap::new()), Box::new(Unreadable), HashMap::new(), None, Vec::new());
+    let gw = Gateway::start(Engine::new(HashMap::<String, Policy>::new()), Box::new(Unreadable), HashMap::new(), None, Vec::new());
     let tokens = Tokens::random();
     let http = serve(gw, &tokens).await;
     for (path, token) in [("/v1/associations/abc123", &tokens.tenant), ("/v1/audit", &tokens.tenant), ("/v1/audit?extension=2005", &tokens.admin)] {

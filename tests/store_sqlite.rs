@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use cstagate::association::harness::{handle, Input, Output};
 use cstagate::association::*;
 use cstagate::store::{AuditFilter, SqliteStore, Store};
 
@@ -21,6 +22,14 @@ fn policy() -> HashMap<String, Policy> {
     HashMap::from([("paris".to_owned(), p)])
 }
 
+/// The id of the CSTA request `out` asked for.
+fn request(out: &Output) -> RequestId {
+    out.actions.iter().find_map(|a| match a {
+        Action::Csta { id, .. } => Some(*id),
+        _ => None,
+    }).expect("a CSTA request")
+}
+
 fn writes(out: &Output) -> Vec<StoreWrite> {
     out.actions.iter().filter_map(|a| match a {
         Action::Store(w) => Some(w.clone()),
@@ -34,21 +43,22 @@ fn drive(store: &mut SqliteStore) -> (String, String) {
     let mut e = Engine::new(policy());
     let mut now = 10_000;
     let mut run = |e: &mut Engine, i: Input| {
-        let o = e.handle(i);
+        let o = handle(e, i);
         store.apply(&writes(&o)).unwrap();
         o
     };
-    let v = run(&mut e, Input::Create { principal: Principal::Tenant("acme".into()), account: "alice".into(), account_name: None, pbx: None, extension: "2005".into(), id: "a1".into(), random: "1234567800000000".into(), code: "111222333".into(), now }).view.unwrap();
+    let created = run(&mut e, Input::Create { principal: Principal::Tenant("acme".into()), account: "alice".into(), account_name: None, pbx: None, extension: "2005".into(), id: "a1".into(), random: "1234567800000000".into(), code: "111222333".into(), now });
+    let v = created.view.clone().unwrap();
     now += 10;
-    run(&mut e, Input::CstaDone { association: "a1".into(), request: CstaRequest::MonitorStart { extension: "2005".into() }, outcome: Ok(Default::default()), now });
-    run(&mut e, Input::CstaDone { association: "a1".into(), request: CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, outcome: Ok(CstaResultInfo { call: Some(vec![1]) }), now });
-    run(&mut e, Input::CstaEvent { pbx: "paris".into(), extension: "2005".into(), event: CallEvent::Established { call: vec![1] }, now });
+    let monitored = run(&mut e, Input::CstaDone { id: request(&created), outcome: Ok(Default::default()), now });
+    run(&mut e, Input::CstaDone { id: request(&monitored), outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![1])) }), now });
+    run(&mut e, Input::CstaEvent { pbx: "paris".into(), extension: "2005".into(), event: CallEvent::Established { call: CallId::from(vec![1]) }, now });
     // The context id as the PBX dialled it after the IVR number.
     for d in ["12345678", "1", "000000", "111222"] {
         run(&mut e, Input::Ivr { call: "c".into(), from: "+3312345".into(), to: String::new(), digits: Some(d.into()), now });
     }
     let p = run(&mut e, Input::Create { principal: Principal::Tenant("acme".into()), account: "bob".into(), account_name: None, pbx: None, extension: "2006".into(), id: "a2".into(), random: "8765432100000000".into(), code: "999888777".into(), now }).view.unwrap();
-    (v.id, p.id)
+    (v.id.into_string(), p.id.into_string())
 }
 
 #[test]

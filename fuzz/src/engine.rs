@@ -18,7 +18,8 @@
 //!   9 minutes of silence, or at random), from the right DID, a wrong one, an empty or anonymous
 //!   number; their digits are a context the oracle saw leave the gateway (in a `MakeCall` dial
 //!   suffix or a `SendDigits`), a made-up one, an issued code, a wrong code, keys 1, 9 and others;
-//! - `Tick`s at arbitrary times, and right at the deadline of a waiting IVR request;
+//! - timeouts (`Engine::handle_timeout`, traced as `Timeout`) at arbitrary times, and right at
+//!   the deadline of a waiting IVR request;
 //! - the admin's `ResetCounters` and `LiftBlocks`, in extension and account scopes.
 //!
 //! The model:
@@ -57,7 +58,7 @@
 //!    `ivr_call_mismatch` with a `suspected_attack` audit record and notification); the engine
 //!    never names the account (`confirm_account`) to a call the model does not see claim;
 //! 4. waiting requests: no `Action::IvrReply` for a call that is not waiting; a waiting call's
-//!    attempt is still ringing (it was answered when the attempt moved on), and a `Tick` at or
+//!    attempt is still ringing (it was answered when the attempt moved on), and a `Timeout` at or
 //!    after its deadline (`CLAIM_WAIT` after its request) answers it;
 //! 5. contexts: each attempt's context id is the first free chunk of its own randomness, of the
 //!    policy's length, and is never in an `AssociationView`, an audit record, a notification or
@@ -83,6 +84,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use arbitrary::Unstructured;
+use cstagate::association::harness::{handle, Input, Output};
 use cstagate::association::*;
 
 /// Per-code limit of code entries (`MAX_CODE_ENTRIES` in `src/association/engine.rs`).
@@ -125,6 +127,7 @@ fn claim_wait() -> Millis {
 /// A CSTA request the engine emitted and the PBX has not answered yet.
 #[derive(Debug, Clone)]
 struct Pending {
+    id: RequestId,
     association: String,
     pbx: String,
     request: CstaRequest,
@@ -363,8 +366,8 @@ fn leaks(s: &str, secrets: &HashSet<&str>) -> bool {
 }
 
 fn view_leaks(v: &AssociationView, secrets: &HashSet<&str>) -> bool {
-    [&v.id, &v.tenant, &v.account, &v.pbx, &v.extension].iter().any(|s| leaks(s, secrets))
-        || v.call.as_deref().is_some_and(|c| leaks(c, secrets))
+    [v.id.as_str(), v.tenant.as_str(), v.account.as_str(), v.pbx.as_str(), v.extension.as_str()].iter().any(|s| leaks(s, secrets))
+        || v.call.as_ref().is_some_and(|c| leaks(&c.to_string(), secrets))
         || v.history.iter().any(|s| leaks(&s.step, secrets) || leaks(&s.detail, secrets))
 }
 
@@ -524,13 +527,13 @@ impl Fz {
                 self.next_id += 1;
                 let code = (*u.choose(&CODES)?).to_owned();
                 let random = self.pool(u)?;
-                Input::Create { principal, account_name: u.arbitrary::<bool>()?.then(|| format!("Name of {account}")), account, pbx, extension, id, random, code, now }
+                Input::Create { principal, account_name: u.arbitrary::<bool>()?.then(|| format!("Name of {account}")), account: account.into(), pbx: pbx.map(Into::into), extension: extension.into(), id: id.into(), random, code, now }
             }
-            3..=4 => Input::Complete { principal: self.principal(u)?, id: self.some_id(u)?, random: self.pool(u)?, now },
-            5 => Input::Cancel { principal: self.principal(u)?, id: self.some_id(u)?, now },
+            3..=4 => Input::Complete { principal: self.principal(u)?, id: self.some_id(u)?.into(), random: self.pool(u)?, now },
+            5 => Input::Cancel { principal: self.principal(u)?, id: self.some_id(u)?.into(), now },
             6..=10 => {
                 if self.pending.is_empty() {
-                    Input::Tick { now }
+                    Input::Timeout { now }
                 } else {
                     let i = u.choose_index(self.pending.len())?;
                     let p = if u.ratio(1, 16)? { self.pending[i].clone() } else { self.pending.swap_remove(i) };
@@ -549,12 +552,12 @@ impl Fz {
                                 for k in self.calls.iter_mut().filter(|k| k.pbx == p.pbx && k.id == *c) {
                                     k.exists = true;
                                 }
-                                Ok(CstaResultInfo { call: named.then(|| c.clone()) })
+                                Ok(CstaResultInfo { call: named.then(|| CallId::from(c.clone())) })
                             }
                             None => Ok(CstaResultInfo::default()),
                         }
                     };
-                    Input::CstaDone { association: p.association, request: p.request, outcome, now }
+                    Input::CstaDone { id: p.id, outcome, now }
                 }
             }
             11..=15 => {
@@ -567,14 +570,14 @@ impl Fz {
                     ((*u.choose(&PBXS)?).to_owned(), (*u.choose(&EXTS)?).to_owned(), vec![0xF0 | u.int_in_range(0..=1u8)?])
                 };
                 let event = match u.int_in_range(0..=7u8)? {
-                    0 => CallEvent::Initiated { call },
-                    1 => CallEvent::Originated { call },
-                    2 => CallEvent::Delivered { call },
-                    3..=5 => CallEvent::Established { call },
-                    6 => CallEvent::Failed { call, cause: *u.choose(&[None, Some(3), Some(18), Some(10), Some(99)])? },
-                    _ => CallEvent::Cleared { call },
+                    0 => CallEvent::Initiated { call: call.into() },
+                    1 => CallEvent::Originated { call: call.into() },
+                    2 => CallEvent::Delivered { call: call.into() },
+                    3..=5 => CallEvent::Established { call: call.into() },
+                    6 => CallEvent::Failed { call: call.into(), cause: *u.choose(&[None, Some(3), Some(18), Some(10), Some(99)])? },
+                    _ => CallEvent::Cleared { call: call.into() },
                 };
-                Input::CstaEvent { pbx, extension, event, now }
+                Input::CstaEvent { pbx: pbx.into(), extension: extension.into(), event, now }
             }
             16..=22 => {
                 let slot = usize::from(u.int_in_range(0..=(IVR_SLOTS as u8 - 1))?);
@@ -587,7 +590,7 @@ impl Fz {
                 let from = match u.int_in_range(0..=4u8)? {
                     0 => String::new(),
                     1 => "anonymous".to_owned(),
-                    2..=3 => format!("{DID_PREFIX}{}", latest_ext.unwrap_or_else(|| EXTS[0].to_owned())),
+                    2..=3 => format!("{DID_PREFIX}{}", latest_ext.unwrap_or_else(|| EXTS[0].into())),
                     _ => format!("{DID_PREFIX}{}", u.choose(&EXTS)?),
                 };
                 let code = |fz: &Fz, u: &mut Unstructured<'_>| -> arbitrary::Result<String> {
@@ -626,18 +629,18 @@ impl Fz {
                 self.slots[slot] += 1;
                 Input::IvrHangup { call, now }
             }
-            24 => Input::LinkDown { pbx: (*u.choose(&PBXS)?).to_owned(), now },
+            24 => Input::LinkDown { pbx: (*u.choose(&PBXS)?).into(), now },
             25 => {
                 let principal = self.principal(u)?;
                 let account = if u.ratio(1, 4)? { None } else { Some((*u.choose(&ACCOUNTS)?).to_owned()) };
-                Input::Unbind { principal, account, pbx: (*u.choose(&PBXS)?).to_owned(), extension: (*u.choose(&EXTS)?).to_owned(), now }
+                Input::Unbind { principal, account: account.map(Into::into), pbx: (*u.choose(&PBXS)?).into(), extension: (*u.choose(&EXTS)?).into(), now }
             }
             26 => {
                 let scope = if u.arbitrary::<bool>()? {
-                    AdminScope::Extension { pbx: (*u.choose(&PBXS)?).to_owned(), extension: (*u.choose(&EXTS)?).to_owned() }
+                    AdminScope::Extension { pbx: (*u.choose(&PBXS)?).into(), extension: (*u.choose(&EXTS)?).into() }
                 } else {
                     let tenant = if u.ratio(1, 3)? { None } else { Some((*u.choose(&TENANTS)?).to_owned()) };
-                    AdminScope::Account { tenant, account: (*u.choose(&ACCOUNTS)?).to_owned() }
+                    AdminScope::Account { tenant: tenant.map(Into::into), account: (*u.choose(&ACCOUNTS)?).into() }
                 };
                 if u.arbitrary::<bool>()? {
                     Input::ResetCounters { scope, now }
@@ -654,19 +657,19 @@ impl Fz {
                 let target = self.store.assocs.values().filter(|v| !is_final(v) && matches!(v.state, State::Calling | State::Ringing | State::InIvr)).filter_map(|v| Some((v.pbx.clone(), v.extension.clone(), v.call.clone()?))).last();
                 let n = u.int_in_range(1..=250u16)?;
                 let kind = u.int_in_range(0..=2u8)?;
-                match target.and_then(|(p, e, c)| Some((p, e, (0..c.len()).step_by(2).map(|i| u8::from_str_radix(c.get(i..i + 2)?, 16).ok()).collect::<Option<Vec<u8>>>()?))) {
+                match target.and_then(|(p, e, c)| Some((p, e, c.as_bytes().to_vec()))) {
                     Some((pbx, extension, call)) => {
                         for _ in 0..n {
                             let event = match kind {
-                                0 => CallEvent::Initiated { call: call.clone() },
-                                1 => CallEvent::Originated { call: call.clone() },
-                                _ => CallEvent::Delivered { call: call.clone() },
+                                0 => CallEvent::Initiated { call: call.clone().into() },
+                                1 => CallEvent::Originated { call: call.clone().into() },
+                                _ => CallEvent::Delivered { call: call.clone().into() },
                             };
                             self.feed(Input::CstaEvent { pbx: pbx.clone(), extension: extension.clone(), event, now });
                         }
                         return Ok(());
                     }
-                    None => Input::Tick { now },
+                    None => Input::Timeout { now },
                 }
             }
             29 => {
@@ -674,9 +677,9 @@ impl Fz {
                 if let Some(until) = self.waits.values().map(|(_, t)| *t).min() {
                     self.now = self.now.max(until + u.int_in_range(0..=1u64)?);
                 }
-                Input::Tick { now: self.now }
+                Input::Timeout { now: self.now }
             }
-            _ => Input::Tick { now },
+            _ => Input::Timeout { now },
         };
         self.feed(input);
         Ok(())
@@ -758,7 +761,7 @@ impl Fz {
             })
             .collect();
         match found.as_slice() {
-            [one] => Some(one.id.clone()),
+            [one] => Some(one.id.to_string()),
             _ => None,
         }
     }
@@ -778,14 +781,15 @@ impl Fz {
             }
             Input::CstaEvent { pbx, extension, event, .. } => {
                 if let CallEvent::Cleared { call } = event {
+                    let call = &call.as_bytes().to_vec();
                     for c in self.calls.iter_mut().filter(|c| c.pbx == *pbx && c.id == *call) {
                         c.down = true;
                     }
                 }
                 // The engine counts the events about the call an attempt follows.
                 if let Some(v) = pre.live_on(pbx, extension) {
-                    if matches!(v.state, State::Calling | State::Ringing | State::InIvr) && v.call.as_ref().is_none_or(|c| *c == hex(event.call())) {
-                        if let Some(a) = self.attempts.get_mut(&v.id) {
+                    if matches!(v.state, State::Calling | State::Ringing | State::InIvr) && v.call.as_ref().is_none_or(|c| c == event.call()) {
+                        if let Some(a) = self.attempts.get_mut(v.id.as_str()) {
                             a.events += 1;
                         }
                     }
@@ -815,14 +819,14 @@ impl Fz {
             }
             _ => {}
         }
-        let out = self.engine.handle(input.clone());
+        let out = handle(&mut self.engine, input.clone());
         self.trace.push(format!("  -> {:?} code={:?} error={:?} ivr={:?} wait={}", out.actions, out.code, out.error, out.ivr, out.ivr_wait));
         if let (Some(code), Some(v)) = (&out.code, &out.view) {
-            if self.codes.contains_key(&v.id) || !self.live.insert(v.id.clone()) {
+            if self.codes.contains_key(v.id.as_str()) || !self.live.insert(v.id.to_string()) {
                 self.fail(format!("a code issued twice for {}", v.id));
             }
-            self.codes.insert(v.id.clone(), code.clone());
-            self.ids.push(v.id.clone());
+            self.codes.insert(v.id.to_string(), code.clone());
+            self.ids.push(v.id.to_string());
         }
         self.actions(&out.actions, Some((&input, &out)), &pre);
         // Nothing the API or the IVR shows holds a code or a context id (but the creation's
@@ -844,7 +848,7 @@ impl Fz {
             Input::Ivr { call, .. } => self.check_ivr(call, &out, presented),
             Input::CstaEvent { pbx, extension, .. } => {
                 if let Some(v) = pre.live_on(pbx, extension) {
-                    let events = self.attempts.get(&v.id).map_or(0, |a| a.events);
+                    let events = self.attempts.get(v.id.as_str()).map_or(0, |a| a.events);
                     let flood = out.actions.iter().any(|a| matches!(a, Action::Store(StoreWrite::Association(w)) if w.id == v.id && w.reason == Some(Reason::PbxFlood)));
                     if events == MAX_ATTEMPT_EVENTS + 1 && matches!(v.state, State::Calling | State::Ringing | State::InIvr) && !flood {
                         self.fail(format!("association {} got {events} events about its call and goes on", v.id));
@@ -890,14 +894,14 @@ impl Fz {
             if out.actions.iter().any(|a| matches!(a, Action::Store(StoreWrite::ProofCall(_))) || matches!(a, Action::Csta { association, request, .. } if association == id && !matches!(request, CstaRequest::ClearConnection { .. } | CstaRequest::MonitorStop { .. }))) {
                 self.fail(format!("a refused create ({:?}) placed a proof call or asked the PBX for work", out.error));
             }
-            if matches!(out.error, Some(ApiError::BlockedByPhoneOwner(_))) {
+            if matches!(out.error, Some(Refusal::BlockedByPhoneOwner(_))) {
                 count(10);
             }
             return;
         }
         let Some(v) = &out.view else { return };
         let p = self.policy(&v.pbx);
-        if pre.bindings.contains_key(&(v.pbx.clone(), v.extension.clone())) {
+        if pre.bindings.contains_key(&(v.pbx.to_string(), v.extension.to_string())) {
             self.fail(format!("create of {id} on a bound extension"));
         }
         if pre.blocked(&v.tenant, &v.account, &v.pbx, &v.extension, self.now) {
@@ -994,7 +998,7 @@ impl Fz {
         for a in actions {
             match a {
                 Action::Store(StoreWrite::Association(v)) => {
-                    let old = self.store.assocs.get(&v.id).cloned();
+                    let old = self.store.assocs.get(v.id.as_str()).cloned();
                     if let Some(old) = &old {
                         if is_final(old) && (old.state, old.reason, old.retryable) != (v.state, v.reason, v.retryable) {
                             self.fail(format!("final association {} changed from {:?}/{:?} to {:?}/{:?}", v.id, old.state, old.reason, v.state, v.reason));
@@ -1024,14 +1028,14 @@ impl Fz {
                         let Some((Input::CstaEvent { event: CallEvent::Established { call }, .. }, _)) = cause else {
                             self.fail(format!("association {} in_ivr without the PBX reporting its call established", v.id));
                         };
-                        if let Some(att) = self.attempts.get_mut(&v.id) {
-                            att.established = Some((now, call.clone()));
+                        if let Some(att) = self.attempts.get_mut(v.id.as_str()) {
+                            att.established = Some((now, call.as_bytes().to_vec()));
                         }
                     }
                     if !in_attempt(v.state) {
                         // The attempt is over: its context id is free again.
-                        if let Some(ctx) = self.attempts.get_mut(&v.id).and_then(|a| a.ctx.take()) {
-                            if self.ctx_live.get(&ctx) == Some(&v.id) {
+                        if let Some(ctx) = self.attempts.get_mut(v.id.as_str()).and_then(|a| a.ctx.take()) {
+                            if self.ctx_live.get(&ctx) == Some(&v.id.to_string()) {
                                 self.ctx_live.remove(&ctx);
                             }
                         }
@@ -1042,10 +1046,10 @@ impl Fz {
                             c.down = true;
                         }
                     }
-                    self.store.assocs.insert(v.id.clone(), v.clone());
+                    self.store.assocs.insert(v.id.to_string(), v.clone());
                 }
                 Action::Store(StoreWrite::Bind(b)) => {
-                    let key = (b.pbx.clone(), b.extension.clone());
+                    let key = (b.pbx.to_string(), b.extension.to_string());
                     if self.store.bindings.contains_key(&key) {
                         self.fail(format!("a second binding for {key:?}: {b:?}"));
                     }
@@ -1053,7 +1057,7 @@ impl Fz {
                     binds.push(b.clone());
                 }
                 Action::Store(StoreWrite::Unbind { pbx, extension }) => {
-                    if self.store.bindings.remove(&(pbx.clone(), extension.clone())).is_none() {
+                    if self.store.bindings.remove(&(pbx.to_string(), extension.to_string())).is_none() {
                         self.fail(format!("unbind of {pbx}/{extension}, which is not bound"));
                     }
                 }
@@ -1067,10 +1071,10 @@ impl Fz {
                 }
                 Action::Store(StoreWrite::Block(b)) => {
                     self.check_block(b, cause);
-                    self.store.blocks.insert((b.tenant.clone(), b.account.clone(), b.pbx.clone(), b.extension.clone()), b.clone());
+                    self.store.blocks.insert((b.tenant.to_string(), b.account.to_string(), b.pbx.to_string(), b.extension.to_string()), b.clone());
                 }
                 Action::Store(StoreWrite::Unblock { tenant, account, pbx, extension }) => {
-                    let key = (tenant.clone(), account.clone(), pbx.clone(), extension.clone());
+                    let key = (tenant.to_string(), account.to_string(), pbx.to_string(), extension.to_string());
                     let Some((Input::LiftBlocks { scope, .. }, _)) = cause else {
                         self.fail(format!("block {key:?} lifted by something other than the admin"));
                     };
@@ -1081,11 +1085,11 @@ impl Fz {
                     self.store.blocks.remove(&key);
                 }
                 Action::Store(StoreWrite::Audit(r)) => {
-                    if [&r.step, &r.result, &r.association, &r.account, &r.tenant, &r.pbx, &r.extension].iter().any(|s| leaks(s, &secrets)) {
+                    if [r.step.as_str(), r.result.as_str(), r.association.as_str(), r.account.as_str(), r.tenant.as_str(), r.pbx.as_str(), r.extension.as_str()].iter().any(|s| leaks(s, &secrets)) {
                         self.fail(format!("an audit record holds a code or a context id: {r:?}"));
                     }
                     if r.step == "code_entered" && r.result == "wrong_code" {
-                        let n = self.wrong.entry(r.association.clone()).or_insert(0);
+                        let n = self.wrong.entry(r.association.to_string()).or_insert(0);
                         *n += 1;
                         if *n > MAX_CODE_ENTRIES {
                             let n = *n;
@@ -1094,27 +1098,27 @@ impl Fz {
                     }
                 }
                 Action::Notify { tenant, account, event, association } => {
-                    if [tenant, account, event, association].iter().any(|s| leaks(s, &secrets)) {
+                    if [tenant.as_str(), account.as_str(), event.as_str(), association.as_str()].iter().any(|s| leaks(s, &secrets)) {
                         self.fail(format!("a notification holds a code or a context id: {a:?}"));
                     }
                 }
                 Action::IvrReply { call, reply } => self.ivr_reply(call, reply, &secrets),
-                Action::Csta { association, pbx, request } => {
+                Action::Csta { id: request_id, association, pbx, request } => {
                     let mut call = None;
                     match request {
                         CstaRequest::MakeCall { from, to } => {
                             self.next_call += 1;
                             let id = vec![0xC0, (self.next_call >> 8) as u8, self.next_call as u8];
                             let lock = to == LOCK_PREFIX;
-                            let attempt = self.attempts.get(association).map_or(0, |a| a.n);
+                            let attempt = self.attempts.get(association.as_str()).map_or(0, |a| a.n);
                             if !lock {
                                 self.check_dial(association, pbx, to);
                             }
-                            self.calls.push(Call { pbx: pbx.clone(), extension: from.clone(), id: id.clone(), association: association.clone(), attempt, lock, exists: false, down: false });
+                            self.calls.push(Call { pbx: pbx.to_string(), extension: from.to_string(), id: id.clone(), association: association.to_string(), attempt, lock, exists: false, down: false });
                             call = Some(id);
                         }
                         CstaRequest::SendDigits { digits, .. } => {
-                            let ctx = self.attempts.get(association).and_then(|a| a.ctx.clone());
+                            let ctx = self.attempts.get(association.as_str()).and_then(|a| a.ctx.clone());
                             if self.policy(pbx).context_delivery != ContextDelivery::Dtmf || ctx.as_ref().is_none_or(|c| *digits != format!("*{c}#")) {
                                 self.fail(format!("SendDigits {digits:?} for {association}, whose attempt's context is {ctx:?} ({:?} delivery)", self.policy(pbx).context_delivery));
                             }
@@ -1123,13 +1127,13 @@ impl Fz {
                             }
                         }
                         CstaRequest::ClearConnection { call, .. } => {
-                            for c in self.calls.iter_mut().filter(|c| c.pbx == *pbx && c.id == *call) {
+                            for c in self.calls.iter_mut().filter(|c| c.pbx == *pbx && c.id == call.as_bytes()) {
                                 c.down = true;
                             }
                         }
                         _ => {}
                     }
-                    self.pending.push(Pending { association: association.clone(), pbx: pbx.clone(), request: request.clone(), call, link_lost: false, sent: self.now });
+                    self.pending.push(Pending { id: *request_id, association: association.to_string(), pbx: pbx.to_string(), request: request.clone(), call, link_lost: false, sent: self.now });
                 }
             }
         }
@@ -1159,7 +1163,7 @@ impl Fz {
     /// within every limit; the model draws its context id as the engine must.
     fn proof_call(&mut self, c: &ProofCall, cause: Option<(&Input, &Output)>) {
         let (id, random) = match cause {
-            Some((Input::Create { id, random, .. } | Input::Complete { id, random, .. }, _)) => (id.clone(), random.clone()),
+            Some((Input::Create { id, random, .. } | Input::Complete { id, random, .. }, _)) => (id.to_string(), random.clone()),
             _ => self.fail(format!("a proof call charged by something other than a Create or Complete: {c:?}")),
         };
         let Some(v) = self.store.assocs.get(&id) else { self.fail(format!("a proof call for {id}, which the store does not hold")) };
@@ -1287,7 +1291,7 @@ impl Fz {
         let [v] = bound.as_slice() else {
             self.fail(format!("binding {b:?} without exactly one association bound with it ({} found)", bound.len()));
         };
-        let id = &v.id;
+        let id = v.id.as_str();
         let Some(before) = pre.assocs.get(id) else { self.fail(format!("binding for association {id} the store never held")) };
         if (b.tenant.as_str(), b.account.as_str(), b.bound_at) != (v.tenant.as_str(), v.account.as_str(), *now) {
             self.fail(format!("binding {b:?} does not match its association {v:?}"));
@@ -1295,7 +1299,7 @@ impl Fz {
         if before.state != State::InIvr {
             self.fail(format!("association {id} bound from state {:?}", before.state));
         }
-        if self.ivr_before.as_ref().map(|(_, e)| e) != Some(&Expect::Code(id.clone())) {
+        if self.ivr_before.as_ref().map(|(_, e)| e) != Some(&Expect::Code(id.to_owned())) {
             self.fail(format!("IVR call {call} bound association {id} but had been asked for {:?}", self.ivr_before));
         }
         let Some(att) = self.attempts.get(id) else { self.fail(format!("association {id} bound without an attempt")) };
@@ -1354,7 +1358,7 @@ impl Fz {
         let mut by_ext = HashSet::new();
         let mut by_account = HashSet::new();
         for v in self.store.assocs.values() {
-            if self.wrong.get(&v.id).copied().unwrap_or(0) >= MAX_CODE_ENTRIES && !is_final(v) {
+            if self.wrong.get(v.id.as_str()).copied().unwrap_or(0) >= MAX_CODE_ENTRIES && !is_final(v) {
                 self.fail(format!("association {} still {:?} after {MAX_CODE_ENTRIES} wrong entries of its code", v.id, v.state));
             }
             if is_final(v) {
@@ -1380,13 +1384,13 @@ impl Fz {
                 }
             }
         }
-        // A waiting request's attempt still rings; a Tick past its deadline answered it.
+        // A waiting request's attempt still rings; a timeout past its deadline answered it.
         for (call, (id, until)) in &self.waits {
             let state = self.store.assocs.get(id).map(|v| v.state);
             if !matches!(state, Some(State::Calling | State::Ringing)) {
                 self.fail(format!("IVR call {call} still waits on association {id}, which is {state:?}"));
             }
-            if matches!(input, Some(Input::Tick { .. })) && self.now >= *until {
+            if matches!(input, Some(Input::Timeout { .. })) && self.now >= *until {
                 self.fail(format!("IVR call {call} waiting on {id} got no answer by its deadline {until} (tick at {})", self.now));
             }
         }

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::error::{ApiResult, ErrorBody, HttpError};
 use super::extract::{check_id, check_number, AdminCaller, Caller, NoQuery, QueryParams, StrictJson, StrictQuery, Validate};
 use super::AppState;
-use crate::association::{AdminScope, AuditRecord, CounterKey, Input, OwnerBlock, Principal};
+use crate::association::{AdminScope, ApiInput, AuditRecord, CounterKey, OwnerBlock, Principal};
 use crate::clock::now_ms;
 use crate::gateway::{Query, QueryResult};
 use crate::store::AuditFilter;
@@ -44,8 +44,8 @@ impl Validate for ScopeReq {
 impl ScopeReq {
     fn scope(self) -> ApiResult<AdminScope> {
         match self {
-            ScopeReq { pbx: Some(pbx), extension: Some(extension), account: None, tenant: None } => Ok(AdminScope::Extension { pbx, extension }),
-            ScopeReq { pbx: None, extension: None, account: Some(account), tenant } => Ok(AdminScope::Account { tenant, account }),
+            ScopeReq { pbx: Some(pbx), extension: Some(extension), account: None, tenant: None } => Ok(AdminScope::Extension { pbx: pbx.into(), extension: extension.into() }),
+            ScopeReq { pbx: None, extension: None, account: Some(account), tenant } => Ok(AdminScope::Account { tenant: tenant.map(Into::into), account: account.into() }),
             _ => Err(HttpError::bad_request("give `pbx` and `extension`, or `account` (and optionally `tenant`)")),
         }
     }
@@ -76,18 +76,15 @@ pub struct Limits {
 }
 
 async fn limits(st: &AppState, scope: AdminScope) -> ApiResult<Json<Limits>> {
-    match st.gw.query(Query::Limits(scope)).await {
+    match st.gw.query(Query::Limits(scope)).await? {
         QueryResult::Limits { counters, blocks } => Ok(Json(Limits { counters: counters.into_iter().map(|(key, value)| Counter { key, value }).collect(), blocks })),
         _ => Err(HttpError::unavailable()),
     }
 }
 
 /// Change the limits in scope, then show them.
-async fn change(st: &AppState, scope: AdminScope, input: Input) -> ApiResult<Json<Limits>> {
-    let out = st.gw.call(input).await.ok_or_else(HttpError::unavailable)?;
-    if let Some(e) = &out.error {
-        return Err(e.into());
-    }
+async fn change(st: &AppState, scope: AdminScope, input: ApiInput) -> ApiResult<Json<Limits>> {
+    st.gw.api(input).await?;
     limits(st, scope).await
 }
 
@@ -110,14 +107,14 @@ pub(super) async fn blocks(st: State<AppState>, admin: AdminCaller, q: StrictQue
     responses((status = 200, body = Limits), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn counters_reset(State(st): State<AppState>, _: AdminCaller, _: StrictQuery<NoQuery>, StrictJson(req): StrictJson<ScopeReq>) -> ApiResult<Json<Limits>> {
     let scope = req.scope()?;
-    change(&st, scope.clone(), Input::ResetCounters { scope, now: now_ms() }).await
+    change(&st, scope.clone(), ApiInput::ResetCounters { scope, now: now_ms() }).await
 }
 
 #[utoipa::path(post, path = "/v1/admin/blocks/lift", tag = "admin", request_body = ScopeReq, security(("bearer" = [])),
     responses((status = 200, body = Limits), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn blocks_lift(State(st): State<AppState>, _: AdminCaller, _: StrictQuery<NoQuery>, StrictJson(req): StrictJson<ScopeReq>) -> ApiResult<Json<Limits>> {
     let scope = req.scope()?;
-    change(&st, scope.clone(), Input::LiftBlocks { scope, now: now_ms() }).await
+    change(&st, scope.clone(), ApiInput::LiftBlocks { scope, now: now_ms() }).await
 }
 
 /// One PBX link: its state and counters (as `Link::state` and `Link::stats` give them).
@@ -171,7 +168,7 @@ pub(super) async fn audit(State(st): State<AppState>, Caller(p): Caller, StrictQ
         Principal::Tenant(t) => Some(t),
     };
     let f = AuditFilter { tenant, account: q.account, extension: q.extension, limit: q.limit.unwrap_or(1000) };
-    match st.gw.query(Query::Audit(f)).await {
+    match st.gw.query(Query::Audit(f)).await? {
         QueryResult::Audit(records) => Ok(Json(AuditLog { records })),
         _ => Err(HttpError::unavailable()),
     }

@@ -9,8 +9,9 @@ use utoipa::ToSchema;
 use super::error::{ApiResult, ErrorBody, HttpError};
 use super::extract::{check_id, check_number, check_text, Caller, NoQuery, StrictJson, StrictPath, StrictQuery, Validate};
 use super::{AppState, CONTEXT_RANDOM_DIGITS};
-use crate::association::{AssociationView, Input, Millis, Output, Reason, State as AssocState, Step};
+use crate::association::{ApiInput, ApiReply, AssociationView, Millis, Reason, State as AssocState, Step};
 use crate::clock::now_ms;
+use crate::ids::{AccountId, AssociationId, Extension, PbxId};
 use crate::gateway::{Query, QueryResult};
 
 #[derive(Deserialize, ToSchema)]
@@ -42,27 +43,27 @@ impl Validate for CreateReq {
 /// A new association, with its one-time code: the only time the code is shown.
 #[derive(Serialize, ToSchema)]
 pub struct Created {
-    id: String,
+    id: AssociationId,
     state: AssocState,
     code: String,
     expires_at: Millis,
-    extension: String,
-    pbx: String,
+    extension: Extension,
+    pbx: PbxId,
 }
 
 /// What the API shows of an association: the engine's view without the tenant (the caller's
 /// own) and the proof call's PBX id (the gateway's business).
 #[derive(Serialize, ToSchema)]
 pub struct Association {
-    id: String,
+    id: AssociationId,
     state: AssocState,
     /// Why the last attempt or the association failed; null while nothing failed.
     #[schema(required = true)]
     reason: Option<Reason>,
     retryable: bool,
-    extension: String,
-    pbx: String,
-    account: String,
+    extension: Extension,
+    pbx: PbxId,
+    account: AccountId,
     expires_at: Millis,
     history: Vec<Step>,
 }
@@ -73,31 +74,29 @@ impl From<AssociationView> for Association {
     }
 }
 
-/// The engine's answer to an association input: its refusal, or the view.
-fn view_of(out: Option<Output>) -> ApiResult<(AssociationView, Option<String>)> {
-    let out = out.ok_or_else(HttpError::unavailable)?;
-    if let Some(e) = &out.error {
-        return Err(e.into());
+/// The engine's answer to Complete or Cancel: the association as it stands.
+fn view_of(reply: ApiReply) -> ApiResult<AssociationView> {
+    match reply {
+        ApiReply::Association(v) => Ok(v),
+        _ => Err(HttpError::unavailable()),
     }
-    out.view.map(|v| (v, out.code)).ok_or_else(HttpError::unavailable)
 }
 
 #[utoipa::path(post, path = "/v1/associations", tag = "associations", request_body = CreateReq, security(("bearer" = [])),
     responses((status = 201, body = Created), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn create(State(st): State<AppState>, Caller(principal): Caller, _: StrictQuery<NoQuery>, StrictJson(req): StrictJson<CreateReq>) -> ApiResult<(StatusCode, Json<Created>)> {
-    let input = Input::Create {
+    let input = ApiInput::Create {
         principal,
-        account: req.account,
+        account: req.account.into(),
         account_name: req.display_name,
-        pbx: req.pbx,
-        extension: req.extension,
-        id: crate::random::id(),
+        pbx: req.pbx.map(Into::into),
+        extension: req.extension.into(),
+        id: crate::random::id().into(),
         random: crate::random::digits(CONTEXT_RANDOM_DIGITS),
         code: crate::random::digits(16),
         now: now_ms(),
     };
-    let (v, code) = view_of(st.gw.call(input).await)?;
-    let code = code.ok_or_else(HttpError::unavailable)?;
+    let ApiReply::Created { view: v, code } = st.gw.api(input).await? else { return Err(HttpError::unavailable()) };
     Ok((StatusCode::CREATED, Json(Created { id: v.id, state: v.state, code, expires_at: v.expires_at, extension: v.extension, pbx: v.pbx })))
 }
 
@@ -105,7 +104,7 @@ pub(super) async fn create(State(st): State<AppState>, Caller(principal): Caller
     responses((status = 202, body = Association), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn complete(State(st): State<AppState>, Caller(principal): Caller, StrictPath(path): StrictPath<1>, _: StrictQuery<NoQuery>) -> ApiResult<(StatusCode, Json<Association>)> {
     let [id] = path;
-    let (v, _) = view_of(st.gw.call(Input::Complete { principal, id, random: crate::random::digits(CONTEXT_RANDOM_DIGITS), now: now_ms() }).await)?;
+    let v = view_of(st.gw.api(ApiInput::Complete { principal, id: id.into(), random: crate::random::digits(CONTEXT_RANDOM_DIGITS), now: now_ms() }).await?)?;
     Ok((StatusCode::ACCEPTED, Json(v.into())))
 }
 
@@ -113,7 +112,7 @@ pub(super) async fn complete(State(st): State<AppState>, Caller(principal): Call
     responses((status = 200, body = Association), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn cancel(State(st): State<AppState>, Caller(principal): Caller, StrictPath(path): StrictPath<1>, _: StrictQuery<NoQuery>) -> ApiResult<Json<Association>> {
     let [id] = path;
-    let (v, _) = view_of(st.gw.call(Input::Cancel { principal, id, now: now_ms() }).await)?;
+    let v = view_of(st.gw.api(ApiInput::Cancel { principal, id: id.into(), now: now_ms() }).await?)?;
     Ok(Json(v.into()))
 }
 
@@ -121,7 +120,7 @@ pub(super) async fn cancel(State(st): State<AppState>, Caller(principal): Caller
     responses((status = 200, body = Association), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn get_association(State(st): State<AppState>, Caller(principal): Caller, StrictPath(path): StrictPath<1>, _: StrictQuery<NoQuery>) -> ApiResult<Json<Association>> {
     let [id] = path;
-    match st.gw.query(Query::Association { principal, id }).await {
+    match st.gw.query(Query::Association { principal, id: id.into() }).await? {
         QueryResult::Association(Some(v)) => Ok(Json(v.into())),
         QueryResult::Association(None) => Err(HttpError::not_found()),
         _ => Err(HttpError::unavailable()),

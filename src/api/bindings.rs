@@ -9,16 +9,17 @@ use utoipa::ToSchema;
 use super::error::{ApiResult, ErrorBody, HttpError};
 use super::extract::{Caller, MaybeAccountQuery, NoQuery, StrictPath, StrictQuery};
 use super::AppState;
-use crate::association::{Input, Millis, Principal};
+use crate::association::{ApiInput, Millis, Principal};
 use crate::clock::now_ms;
+use crate::ids::{AccountId, Extension, PbxId};
 use crate::gateway::{Query, QueryResult};
 
 /// What the API shows of a binding: the engine's without the tenant (the caller's own).
 #[derive(Serialize, ToSchema)]
 pub struct BindingBody {
-    account: String,
-    extension: String,
-    pbx: String,
+    account: AccountId,
+    extension: Extension,
+    pbx: PbxId,
     /// The calling number the IVR saw: a hint, not verified identity.
     #[schema(required = true)]
     did: Option<String>,
@@ -39,7 +40,7 @@ pub struct BindingList {
 
 /// The binding of an extension, if `p` may see it; `Err` if the gateway cannot answer.
 pub(super) async fn visible_binding(st: &AppState, p: &Principal, pbx: &str, extension: &str) -> ApiResult<Option<crate::association::Binding>> {
-    match st.gw.query(Query::Binding { pbx: pbx.to_owned(), extension: extension.to_owned() }).await {
+    match st.gw.query(Query::Binding { pbx: pbx.into(), extension: extension.into() }).await? {
         QueryResult::Bindings(v) => Ok(v.into_iter().find(|b| *p == Principal::Admin || *p == Principal::Tenant(b.tenant.clone()))),
         _ => Err(HttpError::unavailable()),
     }
@@ -52,7 +53,7 @@ pub(super) async fn bindings_of(State(st): State<AppState>, Caller(p): Caller, S
         return Err(HttpError::bad("account", "list bindings with a tenant token and `account`"));
     };
     let account = q.account.ok_or_else(|| HttpError::bad("account", "`account` is required"))?;
-    match st.gw.query(Query::BindingsOf { tenant, account }).await {
+    match st.gw.query(Query::BindingsOf { tenant, account: account.into() }).await? {
         QueryResult::Bindings(v) => Ok(Json(BindingList { bindings: v.into_iter().map(BindingBody::from).collect() })),
         _ => Err(HttpError::unavailable()),
     }
@@ -70,9 +71,6 @@ pub(super) async fn binding(State(st): State<AppState>, Caller(p): Caller, Stric
     responses((status = 204), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn unbind(State(st): State<AppState>, Caller(principal): Caller, StrictPath(path): StrictPath<2>, StrictQuery(q): StrictQuery<MaybeAccountQuery>) -> ApiResult<StatusCode> {
     let [pbx, extension] = path;
-    let out = st.gw.call(Input::Unbind { principal, account: q.account, pbx, extension, now: now_ms() }).await.ok_or_else(HttpError::unavailable)?;
-    match out.error {
-        Some(e) => Err(e.into()),
-        None => Ok(StatusCode::NO_CONTENT),
-    }
+    st.gw.api(ApiInput::Unbind { principal, account: q.account.map(Into::into), pbx: pbx.into(), extension: extension.into(), now: now_ms() }).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -19,6 +19,7 @@ use super::error::{ApiResult, ErrorBody, HttpError};
 use super::extract::{check_id, check_number, AccountQuery, Caller, NoQuery, StrictJson, StrictPath, StrictQuery, Validate};
 use super::{AppState, MAX_EVENT_STREAMS_PER_TENANT};
 use crate::association::Principal;
+use crate::ids::TenantId;
 use crate::codec::body::{FieldName as F, Value};
 use crate::codec::{Body, ConnectionId, DeviceId, LocalDevice, Operation};
 use crate::gateway::{Gateway, Query, QueryResult};
@@ -83,7 +84,7 @@ pub struct CallPlaced {
 /// CTI control is for the bound account only.
 async fn bound_to(st: &AppState, p: &Principal, pbx: &str, extension: &str, account: &str) -> ApiResult<crate::link::Link> {
     let b = visible_binding(st, p, pbx, extension).await?.filter(|b| b.account == account).ok_or_else(HttpError::not_found)?;
-    st.gw.links().get(&b.pbx).cloned().ok_or_else(HttpError::unavailable)
+    st.gw.links().get(b.pbx.as_str()).cloned().ok_or_else(HttpError::unavailable)
 }
 
 #[utoipa::path(post, path = "/v1/extensions/{pbx}/{extension}/calls", tag = "cti", request_body = CallReq, params(("pbx" = String, Path), ("extension" = String, Path)), security(("bearer" = [])),
@@ -117,10 +118,10 @@ pub(super) async fn events(State(st): State<AppState>, Caller(p): Caller, Strict
     // Watch for unbinds before reading the binding, so none is missed in between.
     let unbinds = st.gw.watch_unbinds();
     let binding = visible_binding(&st, &p, &pbx, &extension).await?.filter(|b| b.account == q.account).ok_or_else(HttpError::not_found)?;
-    let link = st.gw.links().get(&binding.pbx).cloned().ok_or_else(HttpError::unavailable)?;
+    let link = st.gw.links().get(binding.pbx.as_str()).cloned().ok_or_else(HttpError::unavailable)?;
     let tenant = match &p {
         Principal::Tenant(t) => t.clone(),
-        Principal::Admin => String::new(),
+        Principal::Admin => TenantId::default(),
     };
     let slot = StreamSlot::take(&st.streams, &tenant).ok_or_else(|| HttpError::new(StatusCode::TOO_MANY_REQUESTS, format!("at most {MAX_EVENT_STREAMS_PER_TENANT} event streams open per tenant")))?;
     let dialect = link.dialect();
@@ -176,7 +177,7 @@ impl BindingFollow {
         self.unbinds.borrow_and_update();
         let b = &self.binding;
         match self.gw.query(Query::Binding { pbx: b.pbx.clone(), extension: b.extension.clone() }).await {
-            QueryResult::Bindings(now) => now.first() == Some(b),
+            Ok(QueryResult::Bindings(now)) => now.first() == Some(b),
             _ => false,
         }
     }

@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use crate::association::ApiError;
+use crate::association::Refusal;
+use crate::gateway::GatewayError;
 
 /// A refused request: its status and the JSON body the client gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +53,7 @@ impl HttpError {
     }
 
     pub fn not_found() -> HttpError {
-        HttpError::from(&ApiError::NotFound)
+        HttpError::from(&Refusal::NotFound)
     }
 
     pub fn unauthorized(msg: impl Into<String>) -> HttpError {
@@ -60,30 +61,40 @@ impl HttpError {
     }
 }
 
-impl From<&ApiError> for HttpError {
+impl From<&Refusal> for HttpError {
     /// An engine refusal: its status, and a stable `code` beside the message.
-    fn from(e: &ApiError) -> HttpError {
+    fn from(e: &Refusal) -> HttpError {
         let (status, code) = match e {
-            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::UnknownExtension(_) => (StatusCode::NOT_FOUND, "unknown_extension"),
-            ApiError::AlreadyBound => (StatusCode::CONFLICT, "already_bound"),
-            ApiError::ExtensionBusy => (StatusCode::CONFLICT, "extension_busy"),
-            ApiError::AccountBusy => (StatusCode::CONFLICT, "account_busy"),
-            ApiError::WrongState(_) => (StatusCode::CONFLICT, "wrong_state"),
-            ApiError::LockedOut => (StatusCode::LOCKED, "locked_out"),
-            ApiError::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            ApiError::BlockedByPhoneOwner(_) => (StatusCode::FORBIDDEN, "blocked_by_phone_owner"),
-            ApiError::Expired => (StatusCode::GONE, "expired"),
-            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Refusal::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Refusal::UnknownExtension(_) => (StatusCode::NOT_FOUND, "unknown_extension"),
+            Refusal::AlreadyBound => (StatusCode::CONFLICT, "already_bound"),
+            Refusal::ExtensionBusy => (StatusCode::CONFLICT, "extension_busy"),
+            Refusal::AccountBusy => (StatusCode::CONFLICT, "account_busy"),
+            Refusal::WrongState(_) => (StatusCode::CONFLICT, "wrong_state"),
+            Refusal::LockedOut => (StatusCode::LOCKED, "locked_out"),
+            Refusal::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            Refusal::BlockedByPhoneOwner(_) => (StatusCode::FORBIDDEN, "blocked_by_phone_owner"),
+            Refusal::Expired => (StatusCode::GONE, "expired"),
             _ => (StatusCode::BAD_REQUEST, "bad_request"),
         };
         HttpError { status, body: ErrorBody { error: e.to_string(), field: None, code: Some(code) } }
     }
 }
 
-impl From<ApiError> for HttpError {
-    fn from(e: ApiError) -> HttpError {
+impl From<Refusal> for HttpError {
+    fn from(e: Refusal) -> HttpError {
         HttpError::from(&e)
+    }
+}
+
+impl From<GatewayError> for HttpError {
+    /// The engine's refusal as its status; a storage failure or a stopped gateway is 503
+    /// `unavailable`.
+    fn from(e: GatewayError) -> HttpError {
+        match e {
+            GatewayError::Refused(r) => HttpError::from(&r),
+            GatewayError::Unavailable | GatewayError::Stopped => HttpError::unavailable(),
+        }
     }
 }
 

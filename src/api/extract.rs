@@ -55,7 +55,7 @@ impl Tokens {
                 found = Some(tenant.clone());
             }
         }
-        found.map(Principal::Tenant)
+        found.map(|t| Principal::Tenant(t.into()))
     }
 }
 

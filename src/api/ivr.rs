@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use super::error::{ApiResult, ErrorBody, HttpError};
 use super::extract::{check_id, parse};
 use super::AppState;
-use crate::association::{Input, IvrReply};
+use crate::association::{IvrInput, IvrReply};
 use crate::clock::now_ms;
 use crate::webhook::{sign_webhook, Replay, SIGNATURE_HEADER, TIMESTAMP_HEADER, WEBHOOK_WINDOW_SECS};
 
@@ -92,18 +92,17 @@ pub(super) async fn ivr_webhook(State(st): State<AppState>, headers: HeaderMap, 
     let calls = || st.ivr.webhook_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if req.hangup {
         calls().set(&req.call, false, now);
-        let _ = st.gw.call(Input::IvrHangup { call: req.call, now }).await;
+        st.gw.ivr_hangup(req.call, now).await;
         return Ok(Json(IvrReply { prompt: "", say: String::new(), gather: None, hangup: true }));
     }
     // Digits on a call not past the context stage are a context entry: guarded.
     let entry = crate::ivr::names_a_number(req.digits.as_deref()) && !calls().contains(&req.call, now);
     if entry && !st.ivr.webhook.admit(&req.call, now) {
-        let _ = st.gw.call(Input::IvrHangup { call: req.call, now }).await;
+        st.gw.ivr_hangup(req.call, now).await;
         return Ok(Json(IvrReply { prompt: crate::ivr::REFUSED_PROMPT, say: crate::ivr::REFUSED_SAY.into(), gather: None, hangup: true }));
     }
     let call = req.call.clone();
-    let out = st.gw.call(Input::Ivr { call: req.call, from: req.from, to: req.to, digits: req.digits, now }).await.ok_or_else(HttpError::unavailable)?;
-    let reply = out.ivr.ok_or_else(HttpError::unavailable)?;
+    let reply = st.gw.ivr(IvrInput { call: req.call, from: req.from, to: req.to, digits: req.digits, now }).await?;
     if entry {
         st.ivr.webhook.answered(&call, reply.prompt, now);
     }

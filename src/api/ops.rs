@@ -28,7 +28,7 @@ pub(super) async fn healthz(State(st): State<AppState>) -> Json<Health> {
 #[utoipa::path(get, path = "/metrics", tag = "ops", responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 pub(super) async fn metrics(State(st): State<AppState>) -> Response {
     let sizes = match st.gw.query(Query::Sizes).await {
-        QueryResult::Sizes(z) => Some(z),
+        Ok(QueryResult::Sizes(z)) => Some(z),
         _ => None,
     };
     let replay = st.replay.lock().map_or(0, |c| c.len());

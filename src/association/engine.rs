@@ -1,6 +1,6 @@
 //! The engine's state and its transitions (see the module docs in `mod.rs`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use super::*;
 
@@ -20,6 +20,27 @@ pub(crate) const MAX_HISTORY: usize = 64;
 /// there; afterwards the API reads it from the store). Memory holds the live associations and
 /// those of the last few minutes, not the whole history.
 pub(crate) const FORGET_AFTER: Millis = 600_000;
+/// How often the memory of IVR calls, ended context ids, proof calls and owner blocks is swept
+/// (while there is any): none of them is a deadline anyone waits for.
+const SWEEP_EVERY: Millis = 60_000;
+
+/// What a CSTA request the engine issued is for: its answer is read by this, never by comparing
+/// what the request said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    Monitor,
+    LockCall,
+    ProofCall,
+    Digits,
+}
+
+/// A request whose answer the engine acts on. ClearConnection and MonitorStop are not kept: their
+/// answers change nothing.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub(crate) association: String,
+    pub(crate) purpose: Purpose,
+}
 
 pub(crate) struct Assoc {
     pub(crate) view: AssociationView,
@@ -27,7 +48,7 @@ pub(crate) struct Assoc {
     /// Kept in memory only, never stored or logged; compared in constant time.
     pub(crate) code: String,
     pub(crate) code_entries: u32,
-    pub(crate) lock_call: Option<Vec<u8>>,
+    pub(crate) lock_call: Option<CallId>,
     pub(crate) monitored: bool,
     /// Ringing (until the IVR answers: `no_answer`) or in the IVR (until the IVR platform's
     /// next request: `ivr_timeout`).
@@ -56,39 +77,51 @@ pub(crate) struct Attempt {
 }
 
 impl Assoc {
-    /// The proof call's id, when the gateway knows it (`view.call` is its only copy).
-    pub(crate) fn call(&self) -> Option<Vec<u8>> {
-        self.view.call.as_deref().and_then(|h| hex::decode(h).ok())
-    }
-}
-
-/// Forget the association's proof call and ask the shell to clear it, if there is one.
-fn clear_call(v: &mut AssociationView, actions: &mut Vec<Action>) {
-    if let Some(call) = v.call.take().and_then(|h| hex::decode(h).ok()) {
-        actions.push(Action::Csta { association: v.id.clone(), pbx: v.pbx.clone(), request: CstaRequest::ClearConnection { call, extension: v.extension.clone() } });
+    /// When this association next needs the engine's attention without any input: the answer
+    /// of a waiting IVR request, the code's expiry, the ring or IVR timeout. `None` once final.
+    fn next_deadline(&self) -> Option<Millis> {
+        if self.view.state.is_final(self.view.retryable) {
+            return None;
+        }
+        let waiting = self.attempt.waiting.as_ref().map(|(_, until)| *until);
+        [waiting, Some(self.view.expires_at), self.deadline].into_iter().flatten().min()
     }
 }
 
 /// The association engine. See the module docs.
 pub struct Engine {
-    pub(crate) policies: HashMap<String, Policy>,
-    pub(crate) assocs: HashMap<String, Assoc>,
+    pub(crate) policies: HashMap<PbxId, Policy>,
+    pub(crate) assocs: HashMap<AssociationId, Assoc>,
     /// Live (not final) associations by (pbx, extension), (tenant, account) and context id.
-    pub(crate) by_ext: HashMap<(String, String), String>,
-    pub(crate) by_account: HashMap<(String, String), String>,
-    pub(crate) by_context: HashMap<String, String>,
+    pub(crate) by_ext: HashMap<(PbxId, Extension), AssociationId>,
+    pub(crate) by_account: HashMap<(TenantId, AccountId), AssociationId>,
+    pub(crate) by_context: HashMap<String, AssociationId>,
     /// Context ids of attempts that ended in the last [`FORGET_AFTER`], with when: a proof call
     /// that reaches the IVR after its attempt failed presents one. It is told "no longer valid",
     /// not "unknown", so the adapters do not count it as a guess (a guess hits one of these as
     /// rarely as a live one). Bounded by the proof calls of ten minutes.
     pub(crate) ended_contexts: HashMap<String, Millis>,
-    pub(crate) bindings: HashMap<(String, String), Binding>,
+    pub(crate) bindings: HashMap<(PbxId, Extension), Binding>,
     pub(crate) counters: HashMap<CounterKey, u32>,
     /// Proof calls of the last hour by extension, with the account each was charged to.
-    pub(crate) proof_calls: HashMap<(String, String), Vec<ProofCall>>,
+    pub(crate) proof_calls: HashMap<(PbxId, Extension), Vec<ProofCall>>,
     /// Owner blocks by (tenant, account, pbx, extension).
     pub(crate) blocks: HashMap<BlockKey, OwnerBlock>,
     pub(crate) ivr_calls: HashMap<String, super::ivr::IvrCall>,
+    /// The CSTA requests whose answers the engine awaits, by id. Only requests of associations
+    /// in memory: dropped with their association, so bounded like `assocs`.
+    pub(crate) pending: HashMap<RequestId, Pending>,
+    pub(crate) next_request: u64,
+    /// Deadlines of live associations, ordered (`armed` holds each one's entry): the timer
+    /// interface reads the first without scanning the associations.
+    pub(crate) timers: BTreeSet<(Millis, String)>,
+    pub(crate) armed: HashMap<String, Millis>,
+    /// When ended associations leave memory (their last step plus [`FORGET_AFTER`]).
+    pub(crate) forget: BTreeSet<(Millis, String)>,
+    /// The next sweep of the other memory (see [`SWEEP_EVERY`]).
+    pub(crate) next_sweep: Millis,
+    /// Associations an input changed: their deadlines are re-armed before the input returns.
+    pub(crate) touched: Vec<String>,
 }
 
 /// How much the engine holds in memory (`/metrics`; bounded by live work, not by history).
@@ -116,9 +149,9 @@ pub struct Snapshot {
 }
 
 impl Engine {
-    pub fn new(policies: HashMap<String, Policy>) -> Engine {
+    pub fn new<K: Into<PbxId>>(policies: HashMap<K, Policy>) -> Engine {
         Engine {
-            policies,
+            policies: policies.into_iter().map(|(k, p)| (k.into(), p)).collect(),
             assocs: HashMap::new(),
             by_ext: HashMap::new(),
             by_account: HashMap::new(),
@@ -129,12 +162,83 @@ impl Engine {
             proof_calls: HashMap::new(),
             blocks: HashMap::new(),
             ivr_calls: HashMap::new(),
+            pending: HashMap::new(),
+            next_request: 0,
+            timers: BTreeSet::new(),
+            armed: HashMap::new(),
+            forget: BTreeSet::new(),
+            next_sweep: 0,
+            touched: Vec::new(),
         }
+    }
+
+    /// Name a new CSTA request for the association `id` (see [`RequestId`]); `purpose` is what
+    /// its answer is read as (`None`: its answer changes nothing and is not awaited).
+    pub(crate) fn request(&mut self, id: &str, pbx: &str, request: CstaRequest, purpose: Option<Purpose>, actions: &mut Vec<Action>) {
+        let rid = RequestId(self.next_request);
+        self.next_request += 1;
+        if let Some(purpose) = purpose {
+            self.pending.insert(rid, Pending { association: id.to_owned(), purpose });
+        }
+        actions.push(Action::Csta { id: rid, association: id.into(), pbx: pbx.into(), request });
+    }
+
+    /// Whether the engine awaits the answer to `id`. The shell clears a call that a MakeCall it no
+    /// longer awaits placed (nothing else would).
+    pub fn awaits(&self, id: RequestId) -> bool {
+        self.pending.contains_key(&id)
+    }
+
+    /// Forget the association's proof call and ask the shell to clear it, if there is one.
+    pub(crate) fn clear_call(&mut self, id: &str, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get_mut(id) else { return };
+        if let Some(call) = a.view.call.take() {
+            let (pbx, extension) = (a.view.pbx.clone(), a.view.extension.clone());
+            self.request(id, &pbx, CstaRequest::ClearConnection { call, extension }, None, actions);
+        }
+    }
+
+    /// The earliest moment the engine has something to do without any input (a code expiring,
+    /// a phone ringing too long, an IVR request waiting, memory to free): the shell calls
+    /// [`Engine::handle_timeout`] then. `None`: nothing is due, ever, without an input.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        let sweep = (!self.ivr_calls.is_empty() || !self.ended_contexts.is_empty() || !self.proof_calls.is_empty() || !self.blocks.is_empty()).then_some(self.next_sweep);
+        [self.timers.first().map(|(t, _)| *t), self.forget.first().map(|(t, _)| *t), sweep].into_iter().flatten().min()
+    }
+
+    /// Do what is due at `now` (see [`Engine::poll_timeout`]); before the earliest deadline it
+    /// does nothing. Reads only the deadlines that are due.
+    pub fn handle_timeout(&mut self, now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.timeouts(now, &mut actions);
+        self.rearm();
+        actions
+    }
+
+    /// Re-arm the deadlines of the associations the last input changed.
+    pub(crate) fn rearm(&mut self) {
+        while let Some(id) = self.touched.pop() {
+            let next = self.assocs.get(id.as_str()).and_then(|a| a.next_deadline());
+            if self.armed.get(&id) == next.as_ref() {
+                continue;
+            }
+            if let Some(old) = self.armed.remove(&id) {
+                self.timers.remove(&(old, id.clone()));
+            }
+            if let Some(t) = next {
+                self.timers.insert((t, id.clone()));
+                self.armed.insert(id, t);
+            }
+        }
+    }
+
+    pub(crate) fn touch(&mut self, id: &str) {
+        self.touched.push(id.to_owned());
     }
 
     /// Rebuild from the store after a restart. Associations in flight cannot go on (their code
     /// was never stored and their call is gone): they end as failed with `gateway_restarted`.
-    pub fn restore(policies: HashMap<String, Policy>, snap: Snapshot, now: Millis) -> (Engine, Vec<Action>) {
+    pub fn restore<K: Into<PbxId>>(policies: HashMap<K, Policy>, snap: Snapshot, now: Millis) -> (Engine, Vec<Action>) {
         let mut e = Engine::new(policies);
         for b in snap.bindings {
             e.bindings.insert((b.pbx.clone(), b.extension.clone()), b);
@@ -161,15 +265,44 @@ impl Engine {
             push_history(&mut v.history, Step { at: now, step: "failed".into(), detail: "gateway restarted while the association was in flight".into() });
             actions.push(audit(&v, now, "failed", "gateway_restarted"));
             // The call the previous run placed may still be up (ringing, or in the IVR).
-            clear_call(&mut v, &mut actions);
+            if let Some(call) = v.call.take() {
+                let rid = RequestId(e.next_request);
+                e.next_request += 1;
+                actions.push(Action::Csta { id: rid, association: v.id.clone(), pbx: v.pbx.clone(), request: CstaRequest::ClearConnection { call, extension: v.extension.clone() } });
+            }
             actions.push(Action::Notify { tenant: v.tenant.clone(), account: v.account.clone(), event: "failed".into(), association: v.id.clone() });
             actions.push(Action::Store(StoreWrite::Association(v)));
         }
         (e, actions)
     }
 
+    /// The proof calls of the live associations, as `(association, pbx, extension, call)`: the
+    /// calls a stopping gateway clears before it ends their associations.
+    pub fn live_calls(&self) -> Vec<(AssociationId, PbxId, Extension, CallId)> {
+        self.by_ext.values().filter_map(|id| self.assocs.get(id)).filter_map(|a| Some((a.view.id.clone(), a.view.pbx.clone(), a.view.extension.clone(), a.view.call.clone()?))).collect()
+    }
+
+    /// The gateway stops: every live association ends as a restart would end it (failed,
+    /// `gateway_restarted`, audited, the account told), except those in `left_up`, whose proof
+    /// call may still be up (its ClearConnection did not get through): they stay in flight in the
+    /// store, so that the next start ends them and clears their call. The calls of the others
+    /// are cleared already (see [`Engine::live_calls`]).
+    pub fn shutdown(&mut self, now: Millis, left_up: &[AssociationId]) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut ids: Vec<AssociationId> = self.by_ext.values().filter(|id| !left_up.contains(id)).cloned().collect();
+        ids.sort();
+        for id in ids {
+            if let Some(a) = self.assocs.get_mut(id.as_str()) {
+                a.view.call = None;
+            }
+            self.finish(&id, State::Failed, Some(Reason::GatewayRestarted), "the gateway stopped while the association was in flight", now, &mut actions);
+        }
+        self.rearm();
+        actions
+    }
+
     pub fn binding(&self, pbx: &str, extension: &str) -> Option<&Binding> {
-        self.bindings.get(&(pbx.to_owned(), extension.to_owned()))
+        self.bindings.get(&(pbx.into(), extension.into()))
     }
 
     pub fn bindings_of(&self, tenant: &str, account: &str) -> Vec<&Binding> {
@@ -182,7 +315,7 @@ impl Engine {
     }
 
     /// Every PBX's policy (to rebuild the engine from the store).
-    pub fn policies(&self) -> &HashMap<String, Policy> {
+    pub fn policies(&self) -> &HashMap<PbxId, Policy> {
         &self.policies
     }
 
@@ -213,104 +346,122 @@ impl Engine {
         Sizes { associations: self.assocs.len(), live: self.by_ext.len(), ivr_calls: self.ivr_calls.len(), proof_call_extensions: self.proof_calls.len(), bindings: self.bindings.len() }
     }
 
-    /// Feed one input.
-    pub fn handle(&mut self, input: Input) -> Output {
-        let mut out = Output::default();
+    /// An API request: the reply for the caller, or why it was refused.
+    pub fn api(&mut self, input: ApiInput) -> Handled<Result<ApiReply, Refusal>> {
+        let mut actions = Vec::new();
+        let reply = self.api_into(input, &mut actions);
+        self.rearm();
+        Handled { reply, actions }
+    }
+
+    fn api_into(&mut self, input: ApiInput, actions: &mut Vec<Action>) -> Result<ApiReply, Refusal> {
         match input {
-            Input::Create { principal, account, account_name, pbx, extension, id, random, code, now } => {
-                match self.create(&principal, account, account_name, pbx, extension, id, &random, &code, now, &mut out.actions) {
-                    Ok((view, code)) => {
-                        out.view = Some(view);
-                        out.code = Some(code);
-                    }
-                    Err(e) => out.error = Some(e),
-                }
+            ApiInput::Create { principal, account, account_name, pbx, extension, id, random, code, now } => {
+                self.create(&principal, account, account_name, pbx, extension, id, &random, &code, now, actions).map(|(view, code)| ApiReply::Created { view, code })
             }
-            Input::Complete { principal, id, random, now } => match self.visible_id(&principal, &id) {
-                None => out.error = Some(ApiError::NotFound),
-                Some(()) => {
-                    if let Err(e) = self.start_attempt(&id, &random, now, &mut out.actions) {
-                        out.error = Some(e);
-                    }
-                    out.view = self.assocs.get(&id).map(|a| a.view.clone());
-                }
-            },
-            Input::Cancel { principal, id, now } => match self.visible_id(&principal, &id) {
-                None => out.error = Some(ApiError::NotFound),
-                Some(()) => {
-                    let a = &self.assocs[&id];
-                    if a.view.state.is_final(a.view.retryable) {
-                        out.error = Some(ApiError::WrongState(a.view.state));
-                    } else {
-                        self.finish(&id, State::Cancelled, Some(Reason::CancelledByUser), "cancelled", now, &mut out.actions);
-                    }
-                    out.view = self.assocs.get(&id).map(|a| a.view.clone());
-                }
-            },
-            Input::CstaDone { association, request, outcome, now } => self.csta_done(&association, request, outcome, now, &mut out.actions),
-            Input::CstaEvent { pbx, extension, event, now } => self.csta_event(&pbx, &extension, event, now, &mut out.actions),
-            Input::LinkDown { pbx, now } => {
-                let ids: Vec<String> = self.by_ext.iter().filter(|((p, _), _)| *p == pbx).map(|(_, id)| id.clone()).collect();
-                for id in ids {
-                    if let Some(a) = self.assocs.get_mut(&id) {
-                        a.monitored = false;
-                        if matches!(a.view.state, State::Monitoring | State::Locking | State::Calling | State::Ringing | State::InIvr) {
-                            // A lost CTI link does not end the PBX's calls: the attempt fails
-                            // closed and its call is cleared once the link is back (the shell
-                            // retries the ClearConnection).
-                            self.fail_attempt(&id, Reason::LinkDown, "PBX link lost", now, &mut out.actions);
-                        }
-                    }
-                }
+            ApiInput::Complete { principal, id, random, now } => {
+                self.visible_id(&principal, &id).ok_or(Refusal::NotFound)?;
+                self.start_attempt(&id, &random, now, actions)?;
+                self.assocs.get(id.as_str()).map(|a| ApiReply::Association(a.view.clone())).ok_or(Refusal::NotFound)
             }
-            Input::Ivr { call, from, to, digits, now } => match self.ivr(&call, &from, &to, digits.as_deref(), now, &mut out.actions) {
-                Some(reply) => out.ivr = Some(reply),
-                None => out.ivr_wait = true,
-            },
-            Input::IvrHangup { call, now } => self.ivr_hangup(&call, now, &mut out.actions),
-            Input::Tick { now } => self.tick(now, &mut out.actions),
-            Input::Unbind { principal, account, pbx, extension, now } => {
+            ApiInput::Cancel { principal, id, now } => {
+                self.visible_id(&principal, &id).ok_or(Refusal::NotFound)?;
+                let a = self.assocs.get(id.as_str()).ok_or(Refusal::NotFound)?;
+                if a.view.state.is_final(a.view.retryable) {
+                    return Err(Refusal::WrongState(a.view.state));
+                }
+                self.finish(&id, State::Cancelled, Some(Reason::CancelledByUser), "cancelled", now, actions);
+                self.assocs.get(id.as_str()).map(|a| ApiReply::Association(a.view.clone())).ok_or(Refusal::NotFound)
+            }
+            ApiInput::Unbind { principal, account, pbx, extension, now } => {
                 let key = (pbx.clone(), extension.clone());
                 match self.bindings.get(&key) {
                     Some(b) if principal == Principal::Admin || (visible(&principal, &b.tenant) && account.as_deref() == Some(b.account.as_str())) => {
                         let b = b.clone();
                         self.bindings.remove(&key);
-                        out.actions.push(Action::Store(StoreWrite::Unbind { pbx, extension }));
-                        out.actions.push(Action::Store(StoreWrite::Audit(AuditRecord {
+                        actions.push(Action::Store(StoreWrite::Unbind { pbx, extension }));
+                        actions.push(Action::Store(StoreWrite::Audit(AuditRecord {
                             at: now,
                             tenant: b.tenant.clone(),
                             account: b.account.clone(),
                             pbx: b.pbx.clone(),
                             extension: b.extension.clone(),
-                            association: String::new(),
+                            association: AssociationId::default(),
                             step: "unbound".into(),
                             result: if principal == Principal::Admin { "by admin".into() } else { "by the account".into() },
                         })));
-                        out.actions.push(Action::Notify { tenant: b.tenant, account: b.account, event: "unbound".into(), association: String::new() });
+                        actions.push(Action::Notify { tenant: b.tenant, account: b.account, event: "unbound".into(), association: AssociationId::default() });
+                        Ok(ApiReply::Done)
                     }
-                    _ => out.error = Some(ApiError::NotFound),
+                    _ => Err(Refusal::NotFound),
                 }
             }
-            Input::ResetCounters { scope, now } => {
+            ApiInput::ResetCounters { scope, now } => {
                 for (key, _) in self.counters(&scope) {
                     self.counters.insert(key.clone(), 0);
                     let (tenant, account) = key.tenant_account();
                     let (pbx, extension) = key.extension().unwrap_or_default();
-                    let record = AuditRecord { at: now, tenant: tenant.into(), account: account.into(), pbx: pbx.into(), extension: extension.into(), association: String::new(), step: "counter_reset".into(), result: "by admin".into() };
-                    out.actions.push(Action::Store(StoreWrite::Counter { key: key.clone(), value: 0 }));
-                    out.actions.push(Action::Store(StoreWrite::Audit(record)));
+                    let record = AuditRecord { at: now, tenant: tenant.into(), account: account.into(), pbx: pbx.into(), extension: extension.into(), association: AssociationId::default(), step: "counter_reset".into(), result: "by admin".into() };
+                    actions.push(Action::Store(StoreWrite::Counter { key: key.clone(), value: 0 }));
+                    actions.push(Action::Store(StoreWrite::Audit(record)));
                 }
+                Ok(ApiReply::Done)
             }
-            Input::LiftBlocks { scope, now } => {
+            ApiInput::LiftBlocks { scope, now } => {
                 for b in self.blocks(&scope, now) {
                     self.blocks.remove(&b.key());
-                    let record = AuditRecord { at: now, tenant: b.tenant.clone(), account: b.account.clone(), pbx: b.pbx.clone(), extension: b.extension.clone(), association: String::new(), step: "owner_block_lifted".into(), result: "by admin".into() };
-                    out.actions.push(Action::Store(StoreWrite::Unblock { tenant: b.tenant, account: b.account, pbx: b.pbx, extension: b.extension }));
-                    out.actions.push(Action::Store(StoreWrite::Audit(record)));
+                    let record = AuditRecord { at: now, tenant: b.tenant.clone(), account: b.account.clone(), pbx: b.pbx.clone(), extension: b.extension.clone(), association: AssociationId::default(), step: "owner_block_lifted".into(), result: "by admin".into() };
+                    actions.push(Action::Store(StoreWrite::Unblock { tenant: b.tenant, account: b.account, pbx: b.pbx, extension: b.extension }));
+                    actions.push(Action::Store(StoreWrite::Audit(record)));
+                }
+                Ok(ApiReply::Done)
+            }
+        }
+    }
+
+    /// A request of the IVR platform on one of its calls.
+    pub fn ivr(&mut self, input: IvrInput) -> Handled<IvrAnswer> {
+        let mut actions = Vec::new();
+        let IvrInput { call, from, to, digits, now } = input;
+        let reply = match self.ivr_request(&call, &from, &to, digits.as_deref(), now, &mut actions) {
+            Some(r) => IvrAnswer::Reply(r),
+            None => IvrAnswer::Wait,
+        };
+        self.rearm();
+        Handled { reply, actions }
+    }
+
+    /// The IVR call ended (hang-up).
+    pub fn ivr_hangup(&mut self, call: &str, now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.ivr_call_ended(call, now, &mut actions);
+        self.rearm();
+        actions
+    }
+
+    /// What the PBX link reported: a request's answer, an event, the link's loss.
+    pub fn csta(&mut self, input: CstaInput) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match input {
+            CstaInput::Done { id, outcome, now } => self.csta_done(id, outcome, now, &mut actions),
+            CstaInput::Event { pbx, extension, event, now } => self.csta_event(&pbx, &extension, event, now, &mut actions),
+            CstaInput::LinkDown { pbx, now } => {
+                let ids: Vec<AssociationId> = self.by_ext.iter().filter(|((p, _), _)| *p == pbx).map(|(_, id)| id.clone()).collect();
+                for id in ids {
+                    if let Some(a) = self.assocs.get_mut(id.as_str()) {
+                        a.monitored = false;
+                        if matches!(a.view.state, State::Monitoring | State::Locking | State::Calling | State::Ringing | State::InIvr) {
+                            // A lost CTI link does not end the PBX's calls: the attempt fails
+                            // closed and its call is cleared once the link is back (the shell
+                            // retries the ClearConnection).
+                            self.fail_attempt(&id, Reason::LinkDown, "PBX link lost", now, &mut actions);
+                        }
+                    }
                 }
             }
         }
-        out
+        self.rearm();
+        actions
     }
 
     fn visible_id(&self, principal: &Principal, id: &str) -> Option<()> {
@@ -318,25 +469,25 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn create(&mut self, principal: &Principal, account: String, account_name: Option<String>, pbx: Option<String>, extension: String, id: String, random: &str, code_random: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(AssociationView, String), ApiError> {
+    fn create(&mut self, principal: &Principal, account: AccountId, account_name: Option<String>, pbx: Option<PbxId>, extension: Extension, id: AssociationId, random: &str, code_random: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(AssociationView, String), Refusal> {
         let tenant = match principal {
             Principal::Tenant(t) => t.clone(),
-            Principal::Admin => return Err(ApiError::BadRequest("associations are requested by a tenant for one of its accounts".into())),
+            Principal::Admin => return Err(Refusal::BadRequest("associations are requested by a tenant for one of its accounts".into())),
         };
         if account.is_empty() || extension.is_empty() {
-            return Err(ApiError::BadRequest("account and extension are required".into()));
+            return Err(Refusal::BadRequest("account and extension are required".into()));
         }
         // The extension must be in the directory of a PBX of this tenant.
-        let candidates: Vec<&String> = self
+        let candidates: Vec<&PbxId> = self
             .policies
             .iter()
-            .filter(|(id, p)| p.tenant == tenant && p.directory.contains_key(&extension) && pbx.as_ref().is_none_or(|want| want == *id))
+            .filter(|(id, p)| p.tenant == tenant && p.directory.contains_key(extension.as_str()) && pbx.as_ref().is_none_or(|want| want == *id))
             .map(|(id, _)| id)
             .collect();
         let pbx = match candidates.as_slice() {
             [one] => (*one).clone(),
-            [] => return Err(ApiError::UnknownExtension(extension)),
-            _ => return Err(ApiError::BadRequest("the extension exists on several PBXs of this tenant: give `pbx`".into())),
+            [] => return Err(Refusal::UnknownExtension(extension.into_string())),
+            _ => return Err(Refusal::BadRequest("the extension exists on several PBXs of this tenant: give `pbx`".into())),
         };
         let (code_digits, code_ttl, require_completion) = {
             let p = &self.policies[&pbx];
@@ -344,31 +495,31 @@ impl Engine {
         };
         let ext_key = (pbx.clone(), extension.clone());
         if self.bindings.contains_key(&ext_key) {
-            return Err(ApiError::AlreadyBound);
+            return Err(Refusal::AlreadyBound);
         }
         // Expired associations free their extension and account.
-        self.tick(now, actions);
+        self.timeouts(now, actions);
         if let Some(until) = self.blocked_until(&tenant, &account, &pbx, &extension, now) {
-            return Err(ApiError::BlockedByPhoneOwner(until));
+            return Err(Refusal::BlockedByPhoneOwner(until));
         }
         if self.by_ext.contains_key(&ext_key) {
-            return Err(ApiError::ExtensionBusy);
+            return Err(Refusal::ExtensionBusy);
         }
         if self.by_account.contains_key(&(tenant.clone(), account.clone())) {
-            return Err(ApiError::AccountBusy);
+            return Err(Refusal::AccountBusy);
         }
         if self.locked_out(&pbx, &extension, &tenant, &account) {
-            return Err(ApiError::LockedOut);
+            return Err(Refusal::LockedOut);
         }
         // Refused by a limit: no code, nothing live (the first attempt would be refused anyway).
         self.proof_call_budget(&pbx, &extension, &tenant, &account, now)?;
         let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
         let code: String = digits(code_random).chars().take(code_digits).collect();
         if code.len() != code_digits {
-            return Err(ApiError::BadRequest("not enough randomness for the code".into()));
+            return Err(Refusal::BadRequest("not enough randomness for the code".into()));
         }
-        if self.assocs.contains_key(&id) {
-            return Err(ApiError::BadRequest("association id already used".into()));
+        if self.assocs.contains_key(id.as_str()) {
+            return Err(Refusal::BadRequest("association id already used".into()));
         }
         let expires_at = now + code_ttl.as_millis() as Millis;
         let view = AssociationView {
@@ -387,6 +538,7 @@ impl Engine {
         self.by_ext.insert(ext_key, id.clone());
         self.by_account.insert((tenant.clone(), account.clone()), id.clone());
         self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, monitored: false, deadline: None, attempt: Attempt::default() });
+        self.touch(&id);
         actions.push(audit(&view, now, "code_issued", "ok"));
         actions.push(Action::Store(StoreWrite::Association(view)));
         if !require_completion {
@@ -408,40 +560,40 @@ impl Engine {
 
     /// Until when the phone's owner has blocked `account` from `extension`, if they have.
     fn blocked_until(&self, tenant: &str, account: &str, pbx: &str, extension: &str, now: Millis) -> Option<Millis> {
-        self.blocks.get(&(tenant.to_owned(), account.to_owned(), pbx.to_owned(), extension.to_owned())).map(|b| b.until).filter(|u| *u > now)
+        self.blocks.get(&(tenant.into(), account.into(), pbx.into(), extension.into())).map(|b| b.until).filter(|u| *u > now)
     }
 
     /// Another proof call to the extension is allowed: under the extension's hourly limit, and
     /// under the requesting account's share of it (half, rounded up), so that no other account
     /// can spend all of an owner's proof calls.
-    fn proof_call_budget(&mut self, pbx: &str, ext: &str, tenant: &str, account: &str, now: Millis) -> Result<(), ApiError> {
+    fn proof_call_budget(&mut self, pbx: &str, ext: &str, tenant: &str, account: &str, now: Millis) -> Result<(), Refusal> {
         let limit = self.policies.get(pbx).map_or(3, |p| p.proof_calls_per_hour);
-        let calls = self.proof_calls.entry((pbx.to_owned(), ext.to_owned())).or_default();
+        let calls = self.proof_calls.entry((pbx.into(), ext.into())).or_default();
         calls.retain(|c| now.saturating_sub(c.at) < HOUR);
         let mine = calls.iter().filter(|c| c.tenant == tenant && c.account == account).count();
         if calls.len() >= limit || mine >= limit.div_ceil(2) {
-            return Err(ApiError::RateLimited);
+            return Err(Refusal::RateLimited);
         }
         Ok(())
     }
 
     /// Steps 3–6: (re)start a proof attempt, with a new context id drawn from `random`.
-    fn start_attempt(&mut self, id: &str, random: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(), ApiError> {
-        let Some(a) = self.assocs.get(id) else { return Err(ApiError::NotFound) };
+    fn start_attempt(&mut self, id: &str, random: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(), Refusal> {
+        let Some(a) = self.assocs.get(id) else { return Err(Refusal::NotFound) };
         let v = &a.view;
         match v.state {
             State::CodeIssued => {}
             State::Failed if v.retryable => {}
-            s => return Err(ApiError::WrongState(s)),
+            s => return Err(Refusal::WrongState(s)),
         }
         if now >= v.expires_at {
             self.finish(id, State::Expired, Some(Reason::Expired), "expired", now, actions);
-            return Err(ApiError::Expired);
+            return Err(Refusal::Expired);
         }
         let (pbx, ext, tenant, account) = (v.pbx.clone(), v.extension.clone(), v.tenant.clone(), v.account.clone());
         if self.locked_out(&pbx, &ext, &tenant, &account) {
             self.finish(id, State::Failed, Some(Reason::LockedOut), "locked_out", now, actions);
-            return Err(ApiError::LockedOut);
+            return Err(Refusal::LockedOut);
         }
         if let Err(e) = self.proof_call_budget(&pbx, &ext, &tenant, &account, now) {
             // Recorded once however often the app asks again: refusals must not grow the store.
@@ -459,12 +611,12 @@ impl Engine {
             .filter_map(|c| std::str::from_utf8(c).ok())
             .find(|c| !self.by_context.contains_key(*c))
             .map(str::to_owned)
-            .ok_or_else(|| ApiError::BadRequest("not enough randomness for the context id".into()))?;
+            .ok_or_else(|| Refusal::BadRequest("not enough randomness for the context id".into()))?;
         let call = ProofCall { pbx: pbx.clone(), extension: ext.clone(), tenant, account, at: now };
         self.proof_calls.entry((pbx.clone(), ext.clone())).or_default().push(call.clone());
         actions.push(Action::Store(StoreWrite::ProofCall(call)));
-        self.by_context.insert(context.clone(), id.to_owned());
-        let a = self.assocs.get_mut(id).ok_or(ApiError::NotFound)?;
+        self.by_context.insert(context.clone(), id.into());
+        let a = self.assocs.get_mut(id).ok_or(Refusal::NotFound)?;
         a.view.reason = None;
         a.view.retryable = true;
         a.view.call = None;
@@ -474,7 +626,7 @@ impl Engine {
             self.after_monitor(id, now, actions);
         } else {
             self.set_state(id, State::Monitoring, now, "monitoring", "MonitorStart on the extension", actions);
-            actions.push(Action::Csta { association: id.to_owned(), pbx, request: CstaRequest::MonitorStart { extension: ext } });
+            self.request(id, &pbx, CstaRequest::MonitorStart { extension: ext }, Some(Purpose::Monitor), actions);
         }
         Ok(())
     }
@@ -486,7 +638,7 @@ impl Engine {
         match self.policies.get(&pbx).and_then(|p| p.lock_prefix.clone()) {
             Some(prefix) => {
                 self.set_state(id, State::Locking, now, "locking", "MakeCall to the lock prefix", actions);
-                actions.push(Action::Csta { association: id.to_owned(), pbx, request: CstaRequest::MakeCall { from: ext, to: prefix } });
+                self.request(id, &pbx, CstaRequest::MakeCall { from: ext, to: prefix }, Some(Purpose::LockCall), actions);
             }
             None => self.place_call(id, now, actions),
         }
@@ -506,10 +658,13 @@ impl Engine {
             a.deadline = Some(deadline);
         }
         self.set_state(id, State::Calling, now, "calling", "MakeCall from the extension to the IVR", actions);
-        actions.push(Action::Csta { association: id.to_owned(), pbx, request: CstaRequest::MakeCall { from: ext, to } });
+        self.request(id, &pbx, CstaRequest::MakeCall { from: ext, to }, Some(Purpose::ProofCall), actions);
     }
 
-    fn csta_done(&mut self, id: &str, request: CstaRequest, outcome: Result<CstaResultInfo, CstaFailure>, now: Millis, actions: &mut Vec<Action>) {
+    fn csta_done(&mut self, rid: RequestId, outcome: Result<CstaResultInfo, CstaFailure>, now: Millis, actions: &mut Vec<Action>) {
+        // Unknown (never issued, or its association forgotten) or answered already: ignored.
+        let Some(Pending { association, purpose }) = self.pending.remove(&rid) else { return };
+        let id = association.as_str();
         let Some(a) = self.assocs.get(id) else { return };
         let state = a.view.state;
         let failure_reason = |f: CstaFailure| match f {
@@ -517,58 +672,57 @@ impl Engine {
             CstaFailure::Busy => Reason::Busy,
             CstaFailure::Rejected => Reason::RejectedByPbx,
         };
-        match (request, outcome) {
-            (CstaRequest::MonitorStart { .. }, Ok(_)) if state == State::Monitoring => {
+        match (purpose, outcome) {
+            (Purpose::Monitor, Ok(_)) if state == State::Monitoring => {
                 if let Some(a) = self.assocs.get_mut(id) {
                     a.monitored = true;
                 }
                 self.after_monitor(id, now, actions);
             }
-            (CstaRequest::MonitorStart { .. }, Err(f)) if state == State::Monitoring => self.fail_attempt(id, failure_reason(f), "MonitorStart refused", now, actions),
-            (CstaRequest::MakeCall { to, .. }, Ok(info)) => self.make_call_placed(id, &to, info.call, actions),
-            (CstaRequest::MakeCall { .. }, Err(f)) if matches!(state, State::Locking | State::Calling) => {
-                let detail = if state == State::Locking { "the PBX refused the lock call" } else { "the PBX refused the proof call" };
-                self.fail_attempt(id, failure_reason(f), detail, now, actions)
+            (Purpose::Monitor, Err(f)) if state == State::Monitoring => self.fail_attempt(id, failure_reason(f), "MonitorStart refused", now, actions),
+            // The lock feature call: the PBX ends it itself.
+            (Purpose::LockCall, Ok(info)) => {
+                if let Some(a) = self.assocs.get_mut(id).filter(|a| a.view.state == State::Locking) {
+                    a.lock_call = info.call;
+                }
             }
-            (CstaRequest::SendDigits { .. }, Err(_)) => self.step(id, now, "dtmf_failed", "the PBX refused to send the context digits", actions),
+            (Purpose::ProofCall, Ok(info)) => self.make_call_placed(id, info.call, actions),
+            (Purpose::LockCall, Err(f)) if state == State::Locking => self.fail_attempt(id, failure_reason(f), "the PBX refused the lock call", now, actions),
+            (Purpose::ProofCall, Err(f)) if state == State::Calling => self.fail_attempt(id, failure_reason(f), "the PBX refused the proof call", now, actions),
+            (Purpose::Digits, Err(_)) => self.step(id, now, "dtmf_failed", "the PBX refused to send the context digits", actions),
             _ => {}
         }
     }
 
-    /// A MakeCall succeeded: the lock call, or a proof call, which the association follows if it
-    /// is waiting for one. A proof call it does not follow — its result came after the attempt
-    /// failed or the association ended, or it follows another call — is cleared at once: nothing
-    /// else would ever clear it, and the phone would ring for nothing.
-    fn make_call_placed(&mut self, id: &str, to: &str, call: Option<Vec<u8>>, actions: &mut Vec<Action>) {
+    /// A proof call's MakeCall succeeded: the association follows it if it is waiting for one. A
+    /// proof call it does not follow — its result came after the attempt failed or the
+    /// association ended, or it follows another call — is cleared at once: nothing else would
+    /// ever clear it, and the phone would ring for nothing.
+    fn make_call_placed(&mut self, id: &str, call: Option<CallId>, actions: &mut Vec<Action>) {
         let Some(a) = self.assocs.get_mut(id) else { return };
         let state = a.view.state;
-        if self.policies.get(&a.view.pbx).and_then(|p| p.lock_prefix.as_deref()) == Some(to) {
-            // The lock feature call: the PBX ends it itself.
-            if state == State::Locking {
-                a.lock_call = call;
-            }
-            return;
-        }
         let Some(call) = call else { return };
-        let this = hex::encode(&call);
-        match (state, a.view.call.as_deref()) {
+        match (state, a.view.call.as_ref()) {
             (State::Calling | State::Ringing, None) => {
-                a.view.call = Some(this);
+                a.view.call = Some(call);
                 // Durable before anything else happens: a restarted gateway clears it.
                 actions.push(Action::Store(StoreWrite::Association(a.view.clone())));
             }
             // Events came first and named it already.
-            (State::Calling | State::Ringing | State::InIvr, Some(c)) if c == this => {}
-            _ => actions.push(Action::Csta { association: id.to_owned(), pbx: a.view.pbx.clone(), request: CstaRequest::ClearConnection { call, extension: a.view.extension.clone() } }),
+            (State::Calling | State::Ringing | State::InIvr, Some(c)) if *c == call => {}
+            _ => {
+                let (pbx, extension) = (a.view.pbx.clone(), a.view.extension.clone());
+                self.request(id, &pbx, CstaRequest::ClearConnection { call, extension }, None, actions);
+            }
         }
     }
 
     fn csta_event(&mut self, pbx: &str, extension: &str, event: CallEvent, now: Millis, actions: &mut Vec<Action>) {
-        let Some(id) = self.by_ext.get(&(pbx.to_owned(), extension.to_owned())).cloned() else { return };
-        let Some(a) = self.assocs.get_mut(&id) else { return };
+        let Some(id) = self.by_ext.get(&(pbx.into(), extension.into())).cloned() else { return };
+        let Some(a) = self.assocs.get_mut(id.as_str()) else { return };
         let state = a.view.state;
         if state == State::Locking {
-            let is_lock_call = a.lock_call.as_deref().is_none_or(|c| c == event.call());
+            let is_lock_call = a.lock_call.as_ref().is_none_or(|c| c == event.call());
             match event {
                 CallEvent::Cleared { .. } if is_lock_call => {
                     self.step(&id, now, "locked", "the phone is locked; its user unlocks it with the local PIN", actions);
@@ -583,10 +737,9 @@ impl Engine {
             return;
         }
         // Follow our call only; the first event names it if the MakeCall result is late.
-        let this = hex::encode(event.call());
         match &a.view.call {
-            Some(c) if *c != this => return,
-            None => a.view.call = Some(this),
+            Some(c) if c != event.call() => return,
+            None => a.view.call = Some(event.call().clone()),
             _ => {}
         }
         // A PBX that repeats events without end must not hold the engine (each step is written).
@@ -613,16 +766,16 @@ impl Engine {
                     return;
                 }
                 let deadline = self.ivr_deadline(pbx, now);
-                if let Some(a) = self.assocs.get_mut(&id) {
+                if let Some(a) = self.assocs.get_mut(id.as_str()) {
                     a.deadline = Some(deadline);
                     a.attempt.in_ivr_at = Some(now);
                 }
                 self.set_state(&id, State::InIvr, now, "in_ivr", "the user is connected to the IVR", actions);
                 let dtmf = self.policies.get(pbx).is_some_and(|p| p.context_delivery == ContextDelivery::Dtmf);
-                if let (true, Some(a)) = (dtmf, self.assocs.get(&id)) {
-                    if let (Some(call), Some(ctx)) = (a.call(), a.attempt.context.as_ref()) {
+                if let (true, Some(a)) = (dtmf, self.assocs.get(id.as_str())) {
+                    if let (Some(call), Some(ctx)) = (a.view.call.clone(), a.attempt.context.as_ref()) {
                         let digits = format!("*{ctx}#");
-                        actions.push(Action::Csta { association: id.clone(), pbx: pbx.to_owned(), request: CstaRequest::SendDigits { call, extension: extension.to_owned(), digits } });
+                        self.request(&id, pbx, CstaRequest::SendDigits { call, extension: extension.into(), digits }, Some(Purpose::Digits), actions);
                     }
                 }
                 // An IVR request that came just before this report was waiting for it.
@@ -640,7 +793,7 @@ impl Engine {
             CallEvent::Diverted { .. } => self.fail_attempt(&id, Reason::CallDiverted, "the proof call left the extension (diverted, transferred or conferenced)", now, actions),
             CallEvent::Cleared { .. } => {
                 let reason = if state == State::InIvr { Reason::CallCleared } else { Reason::NoAnswer };
-                if let Some(a) = self.assocs.get_mut(&id) {
+                if let Some(a) = self.assocs.get_mut(id.as_str()) {
                     a.view.call = None; // nothing to clear any more
                 }
                 self.fail_attempt(&id, reason, "the call ended before the code was accepted", now, actions);
@@ -648,32 +801,77 @@ impl Engine {
         }
     }
 
-    fn tick(&mut self, now: Millis, actions: &mut Vec<Action>) {
-        let ids: Vec<String> = self.by_ext.values().cloned().collect();
-        for id in ids {
-            let Some(a) = self.assocs.get(&id) else { continue };
-            if a.attempt.waiting.as_ref().is_some_and(|(_, until)| now >= *until) {
-                self.claim_waiting(&id, now, actions);
-            } else if now >= a.view.expires_at {
-                self.finish(&id, State::Expired, Some(Reason::Expired), "expired", now, actions);
-            } else if a.deadline.is_some_and(|d| now >= d) {
-                match a.view.state {
-                    State::Calling | State::Ringing => self.fail_attempt(&id, Reason::NoAnswer, "nobody answered in time", now, actions),
-                    State::InIvr => self.fail_attempt(&id, Reason::IvrTimeout, "the IVR platform stopped sending requests for the call", now, actions),
-                    _ => {}
+    /// What is due at `now`: each live association whose deadline passed, ended ones to forget,
+    /// and (every [`SWEEP_EVERY`]) the rest of the memory.
+    pub(crate) fn timeouts(&mut self, now: Millis, actions: &mut Vec<Action>) {
+        while let Some((at, id)) = self.timers.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, id.clone()));
+            self.armed.remove(&id);
+            self.touch(&id);
+            self.deadline_passed(&id, now, actions);
+        }
+        while let Some((at, id)) = self.forget.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.forget.remove(&(at, id.clone()));
+            // A step recorded after the end (a late IVR request) keeps it a while longer.
+            let keep = self.assocs.get(id.as_str()).and_then(|a| a.view.history.last()).map(|s| s.at + FORGET_AFTER).filter(|t| *t > now);
+            match keep {
+                Some(t) => {
+                    self.forget.insert((t, id));
+                }
+                None => self.forget_assoc(&id),
+            }
+        }
+        // Swept whenever the engine wakes (those maps are bounded and small next to the
+        // associations), and at least every SWEEP_EVERY while they hold anything.
+        {
+            self.next_sweep = now + SWEEP_EVERY;
+            // Forget silent IVR calls and proof calls older than the hour they count in.
+            self.ivr_calls.retain(|_, c| now.saturating_sub(c.last) < FORGET_AFTER);
+            self.blocks.retain(|_, b| b.until > now);
+            self.ended_contexts.retain(|_, at| now.saturating_sub(*at) < FORGET_AFTER);
+            self.proof_calls.retain(|_, calls| {
+                calls.retain(|c| now.saturating_sub(c.at) < HOUR);
+                !calls.is_empty()
+            });
+        }
+    }
+
+    fn deadline_passed(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get(id) else { return };
+        if a.view.state.is_final(a.view.retryable) {
+            return;
+        }
+        if a.attempt.waiting.as_ref().is_some_and(|(_, until)| now >= *until) {
+            self.claim_waiting(id, now, actions);
+        } else if now >= a.view.expires_at {
+            self.finish(id, State::Expired, Some(Reason::Expired), "expired", now, actions);
+        } else if a.deadline.is_some_and(|d| now >= d) {
+            match a.view.state {
+                State::Calling | State::Ringing => self.fail_attempt(id, Reason::NoAnswer, "nobody answered in time", now, actions),
+                State::InIvr => self.fail_attempt(id, Reason::IvrTimeout, "the IVR platform stopped sending requests for the call", now, actions),
+                _ => {
+                    // A deadline no state acts on must not stay due (the shell would wake at once,
+                    // again and again).
+                    if let Some(a) = self.assocs.get_mut(id) {
+                        a.deadline = None;
+                    }
                 }
             }
         }
-        // Forget silent IVR calls, proof calls older than the hour they count in, and ended
-        // associations after a while (the store keeps them).
-        self.ivr_calls.retain(|_, c| now.saturating_sub(c.last) < FORGET_AFTER);
-        self.blocks.retain(|_, b| b.until > now);
-        self.ended_contexts.retain(|_, at| now.saturating_sub(*at) < FORGET_AFTER);
-        self.proof_calls.retain(|_, calls| {
-            calls.retain(|c| now.saturating_sub(c.at) < HOUR);
-            !calls.is_empty()
-        });
-        self.assocs.retain(|_, a| !a.view.state.is_final(a.view.retryable) || a.view.history.last().is_none_or(|s| now.saturating_sub(s.at) < FORGET_AFTER));
+    }
+
+    /// An ended association leaves memory (the store keeps it), with the requests it awaited.
+    fn forget_assoc(&mut self, id: &str) {
+        if self.assocs.get(id).is_some_and(|a| a.view.state.is_final(a.view.retryable)) {
+            self.assocs.remove(id);
+            self.pending.retain(|_, p| p.association != id);
+        }
     }
 
     /// The attempt failed: clear any call, tell the account; the user may retry while the code
@@ -683,13 +881,13 @@ impl Engine {
         let Some(a) = self.assocs.get_mut(id) else { return };
         a.deadline = None;
         let retryable = now < a.view.expires_at && a.code_entries < MAX_CODE_ENTRIES && !matches!(reason, Reason::LockedOut | Reason::AttemptsExhausted);
-        clear_call(&mut a.view, actions);
         a.view.reason = Some(reason);
         a.view.retryable = retryable;
+        self.clear_call(id, actions);
         if retryable {
             self.set_state(id, State::Failed, now, "failed", detail, actions);
             if let Some(a) = self.assocs.get(id) {
-                actions.push(Action::Notify { tenant: a.view.tenant.clone(), account: a.view.account.clone(), event: "attempt_failed".into(), association: id.to_owned() });
+                actions.push(Action::Notify { tenant: a.view.tenant.clone(), account: a.view.account.clone(), event: "attempt_failed".into(), association: id.into() });
             }
         } else {
             self.finish(id, State::Failed, Some(reason), detail, now, actions);
@@ -706,12 +904,14 @@ impl Engine {
         a.deadline = None;
         // The code is of no use any more.
         a.code.clear();
-        clear_call(&mut a.view, actions);
+        let monitored = std::mem::take(&mut a.monitored);
         let (pbx, ext) = (a.view.pbx.clone(), a.view.extension.clone());
-        if std::mem::take(&mut a.monitored) {
-            actions.push(Action::Csta { association: id.to_owned(), pbx: pbx.clone(), request: CstaRequest::MonitorStop { extension: ext.clone() } });
-        }
         let (tenant, account) = (a.view.tenant.clone(), a.view.account.clone());
+        self.clear_call(id, actions);
+        if monitored {
+            self.request(id, &pbx, CstaRequest::MonitorStop { extension: ext.clone() }, None, actions);
+        }
+        self.forget.insert((now + FORGET_AFTER, id.to_owned()));
         self.by_ext.remove(&(pbx, ext));
         self.by_account.remove(&(tenant.clone(), account.clone()));
         let step = match state {
@@ -722,10 +922,11 @@ impl Engine {
         };
         self.set_state(id, state, now, step, detail, actions);
         let event = if state == State::Bound { "bound" } else { step };
-        actions.push(Action::Notify { tenant, account, event: event.into(), association: id.to_owned() });
+        actions.push(Action::Notify { tenant, account, event: event.into(), association: id.into() });
     }
 
     fn set_state(&mut self, id: &str, state: State, now: Millis, step: &str, detail: &str, actions: &mut Vec<Action>) {
+        self.touch(id);
         let Some(a) = self.assocs.get_mut(id) else { return };
         a.view.state = state;
         push_history(&mut a.view.history, Step { at: now, step: step.to_owned(), detail: detail.to_owned() });
@@ -736,6 +937,7 @@ impl Engine {
 
     /// A history step without a state change.
     pub(crate) fn step(&mut self, id: &str, now: Millis, step: &str, detail: &str, actions: &mut Vec<Action>) {
+        self.touch(id);
         let Some(a) = self.assocs.get_mut(id) else { return };
         push_history(&mut a.view.history, Step { at: now, step: step.to_owned(), detail: detail.to_owned() });
         actions.push(audit(&a.view, now, step, "ok"));

@@ -28,7 +28,7 @@ const CONTEXT_TRIES: u32 = 3;
 pub(crate) enum Stage {
     AwaitContext { tries: u32 },
     /// Presented the context of an attempt whose proof call the PBX has not yet reported
-    /// answered: the request's answer waits (see [`Output::ivr_wait`]).
+    /// answered: the request's answer waits (see [`IvrAnswer::Wait`]).
     AwaitAnswer { association: String },
     AwaitConfirm { association: String },
     AwaitCode { association: String, tries: u32 },
@@ -66,7 +66,7 @@ impl Engine {
     /// One request of the IVR platform on `call`; it also proves the platform still follows the
     /// call (the association's `ivr_timeout` starts again). `None`: the answer waits for the
     /// PBX's report of the answer and comes as [`Action::IvrReply`].
-    pub(crate) fn ivr(&mut self, call: &str, from: &str, to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> Option<IvrReply> {
+    pub(crate) fn ivr_request(&mut self, call: &str, from: &str, to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> Option<IvrReply> {
         let reply = self.ivr_step(call, from, to, digits, now, actions);
         if let Some(c) = self.ivr_calls.get_mut(call) {
             c.last = now;
@@ -76,8 +76,9 @@ impl Engine {
             _ => None,
         };
         if let Some(id) = association {
-            let deadline = self.assocs.get(&id).map(|a| self.ivr_deadline(&a.view.pbx, now));
-            if let (Some(a), Some(d)) = (self.assocs.get_mut(&id).filter(|a| a.view.state == State::InIvr), deadline) {
+            self.touch(&id);
+            let deadline = self.assocs.get(id.as_str()).map(|a| self.ivr_deadline(&a.view.pbx, now));
+            if let (Some(a), Some(d)) = (self.assocs.get_mut(id.as_str()).filter(|a| a.view.state == State::InIvr), deadline) {
                 a.deadline = Some(d);
             }
         }
@@ -115,7 +116,7 @@ impl Engine {
                     no_longer_valid()
                 } else if entered == CONFIRM_KEY {
                     self.set_stage(call, Stage::AwaitCode { association: association.clone(), tries: 0 });
-                    let n = self.assocs.get(&association).map_or(6, |a| a.code.len());
+                    let n = self.assocs.get(association.as_str()).map_or(6, |a| a.code.len());
                     self.step(&association, now, "confirmed", "the phone's owner confirmed the request", actions);
                     prompt("enter_code", "Please enter the code shown in your app, then the hash key.", n)
                 } else if entered == REFUSE_KEY {
@@ -146,7 +147,7 @@ impl Engine {
     /// Where the PBX delivers no context id: the one live proof call of an extension whose DID
     /// the calling number presents. Caller ID can be spoofed, so the claim's timing rules matter
     /// all the more (README: weaker).
-    fn by_calling_number(&self, from: &str) -> Option<String> {
+    fn by_calling_number(&self, from: &str) -> Option<AssociationId> {
         let mut found = self.by_ext.iter().filter_map(|((pbx, ext), id)| {
             let p = self.policies.get(pbx)?;
             let prefix = p.did_prefix.as_ref()?;
@@ -168,7 +169,7 @@ impl Engine {
             return Some(no_longer_valid());
         }
         // Unknown or stale: audited (never the digits), and the adapters count it.
-        actions.push(Action::Store(StoreWrite::Audit(AuditRecord { at: now, tenant: String::new(), account: String::new(), pbx: String::new(), extension: String::new(), association: String::new(), step: "ivr_unknown_context".into(), result: format!("IVR call {call}") })));
+        actions.push(Action::Store(StoreWrite::Audit(AuditRecord { at: now, tenant: TenantId::default(), account: AccountId::default(), pbx: PbxId::default(), extension: Extension::default(), association: AssociationId::default(), step: "ivr_unknown_context".into(), result: format!("IVR call {call}") })));
         Some(if tries + 1 < CONTEXT_TRIES {
             self.set_stage(call, Stage::AwaitContext { tries: tries + 1 });
             prompt("unknown_context", "This number is not known. Please enter the number shown in your app, then the hash key.", 16)
@@ -215,7 +216,8 @@ impl Engine {
                 if let Some(a) = self.assocs.get_mut(id) {
                     a.attempt.waiting = Some((call.to_owned(), now + CLAIM_WAIT.as_millis() as Millis));
                 }
-                self.set_stage(call, Stage::AwaitAnswer { association: id.to_owned() });
+                self.touch(id);
+                self.set_stage(call, Stage::AwaitAnswer { association: id.into() });
                 None
             }
             // Monitoring or locking: the proof call has not even been placed.
@@ -226,6 +228,7 @@ impl Engine {
     /// The IVR call waiting on the attempt of `id` (if any) gets its answer: claimed if the PBX
     /// has now reported the proof call answered, a mismatch once [`CLAIM_WAIT`] has passed.
     pub(crate) fn claim_waiting(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
+        self.touch(id);
         let Some(a) = self.assocs.get_mut(id) else { return };
         let Some((call, until)) = a.attempt.waiting.take() else { return };
         let reply = if a.view.state == State::InIvr {
@@ -245,6 +248,7 @@ impl Engine {
     /// The attempt of `id` is over (failed, ended): its context is forgotten, and a waiting IVR
     /// request is answered.
     pub(crate) fn end_attempt(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
+        self.touch(id);
         let Some(a) = self.assocs.get_mut(id) else { return };
         if let Some(ctx) = a.attempt.context.take() {
             self.by_context.remove(&ctx);
@@ -262,7 +266,7 @@ impl Engine {
         self.set_stage(call, Stage::Done);
         if let Some(a) = self.assocs.get(id) {
             actions.push(audit(&a.view, now, "suspected_attack", detail));
-            actions.push(Action::Notify { tenant: a.view.tenant.clone(), account: a.view.account.clone(), event: "suspected_attack".into(), association: id.to_owned() });
+            actions.push(Action::Notify { tenant: a.view.tenant.clone(), account: a.view.account.clone(), event: "suspected_attack".into(), association: id.into() });
         }
         self.fail_attempt(id, Reason::IvrCallMismatch, detail, now, actions);
         not_linked()
@@ -275,7 +279,7 @@ impl Engine {
         let Some(a) = self.assocs.get(id) else { return bye("goodbye", "Goodbye.") };
         let (tenant, account) = (a.view.tenant.clone(), a.view.account.clone());
         let named = a.account_name.as_ref().map_or_else(String::new, |n| format!(" {tenant} gives its name as: {n}."));
-        self.set_stage(call, Stage::AwaitConfirm { association: id.to_owned() });
+        self.set_stage(call, Stage::AwaitConfirm { association: id.into() });
         self.step(id, now, "ivr_identified", "the proof call reached the IVR and claimed the attempt", actions);
         prompt("confirm_account", &format!("The account {account} of {tenant} asks to link this phone.{named} If you asked for this, press {CONFIRM_KEY}. If you did not, press {REFUSE_KEY}."), 1)
     }
@@ -288,7 +292,7 @@ impl Engine {
         let until = now + self.policies.get(&v.pbx).map_or(86_400_000, |p| p.owner_block.as_millis() as Millis);
         let block = OwnerBlock { tenant: v.tenant.clone(), account: v.account.clone(), pbx: v.pbx.clone(), extension: v.extension.clone(), until };
         actions.push(audit(v, now, "refused_by_phone_owner", &format!("account blocked from the extension until {until}")));
-        actions.push(Action::Notify { tenant: v.tenant.clone(), account: v.account.clone(), event: "refused_by_phone_owner".into(), association: id.to_owned() });
+        actions.push(Action::Notify { tenant: v.tenant.clone(), account: v.account.clone(), event: "refused_by_phone_owner".into(), association: id.into() });
         self.blocks.insert(block.key(), block.clone());
         actions.push(Action::Store(StoreWrite::Block(block)));
         self.finish(id, State::Failed, Some(Reason::RefusedByPhoneOwner), "the phone's owner did not ask for this", now, actions);
@@ -369,7 +373,7 @@ impl Engine {
         prompt("wrong_code", "The code is not correct. Please try again, then the hash key.", n)
     }
 
-    pub(crate) fn ivr_hangup(&mut self, call: &str, now: Millis, actions: &mut Vec<Action>) {
+    pub(crate) fn ivr_call_ended(&mut self, call: &str, now: Millis, actions: &mut Vec<Action>) {
         let Some(c) = self.ivr_calls.remove(call) else { return };
         match c.stage {
             Stage::AwaitConfirm { association } | Stage::AwaitCode { association, .. } => {
@@ -380,7 +384,7 @@ impl Engine {
             Stage::AwaitAnswer { association } => {
                 // It presented an attempt's context and waited: that attempt is over (a proof
                 // call that left the IVR, or a caller who gave up), never free for the next call.
-                let waiting = self.assocs.get_mut(&association).filter(|a| a.attempt.waiting.as_ref().is_some_and(|(w, _)| w == call));
+                let waiting = self.assocs.get_mut(association.as_str()).filter(|a| a.attempt.waiting.as_ref().is_some_and(|(w, _)| w == call));
                 if let Some(a) = waiting {
                     a.attempt.waiting = None;
                     self.fail_attempt(&association, Reason::CallCleared, "the IVR call that presented the context hung up before the PBX reported the answer", now, actions);

@@ -2,8 +2,11 @@
 //!
 //! An end user binds their own desk-phone extension to their cloud account by answering a call
 //! on that very phone and keying a one-time code into the IVR (patent description S1–S36; issue
-//! "association flow"). The engine is driven by [`Input`]s — API requests, CSTA results and
-//! events, IVR requests, timer ticks — each with an explicit `now`, and answers with
+//! "association flow"). The engine is driven through one typed entry point per caller, each
+//! input with an explicit `now`: [`Engine::api`] (API requests: `Result<ApiReply, Refusal>`),
+//! [`Engine::ivr`] (IVR requests: an [`IvrAnswer`]), [`Engine::csta`] (CSTA results by
+//! [`RequestId`], events, link losses) and the timer interface — [`Engine::poll_timeout`] names
+//! the earliest deadline, [`Engine::handle_timeout`] does what is due. Each answers with
 //! [`Action`]s — CSTA requests to send, store writes, IVR prompts, notifications. It does no I/O,
 //! reads no clock and draws no random numbers (codes and ids come in with the request), so tests
 //! and fuzzers drive it directly.
@@ -31,10 +34,14 @@
 //!   its own tenant's PBXs; histories are capped and a PBX flooding events fails the attempt.
 
 mod engine;
+#[doc(hidden)]
+pub mod harness;
 mod ivr;
 
 pub use engine::{Engine, Sizes, Snapshot};
 pub use ivr::CONFIRM_KEY;
+pub use crate::csta::{CallEvent, CallId};
+pub use crate::ids::{AccountId, AssociationId, Extension, PbxId, TenantId};
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -187,7 +194,7 @@ impl Policy {
 /// Who is asking: a tenant's service acting for one of its accounts, or the admin.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Principal {
-    Tenant(String),
+    Tenant(TenantId),
     Admin,
 }
 
@@ -202,11 +209,11 @@ pub struct Step {
 /// What the API shows of an association. Never the code after creation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct AssociationView {
-    pub id: String,
-    pub tenant: String,
-    pub account: String,
-    pub pbx: String,
-    pub extension: String,
+    pub id: AssociationId,
+    pub tenant: TenantId,
+    pub account: AccountId,
+    pub pbx: PbxId,
+    pub extension: Extension,
     pub state: State,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
@@ -215,17 +222,17 @@ pub struct AssociationView {
     /// The PBX call id (hex) of the proof call while the gateway may have to clear it: kept in
     /// the store so that a restarted gateway clears a call its predecessor left up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub call: Option<String>,
+    pub call: Option<CallId>,
     pub history: Vec<Step>,
 }
 
 /// An extension bound to an account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Binding {
-    pub tenant: String,
-    pub account: String,
-    pub pbx: String,
-    pub extension: String,
+    pub tenant: TenantId,
+    pub account: AccountId,
+    pub pbx: PbxId,
+    pub extension: Extension,
     /// The calling number the IVR saw: a hint, not verified identity.
     pub did: Option<String>,
     pub did_verified: bool,
@@ -236,11 +243,11 @@ pub struct Binding {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub at: Millis,
-    pub tenant: String,
-    pub account: String,
-    pub pbx: String,
-    pub extension: String,
-    pub association: String,
+    pub tenant: TenantId,
+    pub account: AccountId,
+    pub pbx: PbxId,
+    pub extension: Extension,
+    pub association: AssociationId,
     pub step: String,
     pub result: String,
 }
@@ -250,9 +257,9 @@ pub struct AuditRecord {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CounterKey {
     /// All wrong entries of an account's associations.
-    Account { tenant: String, account: String },
+    Account { tenant: TenantId, account: AccountId },
     /// Wrong entries of an account's associations on one extension.
-    AccountExtension { tenant: String, account: String, pbx: String, extension: String },
+    AccountExtension { tenant: TenantId, account: AccountId, pbx: PbxId, extension: Extension },
 }
 
 impl CounterKey {
@@ -267,13 +274,13 @@ impl CounterKey {
 
     pub fn tenant_account(&self) -> (&str, &str) {
         match self {
-            CounterKey::Account { tenant, account } | CounterKey::AccountExtension { tenant, account, .. } => (tenant, account),
+            CounterKey::Account { tenant, account } | CounterKey::AccountExtension { tenant, account, .. } => (tenant.as_str(), account.as_str()),
         }
     }
     pub fn extension(&self) -> Option<(&str, &str)> {
         match self {
             CounterKey::Account { .. } => None,
-            CounterKey::AccountExtension { pbx, extension, .. } => Some((pbx, extension)),
+            CounterKey::AccountExtension { pbx, extension, .. } => Some((pbx.as_str(), extension.as_str())),
         }
     }
 }
@@ -281,25 +288,25 @@ impl CounterKey {
 /// One proof call placed, charged to the extension and to the account that asked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ProofCall {
-    pub pbx: String,
-    pub extension: String,
-    pub tenant: String,
-    pub account: String,
+    pub pbx: PbxId,
+    pub extension: Extension,
+    pub tenant: TenantId,
+    pub account: AccountId,
     pub at: Millis,
 }
 
 /// The phone's owner pressed 9: `account` may not ask for `extension` until `until`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct OwnerBlock {
-    pub tenant: String,
-    pub account: String,
-    pub pbx: String,
-    pub extension: String,
+    pub tenant: TenantId,
+    pub account: AccountId,
+    pub pbx: PbxId,
+    pub extension: Extension,
     pub until: Millis,
 }
 
 /// Whom a block keeps from what: (tenant, account, pbx, extension).
-pub(crate) type BlockKey = (String, String, String, String);
+pub(crate) type BlockKey = (TenantId, AccountId, PbxId, Extension);
 
 impl OwnerBlock {
     pub(crate) fn key(&self) -> BlockKey {
@@ -311,37 +318,52 @@ impl OwnerBlock {
 /// (of one tenant, or of every tenant).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminScope {
-    Extension { pbx: String, extension: String },
-    Account { tenant: Option<String>, account: String },
+    Extension { pbx: PbxId, extension: Extension },
+    Account { tenant: Option<TenantId>, account: AccountId },
 }
 
 impl AdminScope {
     pub fn counter(&self, k: &CounterKey) -> bool {
         match self {
-            AdminScope::Extension { pbx, extension } => k.extension() == Some((pbx, extension)),
+            AdminScope::Extension { pbx, extension } => k.extension() == Some((pbx.as_str(), extension.as_str())),
             AdminScope::Account { tenant, account } => {
                 let (t, a) = k.tenant_account();
-                a == account && tenant.as_deref().is_none_or(|x| x == t)
+                *account == a && tenant.as_ref().is_none_or(|x| *x == t)
             }
         }
     }
     pub fn block(&self, b: &OwnerBlock) -> bool {
         match self {
             AdminScope::Extension { pbx, extension } => b.pbx == *pbx && b.extension == *extension,
-            AdminScope::Account { tenant, account } => b.account == *account && tenant.as_deref().is_none_or(|x| x == b.tenant),
+            AdminScope::Account { tenant, account } => b.account == *account && tenant.as_ref().is_none_or(|x| *x == b.tenant),
         }
     }
 }
 
-/// CSTA work the shell must do on the PBX link, tagged with the association it serves.
+/// CSTA work the shell must do on the PBX link ([`Action::Csta`]); the shell builds it with the
+/// [`crate::csta`] builders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CstaRequest {
-    MonitorStart { extension: String },
-    MonitorStop { extension: String },
-    MakeCall { from: String, to: String },
+    MonitorStart { extension: Extension },
+    MonitorStop { extension: Extension },
+    /// `to` is a dial string (the IVR number, the lock prefix), not an extension.
+    MakeCall { from: Extension, to: String },
     /// DTMF on the extension's connection of the call (GenerateDigits / SendDTMFTones).
-    SendDigits { call: Vec<u8>, extension: String, digits: String },
-    ClearConnection { call: Vec<u8>, extension: String },
+    SendDigits { call: CallId, extension: Extension, digits: String },
+    ClearConnection { call: CallId, extension: Extension },
+}
+
+/// The engine's name for one CSTA request it asked for: its answer comes back as
+/// [`CstaInput::Done`] with the same id, and the engine knows from the id alone what the request
+/// was for (which association, monitor or lock call or proof call...). Issued by a counter, never
+/// reused by one engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub(crate) u64);
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "r{}", self.0)
+    }
 }
 
 /// Writes the shell commits, in order, before carrying out the actions after them.
@@ -349,12 +371,12 @@ pub enum CstaRequest {
 pub enum StoreWrite {
     Association(AssociationView),
     Bind(Binding),
-    Unbind { pbx: String, extension: String },
+    Unbind { pbx: PbxId, extension: Extension },
     Counter { key: CounterKey, value: u32 },
     ProofCall(ProofCall),
     Block(OwnerBlock),
     /// Lift the owner block of `account` on `extension`.
-    Unblock { tenant: String, account: String, pbx: String, extension: String },
+    Unblock { tenant: TenantId, account: AccountId, pbx: PbxId, extension: Extension },
     Audit(AuditRecord),
 }
 
@@ -382,19 +404,22 @@ pub struct Gather {
 /// Something the shell must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Csta { association: String, pbx: String, request: CstaRequest },
+    /// Send `request` on `pbx`'s link and answer with [`CstaInput::Done`] `{ id, .. }`.
+    /// `association` names whom it serves, for the logs.
+    Csta { id: RequestId, association: AssociationId, pbx: PbxId, request: CstaRequest },
     Store(StoreWrite),
     /// Tell the account (webhook) what happened: `bound`, `attempt_failed`, `failed`,
     /// `suspected_attack`, `refused_by_phone_owner`, ...
-    Notify { tenant: String, account: String, event: String, association: String },
-    /// The answer to an IVR request that waited ([`Output::ivr_wait`]): send it now.
+    Notify { tenant: TenantId, account: AccountId, event: String, association: AssociationId },
+    /// The answer to an IVR request that waited ([`IvrAnswer::Wait`]): send it now.
     IvrReply { call: String, reply: IvrReply },
 }
 
-/// API-level refusals, each with a clear reason.
+/// Why the engine refused an API request, each with a clear reason (the API maps each to a
+/// status). Storage failures are not refusals: the gateway reports them apart (503).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum ApiError {
+pub enum Refusal {
     #[error("not found")]
     NotFound,
     #[error("extension {0} is not in the directory of a PBX of this tenant")]
@@ -417,45 +442,82 @@ pub enum ApiError {
     Expired,
     #[error("bad request: {0}")]
     BadRequest(String),
-    /// The gateway could not commit what the request decided (storage failed): 503, try again.
-    #[error("storage unavailable: try again later")]
-    Unavailable,
 }
 
-/// Engine inputs.
+/// API requests to the engine ([`Engine::api`]). `now` is the shell's clock.
 #[derive(Debug, Clone)]
-pub enum Input {
+pub enum ApiInput {
     /// POST /v1/associations. `id`, `code` and `random` (digits for the first proof call's
     /// context id) are drawn by the shell (CSPRNG).
-    Create { principal: Principal, account: String, account_name: Option<String>, pbx: Option<String>, extension: String, id: String, random: String, code: String, now: Millis },
+    Create { principal: Principal, account: AccountId, account_name: Option<String>, pbx: Option<PbxId>, extension: Extension, id: AssociationId, random: String, code: String, now: Millis },
     /// POST /v1/associations/{id}/complete: "I'm at my phone" (or retry); `random` as in Create.
-    Complete { principal: Principal, id: String, random: String, now: Millis },
+    Complete { principal: Principal, id: AssociationId, random: String, now: Millis },
     /// DELETE /v1/associations/{id}.
-    Cancel { principal: Principal, id: String, now: Millis },
-    /// The answer to a CSTA request the engine asked for.
-    CstaDone { association: String, request: CstaRequest, outcome: Result<CstaResultInfo, CstaFailure>, now: Millis },
-    /// A call event on a monitored extension.
-    CstaEvent { pbx: String, extension: String, event: CallEvent, now: Millis },
-    /// The PBX link dropped: every attempt in flight on it fails.
-    LinkDown { pbx: String, now: Millis },
-    /// The IVR platform's request on a call (first one without digits).
-    Ivr { call: String, from: String, to: String, digits: Option<String>, now: Millis },
-    /// The IVR call ended (hang-up).
-    IvrHangup { call: String, now: Millis },
-    Tick { now: Millis },
+    Cancel { principal: Principal, id: AssociationId, now: Millis },
     /// DELETE /v1/bindings/{pbx}/{ext} by the admin or the bound account.
-    Unbind { principal: Principal, account: Option<String>, pbx: String, extension: String, now: Millis },
+    Unbind { principal: Principal, account: Option<AccountId>, pbx: PbxId, extension: Extension, now: Millis },
     /// Admin: reset the failure counters in scope.
     ResetCounters { scope: AdminScope, now: Millis },
     /// Admin: lift the owner blocks in scope.
     LiftBlocks { scope: AdminScope, now: Millis },
 }
 
+/// What an accepted API request answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiReply {
+    /// Create: the association, and its code (shown this once).
+    Created { view: AssociationView, code: String },
+    /// Complete, Cancel: the association as it stands.
+    Association(AssociationView),
+    /// Unbind, ResetCounters, LiftBlocks.
+    Done,
+}
+
+/// The IVR platform's request on a call (the first one without digits) ([`Engine::ivr`]).
+#[derive(Debug, Clone)]
+pub struct IvrInput {
+    pub call: String,
+    pub from: String,
+    pub to: String,
+    pub digits: Option<String>,
+    pub now: Millis,
+}
+
+/// The engine's answer to an IVR request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IvrAnswer {
+    Reply(IvrReply),
+    /// The request presented a context id while the proof call was not yet reported answered:
+    /// its answer follows as [`Action::IvrReply`] once the PBX reports it, or at the latest at
+    /// the deadline [`Engine::poll_timeout`] names ([`CLAIM_WAIT`] after the request).
+    Wait,
+}
+
+/// What the PBX link reports ([`Engine::csta`]).
+#[derive(Debug, Clone)]
+pub enum CstaInput {
+    /// The answer to the request the engine named `id` ([`Action::Csta`]). Ids the engine does
+    /// not know (never issued, or of an association it forgot) are ignored.
+    Done { id: RequestId, outcome: Result<CstaResultInfo, CstaFailure>, now: Millis },
+    /// A call event on a monitored extension.
+    Event { pbx: PbxId, extension: Extension, event: CallEvent, now: Millis },
+    /// The PBX link dropped: every attempt in flight on it fails.
+    LinkDown { pbx: PbxId, now: Millis },
+}
+
+/// An input's answer to its caller with the actions the shell must carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub struct Handled<R> {
+    pub reply: R,
+    pub actions: Vec<Action>,
+}
+
 /// What a successful CSTA request returned that the engine needs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct CstaResultInfo {
     /// MakeCall: the call id of the calling connection.
-    pub call: Option<Vec<u8>>,
+    pub call: Option<CallId>,
 }
 
 /// Why a CSTA request failed, as the engine distinguishes it.
@@ -466,50 +528,6 @@ pub enum CstaFailure {
     Busy,
     /// Any other refusal (universalFailure, reject, timeout).
     Rejected,
-}
-
-/// The call events the engine follows, reduced from CSTA events by the shell.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CallEvent {
-    /// ServiceInitiated: the phone is prompted (rings) for the call.
-    Initiated { call: Vec<u8> },
-    /// Originated: the user picked up; the call goes out.
-    Originated { call: Vec<u8> },
-    /// Delivered / NetworkReached: the far end (the IVR) is being reached.
-    Delivered { call: Vec<u8> },
-    /// Established: the far end answered.
-    Established { call: Vec<u8> },
-    /// Failed, with the CSTA event cause.
-    Failed { call: Vec<u8>, cause: Option<i64> },
-    /// ConnectionCleared / CallCleared.
-    Cleared { call: Vec<u8> },
-    /// Diverted / Transferred / Conferenced: the call no longer joins the extension and the IVR
-    /// alone.
-    Diverted { call: Vec<u8> },
-}
-
-impl CallEvent {
-    pub fn call(&self) -> &[u8] {
-        match self {
-            CallEvent::Initiated { call } | CallEvent::Originated { call } | CallEvent::Delivered { call } | CallEvent::Established { call } | CallEvent::Failed { call, .. } | CallEvent::Cleared { call } | CallEvent::Diverted { call } => call,
-        }
-    }
-}
-
-/// The engine's answer to an input.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Output {
-    pub actions: Vec<Action>,
-    /// For API inputs: the association as it stands (with the code once, on creation).
-    pub view: Option<AssociationView>,
-    pub code: Option<String>,
-    pub error: Option<ApiError>,
-    /// For IVR inputs.
-    pub ivr: Option<IvrReply>,
-    /// For IVR inputs: the request presented a context id while the proof call was not yet
-    /// reported answered; its answer follows as [`Action::IvrReply`] once the PBX reports it (or
-    /// after [`CLAIM_WAIT`]). The shell feeds a [`Input::Tick`] at that time.
-    pub ivr_wait: bool,
 }
 
 /// How long an IVR request that came just before the PBX's report of the answer may wait for it.

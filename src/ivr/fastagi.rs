@@ -34,7 +34,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
-use crate::association::Input;
+use crate::association::IvrInput;
 use crate::clock::now_ms;
 use crate::gateway::Gateway;
 use crate::ivr::{asks_context, names_a_number, Cidr, Guard, IvrGuards, REFUSED_PROMPT};
@@ -286,7 +286,7 @@ async fn session(stream: TcpStream, gw: &Gateway, settings: &FastAgiSettings, gu
     let result = dialogue(&mut agi, gw, settings, guard, &call, &from, &to).await;
     if result.is_err() {
         // Whatever broke the dialogue, the engine hears the call ended.
-        let _ = gw.call(Input::IvrHangup { call, now: now_ms() }).await;
+        gw.ivr_hangup(call, now_ms()).await;
     }
     result
 }
@@ -304,11 +304,10 @@ async fn dialogue(agi: &mut Agi, gw: &Gateway, settings: &FastAgiSettings, guard
             let file = file_name(settings.prompts.get(REFUSED_PROMPT).unwrap_or(&settings.fallback));
             agi.command(&format!("STREAM FILE {file} \"\"")).await?;
             let _ = agi.command("HANGUP").await;
-            let _ = gw.call(Input::IvrHangup { call: call.to_owned(), now: now_ms() }).await;
+            gw.ivr_hangup(call.to_owned(), now_ms()).await;
             return Ok(());
         }
-        let out = gw.call(Input::Ivr { call: call.to_owned(), from: from.to_owned(), to: to.to_owned(), digits: digits.take(), now }).await.ok_or(AgiError::Closed)?;
-        let Some(reply) = out.ivr else { return Err(AgiError::Closed) };
+        let reply = gw.ivr(IvrInput { call: call.to_owned(), from: from.to_owned(), to: to.to_owned(), digits: digits.take(), now }).await.map_err(|_| AgiError::Closed)?;
         if entry {
             guard.answered(call, reply.prompt, now);
         }
@@ -322,7 +321,7 @@ async fn dialogue(agi: &mut Agi, gw: &Gateway, settings: &FastAgiSettings, guard
             _ => {
                 agi.command(&format!("STREAM FILE {file} \"\"")).await?;
                 let _ = agi.command("HANGUP").await;
-                let _ = gw.call(Input::IvrHangup { call: call.to_owned(), now: now_ms() }).await;
+                gw.ivr_hangup(call.to_owned(), now_ms()).await;
                 return Ok(());
             }
         }

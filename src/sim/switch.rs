@@ -342,7 +342,7 @@ impl Switch {
     }
 
     fn make_call(&mut self, conn: u64, id: i64, body: &Body) {
-        let (Some(caller), Some(dialled)) = (body.digits(F::CallingDevice), body.digits(F::CalledDirectoryNumber)) else {
+        let Some((caller, dialled)) = crate::csta::make_call_args(body) else {
             return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(3)));
         };
         let Some(behaviour) = self.in_directory(&caller) else {
@@ -368,7 +368,7 @@ impl Switch {
         let call_id = Bytes::copy_from_slice(&call.to_be_bytes());
         self.calls.insert(call, Call { id: call_id.clone(), caller: caller.clone(), called, suffix, state: CallState::Prompting, ivr, internal_callee });
 
-        let result = Apdu::result(id, Operation::MakeCall, Body::new().with(F::CallingDevice, conn_id(&call_id, &caller)));
+        let result = Apdu::result(id, Operation::MakeCall, crate::csta::make_call_result(&crate::csta::CallId::new(call_id.clone()), &caller));
         let first = Body::new()
             .with(F::InitiatedConnection, conn_id(&call_id, &caller))
             .with(F::InitiatingDevice, dev(&caller))
@@ -528,13 +528,14 @@ impl Switch {
         }
     }
 
-    fn find_call(&self, body: &Body, name: F) -> Option<u16> {
-        let call = body.connection(name)?.call.as_ref()?;
-        self.calls.iter().find(|(_, c)| &c.id == call).map(|(k, _)| *k)
+    /// The call `named` (read from a request by a [`crate::csta`] reader) in the call table.
+    fn find_call(&self, named: Option<crate::csta::CallId>) -> Option<u16> {
+        let call = named?;
+        self.calls.iter().find(|(_, c)| c.id.as_ref() == call.as_bytes()).map(|(k, _)| *k)
     }
 
     fn generate_digits(&mut self, conn: u64, id: i64, body: &Body) {
-        let Some(call) = self.find_call(body, F::ConnectionToSendDigits) else {
+        let Some(call) = self.find_call(crate::csta::digits_call(body)) else {
             return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(13)));
         };
         let Some(c) = self.calls.get(&call) else { return };
@@ -549,7 +550,7 @@ impl Switch {
     }
 
     fn clear_connection(&mut self, conn: u64, id: i64, body: &Body) {
-        let Some(call) = self.find_call(body, F::ConnectionToBeCleared) else {
+        let Some(call) = self.find_call(crate::csta::cleared_call(body)) else {
             return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(13)));
         };
         let releasing = body

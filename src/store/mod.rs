@@ -12,6 +12,24 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::association::{AssociationView, AuditRecord, Binding, CounterKey, Millis, OwnerBlock, ProofCall, Snapshot, StoreWrite};
+use crate::ids::{AccountId, AssociationId, Extension, PbxId, TenantId};
+
+/// The typed ids are their string in the database, as in JSON.
+macro_rules! sql_text {
+    ($($t:ty),*) => {$(
+        impl rusqlite::types::ToSql for $t {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+        impl rusqlite::types::FromSql for $t {
+            fn column_result(v: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+                String::column_result(v).map(<$t>::from)
+            }
+        }
+    )*};
+}
+sql_text!(AccountId, AssociationId, Extension, PbxId, TenantId);
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -28,7 +46,7 @@ pub enum StoreError {
 /// Filter for reading the audit log.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
-    pub tenant: Option<String>,
+    pub tenant: Option<TenantId>,
     pub account: Option<String>,
     pub extension: Option<String>,
     pub limit: usize,
