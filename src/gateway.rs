@@ -5,10 +5,17 @@
 //! ([`Engine::poll_timeout`]) when none come; it feeds a batch of them to the engine, commits all
 //! their store writes in **one** transaction (group commit: durable, and cheap under load), and
 //! only then answers the callers and starts the CSTA work the engine asked for on the PBX links
-//! ([`submit`]: the one place that turns an engine request into link work). Results and events
-//! come back as commands by one path ([`Gateway::report`]).
+//! ([`submit`]: the one place that turns an engine request into link work).
+//!
+//! **One ordered path per link.** The gateway holds one [`Port`] per PBX link. Every request the
+//! engine asks for goes out through it, tagged; the link hands back the results, the monitored
+//! extensions' events and its losses and returns on the port's one channel, in the order it
+//! handled them on the wire, and one forwarding task per link passes them on to the actor's
+//! queue in that order ([`Cmd::Link`]). So the engine sees a MakeCall's result before the
+//! events that followed it on the wire, and after those that came before it: no spawned task
+//! per step, no reordering between results and events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +26,7 @@ use crate::association::{AccountId, AssociationId, Extension, PbxId, TenantId, A
 use crate::codec::apdu::ErrorCategory;
 use crate::codec::Operation;
 use crate::clock::now_ms;
-use crate::link::{Link, LinkState, MonitorEvent, RequestError};
+use crate::link::{Delivery, Link, LinkState, Port, RequestError};
 use crate::store::{AuditFilter, Store};
 
 pub use crate::csta::call_event;
@@ -66,8 +73,8 @@ enum Cmd {
     Api { input: ApiInput, reply: ApiTx },
     Ivr { input: IvrInput, reply: IvrTx },
     IvrHangup { call: String, now: Millis },
-    /// What a PBX link reported. `epoch` is the engine's (see [`Submitted`]).
-    Csta { epoch: u64, input: CstaInput, made: Option<Submitted> },
+    /// What a PBX link reported on the gateway's port, in the link's order.
+    Link { pbx: PbxId, delivery: Delivery },
     Query { query: Query, reply: oneshot::Sender<Result<QueryResult, GatewayError>> },
     /// Stop after the batch in hand: nothing is written afterwards.
     Stop,
@@ -90,6 +97,8 @@ struct Submitted {
 pub struct Gateway {
     tx: mpsc::Sender<Cmd>,
     links: Arc<HashMap<String, Link>>,
+    /// The gateway's own port on each link: the engine's requests go out through it.
+    ports: Arc<HashMap<String, Port>>,
     notifier: Option<crate::notify::Notifier>,
     stopped: Arc<tokio::sync::Notify>,
     /// Bumped whenever a binding ends, before it is committed: event streams opened under a
@@ -106,6 +115,13 @@ const BATCH: usize = 256;
 const CLEAR_RETRY_WINDOW: Duration = Duration::from_secs(600);
 /// ClearConnection attempts at most (each after the link is up again).
 const CLEAR_ATTEMPTS: usize = 5;
+/// Deliveries a link may hold for the gateway: every request in flight reserves one (beyond,
+/// the request fails at once as if the link were down), events take the rest. The forwarding task
+/// empties it into the actor's queue as fast as they come.
+const PORT_CAPACITY: usize = 65_536;
+/// ClearConnections waiting for their link to come back, at most (beyond, the call is left to
+/// the PBX and logged).
+const MAX_PARKED_CLEARS: usize = 10_000;
 /// How long a stopping gateway waits for the ClearConnections of the proof calls still up.
 const STOP_CLEAR_WAIT: Duration = Duration::from_secs(3);
 
@@ -115,17 +131,20 @@ impl Gateway {
     /// associations that were in flight, the calls they left up), committed and carried out first.
     pub fn start(engine: Engine, store: Box<dyn Store>, links: HashMap<String, Link>, notifier: Option<crate::notify::Notifier>, restored: Vec<Action>) -> Gateway {
         let (tx, rx) = mpsc::channel(65_536);
+        let mut ports = HashMap::new();
+        for (pbx, link) in &links {
+            let (port, deliveries) = link.attach_with_capacity(PORT_CAPACITY);
+            ports.insert(pbx.clone(), port);
+            tokio::spawn(forward(PbxId::from(pbx.as_str()), deliveries, tx.clone()));
+        }
         let links = Arc::new(links);
-        let gw = Gateway { tx: tx.clone(), links: links.clone(), notifier, stopped: Arc::new(tokio::sync::Notify::new()), unbinds: Arc::new(tokio::sync::watch::Sender::new(0)), ended: crate::metrics::Ended::default() };
+        let gw = Gateway { tx: tx.clone(), links, ports: Arc::new(ports), notifier, stopped: Arc::new(tokio::sync::Notify::new()), unbinds: Arc::new(tokio::sync::watch::Sender::new(0)), ended: crate::metrics::Ended::default() };
         let done = gw.stopped.clone();
         let me = gw.clone();
         tokio::spawn(async move {
             actor(engine, store, rx, me, restored).await;
             done.notify_one();
         });
-        for (pbx, link) in links.iter() {
-            tokio::spawn(watch_link(pbx.clone(), link.clone(), tx.clone()));
-        }
         gw
     }
 
@@ -184,31 +203,13 @@ impl Gateway {
         self.tx.send(Cmd::Query { query, reply }).await.map_err(|_| GatewayError::Stopped)?;
         rx.await.map_err(|_| GatewayError::Stopped)?
     }
-
-    /// The one path by which what a link reports comes back to the actor, in the order it is
-    /// reported here.
-    async fn report(&self, epoch: u64, input: CstaInput, made: Option<Submitted>) -> bool {
-        self.tx.send(Cmd::Csta { epoch, input, made }).await.is_ok()
-    }
 }
 
-/// Reports a link loss to the engine each time a link that was up goes down.
-async fn watch_link(pbx: String, link: Link, tx: mpsc::Sender<Cmd>) {
-    let mut st = link.watch_state();
-    let mut was_up = false;
-    loop {
-        let s = st.borrow_and_update().clone();
-        match s {
-            LinkState::Up => was_up = true,
-            LinkState::Down { .. } | LinkState::Closed if was_up => {
-                was_up = false;
-                if tx.send(Cmd::Csta { epoch: u64::MAX, input: CstaInput::LinkDown { pbx: pbx.as_str().into(), now: now_ms() }, made: None }).await.is_err() {
-                    return;
-                }
-            }
-            _ => {}
-        }
-        if st.changed().await.is_err() {
+/// Passes one link's deliveries on to the actor, in the order the link made them (one awaited
+/// queue: results and events of one PBX keep their wire order).
+async fn forward(pbx: PbxId, mut deliveries: mpsc::Receiver<Delivery>, tx: mpsc::Sender<Cmd>) {
+    while let Some(delivery) = deliveries.recv().await {
+        if tx.send(Cmd::Link { pbx: pbx.clone(), delivery }).await.is_err() {
             return;
         }
     }
@@ -217,9 +218,13 @@ async fn watch_link(pbx: String, link: Link, tx: mpsc::Sender<Cmd>) {
 /// The actor's state besides the engine and the store.
 struct Shell {
     gw: Gateway,
-    /// Running monitor subscriptions of the engine: dropping the sender stops the task, and the
-    /// subscription with it.
-    monitors: HashMap<(PbxId, Extension), oneshot::Sender<()>>,
+    /// The extensions the engine monitors (through the gateway's ports).
+    monitors: HashSet<(PbxId, Extension)>,
+    /// Requests in flight on the ports, by tag.
+    pending: HashMap<u64, Pending>,
+    next_tag: u64,
+    /// ClearConnections that met a dead link, waiting for it to come back.
+    parked: Vec<(PbxId, Pending)>,
     /// IVR requests whose answer waits for the PBX's report of the proof call's answer, by IVR
     /// call (at most one per call: a newer request of the platform replaces the older).
     waiting: HashMap<String, IvrTx>,
@@ -235,7 +240,7 @@ enum Answer {
 }
 
 async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Cmd>, gw: Gateway, restored: Vec<Action>) {
-    let mut sh = Shell { gw, monitors: HashMap::new(), waiting: HashMap::new(), epoch: 0 };
+    let mut sh = Shell { gw, monitors: HashSet::new(), pending: HashMap::new(), next_tag: 0, parked: Vec::new(), waiting: HashMap::new(), epoch: 0 };
     commit_restored(store.as_mut(), &mut sh, &restored);
     let mut batch = Vec::with_capacity(BATCH);
     // The engine's memory is ahead of the store (a commit failed) until it is rebuilt from it.
@@ -286,7 +291,11 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
                     actions.extend(engine.ivr_hangup(&call, now));
                     Answer::None
                 }
-                Cmd::Csta { epoch, input, made } => {
+                Cmd::Link { pbx, delivery } => {
+                    let Some((epoch, input, made)) = delivered(&mut sh, pbx, delivery) else {
+                        after.push((Answer::None, actions.len()..actions.len()));
+                        continue;
+                    };
                     let mine = match &input {
                         CstaInput::Done { id, .. } => epoch == sh.epoch && engine.awaits(*id),
                         _ => true,
@@ -296,7 +305,8 @@ async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Rece
                     } else if let (CstaInput::Done { outcome: Ok(CstaResultInfo { call: Some(call) }), .. }, Some(m)) = (&input, made) {
                         // A proof call placed for an attempt the engine no longer follows:
                         // nothing else would ever clear it.
-                        clear(&sh.gw, None, m.association, m.pbx, call.clone(), m.extension);
+                        let clear = Pending { epoch, id: None, work: Work::Clear { association: m.association, call: call.clone(), extension: m.extension, attempts: 1, since: std::time::Instant::now() } };
+                        send(&mut sh, &m.pbx, clear);
                     }
                     Answer::None
                 }
@@ -422,7 +432,11 @@ fn answer_query(engine: &Engine, store: &mut dyn Store, query: Query) -> Result<
 /// (fails closed: no binding, no association, every request refused or retried); `false` then.
 fn reload(engine: &mut Engine, store: &mut dyn Store, sh: &mut Shell) -> bool {
     // Their associations are gone from memory: stop their monitors, drop their waiting replies.
-    sh.monitors.clear();
+    for (pbx, extension) in std::mem::take(&mut sh.monitors) {
+        if let Some(port) = sh.gw.ports.get(pbx.as_str()) {
+            port.unmonitor(&extension);
+        }
+    }
     sh.waiting.clear();
     // Requests in flight belong to the old engine.
     sh.epoch += 1;
@@ -513,105 +527,189 @@ fn failure(e: &RequestError) -> CstaFailure {
     }
 }
 
+/// A request of the engine's on a port, waiting for its [`Delivery::Completed`].
+struct Pending {
+    /// The engine's epoch when it was sent (see [`Submitted`]).
+    epoch: u64,
+    /// The engine's id; `None` for a clear of the gateway's own (a call nobody follows).
+    id: Option<RequestId>,
+    work: Work,
+}
+
+enum Work {
+    Monitor(Extension),
+    MakeCall(Submitted),
+    Digits,
+    /// ClearConnection, retried after the link comes back (the PBX keeps its calls when only the
+    /// CTI link is lost or stalls).
+    Clear { association: AssociationId, call: CallId, extension: Extension, attempts: usize, since: std::time::Instant },
+}
+
 /// The one place that turns the engine's request `id` into link work (with the [`crate::csta`]
-/// builders) and its result back into [`CstaInput::Done`] `{ id, .. }`; a monitor's events come
-/// back by the same path, in order.
+/// builders): out through the PBX's port, tagged; its result comes back as a [`Delivery`] on the
+/// port, in wire order with the events ([`delivered`]).
 fn submit(sh: &mut Shell, id: RequestId, association: &AssociationId, pbx: &PbxId, request: CstaRequest) {
-    let gw = sh.gw.clone();
-    let epoch = sh.epoch;
-    let Some(link) = gw.links.get(pbx.as_str()).cloned() else {
-        tokio::spawn(async move {
-            gw.report(epoch, CstaInput::Done { id, outcome: Err(CstaFailure::LinkDown), now: now_ms() }, None).await;
-        });
-        return;
-    };
-    let association = association.clone();
-    let pbx = pbx.clone();
+    let pending = |work| Pending { epoch: sh.epoch, id: Some(id), work };
     match request {
         CstaRequest::MonitorStop { extension } => {
-            sh.monitors.remove(&(pbx, extension));
+            if sh.monitors.remove(&(pbx.clone(), extension.clone())) {
+                if let Some(port) = sh.gw.ports.get(pbx.as_str()) {
+                    port.unmonitor(&extension);
+                }
+            }
         }
         CstaRequest::MonitorStart { extension } => {
-            let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-            sh.monitors.insert((pbx.clone(), extension.clone()), stop_tx);
-            tokio::spawn(async move {
-                let mut m = match link.monitor(&extension).await {
-                    Ok(m) => m,
-                    Err(e) => {
-                        gw.report(epoch, CstaInput::Done { id, outcome: Err(failure(&e)), now: now_ms() }, None).await;
-                        return;
-                    }
-                };
-                if !gw.report(epoch, CstaInput::Done { id, outcome: Ok(CstaResultInfo::default()), now: now_ms() }, None).await {
-                    return;
-                }
-                loop {
-                    tokio::select! {
-                        _ = &mut stop_rx => return,
-                        ev = m.next() => match ev {
-                            None => return,
-                            Some(MonitorEvent::Event(r)) => {
-                                if let Some(event) = r.event.kind().and_then(|k| r.event.body().and_then(|b| crate::csta::call_event(k, b))) {
-                                    // In order: one sender per subscription, awaited.
-                                    if !gw.report(epoch, CstaInput::Event { pbx: pbx.clone(), extension: extension.clone(), event, now: now_ms() }, None).await {
-                                        return;
-                                    }
-                                }
-                            }
-                            Some(_) => {}
-                        }
-                    }
-                }
-            });
+            sh.monitors.insert((pbx.clone(), extension.clone()));
+            let p = pending(Work::Monitor(extension));
+            send(sh, pbx, p);
         }
         CstaRequest::MakeCall { from, to } => {
-            tokio::spawn(async move {
-                let outcome = match crate::csta::make_call(&from, &to) {
-                    Err(_) => Err(CstaFailure::Rejected),
-                    Ok(body) => match link.request(Operation::MakeCall, body).await {
-                        Ok(r) => Ok(CstaResultInfo { call: crate::csta::made_call(&r) }),
-                        Err(e) => Err(failure(&e)),
-                    },
-                };
-                let made = Submitted { pbx, association, extension: from };
-                gw.report(epoch, CstaInput::Done { id, outcome, now: now_ms() }, Some(made)).await;
-            });
+            let body = crate::csta::make_call(&from, &to);
+            let p = pending(Work::MakeCall(Submitted { pbx: pbx.clone(), association: association.clone(), extension: from }));
+            match body {
+                Ok(body) => invoke(sh, pbx, p, Operation::MakeCall, body),
+                // Not a number the PBX could be asked to dial: refused without asking it.
+                Err(_) => refuse(sh, pbx, p, RequestError::Encode(crate::link::EncodeProblem::DeviceNotAscii)),
+            }
         }
         CstaRequest::SendDigits { call, extension, digits } => {
-            tokio::spawn(async move {
-                let Ok(body) = crate::csta::generate_digits(&call, &extension, &digits) else { return };
-                let outcome = link.request(Operation::GenerateDigits, body).await.map(|_| CstaResultInfo::default()).map_err(|e| failure(&e));
-                gw.report(epoch, CstaInput::Done { id, outcome, now: now_ms() }, None).await;
-            });
+            if let Ok(body) = crate::csta::generate_digits(&call, &extension, &digits) {
+                let p = pending(Work::Digits);
+                invoke(sh, pbx, p, Operation::GenerateDigits, body);
+            }
         }
-        CstaRequest::ClearConnection { call, extension } => clear(&gw, Some((epoch, id)), association, pbx, call, extension),
+        CstaRequest::ClearConnection { call, extension } => {
+            let p = pending(Work::Clear { association: association.clone(), call, extension, attempts: 1, since: std::time::Instant::now() });
+            send(sh, pbx, p);
+        }
     }
 }
 
-/// ClearConnection of `extension`'s connection in `call`, retried after the link comes back.
-fn clear(gw: &Gateway, id: Option<(u64, RequestId)>, association: AssociationId, pbx: PbxId, call: CallId, extension: Extension) {
-    let Some(link) = gw.links.get(pbx.as_str()).cloned() else { return };
-    let gw = gw.clone();
-    tokio::spawn(async move {
-        let body = crate::csta::clear_connection(&call, &extension);
-        let mut outcome = link.request(Operation::ClearConnection, body.clone()).await;
-        // The PBX keeps its calls when only the CTI link is lost (or stalls): clear the
-        // call once the link is up again. After a PBX restart the call is gone and the
-        // PBX says so; that ends it too.
-        for _ in 1..CLEAR_ATTEMPTS {
-            if !matches!(outcome, Err(RequestError::LinkDown | RequestError::Timeout | RequestError::QueueFull)) {
-                break;
+/// Send a monitor start or a clear (again) on `pbx`'s port.
+fn send(sh: &mut Shell, pbx: &PbxId, p: Pending) {
+    match &p.work {
+        Work::Monitor(extension) => {
+            let tag = next_tag(sh);
+            let sent = sh.gw.ports.get(pbx.as_str()).map_or(Err(RequestError::LinkDown), |port| port.monitor(tag, extension));
+            sh.pending.insert(tag, p);
+            if let Err(e) = sent {
+                loopback(sh, pbx, Delivery::Completed { tag, result: Err(e) });
             }
-            if tokio::time::timeout(CLEAR_RETRY_WINDOW, link.wait_for(|s| *s == LinkState::Up)).await.is_err() {
-                break;
+        }
+        Work::Clear { call, extension, .. } => {
+            let body = crate::csta::clear_connection(call, extension);
+            invoke(sh, pbx, p, Operation::ClearConnection, body);
+        }
+        Work::MakeCall(_) | Work::Digits => {}
+    }
+}
+
+/// Invoke `op` on `pbx`'s port for `p`.
+fn invoke(sh: &mut Shell, pbx: &PbxId, p: Pending, op: Operation, body: crate::codec::Body) {
+    let tag = next_tag(sh);
+    let sent = sh.gw.ports.get(pbx.as_str()).map_or(Err(RequestError::LinkDown), |port| port.request(tag, op, body));
+    sh.pending.insert(tag, p);
+    if let Err(e) = sent {
+        loopback(sh, pbx, Delivery::Completed { tag, result: Err(e) });
+    }
+}
+
+/// `p` fails at once with `e`, by the same path as an answer from the PBX.
+fn refuse(sh: &mut Shell, pbx: &PbxId, p: Pending, e: RequestError) {
+    let tag = next_tag(sh);
+    sh.pending.insert(tag, p);
+    loopback(sh, pbx, Delivery::Completed { tag, result: Err(e) });
+}
+
+fn next_tag(sh: &mut Shell) -> u64 {
+    sh.next_tag = sh.next_tag.wrapping_add(1);
+    sh.next_tag
+}
+
+/// A delivery the gateway makes itself (a request refused before it reached the link): queued
+/// to the actor like the link's own, so that the engine hears of it after this batch.
+fn loopback(sh: &Shell, pbx: &PbxId, delivery: Delivery) {
+    let cmd = Cmd::Link { pbx: pbx.clone(), delivery };
+    if let Err(mpsc::error::TrySendError::Full(cmd)) = sh.gw.tx.try_send(cmd) {
+        let tx = sh.gw.tx.clone();
+        tokio::spawn(async move { tx.send(cmd).await });
+    }
+}
+
+/// What a link's delivery means to the engine: the answer to one of its requests (with the
+/// epoch it was sent in, and for a MakeCall what it placed), an event of an extension it
+/// monitors, or the link's loss. `None` when it means nothing to the engine (a clear of the
+/// gateway's own, a retry, an event nobody follows).
+fn delivered(sh: &mut Shell, pbx: PbxId, delivery: Delivery) -> Option<(u64, CstaInput, Option<Submitted>)> {
+    let now = now_ms();
+    let done = |result: Result<CstaResultInfo, RequestError>| result.map_err(|e| failure(&e));
+    match delivery {
+        Delivery::Completed { tag, result } => {
+            let p = sh.pending.remove(&tag)?;
+            match p.work {
+                Work::Monitor(extension) => {
+                    if result.is_err() {
+                        sh.monitors.remove(&(pbx, extension));
+                    }
+                    Some((p.epoch, CstaInput::Done { id: p.id?, outcome: done(result.map(|_| CstaResultInfo::default())), now }, None))
+                }
+                Work::MakeCall(made) => {
+                    let outcome = done(result.map(|r| CstaResultInfo { call: crate::csta::made_call(&r) }));
+                    Some((p.epoch, CstaInput::Done { id: p.id?, outcome, now }, Some(made)))
+                }
+                Work::Digits => Some((p.epoch, CstaInput::Done { id: p.id?, outcome: done(result.map(|_| CstaResultInfo::default())), now }, None)),
+                Work::Clear { association, call, extension, attempts, since } => {
+                    // The PBX keeps its calls when only the CTI link is lost (or stalls): clear
+                    // the call once the link is up again. After a PBX restart the call is gone
+                    // and the PBX says so; that ends it too.
+                    let retry = matches!(result, Err(RequestError::LinkDown | RequestError::Timeout | RequestError::QueueFull)) && attempts < CLEAR_ATTEMPTS && since.elapsed() < CLEAR_RETRY_WINDOW;
+                    if retry {
+                        let what = format!("{association} {pbx} {extension}");
+                        let again = Pending { epoch: p.epoch, id: p.id, work: Work::Clear { association, call, extension, attempts: attempts + 1, since } };
+                        let up = sh.gw.links.get(pbx.as_str()).is_some_and(|l| l.state() == LinkState::Up);
+                        if up && !matches!(result, Err(RequestError::LinkDown)) {
+                            send(sh, &pbx, again);
+                        } else if sh.parked.len() < MAX_PARKED_CLEARS {
+                            sh.parked.push((pbx, again));
+                        } else {
+                            warn!(clear = %what, "too many clears wait for their link: proof call left to the PBX");
+                        }
+                        return None;
+                    }
+                    if let Err(e) = &result {
+                        info!(%association, %pbx, %extension, error = %e, "proof call not cleared by the gateway");
+                    }
+                    Some((p.epoch, CstaInput::Done { id: p.id?, outcome: done(result.map(|_| CstaResultInfo::default())), now }, None))
+                }
             }
-            outcome = link.request(Operation::ClearConnection, body.clone()).await;
         }
-        if let Err(e) = &outcome {
-            info!(%association, %pbx, %extension, error = %e, "proof call not cleared by the gateway");
+        Delivery::Event { device, report } => {
+            let extension = Extension::from(&*device);
+            let key = (pbx, extension);
+            if !sh.monitors.contains(&key) {
+                return None;
+            }
+            let event = report.event.kind().and_then(|k| report.event.body().and_then(|b| crate::csta::call_event(k, b)))?;
+            let (pbx, extension) = key;
+            Some((sh.epoch, CstaInput::Event { pbx, extension, event, now }, None))
         }
-        if let Some((epoch, id)) = id {
-            gw.report(epoch, CstaInput::Done { id, outcome: outcome.map(|_| CstaResultInfo::default()).map_err(|e| failure(&e)), now: now_ms() }, None).await;
+        Delivery::LinkLost => Some((sh.epoch, CstaInput::LinkDown { pbx, now }, None)),
+        Delivery::LinkRestored => {
+            // The clears that met the dead link go out again (those past their window give up).
+            let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut sh.parked).into_iter().partition(|(p, _)| *p == pbx);
+            sh.parked = others;
+            for (_, p) in mine {
+                if let Work::Clear { since, .. } = &p.work
+                    && since.elapsed() >= CLEAR_RETRY_WINDOW
+                {
+                    continue;
+                }
+                send(sh, &pbx, p);
+            }
+            None
         }
-    });
+        // The PBX would not monitor the extension again after a reconnect: its attempt fails by
+        // its own timeout, as before.
+        Delivery::MonitorFailed { .. } => None,
+    }
 }
