@@ -1,7 +1,7 @@
 //! The `engine` target: the association engine (`cstagate::association`) driven by arbitrary
 //! sequences of API, CSTA, IVR, admin and timer inputs, with gateway restarts, against a model of
 //! the store, of the PBX and of the proof-of-presence rules. Included by `lib.rs` (and so by
-//! `tests/fuzz_regressions.rs`).
+//! `tests/hostile/fuzz_regressions.rs`).
 //!
 //! The input bytes are read with `arbitrary::Unstructured`: first the two PBXs' policies (two
 //! bytes each), then up to [`MAX_STEPS`] steps, each a time step and one input. Every value comes

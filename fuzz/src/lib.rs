@@ -1,4 +1,4 @@
-//! The oracles of the fuzz targets, shared with `tests/fuzz_regressions.rs` (which includes this
+//! The oracles of the fuzz targets, shared with `tests/hostile/fuzz_regressions.rs` (which includes this
 //! file with `#[path]`, so plain `cargo test` replays the seeds and every input a fuzzer found
 //! through exactly the same checks). Depends on `cstagate`, `bytes`, `serde_json`, `arbitrary`
 //! and `tokio`.
@@ -14,7 +14,7 @@ use cstagate::codec::{acse, Apdu, DecodeError, Dialect, Framer, Framing, Value};
 /// `tests/fuzz_regressions/`).
 pub const TARGETS: &[&str] = &["framer", "apdu_phase3", "apdu_phase2", "acse", "engine", "link_session"];
 
-// `#[path]` so that the file resolves the same when `tests/fuzz_regressions.rs` includes this one.
+// `#[path]` so that the file resolves the same when `tests/hostile/fuzz_regressions.rs` includes this one.
 #[path = "engine.rs"]
 mod engine_oracle;
 #[path = "link_session.rs"]

@@ -1,7 +1,7 @@
 //! The `link_session` target: the sans-IO PBX link session (`cstagate::link::Session`) fed
 //! arbitrary bytes from a fake PBX, interleaved with the gateway's requests, monitors and dropped
 //! monitors, in **virtual time** (explicit `Instant`s): no socket, no tokio runtime, no sleep.
-//! Included by `lib.rs` (and so by `tests/fuzz_regressions.rs`).
+//! Included by `lib.rs` (and so by `tests/hostile/fuzz_regressions.rs`).
 //!
 //! Input layout:
 //! - byte 0, configuration: bit 0 framing (two-byte length or Siemens), bit 1 dialect (Phase III

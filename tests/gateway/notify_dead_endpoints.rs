@@ -4,7 +4,7 @@
 //! and another tenant's notifications are delivered meanwhile. Alone in its test binary: it
 //! counts the process's open descriptors.
 
-mod notify_common;
+use crate::notify_common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! `cstagate decode` as an admin runs it: every capture format, JSON output, and a trace with a
 //! bad APDU (all others printed, the bad one named with its offset, non-zero exit).
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -2,7 +2,7 @@
 //! §4.7, §4.9) built from the dialect-neutral model encode byte for byte and decode back; every
 //! operation of the opcode table and every event kind round-trips in both dialects.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::hex;

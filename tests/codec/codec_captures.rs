@@ -1,7 +1,7 @@
 //! Every APDU of every real capture decodes, matches its label, and re-encodes to the same
 //! bytes; the pcap readers see the same APDUs as the frame lists.
 
-mod common;
+use crate::common;
 
 use common::{apdu, traces};
 use cstagate::codec::{Apdu, Argument, Event};

@@ -1,11 +1,11 @@
 //! Account notifications reach the tenant's URL, signed over a fresh timestamp and the body like
 //! the IVR webhook; the receiver here is a real HTTP server. Endpoints that never answer, or
 //! never accept, cost each attempt its timeouts (5 s to connect, 10 s in all: on the paused
-//! clock), three attempts each, each signed anew (`tests/notify_dead_endpoints.rs`: 2,000 of
+//! clock), three attempts each, each signed anew (`tests/gateway/notify_dead_endpoints.rs`: 2,000 of
 //! them hold no more than the tenant's workers' connections, while another tenant's are
 //! delivered).
 
-mod notify_common;
+use crate::notify_common;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

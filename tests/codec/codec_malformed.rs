@@ -2,7 +2,7 @@
 //! length octets, oversized lengths, deep nesting, wrong constructed bits, trailing bytes, and
 //! arbitrary input (property tests with a decode → encode → decode oracle).
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::{apdu, hex, traces};

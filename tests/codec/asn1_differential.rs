@@ -4,7 +4,7 @@
 //! in `asn1/README.md` and compared key by key. Without asn1tools the test is skipped with a
 //! notice, unless `CSTAGATE_REQUIRE_ASN1TOOLS=1` (CI) makes it mandatory.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -3,7 +3,7 @@
 //! (`tests/fuzz_regressions/<target>/`, the raw bytes libFuzzer wrote), so plain `cargo test`
 //! keeps each finding fixed. See FUZZING.md.
 
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../fuzz/src/lib.rs"]
 mod oracle;
 
 use std::path::{Path, PathBuf};
@@ -74,7 +74,7 @@ fn every_target_has_a_replay() {
 
 /// Not a check: what the local corpora (`fuzz/corpus/engine`, `fuzz/corpus/link_session`, grown
 /// by `fuzz/run.sh`) reach, to see that the stateful targets get somewhere. Each input still runs
-/// through its oracle. `cargo test --release --test fuzz_regressions -- --ignored --nocapture`.
+/// through its oracle. `cargo test --release --test hostile fuzz_regressions -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn stateful_corpora_reach() {

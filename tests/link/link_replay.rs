@@ -2,7 +2,7 @@
 //! (Panasonic, Siemens HiPath). The link logs in, answers SystemStatus byte for byte as the
 //! recorded application did, monitors, and delivers the recorded events exactly.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,0 +1,15 @@
+//! The command line: decode, probe, configuration checks, the README's examples, and how `cstagate run` stops.
+//!
+//! One test binary per subject (cargo builds and links each `tests/*/main.rs` once); each
+//! file below is one group of tests.
+
+#[allow(dead_code)]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod decode_cli;
+mod probe_cli;
+mod readme_config;
+mod readme_walkthrough;
+mod config_checks;
+mod shutdown;

@@ -1,0 +1,17 @@
+//! The whole gateway on loopback: API, IVR adapters, notifications, proof of presence, storage failures, redaction.
+//!
+//! One test binary per subject (cargo builds and links each `tests/*/main.rs` once); each
+//! file below is one group of tests.
+
+#[allow(dead_code)]
+#[path = "../notify_common/mod.rs"]
+mod notify_common;
+
+mod gateway_e2e;
+mod proof_of_presence;
+mod notify;
+mod notify_dead_endpoints;
+mod fastagi;
+mod ivr_guesses;
+mod storage_failure;
+mod redaction;

@@ -1,0 +1,9 @@
+//! Hostile peers: the API, the CSTA link and the IVR webhook under attack; stored fuzz inputs replayed.
+//!
+//! One test binary per subject (cargo builds and links each `tests/*/main.rs` once); each
+//! file below is one group of tests.
+
+mod hostile_api;
+mod hostile_csta;
+mod hostile_ivr;
+mod fuzz_regressions;

@@ -1,0 +1,14 @@
+//! The PBX link: the sans-IO session, the link against the simulated PBX and replayed captures, the simulator's call model, Phase II forms.
+//!
+//! One test binary per subject (cargo builds and links each `tests/*/main.rs` once); each
+//! file below is one group of tests.
+
+#[allow(dead_code)]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod link_replay;
+mod link_sim;
+mod link_session;
+mod sim_calls;
+mod phase2_forms;
