@@ -11,12 +11,20 @@ use cstagate::http_client::Http;
 use cstagate::store::{AuditFilter, Store, StoreError};
 use serde_json::json;
 
-/// A database that has gone away: every commit fails.
-struct Broken;
+/// A database that has gone away: every commit of something fails (like SQLite, nothing to
+/// write is no transaction); with `reads_fail`, every read fails too.
+struct Broken {
+    reads_fail: bool,
+}
+
+impl Broken {
+    fn read<T>(&self, ok: T) -> Result<T, StoreError> {
+        if self.reads_fail { Err(StoreError::Corrupt("disk I/O error (simulated)".into())) } else { Ok(ok) }
+    }
+}
 
 impl Store for Broken {
     fn apply(&mut self, writes: &[StoreWrite]) -> Result<(), StoreError> {
-        // Like SQLite, nothing to write is no transaction.
         if writes.is_empty() {
             return Ok(());
         }
@@ -26,10 +34,10 @@ impl Store for Broken {
         Ok(Snapshot::default())
     }
     fn association(&self, _: &str) -> Result<Option<AssociationView>, StoreError> {
-        Ok(None)
+        self.read(None)
     }
     fn audit(&self, _: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        Ok(Vec::new())
+        self.read(Vec::new())
     }
 }
 
@@ -37,13 +45,9 @@ impl Store for Broken {
 async fn a_failed_commit_is_a_503_and_hands_out_no_code() {
     let mut p = Policy::new("acme", "0800100200");
     p.directory.insert("2005".into(), None);
-    let gw = Gateway::start(Engine::new(HashMap::from([("paris".to_owned(), p)])), Box::new(Broken), HashMap::new(), None, Vec::new());
+    let gw = Gateway::start(Engine::new(HashMap::from([("paris".to_owned(), p)])), Box::new(Broken { reads_fail: false }), HashMap::new(), None, Vec::new());
     let tokens = Tokens::random();
-    let app = cstagate::api::router(gw, tokens.secrets());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let http = Http::new(&format!("http://{addr}"));
+    let http = serve(gw, &tokens).await;
     let (s, v) = http.json("POST", "/v1/associations", &tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     assert_eq!((s, v["code"].as_str()), (503, Some("unavailable")), "{v}");
     assert!(v.get("id").is_none(), "no association, no code: {v}");
@@ -51,27 +55,6 @@ async fn a_failed_commit_is_a_503_and_hands_out_no_code() {
     // not hold the extension (it would answer 409 extension_busy from memory alone).
     let (s, v) = http.json("POST", "/v1/associations", &tokens.tenant, Some(json!({ "account": "bob", "extension": "2005" }))).await.unwrap();
     assert_eq!((s, v["code"].as_str()), (503, Some("unavailable")), "{v}");
-}
-
-/// A database that cannot be read: commits of nothing pass, every read fails.
-struct Unreadable;
-
-impl Store for Unreadable {
-    fn apply(&mut self, writes: &[StoreWrite]) -> Result<(), StoreError> {
-        if writes.is_empty() {
-            return Ok(());
-        }
-        Err(StoreError::Corrupt("disk I/O error (simulated)".into()))
-    }
-    fn snapshot(&self, _: Millis) -> Result<Snapshot, StoreError> {
-        Ok(Snapshot::default())
-    }
-    fn association(&self, _: &str) -> Result<Option<AssociationView>, StoreError> {
-        Err(StoreError::Corrupt("disk I/O error (simulated)".into()))
-    }
-    fn audit(&self, _: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        Err(StoreError::Corrupt("disk I/O error (simulated)".into()))
-    }
 }
 
 async fn serve(gw: Gateway, tokens: &Tokens) -> Http {
@@ -86,7 +69,7 @@ async fn serve(gw: Gateway, tokens: &Tokens) -> Http {
 /// `unavailable` too, never a 404 or a 400.
 #[tokio::test]
 async fn a_failed_read_is_a_503() {
-    let gw = Gateway::start(Engine::new(HashMap::<String, Policy>::new()), Box::new(Unreadable), HashMap::new(), None, Vec::new());
+    let gw = Gateway::start(Engine::new(HashMap::<String, Policy>::new()), Box::new(Broken { reads_fail: true }), HashMap::new(), None, Vec::new());
     let tokens = Tokens::random();
     let http = serve(gw, &tokens).await;
     for (path, token) in [("/v1/associations/abc123", &tokens.tenant), ("/v1/audit", &tokens.tenant), ("/v1/audit?extension=2005", &tokens.admin)] {
@@ -100,7 +83,7 @@ async fn a_failed_read_is_a_503() {
 async fn a_stopped_gateway_is_a_503() {
     let mut p = Policy::new("acme", "0800100200");
     p.directory.insert("2005".into(), None);
-    let gw = Gateway::start(Engine::new(HashMap::from([("paris".to_owned(), p)])), Box::new(Unreadable), HashMap::new(), None, Vec::new());
+    let gw = Gateway::start(Engine::new(HashMap::from([("paris".to_owned(), p)])), Box::new(Broken { reads_fail: true }), HashMap::new(), None, Vec::new());
     let tokens = Tokens::random();
     let http = serve(gw.clone(), &tokens).await;
     gw.stop().await;
