@@ -34,7 +34,8 @@
 //!   its own tenant's PBXs; histories are capped and a PBX flooding events fails the attempt.
 
 mod engine;
-#[doc(hidden)]
+/// For the tests and the fuzz oracle only (the `testkit` feature).
+#[cfg(feature = "testkit")]
 pub mod harness;
 mod ivr;
 
