@@ -3,62 +3,23 @@
 //!
 //! Most values live where they are counted (the links' [`crate::link::Stats`], the engine's
 //! sizes, the IVR guards, the notifier), so each scrape copies them into a fresh [`Registry`]:
-//! nothing is counted twice and no value goes stale. The one counter kept here is
-//! [`Ended`], the associations ended by final state and reason, which the gateway's actor counts
-//! once their end is committed. Counters carry the `_total` suffix (the encoder adds it to the
-//! registered name); gauges do not.
+//! nothing is counted twice and no value goes stale; the associations ended by final state and
+//! reason too ([`crate::gateway::Ended`], counted by the gateway's actor once their end is
+//! committed). This module only reads: it depends on the gateway, the gateway not on it. Counters
+//! carry the `_total` suffix (the encoder adds it to the registered name); gauges do not.
 
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::association::{Sizes, State, StoreWrite};
+use crate::association::Sizes;
 use crate::gateway::Gateway;
 use crate::webhook::REPLAY_CACHE_CAPACITY;
 
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// The labels of an ended association: its final `state` and `reason` (`none` without one), as
-/// the API spells them.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EndedLabels {
-    state: String,
-    reason: String,
-}
-
-/// `cstagate_associations_ended_total{state,reason}`: associations that reached a final state.
-/// Shared by clones (one per gateway).
-#[derive(Debug, Clone, Default)]
-pub struct Ended(Family<EndedLabels, Counter>);
-
-impl Ended {
-    /// Count the associations that `writes` (just committed) bring to a final state. A final
-    /// association may be written again (a history step after its end, such as a DTMF failure
-    /// reported late): only the write whose newest step is the end itself counts, so each end
-    /// counts once without remembering ids.
-    pub fn count(&self, writes: &[StoreWrite]) {
-        for w in writes {
-            if let StoreWrite::Association(v) = w {
-                let end_step = match v.state {
-                    State::Bound => "bound",
-                    State::Expired => "expired",
-                    State::Cancelled => "cancelled",
-                    _ => "failed",
-                };
-                if v.state.is_final(v.retryable) && v.history.last().is_some_and(|s| s.step == end_step) {
-                    let name = |v: serde_json::Value| v.as_str().unwrap_or("none").to_owned();
-                    let state = name(serde_json::to_value(v.state).unwrap_or_default());
-                    let reason = name(serde_json::to_value(v.reason).unwrap_or_default());
-                    self.0.get_or_create(&EndedLabels { state, reason }).inc();
-                }
-            }
-        }
-    }
-}
 
 /// What a scrape reads.
 pub struct Sources<'a> {
@@ -141,7 +102,7 @@ pub fn render(src: &Sources<'_>) -> String {
         gauge(&mut reg, "cstagate_ivr_calls", "IVR calls the engine follows", z.ivr_calls as u64);
         gauge(&mut reg, "cstagate_bindings", "Extensions bound to an account", z.bindings as u64);
     }
-    reg.register("cstagate_associations_ended", "Associations that reached a final state, by state and reason", src.gw.ended().0.clone());
+    reg.register("cstagate_associations_ended", "Associations that reached a final state, by state and reason", src.gw.ended().metric());
     gauge(&mut reg, "cstagate_webhook_replay_cache_entries", &format!("Webhook signatures remembered to refuse replays (at most {REPLAY_CACHE_CAPACITY})"), src.replay_entries as u64);
     let adapters = |webhook: u64, fastagi: u64| [(label("adapter", "webhook"), webhook), (label("adapter", "fastagi"), fastagi)];
     let ivr = src.ivr;
@@ -158,33 +119,4 @@ pub fn render(src: &Sources<'_>) -> String {
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &reg);
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::association::{AssociationView, Reason, Step};
-
-    fn view(state: State, reason: Option<Reason>, retryable: bool, steps: &[&str]) -> StoreWrite {
-        let history = steps.iter().map(|s| Step { at: 1, step: (*s).into(), detail: String::new() }).collect();
-        StoreWrite::Association(AssociationView { id: "a".into(), tenant: "t".into(), account: "x".into(), pbx: "p".into(), extension: "1".into(), state, reason, retryable, expires_at: 1, call: None, history })
-    }
-
-    #[test]
-    fn each_end_counts_once_by_state_and_reason() {
-        let ended = Ended::default();
-        ended.count(&[view(State::Ringing, None, true, &["created", "ringing"]), view(State::Failed, Some(Reason::NoAnswer), true, &["created", "failed"])]);
-        ended.count(&[view(State::Bound, None, false, &["created", "bound"])]);
-        // Written again after its end, with a later step: not a second end.
-        ended.count(&[view(State::Bound, None, false, &["created", "bound", "dtmf_failed"])]);
-        ended.count(&[view(State::Failed, Some(Reason::IvrTimeout), false, &["created", "failed"])]);
-        let mut reg = Registry::default();
-        reg.register("cstagate_associations_ended", "Ended", ended.0.clone());
-        let mut text = String::new();
-        encode(&mut text, &reg).unwrap();
-        let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
-        assert_eq!(samples.len(), 2, "{text}");
-        assert!(samples.contains(&"cstagate_associations_ended_total{state=\"bound\",reason=\"none\"} 1"), "{text}");
-        assert!(samples.contains(&"cstagate_associations_ended_total{state=\"failed\",reason=\"ivr_timeout\"} 1"), "{text}");
-    }
 }

@@ -1,0 +1,309 @@
+//! The actor: it owns the [`Engine`] and the [`Store`], takes the queued commands in batches,
+//! feeds them to the engine, commits all their store writes in one transaction (group commit),
+//! and only then answers the callers and carries out the engine's actions (its CSTA work goes to
+//! [`super::links`]). Also the two ways out of the loop's normal course: the stop
+//! ([`super::Gateway::stop`]) and the rebuild from the store after a failed commit.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::association::{AssociationId, Action, ApiReply, CstaInput, CstaResultInfo, Engine, IvrAnswer, Principal, Refusal, StoreWrite};
+use crate::codec::Operation;
+use crate::clock::now_ms;
+use crate::link::RequestError;
+use crate::store::Store;
+
+use super::links::{delivered, send, submit, Pending, Work};
+use super::{ApiTx, Cmd, Gateway, GatewayError, IvrTx, Query, QueryResult, Shell};
+
+/// Commands handled per store transaction at most.
+const BATCH: usize = 256;
+/// How long a stopping gateway waits for the ClearConnections of the proof calls still up.
+const STOP_CLEAR_WAIT: Duration = Duration::from_secs(3);
+
+/// What a command's caller hears once the batch is committed.
+enum Answer {
+    Api(ApiTx, Result<ApiReply, Refusal>),
+    Ivr(IvrTx, String, IvrAnswer),
+    None,
+}
+
+pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Cmd>, gw: Gateway, restored: Vec<Action>) {
+    let mut sh = Shell { gw, monitors: HashSet::new(), pending: HashMap::new(), next_tag: 0, parked: Vec::new(), waiting: HashMap::new(), epoch: 0 };
+    commit_restored(store.as_mut(), &mut sh, &restored);
+    let mut batch = Vec::with_capacity(BATCH);
+    // The engine's memory is ahead of the store (a commit failed) until it is rebuilt from it.
+    let mut stale = false;
+    loop {
+        batch.clear();
+        // Sleep until the engine's next deadline, or until commands come.
+        let deadline = engine.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+                None => std::future::pending().await,
+            }
+        };
+        let timed_out = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    return;
+                }
+                false
+            }
+            _ = sleep => true,
+        };
+        if stale {
+            stale = !reload(&mut engine, store.as_mut(), &mut sh);
+        }
+        let mut actions: Vec<Action> = Vec::new();
+        let mut stop = false;
+        let mut after: Vec<(Answer, std::ops::Range<usize>)> = Vec::new();
+        if timed_out {
+            actions.extend(engine.handle_timeout(now_ms()));
+        }
+        for cmd in batch.drain(..) {
+            let start = actions.len();
+            let answer = match cmd {
+                Cmd::Api { input, reply } => {
+                    let h = engine.api(input);
+                    actions.extend(h.actions);
+                    Answer::Api(reply, h.reply)
+                }
+                Cmd::Ivr { input, reply } => {
+                    let call = input.call.clone();
+                    let h = engine.ivr(input);
+                    actions.extend(h.actions);
+                    Answer::Ivr(reply, call, h.reply)
+                }
+                Cmd::IvrHangup { call, now } => {
+                    actions.extend(engine.ivr_hangup(&call, now));
+                    Answer::None
+                }
+                Cmd::Link { pbx, delivery } => {
+                    let Some((epoch, input, made)) = delivered(&mut sh, pbx, delivery) else {
+                        after.push((Answer::None, actions.len()..actions.len()));
+                        continue;
+                    };
+                    let mine = match &input {
+                        CstaInput::Done { id, .. } => epoch == sh.epoch && engine.awaits(*id),
+                        _ => true,
+                    };
+                    if mine {
+                        actions.extend(engine.csta(input));
+                    } else if let (CstaInput::Done { outcome: Ok(CstaResultInfo { call: Some(call) }), .. }, Some(m)) = (&input, made) {
+                        // A proof call placed for an attempt the engine no longer follows:
+                        // nothing else would ever clear it.
+                        let clear = Pending { epoch, id: None, work: Work::Clear { association: m.association, call: call.clone(), extension: m.extension, attempts: 1, since: std::time::Instant::now() } };
+                        send(&mut sh, &m.pbx, clear);
+                    }
+                    Answer::None
+                }
+                Cmd::Stop => {
+                    stop = true;
+                    Answer::None
+                }
+                Cmd::Query { query, reply } => {
+                    let _ = reply.send(answer_query(&engine, store.as_mut(), query));
+                    Answer::None
+                }
+            };
+            after.push((answer, start..actions.len()));
+        }
+        let writes = store_writes(&actions);
+        if actions.iter().any(|a| matches!(a, Action::Store(StoreWrite::Unbind { .. }))) {
+            sh.gw.unbinds.send_modify(|n| *n += 1);
+        }
+        // Group commit: everything this batch decided is durable before anyone hears of it.
+        let mut writes = writes;
+        coalesce(&mut writes);
+        if let Err(e) = store.apply(&writes) {
+            warn!(error = %e, "store commit failed: answering with an error, carrying out nothing");
+            for (answer, _) in after {
+                match answer {
+                    Answer::Api(r, _) => drop(r.send(Err(GatewayError::Unavailable))),
+                    Answer::Ivr(r, _, _) => drop(r.send(Err(GatewayError::Unavailable))),
+                    Answer::None => {}
+                }
+            }
+            // The engine decided what the store does not hold (an association, a binding): go
+            // back to what the store holds, as a restart would, so that nothing lives in memory
+            // only — a binding nobody can read back after a restart must not drive a phone now.
+            stale = !reload(&mut engine, store.as_mut(), &mut sh);
+            continue;
+        }
+        sh.gw.ended.count(&writes);
+        // The timeout's actions come first, then each command's, in order.
+        let first = after.first().map_or(actions.len(), |(_, r)| r.start);
+        carry_out(&mut sh, &actions[..first]);
+        for (answer, range) in after {
+            carry_out(&mut sh, &actions[range]);
+            match answer {
+                Answer::Api(r, reply) => drop(r.send(reply.map_err(GatewayError::Refused))),
+                Answer::Ivr(r, _, IvrAnswer::Reply(reply)) => drop(r.send(Ok(reply))),
+                Answer::Ivr(r, call, IvrAnswer::Wait) => {
+                    // Answered by an Action::IvrReply, at the latest at the engine's deadline.
+                    sh.waiting.insert(call, r);
+                }
+                Answer::None => {}
+            }
+        }
+        // Answers nobody waits for any more (the platform gave up on the request).
+        if sh.waiting.len() > 1024 {
+            sh.waiting.retain(|_, r| !r.is_closed());
+        }
+        if stop {
+            if !stale {
+                stop_gateway(&mut engine, store.as_mut(), &mut sh).await;
+            }
+            return;
+        }
+    }
+}
+
+/// The end of [`Gateway::stop`]: clear the proof calls still up, end their associations, commit.
+async fn stop_gateway(engine: &mut Engine, store: &mut dyn Store, sh: &mut Shell) {
+    let clears = engine.live_calls().into_iter().map(|(association, pbx, extension, call)| {
+        let link = sh.gw.links.get(pbx.as_str()).cloned();
+        async move {
+            let cleared = match link {
+                None => false,
+                Some(link) => match tokio::time::timeout(STOP_CLEAR_WAIT, link.request(Operation::ClearConnection, crate::csta::clear_connection(&call, &extension))).await {
+                    // The PBX answered: cleared, or it no longer knows the call.
+                    Ok(Ok(_) | Err(RequestError::Failure(_))) => true,
+                    Ok(Err(_)) | Err(_) => false,
+                },
+            };
+            if !cleared {
+                info!(%association, %pbx, %extension, "proof call not cleared at stop: the next start clears it");
+            }
+            (association, cleared)
+        }
+    });
+    let left_up: Vec<AssociationId> = futures_util::future::join_all(clears).await.into_iter().filter(|(_, cleared)| !cleared).map(|(a, _)| a).collect();
+    let actions = engine.shutdown(now_ms(), &left_up);
+    let mut writes = store_writes(&actions);
+    coalesce(&mut writes);
+    if let Err(e) = store.apply(&writes) {
+        warn!(error = %e, "store commit at stop failed: the next start ends the associations in flight");
+        return;
+    }
+    carry_out(sh, &actions);
+}
+
+fn answer_query(engine: &Engine, store: &mut dyn Store, query: Query) -> Result<QueryResult, GatewayError> {
+    let unavailable = |e: crate::store::StoreError| {
+        warn!(error = %e, "store read failed");
+        GatewayError::Unavailable
+    };
+    Ok(match query {
+        Query::Association { principal, id } => match engine.view(&principal, &id) {
+            Some(v) => QueryResult::Association(Some(v.clone())),
+            None => match store.association(&id) {
+                Ok(Some(v)) if principal == Principal::Admin || principal == Principal::Tenant(v.tenant.clone()) => QueryResult::Association(Some(v)),
+                Ok(_) => QueryResult::Association(None),
+                Err(e) => return Err(unavailable(e)),
+            },
+        },
+        Query::Binding { pbx, extension } => QueryResult::Bindings(engine.binding(&pbx, &extension).cloned().into_iter().collect()),
+        Query::BindingsOf { tenant, account } => QueryResult::Bindings(engine.bindings_of(&tenant, &account).into_iter().cloned().collect()),
+        Query::Audit(f) => match store.audit(&f) {
+            Ok(v) => QueryResult::Audit(v),
+            Err(e) => return Err(unavailable(e)),
+        },
+        Query::Sizes => QueryResult::Sizes(engine.sizes()),
+        Query::Limits(scope) => QueryResult::Limits { counters: engine.counters(&scope), blocks: engine.blocks(&scope, now_ms()) },
+    })
+}
+
+/// Rebuild the engine from the store (after a failed commit), ending what was in flight as a
+/// restart does and carrying out the ends. Until the store can be read, the engine holds nothing
+/// (fails closed: no binding, no association, every request refused or retried); `false` then.
+fn reload(engine: &mut Engine, store: &mut dyn Store, sh: &mut Shell) -> bool {
+    // Their associations are gone from memory: stop their monitors, drop their waiting replies.
+    for (pbx, extension) in std::mem::take(&mut sh.monitors) {
+        if let Some(port) = sh.gw.ports.get(pbx.as_str()) {
+            port.unmonitor(&extension);
+        }
+    }
+    sh.waiting.clear();
+    // Requests in flight belong to the old engine.
+    sh.epoch += 1;
+    let now = now_ms();
+    let (snap, ok) = match store.snapshot(now) {
+        Ok(s) => (s, true),
+        Err(e) => {
+            warn!(error = %e, "the store cannot be read either: the engine holds nothing until it can");
+            (crate::association::Snapshot::default(), false)
+        }
+    };
+    let (fresh, restored) = Engine::restore(engine.policies().clone(), snap, now);
+    *engine = fresh;
+    commit_restored(store, sh, &restored);
+    ok
+}
+
+/// Commit the actions of [`Engine::restore`] (the ends of associations that were in flight) and
+/// then carry them out (clear the calls they left up, tell the accounts); nothing if the commit
+/// fails.
+fn commit_restored(store: &mut dyn Store, sh: &mut Shell, restored: &[Action]) {
+    let mut writes = store_writes(restored);
+    coalesce(&mut writes);
+    match store.apply(&writes) {
+        Ok(()) => {
+            sh.gw.ended.count(&writes);
+            carry_out(sh, restored);
+        }
+        Err(e) => warn!(error = %e, "store commit of the restored state failed: carrying out nothing"),
+    }
+}
+
+fn store_writes(actions: &[Action]) -> Vec<StoreWrite> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Store(w) => Some(w.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Carry out the engine's CSTA work and notifications (its store writes are committed already).
+fn carry_out(sh: &mut Shell, actions: &[Action]) {
+    for a in actions {
+        match a {
+            Action::IvrReply { call, reply } => {
+                if let Some(r) = sh.waiting.remove(call) {
+                    let _ = r.send(Ok(reply.clone()));
+                }
+            }
+            Action::Csta { id, association, pbx, request } => submit(sh, *id, association, pbx, request.clone()),
+            Action::Notify { tenant, account, event, association } => {
+                info!(%tenant, %account, %event, %association, "notify account");
+                if let Some(n) = &sh.gw.notifier {
+                    n.send(crate::notify::Notification { tenant: tenant.to_string(), account: account.to_string(), event: event.clone(), association: association.to_string(), at: now_ms() });
+                }
+            }
+            Action::Store(_) => {}
+        }
+    }
+}
+
+/// An association written several times in one batch needs only its last state written: drop
+/// the earlier upserts (the other writes keep their order).
+fn coalesce(writes: &mut Vec<StoreWrite>) {
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = vec![true; writes.len()];
+    for (i, w) in writes.iter().enumerate().rev() {
+        if let StoreWrite::Association(v) = w {
+            if !seen.insert(v.id.clone()) {
+                keep[i] = false;
+            }
+        }
+    }
+    let mut k = keep.into_iter();
+    writes.retain(|_| k.next().unwrap_or(true));
+}
