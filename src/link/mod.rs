@@ -7,7 +7,7 @@
 //!   events routed by cross-reference id), this connection's monitors, the counters. Time comes in
 //!   as `now`; frames go out through `poll_transmit`, outcomes through `poll_event`, in wire order;
 //!   why a connection ended is a typed [`LinkLoss`].
-//! - this module: the tokio driver. One supervised task per PBX ([`Link::spawn`]) connects with
+//! - `driver`: the tokio driver. One supervised task per PBX ([`Link::spawn`]) connects with
 //!   a timeout, hands the socket's bytes to a fresh [`Session`] per connection, writes what it
 //!   transmits, sleeps until its `poll_timeout`, reconnects with backoff after a loss, and maps
 //!   the session's [`RequestId`]s and devices to the callers: a oneshot per [`Link::request`], a
@@ -15,6 +15,14 @@
 //!   lives here: who subscribed to which device (monitors are started again on every new
 //!   connection, the new cross-reference ids mapped invisibly; subscribers see only
 //!   [`MonitorEvent::LinkLost`] and [`MonitorEvent::LinkRestored`]), the backoff, the state.
+//!
+//! Where the rest is, and why apart: this file holds the public handles ([`Link`], [`Port`],
+//! [`Monitor`]), what they deliver ([`Delivery`], [`MonitorEvent`], [`LinkState`]) and the
+//! commands they send the driver, so that the API is read in one place; `registry` is who wants
+//! which device's events and which port's answers across connections (the driver's only state
+//! that outlives a connection besides the backoff); `errors` and `stats` hold [`RequestError`] /
+//! [`EncodeProblem`] and [`Stats`] / [`StatsSnapshot`], which every layer uses; [`parts`] holds
+//! the small protocol-free pieces (invoke table, token bucket, backoff).
 //!
 //! The behaviour, whichever layer holds it:
 //! - our invokes get ids from a per-link table and are correlated with their result, error or
@@ -66,23 +74,25 @@
 pub mod parts;
 pub mod session;
 
-use std::collections::HashMap;
+mod driver;
+mod errors;
+mod registry;
+mod stats;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::time::{sleep_until, timeout, Instant};
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{info_span, Instrument};
 
-use crate::codec::apdu::{EncodeError, EventReport, UniversalFailure};
-use crate::codec::{Body, Code, Dialect, ErrorKind, Operation, RejectProblem};
+use crate::codec::apdu::EventReport;
+use crate::codec::{Body, Dialect, Operation};
 use crate::config::LinkProfile;
-use parts::Backoff;
+use driver::Driver;
+pub use errors::{EncodeProblem, RequestError};
 pub use session::{LinkLoss, RequestId, Session, SessionEvent};
+pub use stats::{Stats, StatsSnapshot};
 /// Commands (requests, monitor subscriptions) waiting for the link task; beyond this, requests
 /// fail at once with `QueueFull`.
 pub const COMMAND_QUEUE: usize = 1024;
@@ -90,61 +100,6 @@ pub const COMMAND_QUEUE: usize = 1024;
 pub const MAX_QUEUED_REQUESTS: usize = 10_000;
 /// Events buffered per subscriber; a subscriber that does not keep up loses events (counted).
 pub const SUBSCRIBER_BUFFER: usize = 1024;
-
-/// Why a request did not get a result.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RequestError {
-    #[error("link down")]
-    LinkDown,
-    #[error("no answer within the request timeout")]
-    Timeout,
-    #[error("request queue full")]
-    QueueFull,
-    #[error("rejected by the PBX ({0:?})")]
-    Rejected(RejectProblem),
-    #[error("CSTA error {}", failure_name(.0))]
-    Failure(UniversalFailure),
-    /// A ReturnError other than CSTA's universalFailure: the PBX's error code.
-    #[error("PBX returned error code {}", code_name(.0))]
-    OtherError(Code),
-    /// A MonitorStart result without the crossRefIdentifier its events will carry.
-    #[error("MonitorStart result without crossRefIdentifier")]
-    NoCrossRef,
-    #[error("cannot encode the request for this PBX: {0}")]
-    Encode(EncodeProblem),
-    /// The PBX answered (its result or error carried our invoke id) with a body that does not
-    /// decode: a PBX whose wire form we do not know. `offset` is from the start of the APDU, as
-    /// `cstagate decode` counts, so the byte can be found in a trace.
-    #[error("the PBX's answer to {} does not decode: {reason} at byte {offset}", .operation.name(Dialect::Phase3))]
-    Decode { operation: Operation, offset: usize, reason: ErrorKind },
-    #[error("link closed")]
-    Closed,
-}
-
-/// Why a request of ours could not be put on the wire.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum EncodeProblem {
-    #[error("{0}")]
-    Apdu(EncodeError),
-    #[error("an APDU of {0} bytes is over the framing's limit")]
-    TooLarge(usize),
-    #[error("device number is not ASCII")]
-    DeviceNotAscii,
-}
-
-fn code_name(c: &Code) -> String {
-    match c {
-        Code::Local(n) => n.to_string(),
-        Code::Global(_) => c.name(Dialect::Phase3),
-    }
-}
-
-fn failure_name(u: &UniversalFailure) -> String {
-    let name = u.value.and_then(|v| crate::codec::names::universal_failure(u.category, v));
-    format!("{}/{}", u.category.name(), name.map_or_else(|| format!("{:?}", u.value), str::to_owned))
-}
 
 /// Observable link state. `Down`'s reason is the [`LinkLoss`]'s `Display` (for the JSON view).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -168,88 +123,6 @@ pub enum MonitorEvent {
     LinkRestored,
     /// The PBX refused to monitor the device again after a reconnect.
     MonitorFailed(Box<RequestError>),
-}
-
-/// Counters of one link, shared with the task.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub frames_in: AtomicU64,
-    pub frames_out: AtomicU64,
-    pub decode_errors: AtomicU64,
-    pub connects: AtomicU64,
-    pub reconnects: AtomicU64,
-    pub rejects_sent: AtomicU64,
-    pub rejects_received: AtomicU64,
-    pub keepalives_answered: AtomicU64,
-    pub events_in: AtomicU64,
-    pub events_unrouted: AtomicU64,
-    pub events_dropped: AtomicU64,
-    pub unexpected_responses: AtomicU64,
-    pub undecodable_responses: AtomicU64,
-    pub requests_ok: AtomicU64,
-    pub requests_failed: AtomicU64,
-    pub requests_timed_out: AtomicU64,
-    pub latency_count: AtomicU64,
-    pub latency_sum_us: AtomicU64,
-    pub latency_max_us: AtomicU64,
-    pub monitors: AtomicU64,
-}
-
-/// A point-in-time copy of [`Stats`], for the API and `probe`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub frames_in: u64,
-    pub frames_out: u64,
-    pub decode_errors: u64,
-    pub connects: u64,
-    pub reconnects: u64,
-    pub rejects_sent: u64,
-    pub rejects_received: u64,
-    pub keepalives_answered: u64,
-    pub events_in: u64,
-    pub events_unrouted: u64,
-    pub events_dropped: u64,
-    pub unexpected_responses: u64,
-    /// Results and errors for an outstanding invoke of ours whose body did not decode (each also
-    /// in `decode_errors`; the request failed with [`RequestError::Decode`]).
-    pub undecodable_responses: u64,
-    pub requests_ok: u64,
-    pub requests_failed: u64,
-    pub requests_timed_out: u64,
-    pub latency_avg_us: u64,
-    pub latency_max_us: u64,
-    pub monitors: u64,
-}
-
-impl Stats {
-    fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn snapshot(&self) -> StatsSnapshot {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let n = g(&self.latency_count);
-        StatsSnapshot {
-            frames_in: g(&self.frames_in),
-            frames_out: g(&self.frames_out),
-            decode_errors: g(&self.decode_errors),
-            connects: g(&self.connects),
-            reconnects: g(&self.reconnects),
-            rejects_sent: g(&self.rejects_sent),
-            rejects_received: g(&self.rejects_received),
-            keepalives_answered: g(&self.keepalives_answered),
-            events_in: g(&self.events_in),
-            events_unrouted: g(&self.events_unrouted),
-            events_dropped: g(&self.events_dropped),
-            unexpected_responses: g(&self.unexpected_responses),
-            undecodable_responses: g(&self.undecodable_responses),
-            requests_ok: g(&self.requests_ok),
-            requests_failed: g(&self.requests_failed),
-            requests_timed_out: g(&self.requests_timed_out),
-            latency_avg_us: if n == 0 { 0 } else { g(&self.latency_sum_us) / n },
-            latency_max_us: g(&self.latency_max_us),
-            monitors: g(&self.monitors),
-        }
-    }
 }
 
 /// Where a completion goes: the caller of [`Link::request`] / [`Link::monitor`] waiting on a
@@ -359,7 +232,7 @@ impl Link {
             stats: stats.clone(),
             next_sub: Arc::new(AtomicU64::new(1)),
         };
-        let driver = Driver { p: Arc::new(profile), stats, state: state_tx, cmd_rx, ctl_rx, reg: Registry::default(), replies: HashMap::new() };
+        let driver = Driver::new(Arc::new(profile), stats, state_tx, cmd_rx, ctl_rx);
         tokio::spawn(driver.supervise().instrument(span));
         link
     }
@@ -526,491 +399,5 @@ impl Monitor {
 impl Drop for Monitor {
     fn drop(&mut self) {
         let _ = self.ctl.send(Control::Unsubscribe { device: self.key.clone(), sub: self.sub });
-    }
-}
-
-// ---- the driver's registry: who wants what, across connections ------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum MonState {
-    /// Not monitored on the current connection (none, or not restarted yet).
-    Idle,
-    Starting,
-    Running,
-}
-
-struct DeviceEntry {
-    state: MonState,
-    subs: Vec<Sub>,
-    waiting: Vec<(Sub, Reply)>,
-}
-
-struct PortEntry {
-    tx: mpsc::Sender<Delivery>,
-    /// A slot kept for the next link notice, so that a port whose channel is full of events still
-    /// learns that the link dropped.
-    notice: Option<mpsc::OwnedPermit<Delivery>>,
-    devices: Vec<Arc<str>>,
-    told_lost: bool,
-}
-
-impl PortEntry {
-    fn new(tx: mpsc::Sender<Delivery>) -> PortEntry {
-        let notice = tx.clone().try_reserve_owned().ok();
-        PortEntry { tx, notice, devices: Vec::new(), told_lost: false }
-    }
-    fn notify(&mut self, d: Delivery) {
-        match self.notice.take() {
-            Some(p) => {
-                p.send(d);
-            }
-            None => {
-                let _ = self.tx.try_send(d);
-            }
-        }
-        self.notice = self.tx.clone().try_reserve_owned().ok();
-    }
-    /// An event: only into the slots not kept for notices.
-    fn event(&mut self, d: Delivery) -> Result<(), mpsc::error::TrySendError<Delivery>> {
-        if self.notice.is_none() {
-            self.notice = self.tx.clone().try_reserve_owned().ok();
-        }
-        self.tx.try_send(d)
-    }
-}
-
-#[derive(Default)]
-struct Registry {
-    devices: HashMap<Arc<str>, DeviceEntry>,
-    ports: HashMap<u64, PortEntry>,
-}
-
-/// What the session must do after a registry change.
-enum Need {
-    Nothing,
-    Start,
-    Stop,
-}
-
-impl Registry {
-    /// Add a subscriber: answered at once when the device is monitored on the current
-    /// connection; otherwise it waits, and `Start` says the session must be asked.
-    fn subscribe(&mut self, device: &Arc<str>, sub: Sub, reply: Reply) -> Need {
-        if matches!(sub.sink, Sink::Port) {
-            let Some(p) = self.ports.get_mut(&sub.id) else {
-                reply.deliver(Err(RequestError::Closed));
-                return Need::Nothing;
-            };
-            if !p.devices.contains(device) {
-                p.devices.push(device.clone());
-            } else if let Some(e) = self.devices.get_mut(device) {
-                // Already monitored through this port (or on its way): answered, events once.
-                if e.state == MonState::Running {
-                    reply.deliver(Ok(Body::null()));
-                } else {
-                    // Answered with the others; `started` does not add the port twice.
-                    e.waiting.push((Sub { id: sub.id, sink: Sink::Port }, reply));
-                }
-                return Need::Nothing;
-            }
-        }
-        let e = self.devices.entry(device.clone()).or_insert_with(|| DeviceEntry { state: MonState::Idle, subs: Vec::new(), waiting: Vec::new() });
-        match e.state {
-            MonState::Running => {
-                reply.deliver(Ok(Body::null()));
-                e.subs.push(sub);
-                Need::Nothing
-            }
-            MonState::Starting => {
-                e.waiting.push((sub, reply));
-                Need::Nothing
-            }
-            MonState::Idle => {
-                e.waiting.push((sub, reply));
-                e.state = MonState::Starting;
-                Need::Start
-            }
-        }
-    }
-
-    /// Remove a subscriber; `Stop` when it was the last.
-    fn unsubscribe(&mut self, device: &str, sub: u64) -> Need {
-        if let Some(p) = self.ports.get_mut(&sub) {
-            p.devices.retain(|d| &**d != device);
-        }
-        let Some(e) = self.devices.get_mut(device) else { return Need::Nothing };
-        e.subs.retain(|s| s.id != sub);
-        for (s, reply) in std::mem::take(&mut e.waiting) {
-            if s.id == sub {
-                reply.deliver(Err(RequestError::Closed));
-            } else {
-                e.waiting.push((s, reply));
-            }
-        }
-        if !e.subs.is_empty() || !e.waiting.is_empty() {
-            return Need::Nothing;
-        }
-        let was = e.state;
-        self.devices.remove(device);
-        if was == MonState::Idle { Need::Nothing } else { Need::Stop }
-    }
-
-    /// The session monitors `device`. Returns `Stop` when nobody wants it any more.
-    fn started(&mut self, device: &Arc<str>) -> Need {
-        let Some(e) = self.devices.get_mut(device) else { return Need::Stop };
-        let restored = e.state != MonState::Running;
-        e.state = MonState::Running;
-        if restored {
-            // Existing subscribers are re-attached after a reconnect.
-            for s in &e.subs {
-                if let Sink::Channel(tx) = &s.sink {
-                    let _ = tx.try_send(MonitorEvent::LinkRestored);
-                }
-            }
-        }
-        for (sub, reply) in std::mem::take(&mut e.waiting) {
-            if reply.is_closed() {
-                continue;
-            }
-            let already = matches!(sub.sink, Sink::Port) && e.subs.iter().any(|s| s.id == sub.id);
-            reply.deliver(Ok(Body::null()));
-            if !already {
-                e.subs.push(sub);
-            }
-        }
-        if e.subs.is_empty() {
-            self.devices.remove(device);
-            return Need::Stop;
-        }
-        Need::Nothing
-    }
-
-    fn start_failed(&mut self, device: &Arc<str>, err: &RequestError) {
-        let Some(e) = self.devices.remove(device) else { return };
-        for (_, reply) in e.waiting {
-            reply.deliver(Err(err.clone()));
-        }
-        for s in e.subs {
-            match s.sink {
-                Sink::Channel(tx) => {
-                    let _ = tx.try_send(MonitorEvent::MonitorFailed(Box::new(err.clone())));
-                }
-                Sink::Port => {
-                    if let Some(p) = self.ports.get_mut(&s.id) {
-                        p.devices.retain(|d| d != device);
-                        let _ = p.tx.try_send(Delivery::MonitorFailed { device: device.clone(), error: err.clone() });
-                    }
-                }
-            }
-        }
-    }
-
-    /// Deliver an event to the device's subscribers. Returns the devices nobody wants any more
-    /// (a port found closed here is detached).
-    fn route(&mut self, device: &Arc<str>, report: Arc<EventReport>, stats: &Stats) -> Vec<Arc<str>> {
-        let Some(e) = self.devices.get_mut(device) else { return Vec::new() };
-        let mut closed_ports = Vec::new();
-        e.subs.retain(|s| match &s.sink {
-            Sink::Channel(tx) => !tx.is_closed(),
-            Sink::Port => true,
-        });
-        for s in &e.subs {
-            match &s.sink {
-                Sink::Channel(tx) => {
-                    if tx.try_send(MonitorEvent::Event(report.clone())).is_err() {
-                        Stats::inc(&stats.events_dropped);
-                    }
-                }
-                Sink::Port => {
-                    let Some(p) = self.ports.get_mut(&s.id) else { continue };
-                    match p.event(Delivery::Event { device: device.clone(), report: report.clone() }) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => Stats::inc(&stats.events_dropped),
-                        Err(mpsc::error::TrySendError::Closed(_)) => closed_ports.push(s.id),
-                    }
-                }
-            }
-        }
-        closed_ports.into_iter().flat_map(|id| self.detach(id)).collect()
-    }
-
-    /// A port is gone: its monitors are released. Returns the devices nobody wants any more.
-    fn detach(&mut self, port: u64) -> Vec<Arc<str>> {
-        let Some(p) = self.ports.remove(&port) else { return Vec::new() };
-        let mut stop = Vec::new();
-        for d in p.devices {
-            if let Need::Stop = self.unsubscribe(&d, port) {
-                stop.push(d);
-            }
-        }
-        stop
-    }
-
-    /// A connection that came up is gone: every monitor is void, waiting subscribers fail,
-    /// subscribers and ports hear of it once.
-    fn link_lost(&mut self, was_up: bool) {
-        let closed: Vec<u64> = self.ports.iter().filter(|(_, p)| p.tx.is_closed()).map(|(id, _)| *id).collect();
-        for id in closed {
-            self.detach(id);
-        }
-        self.devices.retain(|_, e| {
-            for (_, reply) in std::mem::take(&mut e.waiting) {
-                reply.deliver(Err(RequestError::LinkDown));
-            }
-            e.state = MonState::Idle;
-            if was_up {
-                e.subs.retain(|s| match &s.sink {
-                    Sink::Channel(tx) => tx.try_send(MonitorEvent::LinkLost).is_ok() || !tx.is_closed(),
-                    Sink::Port => true,
-                });
-            }
-            !e.subs.is_empty()
-        });
-        if was_up {
-            for p in self.ports.values_mut() {
-                p.notify(Delivery::LinkLost);
-                p.told_lost = true;
-            }
-        }
-        // A port's devices whose entries went are not monitored through it any more.
-        let devices = &self.devices;
-        for p in self.ports.values_mut() {
-            p.devices.retain(|d| devices.contains_key(d));
-        }
-    }
-
-    /// A new connection is up: the ports told of the loss hear of the restoration; the devices
-    /// with subscribers are to be monitored again.
-    fn restore(&mut self) -> Vec<Arc<str>> {
-        for p in self.ports.values_mut() {
-            if std::mem::take(&mut p.told_lost) {
-                p.notify(Delivery::LinkRestored);
-            }
-        }
-        self.devices
-            .iter_mut()
-            .filter(|(_, e)| !e.subs.is_empty() && e.state == MonState::Idle)
-            .map(|(d, e)| {
-                e.state = MonState::Starting;
-                d.clone()
-            })
-            .collect()
-    }
-}
-
-// ---- the driver ----------------------------------------------------------------------------
-
-enum End {
-    Shutdown(oneshot::Sender<()>),
-    Stopped,
-    Lost(LinkLoss),
-}
-
-/// The link task's state: what outlives a connection.
-struct Driver {
-    p: Arc<LinkProfile>,
-    stats: Arc<Stats>,
-    state: watch::Sender<LinkState>,
-    cmd_rx: mpsc::Receiver<Command>,
-    ctl_rx: mpsc::UnboundedReceiver<Control>,
-    reg: Registry,
-    /// The callers of the current session's requests.
-    replies: HashMap<RequestId, Reply>,
-}
-
-/// The session's clock is the runtime's (paused in tests that pause it).
-fn now() -> std::time::Instant {
-    Instant::now().into_std()
-}
-
-impl Driver {
-    async fn supervise(mut self) {
-        let mut backoff = Backoff::new(self.p.reconnect_min, self.p.reconnect_max);
-        loop {
-            let _ = self.state.send(LinkState::Connecting);
-            let started = Instant::now();
-            let mut came_up = false;
-            let end = self.connection(&mut came_up).await;
-            if came_up && started.elapsed() > self.p.reconnect_max {
-                backoff.reset();
-            }
-            for (_, r) in self.replies.drain() {
-                r.deliver(Err(RequestError::LinkDown));
-            }
-            self.reg.link_lost(came_up);
-            match end {
-                End::Shutdown(done) => {
-                    let _ = self.state.send(LinkState::Closed);
-                    let _ = done.send(());
-                    return;
-                }
-                End::Stopped => {
-                    let _ = self.state.send(LinkState::Closed);
-                    return;
-                }
-                End::Lost(loss) => {
-                    warn!(reason = %loss, "link down");
-                    let _ = self.state.send(LinkState::Down { reason: loss.to_string() });
-                }
-            }
-            let delay = backoff.next(rand::random::<f64>());
-            debug!(?delay, "reconnecting after backoff");
-            let wake = sleep_until(Instant::now() + delay);
-            tokio::pin!(wake);
-            loop {
-                tokio::select! {
-                    _ = &mut wake => break,
-                    cmd = self.cmd_rx.recv() => match cmd {
-                        Some(c) => self.fail_fast(c),
-                        None => { let _ = self.state.send(LinkState::Closed); return; }
-                    },
-                    ctl = self.ctl_rx.recv() => match ctl {
-                        Some(Control::Unsubscribe { device, sub }) => { self.reg.unsubscribe(&device, sub); }
-                        Some(Control::Detach { port }) => { self.reg.detach(port); }
-                        Some(Control::Shutdown(done)) => { let _ = self.state.send(LinkState::Closed); let _ = done.send(()); return; }
-                        None => { let _ = self.state.send(LinkState::Closed); return; }
-                    },
-                }
-            }
-            Stats::inc(&self.stats.reconnects);
-        }
-    }
-
-    /// While down, requests fail at once (ports still attach).
-    fn fail_fast(&mut self, c: Command) {
-        match c {
-            Command::Request { reply, .. } | Command::Monitor { reply, .. } => reply.deliver(Err(RequestError::LinkDown)),
-            Command::Attach { port, tx } => {
-                self.reg.ports.insert(port, PortEntry::new(tx));
-            }
-        }
-    }
-
-    /// One connection: connect, then drive a fresh session until it ends.
-    async fn connection(&mut self, came_up: &mut bool) -> End {
-        let stream = match timeout(self.p.connect_timeout, TcpStream::connect(&self.p.address)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                warn!(address = %self.p.address, error = %e, "connect failed");
-                return End::Lost(LinkLoss::Connect(e.kind()));
-            }
-            Err(_) => return End::Lost(LinkLoss::ConnectTimeout),
-        };
-        let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
-        let _ = self.state.send(LinkState::Associating);
-        let mut s = Session::new(self.p.clone(), self.stats.clone(), now());
-        let mut buf = BytesMut::with_capacity(16 * 1024);
-        let mut shutdown: Option<oneshot::Sender<()>> = None;
-        loop {
-            // Write what the session transmits (answers first go out before anything is read).
-            if let Some(out) = s.poll_transmit() {
-                match timeout(self.p.request_timeout, wr.write_all(&out)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => s.connection_lost(LinkLoss::Write(e.kind())),
-                    // A peer that stops reading must not stall the link forever.
-                    Err(_) => s.connection_lost(LinkLoss::WriteStalled),
-                }
-            }
-            while let Some(ev) = s.poll_event() {
-                match ev {
-                    SessionEvent::Up => {
-                        *came_up = true;
-                        info!(address = %self.p.address, "link up");
-                        let _ = self.state.send(LinkState::Up);
-                        // Re-monitor everything subscribers still want; new cross-reference ids
-                        // map invisibly.
-                        let t = now();
-                        for device in self.reg.restore() {
-                            if s.monitor(t, &device) {
-                                self.reg.started(&device);
-                            }
-                        }
-                    }
-                    SessionEvent::Completed { id, result } => {
-                        if let Some(r) = self.replies.remove(&id) {
-                            r.deliver(result);
-                        }
-                    }
-                    SessionEvent::Event { device, report } => {
-                        for gone in self.reg.route(&device, report, &self.stats) {
-                            s.unmonitor(now(), &gone);
-                        }
-                    }
-                    SessionEvent::MonitorStarted { device } => {
-                        if let Need::Stop = self.reg.started(&device) {
-                            s.unmonitor(now(), &device);
-                        }
-                    }
-                    SessionEvent::MonitorFailed { device, error } => self.reg.start_failed(&device, &error),
-                    SessionEvent::Lost(loss) => return End::Lost(loss),
-                    SessionEvent::Closed => {
-                        let _ = wr.shutdown().await;
-                        return match shutdown.take() {
-                            Some(done) => End::Shutdown(done),
-                            None => End::Stopped,
-                        };
-                    }
-                }
-            }
-            if s.poll_transmit_pending() {
-                continue;
-            }
-            let wake = s.poll_timeout().map_or_else(|| Instant::now() + self.p.keepalive, Instant::from_std);
-            let accepting = s.is_up() && shutdown.is_none();
-            tokio::select! {
-                r = rd.read_buf(&mut buf) => match r {
-                    Ok(0) => s.connection_lost(LinkLoss::ClosedByPeer),
-                    Err(e) => s.connection_lost(LinkLoss::Read(e.kind())),
-                    Ok(_) => s.handle_input(now(), &mut buf),
-                },
-                cmd = self.cmd_rx.recv(), if accepting => match cmd {
-                    // Every handle is gone: nobody is left to tell, stop at once.
-                    None => return End::Stopped,
-                    Some(c) => self.command(&mut s, c),
-                },
-                ctl = self.ctl_rx.recv(), if shutdown.is_none() => match ctl {
-                    None => return End::Stopped,
-                    Some(Control::Unsubscribe { device, sub }) => {
-                        if let Need::Stop = self.reg.unsubscribe(&device, sub) {
-                            s.unmonitor(now(), &device);
-                        }
-                    }
-                    Some(Control::Detach { port }) => {
-                        let t = now();
-                        for device in self.reg.detach(port) {
-                            s.unmonitor(t, &device);
-                        }
-                    }
-                    Some(Control::Shutdown(done)) => {
-                        shutdown = Some(done);
-                        s.close(now());
-                    }
-                },
-                () = sleep_until(wake) => s.handle_timeout(now()),
-            }
-        }
-    }
-
-    fn command(&mut self, s: &mut Session, c: Command) {
-        let t = now();
-        match c {
-            Command::Request { op, arg, reply } => match s.request(t, op, arg) {
-                Ok(id) => {
-                    self.replies.insert(id, reply);
-                }
-                Err(e) => reply.deliver(Err(e)),
-            },
-            Command::Monitor { device, sub, reply } => {
-                if let Need::Start = self.reg.subscribe(&device, sub, reply) {
-                    if s.monitor(t, &device) {
-                        self.reg.started(&device);
-                    }
-                }
-            }
-            Command::Attach { port, tx } => {
-                self.reg.ports.insert(port, PortEntry::new(tx));
-            }
-        }
     }
 }

@@ -28,6 +28,11 @@
 //!   asks a fresh session to monitor them again.
 //! - the counters of [`Stats`] (shared with the handle, atomics only).
 //!
+//! Where: this file holds the types, the session's state, its output, requests, release and
+//! timers; `input` handles what the PBX sends (frames, APDUs by phase, undecodable ones) and
+//! `monitors` this connection's monitors and cross-reference ids. They are one `impl Session`
+//! split by concern (the children use the session's private state and helpers directly).
+//!
 //! Once the session reports [`SessionEvent::Lost`] (or [`SessionEvent::Closed`]) it is dead: every
 //! request it held has been completed (with [`RequestError::LinkDown`] or
 //! [`RequestError::Closed`]) before that event, and further input is ignored.
@@ -39,16 +44,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tracing::{debug, trace, warn};
+use tracing::{trace, warn};
 
 use super::parts::{InvokeTable, TokenBucket, MAX_INVOKE_ID};
 use super::{EncodeProblem, RequestError, Stats, MAX_QUEUED_REQUESTS};
-use crate::codec::acse::{aare_outcome, aarq, for_log, AareRejection};
-use crate::codec::apdu::{ErrorParameter, EventReport};
+use crate::codec::acse::{aarq, for_log, AareRejection};
+use crate::codec::apdu::EventReport;
 use crate::codec::body::{FieldName, Value};
 use crate::codec::framing::Framer;
-use crate::codec::{Apdu, Argument, Body, DecodeError, Op, Operation, RejectProblem};
+use crate::codec::{Apdu, Body, DecodeError, Operation};
 use crate::config::LinkProfile;
+
+mod input;
+mod monitors;
+
+use monitors::MonitorState;
 
 /// A request of the session's user, named in its [`SessionEvent::Completed`]. Allocated by the
 /// session, never reused within one session (unlike ROSE invoke ids, which wrap).
@@ -143,15 +153,6 @@ enum Queued {
     User { id: RequestId, op: Operation, arg: Body, deadline: Instant },
     MonitorStart { device: Arc<str> },
     MonitorStop { xref: Bytes },
-}
-
-/// One device's monitor on this connection.
-struct MonitorState {
-    xref: Option<Bytes>,
-    /// A MonitorStart is queued or outstanding.
-    starting: bool,
-    /// Still wanted: a start answered after [`Session::unmonitor`] is stopped again.
-    wanted: bool,
 }
 
 /// The sans-IO session of one connection (see the module docs).
@@ -310,7 +311,7 @@ impl Session {
         }
     }
 
-    // ---- requests and monitors -------------------------------------------------------------
+    // ---- requests (this connection's monitors: `monitors`) ---------------------------------
 
     /// Queue a request; its answer comes as [`SessionEvent::Completed`] with the returned id.
     ///
@@ -330,45 +331,6 @@ impl Session {
         self.queued_user += 1;
         self.pump(now);
         Ok(id)
-    }
-
-    /// Monitor `device` on this connection. Returns true when it is monitored already (no event
-    /// follows); otherwise [`SessionEvent::MonitorStarted`] or [`SessionEvent::MonitorFailed`]
-    /// follows (not when the session is dead or lost first: the loss says it all).
-    pub fn monitor(&mut self, now: Instant, device: &Arc<str>) -> bool {
-        if let Some(m) = self.monitors.get_mut(device) {
-            m.wanted = true;
-            return m.xref.is_some();
-        }
-        match self.phase {
-            Phase::Up => {}
-            Phase::Dead => return false,
-            Phase::Associating { .. } | Phase::Releasing { .. } => {
-                self.events.push_back(SessionEvent::MonitorFailed { device: device.clone(), error: RequestError::LinkDown });
-                return false;
-            }
-        }
-        self.monitors.insert(device.clone(), MonitorState { xref: None, starting: true, wanted: true });
-        self.queue.push_back(Queued::MonitorStart { device: device.clone() });
-        self.pump(now);
-        false
-    }
-
-    /// Stop monitoring `device` (a start in flight is stopped once the PBX answers it).
-    pub fn unmonitor(&mut self, now: Instant, device: &str) {
-        let Some(m) = self.monitors.get_mut(device) else { return };
-        if m.starting {
-            m.wanted = false;
-            return;
-        }
-        if let Some((_, m)) = self.monitors.remove_entry(device) {
-            if let Some(x) = m.xref {
-                self.by_xref.remove(&x);
-                self.stats.monitors.fetch_sub(1, Ordering::Relaxed);
-                self.queue.push_back(Queued::MonitorStop { xref: x });
-                self.pump(now);
-            }
-        }
     }
 
     /// Release the association: RLRQ, then [`SessionEvent::Closed`] on the RLRE or after a
@@ -507,180 +469,6 @@ impl Session {
             }
             Pending::Internal { .. } => {}
         }
-    }
-
-    fn monitor_answered(&mut self, now: Instant, device: Arc<str>, outcome: Result<Bytes, RequestError>) {
-        let wanted = self.monitors.get(&device).is_some_and(|m| m.wanted);
-        match outcome {
-            Ok(xref) if wanted => {
-                if let Some(m) = self.monitors.get_mut(&device) {
-                    m.starting = false;
-                    if let Some(old) = m.xref.replace(xref.clone()) {
-                        self.by_xref.remove(&old);
-                    } else {
-                        Stats::inc(&self.stats.monitors);
-                    }
-                }
-                self.by_xref.insert(xref, device.clone());
-                self.events.push_back(SessionEvent::MonitorStarted { device });
-            }
-            Ok(xref) => {
-                // Every would-be subscriber left while it was starting: stop it again.
-                self.monitors.remove(&device);
-                self.queue.push_back(Queued::MonitorStop { xref });
-                self.pump(now);
-            }
-            Err(error) => {
-                self.monitors.remove(&device);
-                if wanted {
-                    self.events.push_back(SessionEvent::MonitorFailed { device, error });
-                }
-            }
-        }
-    }
-
-    // ---- input -----------------------------------------------------------------------------
-
-    /// Feed bytes read from the socket: every complete frame in `buf` is taken off and handled;
-    /// a partial frame stays in `buf` for the next read. A framing error ends the session.
-    pub fn handle_input(&mut self, now: Instant, buf: &mut BytesMut) {
-        while self.phase != Phase::Dead {
-            match self.framer.decode(buf) {
-                Ok(Some(frame)) => self.handle_frame(now, frame),
-                Ok(None) => return,
-                Err(e) => {
-                    Stats::inc(&self.stats.decode_errors);
-                    self.lose(LinkLoss::Framing(e));
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Handle one APDU (a frame without its header).
-    pub fn handle_frame(&mut self, now: Instant, frame: Bytes) {
-        if self.phase == Phase::Dead {
-            return;
-        }
-        self.now = self.now.max(now);
-        Stats::inc(&self.stats.frames_in);
-        // Only a complete frame is a sign of life: bytes of a frame that never completes do not
-        // hold the keep-alive off.
-        self.last_rx = now;
-        self.keepalive_sent = None;
-        let apdu = Apdu::decode(&frame, self.p.dialect);
-        match self.phase {
-            Phase::Associating { .. } => self.on_association_frame(now, apdu),
-            Phase::Releasing { .. } => {
-                if matches!(apdu, Ok(Apdu::Rlre(_))) {
-                    self.finish(SessionEvent::Closed);
-                }
-            }
-            Phase::Up => match apdu {
-                Ok(a) => self.on_apdu(now, a),
-                Err(e) => self.on_undecodable(now, &frame, &e),
-            },
-            Phase::Dead => {}
-        }
-        self.pump(now);
-    }
-
-    fn on_association_frame(&mut self, now: Instant, apdu: Result<Apdu, DecodeError>) {
-        match apdu {
-            Err(e) => {
-                Stats::inc(&self.stats.decode_errors);
-                self.lose(LinkLoss::UndecodableDuringAssociation(e));
-            }
-            Ok(Apdu::Aare(b)) => match aare_outcome(&b) {
-                Ok(()) => self.come_up(now),
-                Err(rej) => self.lose(LinkLoss::AareRejected(rej)),
-            },
-            Ok(Apdu::Abrt(_)) => self.lose(LinkLoss::AbortedByPeer),
-            Ok(other) => debug!(kind = other.kind_name(), "ignored before AARE"),
-        }
-    }
-
-    fn on_apdu(&mut self, now: Instant, apdu: Apdu) {
-        match apdu {
-            Apdu::Invoke(inv) => match (&inv.op, inv.invoke_id) {
-                (Op::Known(Operation::EventReport), _) => {
-                    if let Argument::Event(ev) = inv.argument {
-                        Stats::inc(&self.stats.events_in);
-                        match self.by_xref.get(&ev.xref) {
-                            Some(device) => self.events.push_back(SessionEvent::Event { device: device.clone(), report: Arc::new(ev) }),
-                            None => Stats::inc(&self.stats.events_unrouted),
-                        }
-                    }
-                }
-                (Op::Known(Operation::SystemStatus), Some(id)) => {
-                    Stats::inc(&self.stats.keepalives_answered);
-                    self.send(&Apdu::result(id, Operation::SystemStatus, Body::null()));
-                }
-                (_, id) => {
-                    Stats::inc(&self.stats.rejects_sent);
-                    self.send(&Apdu::reject(id, RejectProblem::Invoke(1)));
-                }
-            },
-            Apdu::Result(r) => match r.invoke_id.and_then(|id| self.invokes.take(id)) {
-                Some(p) => {
-                    let body = match r.result {
-                        Some((_, Argument::Body(b))) => b,
-                        _ => Body::null(),
-                    };
-                    self.complete(now, p, Ok(body));
-                }
-                None => Stats::inc(&self.stats.unexpected_responses),
-            },
-            Apdu::Error(e) => match e.invoke_id.and_then(|id| self.invokes.take(id)) {
-                Some(p) => {
-                    let err = match e.parameter {
-                        Some(ErrorParameter::UniversalFailure(u)) => RequestError::Failure(u),
-                        _ => RequestError::OtherError(e.code),
-                    };
-                    self.complete(now, p, Err(err));
-                }
-                None => Stats::inc(&self.stats.unexpected_responses),
-            },
-            Apdu::Reject(rj) => {
-                Stats::inc(&self.stats.rejects_received);
-                if let Some(p) = rj.invoke_id.and_then(|id| self.invokes.take(id)) {
-                    self.complete(now, p, Err(RequestError::Rejected(rj.problem)));
-                }
-            }
-            Apdu::Rlrq(_) => {
-                self.send(&Apdu::Rlre(Body::new()));
-                self.lose(LinkLoss::ReleasedByPeer);
-            }
-            Apdu::Abrt(_) => self.lose(LinkLoss::AbortedByPeer),
-            Apdu::Aarq(_) | Apdu::Aare(_) | Apdu::Rlre(_) => Stats::inc(&self.stats.unexpected_responses),
-        }
-    }
-
-    /// A frame that does not decode: counted and rejected, and the link goes on; only a framing
-    /// error loses the stream. A result or error whose invoke id is one of ours outstanding
-    /// answers that request: it fails now with the decode error (waiting for the timeout would
-    /// only delay the same outcome), and the Reject names the invoke (X.880 mistypedResult /
-    /// mistypedParameter). Anything else gets a general problem (badly structured APDU).
-    fn on_undecodable(&mut self, now: Instant, frame: &Bytes, e: &DecodeError) {
-        Stats::inc(&self.stats.decode_errors);
-        trace!(apdu = %for_log(frame), "undecodable");
-        let answered = Apdu::answer_invoke_id(frame).and_then(|id| Some((id, self.invokes.take(id)?)));
-        let reject = match answered {
-            Some((id, p)) => {
-                let operation = p.operation();
-                warn!(error = %e, invoke_id = id, operation = operation.name(self.p.dialect), "undecodable answer from the PBX");
-                Stats::inc(&self.stats.undecodable_responses);
-                self.complete(now, p, Err(RequestError::Decode { operation, offset: e.offset, reason: e.kind.clone() }));
-                let problem = if frame.first() == Some(&0xA2) { RejectProblem::ReturnResult(2) } else { RejectProblem::ReturnError(4) };
-                Apdu::reject(Some(id), problem)
-            }
-            None => {
-                warn!(error = %e, "undecodable APDU from the PBX");
-                Apdu::reject(None, RejectProblem::General(2))
-            }
-        };
-        Stats::inc(&self.stats.rejects_sent);
-        self.send(&reject);
     }
 
     /// Time has come (at or after [`Session::poll_timeout`]; calling it early is harmless):
