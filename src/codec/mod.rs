@@ -15,6 +15,7 @@
 //! capture and vector with an independent ASN.1 implementation compiled from them and compares.
 
 pub mod acse;
+mod acse_values;
 pub mod apdu;
 pub mod ber;
 pub mod body;
