@@ -24,6 +24,7 @@ pub mod names;
 pub mod operation;
 pub mod schemas;
 pub mod values;
+mod universal_failure;
 
 pub use apdu::{Apdu, Argument, Event, EventReport, Invoke, Op, Reject, RejectProblem, ReturnError, ReturnResult};
 pub use ber::{DecodeError, ErrorKind};
