@@ -14,7 +14,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::acse::{Authentication, UserInformation};
+use super::acse_values::{Authentication, UserInformation};
 use super::ber::{DecodeError, ErrorKind, Ia5, Reader, Result, Tag, Tlv, Writer};
 use super::values::{ConnectionId, DeviceId, DeviceRef, Dialect};
 

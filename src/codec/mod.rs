@@ -15,6 +15,7 @@
 //! capture and vector with an independent ASN.1 implementation compiled from them and compares.
 
 pub mod acse;
+mod acse_values;
 pub mod apdu;
 pub mod ber;
 pub mod body;
@@ -23,6 +24,7 @@ pub mod names;
 pub mod operation;
 pub mod schemas;
 pub mod values;
+mod universal_failure;
 
 pub use apdu::{Apdu, Argument, Event, EventReport, Invoke, Op, Reject, RejectProblem, ReturnError, ReturnResult};
 pub use ber::{DecodeError, ErrorKind};

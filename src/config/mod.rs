@@ -1,0 +1,295 @@
+//! The gateway's configuration: one typed value read from TOML, passed down, no globals.
+//!
+//! Each `[[pbx]]` table describes one PBX link. `dialect` picks a preset (port, framing,
+//! preamble, ACSE context and CSTA phase) that the other keys may override. Secrets are never
+//! written in the file: the ACSE password is read from the environment variable or the file the
+//! config names. Unknown keys and bad values are rejected at start-up with the key's name (a wrong
+//! type with its full path, `pbx[0].ring_timeout`); so are secrets that are missing or empty.
+//!
+//! Here: the file's shape, `[gateway]` and `[[tenant]]`, loading and the checks across tables.
+//! The `[[pbx]]` tables, their presets and what becomes of them (link profile, association
+//! policy) are in `pbx.rs`; reading secrets in `secrets.rs`; directory lists in `directory.rs`.
+//! Their types are re-exported here, so every path stays `crate::config::…`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+mod directory;
+mod pbx;
+mod secrets;
+
+pub use directory::{parse_directory, DirectoryError, MAX_DIRECTORY};
+pub use pbx::{LinkProfile, PbxConfig, Preset, MAX_PROOF_CALLS_PER_HOUR, MAX_RING_TIMEOUT};
+pub use secrets::{read_secret, SecretSource, Secrets};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewaySettings,
+    #[serde(default)]
+    pub tenant: Vec<TenantConfig>,
+    #[serde(default)]
+    pub pbx: Vec<PbxConfig>,
+}
+
+/// `[gateway]`: the HTTP API, the database and the secrets that guard them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_database")]
+    pub database: PathBuf,
+    /// Environment variable holding the admin API token.
+    pub admin_token_env: Option<String>,
+    /// Environment variable holding the IVR webhook's HMAC secret.
+    pub ivr_secret_env: Option<String>,
+    /// Address of the Asterisk FastAGI server (`0.0.0.0:4573`); none when absent.
+    pub fastagi_listen: Option<String>,
+    /// FastAGI prompt files by prompt id.
+    #[serde(default)]
+    pub fastagi_prompts: std::collections::HashMap<String, String>,
+    /// FastAGI file for prompts without their own (e.g. a text-to-speech prompt).
+    pub fastagi_fallback: Option<String>,
+    /// API connections open at once at most; more wait in the listen queue until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers (also while a kept-alive connection waits).
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub header_timeout: std::time::Duration,
+    /// Networks whose peers may use the FastAGI server (`["10.1.2.0/24", "2001:db8::7"]`);
+    /// connections from others are closed unread. Loopback only by default.
+    #[serde(default = "default_fastagi_allow")]
+    pub fastagi_allow: Vec<String>,
+    /// Unknown context ids each IVR adapter (webhook, FastAGI) hears per minute at most, across
+    /// all its calls; beyond, a context entry gets goodbye.
+    #[serde(default = "default_ivr_guesses_per_minute")]
+    pub ivr_guesses_per_minute: u32,
+    /// At shutdown (SIGTERM, Ctrl-C), how long requests and FastAGI sessions in progress have to
+    /// finish once no new connection is accepted; those still open then are closed.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        GatewaySettings {
+            listen: default_listen(),
+            database: default_database(),
+            admin_token_env: None,
+            ivr_secret_env: None,
+            fastagi_listen: None,
+            fastagi_prompts: Default::default(),
+            fastagi_fallback: None,
+            max_connections: default_max_connections(),
+            header_timeout: default_header_timeout(),
+            fastagi_allow: default_fastagi_allow(),
+            ivr_guesses_per_minute: default_ivr_guesses_per_minute(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// `fastagi_allow` parsed.
+    ///
+    /// # Errors
+    /// An entry that is not an IP network, or an empty list.
+    pub fn fastagi_allow_networks(&self) -> Result<Vec<crate::ivr::Cidr>, ConfigError> {
+        let invalid = |why: String| ConfigError::Invalid { at: "[gateway]".into(), key: "fastagi_allow", why };
+        if self.fastagi_allow.is_empty() {
+            return Err(invalid("must name at least one network (it is loopback only when absent)".into()));
+        }
+        self.fastagi_allow.iter().map(|s| s.parse().map_err(invalid)).collect()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.fastagi_allow_networks()?;
+        if !(1..=100_000).contains(&self.ivr_guesses_per_minute) {
+            return Err(ConfigError::Invalid { at: "[gateway]".into(), key: "ivr_guesses_per_minute", why: "must be 1 to 100000".into() });
+        }
+        // A service manager kills a process that takes longer than its own stop timeout (90 s
+        // by default for systemd): the grace period must leave time for the rest of the stop.
+        if self.shutdown_grace > MAX_SHUTDOWN_GRACE {
+            return Err(ConfigError::Invalid { at: "[gateway]".into(), key: "shutdown_grace", why: "must be at most 60s".into() });
+        }
+        Ok(())
+    }
+}
+
+fn default_fastagi_allow() -> Vec<String> {
+    vec!["127.0.0.0/8".into(), "::1/128".into()]
+}
+/// The longest `shutdown_grace`.
+pub const MAX_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn default_shutdown_grace() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+fn default_ivr_guesses_per_minute() -> u32 {
+    crate::ivr::GUESSES_PER_MINUTE
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_database() -> PathBuf {
+    PathBuf::from("cstagate.db")
+}
+
+/// `[[tenant]]`: a company whose cloud service calls the API for its accounts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub id: String,
+    /// Environment variable holding this tenant's API token.
+    pub token_env: String,
+    /// Where account notifications are POSTed (`http://host:port/path`).
+    pub notify_url: Option<String>,
+    /// Environment variable holding the HMAC key of the notifications (required with
+    /// `notify_url`).
+    pub notify_secret_env: Option<String>,
+}
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    /// TOML syntax, an unknown key or a wrong type. `key` is the full path of the key at fault
+    /// (`pbx[0].ring_timeout`), when there is one.
+    #[error("{}{message}", .key.as_deref().map(|k| format!("`{k}`: ")).unwrap_or_default())]
+    Parse { key: Option<String>, message: String },
+    /// A value of the right type that would hurt. `at` is the table (`pbx `paris``,
+    /// `[gateway]`, `tenant `acme``).
+    #[error("{at}: `{key}` {why}")]
+    Invalid { at: String, key: &'static str, why: String },
+    /// A secret the configuration points to is missing or empty. `from` names the environment
+    /// variable or file; the value is never part of the error.
+    #[error("{at}: `{key}`: {from} {why}")]
+    Secret { at: String, key: &'static str, from: String, why: String },
+}
+
+impl Config {
+    /// Read and validate a configuration file.
+    ///
+    /// # Errors
+    /// Unreadable file, TOML syntax, unknown keys, wrong types, or invalid values (with the key).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text)
+    }
+
+    /// Parse and validate configuration text.
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let syntax = |e: toml::de::Error| ConfigError::Parse { key: None, message: e.to_string() };
+        let c: Config = serde_path_to_error::deserialize(toml::Deserializer::parse(text).map_err(syntax)?).map_err(|e| {
+            let key = e.path().iter().next().is_some().then(|| e.path().to_string());
+            ConfigError::Parse { key, message: e.into_inner().to_string() }
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The checks types cannot make, each naming its key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let g = &self.gateway;
+        let gateway = |key, why: &str| Err(ConfigError::Invalid { at: "[gateway]".into(), key, why: why.into() });
+        if g.max_connections == 0 {
+            return gateway("max_connections", "must be at least 1 (with 0 the API would accept no connection)");
+        }
+        if g.header_timeout.is_zero() {
+            return gateway("header_timeout", "must be longer than zero");
+        }
+        g.validate()?;
+        let mut tenants = std::collections::HashSet::new();
+        for t in &self.tenant {
+            let tenant = |key, why: &str| Err(ConfigError::Invalid { at: format!("tenant `{}`", t.id), key, why: why.into() });
+            if t.id.is_empty() {
+                return tenant("id", "is empty");
+            }
+            if !tenants.insert(t.id.as_str()) {
+                return tenant("id", "is used by another [[tenant]]");
+            }
+            if t.notify_url.is_some() && t.notify_secret_env.is_none() {
+                return tenant("notify_secret_env", "is required with notify_url (notifications are signed)");
+            }
+        }
+        let mut pbxs = std::collections::HashSet::new();
+        for p in &self.pbx {
+            if !pbxs.insert(p.id.as_str()) {
+                return Err(p.invalid("id", "is used by another [[pbx]]"));
+            }
+            p.validate()?;
+            if let Some(t) = p.tenant.as_deref().filter(|t| !tenants.contains(t)) {
+                return Err(p.invalid("tenant", format!("names `{t}`, which no [[tenant]] defines")));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pbx(&self, id: &str) -> Option<&PbxConfig> {
+        self.pbx.iter().find(|p| p.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='oxe'\nkeep_alive='1s'\n").unwrap_err().to_string();
+        assert!(e.contains("keep_alive"), "{e}");
+        let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='oxe'\nmax_requests_per_second=0\n").unwrap_err().to_string();
+        assert!(e.contains("max_requests_per_second"), "{e}");
+        let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='avaya'\n").unwrap_err().to_string();
+        assert!(e.contains("avaya") || e.contains("dialect"), "{e}");
+        let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='oxe'\nkeepalive='soon'\n").unwrap_err().to_string();
+        assert!(e.contains("keepalive"), "{e}");
+        let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='oxe'\nacse_password_env='P'\n").unwrap_err().to_string();
+        assert!(e.contains("acse_user"), "{e}");
+        let e = Config::parse("[[pbx]]\nid='a'\naddress='x'\ndialect='oxe'\nphase2_results='boxed'\n").unwrap_err().to_string();
+        assert!(e.contains("phase2_results") || e.contains("boxed"), "{e}");
+        for (bad, key) in [
+            ("fastagi_allow = ['10.0.0.5/8']", "fastagi_allow"),
+            ("fastagi_allow = ['asterisk.local']", "fastagi_allow"),
+            ("fastagi_allow = []", "fastagi_allow"),
+            ("fastagi_allow = '10.0.0.0/8'", "fastagi_allow"),
+            ("ivr_guesses_per_minute = 0", "ivr_guesses_per_minute"),
+            ("ivr_guesses_per_minute = -1", "ivr_guesses_per_minute"),
+            ("ivr_guesses_per_minute = 'many'", "ivr_guesses_per_minute"),
+            ("ivr_guesses = 10", "ivr_guesses"),
+            ("shutdown_grace = '61s'", "shutdown_grace"),
+            ("shutdown_grace = 5", "shutdown_grace"),
+        ] {
+            let e = Config::parse(&format!("[gateway]\n{bad}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn fastagi_is_loopback_only_and_guesses_30_a_minute_by_default() {
+        let c = Config::parse("").unwrap();
+        let nets = c.gateway.fastagi_allow_networks().unwrap();
+        assert_eq!(nets.iter().map(ToString::to_string).collect::<Vec<_>>(), ["127.0.0.0/8", "::1/128"]);
+        assert_eq!(c.gateway.ivr_guesses_per_minute, 30);
+        let c = Config::parse("[gateway]\nfastagi_allow = ['10.1.2.0/24', '2001:db8::7']\nivr_guesses_per_minute = 5\n").unwrap();
+        assert_eq!(c.gateway.fastagi_allow_networks().unwrap().len(), 2);
+        assert_eq!(c.gateway.ivr_guesses_per_minute, 5);
+    }
+}

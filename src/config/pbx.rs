@@ -1,0 +1,378 @@
+//! The `[[pbx]]` tables: the PBX families' presets, the keys as written, their validation, and
+//! what the gateway makes of them: a [`LinkProfile`] for the link (presets applied, password
+//! read) and an association [`Policy`](crate::association::Policy) for PBXs that name a tenant.
+//!
+//! Apart from `mod.rs` because it is the largest section of the file and the only one that knows
+//! the codec's and the association's types.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::directory::parse_directory;
+use super::secrets::{read_secret, SecretSource};
+use super::{Config, ConfigError};
+use crate::codec::acse::{AarqParams, CstaUserInfo, UserInformation};
+use crate::codec::body::Wrapping;
+use crate::codec::framing::Framing;
+use crate::codec::values::{Dialect, Secret};
+
+/// Presets of the PBX families we know (brief §1, §3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// ECMA-285 Phase III with 2-byte length framing (Panasonic and most Phase III PBXs).
+    Phase3,
+    /// Alcatel-Lucent OmniPCX Enterprise: Phase II, 2-byte framing, `'B'`/`'P'` preamble, port 2555.
+    Oxe,
+    /// Siemens HiPath 3000 / OpenScape Business: Phase III, `0x26` framing, port 7001.
+    Hipath,
+}
+
+/// One `[[pbx]]` table as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PbxConfig {
+    /// Stable identifier used in the API and logs.
+    pub id: String,
+    /// `host:port`, or `host` alone to use the preset's port.
+    pub address: String,
+    pub dialect: Preset,
+    /// Overrides of the preset.
+    pub framing: Option<Framing>,
+    pub phase: Option<Dialect>,
+    pub preamble: Option<bool>,
+    /// ACSE application context name (dotted OID); `"none"` to skip ACSE.
+    pub acse_context: Option<String>,
+    /// CSTA version bits requested in the AARQ user information (e.g. `[4]` for ECMA-285 2nd ed.).
+    pub csta_versions: Option<Vec<u32>>,
+    pub acse_user: Option<String>,
+    /// Name of the environment variable holding the ACSE password.
+    pub acse_password_env: Option<String>,
+    /// File holding the ACSE password (trailing newline ignored).
+    pub acse_password_file: Option<PathBuf>,
+    #[serde(default = "default_keepalive", with = "humantime_serde")]
+    pub keepalive: Duration,
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(default = "default_rps")]
+    pub max_requests_per_second: f64,
+    #[serde(default = "default_reconnect_min", with = "humantime_serde")]
+    pub reconnect_min: Duration,
+    #[serde(default = "default_reconnect_max", with = "humantime_serde")]
+    pub reconnect_max: Duration,
+    /// Phase II only: the form of the values whose shape is unverified (asn1/README.md P8) that
+    /// the link originates: `bare` (default, what OXE is known to take) or `wrapped`
+    /// (`SEQUENCE { value, extensions }`). Both forms are always accepted from the PBX.
+    #[serde(default)]
+    pub phase2_results: Wrapping,
+    // The association policy of this PBX, keys of the same table. (Not a `#[serde(flatten)]`ed
+    // struct: through a flatten a wrong type is reported against `pbx[0]`, not the key.)
+    /// The tenant whose accounts may bind extensions of this PBX; a `[[tenant]]` must define it.
+    pub tenant: Option<String>,
+    /// Directory: numbers and ranges (`["2000-2099", "3000"]`).
+    #[serde(default)]
+    pub extensions: Vec<String>,
+    /// Display names of extensions.
+    #[serde(default)]
+    pub names: std::collections::HashMap<String, String>,
+    pub ivr_number: Option<String>,
+    pub context_delivery: Option<crate::association::ContextDelivery>,
+    #[serde(default)]
+    pub require_completion: bool,
+    pub lock_prefix: Option<String>,
+    pub code_digits: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub code_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub ring_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub ivr_timeout: Option<Duration>,
+    pub proof_calls_per_hour: Option<usize>,
+    pub lockout_after: Option<u32>,
+    pub did_prefix: Option<String>,
+    /// Digits of each proof call's context id (8..=16).
+    pub context_digits: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub ivr_claim_window: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub owner_block: Option<Duration>,
+}
+
+/// The longest a proof call may ring: past this the user has walked away, and the extension's
+/// line is held for nothing.
+pub const MAX_RING_TIMEOUT: Duration = Duration::from_secs(300);
+/// The most proof calls per extension an hour may set: each rings a person's desk phone.
+pub const MAX_PROOF_CALLS_PER_HOUR: usize = 20;
+
+fn default_keepalive() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_rps() -> f64 {
+    20.0
+}
+fn default_reconnect_min() -> Duration {
+    Duration::from_millis(500)
+}
+fn default_reconnect_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Everything a link needs, presets applied and secrets resolved.
+#[derive(Debug, Clone)]
+pub struct LinkProfile {
+    pub id: String,
+    pub address: String,
+    pub framing: Framing,
+    pub dialect: Dialect,
+    pub preamble: bool,
+    pub acse: Option<AarqParams>,
+    pub keepalive: Duration,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_requests_per_second: f64,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    /// The Phase II form of the unverified-shape values the link originates.
+    pub phase2_results: Wrapping,
+}
+
+impl LinkProfile {
+    /// A profile with the configuration file's defaults: ACSE context 1.3.12.0.218 without
+    /// login, no preamble, keep-alive 30 s, request and connect timeouts 5 s, 20 requests/s,
+    /// reconnect backoff 0.5–60 s. For tools and tests that build a link without a file.
+    pub fn new(id: &str, address: &str, framing: Framing, dialect: Dialect) -> LinkProfile {
+        LinkProfile {
+            id: id.to_owned(),
+            address: address.to_owned(),
+            framing,
+            dialect,
+            preamble: false,
+            acse: Some(AarqParams { context: "1.3.12.0.218".into(), credentials: None, user_information: None }),
+            keepalive: default_keepalive(),
+            request_timeout: default_request_timeout(),
+            connect_timeout: default_connect_timeout(),
+            max_requests_per_second: default_rps(),
+            reconnect_min: default_reconnect_min(),
+            reconnect_max: default_reconnect_max(),
+            phase2_results: Wrapping::Bare,
+        }
+    }
+}
+
+impl PbxConfig {
+    fn at(&self) -> String {
+        format!("pbx `{}`", self.id)
+    }
+
+    pub(super) fn invalid(&self, key: &'static str, why: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { at: self.at(), key, why: why.into() }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.id.is_empty() || !self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(self.invalid("id", "must be letters, digits, '-' or '_'"));
+        }
+        if self.address.is_empty() {
+            return Err(self.invalid("address", "is empty"));
+        }
+        if !(self.max_requests_per_second > 0.0 && self.max_requests_per_second.is_finite()) {
+            return Err(self.invalid("max_requests_per_second", "must be a positive number"));
+        }
+        for (key, d) in [("keepalive", self.keepalive), ("request_timeout", self.request_timeout), ("connect_timeout", self.connect_timeout), ("reconnect_min", self.reconnect_min)] {
+            if d.is_zero() {
+                return Err(self.invalid(key, "must be longer than zero"));
+            }
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Err(self.invalid("reconnect_max", "must not be shorter than reconnect_min"));
+        }
+        if let Some(ctx) = &self.acse_context {
+            if ctx != "none" && crate::codec::ber::oid_from_str(ctx).is_none() {
+                return Err(self.invalid("acse_context", "is not a dotted OID (or \"none\")"));
+            }
+        }
+        if self.acse_password_env.is_some() && self.acse_password_file.is_some() {
+            return Err(self.invalid("acse_password_env", "and acse_password_file are exclusive"));
+        }
+        if (self.acse_password_env.is_some() || self.acse_password_file.is_some()) && self.acse_user.is_none() {
+            return Err(self.invalid("acse_user", "is required when a password is configured"));
+        }
+        if self.code_digits.is_some_and(|n| !(6..=12).contains(&n)) {
+            return Err(self.invalid("code_digits", "must be 6 to 12 (NIST SP 800-63B: at least 6)"));
+        }
+        if self.code_ttl.is_some_and(|t| t.is_zero() || t > Duration::from_secs(600)) {
+            return Err(self.invalid("code_ttl", "must be more than 0 and at most 10 minutes"));
+        }
+        if self.ring_timeout.is_some_and(|t| t.is_zero() || t > MAX_RING_TIMEOUT) {
+            return Err(self.invalid("ring_timeout", "must be more than 0 and at most 5 minutes"));
+        }
+        if self.ivr_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(self.invalid("ivr_timeout", "must be more than 0"));
+        }
+        if self.proof_calls_per_hour.is_some_and(|n| !(1..=MAX_PROOF_CALLS_PER_HOUR).contains(&n)) {
+            return Err(self.invalid("proof_calls_per_hour", format!("must be 1 to {MAX_PROOF_CALLS_PER_HOUR} (each rings a person's phone)")));
+        }
+        if self.lockout_after.is_some_and(|n| n == 0 || n > 100) {
+            return Err(self.invalid("lockout_after", "must be 1 to 100"));
+        }
+        if self.context_digits.is_some_and(|n| !(8..=16).contains(&n)) {
+            return Err(self.invalid("context_digits", "must be 8 to 16"));
+        }
+        if self.ivr_claim_window.is_some_and(|t| t.is_zero() || t > Duration::from_secs(120)) {
+            return Err(self.invalid("ivr_claim_window", "must be more than 0 and at most 2 minutes"));
+        }
+        if self.owner_block.is_some_and(|t| t.is_zero() || t > Duration::from_secs(30 * 86_400)) {
+            return Err(self.invalid("owner_block", "must be more than 0 and at most 30 days"));
+        }
+        if self.tenant.is_some() && self.context_delivery == Some(crate::association::ContextDelivery::None) && self.did_prefix.is_none() {
+            return Err(self.invalid("context_delivery", "\"none\" needs did_prefix: without a context id only the extension's DID can name the proof call"));
+        }
+        Ok(())
+    }
+
+    /// Apply the preset and read the password.
+    ///
+    /// # Errors
+    /// The password's environment variable or file is missing or empty.
+    pub fn profile(&self) -> Result<LinkProfile, ConfigError> {
+        let (port, framing, dialect, preamble, context, versions): (u16, Framing, Dialect, bool, &str, Vec<u32>) = match self.dialect {
+            // OXE: ECMA-180 context; CSTA versions one and two (brief §3.3).
+            Preset::Oxe => (2555, Framing::TwoByteLength, Dialect::Phase2, true, "1.3.12.0.180", vec![0, 1]),
+            Preset::Hipath => (7001, Framing::Siemens, Dialect::Phase3, false, "1.3.12.0.218", vec![3]),
+            Preset::Phase3 => (33333, Framing::TwoByteLength, Dialect::Phase3, false, "1.3.12.0.218", vec![4]),
+        };
+        let address = if self.address.contains(':') { self.address.clone() } else { format!("{}:{port}", self.address) };
+        let password = match (&self.acse_password_env, &self.acse_password_file) {
+            (Some(var), _) => Some(read_secret(&self.at(), "acse_password_env", SecretSource::Env(var))?),
+            (_, Some(file)) => Some(read_secret(&self.at(), "acse_password_file", SecretSource::File(file))?),
+            _ => None,
+        };
+        let context = self.acse_context.as_deref().unwrap_or(context);
+        let acse = (context != "none").then(|| AarqParams {
+            context: context.to_owned(),
+            credentials: self.acse_user.clone().map(|u| (u, Secret::new(bytes::Bytes::from(password.clone().unwrap_or_default())))),
+            user_information: Some(UserInformation::Csta(CstaUserInfo::with_versions(
+                None,
+                self.csta_versions.as_deref().unwrap_or(&versions),
+                self.dialect != Preset::Oxe,
+            ))),
+        });
+        Ok(LinkProfile {
+            id: self.id.clone(),
+            address,
+            framing: self.framing.unwrap_or(framing),
+            dialect: self.phase.unwrap_or(dialect),
+            preamble: self.preamble.unwrap_or(preamble),
+            acse,
+            keepalive: self.keepalive,
+            request_timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
+            max_requests_per_second: self.max_requests_per_second,
+            reconnect_min: self.reconnect_min,
+            reconnect_max: self.reconnect_max,
+            phase2_results: self.phase2_results,
+        })
+    }
+}
+
+impl Config {
+    /// The association policy of every PBX that names a tenant.
+    ///
+    /// # Errors
+    /// A bad directory entry or a missing IVR number.
+    pub fn policies(&self) -> Result<std::collections::HashMap<String, crate::association::Policy>, ConfigError> {
+        let mut out = std::collections::HashMap::new();
+        for p in &self.pbx {
+            let Some(tenant) = &p.tenant else { continue };
+            let ivr = p.ivr_number.as_deref().ok_or_else(|| p.invalid("ivr_number", "is required when `tenant` is set"))?;
+            let mut pol = crate::association::Policy::new(tenant, ivr);
+            let numbers = parse_directory(&p.extensions.join(",")).map_err(|e| p.invalid("extensions", e.to_string()))?;
+            for n in numbers {
+                let name = p.names.get(&n).cloned();
+                pol.directory.insert(n, name);
+            }
+            if let Some(d) = p.context_delivery {
+                pol.context_delivery = d;
+            }
+            pol.require_completion = p.require_completion;
+            pol.lock_prefix = p.lock_prefix.clone();
+            // Ranges are checked by `Config::parse`.
+            if let Some(n) = p.code_digits {
+                pol.code_digits = n;
+            }
+            if let Some(t) = p.code_ttl {
+                pol.code_ttl = t;
+            }
+            if let Some(t) = p.ring_timeout {
+                pol.ring_timeout = t;
+            }
+            if let Some(t) = p.ivr_timeout {
+                pol.ivr_timeout = t;
+            }
+            if let Some(n) = p.proof_calls_per_hour {
+                pol.proof_calls_per_hour = n;
+            }
+            if let Some(n) = p.lockout_after {
+                pol.lockout_after = n;
+            }
+            pol.did_prefix = p.did_prefix.clone();
+            if let Some(n) = p.context_digits {
+                pol.context_digits = n;
+            }
+            if let Some(t) = p.ivr_claim_window {
+                pol.ivr_claim_window = t;
+            }
+            if let Some(t) = p.owner_block {
+                pol.owner_block = t;
+            }
+            out.insert(p.id.clone(), pol);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_and_overrides() {
+        let c = Config::parse(
+            r#"
+            [[pbx]]
+            id = "paris"
+            address = "10.0.0.5"
+            dialect = "oxe"
+            keepalive = "10s"
+            phase2_results = "wrapped"
+
+            [[pbx]]
+            id = "berlin"
+            address = "pbx.example:8800"
+            dialect = "hipath"
+            acse_user = "AMHOST"
+            acse_password_file = "/nonexistent/cstagate-password"
+            max_requests_per_second = 2
+            "#,
+        )
+        .unwrap();
+        let p = c.pbx("paris").unwrap().profile().unwrap();
+        assert_eq!((p.address.as_str(), p.framing, p.dialect, p.preamble), ("10.0.0.5:2555", Framing::TwoByteLength, Dialect::Phase2, true));
+        assert_eq!(p.keepalive, Duration::from_secs(10));
+        assert_eq!(p.acse.unwrap().context, "1.3.12.0.180");
+        assert_eq!(p.phase2_results, Wrapping::Wrapped);
+        assert_eq!(c.pbx("berlin").unwrap().phase2_results, Wrapping::Bare, "today's form by default");
+        let err = c.pbx("berlin").unwrap().profile().unwrap_err().to_string();
+        assert!(err.contains("acse_password_file"), "{err}");
+    }
+}
