@@ -15,7 +15,7 @@ use cstagate::codec::{acse, Apdu, DecodeError, Dialect, Framer, Framing, Value};
 pub const TARGETS: &[&str] = &["framer", "apdu_phase3", "apdu_phase2", "acse", "engine", "link_session"];
 
 // `#[path]` so that the file resolves the same when `tests/hostile/fuzz_regressions.rs` includes this one.
-#[path = "engine.rs"]
+#[path = "engine/mod.rs"]
 mod engine_oracle;
 #[path = "link_session.rs"]
 mod link_session_oracle;

@@ -12,7 +12,7 @@
 
 use subtle::ConstantTimeEq;
 
-use super::engine::{audit, Engine, MAX_CODE_ENTRIES, MAX_ENTRIES_PER_CALL};
+use super::model::{audit, Engine, IvrCall, Stage, MAX_CODE_ENTRIES, MAX_ENTRIES_PER_CALL};
 use super::*;
 
 /// "I asked for this", after the account's name.
@@ -23,28 +23,6 @@ pub const REFUSE_KEY: &str = "9";
 pub(crate) const MAX_IVR_CALLS: usize = 10_000;
 /// How many times the caller may key an unknown context id.
 const CONTEXT_TRIES: u32 = 3;
-
-#[derive(Debug, Clone)]
-pub(crate) enum Stage {
-    AwaitContext { tries: u32 },
-    /// Presented the context of an attempt whose proof call the PBX has not yet reported
-    /// answered: the request's answer waits (see [`IvrAnswer::Wait`]).
-    AwaitAnswer { association: String },
-    AwaitConfirm { association: String },
-    AwaitCode { association: String, tries: u32 },
-    Done,
-}
-
-#[derive(Debug, Clone)]
-pub(crate) struct IvrCall {
-    /// The platform's first request on the call: the call started then.
-    pub(crate) first: Millis,
-    /// The platform's last request on the call: a call silent for [`super::engine::FORGET_AFTER`]
-    /// is forgotten (a live one speaks every few seconds).
-    pub(crate) last: Millis,
-    pub(crate) from: String,
-    pub(crate) stage: Stage,
-}
 
 fn gather(max_digits: usize) -> Option<Gather> {
     Some(Gather { max_digits, finish_on_key: "#".into(), timeout_ms: 8000 })

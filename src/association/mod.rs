@@ -38,8 +38,14 @@ mod engine;
 #[cfg(feature = "testkit")]
 pub mod harness;
 mod ivr;
+mod limits;
+mod model;
+mod pbx;
+mod restore;
+mod timers;
 
-pub use engine::{Engine, Sizes, Snapshot};
+pub use model::{Engine, Sizes};
+pub use restore::Snapshot;
 pub use ivr::CONFIRM_KEY;
 pub use crate::csta::{CallEvent, CallId};
 pub use crate::ids::{AccountId, AssociationId, Extension, PbxId, TenantId};

@@ -1,0 +1,229 @@
+//! The CSTA side of the engine: the requests it sends the PBX (each with a [`RequestId`] and,
+//! when its answer matters, a [`Purpose`]), and what it does with the answers and events that come
+//! back through [`Engine::csta`]: monitor, lock call, proof call, digits.
+
+use super::model::*;
+use super::*;
+
+impl Engine {
+    /// Name a new CSTA request for the association `id` (see [`RequestId`]); `purpose` is what
+    /// its answer is read as (`None`: its answer changes nothing and is not awaited).
+    pub(crate) fn request(&mut self, id: &str, pbx: &str, request: CstaRequest, purpose: Option<Purpose>, actions: &mut Vec<Action>) {
+        let rid = RequestId(self.next_request);
+        self.next_request += 1;
+        if let Some(purpose) = purpose {
+            self.pending.insert(rid, Pending { association: id.to_owned(), purpose });
+        }
+        actions.push(Action::Csta { id: rid, association: id.into(), pbx: pbx.into(), request });
+    }
+
+    /// Whether the engine awaits the answer to `id`. The shell clears a call that a MakeCall it no
+    /// longer awaits placed (nothing else would).
+    pub fn awaits(&self, id: RequestId) -> bool {
+        self.pending.contains_key(&id)
+    }
+
+    /// Forget the association's proof call and ask the shell to clear it, if there is one.
+    pub(crate) fn clear_call(&mut self, id: &str, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get_mut(id) else { return };
+        if let Some(call) = a.view.call.take() {
+            let (pbx, extension) = (a.view.pbx.clone(), a.view.extension.clone());
+            self.request(id, &pbx, CstaRequest::ClearConnection { call, extension }, None, actions);
+        }
+    }
+
+    /// What the PBX link reported: a request's answer, an event, the link's loss.
+    pub fn csta(&mut self, input: CstaInput) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match input {
+            CstaInput::Done { id, outcome, now } => self.csta_done(id, outcome, now, &mut actions),
+            CstaInput::Event { pbx, extension, event, now } => self.csta_event(&pbx, &extension, event, now, &mut actions),
+            CstaInput::LinkDown { pbx, now } => {
+                let ids: Vec<AssociationId> = self.by_ext.iter().filter(|((p, _), _)| *p == pbx).map(|(_, id)| id.clone()).collect();
+                for id in ids {
+                    if let Some(a) = self.assocs.get_mut(id.as_str()) {
+                        a.monitored = false;
+                        if matches!(a.view.state, State::Monitoring | State::Locking | State::Calling | State::Ringing | State::InIvr) {
+                            // A lost CTI link does not end the PBX's calls: the attempt fails
+                            // closed and its call is cleared once the link is back (the shell
+                            // retries the ClearConnection).
+                            self.fail_attempt(&id, Reason::LinkDown, "PBX link lost", now, &mut actions);
+                        }
+                    }
+                }
+            }
+        }
+        self.rearm();
+        actions
+    }
+
+    /// Monitor running: lock first if the policy says so, else place the proof call.
+    pub(super) fn after_monitor(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get(id) else { return };
+        let (pbx, ext) = (a.view.pbx.clone(), a.view.extension.clone());
+        match self.policies.get(&pbx).and_then(|p| p.lock_prefix.clone()) {
+            Some(prefix) => {
+                self.set_state(id, State::Locking, now, "locking", "MakeCall to the lock prefix", actions);
+                self.request(id, &pbx, CstaRequest::MakeCall { from: ext, to: prefix }, Some(Purpose::LockCall), actions);
+            }
+            None => self.place_call(id, now, actions),
+        }
+    }
+
+    fn place_call(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get(id) else { return };
+        let (pbx, ext) = (a.view.pbx.clone(), a.view.extension.clone());
+        let Some(ctx) = a.attempt.context.clone() else { return };
+        let Some(policy) = self.policies.get(&pbx) else { return };
+        let to = match policy.context_delivery {
+            ContextDelivery::DialSuffix => format!("{}*{ctx}#", policy.ivr_number),
+            ContextDelivery::Dtmf | ContextDelivery::None => policy.ivr_number.clone(),
+        };
+        let deadline = now + policy.ring_timeout.as_millis() as Millis;
+        if let Some(a) = self.assocs.get_mut(id) {
+            a.deadline = Some(deadline);
+        }
+        self.set_state(id, State::Calling, now, "calling", "MakeCall from the extension to the IVR", actions);
+        self.request(id, &pbx, CstaRequest::MakeCall { from: ext, to }, Some(Purpose::ProofCall), actions);
+    }
+
+    fn csta_done(&mut self, rid: RequestId, outcome: Result<CstaResultInfo, CstaFailure>, now: Millis, actions: &mut Vec<Action>) {
+        // Unknown (never issued, or its association forgotten) or answered already: ignored.
+        let Some(Pending { association, purpose }) = self.pending.remove(&rid) else { return };
+        let id = association.as_str();
+        let Some(a) = self.assocs.get(id) else { return };
+        let state = a.view.state;
+        let failure_reason = |f: CstaFailure| match f {
+            CstaFailure::LinkDown => Reason::LinkDown,
+            CstaFailure::Busy => Reason::Busy,
+            CstaFailure::Rejected => Reason::RejectedByPbx,
+        };
+        match (purpose, outcome) {
+            (Purpose::Monitor, Ok(_)) if state == State::Monitoring => {
+                if let Some(a) = self.assocs.get_mut(id) {
+                    a.monitored = true;
+                }
+                self.after_monitor(id, now, actions);
+            }
+            (Purpose::Monitor, Err(f)) if state == State::Monitoring => self.fail_attempt(id, failure_reason(f), "MonitorStart refused", now, actions),
+            // The lock feature call: the PBX ends it itself.
+            (Purpose::LockCall, Ok(info)) => {
+                if let Some(a) = self.assocs.get_mut(id).filter(|a| a.view.state == State::Locking) {
+                    a.lock_call = info.call;
+                }
+            }
+            (Purpose::ProofCall, Ok(info)) => self.make_call_placed(id, info.call, actions),
+            (Purpose::LockCall, Err(f)) if state == State::Locking => self.fail_attempt(id, failure_reason(f), "the PBX refused the lock call", now, actions),
+            (Purpose::ProofCall, Err(f)) if state == State::Calling => self.fail_attempt(id, failure_reason(f), "the PBX refused the proof call", now, actions),
+            (Purpose::Digits, Err(_)) => self.step(id, now, "dtmf_failed", "the PBX refused to send the context digits", actions),
+            _ => {}
+        }
+    }
+
+    /// A proof call's MakeCall succeeded: the association follows it if it is waiting for one. A
+    /// proof call it does not follow — its result came after the attempt failed or the
+    /// association ended, or it follows another call — is cleared at once: nothing else would
+    /// ever clear it, and the phone would ring for nothing.
+    fn make_call_placed(&mut self, id: &str, call: Option<CallId>, actions: &mut Vec<Action>) {
+        let Some(a) = self.assocs.get_mut(id) else { return };
+        let state = a.view.state;
+        let Some(call) = call else { return };
+        match (state, a.view.call.as_ref()) {
+            (State::Calling | State::Ringing, None) => {
+                a.view.call = Some(call);
+                // Durable before anything else happens: a restarted gateway clears it.
+                actions.push(Action::Store(StoreWrite::Association(a.view.clone())));
+            }
+            // Events came first and named it already.
+            (State::Calling | State::Ringing | State::InIvr, Some(c)) if *c == call => {}
+            _ => {
+                let (pbx, extension) = (a.view.pbx.clone(), a.view.extension.clone());
+                self.request(id, &pbx, CstaRequest::ClearConnection { call, extension }, None, actions);
+            }
+        }
+    }
+
+    fn csta_event(&mut self, pbx: &str, extension: &str, event: CallEvent, now: Millis, actions: &mut Vec<Action>) {
+        let Some(id) = self.by_ext.get(&(pbx.into(), extension.into())).cloned() else { return };
+        let Some(a) = self.assocs.get_mut(id.as_str()) else { return };
+        let state = a.view.state;
+        if state == State::Locking {
+            let is_lock_call = a.lock_call.as_ref().is_none_or(|c| c == event.call());
+            match event {
+                CallEvent::Cleared { .. } if is_lock_call => {
+                    self.step(&id, now, "locked", "the phone is locked; its user unlocks it with the local PIN", actions);
+                    self.place_call(&id, now, actions);
+                }
+                CallEvent::Failed { .. } if is_lock_call => self.fail_attempt(&id, Reason::RejectedByPbx, "the PBX refused the lock feature", now, actions),
+                _ => {}
+            }
+            return;
+        }
+        if !matches!(state, State::Calling | State::Ringing | State::InIvr) {
+            return;
+        }
+        // Follow our call only; the first event names it if the MakeCall result is late.
+        match &a.view.call {
+            Some(c) if c != event.call() => return,
+            None => a.view.call = Some(event.call().clone()),
+            _ => {}
+        }
+        // A PBX that repeats events without end must not hold the engine (each step is written).
+        a.attempt.events += 1;
+        if a.attempt.events > MAX_ATTEMPT_EVENTS {
+            self.fail_attempt(&id, Reason::PbxFlood, "the PBX sent more events about the proof call than a call has", now, actions);
+            return;
+        }
+        match event {
+            CallEvent::Initiated { .. } if state == State::Calling => self.set_state(&id, State::Ringing, now, "ringing", "the phone is ringing", actions),
+            CallEvent::Initiated { .. } => {}
+            CallEvent::Originated { .. } => {
+                if !std::mem::replace(&mut a.attempt.answered, true) {
+                    self.step(&id, now, "answered", "the user picked up", actions);
+                }
+            }
+            CallEvent::Delivered { .. } => {
+                if !std::mem::replace(&mut a.attempt.reaching_ivr, true) {
+                    self.step(&id, now, "reaching_ivr", "the call is reaching the IVR", actions);
+                }
+            }
+            CallEvent::Established { .. } => {
+                if state == State::InIvr {
+                    return;
+                }
+                let deadline = self.ivr_deadline(pbx, now);
+                if let Some(a) = self.assocs.get_mut(id.as_str()) {
+                    a.deadline = Some(deadline);
+                    a.attempt.in_ivr_at = Some(now);
+                }
+                self.set_state(&id, State::InIvr, now, "in_ivr", "the user is connected to the IVR", actions);
+                let dtmf = self.policies.get(pbx).is_some_and(|p| p.context_delivery == ContextDelivery::Dtmf);
+                if let (true, Some(a)) = (dtmf, self.assocs.get(id.as_str())) {
+                    if let (Some(call), Some(ctx)) = (a.view.call.clone(), a.attempt.context.as_ref()) {
+                        let digits = format!("*{ctx}#");
+                        self.request(&id, pbx, CstaRequest::SendDigits { call, extension: extension.into(), digits }, Some(Purpose::Digits), actions);
+                    }
+                }
+                // An IVR request that came just before this report was waiting for it.
+                self.claim_waiting(&id, now, actions);
+            }
+            CallEvent::Failed { cause, .. } => {
+                let reason = match cause {
+                    Some(3) | Some(7) => Reason::Busy,
+                    Some(18) | Some(35) => Reason::PhoneLocked,
+                    Some(10) | Some(60) => Reason::NoAnswer,
+                    _ => Reason::RejectedByPbx,
+                };
+                self.fail_attempt(&id, reason, &format!("the call failed (cause {})", cause.map_or("unknown".into(), |c| c.to_string())), now, actions);
+            }
+            CallEvent::Diverted { .. } => self.fail_attempt(&id, Reason::CallDiverted, "the proof call left the extension (diverted, transferred or conferenced)", now, actions),
+            CallEvent::Cleared { .. } => {
+                let reason = if state == State::InIvr { Reason::CallCleared } else { Reason::NoAnswer };
+                if let Some(a) = self.assocs.get_mut(id.as_str()) {
+                    a.view.call = None; // nothing to clear any more
+                }
+                self.fail_attempt(&id, reason, "the call ended before the code was accepted", now, actions);
+            }
+        }
+    }
+}

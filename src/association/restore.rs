@@ -1,0 +1,85 @@
+//! Restart: the [`Snapshot`] the store gives back, [`Engine::restore`] from it, and what a
+//! shutdown leaves for the next start (the live calls to clear, the in-flight associations).
+
+use std::collections::HashMap;
+
+use super::model::*;
+use super::*;
+
+/// What the store holds, to rebuild the engine after a restart.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub bindings: Vec<Binding>,
+    pub counters: Vec<(CounterKey, u32)>,
+    pub proof_calls: Vec<ProofCall>,
+    pub blocks: Vec<OwnerBlock>,
+    /// Associations that were not final when the gateway stopped.
+    pub in_flight: Vec<AssociationView>,
+}
+
+impl Engine {
+    /// Rebuild from the store after a restart. Associations in flight cannot go on (their code
+    /// was never stored and their call is gone): they end as failed with `gateway_restarted`.
+    pub fn restore<K: Into<PbxId>>(policies: HashMap<K, Policy>, snap: Snapshot, now: Millis) -> (Engine, Vec<Action>) {
+        let mut e = Engine::new(policies);
+        for b in snap.bindings {
+            e.bindings.insert((b.pbx.clone(), b.extension.clone()), b);
+        }
+        e.counters.extend(snap.counters);
+        for c in snap.proof_calls {
+            if now.saturating_sub(c.at) < HOUR {
+                e.proof_calls.entry((c.pbx.clone(), c.extension.clone())).or_default().push(c);
+            }
+        }
+        for b in snap.blocks {
+            if b.until > now {
+                e.blocks.insert(b.key(), b);
+            }
+        }
+        let mut actions = Vec::new();
+        for mut v in snap.in_flight {
+            if v.state.is_final(v.retryable) {
+                continue;
+            }
+            v.state = State::Failed;
+            v.reason = Some(Reason::GatewayRestarted);
+            v.retryable = false;
+            push_history(&mut v.history, Step { at: now, step: "failed".into(), detail: "gateway restarted while the association was in flight".into() });
+            actions.push(audit(&v, now, "failed", "gateway_restarted"));
+            // The call the previous run placed may still be up (ringing, or in the IVR).
+            if let Some(call) = v.call.take() {
+                let rid = RequestId(e.next_request);
+                e.next_request += 1;
+                actions.push(Action::Csta { id: rid, association: v.id.clone(), pbx: v.pbx.clone(), request: CstaRequest::ClearConnection { call, extension: v.extension.clone() } });
+            }
+            actions.push(Action::Notify { tenant: v.tenant.clone(), account: v.account.clone(), event: "failed".into(), association: v.id.clone() });
+            actions.push(Action::Store(StoreWrite::Association(v)));
+        }
+        (e, actions)
+    }
+
+    /// The proof calls of the live associations, as `(association, pbx, extension, call)`: the
+    /// calls a stopping gateway clears before it ends their associations.
+    pub fn live_calls(&self) -> Vec<(AssociationId, PbxId, Extension, CallId)> {
+        self.by_ext.values().filter_map(|id| self.assocs.get(id)).filter_map(|a| Some((a.view.id.clone(), a.view.pbx.clone(), a.view.extension.clone(), a.view.call.clone()?))).collect()
+    }
+
+    /// The gateway stops: every live association ends as a restart would end it (failed,
+    /// `gateway_restarted`, audited, the account told), except those in `left_up`, whose proof
+    /// call may still be up (its ClearConnection did not get through): they stay in flight in the
+    /// store, so that the next start ends them and clears their call. The calls of the others
+    /// are cleared already (see [`Engine::live_calls`]).
+    pub fn shutdown(&mut self, now: Millis, left_up: &[AssociationId]) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut ids: Vec<AssociationId> = self.by_ext.values().filter(|id| !left_up.contains(id)).cloned().collect();
+        ids.sort();
+        for id in ids {
+            if let Some(a) = self.assocs.get_mut(id.as_str()) {
+                a.view.call = None;
+            }
+            self.finish(&id, State::Failed, Some(Reason::GatewayRestarted), "the gateway stopped while the association was in flight", now, &mut actions);
+        }
+        self.rearm();
+        actions
+    }
+}
