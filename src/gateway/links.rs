@@ -178,8 +178,15 @@ pub(super) fn delivered(sh: &mut Shell, pbx: PbxId, delivery: Delivery) -> Optio
             let p = sh.pending.remove(&tag)?;
             match p.work {
                 Work::Monitor(extension) => {
+                    let key = (pbx, extension);
                     if result.is_err() {
-                        sh.monitors.remove(&(pbx, extension));
+                        sh.monitors.remove(&key);
+                    } else if !sh.monitors.contains(&key) {
+                        // Stopped (or the engine rebuilt) while it was starting: nobody follows
+                        // the extension any more, so the PBX monitor must not stay behind.
+                        if let Some(port) = sh.gw.ports.get(key.0.as_str()) {
+                            port.unmonitor(&key.1);
+                        }
                     }
                     Some((p.epoch, CstaInput::Done { id: p.id?, outcome: done(result.map(|_| CstaResultInfo::default())), now }, None))
                 }
