@@ -224,7 +224,7 @@ impl Engine {
         };
         self.by_ext.insert(ext_key, id.clone());
         self.by_account.insert((tenant.clone(), account.clone()), id.clone());
-        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, monitored: false, deadline: None, attempt: Attempt::default() });
+        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, lock_unknown: false, monitored: false, deadline: None, attempt: Attempt::default() });
         self.touch(&id);
         actions.push(audit(&view, now, "code_issued", "ok"));
         actions.push(Action::Store(StoreWrite::Association(view)));
@@ -282,6 +282,7 @@ impl Engine {
         a.view.retryable = true;
         a.view.call = None;
         a.lock_call = None;
+        a.lock_unknown = false;
         a.attempt = Attempt { context: Some(context), ..Attempt::default() };
         if a.monitored {
             self.after_monitor(id, now, actions);

@@ -53,6 +53,9 @@ pub(crate) struct Assoc {
     pub(crate) code: String,
     pub(crate) code_entries: u32,
     pub(crate) lock_call: Option<CallId>,
+    /// This attempt placed a lock call whose call id the PBX has not named (yet, or at all):
+    /// until it does, no event may name the proof call, since it could be the lock call's.
+    pub(crate) lock_unknown: bool,
     pub(crate) monitored: bool,
     /// Ringing (until the IVR answers: `no_answer`) or in the IVR (until the IVR platform's
     /// next request: `ivr_timeout`).

@@ -63,6 +63,9 @@ impl Engine {
         let (pbx, ext) = (a.view.pbx.clone(), a.view.extension.clone());
         match self.policies.get(&pbx).and_then(|p| p.lock_prefix.clone()) {
             Some(prefix) => {
+                if let Some(a) = self.assocs.get_mut(id) {
+                    a.lock_unknown = true;
+                }
                 self.set_state(id, State::Locking, now, "locking", "MakeCall to the lock prefix", actions);
                 self.request(id, &pbx, CstaRequest::MakeCall { from: ext, to: prefix }, Some(Purpose::LockCall), actions);
             }
@@ -106,10 +109,13 @@ impl Engine {
                 self.after_monitor(id, now, actions);
             }
             (Purpose::Monitor, Err(f)) if state == State::Monitoring => self.fail_attempt(id, failure_reason(f), "MonitorStart refused", now, actions),
-            // The lock feature call: the PBX ends it itself.
+            // The lock feature call: the PBX ends it itself. Its id is remembered whenever it
+            // comes (also after the attempt moved on, when the lock call's end was seen first), so
+            // that its events are never taken for the proof call's.
             (Purpose::LockCall, Ok(info)) => {
-                if let Some(a) = self.assocs.get_mut(id).filter(|a| a.view.state == State::Locking) {
-                    a.lock_call = info.call;
+                if let (Some(a), Some(call)) = (self.assocs.get_mut(id), info.call) {
+                    a.lock_call = Some(call);
+                    a.lock_unknown = false;
                 }
             }
             (Purpose::ProofCall, Ok(info)) => self.make_call_placed(id, info.call, actions),
@@ -162,9 +168,12 @@ impl Engine {
         if !matches!(state, State::Calling | State::Ringing | State::InIvr) {
             return;
         }
-        // Follow our call only; the first event names it if the MakeCall result is late.
+        // Follow our call only; the first event names it if the MakeCall result is late, unless
+        // it is (or, while the PBX has not named it, could be) this attempt's lock call: then only
+        // the proof call's MakeCall result names it.
         match &a.view.call {
             Some(c) if c != event.call() => return,
+            None if a.lock_unknown || a.lock_call.as_ref() == Some(event.call()) => return,
             None => a.view.call = Some(event.call().clone()),
             _ => {}
         }

@@ -339,6 +339,14 @@ impl Fz {
                 self.ivr_before = Some((call.clone(), m.expect.clone()));
                 self.ivr.insert(call.clone(), IvrCallModel { last: now, ..m });
             }
+            // The shell clears a call that a MakeCall placed when the engine no longer awaits that
+            // MakeCall's answer (the gateway's `links.rs`): nothing else would.
+            Input::CstaDone { id, outcome: Ok(CstaResultInfo { call: Some(call) }), .. } if !self.engine.awaits(*id) => {
+                let call = call.as_bytes().to_vec();
+                for c in self.calls.iter_mut().filter(|c| c.id == call) {
+                    c.down = true;
+                }
+            }
             Input::IvrHangup { call, .. } => {
                 self.ivr.remove(call);
                 // A waiting call that hangs up ends its attempt (call_cleared): nobody waits any

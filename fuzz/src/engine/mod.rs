@@ -28,8 +28,9 @@
 //!   restart" rebuilds the engine with `Engine::restore` from it;
 //! - the **PBX** gives each MakeCall the engine emits a call id; a call *exists* once the PBX
 //!   answered that MakeCall with a result naming it; it is *down* once the PBX reported it
-//!   cleared, the engine asked for a ClearConnection of it, or its association was bound (the IVR
-//!   hangs up). A lost link and a restart do not end calls. Lock-prefix calls are left out;
+//!   cleared, the engine asked for a ClearConnection of it, the shell cleared it (a MakeCall result
+//!   for a request the engine no longer awaits, as the gateway does), or its association was
+//!   bound (the IVR hangs up). A lost link and a restart do not end calls. Lock-prefix calls are left out;
 //! - the **attempts**: each `ProofCall` write starts a new attempt of the association the Create
 //!   or Complete named; the model predicts its context id (the first full chunk of the pool fed
 //!   with that input not held by a live attempt) and checks it against what leaves in the
