@@ -171,17 +171,23 @@ impl Engine {
         // Follow our call only; the first event names it if the MakeCall result is late, unless
         // it is (or, while the PBX has not named it, could be) this attempt's lock call: then only
         // the proof call's MakeCall result names it.
-        match &a.view.call {
+        let named = match &a.view.call {
             Some(c) if c != event.call() => return,
-            None if a.lock_unknown || a.lock_call.as_ref() == Some(event.call()) => return,
-            None => a.view.call = Some(event.call().clone()),
-            _ => {}
-        }
-        // A PBX that repeats events without end must not hold the engine (each step is written).
+            Some(_) => true,
+            None => !a.lock_unknown && a.lock_call.as_ref() != Some(event.call()),
+        };
+        // A PBX that repeats events without end must not hold the engine (each step is written);
+        // events while the attempt waits for its call to be named count too.
         a.attempt.events += 1;
         if a.attempt.events > MAX_ATTEMPT_EVENTS {
             self.fail_attempt(&id, Reason::PbxFlood, "the PBX sent more events about the proof call than a call has", now, actions);
             return;
+        }
+        if !named {
+            return;
+        }
+        if a.view.call.is_none() {
+            a.view.call = Some(event.call().clone());
         }
         match event {
             CallEvent::Initiated { .. } if state == State::Calling => self.set_state(&id, State::Ringing, now, "ringing", "the phone is ringing", actions),
