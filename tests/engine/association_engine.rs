@@ -968,6 +968,39 @@ fn the_lock_call_and_the_proof_call_are_told_apart_by_their_request_ids_not_by_w
 }
 
 #[test]
+fn the_lock_calls_events_are_never_taken_for_the_proof_call() {
+    let mut p = policy();
+    p.lock_prefix = Some("*66".into());
+    p.context_delivery = ContextDelivery::Dtmf;
+    let mut t = T::new(p);
+    let id = t.create("alice", "2005").view.unwrap().id;
+    let out = t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    let lock = ids_of(&out.actions, |r| matches!(r, CstaRequest::MakeCall { .. }))[0];
+    // The PBX reports a call cleared before the lock MakeCall's result: the lock is taken as done.
+    t.ev("2005", CallEvent::Cleared { call: CallId::from(vec![8]) });
+    assert_eq!(t.state(&id).0, State::Calling);
+    let proof = *ids_of(&t.all, |r| matches!(r, CstaRequest::MakeCall { .. })).last().unwrap();
+    // While the lock call has no id, no event names the proof call: not the lock call's
+    // Established, whatever its id.
+    t.ev("2005", CallEvent::Established { call: CallId::from(vec![9]) });
+    assert_eq!((t.state(&id).0, t.e.view(&Principal::Admin, &id).unwrap().call.clone()), (State::Calling, None));
+    // The lock MakeCall's result comes late and names call 9: its events stay ignored.
+    t.run(Input::CstaDone { id: lock, outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }), now: t.now });
+    t.ev("2005", CallEvent::Established { call: CallId::from(vec![9]) });
+    assert_eq!((t.state(&id).0, t.e.view(&Principal::Admin, &id).unwrap().call.clone()), (State::Calling, None));
+    // The proof call's own events name it once the lock call is known (events before its result).
+    t.ev("2005", CallEvent::Initiated { call: CallId::from(vec![10]) });
+    assert_eq!((t.state(&id).0, t.e.view(&Principal::Admin, &id).unwrap().call.clone()), (State::Ringing, Some(CallId::from(vec![10]))));
+    let out = t.run(Input::CstaDone { id: proof, outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![10])) }), now: t.now });
+    assert!(out.actions.is_empty(), "{:?}", out.actions);
+    // Only the proof call's Established takes the association into the IVR, and the context
+    // digits go on that call.
+    let out = t.ev("2005", CallEvent::Established { call: CallId::from(vec![10]) });
+    assert_eq!(t.state(&id).0, State::InIvr);
+    assert!(out.actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::SendDigits { call, .. }, .. } if *call == CallId::from(vec![10]))), "{:?}", out.actions);
+}
+
+#[test]
 fn a_proof_call_placed_after_its_attempt_ended_is_cleared_by_its_id() {
     let mut t = T::new(policy());
     let id = t.create("alice", "2005").view.unwrap().id;
