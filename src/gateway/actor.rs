@@ -16,7 +16,7 @@ use crate::clock::now_ms;
 use crate::link::RequestError;
 use crate::store::Store;
 
-use super::links::{delivered, send, submit, Pending, Work};
+use super::links::{clear, delivered, submit, Pending, Work};
 use super::{ApiTx, Cmd, Gateway, GatewayError, IvrTx, Query, QueryResult, Shell};
 
 /// Commands handled per store transaction at most.
@@ -97,8 +97,8 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                     } else if let (CstaInput::Done { outcome: Ok(CstaResultInfo { call: Some(call) }), .. }, Some(m)) = (&input, made) {
                         // A proof call placed for an attempt the engine no longer follows:
                         // nothing else would ever clear it.
-                        let clear = Pending { epoch, id: None, work: Work::Clear { association: m.association, call: call.clone(), extension: m.extension, attempts: 1, since: std::time::Instant::now() } };
-                        send(&mut sh, &m.pbx, clear);
+                        let stray = Pending { epoch, id: None, work: Work::Clear { association: m.association, call: call.clone(), extension: m.extension, attempts: 1, since: std::time::Instant::now() } };
+                        clear(&mut sh, &m.pbx, stray);
                     }
                     Answer::None
                 }

@@ -90,14 +90,14 @@ pub(super) fn submit(sh: &mut Shell, id: RequestId, association: &AssociationId,
         }
         CstaRequest::MonitorStart { extension } => {
             sh.monitors.insert((pbx.clone(), extension.clone()));
-            let p = pending(Work::Monitor(extension));
-            send(sh, pbx, p);
+            let p = pending(Work::Monitor(extension.clone()));
+            track(sh, pbx, p, |port, tag| port.monitor(tag, &extension));
         }
         CstaRequest::MakeCall { from, to } => {
             let body = crate::csta::make_call(&from, &to);
             let p = pending(Work::MakeCall(Submitted { pbx: pbx.clone(), association: association.clone(), extension: from }));
             match body {
-                Ok(body) => invoke(sh, pbx, p, Operation::MakeCall, body),
+                Ok(body) => track(sh, pbx, p, |port, tag| port.request(tag, Operation::MakeCall, body)),
                 // Not a number the PBX could be asked to dial: refused without asking it.
                 Err(_) => refuse(sh, pbx, p, RequestError::Encode(crate::link::EncodeProblem::DeviceNotAscii)),
             }
@@ -105,39 +105,29 @@ pub(super) fn submit(sh: &mut Shell, id: RequestId, association: &AssociationId,
         CstaRequest::SendDigits { call, extension, digits } => {
             if let Ok(body) = crate::csta::generate_digits(&call, &extension, &digits) {
                 let p = pending(Work::Digits);
-                invoke(sh, pbx, p, Operation::GenerateDigits, body);
+                track(sh, pbx, p, |port, tag| port.request(tag, Operation::GenerateDigits, body));
             }
         }
         CstaRequest::ClearConnection { call, extension } => {
             let p = pending(Work::Clear { association: association.clone(), call, extension, attempts: 1, since: std::time::Instant::now() });
-            send(sh, pbx, p);
+            clear(sh, pbx, p);
         }
     }
 }
 
-/// Send a monitor start or a clear (again) on `pbx`'s port.
-pub(super) fn send(sh: &mut Shell, pbx: &PbxId, p: Pending) {
-    match &p.work {
-        Work::Monitor(extension) => {
-            let tag = next_tag(sh);
-            let sent = sh.gw.ports.get(pbx.as_str()).map_or(Err(RequestError::LinkDown), |port| port.monitor(tag, extension));
-            sh.pending.insert(tag, p);
-            if let Err(e) = sent {
-                loopback(sh, pbx, Delivery::Completed { tag, result: Err(e) });
-            }
-        }
-        Work::Clear { call, extension, .. } => {
-            let body = crate::csta::clear_connection(call, extension);
-            invoke(sh, pbx, p, Operation::ClearConnection, body);
-        }
-        Work::MakeCall(_) | Work::Digits => {}
-    }
+/// Send the ClearConnection `p` stands for (again) on `pbx`'s port.
+pub(super) fn clear(sh: &mut Shell, pbx: &PbxId, p: Pending) {
+    let Work::Clear { call, extension, .. } = &p.work else { return };
+    let body = crate::csta::clear_connection(call, extension);
+    track(sh, pbx, p, |port, tag| port.request(tag, Operation::ClearConnection, body));
 }
 
-/// Invoke `op` on `pbx`'s port for `p`.
-fn invoke(sh: &mut Shell, pbx: &PbxId, p: Pending, op: Operation, body: crate::codec::Body) {
+/// Tag `p`, hand it to `pbx`'s port with `send`, and keep it until its [`Delivery::Completed`]; a
+/// request the port refuses at once (or a PBX without a port: link down) is answered by the same
+/// path.
+fn track(sh: &mut Shell, pbx: &PbxId, p: Pending, send: impl FnOnce(&crate::link::Port, u64) -> Result<(), RequestError>) {
     let tag = next_tag(sh);
-    let sent = sh.gw.ports.get(pbx.as_str()).map_or(Err(RequestError::LinkDown), |port| port.request(tag, op, body));
+    let sent = sh.gw.ports.get(pbx.as_str()).map_or(Err(RequestError::LinkDown), |port| send(port, tag));
     sh.pending.insert(tag, p);
     if let Err(e) = sent {
         loopback(sh, pbx, Delivery::Completed { tag, result: Err(e) });
@@ -205,7 +195,7 @@ pub(super) fn delivered(sh: &mut Shell, pbx: PbxId, delivery: Delivery) -> Optio
                         let again = Pending { epoch: p.epoch, id: p.id, work: Work::Clear { association, call, extension, attempts: attempts + 1, since } };
                         let up = sh.gw.links.get(pbx.as_str()).is_some_and(|l| l.state() == LinkState::Up);
                         if up && !matches!(result, Err(RequestError::LinkDown)) {
-                            send(sh, &pbx, again);
+                            clear(sh, &pbx, again);
                         } else if sh.parked.len() < MAX_PARKED_CLEARS {
                             sh.parked.push((pbx, again));
                         } else {
@@ -241,7 +231,7 @@ pub(super) fn delivered(sh: &mut Shell, pbx: PbxId, delivery: Delivery) -> Optio
                 {
                     continue;
                 }
-                send(sh, &pbx, p);
+                clear(sh, &pbx, p);
             }
             None
         }
