@@ -96,7 +96,7 @@ impl T {
     /// Drive a fresh association to the IVR: returns its id and context id.
     fn to_ivr(&mut self, account: &str, ext: &str) -> (String, String) {
         let out = self.create(account, ext);
-        let v = out.view.expect("created");
+        let v = out.view.unwrap_or_else(|| panic!("{account} on {ext} refused: {:?}", out.error));
         assert_eq!(out.code.as_deref(), Some(CODE));
         self.through_call(&v.id, ext);
         (v.id.to_string(), self.ctx(ext))
@@ -1064,4 +1064,66 @@ fn a_waiting_ivr_request_is_answered_at_its_deadline() {
     let at = t.now + CLAIM_WAIT.as_millis() as Millis;
     let out = t.run(Input::Timeout { now: at });
     assert!(out.actions.iter().any(|a| matches!(a, Action::IvrReply { call, .. } if call == "c1")), "{:?}", out.actions);
+}
+
+/// Admin scopes read, reset and lift exactly what they name: an extension's scope only that
+/// extension's counters and blocks, an account's scope only that account's (in its tenant, or in
+/// every tenant), never a neighbour's.
+#[test]
+fn admin_scopes_read_reset_and_lift_exactly_what_they_name() {
+    let mut p = policy();
+    p.lockout_after = 100;
+    p.proof_calls_per_hour = 20;
+    let mut t = T::new(p);
+    // Three wrong entries each: mallory on 2005 and on 2006, eve on 2005.
+    for (account, ext, call) in [("mallory", "2005", "m1"), ("mallory", "2006", "m2"), ("eve", "2005", "e1")] {
+        let (id, ctx) = t.to_ivr(account, ext);
+        t.ivr(call, Some(&ctx));
+        t.ivr(call, Some("1"));
+        for _ in 0..3 {
+            t.ivr(call, Some("000000"));
+        }
+        assert_eq!(t.state(&id), (State::Failed, Some(Reason::WrongCode), true));
+        // Retryable, so still the account's live association until cancelled.
+        t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.as_str().into(), now: t.now });
+        t.now += 1;
+    }
+    let account = |a: &str| CounterKey::Account { tenant: "acme".into(), account: a.into() };
+    let on = |a: &str, ext: &str| CounterKey::AccountExtension { tenant: "acme".into(), account: a.into(), pbx: "paris".into(), extension: ext.into() };
+    let ext = |e: &str| AdminScope::Extension { pbx: "paris".into(), extension: e.into() };
+    let of = |tenant: Option<&str>, a: &str| AdminScope::Account { tenant: tenant.map(Into::into), account: a.into() };
+    assert_eq!(t.e.counters(&ext("2005")), vec![(on("eve", "2005"), 3), (on("mallory", "2005"), 3)]);
+    assert_eq!(t.e.counters(&ext("2006")), vec![(on("mallory", "2006"), 3)]);
+    assert_eq!(t.e.counters(&of(Some("acme"), "mallory")), vec![(account("mallory"), 6), (on("mallory", "2005"), 3), (on("mallory", "2006"), 3)]);
+    assert_eq!(t.e.counters(&of(None, "eve")), vec![(account("eve"), 3), (on("eve", "2005"), 3)]);
+    assert_eq!(t.e.counters(&of(Some("globex"), "mallory")), vec![], "another tenant's account of the same name");
+    // The phone's owners refuse: mallory on 2005, eve on 2006.
+    for (account, ext, call) in [("mallory", "2005", "m3"), ("eve", "2006", "e2")] {
+        let (_, ctx) = t.to_ivr(account, ext);
+        t.ivr(call, Some(&ctx));
+        assert!(t.ivr(call, Some("9")).hangup);
+        t.now += 1;
+    }
+    let names = |bs: Vec<OwnerBlock>| bs.into_iter().map(|b| format!("{}/{}@{}/{}", b.tenant, b.account, b.pbx, b.extension)).collect::<Vec<_>>();
+    assert_eq!(names(t.e.blocks(&ext("2005"), t.now)), ["acme/mallory@paris/2005"]);
+    assert_eq!(names(t.e.blocks(&ext("2006"), t.now)), ["acme/eve@paris/2006"]);
+    assert_eq!(names(t.e.blocks(&of(Some("acme"), "eve"), t.now)), ["acme/eve@paris/2006"]);
+    assert_eq!(names(t.e.blocks(&of(None, "mallory"), t.now)), ["acme/mallory@paris/2005"]);
+    assert!(t.e.blocks(&of(Some("globex"), "eve"), t.now).is_empty());
+    // An extension's reset leaves the other extension and the accounts' own counters.
+    t.run(Input::ResetCounters { scope: ext("2005"), now: t.now });
+    assert_eq!(t.e.counters(&of(None, "mallory")), vec![(account("mallory"), 6), (on("mallory", "2006"), 3)]);
+    assert_eq!(t.e.counters(&of(None, "eve")), vec![(account("eve"), 3)]);
+    // An account's reset in another tenant touches nothing; in its own, only that account.
+    t.run(Input::ResetCounters { scope: of(Some("globex"), "mallory"), now: t.now });
+    assert_eq!(t.e.counters(&of(None, "mallory")).len(), 2);
+    t.run(Input::ResetCounters { scope: of(Some("acme"), "mallory"), now: t.now });
+    assert_eq!(t.e.counters(&of(None, "mallory")), vec![]);
+    assert_eq!(t.e.counters(&of(None, "eve")), vec![(account("eve"), 3)]);
+    // Lifting blocks: another tenant's scope lifts nothing; an account's lifts only its own.
+    t.run(Input::LiftBlocks { scope: of(Some("globex"), "eve"), now: t.now });
+    t.run(Input::LiftBlocks { scope: of(Some("acme"), "eve"), now: t.now });
+    assert!(t.e.blocks(&ext("2006"), t.now).is_empty());
+    assert_eq!(names(t.e.blocks(&ext("2005"), t.now)), ["acme/mallory@paris/2005"]);
+    assert_eq!(t.create("mallory", "2005").error, Some(Refusal::BlockedByPhoneOwner(t.e.blocks(&ext("2005"), t.now)[0].until)));
 }

@@ -1,7 +1,8 @@
-//! The association engine in virtual time, and the SQLite store.
+//! The association engine in virtual time, the SQLite store, and the secrets the gateway draws.
 //!
 //! One test binary per subject (cargo builds and links each `tests/*/main.rs` once); each
 //! file below is one group of tests.
 
 mod association_engine;
+mod secret_draws;
 mod store_sqlite;
