@@ -367,12 +367,6 @@ pub enum CstaRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(pub(crate) u64);
 
-impl std::fmt::Display for RequestId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "r{}", self.0)
-    }
-}
-
 /// Writes the shell commits, in order, before carrying out the actions after them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreWrite {
