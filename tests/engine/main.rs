@@ -5,4 +5,5 @@
 
 mod association_engine;
 mod secret_draws;
+mod store_files;
 mod store_sqlite;
