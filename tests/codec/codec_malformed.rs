@@ -1,6 +1,7 @@
 //! Bad bytes give typed errors with offsets, never panics: truncation at every byte, corrupted
 //! length octets, oversized lengths, deep nesting, wrong constructed bits, trailing bytes, and
-//! arbitrary input (property tests with a decode → encode → decode oracle).
+//! arbitrary input (property tests with a decode → encode → decode oracle; their seed is printed
+//! and `CSTAGATE_TEST_SEED=<u64>` replays it).
 
 use crate::common;
 
@@ -93,8 +94,15 @@ static ALL_APDUS: std::sync::LazyLock<Vec<(Dialect, Bytes)>> = std::sync::LazyLo
     traces(".frames.tsv").into_iter().flat_map(|t| t.frames.iter().map(|f| (t.dialect, apdu(&t, f))).collect::<Vec<_>>()).collect()
 });
 
+/// The property tests below draw their inputs from a seed printed at their start (shown with a
+/// failing test's output); `CSTAGATE_TEST_SEED=<u64>` replays that run
+/// (`CSTAGATE_TEST_SEED=… cargo test --test codec codec_malformed`).
+fn config() -> ProptestConfig {
+    ProptestConfig { cases: 4000, rng_seed: proptest::test_runner::RngSeed::Fixed(common::test_seed("codec_malformed property test")), ..ProptestConfig::default() }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     #[test]
     fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..200), p2 in any::<bool>()) {

@@ -90,3 +90,15 @@ pub fn require_external(what: &str, require_var: &str, probe: &[&str], install: 
     let _ = writeln!(std::io::stderr(), "NOTICE: {what} not found (`{probe}` failed): this test is SKIPPED. Install it ({install}) to run it; {require_var}=1 makes it mandatory, as in CI.");
     false
 }
+
+/// The seed of a test that draws random inputs: `CSTAGATE_TEST_SEED=<u64>` replays a run,
+/// otherwise a fresh one. Printed first (cargo shows it with a failing test's output), so that
+/// any failure can be replayed.
+pub fn test_seed(name: &str) -> u64 {
+    let seed = match std::env::var("CSTAGATE_TEST_SEED") {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("CSTAGATE_TEST_SEED={v:?} is not a u64")),
+        Err(_) => rand::random(),
+    };
+    eprintln!("{name}: seed {seed} (replay: CSTAGATE_TEST_SEED={seed})");
+    seed
+}

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use cstagate::association::harness::{handle, Input, Output};
 use cstagate::association::*;
-use cstagate::store::{AuditFilter, SqliteStore, Store};
+use cstagate::store::{AuditFilter, SqliteStore, Store, StoreError};
 
 fn tmp(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("cstagate-store-{}-{name}", std::process::id()));
@@ -109,17 +109,40 @@ fn the_audit_log_is_append_only_and_a_batch_is_atomic() {
     let mut s = SqliteStore::open(&path).unwrap();
     drive(&mut s);
     let raw = rusqlite::Connection::open(&path).unwrap();
-    assert!(raw.execute("UPDATE audit SET result = 'x'", []).is_err());
-    assert!(raw.execute("DELETE FROM audit", []).is_err());
-    let n: i64 = raw.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap();
+    let before = audit_rows(&raw);
+    assert!(before.len() >= 5, "{before:?}");
+    // Refused by the schema's append-only triggers themselves, whatever the statement touches.
+    for sql in ["UPDATE audit SET result = 'x'", "UPDATE audit SET step = 'bound' WHERE seq = 1", "DELETE FROM audit", "DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)"] {
+        match raw.execute(sql, []) {
+            Err(rusqlite::Error::SqliteFailure(e, Some(msg))) => {
+                assert_eq!((e.code, e.extended_code), (rusqlite::ErrorCode::ConstraintViolation, rusqlite::ffi::SQLITE_CONSTRAINT_TRIGGER), "{sql}: {e}");
+                assert_eq!(msg, "the audit log is append-only", "{sql}");
+            }
+            other => panic!("{sql}: the append-only trigger must refuse it, got {other:?}"),
+        }
+        assert_eq!(audit_rows(&raw), before, "{sql}: the audit rows are unchanged");
+    }
     // A batch that fails half-way (binding an extension twice) writes nothing.
     let b = Binding { tenant: "acme".into(), account: "eve".into(), pbx: "paris".into(), extension: "2005".into(), did: None, did_verified: false, bound_at: 1 };
     let audit = StoreWrite::Audit(AuditRecord { at: 1, tenant: "acme".into(), account: "eve".into(), pbx: "paris".into(), extension: "2005".into(), association: "z".into(), step: "bound".into(), result: "ok".into() });
-    assert!(s.apply(&[audit, StoreWrite::Bind(b)]).is_err());
-    let m: i64 = raw.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap();
-    assert_eq!(n, m, "nothing of a failed batch is written");
+    match s.apply(&[audit, StoreWrite::Bind(b)]) {
+        Err(StoreError::Db(rusqlite::Error::SqliteFailure(e, Some(msg)))) => {
+            assert_eq!(e.extended_code, rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY, "{e}: {msg}");
+            assert!(msg.contains("bindings.pbx, bindings.extension"), "{msg}");
+        }
+        other => panic!("the second binding of paris/2005 must be refused by the key, got {other:?}"),
+    }
+    assert_eq!(audit_rows(&raw), before, "nothing of a failed batch is written");
+    let bound: Vec<(String, String)> = raw.prepare("SELECT extension, account FROM bindings").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap();
+    assert_eq!(bound, [("2005".to_owned(), "alice".to_owned())], "the binding is still alice's");
     let journal: String = raw.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
     assert_eq!(journal, "wal");
+}
+
+/// Every audit row, every column, in order.
+fn audit_rows(db: &rusqlite::Connection) -> Vec<(i64, i64, String, String, String, String, String, String, String)> {
+    let mut q = db.prepare("SELECT seq, at, tenant, account, pbx, extension, association, step, result FROM audit ORDER BY seq").unwrap();
+    q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))).unwrap().collect::<Result<_, _>>().unwrap()
 }
 
 /// The mode bits of a file the store made (or was given).

@@ -61,6 +61,30 @@ async fn webhook(http: &Http, body: Value, secret: &str) -> (u16, Value) {
     cstagate::testkit::post_webhook(http, secret, body.to_string().into_bytes()).await.unwrap()
 }
 
+/// The whole IVR dialogue of `account`'s proof call through the webhook, every answer checked:
+/// the context id asked for, the asking account named (1 to confirm), the code asked for (as
+/// many digits as it has), bound. Returns each (status, body), for the OpenAPI check.
+async fn dialogue(http: &Http, secret: &str, call: &str, ctx: &str, code: &str, account: &str) -> Vec<(u16, Value)> {
+    let gather = |max_digits: usize| json!({ "max_digits": max_digits, "finish_on_key": "#", "timeout_ms": 8000 });
+    let steps = [
+        (None, json!({ "say": "Please enter the number shown in your app, then the hash key.", "gather": gather(16) })),
+        (Some(ctx), json!({ "say": format!("The account {account} of acme asks to link this phone. If you asked for this, press 1. If you did not, press 9."), "gather": gather(1) })),
+        (Some("1"), json!({ "say": "Please enter the code shown in your app, then the hash key.", "gather": gather(code.len()) })),
+        (Some(code), json!({ "say": format!("Thank you. This phone is now linked to the account {account}. Goodbye."), "hangup": true })),
+    ];
+    let mut answers = Vec::new();
+    for (d, want) in steps {
+        let mut body = json!({ "call": call, "from": "+33144002005", "to": "0800100200" });
+        if let Some(d) = d {
+            body["digits"] = json!(d);
+        }
+        let (s, r) = webhook(http, body, secret).await;
+        assert_eq!((s, &r), (200, &want), "the IVR's answer to {d:?}");
+        answers.push((s, r));
+    }
+    answers
+}
+
 /// Create an association and wait for the call to reach the IVR; returns (id, code, call).
 async fn to_ivr(e: &mut Env, account: &str, ext: &str) -> (String, String, String, String) {
     let (s, v) = e.http.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": account, "extension": ext }))).await.unwrap();
@@ -133,19 +157,12 @@ async fn bad_webhook_signatures_have_no_effect_and_cti_control_is_for_the_bound_
     let mut e = env(None).await;
     let (id, code, call, ctx) = to_ivr(&mut e, "alice", "2005").await;
     // Wrong secret: 401, and the dialogue did not move.
-    let (s, _) = webhook(&e.http, json!({ "call": call, "from": "+33144002005", "to": "0800100200", "digits": ctx }), "wrong").await;
-    assert_eq!(s, 401);
-    let (_, v) = e.http.json("GET", &format!("/v1/associations/{id}"), &e.tokens.tenant, None).await.unwrap();
-    assert_eq!(v["state"], "in_ivr");
-    // The real dialogue.
-    for d in [None, Some(ctx.as_str()), Some("1"), Some(code.as_str())] {
-        let mut body = json!({ "call": call, "from": "+33144002005", "to": "0800100200" });
-        if let Some(d) = d {
-            body["digits"] = json!(d);
-        }
-        let (s, r) = webhook(&e.http, body, &e.tokens.ivr).await;
-        assert_eq!(s, 200, "{r}");
-    }
+    let (s, r) = webhook(&e.http, json!({ "call": call, "from": "+33144002005", "to": "0800100200", "digits": ctx }), "wrong").await;
+    assert_eq!((s, r["error"].as_str()), (401, Some("bad or missing X-Cstagate-Signature")), "{r}");
+    let (s, v) = e.http.json("GET", &format!("/v1/associations/{id}"), &e.tokens.tenant, None).await.unwrap();
+    assert_eq!((s, v["state"].as_str()), (200, Some("in_ivr")), "{v}");
+    // The real dialogue (the wrongly signed request did not count as its first step).
+    dialogue(&e.http, &e.tokens.ivr, &call, &ctx, &code, "alice").await;
     // The IVR platform hangs up after the last prompt.
     e.sim.ivr_hangup(&call);
     let (_, b) = e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.tenant, None).await.unwrap();
@@ -163,9 +180,14 @@ async fn bad_webhook_signatures_have_no_effect_and_cti_control_is_for_the_bound_
     assert_eq!(s, 204);
 
     // The audit log tells the story, and never holds the code.
-    let (_, a) = e.http.json("GET", "/v1/audit?extension=2005", &e.tokens.admin, None).await.unwrap();
-    let text = a.to_string();
-    assert!(text.contains("\"bound\"") && !text.contains(&code));
+    let (s, a) = e.http.json("GET", "/v1/audit?extension=2005", &e.tokens.admin, None).await.unwrap();
+    assert_eq!(s, 200, "{a}");
+    let steps: Vec<&str> = a["records"].as_array().unwrap().iter().filter(|r| r["association"] == id.as_str()).map(|r| r["step"].as_str().unwrap()).collect();
+    let mut story = steps.iter();
+    for want in ["code_issued", "ivr_identified", "confirmed", "bound"] {
+        assert!(story.any(|s| *s == want), "{want} missing or out of order in {steps:?}");
+    }
+    assert!(!a.to_string().contains(&code), "the code is never in the audit log");
     // Unbind by the account.
     assert_eq!(e.http.json("DELETE", "/v1/bindings/paris/2005?account=alice", &e.tokens.tenant, None).await.unwrap().0, 204);
     assert_eq!(e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.tenant, None).await.unwrap().0, 404);
@@ -177,13 +199,7 @@ async fn bad_webhook_signatures_have_no_effect_and_cti_control_is_for_the_bound_
 async fn a_gateway_restart_keeps_bindings_and_ends_associations_in_flight() {
     let mut e = env(None).await;
     let (_, code, call, ctx) = to_ivr(&mut e, "alice", "2005").await;
-    for d in [None, Some(ctx.as_str()), Some("1"), Some(code.as_str())] {
-        let mut body = json!({ "call": call, "from": "+33144002005", "to": "0800100200" });
-        if let Some(d) = d {
-            body["digits"] = json!(d);
-        }
-        webhook(&e.http, body, &e.tokens.ivr).await;
-    }
+    dialogue(&e.http, &e.tokens.ivr, &call, &ctx, &code, "alice").await;
     // A second association left in flight in the IVR.
     let (pending, _, _, _) = to_ivr(&mut e, "bob", "2006").await;
     let db = e.db.clone();
@@ -350,14 +366,15 @@ async fn every_response_matches_the_served_openapi_document() {
     let assoc = &doc["components"]["schemas"]["Association"];
     let good = json!({ "id": "a", "state": "failed", "reason": "ivr_timeout", "retryable": true, "extension": "1", "pbx": "p", "account": "a", "expires_at": 1, "history": [{ "at": 1, "step": "s", "detail": "" }] });
     validate(&doc, assoc, &good, "$").expect("a failed association");
-    for (k, bad) in [("tenant", json!("acme")), ("reason", json!("bogus")), ("history", json!([{ "at": -1, "step": "s", "detail": "" }])), ("state", json!(null))] {
+    for (k, bad, why) in [("tenant", json!("acme"), "$: member `tenant` is not in the document"), ("reason", json!("bogus"), "$.reason: "), ("history", json!([{ "at": -1, "step": "s", "detail": "" }]), "$.history[0].at: -1 < 0"), ("state", json!(null), "$.state: ")] {
         let mut v = good.clone();
         v[k] = bad;
-        assert!(validate(&doc, assoc, &v, "$").is_err(), "{v}");
+        let e = validate(&doc, assoc, &v, "$").expect_err("refused");
+        assert!(e.starts_with(why), "{v}: {e}");
     }
     let mut v = good.clone();
     v.as_object_mut().unwrap().remove("retryable");
-    assert!(validate(&doc, assoc, &v, "$").is_err(), "{v}");
+    assert_eq!(validate(&doc, assoc, &v, "$"), Err("$: required member `retryable` missing".to_owned()), "{v}");
 
     let mut seen = 0;
     let mut check = |method: &str, template: &str, (s, v): (u16, Value)| {
@@ -377,17 +394,15 @@ async fn every_response_matches_the_served_openapi_document() {
     // alice's, bound through the IVR dialogue.
     let (id, code, call, ctx) = to_ivr(&mut e, "alice", "2005").await;
     check("get", "/v1/associations/{id}", h.json("GET", &format!("/v1/associations/{id}"), t, None).await.unwrap());
-    for d in [None, Some(ctx.as_str()), Some("1"), Some(code.as_str())] {
-        let mut body = json!({ "call": call, "from": "+33144002005", "to": "0800100200" });
-        if let Some(d) = d {
-            body["digits"] = json!(d);
-        }
-        let (s, r) = webhook(&h, body, &e.tokens.ivr).await;
-        assert_eq!(s, 200, "{r}");
-        check("post", "/v1/ivr/webhook", (s, r));
+    for answer in dialogue(&h, &e.tokens.ivr, &call, &ctx, &code, "alice").await {
+        check("post", "/v1/ivr/webhook", answer);
     }
-    check("post", "/v1/ivr/webhook", webhook(&h, json!({ "call": call, "from": "", "to": "", "hangup": true }), &e.tokens.ivr).await);
-    check("post", "/v1/ivr/webhook", webhook(&h, json!({ "call": call, "from": "", "to": "" }), "wrong").await);
+    let (s, r) = webhook(&h, json!({ "call": call, "from": "", "to": "", "hangup": true }), &e.tokens.ivr).await;
+    assert_eq!((s, &r), (200, &json!({ "say": "", "hangup": true })));
+    check("post", "/v1/ivr/webhook", (s, r));
+    let (s, r) = webhook(&h, json!({ "call": call, "from": "", "to": "" }), "wrong").await;
+    assert_eq!((s, r["error"].as_str()), (401, Some("bad or missing X-Cstagate-Signature")), "{r}");
+    check("post", "/v1/ivr/webhook", (s, r));
     e.sim.ivr_hangup(&call);
     let (s, v) = h.json("GET", &format!("/v1/associations/{id}"), t, None).await.unwrap();
     assert_eq!(v["state"], "bound");

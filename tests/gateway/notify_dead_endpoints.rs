@@ -51,14 +51,15 @@ async fn dead_endpoints_leave_descriptors_and_queues_bounded_over_2000_events_an
     // Meanwhile: the live tenant gets all of its notifications, and the dead ones go through
     // several rounds of attempts; the descriptors are sampled all along.
     let mut most = 0;
-    let mut live_got = 0;
+    let mut live_got: Vec<(String, String)> = Vec::new();
     let run = async {
         loop {
             most = most.max(open_descriptors());
-            while rx.try_recv().is_ok() {
-                live_got += 1;
+            while let Ok(got) = rx.try_recv() {
+                assert_eq!((got["event"].as_str(), got["at"].as_u64()), (Some("cancelled"), Some(0)), "{got}");
+                live_got.push((got["association"].as_str().expect("an association").to_owned(), got["account"].as_str().expect("an account").to_owned()));
             }
-            if live_got == 20 && s.accepted.load(Ordering::SeqCst) >= 4 * w && stats_of(&n, "stuck").given_up >= w as u64 {
+            if live_got.len() >= 20 && s.accepted.load(Ordering::SeqCst) >= 4 * w && stats_of(&n, "stuck").given_up >= w as u64 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -66,6 +67,8 @@ async fn dead_endpoints_leave_descriptors_and_queues_bounded_over_2000_events_an
     };
     tokio::time::timeout(Duration::from_secs(60), run).await.expect("live delivered and dead endpoints tried");
     assert_eq!(stats_of(&n, "live").delivered, 20);
+    live_got.sort();
+    assert_eq!(live_got, (0..20).map(|i| (format!("{i:032x}"), format!("a{i}"))).collect::<Vec<_>>(), "each of the live tenant's notifications, once, as sent");
     // A connection per worker of each tenant, whatever the number of notifications: the stuck
     // tenant's w being set up; the silent tenant's w and the silent server's side of them, each
     // possibly with the one before not yet seen closed; the live tenant's w and its server's w.

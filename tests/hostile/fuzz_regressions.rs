@@ -8,26 +8,53 @@ mod oracle;
 
 use std::path::{Path, PathBuf};
 
-fn inputs(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+/// The fuzz targets, with how many seeds (`fuzz/seeds/<target>/`) and regression inputs
+/// (`tests/fuzz_regressions/<target>/`) each has at least: a directory that is missing, renamed
+/// or emptied must fail the replay, not pass it with nothing replayed. Raise a number when you
+/// add inputs; a target without a finding has no regression directory (0).
+const TARGETS: [(&str, usize, usize); 6] = [("framer", 30, 0), ("apdu_phase3", 109, 0), ("apdu_phase2", 116, 6), ("acse", 9, 0), ("engine", 9, 6), ("link_session", 7, 0)];
+
+/// The input files of `dir` (not its README or hidden files), sorted; `None` when there is no
+/// such directory.
+fn inputs(dir: &Path) -> Option<Vec<PathBuf>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => panic!("{}: {e}", dir.display()),
+    };
     let mut v: Vec<PathBuf> =
-        rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.') || n == "README.md")).collect();
+        rd.map(|e| e.expect("a readable directory entry").path()).filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.') || n == "README.md")).collect();
     v.sort();
-    v
+    Some(v)
+}
+
+/// The inputs of `dir`, at least `min` of them (a missing directory fails unless none is
+/// expected).
+fn expected_inputs(dir: &Path, min: usize) -> Vec<PathBuf> {
+    match inputs(dir) {
+        None if min == 0 => Vec::new(),
+        None => panic!("{} is missing: {min} inputs expected there (see TARGETS in tests/hostile/fuzz_regressions.rs)", dir.display()),
+        Some(v) => {
+            assert!(v.len() >= min, "{} holds {} inputs, {min} expected at least (see TARGETS in tests/hostile/fuzz_regressions.rs)", dir.display(), v.len());
+            v
+        }
+    }
 }
 
 /// Run `target`'s oracle on every seed and regression input; fail naming each input that fails.
 fn replay(target: &str) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let seeds = inputs(&root.join("fuzz/seeds").join(target));
-    let found = inputs(&root.join("tests/fuzz_regressions").join(target));
+    let &(_, min_seeds, min_found) = TARGETS.iter().find(|t| t.0 == target).unwrap_or_else(|| panic!("{target} is not in TARGETS"));
+    let seeds = expected_inputs(&root.join("fuzz/seeds").join(target), min_seeds);
+    let found = expected_inputs(&root.join("tests/fuzz_regressions").join(target), min_found);
     assert!(!seeds.is_empty(), "no seeds for {target} (fuzz/make_seeds.py writes them)");
+    eprintln!("{target}: {} seeds, {} regression inputs", seeds.len(), found.len());
     let mut failed = Vec::new();
     for p in seeds.iter().chain(&found) {
         let data = std::fs::read(p).expect("readable input");
         let r = std::panic::catch_unwind(|| oracle::run(target, &data));
         if let Err(e) = r {
-            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned())).unwrap_or_default();
+            let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned())).unwrap_or_else(|| "(a panic without a message)".to_owned());
             let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
             failed.push(format!("{}\n  input {hex}\n  {}", p.strip_prefix(root).unwrap_or(p).display(), msg.lines().next().unwrap_or("")));
         }
@@ -68,7 +95,28 @@ fn link_session_inputs_replay() {
 #[test]
 fn every_target_has_a_replay() {
     for t in oracle::TARGETS {
-        assert!(["framer", "apdu_phase3", "apdu_phase2", "acse", "engine", "link_session"].contains(t), "add a replay test for fuzz target {t}");
+        assert!(TARGETS.iter().any(|(name, ..)| name == t), "add a replay test for fuzz target {t}");
+    }
+    assert_eq!(TARGETS.len(), oracle::TARGETS.len(), "TARGETS names a target the oracle does not have");
+}
+
+/// Every directory of seeds or regression inputs is a target's: a misspelt or stale one would
+/// otherwise never be replayed.
+#[test]
+fn every_input_directory_belongs_to_a_target() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for dir in ["fuzz/seeds", "tests/fuzz_regressions"] {
+        let mut seen = 0;
+        for e in std::fs::read_dir(root.join(dir)).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+            let p = e.expect("a readable directory entry").path();
+            if p.is_dir() {
+                let name = p.file_name().expect("a name").to_string_lossy().into_owned();
+                assert!(TARGETS.iter().any(|(t, ..)| *t == name), "{dir}/{name} is no fuzz target's: its inputs are never replayed");
+                seen += 1;
+            }
+        }
+        let expected = TARGETS.iter().filter(|(_, seeds, found)| if dir == "fuzz/seeds" { *seeds > 0 } else { *found > 0 }).count();
+        assert_eq!(seen, expected, "{dir}: one directory per target with inputs");
     }
 }
 
@@ -80,7 +128,7 @@ fn every_target_has_a_replay() {
 fn stateful_corpora_reach() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for t in ["engine", "link_session"] {
-        let all = inputs(&root.join("fuzz/corpus").join(t));
+        let all = inputs(&root.join("fuzz/corpus").join(t)).unwrap_or_default();
         for p in &all {
             oracle::run(t, &std::fs::read(p).expect("readable input"));
         }

@@ -192,7 +192,8 @@ async fn hipath_session_replayed_with_acse_login() {
     let l = link.clone();
     let m = tokio::spawn(async move { l.monitor("108").await });
     replay(&mut peer, &t, 6..8, &[]).await;
-    assert!(m.await.unwrap().is_ok());
+    let m = m.await.unwrap().expect("the recorded MonitorStart result is a success");
+    assert_eq!(m.device, "108");
     assert_eq!(link.stats().monitors, 1);
 }
 

@@ -327,6 +327,227 @@ fn the_rate_limiter_holds_requests_until_a_token_and_close_fails_what_waits() {
     assert_eq!(ev, want);
 }
 
+// ---- dead-peer detection, counted in keep-alive periods ---------------------------------------
+//
+// README: "keepalive: our SystemStatus after this much silence; dead after twice". A peer that
+// sends no complete frame is sent one keep-alive one period after its last frame and is declared
+// dead (`LinkLoss::DeadPeer`) exactly two periods after it: not a millisecond before, and not a
+// period later. Any complete frame from the peer, whatever it is, starts the count again.
+
+/// The keep-alive period in milliseconds.
+const P: u64 = KEEPALIVE.as_millis() as u64;
+
+impl T {
+    fn ms(&self, at: Instant) -> u64 {
+        at.duration_since(self.t0).as_millis() as u64
+    }
+    /// Drive a silent peer's session from `from` to `until` (ms) as the driver does: wake at
+    /// each `poll_timeout`, and also every `step` ms in between when given (waking early is
+    /// harmless). Returns the times the session sent a keep-alive and the time it declared the
+    /// peer dead (nothing else may happen).
+    fn silence(&mut self, from: u64, until: u64, step: Option<u64>) -> (Vec<u64>, Option<u64>) {
+        let (mut keepalives, mut dead) = (Vec::new(), None);
+        let mut now = from;
+        while let Some(wake) = self.s.poll_timeout() {
+            let mut next = step.map_or(self.ms(wake), |s| self.ms(wake).min(now + s)).max(now);
+            if next == now && now > from {
+                // A timer that stays due once handled would spin the driver: step past it.
+                next += 1;
+            }
+            if next > until {
+                break;
+            }
+            now = next;
+            self.s.handle_timeout(self.at(now));
+            for a in self.sent() {
+                match a {
+                    Apdu::Invoke(i) if i.op == Op::Known(Operation::SystemStatus) => keepalives.push(now),
+                    other => panic!("only keep-alives go out to a silent peer, got {other:?} at {now} ms"),
+                }
+            }
+            for ev in self.events() {
+                match ev {
+                    SessionEvent::Lost(loss) => {
+                        assert_eq!(loss, LinkLoss::DeadPeer(KEEPALIVE), "at {now} ms");
+                        assert_eq!(dead.replace(now), None, "declared dead once");
+                    }
+                    other => panic!("unexpected {other:?} at {now} ms"),
+                }
+            }
+        }
+        (keepalives, dead)
+    }
+}
+
+#[test]
+fn a_silent_peer_is_declared_dead_exactly_two_keepalive_periods_after_its_last_frame() {
+    // Woken by its own timer only, as the driver wakes it: one keep-alive after one period, dead
+    // at two (the AARE, at 0, was the peer's last frame).
+    let mut t = T::up();
+    assert_eq!(t.silence(0, 100 * P, None), (vec![P], Some(2 * P)));
+    assert!(t.s.is_dead());
+    assert_eq!(t.s.poll_timeout(), None);
+
+    // Woken every tenth of a period as well: still alive at two periods less a millisecond, dead
+    // at two periods.
+    let mut t = T::up();
+    assert_eq!(t.silence(0, 2 * P - 1, Some(P / 10)), (vec![P], None), "one keep-alive, and alive, up to two periods");
+    t.s.handle_timeout(t.at(2 * P - 1));
+    assert!(t.s.is_up() && t.events().is_empty(), "not dead a millisecond before two periods");
+    t.s.handle_timeout(t.at(2 * P));
+    assert_eq!(t.events(), vec![SessionEvent::Lost(LinkLoss::DeadPeer(KEEPALIVE))]);
+    assert_eq!(LinkLoss::DeadPeer(KEEPALIVE).to_string(), "no answer to keep-alive within 30s: peer dead");
+}
+
+#[test]
+fn any_frame_from_the_peer_starts_the_count_of_keepalive_periods_again() {
+    // Frames that are not the keep-alive's answer: the PBX's own SystemStatus, an event report,
+    // a result nobody waits for, a reject of nothing.
+    let frames: [(&str, Apdu); 4] = [
+        ("the PBX's SystemStatus", Apdu::invoke(5, Operation::SystemStatus, Body::new().with(F::SystemStatus, Value::Int(2)))),
+        ("an event report", event(&[7])),
+        ("a result nobody waits for", Apdu::result(99, Operation::MakeCall, Body::null())),
+        ("a reject of nothing", Apdu::reject(None, RejectProblem::General(1))),
+    ];
+    for (what, frame) in frames {
+        // With the keep-alive outstanding, a millisecond before the peer would be dead.
+        let mut t = T::up();
+        t.monitored(0, "2005", &[7]);
+        assert_eq!(t.silence(0, 2 * P - 1, Some(P / 10)), (vec![P], None), "{what}");
+        let f = 2 * P - 1;
+        t.feed(f, std::slice::from_ref(&frame));
+        t.sent(); // the answer to the PBX's SystemStatus, if any
+        t.events(); // the event, if any
+        // (At two periods the unanswered keep-alive's own deadline passes: forgotten, harmless.)
+        t.s.handle_timeout(t.at(2 * P));
+        assert!(t.s.is_up() && t.events().is_empty(), "{what}: no longer dead at two periods");
+        assert_eq!(t.s.poll_timeout(), Some(t.at(f + P)), "{what}: the next keep-alive is a period after the frame");
+        assert_eq!(t.silence(2 * P, 100 * P, None), (vec![f + P], Some(f + 2 * P)), "{what}: dead two periods after the frame");
+
+        // Before the first keep-alive: the keep-alive waits a period after the frame.
+        let mut t = T::up();
+        t.monitored(0, "2005", &[7]);
+        let f = P - 1;
+        t.feed(f, std::slice::from_ref(&frame));
+        t.sent();
+        t.events();
+        assert_eq!(t.silence(f, 100 * P, Some(P / 10)), (vec![f + P], Some(f + 2 * P)), "{what}: counted from the frame");
+    }
+}
+
+#[test]
+fn a_peer_that_answers_every_keepalive_is_never_declared_dead() {
+    let mut t = T::up();
+    for n in 1..=20u64 {
+        // Each keep-alive goes out a period after the last answer, and is answered at once.
+        let due = (n - 1) * (P + 1) + P;
+        assert_eq!(t.s.poll_timeout(), Some(t.at(due)), "keep-alive {n}");
+        t.s.handle_timeout(t.at(due));
+        let sent = t.sent();
+        let [Apdu::Invoke(inv)] = &sent[..] else { panic!("keep-alive {n} expected, got {sent:?}") };
+        assert_eq!(inv.op, Op::Known(Operation::SystemStatus));
+        t.feed(due + 1, &[Apdu::result(inv.invoke_id.expect("id"), Operation::SystemStatus, Body::null())]);
+        assert!(t.s.is_up() && t.events().is_empty(), "alive after {n} periods");
+    }
+}
+
+// ---- dead-peer detection through the driver, on tokio's paused clock ---------------------------
+
+/// Await `f` while the runtime keeps busy (a yield between polls), so that the paused clock does
+/// not auto-advance while a loopback byte is on its way (tokio advances it only when every task
+/// is idle). Bounded by 30 s of wall-clock time.
+async fn without_time_passing<F: std::future::Future>(f: F) -> F::Output {
+    let wall = std::time::Instant::now();
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = futures_util::poll!(f.as_mut()) {
+            return v;
+        }
+        assert!(wall.elapsed() < Duration::from_secs(30), "no progress within 30 s");
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A link with keep-alive `period` to a PBX on loopback that answers the AARQ and then says
+/// nothing; returns the link, the PBX's socket, and the (paused) time the link came up.
+async fn silent_pbx(period: Duration) -> (Link, tokio::net::TcpStream, tokio::time::Instant) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr").to_string();
+    let link = Link::spawn(LinkProfile { keepalive: period, request_timeout: TIMEOUT, connect_timeout: Duration::from_secs(3600), ..LinkProfile::new("t", &addr, FR, D) });
+    let (mut sock, _) = without_time_passing(l.accept()).await.expect("accept");
+    let (mut framer, mut buf) = (Framer::new(FR), BytesMut::new());
+    let aarq = without_time_passing(async {
+        loop {
+            if let Some(f) = framer.decode(&mut buf).expect("frames") {
+                return Apdu::decode(&f, D).expect("decodes");
+            }
+            assert!(sock.read_buf(&mut buf).await.expect("read") > 0, "the link closed");
+        }
+    })
+    .await;
+    assert!(matches!(aarq, Apdu::Aarq(_)), "{aarq:?}");
+    sock.write_all(&framed(&aare())).await.expect("write");
+    // The AARE is the PBX's last frame: the count starts when the link is up.
+    without_time_passing(link.wait_for(|s| *s == LinkState::Up)).await;
+    (link, sock, tokio::time::Instant::now())
+}
+
+/// Let (paused) time run until the link is down; the time it went down and why. Fails after 20
+/// periods of paused time, or 30 s of wall-clock time (a driver spinning on a timer that stays
+/// due keeps the runtime busy, and paused time then never advances).
+async fn down(link: &Link, period: Duration) -> (tokio::time::Instant, LinkState) {
+    let (tx, wall) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(30));
+        let _ = tx.send(());
+    });
+    let state = tokio::select! {
+        s = tokio::time::timeout(period * 20, link.wait_for(|s| matches!(s, LinkState::Down { .. }))) => s.expect("declared dead within 20 periods"),
+        _ = wall => panic!("not declared dead within 30 s of wall-clock time (paused time stuck at {:?})", tokio::time::Instant::now()),
+    };
+    (tokio::time::Instant::now(), state)
+}
+
+/// The driver sleeps on the session's `poll_timeout` with tokio's clock; tokio's timer wheel
+/// rounds each sleep up to its next millisecond, so two timers may each add at most one.
+const TIMER_SLACK: Duration = Duration::from_millis(2);
+
+#[tokio::test(start_paused = true)]
+async fn through_the_driver_a_silent_pbx_is_down_two_keepalive_periods_after_its_last_frame() {
+    let period = Duration::from_secs(10);
+    let (link, _sock, up) = silent_pbx(period).await;
+    let (at, state) = down(&link, period).await;
+    let after = at - up;
+    assert!(after >= 2 * period && after <= 2 * period + TIMER_SLACK, "declared dead {after:?} after the last frame, keep-alive {period:?}");
+    assert_eq!(state, LinkState::Down { reason: LinkLoss::DeadPeer(period).to_string() });
+    assert_eq!(link.stats().keepalives_answered, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn through_the_driver_a_frame_from_the_pbx_starts_the_count_again() {
+    use tokio::io::AsyncWriteExt;
+    let period = Duration::from_secs(10);
+    let (link, mut sock, up) = silent_pbx(period).await;
+    // After our keep-alive went out, half a period before the peer would be dead: the PBX's own
+    // SystemStatus (not the keep-alive's answer).
+    tokio::time::sleep_until(up + period * 3 / 2).await;
+    let frames_in = link.stats().frames_in;
+    sock.write_all(&framed(&Apdu::invoke(5, Operation::SystemStatus, Body::new().with(F::SystemStatus, Value::Int(2))))).await.expect("write");
+    without_time_passing(async {
+        while link.stats().frames_in == frames_in {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let frame = tokio::time::Instant::now();
+    assert_eq!(frame - up, period * 3 / 2, "no time passed while the frame was on its way");
+    let (at, state) = down(&link, period).await;
+    let after = at - frame;
+    assert!(after >= 2 * period && after <= 2 * period + TIMER_SLACK, "declared dead {after:?} after the last frame ({:?} after the link came up), keep-alive {period:?}", at - up);
+    assert_eq!(state, LinkState::Down { reason: LinkLoss::DeadPeer(period).to_string() });
+}
+
 // ---- ordered delivery through the driver -----------------------------------------------------
 
 /// A scripted PBX on loopback: accepts, answers the AARQ, then hands each APDU of the link to the
@@ -411,7 +632,7 @@ async fn a_port_gets_results_and_events_in_wire_order_both_ways() {
 
     // The link drops: the outstanding request's completion, then the notice.
     port.request(4, Operation::MakeCall, make_call()).expect("accepted");
-    let _ = pbx.invoke().await;
+    assert_eq!(pbx.invoke().await.1, Operation::MakeCall);
     drop(pbx);
     assert_eq!(recv(&mut rx).await, Delivery::Completed { tag: 4, result: Err(RequestError::LinkDown) });
     assert_eq!(recv(&mut rx).await, Delivery::LinkLost);
@@ -493,7 +714,7 @@ async fn a_port_hears_of_a_pbx_restart_once_and_its_monitors_come_back() {
     while seen.len() < 2 {
         match recv(&mut rx).await {
             Delivery::Completed { tag: 2, result } => {
-                assert!(result.is_ok(), "{result:?}");
+                assert!(result.as_ref().is_ok_and(|b| cstagate::csta::made_call(b).is_some()), "a MakeCall result naming the call: {result:?}");
                 seen.push("result");
             }
             Delivery::Event { device, .. } => {

@@ -150,7 +150,7 @@ async fn requests_time_out_and_late_answers_are_not_delivered_twice() {
     sim.faults().result_delay = None;
     // The late result arrives and is counted, not delivered; the next request works.
     let r = link.request(Operation::SnapshotDevice, snap).await;
-    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(r.as_ref().map(|b| b.get(F::SnapshotData)), Ok(Some(&Value::Raw(bytes::Bytes::from_static(&[0x30, 0x00])))), "the PBX's empty snapshot: {r:?}");
     let s = link.stats();
     assert_eq!(s.requests_timed_out, 1);
     timeout(LIMIT, async {
@@ -195,7 +195,7 @@ async fn the_rate_limit_is_respected() {
         tokio::spawn(async move { l.request(Operation::SystemStatus, Body::new().with(F::SystemStatus, Value::Int(2))).await })
     });
     for r in futures_join(reqs.collect()).await {
-        assert!(r.is_ok());
+        assert_eq!(r, Ok(Body::null()), "every request is answered by the PBX, none refused by the limiter");
     }
     // A burst of 20, then 20 more at 20/s: at least ~1 s; without the limiter, milliseconds.
     assert!(t0.elapsed() >= Duration::from_millis(950), "40 requests at 20/s took {:?}", t0.elapsed());
@@ -304,7 +304,8 @@ async fn a_connection_dropped_at_a_request_fails_it_with_link_down_and_reconnect
     assert_eq!(r, Err(RequestError::LinkDown));
     sim.faults().drop_on = None;
     up(&link).await;
-    assert!(link.request(Operation::MakeCall, make_call("2005", "2006")).await.is_ok());
+    let r = link.request(Operation::MakeCall, make_call("2005", "2006")).await;
+    assert!(r.as_ref().is_ok_and(|b| cstagate::csta::made_call(b).is_some()), "a MakeCall result naming the call: {r:?}");
 
     // Dropped after N frames: the same, mid-stream.
     sim.faults().drop_after_frames = Some(1);
