@@ -50,10 +50,6 @@ impl Engine {
         &self.policies
     }
 
-    pub fn policy(&self, pbx: &str) -> Option<&Policy> {
-        self.policies.get(pbx)
-    }
-
     pub fn sizes(&self) -> Sizes {
         Sizes { associations: self.assocs.len(), live: self.by_ext.len(), ivr_calls: self.ivr_calls.len(), proof_call_extensions: self.proof_calls.len(), bindings: self.bindings.len() }
     }

@@ -1127,3 +1127,104 @@ fn admin_scopes_read_reset_and_lift_exactly_what_they_name() {
     assert_eq!(names(t.e.blocks(&ext("2005"), t.now)), ["acme/mallory@paris/2005"]);
     assert_eq!(t.create("mallory", "2005").error, Some(Refusal::BlockedByPhoneOwner(t.e.blocks(&ext("2005"), t.now)[0].until)));
 }
+
+impl T {
+    /// Drive `account` on `ext` to a binding.
+    fn bind(&mut self, account: &str, ext: &str, call: &str) -> String {
+        let (id, ctx) = self.to_ivr(account, ext);
+        self.ivr(call, Some(&ctx));
+        self.ivr(call, Some("1"));
+        assert!(self.ivr(call, Some(CODE)).say.contains("now linked"));
+        self.now += 1;
+        id
+    }
+    /// What the account was told of association `id`, in order.
+    fn notified(&self, id: &str) -> Vec<String> {
+        self.all.iter().filter_map(|a| match a {
+            Action::Notify { event, association, .. } if association.as_str() == id => Some(event.clone()),
+            _ => None,
+        }).collect()
+    }
+    /// The audit trail's (step, result) of association `id` (or of no association: ""), in order.
+    fn audited(&self, id: &str) -> Vec<(String, String)> {
+        self.all.iter().filter_map(|a| match a {
+            Action::Store(StoreWrite::Audit(r)) if r.association.as_str() == id => Some((r.step.clone(), r.result.clone())),
+            _ => None,
+        }).collect()
+    }
+}
+
+#[test]
+fn an_accounts_bindings_are_its_own_and_no_one_elses() {
+    let mut t = T::new(policy());
+    t.bind("alice", "2005", "c1");
+    t.bind("bob", "2006", "c2");
+    let exts = |bs: Vec<&Binding>| bs.iter().map(|b| format!("{}/{}", b.pbx, b.extension)).collect::<Vec<_>>();
+    assert_eq!(exts(t.e.bindings_of("acme", "alice")), ["paris/2005"]);
+    assert_eq!(exts(t.e.bindings_of("acme", "bob")), ["paris/2006"]);
+    assert!(t.e.bindings_of("globex", "alice").is_empty(), "another tenant's account of that name");
+    assert!(t.e.bindings_of("acme", "carol").is_empty());
+}
+
+#[test]
+fn the_audit_says_who_unbound_an_extension() {
+    let mut t = T::new(policy());
+    t.bind("alice", "2005", "c1");
+    t.bind("bob", "2006", "c2");
+    let by_account = t.run(Input::Unbind { principal: Principal::Tenant("acme".into()), account: Some("alice".into()), pbx: "paris".into(), extension: "2005".into(), now: t.now });
+    assert_eq!(by_account.error, None);
+    let by_admin = t.run(Input::Unbind { principal: Principal::Admin, account: None, pbx: "paris".into(), extension: "2006".into(), now: t.now });
+    assert_eq!(by_admin.error, None);
+    let unbound: Vec<(String, String)> = t.audited("").into_iter().filter(|(s, _)| s == "unbound").collect();
+    assert_eq!(unbound, [("unbound".to_owned(), "by the account".to_owned()), ("unbound".to_owned(), "by admin".to_owned())]);
+    assert!(t.e.binding("paris", "2005").is_none() && t.e.binding("paris", "2006").is_none());
+}
+
+#[test]
+fn an_empty_account_or_extension_is_a_bad_request_and_holds_nothing() {
+    let mut t = T::new(policy());
+    for (account, ext) in [("", "2005"), ("alice", ""), ("", "")] {
+        let out = t.create(account, ext);
+        assert!(matches!(out.error, Some(Refusal::BadRequest(_))), "{account:?} on {ext:?}: {:?}", out.error);
+        assert!(out.actions.is_empty(), "a refused create writes and asks nothing: {:?}", out.actions);
+    }
+    assert_eq!(t.e.sizes().associations, 0);
+}
+
+#[test]
+fn the_account_is_told_how_each_association_ended_and_the_audit_agrees() {
+    let mut p = policy();
+    p.proof_calls_per_hour = 20;
+    let mut t = T::new(p);
+    // Cancelled.
+    let id = t.create("alice", "2005").view.expect("created").id.to_string();
+    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.as_str().into(), now: t.now });
+    assert_eq!(t.notified(&id).last().map(String::as_str), Some("cancelled"));
+    assert_eq!(t.audited(&id).last().map(|(s, _)| s.as_str()), Some("cancelled"), "{:?}", t.audited(&id));
+    t.now += 1;
+    // Expired: the code's time runs out while the monitor is still starting.
+    let id = t.create("alice", "2005").view.expect("created").id.to_string();
+    t.now += 600_000;
+    t.run(Input::Timeout { now: t.now });
+    assert_eq!(t.state(&id).0, State::Expired);
+    assert_eq!(t.notified(&id).last().map(String::as_str), Some("expired"));
+    assert_eq!(t.audited(&id).last().map(|(s, _)| s.as_str()), Some("expired"), "{:?}", t.audited(&id));
+    t.now += 1;
+    // Bound.
+    let id = t.bind("alice", "2005", "c1");
+    assert_eq!(t.notified(&id).last().map(String::as_str), Some("bound"));
+    assert_eq!(t.audited(&id).last().map(|(s, _)| s.as_str()), Some("bound"), "{:?}", t.audited(&id));
+}
+
+#[test]
+fn an_attempt_failing_at_the_millisecond_the_code_expires_cannot_be_retried() {
+    let mut t = T::new(policy());
+    let (id, _) = t.to_ivr("alice", "2005");
+    let expires_at = t.e.view(&Principal::Admin, &id).expect("exists").expires_at;
+    // The PBX reports the link gone at the very millisecond the code expires.
+    t.now = expires_at;
+    t.run(Input::LinkDown { pbx: "paris".into(), now: t.now });
+    let (state, _, retryable) = t.state(&id);
+    assert!(!retryable, "{state:?}: a code at its expiry cannot be retried");
+    assert_eq!(t.complete(&id).error, Some(Refusal::WrongState(state)));
+}
