@@ -474,7 +474,11 @@ fn a_restart_keeps_bindings_and_counters_and_ends_associations_in_flight() {
         blocks: vec![],
         in_flight: vec![pending.clone()],
     };
-    let (e, actions) = Engine::restore(HashMap::from([("paris".to_owned(), policy())]), snap, t.now + 10);
+    // As the gateway does: the running engine's policies carry over.
+    let (e, actions) = Engine::restore(t.e.policies().clone(), snap, t.now + 10);
+    let mut pbxs: Vec<String> = e.policies().keys().map(|k| k.to_string()).collect();
+    pbxs.sort();
+    assert_eq!(pbxs, ["ny", "paris"]);
     assert!(e.binding("paris", "2005").is_some());
     let restored = actions.iter().find_map(|a| match a {
         Action::Store(StoreWrite::Association(v)) => Some(v.clone()),
