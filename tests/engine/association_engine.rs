@@ -1232,3 +1232,14 @@ fn an_attempt_failing_at_the_millisecond_the_code_expires_cannot_be_retried() {
     assert!(!retryable, "{state:?}: a code at its expiry cannot be retried");
     assert_eq!(t.complete(&id).error, Some(Refusal::WrongState(state)));
 }
+
+#[test]
+fn an_ivr_call_gets_three_tries_at_the_context_id_then_is_hung_up() {
+    let mut t = T::new(policy());
+    let prompts: Vec<(String, bool)> = ["11111111", "22222222", "33333333"].iter().map(|g| {
+        let r = t.ivr("guess", Some(g));
+        (r.prompt.to_string(), r.hangup)
+    }).collect();
+    assert_eq!(prompts, [("unknown_context".to_owned(), false), ("unknown_context".to_owned(), false), ("unknown_context_bye".to_owned(), true)]);
+    assert_eq!(t.audited("").iter().filter(|(s, _)| s == "ivr_unknown_context").count(), 3, "each guess audited");
+}
