@@ -1243,3 +1243,71 @@ fn an_ivr_call_gets_three_tries_at_the_context_id_then_is_hung_up() {
     assert_eq!(prompts, [("unknown_context".to_owned(), false), ("unknown_context".to_owned(), false), ("unknown_context_bye".to_owned(), true)]);
     assert_eq!(t.audited("").iter().filter(|(s, _)| s == "ivr_unknown_context").count(), 3, "each guess audited");
 }
+
+/// The proof call's IVR leg is the IVR call that began no earlier than `CLAIM_WAIT` before the
+/// PBX reported the answer and no later than the claim window after it: both ends included,
+/// one millisecond beyond either is another call.
+#[test]
+fn the_proof_calls_ivr_leg_began_within_the_claim_wait_before_and_the_claim_window_after_the_answer() {
+    let wait = CLAIM_WAIT.as_millis() as Millis;
+    for (before, claims) in [(wait, true), (wait + 1, false)] {
+        let mut t = T::new(policy());
+        let (id, call) = t.ringing("alice", "2005");
+        let ctx = t.ctx("2005");
+        assert!(!t.ivr("leg", None).hangup, "asked for the context");
+        t.now += before;
+        t.ev("2005", CallEvent::Established { call });
+        let r = t.ivr("leg", Some(&ctx));
+        assert_eq!((r.say.contains("press 1"), r.hangup), (claims, !claims), "began {before} ms before the answer: {}", r.say);
+        assert_eq!(t.state(&id).1, (!claims).then_some(Reason::IvrCallMismatch));
+    }
+    for (after, claims) in [(30_000, true), (30_001, false)] {
+        let mut t = T::new(policy());
+        let (id, ctx) = t.to_ivr("alice", "2005");
+        t.now += after;
+        let r = t.ivr("leg", Some(&ctx));
+        assert_eq!((r.say.contains("press 1"), r.hangup), (claims, !claims), "began {after} ms after the answer: {}", r.say);
+        assert_eq!(t.state(&id).1, (!claims).then_some(Reason::IvrCallMismatch));
+    }
+}
+
+#[test]
+fn a_second_ivr_call_presenting_the_context_while_the_first_waits_for_the_answer_fails_the_attempt() {
+    let mut t = T::new(policy());
+    let (id, _call) = t.ringing("alice", "2005");
+    let ctx = t.ctx("2005");
+    let first = t.run(Input::Ivr { call: "first".into(), from: "+33144002005".into(), to: IVR.into(), digits: Some(ctx.clone()), now: t.now });
+    assert!(first.ivr_wait, "the first waits for the PBX's report of the answer");
+    let second = t.ivr_from("evil", MOBILE, Some(&ctx)).ivr.expect("answered at once");
+    assert!(second.hangup, "{}", second.say);
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::IvrCallMismatch), true));
+}
+
+/// Owner blocks and the hourly proof-call budget end at the exact millisecond they are set to.
+#[test]
+fn blocks_and_the_proof_call_budget_end_at_their_exact_millisecond() {
+    let mut t = T::new(policy());
+    let (_, ctx) = t.to_ivr("mallory", "2005");
+    t.ivr("c1", Some(&ctx));
+    assert!(t.ivr("c1", Some("9")).hangup);
+    let scope = AdminScope::Extension { pbx: "paris".into(), extension: "2005".into() };
+    let until = t.e.blocks(&scope, t.now)[0].until;
+    t.now = until - 1;
+    assert_eq!(t.e.blocks(&scope, t.now).len(), 1);
+    assert_eq!(t.create("mallory", "2005").error, Some(Refusal::BlockedByPhoneOwner(until)));
+    t.now = until;
+    assert!(t.e.blocks(&scope, t.now).is_empty(), "over at its `until`");
+    assert_eq!(t.create("mallory", "2005").error, None);
+
+    // One proof call an hour: the next one an hour later to the millisecond.
+    let mut p = policy();
+    p.proof_calls_per_hour = 1;
+    let mut t = T::new(p);
+    let placed = t.now;
+    let (id, _) = t.to_ivr("alice", "2005");
+    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.as_str().into(), now: t.now });
+    t.now = placed + 3_600_000 - 1;
+    assert_eq!(t.create("alice", "2005").error, Some(Refusal::RateLimited));
+    t.now = placed + 3_600_000;
+    assert_eq!(t.create("alice", "2005").error, None);
+}
