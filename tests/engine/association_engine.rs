@@ -1311,3 +1311,153 @@ fn blocks_and_the_proof_call_budget_end_at_their_exact_millisecond() {
     t.now = placed + 3_600_000;
     assert_eq!(t.create("alice", "2005").error, None);
 }
+
+impl T {
+    fn call_of(&self, id: &str) -> Option<CallId> {
+        self.e.view(&Principal::Admin, id).expect("exists").call.clone()
+    }
+    fn history(&self, id: &str) -> Vec<String> {
+        self.e.view(&Principal::Admin, id).expect("exists").history.iter().map(|s| s.step.clone()).collect()
+    }
+    fn clears(actions: &[Action]) -> Vec<CallId> {
+        actions.iter().filter_map(|a| match a {
+            Action::Csta { request: CstaRequest::ClearConnection { call, .. }, .. } => Some(call.clone()),
+            _ => None,
+        }).collect()
+    }
+}
+
+/// Answers to requests of an attempt that has ended (cancelled while the PBX worked) change
+/// nothing: a MonitorStart result does not go on to call, a refusal does not turn a cancelled
+/// association into a failed one.
+#[test]
+fn late_answers_to_an_ended_attempts_requests_change_nothing() {
+    for outcome in [Ok(CstaResultInfo::default()), Err(CstaFailure::Rejected)] {
+        let mut t = T::new(policy());
+        let id = t.create("alice", "2005").view.unwrap().id;
+        let monitor = t.request_id(&CstaRequest::MonitorStart { extension: "2005".into() });
+        t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
+        let out = t.run(Input::CstaDone { id: monitor, outcome: outcome.clone(), now: t.now });
+        assert!(!out.actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::MakeCall { .. }, .. })), "{outcome:?}: {:?}", out.actions);
+        assert_eq!(t.state(&id), (State::Cancelled, Some(Reason::CancelledByUser), false), "{outcome:?}");
+    }
+    // The proof call refused after the user cancelled.
+    let mut t = T::new(policy());
+    let id = t.create("alice", "2005").view.unwrap().id;
+    t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    let proof = t.request_id(&CstaRequest::MakeCall { from: "2005".into(), to: String::new() });
+    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
+    t.run(Input::CstaDone { id: proof, outcome: Err(CstaFailure::Busy), now: t.now });
+    assert_eq!(t.state(&id), (State::Cancelled, Some(Reason::CancelledByUser), false));
+}
+
+#[test]
+fn the_lock_call_refused_fails_the_attempt_and_a_late_refusal_changes_nothing() {
+    let mut p = policy();
+    p.lock_prefix = Some("*66".into());
+    let mut t = T::new(p.clone());
+    let id = t.create("alice", "2005").view.unwrap().id;
+    t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Err(CstaFailure::Rejected));
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::RejectedByPbx), true));
+
+    // The lock is seen done (its call cleared) before the PBX answers the lock MakeCall with a
+    // refusal: the attempt goes on with the proof call.
+    let mut t = T::new(p);
+    let id = t.create("alice", "2005").view.unwrap().id;
+    t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    let lock = t.request_id(&CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() });
+    t.ev("2005", CallEvent::Cleared { call: CallId::from(vec![8]) });
+    assert_eq!(t.state(&id).0, State::Calling);
+    t.run(Input::CstaDone { id: lock, outcome: Err(CstaFailure::Rejected), now: t.now });
+    assert_eq!(t.state(&id).0, State::Calling);
+}
+
+/// While the phone is being locked, only the lock call's own end moves the attempt on: another
+/// call on the phone clearing or failing is not the lock.
+#[test]
+fn only_the_lock_calls_own_end_or_failure_counts_while_locking() {
+    let mut p = policy();
+    p.lock_prefix = Some("*66".into());
+    let start = |p: &Policy| {
+        let mut t = T::new(p.clone());
+        let id = t.create("alice", "2005").view.unwrap().id;
+        t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+        t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }));
+        (t, id)
+    };
+    let (mut t, id) = start(&p);
+    t.ev("2005", CallEvent::Cleared { call: CallId::from(vec![7]) });
+    t.ev("2005", CallEvent::Failed { call: CallId::from(vec![7]), cause: None });
+    assert_eq!(t.state(&id).0, State::Locking, "another call's end is not the lock's");
+    t.ev("2005", CallEvent::Cleared { call: CallId::from(vec![9]) });
+    assert_eq!(t.state(&id).0, State::Calling);
+    assert!(t.history(&id).contains(&"locked".to_owned()));
+
+    let (mut t, id) = start(&p);
+    t.ev("2005", CallEvent::Failed { call: CallId::from(vec![9]), cause: None });
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::RejectedByPbx), true));
+}
+
+#[test]
+fn a_proof_call_result_naming_another_call_than_its_events_is_cleared() {
+    let mut t = T::new(policy());
+    let id = t.create("alice", "2005").view.unwrap().id;
+    t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    // The events come first and name call 10.
+    t.ev("2005", CallEvent::Initiated { call: CallId::from(vec![10]) });
+    assert_eq!(t.call_of(&id), Some(CallId::from(vec![10])));
+    let out = t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![11])) }));
+    assert_eq!(T::clears(&out.actions), [CallId::from(vec![11])], "the call nobody follows is cleared");
+    assert_eq!(t.call_of(&id), Some(CallId::from(vec![10])));
+    // The same call named by both: nothing to clear.
+    let mut t = T::new(policy());
+    let id = t.create("bob", "2006").view.unwrap().id;
+    t.done(&id, CstaRequest::MonitorStart { extension: "2006".into() }, Ok(Default::default()));
+    t.ev("2006", CallEvent::Initiated { call: CallId::from(vec![12]) });
+    let out = t.done(&id, CstaRequest::MakeCall { from: "2006".into(), to: String::new() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![12])) }));
+    assert!(T::clears(&out.actions).is_empty(), "{:?}", out.actions);
+}
+
+#[test]
+fn events_about_other_calls_on_the_phone_never_move_the_proof_call() {
+    let mut t = T::new(policy());
+    let (id, call) = t.ringing("alice", "2005");
+    assert_eq!(t.call_of(&id), Some(call.clone()));
+    t.ev("2005", CallEvent::Established { call: CallId::from(vec![0x77]) });
+    assert_eq!(t.state(&id).0, State::Ringing, "another call's answer");
+    t.ev("2005", CallEvent::Established { call });
+    assert_eq!(t.state(&id).0, State::InIvr);
+    // A late or repeated Initiated of the proof call does not take it back to ringing.
+    let call = t.call_of(&id).unwrap();
+    t.ev("2005", CallEvent::Initiated { call });
+    assert_eq!(t.state(&id).0, State::InIvr);
+}
+
+/// A PBX may send up to `MAX_ATTEMPT_EVENTS` (200) events about one proof call; the one after
+/// that fails the attempt as a flood.
+#[test]
+fn the_two_hundred_and_first_event_about_the_proof_call_is_a_flood() {
+    let mut t = T::new(policy());
+    let (id, call) = t.ringing("alice", "2005");
+    // ringing() delivered one event (Initiated) already.
+    let mut sent = 1;
+    while sent < 200 {
+        t.ev("2005", CallEvent::Delivered { call: call.clone() });
+        sent += 1;
+    }
+    assert_eq!(t.state(&id).0, State::Ringing, "200 events are allowed");
+    t.ev("2005", CallEvent::Delivered { call });
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::PbxFlood), true));
+}
+
+#[test]
+fn the_pbx_refusing_the_context_digits_is_in_the_history() {
+    let mut p = policy();
+    p.context_delivery = ContextDelivery::Dtmf;
+    let mut t = T::new(p);
+    let (id, _) = t.to_ivr("alice", "2005");
+    let digits = *ids_of(&t.all, |r| matches!(r, CstaRequest::SendDigits { .. })).last().expect("digits sent");
+    t.run(Input::CstaDone { id: digits, outcome: Err(CstaFailure::Rejected), now: t.now });
+    assert_eq!(t.history(&id).last().map(String::as_str), Some("dtmf_failed"));
+}
