@@ -1461,3 +1461,46 @@ fn the_pbx_refusing_the_context_digits_is_in_the_history() {
     t.run(Input::CstaDone { id: digits, outcome: Err(CstaFailure::Rejected), now: t.now });
     assert_eq!(t.history(&id).last().map(String::as_str), Some("dtmf_failed"));
 }
+
+/// The PBX's failure cause names the reason the user is given (ECMA-269 cause codes as the
+/// PBXs send them: busy 3/7, blocked 18/35, no answer 10/60, anything else a refusal).
+#[test]
+fn a_failed_proof_call_is_told_by_its_cause() {
+    for (cause, reason) in [(Some(3), Reason::Busy), (Some(7), Reason::Busy), (Some(18), Reason::PhoneLocked), (Some(35), Reason::PhoneLocked), (Some(10), Reason::NoAnswer), (Some(60), Reason::NoAnswer), (Some(22), Reason::RejectedByPbx), (None, Reason::RejectedByPbx)] {
+        let mut t = T::new(policy());
+        let (id, call) = t.ringing("alice", "2005");
+        t.ev("2005", CallEvent::Failed { call, cause });
+        assert_eq!(t.state(&id), (State::Failed, Some(reason), true), "cause {cause:?}");
+    }
+}
+
+#[test]
+fn a_proof_call_cleared_while_ringing_is_unanswered_and_in_the_ivr_is_cleared() {
+    let mut t = T::new(policy());
+    let (id, call) = t.ringing("alice", "2005");
+    t.ev("2005", CallEvent::Cleared { call });
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::NoAnswer), true));
+    let mut t = T::new(policy());
+    let (id, _) = t.to_ivr("alice", "2005");
+    let call = t.call_of(&id).unwrap();
+    t.ev("2005", CallEvent::Cleared { call });
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::CallCleared), true));
+}
+
+/// A restart keeps the proof calls of the last hour, to the millisecond, and forgets older ones.
+#[test]
+fn a_restart_keeps_the_last_hours_proof_calls_and_no_older_ones() {
+    let now: Millis = 10 * 3_600_000;
+    let call = |ext: &str, age: Millis| ProofCall { pbx: "paris".into(), extension: ext.into(), tenant: "acme".into(), account: "alice".into(), at: now - age };
+    let restore = |calls: Vec<ProofCall>| {
+        let snap = cstagate::association::Snapshot { bindings: vec![], counters: vec![], proof_calls: calls, blocks: vec![], in_flight: vec![] };
+        let mut p = policy();
+        p.proof_calls_per_hour = 1;
+        Engine::restore(HashMap::from([("paris".to_owned(), p)]), snap, now).0
+    };
+    // Kept: placed now, and an hour less a millisecond ago; forgotten: an hour ago and older.
+    let e = restore(vec![call("2005", 0), call("2006", 3_599_999), call("2007", 3_600_000), call("2008", 7_200_000)]);
+    assert_eq!(e.sizes().proof_call_extensions, 2, "2005 and 2006 only");
+    let mut t = T { e, now, all: Vec::new(), draws: 0 };
+    assert_eq!(t.create("alice", "2005").error, Some(Refusal::RateLimited));
+}
