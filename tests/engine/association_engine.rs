@@ -1504,3 +1504,26 @@ fn a_restart_keeps_the_last_hours_proof_calls_and_no_older_ones() {
     let mut t = T { e, now, all: Vec::new(), draws: 0 };
     assert_eq!(t.create("alice", "2005").error, Some(Refusal::RateLimited));
 }
+
+/// The calls a restart clears each get a request id of their own, and the restored engine's own
+/// requests never reuse one (an answer must name exactly one request).
+#[test]
+fn the_calls_a_restart_clears_have_distinct_request_ids() {
+    let mut t = T::new(policy());
+    let (a, _) = t.ringing("alice", "2005");
+    let (b, _) = t.ringing("bob", "2006");
+    let in_flight = [a, b].iter().map(|id| t.e.view(&Principal::Admin, id).unwrap().clone()).collect();
+    let snap = cstagate::association::Snapshot { bindings: vec![], counters: vec![], proof_calls: vec![], blocks: vec![], in_flight };
+    let (e, actions) = Engine::restore(t.e.policies().clone(), snap, t.now + 10);
+    let mut ids: Vec<RequestId> = actions.iter().filter_map(|a| match a {
+        Action::Csta { id, request: CstaRequest::ClearConnection { .. }, .. } => Some(*id),
+        _ => None,
+    }).collect();
+    assert_eq!(ids.len(), 2, "{actions:?}");
+    let mut t = T { e, now: t.now + 20, all: Vec::new(), draws: 100 };
+    t.create("carol", "2005");
+    ids.extend(ids_of(&t.all, |_| true));
+    assert_eq!(ids.len(), 3, "carol's MonitorStart");
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "{ids:?}");
+}
