@@ -1527,3 +1527,17 @@ fn the_calls_a_restart_clears_have_distinct_request_ids() {
     let distinct: std::collections::HashSet<_> = ids.iter().collect();
     assert_eq!(distinct.len(), ids.len(), "{ids:?}");
 }
+
+/// What a stopping gateway clears: the proof calls of the live associations, and no other.
+#[test]
+fn live_calls_are_the_live_associations_proof_calls() {
+    let mut t = T::new(policy());
+    let (a, call_a) = t.ringing("alice", "2005");
+    let (b, call_b) = t.ringing("bob", "2006");
+    let mut live = t.e.live_calls();
+    live.sort_by(|x, y| x.2.cmp(&y.2));
+    let want = |id: &str, ext: &str, call: &CallId| (AssociationId::from(id), PbxId::from("paris"), Extension::from(ext), call.clone());
+    assert_eq!(live, vec![want(&a, "2005", &call_a), want(&b, "2006", &call_b)]);
+    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: a.as_str().into(), now: t.now });
+    assert_eq!(t.e.live_calls(), vec![want(&b, "2006", &call_b)]);
+}
