@@ -1541,3 +1541,22 @@ fn live_calls_are_the_live_associations_proof_calls() {
     t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: a.as_str().into(), now: t.now });
     assert_eq!(t.e.live_calls(), vec![want(&b, "2006", &call_b)]);
 }
+
+/// A stopping gateway ends every live association (failed, `gateway_restarted`, stored, audited,
+/// the account told; its monitor stopped, its call cleared before), except those whose call may
+/// still be up: they stay in flight for the next start to end and clear.
+#[test]
+fn a_stopping_gateway_ends_the_live_associations_except_those_whose_call_may_be_up() {
+    let mut t = T::new(policy());
+    let (a, _) = t.ringing("alice", "2005");
+    let (b, _) = t.ringing("bob", "2006");
+    let actions = t.e.shutdown(t.now, &[AssociationId::from(b.as_str())]);
+    t.all.extend(actions.clone());
+    assert_eq!(t.state(&a), (State::Failed, Some(Reason::GatewayRestarted), false));
+    assert_eq!(t.state(&b).0, State::Ringing, "left in flight");
+    assert!(!actions.iter().any(|x| matches!(x, Action::Csta { request: CstaRequest::ClearConnection { .. } | CstaRequest::MakeCall { .. }, .. })), "its call is cleared already: {actions:?}");
+    assert!(actions.iter().any(|x| matches!(x, Action::Store(StoreWrite::Association(v)) if v.id.as_str() == a && v.state == State::Failed)));
+    assert_eq!(t.notified(&a).last().map(String::as_str), Some("failed"));
+    assert!(t.notified(&b).iter().all(|e| e != "failed"));
+    assert_eq!(t.audited(&a).last().map(|(s, _)| s.as_str()), Some("failed"));
+}
