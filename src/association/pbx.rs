@@ -23,12 +23,15 @@ impl Engine {
         self.pending.contains_key(&id)
     }
 
-    /// Forget the association's proof call and ask the shell to clear it, if there is one.
+    /// Forget the association's proof call and ask the shell to clear it, if there is one; and
+    /// its lock call, while the attempt still waits for that to end (the phone prompts its user,
+    /// who has not picked up): the gateway placed it too, and nothing else would end it.
     pub(crate) fn clear_call(&mut self, id: &str, actions: &mut Vec<Action>) {
         let Some(a) = self.assocs.get_mut(id) else { return };
-        if let Some(call) = a.view.call.take() {
-            let (pbx, extension) = (a.view.pbx.clone(), a.view.extension.clone());
-            self.request(id, &pbx, CstaRequest::ClearConnection { call, extension }, None, actions);
+        let lock = if a.view.state == State::Locking { a.lock_call.take() } else { None };
+        let (pbx, extension) = (a.view.pbx.clone(), a.view.extension.clone());
+        for call in [a.view.call.take(), lock].into_iter().flatten() {
+            self.request(id, &pbx, CstaRequest::ClearConnection { call, extension: extension.clone() }, None, actions);
         }
     }
 

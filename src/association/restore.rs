@@ -58,10 +58,12 @@ impl Engine {
         (e, actions)
     }
 
-    /// The proof calls of the live associations, as `(association, pbx, extension, call)`: the
-    /// calls a stopping gateway clears before it ends their associations.
+    /// The proof calls of the live associations (and the lock calls of those still waiting for
+    /// theirs to end), as `(association, pbx, extension, call)`: the calls a stopping gateway
+    /// clears before it ends their associations.
     pub fn live_calls(&self) -> Vec<(AssociationId, PbxId, Extension, CallId)> {
-        self.by_ext.values().filter_map(|id| self.assocs.get(id)).filter_map(|a| Some((a.view.id.clone(), a.view.pbx.clone(), a.view.extension.clone(), a.view.call.clone()?))).collect()
+        let lock = |a: &Assoc| if a.view.state == State::Locking { a.lock_call.clone() } else { None };
+        self.by_ext.values().filter_map(|id| self.assocs.get(id)).flat_map(|a| [a.view.call.clone(), lock(a)].into_iter().flatten().map(|c| (a.view.id.clone(), a.view.pbx.clone(), a.view.extension.clone(), c))).collect()
     }
 
     /// The gateway stops: every live association ends as a restart would end it (failed,
@@ -76,6 +78,7 @@ impl Engine {
         for id in ids {
             if let Some(a) = self.assocs.get_mut(id.as_str()) {
                 a.view.call = None;
+                a.lock_call = None;
             }
             self.finish(&id, State::Failed, Some(Reason::GatewayRestarted), "the gateway stopped while the association was in flight", now, &mut actions);
         }

@@ -15,8 +15,13 @@
 //! - Calls to the IVR number reach an IVR endpoint the caller provides ([`IvrSignal`]), with the
 //!   digits sent by GenerateDigits/SendDTMFTones or dialled after the number.
 //! - Fault injection ([`Faults`]): drop the connection at a chosen message, stall, delay results,
-//!   send events before the MakeCall result, split frames across TCP segments or coalesce them,
-//!   send malformed frames, reject operations.
+//!   withhold results until released (the request carried out, its answer late), send events
+//!   before the MakeCall result, split frames across TCP segments or coalesce them, send
+//!   malformed frames, reject operations.
+//! - Three ways for the CTI side to go away, which differ in what survives: [`SimPbx::drop_links`]
+//!   (the connections drop, the calls go on), [`SimPbx::restart_cti`] (the PBX's CTI process
+//!   restarts: the connections drop, monitors and cross-reference numbering are forgotten, the
+//!   calls go on) and [`SimPbx::restart`] (a full reset: the calls end too).
 
 mod conn;
 pub mod switch;
@@ -147,6 +152,13 @@ pub struct Faults {
     /// Swallow invokes of these operations: no result, no effect (a request the PBX lost). Tests
     /// use it to hold an association at a step.
     pub hold: Vec<Operation>,
+    /// Carry out invokes of these operations (a MakeCall places its call and the phone rings) but
+    /// keep their answer (result or error) back until [`SimPbx::release_results`]: a PBX slow to
+    /// answer. The events that follow a withheld answer on its connection wait behind it, so wire
+    /// order is kept (with [`Faults::events_before_result`], a MakeCall's first event goes out
+    /// before its answer is withheld); other answers (keep-alives) are not held. Answers held on a
+    /// connection that closes are lost with it. [`SimStats::results_withheld`] counts those held.
+    pub withhold_results: Vec<Operation>,
 }
 
 /// What the IVR endpoint sees.
@@ -158,6 +170,29 @@ pub enum IvrSignal {
     Digits { call: String, digits: String },
     /// The call was cleared by the PBX side.
     Cleared { call: String },
+}
+
+/// How a call of the simulator ended (see [`SimPbx::calls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallEnd {
+    /// A CTI client's ClearConnection ended it (the gateway cleared it).
+    ClearConnection,
+    /// The IVR side hung up ([`SimPbx::ivr_hangup`]).
+    IvrHangup,
+    /// The PBX ended it itself: the lock feature call, done once its user picked up.
+    Feature,
+    /// The call failed (a locked phone whose user keyed no or the wrong PIN).
+    Failed,
+    /// A full PBX reset ([`SimPbx::restart`], [`SimPbx::stop`]) ended it.
+    Reset,
+}
+
+/// The calls of the simulator: those up now, and how the last ones (up to 4,096) ended; call ids
+/// in hex, as [`IvrSignal`] names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimCalls {
+    pub live: Vec<String>,
+    pub ended: HashMap<String, CallEnd>,
 }
 
 /// The IVR endpoint's side of the simulator: it hangs up calls.
@@ -189,6 +224,8 @@ pub struct SimStats {
     pub releases: u64,
     /// Calls up in the switch now (prompting, ringing or connected).
     pub live_calls: u64,
+    /// Answers held back now by [`Faults::withhold_results`].
+    pub results_withheld: u64,
 }
 
 pub(crate) struct Shared {
@@ -289,15 +326,45 @@ impl SimPbx {
         let _ = self.switch.send(switch::Msg::Flood { device: device.to_owned(), count });
     }
 
-    /// A PBX restart: every connection drops; calls and monitors are forgotten.
+    /// A full PBX reset: every connection drops, and every call ends with it (the IVR hears of
+    /// those it answered); monitors are forgotten. Unlike [`SimPbx::restart_cti`] and
+    /// [`SimPbx::drop_links`], nothing is left on the phones for the gateway to clear.
     pub fn restart(&self) {
         let _ = self.switch.send(switch::Msg::Restart);
     }
 
-    /// The CTI links drop (every connection closes) but the calls go on, as when a WAN link or a
-    /// cable fails between the gateway and the PBX.
+    /// The PBX's CTI process restarts while its call processing goes on: every CTI connection
+    /// drops, the monitors and cross-reference ids are forgotten (the numbering starts again, so
+    /// the ids of the new connections' monitors are those of the old ones), answers not yet sent
+    /// are lost, but the calls go on on the phones: whoever placed them must clear them once
+    /// reconnected. Unlike [`SimPbx::restart`] (a full reset), calls are not touched; unlike
+    /// [`SimPbx::drop_links`], the CTI's own state (its numbering) starts afresh.
+    pub fn restart_cti(&self) {
+        let _ = self.switch.send(switch::Msg::RestartCti);
+    }
+
+    /// The CTI links drop (every connection closes; the PBX forgets their monitors and the answers
+    /// it had not sent, as it does for any connection it sees die) but the calls go on, as when a
+    /// WAN link or a cable fails between the gateway and the PBX. The CTI process itself carries
+    /// on: its numbering (cross-reference ids) continues, unlike after [`SimPbx::restart_cti`].
     pub fn drop_links(&self) {
         let _ = self.switch.send(switch::Msg::DropLinks);
+    }
+
+    /// Send the answers [`Faults::withhold_results`] held back (and the events queued behind them),
+    /// in order, on the connections they were meant for (still open ones: the others lost theirs).
+    /// Answers of later invokes are withheld again while the fault stays set.
+    pub fn release_results(&self) {
+        let _ = self.switch.send(switch::Msg::ReleaseResults);
+    }
+
+    /// The calls up now and how the last ones ended.
+    pub async fn calls(&self) -> SimCalls {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if self.switch.send(switch::Msg::Calls { reply }).is_err() {
+            return SimCalls::default();
+        }
+        rx.await.unwrap_or_default()
     }
 
     /// Stop listening and drop every connection.

@@ -1,14 +1,14 @@
 //! The simulator's switch: the call model, monitors and the PBX's own keep-alive, in one task
 //! that owns all state. Connections send it APDUs; it answers and emits events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use super::{lock, Behaviour, IvrSignal, Shared};
+use super::{lock, Behaviour, CallEnd, IvrSignal, Shared, SimCalls};
 use crate::codec::apdu::{ErrorCategory, EventReport};
 use crate::codec::body::{FieldName as F, Value};
 use crate::codec::{Apdu, Argument, Body, ConnectionId, DeviceId, DeviceRef, Dialect, Event, EventKind, LocalDevice, Op, Operation, RejectProblem};
@@ -24,9 +24,17 @@ pub(crate) enum Msg {
     Apdu { conn: u64, apdu: Apdu },
     Timer(Timer),
     IvrHangup(String),
+    /// A full reset: connections and calls end.
     Restart,
+    /// The CTI process restarts: connections drop, monitors and cross-reference numbering are
+    /// forgotten, the calls go on.
+    RestartCti,
     /// The CTI links drop (a WAN cut, a cable): the calls go on.
     DropLinks,
+    /// Send the answers held back by the withhold-results fault.
+    ReleaseResults,
+    /// The calls up and how the last ones ended.
+    Calls { reply: tokio::sync::oneshot::Sender<SimCalls> },
     /// Emit `count` Delivered events to the monitors of a device, as fast as possible.
     Flood { device: String, count: u64 },
     /// What a phone shows it is dialling (its live outgoing call, suffix included).
@@ -48,7 +56,14 @@ struct ConnState {
     tx: mpsc::UnboundedSender<Out>,
     next_invoke: i64,
     keepalive_outstanding: Vec<i64>,
+    /// While an answer is withheld (the withhold-results fault): it and the events after it.
+    held: Option<Vec<Apdu>>,
+    /// Answers among `held`.
+    withheld: u64,
 }
+
+/// How many ended calls the switch remembers (for [`SimCalls::ended`]).
+const ENDED_KEPT: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallState {
@@ -81,11 +96,15 @@ struct Switch {
     next_call: u16,
     /// Bumped by a restart so timers of forgotten calls do nothing.
     generation: u64,
+    /// The invoke being handled is one whose answer the withhold-results fault keeps back.
+    withholding: bool,
+    /// How the last calls ended (hex id), oldest first.
+    ended: VecDeque<(String, CallEnd)>,
 }
 
 pub(crate) fn spawn(shared: Arc<Shared>, ivr: mpsc::UnboundedSender<IvrSignal>) -> mpsc::UnboundedSender<Msg> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut sw = Switch { shared, ivr, me: tx.clone(), conns: HashMap::new(), monitors: HashMap::new(), next_xref: 1, calls: HashMap::new(), next_call: 0x2B00, generation: 0 };
+    let mut sw = Switch { shared, ivr, me: tx.clone(), conns: HashMap::new(), monitors: HashMap::new(), next_xref: 1, calls: HashMap::new(), next_call: 0x2B00, generation: 0, withholding: false, ended: VecDeque::new() };
     tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             sw.handle(m);
@@ -115,9 +134,24 @@ impl Switch {
     }
 
     fn send(&mut self, conn: u64, apdu: Apdu) {
-        if let Some(c) = self.conns.get(&conn) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            // Events wait behind a withheld answer (wire order); other traffic passes.
+            if let (Some(held), Apdu::Invoke(inv)) = (&mut c.held, &apdu)
+                && inv.op == Op::Known(Operation::EventReport)
+            {
+                held.push(apdu);
+                return;
+            }
             let _ = c.tx.send(Out::Apdu(apdu));
         }
+    }
+
+    /// Remember how a call ended (the last [`ENDED_KEPT`]).
+    fn ended(&mut self, id: &Bytes, how: CallEnd) {
+        if self.ended.len() >= ENDED_KEPT {
+            self.ended.pop_front();
+        }
+        self.ended.push_back((hex::encode(id), how));
     }
 
     /// A random extra delay in `0..jitter` (the jitter fault), else zero.
@@ -129,8 +163,16 @@ impl Switch {
         }
     }
 
-    /// Send an answer, honouring the result-delay, jitter and duplicate-result faults.
+    /// Send an answer, honouring the withhold-results, result-delay, jitter and duplicate-result
+    /// faults.
     fn answer(&mut self, conn: u64, apdu: Apdu) {
+        if std::mem::take(&mut self.withholding) {
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.held.get_or_insert_with(Vec::new).push(apdu);
+                c.withheld += 1;
+            }
+            return;
+        }
         let (delay, dup, jitter) = {
             let f = lock(&self.shared.faults);
             (f.result_delay, f.duplicate_results, f.jitter.is_some())
@@ -168,15 +210,23 @@ impl Switch {
     fn handle(&mut self, m: Msg) {
         self.handle_one(m);
         let live = self.calls.len() as u64;
-        if self.shared.stats.borrow().live_calls != live {
-            self.shared.stats.send_modify(|s| s.live_calls = live);
+        let withheld = self.conns.values().map(|c| c.withheld).sum::<u64>();
+        let changed = {
+            let now = self.shared.stats.borrow();
+            now.live_calls != live || now.results_withheld != withheld
+        };
+        if changed {
+            self.shared.stats.send_modify(|s| {
+                s.live_calls = live;
+                s.results_withheld = withheld;
+            });
         }
     }
 
     fn handle_one(&mut self, m: Msg) {
         match m {
             Msg::Connected { conn, tx } => {
-                self.conns.insert(conn, ConnState { tx, next_invoke: 0, keepalive_outstanding: Vec::new() });
+                self.conns.insert(conn, ConnState { tx, next_invoke: 0, keepalive_outstanding: Vec::new(), held: None, withheld: 0 });
                 if let Some(period) = lock(&self.shared.config).keepalive {
                     self.after(period, Timer::Keepalive { conn });
                 }
@@ -196,13 +246,31 @@ impl Switch {
                 let _ = reply.send(self.calls.values().find(|c| c.caller == device).map(|c| format!("{}{}", c.called, c.suffix)));
             }
             Msg::Restart => {
-                self.handle_one(Msg::DropLinks);
-                for (_, call) in self.calls.drain() {
+                self.handle_one(Msg::RestartCti);
+                let calls: Vec<Call> = self.calls.drain().map(|(_, c)| c).collect();
+                for call in calls {
                     if call.ivr && call.state == CallState::Established {
                         let _ = self.ivr.send(IvrSignal::Cleared { call: hex::encode(&call.id) });
                     }
+                    self.ended(&call.id, CallEnd::Reset);
                 }
                 self.generation += 1;
+            }
+            Msg::RestartCti => {
+                self.handle_one(Msg::DropLinks);
+                self.next_xref = 1;
+            }
+            Msg::ReleaseResults => {
+                for c in self.conns.values_mut() {
+                    c.withheld = 0;
+                    for apdu in c.held.take().unwrap_or_default() {
+                        let _ = c.tx.send(Out::Apdu(apdu));
+                    }
+                }
+            }
+            Msg::Calls { reply } => {
+                let live = self.calls.values().map(|c| hex::encode(&c.id)).collect();
+                let _ = reply.send(SimCalls { live, ended: self.ended.iter().cloned().collect() });
             }
             Msg::IvrHangup(call) => self.ivr_hangup(&call),
             Msg::Flood { device, count } => {
@@ -258,9 +326,9 @@ impl Switch {
                     Op::Other(_) => return self.send(conn, Apdu::reject(Some(id), RejectProblem::Invoke(1))),
                 };
                 self.shared.stats.send_modify(|s| *s.requests.entry(format!("{op:?}")).or_default() += 1);
-                let (drop_on, reject, hold) = {
+                let (drop_on, reject, hold, withhold) = {
                     let f = lock(&self.shared.faults);
-                    (f.drop_on, f.reject.contains(&op), f.hold.contains(&op))
+                    (f.drop_on, f.reject.contains(&op), f.hold.contains(&op), f.withhold_results.contains(&op))
                 };
                 if hold {
                     return;
@@ -277,6 +345,8 @@ impl Switch {
                 let Argument::Body(body) = inv.argument else {
                     return self.send(conn, Apdu::reject(Some(id), RejectProblem::Invoke(2)));
                 };
+                // The one answer this invoke gets is held back (see `answer`).
+                self.withholding = withhold;
                 match op {
                     Operation::SystemStatus => self.answer(conn, Apdu::result(id, op, Body::null())),
                     Operation::MonitorStart => self.monitor_start(conn, id, &body),
@@ -298,6 +368,7 @@ impl Switch {
                     }
                     _ => self.send(conn, Apdu::reject(Some(id), RejectProblem::Invoke(1))),
                 }
+                self.withholding = false;
             }
             Apdu::Result(r) => {
                 let answered = r.invoke_id.and_then(|id| {
@@ -403,7 +474,7 @@ impl Switch {
         if lock_prefix.as_deref().is_some_and(|p| called.starts_with(p)) {
             self.emit(&caller, EventKind::Originated, originated(&id, &caller, &called));
             self.set_locked(&caller, true);
-            self.clear(call, &caller, 48);
+            self.clear(call, &caller, 48, CallEnd::Feature);
             return;
         }
         let (locked, pin_ok, pin_delay) = {
@@ -420,7 +491,7 @@ impl Switch {
                     .with(F::LocalConnectionInfo, Value::Int(6))
                     .with(F::Cause, Value::Int(35));
                 self.emit(&caller, EventKind::Failed, failed);
-                self.clear(call, &caller, 35);
+                self.clear(call, &caller, 35, CallEnd::Failed);
                 return;
             }
             // The phone asks for its PIN; the user keys it, and only then does the call go out.
@@ -511,8 +582,9 @@ impl Switch {
     }
 
     /// End a call: ConnectionCleared for the releasing device, to every monitor involved.
-    fn clear(&mut self, call: u16, releasing: &str, cause: i64) {
+    fn clear(&mut self, call: u16, releasing: &str, cause: i64, how: CallEnd) {
         let Some(c) = self.calls.remove(&call) else { return };
+        self.ended(&c.id, how);
         let cleared = Body::new()
             .with(F::DroppedConnection, conn_id(&c.id, releasing))
             .with(F::ReleasingDevice, dev(releasing))
@@ -559,7 +631,7 @@ impl Switch {
             .or_else(|| self.calls.get(&call).map(|c| c.caller.clone()))
             .unwrap_or_default();
         self.answer(conn, Apdu::result(id, Operation::ClearConnection, Body::null()));
-        self.clear(call, &releasing, 48);
+        self.clear(call, &releasing, 48, CallEnd::ClearConnection);
     }
 
     fn ivr_hangup(&mut self, hexid: &str) {
@@ -576,7 +648,7 @@ impl Switch {
         if let Some(c) = self.calls.get_mut(&call) {
             c.ivr = false; // the IVR already knows
         }
-        self.clear(call, &caller, 48);
+        self.clear(call, &caller, 48, CallEnd::IvrHangup);
     }
 }
 

@@ -1,17 +1,34 @@
 //! Faults across the association, over real sockets: for each step of the flow (monitor, lock,
 //! call, ringing, in the IVR, the moment of binding) and each fault (the PBX link dropped, the
-//! PBX restarted, the PBX stalled, the IVR platform's connection dropped, the gateway process
-//! restarted), the association ends in a defined state with a reason, the user can retry where
-//! that makes sense, no binding is lost or half-written, no call is left up on the PBX, and the
-//! audit log tells the story. README.md's "What happens when something fails" table is this
-//! file's expectations.
+//! PBX's CTI process restarted, the PBX reset, the PBX stalled, the IVR platform's connection
+//! dropped, the gateway process restarted), the association ends in a defined state with a
+//! reason, the user can retry where that makes sense, no binding is lost or half-written, no call
+//! is left up on the PBX, and the audit log tells the story. README.md's "What happens when
+//! something fails" table is this file's expectations.
+//!
+//! Every cell but those of the monitor step has a call up on the PBX when the fault strikes
+//! (checked before the fault: the cell is not vacuous), and that very call must then have been
+//! ended by the gateway's ClearConnection (the simulator records how each call ended):
+//!
+//! | step | the call up when the fault strikes |
+//! |---|---|
+//! | monitor | none can exist: the gateway places no call before its monitor runs (the PBX swallowed the MonitorStart) |
+//! | lock | the lock call: the PBX answered the MakeCall to the lock prefix and the phone prompts its user, who has not picked up; the gateway waits for the lock call to end |
+//! | call | the proof call: the PBX placed it (the phone prompts its user) and its first event named it, but the MakeCall's result is withheld: the gateway still waits for it |
+//! | ringing | the proof call, the phone ringing (its user never picks up) |
+//! | in the IVR, code being keyed | the proof call, connected to the IVR |
+//!
+//! A PBX reset ends every call itself, so its row checks the state, reason, audit and retry, but
+//! its "no call left up" holds by construction and checks nothing; the CTI restart (the calls go
+//! on) is the row that checks the gateway clears after the PBX came back. A MakeCall result that
+//! comes after the gateway gave up on it (a late result) is a case of its own, below the matrix.
 
 use std::time::Duration;
 
 use cstagate::webhook::webhook_headers;
 use cstagate::codec::Operation;
 use cstagate::testkit::{ivr_body, ivr_request, local_secrets, post_webhook, Http, Ivr, LocalGateway, LocalOptions, Tokens, IVR_NUMBER};
-use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
+use cstagate::sim::{Behaviour, CallEnd, IvrSignal, SimConfig, SimPbx};
 use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 
@@ -19,11 +36,11 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
-    /// MonitorStart sent, no answer yet.
+    /// MonitorStart sent, no answer yet (no call can exist yet).
     Monitor,
-    /// The MakeCall to the lock prefix sent, no answer yet.
+    /// The lock call up, its MakeCall answered; the phone prompts its user, who does not pick up.
     Lock,
-    /// The proof MakeCall sent, no answer yet.
+    /// The proof call placed and named by its first event, its MakeCall result withheld.
     Call,
     /// The phone rings.
     Ringing,
@@ -35,8 +52,12 @@ enum Step {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
+    /// [`SimPbx::drop_links`]: the connections drop, the calls go on.
     LinkDropped,
-    PbxRestarted,
+    /// [`SimPbx::restart_cti`]: the PBX's CTI process restarts, the calls go on.
+    CtiRestarted,
+    /// [`SimPbx::restart`]: a full reset, the calls end with it.
+    PbxReset,
     PbxStalled,
     IvrDropped,
     GatewayRestarted,
@@ -53,57 +74,100 @@ struct Case {
     code: String,
     /// The IVR call (hex id) and the calling number it presents, once connected.
     call: Option<(String, String)>,
+    /// The calls up on the PBX when the fault struck (hex ids).
+    placed: Vec<String>,
 }
 
 fn options(step: Step) -> LocalOptions {
     let lock = if step == Step::Lock { "lock_prefix = \"*66\"\n" } else { "" };
     LocalOptions {
-        pbx: format!("extensions = [\"2005\"]\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nkeepalive = \"250ms\"\nrequest_timeout = \"5s\"\nivr_timeout = \"2s\"\nproof_calls_per_hour = 20\n{lock}"),
+        pbx: format!("extensions = [\"2005-2006\"]\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nkeepalive = \"250ms\"\nrequest_timeout = \"5s\"\nivr_timeout = \"2s\"\nproof_calls_per_hour = 20\n{lock}"),
         ..Default::default()
     }
 }
 
 /// Start a PBX and a gateway and drive one association to `step`.
 async fn to_step(step: Step) -> Case {
-    let mut cfg = SimConfig::phase3(&["2005"]);
+    let mut cfg = SimConfig::phase3(&["2005", "2006"]);
     cfg.ivr_number = Some(IVR_NUMBER.into());
-    cfg.extensions[0].behaviour = if step == Step::Ringing { Behaviour::NeverAnswer } else { Behaviour::Answer { after: Duration::from_millis(5) } };
+    // At the lock, call and ringing steps the phone's user does not pick up: the call stays up.
+    cfg.extensions[0].behaviour = match step {
+        Step::Lock | Step::Call | Step::Ringing => Behaviour::NeverAnswer,
+        _ => Behaviour::Answer { after: Duration::from_millis(5) },
+    };
     // The phone has a local lock PIN, and its user knows it.
     cfg.extensions[0].pin = Some("1234".into());
     cfg.extensions[0].user_pin = Some("1234".into());
     let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
     let ivr = sim.take_ivr().unwrap();
-    let held = match step {
-        Step::Monitor => Some(Operation::MonitorStart),
-        Step::Lock | Step::Call => Some(Operation::MakeCall),
-        _ => None,
-    };
-    sim.faults().hold.extend(held);
+    match step {
+        Step::Monitor => sim.faults().hold.push(Operation::MonitorStart),
+        Step::Call => {
+            // The PBX places the call and sends its first event, but not (yet) its result.
+            sim.faults().withhold_results.push(Operation::MakeCall);
+            sim.faults().events_before_result = true;
+        }
+        _ => {}
+    }
     let options = options(step);
     let gw = LocalGateway::start(&sim, options.clone(), local_secrets()).await.unwrap();
     let (s, v) = gw.http.json("POST", "/v1/associations", &gw.tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     assert_eq!(s, 201, "{v}");
-    let mut c = Case { sim, ivr, gw: Some(gw), options, id: v["id"].as_str().unwrap().to_owned(), code: v["code"].as_str().unwrap().to_owned(), call: None };
+    let mut c = Case { sim, ivr, gw: Some(gw), options, id: v["id"].as_str().unwrap().to_owned(), code: v["code"].as_str().unwrap().to_owned(), call: None, placed: Vec::new() };
     match step {
-        Step::Monitor | Step::Lock | Step::Call => {
-            let op = format!("{:?}", held.unwrap());
-            tokio::time::timeout(LIMIT, c.sim.wait_stats(|s| s.requests.get(&op).copied().unwrap_or(0) >= 1)).await.expect("the request reaches the PBX");
-            let want = match step {
-                Step::Monitor => "monitoring",
-                Step::Lock => "locking",
-                _ => "calling",
-            };
-            assert_eq!(c.state().await["state"], want);
+        Step::Monitor => {
+            tokio::time::timeout(LIMIT, c.sim.wait_stats(|s| s.requests.get("MonitorStart").copied().unwrap_or(0) >= 1)).await.expect("the MonitorStart reaches the PBX");
+            assert_eq!(c.state().await["state"], "monitoring");
+        }
+        Step::Lock => {
+            c.wait(|v| v["state"] == "locking").await;
+            tokio::time::timeout(LIMIT, c.sim.wait_stats(|s| s.live_calls >= 1)).await.expect("the PBX places the lock call");
+            c.lock_result_heard().await;
+        }
+        Step::Call => {
+            tokio::time::timeout(LIMIT, c.sim.wait_stats(|s| s.live_calls >= 1 && s.results_withheld >= 1)).await.expect("the PBX places the call and withholds its result");
+            // Its first event named it: the gateway follows the call, its MakeCall outstanding.
+            c.wait(|v| v["state"] == "ringing").await;
+            assert_eq!(c.sim.stats().results_withheld, 1, "the MakeCall result is still withheld");
         }
         Step::Ringing => {
             c.wait(|v| v["state"] == "ringing").await;
         }
         Step::InIvr | Step::Binding => c.into_dialogue().await,
     }
+    c.placed = c.sim.calls().await.live;
+    if step == Step::Monitor {
+        assert!(c.placed.is_empty(), "no call before the monitor runs: {:?}", c.placed);
+    } else {
+        assert_eq!(c.placed.len(), 1, "{step:?}: a call is up when the fault strikes (the cell is not vacuous)");
+    }
     c
 }
 
 impl Case {
+    /// Wait until the gateway has taken in the lock MakeCall's result (so it knows the lock
+    /// call). Nothing in the API shows it, so a second association is the marker: its MonitorStart
+    /// goes out after the PBX answered the lock MakeCall, so its answer comes back behind that
+    /// result on the same connection, and the gateway takes them in wire order; once it is
+    /// `locking`, the result was taken in. Its own lock MakeCall is swallowed: it places no call.
+    async fn lock_result_heard(&self) {
+        self.sim.faults().hold.push(Operation::MakeCall);
+        let (s, v) = self.gw().http.json("POST", "/v1/associations", &self.gw().tokens.tenant, Some(json!({ "account": "marker", "extension": "2006" }))).await.unwrap();
+        assert_eq!(s, 201, "{v}");
+        let marker = v["id"].as_str().unwrap().to_owned();
+        tokio::time::timeout(LIMIT, async {
+            loop {
+                let v = self.gw().http.json("GET", &format!("/v1/associations/{marker}"), &self.gw().tokens.tenant, None).await.unwrap().1;
+                if v["state"] == "locking" {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the marker association reaches the lock step");
+    }
+
     async fn state(&self) -> Value {
         self.gw().http.json("GET", &format!("/v1/associations/{}", self.id), &self.gw().tokens.tenant, None).await.unwrap().1
     }
@@ -140,7 +204,9 @@ impl Case {
             let (s, r) = self.webhook(d).await;
             assert_eq!(s, 200, "{r}");
         }
-        assert_eq!(self.state().await["state"], "in_ivr");
+        // The simulator told its IVR side directly; the gateway hears of the answer over CSTA:
+        // wait for the gateway's own state, not the side channel.
+        self.wait(|v| v["state"] == "in_ivr").await;
     }
 
     fn webhook_body(&self, digits: Option<&str>) -> Vec<u8> {
@@ -196,6 +262,17 @@ impl Case {
         tokio::time::timeout(LIMIT, self.sim.wait_stats(|s| s.live_calls == 0)).await.unwrap_or_else(|_| panic!("a call is left up: {:?}", self.sim.stats()));
     }
 
+    /// The calls up when the fault struck are gone, each ended the way `how` says.
+    async fn placed_ended(&self, label: &str, how: CallEnd) {
+        if tokio::time::timeout(LIMIT, self.sim.wait_stats(|s| s.live_calls == 0)).await.is_err() {
+            panic!("{label}: a call is left up: {:?} {:?}", self.sim.calls().await, self.sim.stats());
+        }
+        let calls = self.sim.calls().await;
+        for call in &self.placed {
+            assert_eq!(calls.ended.get(call), Some(&how), "{label}: how the call {call} up when the fault struck ended ({calls:?})");
+        }
+    }
+
     async fn link_up(&self) {
         tokio::time::timeout(LIMIT, self.gw().link().wait_for(|s| *s == cstagate::link::LinkState::Up)).await.expect("the link comes back");
     }
@@ -217,6 +294,15 @@ impl Case {
         assert_eq!(self.binding().await.expect("bound")["account"], "alice");
     }
 
+    /// The PBX behaves again (for the retry).
+    fn clear_faults(&self) {
+        let mut f = self.sim.faults();
+        f.stall = false;
+        f.hold.clear();
+        f.withhold_results.clear();
+        f.events_before_result = false;
+    }
+
     fn ivr_hangs_up(&self) {
         if let Some((call, _)) = &self.call {
             self.sim.ivr_hangup(call);
@@ -230,10 +316,11 @@ async fn case(step: Step, fault: Fault) {
     let label = format!("{step:?} × {fault:?}");
     // The code keyed at the same moment as the fault hits (Binding only).
     let keyed: Option<(u16, Value)> = match fault {
-        Fault::LinkDropped | Fault::PbxRestarted | Fault::PbxStalled => {
+        Fault::LinkDropped | Fault::CtiRestarted | Fault::PbxReset | Fault::PbxStalled => {
             let inject = || match fault {
                 Fault::LinkDropped => c.sim.drop_links(),
-                Fault::PbxRestarted => c.sim.restart(),
+                Fault::CtiRestarted => c.sim.restart_cti(),
+                Fault::PbxReset => c.sim.restart(),
                 _ => c.sim.faults().stall = true,
             };
             let keyed = if step == Step::Binding {
@@ -244,8 +331,7 @@ async fn case(step: Step, fault: Fault) {
                 None
             };
             let v = c.wait(|v| v["state"] == "failed" || v["state"] == "bound").await;
-            c.sim.faults().stall = false;
-            c.sim.faults().hold.clear();
+            c.clear_faults();
             Some(keyed.unwrap_or((0, v)))
         }
         Fault::IvrDropped => match step {
@@ -271,7 +357,7 @@ async fn case(step: Step, fault: Fault) {
                 c.restart_gateway(async {}).await;
                 None
             };
-            c.sim.faults().hold.clear();
+            c.clear_faults();
             keyed
         }
     };
@@ -290,7 +376,6 @@ async fn case(step: Step, fault: Fault) {
     if bound {
         assert_eq!(step, Step::Binding, "{label}: only a keyed code binds");
         assert!(audit.iter().any(|(s, _)| s == "bound"), "{label}: {audit:?}");
-        c.ivr_hangs_up(); // after its "linked" prompt
     } else {
         let want = match (fault, step) {
             (Fault::GatewayRestarted, _) => ("gateway_restarted", false),
@@ -299,12 +384,20 @@ async fn case(step: Step, fault: Fault) {
         };
         assert_eq!((reason.as_deref(), retryable), (Some(want.0), want.1), "{label}: {v}");
         assert!(audit.iter().any(|(s, r)| s == "failed" && r == want.0), "{label}: the audit log names the failure: {audit:?}");
-        if step == Step::Binding && fault == Fault::IvrDropped {
-            // The IVR platform hangs up a call whose webhook failed.
-            c.ivr_hangs_up();
-        }
     }
-    c.no_call_left().await;
+    // The call up when the fault struck is gone. Bound: the IVR platform hangs it up after its
+    // "linked" prompt (or after its webhook failed), as the gateway leaves it to. Failed: the
+    // gateway cleared it (the IVR platform does not hang up here: nothing else would end it). A
+    // reset ended it itself.
+    let how = if fault == Fault::PbxReset {
+        CallEnd::Reset
+    } else if bound {
+        c.ivr_hangs_up();
+        CallEnd::IvrHangup
+    } else {
+        CallEnd::ClearConnection
+    };
+    c.placed_ended(&label, how).await;
     // Where it makes sense, the user tries again and succeeds (and this time picks up).
     c.sim.config().extensions[0].behaviour = Behaviour::Answer { after: Duration::from_millis(5) };
     if !bound {
@@ -339,9 +432,17 @@ async fn pbx_link_dropped_at_each_step() {
     each_step(Fault::LinkDropped).await;
 }
 
+/// The PBX's CTI process restarts, its calls go on: the gateway clears them once reconnected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pbx_restarted_at_each_step() {
-    each_step(Fault::PbxRestarted).await;
+async fn pbx_cti_restarted_at_each_step() {
+    each_step(Fault::CtiRestarted).await;
+}
+
+/// A full PBX reset ends the calls itself: this row checks state, reason, audit and retry; its
+/// "no call left up" holds by construction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pbx_reset_at_each_step() {
+    each_step(Fault::PbxReset).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -357,6 +458,110 @@ async fn ivr_connection_dropped_in_the_dialogue_and_at_binding() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_restarted_at_each_step() {
     each_step(Fault::GatewayRestarted).await;
+}
+
+/// When the gateway gave up on a proof call's MakeCall before the PBX answered it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GaveUp {
+    /// The user cancelled the association.
+    Cancelled,
+    /// Nobody answered within `ring_timeout`: the attempt failed `no_answer`.
+    RingTimeout,
+    /// The MakeCall got no answer within `request_timeout`: the attempt failed `link_down`.
+    RequestTimeout,
+}
+
+/// A late MakeCall result: the PBX placed the proof call (the phone rings) but answers the
+/// MakeCall only after the gateway gave up on it, and nothing before the result named the call
+/// (its events wait behind it). The gateway must clear the call the late result names: nothing
+/// else would, and the phone would ring for nothing. The README's "late MakeCall result" row.
+async fn late_make_call_result(gave_up: GaveUp) {
+    let label = format!("late MakeCall result × {gave_up:?}");
+    let mut cfg = SimConfig::phase3(&["2005"]);
+    cfg.ivr_number = Some(IVR_NUMBER.into());
+    cfg.extensions[0].behaviour = Behaviour::NeverAnswer;
+    let sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+    sim.faults().withhold_results.push(Operation::MakeCall);
+    let timeouts = match gave_up {
+        GaveUp::Cancelled => "request_timeout = \"30s\"\n",
+        GaveUp::RingTimeout => "request_timeout = \"30s\"\nring_timeout = \"300ms\"\n",
+        GaveUp::RequestTimeout => "request_timeout = \"300ms\"\n",
+    };
+    let options = LocalOptions { pbx: format!("extensions = [\"2005\"]\nreconnect_min = \"20ms\"\n{timeouts}"), ..Default::default() };
+    let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
+    let (s, v) = gw.http.json("POST", "/v1/associations", &gw.tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let get = |id: String| {
+        let (http, token) = (gw.http.clone(), gw.tokens.tenant.clone());
+        async move { http.json("GET", &format!("/v1/associations/{id}"), &token, None).await.unwrap().1 }
+    };
+    let wait = |pred: fn(&Value) -> bool| {
+        let get = &get;
+        let id = id.clone();
+        async move {
+            tokio::time::timeout(LIMIT, async {
+                loop {
+                    let v = get(id.clone()).await;
+                    if pred(&v) {
+                        return v;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("association {id} never reached the expected state"))
+        }
+    };
+    tokio::time::timeout(LIMIT, sim.wait_stats(|s| s.live_calls == 1 && s.results_withheld == 1)).await.expect("the PBX places the call and withholds its result");
+    let placed = sim.calls().await.live;
+    assert_eq!(placed.len(), 1, "{label}: the proof call is up");
+    // The gateway heard nothing of the call yet.
+    assert_eq!(get(id.clone()).await["state"], "calling", "{label}");
+    let v = match gave_up {
+        GaveUp::Cancelled => {
+            let (s, v) = gw.http.json("DELETE", &format!("/v1/associations/{id}"), &gw.tokens.tenant, None).await.unwrap();
+            assert_eq!((s, v["state"].as_str()), (200, Some("cancelled")), "{label}: {v}");
+            v
+        }
+        GaveUp::RingTimeout => wait(|v| v["state"] == "failed").await,
+        GaveUp::RequestTimeout => wait(|v| v["state"] == "failed").await,
+    };
+    let want = match gave_up {
+        GaveUp::Cancelled => "cancelled_by_user",
+        GaveUp::RingTimeout => "no_answer",
+        GaveUp::RequestTimeout => "link_down",
+    };
+    assert_eq!(v["reason"].as_str(), Some(want), "{label}: {v}");
+    assert_eq!(sim.stats().live_calls, 1, "{label}: the call is still up when its result comes");
+    // Now the PBX answers the MakeCall (and the call's events follow).
+    sim.release_results();
+    tokio::time::timeout(LIMIT, sim.wait_stats(|s| s.live_calls == 0)).await.unwrap_or_else(|_| panic!("{label}: the call the late result names is left up: {:?}", sim.stats()));
+    let calls = sim.calls().await;
+    assert_eq!(calls.ended.get(&placed[0]), Some(&CallEnd::ClearConnection), "{label}: the gateway cleared the call the late result named: {calls:?}");
+    gw.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_make_call_result_after_the_association_was_cancelled_is_cleared() {
+    late_make_call_result(GaveUp::Cancelled).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_make_call_result_after_the_attempt_failed_no_answer_is_cleared() {
+    late_make_call_result(GaveUp::RingTimeout).await;
+}
+
+/// Known gap, left for the link's owner: a result that comes after its request timed out is
+/// dropped by the link session (counted in `unexpected_responses`, "a late result is not
+/// delivered": `tests/link/`), so the gateway never learns the call it names and the phone rings
+/// on. Fixing it means the link delivering late results of timed-out port requests (a
+/// `Delivery` of their own) and the gateway clearing a late MakeCall's call as it clears any it
+/// no longer awaits. Run it with `--ignored`: it fails today.
+#[ignore = "known gap: the link drops a result that comes after its request timed out (see the doc comment)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_make_call_result_after_its_request_timed_out_is_cleared() {
+    late_make_call_result(GaveUp::RequestTimeout).await;
 }
 
 /// The gateway as its own process, killed with SIGKILL (no orderly stop) right after the IVR told
@@ -431,8 +636,18 @@ async fn a_killed_gateway_process_keeps_what_it_said_and_its_successor_clears_th
         last = r;
     }
     assert!(last["say"].as_str().unwrap_or("").contains("now linked"), "{last}");
-    let (_, v) = http.json("GET", &format!("/v1/associations/{ringing}"), &tokens.tenant, None).await.unwrap();
-    assert_eq!(v["state"], "ringing");
+    // bob's phone rings as the gateway sees it (its own state, not the simulator's).
+    tokio::time::timeout(LIMIT, async {
+        loop {
+            let (_, v) = http.json("GET", &format!("/v1/associations/{ringing}"), &tokens.tenant, None).await.unwrap();
+            if v["state"] == "ringing" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await; // another process: poll
+        }
+    })
+    .await
+    .expect("bob's association rings");
     // SIGKILL, at once.
     gw.0.kill().unwrap();
     gw.0.wait().unwrap();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use cstagate::demo::{run, DemoDialect, Scenario};
 use cstagate::testkit::{drive_many, local_secrets, Http, Ivr, LocalGateway, LocalOptions, Tokens};
-use cstagate::sim::{IvrSignal, SimConfig, SimPbx};
+use cstagate::sim::{CallEnd, IvrSignal, SimConfig, SimPbx};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -262,45 +262,93 @@ async fn wait_assoc(http: &Http, token: &str, id: &str, pred: impl Fn(&Value) ->
     .expect("the association reaches the expected state")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_link_drop_while_ringing_fails_the_attempt_and_a_retry_works() {
+/// How the PBX side goes away in the tests below.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PbxFault {
+    /// The CTI link drops ([`SimPbx::drop_links`]); the PBX keeps its calls, so the gateway
+    /// must clear the proof call once the link is back.
+    LinkDrop,
+    /// A full PBX reset ([`SimPbx::restart`]): the calls end with it.
+    Reset,
+}
+
+impl PbxFault {
+    fn strike(self, sim: &SimPbx) {
+        match self {
+            PbxFault::LinkDrop => sim.drop_links(),
+            PbxFault::Reset => sim.restart(),
+        }
+    }
+}
+
+/// No call is up on the PBX any more, and `call` (hex) ended the way `how` says.
+async fn call_ended(sim: &SimPbx, call: &str, how: CallEnd) {
+    tokio::time::timeout(LIMIT, sim.wait_stats(|s| s.live_calls == 0)).await.unwrap_or_else(|_| panic!("a call is left up: {:?}", sim.stats()));
+    let calls = sim.calls().await;
+    assert_eq!(calls.ended.get(call), Some(&how), "how {call} ended: {calls:?}");
+}
+
+/// While the phone rings, the PBX goes away: the attempt fails `link_down`, the ringing call
+/// ends (cleared by the gateway once the link is back after a link drop; ended by the PBX
+/// itself in a reset), and the user's retry reaches the IVR.
+async fn pbx_fault_while_ringing(fault: PbxFault) {
     let e = env(None).await;
     e.sim.config().extensions[0].behaviour = cstagate::sim::Behaviour::NeverAnswer;
     let (s, v) = e.http.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
-    assert_eq!(s, 201);
+    assert_eq!(s, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_owned();
     wait_assoc(&e.http, &e.tokens.tenant, &id, |v| v["state"] == "ringing").await;
-    e.sim.restart();
+    let ringing = e.sim.calls().await.live;
+    assert_eq!(ringing.len(), 1, "the phone rings: {ringing:?}");
+    fault.strike(&e.sim);
     let v = wait_assoc(&e.http, &e.tokens.tenant, &id, |v| v["state"] == "failed").await;
-    assert_eq!((v["reason"].as_str(), v["retryable"].as_bool()), (Some("link_down"), Some(true)));
+    assert_eq!((v["reason"].as_str(), v["retryable"].as_bool()), (Some("link_down"), Some(true)), "{fault:?}: {v}");
+    call_ended(&e.sim, &ringing[0], if fault == PbxFault::LinkDrop { CallEnd::ClearConnection } else { CallEnd::Reset }).await;
     // The link comes back; the user retries.
     let link = e.running.gateway.links()["paris"].clone();
     tokio::time::timeout(LIMIT, link.wait_for(|s| *s == cstagate::link::LinkState::Up)).await.unwrap();
     e.sim.config().extensions[0].behaviour = cstagate::sim::Behaviour::Answer { after: Duration::from_millis(10) };
-    let (s, _) = e.http.json("POST", &format!("/v1/associations/{id}/complete"), &e.tokens.tenant, None).await.unwrap();
-    assert_eq!(s, 202);
+    let (s, v) = e.http.json("POST", &format!("/v1/associations/{id}/complete"), &e.tokens.tenant, None).await.unwrap();
+    assert_eq!(s, 202, "{v}");
     wait_assoc(&e.http, &e.tokens.tenant, &id, |v| v["state"] == "in_ivr").await;
     e.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_drop_while_ringing_fails_the_attempt_the_gateway_clears_the_call_and_a_retry_works() {
+    pbx_fault_while_ringing(PbxFault::LinkDrop).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pbx_reset_while_ringing_fails_the_attempt_and_a_retry_works() {
+    pbx_fault_while_ringing(PbxFault::Reset).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_drop_or_a_hang_up_during_the_ivr_dialogue_binds_nothing() {
     let mut e = env(None).await;
     let (id, code, call, ctx) = to_ivr(&mut e, "alice", "2005").await;
-    for d in [None, Some(ctx.as_str()), Some("1")] {
+    let body = |call: &str, digits: Option<&str>| {
         let mut body = json!({ "call": call, "from": "+33144002005", "to": "0800100200" });
-        if let Some(d) = d {
+        if let Some(d) = digits {
             body["digits"] = json!(d);
         }
-        webhook(&e.http, body, &e.tokens.ivr).await;
+        body
+    };
+    for d in [None, Some(ctx.as_str()), Some("1")] {
+        let (s, r) = webhook(&e.http, body(&call, d), &e.tokens.ivr).await;
+        assert_eq!((s, r["hangup"].as_bool()), (200, None), "{d:?}: the dialogue goes on: {r}");
     }
-    e.sim.restart();
+    // The CTI link drops; the call to the IVR goes on.
+    e.sim.drop_links();
     let v = wait_assoc(&e.http, &e.tokens.tenant, &id, |v| v["state"] == "failed").await;
-    assert_eq!(v["reason"], "link_down");
+    assert_eq!((v["reason"].as_str(), v["retryable"].as_bool()), (Some("link_down"), Some(true)), "{v}");
     // The right code arrives too late: refused, nothing bound.
-    let (_, r) = webhook(&e.http, json!({ "call": call, "from": "+33144002005", "to": "0800100200", "digits": code }), &e.tokens.ivr).await;
-    assert_eq!(r["hangup"], true);
+    let (s, r) = webhook(&e.http, body(&call, Some(&code)), &e.tokens.ivr).await;
+    assert_eq!((s, r["hangup"].as_bool()), (200, Some(true)), "{r}");
     assert_eq!(e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.tenant, None).await.unwrap().0, 404);
+    // Once the link is back, the gateway clears the call it placed.
+    call_ended(&e.sim, &call, CallEnd::ClearConnection).await;
 
     // Next attempt: the caller hangs up in the IVR.
     let link = e.running.gateway.links()["paris"].clone();
@@ -315,11 +363,8 @@ async fn a_link_drop_or_a_hang_up_during_the_ivr_dialogue_binds_nothing() {
     let IvrSignal::Digits { digits: ctx2, .. } = tokio::time::timeout(LIMIT, e.ivr.recv()).await.unwrap().unwrap() else { panic!("context digits") };
     assert_ne!(ctx2.trim_matches(['*', '#']), ctx.trim_matches(['*', '#']));
     for d in [None, Some(ctx2.as_str())] {
-        let mut body = json!({ "call": call2, "from": "+33144002005", "to": "0800100200" });
-        if let Some(d) = d {
-            body["digits"] = json!(d);
-        }
-        webhook(&e.http, body, &e.tokens.ivr).await;
+        let (s, r) = webhook(&e.http, body(&call2, d), &e.tokens.ivr).await;
+        assert_eq!((s, r["hangup"].as_bool()), (200, None), "{d:?}: the dialogue goes on: {r}");
     }
     let (s, _) = webhook(&e.http, json!({ "call": call2, "from": "+33144002005", "to": "0800100200", "hangup": true }), &e.tokens.ivr).await;
     assert_eq!(s, 200);

@@ -110,7 +110,7 @@ async fn proof_call_to_the_ivr_phase2_wrapped_results() {
 
 #[tokio::test]
 async fn clearing_the_call_tells_the_ivr() {
-    let (_sim, link, mut ivr) = setup(SimConfig::phase3(&["2005"])).await;
+    let (sim, link, mut ivr) = setup(SimConfig::phase3(&["2005"])).await;
     let mut m = link.monitor("2005").await.unwrap();
     let r = link.request(Operation::MakeCall, make_call("2005", IVR)).await.unwrap();
     let conn = r.connection(F::CallingDevice).cloned().unwrap();
@@ -118,7 +118,8 @@ async fn clearing_the_call_tells_the_ivr() {
     let IvrSignal::Connected { call, .. } = ivr_next(&mut ivr).await else { panic!() };
     link.request(Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(conn.clone()))).await.unwrap();
     assert_eq!(kinds(&mut m, 1).await[0].0, EventKind::ConnectionCleared);
-    assert_eq!(ivr_next(&mut ivr).await, IvrSignal::Cleared { call });
+    assert_eq!(ivr_next(&mut ivr).await, IvrSignal::Cleared { call: call.clone() });
+    assert_eq!(sim.calls().await.ended.get(&call), Some(&cstagate::sim::CallEnd::ClearConnection), "the simulator records how the call ended");
     // Clearing it again: the PBX no longer knows the connection.
     let e = link.request(Operation::ClearConnection, Body::new().with(F::ConnectionToBeCleared, Value::Connection(conn))).await.unwrap_err();
     assert!(matches!(e, RequestError::Failure(u) if u.category == ErrorCategory::Operation && u.value == Some(13)), "{e:?}");
@@ -246,4 +247,148 @@ async fn a_proof_call_up_at_stop_is_cleared_on_the_pbx() {
     let v = store.association(&id).unwrap().expect("stored");
     assert_eq!((v.state, v.reason, v.retryable, v.call), (cstagate::association::State::Failed, Some(cstagate::association::Reason::GatewayRestarted), false, None));
     assert!(store.snapshot(0).unwrap().in_flight.is_empty(), "nothing left for the next start to end");
+}
+
+/// A bare CTI client of the simulator (no [`Link`]): it sees the PBX's cross-reference ids and
+/// the connection's end.
+struct RawCti {
+    s: tokio::net::TcpStream,
+    framer: cstagate::codec::framing::Framer,
+    buf: bytes::BytesMut,
+    next_invoke: i64,
+}
+
+impl RawCti {
+    async fn connect(sim: &SimPbx) -> RawCti {
+        use tokio::io::AsyncWriteExt;
+        let s = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
+        let mut c = RawCti { s, framer: cstagate::codec::framing::Framer::new(cstagate::codec::Framing::TwoByteLength), buf: bytes::BytesMut::new(), next_invoke: 1 };
+        let aarq = cstagate::codec::Apdu::Aarq(cstagate::codec::acse::aarq(&cstagate::codec::acse::AarqParams { context: "1.3.12.0.218".into(), credentials: None, user_information: None }).unwrap());
+        c.s.write_all(&cstagate::codec::Framing::TwoByteLength.frame(&aarq.to_vec(cstagate::codec::Dialect::Phase3).unwrap()).unwrap()).await.unwrap();
+        assert!(matches!(c.next().await, Some(cstagate::codec::Apdu::Aare(_))), "associated");
+        c
+    }
+
+    /// The next APDU, or `None` once the PBX closed the connection.
+    async fn next(&mut self) -> Option<cstagate::codec::Apdu> {
+        use tokio::io::AsyncReadExt;
+        loop {
+            if let Some(frame) = self.framer.decode(&mut self.buf).unwrap() {
+                return Some(cstagate::codec::Apdu::decode(&frame, cstagate::codec::Dialect::Phase3).unwrap());
+            }
+            if timeout(LIMIT, self.s.read_buf(&mut self.buf)).await.expect("the PBX sends or closes").unwrap_or(0) == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Invoke and return the result's body (events before it are skipped).
+    async fn invoke(&mut self, op: Operation, arg: Body) -> Body {
+        use tokio::io::AsyncWriteExt;
+        let id = self.next_invoke;
+        self.next_invoke += 1;
+        let apdu = cstagate::codec::Apdu::invoke(id, op, arg);
+        self.s.write_all(&cstagate::codec::Framing::TwoByteLength.frame(&apdu.to_vec(cstagate::codec::Dialect::Phase3).unwrap()).unwrap()).await.unwrap();
+        loop {
+            match self.next().await.expect("the PBX answers") {
+                cstagate::codec::Apdu::Result(r) if r.invoke_id == Some(id) => {
+                    return match r.result {
+                        Some((_, cstagate::codec::Argument::Body(b))) => b,
+                        _ => Body::null(),
+                    };
+                }
+                cstagate::codec::Apdu::Invoke(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// MonitorStart: the cross-reference id the PBX gave.
+    async fn monitor(&mut self, device: &str) -> Vec<u8> {
+        let r = self.invoke(Operation::MonitorStart, Body::new().with(F::MonitorObject, Value::DeviceId(DeviceId::dialing(device).unwrap()))).await;
+        r.octets(F::CrossRefIdentifier).expect("a cross-reference id").to_vec()
+    }
+
+    /// Wait until the PBX closes the connection.
+    async fn closed(mut self) {
+        while self.next().await.is_some() {}
+    }
+}
+
+/// The three ways the CTI side goes away differ in what survives: a link drop and a CTI restart
+/// leave the calls up on the phones (after a link drop the PBX's cross-reference numbering carries
+/// on, after a CTI restart it starts again), while a full reset ends the calls too.
+#[tokio::test]
+async fn a_link_drop_and_a_cti_restart_keep_the_calls_and_a_reset_ends_them() {
+    let mut cfg = SimConfig::phase3(&["2005"]);
+    cfg.extensions[0].behaviour = Behaviour::NeverAnswer;
+    let sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+    let mut c = RawCti::connect(&sim).await;
+    let first = c.monitor("2005").await;
+    c.invoke(Operation::MakeCall, make_call("2005", IVR)).await;
+    let calls = sim.calls().await.live;
+    assert_eq!(calls.len(), 1, "the phone rings");
+
+    sim.drop_links();
+    c.closed().await;
+    assert_eq!(sim.calls().await.live, calls, "a link drop leaves the call up");
+    let mut c = RawCti::connect(&sim).await;
+    let after_drop = c.monitor("2005").await;
+    assert_ne!(after_drop, first, "after a link drop the CTI's numbering carries on");
+
+    sim.restart_cti();
+    c.closed().await;
+    assert_eq!(sim.calls().await.live, calls, "a CTI restart leaves the call up");
+    let mut c = RawCti::connect(&sim).await;
+    assert_eq!(c.monitor("2005").await, first, "after a CTI restart the numbering starts again");
+    // The call is still the PBX's to clear, by its id.
+    assert_eq!(sim.stats().live_calls, 1);
+
+    sim.restart();
+    c.closed().await;
+    let after = sim.calls().await;
+    assert!(after.live.is_empty(), "a reset ends the calls: {after:?}");
+    assert_eq!(after.ended.get(&calls[0]), Some(&cstagate::sim::CallEnd::Reset));
+}
+
+/// Withheld results: the PBX carries the request out (the call is placed) but its answer, and
+/// the events behind it on the connection, come only on release, in wire order; keep-alive
+/// answers pass meanwhile. Answers withheld on a connection that drops are lost with it.
+#[tokio::test]
+async fn withheld_results_come_on_release_in_wire_order_and_die_with_their_connection() {
+    let mut cfg = SimConfig::phase3(&["2005", "2006"]);
+    for e in &mut cfg.extensions {
+        e.behaviour = Behaviour::NeverAnswer;
+    }
+    let (sim, link, _ivr) = setup(cfg).await;
+    let mut m = link.monitor("2005").await.unwrap();
+    sim.faults().withhold_results.push(Operation::MakeCall);
+    let call = tokio::spawn({
+        let link = link.clone();
+        async move { link.request(Operation::MakeCall, make_call("2005", IVR)).await }
+    });
+    timeout(LIMIT, sim.wait_stats(|s| s.live_calls == 1 && s.results_withheld == 1)).await.expect("the call is placed, its result withheld");
+    // Other answers pass; the call's event waits behind its result.
+    link.request(Operation::SystemStatus, Body::new().with(F::SystemStatus, Value::Int(2))).await.unwrap();
+    assert!(timeout(Duration::ZERO, m.next()).await.is_err(), "no event before the withheld result");
+    assert!(!call.is_finished());
+    sim.release_results();
+    let r = timeout(LIMIT, call).await.unwrap().unwrap().expect("the result, on release");
+    let placed = r.connection(F::CallingDevice).and_then(|c| c.call.clone()).expect("the call in the result");
+    assert_eq!(sim.calls().await.live, vec![hex::encode(&placed)]);
+    let got = kinds(&mut m, 1).await;
+    assert_eq!(got[0].0, EventKind::ServiceInitiated, "then the event that waited behind it");
+    assert_eq!(sim.stats().results_withheld, 0);
+
+    // Withheld again, then the link drops: the answer is lost with its connection.
+    let lost = tokio::spawn({
+        let link = link.clone();
+        async move { link.request(Operation::MakeCall, make_call("2006", IVR)).await }
+    });
+    timeout(LIMIT, sim.wait_stats(|s| s.live_calls == 2 && s.results_withheld == 1)).await.expect("the second call is placed, its result withheld");
+    sim.drop_links();
+    assert_eq!(timeout(LIMIT, lost).await.unwrap().unwrap(), Err(RequestError::LinkDown));
+    timeout(LIMIT, sim.wait_stats(|s| s.results_withheld == 0)).await.expect("the withheld answer died with its connection");
+    timeout(LIMIT, link.wait_for(|s| *s == LinkState::Up)).await.unwrap();
+    assert_eq!(sim.stats().live_calls, 2, "both calls are still up on the phones");
 }
