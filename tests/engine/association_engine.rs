@@ -1560,3 +1560,41 @@ fn a_stopping_gateway_ends_the_live_associations_except_those_whose_call_may_be_
     assert!(t.notified(&b).iter().all(|e| e != "failed"));
     assert_eq!(t.audited(&a).last().map(|(s, _)| s.as_str()), Some("failed"));
 }
+
+/// The engine asks to be woken while any of its small maps holds something to forget (IVR calls,
+/// the last hour's proof calls, owner blocks), each alone enough, and not once they are empty.
+#[test]
+fn the_engine_wakes_to_forget_whatever_small_map_holds_something() {
+    let snap = |proof_calls: Vec<ProofCall>, blocks: Vec<OwnerBlock>| cstagate::association::Snapshot { bindings: vec![], counters: vec![], proof_calls, blocks, in_flight: vec![] };
+    let now: Millis = 5_000_000;
+    let policies = || HashMap::from([("paris".to_owned(), policy())]);
+    // Nothing held: nothing due.
+    let (e, _) = Engine::restore(policies(), snap(vec![], vec![]), now);
+    assert_eq!(e.poll_timeout(), None);
+    // Only a proof call of the last hour.
+    let call = ProofCall { pbx: "paris".into(), extension: "2005".into(), tenant: "acme".into(), account: "alice".into(), at: now - 1 };
+    let (mut e, _) = Engine::restore(policies(), snap(vec![call], vec![]), now);
+    assert!(e.poll_timeout().is_some(), "a proof call to forget in an hour");
+    e.handle_timeout(now + 3_600_000);
+    assert_eq!((e.sizes().proof_call_extensions, e.poll_timeout()), (0, None));
+    // Only an owner block.
+    let block = OwnerBlock { tenant: "acme".into(), account: "mallory".into(), pbx: "paris".into(), extension: "2005".into(), until: now + 1_000 };
+    let (mut e, _) = Engine::restore(policies(), snap(vec![], vec![block]), now);
+    assert!(e.poll_timeout().is_some(), "a block to forget");
+    e.handle_timeout(now + 1_000);
+    assert_eq!(e.poll_timeout(), None);
+    // Only an IVR call (a guess at a context id).
+    let mut t = T::new(policy());
+    assert_eq!(t.e.poll_timeout(), None);
+    t.ivr("guess", Some("12345678"));
+    assert_eq!(t.e.sizes().ivr_calls, 1);
+    let at = t.e.poll_timeout().expect("an IVR call to forget");
+    let mut later = at;
+    while t.e.sizes().ivr_calls > 0 {
+        later = later.max(t.now + 1) + 60_000;
+        t.now = later;
+        t.run(Input::Timeout { now: later });
+        assert!(later < T0 + 3_600_000, "the silent IVR call is never forgotten");
+    }
+    assert_eq!(t.e.poll_timeout(), None);
+}
