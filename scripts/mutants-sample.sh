@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CI's bounded sample of mutation testing (TESTING.md, "Mutation testing"): one shard of the
 # mutants of `.cargo/mutants.toml`, shard k of N with k taken from the commit, so successive
-# commits test different mutants and N commits cover them all. Fails if a mutant survives or
-# times out: a new survivor is either a missing test or, once argued, an entry of
+# commits test different mutants and N commits cover them all. Fails if a mutant survives: a
+# mutant that makes the tests hang (cargo-mutants' "timeout", exit 3) is caught, since the suite
+# would never pass with it. A new survivor is either a missing test or, once argued, an entry of
 # `exclude_re` in `.cargo/mutants.toml` and of TESTING.md's table of equivalent mutants.
 #
 #   bash scripts/mutants-sample.sh [--shard K/N]        (default: from the commit, N = 24)
@@ -33,7 +34,7 @@ out=target/mutants-ci/mutants.out
 for f in caught missed timeout unviable; do
     printf '%-9s %s\n' "$f" "$( (cat "$out/$f.txt" 2>/dev/null || true) | wc -l)"
 done
-if [ "$status" -ne 0 ]; then
-    echo "mutation testing failed (cargo-mutants exit $status): survivors and timeouts above, logs in $out/log/" >&2
+if [ "$status" -ne 0 ] && [ "$status" -ne 3 ]; then
+    echo "mutation testing failed (cargo-mutants exit $status): survivors above and in $out/missed.txt, logs in $out/log/" >&2
     exit "$status"
 fi
