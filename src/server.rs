@@ -185,7 +185,7 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let links: HashMap<_, _> = profiles.into_iter().map(|p| (p.id.clone(), Link::spawn(p))).collect();
     let notifier = (!secrets.notify.is_empty()).then(|| crate::notify::Notifier::start(secrets.notify.clone()));
     let gateway = Gateway::start(engine, Box::new(store), links, notifier, restored);
-    let listener = tokio::net::TcpListener::bind(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
+    let listener = listen(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let guards = crate::ivr::IvrGuards::new(config.gateway.ivr_guesses_per_minute);
     let app = crate::api::router_with(gateway.clone(), secrets, guards.clone());
@@ -195,7 +195,7 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let mut fastagi_addr = None;
     let mut fastagi = None;
     if let Some(listen) = &config.gateway.fastagi_listen {
-        let l = tokio::net::TcpListener::bind(listen).await.map_err(|source| StartError::Listen { addr: listen.clone(), source })?;
+        let l = self::listen(listen).await.map_err(|source| StartError::Listen { addr: listen.clone(), source })?;
         fastagi_addr = l.local_addr().ok();
         let settings = crate::ivr::fastagi::FastAgiSettings {
             prompts: config.gateway.fastagi_prompts.clone(),
@@ -208,4 +208,24 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
         tracing::info!(addr = ?fastagi_addr, "FastAGI server listening");
     }
     Ok(Running { addr, fastagi_addr, gateway, server, fastagi, shutdown, grace: config.gateway.shutdown_grace })
+}
+
+/// Connections the kernel queues for a listener before the gateway accepts them. A burst of app
+/// requests or IVR webhooks (a thousand users at nine o'clock) overflowed the standard 128: the
+/// kernel reset the connections it had no room for. Capped by `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Bind a TCP listener on `addr` (`host:port`, the first address it resolves to) with
+/// [`LISTEN_BACKLOG`].
+async fn listen(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolves to nothing")))
 }
