@@ -1589,6 +1589,8 @@ fn the_engine_wakes_to_forget_whatever_small_map_holds_something() {
     t.ivr("guess", Some("12345678"));
     assert_eq!(t.e.sizes().ivr_calls, 1);
     let at = t.e.poll_timeout().expect("an IVR call to forget");
+    t.run(Input::Timeout { now: t.now });
+    assert_eq!(t.e.poll_timeout(), Some(t.now + 60_000), "swept at least every minute while it holds anything");
     let mut later = at;
     while t.e.sizes().ivr_calls > 0 {
         later = later.max(t.now + 1) + 60_000;
@@ -1597,4 +1599,21 @@ fn the_engine_wakes_to_forget_whatever_small_map_holds_something() {
         assert!(later < T0 + 3_600_000, "the silent IVR call is never forgotten");
     }
     assert_eq!(t.e.poll_timeout(), None);
+}
+
+/// An ended attempt's context id is "no longer valid" (not a guess) for ten minutes to the
+/// millisecond, then unknown like any other; the sweep in between keeps it.
+#[test]
+fn an_ended_context_is_remembered_for_ten_minutes_to_the_millisecond() {
+    let mut t = T::new(policy());
+    let (_, call) = t.ringing("alice", "2005");
+    let ctx = t.ctx("2005");
+    t.ev("2005", CallEvent::Failed { call, cause: Some(3) });
+    let ended = t.now;
+    t.now = ended + 600_000 - 1;
+    t.run(Input::Timeout { now: t.now });
+    assert_eq!(t.ivr("late", Some(&ctx)).prompt, "no_longer_valid");
+    t.now = ended + 600_000;
+    t.run(Input::Timeout { now: t.now });
+    assert_eq!(t.ivr("later", Some(&ctx)).prompt, "unknown_context");
 }
