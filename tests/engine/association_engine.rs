@@ -1572,9 +1572,11 @@ fn the_engine_wakes_to_forget_whatever_small_map_holds_something() {
     let (e, _) = Engine::restore(policies(), snap(vec![], vec![]), now);
     assert_eq!(e.poll_timeout(), None);
     // Only a proof call of the last hour.
-    let call = ProofCall { pbx: "paris".into(), extension: "2005".into(), tenant: "acme".into(), account: "alice".into(), at: now - 1 };
+    let call = ProofCall { pbx: "paris".into(), extension: "2005".into(), tenant: "acme".into(), account: "alice".into(), at: now };
     let (mut e, _) = Engine::restore(policies(), snap(vec![call], vec![]), now);
     assert!(e.poll_timeout().is_some(), "a proof call to forget in an hour");
+    e.handle_timeout(now + 3_600_000 - 1);
+    assert_eq!(e.sizes().proof_call_extensions, 1, "still within its hour");
     e.handle_timeout(now + 3_600_000);
     assert_eq!((e.sizes().proof_call_extensions, e.poll_timeout()), (0, None));
     // Only an owner block.
@@ -1616,4 +1618,23 @@ fn an_ended_context_is_remembered_for_ten_minutes_to_the_millisecond() {
     t.now = ended + 600_000;
     t.run(Input::Timeout { now: t.now });
     assert_eq!(t.ivr("later", Some(&ctx)).prompt, "unknown_context");
+}
+
+/// Forgetting an ended association (ten minutes after its end) forgets the requests it awaited,
+/// and only those: another association's request in flight is still answered.
+#[test]
+fn forgetting_an_ended_association_keeps_the_others_requests() {
+    let mut p = policy();
+    p.code_ttl = std::time::Duration::from_secs(3_600);
+    let mut t = T::new(p);
+    let a = t.create("alice", "2005").view.unwrap().id;
+    t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: a.clone(), now: t.now });
+    let ended = t.now;
+    let b = t.create("bob", "2006").view.unwrap().id;
+    let monitor = t.request_id(&CstaRequest::MonitorStart { extension: "2006".into() });
+    t.now = ended + 600_000;
+    t.run(Input::Timeout { now: t.now });
+    assert!(t.e.view(&Principal::Admin, &a).is_none(), "forgotten");
+    t.run(Input::CstaDone { id: monitor, outcome: Ok(CstaResultInfo::default()), now: t.now });
+    assert_eq!(t.state(&b).0, State::Calling, "bob's MonitorStart answer still counts");
 }
