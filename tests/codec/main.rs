@@ -10,4 +10,5 @@ mod common;
 mod asn1_differential;
 mod codec_captures;
 mod codec_malformed;
+mod codec_unknown_members;
 mod codec_vectors;
