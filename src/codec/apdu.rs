@@ -448,6 +448,13 @@ fn decode_argument(r: &Reader<'_>, a: &Tlv, op: &Op, d: Dialect, is_result: bool
     }
     let form = if is_result { schemas::result(known, d) } else { schemas::argument(known, d) };
     match form {
+        // An argument or result that is a SEQUENCE comes as a universal SEQUENCE (30), or as the
+        // NULL of a result without data: only event bodies and ACSE APDUs are implicitly tagged.
+        // Any other tag would go out again as 30, so it is an error, not a silent rewrite
+        // (FUZZING.md finding 6).
+        Some(Form::Sequence(_)) if a.tag != Tag::SEQUENCE && a.tag != Tag::NULL => {
+            Err(DecodeError::new(ErrorKind::UnexpectedTag { expected: "SEQUENCE", found: a.tag }, a.start).within(known.name(d)))
+        }
         Some(f) => Ok(Argument::Body(Body::decode(r, a, f, d, known.name(d))?)),
         None => Ok(Argument::Opaque(r.raw(a))),
     }

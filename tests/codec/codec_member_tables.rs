@@ -192,3 +192,24 @@ fn a_member_re_encoded_in_the_other_dialect_takes_that_dialects_tag() {
     assert_eq!(moved.tag.map(|t| t.0), Some(0x63), "Phase III callingDevice is a SubjectDeviceID");
     assert_eq!(moved.value, calling.value);
 }
+
+#[test]
+fn an_argument_or_result_sequence_under_another_tag_is_refused_not_rewritten() {
+    // Found by the fuzz oracle's byte-for-byte check (FUZZING.md finding 6): a MakeCall argument
+    // under SET (31) instead of SEQUENCE (30), and a MonitorStart result under [APPLICATION 21]
+    // (35), decoded and went out again under 30.
+    let cases = [
+        (Dialect::Phase3, "a12702010302010a311f5f21010730068004323030359f280212343006800432303036bf2203020101", 8),
+        (Dialect::Phase2, "a20e0201023009020147350455020001", 10),
+    ];
+    for (d, input, at) in cases {
+        let e = Apdu::decode(&Bytes::from(hex::decode(input).expect("hex")), d).expect_err(input);
+        assert!(matches!(e.kind, cstagate::codec::ErrorKind::UnexpectedTag { expected: "SEQUENCE", .. }), "{d:?}: {e}");
+        assert_eq!(e.offset, at, "{d:?}: {e}");
+        // The same APDU under 30 decodes and re-encodes as it came.
+        let mut fixed = hex::decode(input).expect("hex");
+        fixed[at] = 0x30;
+        let a = Apdu::decode(&Bytes::from(fixed.clone()), d).unwrap_or_else(|e| panic!("{d:?}: {e}"));
+        assert_eq!(a.to_vec(d).expect("re-encodes"), fixed);
+    }
+}
