@@ -213,3 +213,23 @@ fn an_argument_or_result_sequence_under_another_tag_is_refused_not_rewritten() {
         assert_eq!(a.to_vec(d).expect("re-encodes"), fixed);
     }
 }
+
+#[test]
+fn an_invoke_keeps_its_linked_id_present_or_explicitly_absent() {
+    // Found by the byte-for-byte fuzz oracle (FUZZING.md finding 7): the `absent [1] NULL`
+    // alternative of linkedId was read and dropped, so the invoke went out without it.
+    use cstagate::codec::LinkedId;
+    let cases = [
+        (Dialect::Phase3, "a10c020180810006052b0c008134", Some(LinkedId::Absent)),
+        (Dialect::Phase2, "a1140201bf81000201336b0a82022b7a830408b30100", Some(LinkedId::Absent)),
+        (Dialect::Phase3, "a111020102800101020149300655040000 0001", Some(LinkedId::Present(1))),
+        (Dialect::Phase3, "a10e020102020149300655040000 0001", None),
+    ];
+    for (d, input, linked) in cases {
+        let bytes = hex(input);
+        let a = Apdu::decode(&bytes, d).unwrap_or_else(|e| panic!("{d:?} {input}: {e}"));
+        let Apdu::Invoke(i) = &a else { panic!("not an invoke") };
+        assert_eq!(i.linked_id, linked, "{input}");
+        assert_eq!(hex::encode(a.to_vec(d).expect("re-encodes")), hex::encode(&bytes), "{d:?}: re-encoding");
+    }
+}
