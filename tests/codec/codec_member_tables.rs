@@ -77,8 +77,10 @@ fn every_argument_and_result_with_a_table_decodes_into_its_named_members_in_both
         ("monitorStart result", p2, result(&[71], &seq(&[&xref])), vec![F::CrossRefIdentifier], false),
         ("makeCall result", p3, result(&[10], &seq(&[&c3])), vec![F::CallingDevice], false),
         ("makeCall result", p2, result(&[10], &c2), vec![F::CallingDevice], false),
+        ("makeCall result without data", p2, result(&[10], &h("05 00")), vec![], true),
         ("snapshotDevice result", p3, result(&[74], &h("30 02 05 00")), vec![F::SnapshotData], false),
         ("snapshotDevice result", p2, result(&[74], &h("76 00")), vec![F::SnapshotData], false),
+        ("snapshotDevice result without data", p2, result(&[74], &h("05 00")), vec![], true),
         ("escape result", p3, result(&[51], &private), vec![F::PrivateData], false),
         ("escape result", p2, result(&[51], &private), vec![F::PrivateData], false),
         ("monitorStop result", p3, result(&[73], &h("05 00")), vec![], true),
@@ -232,4 +234,49 @@ fn an_invoke_keeps_its_linked_id_present_or_explicitly_absent() {
         assert_eq!(i.linked_id, linked, "{input}");
         assert_eq!(hex::encode(a.to_vec(d).expect("re-encodes")), hex::encode(&bytes), "{d:?}: re-encoding");
     }
+}
+
+#[test]
+fn members_built_in_any_order_go_out_in_the_order_of_the_table() {
+    // Established, Phase III: established connection, answering device, ..., cause.
+    let conn = ConnectionId { call: Some(hex("0102")), device: Some(LocalDevice::Static(dev("201"))) };
+    let body = Body::new()
+        .with(F::Cause, Value::Int(22))
+        .with(F::AnsweringDevice, Value::Device(DeviceRef::Id(dev("201"))))
+        .with(F::LocalConnectionInfo, Value::Int(3))
+        .with(F::EstablishedConnection, Value::Connection(conn));
+    let ev = Apdu::event(1, cstagate::codec::EventReport { xref: hex("00000001"), extensions: None, event: Event::Call { kind: cstagate::codec::EventKind::Established, body } });
+    let a = Apdu::decode(&Bytes::from(ev.to_vec(Dialect::Phase3).expect("encodes")), Dialect::Phase3).expect("decodes");
+    let names: Vec<F> = body_of(&a).fields.iter().map(|f| f.name).collect();
+    assert_eq!(names, vec![F::EstablishedConnection, F::AnsweringDevice, F::LocalConnectionInfo, F::Cause]);
+}
+
+#[test]
+fn a_member_the_dialect_has_no_slot_for_is_left_out_unless_it_is_raw_bytes() {
+    // MakeCall: Phase II has no autoOriginate and no userData. A typed member it cannot express is
+    // left out; a member held as raw bytes goes out verbatim, in its place.
+    let body = Body::new()
+        .with(F::CallingDevice, Value::DeviceId(dev("1144")))
+        .with(F::CalledDirectoryNumber, Value::DeviceId(dev("1106")))
+        .with(F::AutoOriginate, Value::Int(1))
+        .with(F::UserData, Value::Raw(hex("7D 02 04 00")));
+    let bytes = Apdu::invoke(6, cstagate::codec::Operation::MakeCall, body).to_vec(Dialect::Phase2).expect("encodes");
+    assert_eq!(hex::encode(bytes), hex::encode(hex("A1 1A 02 01 06 02 01 0A 30 12 80 04 31 31 34 34 62 06 80 04 31 31 30 36 7D 02 04 00")));
+}
+
+#[test]
+fn a_member_with_the_wrong_constructed_bit_is_malformed_and_a_missing_mandatory_member_is_named() {
+    let d = Dialect::Phase3;
+    // Panasonic ServiceInitiated with localConnectionInfo constructed (6E instead of 4E).
+    let ev = hex("A1 36 02 01 02 02 01 15 30 2E 55 04 01 11 00 05 A0 26 B0 24 6B 12 30 10 80 04 30 30 36 33 A1 08 30 06 80 04 32 30 30 36 63 08 30 06 80 04 32 30 30 36 4E 01 01 0A 01 16");
+    assert!(Apdu::decode(&ev, d).is_ok(), "the capture decodes");
+    let mut bad = ev.to_vec();
+    bad[50] = 0x6E;
+    let e = Apdu::decode(&Bytes::from(bad), d).expect_err("a constructed localConnectionInfo");
+    assert_eq!((e.kind.clone(), e.offset), (cstagate::codec::ErrorKind::MustBePrimitive("member"), 50), "{e}");
+    // MakeCall without its called number; Established without its connection.
+    let e = Apdu::decode(&invoke(10, &hex("30 07 30 05 80 03 32 30 31")), d).expect_err("no calledDirectoryNumber");
+    assert_eq!(e.kind, cstagate::codec::ErrorKind::Missing("calledDirectoryNumber"), "{e}");
+    let e = Apdu::decode(&hex("A1 19 02 01 07 02 01 15 30 11 55 04 00 00 00 01 A0 09 A7 07 63 05 30 03 80 01 31"), d).expect_err("no establishedConnection");
+    assert_eq!(e.kind, cstagate::codec::ErrorKind::Missing("establishedConnection"), "{e}");
 }
