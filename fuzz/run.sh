@@ -5,7 +5,8 @@
 #   bash fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s, every target)
 #
 # Corpora: fuzz/corpus/<target>/ (git-ignored, grows across local runs) plus the committed seeds
-# fuzz/seeds/<target>/ (the capture APDUs; regenerate with fuzz/make_seeds.py). Crashes and hangs
+# fuzz/seeds/<target>/ (the capture APDUs; regenerate with fuzz/make_seeds.py) and the regression
+# inputs tests/fuzz_regressions/<target>/ (read only). Crashes and hangs
 # land in fuzz/artifacts/<target>/; logs in fuzz/artifacts/<target>.log. Exits non-zero if any
 # target crashed, hung, ran out of memory or failed to build. See FUZZING.md.
 set -euo pipefail
@@ -43,8 +44,15 @@ for t in "${TARGETS[@]}"; do
     echo "fuzz: $t for ${SECS} s"
     status=0
     # The outer timeout is a safety net only: libFuzzer stops itself after -max_total_time.
+    # The regression inputs of the target (tests/fuzz_regressions/<target>/, when there are any)
+    # are a read-only corpus too: the fuzzer starts from what was found and from the hand-built
+    # inputs there (e.g. captures with unknown members spliced in).
+    extra=()
+    if [ -d "tests/fuzz_regressions/$t" ]; then
+        extra=("tests/fuzz_regressions/$t")
+    fi
     timeout --signal=INT --kill-after=30 "$(( SECS + 120 ))" \
-        cargo fuzz run -s none "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+        cargo fuzz run -s none "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" "${extra[@]}" -- \
         -dict=fuzz/csta.dict -max_len=4096 -timeout=5 -rss_limit_mb=2048 \
         -max_total_time="$SECS" -print_final_stats=1 \
         -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1 || status=$?

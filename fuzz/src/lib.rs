@@ -45,7 +45,11 @@ pub fn run(target: &str, data: &[u8]) {
 /// - render in the `cstagate decode` view (JSON and line) without panicking;
 /// - re-encode; the re-encoding must decode to the same value (`PartialEq`, the members' wire
 ///   tags included: a decoded value re-encodes in place), and re-encode to the same bytes
-///   (encoding is canonical, hence a fixed point).
+///   (encoding is canonical, hence a fixed point);
+/// - when the input is [`canonical`], re-encode to the input itself, byte for byte
+///   ([`same_bytes_but_integers`]: only an integer the input wrote with a redundant leading
+///   octet may come back minimal). This is what shows that nothing was dropped, reordered or
+///   rewritten: unknown members, private data, wire tags, the order of the members.
 ///
 /// Whatever does not decode must give an error whose offset lies inside the input.
 pub fn apdu(data: &[u8], d: Dialect) {
@@ -65,6 +69,163 @@ pub fn apdu(data: &[u8], d: Dialect) {
     assert_eq!(first, second, "re-encoding changed the value\n input {}\n re-encoded {}", hexs(data), hexs(&enc));
     let enc2 = second.to_vec(d).expect("a decoded APDU re-encodes");
     assert!(enc2 == enc, "encoding is not a fixed point\n input {}\n first {}\n second {}", hexs(data), hexs(&enc), hexs(&enc2));
+    if canonical(data) {
+        if let Err(why) = same_bytes_but_integers(data, &enc) {
+            panic!("a canonical input does not re-encode to itself ({why})\n input      {}\n re-encoded {}\n {first:?}", hexs(data), hexs(&enc));
+        }
+    }
+}
+
+/// How deep [`canonical`] and [`same_bytes_but_integers`] follow constructed values (an unknown
+/// member is kept verbatim whatever its depth; deeper than this, the input counts as not
+/// canonical and only the fixed-point checks apply).
+const CANONICAL_DEPTH: usize = 64;
+
+/// Whether `data` is **canonical** for the byte-equality check of [`apdu`]: exactly one TLV, and
+/// every TLV in it, at every depth (each constructed value's content is read as TLVs, whatever
+/// member it is, up to [`CANONICAL_DEPTH`] levels), has
+/// 1. a definite length (no `0x80` indefinite form), in the fewest octets: the short form below
+///    128, else the long form `0x81..=0x84` with no leading zero octet and a value of at least 128;
+/// 2. its identifier in the fewest octets: the low-tag form for tag numbers 0 to 30; the
+///    high-tag form (`xx11111`) only for 31 and above, with no leading `0x80` octet;
+/// 3. and the content of every constructed value is a sequence of such TLVs, exactly filling it.
+///
+/// That is DER's length and tag rules (X.690 §10.1) without DER's value rules: primitive
+/// contents are not looked at (an INTEGER with a redundant leading octet is still canonical
+/// here; [`same_bytes_but_integers`] allows the codec to write it minimal), nor is the order of
+/// SET members. The codec writes every header this way (`ber::Writer`), so for such input
+/// anything but the input's own bytes means something was lost or rewritten.
+pub fn canonical(data: &[u8]) -> bool {
+    let mut stack = vec![(0usize, data.len(), 0usize)];
+    let mut top = true;
+    while let Some((mut p, end, depth)) = stack.pop() {
+        if depth > CANONICAL_DEPTH {
+            return false;
+        }
+        while p < end {
+            let Some(h) = header(data, p, end) else { return false };
+            if !h.minimal {
+                return false;
+            }
+            if h.constructed {
+                stack.push((h.content, h.end, depth + 1));
+            }
+            p = h.end;
+            if top && p != end {
+                return false; // trailing bytes after the APDU
+            }
+        }
+        top = false;
+    }
+    true
+}
+
+/// One TLV header as [`canonical`] reads it (definite lengths only).
+struct Header {
+    /// The identifier octets.
+    id: std::ops::Range<usize>,
+    constructed: bool,
+    /// Identifier and length in the fewest octets.
+    minimal: bool,
+    content: usize,
+    end: usize,
+}
+
+fn header(b: &[u8], start: usize, end: usize) -> Option<Header> {
+    let first = *b.get(start).filter(|_| start < end)?;
+    let mut p = start + 1;
+    let mut minimal = true;
+    if first & 0x1F == 0x1F {
+        let lead = *b.get(p).filter(|_| p < end)?;
+        let mut number: u64 = 0;
+        loop {
+            let o = *b.get(p).filter(|_| p < end)?;
+            p += 1;
+            number = (number << 7) | u64::from(o & 0x7F);
+            if number > u64::from(u32::MAX) {
+                return None;
+            }
+            if o & 0x80 == 0 {
+                break;
+            }
+        }
+        minimal &= lead != 0x80 && number >= 31;
+    }
+    let id = start..p;
+    let lb = *b.get(p).filter(|_| p < end)?;
+    p += 1;
+    let len = if lb & 0x80 == 0 {
+        usize::from(lb)
+    } else {
+        let n = usize::from(lb & 0x7F);
+        if n == 0 || n > 4 || p + n > end {
+            return None; // indefinite (0x80) or unsupported
+        }
+        let l = b[p..p + n].iter().fold(0usize, |a, &x| (a << 8) | usize::from(x));
+        minimal &= b[p] != 0 && l >= 0x80;
+        p += n;
+        l
+    };
+    if len > end - p {
+        return None;
+    }
+    Some(Header { id, constructed: first & 0x20 != 0, minimal, content: p, end: p + len })
+}
+
+/// `Ok` when `output` is `input` byte for byte, or differs from it only where the input gives an
+/// integer with a redundant leading octet (content of 2 to 8 octets starting `00` then a byte
+/// below `0x80`, or `FF` then a byte from `0x80`) and the output has the minimal two's-complement
+/// content of the same value, under the same identifier, with the lengths around it adjusted.
+/// Both are compared as TLV trees of [`canonical`] headers. `Err` names the first difference.
+pub fn same_bytes_but_integers(input: &[u8], output: &[u8]) -> Result<(), String> {
+    if input == output {
+        return Ok(());
+    }
+    let mut stack = vec![((0usize, input.len()), (0usize, output.len()), 0usize)];
+    while let Some(((mut p, pe), (mut q, qe), depth)) = stack.pop() {
+        if depth > CANONICAL_DEPTH {
+            return Err("too deep to compare".into());
+        }
+        loop {
+            match (p < pe, q < qe) {
+                (false, false) => break,
+                (true, false) => return Err(format!("input byte {p}: a TLV the re-encoding does not have")),
+                (false, true) => return Err(format!("re-encoding byte {q}: a TLV the input does not have")),
+                (true, true) => {}
+            }
+            let (Some(a), Some(b)) = (header(input, p, pe), header(output, q, qe)) else {
+                return Err(format!("input byte {p} / re-encoding byte {q}: unreadable TLV"));
+            };
+            if input[a.id.clone()] != output[b.id.clone()] {
+                return Err(format!("input byte {p}: identifier {} re-encoded as {}", hexs(&input[a.id.clone()]), hexs(&output[b.id.clone()])));
+            }
+            if a.constructed {
+                stack.push(((a.content, a.end), (b.content, b.end), depth + 1));
+            } else {
+                let (x, y) = (&input[a.content..a.end], &output[b.content..b.end]);
+                if x != y && !(redundant_leading_octet(x) && minimal_int(x) == y) {
+                    return Err(format!("input byte {p}: content {} re-encoded as {}", hexs(x), hexs(y)));
+                }
+            }
+            p = a.end;
+            q = b.end;
+        }
+    }
+    Ok(())
+}
+
+/// A two's-complement integer content (2..=8 octets) with a redundant leading octet.
+fn redundant_leading_octet(c: &[u8]) -> bool {
+    c.len() >= 2 && c.len() <= 8 && ((c[0] == 0x00 && c[1] & 0x80 == 0) || (c[0] == 0xFF && c[1] & 0x80 != 0))
+}
+
+/// The minimal content of the integer `c` (at most 8 octets) encodes.
+fn minimal_int(c: &[u8]) -> &[u8] {
+    let mut i = 0;
+    while i + 1 < c.len() && ((c[i] == 0x00 && c[i + 1] & 0x80 == 0) || (c[i] == 0xFF && c[i + 1] & 0x80 != 0)) {
+        i += 1;
+    }
+    &c[i..]
 }
 
 /// The error's offset points into the APDU (or just past its end, for truncation), and the error

@@ -85,9 +85,18 @@ pub enum Argument {
 pub struct Invoke {
     /// `None` for the `absent` InvokeId alternative.
     pub invoke_id: Option<i64>,
-    pub linked_id: Option<i64>,
+    pub linked_id: Option<LinkedId>,
     pub op: Op,
     pub argument: Argument,
+}
+
+/// X.880 `linkedId CHOICE { present [0] IMPLICIT InvokeId, absent [1] IMPLICIT NULL }`: the
+/// invoke this one is linked to, or the explicit `absent` (kept so that it re-encodes as it
+/// came, FUZZING.md finding 7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkedId {
+    Present(i64),
+    Absent,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -223,8 +232,10 @@ impl Apdu {
                 check_argument(&i.argument, dialect)?;
                 w.constructed(Tag(0xA1), |w| {
                     invoke_id(w, i.invoke_id);
-                    if let Some(l) = i.linked_id {
-                        w.integer(Tag(0x80), l);
+                    match i.linked_id {
+                        Some(LinkedId::Present(l)) => w.integer(Tag(0x80), l),
+                        Some(LinkedId::Absent) => w.null(Tag(0x81)),
+                        None => {}
                     }
                     write_code(w, &code);
                     encode_argument(w, &i.op, &i.argument, dialect, false);
@@ -426,10 +437,11 @@ fn decode_invoke(r: &Reader<'_>, t: &Tlv, d: Dialect) -> Result<Invoke> {
     let mut next = s.required("opcode")?;
     let mut linked_id = None;
     if next.tag == Tag(0x80) {
-        linked_id = Some(s.integer(&next, "linkedId")?);
+        linked_id = Some(LinkedId::Present(s.integer(&next, "linkedId")?));
         next = s.required("opcode")?;
     } else if next.tag == Tag(0x81) {
         s.null(&next, "linkedId")?;
+        linked_id = Some(LinkedId::Absent);
         next = s.required("opcode")?;
     }
     let op = Op::from_code(decode_code(&s, &next)?, d);
@@ -448,6 +460,13 @@ fn decode_argument(r: &Reader<'_>, a: &Tlv, op: &Op, d: Dialect, is_result: bool
     }
     let form = if is_result { schemas::result(known, d) } else { schemas::argument(known, d) };
     match form {
+        // An argument or result that is a SEQUENCE comes as a universal SEQUENCE (30), or as the
+        // NULL of a result without data: only event bodies and ACSE APDUs are implicitly tagged.
+        // Any other tag would go out again as 30, so it is an error, not a silent rewrite
+        // (FUZZING.md finding 6).
+        Some(Form::Sequence(_)) if a.tag != Tag::SEQUENCE && a.tag != Tag::NULL => {
+            Err(DecodeError::new(ErrorKind::UnexpectedTag { expected: "SEQUENCE", found: a.tag }, a.start).within(known.name(d)))
+        }
         Some(f) => Ok(Argument::Body(Body::decode(r, a, f, d, known.name(d))?)),
         None => Ok(Argument::Opaque(r.raw(a))),
     }

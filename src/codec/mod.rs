@@ -26,7 +26,7 @@ pub mod schemas;
 pub mod values;
 mod universal_failure;
 
-pub use apdu::{Apdu, Argument, Event, EventReport, Invoke, Op, Reject, RejectProblem, ReturnError, ReturnResult};
+pub use apdu::{Apdu, Argument, Event, EventReport, Invoke, LinkedId, Op, Reject, RejectProblem, ReturnError, ReturnResult};
 pub use ber::{DecodeError, ErrorKind};
 pub use body::{Body, Field, FieldName, Value, Wrapping};
 pub use framing::{Framer, Framing};

@@ -10,4 +10,6 @@ mod common;
 mod asn1_differential;
 mod codec_captures;
 mod codec_malformed;
+mod codec_member_tables;
+mod codec_unknown_members;
 mod codec_vectors;
