@@ -1332,8 +1332,11 @@ impl T {
 /// association into a failed one.
 #[test]
 fn late_answers_to_an_ended_attempts_requests_change_nothing() {
-    for outcome in [Ok(CstaResultInfo::default()), Err(CstaFailure::Rejected)] {
-        let mut t = T::new(policy());
+    // With a lock prefix, a MonitorStart result taken for a live attempt's would lock the phone.
+    let mut locking = policy();
+    locking.lock_prefix = Some("*66".into());
+    for (p, outcome) in [(policy(), Ok(CstaResultInfo::default())), (locking, Ok(CstaResultInfo::default())), (policy(), Err(CstaFailure::Rejected))] {
+        let mut t = T::new(p);
         let id = t.create("alice", "2005").view.unwrap().id;
         let monitor = t.request_id(&CstaRequest::MonitorStart { extension: "2005".into() });
         t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.clone(), now: t.now });
@@ -1637,4 +1640,28 @@ fn forgetting_an_ended_association_keeps_the_others_requests() {
     assert!(t.e.view(&Principal::Admin, &a).is_none(), "forgotten");
     t.run(Input::CstaDone { id: monitor, outcome: Ok(CstaResultInfo::default()), now: t.now });
     assert_eq!(t.state(&b).0, State::Calling, "bob's MonitorStart answer still counts");
+}
+
+/// A lock call still prompting when its attempt fails is cleared like the proof call; once the
+/// lock is done (the PBX ended the lock call) only the proof call is.
+#[test]
+fn a_failing_attempt_clears_the_lock_call_only_while_it_prompts() {
+    let mut p = policy();
+    p.lock_prefix = Some("*66".into());
+    let mut t = T::new(p.clone());
+    let id = t.create("alice", "2005").view.unwrap().id;
+    t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }));
+    let out = t.run(Input::LinkDown { pbx: "paris".into(), now: t.now });
+    assert_eq!(T::clears(&out.actions), [CallId::from(vec![9])]);
+    assert_eq!(t.state(&id).1, Some(Reason::LinkDown));
+
+    let mut t = T::new(p);
+    let id = t.create("alice", "2005").view.unwrap().id;
+    t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }));
+    t.ev("2005", CallEvent::Cleared { call: CallId::from(vec![9]) });
+    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![10])) }));
+    let out = t.run(Input::LinkDown { pbx: "paris".into(), now: t.now });
+    assert_eq!(T::clears(&out.actions), [CallId::from(vec![10])], "the lock call ended already");
 }
