@@ -1665,3 +1665,21 @@ fn a_failing_attempt_clears_the_lock_call_only_while_it_prompts() {
     let out = t.run(Input::LinkDown { pbx: "paris".into(), now: t.now });
     assert_eq!(T::clears(&out.actions), [CallId::from(vec![10])], "the lock call ended already");
 }
+
+/// A retry (`complete`) is charged against the proof calls of the last hour too, to the
+/// millisecond.
+#[test]
+fn a_retry_an_hour_after_the_last_proof_call_is_allowed_to_the_millisecond() {
+    let mut p = policy();
+    p.proof_calls_per_hour = 1;
+    p.code_ttl = std::time::Duration::from_secs(7_200);
+    let mut t = T::new(p);
+    let placed = t.now;
+    let (id, call) = t.ringing("alice", "2005");
+    t.ev("2005", CallEvent::Failed { call, cause: Some(3) });
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::Busy), true));
+    t.now = placed + 3_600_000 - 1;
+    assert_eq!(t.complete(&id).error, Some(Refusal::RateLimited));
+    t.now = placed + 3_600_000;
+    assert_eq!(t.complete(&id).error, None);
+}
