@@ -1571,8 +1571,9 @@ fn the_engine_wakes_to_forget_whatever_small_map_holds_something() {
     let snap = |proof_calls: Vec<ProofCall>, blocks: Vec<OwnerBlock>| cstagate::association::Snapshot { bindings: vec![], counters: vec![], proof_calls, blocks, in_flight: vec![] };
     let now: Millis = 5_000_000;
     let policies = || HashMap::from([("paris".to_owned(), policy())]);
-    // Nothing held: nothing due.
-    let (e, _) = Engine::restore(policies(), snap(vec![], vec![]), now);
+    // Nothing held (a block ending at the restart is over): nothing due.
+    let over = OwnerBlock { tenant: "acme".into(), account: "mallory".into(), pbx: "paris".into(), extension: "2005".into(), until: now };
+    let (e, _) = Engine::restore(policies(), snap(vec![], vec![over]), now);
     assert_eq!(e.poll_timeout(), None);
     // Only a proof call of the last hour.
     let call = ProofCall { pbx: "paris".into(), extension: "2005".into(), tenant: "acme".into(), account: "alice".into(), at: now };
@@ -1682,4 +1683,21 @@ fn a_retry_an_hour_after_the_last_proof_call_is_allowed_to_the_millisecond() {
     assert_eq!(t.complete(&id).error, Some(Refusal::RateLimited));
     t.now = placed + 3_600_000;
     assert_eq!(t.complete(&id).error, None);
+}
+
+/// A stopping gateway also clears a lock call that still prompts (the gateway placed it), and
+/// not one the PBX already ended.
+#[test]
+fn live_calls_include_a_prompting_lock_call_and_no_ended_one() {
+    let mut p = policy();
+    p.lock_prefix = Some("*66".into());
+    let mut t = T::new(p);
+    let a = t.create("alice", "2005").view.unwrap().id;
+    t.done(&a, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    t.done(&a, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }));
+    let calls = |t: &T| t.e.live_calls().into_iter().map(|(id, _, ext, call)| (id.to_string(), ext.to_string(), call)).collect::<Vec<_>>();
+    assert_eq!(calls(&t), [(a.to_string(), "2005".to_owned(), CallId::from(vec![9]))]);
+    t.ev("2005", CallEvent::Cleared { call: CallId::from(vec![9]) });
+    assert_eq!(t.state(&a).0, State::Calling);
+    assert_eq!(calls(&t), [], "the lock call ended; the proof call is not named yet");
 }
