@@ -220,6 +220,8 @@ pub(super) fn delivered(sh: &mut Shell, pbx: PbxId, delivery: Delivery) -> Optio
             let (pbx, extension) = key;
             Some((sh.epoch, CstaInput::Event { pbx, extension, event, now }, None))
         }
+        // Not read yet: the gateway keeps nothing of a request that timed out.
+        Delivery::LateResult { .. } => None,
         Delivery::LinkLost => Some((sh.epoch, CstaInput::LinkDown { pbx, now }, None)),
         Delivery::LinkRestored => {
             // The clears that met the dead link go out again (those past their window give up).
