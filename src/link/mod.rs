@@ -44,13 +44,15 @@
 //! - [`Link::shutdown`] releases the association (RLRQ) and closes.
 //!
 //! **Ordered delivery** ([`Link::attach`]): everything for one [`Port`] (the completions of its
-//! requests and monitor starts, the events of the devices it monitors, link notices) arrives on
+//! requests and monitor starts, the late results of its requests that timed out, the events of the
+//! devices it monitors, link notices) arrives on
 //! one bounded channel in the order the link handled it on the wire, because the driver hands
 //! over each session event as it pops it, synchronously. A completion is never dropped: the port
 //! reserves a slot of its channel for it when the request is made (a full channel refuses the
 //! request at once with `QueueFull`), so a slow consumer limits its own requests in flight and
-//! never stalls the link or other ports; events find the slots left (beyond, dropped and counted
-//! in `events_dropped`, as for a [`Monitor`]); one more slot is kept for the link notices.
+//! never stalls the link or other ports; events and late results find the slots left (beyond,
+//! dropped: events counted in `events_dropped`, as for a [`Monitor`], late results logged); one
+//! more slot is kept for the link notices.
 //!
 //! Hostile or broken input from the PBX has one defined outcome each, and memory stays bounded:
 //! - stays up, counted in [`Link::stats`]: an APDU that does not decode (over-long inner
