@@ -67,7 +67,7 @@ fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
 }
 
 /// The link counters (by `pbx`), named as [`crate::link::StatsSnapshot`]'s fields.
-const LINK_COUNTERS: [(&str, &str); 13] = [
+const LINK_COUNTERS: [(&str, &str); 14] = [
     ("frames_in", "Frames received from the PBX"),
     ("frames_out", "Frames sent to the PBX"),
     ("decode_errors", "APDUs from the PBX that did not decode"),
@@ -78,6 +78,7 @@ const LINK_COUNTERS: [(&str, &str); 13] = [
     ("events_unrouted", "Event reports for no monitor of ours"),
     ("events_dropped", "Events dropped for slow subscribers"),
     ("unexpected_responses", "Results and errors for no outstanding invoke of ours"),
+    ("late_answers", "Results and errors for requests of ours that had timed out (results delivered late)"),
     ("undecodable_responses", "Results and errors for an outstanding invoke of ours that did not decode"),
     ("requests_ok", "Requests answered with a result"),
     ("requests_failed", "Requests answered with an error or lost with the link"),

@@ -29,7 +29,9 @@
 //!
 //! Checks:
 //! 1. nothing panics; the session transmits only well-framed, decodable APDUs;
-//! 2. every request is completed exactly once, and only requests that were made; after the last
+//! 2. every request is completed exactly once, and only requests that were made; a late result
+//!    comes only for a request that completed with a timeout after it was sent (and that the
+//!    session then says it awaits), at most once; after the last
 //!    operation, within 3 request timeouts of virtual time, every request is completed and every
 //!    monitor still wanted is started or failed (or the session is dead): nothing hangs;
 //! 3. if the model says the connection must have ended: the session is dead, its last event is
@@ -38,11 +40,13 @@
 //!    before it;
 //! 4. otherwise the session is up; and if the bytes fed end on a frame boundary: once every
 //!    invoke has passed its deadline, a (late) result for each invoke it sent that was never
-//!    answered is counted as an unexpected response, one each (the invoke table forgot them all:
-//!    it does not grow without bound), and a new request gets its correct result (invoke id read
+//!    answered is, for a request of the gateway's that timed out less than
+//!    `LATE_RESULT_WINDOW` request timeouts ago, its `LateResult` (exactly those requests), and
+//!    for every other one an unexpected response, one each (the invoke table forgot them all: it
+//!    does not grow without bound), and a new request gets its correct result (invoke id read
 //!    from the wire) as `Ok`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,7 +55,7 @@ use cstagate::codec::apdu::ErrorCategory;
 use cstagate::codec::body::{FieldName, Value};
 use cstagate::codec::{Apdu, Body, DeviceId, Dialect, Framer, Framing, Operation, RejectProblem};
 use cstagate::config::LinkProfile;
-use cstagate::link::{LinkLoss, RequestError, RequestId, Session, SessionEvent, Stats};
+use cstagate::link::{LinkLoss, RequestError, RequestId, Session, SessionEvent, Stats, LATE_RESULT_WINDOW};
 
 /// How the inputs run so far ended (to see what a corpus reaches; `outcomes()`): connection ended
 /// by a framing error, by an RLRQ or ABRT; still up with the late-answer and liveness checks run,
@@ -119,6 +123,12 @@ struct Driver {
     /// Requests made and not completed yet.
     open: BTreeMap<RequestId, ()>,
     done: HashSet<RequestId>,
+    /// The invoke id each request went out with (read from the wire when it was made).
+    sent: HashMap<RequestId, i64>,
+    /// Requests that completed with a timeout after they were sent, and when.
+    timed_out: HashMap<RequestId, Instant>,
+    /// Requests whose late result came.
+    late: BTreeSet<RequestId>,
     ok: u64,
     /// Devices asked for (monitor returned false) and not answered, started, failed.
     starting: HashSet<Arc<str>>,
@@ -129,7 +139,7 @@ struct Driver {
 }
 
 impl Driver {
-    fn take(&mut self, s: &mut Session) {
+    fn take(&mut self, s: &mut Session, now: Instant) {
         while let Some(ev) = s.poll_event() {
             assert!(!self.after_loss, "an event after the loss: {ev:?}");
             match ev {
@@ -140,6 +150,14 @@ impl Driver {
                     if result.is_ok() {
                         self.ok += 1;
                     }
+                    if result == Err(RequestError::Timeout) && self.sent.contains_key(&id) {
+                        assert!(s.awaits_late_result(id) || s.is_dead(), "{id:?} timed out after it was sent, but the session does not await its late result");
+                        self.timed_out.insert(id, now);
+                    }
+                }
+                SessionEvent::LateResult { id, .. } => {
+                    assert!(self.timed_out.contains_key(&id), "a late result for {id:?}, which did not time out after it was sent");
+                    assert!(self.late.insert(id), "a second late result for {id:?}");
                 }
                 SessionEvent::Event { device, .. } => assert!(self.running.contains(&device), "an event for {device}, not monitored"),
                 SessionEvent::MonitorStarted { device } => {
@@ -249,7 +267,7 @@ fn advance(s: &mut Session, now: &mut Instant, to: Instant, wire: &mut Wire, drv
         *now = t.max(*now);
         s.handle_timeout(*now);
         wire.read(s);
-        drv.take(s);
+        drv.take(s, *now);
     }
     *now = to.max(*now);
 }
@@ -350,6 +368,12 @@ pub fn link_session(data: &[u8]) {
                         assert!(!s.is_dead(), "a dead session took a request");
                         count(5);
                         drv.open.insert(id, ());
+                        // Sent at once (tokens to spare), unless it does not encode.
+                        let seen = wire.invokes.len();
+                        wire.read(&mut s);
+                        if let Some(inv) = wire.invokes[seen..].iter().rev().find(|i| i.op == Some(op)) {
+                            drv.sent.insert(id, inv.id);
+                        }
                     }
                     Err(e) => assert!(s.is_dead() && e == RequestError::LinkDown, "request refused: {e} (dead: {})", s.is_dead()),
                 }
@@ -401,7 +425,7 @@ pub fn link_session(data: &[u8]) {
             s.handle_input(now, &mut buf);
         }
         wire.read(&mut s);
-        drv.take(&mut s);
+        drv.take(&mut s, now);
     }
 
     // Every request completes, every monitor still wanted is answered, within a bounded
@@ -437,6 +461,10 @@ pub fn link_session(data: &[u8]) {
             let mut stale: Vec<i64> = wire.invokes.iter().map(|s| s.id).filter(|id| !model.answered.contains(id)).collect();
             stale.sort_unstable();
             stale.dedup();
+            // Those of the gateway's requests given up on within the window come as late results.
+            let window = REQUEST_TIMEOUT * LATE_RESULT_WINDOW;
+            let want: BTreeSet<RequestId> = drv.sent.iter().filter(|(req, inv)| stale.contains(inv) && drv.timed_out.get(req).is_some_and(|at| now.saturating_duration_since(*at) < window)).map(|(req, _)| *req).collect();
+            let late_before = drv.late.clone();
             let before = stats.snapshot();
             let mut out = Vec::new();
             for id in &stale {
@@ -444,12 +472,15 @@ pub fn link_session(data: &[u8]) {
             }
             s.handle_input(now, &mut BytesMut::from(&out[..]));
             wire.read(&mut s);
-            drv.take(&mut s);
+            drv.take(&mut s, now);
             let after = stats.snapshot();
+            let got: BTreeSet<RequestId> = drv.late.difference(&late_before).copied().collect();
+            assert_eq!(got, want, "late results for the expired invokes {stale:?}: not exactly the requests given up on within {window:?}");
+            assert_eq!(after.late_answers - before.late_answers, want.len() as u64, "late answers not counted");
             assert_eq!(
                 after.unexpected_responses - before.unexpected_responses,
-                stale.len() as u64,
-                "late results for the {} expired invokes {stale:?}: not each unexpected (the invoke table kept some)",
+                (stale.len() - want.len()) as u64,
+                "late results for the {} expired invokes {stale:?}: the others not each unexpected (the invoke table kept some)",
                 stale.len()
             );
             // A fresh request: its invoke id read from the wire, answered, delivered `Ok`.
@@ -461,7 +492,7 @@ pub fn link_session(data: &[u8]) {
             let [new] = &sent[..] else { panic!("the session did not send the new request at once: {sent:?}") };
             s.handle_input(now, &mut BytesMut::from(&frame(&Apdu::result(new.id, Operation::MakeCall, Body::null()))[..]));
             let ok_before = drv.ok;
-            drv.take(&mut s);
+            drv.take(&mut s, now);
             assert!(drv.open.is_empty() && drv.ok == ok_before + 1, "a well-formed result was not delivered as Ok ({:?})", stats.snapshot());
             assert!(s.is_up());
         }

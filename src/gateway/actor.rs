@@ -32,7 +32,7 @@ enum Answer {
 }
 
 pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Cmd>, gw: Gateway, restored: Vec<Action>) {
-    let mut sh = Shell { gw, monitors: HashSet::new(), pending: HashMap::new(), next_tag: 0, parked: Vec::new(), waiting: HashMap::new(), epoch: 0 };
+    let mut sh = Shell { gw, monitors: HashSet::new(), pending: HashMap::new(), next_tag: 0, parked: Vec::new(), timed_out: std::collections::BTreeMap::new(), waiting: HashMap::new(), epoch: 0 };
     commit_restored(store.as_mut(), &mut sh, &restored);
     let mut batch = Vec::with_capacity(BATCH);
     // The engine's memory is ahead of the store (a commit failed) until it is rebuilt from it.
@@ -95,8 +95,10 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                     if mine {
                         actions.extend(engine.csta(input));
                     } else if let (CstaInput::Done { outcome: Ok(CstaResultInfo { call: Some(call) }), .. }, Some(m)) = (&input, made) {
-                        // A proof call placed for an attempt the engine no longer follows:
-                        // nothing else would ever clear it.
+                        // A proof call placed for an attempt the engine no longer follows (its
+                        // result came after a cancel, a failed attempt, a request timeout or a
+                        // rebuild): nothing else would ever clear it.
+                        info!(association = %m.association, pbx = %m.pbx, extension = %m.extension, "clearing a proof call placed for an attempt no longer followed");
                         let stray = Pending { epoch, id: None, work: Work::Clear { association: m.association, call: call.clone(), extension: m.extension, attempts: 1, since: std::time::Instant::now() } };
                         clear(&mut sh, &m.pbx, stray);
                     }

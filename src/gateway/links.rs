@@ -3,6 +3,9 @@
 //! back on the port (results, events, losses and returns, in wire order) is passed on to the
 //! actor's queue by one task per link ([`forward`]) and read for the engine there ([`delivered`]).
 //! ClearConnections that met a dead link are parked here until the port reports it restored.
+//! MakeCalls that timed out are kept (bounded) until their link is lost, so that a late result
+//! ([`Delivery::LateResult`]) is read as the answer the engine no longer awaits, and its call
+//! cleared.
 
 use std::time::Duration;
 
@@ -25,6 +28,9 @@ const CLEAR_ATTEMPTS: usize = 5;
 /// ClearConnections waiting for their link to come back, at most (beyond, the call is left to
 /// the PBX and logged).
 const MAX_PARKED_CLEARS: usize = 10_000;
+/// MakeCalls that timed out, kept for their late result, at most (beyond, the oldest is
+/// forgotten; each link remembers [`crate::link::LATE_RESULTS_KEPT`] of its own).
+const MAX_TIMED_OUT_MAKE_CALLS: usize = 10_000;
 
 /// A request of the engine as the gateway submitted it: to clear a call that a MakeCall placed
 /// after the engine stopped awaiting it (its association forgotten, or the engine rebuilt since:
@@ -181,6 +187,14 @@ pub(super) fn delivered(sh: &mut Shell, pbx: PbxId, delivery: Delivery) -> Optio
                     Some((p.epoch, CstaInput::Done { id: p.id?, outcome: done(result.map(|_| CstaResultInfo::default())), now }, None))
                 }
                 Work::MakeCall(made) => {
+                    if matches!(result, Err(RequestError::Timeout)) {
+                        // The PBX may place the call all the same: its late result must find
+                        // what the MakeCall was for, to clear it.
+                        sh.timed_out.insert(tag, Pending { epoch: p.epoch, id: p.id, work: Work::MakeCall(made.clone()) });
+                        while sh.timed_out.len() > MAX_TIMED_OUT_MAKE_CALLS {
+                            sh.timed_out.pop_first();
+                        }
+                    }
                     let outcome = done(result.map(|r| CstaResultInfo { call: crate::csta::made_call(&r) }));
                     Some((p.epoch, CstaInput::Done { id: p.id?, outcome, now }, Some(made)))
                 }
@@ -220,7 +234,22 @@ pub(super) fn delivered(sh: &mut Shell, pbx: PbxId, delivery: Delivery) -> Optio
             let (pbx, extension) = key;
             Some((sh.epoch, CstaInput::Event { pbx, extension, event, now }, None))
         }
-        Delivery::LinkLost => Some((sh.epoch, CstaInput::LinkDown { pbx, now }, None)),
+        // The answer to a MakeCall that timed out (the engine heard `LinkDown` then): read like
+        // any answer the engine no longer awaits, so the actor clears the call it names.
+        Delivery::LateResult { tag, result } => {
+            let p = sh.timed_out.remove(&tag)?;
+            let Work::MakeCall(made) = p.work else { return None };
+            let call = crate::csta::made_call(&result);
+            if call.is_none() {
+                warn!(association = %made.association, %pbx, extension = %made.extension, "a late MakeCall result names no call: nothing to clear");
+            }
+            Some((p.epoch, CstaInput::Done { id: p.id?, outcome: Ok(CstaResultInfo { call }), now }, Some(made)))
+        }
+        Delivery::LinkLost => {
+            // Invoke ids are per connection: no late result of the lost one can come.
+            sh.timed_out.retain(|_, p| !matches!(&p.work, Work::MakeCall(m) if m.pbx == pbx));
+            Some((sh.epoch, CstaInput::LinkDown { pbx, now }, None))
+        }
         Delivery::LinkRestored => {
             // The clears that met the dead link go out again (those past their window give up).
             let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut sh.parked).into_iter().partition(|(p, _)| *p == pbx);

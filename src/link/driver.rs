@@ -1,8 +1,9 @@
 //! The link's tokio task: one per PBX, supervised. It connects with a timeout, hands the
 //! socket's bytes to a fresh [`Session`] per connection, writes what the session transmits, sleeps
 //! until its `poll_timeout`, reconnects with backoff after a loss, and maps the session's
-//! [`RequestId`]s and devices to the callers (through the [`Registry`]). The only code of the link
-//! that touches sockets and the runtime's clock.
+//! [`RequestId`]s and devices to the callers (through the [`Registry`]), and the late results of
+//! requests that timed out to the port that made them. The only code of the link that touches
+//! sockets and the runtime's clock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use tracing::{debug, info, warn};
 
 use super::parts::Backoff;
 use super::registry::{Need, PortEntry, Registry};
-use super::{Command, Control, LinkLoss, LinkState, Reply, RequestError, RequestId, Session, SessionEvent, Stats};
+use super::{Command, Control, LinkLoss, LinkState, Reply, RequestError, RequestId, Session, SessionEvent, Stats, LATE_RESULTS_KEPT};
 use crate::config::LinkProfile;
 
 enum End {
@@ -35,6 +36,10 @@ pub(super) struct Driver {
     reg: Registry,
     /// The callers of the current session's requests.
     replies: HashMap<RequestId, Reply>,
+    /// The port and tag of the current session's requests that timed out and whose late result
+    /// the session awaits. Bounded: pruned to those the session still awaits (at most
+    /// [`LATE_RESULTS_KEPT`]) whenever it holds twice that.
+    late: HashMap<RequestId, (u64, u64)>,
 }
 
 /// The session's clock is the runtime's (paused in tests that pause it).
@@ -44,7 +49,7 @@ fn now() -> std::time::Instant {
 
 impl Driver {
     pub(super) fn new(p: Arc<LinkProfile>, stats: Arc<Stats>, state: watch::Sender<LinkState>, cmd_rx: mpsc::Receiver<Command>, ctl_rx: mpsc::UnboundedReceiver<Control>) -> Driver {
-        Driver { p, stats, state, cmd_rx, ctl_rx, reg: Registry::default(), replies: HashMap::new() }
+        Driver { p, stats, state, cmd_rx, ctl_rx, reg: Registry::default(), replies: HashMap::new(), late: HashMap::new() }
     }
 
     pub(super) async fn supervise(mut self) {
@@ -60,6 +65,8 @@ impl Driver {
             for (_, r) in self.replies.drain() {
                 r.deliver(Err(RequestError::LinkDown));
             }
+            // Invoke ids are per connection: no late result comes after it.
+            self.late.clear();
             self.reg.link_lost(came_up);
             match end {
                 End::Shutdown(done) => {
@@ -152,9 +159,22 @@ impl Driver {
                     }
                     SessionEvent::Completed { id, result } => {
                         if let Some(r) = self.replies.remove(&id) {
+                            if let (Err(RequestError::Timeout), Reply::Port { port, tag, .. }) = (&result, &r)
+                                && s.awaits_late_result(id)
+                            {
+                                self.late.insert(id, (*port, *tag));
+                                if self.late.len() >= 2 * LATE_RESULTS_KEPT {
+                                    self.late.retain(|id, _| s.awaits_late_result(*id));
+                                }
+                            }
                             r.deliver(result);
                         }
                     }
+                    SessionEvent::LateResult { id, op, body } => match self.late.remove(&id) {
+                        Some((port, tag)) => self.reg.late(port, tag, body),
+                        // A `Link::request` caller stopped waiting at its timeout.
+                        None => debug!(operation = op.name(self.p.dialect), "late result of a request nobody awaits"),
+                    },
                     SessionEvent::Event { device, report } => {
                         for gone in self.reg.route(&device, report, &self.stats) {
                             s.unmonitor(now(), &gone);

@@ -28,6 +28,12 @@
 //! - our invokes get ids from a per-link table and are correlated with their result, error or
 //!   reject; each has a timeout; none is answered twice or lost silently; while the link is down
 //!   requests fail at once with [`RequestError::LinkDown`];
+//! - a request that timed out after it was sent may still have been carried out (a MakeCall's
+//!   call placed): its connection remembers it ([`session::LATE_RESULTS_KEPT`] at most, for
+//!   [`session::LATE_RESULT_WINDOW`] request timeouts), and a result that comes for it later is
+//!   delivered to the [`Port`] that made it as [`Delivery::LateResult`] (`late_answers`; a late
+//!   error or reject is dropped); a [`Link::request`] caller has stopped waiting, so its late
+//!   result is dropped;
 //! - the PBX's SystemStatus invokes (52 or 211) are answered at once, its other unknown invokes
 //!   get a ROSE Reject, event reports are never answered (ECMA-285: ALWAYS RESPONDS FALSE);
 //! - our own keep-alive (a SystemStatus invoke after `keepalive` of silence) detects a dead or
@@ -38,13 +44,15 @@
 //! - [`Link::shutdown`] releases the association (RLRQ) and closes.
 //!
 //! **Ordered delivery** ([`Link::attach`]): everything for one [`Port`] (the completions of its
-//! requests and monitor starts, the events of the devices it monitors, link notices) arrives on
+//! requests and monitor starts, the late results of its requests that timed out, the events of the
+//! devices it monitors, link notices) arrives on
 //! one bounded channel in the order the link handled it on the wire, because the driver hands
 //! over each session event as it pops it, synchronously. A completion is never dropped: the port
 //! reserves a slot of its channel for it when the request is made (a full channel refuses the
 //! request at once with `QueueFull`), so a slow consumer limits its own requests in flight and
-//! never stalls the link or other ports; events find the slots left (beyond, dropped and counted
-//! in `events_dropped`, as for a [`Monitor`]); one more slot is kept for the link notices.
+//! never stalls the link or other ports; events and late results find the slots left (beyond,
+//! dropped: events counted in `events_dropped`, as for a [`Monitor`], late results logged); one
+//! more slot is kept for the link notices.
 //!
 //! Hostile or broken input from the PBX has one defined outcome each, and memory stays bounded:
 //! - stays up, counted in [`Link::stats`]: an APDU that does not decode (over-long inner
@@ -52,8 +60,8 @@
 //!   (`decode_errors`, `rejects_sent`); when it is a result or error naming an outstanding invoke
 //!   of ours, that request fails at once with [`RequestError::Decode`] (the operation and the
 //!   byte) rather than waiting for its timeout, and the Reject names the invoke
-//!   (`undecodable_responses`); a result or error for no outstanding invoke of ours
-//!   (`unexpected_responses`); rejects (`rejects_received`; one naming an outstanding invoke fails
+//!   (`undecodable_responses`); a result or error for no outstanding invoke of ours (nor one
+//!   remembered as timed out: `late_answers`) (`unexpected_responses`); rejects (`rejects_received`; one naming an outstanding invoke fails
 //!   that request with [`RequestError::Rejected`]); events for no monitor of ours
 //!   (`events_unrouted`); PBX invokes are matched by nothing of ours, so an invoke id that equals
 //!   one of our outstanding ids is answered (or rejected) on its own and our request still gets
@@ -91,7 +99,7 @@ use crate::codec::{Body, Dialect, Operation};
 use crate::config::LinkProfile;
 use driver::Driver;
 pub use errors::{EncodeProblem, RequestError};
-pub use session::{LinkLoss, RequestId, Session, SessionEvent};
+pub use session::{LinkLoss, RequestId, Session, SessionEvent, LATE_RESULTS_KEPT, LATE_RESULT_WINDOW};
 pub use stats::{Stats, StatsSnapshot};
 /// Commands (requests, monitor subscriptions) waiting for the link task; beyond this, requests
 /// fail at once with `QueueFull`.
@@ -129,7 +137,7 @@ pub enum MonitorEvent {
 /// oneshot, or a [`Port`], through the channel slot reserved for it when the request was made.
 enum Reply {
     Once(oneshot::Sender<Result<Body, RequestError>>),
-    Port { permit: mpsc::OwnedPermit<Delivery>, tag: u64 },
+    Port { permit: mpsc::OwnedPermit<Delivery>, port: u64, tag: u64 },
 }
 
 impl Reply {
@@ -138,7 +146,7 @@ impl Reply {
             Reply::Once(tx) => {
                 let _ = tx.send(result);
             }
-            Reply::Port { permit, tag } => {
+            Reply::Port { permit, tag, .. } => {
                 permit.send(Delivery::Completed { tag, result });
             }
         }
@@ -183,6 +191,11 @@ pub enum Delivery {
     /// The answer to [`Port::request`] or [`Port::monitor`] made with this tag (a monitor start
     /// answers `Ok` with an empty body). Never dropped.
     Completed { tag: u64, result: Result<Body, RequestError> },
+    /// The result of the request made with this tag, which came after the request had completed
+    /// with [`RequestError::Timeout`]: the PBX carried it out after all (a MakeCall's call is up).
+    /// At most once per request, only while the link remembers it (see the module docs); it takes
+    /// a slot of the channel like an event (beyond, dropped and logged).
+    LateResult { tag: u64, result: Body },
     /// An event of a device this port monitors.
     Event { device: Arc<str>, report: Arc<EventReport> },
     /// The link dropped: the port's requests in flight failed (their `Completed` came first) and
@@ -342,14 +355,15 @@ impl Port {
     }
 
     /// Invoke a CSTA service; the answer comes as [`Delivery::Completed`] with `tag`, with the
-    /// same timeouts, rate limit and errors as [`Link::request`].
+    /// same timeouts, rate limit and errors as [`Link::request`]. After a `Completed` with
+    /// [`RequestError::Timeout`], the PBX's result may still come as [`Delivery::LateResult`].
     ///
     /// # Errors
     /// `QueueFull` (the link's command queue, or this port's channel, is full) or `Closed`, at
     /// once; then no `Completed` follows.
     pub fn request(&self, tag: u64, op: Operation, arg: Body) -> Result<(), RequestError> {
         let permit = self.reserve()?;
-        self.cmd.try_send(Command::Request { op, arg, reply: Reply::Port { permit, tag } }).map_err(queue_error)
+        self.cmd.try_send(Command::Request { op, arg, reply: Reply::Port { permit, port: self.id, tag } }).map_err(queue_error)
     }
 
     /// Monitor `device` through this port: `Completed { tag, Ok(_) }` once monitored (or the
@@ -360,7 +374,7 @@ impl Port {
     /// As [`Port::request`].
     pub fn monitor(&self, tag: u64, device: &str) -> Result<(), RequestError> {
         let permit = self.reserve()?;
-        self.cmd.try_send(Command::Monitor { device: device.into(), sub: Sub { id: self.id, sink: Sink::Port }, reply: Reply::Port { permit, tag } }).map_err(queue_error)
+        self.cmd.try_send(Command::Monitor { device: device.into(), sub: Sub { id: self.id, sink: Sink::Port }, reply: Reply::Port { permit, port: self.id, tag } }).map_err(queue_error)
     }
 
     /// Stop this port's monitor of `device` (the PBX monitor stops when no one else wants it).

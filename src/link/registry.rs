@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tracing::warn;
 
 use super::{Delivery, MonitorEvent, Reply, RequestError, Sink, Stats, Sub};
 use crate::codec::apdu::EventReport;
@@ -213,6 +214,15 @@ impl Registry {
             }
         }
         closed_ports.into_iter().flat_map(|id| self.detach(id)).collect()
+    }
+
+    /// The late result of a request `port` made with `tag` (see [`Delivery::LateResult`]): into
+    /// the slots not kept for notices, like an event.
+    pub(super) fn late(&mut self, port: u64, tag: u64, result: Body) {
+        let Some(p) = self.ports.get_mut(&port) else { return };
+        if let Err(mpsc::error::TrySendError::Full(_)) = p.event(Delivery::LateResult { tag, result }) {
+            warn!(tag, "a late result is dropped: the port's channel is full");
+        }
     }
 
     /// A port is gone: its monitors are released. Returns the devices nobody wants any more.

@@ -19,6 +19,10 @@
 //! - our invokes: ids from the [`InvokeTable`], a deadline each, correlated with their result,
 //!   error or reject, each completed exactly once as [`SessionEvent::Completed`]; queued behind
 //!   the [`TokenBucket`]; each APDU is **encoded once**, straight into the transmit buffer;
+//! - the requests it gave up on: a request whose deadline passed after it was sent may still be
+//!   carried out by the PBX (a MakeCall places its call all the same), so its invoke id is
+//!   remembered, bounded (see [`LATE_RESULTS_KEPT`]), and a result that comes for it later is
+//!   [`SessionEvent::LateResult`], not an unexpected response;
 //! - keep-alive: a SystemStatus invoke after `keepalive` of silence; no complete frame within
 //!   two periods is a dead peer ([`LinkLoss::DeadPeer`]);
 //! - the PBX's invokes: SystemStatus answered, events routed by cross-reference id to
@@ -59,6 +63,14 @@ mod input;
 mod monitors;
 
 use monitors::MonitorState;
+
+/// Requests given up on (timed out after they were sent) whose invoke ids a session remembers
+/// for their late results, at most; beyond, the oldest is forgotten first. Each is also forgotten
+/// [`LATE_RESULT_WINDOW`] request timeouts after it timed out, when its invoke id is used again,
+/// once answered, and with the connection (invoke ids are per connection).
+pub const LATE_RESULTS_KEPT: usize = 1024;
+/// How long (in request timeouts) a session remembers a request it gave up on.
+pub const LATE_RESULT_WINDOW: u32 = 10;
 
 /// A request of the session's user, named in its [`SessionEvent::Completed`]. Allocated by the
 /// session, never reused within one session (unlike ROSE invoke ids, which wrap).
@@ -107,6 +119,11 @@ pub enum SessionEvent {
     Up,
     /// A request of ours got its answer (or failed).
     Completed { id: RequestId, result: Result<Body, RequestError> },
+    /// The result of a request that already completed with [`RequestError::Timeout`] (sent, then
+    /// given up on): the PBX carried it out after all (a MakeCall's call is up). Comes at most
+    /// once per request, and only while the session remembers it ([`LATE_RESULTS_KEPT`],
+    /// [`LATE_RESULT_WINDOW`]). A late error or reject is dropped: it carried nothing out.
+    LateResult { id: RequestId, op: Operation, body: Body },
     /// An event report for a device this session monitors.
     Event { device: Arc<str>, report: Arc<EventReport> },
     /// The PBX monitors the device (a [`Session::monitor`] answered).
@@ -148,6 +165,14 @@ impl Pending {
     }
 }
 
+/// A user request given up on after it was sent, remembered for its late result.
+struct GaveUp {
+    invoke: i64,
+    id: RequestId,
+    op: Operation,
+    at: Instant,
+}
+
 /// An invoke waiting for a rate-limiter token.
 enum Queued {
     User { id: RequestId, op: Operation, arg: Body, deadline: Instant },
@@ -178,6 +203,8 @@ pub struct Session {
     events: VecDeque<SessionEvent>,
     monitors: HashMap<Arc<str>, MonitorState>,
     by_xref: HashMap<Bytes, Arc<str>>,
+    /// Requests given up on, oldest first (at most [`LATE_RESULTS_KEPT`]).
+    gave_up: VecDeque<GaveUp>,
 }
 
 impl Session {
@@ -204,6 +231,7 @@ impl Session {
             events: VecDeque::new(),
             monitors: HashMap::new(),
             by_xref: HashMap::new(),
+            gave_up: VecDeque::new(),
             stats,
             p: profile,
         };
@@ -235,6 +263,11 @@ impl Session {
     /// Devices this session monitors (started or starting).
     pub fn monitored(&self) -> usize {
         self.monitors.len()
+    }
+    /// Whether the session remembers request `id`, given up on, for its late result (its
+    /// [`SessionEvent::LateResult`] may still come).
+    pub fn awaits_late_result(&self, id: RequestId) -> bool {
+        self.gave_up.iter().any(|g| g.id == id)
     }
 
     fn come_up(&mut self, now: Instant) {
@@ -375,6 +408,8 @@ impl Session {
             }
         }
         self.by_xref.clear();
+        // Invoke ids are per connection: no late result can come any more.
+        self.gave_up.clear();
         self.phase = Phase::Dead;
         self.events.push_back(last);
     }
@@ -439,6 +474,10 @@ impl Session {
     /// Allocate an id and send. Encoding problems fail the request, not the link.
     fn invoke(&mut self, now: Instant, op: Operation, arg: Body, pending: Pending) {
         let Some(id) = self.invokes.insert(pending) else { return };
+        // The id is this invoke's now: an answer to it is not a late one of an older request.
+        if !self.gave_up.is_empty() {
+            self.gave_up.retain(|g| g.invoke != id);
+        }
         let apdu = Apdu::invoke(id, op, arg).shaped(self.p.dialect, self.p.phase2_results);
         if let Err(e) = self.try_send(&apdu) {
             if let Some(p) = self.invokes.take(id) {
@@ -495,9 +534,16 @@ impl Session {
         let mut expired = self.invokes.drain_where(|p| p.deadline() <= now);
         // Completions in the order the requests were sent (ids wrap, so by deadline).
         expired.sort_by_key(|(_, p)| p.deadline());
-        for (_, p) in expired {
+        for (invoke, p) in expired {
+            if let Pending::User { id, op, .. } = &p {
+                self.gave_up.push_back(GaveUp { invoke, id: *id, op: *op, at: now });
+                if self.gave_up.len() > LATE_RESULTS_KEPT {
+                    self.gave_up.pop_front();
+                }
+            }
             self.complete(now, p, Err(RequestError::Timeout));
         }
+        self.forget_old(now);
         if self.queue.iter().any(|q| matches!(q, Queued::User { deadline, .. } if *deadline <= now)) {
             let mut kept = VecDeque::with_capacity(self.queue.len());
             while let Some(q) = self.queue.pop_front() {
@@ -525,6 +571,30 @@ impl Session {
             _ => {}
         }
         self.pump(now);
+    }
+}
+
+impl Session {
+    /// How long a request given up on is remembered.
+    fn late_window(&self) -> Duration {
+        self.p.request_timeout.saturating_mul(LATE_RESULT_WINDOW)
+    }
+
+    /// Forget the requests given up on longer than the window ago.
+    fn forget_old(&mut self, now: Instant) {
+        let window = self.late_window();
+        while self.gave_up.front().is_some_and(|g| now.saturating_duration_since(g.at) >= window) {
+            self.gave_up.pop_front();
+        }
+    }
+
+    /// The request given up on that `invoke` answers late, if the session still remembers it
+    /// (then forgotten: answered once).
+    fn take_gave_up(&mut self, invoke: i64, now: Instant) -> Option<GaveUp> {
+        self.forget_old(now);
+        let i = self.gave_up.iter().position(|g| g.invoke == invoke)?;
+        let g = self.gave_up.remove(i)?;
+        (now.saturating_duration_since(g.at) < self.late_window()).then_some(g)
     }
 }
 

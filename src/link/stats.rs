@@ -23,6 +23,7 @@ pub struct Stats {
     pub events_unrouted: AtomicU64,
     pub events_dropped: AtomicU64,
     pub unexpected_responses: AtomicU64,
+    pub late_answers: AtomicU64,
     pub undecodable_responses: AtomicU64,
     pub requests_ok: AtomicU64,
     pub requests_failed: AtomicU64,
@@ -47,7 +48,11 @@ pub struct StatsSnapshot {
     pub events_in: u64,
     pub events_unrouted: u64,
     pub events_dropped: u64,
+    /// Results and errors for no invoke of ours outstanding or remembered as given up on.
     pub unexpected_responses: u64,
+    /// Results and errors that answer a request of ours after it timed out (the session
+    /// remembered it: a result is delivered as a late result, an error dropped).
+    pub late_answers: u64,
     /// Results and errors for an outstanding invoke of ours whose body did not decode (each also
     /// in `decode_errors`; the request failed with [`RequestError::Decode`]).
     pub undecodable_responses: u64,
@@ -79,6 +84,7 @@ impl Stats {
             events_unrouted: g(&self.events_unrouted),
             events_dropped: g(&self.events_dropped),
             unexpected_responses: g(&self.unexpected_responses),
+            late_answers: g(&self.late_answers),
             undecodable_responses: g(&self.undecodable_responses),
             requests_ok: g(&self.requests_ok),
             requests_failed: g(&self.requests_failed),

@@ -552,13 +552,10 @@ async fn a_make_call_result_after_the_attempt_failed_no_answer_is_cleared() {
     late_make_call_result(GaveUp::RingTimeout).await;
 }
 
-/// Known gap, left for the link's owner: a result that comes after its request timed out is
-/// dropped by the link session (counted in `unexpected_responses`, "a late result is not
-/// delivered": `tests/link/`), so the gateway never learns the call it names and the phone rings
-/// on. Fixing it means the link delivering late results of timed-out port requests (a
-/// `Delivery` of their own) and the gateway clearing a late MakeCall's call as it clears any it
-/// no longer awaits. Run it with `--ignored`: it fails today.
-#[ignore = "known gap: the link drops a result that comes after its request timed out (see the doc comment)"]
+/// The MakeCall's request timed out (`request_timeout`, the attempt failed `link_down`) before the
+/// PBX answered it: the link session remembers the invoke id it gave up on and delivers the late
+/// result to the gateway's port (`Delivery::LateResult`), and the gateway, which kept the timed-out
+/// MakeCall's calling device, clears the call the result names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_make_call_result_after_its_request_timed_out_is_cleared() {
     late_make_call_result(GaveUp::RequestTimeout).await;

@@ -11,8 +11,9 @@ use bytes::{Bytes, BytesMut};
 use cstagate::codec::apdu::{ErrorCategory, Event, EventReport};
 use cstagate::codec::body::{FieldName as F, Value};
 use cstagate::codec::{Apdu, Body, ConnectionId, DeviceId, Dialect, EventKind, Framer, Framing, LocalDevice, Op, Operation, RejectProblem};
+use cstagate::association::CallId;
 use cstagate::config::LinkProfile;
-use cstagate::link::{Delivery, Link, LinkLoss, LinkState, RequestError, RequestId, Session, SessionEvent, Stats};
+use cstagate::link::{Delivery, Link, LinkLoss, LinkState, RequestError, RequestId, Session, SessionEvent, Stats, LATE_RESULTS_KEPT, LATE_RESULT_WINDOW};
 
 const D: Dialect = Dialect::Phase3;
 const FR: Framing = Framing::TwoByteLength;
@@ -140,7 +141,7 @@ fn results_errors_and_rejects_answer_their_own_invoke_once() {
 }
 
 #[test]
-fn a_request_times_out_on_handle_timeout_and_its_late_result_is_unexpected() {
+fn a_request_times_out_on_handle_timeout_and_its_late_result_comes_once() {
     let mut t = T::up();
     let (id, invoke) = t.request(0, Operation::MakeCall, make_call());
     let deadline = t.at(0) + TIMEOUT;
@@ -150,10 +151,132 @@ fn a_request_times_out_on_handle_timeout_and_its_late_result_is_unexpected() {
     t.s.handle_timeout(deadline);
     assert_eq!(t.events(), vec![SessionEvent::Completed { id, result: Err(RequestError::Timeout) }]);
     assert_eq!(t.stats.snapshot().requests_timed_out, 1);
-    t.feed(6_000, &[Apdu::result(invoke, Operation::MakeCall, Body::null())]);
-    assert_eq!(t.events(), vec![], "a late result is not delivered");
-    assert_eq!(t.stats.snapshot().unexpected_responses, 1);
+    assert!(t.s.awaits_late_result(id));
+    // The PBX carried it out after all: its result is the request's late result, once.
+    let placed = cstagate::csta::make_call_result(&CallId::from(vec![7, 7]), "2005");
+    t.feed(6_000, &[Apdu::result(invoke, Operation::MakeCall, placed.clone())]);
+    let ev = t.events();
+    assert!(matches!(&ev[..], [SessionEvent::LateResult { id: late, op: Operation::MakeCall, body }] if *late == id && cstagate::csta::made_call(body) == Some(CallId::from(vec![7, 7]))), "{ev:?}");
+    assert!(!t.s.awaits_late_result(id));
+    t.feed(6_001, &[Apdu::result(invoke, Operation::MakeCall, placed)]);
+    assert_eq!(t.events(), vec![], "answered once: a second copy is unexpected");
+    let s = t.stats.snapshot();
+    assert_eq!((s.late_answers, s.unexpected_responses, s.requests_ok), (1, 1, 0));
     assert!(t.s.is_up());
+}
+
+#[test]
+fn a_result_for_an_invoke_id_never_issued_is_unexpected_not_late() {
+    let mut t = T::up();
+    let (id, invoke) = t.request(0, Operation::MakeCall, make_call());
+    t.s.handle_timeout(t.at(0) + TIMEOUT);
+    assert_eq!(t.events(), vec![SessionEvent::Completed { id, result: Err(RequestError::Timeout) }]);
+    // Ids the session never sent, and one it sent but did not give up on (answered in time).
+    let (answered, answered_invoke) = t.request(5_000, Operation::SnapshotDevice, Body::new().with(F::SnapshotObject, Value::DeviceId(DeviceId::dialing("2005").expect("ASCII"))));
+    t.feed(5_001, &[Apdu::result(answered_invoke, Operation::SnapshotDevice, Body::null())]);
+    assert!(matches!(&t.events()[..], [SessionEvent::Completed { id, result: Ok(_) }] if *id == answered));
+    t.feed(5_002, &[Apdu::result(invoke + 100, Operation::MakeCall, Body::null()), Apdu::result(answered_invoke, Operation::SnapshotDevice, Body::null()), Apdu::universal_failure(invoke + 101, ErrorCategory::StateIncompatibility, Some(2))]);
+    assert_eq!(t.events(), vec![]);
+    let s = t.stats.snapshot();
+    assert_eq!((s.late_answers, s.unexpected_responses), (0, 3));
+    assert!(t.s.awaits_late_result(id), "the request given up on is still remembered");
+}
+
+#[test]
+fn a_late_error_or_reject_is_dropped_and_the_request_forgotten() {
+    let mut t = T::up();
+    let (a, ia) = t.request(0, Operation::MakeCall, make_call());
+    let (b, ib) = t.request(1, Operation::MakeCall, make_call());
+    t.s.handle_timeout(t.at(1) + TIMEOUT);
+    assert_eq!(t.events(), vec![SessionEvent::Completed { id: a, result: Err(RequestError::Timeout) }, SessionEvent::Completed { id: b, result: Err(RequestError::Timeout) }]);
+    // The PBX refused them after all: nothing was placed, nothing to deliver.
+    t.feed(6_000, &[Apdu::universal_failure(ia, ErrorCategory::StateIncompatibility, Some(2)), Apdu::reject(Some(ib), RejectProblem::Invoke(1))]);
+    assert_eq!(t.events(), vec![]);
+    let s = t.stats.snapshot();
+    assert_eq!((s.late_answers, s.unexpected_responses, s.rejects_received), (1, 0, 1), "a late error is a late answer, not an unexpected one");
+    assert!(!t.s.awaits_late_result(a) && !t.s.awaits_late_result(b));
+    // Answered: a result now is unexpected.
+    t.feed(6_001, &[Apdu::result(ia, Operation::MakeCall, Body::null()), Apdu::result(ib, Operation::MakeCall, Body::null())]);
+    assert_eq!(t.events(), vec![]);
+    assert_eq!(t.stats.snapshot().unexpected_responses, 2);
+}
+
+#[test]
+fn requests_given_up_on_are_forgotten_with_the_connection() {
+    let mut t = T::up();
+    let (id, _) = t.request(0, Operation::MakeCall, make_call());
+    t.s.handle_timeout(t.at(0) + TIMEOUT);
+    assert_eq!(t.events(), vec![SessionEvent::Completed { id, result: Err(RequestError::Timeout) }]);
+    assert!(t.s.awaits_late_result(id));
+    t.s.connection_lost(LinkLoss::ClosedByPeer);
+    assert_eq!(t.events(), vec![SessionEvent::Lost(LinkLoss::ClosedByPeer)]);
+    assert!(!t.s.awaits_late_result(id), "invoke ids are per connection: no late result can come");
+}
+
+#[test]
+fn a_late_result_after_the_window_is_unexpected() {
+    let mut t = T::up();
+    let (a, ia) = t.request(0, Operation::MakeCall, make_call());
+    let (b, ib) = t.request(1, Operation::MakeCall, make_call());
+    t.s.handle_timeout(t.at(0) + TIMEOUT);
+    t.s.handle_timeout(t.at(1) + TIMEOUT);
+    assert_eq!(t.events().len(), 2);
+    let window = TIMEOUT * LATE_RESULT_WINDOW;
+    // a was given up on 1 ms before b: at the end of a's window, b's has a millisecond to go.
+    let end_of_a = t.at(0) + TIMEOUT + window;
+    let t0 = t.t0;
+    let ms = |i: Instant| (i - t0).as_millis() as u64;
+    t.feed(ms(end_of_a) - 1, &[Apdu::result(ib, Operation::MakeCall, Body::null())]);
+    assert_eq!(t.events(), vec![SessionEvent::LateResult { id: b, op: Operation::MakeCall, body: Body::null() }], "within its window");
+    t.feed(ms(end_of_a), &[Apdu::result(ia, Operation::MakeCall, Body::null())]);
+    assert_eq!(t.events(), vec![], "past its window: forgotten");
+    assert!(!t.s.awaits_late_result(a));
+    let s = t.stats.snapshot();
+    assert_eq!((s.late_answers, s.unexpected_responses), (1, 1));
+}
+
+#[test]
+fn beyond_the_cap_the_oldest_request_given_up_on_is_forgotten_first() {
+    let mut t = T::up();
+    // One more than the session keeps, a millisecond apart (the rate limiter's pace).
+    let sent: Vec<(RequestId, i64)> = (0..=LATE_RESULTS_KEPT as u64).map(|i| t.request(i, Operation::MakeCall, make_call())).collect();
+    t.s.handle_timeout(t.at(LATE_RESULTS_KEPT as u64) + TIMEOUT);
+    assert_eq!(t.events().len(), LATE_RESULTS_KEPT + 1, "all timed out");
+    let (first, second, last) = (sent[0], sent[1], sent[LATE_RESULTS_KEPT]);
+    assert!(!t.s.awaits_late_result(first.0) && t.s.awaits_late_result(second.0) && t.s.awaits_late_result(last.0));
+    let at = LATE_RESULTS_KEPT as u64 + 6_000;
+    t.feed(at, &[Apdu::result(first.1, Operation::MakeCall, Body::null()), Apdu::result(second.1, Operation::MakeCall, Body::null()), Apdu::result(last.1, Operation::MakeCall, Body::null())]);
+    let late = |(id, _): (RequestId, i64)| SessionEvent::LateResult { id, op: Operation::MakeCall, body: Body::null() };
+    assert_eq!(t.events(), vec![late(second), late(last)], "the oldest was forgotten");
+    let s = t.stats.snapshot();
+    assert_eq!((s.late_answers, s.unexpected_responses), (2, 1));
+}
+
+#[test]
+fn an_invoke_id_used_again_is_no_longer_a_late_one() {
+    let mut t = T::up();
+    let (a, ia) = t.request(0, Operation::MakeCall, make_call());
+    t.s.handle_timeout(t.at(0) + TIMEOUT);
+    assert_eq!(t.events(), vec![SessionEvent::Completed { id: a, result: Err(RequestError::Timeout) }]);
+    // Invoke ids wrap (1..=32767): go round, each answered at once, until `ia` is used again.
+    let snapshot = || Body::new().with(F::SnapshotObject, Value::DeviceId(DeviceId::dialing("2005").expect("ASCII")));
+    let mut ms = 5_000;
+    let (b, ib) = loop {
+        ms += 1;
+        let (id, invoke) = t.request(ms, Operation::SnapshotDevice, snapshot());
+        if invoke == ia {
+            break (id, invoke);
+        }
+        t.feed(ms, &[Apdu::result(invoke, Operation::SnapshotDevice, Body::null())]);
+        assert!(matches!(&t.events()[..], [SessionEvent::Completed { result: Ok(_), .. }]));
+    };
+    assert!(ms - 5_000 < 40_000, "went round in {} requests", ms - 5_000);
+    assert!(!t.s.awaits_late_result(a), "the id is the new request's now");
+    // Answered twice: the first answers b, the copy is unexpected, not a's late result.
+    t.feed(ms, &[Apdu::result(ib, Operation::SnapshotDevice, Body::null()), Apdu::result(ib, Operation::SnapshotDevice, Body::null())]);
+    assert!(matches!(&t.events()[..], [SessionEvent::Completed { id, result: Ok(_) }] if *id == b));
+    let s = t.stats.snapshot();
+    assert_eq!((s.late_answers, s.unexpected_responses), (0, 1));
 }
 
 #[test]
@@ -564,9 +687,14 @@ mod pbx {
     }
 
     pub async fn start() -> (Link, Pbx) {
+        start_with(|p| p).await
+    }
+
+    /// [`start`] with the link's profile changed by `f`.
+    pub async fn start_with(f: impl FnOnce(LinkProfile) -> LinkProfile) -> (Link, Pbx) {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = l.local_addr().expect("addr").to_string();
-        let link = Link::spawn(LinkProfile { max_requests_per_second: 1000.0, ..LinkProfile::new("t", &addr, FR, D) });
+        let link = Link::spawn(f(LinkProfile { max_requests_per_second: 1000.0, ..LinkProfile::new("t", &addr, FR, D) }));
         let (sock, _) = l.accept().await.expect("accept");
         let mut p = Pbx { sock, framer: Framer::new(FR), buf: BytesMut::new() };
         assert!(matches!(p.next().await, Apdu::Aarq(_)));
@@ -725,4 +853,33 @@ async fn a_port_hears_of_a_pbx_restart_once_and_its_monitors_come_back() {
         }
     }
     assert_eq!(sim.stats().requests.get("MonitorStart"), Some(&2), "monitored again once");
+}
+
+#[tokio::test]
+async fn a_late_result_goes_to_the_port_that_made_the_request_after_its_timeout() {
+    let (link, mut pbx) = pbx::start_with(|p| LinkProfile { request_timeout: Duration::from_millis(200), ..p }).await;
+    let (port, mut rx) = link.attach();
+    let (_other, mut other_rx) = link.attach();
+    port.request(1, Operation::MakeCall, make_call()).expect("accepted");
+    let (made, _) = pbx.invoke().await;
+    // A `Link::request` that times out too: its caller has stopped waiting.
+    let snapshot = Body::new().with(F::SnapshotObject, Value::DeviceId(DeviceId::dialing("2005").expect("ASCII")));
+    let (once, mut once_rx) = tokio::sync::oneshot::channel();
+    let l = link.clone();
+    tokio::spawn(async move { drop(once.send(l.request(Operation::SnapshotDevice, snapshot).await)) });
+    let (snapped, _) = pbx.invoke().await;
+    assert_eq!(recv(&mut rx).await, Delivery::Completed { tag: 1, result: Err(RequestError::Timeout) });
+    assert_eq!(tokio::time::timeout(Duration::from_secs(20), &mut once_rx).await.expect("in time").expect("answered"), Err(RequestError::Timeout));
+    // Both answered late, then a request in time: the port hears the MakeCall's late result, then
+    // its new request's answer; the other port hears nothing.
+    let placed = cstagate::csta::make_call_result(&CallId::from(vec![7, 7]), "2005");
+    port.request(2, Operation::SystemStatus, Body::new().with(F::SystemStatus, Value::Int(2))).expect("accepted");
+    let (status, _) = pbx.invoke().await;
+    pbx.write(&[Apdu::result(snapped, Operation::SnapshotDevice, Body::null()), Apdu::result(made, Operation::MakeCall, placed.clone()), Apdu::result(status, Operation::SystemStatus, Body::null())]).await;
+    let late = recv(&mut rx).await;
+    assert!(matches!(&late, Delivery::LateResult { tag: 1, result } if cstagate::csta::made_call(result) == cstagate::csta::made_call(&placed)), "{late:?}");
+    assert!(matches!(recv(&mut rx).await, Delivery::Completed { tag: 2, result: Ok(_) }));
+    assert!(other_rx.try_recv().is_err(), "only the port that made the request hears of it");
+    let s = link.stats();
+    assert_eq!((s.late_answers, s.unexpected_responses), (2, 0));
 }

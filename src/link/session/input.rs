@@ -95,16 +95,21 @@ impl Session {
                     self.send(&Apdu::reject(id, RejectProblem::Invoke(1)));
                 }
             },
-            Apdu::Result(r) => match r.invoke_id.and_then(|id| self.invokes.take(id)) {
-                Some(p) => {
-                    let body = match r.result {
-                        Some((_, Argument::Body(b))) => b,
-                        _ => Body::null(),
-                    };
+            Apdu::Result(r) => {
+                let body = match r.result {
+                    Some((_, Argument::Body(b))) => b,
+                    _ => Body::null(),
+                };
+                if let Some(p) = r.invoke_id.and_then(|id| self.invokes.take(id)) {
                     self.complete(now, p, Ok(body));
+                } else if let Some(g) = r.invoke_id.and_then(|id| self.take_gave_up(id, now)) {
+                    // Carried out after we gave up on it: the driver must hear of it.
+                    Stats::inc(&self.stats.late_answers);
+                    self.events.push_back(SessionEvent::LateResult { id: g.id, op: g.op, body });
+                } else {
+                    Stats::inc(&self.stats.unexpected_responses);
                 }
-                None => Stats::inc(&self.stats.unexpected_responses),
-            },
+            }
             Apdu::Error(e) => match e.invoke_id.and_then(|id| self.invokes.take(id)) {
                 Some(p) => {
                     let err = match e.parameter {
@@ -113,12 +118,17 @@ impl Session {
                     };
                     self.complete(now, p, Err(err));
                 }
+                // A late error answers a request of ours but carried nothing out: counted, dropped.
+                None if e.invoke_id.and_then(|id| self.take_gave_up(id, now)).is_some() => Stats::inc(&self.stats.late_answers),
                 None => Stats::inc(&self.stats.unexpected_responses),
             },
             Apdu::Reject(rj) => {
                 Stats::inc(&self.stats.rejects_received);
                 if let Some(p) = rj.invoke_id.and_then(|id| self.invokes.take(id)) {
                     self.complete(now, p, Err(RequestError::Rejected(rj.problem)));
+                } else if let Some(id) = rj.invoke_id {
+                    // A late reject carried nothing out: the request given up on is forgotten.
+                    self.take_gave_up(id, now);
                 }
             }
             Apdu::Rlrq(_) => {
