@@ -8,7 +8,7 @@
 #
 #   bash scripts/mutants-sample.sh [--shard K/N]        (default: from the commit, N = 24)
 #
-# The full run, before a release: `cargo mutants` (about 70 minutes on 2 cores; TESTING.md).
+# The full run, before a release: `cargo mutants` (about 75 minutes on 2 cores; TESTING.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
