@@ -1380,16 +1380,7 @@ fn the_lock_call_refused_fails_the_attempt_and_a_late_refusal_changes_nothing() 
 /// call on the phone clearing or failing is not the lock.
 #[test]
 fn only_the_lock_calls_own_end_or_failure_counts_while_locking() {
-    let mut p = policy();
-    p.lock_prefix = Some("*66".into());
-    let start = |p: &Policy| {
-        let mut t = T::new(p.clone());
-        let id = t.create("alice", "2005").view.unwrap().id;
-        t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
-        t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }));
-        (t, id)
-    };
-    let (mut t, id) = start(&p);
+    let (mut t, id) = lock_prompting();
     t.ev("2005", CallEvent::Cleared { call: CallId::from(vec![7]) });
     t.ev("2005", CallEvent::Failed { call: CallId::from(vec![7]), cause: None });
     assert_eq!(t.state(&id).0, State::Locking, "another call's end is not the lock's");
@@ -1397,7 +1388,7 @@ fn only_the_lock_calls_own_end_or_failure_counts_while_locking() {
     assert_eq!(t.state(&id).0, State::Calling);
     assert!(t.history(&id).contains(&"locked".to_owned()));
 
-    let (mut t, id) = start(&p);
+    let (mut t, id) = lock_prompting();
     t.ev("2005", CallEvent::Failed { call: CallId::from(vec![9]), cause: None });
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::RejectedByPbx), true));
 }
@@ -1647,20 +1638,12 @@ fn forgetting_an_ended_association_keeps_the_others_requests() {
 /// lock is done (the PBX ended the lock call) only the proof call is.
 #[test]
 fn a_failing_attempt_clears_the_lock_call_only_while_it_prompts() {
-    let mut p = policy();
-    p.lock_prefix = Some("*66".into());
-    let mut t = T::new(p.clone());
-    let id = t.create("alice", "2005").view.unwrap().id;
-    t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
-    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }));
+    let (mut t, id) = lock_prompting();
     let out = t.run(Input::LinkDown { pbx: "paris".into(), now: t.now });
     assert_eq!(T::clears(&out.actions), [CallId::from(vec![9])]);
     assert_eq!(t.state(&id).1, Some(Reason::LinkDown));
 
-    let mut t = T::new(p);
-    let id = t.create("alice", "2005").view.unwrap().id;
-    t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
-    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }));
+    let (mut t, id) = lock_prompting();
     t.ev("2005", CallEvent::Cleared { call: CallId::from(vec![9]) });
     t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: String::new() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![10])) }));
     let out = t.run(Input::LinkDown { pbx: "paris".into(), now: t.now });
@@ -1689,15 +1672,22 @@ fn a_retry_an_hour_after_the_last_proof_call_is_allowed_to_the_millisecond() {
 /// not one the PBX already ended.
 #[test]
 fn live_calls_include_a_prompting_lock_call_and_no_ended_one() {
-    let mut p = policy();
-    p.lock_prefix = Some("*66".into());
-    let mut t = T::new(p);
-    let a = t.create("alice", "2005").view.unwrap().id;
-    t.done(&a, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
-    t.done(&a, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }));
+    let (mut t, a) = lock_prompting();
     let calls = |t: &T| t.e.live_calls().into_iter().map(|(id, _, ext, call)| (id.to_string(), ext.to_string(), call)).collect::<Vec<_>>();
     assert_eq!(calls(&t), [(a.to_string(), "2005".to_owned(), CallId::from(vec![9]))]);
     t.ev("2005", CallEvent::Cleared { call: CallId::from(vec![9]) });
     assert_eq!(t.state(&a).0, State::Calling);
     assert_eq!(calls(&t), [], "the lock call ended; the proof call is not named yet");
+}
+
+/// Alice's association on 2005 under a policy with the lock prefix `*66`, its lock call (call 9)
+/// prompting the phone.
+fn lock_prompting() -> (T, AssociationId) {
+    let mut p = policy();
+    p.lock_prefix = Some("*66".into());
+    let mut t = T::new(p);
+    let id = t.create("alice", "2005").view.unwrap().id;
+    t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }));
+    (t, id)
 }
