@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI's bounded sample of mutation testing (TESTING.md, "Mutation testing"): one shard of the
 # mutants of `.cargo/mutants.toml`, shard k of N with k taken from the commit, so successive
-# commits test different mutants and N commits cover them all. Fails if a mutant survives: a
+# commits test different mutants (at random; the whole run before a release covers them all). Fails if a mutant survives: a
 # mutant that makes the tests hang (cargo-mutants' "timeout", exit 3) is caught, since the suite
 # would never pass with it. A new survivor is either a missing test or, once argued, an entry of
 # `exclude_re` in `.cargo/mutants.toml` and of TESTING.md's table of equivalent mutants.
