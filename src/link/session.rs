@@ -589,12 +589,12 @@ impl Session {
     }
 
     /// The request given up on that `invoke` answers late, if the session still remembers it
-    /// (then forgotten: answered once).
+    /// (then forgotten: answered once). Those past the window are forgotten first: `gave_up` is
+    /// in the order they were given up on, so the old ones are at its front.
     fn take_gave_up(&mut self, invoke: i64, now: Instant) -> Option<GaveUp> {
         self.forget_old(now);
         let i = self.gave_up.iter().position(|g| g.invoke == invoke)?;
-        let g = self.gave_up.remove(i)?;
-        (now.saturating_duration_since(g.at) < self.late_window()).then_some(g)
+        self.gave_up.remove(i)
     }
 }
 

@@ -110,18 +110,20 @@ impl Session {
                     Stats::inc(&self.stats.unexpected_responses);
                 }
             }
-            Apdu::Error(e) => match e.invoke_id.and_then(|id| self.invokes.take(id)) {
-                Some(p) => {
+            Apdu::Error(e) => {
+                if let Some(p) = e.invoke_id.and_then(|id| self.invokes.take(id)) {
                     let err = match e.parameter {
                         Some(ErrorParameter::UniversalFailure(u)) => RequestError::Failure(u),
                         _ => RequestError::OtherError(e.code),
                     };
                     self.complete(now, p, Err(err));
+                } else if e.invoke_id.and_then(|id| self.take_gave_up(id, now)).is_some() {
+                    // A late error answers a request of ours but carried nothing out: counted, dropped.
+                    Stats::inc(&self.stats.late_answers);
+                } else {
+                    Stats::inc(&self.stats.unexpected_responses);
                 }
-                // A late error answers a request of ours but carried nothing out: counted, dropped.
-                None if e.invoke_id.and_then(|id| self.take_gave_up(id, now)).is_some() => Stats::inc(&self.stats.late_answers),
-                None => Stats::inc(&self.stats.unexpected_responses),
-            },
+            }
             Apdu::Reject(rj) => {
                 Stats::inc(&self.stats.rejects_received);
                 if let Some(p) = rj.invoke_id.and_then(|id| self.invokes.take(id)) {
