@@ -187,10 +187,10 @@ pub(super) fn delivered(sh: &mut Shell, pbx: PbxId, delivery: Delivery) -> Optio
                     Some((p.epoch, CstaInput::Done { id: p.id?, outcome: done(result.map(|_| CstaResultInfo::default())), now }, None))
                 }
                 Work::MakeCall(made) => {
-                    if matches!(result, Err(RequestError::Timeout)) {
+                    if let (Err(RequestError::Timeout), Some(id)) = (&result, p.id) {
                         // The PBX may place the call all the same: its late result must find
                         // what the MakeCall was for, to clear it.
-                        sh.timed_out.insert(tag, Pending { epoch: p.epoch, id: p.id, work: Work::MakeCall(made.clone()) });
+                        sh.timed_out.insert(tag, (p.epoch, id, made.clone()));
                         while sh.timed_out.len() > MAX_TIMED_OUT_MAKE_CALLS {
                             sh.timed_out.pop_first();
                         }
@@ -237,17 +237,16 @@ pub(super) fn delivered(sh: &mut Shell, pbx: PbxId, delivery: Delivery) -> Optio
         // The answer to a MakeCall that timed out (the engine heard `LinkDown` then): read like
         // any answer the engine no longer awaits, so the actor clears the call it names.
         Delivery::LateResult { tag, result } => {
-            let p = sh.timed_out.remove(&tag)?;
-            let Work::MakeCall(made) = p.work else { return None };
+            let (epoch, id, made) = sh.timed_out.remove(&tag)?;
             let call = crate::csta::made_call(&result);
             if call.is_none() {
                 warn!(association = %made.association, %pbx, extension = %made.extension, "a late MakeCall result names no call: nothing to clear");
             }
-            Some((p.epoch, CstaInput::Done { id: p.id?, outcome: Ok(CstaResultInfo { call }), now }, Some(made)))
+            Some((epoch, CstaInput::Done { id, outcome: Ok(CstaResultInfo { call }), now }, Some(made)))
         }
         Delivery::LinkLost => {
             // Invoke ids are per connection: no late result of the lost one can come.
-            sh.timed_out.retain(|_, p| !matches!(&p.work, Work::MakeCall(m) if m.pbx == pbx));
+            sh.timed_out.retain(|_, (_, _, made)| made.pbx != pbx);
             Some((sh.epoch, CstaInput::LinkDown { pbx, now }, None))
         }
         Delivery::LinkRestored => {

@@ -203,9 +203,10 @@ struct Shell {
     next_tag: u64,
     /// ClearConnections that met a dead link, waiting for it to come back.
     parked: Vec<(PbxId, Pending)>,
-    /// MakeCalls that timed out, by tag, until their late result (or their link's loss): its
-    /// call is cleared. Bounded (oldest tag forgotten first).
-    timed_out: std::collections::BTreeMap<u64, Pending>,
+    /// MakeCalls that timed out, by tag, until their late result (or their link's loss): the
+    /// engine's epoch and request id when sent, and what the MakeCall was for, so that the call
+    /// the late result names is cleared. Bounded (oldest tag forgotten first).
+    timed_out: std::collections::BTreeMap<u64, (u64, crate::association::RequestId, links::Submitted)>,
     /// IVR requests whose answer waits for the PBX's report of the proof call's answer, by IVR
     /// call (at most one per call: a newer request of the platform replaces the older).
     waiting: HashMap<String, IvrTx>,
