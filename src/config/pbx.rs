@@ -306,35 +306,17 @@ impl Config {
             }
             pol.require_completion = p.require_completion;
             pol.lock_prefix = p.lock_prefix.clone();
-            // Ranges are checked by `Config::parse`.
-            if let Some(n) = p.code_digits {
-                pol.code_digits = n;
-            }
-            if let Some(t) = p.code_ttl {
-                pol.code_ttl = t;
-            }
-            if let Some(t) = p.ring_timeout {
-                pol.ring_timeout = t;
-            }
-            if let Some(t) = p.ivr_timeout {
-                pol.ivr_timeout = t;
-            }
-            if let Some(n) = p.proof_calls_per_hour {
-                pol.proof_calls_per_hour = n;
-            }
-            if let Some(n) = p.lockout_after {
-                pol.lockout_after = n;
-            }
+            // Ranges are checked by `Config::parse`; what the file leaves out keeps the default.
+            pol.code_digits = p.code_digits.unwrap_or(pol.code_digits);
+            pol.code_ttl = p.code_ttl.unwrap_or(pol.code_ttl);
+            pol.ring_timeout = p.ring_timeout.unwrap_or(pol.ring_timeout);
+            pol.ivr_timeout = p.ivr_timeout.unwrap_or(pol.ivr_timeout);
+            pol.proof_calls_per_hour = p.proof_calls_per_hour.unwrap_or(pol.proof_calls_per_hour);
+            pol.lockout_after = p.lockout_after.unwrap_or(pol.lockout_after);
             pol.did_prefix = p.did_prefix.clone();
-            if let Some(n) = p.context_digits {
-                pol.context_digits = n;
-            }
-            if let Some(t) = p.ivr_claim_window {
-                pol.ivr_claim_window = t;
-            }
-            if let Some(t) = p.owner_block {
-                pol.owner_block = t;
-            }
+            pol.context_digits = p.context_digits.unwrap_or(pol.context_digits);
+            pol.ivr_claim_window = p.ivr_claim_window.unwrap_or(pol.ivr_claim_window);
+            pol.owner_block = p.owner_block.unwrap_or(pol.owner_block);
             out.insert(p.id.clone(), pol);
         }
         Ok(out)
