@@ -159,9 +159,7 @@ fn the_whole_flow_binds_the_extension_with_the_calling_number_as_unverified_did(
 #[test]
 fn codes_never_reach_the_store_or_the_audit_log() {
     let mut t = T::new(policy());
-    let (_, ctx) = t.to_ivr("alice", "2005");
-    t.ivr("c1", Some(&ctx));
-    t.ivr("c1", Some("1"));
+    t.at_code_prompt("alice", "2005", "c1");
     t.ivr("c1", Some("111111"));
     t.ivr("c1", Some(CODE));
     let written = format!("{:?}", t.all);
@@ -172,9 +170,7 @@ fn codes_never_reach_the_store_or_the_audit_log() {
 #[test]
 fn wrong_then_right_code_and_failure_counters_reset_only_on_success() {
     let mut t = T::new(policy());
-    let (id, ctx) = t.to_ivr("alice", "2005");
-    t.ivr("c1", Some(&ctx));
-    t.ivr("c1", Some("1"));
+    let (id, _) = t.at_code_prompt("alice", "2005", "c1");
     let r = t.ivr("c1", Some("000000"));
     assert!(!r.hangup && r.say.contains("not correct"));
     let ext = CounterKey::AccountExtension { tenant: "acme".into(), account: "alice".into(), pbx: "paris".into(), extension: "2005".into() };
@@ -187,9 +183,7 @@ fn wrong_then_right_code_and_failure_counters_reset_only_on_success() {
 #[test]
 fn three_entries_per_call_five_per_code() {
     let mut t = T::new(policy());
-    let (id, ctx) = t.to_ivr("alice", "2005");
-    t.ivr("c1", Some(&ctx));
-    t.ivr("c1", Some("1"));
+    let (id, ctx) = t.at_code_prompt("alice", "2005", "c1");
     t.ivr("c1", Some("000001"));
     t.ivr("c1", Some("000002"));
     let r = t.ivr("c1", Some("000003"));
@@ -219,9 +213,7 @@ fn three_entries_per_call_five_per_code() {
 #[test]
 fn expiry_is_told_apart_from_a_wrong_code() {
     let mut t = T::new(policy());
-    let (id, ctx) = t.to_ivr("alice", "2005");
-    t.ivr("c1", Some(&ctx));
-    t.ivr("c1", Some("1"));
+    let (id, _) = t.at_code_prompt("alice", "2005", "c1");
     t.now += 601_000;
     let r = t.ivr("c1", Some(CODE));
     assert!(r.hangup && r.say.contains("expired"), "{}", r.say);
@@ -276,9 +268,7 @@ fn link_down_and_ivr_hangup_and_not_confirmed() {
     assert_eq!(t.e.view(&Principal::Admin, &id).unwrap().call, None);
 
     let mut t = T::new(policy());
-    let (id, ctx2) = t.to_ivr("alice", "2005");
-    t.ivr("c1", Some(&ctx2));
-    t.ivr("c1", Some("1"));
+    let (id, _) = t.at_code_prompt("alice", "2005", "c1");
     t.run(Input::IvrHangup { call: "c1".into(), now: t.now });
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::CallCleared), true));
 
@@ -379,9 +369,7 @@ fn tenants_are_isolated_and_one_live_association_per_extension_and_account() {
 #[test]
 fn an_extension_bound_to_someone_else_is_refused_until_unbound() {
     let mut t = T::new(policy());
-    let (_, ctx) = t.to_ivr("alice", "2005");
-    t.ivr("c1", Some(&ctx));
-    t.ivr("c1", Some("1"));
+    t.at_code_prompt("alice", "2005", "c1");
     t.ivr("c1", Some(CODE));
     assert_eq!(t.create("bob", "2005").error, Some(Refusal::AlreadyBound));
     let not_owner = t.run(Input::Unbind { principal: Principal::Tenant("acme".into()), account: Some("bob".into()), pbx: "paris".into(), extension: "2005".into(), now: t.now });
@@ -432,18 +420,14 @@ fn lock_out_after_the_configured_failures_survives_new_codes() {
     p.lockout_after = 4;
     p.proof_calls_per_hour = 6;
     let mut t = T::new(p);
-    let (id, ctx) = t.to_ivr("alice", "2005");
-    t.ivr("c1", Some(&ctx));
-    t.ivr("c1", Some("1"));
+    let (id, _) = t.at_code_prompt("alice", "2005", "c1");
     for _ in 0..3 {
         t.ivr("c1", Some("000000"));
     }
     t.now += 1000;
     t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.into(), now: t.now });
     // A new code does not reset the count: one more failure locks the extension out.
-    let (id, ctx) = t.to_ivr("alice", "2005");
-    t.ivr("c2", Some(&ctx));
-    t.ivr("c2", Some("1"));
+    let (id, _) = t.at_code_prompt("alice", "2005", "c2");
     let r = t.ivr("c2", Some("000000"));
     assert!(r.hangup);
     assert_eq!(t.state(&id), (State::Failed, Some(Reason::LockedOut), false));
@@ -459,9 +443,7 @@ fn lock_out_after_the_configured_failures_survives_new_codes() {
 #[test]
 fn a_restart_keeps_bindings_and_counters_and_ends_associations_in_flight() {
     let mut t = T::new(policy());
-    let (_, ctx) = t.to_ivr("alice", "2005");
-    t.ivr("c1", Some(&ctx));
-    t.ivr("c1", Some("1"));
+    t.at_code_prompt("alice", "2005", "c1");
     t.ivr("c1", Some(CODE));
     let pending = t.create("bob", "2006").view.unwrap();
     t.through_call(&pending.id, "2006");
@@ -721,17 +703,13 @@ fn another_accounts_wrong_entries_never_lock_out_the_extensions_owner() {
     p.proof_calls_per_hour = 20;
     let mut t = T::new(p);
     // Mallory asks for 2005 and keys wrong codes at the phone until she is locked out.
-    let (_, ctx) = t.to_ivr("mallory", "2005");
-    t.ivr("m1", Some(&ctx));
-    t.ivr("m1", Some("1"));
+    t.at_code_prompt("mallory", "2005", "m1");
     for _ in 0..3 {
         t.ivr("m1", Some("000000"));
     }
     assert_eq!(t.create("mallory", "2006").error, Some(Refusal::LockedOut), "charged to mallory's account");
     // The owner is not locked out and binds.
-    let (id, ctx) = t.to_ivr("alice", "2005");
-    t.ivr("a1", Some(&ctx));
-    t.ivr("a1", Some("1"));
+    let (id, _) = t.at_code_prompt("alice", "2005", "a1");
     assert!(t.ivr("a1", Some(CODE)).say.contains("now linked"));
     assert_eq!(t.state(&id).0, State::Bound);
     // The admin sees and resets mallory's counters.
@@ -805,9 +783,7 @@ fn a_pbx_flooding_events_fails_the_attempt_and_histories_stay_capped() {
 #[test]
 fn context_ids_appear_only_in_the_proof_call() {
     let mut t = T::new(policy());
-    let (id, ctx) = t.to_ivr("alice", "2005");
-    t.ivr("c1", Some(&ctx));
-    t.ivr("c1", Some("1"));
+    let (id, ctx) = t.at_code_prompt("alice", "2005", "c1");
     t.ivr("c1", Some(CODE));
     assert_eq!(t.state(&id).0, State::Bound);
     for a in &t.all {
@@ -822,9 +798,7 @@ fn empty_short_long_and_prefixed_codes_are_wrong() {
     let mut p = policy();
     p.proof_calls_per_hour = 20;
     let mut t = T::new(p);
-    let (id, ctx) = t.to_ivr("alice", "2005");
-    t.ivr("c1", Some(&ctx));
-    t.ivr("c1", Some("1"));
+    let (id, _) = t.at_code_prompt("alice", "2005", "c1");
     for (i, entry) in ["#", &CODE[..5], &format!("{CODE}0")].into_iter().enumerate() {
         let r = t.ivr("c1", Some(entry));
         assert!(!r.say.contains("now linked"), "{entry:?} must not bind: {}", r.say);
@@ -842,9 +816,7 @@ fn an_account_locked_out_on_one_extension_is_locked_out_on_every_extension() {
     p.lockout_after = 3;
     p.proof_calls_per_hour = 20;
     let mut t = T::new(p);
-    let (_, ctx) = t.to_ivr("mallory", "2005");
-    t.ivr("c1", Some(&ctx));
-    t.ivr("c1", Some("1"));
+    t.at_code_prompt("mallory", "2005", "c1");
     for wrong in ["000001", "000002", "000003"] {
         t.ivr("c1", Some(wrong));
     }
@@ -1081,9 +1053,7 @@ fn admin_scopes_read_reset_and_lift_exactly_what_they_name() {
     let mut t = T::new(p);
     // Three wrong entries each: mallory on 2005 and on 2006, eve on 2005.
     for (account, ext, call) in [("mallory", "2005", "m1"), ("mallory", "2006", "m2"), ("eve", "2005", "e1")] {
-        let (id, ctx) = t.to_ivr(account, ext);
-        t.ivr(call, Some(&ctx));
-        t.ivr(call, Some("1"));
+        let (id, _) = t.at_code_prompt(account, ext, call);
         for _ in 0..3 {
             t.ivr(call, Some("000000"));
         }
@@ -1135,9 +1105,7 @@ fn admin_scopes_read_reset_and_lift_exactly_what_they_name() {
 impl T {
     /// Drive `account` on `ext` to a binding.
     fn bind(&mut self, account: &str, ext: &str, call: &str) -> String {
-        let (id, ctx) = self.to_ivr(account, ext);
-        self.ivr(call, Some(&ctx));
-        self.ivr(call, Some("1"));
+        let (id, _) = self.at_code_prompt(account, ext, call);
         assert!(self.ivr(call, Some(CODE)).say.contains("now linked"));
         self.now += 1;
         id
@@ -1690,4 +1658,16 @@ fn lock_prompting() -> (T, AssociationId) {
     t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
     t.done(&id, CstaRequest::MakeCall { from: "2005".into(), to: "*66".into() }, Ok(CstaResultInfo { call: Some(CallId::from(vec![9])) }));
     (t, id)
+}
+
+impl T {
+    /// Drive a fresh association to the IVR and through the dialogue up to the code prompt
+    /// (context id presented on IVR call `call`, the account confirmed with 1): its id and
+    /// context id.
+    fn at_code_prompt(&mut self, account: &str, ext: &str, call: &str) -> (String, String) {
+        let (id, ctx) = self.to_ivr(account, ext);
+        self.ivr(call, Some(&ctx));
+        self.ivr(call, Some("1"));
+        (id, ctx)
+    }
 }
