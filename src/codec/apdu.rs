@@ -325,7 +325,12 @@ impl Apdu {
 
     /// An event report invoke.
     pub fn event(invoke_id: i64, report: EventReport) -> Apdu {
-        Apdu::Invoke(Invoke { invoke_id: Some(invoke_id), linked_id: None, op: Op::Known(Operation::EventReport), argument: Argument::Event(report) })
+        Apdu::event_with_id(Some(invoke_id), report)
+    }
+
+    /// An event report invoke whose invoke id may be absent (CSTA XML without a header).
+    pub fn event_with_id(invoke_id: Option<i64>, report: EventReport) -> Apdu {
+        Apdu::Invoke(Invoke { invoke_id, linked_id: None, op: Op::Known(Operation::EventReport), argument: Argument::Event(report) })
     }
 
     /// A universalFailure ReturnError.

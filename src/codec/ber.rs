@@ -51,6 +51,21 @@ pub enum ErrorKind {
     FrameTooLarge { size: usize, cap: usize },
     #[error("bad frame header: {0}")]
     BadFrameHeader(&'static str),
+    // CSTA XML (ECMA-323): the document itself.
+    #[error("CSTA XML is not UTF-8")]
+    XmlNotUtf8,
+    #[error("XML: {0}")]
+    XmlSyntax(String),
+    #[error("XML document type declarations are refused (no DTD, no entity definitions)")]
+    XmlDoctype,
+    #[error("XML entity reference other than the five predefined ones")]
+    XmlEntity,
+    #[error("XML nesting deeper than {0} elements")]
+    XmlTooDeep(usize),
+    #[error("XML document with more than {0} elements")]
+    XmlTooLarge(usize),
+    #[error("XML: expected {expected}, found <{found}>")]
+    XmlUnexpected { expected: &'static str, found: String },
 }
 
 /// A decoding failure: what, where (byte offset from the start of the APDU, or of the stream for

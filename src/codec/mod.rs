@@ -11,6 +11,9 @@
 //!   III; ECMA-217/218 Phase II as OXE speaks it), mapped onto one dialect-neutral model of
 //!   [`values`].
 //!
+//! - [`xml`]: the third wire dialect, CSTA XML (ECMA-323, sessions of ECMA-354), mapped onto
+//!   the same model.
+//!
 //! The ASN.1 modules in `asn1/` are the source of truth these tables follow; a test decodes every
 //! capture and vector with an independent ASN.1 implementation compiled from them and compares.
 
@@ -25,6 +28,7 @@ pub mod operation;
 pub mod schemas;
 pub mod values;
 mod universal_failure;
+pub mod xml;
 
 pub use apdu::{Apdu, Argument, Event, EventReport, Invoke, LinkedId, Op, Reject, RejectProblem, ReturnError, ReturnResult};
 pub use ber::{DecodeError, ErrorKind};

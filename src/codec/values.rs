@@ -48,14 +48,16 @@ pub enum DeviceIdentifier {
 }
 
 impl DeviceIdentifier {
-    /// The number as a string: digits, or the decimal device number; `None` for `other`.
+    /// The number as a string: the digits (the dialable part of a written form such as
+    /// `N<302118840100>;noa=nk`, see [`dialable`]), or the decimal device number; `None` for
+    /// `other`.
     pub fn digits(&self) -> Option<String> {
         match self {
             DeviceIdentifier::Dialing(d)
             | DeviceIdentifier::ImplicitPublic(d)
             | DeviceIdentifier::ImplicitPrivate(d)
             | DeviceIdentifier::ExplicitPublic { digits: d, .. }
-            | DeviceIdentifier::ExplicitPrivate { digits: d, .. } => Some(d.as_str().to_owned()),
+            | DeviceIdentifier::ExplicitPrivate { digits: d, .. } => Some(dialable(d.as_str()).to_owned()),
             DeviceIdentifier::DeviceNumber(n) => Some(n.to_string()),
             DeviceIdentifier::Other(_) => None,
         }
@@ -107,6 +109,22 @@ impl DeviceIdentifier {
     fn is_choice_tag(tag: Tag) -> bool {
         matches!(tag.0, 0x80 | 0x81 | 0x82 | 0x84 | 0x86 | 0xA3 | 0xA5)
     }
+}
+
+/// The number a device identifier dials, out of the written forms PBXs use (CSTA XML above all,
+/// issue 17): `N<302118840100>;noa=nk` → `302118840100`, `tel:+4989123;phone-context=x` →
+/// `+4989123`, `sip:2005@pbx.example` → `2005`; a plain number is itself. The raw form is what
+/// goes back to the PBX; this is what a person or a directory compares.
+pub fn dialable(raw: &str) -> &str {
+    let s = raw.trim();
+    if let (Some(open), Some(close)) = (s.find('<'), s.find('>')) {
+        if open < close {
+            return &s[open + 1..close];
+        }
+    }
+    let s = s.strip_prefix("tel:").or_else(|| s.strip_prefix("sips:")).or_else(|| s.strip_prefix("sip:")).unwrap_or(s);
+    let end = s.find([';', '@']).unwrap_or(s.len());
+    &s[..end]
 }
 
 /// A device: its identifier plus, in Phase III, any further members of the `DeviceID` SEQUENCE

@@ -13,3 +13,4 @@ mod codec_malformed;
 mod codec_member_tables;
 mod codec_unknown_members;
 mod codec_vectors;
+mod codec_xml;

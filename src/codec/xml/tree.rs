@@ -1,0 +1,235 @@
+//! The XML document as a small borrowed tree, read with `quick-xml`, with the defences a wire
+//! parser needs: UTF-8 only, no DTD (so no entity can be defined, let alone expanded: billion
+//! laughs and external entities are refused before anything is read), only the five predefined
+//! entities and character references, a depth cap, and an element cap. Names are local names:
+//! whatever prefix or default namespace the PBX uses, `ns3:MakeCall` is `MakeCall`.
+//!
+//! Each element keeps its byte span in the document, so an element this codec does not know is
+//! re-encoded verbatim (issue 17: unknown elements and private data survive).
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+use crate::codec::ber::{DecodeError, ErrorKind};
+
+/// How deep elements may nest. CSTA XML nests about five levels (event → connection → device);
+/// vendor private data adds a few.
+pub const MAX_XML_DEPTH: usize = 32;
+/// How many elements one document may hold (a 64 KiB document of `<a/>` would hold 16,000).
+pub const MAX_XML_ELEMENTS: usize = 4096;
+
+/// One element: local name, raw attributes, trimmed text content, children, span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Element<'a> {
+    pub name: &'a str,
+    /// The attributes as written (namespace declarations included), for verbatim re-encoding.
+    pub attrs: &'a str,
+    /// The element's own text (character data and CDATA, entities resolved), trimmed.
+    pub text: Cow<'a, str>,
+    pub children: Vec<Element<'a>>,
+    /// Bytes of the whole element in the document, start tag to end tag.
+    pub span: Range<usize>,
+}
+
+impl<'a> Element<'a> {
+    pub fn child(&self, name: &str) -> Option<&Element<'a>> {
+        self.children.iter().find(|c| c.name == name)
+    }
+    /// The trimmed text of the named child.
+    pub fn child_text(&self, name: &str) -> Option<&str> {
+        self.child(name).map(|c| c.text.as_ref())
+    }
+    /// The value of attribute `name` (by local name), unescaped; `None` when absent or malformed.
+    pub fn attr(&self, name: &str) -> Option<String> {
+        let start = quick_xml::events::BytesStart::from_content(self.attrs, 0);
+        start.attributes().flatten().find(|a| a.key.local_name().as_ref() == name).and_then(|a| a.normalized_value(quick_xml::XmlVersion::Implicit1_0).ok().map(Cow::into_owned))
+    }
+    /// The attributes to keep when the element is written again: all of them as written, unless
+    /// they are only namespace declarations and schema locations (which the encoder writes itself).
+    pub fn kept_attrs(&self) -> &'a str {
+        let start = quick_xml::events::BytesStart::from_content(self.attrs, 0);
+        let own = start.attributes().flatten().any(|a| {
+            let k = a.key.as_ref();
+            !(k.starts_with("xmlns") || k.starts_with("xsi:"))
+        });
+        if own { self.attrs } else { "" }
+    }
+}
+
+fn err(kind: ErrorKind, at: u64) -> DecodeError {
+    DecodeError::new(kind, usize::try_from(at).unwrap_or(usize::MAX)).within("CSTA XML")
+}
+
+/// Parse one document into its root element.
+///
+/// # Errors
+/// Not UTF-8, not well-formed, a DTD or an unknown entity, nesting past [`MAX_XML_DEPTH`], more
+/// than [`MAX_XML_ELEMENTS`] elements, no root or a second root.
+pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
+    let text = std::str::from_utf8(doc).map_err(|e| err(ErrorKind::XmlNotUtf8, e.valid_up_to() as u64))?;
+    // A byte-order mark is allowed before the declaration.
+    let body_at = if text.starts_with('\u{feff}') { 3 } else { 0 };
+    let mut r = Reader::from_str(&text[body_at..]);
+    r.config_mut().check_end_names = true;
+    r.config_mut().check_comments = false;
+    let mut stack: Vec<Element<'_>> = Vec::new();
+    let mut root: Option<Element<'_>> = None;
+    let mut count = 0usize;
+    let open = |e: &quick_xml::events::BytesStart<'_>, after: usize, src: &str| -> Option<(usize, usize)> {
+        let start = src[..after].rfind('<')?;
+        let name_len = e.name().as_ref().len();
+        Some((start, name_len))
+    };
+    loop {
+        let before = r.buffer_position();
+        let ev = r.read_event().map_err(|e| err(ErrorKind::XmlSyntax(e.to_string()), r.error_position().max(before) + body_at as u64))?;
+        let after = usize::try_from(r.buffer_position()).unwrap_or(usize::MAX);
+        let src = &text[body_at..];
+        match ev {
+            Event::Start(e) | Event::Empty(e) => {
+                let empty = src.as_bytes().get(after.wrapping_sub(2)) == Some(&b'/');
+                count += 1;
+                if count > MAX_XML_ELEMENTS {
+                    return Err(err(ErrorKind::XmlTooLarge(MAX_XML_ELEMENTS), before + body_at as u64));
+                }
+                if root.is_some() && stack.is_empty() {
+                    return Err(err(ErrorKind::XmlSyntax("a second root element".into()), before + body_at as u64));
+                }
+                let Some((start, name_len)) = open(&e, after, src) else {
+                    return Err(err(ErrorKind::XmlSyntax("start tag without '<'".into()), before + body_at as u64));
+                };
+                let raw: &str = &src[start + 1..after - if empty { 2 } else { 1 }];
+                let qname = raw.get(..name_len).unwrap_or(raw);
+                let name = qname.rsplit(':').next().unwrap_or(qname);
+                let attrs = raw.get(name_len..).unwrap_or("");
+                let el = Element { name, attrs, text: Cow::Borrowed(""), children: Vec::new(), span: start + body_at..after + body_at };
+                if empty {
+                    push(&mut stack, &mut root, el);
+                } else {
+                    if stack.len() >= MAX_XML_DEPTH {
+                        return Err(err(ErrorKind::XmlTooDeep(MAX_XML_DEPTH), before + body_at as u64));
+                    }
+                    stack.push(el);
+                }
+            }
+            Event::End(_) => {
+                let Some(mut el) = stack.pop() else {
+                    return Err(err(ErrorKind::XmlSyntax("end tag without start tag".into()), before + body_at as u64));
+                };
+                el.span.end = after + body_at;
+                if let Cow::Owned(s) = &mut el.text {
+                    let t = s.trim();
+                    if t.len() != s.len() {
+                        *s = t.to_owned();
+                    }
+                } else if let Cow::Borrowed(s) = el.text {
+                    el.text = Cow::Borrowed(s.trim());
+                }
+                push(&mut stack, &mut root, el);
+            }
+            Event::Text(t) => {
+                let Some(top) = stack.last_mut() else {
+                    if t.trim().is_empty() {
+                        continue;
+                    }
+                    return Err(err(ErrorKind::XmlSyntax("text outside the root element".into()), before + body_at as u64));
+                };
+                let s = t.into_inner();
+                append(&mut top.text, s);
+            }
+            Event::CData(c) => {
+                let Some(top) = stack.last_mut() else {
+                    return Err(err(ErrorKind::XmlSyntax("CDATA outside the root element".into()), before + body_at as u64));
+                };
+                append(&mut top.text, c.into_inner());
+            }
+            Event::GeneralRef(g) => {
+                let resolved: Option<char> = if g.is_char_ref() {
+                    g.resolve_char_ref().ok().flatten()
+                } else {
+                    match g.as_ref() {
+                        "amp" => Some('&'),
+                        "lt" => Some('<'),
+                        "gt" => Some('>'),
+                        "quot" => Some('"'),
+                        "apos" => Some('\''),
+                        _ => None,
+                    }
+                };
+                let Some(c) = resolved else {
+                    return Err(err(ErrorKind::XmlEntity, before + body_at as u64));
+                };
+                let Some(top) = stack.last_mut() else {
+                    return Err(err(ErrorKind::XmlSyntax("reference outside the root element".into()), before + body_at as u64));
+                };
+                let mut s = std::mem::take(&mut top.text).into_owned();
+                s.push(c);
+                top.text = Cow::Owned(s);
+            }
+            // No DTD: nothing can define an entity, nothing can point outside the document.
+            Event::DocType(_) => return Err(err(ErrorKind::XmlDoctype, before + body_at as u64)),
+            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
+            Event::Eof => break,
+        }
+    }
+    if !stack.is_empty() {
+        return Err(err(ErrorKind::XmlSyntax("document ends inside an element".into()), text.len() as u64));
+    }
+    root.ok_or_else(|| err(ErrorKind::XmlSyntax("no root element".into()), 0))
+}
+
+fn push<'a>(stack: &mut [Element<'a>], root: &mut Option<Element<'a>>, el: Element<'a>) {
+    match stack.last_mut() {
+        Some(parent) => parent.children.push(el),
+        None => *root = Some(el),
+    }
+}
+
+fn append<'a>(text: &mut Cow<'a, str>, more: Cow<'a, str>) {
+    if text.is_empty() {
+        *text = more;
+    } else if !more.is_empty() {
+        let mut s = std::mem::take(text).into_owned();
+        s.push_str(&more);
+        *text = Cow::Owned(s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_names_text_spans_and_attributes() {
+        let doc = br#"<?xml version="1.0"?><ns3:A xmlns:ns3="urn:x"><b typeOfNumber="x:y"> 20&amp;05 </b><c/><d><![CDATA[<q>]]></d></ns3:A>"#;
+        let root = parse(doc).unwrap();
+        assert_eq!(root.name, "A");
+        assert_eq!(root.children.iter().map(|c| c.name).collect::<Vec<_>>(), ["b", "c", "d"]);
+        assert_eq!(root.children[0].text, "20&05");
+        assert_eq!(root.children[0].attr("typeOfNumber").as_deref(), Some("x:y"));
+        assert_eq!(&doc[root.children[1].span.clone()], b"<c/>");
+        assert_eq!(root.children[2].text, "<q>");
+        assert_eq!(&doc[root.span.clone()], &doc[21..]);
+    }
+
+    #[test]
+    fn hostile_documents_are_refused_with_a_defined_error() {
+        let lol = br#"<?xml version="1.0"?><!DOCTYPE l [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><l>&b;</l>"#;
+        assert_eq!(parse(lol).unwrap_err().kind, ErrorKind::XmlDoctype);
+        let xxe = br#"<!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><x>&e;</x>"#;
+        assert_eq!(parse(xxe).unwrap_err().kind, ErrorKind::XmlDoctype);
+        assert_eq!(parse(b"<x>&e;</x>").unwrap_err().kind, ErrorKind::XmlEntity);
+        let deep = "<a>".repeat(MAX_XML_DEPTH + 1) + &"</a>".repeat(MAX_XML_DEPTH + 1);
+        assert_eq!(parse(deep.as_bytes()).unwrap_err().kind, ErrorKind::XmlTooDeep(MAX_XML_DEPTH));
+        let wide = format!("<a>{}</a>", "<b/>".repeat(MAX_XML_ELEMENTS));
+        assert_eq!(parse(wide.as_bytes()).unwrap_err().kind, ErrorKind::XmlTooLarge(MAX_XML_ELEMENTS));
+        assert_eq!(parse(b"<a>\xff</a>").unwrap_err().kind, ErrorKind::XmlNotUtf8);
+        assert!(matches!(parse(b"<a><b></a>").unwrap_err().kind, ErrorKind::XmlSyntax(_)));
+        assert!(matches!(parse(b"<a/><b/>").unwrap_err().kind, ErrorKind::XmlSyntax(_)));
+        assert!(matches!(parse(b"<a>").unwrap_err().kind, ErrorKind::XmlSyntax(_)));
+        assert!(matches!(parse(b"").unwrap_err().kind, ErrorKind::XmlSyntax(_)));
+    }
+}
