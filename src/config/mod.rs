@@ -20,7 +20,7 @@ mod pbx;
 mod secrets;
 
 pub use directory::{parse_directory, DirectoryError, MAX_DIRECTORY};
-pub use pbx::{LinkProfile, PbxConfig, Preset, MAX_PROOF_CALLS_PER_HOUR, MAX_RING_TIMEOUT};
+pub use pbx::{LinkProfile, PbxConfig, Preset, XmlFraming, XmlProfile, XmlSession, DEFAULT_SESSION_DURATION, MAX_PROOF_CALLS_PER_HOUR, MAX_RING_TIMEOUT};
 pub use secrets::{read_secret, SecretSource, Secrets};
 
 /// The whole configuration file.

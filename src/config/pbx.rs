@@ -17,6 +17,7 @@ use crate::codec::acse::{AarqParams, CstaUserInfo, UserInformation};
 use crate::codec::body::Wrapping;
 use crate::codec::framing::Framing;
 use crate::codec::values::{Dialect, Secret};
+use crate::codec::xml::{Login, LoginStyle, ProtocolVersion};
 
 /// Presets of the PBX families we know (brief §1, §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -28,6 +29,38 @@ pub enum Preset {
     Oxe,
     /// Siemens HiPath 3000 / OpenScape Business: Phase III, `0x26` framing, port 7001.
     Hipath,
+    /// CSTA XML (ECMA-323) with an ECMA-354 session; `address` must name the port.
+    Xml,
+    /// Mitel/Ericsson MiVoice MX-ONE: CSTA XML, port 8882 (TLS 8883).
+    Mxone,
+    /// Unify OpenScape Business: CSTA XML on port 8800 (which also takes BER).
+    Openscape,
+}
+
+impl Preset {
+    /// Whether the preset speaks CSTA XML.
+    pub fn is_xml(self) -> bool {
+        matches!(self, Preset::Xml | Preset::Mxone | Preset::Openscape)
+    }
+}
+
+/// `xml_framing`: the 8-byte ECMA-323 header (default) or NUL-terminated documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XmlFraming {
+    #[default]
+    Header,
+    Nul,
+}
+
+/// `xml_session`: open an ECMA-354 application session first (default), or send CSTA requests
+/// at once (PBXs that take them without a session).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XmlSession {
+    #[default]
+    Required,
+    None,
 }
 
 /// One `[[pbx]]` table as written.
@@ -69,6 +102,18 @@ pub struct PbxConfig {
     /// (`SEQUENCE { value, extensions }`). Both forms are always accepted from the PBX.
     #[serde(default)]
     pub phase2_results: Wrapping,
+    // CSTA XML presets only.
+    /// ECMA-323 edition of the documents (default ed4).
+    pub xml_protocol_version: Option<ProtocolVersion>,
+    /// `applicationID` of the session (default `cstagate`).
+    pub application_id: Option<String>,
+    /// Requested session duration (default 180 s); renewed well before it lapses.
+    #[serde(default, with = "humantime_serde")]
+    pub session_duration: Option<Duration>,
+    /// How the login is written (default `session-login-info` with `acse_user`, else `none`).
+    pub xml_login: Option<LoginStyle>,
+    pub xml_framing: Option<XmlFraming>,
+    pub xml_session: Option<XmlSession>,
     // The association policy of this PBX, keys of the same table. (Not a `#[serde(flatten)]`ed
     // struct: through a flatten a wrong type is reported against `pbx[0]`, not the key.)
     /// The tenant whose accounts may bind extensions of this PBX; a `[[tenant]]` must define it.
@@ -144,7 +189,37 @@ pub struct LinkProfile {
     pub reconnect_max: Duration,
     /// The Phase II form of the unverified-shape values the link originates.
     pub phase2_results: Wrapping,
+    /// CSTA XML (the framing is then `xml-header` or `xml-nul`, and `acse` is `None`): the
+    /// session to open. `None` for BER links.
+    pub xml: Option<XmlProfile>,
 }
+
+/// What a CSTA XML link needs beyond its framing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct XmlProfile {
+    pub protocol_version: ProtocolVersion,
+    pub application_id: String,
+    pub session_duration: Duration,
+    pub login: Option<Login>,
+    /// Open an ECMA-354 session before any CSTA request (`xml_session = "required"`).
+    pub session: bool,
+}
+
+impl XmlProfile {
+    /// The defaults: ed4, `cstagate`, 180 s, no login, a session.
+    pub fn new() -> XmlProfile {
+        XmlProfile { protocol_version: ProtocolVersion::Ed4, application_id: "cstagate".into(), session_duration: DEFAULT_SESSION_DURATION, login: None, session: true }
+    }
+}
+
+impl Default for XmlProfile {
+    fn default() -> Self {
+        XmlProfile::new()
+    }
+}
+
+/// The session duration requested when the file names none.
+pub const DEFAULT_SESSION_DURATION: Duration = Duration::from_secs(180);
 
 impl LinkProfile {
     /// A profile with the configuration file's defaults: ACSE context 1.3.12.0.218 without
@@ -165,7 +240,13 @@ impl LinkProfile {
             reconnect_min: default_reconnect_min(),
             reconnect_max: default_reconnect_max(),
             phase2_results: Wrapping::Bare,
+            xml: None,
         }
+    }
+
+    /// A CSTA XML profile with the defaults of [`LinkProfile::new`] and [`XmlProfile::new`].
+    pub fn xml(id: &str, address: &str, framing: Framing) -> LinkProfile {
+        LinkProfile { acse: None, xml: Some(XmlProfile::new()), ..LinkProfile::new(id, address, framing, Dialect::Phase3) }
     }
 }
 
@@ -206,6 +287,37 @@ impl PbxConfig {
         }
         if (self.acse_password_env.is_some() || self.acse_password_file.is_some()) && self.acse_user.is_none() {
             return Err(self.invalid("acse_user", "is required when a password is configured"));
+        }
+        let xml_keys = [
+            ("xml_protocol_version", self.xml_protocol_version.is_some()),
+            ("application_id", self.application_id.is_some()),
+            ("session_duration", self.session_duration.is_some()),
+            ("xml_login", self.xml_login.is_some()),
+            ("xml_framing", self.xml_framing.is_some()),
+            ("xml_session", self.xml_session.is_some()),
+        ];
+        if !self.dialect.is_xml() {
+            if let Some((key, _)) = xml_keys.iter().find(|(_, set)| *set) {
+                return Err(self.invalid(key, "applies to the CSTA XML dialects only (xml, mxone, openscape)"));
+            }
+        } else {
+            for (key, set) in [("framing", self.framing.is_some()), ("phase", self.phase.is_some()), ("preamble", self.preamble.is_some()), ("acse_context", self.acse_context.is_some()), ("csta_versions", self.csta_versions.is_some())] {
+                if set {
+                    return Err(self.invalid(key, "applies to the BER dialects only; CSTA XML has xml_framing and xml_session"));
+                }
+            }
+            if self.dialect == Preset::Xml && !self.address.contains(':') {
+                return Err(self.invalid("address", "must name the port (host:port) with dialect \"xml\""));
+            }
+            if self.session_duration.is_some_and(|d| d < Duration::from_secs(10) || d > Duration::from_secs(86_400)) {
+                return Err(self.invalid("session_duration", "must be 10 s to 24 h"));
+            }
+            if self.application_id.as_ref().is_some_and(|a| a.is_empty() || a.len() > 64) {
+                return Err(self.invalid("application_id", "must be 1 to 64 characters"));
+            }
+            if self.xml_login.is_some_and(|l| l != LoginStyle::None) && self.acse_user.is_none() {
+                return Err(self.invalid("xml_login", "needs acse_user (and its password) for the login"));
+            }
         }
         if self.code_digits.is_some_and(|n| !(6..=12).contains(&n)) {
             return Err(self.invalid("code_digits", "must be 6 to 12 (NIST SP 800-63B: at least 6)"));
@@ -250,6 +362,10 @@ impl PbxConfig {
             Preset::Oxe => (2555, Framing::TwoByteLength, Dialect::Phase2, true, "1.3.12.0.180", vec![0, 1]),
             Preset::Hipath => (7001, Framing::Siemens, Dialect::Phase3, false, "1.3.12.0.218", vec![3]),
             Preset::Phase3 => (33333, Framing::TwoByteLength, Dialect::Phase3, false, "1.3.12.0.218", vec![4]),
+            // CSTA XML: no ACSE (`context` "none"); the session is `xml` below.
+            Preset::Mxone => (8882, self.xml_framing(), Dialect::Phase3, false, "none", vec![]),
+            Preset::Openscape => (8800, self.xml_framing(), Dialect::Phase3, false, "none", vec![]),
+            Preset::Xml => (0, self.xml_framing(), Dialect::Phase3, false, "none", vec![]),
         };
         let address = if self.address.contains(':') { self.address.clone() } else { format!("{}:{port}", self.address) };
         let password = match (&self.acse_password_env, &self.acse_password_file) {
@@ -258,7 +374,7 @@ impl PbxConfig {
             _ => None,
         };
         let context = self.acse_context.as_deref().unwrap_or(context);
-        let acse = (context != "none").then(|| AarqParams {
+        let acse = (context != "none" && !self.dialect.is_xml()).then(|| AarqParams {
             context: context.to_owned(),
             credentials: self.acse_user.clone().map(|u| (u, Secret::new(bytes::Bytes::from(password.clone().unwrap_or_default())))),
             user_information: Some(UserInformation::Csta(CstaUserInfo::with_versions(
@@ -281,7 +397,24 @@ impl PbxConfig {
             reconnect_min: self.reconnect_min,
             reconnect_max: self.reconnect_max,
             phase2_results: self.phase2_results,
+            xml: self.dialect.is_xml().then(|| XmlProfile {
+                protocol_version: self.xml_protocol_version.unwrap_or_default(),
+                application_id: self.application_id.clone().unwrap_or_else(|| "cstagate".into()),
+                session_duration: self.session_duration.unwrap_or(DEFAULT_SESSION_DURATION),
+                login: self.acse_user.clone().and_then(|user| {
+                    let style = self.xml_login.unwrap_or(LoginStyle::SessionLoginInfo);
+                    (style != LoginStyle::None).then(|| Login { style, user, password: Secret::new(bytes::Bytes::from(password.clone().unwrap_or_default())) })
+                }),
+                session: self.xml_session.unwrap_or_default() == XmlSession::Required,
+            }),
         })
+    }
+
+    fn xml_framing(&self) -> Framing {
+        match self.xml_framing.unwrap_or_default() {
+            XmlFraming::Header => Framing::XmlHeader,
+            XmlFraming::Nul => Framing::XmlNul,
+        }
     }
 }
 
