@@ -86,7 +86,9 @@ async fn session(p: &Probe, link: &Link, deadline: Instant, dialect: crate::code
                 o.insert("link".into(), json!("down"));
                 o.insert("reason".into(), json!(reason));
                 print(p.json, o);
-                let code = if reason.contains("AARE rejected") || reason.contains("aborted") { EXIT_REJECTED } else { EXIT_CONNECT };
+                // Refused by the PBX (ACSE or ECMA-354) rather than unreachable.
+                let refused = ["AARE rejected", "aborted", "application session refused", "application session terminated"];
+                let code = if refused.iter().any(|r| reason.contains(r)) { EXIT_REJECTED } else { EXIT_CONNECT };
                 return fail(code, reason);
             }
             other => {

@@ -170,7 +170,7 @@ pub fn for_log(apdu: &[u8]) -> ForLog<'_> {
 const MASKED_DIGITS: std::ops::RangeInclusive<usize> = 4..=32;
 
 /// `apdu` with every `*<digits>#` run's digits replaced by `X`.
-fn mask_dtmf_suffixes(apdu: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+pub(crate) fn mask_dtmf_suffixes(apdu: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let mut out = std::borrow::Cow::Borrowed(apdu);
     let mut i = 0;
     while i < apdu.len() {

@@ -45,6 +45,8 @@ pub enum EncodeProblem {
     TooLarge(usize),
     #[error("device number is not ASCII")]
     DeviceNotAscii,
+    #[error("{0}")]
+    Xml(crate::codec::xml::XmlEncodeError),
 }
 
 fn code_name(c: &Code) -> String {

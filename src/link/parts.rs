@@ -10,9 +10,12 @@ use std::time::Instant;
 /// Our invoke ids, allocated per link and correlated with their answer. X.880 leaves the id
 /// space to the invoker; PBXs commonly treat it as a 16-bit value, so ids run 1..=32767 and wrap,
 /// skipping ids still outstanding. Each id is answered at most once: `take` removes it.
+/// CSTA XML's ids are 4 ASCII digits with 9999 kept for events, so they run 1..=9998 there
+/// ([`InvokeTable::with_max`]).
 #[derive(Debug)]
 pub struct InvokeTable<T> {
     next: i64,
+    max: i64,
     pending: HashMap<i64, T>,
 }
 
@@ -20,19 +23,27 @@ pub const MAX_INVOKE_ID: i64 = 32767;
 
 impl<T> Default for InvokeTable<T> {
     fn default() -> Self {
-        InvokeTable { next: 1, pending: HashMap::new() }
+        InvokeTable::with_max(MAX_INVOKE_ID)
     }
 }
 
 impl<T> InvokeTable<T> {
-    /// Allocate an id for `entry`; `None` when all 32767 are outstanding.
+    /// Ids 1..=`max`.
+    pub fn with_max(max: i64) -> Self {
+        InvokeTable { next: 1, max: max.max(1), pending: HashMap::new() }
+    }
+    /// The highest id (and so the most requests outstanding at once).
+    pub fn max(&self) -> i64 {
+        self.max
+    }
+    /// Allocate an id for `entry`; `None` when all ids are outstanding.
     pub fn insert(&mut self, entry: T) -> Option<i64> {
-        if self.pending.len() as i64 >= MAX_INVOKE_ID {
+        if self.pending.len() as i64 >= self.max {
             return None;
         }
         loop {
             let id = self.next;
-            self.next = if self.next >= MAX_INVOKE_ID { 1 } else { self.next + 1 };
+            self.next = if self.next >= self.max { 1 } else { self.next + 1 };
             if let std::collections::hash_map::Entry::Vacant(v) = self.pending.entry(id) {
                 v.insert(entry);
                 return Some(id);
@@ -58,6 +69,9 @@ impl<T> InvokeTable<T> {
     }
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.pending.values()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&i64, &T)> {
+        self.pending.iter()
     }
 }
 
@@ -139,6 +153,9 @@ mod tests {
         assert_eq!(t.insert('c'), Some(MAX_INVOKE_ID));
         assert_eq!(t.insert('d'), Some(1));
         assert_eq!(t.insert('e'), Some(3), "2 is still outstanding");
+        let mut x = InvokeTable::with_max(9998);
+        x.next = 9998;
+        assert_eq!((x.insert('a'), x.insert('b')), (Some(9998), Some(1)), "XML ids wrap below 9999");
     }
 
     #[test]

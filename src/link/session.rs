@@ -50,7 +50,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tracing::{trace, warn};
 
-use super::parts::{InvokeTable, TokenBucket, MAX_INVOKE_ID};
+use super::parts::InvokeTable;
+use super::parts::TokenBucket;
 use super::{EncodeProblem, RequestError, Stats, MAX_QUEUED_REQUESTS};
 use crate::codec::acse::{aarq, for_log, AareRejection};
 use crate::codec::apdu::EventReport;
@@ -61,8 +62,10 @@ use crate::config::LinkProfile;
 
 mod input;
 mod monitors;
+mod xml;
 
 use monitors::MonitorState;
+use xml::XmlState;
 
 /// Requests given up on (timed out after they were sent) whose invoke ids a session remembers
 /// for their late results, at most; beyond, the oldest is forgotten first. Each is also forgotten
@@ -92,6 +95,14 @@ pub enum LinkLoss {
     NoAare,
     #[error("AARE rejected: {0}")]
     AareRejected(AareRejection),
+    #[error("no answer to StartApplicationSession within the connect timeout")]
+    NoSessionAnswer,
+    /// The PBX refused to open (or renew) the ECMA-354 session: its error, as it named it.
+    #[error("application session refused: {0}")]
+    SessionRefused(String),
+    /// The PBX ended the ECMA-354 session (`ApplicationSessionTerminated`).
+    #[error("application session terminated by the PBX: {0}")]
+    SessionTerminated(String),
     #[error("undecodable APDU during association: {0}")]
     UndecodableDuringAssociation(DecodeError),
     #[error("framing: {0}")]
@@ -205,6 +216,8 @@ pub struct Session {
     by_xref: HashMap<Bytes, Arc<str>>,
     /// Requests given up on, oldest first (at most [`LATE_RESULTS_KEPT`]).
     gave_up: VecDeque<GaveUp>,
+    /// CSTA XML: the wire and the ECMA-354 session (`None`: BER).
+    xml: Option<XmlState>,
 }
 
 impl Session {
@@ -215,11 +228,12 @@ impl Session {
         if profile.preamble {
             framer = framer.expect_preamble(b'P');
         }
+        let xml = XmlState::new(&profile);
         let mut s = Session {
             bucket: TokenBucket::new(profile.max_requests_per_second, now),
             phase: Phase::Up,
             framer,
-            invokes: InvokeTable::default(),
+            invokes: if xml.is_some() { InvokeTable::with_max(crate::codec::xml::MAX_XML_INVOKE_ID) } else { InvokeTable::default() },
             queue: VecDeque::new(),
             queued_user: 0,
             last_rx: now,
@@ -232,9 +246,14 @@ impl Session {
             monitors: HashMap::new(),
             by_xref: HashMap::new(),
             gave_up: VecDeque::new(),
+            xml,
             stats,
             p: profile,
         };
+        if s.xml.is_some() {
+            s.start_xml(now);
+            return s;
+        }
         if s.p.preamble {
             s.transmit.extend_from_slice(b"B");
         }
@@ -305,6 +324,9 @@ impl Session {
                 None => self.last_rx + self.p.keepalive,
             },
         };
+        if let Some(renew) = self.xml.as_ref().and_then(XmlState::renew_at) {
+            wake = wake.min(renew);
+        }
         if let Some(d) = self.invokes.values().map(Pending::deadline).min() {
             wake = wake.min(d);
         }
@@ -315,7 +337,7 @@ impl Session {
             }
             may_send = true;
         }
-        if may_send && self.invokes.len() < MAX_INVOKE_ID as usize {
+        if may_send && (self.invokes.len() as i64) < self.invokes.max() {
             if let Err(wait) = self.bucket.clone().try_take(self.now) {
                 wake = wake.min(self.now + wait);
             }
@@ -328,6 +350,9 @@ impl Session {
     /// # Errors
     /// The APDU does not encode in the dialect, or is too large for the framing.
     fn try_send(&mut self, apdu: &Apdu) -> Result<(), EncodeProblem> {
+        if let Some(x) = &self.xml {
+            return self.try_send_xml(&x.wire(), |w, out| crate::codec::xml::encode_apdu(apdu, w.0, w.1, out));
+        }
         self.scratch.clear();
         apdu.encode(self.p.dialect, &mut self.scratch).map_err(EncodeProblem::Apdu)?;
         self.p.framing.write_header(self.scratch.len(), &mut self.transmit).map_err(|_| EncodeProblem::TooLarge(self.scratch.len()))?;
@@ -373,7 +398,12 @@ impl Session {
             return;
         }
         self.fail_all(&RequestError::Closed);
-        if self.phase == Phase::Up && self.p.acse.is_some() {
+        if self.phase == Phase::Up && self.xml.is_some() {
+            if self.stop_xml_session(now) {
+                return;
+            }
+            self.finish(SessionEvent::Closed);
+        } else if self.phase == Phase::Up && self.p.acse.is_some() {
             self.send(&Apdu::Rlrq(Body::new()));
             self.phase = Phase::Releasing { deadline: now + self.p.request_timeout.min(Duration::from_secs(2)) };
         } else {
@@ -441,7 +471,7 @@ impl Session {
     /// Send queued invokes while tokens (and invoke ids) last.
     fn pump(&mut self, now: Instant) {
         self.now = self.now.max(now);
-        while self.phase == Phase::Up && !self.queue.is_empty() && self.invokes.len() < MAX_INVOKE_ID as usize {
+        while self.phase == Phase::Up && !self.queue.is_empty() && (self.invokes.len() as i64) < self.invokes.max() {
             if self.bucket.try_take(now).is_err() {
                 return;
             }
@@ -519,7 +549,7 @@ impl Session {
             Phase::Dead => return,
             Phase::Associating { deadline } => {
                 if now >= deadline {
-                    self.lose(LinkLoss::NoAare);
+                    self.lose(if self.xml.is_some() { LinkLoss::NoSessionAnswer } else { LinkLoss::NoAare });
                 }
                 return;
             }
@@ -570,6 +600,7 @@ impl Session {
             }
             _ => {}
         }
+        self.renew_xml_session(now);
         self.pump(now);
     }
 }

@@ -10,5 +10,6 @@ mod common;
 mod link_replay;
 mod link_sim;
 mod link_session;
+mod link_session_xml;
 mod sim_calls;
 mod phase2_forms;

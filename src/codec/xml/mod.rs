@@ -133,17 +133,15 @@ impl XmlMessage {
     /// # Errors
     /// An APDU with no XML form (ACSE APDUs; an operation ECMA-323 does not define).
     pub fn encode(&self, framing: Framing, version: ProtocolVersion, out: &mut Vec<u8>) -> Result<(), XmlEncodeError> {
-        if framing == Framing::XmlHeader {
-            let id = self.invoke_id().unwrap_or(EVENT_INVOKE_ID).rem_euclid(10_000);
-            out.extend_from_slice(format!("{id:04}").as_bytes());
-        }
         match self {
-            XmlMessage::Csta(a) => csta::encode(a, version, out),
-            XmlMessage::Session { msg, .. } => {
+            XmlMessage::Csta(a) => encode_apdu(a, framing, version, out),
+            XmlMessage::Session { invoke_id, msg } => {
+                invoke_digits(*invoke_id, framing, out);
                 msg.write(out);
                 Ok(())
             }
-            XmlMessage::Unknown { raw, .. } => {
+            XmlMessage::Unknown { invoke_id, raw, .. } => {
+                invoke_digits(*invoke_id, framing, out);
                 out.extend_from_slice(raw);
                 Ok(())
             }
@@ -159,6 +157,57 @@ impl XmlMessage {
         self.encode(framing, version, &mut v)?;
         Ok(v)
     }
+}
+
+/// [`XmlMessage::encode`] of a CSTA message, without wrapping (and cloning) it into one.
+///
+/// # Errors
+/// As [`XmlMessage::encode`].
+pub fn encode_apdu(a: &Apdu, framing: Framing, version: ProtocolVersion, out: &mut Vec<u8>) -> Result<(), XmlEncodeError> {
+    let start = out.len();
+    invoke_digits(a.invoke_id(), framing, out);
+    csta::encode(a, version, out).inspect_err(|_| out.truncate(start))
+}
+
+/// With the header, the frame starts with the invoke id as 4 digits (9999 when it has none).
+fn invoke_digits(id: Option<i64>, framing: Framing, out: &mut Vec<u8>) {
+    if framing == Framing::XmlHeader {
+        let id = id.unwrap_or(EVENT_INVOKE_ID).rem_euclid(10_000);
+        out.extend_from_slice(format!("{id:04}").as_bytes());
+    }
+}
+
+/// A frame as logs show it: the only way XML frames are rendered for a log. The text (lossy
+/// UTF-8), with the content of every `password` element (whatever its prefix) replaced by
+/// `<redacted>`, and the digits between `*` and `#` (a proof call's secret context id) masked as
+/// in [`crate::codec::acse::for_log`].
+pub fn for_log(frame: &[u8]) -> String {
+    let masked = crate::codec::acse::mask_dtmf_suffixes(frame);
+    let text = String::from_utf8_lossy(&masked);
+    let mut out = String::with_capacity(text.len());
+    let mut rest: &str = &text;
+    // Each start tag whose local name is `password`: its content up to the next '<' is secret.
+    while let Some(i) = rest.find("password") {
+        let (head, tail) = rest.split_at(i + "password".len());
+        out.push_str(head);
+        let tag_start = head.rfind('<');
+        let is_start_tag = tag_start.is_some_and(|t| {
+            let name = &head[t + 1..];
+            !name.starts_with('/') && name.rsplit(':').next() == Some("password")
+        }) && tail.starts_with(['>', '/', ' ', '\t', '\n', '\r']);
+        match (is_start_tag, tail.find('>')) {
+            (true, Some(gt)) if !tail[..gt].ends_with('/') => {
+                out.push_str(&tail[..=gt]);
+                let after = &tail[gt + 1..];
+                let end = after.find('<').unwrap_or(after.len());
+                out.push_str("<redacted>");
+                rest = &after[end..];
+            }
+            _ => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The invoke id of a frame without decoding its document (to answer a document that does not

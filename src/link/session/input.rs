@@ -11,7 +11,7 @@ use tracing::{debug, trace, warn};
 use super::{LinkLoss, Phase, SessionEvent, Session};
 use crate::codec::acse::{aare_outcome, for_log};
 use crate::codec::apdu::ErrorParameter;
-use crate::codec::{Apdu, Argument, Body, DecodeError, Op, Operation, RejectProblem};
+use crate::codec::{Apdu, Argument, Body, DecodeError, Op, Operation, RejectProblem, ReturnResult};
 use crate::link::{RequestError, Stats};
 
 impl Session {
@@ -42,6 +42,11 @@ impl Session {
         // hold the keep-alive off.
         self.last_rx = now;
         self.keepalive_sent = None;
+        if self.xml.is_some() {
+            self.handle_xml_frame(now, &frame);
+            self.pump(now);
+            return;
+        }
         let apdu = Apdu::decode(&frame, self.p.dialect);
         match self.phase {
             Phase::Associating { .. } => self.on_association_frame(now, apdu),
@@ -74,7 +79,7 @@ impl Session {
         }
     }
 
-    fn on_apdu(&mut self, now: Instant, apdu: Apdu) {
+    pub(super) fn on_apdu(&mut self, now: Instant, apdu: Apdu) {
         match apdu {
             Apdu::Invoke(inv) => match (&inv.op, inv.invoke_id) {
                 (Op::Known(Operation::EventReport), _) => {
@@ -90,17 +95,24 @@ impl Session {
                     Stats::inc(&self.stats.keepalives_answered);
                     self.send(&Apdu::result(id, Operation::SystemStatus, Body::null()));
                 }
+                // CSTA XML without a header: no invoke id, answered all the same.
+                (Op::Known(Operation::SystemStatus), None) if self.xml.is_some() => {
+                    Stats::inc(&self.stats.keepalives_answered);
+                    self.send(&Apdu::Result(ReturnResult { invoke_id: None, result: Some((Op::Known(Operation::SystemStatus), Argument::Body(Body::null()))) }));
+                }
                 (_, id) => {
                     Stats::inc(&self.stats.rejects_sent);
                     self.send(&Apdu::reject(id, RejectProblem::Invoke(1)));
                 }
             },
             Apdu::Result(r) => {
+                // CSTA XML without a header: the oldest request of the operation it answers.
+                let invoke = r.invoke_id.or_else(|| self.oldest_unnumbered(r.result.as_ref().and_then(|(op, _)| op.known())));
                 let body = match r.result {
                     Some((_, Argument::Body(b))) => b,
                     _ => Body::null(),
                 };
-                if let Some(p) = r.invoke_id.and_then(|id| self.invokes.take(id)) {
+                if let Some(p) = invoke.and_then(|id| self.invokes.take(id)) {
                     self.complete(now, p, Ok(body));
                 } else if let Some(g) = r.invoke_id.and_then(|id| self.take_gave_up(id, now)) {
                     // Carried out after we gave up on it: the driver must hear of it.
@@ -111,7 +123,8 @@ impl Session {
                 }
             }
             Apdu::Error(e) => {
-                if let Some(p) = e.invoke_id.and_then(|id| self.invokes.take(id)) {
+                let invoke = e.invoke_id.or_else(|| self.oldest_unnumbered(None));
+                if let Some(p) = invoke.and_then(|id| self.invokes.take(id)) {
                     let err = match e.parameter {
                         Some(ErrorParameter::UniversalFailure(u)) => RequestError::Failure(u),
                         _ => RequestError::OtherError(e.code),
