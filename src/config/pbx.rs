@@ -490,4 +490,52 @@ mod tests {
         let err = c.pbx("berlin").unwrap().profile().unwrap_err().to_string();
         assert!(err.contains("acse_password_file"), "{err}");
     }
+
+    #[test]
+    fn xml_presets_their_ports_and_keys() {
+        let c = Config::parse(
+            r#"
+            [[pbx]]
+            id = "mx"
+            address = "10.0.0.7"
+            dialect = "mxone"
+
+            [[pbx]]
+            id = "osbiz"
+            address = "10.0.0.8"
+            dialect = "openscape"
+            xml_framing = "nul"
+            xml_session = "none"
+            xml_protocol_version = "ed6"
+            session_duration = "10m"
+
+            [[pbx]]
+            id = "soft"
+            address = "soft.example:9000"
+            dialect = "xml"
+            "#,
+        )
+        .unwrap();
+        let p = c.pbx("mx").unwrap().profile().unwrap();
+        assert_eq!((p.address.as_str(), p.framing, p.acse.is_none()), ("10.0.0.7:8882", Framing::XmlHeader, true));
+        assert_eq!(p.xml, Some(XmlProfile::new()), "the defaults, no login without acse_user");
+        let p = c.pbx("osbiz").unwrap().profile().unwrap();
+        assert_eq!((p.address.as_str(), p.framing), ("10.0.0.8:8800", Framing::XmlNul));
+        let x = p.xml.unwrap();
+        assert_eq!((x.session, x.protocol_version, x.session_duration), (false, ProtocolVersion::Ed6, Duration::from_secs(600)));
+        assert_eq!(c.pbx("soft").unwrap().profile().unwrap().address, "soft.example:9000");
+
+        for (table, key) in [
+            ("dialect = \"xml\"\naddress = \"h\"", "address"),
+            ("dialect = \"mxone\"\naddress = \"h\"\nframing = \"siemens\"", "framing"),
+            ("dialect = \"mxone\"\naddress = \"h\"\nacse_context = \"none\"", "acse_context"),
+            ("dialect = \"phase3\"\naddress = \"h\"\nxml_framing = \"nul\"", "xml_framing"),
+            ("dialect = \"mxone\"\naddress = \"h\"\nsession_duration = \"5s\"", "session_duration"),
+            ("dialect = \"mxone\"\naddress = \"h\"\nxml_login = \"user-password\"", "xml_login"),
+            ("dialect = \"mxone\"\naddress = \"h\"\napplication_id = \"\"", "application_id"),
+        ] {
+            let err = Config::parse(&format!("[[pbx]]\nid = \"p\"\n{table}\n")).unwrap_err().to_string();
+            assert!(err.contains(key), "{table}: {err}");
+        }
+    }
 }

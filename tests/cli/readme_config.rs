@@ -21,4 +21,23 @@ fn the_readme_configuration_is_valid() {
     let text = format!("[[pbx]]\nid = \"x\"\naddress = \"h\"\ndialect = \"phase3\"\n{link}");
     let c = Config::parse(&text).unwrap_or_else(|e| panic!("README link settings: {e}"));
     assert_eq!(c.pbx[0].max_requests_per_second, 2.0);
+    // The third block: a CSTA XML PBX.
+    let xml = readme.split("```toml\n").nth(3).and_then(|b| b.split("```").next()).expect("CSTA XML block");
+    let c = Config::parse(xml).unwrap_or_else(|e| panic!("README CSTA XML block: {e}"));
+    let p = c.pbx("munich").unwrap();
+    assert_eq!(p.dialect, Preset::Mxone);
+    assert_eq!(p.acse_password_env.as_deref(), Some("MUNICH_CTI_PASSWORD"));
+    // The password from a file instead (no process-wide environment change in a test).
+    let dir = std::env::temp_dir().join(format!("cstagate-readme-xml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("pw"), "pw\n").unwrap();
+    let mut p = p.clone();
+    p.acse_password_env = None;
+    p.acse_password_file = Some(dir.join("pw"));
+    let prof = p.profile().unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!((prof.address.as_str(), prof.framing, prof.acse.is_none()), ("10.0.0.7:8882", cstagate::codec::Framing::XmlHeader, true));
+    let x = prof.xml.expect("an XML profile");
+    assert_eq!((x.application_id.as_str(), x.session_duration.as_secs(), x.session), ("cstagate", 180, true));
+    assert_eq!(x.login.map(|l| (l.user, l.password.expose().clone())), Some(("cti".into(), bytes::Bytes::from_static(b"pw"))));
 }
