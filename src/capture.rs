@@ -414,3 +414,49 @@ fn feed(flows: &mut HashMap<([u8; 16], u16, [u8; 16], u16), Flow>, seg: Segment<
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docs(log: &[u8]) -> Vec<(String, Result<Vec<u8>, String>, Option<Framing>)> {
+        read_xml_log("t", log).into_iter().map(|f| (f.origin, f.framed.map(|b| b.to_vec()).map_err(|e| e.to_string()), f.framing)).collect()
+    }
+
+    #[test]
+    fn a_log_is_split_at_root_ends_whatever_the_markup_inside() {
+        let log = b"x <a k='>' j=\"</a>\"><!-- </a> --><![CDATA[</a>]]><?pi </a>?><b/><c>t</c></a> tail\n\
+                    12345<d/>\n0042<?xml version=\"1.0\"?>\n<e>\n</e>\n";
+        let got = docs(log);
+        assert_eq!(got.len(), 3, "{got:?}");
+        let first = got[0].1.as_ref().expect("first");
+        assert!(first.starts_with(b"<a k=") && first.ends_with(b"</c></a>\0"), "{}", String::from_utf8_lossy(first));
+        assert_eq!((got[1].0.as_str(), got[1].1.as_deref(), got[1].2), ("t:2", Ok(&b"<d/>\0"[..]), Some(Framing::XmlNul)), "five digits are no invoke id");
+        let e = got[2].1.as_ref().expect("e");
+        assert_eq!((got[2].0.as_str(), got[2].2), ("t:3", Some(Framing::XmlHeader)));
+        assert!(e.starts_with(b"\0\0\0") && e[8..].starts_with(b"<?xml") && &e[4..8] == b"0042", "{e:?}");
+    }
+
+    #[test]
+    fn a_document_that_does_not_end_is_one_error_and_reading_goes_on() {
+        let mut log = b"<a><b>".to_vec();
+        log.extend(std::iter::repeat_n(b'x', MAX_XML_FRAME));
+        log.extend_from_slice(b"\n<?xml version=\"1.0\"?><c/>\n<d><e>");
+        let got = docs(&log);
+        assert_eq!(got.len(), 3, "{:?}", got.iter().map(|g| (&g.0, g.1.is_ok())).collect::<Vec<_>>());
+        assert!(got[0].1.as_ref().is_err_and(|e| e.contains("64 KiB")), "{:?}", got[0].1);
+        assert_eq!((got[1].0.as_str(), got[1].1.as_deref()), ("t:2", Ok(&b"<?xml version=\"1.0\"?><c/>\0"[..])));
+        assert!(got[2].1.as_ref().is_err_and(|e| e.contains("file ends")), "{:?}", got[2].1);
+        assert!(docs(b"no markup < here\n").is_empty());
+    }
+
+    #[test]
+    fn stream_framing_from_the_first_bytes() {
+        assert_eq!(stream_framing(&[0]), None);
+        assert_eq!(stream_framing(b"\x00\x00\x00\x0c0001<a/>"), Some(Framing::XmlHeader));
+        assert_eq!(stream_framing(b"<?xml"), Some(Framing::XmlNul));
+        assert_eq!(stream_framing(&[0x26, 0x80]), Some(Framing::Siemens));
+        assert_eq!(stream_framing(&[0x00, 0x0e, 0xa1]), Some(Framing::TwoByteLength));
+        assert!(is_xml_log(b"# columns: a<TAB>b\n<a/>") && !is_xml_log(b"# a<TAB>b\n000ea10c\n"));
+    }
+}
