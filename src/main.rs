@@ -32,7 +32,7 @@ enum Command {
         /// One JSON object per line instead of readable lines.
         #[arg(long)]
         json: bool,
-        /// In pcaps, the PBX's CSTA TCP port (default: 2555, 7001, 8800 or 33333 when seen).
+        /// In pcaps, the PBX's CSTA TCP port (default: 2555, 7001, 8800, 8882 or 33333 when seen).
         #[arg(long)]
         port: Option<u16>,
         #[arg(required = true)]
