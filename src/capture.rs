@@ -419,7 +419,10 @@ fn feed(flows: &mut HashMap<([u8; 16], u16, [u8; 16], u16), Flow>, seg: Segment<
 mod tests {
     use super::*;
 
-    fn docs(log: &[u8]) -> Vec<(String, Result<Vec<u8>, String>, Option<Framing>)> {
+    /// Origin, framed bytes or error text, framing.
+    type Doc = (String, Result<Vec<u8>, String>, Option<Framing>);
+
+    fn docs(log: &[u8]) -> Vec<Doc> {
         read_xml_log("t", log).into_iter().map(|f| (f.origin, f.framed.map(|b| b.to_vec()).map_err(|e| e.to_string()), f.framing)).collect()
     }
 

@@ -113,7 +113,7 @@ fn segments(frame: impl Fn(&str, &str) -> Vec<u8>) -> Vec<(bool, Vec<u8>)> {
     while i < msgs.len() {
         let (c2p, id, doc) = &msgs[i];
         if *id == "9999" && msgs.get(i + 1).is_some_and(|m| m.1 == "9999") {
-            let run: Vec<u8> = msgs[i..].iter().take_while(|m| m.1 == "9999").take(3).flat_map(|m| frame(&m.1, &m.2)).collect();
+            let run: Vec<u8> = msgs[i..].iter().take_while(|m| m.1 == "9999").take(3).flat_map(|m| frame(m.1, &m.2)).collect();
             i += msgs[i..].iter().take_while(|m| m.1 == "9999").take(3).count();
             out.push((false, run));
             continue;
@@ -133,9 +133,9 @@ fn segments(frame: impl Fn(&str, &str) -> Vec<u8>) -> Vec<(bool, Vec<u8>)> {
 fn capture_files() -> Vec<(&'static str, Vec<u8>)> {
     let msgs = messages();
     let mut hex = String::from("# Synthetic CSTA XML trace (captures/README.md): one framed message per line, 8-byte header form.\n");
-    for (c2p, _, doc) in &msgs {
+    for (c2p, id, doc) in &msgs {
         let root = doc.split('<').nth(2).and_then(|r| r.split([' ', '>']).next()).unwrap_or("");
-        hex.push_str(&format!("# {} {root}\n{}\n", if *c2p { "C2P" } else { "P2C" }, hex::encode(header_frame(&msgs.iter().find(|m| &m.2 == doc).map_or("", |m| m.1), doc))));
+        hex.push_str(&format!("# {} {root}\n{}\n", if *c2p { "C2P" } else { "P2C" }, hex::encode(header_frame(id, doc))));
     }
     let mut log = String::new();
     for (n, (c2p, id, doc)) in msgs.iter().enumerate() {
@@ -362,7 +362,7 @@ fn xml_framing_errors_are_named_with_their_offset_and_decoding_goes_on() {
     assert_eq!(got[0]["system_status"], "normal");
     assert!(got[1]["error"]["reason"].as_str().is_some_and(|r| r.starts_with("XML")), "{}", got[1]);
     assert!(got[2]["error"]["reason"].as_str().is_some_and(|r| r.contains("not UTF-8")), "{}", got[2]);
-    assert!(got[3]["error"]["reason"].as_str().is_some_and(|r| r.contains("does not end")), "{}", got[3]);
+    assert!(got[3]["error"]["reason"].as_str().is_some_and(|r| r.contains("does not end: another XML declaration")), "{}", got[3]);
     assert_eq!((got[4]["system_status"].as_str(), got[4]["invoke_id"].as_i64()), (Some("normal"), Some(9999)));
     let (_, text, _) = run(&["decode", &f]);
     assert!(text[2].ends_with("bad.log:3]") && text[3].ends_with("bad.log:4]"), "{text:?}");
