@@ -406,3 +406,32 @@ pub fn to_line(j: &Json) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(doc: &str) -> Json {
+        let m = XmlMessage::decode(&Bytes::from(format!("0007{doc}")), Framing::XmlHeader).expect("decodes");
+        let mut o = Map::new();
+        describe_xml(&m, &mut o);
+        Json::Object(o)
+    }
+
+    #[test]
+    fn unknown_documents_show_their_name_not_their_text() {
+        let j = view("<SystemRegister><requestTypes><userPassword>pw-1234</userPassword></requestTypes></SystemRegister>");
+        assert_eq!((j["kind"].as_str(), j["operation"].as_str(), j["invoke_id"].as_i64()), (Some("unknown"), Some("SystemRegister"), Some(7)));
+        assert!(j["length"].as_u64().is_some_and(|n| n > 50) && !j.to_string().contains("pw-1234"), "{j}");
+    }
+
+    #[test]
+    fn a_session_login_shows_the_user_and_whether_there_is_a_password() {
+        let j = view("<StartApplicationSession><applicationInfo><applicationID>a</applicationID><applicationSpecificInfo><user>u1</user><password>pw-1234</password></applicationSpecificInfo></applicationInfo></StartApplicationSession>");
+        assert_eq!((j["kind"].as_str(), j["user"].as_str(), j["has_password"].as_bool()), (Some("session"), Some("u1"), Some(true)));
+        assert!(!j.to_string().contains("pw-1234"), "{j}");
+        let j = view("<StartApplicationSessionNegResponse><errorCode><definedError>invalidApplicationInfo</definedError></errorCode></StartApplicationSessionNegResponse>");
+        assert_eq!(j["fields"]["errorCode"], "invalidApplicationInfo");
+        assert!(to_line(&j).contains("errorCode=invalidApplicationInfo"), "{}", to_line(&j));
+    }
+}
