@@ -20,15 +20,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Decode PBX traces (.frames.tsv, hex lines, pcap/pcapng): one line or JSON object per APDU.
+    /// Decode PBX traces (.frames.tsv, hex lines, pcap/pcapng, CSTA XML logs): one line or JSON
+    /// object per APDU or XML message, the same view for BER and CSTA XML.
     Decode {
-        /// PBX profile: framing and CSTA dialect. `auto` guesses both from the trace.
+        /// PBX profile: framing and CSTA dialect. `auto` guesses both from the trace (per TCP
+        /// stream in pcaps): `00 00` + length + 4 digits is CSTA XML with the 8-byte header, a
+        /// leading `<` NUL-ended XML, a text file with XML markup an XML log (documents split by
+        /// their root elements, an invoke id taken from 4 digits right before a document).
         #[arg(long, value_enum, default_value = "auto")]
         dialect: Profile,
         /// One JSON object per line instead of readable lines.
         #[arg(long)]
         json: bool,
-        /// In pcaps, the PBX's CSTA TCP port (default: 2555, 7001, 8800 or 33333 when seen).
+        /// In pcaps, the PBX's CSTA TCP port (default: 2555, 7001, 8800, 8882 or 33333 when seen).
         #[arg(long)]
         port: Option<u16>,
         #[arg(required = true)]
@@ -122,6 +126,10 @@ enum Profile {
     Oxe,
     /// Siemens HiPath / OpenScape Business: Phase III, 0x26 framing.
     Hipath,
+    /// CSTA XML (ECMA-323) with the 8-byte header `00 00 LL LL` + 4-digit invoke id.
+    Xml,
+    /// CSTA XML documents each ended by a NUL byte.
+    XmlNul,
     /// Guess framing and dialect per file.
     Auto,
 }
@@ -132,6 +140,9 @@ impl Profile {
             Profile::Phase3 => Some((Framing::TwoByteLength, Dialect::Phase3)),
             Profile::Oxe => Some((Framing::TwoByteLength, Dialect::Phase2)),
             Profile::Hipath => Some((Framing::Siemens, Dialect::Phase3)),
+            // ECMA-323 is the XML form of Phase III: its members are read by the Phase III tables.
+            Profile::Xml => Some((Framing::XmlHeader, Dialect::Phase3)),
+            Profile::XmlNul => Some((Framing::XmlNul, Dialect::Phase3)),
             Profile::Auto => None,
         }
     }
@@ -172,6 +183,11 @@ fn main() -> ExitCode {
                 Profile::Oxe => (Framing::TwoByteLength, Dialect::Phase2, true),
                 Profile::Hipath => (Framing::Siemens, Dialect::Phase3, false),
                 Profile::Phase3 | Profile::Auto => (Framing::TwoByteLength, Dialect::Phase3, false),
+                // The XML simulator is another branch's (xml-sim); until then, say so.
+                Profile::Xml | Profile::XmlNul => {
+                    eprintln!("cstagate sim-pbx: --dialect xml is not simulated yet (decode reads it)");
+                    return ExitCode::from(5);
+                }
             };
             let numbers = match cstagate::config::parse_directory(&extensions) {
                 Ok(n) => n,
@@ -432,11 +448,13 @@ fn run_decode(profile: Profile, json: bool, port: Option<u16>, files: &[PathBuf]
     }
 }
 
-/// The dialect the first discriminating APDU of a trace shows; Phase III when none does.
+/// The dialect the first discriminating BER APDU of a trace shows; Phase III when none does (XML
+/// frames are always read as Phase III).
 fn guess(frames: &[CapturedFrame], framing: Framing) -> Dialect {
     frames
         .iter()
-        .filter_map(|f| f.framed.as_ref().ok().and_then(|b| capture::unframe(framing, b).ok()))
+        .filter(|f| !f.framing.unwrap_or(framing).is_xml())
+        .filter_map(|f| f.framed.as_ref().ok().and_then(|b| capture::unframe(f.framing.unwrap_or(framing), b).ok()))
         .find_map(|apdu| guess_dialect(&apdu))
         .unwrap_or(Dialect::Phase3)
 }

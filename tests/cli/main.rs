@@ -8,6 +8,7 @@
 mod common;
 
 mod decode_cli;
+mod decode_xml;
 mod probe_cli;
 mod readme_config;
 mod readme_walkthrough;
