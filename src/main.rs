@@ -212,6 +212,7 @@ fn main() -> ExitCode {
                 _ => None,
             };
             let cfg = cstagate::sim::SimConfig {
+                xml: cstagate::sim::SimXml::default(),
                 dialect,
                 framing,
                 preamble,

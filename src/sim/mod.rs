@@ -1,10 +1,17 @@
 //! A PBX simulator that speaks CSTA like a real central unit, bytes included: for the demo, the
 //! tests and the benchmarks (`cstagate sim-pbx`).
 //!
-//! - Both dialects (Phase III, OXE Phase II) and both framings; the Alcatel `'B'`/`'P'`
+//! - Both BER dialects (Phase III, OXE Phase II) and their framings; the Alcatel `'B'`/`'P'`
 //!   preamble; ACSE with optional credentials (a wrong login gets an AARE rejected with
 //!   authentication-failure); its own periodic SystemStatus that drops the link after two
 //!   unanswered, as OXE does.
+//! - CSTA XML (ECMA-323) as an OpenScape or MX-ONE PBX speaks it ([`SimConfig::xml`], framing
+//!   `xml-header` or `xml-nul`): the same call model, only the wire differs. An ECMA-354
+//!   session stands where ACSE stands: `StartApplicationSession` first when [`SimXml::session`]
+//!   is set (a wrong login or no supported protocol version: NegResponse; CSTA requests before
+//!   it: `CSTAErrorCode`), its timer reset by `ResetApplicationSessionTimer`, and a session that
+//!   lapses gets `ApplicationSessionTerminated` and the link closed. Events carry invoke id
+//!   9999, call ids are 32 hex digits as OpenScape's, cross-reference ids decimal text.
 //! - A call model ([`switch`]): MonitorStart/Stop, MakeCall producing ServiceInitiated,
 //!   Originated, NetworkReached (external numbers), Delivered and Established in a realistic order
 //!   and ConnectionCleared when cleared; per-extension behaviour (answers after a delay, never
@@ -36,6 +43,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::codec::framing::Framing;
 use crate::codec::values::Secret;
+use crate::codec::xml::ProtocolVersion;
 use crate::codec::{Dialect, Operation, Wrapping};
 
 /// How a simulated phone's user behaves.
@@ -73,13 +81,17 @@ impl Extension {
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     pub dialect: Dialect,
+    /// The wire: a BER framing, or `XmlHeader`/`XmlNul` for CSTA XML (then `dialect` is Phase
+    /// III, whose member tables ECMA-323 uses, and [`SimConfig::xml`] says the rest).
     pub framing: Framing,
     /// Expect `'B'` and answer `'P'` before the first frame (Alcatel).
     pub preamble: bool,
-    /// Expect an AARQ first (all our presets do).
+    /// BER: expect an AARQ first (all our BER presets do). XML has its session instead
+    /// ([`SimXml::session`]).
     pub acse: bool,
-    /// Required login (user, password); `None` accepts any. The password is a [`Secret`] so
-    /// that printing the configuration does not print it.
+    /// Required login (user, password) of the AARQ or of `StartApplicationSession`; `None`
+    /// accepts any. The password is a [`Secret`] so that printing the configuration does not
+    /// print it.
     pub credentials: Option<(String, Secret)>,
     /// Period of the PBX's own SystemStatus; the link is dropped after two go unanswered.
     pub keepalive: Option<Duration>,
@@ -96,6 +108,27 @@ pub struct SimConfig {
     /// simulated PBX sends: bare as OXE is known to, or wrapped in `SEQUENCE { value,
     /// extensions }` as another Phase II PBX may (`sim-pbx --phase2-results`).
     pub phase2_results: Wrapping,
+    /// What a CSTA XML wire needs beyond its framing; unused on a BER wire.
+    pub xml: SimXml,
+}
+
+/// The CSTA XML side of the simulator (used when [`SimConfig::framing`] is an XML framing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimXml {
+    /// The one ECMA-323 edition the PBX speaks: a `StartApplicationSession` must request it (or
+    /// request none), and the documents it sends are in its namespace.
+    pub protocol_version: ProtocolVersion,
+    /// Require `StartApplicationSession` before any CSTA request (OpenScape, MX-ONE do); without
+    /// it, requests are served at once (a session may still be opened).
+    pub session: bool,
+    /// The longest session the PBX grants (seconds): a longer request gets this.
+    pub max_session_duration: u32,
+}
+
+impl Default for SimXml {
+    fn default() -> Self {
+        SimXml { protocol_version: ProtocolVersion::Ed4, session: true, max_session_duration: 3600 }
+    }
 }
 
 impl SimConfig {
@@ -113,11 +146,17 @@ impl SimConfig {
             ivr_number: Some("0800100200".into()),
             did_prefix: "+3314400".into(),
             phase2_results: Wrapping::Bare,
+            xml: SimXml::default(),
         }
     }
     /// An Alcatel OXE: Phase II, preamble, SystemStatus every 30 s.
     pub fn oxe(extensions: &[&str]) -> Self {
         SimConfig { dialect: Dialect::Phase2, preamble: true, keepalive: Some(Duration::from_secs(30)), ..SimConfig::phase3(extensions) }
+    }
+    /// A CSTA XML PBX (OpenScape, MX-ONE): `framing` `XmlHeader` or `XmlNul`, an ECMA-354 session
+    /// required (ed4, no login), SystemStatus every 30 s.
+    pub fn xml(extensions: &[&str], framing: Framing) -> Self {
+        SimConfig { framing, acse: false, keepalive: Some(Duration::from_secs(30)), ..SimConfig::phase3(extensions) }
     }
 }
 

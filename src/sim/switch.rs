@@ -1,5 +1,10 @@
 //! The simulator's switch: the call model, monitors and the PBX's own keep-alive, in one task
 //! that owns all state. Connections send it APDUs; it answers and emits events.
+//!
+//! It is the same for every wire: the connections turn BER or XML into [`Apdu`]s and back. What
+//! differs with XML is only what the PBX's own identifiers look like (call and cross-reference
+//! ids as text, events on invoke id 9999, its invoke ids four digits), chosen here because they
+//! are the PBX's, not the wire's.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,10 +16,13 @@ use tokio::sync::mpsc;
 use super::{lock, Behaviour, CallEnd, IvrSignal, Shared, SimCalls};
 use crate::codec::apdu::{ErrorCategory, EventReport};
 use crate::codec::body::{FieldName as F, Value};
+use crate::codec::xml::{EVENT_INVOKE_ID, MAX_XML_INVOKE_ID};
 use crate::codec::{Apdu, Argument, Body, ConnectionId, DeviceId, DeviceRef, Dialect, Event, EventKind, LocalDevice, Op, Operation, RejectProblem};
 
 pub(crate) enum Out {
     Apdu(Apdu),
+    /// XML only: a message that is no APDU (the connection's own session messages).
+    Xml(crate::codec::xml::XmlMessage),
     Close,
 }
 
@@ -74,6 +82,7 @@ enum CallState {
 }
 
 struct Call {
+    /// BER: two bytes (`2B 00`, as OXE numbers calls); XML: 32 hex digits as text (OpenScape).
     id: Bytes,
     caller: String,
     /// Dialled number without any `*digits#` suffix.
@@ -100,11 +109,16 @@ struct Switch {
     withholding: bool,
     /// How the last calls ended (hex id), oldest first.
     ended: VecDeque<(String, CallEnd)>,
+    /// The wire is CSTA XML: the PBX's identifiers are text.
+    xml: bool,
+    /// Calls placed since the start (never reset): XML call ids are unique for the PBX's life.
+    calls_made: u64,
 }
 
 pub(crate) fn spawn(shared: Arc<Shared>, ivr: mpsc::UnboundedSender<IvrSignal>) -> mpsc::UnboundedSender<Msg> {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut sw = Switch { shared, ivr, me: tx.clone(), conns: HashMap::new(), monitors: HashMap::new(), next_xref: 1, calls: HashMap::new(), next_call: 0x2B00, generation: 0, withholding: false, ended: VecDeque::new() };
+    let xml = lock(&shared.config).framing.is_xml();
+    let mut sw = Switch { shared, ivr, me: tx.clone(), conns: HashMap::new(), monitors: HashMap::new(), next_xref: 1, calls: HashMap::new(), next_call: 0x2B00, generation: 0, withholding: false, ended: VecDeque::new(), xml, calls_made: 0 };
     tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             sw.handle(m);
@@ -187,10 +201,13 @@ impl Switch {
         }
     }
 
+    /// The PBX's next invoke id on `conn`: up to 32767 in BER, four digits below the events'
+    /// 9999 in XML.
     fn pbx_invoke_id(&mut self, conn: u64) -> i64 {
+        let max = if self.xml { MAX_XML_INVOKE_ID } else { 32767 };
         match self.conns.get_mut(&conn) {
             Some(c) => {
-                c.next_invoke = if c.next_invoke >= 32767 { 1 } else { c.next_invoke + 1 };
+                c.next_invoke = if c.next_invoke >= max { 1 } else { c.next_invoke + 1 };
                 c.next_invoke
             }
             None => 0,
@@ -201,7 +218,8 @@ impl Switch {
     fn emit(&mut self, device: &str, kind: EventKind, body: Body) {
         let targets: Vec<(Bytes, u64)> = self.monitors.iter().filter(|(_, (_, d))| d == device).map(|(x, (c, _))| (x.clone(), *c)).collect();
         for (xref, conn) in targets {
-            let id = self.pbx_invoke_id(conn);
+            // XML events all carry the events' invoke id; BER ones take the next of the PBX's.
+            let id = if self.xml { EVENT_INVOKE_ID } else { self.pbx_invoke_id(conn) };
             let report = EventReport { xref, event: Event::Call { kind, body: body.clone() }, extensions: None };
             self.send(conn, Apdu::event(id, report));
         }
@@ -276,7 +294,8 @@ impl Switch {
             Msg::Flood { device, count } => {
                 // About the device's own live call if it has one (a PBX stuck repeating itself),
                 // else about a call nobody follows.
-                let id = self.calls.values().find(|c| c.caller == device).map_or(Bytes::from_static(&[0x7F, 0xFF]), |c| c.id.clone());
+                let nobody = if self.xml { Bytes::from_static(b"FF00010000000000000000000000FFFF") } else { Bytes::from_static(&[0x7F, 0xFF]) };
+                let id = self.calls.values().find(|c| c.caller == device).map_or(nobody, |c| c.id.clone());
                 let body = party_event(&id, &device, "0800100200", &device, F::Connection, F::AlertingDevice, 2);
                 for _ in 0..count {
                     self.emit(&device, EventKind::Delivered, body.clone());
@@ -361,6 +380,7 @@ impl Switch {
                     Operation::SnapshotDevice => {
                         // An empty snapshot: Phase II SnapshotDeviceData is [APPLICATION 22].
                         let empty = match lock(&self.shared.config).dialect {
+                            _ if self.xml => Value::Raw(Bytes::from_static(b"<snapshotData/>")),
                             Dialect::Phase2 => Value::Raw(Bytes::from_static(&[0x76, 0x00])),
                             Dialect::Phase3 => Value::Raw(Bytes::from_static(&[0x30, 0x00])),
                         };
@@ -371,7 +391,11 @@ impl Switch {
                 self.withholding = false;
             }
             Apdu::Result(r) => {
-                let answered = r.invoke_id.and_then(|id| {
+                // Without invoke ids (XML with NUL framing) an answer is matched by operation:
+                // a SystemStatusResponse answers the oldest keep-alive.
+                let keepalive_answer = r.result.as_ref().is_some_and(|(op, _)| *op == Op::Known(Operation::SystemStatus));
+                let oldest = self.conns.get(&conn).and_then(|c| c.keepalive_outstanding.first().copied()).filter(|_| keepalive_answer);
+                let answered = r.invoke_id.or(oldest).and_then(|id| {
                     let c = self.conns.get_mut(&conn)?;
                     let pos = c.keepalive_outstanding.iter().position(|k| *k == id)?;
                     c.keepalive_outstanding.clear();
@@ -402,7 +426,8 @@ impl Switch {
         if self.in_directory(&device).is_none() {
             return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(12)));
         }
-        let xref = Bytes::copy_from_slice(&self.next_xref.to_be_bytes());
+        // XML: decimal text (a monitorCrossRefID is text); BER: four octets.
+        let xref = if self.xml { Bytes::from(self.next_xref.to_string()) } else { Bytes::copy_from_slice(&self.next_xref.to_be_bytes()) };
         self.next_xref = self.next_xref.wrapping_add(1);
         self.monitors.insert(xref.clone(), (conn, device));
         self.answer(conn, Apdu::result(id, Operation::MonitorStart, Body::new().with(F::CrossRefIdentifier, Value::Octets(xref))));
@@ -436,7 +461,13 @@ impl Switch {
         let internal_callee = self.in_directory(&called).is_some();
         let call = self.next_call;
         self.next_call = self.next_call.wrapping_add(1).max(1);
-        let call_id = Bytes::copy_from_slice(&call.to_be_bytes());
+        self.calls_made += 1;
+        let call_id = if self.xml {
+            // 32 hex digits, as OpenScape's `FF000100000000004A7F8F4F3C0E0000`.
+            Bytes::from(format!("FF0001{:018X}{call:04X}0000", self.calls_made))
+        } else {
+            Bytes::copy_from_slice(&call.to_be_bytes())
+        };
         self.calls.insert(call, Call { id: call_id.clone(), caller: caller.clone(), called, suffix, state: CallState::Prompting, ivr, internal_callee });
 
         let result = Apdu::result(id, Operation::MakeCall, crate::csta::make_call_result(&crate::csta::CallId::new(call_id.clone()), &caller));
@@ -514,8 +545,10 @@ impl Switch {
             None => return,
         };
         if !internal {
+            // The trunk's dynamic id: octets in BER, text in XML.
+            let trunk = if self.xml { Bytes::from_static(b"0BFC0104") } else { Bytes::from_static(&[0x0B, 0xFC, 0x01, 0x04]) };
             let reached = Body::new()
-                .with(F::OutboundConnection, Value::Connection(ConnectionId { call: Some(id.clone()), device: Some(LocalDevice::Dynamic(Bytes::from_static(&[0x0B, 0xFC, 0x01, 0x04]))) }))
+                .with(F::OutboundConnection, Value::Connection(ConnectionId { call: Some(id.clone()), device: Some(LocalDevice::Dynamic(trunk)) }))
                 .with(F::NetworkInterfaceUsed, Value::Device(DeviceRef::NotKnown))
                 .with(F::CallingDevice, dev(&caller))
                 .with(F::CalledDevice, dev(&called))
