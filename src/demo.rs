@@ -34,13 +34,15 @@ pub enum Scenario {
 pub enum DemoDialect {
     Phase3,
     Oxe,
+    /// CSTA XML (ECMA-323 with an ECMA-354 session, 8-byte header framing), as OpenScape speaks it.
+    Xml,
 }
 
 /// The cloud IVR's number in the demo's PBX and configuration (not a secret).
 pub(crate) const IVR_NUMBER: &str = "0800100200";
 
-/// The configuration of a gateway on loopback next to `sim` (its dialect decides the PBX
-/// preset): the API on an ephemeral port, the database `db`, tenants `acme` and `globex`, one
+/// The configuration of a gateway on loopback next to `sim` (its wire decides the PBX preset,
+/// and for XML its framing and session): the API on an ephemeral port, the database `db`, tenants `acme` and `globex`, one
 /// PBX `paris` of tenant `acme`. `gateway`, `tenant` and `pbx` are extra lines of `[gateway]`,
 /// of tenant `acme` and of the `[[pbx]]` table (at least `extensions`). The tokens' variables
 /// are never read: the secrets are handed to [`crate::server::start`] directly.
@@ -48,9 +50,20 @@ pub(crate) const IVR_NUMBER: &str = "0800100200";
 /// # Errors
 /// The extra lines make the configuration invalid.
 pub(crate) fn local_config(sim: &SimPbx, db: &std::path::Path, gateway: &str, tenant: &str, pbx: &str) -> Result<Config, crate::config::ConfigError> {
-    let dialect = if sim.config().dialect == crate::codec::Dialect::Phase2 { "oxe" } else { "phase3" };
+    let (dialect, wire) = {
+        let c = sim.config();
+        if c.framing.is_xml() {
+            let framing = if c.framing == crate::codec::Framing::XmlNul { "nul" } else { "header" };
+            let session = if c.xml.session { "required" } else { "none" };
+            ("xml", format!("xml_framing = \"{framing}\"\nxml_session = \"{session}\"\n"))
+        } else if c.dialect == crate::codec::Dialect::Phase2 {
+            ("oxe", String::new())
+        } else {
+            ("phase3", String::new())
+        }
+    };
     let toml = format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\n{gateway}\n[[tenant]]\nid = \"acme\"\ntoken_env = \"UNUSED\"\n{tenant}\n[[tenant]]\nid = \"globex\"\ntoken_env = \"UNUSED\"\n\n[[pbx]]\nid = \"paris\"\naddress = \"{}\"\ndialect = \"{dialect}\"\ntenant = \"acme\"\nivr_number = \"{IVR_NUMBER}\"\n{pbx}",
+        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{}\"\n{gateway}\n[[tenant]]\nid = \"acme\"\ntoken_env = \"UNUSED\"\n{tenant}\n[[tenant]]\nid = \"globex\"\ntoken_env = \"UNUSED\"\n\n[[pbx]]\nid = \"paris\"\naddress = \"{}\"\ndialect = \"{dialect}\"\n{wire}tenant = \"acme\"\nivr_number = \"{IVR_NUMBER}\"\n{pbx}",
         db.display(),
         sim.addr(),
     );
@@ -133,6 +146,7 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
     let mut sim_cfg = match dialect {
         DemoDialect::Phase3 => SimConfig::phase3(&["2005", "2006"]),
         DemoDialect::Oxe => SimConfig::oxe(&["2005", "2006"]),
+        DemoDialect::Xml => SimConfig::xml(&["2005", "2006"], crate::codec::Framing::XmlHeader),
     };
     sim_cfg.ivr_number = Some(IVR_NUMBER.into());
     for e in &mut sim_cfg.extensions {
@@ -148,7 +162,12 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
     }
     let mut sim = SimPbx::start(sim_cfg, "127.0.0.1:0").await.map_err(|e| e.to_string())?;
     let mut ivr_signals = sim.take_ivr().ok_or("no IVR endpoint")?;
-    say(&format!("PBX    simulated {} PBX listening on {}", if dialect == DemoDialect::Oxe { "Alcatel OXE (CSTA Phase II)" } else { "ECMA-285 Phase III" }, sim.addr()));
+    let (pbx_name, link_name) = match dialect {
+        DemoDialect::Phase3 => ("ECMA-285 Phase III", "CSTA over TCP, ACSE associated"),
+        DemoDialect::Oxe => ("Alcatel OXE (CSTA Phase II)", "CSTA over TCP, ACSE associated"),
+        DemoDialect::Xml => ("CSTA XML (ECMA-323, OpenScape-like)", "CSTA XML over TCP, ECMA-354 session started"),
+    };
+    say(&format!("PBX    simulated {pbx_name} PBX listening on {}", sim.addr()));
 
     // The gateway, from a configuration file's text.
     let lock = if scenario == Scenario::LockedPhone { "lock_prefix = \"*66\"\n" } else { "" };
@@ -162,7 +181,7 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
     let mut secrets = crate::config::Secrets { ivr_secret: Some(ivr_secret.clone()), ..Default::default() };
     secrets.tenant_tokens.insert("acme".into(), tenant_token.clone());
     let (running, http) = start_local(&config, secrets).await.map_err(|e| e.to_string())?;
-    say(&format!("GW     gateway API on http://{}, PBX link up (CSTA over TCP, ACSE associated)", running.addr));
+    say(&format!("GW     gateway API on http://{}, PBX link up ({link_name})", running.addr));
 
     // The user asks the cloud app to link extension 2005; the app calls the API.
     say("APP    alice asks to link extension 2005: POST /v1/associations");

@@ -90,8 +90,8 @@ enum Command {
         ivr_number: String,
         #[arg(long, default_value = "*66")]
         lock_prefix: String,
-        /// Require this ACSE user; the password comes from the environment variable named by
-        /// --acse-password-env.
+        /// Require this user (in the AARQ, or with --dialect xml in StartApplicationSession);
+        /// the password comes from the environment variable named by --acse-password-env.
         #[arg(long)]
         acse_user: Option<String>,
         #[arg(long)]
@@ -115,6 +115,10 @@ enum Command {
         /// How long a simulated user takes to key the PIN after picking up.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         pin_delay: std::time::Duration,
+        /// With --dialect xml or xml-nul: `required` (StartApplicationSession before any CSTA request, as
+        /// OpenScape and MX-ONE) or `none` (requests served at once).
+        #[arg(long, default_value = "required", value_parser = ["required", "none"])]
+        xml_session: String,
     },
 }
 
@@ -178,16 +182,13 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::SimPbx { listen, dialect, extensions, ivr_number, lock_prefix, acse_user, acse_password_env, keepalive, answer_after, phase2_results, local_pin, pin_delay } => {
+        Command::SimPbx { listen, dialect, extensions, ivr_number, lock_prefix, acse_user, acse_password_env, keepalive, answer_after, phase2_results, local_pin, pin_delay, xml_session } => {
             let (framing, dialect, preamble) = match dialect {
                 Profile::Oxe => (Framing::TwoByteLength, Dialect::Phase2, true),
                 Profile::Hipath => (Framing::Siemens, Dialect::Phase3, false),
+                Profile::Xml => (Framing::XmlHeader, Dialect::Phase3, false),
+                Profile::XmlNul => (Framing::XmlNul, Dialect::Phase3, false),
                 Profile::Phase3 | Profile::Auto => (Framing::TwoByteLength, Dialect::Phase3, false),
-                // The XML simulator is another branch's (xml-sim); until then, say so.
-                Profile::Xml | Profile::XmlNul => {
-                    eprintln!("cstagate sim-pbx: --dialect xml is not simulated yet (decode reads it)");
-                    return ExitCode::from(5);
-                }
             };
             let numbers = match cstagate::config::parse_directory(&extensions) {
                 Ok(n) => n,
@@ -212,11 +213,11 @@ fn main() -> ExitCode {
                 _ => None,
             };
             let cfg = cstagate::sim::SimConfig {
-                xml: cstagate::sim::SimXml::default(),
                 dialect,
                 framing,
                 preamble,
-                acse: true,
+                // XML opens with its session instead (`xml` below).
+                acse: !framing.is_xml(),
                 credentials,
                 keepalive,
                 extensions: numbers
@@ -228,6 +229,8 @@ fn main() -> ExitCode {
                 did_prefix: "+3314400".into(),
                 // clap allowed only the two names.
                 phase2_results: phase2_results.parse().unwrap_or_default(),
+                // clap allowed only `required` and `none`.
+                xml: cstagate::sim::SimXml { session: xml_session == "required", ..cstagate::sim::SimXml::default() },
             };
             let rt = runtime();
             let code = rt.block_on(run_sim(cfg, &listen));

@@ -2,9 +2,9 @@
 //! from the switch, with the transport faults applied (stall, split, coalesce, malformed frames,
 //! drop after N frames).
 //!
-//! The wire ([`Wire`]) is decided here and nowhere else: BER APDUs, or CSTA XML documents that
-//! decode to the same [`Apdu`]s, so the switch never knows which it serves. What only XML has,
-//! the ECMA-354 session, is per connection and lives here too, as ACSE does.
+//! How bytes are read and written ([`Wire`]) is decided here: BER APDUs, or CSTA XML documents
+//! that decode to the same [`Apdu`]s, so the switch serves both alike. What only XML has, the
+//! ECMA-354 session, is per connection and lives here too, as ACSE does.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -203,7 +203,8 @@ pub struct Faults {
 /// What the IVR endpoint sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IvrSignal {
-    /// A call reached the IVR: call id (hex), calling number as presented, dialled number.
+    /// A call reached the IVR: call id (hex of the BER octets; over XML the `callID` itself,
+    /// hex digits already), calling number as presented, dialled number.
     Connected { call: String, calling: String, called: String },
     /// DTMF digits on the call (dialled suffix, GenerateDigits or SendDTMFTones).
     Digits { call: String, digits: String },
@@ -227,7 +228,7 @@ pub enum CallEnd {
 }
 
 /// The calls of the simulator: those up now, and how the last ones (up to 4,096) ended; call ids
-/// in hex, as [`IvrSignal`] names them.
+/// as [`IvrSignal`] names them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SimCalls {
     pub live: Vec<String>,

@@ -127,6 +127,12 @@ pub(crate) fn spawn(shared: Arc<Shared>, ivr: mpsc::UnboundedSender<IvrSignal>) 
     tx
 }
 
+/// A call id as [`IvrSignal`] and [`SimCalls`] name it: hex of the BER octets; the XML `callID`
+/// as it is (already hex digits).
+fn call_name(xml: bool, id: &Bytes) -> String {
+    if xml { String::from_utf8_lossy(id).into_owned() } else { hex::encode(id) }
+}
+
 fn conn_id(call: &Bytes, device: &str) -> Value {
     Value::Connection(ConnectionId { call: Some(call.clone()), device: DeviceId::dialing(device).ok().map(LocalDevice::Static) })
 }
@@ -165,7 +171,7 @@ impl Switch {
         if self.ended.len() >= ENDED_KEPT {
             self.ended.pop_front();
         }
-        self.ended.push_back((hex::encode(id), how));
+        self.ended.push_back((call_name(self.xml, id), how));
     }
 
     /// A random extra delay in `0..jitter` (the jitter fault), else zero.
@@ -268,7 +274,7 @@ impl Switch {
                 let calls: Vec<Call> = self.calls.drain().map(|(_, c)| c).collect();
                 for call in calls {
                     if call.ivr && call.state == CallState::Established {
-                        let _ = self.ivr.send(IvrSignal::Cleared { call: hex::encode(&call.id) });
+                        let _ = self.ivr.send(IvrSignal::Cleared { call: call_name(self.xml, &call.id) });
                     }
                     self.ended(&call.id, CallEnd::Reset);
                 }
@@ -287,7 +293,7 @@ impl Switch {
                 }
             }
             Msg::Calls { reply } => {
-                let live = self.calls.values().map(|c| hex::encode(&c.id)).collect();
+                let live = self.calls.values().map(|c| call_name(self.xml, &c.id)).collect();
                 let _ = reply.send(SimCalls { live, ended: self.ended.iter().cloned().collect() });
             }
             Msg::IvrHangup(call) => self.ivr_hangup(&call),
@@ -569,7 +575,7 @@ impl Switch {
             // The IVR platform answers at once.
             self.callee_answers(call);
             let did = format!("{}{}", lock(&self.shared.config).did_prefix, caller);
-            let hexid = hex::encode(&id);
+            let hexid = call_name(self.xml, &id);
             let _ = self.ivr.send(IvrSignal::Connected { call: hexid.clone(), calling: did, called: called.clone() });
             if !suffix.is_empty() {
                 let _ = self.ivr.send(IvrSignal::Digits { call: hexid, digits: suffix });
@@ -629,7 +635,7 @@ impl Switch {
         }
         // Only a call the IVR answered is the IVR's to hear about.
         if c.ivr && c.state == CallState::Established {
-            let _ = self.ivr.send(IvrSignal::Cleared { call: hex::encode(&c.id) });
+            let _ = self.ivr.send(IvrSignal::Cleared { call: call_name(self.xml, &c.id) });
         }
     }
 
@@ -649,7 +655,7 @@ impl Switch {
         }
         if c.ivr {
             let digits = body.text(F::CharactersToSend).map(|t| t.as_str().to_owned()).unwrap_or_default();
-            let _ = self.ivr.send(IvrSignal::Digits { call: hex::encode(&c.id), digits });
+            let _ = self.ivr.send(IvrSignal::Digits { call: call_name(self.xml, &c.id), digits });
         }
         self.answer(conn, Apdu::result(id, Operation::GenerateDigits, Body::null()));
     }
@@ -668,7 +674,7 @@ impl Switch {
     }
 
     fn ivr_hangup(&mut self, hexid: &str) {
-        let Some(call) = self.calls.iter().find(|(_, c)| hex::encode(&c.id) == hexid).map(|(k, _)| *k) else { return };
+        let Some(call) = self.calls.iter().find(|(_, c)| call_name(self.xml, &c.id) == hexid).map(|(k, _)| *k) else { return };
         let Some(c) = self.calls.get(&call) else { return };
         let (id, caller, called) = (c.id.clone(), c.caller.clone(), c.called.clone());
         // The far end releases first; then the user's phone goes on-hook.

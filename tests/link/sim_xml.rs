@@ -327,6 +327,7 @@ async fn sim_xml_proof_call_events_in_order_then_clear() {
     assert_eq!(kinds, [EventKind::ServiceInitiated, EventKind::Originated, EventKind::NetworkReached, EventKind::Delivered, EventKind::Established]);
     assert!(got.iter().all(|(x, _, e)| *x == xref && e.call() == &call), "every event on the monitor and the call: {got:?}");
     let IvrSignal::Connected { call: ivr_call, .. } = timeout(LIMIT, ivr.recv()).await.unwrap().unwrap() else { panic!("connected first") };
+    assert_eq!(ivr_call.as_bytes(), call.as_bytes(), "the IVR names the call by its callID");
     assert_eq!(timeout(LIMIT, ivr.recv()).await.unwrap().unwrap(), IvrSignal::Digits { call: ivr_call.clone(), digits: "*4711#".into() });
 
     let id = c.request(Operation::ClearConnection, csta::clear_connection(&call, "2005")).await;
