@@ -25,12 +25,12 @@ async fn success_in_both_dialects() {
 }
 
 /// The demo over CSTA XML (`demo --dialect xml`): the simulator as an OpenScape-like PBX, the
-/// gateway's link with its ECMA-354 session. Needs the gateway-side XML link (branch
-/// `xml-link`); before it the link never comes up and this fails with "the PBX link did not come
-/// up within 10 s".
+/// gateway's link with its ECMA-354 session; a bound extension, and a locked phone's Failed event
+/// read from XML.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn success_over_csta_xml() {
+async fn the_demo_over_csta_xml_binds_and_a_locked_phone_fails() {
     assert_eq!(scenario(DemoDialect::Xml, Scenario::Ok).await["state"], "bound");
+    assert_eq!(scenario(DemoDialect::Xml, Scenario::LockedPhone).await["reason"], "phone_locked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

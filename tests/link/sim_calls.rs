@@ -1,13 +1,14 @@
 //! The simulator's call model as the gateway sees it through a real link: the proof call to
 //! the IVR with the context id as a dial suffix or as DTMF, IVR hang-up, the lock feature and
-//! the local PIN, busy, out-of-service and never-answering phones, in both dialects.
+//! the local PIN, busy, out-of-service and never-answering phones, in both BER dialects (the proof
+//! call over CSTA XML too).
 
 use std::time::Duration;
 
 use cstagate::codec::apdu::ErrorCategory;
 use cstagate::codec::body::{FieldName as F, Value};
 use cstagate::codec::{Body, DeviceId, EventKind, Operation};
-use cstagate::config::LinkProfile;
+use cstagate::config::{LinkProfile, XmlProfile};
 use cstagate::link::{Link, LinkState, Monitor, MonitorEvent, RequestError};
 use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -25,6 +26,13 @@ async fn setup(mut cfg: SimConfig) -> (SimPbx, Link, UnboundedReceiver<IvrSignal
     }
     let mut sim = SimPbx::start(cfg.clone(), "127.0.0.1:0").await.unwrap();
     let ivr = sim.take_ivr().unwrap();
+    let addr = sim.addr().to_string();
+    // The gateway's side speaks the PBX's wire: BER, or XML with a session if it wants one.
+    let base = if cfg.framing.is_xml() {
+        LinkProfile { xml: Some(XmlProfile { session: cfg.xml.session, ..XmlProfile::new() }), ..LinkProfile::xml("sim", &addr, cfg.framing) }
+    } else {
+        LinkProfile::new("sim", &addr, cfg.framing, cfg.dialect)
+    };
     let link = Link::spawn(LinkProfile {
         preamble: cfg.preamble,
         max_requests_per_second: 1000.0,
@@ -32,7 +40,7 @@ async fn setup(mut cfg: SimConfig) -> (SimPbx, Link, UnboundedReceiver<IvrSignal
         reconnect_max: Duration::from_millis(50),
         // The gateway's side speaks the form its PBX does.
         phase2_results: cfg.phase2_results,
-        ..LinkProfile::new("sim", &sim.addr().to_string(), cfg.framing, cfg.dialect)
+        ..base
     });
     timeout(LIMIT, link.wait_for(|s| *s == LinkState::Up)).await.unwrap();
     (sim, link, ivr)
@@ -97,6 +105,16 @@ async fn proof_call_to_the_ivr_phase3() {
 #[tokio::test]
 async fn proof_call_to_the_ivr_oxe_phase2() {
     proof_call_flow(SimConfig::oxe(&["2005"])).await;
+}
+
+/// The same proof call with the gateway's link over CSTA XML: the 8-byte header and a session,
+/// then NUL framing without one.
+#[tokio::test]
+async fn proof_call_to_the_ivr_csta_xml() {
+    proof_call_flow(SimConfig::xml(&["2005"], cstagate::codec::Framing::XmlHeader)).await;
+    let mut nul = SimConfig::xml(&["2005"], cstagate::codec::Framing::XmlNul);
+    nul.xml.session = false;
+    proof_call_flow(nul).await;
 }
 
 /// A Phase II PBX that wraps its results in `SEQUENCE { value, extensions }` (asn1/README.md
