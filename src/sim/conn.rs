@@ -349,7 +349,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, switch: mpsc::UnboundedSe
                         Wire::Xml { .. } => trace!(conn, bytes = content.len(), "sim sent"),
                     }
                     frames_out += 1;
-                    if faults.malformed_every.is_some_and(|n| n > 0 && frames_out % n == 0)
+                    if faults.malformed_every.is_some_and(|n| n > 0 && frames_out.is_multiple_of(n))
                         && let Ok(bad) = framing.frame(&wire.malformed(&content))
                     {
                         batch.push(bad);

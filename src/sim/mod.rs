@@ -260,7 +260,7 @@ pub struct SimStats {
     /// Invoke ids of the client seen more than once while outstanding.
     pub duplicate_invokes: u64,
     pub requests: HashMap<String, u64>,
-    /// RLRQs received (graceful releases).
+    /// Graceful releases received: RLRQs, or (XML) StopApplicationSession of the open session.
     pub releases: u64,
     /// Calls up in the switch now (prompting, ringing or connected).
     pub live_calls: u64,
