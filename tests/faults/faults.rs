@@ -63,6 +63,14 @@ enum Fault {
     GatewayRestarted,
 }
 
+/// The wire to the PBX: the matrix runs in BER (ECMA-285 Phase III), and its PBX rows again in
+/// CSTA XML (ECMA-323 with its ECMA-354 session), whose link restores itself the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Ber,
+    Xml,
+}
+
 const STEPS: [Step; 6] = [Step::Monitor, Step::Lock, Step::Call, Step::Ringing, Step::InIvr, Step::Binding];
 
 struct Case {
@@ -87,8 +95,11 @@ fn options(step: Step) -> LocalOptions {
 }
 
 /// Start a PBX and a gateway and drive one association to `step`.
-async fn to_step(step: Step) -> Case {
-    let mut cfg = SimConfig::phase3(&["2005", "2006"]);
+async fn to_step(wire: Wire, step: Step) -> Case {
+    let mut cfg = match wire {
+        Wire::Ber => SimConfig::phase3(&["2005", "2006"]),
+        Wire::Xml => SimConfig::xml(&["2005", "2006"], cstagate::codec::Framing::XmlHeader),
+    };
     cfg.ivr_number = Some(IVR_NUMBER.into());
     // At the lock, call and ringing steps the phone's user does not pick up: the call stays up.
     cfg.extensions[0].behaviour = match step {
@@ -311,8 +322,8 @@ impl Case {
 }
 
 /// Apply `fault` to an association held at `step` and check the outcome the README promises.
-async fn case(step: Step, fault: Fault) {
-    let mut c = to_step(step).await;
+async fn case(wire: Wire, step: Step, fault: Fault) {
+    let mut c = to_step(wire, step).await;
     let label = format!("{step:?} × {fault:?}");
     // The code keyed at the same moment as the fault hits (Binding only).
     let keyed: Option<(u16, Value)> = match fault {
@@ -419,12 +430,31 @@ async fn case(step: Step, fault: Fault) {
 }
 
 async fn each_step(fault: Fault) {
+    each_step_in(Wire::Ber, fault).await;
+}
+
+async fn each_step_in(wire: Wire, fault: Fault) {
     for step in STEPS {
         if fault == Fault::IvrDropped && !matches!(step, Step::InIvr | Step::Binding) {
             continue;
         }
-        case(step, fault).await;
+        case(wire, step, fault).await;
     }
+}
+
+/// CSTA XML: the link dropped at each step (the session is opened again, the monitors restored,
+/// the call left up cleared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xml_pbx_link_dropped_at_each_step() {
+    each_step_in(Wire::Xml, Fault::LinkDropped).await;
+}
+
+/// CSTA XML: the PBX's CTI process restarts (sessions and cross-reference ids forgotten, the calls
+/// go on) and a full reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xml_pbx_restarted_at_each_step() {
+    each_step_in(Wire::Xml, Fault::CtiRestarted).await;
+    each_step_in(Wire::Xml, Fault::PbxReset).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -115,6 +115,44 @@ async fn to_ivr(e: &mut Env, account: &str, ext: &str) -> (String, String, Strin
     (id, v["code"].as_str().unwrap().to_owned(), call, ctx)
 }
 
+/// The whole association over CSTA XML: the phone locked by the lock prefix and unlocked by its
+/// user's PIN, the proof call to the IVR with its context id dialled after the number or sent by
+/// GenerateDigits once established, the IVR dialogue, bound; with the 8-byte header and a
+/// session, and NUL-framed without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_association_over_csta_xml_with_the_lock_step_and_both_context_deliveries() {
+    use cstagate::codec::Framing;
+    for (framing, session, delivery) in [(Framing::XmlHeader, true, "dial_suffix"), (Framing::XmlHeader, true, "dtmf"), (Framing::XmlNul, false, "dtmf")] {
+        let mut cfg = SimConfig::xml(&["2005", "2006"], framing);
+        cfg.xml.session = session;
+        cfg.ivr_number = Some(cstagate::testkit::IVR_NUMBER.into());
+        for x in &mut cfg.extensions {
+            x.behaviour = cstagate::sim::Behaviour::Answer { after: Duration::from_millis(10) };
+            x.pin = Some("1234".into());
+            x.user_pin = Some("1234".into());
+        }
+        let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+        let ivr = sim.take_ivr().unwrap();
+        let options = LocalOptions { pbx: format!("extensions = [\"2005-2006\"]\nreconnect_min = \"20ms\"\nlock_prefix = \"*66\"\ncontext_delivery = \"{delivery}\"\n"), ..Default::default() };
+        let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
+        let mut e = Env { sim, ivr, http: gw.http, running: gw.running, db: gw.db, tokens: gw.tokens };
+        let label = format!("{framing:?}, session {session}, {delivery}");
+        let (id, code, call, ctx) = to_ivr(&mut e, "alice", "2005").await;
+        assert!(ctx.starts_with('*') && ctx.ends_with('#') && ctx.len() > 8, "{label}: the context id reached the IVR as DTMF: {ctx}");
+        dialogue(&e.http, &e.tokens.ivr, &call, &ctx, &code, "alice").await;
+        let v = wait_assoc(&e.http, &e.tokens.tenant, &id, |v| v["state"] == "bound").await;
+        let steps: Vec<&str> = v["history"].as_array().unwrap().iter().filter_map(|h| h["step"].as_str()).collect();
+        assert!(steps.contains(&"locking") && steps.contains(&"locked"), "{label}: the lock step ran: {steps:?}");
+        let requests = e.sim.stats().requests;
+        assert!(requests.get("MakeCall").copied().unwrap_or(0) >= 2, "{label}: the lock call and the proof call: {requests:?}");
+        assert_eq!(requests.get("GenerateDigits").copied().unwrap_or(0) > 0, delivery == "dtmf", "{label}: {requests:?}");
+        let (s, b) = e.http.json("GET", "/v1/bindings?account=alice", &e.tokens.tenant, None).await.unwrap();
+        assert_eq!(s, 200, "{b}");
+        assert!(b.to_string().contains("\"2005\""), "{label}: bound: {b}");
+        e.running.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_authentication_tenancy_and_strict_bodies() {
     let e = env(None).await;
