@@ -109,47 +109,56 @@ fn many_monitors() {
     });
 }
 
-fn bench(c: &mut Criterion) {
-    many_monitors();
-    let rt = rt();
-    let (sim, link, mut mon) = rt.block_on(async {
-        let sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.expect("sim");
+/// Deliver `iters` events flooded by `sim` for device 2005 through `link` to `mon`; the time it
+/// took. Windows of at most 512 events in flight (half the subscriber buffer), so the figure is
+/// delivered events, not events dropped for a slow reader.
+fn flood(rt: &tokio::runtime::Runtime, sim: &SimPbx, link: &Link, mon: &mut cstagate::link::Monitor, iters: u64) -> Duration {
+    rt.block_on(async {
+        let dropped0 = link.stats().events_dropped;
+        let t0 = Instant::now();
+        let mut batch = Vec::with_capacity(512);
+        let mut left = iters;
+        while left > 0 {
+            let window = left.min(512);
+            sim.flood_events("2005", window);
+            let mut got = 0u64;
+            let seen = link.stats().events_dropped;
+            while got + (link.stats().events_dropped - seen) < window {
+                batch.clear();
+                match tokio::time::timeout(Duration::from_millis(500), mon.next_many(&mut batch, 512)).await {
+                    Ok(0) => break,
+                    Ok(_) => got += batch.iter().filter(|e| matches!(e, MonitorEvent::Event(_))).count() as u64,
+                    Err(_) => {}
+                }
+            }
+            left -= window;
+        }
+        assert_eq!(link.stats().events_dropped, dropped0, "no event may be dropped within a window");
+        t0.elapsed()
+    })
+}
+
+/// A simulator speaking `cfg`'s wire, a link to it with `profile`, device 2005 monitored.
+fn monitored(rt: &tokio::runtime::Runtime, cfg: SimConfig, profile: impl FnOnce(&str) -> LinkProfile) -> (SimPbx, Link, cstagate::link::Monitor) {
+    rt.block_on(async {
+        let sim = SimPbx::start(cfg, "127.0.0.1:0").await.expect("sim");
         let link = Link::spawn(profile(&sim.addr().to_string()));
         link.wait_for(|s| *s == LinkState::Up).await;
         let m = link.monitor("2005").await.expect("monitor");
         (sim, link, m)
-    });
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    many_monitors();
+    let rt = rt();
+    let (sim, link, mut mon) = monitored(&rt, SimConfig::phase3(&["2005"]), profile);
+    // The same through a CSTA XML link (ECMA-323 documents with the 8-byte header, a session).
+    let (xsim, xlink, mut xmon) = monitored(&rt, SimConfig::xml(&["2005"], cstagate::codec::Framing::XmlHeader), |addr| LinkProfile { xml: Some(cstagate::config::XmlProfile::new()), acse: None, framing: cstagate::codec::Framing::XmlHeader, ..profile(addr) });
     let mut g = c.benchmark_group("link");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("events", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let dropped0 = link.stats().events_dropped;
-                let t0 = Instant::now();
-                // Windows of at most 512 events in flight (half the subscriber buffer), so the
-                // figure is delivered events, not events dropped for a slow reader.
-                let mut batch = Vec::with_capacity(512);
-                let mut left = iters;
-                while left > 0 {
-                    let window = left.min(512);
-                    sim.flood_events("2005", window);
-                    let mut got = 0u64;
-                    let seen = link.stats().events_dropped;
-                    while got + (link.stats().events_dropped - seen) < window {
-                        batch.clear();
-                        match tokio::time::timeout(Duration::from_millis(500), mon.next_many(&mut batch, 512)).await {
-                            Ok(0) => break,
-                            Ok(_) => got += batch.iter().filter(|e| matches!(e, MonitorEvent::Event(_))).count() as u64,
-                            Err(_) => {}
-                        }
-                    }
-                    left -= window;
-                }
-                assert_eq!(link.stats().events_dropped, dropped0, "no event may be dropped within a window");
-                t0.elapsed()
-            })
-        })
-    });
+    g.bench_function("events", |b| b.iter_custom(|iters| flood(&rt, &sim, &link, &mut mon, iters)));
+    g.bench_function("events-xml", |b| b.iter_custom(|iters| flood(&rt, &xsim, &xlink, &mut xmon, iters)));
     g.finish();
 
     // 10,000 monitors on one link, restored after each PBX restart.
