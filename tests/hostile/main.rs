@@ -5,5 +5,6 @@
 
 mod hostile_api;
 mod hostile_csta;
+mod hostile_xml_link;
 mod hostile_ivr;
 mod fuzz_regressions;
