@@ -103,7 +103,7 @@ fn xref(root: &Element<'_>) -> Result<Bytes, DecodeError> {
 }
 
 fn raw(e: &Element<'_>, doc: &Bytes) -> Value {
-    Value::Raw(doc.slice(e.span.clone()))
+    Value::Raw(e.verbatim(doc))
 }
 
 /// The members of `root` by `form`. `event`: the cross-reference id is the report's, not a
@@ -225,7 +225,7 @@ fn error_parameter(root: &Element<'_>, doc: &Bytes) -> ErrorParameter {
     });
     match known {
         Some(u) if c.children.is_empty() => ErrorParameter::UniversalFailure(u),
-        _ => ErrorParameter::Opaque(doc.slice(c.span.clone())),
+        _ => ErrorParameter::Opaque(c.verbatim(doc)),
     }
 }
 

@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
+use std::rc::Rc;
 
 use quick_xml::events::Event;
 use quick_xml::Reader;
@@ -32,6 +33,11 @@ pub struct Element<'a> {
     pub children: Vec<Element<'a>>,
     /// Bytes of the whole element in the document, start tag to end tag.
     pub span: Range<usize>,
+    /// The attributes (as written) of the ancestors that declare a namespace prefix
+    /// (`xmlns:ns3="…"`), outermost first; `None` when none does. Kept so that a fragment copied
+    /// verbatim into another document can carry the declarations of the prefixes it uses
+    /// ([`Element::verbatim`]): the copy lands under our root, where `ns3` means nothing.
+    pub scope: Option<Rc<[&'a str]>>,
 }
 
 impl<'a> Element<'a> {
@@ -49,14 +55,82 @@ impl<'a> Element<'a> {
     }
     /// The attributes to keep when the element is written again: all of them as written, unless
     /// they are only namespace declarations and schema locations (which the encoder writes itself).
-    pub fn kept_attrs(&self) -> &'a str {
+    /// A prefix they use that an ancestor declares gets its declaration appended, so that they
+    /// mean the same wherever they are written.
+    pub fn kept_attrs(&self) -> Cow<'a, str> {
         let start = quick_xml::events::BytesStart::from_content(self.attrs, 0);
         let own = start.attributes().flatten().any(|a| {
             let k = a.key.as_ref();
             !(k.starts_with("xmlns") || k.starts_with("xsi:"))
         });
-        if own { self.attrs } else { "" }
+        if !own {
+            return Cow::Borrowed("");
+        }
+        let decls = self.inherited_declarations(self.attrs);
+        if decls.is_empty() { Cow::Borrowed(self.attrs) } else { Cow::Owned(format!("{}{decls}", self.attrs)) }
     }
+
+    /// The element's bytes in `doc` (the document it was parsed from), to be written verbatim
+    /// elsewhere: as they came, plus, in the start tag, the declarations of the prefixes the
+    /// fragment uses that only an ancestor declared. Without them `<ns3:vendor>` under a root
+    /// `ns3:MakeCall xmlns:ns3="…"` would be written under our root with `ns3` undeclared: not
+    /// namespace-well-formed, and no longer the vendor's element.
+    pub fn verbatim(&self, doc: &bytes::Bytes) -> bytes::Bytes {
+        let frag = doc.slice(self.span.clone());
+        if self.scope.is_none() {
+            return frag;
+        }
+        let Ok(text) = std::str::from_utf8(&frag) else { return frag };
+        let decls = self.inherited_declarations(text);
+        if decls.is_empty() {
+            return frag;
+        }
+        let name_end = text.char_indices().skip(1).find(|&(_, c)| c.is_ascii_whitespace() || c == '/' || c == '>').map_or(text.len(), |(i, _)| i);
+        let mut v = Vec::with_capacity(frag.len() + decls.len());
+        v.extend_from_slice(&frag[..name_end]);
+        v.extend_from_slice(decls.as_bytes());
+        v.extend_from_slice(&frag[name_end..]);
+        bytes::Bytes::from(v)
+    }
+
+    /// ` xmlns:p="…"` for each prefix `p` that `text` uses (as `<p:`, `</p:` or ` p:`) and an
+    /// ancestor declares but this element does not (the innermost declaration wins). A prefix
+    /// used only in text content may be declared needlessly, which is harmless.
+    fn inherited_declarations(&self, text: &str) -> String {
+        let mut out = String::new();
+        let Some(scope) = &self.scope else { return out };
+        let mut done: Vec<String> = declared_prefixes(self.attrs).into_iter().map(|(p, _)| p).collect();
+        for attrs in scope.iter().rev() {
+            for (p, v) in declared_prefixes(attrs) {
+                if done.contains(&p) || !uses_prefix(text, &p) {
+                    continue;
+                }
+                let q = if v.contains('"') { '\'' } else { '"' };
+                out.push_str(&format!(" xmlns:{p}={q}{v}{q}"));
+                done.push(p);
+            }
+        }
+        out
+    }
+}
+
+/// The prefixes `attrs` declares, with their values as written.
+fn declared_prefixes(attrs: &str) -> Vec<(String, String)> {
+    let start = quick_xml::events::BytesStart::from_content(attrs, 0);
+    start
+        .attributes()
+        .flatten()
+        .filter_map(|a| {
+            let p = a.key.as_ref().strip_prefix("xmlns:")?;
+            Some((p.to_owned(), a.value.as_ref().to_owned()))
+        })
+        .collect()
+}
+
+/// Whether `text` uses prefix `p` on an element or attribute name.
+fn uses_prefix(text: &str, p: &str) -> bool {
+    let b = text.as_bytes();
+    text.match_indices(p).any(|(i, _)| b.get(i + p.len()) == Some(&b':') && (i == 0 || matches!(b[i - 1], b'<' | b'/') || b[i - 1].is_ascii_whitespace()))
 }
 
 fn err(kind: ErrorKind, at: u64) -> DecodeError {
@@ -76,6 +150,8 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
     r.config_mut().check_end_names = true;
     r.config_mut().check_comments = false;
     let mut stack: Vec<Element<'_>> = Vec::new();
+    // The namespace scope of the children of each open element (see `Element::scope`).
+    let mut scopes: Vec<Option<Rc<[&str]>>> = Vec::new();
     let mut root: Option<Element<'_>> = None;
     let mut count = 0usize;
     let open = |e: &quick_xml::events::BytesStart<'_>, after: usize, src: &str| -> Option<(usize, usize)> {
@@ -105,13 +181,20 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
                 let qname = raw.get(..name_len).unwrap_or(raw);
                 let name = qname.rsplit(':').next().unwrap_or(qname);
                 let attrs = raw.get(name_len..).unwrap_or("");
-                let el = Element { name, attrs, text: Cow::Borrowed(""), children: Vec::new(), span: start + body_at..after + body_at };
+                let scope = scopes.last().cloned().flatten();
+                let el = Element { name, attrs, text: Cow::Borrowed(""), children: Vec::new(), span: start + body_at..after + body_at, scope };
                 if empty {
                     push(&mut stack, &mut root, el);
                 } else {
                     if stack.len() >= MAX_XML_DEPTH {
                         return Err(err(ErrorKind::XmlTooDeep(MAX_XML_DEPTH), before + body_at as u64));
                     }
+                    let inner = if attrs.contains("xmlns:") {
+                        Some(el.scope.iter().flat_map(|s| s.iter().copied()).chain(std::iter::once(attrs)).collect::<Rc<[&str]>>())
+                    } else {
+                        el.scope.clone()
+                    };
+                    scopes.push(inner);
                     stack.push(el);
                 }
             }
@@ -119,6 +202,7 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
                 let Some(mut el) = stack.pop() else {
                     return Err(err(ErrorKind::XmlSyntax("end tag without start tag".into()), before + body_at as u64));
                 };
+                scopes.pop();
                 el.span.end = after + body_at;
                 if let Cow::Owned(s) = &mut el.text {
                     let t = s.trim();
