@@ -168,7 +168,11 @@ pub fn frame_invoke_id(frame: &[u8], framing: Framing) -> Option<i64> {
         return None;
     }
     let digits = frame.get(..4)?;
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    // Digits only: `str::parse` would also take a sign ("-001", "+001").
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
 }
 
 fn split_frame(frame: &Bytes, framing: Framing) -> Result<(Option<i64>, Bytes, usize), DecodeError> {
