@@ -181,6 +181,16 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
                 let qname = raw.get(..name_len).unwrap_or(raw);
                 let name = qname.rsplit(':').next().unwrap_or(qname);
                 let attrs = raw.get(name_len..).unwrap_or("");
+                // quick-xml reads attributes lazily: check them here, so that a start tag with a
+                // malformed or duplicate attribute is refused rather than kept (and written
+                // again verbatim) as it came.
+                // A reference in a value must resolve, as in text (no entity but the five).
+                if !attrs.trim_start().is_empty() {
+                    for a in e.attributes().with_checks(true) {
+                        let a = a.map_err(|e| err(ErrorKind::XmlSyntax(format!("attribute: {e}")), before + body_at as u64))?;
+                        a.unescape_value().map_err(|_| err(ErrorKind::XmlEntity, before + body_at as u64))?;
+                    }
+                }
                 let scope = scopes.last().cloned().flatten();
                 let el = Element { name, attrs, text: Cow::Borrowed(""), children: Vec::new(), span: start + body_at..after + body_at, scope };
                 if empty {
