@@ -137,6 +137,34 @@ fn err(kind: ErrorKind, at: u64) -> DecodeError {
     DecodeError::new(kind, usize::try_from(at).unwrap_or(usize::MAX)).within("CSTA XML")
 }
 
+/// The document with the characters XML 1.0 does not allow (`Char`, §2.2) replaced, lengths
+/// kept: C0 controls other than tab, LF and CR by `?`, U+FFFE and U+FFFF by U+FFFD. No XML can
+/// carry them, so no encoder could write them back; refusing the document instead would drop a
+/// whole event (a hang-up) for a stray byte in a display name. The writer writes these
+/// characters the same way, so a decoded message and its encoding agree (fuzz finding 9). The
+/// frame is returned as it is, without a copy, when it holds none (the usual case).
+pub fn without_forbidden_characters(doc: bytes::Bytes) -> bytes::Bytes {
+    let forbidden = |d: &[u8], i: usize| -> usize {
+        match d[i] {
+            b if b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r') => 1,
+            0xEF if d.get(i + 1) == Some(&0xBF) && matches!(d.get(i + 2), Some(0xBE | 0xBF)) => 3,
+            _ => 0,
+        }
+    };
+    let Some(first) = (0..doc.len()).find(|&i| forbidden(&doc, i) > 0) else { return doc };
+    let mut v = doc.to_vec();
+    let mut i = first;
+    while i < v.len() {
+        match forbidden(&v, i) {
+            1 => v[i] = b'?',
+            3 => v[i + 2] = 0xBD,
+            _ => {}
+        }
+        i += 1;
+    }
+    bytes::Bytes::from(v)
+}
+
 /// Parse one document into its root element.
 ///
 /// # Errors
@@ -255,6 +283,13 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
                 };
                 let Some(c) = resolved else {
                     return Err(err(ErrorKind::XmlEntity, before + body_at as u64));
+                };
+                // A reference to a character XML 1.0 does not allow reads as the character
+                // itself would (see `without_forbidden_characters`).
+                let c = match c {
+                    c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => '?',
+                    '\u{fffe}' | '\u{ffff}' => '\u{fffd}',
+                    c => c,
                 };
                 let Some(top) = stack.last_mut() else {
                     return Err(err(ErrorKind::XmlSyntax("reference outside the root element".into()), before + body_at as u64));
