@@ -182,8 +182,16 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
     let mut scopes: Vec<Option<Rc<[&str]>>> = Vec::new();
     let mut root: Option<Element<'_>> = None;
     let mut count = 0usize;
-    let open = |e: &quick_xml::events::BytesStart<'_>, after: usize, src: &str| -> Option<(usize, usize)> {
-        let start = src[..after].rfind('<')?;
+    // A start tag begins where the reader stood before reading it (text is an event of its own),
+    // not at the last '<' before its end: quick-xml ends a tag at the first '>' outside quotes
+    // and lets a '<' through, so `<a x="1"<b>` would otherwise be taken for `<b>` (fuzz finding
+    // 10). XML allows no '<' inside a tag at all: such a tag is refused.
+    let open = |e: &quick_xml::events::BytesStart<'_>, before: u64, after: usize, src: &str| -> Option<(usize, usize)> {
+        let start = usize::try_from(before).ok()?;
+        let tag = src.get(start..after)?;
+        if !tag.starts_with('<') || tag[1..].contains('<') {
+            return None;
+        }
         let name_len = e.name().as_ref().len();
         Some((start, name_len))
     };
@@ -202,8 +210,8 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
                 if root.is_some() && stack.is_empty() {
                     return Err(err(ErrorKind::XmlSyntax("a second root element".into()), before + body_at as u64));
                 }
-                let Some((start, name_len)) = open(&e, after, src) else {
-                    return Err(err(ErrorKind::XmlSyntax("start tag without '<'".into()), before + body_at as u64));
+                let Some((start, name_len)) = open(&e, before, after, src) else {
+                    return Err(err(ErrorKind::XmlSyntax("'<' inside a start tag".into()), before + body_at as u64));
                 };
                 let raw: &str = &src[start + 1..after - if empty { 2 } else { 1 }];
                 let qname = raw.get(..name_len).unwrap_or(raw);
