@@ -245,6 +245,9 @@ impl<'a> Writer<'a> {
                 '&' => self.out.extend_from_slice(b"&amp;"),
                 '<' => self.out.extend_from_slice(b"&lt;"),
                 '>' => self.out.extend_from_slice(b"&gt;"),
+                // A parser turns a literal CR (and CR LF) into LF (XML 1.0 §2.11): only the
+                // reference keeps it.
+                '\r' => self.out.extend_from_slice(b"&#13;"),
                 // Characters XML 1.0 cannot carry at all are written as the decoder reads them
                 // (tree::without_forbidden_characters): controls as '?', U+FFFE and U+FFFF as
                 // U+FFFD.

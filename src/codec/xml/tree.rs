@@ -28,7 +28,8 @@ pub struct Element<'a> {
     pub name: &'a str,
     /// The attributes as written (namespace declarations included), for verbatim re-encoding.
     pub attrs: &'a str,
-    /// The element's own text (character data and CDATA, entities resolved), trimmed.
+    /// The element's own text (character data and CDATA, entities resolved), trimmed of XML
+    /// white space (pretty-printing), nothing else.
     pub text: Cow<'a, str>,
     pub children: Vec<Element<'a>>,
     /// Bytes of the whole element in the document, start tag to end tag.
@@ -251,18 +252,18 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
                 scopes.pop();
                 el.span.end = after + body_at;
                 if let Cow::Owned(s) = &mut el.text {
-                    let t = s.trim();
+                    let t = s.trim_matches(is_xml_space);
                     if t.len() != s.len() {
                         *s = t.to_owned();
                     }
                 } else if let Cow::Borrowed(s) = el.text {
-                    el.text = Cow::Borrowed(s.trim());
+                    el.text = Cow::Borrowed(s.trim_matches(is_xml_space));
                 }
                 push(&mut stack, &mut root, el);
             }
             Event::Text(t) => {
                 let Some(top) = stack.last_mut() else {
-                    if t.trim().is_empty() {
+                    if t.trim_matches(is_xml_space).is_empty() {
                         continue;
                     }
                     return Err(err(ErrorKind::XmlSyntax("text outside the root element".into()), before + body_at as u64));
@@ -316,6 +317,12 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
         return Err(err(ErrorKind::XmlSyntax("document ends inside an element".into()), text.len() as u64));
     }
     root.ok_or_else(|| err(ErrorKind::XmlSyntax("no root element".into()), 0))
+}
+
+/// XML's white space (§2.3 `S`): what pretty-printing adds around text. Not Unicode's: a
+/// no-break space or an NEL in a display name is content (`str::trim` would drop it).
+fn is_xml_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
 fn push<'a>(stack: &mut [Element<'a>], root: &mut Option<Element<'a>>, el: Element<'a>) {
