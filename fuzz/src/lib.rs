@@ -513,7 +513,7 @@ pub fn ns_well_formed(doc: &[u8]) -> bool {
                 }
                 for a in e.attributes().with_checks(true) {
                     let Ok(a) = a else { return false };
-                    if a.unescape_value().is_err() || matches!(r.resolver().resolve_attribute(a.key).0, ResolveResult::Unknown(_)) {
+                    if a.normalized_value(quick_xml::XmlVersion::Implicit1_0).is_err() || matches!(r.resolver().resolve_attribute(a.key).0, ResolveResult::Unknown(_)) {
                         return false;
                     }
                 }

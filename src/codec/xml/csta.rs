@@ -109,7 +109,8 @@ fn raw(e: &Element<'_>, doc: &Bytes) -> Value {
 /// The members of `root` by `form`. `event`: the cross-reference id is the report's, not a
 /// member.
 fn body(root: &Element<'_>, form: Form, doc: &Bytes, what: &'static str, event: bool) -> Result<Body, DecodeError> {
-    let mut b = Body::new();
+    // One allocation for the members, not one per doubling.
+    let mut b = Body { fields: Vec::with_capacity(root.children.len()), ..Body::new() };
     match form {
         Form::Sequence(slots) => {
             for c in &root.children {

@@ -152,7 +152,18 @@ pub fn without_forbidden_characters(doc: bytes::Bytes) -> bytes::Bytes {
             _ => 0,
         }
     };
-    let Some(first) = (0..doc.len()).find(|&i| forbidden(&doc, i) > 0) else { return doc };
+    // Fast path, one pass in 32-byte blocks the compiler vectorises: does any byte even look
+    // like the start of a forbidden character (a byte below 0x20, or 0xEF, the lead byte of
+    // U+FFFE/U+FFFF)? Only a block that does is looked at byte by byte (pretty-printed documents
+    // hit on their line ends).
+    let suspect = |b: u8| (b < 0x20) | (b == 0xEF);
+    let first = doc.chunks(32).enumerate().find_map(|(k, block)| {
+        if !block.iter().fold(false, |acc, &b| acc | suspect(b)) {
+            return None;
+        }
+        (k * 32..k * 32 + block.len()).find(|&i| forbidden(&doc, i) > 0)
+    });
+    let Some(first) = first else { return doc };
     let mut v = doc.to_vec();
     let mut i = first;
     while i < v.len() {
@@ -178,9 +189,9 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
     let mut r = Reader::from_str(&text[body_at..]);
     r.config_mut().check_end_names = true;
     r.config_mut().check_comments = false;
-    let mut stack: Vec<Element<'_>> = Vec::new();
+    let mut stack: Vec<Element<'_>> = Vec::with_capacity(8);
     // The namespace scope of the children of each open element (see `Element::scope`).
-    let mut scopes: Vec<Option<Rc<[&str]>>> = Vec::new();
+    let mut scopes: Vec<Option<Rc<[&str]>>> = Vec::with_capacity(8);
     let mut root: Option<Element<'_>> = None;
     let mut count = 0usize;
     // A start tag begins where the reader stood before reading it (text is an event of its own),
@@ -225,7 +236,7 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
                 if !attrs.trim_start().is_empty() {
                     for a in e.attributes().with_checks(true) {
                         let a = a.map_err(|e| err(ErrorKind::XmlSyntax(format!("attribute: {e}")), before + body_at as u64))?;
-                        a.unescape_value().map_err(|_| err(ErrorKind::XmlEntity, before + body_at as u64))?;
+                        a.normalized_value(quick_xml::XmlVersion::Implicit1_0).map_err(|_| err(ErrorKind::XmlEntity, before + body_at as u64))?;
                     }
                 }
                 let scope = scopes.last().cloned().flatten();
@@ -303,9 +314,7 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
                 let Some(top) = stack.last_mut() else {
                     return Err(err(ErrorKind::XmlSyntax("reference outside the root element".into()), before + body_at as u64));
                 };
-                let mut s = std::mem::take(&mut top.text).into_owned();
-                s.push(c);
-                top.text = Cow::Owned(s);
+                owned(&mut top.text).push(c);
             }
             // No DTD: nothing can define an entity, nothing can point outside the document.
             Event::DocType(_) => return Err(err(ErrorKind::XmlDoctype, before + body_at as u64)),
@@ -336,10 +345,20 @@ fn append<'a>(text: &mut Cow<'a, str>, more: Cow<'a, str>) {
     if text.is_empty() {
         *text = more;
     } else if !more.is_empty() {
-        let mut s = std::mem::take(text).into_owned();
-        s.push_str(&more);
+        owned(text).push_str(&more);
+    }
+}
+
+/// The text as an owned string to add to, made with room for what usually follows: text split
+/// by references (`N&lt;+4989…&gt;;noa=int` arrives as five pieces) would otherwise grow its
+/// buffer piece by piece.
+fn owned<'s>(text: &'s mut Cow<'_, str>) -> &'s mut String {
+    if let Cow::Borrowed(b) = *text {
+        let mut s = String::with_capacity(b.len() + 48);
+        s.push_str(b);
         *text = Cow::Owned(s);
     }
+    text.to_mut()
 }
 
 #[cfg(test)]
