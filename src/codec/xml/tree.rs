@@ -122,7 +122,7 @@ fn declared_prefixes(attrs: &str) -> Vec<(String, String)> {
         .attributes()
         .flatten()
         .filter_map(|a| {
-            let p = a.key.as_ref().strip_prefix("xmlns:")?;
+            let p = a.key.as_ref().strip_prefix("xmlns:").filter(|p| !p.is_empty())?;
             Some((p.to_owned(), a.value.as_ref().to_owned()))
         })
         .collect()
