@@ -14,6 +14,10 @@
   request that waits for the PBX's report of the answer, the claim mismatches, the owner's 9 and
   the admin's lift, wrong codes to the lock-out, a restart in flight, a PBX flood), so the fuzzer
   starts from live associations and claimed attempts.
+- xml: realistic ECMA-323/354 documents (requests, responses, events, errors, session messages)
+  in several shapes (default namespace of several editions, `ns3:` prefixes, no namespace,
+  pretty-printed, private data, unknown elements), each framed with the 8-byte header and with
+  a trailing NUL (layout in fuzz/src/lib.rs, `xml`), plus streams of several documents.
 - link_session: the link's session with each capture's PBX-side APDUs framed one by one,
   interleaved with requests, monitors and answers (layout in fuzz/src/link_session.rs).
 """
@@ -114,6 +118,8 @@ def main():
         put("engine", name, data)
     for name, data in link_session_seeds(apdus):
         put("link_session", name, data)
+    for name, data in xml_seeds():
+        put("xml", name, data)
     for t in sorted(written):
         print(f"{t}: {len(written[t])} seeds", file=sys.stderr)
 
@@ -261,6 +267,81 @@ def link_session_seeds(apdus):
     yield "raw-split-frame", bytes([0, 3, 0, 0, 3, 0x00, 0x05, 0xA1, 0, 5, 0x03, 0x02, 0x01, 0x01, 0x02, 2, 0, 0])
     yield "framing-error", bytes([1, 3, 0, 0, 4, 0x27, 0x00, 0x00, 0x00, 6, 3])
     yield "rlrq", bytes([0, 3, 0, 1, 5, 0x62, 0x03, 0x80, 0x01, 0x00, 6, 3])
+
+
+# ---- xml: byte 0 = framing (bit 0: 0 xml-header, 1 xml-nul) and edition (bits 1-2), then the stream.
+NS = "http://www.ecma-international.org/standards/ecma-323/csta/"
+APPL = "http://www.ecma-international.org/standards/ecma-354/appl_session"
+CONN = "<callID>FF000100000000004A7F8F4F3C0E0000</callID><deviceID typeOfNumber=\"explicitPublic:subscriber\">N&lt;302118840100&gt;;noa=nk</deviceID>"
+PRIV = "<extensions><privateData><private><osc:SiemensPrivate xmlns:osc=\"urn:siemens\"><osc:callType>voice</osc:callType></osc:SiemensPrivate></private></privateData></extensions>"
+XML_DOCS = [
+    ("0001", "MakeCall", "<callingDevice typeOfNumber=\"explicitPublic:subscriber\">2005</callingDevice><calledDirectoryNumber>0800123</calledDirectoryNumber><autoOriginate>prompt</autoOriginate>"),
+    ("0001", "MakeCallResponse", f"<callingDevice>{CONN}</callingDevice>"),
+    ("0002", "MonitorStart", "<monitorObject><deviceObject>2005</deviceObject></monitorObject><requestedMonitorFilter><callcontrol><delivered>true</delivered></callcontrol></requestedMonitorFilter>"),
+    ("0002", "MonitorStartResponse", "<monitorCrossRefID>1234567</monitorCrossRefID><actualMonitorFilter><callcontrol/></actualMonitorFilter>"),
+    ("9999", "ServiceInitiatedEvent", f"<monitorCrossRefID>77</monitorCrossRefID><initiatedConnection>{CONN}</initiatedConnection><initiatingDevice><deviceIdentifier>2005</deviceIdentifier></initiatingDevice><localConnectionInfo>initiated</localConnectionInfo><cause>newCall</cause>"),
+    ("9999", "OriginatedEvent", f"<monitorCrossRefID>77</monitorCrossRefID><originatedConnection>{CONN}</originatedConnection><callingDevice><deviceIdentifier>2005</deviceIdentifier></callingDevice><calledDevice><deviceIdentifier>0800</deviceIdentifier></calledDevice><localConnectionInfo>connected</localConnectionInfo><cause>newCall</cause>"),
+    ("9999", "DeliveredEvent", f"<monitorCrossRefID>77</monitorCrossRefID><connection>{CONN}</connection><alertingDevice><deviceIdentifier>0800</deviceIdentifier></alertingDevice><callingDevice><notKnown/></callingDevice><calledDevice><deviceIdentifier>0800</deviceIdentifier></calledDevice><lastRedirectionDevice><numberDialed>0800</numberDialed></lastRedirectionDevice><localConnectionInfo>alerting</localConnectionInfo><cause>newCall</cause>"),
+    ("9999", "EstablishedEvent", f"<monitorCrossRefID>77</monitorCrossRefID><establishedConnection>{CONN}</establishedConnection><answeringDevice><deviceIdentifier>0800</deviceIdentifier></answeringDevice><callingDevice><deviceIdentifier>2005</deviceIdentifier></callingDevice><calledDevice><deviceIdentifier>0800</deviceIdentifier></calledDevice><lastRedirectionDevice><notRequired/></lastRedirectionDevice><localConnectionInfo>connected</localConnectionInfo><cause>normal</cause>"),
+    ("9999", "ConnectionClearedEvent", f"<monitorCrossRefID>77</monitorCrossRefID><droppedConnection>{CONN}</droppedConnection><releasingDevice><deviceIdentifier>2005</deviceIdentifier></releasingDevice><localConnectionInfo>null</localConnectionInfo><cause>normalClearing</cause>"),
+    ("9999", "FailedEvent", f"<monitorCrossRefID>77</monitorCrossRefID><failedConnection>{CONN}</failedConnection><failingDevice><deviceIdentifier>0800</deviceIdentifier></failingDevice><calledDevice><deviceIdentifier>0800</deviceIdentifier></calledDevice><localConnectionInfo>fail</localConnectionInfo><cause>busy</cause>"),
+    ("9999", "NetworkReachedEvent", f"<monitorCrossRefID>77</monitorCrossRefID><outboundConnection>{CONN}</outboundConnection><networkInterfaceUsed><deviceIdentifier>T1</deviceIdentifier></networkInterfaceUsed><callingDevice><deviceIdentifier>2005</deviceIdentifier></callingDevice><calledDevice><deviceIdentifier>0800</deviceIdentifier></calledDevice><localConnectionInfo>connected</localConnectionInfo><cause>normal</cause>"),
+    ("9999", "AgentLoggedOnEvent", "<monitorCrossRefID>77</monitorCrossRefID><agentDevice><deviceIdentifier>2005</deviceIdentifier></agentDevice><agentID>42</agentID>"),
+    ("0003", "CSTAErrorCode", "<operation>invalidCallID</operation>"),
+    ("0003", "CSTAErrorCode", "<systemResourceAvailibility>resourceBusy</systemResourceAvailibility>"),
+    ("0003", "CSTAErrorCode", "<privateErrorCode><vendor>x</vendor></privateErrorCode>"),
+    ("0004", "SystemStatus", "<systemStatus>normal</systemStatus>"),
+    ("0004", "SystemStatusResponse", ""),
+    ("0005", "ClearConnection", f"<connectionToBeCleared>{CONN}</connectionToBeCleared>"),
+    ("0006", "SystemRegister", "<requestTypes><systemStatus>true</systemStatus></requestTypes>"),
+]
+XML_SESSION = [
+    ("0007", "StartApplicationSession", "<applicationInfo><applicationID>cstagate</applicationID><applicationSpecificInfo><SessionLoginInfo><userName>gw</userName><password>s&amp;cret</password></SessionLoginInfo></applicationSpecificInfo></applicationInfo><requestedProtocolVersions><protocolVersion>" + NS + "ed4</protocolVersion></requestedProtocolVersions><requestedSessionDuration>180</requestedSessionDuration>"),
+    ("0007", "StartApplicationSession", "<applicationInfo><applicationID>cstagate</applicationID><applicationSpecificInfo><user>gw</user><password>pw</password></applicationSpecificInfo></applicationInfo><requestedProtocolVersions><protocolVersion>" + NS + "ed6</protocolVersion></requestedProtocolVersions>"),
+    ("0007", "StartApplicationSessionPosResponse", "<sessionID>S-4711</sessionID><actualProtocolVersion>" + NS + "ed4</actualProtocolVersion><actualSessionDuration>180</actualSessionDuration>"),
+    ("0007", "StartApplicationSessionNegResponse", "<errorCode><definedError>invalidApplicationInfo</definedError></errorCode>"),
+    ("0008", "ResetApplicationSessionTimer", "<sessionID>S-4711</sessionID><requestedSessionDuration>180</requestedSessionDuration>"),
+    ("0008", "ResetApplicationSessionTimerPosResponse", "<actualSessionDuration>180</actualSessionDuration>"),
+    ("9999", "ApplicationSessionTerminated", "<sessionID>S-4711</sessionID><sessionTermReason><definedTermReason>invalidSessionID</definedTermReason></sessionTermReason>"),
+]
+
+
+def xml_shapes(root, members, ns_uri):
+    """The shapes PBXs send: default namespace of an edition, pretty-printed, old ecma.ch URI,
+    ns3: prefixes, no namespace with private data, an unknown element first."""
+    pref = members.replace("</", "\x01").replace("<", "<ns3:").replace("\x01", "</ns3:")
+    pretty = members.replace("><", ">\n  <")
+    ed = ns_uri or NS + "ed4"
+    yield "ed4", f'<?xml version="1.0" encoding="UTF-8"?><{root} xmlns="{ed}">{members}</{root}>'
+    yield "pretty-ed6", f'<?xml version="1.0" encoding="UTF-8"?>\n<{root}\n  xmlns="{ns_uri or NS + "ed6"}"\n  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">\n  {pretty}\n</{root}>\n'
+    yield "ecma-ch-ed2", f'<{root} xmlns="{ns_uri or "http://www.ecma.ch/standards/ecma-323/csta/ed2"}">{members}</{root}>'
+    yield "ns3", f'<ns3:{root} xmlns:ns3="{ed}">{pref}</ns3:{root}>'
+    yield "no-ns-private", f"<{root}>{members}{PRIV}</{root}>"
+    yield "unknown-first", f'<{root} xmlns="{NS}ed5"><vendorThing a="1"><deep/></vendorThing>{members}</{root}>'
+
+
+def xml_frame_header(invoke, doc):
+    body = invoke.encode() + doc.encode()
+    return bytes([0, 0]) + (len(body) + 4).to_bytes(2, "big") + body
+
+
+def xml_seeds():
+    docs = []
+    seen = {}
+    for invoke, root, members in XML_DOCS + XML_SESSION:
+        n = seen[root] = seen.get(root, 0) + 1
+        stem = root if n == 1 else f"{root}{n}"
+        shapes = list(xml_shapes(root, members, APPL if (invoke, root, members) in XML_SESSION else None))
+        for shape, doc in shapes if (invoke, root, members) in XML_DOCS else shapes[:4]:
+            docs.append((f"{stem}-{shape}", invoke, doc))
+    for k, (name, invoke, doc) in enumerate(docs):
+        ed = (k % 4) << 1
+        yield f"{name}-header", bytes([ed]) + xml_frame_header(invoke, doc)
+        yield f"{name}-nul", bytes([ed | 1]) + doc.encode() + b"\x00"
+    # Streams: a session opened, a monitor, a call's events, several frames a read.
+    flow = [d for d in docs if d[0].endswith("-ed4")]
+    yield "stream-header", bytes([2]) + b"".join(xml_frame_header(i, d) for _, i, d in flow[:12])
+    yield "stream-nul", bytes([3]) + b"".join(d.encode() + b"\x00" for _, _, d in flow[:12]) + b"\x00\n\x00"
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ SECS="${1:-60}"
 shift || true
 TARGETS=("$@")
 if [ ${#TARGETS[@]} -eq 0 ]; then
-    TARGETS=(framer apdu_phase3 apdu_phase2 acse engine link_session)
+    TARGETS=(framer apdu_phase3 apdu_phase2 acse engine link_session xml)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -47,13 +47,19 @@ for t in "${TARGETS[@]}"; do
     # The regression inputs of the target (tests/fuzz_regressions/<target>/, when there are any)
     # are a read-only corpus too: the fuzzer starts from what was found and from the hand-built
     # inputs there (e.g. captures with unknown members spliced in).
+    # The CSTA XML target gets the XML dictionary (tags, namespaces, entities); the others the
+    # BER one.
+    dict=fuzz/csta.dict
+    if [ "$t" = xml ]; then
+        dict=fuzz/xml.dict
+    fi
     extra=()
     if [ -d "tests/fuzz_regressions/$t" ]; then
         extra=("tests/fuzz_regressions/$t")
     fi
     timeout --signal=INT --kill-after=30 "$(( SECS + 120 ))" \
         cargo fuzz run -s none "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" "${extra[@]}" -- \
-        -dict=fuzz/csta.dict -max_len=4096 -timeout=5 -rss_limit_mb=2048 \
+        -dict="$dict" -max_len=4096 -timeout=5 -rss_limit_mb=2048 \
         -max_total_time="$SECS" -print_final_stats=1 \
         -artifact_prefix="fuzz/artifacts/$t/" >"$log" 2>&1 || status=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)

@@ -1,7 +1,7 @@
 //! The oracles of the fuzz targets, shared with `tests/hostile/fuzz_regressions.rs` (which includes this
 //! file with `#[path]`, so plain `cargo test` replays the seeds and every input a fuzzer found
 //! through exactly the same checks). Depends on `cstagate`, `bytes`, `serde_json`, `arbitrary`
-//! and `tokio`.
+//! `tokio` and `quick-xml`.
 //!
 //! Each function panics when a check fails; that is what libFuzzer reports as a crash.
 #![allow(dead_code)]
@@ -12,7 +12,7 @@ use cstagate::codec::{acse, Apdu, DecodeError, Dialect, Framer, Framing, Value};
 
 /// The fuzz targets, by name (also the directory names under `fuzz/seeds/` and
 /// `tests/fuzz_regressions/`).
-pub const TARGETS: &[&str] = &["framer", "apdu_phase3", "apdu_phase2", "acse", "engine", "link_session"];
+pub const TARGETS: &[&str] = &["framer", "apdu_phase3", "apdu_phase2", "acse", "engine", "link_session", "xml"];
 
 // `#[path]` so that the file resolves the same when `tests/hostile/fuzz_regressions.rs` includes this one.
 #[path = "engine/mod.rs"]
@@ -34,6 +34,7 @@ pub fn run(target: &str, data: &[u8]) {
         "acse" => acse(data),
         "engine" => engine(data),
         "link_session" => link_session(data),
+        "xml" => xml(data),
         _ => panic!("unknown fuzz target {target}"),
     }
 }
@@ -411,5 +412,124 @@ pub fn framer(data: &[u8]) {
     if let Some(e) = &whole.error {
         assert_eq!(e.offset, consumed, "framing error offset is not the stream position: {e}");
         let _ = e.to_string();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CSTA XML: framing and the round-trip oracle.
+
+/// The XML target: byte 0 picks the framing (bit 0: `xml-header` or `xml-nul`) and the ECMA-323
+/// edition the oracle encodes in (bits 1–2); the rest is the byte stream the PBX sent. With
+/// `xml-nul` a stream that does not end with a NUL gets one, so a bare document is a whole
+/// frame. The stream goes through a [`Framer`]; each frame through [`xml_frame`]. A framing
+/// error must be `BadFrameHeader` or `FrameTooLarge` at an offset within the stream.
+pub fn xml(data: &[u8]) {
+    use cstagate::codec::xml::ProtocolVersion;
+    let Some((&cfg, stream)) = data.split_first() else { return };
+    let framing = if cfg & 1 == 0 { Framing::XmlHeader } else { Framing::XmlNul };
+    let version = [ProtocolVersion::Ed3, ProtocolVersion::Ed4, ProtocolVersion::Ed5, ProtocolVersion::Ed6][usize::from((cfg >> 1) & 3)];
+    let mut buf = BytesMut::from(stream);
+    if framing == Framing::XmlNul && stream.last() != Some(&0) {
+        buf.extend_from_slice(&[0]);
+    }
+    let total = buf.len();
+    let mut framer = Framer::new(framing);
+    loop {
+        match framer.decode(&mut buf) {
+            Ok(Some(frame)) => xml_frame(&frame, framing, version),
+            Ok(None) => break,
+            Err(e) => {
+                assert!(matches!(e.kind, cstagate::codec::ErrorKind::BadFrameHeader(_) | cstagate::codec::ErrorKind::FrameTooLarge { .. }), "framing error of another kind: {e}");
+                check_error(&e, total);
+                break;
+            }
+        }
+    }
+}
+
+/// One XML frame. What does not decode gives an error whose offset lies in the frame. What
+/// decodes must:
+/// - name itself and render in the `cstagate decode` view without panicking;
+/// - encode (in the edition chosen), as a frame the framer hands back whole (with `xml-nul`: no
+///   NUL inside; with `xml-header`: 4 invoke-id digits first);
+/// - decode again to an **equal** [`XmlMessage`](cstagate::codec::xml::XmlMessage), and encode
+///   to the same bytes again (encoding is a fixed point);
+/// - when the input document is namespace-well-formed (every prefix declared, attributes
+///   well-formed, [`ns_well_formed`]), so is the encoding: a verbatim fragment (unknown member,
+///   private data, a device's attributes) must not lose the declaration of a prefix it uses.
+pub fn xml_frame(frame: &Bytes, framing: Framing, version: cstagate::codec::xml::ProtocolVersion) {
+    use cstagate::codec::xml::XmlMessage;
+    let first = match XmlMessage::decode(frame, framing) {
+        Ok(m) => m,
+        Err(e) => {
+            check_error(&e, frame.len());
+            return;
+        }
+    };
+    let _ = (first.name(), first.invoke_id());
+    if let XmlMessage::Csta(a) = &first {
+        view(a, Dialect::Phase3);
+    }
+    let enc = first.to_vec(framing, version).unwrap_or_else(|e| panic!("a decoded XML message does not encode: {e}\n input {}\n {first:?}", shown(frame)));
+    match framing {
+        Framing::XmlNul => assert!(!enc.contains(&0), "the encoding holds a NUL\n input {}\n encoded {}", shown(frame), shown(&enc)),
+        _ => assert!(enc.len() >= 4 && enc[..4].iter().all(u8::is_ascii_digit), "the encoding does not start with 4 digits: {}", shown(&enc)),
+    }
+    if enc.len() <= framing.max_len() {
+        let mut b = BytesMut::from(&framing.frame(&enc).expect("fits")[..]);
+        let back = Framer::new(framing).decode(&mut b).expect("our frame reads back");
+        assert_eq!(back.as_deref(), Some(&enc[..]), "our frame does not read back whole");
+    }
+    let second = XmlMessage::decode(&Bytes::from(enc.clone()), framing)
+        .unwrap_or_else(|e| panic!("the encoding does not decode: {e}\n input   {}\n encoded {}", shown(frame), shown(&enc)));
+    // left: the input decoded; right: its encoding decoded.
+    assert_eq!(first, second, "encoding changed the message\n input   {}\n encoded {}", shown(frame), shown(&enc));
+    let enc2 = second.to_vec(framing, version).expect("a decoded message encodes");
+    assert!(enc2 == enc, "encoding is not a fixed point\n input  {}\n first  {}\n second {}", shown(frame), shown(&enc), shown(&enc2));
+    let skip = if framing == Framing::XmlHeader { 4 } else { 0 };
+    if ns_well_formed(&frame[skip..]) {
+        assert!(ns_well_formed(&enc[skip..]), "a namespace-well-formed input encodes to a document that is not\n input   {}\n encoded {}", shown(frame), shown(&enc));
+    }
+}
+
+/// Whether `doc` is one namespace-well-formed document as quick-xml's namespace reader sees it:
+/// it reads to the end, every element and attribute prefix is declared, attributes are
+/// well-formed (no duplicates, quoted values whose references resolve).
+pub fn ns_well_formed(doc: &[u8]) -> bool {
+    use quick_xml::events::Event as X;
+    use quick_xml::name::ResolveResult;
+    let Ok(s) = std::str::from_utf8(doc) else { return false };
+    let mut r = quick_xml::NsReader::from_str(s);
+    r.config_mut().check_end_names = true;
+    loop {
+        let (res, ev) = match r.read_resolved_event() {
+            Ok((res, ev)) => (matches!(res, ResolveResult::Unknown(_)), ev),
+            Err(_) => return false,
+        };
+        match ev {
+            X::Start(e) | X::Empty(e) => {
+                if res {
+                    return false;
+                }
+                for a in e.attributes().with_checks(true) {
+                    let Ok(a) = a else { return false };
+                    if a.normalized_value(quick_xml::XmlVersion::Implicit1_0).is_err() || matches!(r.resolver().resolve_attribute(a.key).0, ResolveResult::Unknown(_)) {
+                        return false;
+                    }
+                }
+            }
+            X::GeneralRef(g) if !g.is_char_ref() && !matches!(g.as_ref(), "amp" | "lt" | "gt" | "quot" | "apos") => return false,
+            X::DocType(_) => return false,
+            X::Eof => return true,
+            _ => {}
+        }
+    }
+}
+
+/// Bytes for a failure message: the text where it is UTF-8, else hex.
+fn shown(b: &[u8]) -> String {
+    match std::str::from_utf8(b) {
+        Ok(s) => format!("{s:?}"),
+        Err(_) => hexs(b),
     }
 }

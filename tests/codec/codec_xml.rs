@@ -146,3 +146,43 @@ fn unknown_elements_and_private_data_survive_re_encoding() {
     let Event::Call { body, .. } = ev.event else { panic!() };
     assert!(body.fields.iter().any(|f| matches!(&f.value, Value::Raw(r) if r.starts_with(b"<vendorThing"))));
 }
+
+/// The first event's connection: its call id and its device's digits as text.
+fn connection_of(m: &XmlMessage) -> (Vec<u8>, String) {
+    let XmlMessage::Csta(Apdu::Invoke(i)) = m else { panic!("{m:?}") };
+    let Argument::Event(ev) = &i.argument else { panic!() };
+    let Event::Call { body, .. } = &ev.event else { panic!() };
+    let c = body.connection(F::EstablishedConnection).expect("connection");
+    let Some(cstagate::codec::LocalDevice::Static(d)) = &c.device else { panic!() };
+    let cstagate::codec::DeviceIdentifier::Dialing(t) = &d.ident else { panic!("{d:?}") };
+    (c.call.clone().expect("call").to_vec(), t.as_str().to_owned())
+}
+
+#[test]
+fn text_is_trimmed_of_xml_white_space_only_and_a_carriage_return_survives_re_encoding() {
+    let doc = "<EstablishedEvent><monitorCrossRefID>1</monitorCrossRefID><establishedConnection><callID>\n  \u{a0}47\u{85}11 \t</callID><deviceID>20&#13;05</deviceID></establishedConnection></EstablishedEvent>";
+    let m = decode("9999", doc);
+    assert_eq!(connection_of(&m), ("\u{a0}47\u{85}11".as_bytes().to_vec(), "20\r05".to_owned()), "a no-break space and an NEL are content, not white space");
+    let wire = m.to_vec(Framing::XmlHeader, ProtocolVersion::Ed4).unwrap();
+    let text = String::from_utf8(wire.clone()).unwrap();
+    assert!(text.contains("<deviceID>20&#13;05</deviceID>"), "a literal CR would read as LF in any other parser: {text}");
+    assert_eq!(XmlMessage::decode(&Bytes::from(wire), Framing::XmlHeader).unwrap(), m);
+}
+
+#[test]
+fn characters_xml_cannot_carry_read_as_they_are_written() {
+    let doc = "<EstablishedEvent><monitorCrossRefID>1</monitorCrossRefID><establishedConnection><callID>a\u{1}b&#2;c\u{fffe}</callID><deviceID>2005</deviceID></establishedConnection></EstablishedEvent>";
+    let m = decode("9999", doc);
+    assert_eq!(connection_of(&m).0, "a?b?c\u{fffd}".as_bytes());
+    let wire = m.to_vec(Framing::XmlHeader, ProtocolVersion::Ed4).unwrap();
+    assert_eq!(XmlMessage::decode(&Bytes::from(wire), Framing::XmlHeader).unwrap(), m);
+}
+
+#[test]
+fn a_kept_fragment_carries_the_prefix_declarations_it_needs() {
+    let doc = r#"<ns3:EstablishedEvent xmlns:ns3="urn:csta" xmlns:v="urn:vendor"><ns3:monitorCrossRefID>1</ns3:monitorCrossRefID><ns3:establishedConnection xmlns:w="urn:w"><ns3:callID>1</ns3:callID><ns3:deviceID w:kind="x">2005</ns3:deviceID></ns3:establishedConnection><v:thing ns3:a="1"><ns3:deep/></v:thing></ns3:EstablishedEvent>"#;
+    let m = decode("9999", doc);
+    let text = String::from_utf8(m.to_vec(Framing::XmlHeader, ProtocolVersion::Ed4).unwrap()).unwrap();
+    assert!(text.contains(r#"<deviceID w:kind="x" xmlns:w="urn:w">2005</deviceID>"#), "{text}");
+    assert!(text.contains(r#"<v:thing xmlns:ns3="urn:csta" xmlns:v="urn:vendor" ns3:a="1"><ns3:deep/></v:thing>"#), "{text}");
+}

@@ -117,6 +117,7 @@ impl XmlMessage {
     /// or a known message whose mandatory members are missing or malformed.
     pub fn decode(frame: &Bytes, framing: Framing) -> Result<XmlMessage, DecodeError> {
         let (invoke_id, doc, at) = split_frame(frame, framing)?;
+        let doc = tree::without_forbidden_characters(doc);
         let root = tree::parse(&doc).map_err(|e| e.shifted(at))?;
         if let Some(msg) = AppSession::from_element(&root) {
             return Ok(XmlMessage::Session { invoke_id, msg });
@@ -217,7 +218,11 @@ pub fn frame_invoke_id(frame: &[u8], framing: Framing) -> Option<i64> {
         return None;
     }
     let digits = frame.get(..4)?;
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    // Digits only: `str::parse` would also take a sign ("-001", "+001").
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
 }
 
 fn split_frame(frame: &Bytes, framing: Framing) -> Result<(Option<i64>, Bytes, usize), DecodeError> {
@@ -289,8 +294,14 @@ impl<'a> Writer<'a> {
                 '&' => self.out.extend_from_slice(b"&amp;"),
                 '<' => self.out.extend_from_slice(b"&lt;"),
                 '>' => self.out.extend_from_slice(b"&gt;"),
-                // Characters XML 1.0 cannot carry at all are written as '?'.
+                // A parser turns a literal CR (and CR LF) into LF (XML 1.0 §2.11): only the
+                // reference keeps it.
+                '\r' => self.out.extend_from_slice(b"&#13;"),
+                // Characters XML 1.0 cannot carry at all are written as the decoder reads them
+                // (tree::without_forbidden_characters): controls as '?', U+FFFE and U+FFFF as
+                // U+FFFD.
                 c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => self.out.push(b'?'),
+                '\u{fffe}' | '\u{ffff}' => self.out.extend_from_slice("\u{fffd}".as_bytes()),
                 c => {
                     let mut b = [0u8; 4];
                     self.out.extend_from_slice(c.encode_utf8(&mut b).as_bytes());

@@ -164,6 +164,8 @@ impl AppSession {
                     w.leaf("actualSessionDuration", &d.to_string());
                 }
             }
+            // An empty reason goes out as an empty element (it came as one, or without any).
+            AppSession::StartNeg { error } | AppSession::ResetTimerNeg { error } | AppSession::StopNeg { error } if error.is_empty() => w.empty("errorCode"),
             AppSession::StartNeg { error } | AppSession::ResetTimerNeg { error } | AppSession::StopNeg { error } => {
                 w.open("errorCode");
                 w.leaf("definedError", error);
@@ -191,9 +193,13 @@ impl AppSession {
                 if let Some(s) = session_id {
                     w.leaf("sessionID", s);
                 }
-                w.open("sessionTermReason");
-                w.leaf("definedTermReason", reason);
-                w.close("sessionTermReason");
+                if reason.is_empty() {
+                    w.empty("sessionTermReason");
+                } else {
+                    w.open("sessionTermReason");
+                    w.leaf("definedTermReason", reason);
+                    w.close("sessionTermReason");
+                }
             }
         }
         w.close_root(self.name());
@@ -209,10 +215,17 @@ fn error_text(root: &Element<'_>) -> String {
     root.child("errorCode").map(leaf_text).unwrap_or_else(|| "unspecified".into())
 }
 
+/// A reason element itself empty is an empty reason (what `write` makes of one), not its own
+/// name (fuzz finding 11: `ApplicationSessionTerminated` without a reason came back with the
+/// reason `definedTermReason`).
 fn leaf_text(e: &Element<'_>) -> String {
-    let mut e = e;
-    while let Some(c) = e.children.first() {
-        e = c;
+    let mut leaf = e;
+    while let Some(c) = leaf.children.first() {
+        leaf = c;
     }
-    if e.text.is_empty() { e.name.to_owned() } else { e.text.to_string() }
+    match (leaf.text.is_empty(), std::ptr::eq(leaf, e)) {
+        (false, _) => leaf.text.to_string(),
+        (true, false) => leaf.name.to_owned(),
+        (true, true) => String::new(),
+    }
 }

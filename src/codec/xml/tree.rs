@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::ops::Range;
+use std::rc::Rc;
 
 use quick_xml::events::Event;
 use quick_xml::Reader;
@@ -27,11 +28,17 @@ pub struct Element<'a> {
     pub name: &'a str,
     /// The attributes as written (namespace declarations included), for verbatim re-encoding.
     pub attrs: &'a str,
-    /// The element's own text (character data and CDATA, entities resolved), trimmed.
+    /// The element's own text (character data and CDATA, entities resolved), trimmed of XML
+    /// white space (pretty-printing), nothing else.
     pub text: Cow<'a, str>,
     pub children: Vec<Element<'a>>,
     /// Bytes of the whole element in the document, start tag to end tag.
     pub span: Range<usize>,
+    /// The attributes (as written) of the ancestors that declare a namespace prefix
+    /// (`xmlns:ns3="…"`), outermost first; `None` when none does. Kept so that a fragment copied
+    /// verbatim into another document can carry the declarations of the prefixes it uses
+    /// ([`Element::verbatim`]): the copy lands under our root, where `ns3` means nothing.
+    pub scope: Option<Rc<[&'a str]>>,
 }
 
 impl<'a> Element<'a> {
@@ -49,18 +56,125 @@ impl<'a> Element<'a> {
     }
     /// The attributes to keep when the element is written again: all of them as written, unless
     /// they are only namespace declarations and schema locations (which the encoder writes itself).
-    pub fn kept_attrs(&self) -> &'a str {
+    /// A prefix they use that an ancestor declares gets its declaration appended, so that they
+    /// mean the same wherever they are written.
+    pub fn kept_attrs(&self) -> Cow<'a, str> {
         let start = quick_xml::events::BytesStart::from_content(self.attrs, 0);
         let own = start.attributes().flatten().any(|a| {
             let k = a.key.as_ref();
             !(k.starts_with("xmlns") || k.starts_with("xsi:"))
         });
-        if own { self.attrs } else { "" }
+        if !own {
+            return Cow::Borrowed("");
+        }
+        let decls = self.inherited_declarations(self.attrs);
+        if decls.is_empty() { Cow::Borrowed(self.attrs) } else { Cow::Owned(format!("{}{decls}", self.attrs)) }
     }
+
+    /// The element's bytes in `doc` (the document it was parsed from), to be written verbatim
+    /// elsewhere: as they came, plus, in the start tag, the declarations of the prefixes the
+    /// fragment uses that only an ancestor declared. Without them `<ns3:vendor>` under a root
+    /// `ns3:MakeCall xmlns:ns3="…"` would be written under our root with `ns3` undeclared: not
+    /// namespace-well-formed, and no longer the vendor's element.
+    pub fn verbatim(&self, doc: &bytes::Bytes) -> bytes::Bytes {
+        let frag = doc.slice(self.span.clone());
+        if self.scope.is_none() {
+            return frag;
+        }
+        let Ok(text) = std::str::from_utf8(&frag) else { return frag };
+        let decls = self.inherited_declarations(text);
+        if decls.is_empty() {
+            return frag;
+        }
+        let name_end = text.char_indices().skip(1).find(|&(_, c)| c.is_ascii_whitespace() || c == '/' || c == '>').map_or(text.len(), |(i, _)| i);
+        let mut v = Vec::with_capacity(frag.len() + decls.len());
+        v.extend_from_slice(&frag[..name_end]);
+        v.extend_from_slice(decls.as_bytes());
+        v.extend_from_slice(&frag[name_end..]);
+        bytes::Bytes::from(v)
+    }
+
+    /// ` xmlns:p="…"` for each prefix `p` that `text` uses (as `<p:`, `</p:` or ` p:`) and an
+    /// ancestor declares but this element does not (the innermost declaration wins). A prefix
+    /// used only in text content may be declared needlessly, which is harmless.
+    fn inherited_declarations(&self, text: &str) -> String {
+        let mut out = String::new();
+        let Some(scope) = &self.scope else { return out };
+        let mut done: Vec<String> = declared_prefixes(self.attrs).into_iter().map(|(p, _)| p).collect();
+        for attrs in scope.iter().rev() {
+            for (p, v) in declared_prefixes(attrs) {
+                if done.contains(&p) || !uses_prefix(text, &p) {
+                    continue;
+                }
+                let q = if v.contains('"') { '\'' } else { '"' };
+                out.push_str(&format!(" xmlns:{p}={q}{v}{q}"));
+                done.push(p);
+            }
+        }
+        out
+    }
+}
+
+/// The prefixes `attrs` declares, with their values as written.
+fn declared_prefixes(attrs: &str) -> Vec<(String, String)> {
+    let start = quick_xml::events::BytesStart::from_content(attrs, 0);
+    start
+        .attributes()
+        .flatten()
+        .filter_map(|a| {
+            let p = a.key.as_ref().strip_prefix("xmlns:").filter(|p| !p.is_empty())?;
+            Some((p.to_owned(), a.value.as_ref().to_owned()))
+        })
+        .collect()
+}
+
+/// Whether `text` uses prefix `p` on an element or attribute name.
+fn uses_prefix(text: &str, p: &str) -> bool {
+    let b = text.as_bytes();
+    text.match_indices(p).any(|(i, _)| b.get(i + p.len()) == Some(&b':') && (i == 0 || matches!(b[i - 1], b'<' | b'/') || b[i - 1].is_ascii_whitespace()))
 }
 
 fn err(kind: ErrorKind, at: u64) -> DecodeError {
     DecodeError::new(kind, usize::try_from(at).unwrap_or(usize::MAX)).within("CSTA XML")
+}
+
+/// The document with the characters XML 1.0 does not allow (`Char`, §2.2) replaced, lengths
+/// kept: C0 controls other than tab, LF and CR by `?`, U+FFFE and U+FFFF by U+FFFD. No XML can
+/// carry them, so no encoder could write them back; refusing the document instead would drop a
+/// whole event (a hang-up) for a stray byte in a display name. The writer writes these
+/// characters the same way, so a decoded message and its encoding agree (fuzz finding 9). The
+/// frame is returned as it is, without a copy, when it holds none (the usual case).
+pub fn without_forbidden_characters(doc: bytes::Bytes) -> bytes::Bytes {
+    let forbidden = |d: &[u8], i: usize| -> usize {
+        match d[i] {
+            b if b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r') => 1,
+            0xEF if d.get(i + 1) == Some(&0xBF) && matches!(d.get(i + 2), Some(0xBE | 0xBF)) => 3,
+            _ => 0,
+        }
+    };
+    // Fast path, one pass in 32-byte blocks the compiler vectorises: does any byte even look
+    // like the start of a forbidden character (a byte below 0x20, or 0xEF, the lead byte of
+    // U+FFFE/U+FFFF)? Only a block that does is looked at byte by byte (pretty-printed documents
+    // hit on their line ends).
+    let suspect = |b: u8| (b < 0x20) | (b == 0xEF);
+    let first = doc.chunks(32).enumerate().find_map(|(k, block)| {
+        if !block.iter().fold(false, |acc, &b| acc | suspect(b)) {
+            return None;
+        }
+        (k * 32..k * 32 + block.len()).find(|&i| forbidden(&doc, i) > 0)
+    });
+    let Some(first) = first else { return doc };
+    let mut v = doc.to_vec();
+    let mut i = first;
+    while i < v.len() {
+        match forbidden(&v, i) {
+            1 => v[i] = b'?',
+            3 => v[i + 2] = 0xBD,
+            _ => {}
+        }
+        i += 1;
+    }
+    bytes::Bytes::from(v)
 }
 
 /// Parse one document into its root element.
@@ -75,11 +189,21 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
     let mut r = Reader::from_str(&text[body_at..]);
     r.config_mut().check_end_names = true;
     r.config_mut().check_comments = false;
-    let mut stack: Vec<Element<'_>> = Vec::new();
+    let mut stack: Vec<Element<'_>> = Vec::with_capacity(8);
+    // The namespace scope of the children of each open element (see `Element::scope`).
+    let mut scopes: Vec<Option<Rc<[&str]>>> = Vec::with_capacity(8);
     let mut root: Option<Element<'_>> = None;
     let mut count = 0usize;
-    let open = |e: &quick_xml::events::BytesStart<'_>, after: usize, src: &str| -> Option<(usize, usize)> {
-        let start = src[..after].rfind('<')?;
+    // A start tag begins where the reader stood before reading it (text is an event of its own),
+    // not at the last '<' before its end: quick-xml ends a tag at the first '>' outside quotes
+    // and lets a '<' through, so `<a x="1"<b>` would otherwise be taken for `<b>` (fuzz finding
+    // 10). XML allows no '<' inside a tag at all: such a tag is refused.
+    let open = |e: &quick_xml::events::BytesStart<'_>, before: u64, after: usize, src: &str| -> Option<(usize, usize)> {
+        let start = usize::try_from(before).ok()?;
+        let tag = src.get(start..after)?;
+        if !tag.starts_with('<') || tag[1..].contains('<') {
+            return None;
+        }
         let name_len = e.name().as_ref().len();
         Some((start, name_len))
     };
@@ -98,20 +222,37 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
                 if root.is_some() && stack.is_empty() {
                     return Err(err(ErrorKind::XmlSyntax("a second root element".into()), before + body_at as u64));
                 }
-                let Some((start, name_len)) = open(&e, after, src) else {
-                    return Err(err(ErrorKind::XmlSyntax("start tag without '<'".into()), before + body_at as u64));
+                let Some((start, name_len)) = open(&e, before, after, src) else {
+                    return Err(err(ErrorKind::XmlSyntax("'<' inside a start tag".into()), before + body_at as u64));
                 };
                 let raw: &str = &src[start + 1..after - if empty { 2 } else { 1 }];
                 let qname = raw.get(..name_len).unwrap_or(raw);
                 let name = qname.rsplit(':').next().unwrap_or(qname);
                 let attrs = raw.get(name_len..).unwrap_or("");
-                let el = Element { name, attrs, text: Cow::Borrowed(""), children: Vec::new(), span: start + body_at..after + body_at };
+                // quick-xml reads attributes lazily: check them here, so that a start tag with a
+                // malformed or duplicate attribute is refused rather than kept (and written
+                // again verbatim) as it came.
+                // A reference in a value must resolve, as in text (no entity but the five).
+                if !attrs.trim_start().is_empty() {
+                    for a in e.attributes().with_checks(true) {
+                        let a = a.map_err(|e| err(ErrorKind::XmlSyntax(format!("attribute: {e}")), before + body_at as u64))?;
+                        a.normalized_value(quick_xml::XmlVersion::Implicit1_0).map_err(|_| err(ErrorKind::XmlEntity, before + body_at as u64))?;
+                    }
+                }
+                let scope = scopes.last().cloned().flatten();
+                let el = Element { name, attrs, text: Cow::Borrowed(""), children: Vec::new(), span: start + body_at..after + body_at, scope };
                 if empty {
                     push(&mut stack, &mut root, el);
                 } else {
                     if stack.len() >= MAX_XML_DEPTH {
                         return Err(err(ErrorKind::XmlTooDeep(MAX_XML_DEPTH), before + body_at as u64));
                     }
+                    let inner = if attrs.contains("xmlns:") {
+                        Some(el.scope.iter().flat_map(|s| s.iter().copied()).chain(std::iter::once(attrs)).collect::<Rc<[&str]>>())
+                    } else {
+                        el.scope.clone()
+                    };
+                    scopes.push(inner);
                     stack.push(el);
                 }
             }
@@ -119,20 +260,21 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
                 let Some(mut el) = stack.pop() else {
                     return Err(err(ErrorKind::XmlSyntax("end tag without start tag".into()), before + body_at as u64));
                 };
+                scopes.pop();
                 el.span.end = after + body_at;
                 if let Cow::Owned(s) = &mut el.text {
-                    let t = s.trim();
+                    let t = s.trim_matches(is_xml_space);
                     if t.len() != s.len() {
                         *s = t.to_owned();
                     }
                 } else if let Cow::Borrowed(s) = el.text {
-                    el.text = Cow::Borrowed(s.trim());
+                    el.text = Cow::Borrowed(s.trim_matches(is_xml_space));
                 }
                 push(&mut stack, &mut root, el);
             }
             Event::Text(t) => {
                 let Some(top) = stack.last_mut() else {
-                    if t.trim().is_empty() {
+                    if t.trim_matches(is_xml_space).is_empty() {
                         continue;
                     }
                     return Err(err(ErrorKind::XmlSyntax("text outside the root element".into()), before + body_at as u64));
@@ -162,12 +304,17 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
                 let Some(c) = resolved else {
                     return Err(err(ErrorKind::XmlEntity, before + body_at as u64));
                 };
+                // A reference to a character XML 1.0 does not allow reads as the character
+                // itself would (see `without_forbidden_characters`).
+                let c = match c {
+                    c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => '?',
+                    '\u{fffe}' | '\u{ffff}' => '\u{fffd}',
+                    c => c,
+                };
                 let Some(top) = stack.last_mut() else {
                     return Err(err(ErrorKind::XmlSyntax("reference outside the root element".into()), before + body_at as u64));
                 };
-                let mut s = std::mem::take(&mut top.text).into_owned();
-                s.push(c);
-                top.text = Cow::Owned(s);
+                owned(&mut top.text).push(c);
             }
             // No DTD: nothing can define an entity, nothing can point outside the document.
             Event::DocType(_) => return Err(err(ErrorKind::XmlDoctype, before + body_at as u64)),
@@ -181,6 +328,12 @@ pub fn parse(doc: &[u8]) -> Result<Element<'_>, DecodeError> {
     root.ok_or_else(|| err(ErrorKind::XmlSyntax("no root element".into()), 0))
 }
 
+/// XML's white space (§2.3 `S`): what pretty-printing adds around text. Not Unicode's: a
+/// no-break space or an NEL in a display name is content (`str::trim` would drop it).
+fn is_xml_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
+
 fn push<'a>(stack: &mut [Element<'a>], root: &mut Option<Element<'a>>, el: Element<'a>) {
     match stack.last_mut() {
         Some(parent) => parent.children.push(el),
@@ -192,10 +345,20 @@ fn append<'a>(text: &mut Cow<'a, str>, more: Cow<'a, str>) {
     if text.is_empty() {
         *text = more;
     } else if !more.is_empty() {
-        let mut s = std::mem::take(text).into_owned();
-        s.push_str(&more);
+        owned(text).push_str(&more);
+    }
+}
+
+/// The text as an owned string to add to, made with room for what usually follows: text split
+/// by references (`N&lt;+4989…&gt;;noa=int` arrives as five pieces) would otherwise grow its
+/// buffer piece by piece.
+fn owned<'s>(text: &'s mut Cow<'_, str>) -> &'s mut String {
+    if let Cow::Borrowed(b) = *text {
+        let mut s = String::with_capacity(b.len() + 48);
+        s.push_str(b);
         *text = Cow::Owned(s);
     }
+    text.to_mut()
 }
 
 #[cfg(test)]
