@@ -90,3 +90,48 @@ async fn probe_exit_codes_name_the_failure() {
     assert_eq!(code, 5);
     assert!(err.contains("keep_alive"), "{err}");
 }
+
+fn xml_config(addr: &str, extra: &str) -> String {
+    format!("[[pbx]]\nid = \"lab\"\naddress = \"{addr}\"\ndialect = \"xml\"\nreconnect_min = \"50ms\"\n{extra}")
+}
+
+/// The probe over CSTA XML: the same output and every exit code, the session login checked and
+/// never printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_over_csta_xml_with_every_exit_code() {
+    let mut cfg = SimConfig::xml(&["2005", "2006"], cstagate::codec::Framing::XmlHeader);
+    cfg.extensions.iter_mut().for_each(|e| e.behaviour = cstagate::sim::Behaviour::Answer { after: Duration::from_millis(10) });
+    cfg.credentials = Some(("cti".into(), "s3cret-77".into()));
+    let sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+    let addr = sim.addr().to_string();
+    let login = "acse_user = \"cti\"\nacse_password_env = \"CSTAGATE_TEST_PBX_PASSWORD\"\n";
+    let right = [("CSTAGATE_TEST_PBX_PASSWORD", "s3cret-77"), ("RUST_LOG", "trace")];
+
+    let (code, lines, err) = probe(&xml_config(&addr, login), &["--pbx", "lab", "--monitor", "2005", "--make-call", "2005", "0800100200", "--count", "5", "--timeout", "20s"], &right).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(lines.iter().any(|l| l["link"] == "up"));
+    assert!(lines.iter().any(|l| l["kind"] == "result" && l["operation"] == "makeCall"), "{lines:?}");
+    let events: Vec<&str> = lines.iter().filter_map(|l| l["event"].as_str()).collect();
+    assert_eq!(events, ["serviceInitiated", "originated", "networkReached", "delivered", "established"]);
+    assert!(lines.iter().any(|l| l["kind"] == "result" && l["operation"] == "clearConnection"), "the call it placed is cleared: {lines:?}");
+    assert!(err.contains("StartApplicationSession") && err.contains("<redacted>") && !err.contains("s3cret-77"), "the trace shows the login without its password: {err}");
+    tokio::time::timeout(Duration::from_secs(10), sim.wait_stats(|s| s.live_calls == 0)).await.unwrap_or_else(|_| panic!("the probe left its call up: {:?}", sim.stats()));
+
+    // 3: the session refused, with the PBX's reason, the password not printed.
+    let (code, _, err) = probe(&xml_config(&addr, login), &["--pbx", "lab"], &[("CSTAGATE_TEST_PBX_PASSWORD", "wrong-pw")]).await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("application session refused"), "{err}");
+    assert!(!err.contains("wrong-pw"), "{err}");
+    // 2: nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let (code, _, err) = probe(&xml_config(&closed, ""), &["--pbx", "lab"], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    // 4: a CSTA error by name.
+    let (code, _, err) = probe(&xml_config(&addr, login), &["--pbx", "lab", "--make-call", "9999", "2005"], &right[..1]).await;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("invalidCallingDevice"), "{err}");
+    // 5: a BER key with an XML preset.
+    let (code, _, err) = probe(&xml_config(&addr, "preamble = true\n"), &["--pbx", "lab"], &[]).await;
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("preamble"), "{err}");
+}
