@@ -186,3 +186,18 @@ fn a_kept_fragment_carries_the_prefix_declarations_it_needs() {
     assert!(text.contains(r#"<deviceID w:kind="x" xmlns:w="urn:w">2005</deviceID>"#), "{text}");
     assert!(text.contains(r#"<v:thing xmlns:ns3="urn:csta" xmlns:v="urn:vendor" ns3:a="1"><ns3:deep/></v:thing>"#), "{text}");
 }
+
+#[test]
+fn a_connection_with_two_call_ids_or_two_devices_is_not_guessed() {
+    for conn in ["<callID>1</callID><callID>2</callID><deviceID>2005</deviceID>", "<callID>1</callID><deviceID>2005</deviceID><deviceID>2006</deviceID>"] {
+        // A mandatory member that is ambiguous: the event does not decode, and says which member.
+        let doc = format!("<EstablishedEvent><monitorCrossRefID>7</monitorCrossRefID><establishedConnection>{conn}</establishedConnection></EstablishedEvent>");
+        let err = XmlMessage::decode(&framed("9999", &doc), Framing::XmlHeader).unwrap_err();
+        assert!(err.to_string().contains("establishedConnection"), "{conn}: {err}");
+        // Where the member is not one the event names, it is kept verbatim and re-encodes as it came.
+        let doc = format!("<EstablishedEvent><monitorCrossRefID>7</monitorCrossRefID><establishedConnection><callID>9</callID></establishedConnection><primaryOldCall>{conn}</primaryOldCall></EstablishedEvent>");
+        let m = decode("9999", &doc);
+        let wire = String::from_utf8(m.to_vec(Framing::XmlHeader, ProtocolVersion::Ed4).unwrap()).unwrap();
+        assert!(wire.contains(&format!("<primaryOldCall>{conn}</primaryOldCall>")), "kept as it came: {wire}");
+    }
+}

@@ -196,19 +196,22 @@ fn device_ref(e: &Element<'_>) -> Option<DeviceRef> {
     }
 }
 
+/// A connection's `callID` and device; `None` (the member kept verbatim) for anything else in it,
+/// or a second call or device: which one counts would be a guess, and re-encoding would drop the
+/// other.
 fn connection(e: &Element<'_>) -> Option<ConnectionId> {
     let mut c = ConnectionId::default();
     for m in &e.children {
         match m.name {
-            "callID" if m.children.is_empty() => c.call = Some(Bytes::copy_from_slice(m.text.as_bytes())),
-            "deviceID" | "staticID" => {
+            "callID" if m.children.is_empty() && c.call.is_none() => c.call = Some(Bytes::copy_from_slice(m.text.as_bytes())),
+            "deviceID" | "staticID" if c.device.is_none() => {
                 let d = match m.children.as_slice() {
                     [s] if s.name == "staticID" => device_id(s)?,
                     _ => device_id(m)?,
                 };
                 c.device = Some(LocalDevice::Static(d));
             }
-            "dynamicID" if m.children.is_empty() => c.device = Some(LocalDevice::Dynamic(Bytes::copy_from_slice(m.text.as_bytes()))),
+            "dynamicID" if m.children.is_empty() && c.device.is_none() => c.device = Some(LocalDevice::Dynamic(Bytes::copy_from_slice(m.text.as_bytes()))),
             _ => return None,
         }
     }
