@@ -6,6 +6,7 @@
 //! engine and the HTTP API.
 
 pub mod api;
+pub mod api_tls;
 pub mod association;
 pub mod capture;
 pub mod clock;

@@ -251,6 +251,7 @@ async fn run_gateway(path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let hangup = watch_hangup();
     let config = match cstagate::config::Config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -273,15 +274,55 @@ async fn run_gateway(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(if matches!(e, cstagate::server::StartError::Config(_)) { 5 } else { 2 });
         }
     };
-    println!("cstagate gateway API on http://{}", running.addr);
+    println!("cstagate gateway API on {}://{}", if running.tls() { "https" } else { "http" }, running.addr);
     if let Some(addr) = running.fastagi_addr {
         println!("cstagate FastAGI on {addr}");
     }
-    let signal = stop.recv().await;
+    let signal = tokio::select! {
+        s = stop.recv() => s,
+        () = reload_on_hangup(hangup, &running) => "none",
+    };
     tracing::info!(signal, "stop requested");
     running.shutdown().await;
     println!("cstagate gateway stopped");
     ExitCode::SUCCESS
+}
+
+/// On each SIGHUP, read the API's TLS files again ([`cstagate::server::Running::reload_tls`]),
+/// the usual way to tell a daemon its renewed certificate is in place. Never returns (pending
+/// forever when SIGHUP cannot be watched, or off Unix).
+async fn reload_on_hangup(hangup: Hangup, running: &cstagate::server::Running) {
+    #[cfg(unix)]
+    {
+        match hangup {
+            Ok(mut hup) => {
+                while hup.recv().await.is_some() {
+                    match running.reload_tls() {
+                        Ok(true) => tracing::info!(trigger = "SIGHUP", "API TLS certificate reloaded: new connections use it"),
+                        Ok(false) => tracing::info!("SIGHUP: the API has no TLS files to reload"),
+                        Err(e) => tracing::warn!(trigger = "SIGHUP", error = %e, "API TLS reload failed: the certificate in use is kept"),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot watch for SIGHUP: the API certificate is reloaded on file changes only"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (hangup, running);
+    std::future::pending::<()>().await;
+}
+
+/// SIGHUP, watched from the start on (its default action would end the process).
+#[cfg(unix)]
+type Hangup = std::io::Result<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+fn watch_hangup() -> Hangup {
+    #[cfg(unix)]
+    {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    }
 }
 
 /// Ctrl-C (SIGINT), or SIGTERM (what service managers and `kill` send): either stops the gateway

@@ -3,8 +3,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use crate::config::Secrets;
+use crate::api_tls::ApiTls;
 use crate::association::{Action, Engine};
 use crate::config::{read_secret, Config, ConfigError, SecretSource};
 use crate::clock::now_ms;
@@ -30,9 +32,29 @@ pub struct Running {
     shutdown: Shutdown,
     /// `shutdown_grace`: how long requests in progress have to finish.
     grace: std::time::Duration,
+    /// The API's TLS configuration, when `tls_cert` and `tls_key` are set.
+    tls: Option<Arc<ApiTls>>,
 }
 
 impl Running {
+    /// Whether the API speaks HTTPS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// Read the API's certificate, key and client CA again (what SIGHUP does): handshakes begun
+    /// afterwards use them, open connections keep theirs. `Ok(false)` without TLS.
+    ///
+    /// # Errors
+    /// A file is unreadable or invalid, or the key does not match: the error names the key and
+    /// the file, and the configuration in use is kept.
+    pub fn reload_tls(&self) -> Result<bool, ConfigError> {
+        match &self.tls {
+            None => Ok(false),
+            Some(tls) => tls.reload().map(|()| true),
+        }
+    }
+
     /// Stop, in this order, and return when done: stop accepting connections (API and FastAGI:
     /// their listeners are closed, a new connection is refused) and let the requests and
     /// sessions in progress finish, for `shutdown_grace` at most (connections still open then
@@ -68,10 +90,14 @@ impl Running {
 /// and say nothing, or send headers byte by byte, cannot hold the API: their slots free up within
 /// `header_timeout`. (`axum::serve` has neither limit.)
 ///
+/// With `tls`, every connection first completes a TLS handshake with the configuration in use
+/// at that moment (within `header_timeout`, holding its slot); one that fails is closed without
+/// an HTTP answer, so a plain HTTP request gets nothing.
+///
 /// When `shutdown` begins it returns, closing the listener, and each connection finishes the
 /// response in progress and closes (an idle one at once: hyper's graceful shutdown); one still
 /// open when the grace period is over is closed.
-async fn serve(listener: tokio::net::TcpListener, app: axum::Router, max_connections: usize, header_timeout: std::time::Duration, shutdown: Shutdown) {
+async fn serve(listener: tokio::net::TcpListener, app: axum::Router, max_connections: usize, header_timeout: std::time::Duration, tls: Option<Arc<ApiTls>>, shutdown: Shutdown) {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
         let accepted = tokio::select! {
@@ -92,34 +118,59 @@ async fn serve(listener: tokio::net::TcpListener, app: axum::Router, max_connect
                 continue;
             }
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let stop = shutdown.clone();
+        let tls = tls.clone();
         shutdown.spawn(async move {
             let _slot = slot;
-            let mut http = hyper::server::conn::http1::Builder::new();
-            http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
-            let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                () = stop.stopping() => None,
+            let Some(tls) = tls else {
+                return serve_connection(hyper_util::rt::TokioIo::new(stream), app, header_timeout, stop, peer).await;
             };
-            let ended = match ended {
-                Some(r) => r,
-                None => {
-                    // The response in progress goes out, then the connection closes.
-                    conn.as_mut().graceful_shutdown();
-                    tokio::select! {
-                        r = conn.as_mut() => r,
-                        // Grace period over: dropping the connection closes it.
-                        () = stop.closing() => return,
-                    }
-                }
+            // The handshake has `header_timeout` as well: a client that connects and says
+            // nothing, or trickles its ClientHello, frees its slot as soon as with plain HTTP.
+            let handshake = tokio::select! {
+                h = tokio::time::timeout(header_timeout, tls.acceptor().accept(stream)) => h,
+                () = stop.stopping() => return,
             };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, error = %e, "API connection ended");
+            match handshake {
+                Ok(Ok(stream)) => serve_connection(hyper_util::rt::TokioIo::new(stream), app, header_timeout, stop, peer).await,
+                // Plain HTTP, an untrusted client certificate or none when one is required.
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "API TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, timeout = ?header_timeout, "API TLS handshake not finished in time"),
             }
         });
+    }
+}
+
+/// HTTP/1.1 on one accepted connection (TCP, or TLS once the handshake is done) until it
+/// closes, the client is too slow with its headers, or the shutdown's grace period ends.
+async fn serve_connection<I>(io: I, app: axum::Router, header_timeout: std::time::Duration, stop: Shutdown, peer: SocketAddr)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(header_timeout);
+    let conn = http.serve_connection(io, service);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        () = stop.stopping() => None,
+    };
+    let ended = match ended {
+        Some(r) => r,
+        None => {
+            // The response in progress goes out, then the connection closes.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                r = conn.as_mut() => r,
+                // Grace period over: dropping the connection closes it.
+                () = stop.closing() => return,
+            }
+        }
+    };
+    if let Err(e) = ended {
+        tracing::debug!(%peer, error = %e, "API connection ended");
     }
 }
 
@@ -179,6 +230,7 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     // Everything the configuration can refuse (policies, ACSE passwords) before the store.
     let policies = config.policies()?;
     let profiles = config.pbx.iter().map(crate::config::PbxConfig::profile).collect::<Result<Vec<_>, _>>()?;
+    let tls = config.gateway.tls_files().map(ApiTls::load).transpose()?;
     let store = SqliteStore::open(&config.gateway.database)?;
     let snap = store.snapshot(now_ms())?;
     let (engine, restored): (Engine, Vec<Action>) = Engine::restore(policies, snap, now_ms());
@@ -190,8 +242,17 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let guards = crate::ivr::IvrGuards::new(config.gateway.ivr_guesses_per_minute);
     let app = crate::api::router_with(gateway.clone(), secrets, guards.clone());
     let shutdown = Shutdown::new();
-    let server = tokio::spawn(serve(listener, app, config.gateway.max_connections, config.gateway.header_timeout, shutdown.clone()));
-    tracing::info!(%addr, "gateway API listening");
+    let tls = tls.map(Arc::new);
+    if let Some(t) = &tls {
+        tokio::spawn(t.clone().watch(shutdown.clone()));
+    }
+    let server = tokio::spawn(serve(listener, app, config.gateway.max_connections, config.gateway.header_timeout, tls.clone(), shutdown.clone()));
+    if tls.is_some() {
+        tracing::info!(%addr, client_certificates = config.gateway.tls_client_ca.is_some(), "gateway API listening (HTTPS)");
+    } else {
+        tracing::warn!(%addr, "the API serves plain HTTP: bearer tokens and IVR webhook signatures cross the network in clear; set [gateway] tls_cert and tls_key");
+        tracing::info!(%addr, "gateway API listening");
+    }
     let mut fastagi_addr = None;
     let mut fastagi = None;
     if let Some(listen) = &config.gateway.fastagi_listen {
@@ -207,7 +268,7 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
         fastagi = Some(tokio::spawn(crate::ivr::fastagi::serve_until(l, gateway.clone(), std::sync::Arc::new(settings), guards, shutdown.clone())));
         tracing::info!(addr = ?fastagi_addr, "FastAGI server listening");
     }
-    Ok(Running { addr, fastagi_addr, gateway, server, fastagi, shutdown, grace: config.gateway.shutdown_grace })
+    Ok(Running { addr, fastagi_addr, gateway, server, fastagi, shutdown, grace: config.gateway.shutdown_grace, tls })
 }
 
 /// Connections the kernel queues for a listener before the gateway accepts them. A burst of app

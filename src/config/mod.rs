@@ -72,6 +72,16 @@ pub struct GatewaySettings {
     /// finish once no new connection is accepted; those still open then are closed.
     #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
     pub shutdown_grace: std::time::Duration,
+    /// PEM certificate (its chain may follow) of the API listener: with `tls_key`, the API and
+    /// the IVR webhook speak HTTPS only, since bearer tokens and webhook signatures must not
+    /// cross the network in clear. Read at start and again when the file changes or on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: when set, only clients with a certificate signed by one of them
+    /// complete the handshake (mutual TLS), for deployments where the cloud services and the
+    /// IVR platform hold client certificates.
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl Default for GatewaySettings {
@@ -89,6 +99,9 @@ impl Default for GatewaySettings {
             fastagi_allow: default_fastagi_allow(),
             ivr_guesses_per_minute: default_ivr_guesses_per_minute(),
             shutdown_grace: default_shutdown_grace(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
         }
     }
 }
@@ -106,8 +119,33 @@ impl GatewaySettings {
         self.fastagi_allow.iter().map(|s| s.parse().map_err(invalid)).collect()
     }
 
+    /// The API's TLS files, when `tls_cert` and `tls_key` are set (`Config::parse` made sure
+    /// they come together); the files themselves are read at start ([`crate::api_tls`]).
+    pub fn tls_files(&self) -> Option<crate::api_tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::api_tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: self.tls_client_ca.clone() }),
+            _ => None,
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         self.fastagi_allow_networks()?;
+        let invalid = |key, why: &str| Err(ConfigError::Invalid { at: "[gateway]".into(), key, why: why.into() });
+        // One without the other would leave the API in clear while the operator believes it is
+        // not, or name a key nobody uses.
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return invalid("tls_key", "is required with tls_cert (the certificate's private key)"),
+            (None, Some(_)) => return invalid("tls_cert", "is required with tls_key (the key's certificate)"),
+            _ => {}
+        }
+        if self.tls_client_ca.is_some() && self.tls_cert.is_none() {
+            return invalid("tls_client_ca", "needs tls_cert and tls_key (client certificates are asked for in a TLS handshake)");
+        }
+        for (key, path) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key), ("tls_client_ca", &self.tls_client_ca)] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return invalid(key, "is empty (a PEM file's path)");
+            }
+        }
         if !(1..=100_000).contains(&self.ivr_guesses_per_minute) {
             return Err(ConfigError::Invalid { at: "[gateway]".into(), key: "ivr_guesses_per_minute", why: "must be 1 to 100000".into() });
         }
