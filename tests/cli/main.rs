@@ -7,6 +7,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[allow(dead_code)]
+#[path = "../tls_common/mod.rs"]
+mod tls_common;
+
 mod decode_cli;
 mod decode_xml;
 mod probe_cli;
@@ -14,3 +18,4 @@ mod readme_config;
 mod readme_walkthrough;
 mod config_checks;
 mod shutdown;
+mod tls_api;
