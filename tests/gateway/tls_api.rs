@@ -46,7 +46,7 @@ async fn tls_api_serves_authenticated_requests_over_https_only() {
     assert!(!got.starts_with(b"HTTP/"), "plain HTTP answered: {:?}", String::from_utf8_lossy(&got));
 
     // A client trusting another CA refuses the server's certificate.
-    let e = connect(addr, client_config(&Ca::new("another CA"), None)).await.err().expect("refused");
+    let e = connect(addr, client_config(&Ca::new("another CA"), None)).await.expect_err("refused");
     assert!(e.contains("UnknownIssuer"), "{e}");
 
     gw.running.shutdown().await;
@@ -135,7 +135,7 @@ async fn tls_api_certificate_files_replaced_are_used_by_new_connections_only() {
     install(&dir, &second);
     assert!(wait_for_cert(addr, client_config(&ca2, None), &second.der).await, "the new certificate is not served");
     // Clients trusting only the first CA now refuse new connections; the open one still works.
-    let e = connect(addr, client_config(&ca, None)).await.err().expect("the old CA no longer fits");
+    let e = connect(addr, client_config(&ca, None)).await.expect_err("the old CA no longer fits");
     assert!(e.contains("UnknownIssuer"), "{e}");
     assert_eq!(get(&mut kept, "/v1/pbx", &token).await.map(|r| r.0), Ok(200));
     assert_eq!(peer_cert(&kept), first.der);
