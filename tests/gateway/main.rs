@@ -7,6 +7,10 @@
 #[path = "../notify_common/mod.rs"]
 mod notify_common;
 
+#[allow(dead_code)]
+#[path = "../csta_tls_pki/mod.rs"]
+mod csta_tls_pki;
+
 mod gateway_e2e;
 mod proof_of_presence;
 mod notify;
@@ -15,3 +19,4 @@ mod fastagi;
 mod ivr_guesses;
 mod storage_failure;
 mod redaction;
+mod csta_tls;
