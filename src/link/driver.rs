@@ -158,7 +158,7 @@ impl Driver {
                 warn!(address = %self.p.address, reason = %why, "TLS handshake failed");
                 End::Lost(LinkLoss::Tls(why))
             }
-            Err(_) => End::Lost(LinkLoss::Tls("no handshake within the connect timeout".into())),
+            Err(_) => End::Lost(LinkLoss::Tls("no handshake within the connect timeout (a plain CSTA port?)".into())),
         }
     }
 

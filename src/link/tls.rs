@@ -177,7 +177,7 @@ pub fn describe(e: &rustls::Error, tls: &LinkTls) -> String {
             CertificateError::NotValidForName => format!("certificate for another name (expected {name})"),
             CertificateError::NotValidForNameContext { presented, .. } => {
                 // The names come from the PBX: bounded, so a hostile certificate cannot fill the log.
-                let mut shown: Vec<String> = presented.iter().take(4).map(|p| p.chars().take(64).collect()).collect();
+                let mut shown: Vec<String> = presented.iter().take(4).map(|p| presented_name(p).chars().take(64).collect()).collect();
                 if presented.len() > 4 {
                     shown.push("…".into());
                 }
@@ -197,6 +197,12 @@ pub fn describe(e: &rustls::Error, tls: &LinkTls) -> String {
         E::InvalidMessage(_) | E::InappropriateMessage { .. } | E::InappropriateHandshakeMessage { .. } => "the PBX did not answer in TLS (a plain CSTA port?)".into(),
         other => other.to_string(),
     }
+}
+
+/// rustls writes the names a certificate presents as `DnsName("pbx.example")` or
+/// `IpAddress(10.0.0.5)`: the name alone reads better.
+fn presented_name(p: &str) -> &str {
+    p.strip_prefix("DnsName(\"").and_then(|r| r.strip_suffix("\")")).or_else(|| p.strip_prefix("IpAddress(").and_then(|r| r.strip_suffix(')'))).unwrap_or(p)
 }
 
 fn alert(a: AlertDescription, client_cert: bool) -> String {
@@ -261,5 +267,6 @@ mod tests {
         assert!(parse_server_name("10.0.0.5").is_some_and(|n| matches!(n, ServerName::IpAddress(_))));
         assert!(parse_server_name("pbx.example").is_some());
         assert!(parse_server_name("not a name").is_none());
+        assert_eq!((presented_name("DnsName(\"pbx.example\")"), presented_name("IpAddress(10.0.0.5)"), presented_name("other")), ("pbx.example", "10.0.0.5", "other"));
     }
 }

@@ -7,6 +7,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[allow(dead_code)]
+#[path = "../csta_tls_pki/mod.rs"]
+mod csta_tls_pki;
+
 mod decode_cli;
 mod decode_xml;
 mod probe_cli;

@@ -135,3 +135,23 @@ async fn probe_over_csta_xml_with_every_exit_code() {
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("preamble"), "{err}");
 }
+
+/// `probe` over CSTA over TLS: up against the TLS simulator; a certificate for another name is a
+/// connection failure (exit 2) with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_over_tls_comes_up_and_a_name_mismatch_exits_2_with_the_reason() {
+    let pki = crate::csta_tls_pki::Pki::new("probe");
+    let mut cfg = SimConfig::phase3(&["2005"]);
+    cfg.tls = Some(pki.sim_tls(false));
+    let sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+    let addr = sim.addr().to_string();
+    let (code, lines, err) = probe(&config(&addr, &pki.pbx_lines("")), &["--pbx", "lab", "--monitor", "2005", "--timeout", "1s"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(lines.iter().any(|l| l["link"] == "up"), "{lines:?}");
+    assert_eq!(sim.stats().requests.get("MonitorStart").copied(), Some(1), "the monitor went over TLS: {:?}", sim.stats().requests);
+
+    let (code, lines, err) = probe(&config(&addr, &pki.pbx_lines("tls_server_name = \"pbx.example\"\n")), &["--pbx", "lab"], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("TLS: certificate for another name (expected pbx.example"), "{err}");
+    assert!(lines.iter().any(|l| l["link"] == "down" && l["reason"].as_str().is_some_and(|r| r.starts_with("TLS: "))), "{lines:?}");
+}
