@@ -3,7 +3,6 @@
 //! client certificate signed by it, and what must fail: a second CA nobody configured, a client
 //! certificate of that CA, an expired PBX certificate. Written as PEM files in a fresh directory,
 //! since the gateway's configuration names files.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 
