@@ -119,6 +119,16 @@ enum Command {
         /// OpenScape and MX-ONE) or `none` (requests served at once).
         #[arg(long, default_value = "required", value_parser = ["required", "none"])]
         xml_session: String,
+        /// Serve CSTA over TLS with this certificate chain (PEM), as a PBX's TLS CTI port does;
+        /// with --tls-key.
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require a client certificate signed by a CA of this PEM file (mutual TLS).
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
     },
 }
 
@@ -182,7 +192,7 @@ fn main() -> ExitCode {
                 }
             }
         }),
-        Command::SimPbx { listen, dialect, extensions, ivr_number, lock_prefix, acse_user, acse_password_env, keepalive, answer_after, phase2_results, local_pin, pin_delay, xml_session } => {
+        Command::SimPbx { listen, dialect, extensions, ivr_number, lock_prefix, acse_user, acse_password_env, keepalive, answer_after, phase2_results, local_pin, pin_delay, xml_session, tls_cert, tls_key, tls_client_ca } => {
             let (framing, dialect, preamble) = match dialect {
                 Profile::Oxe => (Framing::TwoByteLength, Dialect::Phase2, true),
                 Profile::Hipath => (Framing::Siemens, Dialect::Phase3, false),
@@ -212,6 +222,17 @@ fn main() -> ExitCode {
                 (Some(u), None) => Some((u, "".into())),
                 _ => None,
             };
+            let tls = match (&tls_cert, &tls_key) {
+                (Some(cert), Some(key)) => match cstagate::sim::SimTls::from_pem_files(cert, key, tls_client_ca.as_deref()) {
+                    Ok(t) => Some(t),
+                    Err(e) => {
+                        eprintln!("cstagate sim-pbx: TLS: {e}");
+                        return ExitCode::from(5);
+                    }
+                },
+                // clap requires both or neither.
+                _ => None,
+            };
             let cfg = cstagate::sim::SimConfig {
                 dialect,
                 framing,
@@ -231,6 +252,7 @@ fn main() -> ExitCode {
                 phase2_results: phase2_results.parse().unwrap_or_default(),
                 // clap allowed only `required` and `none`.
                 xml: cstagate::sim::SimXml { session: xml_session == "required", ..cstagate::sim::SimXml::default() },
+                tls,
             };
             let rt = runtime();
             let code = rt.block_on(run_sim(cfg, &listen));

@@ -67,7 +67,7 @@ fn counter(reg: &mut Registry, name: &str, help: &str, v: u64) {
 }
 
 /// The link counters (by `pbx`), named as [`crate::link::StatsSnapshot`]'s fields.
-const LINK_COUNTERS: [(&str, &str); 14] = [
+const LINK_COUNTERS: [(&str, &str); 15] = [
     ("frames_in", "Frames received from the PBX"),
     ("frames_out", "Frames sent to the PBX"),
     ("decode_errors", "APDUs from the PBX that did not decode"),
@@ -82,6 +82,7 @@ const LINK_COUNTERS: [(&str, &str); 14] = [
     ("undecodable_responses", "Results and errors for an outstanding invoke of ours that did not decode"),
     ("requests_ok", "Requests answered with a result"),
     ("requests_failed", "Requests answered with an error or lost with the link"),
+    ("tls_failures", "Connections to the PBX lost to TLS (handshake refused either way, or a TLS alert)"),
 ];
 
 /// Every metric, as OpenMetrics text.

@@ -78,6 +78,9 @@ pub struct LocalOptions {
     /// for benchmarks that bind the same extensions thousands of times. Set on the parsed
     /// configuration, so no file can ask for it.
     pub proof_calls_per_hour: Option<usize>,
+    /// Return once the gateway serves, without waiting for the PBX link to come up: for tests
+    /// of a link that must stay down (a PBX whose TLS certificate is refused).
+    pub link_may_be_down: bool,
 }
 
 /// The real gateway started on loopback next to a simulated PBX: a database file, tenants
@@ -110,7 +113,8 @@ impl LocalGateway {
     /// hold the four of [`Tokens`] (as [`local_secrets`] does).
     ///
     /// # Errors
-    /// The configuration is refused, the gateway cannot start, or the link stays down 10 s.
+    /// The configuration is refused, the gateway cannot start, or the link stays down 10 s
+    /// (unless [`LocalOptions::link_may_be_down`]).
     pub async fn start(sim: &SimPbx, o: LocalOptions, secrets: Secrets) -> Result<LocalGateway, LocalError> {
         let tokens = Tokens::of(&secrets).ok_or(LocalError::Secrets)?;
         let db = match o.db {
@@ -125,7 +129,13 @@ impl LocalGateway {
         if let Some(n) = o.proof_calls_per_hour {
             config.pbx.iter_mut().for_each(|p| p.proof_calls_per_hour = Some(n));
         }
-        let (running, http) = crate::demo::start_local(&config, secrets).await?;
+        let (running, http) = if o.link_may_be_down {
+            let running = crate::server::start(&config, secrets).await.map_err(LocalStartError::from)?;
+            let http = Http::new(&format!("http://{}", running.addr));
+            (running, http)
+        } else {
+            crate::demo::start_local(&config, secrets).await?
+        };
         Ok(LocalGateway { running, http, db, tokens })
     }
 

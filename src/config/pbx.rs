@@ -18,6 +18,7 @@ use crate::codec::body::Wrapping;
 use crate::codec::framing::Framing;
 use crate::codec::values::{Dialect, Secret};
 use crate::codec::xml::{Login, LoginStyle, ProtocolVersion};
+use crate::link::tls;
 
 /// Presets of the PBX families we know (brief §1, §3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -114,6 +115,21 @@ pub struct PbxConfig {
     pub xml_login: Option<LoginStyle>,
     pub xml_framing: Option<XmlFraming>,
     pub xml_session: Option<XmlSession>,
+    // CSTA over TLS (any dialect: the preamble, ACSE or the XML session go inside TLS).
+    /// Speak TLS 1.2 or 1.3 to the PBX. `address` then names the PBX's TLS port (the presets'
+    /// ports are the plain ones).
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM file of the CA certificates the PBX's certificate must chain to; without it, the
+    /// public roots (`webpki-roots`), which a PBX's certificate rarely chains to.
+    pub tls_ca: Option<PathBuf>,
+    /// The name the PBX's certificate must carry (a DNS name or an IP address); by default the
+    /// host part of `address`.
+    pub tls_server_name: Option<String>,
+    /// Our client certificate chain (PEM), for a PBX that requires one; with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`; with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
     // The association policy of this PBX, keys of the same table. (Not a `#[serde(flatten)]`ed
     // struct: through a flatten a wrong type is reported against `pbx[0]`, not the key.)
     /// The tenant whose accounts may bind extensions of this PBX; a `[[tenant]]` must define it.
@@ -192,6 +208,9 @@ pub struct LinkProfile {
     /// CSTA XML (the framing is then `xml-header` or `xml-nul`, and `acse` is `None`): the
     /// session to open. `None` for BER links.
     pub xml: Option<XmlProfile>,
+    /// CSTA over TLS (`tls = true`): the client configuration and the name the PBX's
+    /// certificate must carry. `None`: plain TCP.
+    pub tls: Option<crate::link::tls::LinkTls>,
 }
 
 /// What a CSTA XML link needs beyond its framing.
@@ -241,6 +260,7 @@ impl LinkProfile {
             reconnect_max: default_reconnect_max(),
             phase2_results: Wrapping::Bare,
             xml: None,
+            tls: None,
         }
     }
 
@@ -288,6 +308,7 @@ impl PbxConfig {
         if (self.acse_password_env.is_some() || self.acse_password_file.is_some()) && self.acse_user.is_none() {
             return Err(self.invalid("acse_user", "is required when a password is configured"));
         }
+        self.validate_tls()?;
         let xml_keys = [
             ("xml_protocol_version", self.xml_protocol_version.is_some()),
             ("application_id", self.application_id.is_some()),
@@ -352,10 +373,62 @@ impl PbxConfig {
         Ok(())
     }
 
-    /// Apply the preset and read the password.
+    /// The `tls*` keys without reading their files (that is [`PbxConfig::profile`]'s).
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let keys = [("tls_ca", self.tls_ca.is_some()), ("tls_server_name", self.tls_server_name.is_some()), ("tls_cert", self.tls_cert.is_some()), ("tls_key", self.tls_key.is_some())];
+        if !self.tls {
+            if let Some((key, _)) = keys.iter().find(|(_, set)| *set) {
+                return Err(self.invalid(key, "applies only with tls = true"));
+            }
+            return Ok(());
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(self.invalid("tls_key", "is required with tls_cert (the client certificate's private key)")),
+            (None, Some(_)) => return Err(self.invalid("tls_cert", "is required with tls_key (the client certificate)")),
+            _ => {}
+        }
+        match &self.tls_server_name {
+            Some(n) if tls::parse_server_name(n).is_none() => Err(self.invalid("tls_server_name", "is not a DNS name or an IP address")),
+            Some(_) => Ok(()),
+            None if tls::parse_server_name(tls::host_of(&self.address)).is_none() => {
+                Err(self.invalid("address", "has a host that is not a TLS server name: set tls_server_name"))
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The link's TLS client: the CA, the client certificate and key read from their files now
+    /// (so a missing or wrong file stops the start, naming its key and path), and the server
+    /// name (`tls_server_name`, or the host of `address`).
+    fn link_tls(&self, address: &str) -> Result<tls::LinkTls, ConfigError> {
+        let file = |key: &'static str, path: Option<&PathBuf>, why: String| match path {
+            Some(p) => self.invalid(key, format!("file {}: {why}", p.display())),
+            None => self.invalid(key, why),
+        };
+        let ca = match &self.tls_ca {
+            Some(p) => Some(tls::read_certs(p).map_err(|w| file("tls_ca", Some(p), w))?),
+            None => None,
+        };
+        let client = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some((tls::read_certs(c).map_err(|w| file("tls_cert", Some(c), w))?, tls::read_key(k).map_err(|w| file("tls_key", Some(k), w))?)),
+            _ => None,
+        };
+        let client_cert = client.is_some();
+        let config = tls::client_config(ca, client).map_err(|e| match e.input {
+            "key" => file("tls_key", self.tls_key.as_ref(), e.why),
+            "cert" => file("tls_cert", self.tls_cert.as_ref(), e.why),
+            _ => file("tls_ca", self.tls_ca.as_ref(), e.why),
+        })?;
+        let name = self.tls_server_name.as_deref().unwrap_or_else(|| tls::host_of(address));
+        let server_name = tls::parse_server_name(name).ok_or_else(|| self.invalid("tls_server_name", format!("`{name}` is not a DNS name or an IP address")))?;
+        Ok(tls::LinkTls { config: std::sync::Arc::new(config), server_name, client_cert })
+    }
+
+    /// Apply the preset, read the password and the TLS files.
     ///
     /// # Errors
-    /// The password's environment variable or file is missing or empty.
+    /// The password's environment variable or file is missing or empty; a TLS file cannot be
+    /// read or does not hold what its key needs (the error names the key and the path).
     pub fn profile(&self) -> Result<LinkProfile, ConfigError> {
         let (port, framing, dialect, preamble, context, versions): (u16, Framing, Dialect, bool, &str, Vec<u32>) = match self.dialect {
             // OXE: ECMA-180 context; CSTA versions one and two (brief §3.3).
@@ -373,6 +446,7 @@ impl PbxConfig {
             (_, Some(file)) => Some(read_secret(&self.at(), "acse_password_file", SecretSource::File(file))?),
             _ => None,
         };
+        let tls = if self.tls { Some(self.link_tls(&address)?) } else { None };
         let context = self.acse_context.as_deref().unwrap_or(context);
         let acse = (context != "none" && !self.dialect.is_xml()).then(|| AarqParams {
             context: context.to_owned(),
@@ -407,6 +481,7 @@ impl PbxConfig {
                 }),
                 session: self.xml_session.unwrap_or_default() == XmlSession::Required,
             }),
+            tls,
         })
     }
 

@@ -9,13 +9,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep_until, timeout, Instant};
 use tracing::{debug, info, warn};
 
 use super::parts::Backoff;
+use super::tls::LinkTls;
 use super::registry::{Need, PortEntry, Registry};
 use super::{Command, Control, LinkLoss, LinkState, Reply, RequestError, RequestId, Session, SessionEvent, Stats, LATE_RESULTS_KEPT};
 use crate::config::LinkProfile;
@@ -40,6 +41,16 @@ pub(super) struct Driver {
     /// the session awaits. Bounded: pruned to those the session still awaits (at most
     /// [`LATE_RESULTS_KEPT`]) whenever it holds twice that.
     late: HashMap<RequestId, (u64, u64)>,
+}
+
+/// An I/O error of a connection: over TLS, an error rustls reports (an alert from the PBX, such
+/// as the refusal of our client certificate after a TLS 1.3 handshake) is a TLS loss in words;
+/// anything else is `plain`.
+fn io_loss(e: &std::io::Error, tls: Option<&LinkTls>, plain: LinkLoss) -> LinkLoss {
+    match (tls, super::tls::rustls_error(e)) {
+        (Some(t), Some(r)) => LinkLoss::Tls(super::tls::describe(r, t)),
+        _ => plain,
+    }
 }
 
 /// The session's clock is the runtime's (paused in tests that pause it).
@@ -79,6 +90,9 @@ impl Driver {
                     return;
                 }
                 End::Lost(loss) => {
+                    if let LinkLoss::Tls(_) = loss {
+                        Stats::inc(&self.stats.tls_failures);
+                    }
                     warn!(reason = %loss, "link down");
                     let _ = self.state.send(LinkState::Down { reason: loss.to_string() });
                 }
@@ -116,7 +130,8 @@ impl Driver {
         }
     }
 
-    /// One connection: connect, then drive a fresh session until it ends.
+    /// One connection: connect (and with `tls`, complete the handshake), then drive a fresh
+    /// session until it ends. The TCP connect and the TLS handshake each have `connect_timeout`.
     async fn connection(&mut self, came_up: &mut bool) -> End {
         let stream = match timeout(self.p.connect_timeout, TcpStream::connect(&self.p.address)).await {
             Ok(Ok(s)) => s,
@@ -127,7 +142,28 @@ impl Driver {
             Err(_) => return End::Lost(LinkLoss::ConnectTimeout),
         };
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
+        let Some(tls) = self.p.tls.clone() else {
+            let (rd, wr) = stream.into_split();
+            return self.drive(rd, wr, None, came_up).await;
+        };
+        let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+        match timeout(self.p.connect_timeout, connector.connect(tls.server_name.clone(), stream)).await {
+            Ok(Ok(s)) => {
+                // One TLS stream, shared by the read and the write half (rustls keeps one state).
+                let (rd, wr) = tokio::io::split(s);
+                self.drive(rd, wr, Some(&tls), came_up).await
+            }
+            Ok(Err(e)) => {
+                let why = super::tls::handshake_failure(&e, &tls);
+                warn!(address = %self.p.address, reason = %why, "TLS handshake failed");
+                End::Lost(LinkLoss::Tls(why))
+            }
+            Err(_) => End::Lost(LinkLoss::Tls("no handshake within the connect timeout (a plain CSTA port?)".into())),
+        }
+    }
+
+    /// Drive a fresh session over one connection's halves (plain TCP or TLS) until it ends.
+    async fn drive<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(&mut self, mut rd: R, mut wr: W, tls: Option<&LinkTls>, came_up: &mut bool) -> End {
         let _ = self.state.send(LinkState::Associating);
         let mut s = Session::new(self.p.clone(), self.stats.clone(), now());
         let mut buf = BytesMut::with_capacity(16 * 1024);
@@ -137,7 +173,7 @@ impl Driver {
             if let Some(out) = s.poll_transmit() {
                 match timeout(self.p.request_timeout, wr.write_all(&out)).await {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => s.connection_lost(LinkLoss::Write(e.kind())),
+                    Ok(Err(e)) => s.connection_lost(io_loss(&e, tls, LinkLoss::Write(e.kind()))),
                     // A peer that stops reading must not stall the link forever.
                     Err(_) => s.connection_lost(LinkLoss::WriteStalled),
                 }
@@ -204,7 +240,7 @@ impl Driver {
             tokio::select! {
                 r = rd.read_buf(&mut buf) => match r {
                     Ok(0) => s.connection_lost(LinkLoss::ClosedByPeer),
-                    Err(e) => s.connection_lost(LinkLoss::Read(e.kind())),
+                    Err(e) => s.connection_lost(io_loss(&e, tls, LinkLoss::Read(e.kind()))),
                     Ok(_) => s.handle_input(now(), &mut buf),
                 },
                 cmd = self.cmd_rx.recv(), if accepting => match cmd {

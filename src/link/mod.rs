@@ -81,6 +81,7 @@
 
 pub mod parts;
 pub mod session;
+pub mod tls;
 
 mod driver;
 mod errors;

@@ -121,6 +121,11 @@ pub enum LinkLoss {
     Write(std::io::ErrorKind),
     #[error("write stalled: the PBX does not read")]
     WriteStalled,
+    /// CSTA over TLS: the handshake failed, or the PBX ended TLS with an alert (a client
+    /// certificate it refuses shows only after a TLS 1.3 handshake). In words an administrator
+    /// acts on (see [`super::tls::describe`]).
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// What the session tells its driver, in wire order.

@@ -32,6 +32,7 @@ pub struct Stats {
     pub latency_sum_us: AtomicU64,
     pub latency_max_us: AtomicU64,
     pub monitors: AtomicU64,
+    pub tls_failures: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`], for the API and `probe`.
@@ -62,6 +63,9 @@ pub struct StatsSnapshot {
     pub latency_avg_us: u64,
     pub latency_max_us: u64,
     pub monitors: u64,
+    /// Connections lost to TLS (a failed handshake: wrong name, unknown CA, expired, client
+    /// certificate refused; or a TLS alert later), each also a link loss `TLS: …`.
+    pub tls_failures: u64,
 }
 
 impl Stats {
@@ -92,6 +96,7 @@ impl Stats {
             latency_avg_us: if n == 0 { 0 } else { g(&self.latency_sum_us) / n },
             latency_max_us: g(&self.latency_max_us),
             monitors: g(&self.monitors),
+            tls_failures: g(&self.tls_failures),
         }
     }
 }

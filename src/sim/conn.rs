@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -36,11 +36,58 @@ pub(crate) async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, swit
                 let Ok((stream, _)) = r else { continue };
                 let _ = stream.set_nodelay(true);
                 shared.stats.send_modify(|s| s.connections += 1);
-                tokio::spawn(serve(stream, shared.clone(), switch.clone(), stop.clone()));
+                let tls = lock(&shared.config).tls.clone();
+                let (shared, switch, stop) = (shared.clone(), switch.clone(), stop.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        None => {
+                            let (rd, wr) = stream.into_split();
+                            serve(rd, wr, shared, switch, stop).await;
+                        }
+                        Some(tls) => {
+                            if let Some(s) = handshake(stream, &tls, &shared).await {
+                                let (rd, wr) = tokio::io::split(s);
+                                serve(rd, wr, shared, switch, stop).await;
+                            }
+                        }
+                    }
+                });
             }
             _ = stop.changed() => return,
         }
     }
+}
+
+/// How long a client has to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server side of a TLS handshake; `None` when it failed (counted). A failed handshake's
+/// alert is sent, then what the client already sent is read (bounded) before the socket is
+/// closed: closing with unread bytes would send a reset that could overtake the alert, and the
+/// client would see "connection reset" instead of why.
+async fn handshake(stream: TcpStream, tls: &super::SimTls, shared: &Shared) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream).into_fallible()).await {
+        Ok(Ok(s)) => return Some(s),
+        Ok(Err((e, mut stream))) => {
+            trace!(error = %e, "sim TLS handshake failed");
+            let _ = stream.shutdown().await;
+            let mut sink = [0u8; 4096];
+            let mut left = 64 * 1024usize;
+            let drain = async {
+                while left > 0 {
+                    match stream.read(&mut sink).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => left = left.saturating_sub(n),
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        }
+        Err(_) => {}
+    }
+    shared.stats.send_modify(|s| s.tls_failures += 1);
+    None
 }
 
 /// While stalled, a connection neither reads nor writes; this is how often it looks again.
@@ -269,14 +316,14 @@ impl Peer {
     }
 }
 
-async fn serve(stream: TcpStream, shared: Arc<Shared>, switch: mpsc::UnboundedSender<Msg>, mut stop: watch::Receiver<bool>) {
+/// Serve one connection's halves (plain TCP, or TLS after its handshake).
+async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut rd: R, mut wr: W, shared: Arc<Shared>, switch: mpsc::UnboundedSender<Msg>, mut stop: watch::Receiver<bool>) {
     let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
     let (dialect, framing, preamble, acse, creds, wrapping, xml) = {
         let c = lock(&shared.config);
         (c.dialect, c.framing, c.preamble, c.acse, c.credentials.clone(), c.phase2_results, c.xml.clone())
     };
     let wire = if framing.is_xml() { Wire::Xml { framing, version: xml.protocol_version } } else { Wire::Ber { dialect, wrapping } };
-    let (mut rd, mut wr) = stream.into_split();
     let mut framer = Framer::new(framing);
     if preamble {
         framer = framer.expect_preamble(b'B');
@@ -394,7 +441,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, switch: mpsc::UnboundedSe
     let _ = wr.shutdown().await;
 }
 
-async fn flush(wr: &mut tokio::net::tcp::OwnedWriteHalf, held: &mut Vec<u8>) -> std::io::Result<()> {
+async fn flush<W: AsyncWrite + Unpin>(wr: &mut W, held: &mut Vec<u8>) -> std::io::Result<()> {
     if held.is_empty() {
         return Ok(());
     }

@@ -110,6 +110,53 @@ pub struct SimConfig {
     pub phase2_results: Wrapping,
     /// What a CSTA XML wire needs beyond its framing; unused on a BER wire.
     pub xml: SimXml,
+    /// Serve CSTA over TLS (the preamble, ACSE or the XML session inside it), as a PBX's TLS CTI
+    /// port does; `None`: plain TCP. Read at each accept, so a test may change it between
+    /// connections.
+    pub tls: Option<SimTls>,
+}
+
+/// The simulator's TLS server side: its certificate and key, and optionally the CA a client
+/// certificate must chain to (then one is required, as a PBX configured for mutual TLS does).
+#[derive(Clone)]
+pub struct SimTls {
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+// No derive: the server configuration holds the key.
+impl std::fmt::Debug for SimTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimTls").finish_non_exhaustive()
+    }
+}
+
+impl SimTls {
+    /// From PEM files: the certificate chain, its key, and the CA of client certificates (which
+    /// makes one required).
+    ///
+    /// # Errors
+    /// A file cannot be read or does not hold what it should; the message names the file.
+    pub fn from_pem_files(cert: &std::path::Path, key: &std::path::Path, client_ca: Option<&std::path::Path>) -> Result<SimTls, String> {
+        use crate::link::tls;
+        fn named(p: &std::path::Path) -> impl Fn(String) -> String + '_ {
+            move |w| format!("{}: {w}", p.display())
+        }
+        let chain = tls::read_certs(cert).map_err(named(cert))?;
+        let k = tls::read_key(key).map_err(named(key))?;
+        let ca = match client_ca {
+            Some(p) => Some(tls::read_certs(p).map_err(named(p))?),
+            None => None,
+        };
+        let config = tls::server_config(chain, k, ca).map_err(|e| {
+            let path = match e.input {
+                "ca" => client_ca.unwrap_or(cert),
+                "key" => key,
+                _ => cert,
+            };
+            format!("{}: {}", path.display(), e.why)
+        })?;
+        Ok(SimTls { config: Arc::new(config) })
+    }
 }
 
 /// The CSTA XML side of the simulator (used when [`SimConfig::framing`] is an XML framing).
@@ -147,6 +194,7 @@ impl SimConfig {
             did_prefix: "+3314400".into(),
             phase2_results: Wrapping::Bare,
             xml: SimXml::default(),
+            tls: None,
         }
     }
     /// An Alcatel OXE: Phase II, preamble, SystemStatus every 30 s.
@@ -266,6 +314,9 @@ pub struct SimStats {
     pub live_calls: u64,
     /// Answers held back now by [`Faults::withhold_results`].
     pub results_withheld: u64,
+    /// TLS handshakes that failed (with [`SimConfig::tls`]): the client refused our certificate,
+    /// or had none when one is required.
+    pub tls_failures: u64,
 }
 
 pub(crate) struct Shared {

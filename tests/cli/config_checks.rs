@@ -164,3 +164,50 @@ async fn sigterm_stops_the_gateway_cleanly() {
     assert_eq!(status.code(), Some(0), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `[[pbx]]` TLS keys: refused combinations name their key at parse time; the files are read
+/// when the link's profile is built (as `cstagate run` and `probe` do before anything starts),
+/// and a missing or wrong one names its key and its path.
+#[test]
+fn the_tls_keys_are_checked_and_their_files_read_naming_key_and_path() {
+    let pki = crate::csta_tls_pki::Pki::new("config");
+    let cases = [
+        ("a CA without tls", "tls_ca = \"/x/ca.pem\"\n", "`tls_ca`"),
+        ("a server name without tls", "tls_server_name = \"pbx.example\"\n", "`tls_server_name`"),
+        ("a client certificate without tls", "tls_cert = \"/x/c.pem\"\ntls_key = \"/x/c.key\"\n", "`tls_cert`"),
+        ("a client certificate without its key", "tls = true\ntls_cert = \"/x/c.pem\"\n", "`tls_key`"),
+        ("a key without its certificate", "tls = true\ntls_key = \"/x/c.key\"\n", "`tls_cert`"),
+        ("a server name that is not one", "tls = true\ntls_server_name = \"not a name\"\n", "`tls_server_name`"),
+        ("tls as a word", "tls = \"yes\"\n", "pbx[0].tls"),
+    ];
+    for (what, lines, key) in cases {
+        let e = Config::parse(&config("", "", lines)).map(|_| ()).expect_err(what).to_string();
+        assert!(e.contains(key), "{what}: the error does not name {key}: {e}");
+    }
+
+    let missing = pki.dir.join("nothing.pem");
+    let d = |p: &std::path::Path| p.display().to_string();
+    let files = [
+        ("a CA file that is not there", format!("tls = true\ntls_ca = \"{}\"\n", d(&missing)), "`tls_ca`", d(&missing)),
+        ("a CA file without a certificate", format!("tls = true\ntls_ca = \"{}\"\n", d(&pki.client_key)), "`tls_ca`", d(&pki.client_key)),
+        ("a key file without a key", pki.pbx_lines(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", d(&pki.client_cert), d(&pki.client_cert))), "`tls_key`", d(&pki.client_cert)),
+        ("a key of another certificate", pki.pbx_lines(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", d(&pki.client_cert), d(&pki.other_client_key))), "`tls_key`", d(&pki.other_client_key)),
+        ("a client certificate file that is not there", pki.pbx_lines(&format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", d(&missing), d(&pki.client_key))), "`tls_cert`", d(&missing)),
+    ];
+    for (what, lines, key, path) in files {
+        let c = Config::parse(&config("", "", &lines)).unwrap_or_else(|e| panic!("{what}: {e}"));
+        let e = c.pbx("paris").unwrap().profile().map(|_| ()).expect_err(what).to_string();
+        assert!(e.contains(key) && e.contains(&path), "{what}: {e}");
+        assert!(!e.contains("PRIVATE KEY"), "{what}: no key material in the error: {e}");
+    }
+
+    // Valid: the server name is the host of `address` by default (an IP address here), or named.
+    let c = Config::parse(&config("", "", &pki.pbx_lines(&pki.client_lines()))).unwrap();
+    let p = c.pbx("paris").unwrap().profile().unwrap();
+    let tls = p.tls.expect("a TLS link");
+    assert_eq!((tls.name(), tls.client_cert, p.address.as_str()), ("127.0.0.1".to_owned(), true, "127.0.0.1:33333"), "the preset's port stays the plain one");
+    let c = Config::parse(&config("", "", &pki.pbx_lines("tls_server_name = \"pbx.example\"\n"))).unwrap();
+    assert_eq!(c.pbx("paris").unwrap().profile().unwrap().tls.map(|t| (t.name(), t.client_cert)), Some(("pbx.example".to_owned(), false)));
+    // No TLS by default.
+    assert!(Config::parse(&config("", "", "")).unwrap().pbx("paris").unwrap().profile().unwrap().tls.is_none());
+}

@@ -8,6 +8,10 @@
 mod common;
 
 #[allow(dead_code)]
+#[path = "../csta_tls_pki/mod.rs"]
+mod csta_tls_pki;
+
+#[allow(dead_code)]
 #[path = "../tls_common/mod.rs"]
 mod tls_common;
 

@@ -135,3 +135,55 @@ async fn probe_over_csta_xml_with_every_exit_code() {
     assert_eq!(code, 5, "{err}");
     assert!(err.contains("preamble"), "{err}");
 }
+
+/// `probe` over CSTA over TLS: up against the TLS simulator; a certificate for another name is a
+/// connection failure (exit 2) with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_over_tls_comes_up_and_a_name_mismatch_exits_2_with_the_reason() {
+    let pki = crate::csta_tls_pki::Pki::new("probe");
+    let mut cfg = SimConfig::phase3(&["2005"]);
+    cfg.tls = Some(pki.sim_tls(false));
+    let sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
+    let addr = sim.addr().to_string();
+    let (code, lines, err) = probe(&config(&addr, &pki.pbx_lines("")), &["--pbx", "lab", "--monitor", "2005", "--timeout", "1s"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(lines.iter().any(|l| l["link"] == "up"), "{lines:?}");
+    assert_eq!(sim.stats().requests.get("MonitorStart").copied(), Some(1), "the monitor went over TLS: {:?}", sim.stats().requests);
+
+    let (code, lines, err) = probe(&config(&addr, &pki.pbx_lines("tls_server_name = \"pbx.example\"\n")), &["--pbx", "lab"], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("TLS: certificate for another name (expected pbx.example"), "{err}");
+    assert!(lines.iter().any(|l| l["link"] == "down" && l["reason"].as_str().is_some_and(|r| r.starts_with("TLS: "))), "{lines:?}");
+}
+
+/// The real `cstagate sim-pbx --tls-cert --tls-key --tls-client-ca` serves mutual TLS: `probe`
+/// with our client certificate comes up, without it exits 2 with the reason; a key file that
+/// holds no key stops the simulator (exit 5) naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sim_pbx_serves_mutual_tls_from_the_command_line() {
+    use tokio::io::AsyncBufReadExt;
+    let pki = crate::csta_tls_pki::Pki::new("sim-cli");
+    let (cert, key, ca) = (pki.pbx_cert.display().to_string(), pki.pbx_key.display().to_string(), pki.ca.display().to_string());
+    let out = Command::new(env!("CARGO_BIN_EXE_cstagate")).args(["sim-pbx", "--listen", "127.0.0.1:0", "--tls-cert", &cert, "--tls-key", &cert]).output().await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains(&cert), "{err}");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cstagate"))
+        .args(["sim-pbx", "--listen", "127.0.0.1:0", "--tls-cert", &cert, "--tls-key", &key, "--tls-client-ca", &ca])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await.expect("the simulator starts").unwrap().unwrap_or_default();
+    let addr = first.strip_prefix("simulated PBX listening on ").unwrap_or_else(|| panic!("{first}")).to_owned();
+    let (code, lines_out, err) = probe(&config(&addr, &pki.pbx_lines(&pki.client_lines())), &["--pbx", "lab", "--timeout", "1s"], &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(lines_out.iter().any(|l| l["link"] == "up"), "{lines_out:?}");
+    let (code, _, err) = probe(&config(&addr, &pki.pbx_lines("")), &["--pbx", "lab"], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("TLS: the PBX requires a client certificate"), "{err}");
+    let _ = child.kill().await;
+}

@@ -40,4 +40,12 @@ fn the_readme_configuration_is_valid() {
     let x = prof.xml.expect("an XML profile");
     assert_eq!((x.application_id.as_str(), x.session_duration.as_secs(), x.session), ("cstagate", 180, true));
     assert_eq!(x.login.map(|l| (l.user, l.password.expose().clone())), Some(("cti".into(), bytes::Bytes::from_static(b"pw"))));
+    // The fourth block: CSTA over TLS (its files are read only when the profile is built).
+    let tls = readme.split("```toml\n").nth(4).and_then(|b| b.split("```").next()).expect("CSTA over TLS block");
+    let c = Config::parse(tls).unwrap_or_else(|e| panic!("README CSTA over TLS block: {e}"));
+    let p = c.pbx("munich").unwrap();
+    assert!(p.tls && p.tls_cert.is_some() && p.tls_key.is_some(), "{p:?}");
+    assert_eq!((p.address.as_str(), p.tls_server_name.as_deref()), ("pbx.example:8883", Some("pbx.example")));
+    let e = p.profile().map(|_| ()).expect_err("the README's files are not on this machine").to_string();
+    assert!(e.contains("tls_ca") && e.contains("/etc/cstagate/pbx-ca.pem"), "{e}");
 }

@@ -46,13 +46,13 @@ async fn no_answer_and_locked_phone() {
     assert_eq!(scenario(DemoDialect::Oxe, Scenario::LockedPhone).await["reason"], "phone_locked");
 }
 
-struct Env {
-    sim: SimPbx,
-    ivr: tokio::sync::mpsc::UnboundedReceiver<IvrSignal>,
-    http: Http,
-    running: cstagate::server::Running,
-    db: std::path::PathBuf,
-    tokens: Tokens,
+pub(crate) struct Env {
+    pub(crate) sim: SimPbx,
+    pub(crate) ivr: tokio::sync::mpsc::UnboundedReceiver<IvrSignal>,
+    pub(crate) http: Http,
+    pub(crate) running: cstagate::server::Running,
+    pub(crate) db: std::path::PathBuf,
+    pub(crate) tokens: Tokens,
 }
 
 async fn env(db: Option<std::path::PathBuf>) -> Env {
@@ -73,7 +73,7 @@ async fn webhook(http: &Http, body: Value, secret: &str) -> (u16, Value) {
 /// The whole IVR dialogue of `account`'s proof call through the webhook, every answer checked:
 /// the context id asked for, the asking account named (1 to confirm), the code asked for (as
 /// many digits as it has), bound. Returns each (status, body), for the OpenAPI check.
-async fn dialogue(http: &Http, secret: &str, call: &str, ctx: &str, code: &str, account: &str) -> Vec<(u16, Value)> {
+pub(crate) async fn dialogue(http: &Http, secret: &str, call: &str, ctx: &str, code: &str, account: &str) -> Vec<(u16, Value)> {
     let gather = |max_digits: usize| json!({ "max_digits": max_digits, "finish_on_key": "#", "timeout_ms": 8000 });
     let steps = [
         (None, json!({ "say": "Please enter the number shown in your app, then the hash key.", "gather": gather(16) })),
@@ -95,7 +95,7 @@ async fn dialogue(http: &Http, secret: &str, call: &str, ctx: &str, code: &str, 
 }
 
 /// Create an association and wait for the call to reach the IVR; returns (id, code, call).
-async fn to_ivr(e: &mut Env, account: &str, ext: &str) -> (String, String, String, String) {
+pub(crate) async fn to_ivr(e: &mut Env, account: &str, ext: &str) -> (String, String, String, String) {
     let (s, v) = e.http.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": account, "extension": ext }))).await.unwrap();
     assert_eq!(s, 201, "{v}");
     let call = loop {
@@ -295,7 +295,7 @@ async fn a_thousand_associations_across_a_hundred_extensions_all_end_as_the_stor
 }
 
 /// Poll the association until `pred` holds (each poll is a real API round trip).
-async fn wait_assoc(http: &Http, token: &str, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn wait_assoc(http: &Http, token: &str, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
     tokio::time::timeout(LIMIT, async {
         loop {
             let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), token, None).await.unwrap();

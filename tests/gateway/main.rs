@@ -8,6 +8,10 @@
 mod notify_common;
 
 #[allow(dead_code)]
+#[path = "../csta_tls_pki/mod.rs"]
+mod csta_tls_pki;
+
+#[allow(dead_code)]
 #[path = "../tls_common/mod.rs"]
 mod tls_common;
 
@@ -19,4 +23,5 @@ mod fastagi;
 mod ivr_guesses;
 mod storage_failure;
 mod redaction;
+mod csta_tls;
 mod tls_api;

@@ -7,6 +7,10 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+#[allow(dead_code)]
+#[path = "../csta_tls_pki/mod.rs"]
+mod csta_tls_pki;
+
 mod link_replay;
 mod link_sim;
 mod link_session;
@@ -14,3 +18,4 @@ mod link_session_xml;
 mod sim_calls;
 mod sim_xml;
 mod phase2_forms;
+mod link_tls;
