@@ -33,7 +33,7 @@ fn each_refused_value_names_its_key() {
         ("no proof call allowed", config("", "", "tenant = \"acme\"\nproof_calls_per_hour = 0\n"), "`proof_calls_per_hour`"),
         ("more than 20 proof calls an hour", config("", "", "tenant = \"acme\"\nproof_calls_per_hour = 21\n"), "`proof_calls_per_hour`"),
         ("two tenants with one id", format!("{}[[tenant]]\nid = \"acme\"\ntoken_env = \"OTHER\"\n", config("", "", BOUND)), "`id`"),
-        ("notifications nobody can check", config("", "notify_url = \"http://app/events\"", BOUND), "`notify_secret_env`"),
+        ("notifications nobody can check", config("", "notify_url = \"https://app/events\"", BOUND), "`notify_secret_env`"),
         // Wrong types: the full path of the key, not only its table.
         ("a duration without its unit", config("", "", "tenant = \"acme\"\nring_timeout = 5\n"), "pbx[0].ring_timeout"),
         ("a count in words", config("max_connections = \"many\"", "", BOUND), "gateway.max_connections"),
@@ -106,7 +106,7 @@ async fn run(name: &str, text: &str, env: &[(&str, &str)]) -> (Option<i32>, Stri
 #[tokio::test]
 async fn cstagate_run_refuses_missing_or_empty_secrets_naming_the_variable() {
     let gateway = "admin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"";
-    let tenant = "notify_url = \"http://127.0.0.1:9/events\"\nnotify_secret_env = \"ACME_NOTIFY\"";
+    let tenant = "notify_url = \"http://127.0.0.1:9/events\"\nnotify_secret_env = \"ACME_NOTIFY\"\nallow_plain_http = true";
     let pbx = "tenant = \"acme\"\nacse_user = \"CTI\"\nacse_password_env = \"PARIS_PASSWORD\"\n";
     let text = format!("{}[[tenant]]\nid = \"globex\"\ntoken_env = \"GLOBEX_TOKEN\"\n", config(gateway, tenant, pbx));
     let good = [

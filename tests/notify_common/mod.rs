@@ -74,11 +74,11 @@ impl Silent {
 }
 
 pub fn target(addr: SocketAddr) -> Target {
-    Target { url: format!("http://{addr}/hook"), secret: "k".into() }
+    Target { url: format!("http://{addr}/hook"), secret: "k".into(), ca: Vec::new() }
 }
 
 pub fn note(tenant: &str, i: usize) -> Notification {
-    Notification { tenant: tenant.into(), account: format!("a{i}"), event: "cancelled".into(), association: format!("{i:032x}"), at: 0 }
+    Notification { tenant: tenant.into(), account: format!("a{i}"), event: "cancelled".into(), association: format!("{i:032x}"), at: 0, code: None }
 }
 
 pub fn stats_of(n: &Notifier, tenant: &str) -> TenantStats {
