@@ -117,6 +117,13 @@ pub fn render(src: &Sources<'_>) -> String {
     counters(&mut reg, "cstagate_notifications_delivered", "Account notifications accepted by the tenant's endpoint", tenants(|t| t.delivered));
     counters(&mut reg, "cstagate_notifications_failed", "Account notifications given up after every attempt failed", tenants(|t| t.given_up));
     counters(&mut reg, "cstagate_notifications_dropped", "Account notifications dropped: the tenant's queue was full", tenants(|t| t.dropped));
+    let failures = src.gw.notifier().map(crate::notify::Notifier::failures).unwrap_or_default();
+    counters(
+        &mut reg,
+        "cstagate_notification_attempts_failed",
+        "Failed notification attempts, by tenant and cause (unknown_ca, name_mismatch, expired, not_yet_valid, revoked, bad_certificate, tls, connect, timeout, refused, other)",
+        failures.into_iter().map(|(tenant, cause, n)| (vec![("tenant".to_owned(), tenant), ("cause".to_owned(), cause.to_owned())], n)),
+    );
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &reg);

@@ -214,9 +214,11 @@ pub fn secrets_from_env(c: &Config) -> Result<Secrets, StartError> {
         tokens.push((&t.token_env, token.clone()));
         s.tenant_tokens.insert(t.id.clone(), token);
         // `Config::parse` made sure a notify_url comes with its secret.
-        if let (Some(url), Some(env)) = (&t.notify_url, &t.notify_secret_env) {
+        if let (Some(_), Some(env)) = (&t.notify_url, &t.notify_secret_env) {
             let secret = read_secret(&at, "notify_secret_env", SecretSource::Env(env))?;
-            s.notify.insert(t.id.clone(), crate::notify::Target { url: url.clone(), secret });
+            if let Some(target) = t.notify_target(secret)? {
+                s.notify.insert(t.id.clone(), target);
+            }
         }
     }
     Ok(s)

@@ -45,7 +45,11 @@ impl Validate for CreateReq {
 pub struct Created {
     id: AssociationId,
     state: AssocState,
-    code: String,
+    /// The one-time code, for the app to show its user. Absent when the tenant's
+    /// `code_delivery` is `notify`: the code then goes only to the tenant's HTTPS notification
+    /// endpoint (event `code_issued`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<String>,
     expires_at: Millis,
     extension: Extension,
     pbx: PbxId,

@@ -152,7 +152,7 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn create(&mut self, principal: &Principal, account: AccountId, account_name: Option<String>, pbx: Option<PbxId>, extension: Extension, id: AssociationId, random: &str, code_random: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(AssociationView, String), Refusal> {
+    fn create(&mut self, principal: &Principal, account: AccountId, account_name: Option<String>, pbx: Option<PbxId>, extension: Extension, id: AssociationId, random: &str, code_random: &str, now: Millis, actions: &mut Vec<Action>) -> Result<(AssociationView, Option<String>), Refusal> {
         let tenant = match principal {
             Principal::Tenant(t) => t.clone(),
             Principal::Admin => return Err(Refusal::BadRequest("associations are requested by a tenant for one of its accounts".into())),
@@ -172,9 +172,9 @@ impl Engine {
             [] => return Err(Refusal::UnknownExtension(extension.into_string())),
             _ => return Err(Refusal::BadRequest("the extension exists on several PBXs of this tenant: give `pbx`".into())),
         };
-        let (code_digits, code_ttl, require_completion) = {
+        let (code_digits, code_ttl, require_completion, code_delivery) = {
             let p = &self.policies[&pbx];
-            (p.code_digits, p.code_ttl, p.require_completion)
+            (p.code_digits, p.code_ttl, p.require_completion, p.code_delivery)
         };
         let ext_key = (pbx.clone(), extension.clone());
         if self.bindings.contains_key(&ext_key) {
@@ -223,6 +223,15 @@ impl Engine {
         self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, lock_unknown: false, monitored: false, deadline: None, attempt: Attempt::default() });
         self.touch(&id);
         actions.push(audit(&view, now, "code_issued", "ok"));
+        // Out of band: the code leaves only in the tenant's notification, before the proof call
+        // is placed (the actions are carried out in order).
+        let code = match code_delivery {
+            CodeDelivery::Api => Some(code),
+            CodeDelivery::Notify => {
+                actions.push(Action::DeliverCode { tenant: tenant.clone(), account: account.clone(), association: id.clone(), pbx: pbx.clone(), extension: extension.clone(), code: SecretCode(code), expires_at });
+                None
+            }
+        };
         actions.push(Action::Store(StoreWrite::Association(view)));
         if !require_completion {
             if let Err(e) = self.start_attempt(&id, random, now, actions) {
@@ -232,6 +241,20 @@ impl Engine {
             }
         }
         Ok((self.assocs[&id].view.clone(), code))
+    }
+
+    /// The `code_issued` notification of `id` was given up ([`Action::DeliverCode`]): its user
+    /// never got the code, so the association fails now with [`Reason::CodeNotDelivered`]
+    /// (final: a retry would not bring the code either) rather than at the code's expiry.
+    /// Nothing if it has ended already.
+    pub fn code_undelivered(&mut self, id: &str, now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let live = self.assocs.get(id).is_some_and(|a| !a.view.state.is_final(a.view.retryable));
+        if live {
+            self.finish(id, State::Failed, Some(Reason::CodeNotDelivered), "the code could not be delivered to the tenant's notification endpoint", now, &mut actions);
+        }
+        self.rearm();
+        actions
     }
 
     /// Steps 3–6: (re)start a proof attempt, with a new context id drawn from `random`.

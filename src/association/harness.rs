@@ -40,7 +40,7 @@ pub fn handle(e: &mut Engine, input: Input) -> Output {
         match h.reply {
             Ok(ApiReply::Created { view, code }) => {
                 out.view = Some(view);
-                out.code = Some(code);
+                out.code = code;
             }
             Ok(ApiReply::Association(v)) => out.view = Some(v),
             Ok(ApiReply::Done) => {}

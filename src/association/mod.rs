@@ -126,6 +126,32 @@ pub enum Reason {
     /// The proof call left the extension (diverted by call forwarding, transferred or
     /// conferenced): whoever keys the code may not be at that phone.
     CallDiverted,
+    /// The code goes out of band (`code_delivery = "notify"`) and its notification was given
+    /// up: the user never got it, so waiting for them would only wait for the expiry.
+    CodeNotDelivered,
+}
+
+/// Where the one-time code goes (per tenant: `code_delivery`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeDelivery {
+    /// In the answer to `POST /v1/associations`.
+    #[default]
+    Api,
+    /// Only in the `code_issued` notification to the tenant's HTTPS endpoint (out of band):
+    /// whoever holds the tenant's API token alone cannot read it.
+    Notify,
+}
+
+/// The one-time code in an action: its `Debug` hides it, so that an action printed in a log or
+/// a test failure does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretCode(pub String);
+
+impl std::fmt::Debug for SecretCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// How the context id reaches the IVR (per PBX).
@@ -173,6 +199,8 @@ pub struct Policy {
     /// Prefix that turns an extension into the number the IVR sees as calling (its DID), used to
     /// find an association by calling number when the context id is not delivered.
     pub did_prefix: Option<String>,
+    /// Where the code goes: the API's answer, or the tenant's notification endpoint.
+    pub code_delivery: CodeDelivery,
 }
 
 impl Policy {
@@ -194,6 +222,7 @@ impl Policy {
             ivr_claim_window: Duration::from_secs(30),
             owner_block: Duration::from_secs(24 * 3600),
             did_prefix: None,
+            code_delivery: CodeDelivery::Api,
         }
     }
 }
@@ -412,6 +441,10 @@ pub enum Action {
     /// Tell the account (webhook) what happened: `bound`, `attempt_failed`, `failed`,
     /// `suspected_attack`, `refused_by_phone_owner`, ...
     Notify { tenant: TenantId, account: AccountId, event: String, association: AssociationId },
+    /// Send the new association's code to the tenant's notification endpoint (event
+    /// `code_issued`; `code_delivery = "notify"`); if that is given up, answer with
+    /// [`Engine::code_undelivered`].
+    DeliverCode { tenant: TenantId, account: AccountId, association: AssociationId, pbx: PbxId, extension: Extension, code: SecretCode, expires_at: Millis },
     /// The answer to an IVR request that waited ([`IvrAnswer::Wait`]): send it now.
     IvrReply { call: String, reply: IvrReply },
 }
@@ -466,8 +499,9 @@ pub enum ApiInput {
 /// What an accepted API request answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiReply {
-    /// Create: the association, and its code (shown this once).
-    Created { view: AssociationView, code: String },
+    /// Create: the association, and its code (shown this once); `None` when the tenant's code
+    /// goes out of band ([`CodeDelivery::Notify`]: [`Action::DeliverCode`]).
+    Created { view: AssociationView, code: Option<String> },
     /// Complete, Cancel: the association as it stands.
     Association(AssociationView),
     /// Unbind, ResetCounters, LiftBlocks.

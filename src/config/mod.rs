@@ -192,11 +192,72 @@ pub struct TenantConfig {
     pub id: String,
     /// Environment variable holding this tenant's API token.
     pub token_env: String,
-    /// Where account notifications are POSTed (`http://host:port/path`).
+    /// Where account notifications are POSTed (`https://host[:port]/path`; `http://` only with
+    /// `allow_plain_http`).
     pub notify_url: Option<String>,
     /// Environment variable holding the HMAC key of the notifications (required with
     /// `notify_url`).
     pub notify_secret_env: Option<String>,
+    /// PEM file of CA certificates trusted for `notify_url` besides the public roots (a
+    /// company CA). Read and checked at load.
+    pub notify_ca: Option<PathBuf>,
+    /// Accept an `http://` `notify_url`. Off by default: notifications say who bound which
+    /// phone, and with `code_delivery = "notify"` carry the code, so they travel encrypted
+    /// unless the operator says the network is theirs (loopback, a test bench).
+    #[serde(default)]
+    pub allow_plain_http: bool,
+    /// Where the one-time code goes: `api` (the answer to `POST /v1/associations`, default) or
+    /// `notify` (only the `code_issued` notification to `notify_url`, which must be `https://`).
+    #[serde(default)]
+    pub code_delivery: crate::association::CodeDelivery,
+}
+
+impl TenantConfig {
+    fn invalid(&self, key: &'static str, why: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { at: format!("tenant `{}`", self.id), key, why: why.into() }
+    }
+
+    /// The checks of the notification keys: the URL's scheme, the CA file, the code's way.
+    fn validate_notify(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.notify_url {
+            let https = url.starts_with("https://");
+            if !https && !url.starts_with("http://") {
+                return Err(self.invalid("notify_url", "must be https://host[:port]/path (or http:// with allow_plain_http = true)"));
+            }
+            if url.split_once("://").is_none_or(|(_, rest)| rest.split('/').next().is_none_or(str::is_empty)) {
+                return Err(self.invalid("notify_url", "has no host"));
+            }
+            if !https && !self.allow_plain_http {
+                return Err(self.invalid("notify_url", "is plain http://: notifications would travel unencrypted; use https:// or set allow_plain_http = true"));
+            }
+            if !https && self.code_delivery == crate::association::CodeDelivery::Notify {
+                return Err(self.invalid("code_delivery", "= \"notify\" needs an https:// notify_url (the code must not travel in clear), even with allow_plain_http"));
+            }
+        } else if self.code_delivery == crate::association::CodeDelivery::Notify {
+            return Err(self.invalid("code_delivery", "= \"notify\" needs a notify_url to send the code to"));
+        }
+        if let Some(ca) = &self.notify_ca {
+            if self.notify_url.is_none() {
+                return Err(self.invalid("notify_ca", "is set without notify_url"));
+            }
+            crate::http_client::read_ca_file(ca).map_err(|e| self.invalid("notify_ca", e))?;
+        }
+        Ok(())
+    }
+
+    /// The notification target of this tenant, with `secret` (read by the caller) and the CA
+    /// file read again; `None` without `notify_url`.
+    ///
+    /// # Errors
+    /// The CA file became unreadable since the configuration was loaded.
+    pub fn notify_target(&self, secret: String) -> Result<Option<crate::notify::Target>, ConfigError> {
+        let Some(url) = &self.notify_url else { return Ok(None) };
+        let ca = match &self.notify_ca {
+            Some(path) => crate::http_client::read_ca_file(path).map_err(|e| self.invalid("notify_ca", e))?,
+            None => Vec::new(),
+        };
+        Ok(Some(crate::notify::Target { url: url.clone(), secret, ca }))
+    }
 }
 
 /// A configuration problem, naming the key.
@@ -266,6 +327,7 @@ impl Config {
             if t.notify_url.is_some() && t.notify_secret_env.is_none() {
                 return tenant("notify_secret_env", "is required with notify_url (notifications are signed)");
             }
+            t.validate_notify()?;
         }
         let mut pbxs = std::collections::HashSet::new();
         for p in &self.pbx {

@@ -525,6 +525,8 @@ impl Config {
             pol.context_digits = p.context_digits.unwrap_or(pol.context_digits);
             pol.ivr_claim_window = p.ivr_claim_window.unwrap_or(pol.ivr_claim_window);
             pol.owner_block = p.owner_block.unwrap_or(pol.owner_block);
+            // `validate` checked that the tenant exists; the code's way is the tenant's.
+            pol.code_delivery = self.tenant.iter().find(|t| t.id == *tenant).map(|t| t.code_delivery).unwrap_or_default();
             out.insert(p.id.clone(), pol);
         }
         Ok(out)

@@ -83,6 +83,10 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                     actions.extend(engine.ivr_hangup(&call, now));
                     Answer::None
                 }
+                Cmd::CodeUndelivered { id } => {
+                    actions.extend(engine.code_undelivered(&id, now_ms()));
+                    Answer::None
+                }
                 Cmd::Link { pbx, delivery } => {
                     let Some((epoch, input, made)) = delivered(&mut sh, pbx, delivery) else {
                         after.push((Answer::None, actions.len()..actions.len()));
@@ -286,8 +290,24 @@ fn carry_out(sh: &mut Shell, actions: &[Action]) {
             Action::Notify { tenant, account, event, association } => {
                 info!(%tenant, %account, %event, %association, "notify account");
                 if let Some(n) = &sh.gw.notifier {
-                    n.send(crate::notify::Notification { tenant: tenant.to_string(), account: account.to_string(), event: event.clone(), association: association.to_string(), at: now_ms() });
+                    n.send(crate::notify::Notification { tenant: tenant.to_string(), account: account.to_string(), event: event.clone(), association: association.to_string(), at: now_ms(), code: None });
                 }
+            }
+            Action::DeliverCode { tenant, account, association, pbx, extension, code, expires_at } => {
+                // The code itself is in no log line.
+                info!(%tenant, %account, %association, "code sent to the tenant's notification endpoint");
+                let Some(n) = &sh.gw.notifier else { continue };
+                // A give-up fails the association through the actor's own queue; `try_send`:
+                // the notifier must never wait on the gateway, and a full queue (65,536
+                // commands) leaves the association to end at the code's expiry.
+                let (tx, id) = (sh.gw.tx.clone(), association.to_string());
+                let undelivered = move || {
+                    if tx.try_send(Cmd::CodeUndelivered { id: id.clone() }).is_err() {
+                        warn!(association = %id, "gateway busy: the association whose code was not delivered ends at its expiry");
+                    }
+                };
+                let code = crate::notify::IssuedCode { code: code.0.clone(), pbx: pbx.to_string(), extension: extension.to_string(), expires_at: *expires_at, undelivered: Some(std::sync::Arc::new(undelivered)) };
+                n.send(crate::notify::Notification { tenant: tenant.to_string(), account: account.to_string(), event: "code_issued".into(), association: association.to_string(), at: now_ms(), code: Some(code) });
             }
             Action::Store(_) => {}
         }

@@ -81,6 +81,8 @@ enum Cmd {
     Api { input: ApiInput, reply: ApiTx },
     Ivr { input: IvrInput, reply: IvrTx },
     IvrHangup { call: String, now: Millis },
+    /// The `code_issued` notification of this association was given up.
+    CodeUndelivered { id: String },
     /// What a PBX link reported on the gateway's port, in the link's order.
     Link { pbx: PbxId, delivery: Delivery },
     Query { query: Query, reply: oneshot::Sender<Result<QueryResult, GatewayError>> },

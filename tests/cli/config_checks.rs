@@ -33,7 +33,7 @@ fn each_refused_value_names_its_key() {
         ("no proof call allowed", config("", "", "tenant = \"acme\"\nproof_calls_per_hour = 0\n"), "`proof_calls_per_hour`"),
         ("more than 20 proof calls an hour", config("", "", "tenant = \"acme\"\nproof_calls_per_hour = 21\n"), "`proof_calls_per_hour`"),
         ("two tenants with one id", format!("{}[[tenant]]\nid = \"acme\"\ntoken_env = \"OTHER\"\n", config("", "", BOUND)), "`id`"),
-        ("notifications nobody can check", config("", "notify_url = \"http://app/events\"", BOUND), "`notify_secret_env`"),
+        ("notifications nobody can check", config("", "notify_url = \"https://app/events\"", BOUND), "`notify_secret_env`"),
         // Wrong types: the full path of the key, not only its table.
         ("a duration without its unit", config("", "", "tenant = \"acme\"\nring_timeout = 5\n"), "pbx[0].ring_timeout"),
         ("a count in words", config("max_connections = \"many\"", "", BOUND), "gateway.max_connections"),
@@ -106,7 +106,7 @@ async fn run(name: &str, text: &str, env: &[(&str, &str)]) -> (Option<i32>, Stri
 #[tokio::test]
 async fn cstagate_run_refuses_missing_or_empty_secrets_naming_the_variable() {
     let gateway = "admin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"";
-    let tenant = "notify_url = \"http://127.0.0.1:9/events\"\nnotify_secret_env = \"ACME_NOTIFY\"";
+    let tenant = "notify_url = \"http://127.0.0.1:9/events\"\nnotify_secret_env = \"ACME_NOTIFY\"\nallow_plain_http = true";
     let pbx = "tenant = \"acme\"\nacse_user = \"CTI\"\nacse_password_env = \"PARIS_PASSWORD\"\n";
     let text = format!("{}[[tenant]]\nid = \"globex\"\ntoken_env = \"GLOBEX_TOKEN\"\n", config(gateway, tenant, pbx));
     let good = [
@@ -210,4 +210,58 @@ fn the_tls_keys_are_checked_and_their_files_read_naming_key_and_path() {
     assert_eq!(c.pbx("paris").unwrap().profile().unwrap().tls.map(|t| (t.name(), t.client_cert)), Some(("pbx.example".to_owned(), false)));
     // No TLS by default.
     assert!(Config::parse(&config("", "", "")).unwrap().pbx("paris").unwrap().profile().unwrap().tls.is_none());
+}
+
+/// Notifications travel encrypted unless the tenant says otherwise, and the code out of band
+/// only over HTTPS: each refusal names its key; `notify_ca` is read and checked at load.
+#[test]
+fn plain_http_notifications_need_allow_plain_http_and_the_code_out_of_band_needs_https() {
+    let dir = std::env::temp_dir().join(format!("cstagate-notify-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&ca, p.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().pem()).unwrap();
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "just text\n").unwrap();
+    let missing = dir.join("missing.pem");
+    let signed = "notify_secret_env = \"ACME_NOTIFY\"\n";
+    let tenant = |lines: &str| config("", &format!("{signed}{lines}"), BOUND);
+    let refused: Vec<(&str, String, &str)> = vec![
+        ("plain http by default", tenant("notify_url = \"http://app/events\""), "`notify_url`"),
+        ("plain http, explicitly not allowed", tenant("notify_url = \"http://app/events\"\nallow_plain_http = false"), "`notify_url`"),
+        ("another scheme", tenant("notify_url = \"ftp://app/events\""), "`notify_url`"),
+        ("no host", tenant("notify_url = \"https:///events\""), "`notify_url`"),
+        ("the code in clear", tenant("notify_url = \"http://app/events\"\nallow_plain_http = true\ncode_delivery = \"notify\""), "`code_delivery`"),
+        ("the code to nowhere", config("", "code_delivery = \"notify\"", BOUND), "`code_delivery`"),
+        ("an unknown way", tenant("notify_url = \"https://app/events\"\ncode_delivery = \"sms\""), "tenant[0].code_delivery"),
+        ("a CA file that is not there", tenant(&format!("notify_url = \"https://app/events\"\nnotify_ca = \"{}\"", missing.display())), "`notify_ca`"),
+        ("a CA file that is not PEM", tenant(&format!("notify_url = \"https://app/events\"\nnotify_ca = \"{}\"", not_pem.display())), "`notify_ca`"),
+        ("a CA without notifications", config("", &format!("notify_ca = \"{}\"", ca.display()), BOUND), "`notify_ca`"),
+    ];
+    let accepted = [
+        ("https", tenant("notify_url = \"https://app.example.com/events\"")),
+        ("plain http allowed", tenant("notify_url = \"http://127.0.0.1:9000/events\"\nallow_plain_http = true")),
+        ("the code out of band over https, with a CA file", tenant(&format!("notify_url = \"https://app/events\"\nnotify_ca = \"{}\"\ncode_delivery = \"notify\"", ca.display()))),
+        ("the code in the answer, said", tenant("notify_url = \"https://app/events\"\ncode_delivery = \"api\"")),
+    ];
+    let mut wrong: Vec<String> = refused
+        .iter()
+        .filter_map(|(what, text, key)| match Config::parse(text) {
+            Ok(_) => Some(format!("{what}: accepted")),
+            Err(e) if !e.to_string().contains(key) => Some(format!("{what}: the error does not name {key}: {e}")),
+            Err(_) => None,
+        })
+        .collect();
+    for (what, text) in &accepted {
+        if let Err(e) = Config::parse(text) {
+            wrong.push(format!("{what}: refused: {e}"));
+        }
+    }
+    // The tenant's way reaches the engine's policy.
+    let c = Config::parse(&accepted[2].1).unwrap();
+    assert_eq!(c.policies().unwrap()["paris"].code_delivery, cstagate::association::CodeDelivery::Notify);
+    assert_eq!(Config::parse(&accepted[0].1).unwrap().policies().unwrap()["paris"].code_delivery, cstagate::association::CodeDelivery::Api);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }

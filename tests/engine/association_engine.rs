@@ -1671,3 +1671,46 @@ impl T {
         (id, ctx)
     }
 }
+
+/// `code_delivery = "notify"`: the answer has no code, one `DeliverCode` action carries it (its
+/// `Debug` hides it) before the proof call; the flow binds with it; a code given up fails its
+/// association at once and for good, and a late give-up changes nothing.
+#[test]
+fn a_code_out_of_band_is_only_in_its_delivery_and_an_undelivered_one_fails_the_association() {
+    let mut p = policy();
+    p.code_delivery = CodeDelivery::Notify;
+    let mut t = T::new(p);
+    let out = t.create("alice", "2005");
+    let v = out.view.expect("created");
+    assert_eq!(out.code, None, "the API answer holds no code");
+    let delivered: Vec<&Action> = out.actions.iter().filter(|a| matches!(a, Action::DeliverCode { .. })).collect();
+    assert_eq!(delivered.len(), 1, "{:?}", out.actions);
+    let Action::DeliverCode { tenant, account, association, pbx, extension, code, expires_at } = delivered[0] else { unreachable!() };
+    assert_eq!((tenant.as_str(), account.as_str(), association, pbx.as_str(), extension.as_str(), code.0.as_str(), *expires_at), ("acme", "alice", &v.id, "paris", "2005", CODE, v.expires_at));
+    assert!(!format!("{:?}", out.actions).contains(CODE), "an action printed shows no code");
+    let first_csta = out.actions.iter().position(|a| matches!(a, Action::Csta { .. })).expect("the proof call starts");
+    assert!(out.actions.iter().position(|a| matches!(a, Action::DeliverCode { .. })) < Some(first_csta), "the code is sent before the phone rings");
+
+    // The code delivered, the user keys it: bound.
+    let id = v.id.to_string();
+    t.through_call(&id, "2005");
+    let ctx = t.ctx("2005");
+    t.ivr("call-1", None);
+    t.ivr("call-1", Some(&ctx));
+    t.ivr("call-1", Some("1"));
+    t.ivr("call-1", Some(CODE));
+    assert_eq!(t.state(&id).0, State::Bound);
+    assert!(t.e.code_undelivered(&id, t.now).is_empty(), "a late give-up leaves a bound association alone");
+    assert_eq!(t.state(&id).0, State::Bound);
+
+    // Not delivered: failed for good, its call cleared, the account told.
+    let out = t.create("bob", "2006");
+    let id = out.view.expect("created").id.to_string();
+    t.through_call(&id, "2006");
+    let actions = t.e.code_undelivered(&id, t.now);
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::CodeNotDelivered), false));
+    assert!(actions.iter().any(|a| matches!(a, Action::Notify { event, .. } if event == "failed")), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::ClearConnection { .. }, .. })), "the proof call is cleared: {actions:?}");
+    let again = t.complete(&id);
+    assert!(again.error.is_some(), "no retry: the code never reached its user");
+}

@@ -577,7 +577,7 @@ fn resolve<'a>(doc: &'a Value, schema: &'a Value) -> &'a Value {
 /// `enum`, `required`, `properties`, `additionalProperties`, `items`, `allOf`/`oneOf`/`anyOf`,
 /// `minimum`; an object member the schema does not declare is an error too (the document must
 /// say everything a response holds).
-fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+pub(crate) fn validate(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     validate_in(doc, schema, v, at, true)
 }
 

@@ -19,6 +19,7 @@ mod gateway_e2e;
 mod proof_of_presence;
 mod notify;
 mod notify_dead_endpoints;
+mod notify_tls;
 mod fastagi;
 mod ivr_guesses;
 mod storage_failure;

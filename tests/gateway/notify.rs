@@ -47,12 +47,12 @@ async fn notifications_are_posted_signed_to_the_tenant() {
     let sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap();
     let url = format!("http://{hook}/hooks/cstagate");
     let options = LocalOptions {
-        tenant: format!("notify_url = \"{url}\"\nnotify_secret_env = \"UNUSED\"\n"),
+        tenant: format!("notify_url = \"{url}\"\nnotify_secret_env = \"UNUSED\"\nallow_plain_http = true\n"),
         pbx: "extensions = [\"2005\"]\nrequire_completion = true\n".into(),
         ..Default::default()
     };
     let mut secrets = local_secrets();
-    secrets.notify.insert("acme".into(), cstagate::notify::Target { url, secret: "notify-key".into() });
+    secrets.notify.insert("acme".into(), cstagate::notify::Target { url, secret: "notify-key".into(), ca: Vec::new() });
     let LocalGateway { running, http, tokens, .. } = LocalGateway::start(&sim, options, secrets).await.unwrap();
     let (s, v) = http.json("POST", "/v1/associations", &tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
     assert_eq!(s, 201);

@@ -98,7 +98,7 @@ fn values_holding_secrets_print_without_them() {
     sim.credentials = Some((USER.into(), PASSWORD.into()));
     let mut link = LinkProfile::new("p", "127.0.0.1:1", sim.framing, sim.dialect);
     link.acse = Some(AarqParams { context: "1.3.12.0.218".into(), credentials: Some((USER.into(), Secret::new(PASSWORD.into()))), user_information: None });
-    let notify = cstagate::notify::Target { url: "http://app.internal/events".into(), secret: PASSWORD.into() };
+    let notify = cstagate::notify::Target { url: "http://app.internal/events".into(), secret: PASSWORD.into(), ca: Vec::new() };
     for shown in [format!("{sim:?}"), format!("{link:?}"), format!("{notify:?}")] {
         assert!(!shown.contains(PASSWORD) && shown.contains("<redacted>"), "{shown}");
     }

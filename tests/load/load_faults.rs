@@ -108,12 +108,12 @@ async fn a_thousand_concurrent_associations_through_link_drops_restarts_and_dela
         // their context ids "no longer valid", which the default guess budget (30 unknown ids a
         // minute) does not count, so it stays at its default here (asserted below).
         gateway: "max_connections = 4096\n".into(),
-        tenant: format!("notify_url = \"{url}\"\nnotify_secret_env = \"UNUSED\"\n"),
+        tenant: format!("notify_url = \"{url}\"\nnotify_secret_env = \"UNUSED\"\nallow_plain_http = true\n"),
         pbx: format!("extensions = [\"4000-{}\"]\nproof_calls_per_hour = 20\nmax_requests_per_second = 100000\nreconnect_min = \"20ms\"\nreconnect_max = \"200ms\"\nivr_timeout = \"10s\"\n", 4000 + N - 1),
         ..Default::default()
     };
     let mut secrets = local_secrets();
-    secrets.notify.insert("acme".into(), cstagate::notify::Target { url, secret: "k".into() });
+    secrets.notify.insert("acme".into(), cstagate::notify::Target { url, secret: "k".into(), ca: Vec::new() });
     let gw = LocalGateway::start(&sim, options, secrets).await.unwrap();
     let link = gw.link();
 

@@ -231,6 +231,12 @@ impl Fz {
                         self.fail(format!("a notification holds a code or a context id: {a:?}"));
                     }
                 }
+                // The code out of band: only the fields other than the code may not leak one.
+                Action::DeliverCode { tenant, account, association, pbx, extension, .. } => {
+                    if [tenant.as_str(), account.as_str(), association.as_str(), pbx.as_str(), extension.as_str()].iter().any(|s| leaks(s, &secrets)) {
+                        self.fail(format!("a code delivery holds a code or a context id outside its code: {a:?}"));
+                    }
+                }
                 Action::IvrReply { call, reply } => self.ivr_reply(call, reply, &secrets),
                 Action::Csta { id: request_id, association, pbx, request } => {
                     let mut call = None;
