@@ -197,9 +197,11 @@ fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
-/// rustls's *ring* provider. Deprecated since rustls 0.23.48 because *ring* has no post-quantum
-/// key exchange (X25519MLKEM768); the project uses it anyway since aws-lc-rs, which has one,
-/// needs cmake and nasm to build. The classical key exchanges it offers are still sound.
+/// rustls's *ring* provider: the one crypto provider of every TLS hop (API, notifications, CSTA
+/// links). Deprecated since rustls 0.23.48 because *ring* has no post-quantum key exchange
+/// (X25519MLKEM768); the project uses it anyway since aws-lc-rs, which has one, needs cmake and
+/// nasm to build, and no PBX or webhook receiver requires it yet. The classical key exchanges it
+/// offers are still sound.
 #[allow(deprecated)]
 pub fn ring_provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::ring::default_provider()

@@ -271,15 +271,12 @@ fn cause_in(e: &(dyn std::error::Error + 'static)) -> Cause {
 ///
 /// # Errors
 /// A certificate of `extra` that is not a usable CA certificate.
-// The ring provider is the project's choice (no cmake/nasm, unlike aws-lc-rs); rustls deprecates
-// it only for lacking post-quantum key exchange, which a webhook receiver does not require.
-#[allow(deprecated)]
 pub fn client_config(extra: &[CertificateDer<'static>]) -> Result<Arc<rustls::ClientConfig>, String> {
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     for (i, c) in extra.iter().enumerate() {
         roots.add(c.clone()).map_err(|e| format!("certificate {} is not a usable CA certificate: {e}", i + 1))?;
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(crate::api_tls::ring_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)

@@ -57,12 +57,9 @@ fn server_name_text(n: &ServerName<'_>) -> String {
     }
 }
 
-/// The ring provider, chosen for the build (no cmake or nasm, unlike aws-lc-rs). rustls 0.23.48
-/// deprecates it for lacking post-quantum key exchange; no PBX offers that yet, so the classic
-/// groups it has are what a CTI link negotiates anyway.
-#[allow(deprecated)]
+/// The project's one crypto provider ([`crate::api_tls::ring_provider`]).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(crate::api_tls::ring_provider())
 }
 
 /// The certificates of a PEM file (at least one, at most [`MAX_PEM_CERTS`]).

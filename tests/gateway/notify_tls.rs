@@ -6,6 +6,7 @@
 //! `code_issued`, the proof call binds with it, and no log line holds it; when that notification
 //! is given up, the association fails with `code_not_delivered`.
 
+use crate::gateway_e2e::wait_assoc;
 use crate::notify_common;
 
 use std::collections::HashMap;
@@ -149,19 +150,6 @@ async fn gateway(tenant: String, target: Target) -> (SimPbx, tokio::sync::mpsc::
     (sim, ivr, gw)
 }
 
-async fn wait_assoc(http: &Http, token: &str, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    tokio::time::timeout(LIMIT, async {
-        loop {
-            let (_, v) = http.json("GET", &format!("/v1/associations/{id}"), token, None).await.unwrap();
-            if pred(&v) {
-                return v;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .expect("the association reaches the expected state")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_code_delivery_notify_the_code_goes_only_to_the_https_endpoint_binds_and_is_never_logged() {
