@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use cstagate::notify::{Notifier, NotifySettings, Target};
 use cstagate::sim::{IvrSignal, SimConfig, SimPbx};
-use cstagate::testkit::{local_secrets, Http, LocalGateway, LocalOptions};
+use cstagate::testkit::{local_secrets, LocalGateway, LocalOptions};
 use notify_common::{note, stats_of, HttpsReceiver, Pki};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Generous bound so a broken feature fails instead of hanging; never reached when it works.
 const LIMIT: Duration = Duration::from_secs(30);
