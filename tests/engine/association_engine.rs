@@ -1688,6 +1688,7 @@ fn a_code_out_of_band_is_only_in_its_delivery_and_an_undelivered_one_fails_the_a
     let Action::DeliverCode { tenant, account, association, pbx, extension, code, expires_at } = delivered[0] else { unreachable!() };
     assert_eq!((tenant.as_str(), account.as_str(), association, pbx.as_str(), extension.as_str(), code.0.as_str(), *expires_at), ("acme", "alice", &v.id, "paris", "2005", CODE, v.expires_at));
     assert!(!format!("{:?}", out.actions).contains(CODE), "an action printed shows no code");
+    assert!(format!("{:?}", delivered[0]).contains("code: <redacted>"), "it says where the code was withheld: {:?}", delivered[0]);
     let first_csta = out.actions.iter().position(|a| matches!(a, Action::Csta { .. })).expect("the proof call starts");
     assert!(out.actions.iter().position(|a| matches!(a, Action::DeliverCode { .. })) < Some(first_csta), "the code is sent before the phone rings");
 
