@@ -13,7 +13,7 @@
 //! already open keep theirs. A reload that fails (a file half written, a key that does not match)
 //! keeps the configuration in use and logs a warning naming the file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -22,7 +22,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, TlsFiles};
+use crate::tls::ring_provider;
 use crate::shutdown::Shutdown;
 
 /// How often the files' metadata is checked for a change.
@@ -31,18 +32,6 @@ pub const RELOAD_POLL: Duration = Duration::from_secs(2);
 /// The largest PEM file read: a certificate chain or a CA bundle is a few kilobytes (the whole
 /// public web PKI is about 250 KB); a path pointing at something else is not read into memory.
 pub const MAX_PEM_FILE: u64 = 1 << 20;
-
-/// The files of `[gateway]` that make the API speak HTTPS.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// The server certificate, then any intermediate certificates (PEM).
-    pub cert: PathBuf,
-    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
-    pub key: PathBuf,
-    /// CA certificates that client certificates must chain to (mutual TLS); none: no client
-    /// certificate is asked for.
-    pub client_ca: Option<PathBuf>,
-}
 
 /// What a file looked like when it was last read: a change of any of these triggers a reload.
 /// `None` for a file that could not be examined.
@@ -197,15 +186,6 @@ fn read_certs(key: &'static str, path: &Path) -> Result<Vec<CertificateDer<'stat
     Ok(certs)
 }
 
-/// rustls's *ring* provider: the one crypto provider of every TLS hop (API, notifications, CSTA
-/// links). Deprecated since rustls 0.23.48 because *ring* has no post-quantum key exchange
-/// (X25519MLKEM768); the project uses it anyway since aws-lc-rs, which has one, needs cmake and
-/// nasm to build, and no PBX or webhook receiver requires it yet. The classical key exchanges it
-/// offers are still sound.
-#[allow(deprecated)]
-pub fn ring_provider() -> rustls::crypto::CryptoProvider {
-    rustls::crypto::ring::default_provider()
-}
 
 /// The rustls server configuration of `files`: TLS 1.2 and 1.3, the ring provider, HTTP/1.1
 /// offered by ALPN (the API speaks nothing else), client certificates required when a client CA

@@ -276,7 +276,7 @@ pub fn client_config(extra: &[CertificateDer<'static>]) -> Result<Arc<rustls::Cl
     for (i, c) in extra.iter().enumerate() {
         roots.add(c.clone()).map_err(|e| format!("certificate {} is not a usable CA certificate: {e}", i + 1))?;
     }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(crate::api_tls::ring_provider()))
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(crate::tls::ring_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
@@ -285,28 +285,6 @@ pub fn client_config(extra: &[CertificateDer<'static>]) -> Result<Arc<rustls::Cl
     Ok(Arc::new(config))
 }
 
-/// The certificates of a PEM file (a tenant's `notify_ca`), at most [`MAX_CA_CERTS`].
-///
-/// # Errors
-/// Unreadable file, bad PEM, no certificate in it, or too many.
-pub fn read_ca_file(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    use rustls::pki_types::pem::PemObject;
-    let mut certs = Vec::new();
-    for c in CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read {}: {e}", path.display()))? {
-        certs.push(c.map_err(|e| format!("{}: not PEM certificates: {e}", path.display()))?);
-        if certs.len() > MAX_CA_CERTS {
-            return Err(format!("{}: more than {MAX_CA_CERTS} certificates", path.display()));
-        }
-    }
-    if certs.is_empty() {
-        return Err(format!("{}: no certificate in it (PEM `BEGIN CERTIFICATE` expected)", path.display()));
-    }
-    client_config(&certs).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(certs)
-}
-
-/// Most certificates read from one CA file: a CA bundle of a company is a handful.
-pub const MAX_CA_CERTS: usize = 100;
 
 /// The client's connector: TCP by hyper-util's [`HttpConnector`], then TLS for `https://` when a
 /// configuration is given. Its failures carry a [`Cause`].

@@ -32,4 +32,5 @@ pub mod sim;
 pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tls;
 pub mod webhook;

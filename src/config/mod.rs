@@ -23,6 +23,18 @@ pub use directory::{parse_directory, DirectoryError, MAX_DIRECTORY};
 pub use pbx::{LinkProfile, PbxConfig, Preset, XmlFraming, XmlProfile, XmlSession, DEFAULT_SESSION_DURATION, MAX_PROOF_CALLS_PER_HOUR, MAX_RING_TIMEOUT};
 pub use secrets::{read_secret, SecretSource, Secrets};
 
+/// The files of `[gateway]` that make the API speak HTTPS (read by [`crate::api_tls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server certificate, then any intermediate certificates (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA certificates that client certificates must chain to (mutual TLS); none: no client
+    /// certificate is asked for.
+    pub client_ca: Option<PathBuf>,
+}
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -121,9 +133,9 @@ impl GatewaySettings {
 
     /// The API's TLS files, when `tls_cert` and `tls_key` are set (`Config::parse` made sure
     /// they come together); the files themselves are read at start ([`crate::api_tls`]).
-    pub fn tls_files(&self) -> Option<crate::api_tls::TlsFiles> {
+    pub fn tls_files(&self) -> Option<TlsFiles> {
         match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::api_tls::TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: self.tls_client_ca.clone() }),
+            (Some(cert), Some(key)) => Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: self.tls_client_ca.clone() }),
             _ => None,
         }
     }
@@ -240,7 +252,7 @@ impl TenantConfig {
             if self.notify_url.is_none() {
                 return Err(self.invalid("notify_ca", "is set without notify_url"));
             }
-            crate::http_client::read_ca_file(ca).map_err(|e| self.invalid("notify_ca", e))?;
+            crate::tls::read_ca_file(ca).map_err(|e| self.invalid("notify_ca", e))?;
         }
         Ok(())
     }
@@ -253,7 +265,7 @@ impl TenantConfig {
     pub fn notify_target(&self, secret: String) -> Result<Option<crate::notify::Target>, ConfigError> {
         let Some(url) = &self.notify_url else { return Ok(None) };
         let ca = match &self.notify_ca {
-            Some(path) => crate::http_client::read_ca_file(path).map_err(|e| self.invalid("notify_ca", e))?,
+            Some(path) => crate::tls::read_ca_file(path).map_err(|e| self.invalid("notify_ca", e))?,
             None => Vec::new(),
         };
         Ok(Some(crate::notify::Target { url: url.clone(), secret, ca }))

@@ -57,9 +57,9 @@ fn server_name_text(n: &ServerName<'_>) -> String {
     }
 }
 
-/// The project's one crypto provider ([`crate::api_tls::ring_provider`]).
+/// The project's one crypto provider ([`crate::tls::ring_provider`]).
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(crate::api_tls::ring_provider())
+    Arc::new(crate::tls::ring_provider())
 }
 
 /// The certificates of a PEM file (at least one, at most [`MAX_PEM_CERTS`]).
