@@ -355,14 +355,31 @@ impl Session {
     /// # Errors
     /// The APDU does not encode in the dialect, or is too large for the framing.
     fn try_send(&mut self, apdu: &Apdu) -> Result<(), EncodeProblem> {
-        if let Some(x) = &self.xml {
-            return self.try_send_xml(&x.wire(), |w, out| crate::codec::xml::encode_apdu(apdu, w.0, w.1, out));
-        }
         self.scratch.clear();
-        apdu.encode(self.p.dialect, &mut self.scratch).map_err(EncodeProblem::Apdu)?;
+        match &self.xml {
+            Some(x) => {
+                let (framing, version) = x.wire();
+                crate::codec::xml::encode_apdu(apdu, framing, version, &mut self.scratch).map_err(EncodeProblem::Xml)?;
+            }
+            None => apdu.encode(self.p.dialect, &mut self.scratch).map_err(EncodeProblem::Apdu)?,
+        }
+        self.frame_scratch()
+    }
+
+    /// Frame what was encoded into `scratch` into the transmit buffer (header, frame, trailer),
+    /// traced the wire's way (secrets masked). Counts `frames_out`.
+    ///
+    /// # Errors
+    /// The frame is too large for the framing.
+    fn frame_scratch(&mut self) -> Result<(), EncodeProblem> {
         self.p.framing.write_header(self.scratch.len(), &mut self.transmit).map_err(|_| EncodeProblem::TooLarge(self.scratch.len()))?;
         self.transmit.extend_from_slice(&self.scratch);
-        trace!(apdu = %for_log(&self.scratch), "send");
+        self.p.framing.write_trailer(&mut self.transmit);
+        if self.xml.is_some() {
+            trace!(xml = %crate::codec::xml::for_log(&self.scratch), "send");
+        } else {
+            trace!(apdu = %for_log(&self.scratch), "send");
+        }
         Stats::inc(&self.stats.frames_out);
         Ok(())
     }

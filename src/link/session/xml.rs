@@ -73,37 +73,25 @@ impl Session {
             duration: u32::try_from(x.profile.session_duration.as_secs()).ok(),
         };
         self.phase = Phase::Associating { deadline: now + self.p.connect_timeout };
-        self.send_session(AppSession::Start(start));
+        self.send_session(SESSION_INVOKE_ID, AppSession::Start(start));
     }
 
-    /// Send one ECMA-354 message (these always encode).
-    fn send_session(&mut self, msg: AppSession) {
+    /// Send one ECMA-354 message with invoke id `invoke_id` (these always encode).
+    fn send_session(&mut self, invoke_id: i64, msg: AppSession) {
         let Some(x) = &self.xml else { return };
-        let wire = x.wire();
-        let m = XmlMessage::Session { invoke_id: Some(SESSION_INVOKE_ID), msg };
-        if let Err(e) = self.try_send_xml(&wire, |w, out| m.encode(w.0, w.1, out)) {
+        let (framing, version) = x.wire();
+        self.scratch.clear();
+        let sent = XmlMessage::Session { invoke_id: Some(invoke_id), msg }.encode(framing, version, &mut self.scratch).map_err(EncodeProblem::Xml).and_then(|()| self.frame_scratch());
+        if let Err(e) = sent {
             warn!(error = %e, "a session message does not frame");
         }
-    }
-
-    /// Encode one XML message with `encode`, frame it into the transmit buffer.
-    pub(super) fn try_send_xml(&mut self, wire: &(Framing, ProtocolVersion), encode: impl FnOnce(&(Framing, ProtocolVersion), &mut Vec<u8>) -> Result<(), xml::XmlEncodeError>) -> Result<(), EncodeProblem> {
-        self.scratch.clear();
-        encode(wire, &mut self.scratch).map_err(EncodeProblem::Xml)?;
-        let framing = wire.0;
-        framing.write_header(self.scratch.len(), &mut self.transmit).map_err(|_| EncodeProblem::TooLarge(self.scratch.len()))?;
-        self.transmit.extend_from_slice(&self.scratch);
-        framing.write_trailer(&mut self.transmit);
-        trace!(xml = %xml::for_log(&self.scratch), "send");
-        Stats::inc(&self.stats.frames_out);
-        Ok(())
     }
 
     /// `close()` of an XML link: `StopApplicationSession` and wait for its answer. False when
     /// there is no session to stop.
     pub(super) fn stop_xml_session(&mut self, now: Instant) -> bool {
         let Some(id) = self.xml.as_ref().and_then(|x| x.session_id.clone()) else { return false };
-        self.send_session(AppSession::Stop { session_id: id });
+        self.send_session(SESSION_INVOKE_ID, AppSession::Stop { session_id: id });
         self.phase = Phase::Releasing { deadline: now + self.p.request_timeout.min(Duration::from_secs(2)) };
         true
     }
@@ -117,7 +105,7 @@ impl Session {
         }
         x.renew_at = Some(now + x.duration / 2);
         let duration = u32::try_from(x.profile.session_duration.as_secs()).ok();
-        self.send_session(AppSession::ResetTimer { session_id: id, duration });
+        self.send_session(SESSION_INVOKE_ID, AppSession::ResetTimer { session_id: id, duration });
     }
 
     /// The PBX granted the session.
@@ -164,10 +152,8 @@ impl Session {
                 AppSession::ResetTimerNeg { error } => self.lose(LinkLoss::SessionRefused(format!("renewal: {}", reason(&error)))),
                 AppSession::Terminated { reason: r, .. } => self.lose(LinkLoss::SessionTerminated(reason(&r))),
                 AppSession::Stop { .. } => {
-                    let m = XmlMessage::Session { invoke_id, msg: AppSession::StopPos };
-                    if let Some(wire) = self.xml.as_ref().map(XmlState::wire) {
-                        let _ = self.try_send_xml(&wire, |w, out| m.encode(w.0, w.1, out));
-                    }
+                    // Answered on the PBX's own invoke id.
+                    self.send_session(invoke_id.unwrap_or(SESSION_INVOKE_ID), AppSession::StopPos);
                     self.lose(LinkLoss::ReleasedByPeer);
                 }
                 other => {
