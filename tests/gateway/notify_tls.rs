@@ -7,12 +7,11 @@
 //! is given up, the association fails with `code_not_delivered`.
 
 use crate::gateway_e2e::wait_assoc;
+use crate::redaction::Captured;
 use crate::notify_common;
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cstagate::notify::{Notifier, NotifySettings, Target};
@@ -75,33 +74,6 @@ async fn an_untrusted_receiver_gets_nothing_and_the_failure_names_the_cause() {
         assert_eq!(stats_of(&n, "acme").delivered, 0, "{what}");
         assert!(r.got.try_recv().is_err(), "{what}: nothing delivered");
         assert_eq!(r.handshakes.load(Ordering::SeqCst), 0, "{what}: no handshake completed");
-    }
-}
-
-/// Everything the subscriber writes, up to [`MAX_CAPTURED`].
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-/// The process's log lines kept at most (the other tests of the binary log there too).
-const MAX_CAPTURED: usize = 256 << 20;
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut v = self.0.lock().unwrap();
-        if v.len() + buf.len() <= MAX_CAPTURED {
-            v.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Captured {
-        self.clone()
     }
 }
 
@@ -208,7 +180,7 @@ async fn with_code_delivery_notify_the_code_goes_only_to_the_https_endpoint_bind
     gw.running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 
-    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let text = logs.text();
     assert!(text.contains("code sent to the tenant's notification endpoint") && text.contains(&id), "the flow was logged:\n{text}");
     assert!(!text.contains(&code), "the code {code} is in the logs:\n{text}");
 }

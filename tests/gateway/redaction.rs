@@ -23,13 +23,20 @@ const PASSWORD: &str = "S3cr3t-pw-4711";
 /// A wrong login is usually a typo of the right one: it must not be printed either.
 const WRONG: &str = "S3cr3t-pw-4712";
 
-/// Everything the subscriber writes.
+/// Everything the subscriber writes, up to [`MAX_CAPTURED`] (also the process-wide log of
+/// `notify_tls.rs`, where every test of the binary writes).
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
+
+/// The log bytes kept at most.
+const MAX_CAPTURED: usize = 256 << 20;
 
 impl Write for Captured {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        let mut v = self.0.lock().unwrap();
+        if v.len() + buf.len() <= MAX_CAPTURED {
+            v.extend_from_slice(buf);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -45,7 +52,7 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 }
 
 impl Captured {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 }
