@@ -137,9 +137,44 @@ pub struct PbxConfig {
     /// Directory: numbers and ranges (`["2000-2099", "3000"]`).
     #[serde(default)]
     pub extensions: Vec<String>,
-    /// Display names of extensions.
+    /// Display names of extensions; also the first source of the directory search.
     #[serde(default)]
     pub names: std::collections::HashMap<String, String>,
+    // The directory search (`GET /v1/directory/{pbx}`, `crate::directory`): its other sources.
+    /// A file of `extension,name` rows, re-read when it changes.
+    pub directory_csv: Option<PathBuf>,
+    /// An LDAP directory: `ldaps://host[:port]`, or `ldap://` (to loopback, with
+    /// `ldap_starttls`, or with `ldap_allow_plain`).
+    pub ldap_url: Option<String>,
+    /// Where the search starts (`ou=people,dc=example,dc=com`); required with `ldap_url`.
+    pub ldap_base: Option<String>,
+    /// The search filter (default `(<ldap_number_attr>=*)`).
+    pub ldap_filter: Option<String>,
+    /// The DN of a simple bind (anonymous without); with `ldap_password_env`.
+    pub ldap_bind_dn: Option<String>,
+    /// Environment variable holding the bind password.
+    pub ldap_password_env: Option<String>,
+    /// The attribute holding the name (default `cn`).
+    pub ldap_name_attr: Option<String>,
+    /// The attribute holding the number (default `telephoneNumber`).
+    pub ldap_number_attr: Option<String>,
+    /// Takes the extension out of the number (its first capture group, or the whole match);
+    /// default `^[0-9*#]+$`, the number as it is.
+    pub ldap_extension_regex: Option<String>,
+    /// How often the entries are fetched again (default 15 minutes).
+    #[serde(default, with = "humantime_serde")]
+    pub ldap_refresh: Option<Duration>,
+    /// Entries per page of the paged search (default 500).
+    pub ldap_page_size: Option<u32>,
+    /// PEM CA certificates the LDAP server's certificate must chain to (default: public roots).
+    pub ldap_ca: Option<PathBuf>,
+    /// Upgrade an `ldap://` connection with StartTLS.
+    #[serde(default)]
+    pub ldap_starttls: bool,
+    /// Accept plain `ldap://` to a host that is not loopback (the bind password and the staff
+    /// list then cross the network in clear).
+    #[serde(default)]
+    pub ldap_allow_plain: bool,
     pub ivr_number: Option<String>,
     pub context_delivery: Option<crate::association::ContextDelivery>,
     #[serde(default)]
@@ -162,6 +197,13 @@ pub struct PbxConfig {
     #[serde(default, with = "humantime_serde")]
     pub owner_block: Option<Duration>,
 }
+
+/// `ldap_extension_regex` when the file has none: the number is the extension as it is.
+pub const DEFAULT_EXTENSION_REGEX: &str = "^[0-9*#]+$";
+/// `ldap_refresh` when the file has none.
+pub const DEFAULT_LDAP_REFRESH: Duration = Duration::from_secs(15 * 60);
+/// `ldap_page_size` when the file has none.
+pub const DEFAULT_LDAP_PAGE_SIZE: i32 = 500;
 
 /// The longest a proof call may ring: past this the user has walked away, and the extension's
 /// line is held for nothing.
@@ -275,7 +317,7 @@ impl PbxConfig {
         format!("pbx `{}`", self.id)
     }
 
-    pub(super) fn invalid(&self, key: &'static str, why: impl Into<String>) -> ConfigError {
+    pub(crate) fn invalid(&self, key: &'static str, why: impl Into<String>) -> ConfigError {
         ConfigError::Invalid { at: self.at(), key, why: why.into() }
     }
 
@@ -370,7 +412,136 @@ impl PbxConfig {
         if self.tenant.is_some() && self.context_delivery == Some(crate::association::ContextDelivery::None) && self.did_prefix.is_none() {
             return Err(self.invalid("context_delivery", "\"none\" needs did_prefix: without a context id only the extension's DID can name the proof call"));
         }
+        self.validate_directory()
+    }
+
+    /// The directory keys without reading their files or secrets (that is
+    /// [`PbxConfig::directory_settings`]'s).
+    fn validate_directory(&self) -> Result<(), ConfigError> {
+        if self.directory_csv.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(self.invalid("directory_csv", "is empty (a file's path)"));
+        }
+        if (self.directory_csv.is_some() || self.ldap_url.is_some()) && self.extensions.is_empty() {
+            let key = if self.directory_csv.is_some() { "directory_csv" } else { "ldap_url" };
+            return Err(self.invalid(key, "needs `extensions`: the directory lists only extensions inside them"));
+        }
+        let ldap_keys = [
+            ("ldap_base", self.ldap_base.is_some()),
+            ("ldap_filter", self.ldap_filter.is_some()),
+            ("ldap_bind_dn", self.ldap_bind_dn.is_some()),
+            ("ldap_password_env", self.ldap_password_env.is_some()),
+            ("ldap_name_attr", self.ldap_name_attr.is_some()),
+            ("ldap_number_attr", self.ldap_number_attr.is_some()),
+            ("ldap_extension_regex", self.ldap_extension_regex.is_some()),
+            ("ldap_refresh", self.ldap_refresh.is_some()),
+            ("ldap_page_size", self.ldap_page_size.is_some()),
+            ("ldap_ca", self.ldap_ca.is_some()),
+            ("ldap_starttls", self.ldap_starttls),
+            ("ldap_allow_plain", self.ldap_allow_plain),
+        ];
+        let Some(url) = &self.ldap_url else {
+            return match ldap_keys.iter().find(|(_, set)| *set) {
+                Some((key, _)) => Err(self.invalid(key, "applies only with ldap_url")),
+                None => Ok(()),
+            };
+        };
+        let (tls, rest) = match url.split_once("://") {
+            Some(("ldaps", rest)) => (true, rest),
+            Some(("ldap", rest)) => (false, rest),
+            _ => return Err(self.invalid("ldap_url", "must be ldaps://host[:port] or ldap://host[:port]")),
+        };
+        let host = tls::host_of(rest.split(['/', '?']).next().unwrap_or_default());
+        if host.is_empty() {
+            return Err(self.invalid("ldap_url", "has no host"));
+        }
+        if tls && self.ldap_starttls {
+            return Err(self.invalid("ldap_starttls", "applies to ldap:// only (ldaps:// is TLS from the start)"));
+        }
+        let encrypted = tls || self.ldap_starttls;
+        if !encrypted && self.ldap_ca.is_some() {
+            return Err(self.invalid("ldap_ca", "applies only with ldaps:// or ldap_starttls"));
+        }
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        if !encrypted && !loopback && !self.ldap_allow_plain {
+            return Err(self.invalid("ldap_url", "is plain ldap:// to another machine: the bind password and the names would cross the network in clear; use ldaps://, ldap_starttls = true, or set ldap_allow_plain = true"));
+        }
+        if self.ldap_base.as_ref().is_none_or(|b| b.trim().is_empty()) {
+            return Err(self.invalid("ldap_base", "is required with ldap_url (where the search starts)"));
+        }
+        if let Some(f) = &self.ldap_filter {
+            if ldap3::parse_filter(f).is_err() {
+                return Err(self.invalid("ldap_filter", "is not an LDAP filter (RFC 4515, e.g. `(&(objectClass=person)(telephoneNumber=*))`)"));
+            }
+        }
+        match (&self.ldap_bind_dn, &self.ldap_password_env) {
+            (Some(_), None) => return Err(self.invalid("ldap_password_env", "is required with ldap_bind_dn")),
+            (None, Some(_)) => return Err(self.invalid("ldap_bind_dn", "is required with ldap_password_env")),
+            _ => {}
+        }
+        for (key, attr) in [("ldap_name_attr", &self.ldap_name_attr), ("ldap_number_attr", &self.ldap_number_attr)] {
+            if attr.as_ref().is_some_and(|a| a.is_empty() || a.len() > 64 || !a.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b';' || b == b'.')) {
+                return Err(self.invalid(key, "must be an attribute name (letters, digits, '-', at most 64)"));
+            }
+        }
+        if let Some(re) = &self.ldap_extension_regex {
+            self.extension_regex(re)?;
+        }
+        if self.ldap_refresh.is_some_and(|d| d < Duration::from_secs(1) || d > Duration::from_secs(86_400)) {
+            return Err(self.invalid("ldap_refresh", "must be 1 s to 24 h"));
+        }
+        if self.ldap_page_size.is_some_and(|n| !(1..=10_000).contains(&n)) {
+            return Err(self.invalid("ldap_page_size", "must be 1 to 10000"));
+        }
         Ok(())
+    }
+
+    fn extension_regex(&self, re: &str) -> Result<regex::Regex, ConfigError> {
+        regex::RegexBuilder::new(re).size_limit(1 << 20).build().map_err(|e| self.invalid("ldap_extension_regex", format!("is not a regular expression: {e}")))
+    }
+
+    /// The directory's sources: the `names` (as entries), the CSV file's path, and the LDAP
+    /// settings with the bind password read and the TLS client built.
+    ///
+    /// # Errors
+    /// The password's variable is missing or empty, or `ldap_ca` cannot be read (the error
+    /// names the key, never the password).
+    pub fn directory_settings(&self) -> Result<crate::directory::DirectorySettings, ConfigError> {
+        let mut names: Vec<crate::directory::Entry> = self.names.iter().filter_map(|(x, n)| Some(crate::directory::Entry { extension: x.clone(), name: crate::directory::clean_name(n)? })).collect();
+        names.sort_by(|a, b| a.extension.cmp(&b.extension));
+        let ldap = match &self.ldap_url {
+            None => None,
+            Some(url) => {
+                let bind = match (&self.ldap_bind_dn, &self.ldap_password_env) {
+                    (Some(dn), Some(var)) => Some((dn.clone(), Secret::from(read_secret(&self.at(), "ldap_password_env", SecretSource::Env(var))?))),
+                    _ => None,
+                };
+                let encrypted = url.starts_with("ldaps://") || self.ldap_starttls;
+                let tls = if encrypted {
+                    let ca = match &self.ldap_ca {
+                        Some(p) => Some(tls::read_certs(p).map_err(|w| self.invalid("ldap_ca", format!("file {}: {w}", p.display())))?),
+                        None => None,
+                    };
+                    Some(std::sync::Arc::new(tls::client_config(ca, None).map_err(|e| self.invalid("ldap_ca", e.why))?))
+                } else {
+                    None
+                };
+                let number_attr = self.ldap_number_attr.clone().unwrap_or_else(|| "telephoneNumber".into());
+                Some(crate::directory::ldap::LdapSettings {
+                    url: url.clone(),
+                    base: self.ldap_base.clone().unwrap_or_default(),
+                    filter: self.ldap_filter.clone().unwrap_or_else(|| format!("({number_attr}=*)")),
+                    bind,
+                    name_attr: self.ldap_name_attr.clone().unwrap_or_else(|| "cn".into()),
+                    number_attr,
+                    extension: self.extension_regex(self.ldap_extension_regex.as_deref().unwrap_or(DEFAULT_EXTENSION_REGEX))?,
+                    refresh: self.ldap_refresh.unwrap_or(DEFAULT_LDAP_REFRESH),
+                    page_size: self.ldap_page_size.map_or(DEFAULT_LDAP_PAGE_SIZE, |n| n as i32),
+                    tls,
+                    starttls: self.ldap_starttls,
+                })
+            }
+        };
+        Ok(crate::directory::DirectorySettings { names, csv: self.directory_csv.clone(), ldap })
     }
 
     /// The `tls*` keys without reading their files (that is [`PbxConfig::profile`]'s).
@@ -566,6 +737,41 @@ mod tests {
         assert_eq!(c.pbx("berlin").unwrap().phase2_results, Wrapping::Bare, "today's form by default");
         let err = c.pbx("berlin").unwrap().profile().unwrap_err().to_string();
         assert!(err.contains("acse_password_file"), "{err}");
+    }
+
+    #[test]
+    fn directory_keys_are_checked_by_name() {
+        let base = "[[pbx]]\nid = \"p\"\naddress = \"h\"\ndialect = \"phase3\"\n";
+        let ok = format!("{base}extensions = [\"2000-2099\"]\ndirectory_csv = \"/tmp/d.csv\"\nldap_url = \"ldap://127.0.0.1:3389\"\nldap_base = \"dc=example,dc=com\"\nldap_refresh = \"30s\"\n");
+        let c = Config::parse(&ok).unwrap();
+        let s = c.pbx("p").unwrap().directory_settings().unwrap();
+        let l = s.ldap.unwrap();
+        assert_eq!((l.filter.as_str(), l.name_attr.as_str(), l.refresh, l.page_size), ("(telephoneNumber=*)", "cn", Duration::from_secs(30), 500));
+        assert!(Config::parse(&format!("{base}extensions = [\"2000\"]\nldap_url = \"ldaps://ldap.example\"\nldap_base = \"o=x\"\n")).is_ok());
+        for (table, key) in [
+            ("directory_csv = \"/tmp/d.csv\"", "directory_csv"),
+            ("extensions = [\"2000\"]\nldap_base = \"o=x\"", "ldap_base"),
+            ("extensions = [\"2000\"]\nldap_url = \"http://h\"\nldap_base = \"o=x\"", "ldap_url"),
+            ("extensions = [\"2000\"]\nldap_url = \"ldap://ldap.example\"\nldap_base = \"o=x\"", "ldap_url"),
+            ("extensions = [\"2000\"]\nldap_url = \"ldap://127.0.0.1\"", "ldap_base"),
+            ("extensions = [\"2000\"]\nldap_url = \"ldaps://h\"\nldap_base = \"o=x\"\nldap_starttls = true", "ldap_starttls"),
+            ("extensions = [\"2000\"]\nldap_url = \"ldap://127.0.0.1\"\nldap_base = \"o=x\"\nldap_ca = \"/ca.pem\"", "ldap_ca"),
+            ("extensions = [\"2000\"]\nldap_url = \"ldap://127.0.0.1\"\nldap_base = \"o=x\"\nldap_filter = \"(cn=\"", "ldap_filter"),
+            ("extensions = [\"2000\"]\nldap_url = \"ldap://127.0.0.1\"\nldap_base = \"o=x\"\nldap_bind_dn = \"cn=a\"", "ldap_password_env"),
+            ("extensions = [\"2000\"]\nldap_url = \"ldap://127.0.0.1\"\nldap_base = \"o=x\"\nldap_extension_regex = \"(\"", "ldap_extension_regex"),
+            ("extensions = [\"2000\"]\nldap_url = \"ldap://127.0.0.1\"\nldap_base = \"o=x\"\nldap_refresh = \"0s\"", "ldap_refresh"),
+            ("extensions = [\"2000\"]\nldap_url = \"ldap://127.0.0.1\"\nldap_base = \"o=x\"\nldap_page_size = 0", "ldap_page_size"),
+            ("extensions = [\"2000\"]\nldap_url = \"ldap://127.0.0.1\"\nldap_base = \"o=x\"\nldap_name_attr = \"c n\"", "ldap_name_attr"),
+        ] {
+            let err = Config::parse(&format!("{base}{table}\n")).unwrap_err().to_string();
+            assert!(err.contains(key), "{table}: {err}");
+        }
+        // Plain ldap:// to another machine, when the operator says the network is theirs.
+        assert!(Config::parse(&format!("{base}extensions = [\"2000\"]\nldap_url = \"ldap://ldap.example\"\nldap_base = \"o=x\"\nldap_allow_plain = true\n")).is_ok());
+        // The password's variable is read when the directory is built, and named when missing.
+        let c = Config::parse(&format!("{base}extensions = [\"2000\"]\nldap_url = \"ldap://127.0.0.1\"\nldap_base = \"o=x\"\nldap_bind_dn = \"cn=a\"\nldap_password_env = \"CSTAGATE_TEST_NO_SUCH_VAR\"\n")).unwrap();
+        let err = c.pbx("p").unwrap().directory_settings().unwrap_err().to_string();
+        assert!(err.contains("ldap_password_env") && err.contains("CSTAGATE_TEST_NO_SUCH_VAR"), "{err}");
     }
 
     #[test]
