@@ -242,7 +242,7 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let listener = listen(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let guards = crate::ivr::IvrGuards::new(config.gateway.ivr_guesses_per_minute);
-    let app = crate::api::router_with(gateway.clone(), secrets, guards.clone());
+    let app = crate::api::router_with_directory(gateway.clone(), secrets, guards.clone(), crate::directory::Directories::start(config)?);
     let shutdown = Shutdown::new();
     let tls = tls.map(Arc::new);
     if let Some(t) = &tls {

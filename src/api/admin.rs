@@ -117,7 +117,8 @@ pub(super) async fn blocks_lift(State(st): State<AppState>, _: AdminCaller, _: S
     change(&st, scope.clone(), ApiInput::LiftBlocks { scope, now: now_ms() }).await
 }
 
-/// One PBX link: its state and counters (as `Link::state` and `Link::stats` give them).
+/// One PBX link: its state and counters (as `Link::state` and `Link::stats` give them), and its
+/// directory's sources (`null` when the PBX has no directory).
 #[derive(Serialize, ToSchema)]
 pub struct PbxLink {
     id: String,
@@ -125,6 +126,8 @@ pub struct PbxLink {
     state: crate::link::LinkState,
     #[schema(value_type = Object)]
     stats: crate::link::StatsSnapshot,
+    #[schema(required = true)]
+    directory: Option<crate::directory::DirectoryStatus>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -135,7 +138,7 @@ pub struct PbxList {
 #[utoipa::path(get, path = "/v1/pbx", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = PbxList), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody)))]
 pub(super) async fn pbx_list(State(st): State<AppState>, _: AdminCaller, _: StrictQuery<NoQuery>) -> Json<PbxList> {
-    let mut pbx: Vec<PbxLink> = st.gw.links().iter().map(|(id, l)| PbxLink { id: id.clone(), state: l.state(), stats: l.stats() }).collect();
+    let mut pbx: Vec<PbxLink> = st.gw.links().iter().map(|(id, l)| PbxLink { id: id.clone(), state: l.state(), stats: l.stats(), directory: st.directory.get(id).map(|d| d.status()) }).collect();
     pbx.sort_by(|a, b| a.id.cmp(&b.id));
     Json(PbxList { pbx })
 }

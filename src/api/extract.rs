@@ -170,8 +170,8 @@ pub trait QueryParams: Sized {
 }
 
 /// The query string as `T`: parameters decoded strictly and checked by name (`account` an
-/// identifier, `extension` a dial string, `limit` 1 to 10000); unknown or repeated parameters
-/// are refused.
+/// identifier, `extension` a dial string, `limit` 1 to 10000, `name` a person's name); unknown or
+/// repeated parameters are refused.
 pub struct StrictQuery<T>(pub T);
 
 impl<T: QueryParams> FromRequestParts<AppState> for StrictQuery<T> {
@@ -235,6 +235,8 @@ fn query_params(raw: Option<&str>, allowed: &[&'static str]) -> Result<HashMap<&
                     return Err(HttpError::bad("limit", "`limit` must be an integer from 1 to 10000"));
                 }
             }
+            // A person's name, in any script (the directory search).
+            "name" => check_text(name, &v, crate::directory::matcher::MAX_QUERY_CHARS)?,
             _ => check_id(name, &v, 128)?,
         }
         if out.insert(name, v).is_some() {

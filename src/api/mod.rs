@@ -17,12 +17,14 @@
 //! types they exchange: a route cannot be served without being documented.
 //!
 //! One file per group of routes: [`associations`], [`bindings`], [`cti`], [`admin`], [`ivr`]
-//! (the webhook), [`ops`] (health, metrics, the document).
+//! (the webhook), [`ops`] (health, metrics, the document), [`directory`] (finding an extension
+//! by name).
 
 pub mod admin;
 pub mod associations;
 pub mod bindings;
 pub mod cti;
+pub mod directory;
 pub mod error;
 pub mod extract;
 pub mod ivr;
@@ -70,6 +72,8 @@ pub struct AppState {
     ivr: crate::ivr::IvrGuards,
     /// The OpenAPI document, serialized once.
     openapi: Arc<str>,
+    /// The PBXs' directories (`GET /v1/directory/{pbx}`, and their state in `GET /v1/pbx`).
+    directory: crate::directory::Directories,
 }
 
 /// The document's frame: what the handlers do not say themselves.
@@ -113,6 +117,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::blocks))
         .routes(routes!(admin::blocks_lift))
         .routes(routes!(ivr::ivr_webhook))
+        .routes(routes!(directory::search))
 }
 
 /// The OpenAPI document of this API, as `/v1/openapi.json` serves it.
@@ -125,12 +130,17 @@ pub fn router(gw: Gateway, secrets: Secrets) -> Router {
     router_with(gw, secrets, crate::ivr::IvrGuards::default())
 }
 
-/// The API's router, its webhook guarded by (and `/metrics` reading) `ivr`.
+/// The API's router, its webhook guarded by (and `/metrics` reading) `ivr`, without directories.
 pub fn router_with(gw: Gateway, secrets: Secrets, ivr: crate::ivr::IvrGuards) -> Router {
+    router_with_directory(gw, secrets, ivr, crate::directory::Directories::default())
+}
+
+/// The API's router, as [`router_with`], searching `directory`.
+pub fn router_with_directory(gw: Gateway, secrets: Secrets, ivr: crate::ivr::IvrGuards, directory: crate::directory::Directories) -> Router {
     let (router, doc) = routes().split_for_parts();
     let openapi: Arc<str> = doc.to_json().unwrap_or_default().into();
     let tokens = Arc::new(extract::Tokens::new(&secrets));
-    let state = AppState { gw, secrets: Arc::new(secrets), tokens, replay: Arc::new(Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY))), streams: Arc::default(), ivr, openapi };
+    let state = AppState { gw, secrets: Arc::new(secrets), tokens, replay: Arc::new(Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY))), streams: Arc::default(), ivr, openapi, directory };
     router
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
