@@ -1,7 +1,11 @@
-//! The whole gateway on loopback: API, IVR adapters, notifications, proof of presence, storage failures, redaction.
+//! The whole gateway on loopback: API, IVR adapters, notifications, proof of presence, storage failures, redaction, the directory.
 //!
 //! One test binary per subject (cargo builds and links each `tests/*/main.rs` once); each
 //! file below is one group of tests.
+
+#[allow(dead_code)]
+#[path = "../common/mod.rs"]
+mod common;
 
 #[allow(dead_code)]
 #[path = "../notify_common/mod.rs"]
@@ -26,3 +30,5 @@ mod storage_failure;
 mod redaction;
 mod csta_tls;
 mod tls_api;
+mod directory_csv;
+mod directory_ldap;
