@@ -468,10 +468,8 @@ impl PbxConfig {
         if self.ldap_base.as_ref().is_none_or(|b| b.trim().is_empty()) {
             return Err(self.invalid("ldap_base", "is required with ldap_url (where the search starts)"));
         }
-        if let Some(f) = &self.ldap_filter {
-            if ldap3::parse_filter(f).is_err() {
-                return Err(self.invalid("ldap_filter", "is not an LDAP filter (RFC 4515, e.g. `(&(objectClass=person)(telephoneNumber=*))`)"));
-            }
+        if self.ldap_filter.as_ref().is_some_and(|f| ldap3::parse_filter(f).is_err()) {
+            return Err(self.invalid("ldap_filter", "is not an LDAP filter (RFC 4515, e.g. `(&(objectClass=person)(telephoneNumber=*))`)"));
         }
         match (&self.ldap_bind_dn, &self.ldap_password_env) {
             (Some(_), None) => return Err(self.invalid("ldap_password_env", "is required with ldap_bind_dn")),

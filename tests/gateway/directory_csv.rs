@@ -95,3 +95,18 @@ async fn csv_names_are_found_merged_and_reread_when_the_file_changes() {
     running.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The README's directory configuration parses, and its regex takes the extension it says out
+/// of the number it shows.
+#[test]
+fn the_readme_directory_configuration_is_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme.split("```toml\n").filter_map(|b| b.split("```").next()).find(|b| b.contains("ldap_url")).expect("the directory's toml block");
+    let c = cstagate::config::Config::parse(block).unwrap_or_else(|e| panic!("README directory block: {e}"));
+    let p = c.pbx("paris").unwrap();
+    let re = regex::Regex::new(p.ldap_extension_regex.as_deref().unwrap()).unwrap();
+    assert_eq!(cstagate::directory::ldap::extension_of(&re, "+33 1 44 00 20 05").as_deref(), Some("2005"));
+    assert_eq!(p.ldap_refresh, Some(Duration::from_secs(900)));
+    let l = cstagate::directory::csv::parse("2001,Jürgen Müller\n".as_bytes()).unwrap();
+    assert_eq!((l.entries[0].extension.as_str(), l.entries[0].name.as_str()), ("2001", "Jürgen Müller"));
+}

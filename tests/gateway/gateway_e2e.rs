@@ -435,7 +435,7 @@ async fn every_response_matches_the_served_openapi_document() {
         ("get", "/v1/bindings"), ("get", "/v1/bindings/{pbx}/{extension}"), ("delete", "/v1/bindings/{pbx}/{extension}"),
         ("post", "/v1/extensions/{pbx}/{extension}/calls"), ("delete", "/v1/extensions/{pbx}/{extension}/calls/{call}"), ("get", "/v1/extensions/{pbx}/{extension}/events"),
         ("get", "/v1/pbx"), ("get", "/v1/audit"), ("get", "/v1/admin/counters"), ("post", "/v1/admin/counters/reset"), ("get", "/v1/admin/blocks"), ("post", "/v1/admin/blocks/lift"),
-        ("post", "/v1/ivr/webhook"),
+        ("post", "/v1/ivr/webhook"), ("get", "/v1/directory/{pbx}"),
     ];
     let documented: Vec<(String, String)> = doc["paths"].as_object().unwrap().iter().flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), p.clone()))).collect();
     let mut expected: Vec<(String, String)> = routes.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();
@@ -520,6 +520,8 @@ async fn every_response_matches_the_served_openapi_document() {
     // Admin reads and changes.
     check("get", "/v1/pbx", h.json("GET", "/v1/pbx", &e.tokens.admin, None).await.unwrap());
     check("get", "/v1/pbx", h.json("GET", "/v1/pbx", t, None).await.unwrap());
+    check("get", "/v1/directory/{pbx}", h.json("GET", "/v1/directory/paris?name=bob", t, None).await.unwrap());
+    check("get", "/v1/directory/{pbx}", h.json("GET", "/v1/directory/paris?name=bob", &e.tokens.other_tenant, None).await.unwrap());
     check("get", "/v1/audit", h.json("GET", "/v1/audit?extension=2005", &e.tokens.admin, None).await.unwrap());
     check("get", "/v1/audit", h.json("GET", "/v1/audit?limit=0", t, None).await.unwrap());
     check("get", "/v1/admin/counters", h.json("GET", "/v1/admin/counters?account=alice", &e.tokens.admin, None).await.unwrap());
@@ -531,7 +533,7 @@ async fn every_response_matches_the_served_openapi_document() {
     assert_eq!((s, v), (204, Value::Null));
     check("delete", "/v1/bindings/{pbx}/{extension}", h.json("DELETE", "/v1/bindings/paris/2005?account=alice", t, None).await.unwrap());
     check("get", "/v1/extensions/{pbx}/{extension}/events", h.json("GET", "/v1/extensions/paris/2005/events?account=alice", t, None).await.unwrap());
-    assert_eq!(seen, 33);
+    assert_eq!(seen, 35);
     // The metrics: counters end in `_total`, and the ends are counted by state and reason.
     let (s, body) = h.raw("GET", "/metrics", &[], None).await.unwrap();
     let text = String::from_utf8_lossy(&body);
