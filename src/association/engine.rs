@@ -220,7 +220,7 @@ impl Engine {
         };
         self.by_ext.insert(ext_key, id.clone());
         self.by_account.insert((tenant.clone(), account.clone()), id.clone());
-        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, lock_unknown: false, monitored: false, deadline: None, attempt: Attempt::default() });
+        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, lock_unknown: false, earlier_make_calls: Vec::new(), ended_calls: Vec::new(), monitored: false, deadline: None, attempt: Attempt::default() });
         self.touch(&id);
         actions.push(audit(&view, now, "code_issued", "ok"));
         // Out of band: the code leaves only in the tenant's notification, before the proof call
@@ -296,12 +296,10 @@ impl Engine {
         self.proof_calls.entry((pbx.clone(), ext.clone())).or_default().push(call.clone());
         actions.push(Action::Store(StoreWrite::ProofCall(call)));
         self.by_context.insert(context.clone(), id.into());
+        self.retire_attempt(id);
         let a = self.assocs.get_mut(id).ok_or(Refusal::NotFound)?;
         a.view.reason = None;
         a.view.retryable = true;
-        a.view.call = None;
-        a.lock_call = None;
-        a.lock_unknown = false;
         a.attempt = Attempt { context: Some(context), ..Attempt::default() };
         if a.monitored {
             self.after_monitor(id, now, actions);
