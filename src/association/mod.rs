@@ -424,6 +424,13 @@ pub struct IvrReply {
     pub hangup: bool,
 }
 
+impl IvrReply {
+    /// The BCP 47 language the words are in.
+    pub fn language(&self) -> &str {
+        "en-US"
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Gather {
     pub max_digits: usize,

@@ -26,3 +26,4 @@ mod storage_failure;
 mod redaction;
 mod csta_tls;
 mod tls_api;
+mod twiml;
