@@ -374,6 +374,14 @@ impl Config {
                 return Err(p.invalid("tenant", format!("names `{t}`, which no [[tenant]] defines")));
             }
         }
+        // A `To` must name one pool number of one PBX.
+        let pools: Vec<(&str, &str)> = self.pbx.iter().flat_map(|p| p.ivr_numbers.iter().map(move |n| (p.id.as_str(), n.as_str()))).collect();
+        for (i, (pbx, n)) in pools.iter().enumerate() {
+            if let Some((other, o)) = pools[..i].iter().find(|(other, o)| other != pbx && crate::association::pool_number_matches(o, n)) {
+                let p = self.pbx.iter().find(|p| p.id == *pbx).ok_or_else(|| ConfigError::Parse { key: None, message: String::new() })?;
+                return Err(p.invalid("ivr_numbers", format!("`{n}` is also in the pool of pbx `{other}` (`{o}`)")));
+            }
+        }
         Ok(())
     }
 

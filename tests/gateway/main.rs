@@ -27,3 +27,4 @@ mod redaction;
 mod csta_tls;
 mod tls_api;
 mod twiml;
+mod ivr_pool;
