@@ -647,4 +647,28 @@ mod tests {
             assert!(err.contains(key), "{table}: {err}");
         }
     }
+
+    #[test]
+    fn a_pool_is_checked_and_its_numbers_are_told_apart_at_the_ivr() {
+        use crate::association::pool_number_matches;
+        assert!(pool_number_matches("0800100201", "+33800100201") && pool_number_matches("0800100201", "0800100201"));
+        assert!(!pool_number_matches("0800100201", "+33800100202") && !pool_number_matches("0800100201", "") && !pool_number_matches("12", "0012"));
+        let table = |extra: &str| format!("[[tenant]]\nid = \"t\"\ntoken_env = \"T\"\n[[pbx]]\nid = \"p\"\naddress = \"10.0.0.1\"\ndialect = \"oxe\"\ntenant = \"t\"\nextensions = [\"2000\"]\n{extra}\n");
+        let c = Config::parse(&table("context_delivery = \"number_pool\"\nivr_numbers = [\"0800100201\", \"0800100202\"]")).unwrap();
+        let pol = &c.policies().unwrap()["p"];
+        assert_eq!((pol.ivr_numbers.len(), pol.context_delivery), (2, crate::association::ContextDelivery::NumberPool));
+        for (extra, why) in [
+            ("context_delivery = \"number_pool\"", "must list"),
+            ("ivr_number = \"0800100200\"\nivr_numbers = [\"0800100201\"]", "applies only"),
+            ("context_delivery = \"number_pool\"\nivr_numbers = [\"0800-100\"]", "not a number"),
+            ("context_delivery = \"number_pool\"\nivr_numbers = [\"00012\"]", "too short"),
+            ("context_delivery = \"number_pool\"\nivr_numbers = [\"0800100201\", \"+33800100201\"]", "same number"),
+        ] {
+            let err = Config::parse(&table(extra)).unwrap_err().to_string();
+            assert!(err.contains("ivr_numbers") && err.contains(why), "{extra}: {err}");
+        }
+        let two = format!("{}[[pbx]]\nid = \"q\"\naddress = \"10.0.0.2\"\ndialect = \"oxe\"\ntenant = \"t\"\nextensions = [\"2000\"]\ncontext_delivery = \"number_pool\"\nivr_numbers = [\"+33800100201\"]\n", table("context_delivery = \"number_pool\"\nivr_numbers = [\"0800100201\"]"));
+        let err = Config::parse(&two).unwrap_err().to_string();
+        assert!(err.contains("pool of pbx `p`"), "{err}");
+    }
 }
