@@ -110,6 +110,8 @@ pub(crate) struct Attempt {
     /// Steps recorded once per attempt however often the PBX repeats the event.
     pub(crate) answered: bool,
     pub(crate) reaching_ivr: bool,
+    /// [`ContextDelivery::NumberPool`]: the pool number this attempt holds until it ends.
+    pub(crate) pool_number: Option<String>,
 }
 
 impl Assoc {
@@ -144,6 +146,13 @@ pub struct Engine {
     /// Owner blocks by (tenant, account, pbx, extension).
     pub(crate) blocks: HashMap<BlockKey, OwnerBlock>,
     pub(crate) ivr_calls: HashMap<String, IvrCall>,
+    /// Pool numbers held by live attempts ([`ContextDelivery::NumberPool`]), by (pbx, number):
+    /// the attempts' own `pool_number`s, indexed. A number is never held twice.
+    pub(crate) pool_held: HashMap<(PbxId, String), AssociationId>,
+    /// When each pool number was last released: the free number released longest ago is handed
+    /// out first, so a number whose call is still being cleared is reused last. Bounded by the
+    /// configured pools.
+    pub(crate) pool_released: HashMap<(PbxId, String), Millis>,
     /// The CSTA requests whose answers the engine awaits, by id. Only requests of associations
     /// in memory: dropped with their association, so bounded like `assocs`.
     pub(crate) pending: HashMap<RequestId, Pending>,

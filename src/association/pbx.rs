@@ -106,6 +106,11 @@ impl Engine {
         let to = match policy.context_delivery {
             ContextDelivery::DialSuffix => format!("{}*{ctx}#", policy.ivr_number),
             ContextDelivery::Dtmf | ContextDelivery::None => policy.ivr_number.clone(),
+            // The held number alone: it is what names the attempt at the IVR.
+            ContextDelivery::NumberPool => match &a.attempt.pool_number {
+                Some(n) => n.clone(),
+                None => return,
+            },
         };
         let deadline = now + policy.ring_timeout.as_millis() as Millis;
         if let Some(a) = self.assocs.get_mut(id) {

@@ -26,3 +26,5 @@ mod storage_failure;
 mod redaction;
 mod csta_tls;
 mod tls_api;
+mod twiml;
+mod ivr_pool;
