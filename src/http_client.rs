@@ -108,7 +108,8 @@ impl Http {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        if body.is_some() {
+        // JSON unless the caller names the type (a form-encoded TwiML request).
+        if body.is_some() && !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
             req = req.header("content-type", "application/json");
         }
         let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|e| other(e.to_string()))?;

@@ -247,6 +247,7 @@ fn main() -> ExitCode {
                     .collect(),
                 lock_prefix: Some(lock_prefix),
                 ivr_number: Some(ivr_number),
+                ivr_pool: Vec::new(),
                 did_prefix: "+3314400".into(),
                 // clap allowed only the two names.
                 phase2_results: phase2_results.parse().unwrap_or_default(),

@@ -106,10 +106,10 @@ pub fn render(src: &Sources<'_>) -> String {
     }
     reg.register("cstagate_associations_ended", "Associations that reached a final state, by state and reason", src.gw.ended().metric());
     gauge(&mut reg, "cstagate_webhook_replay_cache_entries", &format!("Webhook signatures remembered to refuse replays (at most {REPLAY_CACHE_CAPACITY})"), src.replay_entries as u64);
-    let adapters = |webhook: u64, fastagi: u64| [(label("adapter", "webhook"), webhook), (label("adapter", "fastagi"), fastagi)];
+    let adapters = |webhook: u64, twiml: u64, fastagi: u64| [(label("adapter", "webhook"), webhook), (label("adapter", "twiml"), twiml), (label("adapter", "fastagi"), fastagi)];
     let ivr = src.ivr;
-    counters(&mut reg, "cstagate_ivr_unknown_context", "Context ids entered that matched no association, by IVR adapter", adapters(ivr.webhook.unknown_total(), ivr.fastagi.unknown_total()));
-    counters(&mut reg, "cstagate_ivr_guesses_refused", "Context id entries refused without asking the engine: too many unknown ids in the last minute", adapters(ivr.webhook.refused_total(), ivr.fastagi.refused_total()));
+    counters(&mut reg, "cstagate_ivr_unknown_context", "Context ids entered that matched no association, by IVR adapter", adapters(ivr.webhook.unknown_total(), ivr.twiml.unknown_total(), ivr.fastagi.unknown_total()));
+    counters(&mut reg, "cstagate_ivr_guesses_refused", "Context id entries refused without asking the engine: too many unknown ids in the last minute", adapters(ivr.webhook.refused_total(), ivr.twiml.refused_total(), ivr.fastagi.refused_total()));
     counter(&mut reg, "cstagate_fastagi_refused", "FastAGI connections from peers outside fastagi_allow, closed unread", ivr.fastagi_refused.load(std::sync::atomic::Ordering::Relaxed));
     let notified = src.gw.notifier().map(crate::notify::Notifier::stats).unwrap_or_default();
     let tenants = |f: fn(&crate::notify::TenantStats) -> u64| -> Vec<(Labels, u64)> { notified.iter().map(|t| (label("tenant", &t.tenant), f(t))).collect() };

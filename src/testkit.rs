@@ -30,17 +30,24 @@ pub struct Tokens {
     pub admin: String,
     /// The key the IVR platform signs webhook requests with.
     pub ivr: String,
+    /// The TwiML platform's auth token (`X-Twilio-Signature`), for [`PUBLIC_URL`].
+    pub twiml: String,
 }
+
+/// The `public_url` of every [`LocalGateway`]: the address a TwiML platform would call through
+/// a proxy. Requests go to the loopback address, signed for this URL, as behind a real proxy.
+pub const PUBLIC_URL: &str = "https://ivr.cstagate.test";
 
 impl Tokens {
     /// Four new random secrets.
     pub fn random() -> Tokens {
-        Tokens { tenant: crate::random::id(), other_tenant: crate::random::id(), admin: crate::random::id(), ivr: crate::random::id() }
+        Tokens { tenant: crate::random::id(), other_tenant: crate::random::id(), admin: crate::random::id(), ivr: crate::random::id(), twiml: crate::random::id() }
     }
 
     /// The API's secrets holding these.
     pub fn secrets(&self) -> Secrets {
-        let mut secrets = Secrets { admin_token: Some(self.admin.clone()), ivr_secret: Some(self.ivr.clone()), ..Default::default() };
+        let twiml = crate::ivr::twiml::TwimlSettings { auth_token: self.twiml.clone(), public_url: PUBLIC_URL.into(), voices: Default::default() };
+        let mut secrets = Secrets { admin_token: Some(self.admin.clone()), ivr_secret: Some(self.ivr.clone()), twiml: Some(twiml), ..Default::default() };
         secrets.tenant_tokens.insert("acme".into(), self.tenant.clone());
         secrets.tenant_tokens.insert("globex".into(), self.other_tenant.clone());
         secrets
@@ -53,6 +60,8 @@ impl Tokens {
             other_tenant: secrets.tenant_tokens.get("globex")?.clone(),
             admin: secrets.admin_token.clone()?,
             ivr: secrets.ivr_secret.clone()?,
+            // Without a TwiML adapter the route answers 404, whatever the token.
+            twiml: secrets.twiml.as_ref().map(|t| t.auth_token.clone()).unwrap_or_default(),
         })
     }
 }
@@ -166,6 +175,52 @@ pub fn ivr_body(call: &str, from: &str, digits: Option<&str>) -> Vec<u8> {
 /// As [`Http::send`].
 pub async fn ivr_request(http: &Http, secret: &str, call: &str, from: &str, digits: Option<&str>) -> Result<(u16, Value), String> {
     crate::demo::ivr_request(http, secret, call, from, digits).await
+}
+
+/// One request of a TwiML platform (Twilio or compatible) to `POST /v1/ivr/twiml`, shaped as
+/// the platform sends it: the parameters form-encoded in the order given, signed with `token` for
+/// [`PUBLIC_URL`] in `X-Twilio-Signature`. Returns the status and the body (TwiML, or a JSON
+/// refusal).
+///
+/// # Errors
+/// As [`Http::raw`].
+pub async fn twiml_request(http: &Http, token: &str, params: &[(&str, &str)]) -> Result<(u16, String), String> {
+    let url = format!("{PUBLIC_URL}{}", crate::ivr::twiml::PATH);
+    let signature = crate::ivr::twiml::signature(token, &url, params);
+    twiml_post(http, &signature, crate::ivr::twiml::encode_form(params).into_bytes()).await
+}
+
+/// POST a form body with the given `X-Twilio-Signature` (for forged and replayed requests).
+///
+/// # Errors
+/// As [`Http::raw`].
+pub async fn twiml_post(http: &Http, signature: &str, body: Vec<u8>) -> Result<(u16, String), String> {
+    let headers = [("X-Twilio-Signature", signature), ("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, body) = http.raw("POST", crate::ivr::twiml::PATH, &headers, Some(body)).await?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The parameters a TwiML platform sends on a voice call (its documented request parameters),
+/// with `Digits` when the caller keyed some and `CallStatus`.
+pub fn twiml_params<'a>(call: &'a str, from: &'a str, to: &'a str, status: &'a str, digits: Option<&'a str>) -> Vec<(&'a str, &'a str)> {
+    let mut p = vec![
+        ("AccountSid", "AC0123456789abcdef0123456789abcdef"),
+        ("ApiVersion", "2010-04-01"),
+        ("CallSid", call),
+        ("CallStatus", status),
+        ("Called", to),
+        ("Caller", from),
+        ("Direction", "inbound"),
+        ("From", from),
+        ("FromCountry", "FR"),
+        ("To", to),
+        ("ToCountry", "FR"),
+    ];
+    if let Some(d) = digits {
+        p.push(("Digits", d));
+        p.push(("FinishedOnKey", "#"));
+    }
+    p
 }
 
 /// What a load run saw.

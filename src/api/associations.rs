@@ -87,7 +87,7 @@ fn view_of(reply: ApiReply) -> ApiResult<AssociationView> {
 }
 
 #[utoipa::path(post, path = "/v1/associations", tag = "associations", request_body = CreateReq, security(("bearer" = [])),
-    responses((status = 201, body = Created), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
+    responses((status = 201, body = Created), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again. `ivr_pool_exhausted` (with `Retry-After`, seconds): every number of the PBX's IVR pool is held by a proof call", body = ErrorBody, headers(("Retry-After" = u32, description = "with `ivr_pool_exhausted`: seconds to wait before asking again")))))]
 pub(super) async fn create(State(st): State<AppState>, Caller(principal): Caller, _: StrictQuery<NoQuery>, StrictJson(req): StrictJson<CreateReq>) -> ApiResult<(StatusCode, Json<Created>)> {
     let input = ApiInput::Create {
         principal,
@@ -105,7 +105,7 @@ pub(super) async fn create(State(st): State<AppState>, Caller(principal): Caller
 }
 
 #[utoipa::path(post, path = "/v1/associations/{id}/complete", tag = "associations", params(("id" = String, Path)), security(("bearer" = [])),
-    responses((status = 202, body = Association), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
+    responses((status = 202, body = Association), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again. `ivr_pool_exhausted` (with `Retry-After`, seconds): every number of the PBX's IVR pool is held by a proof call", body = ErrorBody, headers(("Retry-After" = u32, description = "with `ivr_pool_exhausted`: seconds to wait before asking again")))))]
 pub(super) async fn complete(State(st): State<AppState>, Caller(principal): Caller, StrictPath(path): StrictPath<1>, _: StrictQuery<NoQuery>) -> ApiResult<(StatusCode, Json<Association>)> {
     let [id] = path;
     let v = view_of(st.gw.api(ApiInput::Complete { principal, id: id.into(), random: crate::random::digits(CONTEXT_RANDOM_DIGITS), now: now_ms() }).await?)?;

@@ -75,6 +75,7 @@ impl From<&Refusal> for HttpError {
             Refusal::RateLimited => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Refusal::BlockedByPhoneOwner(_) => (StatusCode::FORBIDDEN, "blocked_by_phone_owner"),
             Refusal::Expired => (StatusCode::GONE, "expired"),
+            Refusal::PoolExhausted => (StatusCode::SERVICE_UNAVAILABLE, "ivr_pool_exhausted"),
             _ => (StatusCode::BAD_REQUEST, "bad_request"),
         };
         HttpError { status, body: ErrorBody { error: e.to_string(), field: None, code: Some(code) } }
@@ -118,9 +119,18 @@ impl From<crate::link::RequestError> for HttpError {
     }
 }
 
+/// Seconds a client should wait before asking again after `ivr_pool_exhausted`: about the
+/// time a proof call takes to ring out or finish, when a pool number comes back.
+pub const POOL_RETRY_AFTER_SECS: u32 = 30;
+
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let retry = self.body.code == Some("ivr_pool_exhausted");
+        let mut resp = (self.status, Json(self.body)).into_response();
+        if retry {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(POOL_RETRY_AFTER_SECS));
+        }
+        resp
     }
 }
 

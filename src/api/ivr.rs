@@ -63,11 +63,19 @@ fn webhook_auth(st: &AppState, secret: &str, headers: &HeaderMap, body: &[u8]) -
 
 /// A calling or called number as the IVR platform reports it: at most 64 printable ASCII
 /// characters, possibly empty (withheld).
-fn check_party(field: &str, v: &str) -> ApiResult<()> {
+pub(super) fn check_party(field: &str, v: &str) -> ApiResult<()> {
     if v.is_empty() {
         return Ok(());
     }
     check_id(field, v, 64)
+}
+
+/// DTMF the platform reports: at most 64 of `0-9 * #`.
+pub(super) fn check_digits(field: &str, digits: Option<&str>) -> ApiResult<()> {
+    match digits {
+        Some(d) if d.len() > 64 || !d.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#') => Err(HttpError::bad(field, format!("`{field}` must be DTMF digits (0-9 * #), at most 64"))),
+        _ => Ok(()),
+    }
 }
 
 /// The IVR platform's request on a call; the answer says what to play and whether to gather
@@ -83,29 +91,43 @@ pub(super) async fn ivr_webhook(State(st): State<AppState>, headers: HeaderMap, 
     check_id("call", &req.call, 128)?;
     check_party("from", &req.from)?;
     check_party("to", &req.to)?;
-    if let Some(d) = &req.digits
-        && (d.len() > 64 || !d.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#'))
-    {
-        return Err(HttpError::bad("digits", "`digits` must be DTMF digits (0-9 * #), at most 64"));
-    }
+    check_digits("digits", req.digits.as_deref())?;
+    let reply = ivr_turn(&st, Adapter::Webhook, req.call, req.from, req.to, req.digits, req.hangup).await?;
+    Ok(Json(reply))
+}
+
+/// Which adapter a request came through: its guessing guard and its memory of calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Adapter {
+    Webhook,
+    Twiml,
+}
+
+/// One request of an IVR platform on `call`, whichever HTTP adapter carried it (already
+/// authenticated and checked): a hang-up, or a turn of the engine's dialogue. Digits on a call
+/// not past the context stage are a context entry, guarded against guessing (see
+/// [`crate::ivr::Guard`]).
+pub(super) async fn ivr_turn(st: &AppState, adapter: Adapter, call: String, from: String, to: String, digits: Option<String>, hangup: bool) -> ApiResult<IvrReply> {
+    let (guard, calls) = match adapter {
+        Adapter::Webhook => (&st.ivr.webhook, &st.ivr.webhook_calls),
+        Adapter::Twiml => (&st.ivr.twiml, &st.ivr.twiml_calls),
+    };
     let now = now_ms();
-    let calls = || st.ivr.webhook_calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    if req.hangup {
-        calls().set(&req.call, false, now);
-        st.gw.ivr_hangup(req.call, now).await;
-        return Ok(Json(IvrReply { prompt: "", say: String::new(), gather: None, hangup: true }));
+    let calls = || calls.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if hangup {
+        calls().set(&call, false, now);
+        st.gw.ivr_hangup(call, now).await;
+        return Ok(IvrReply { prompt: "", say: String::new(), gather: None, hangup: true });
     }
-    // Digits on a call not past the context stage are a context entry: guarded.
-    let entry = crate::ivr::names_a_number(req.digits.as_deref()) && !calls().contains(&req.call, now);
-    if entry && !st.ivr.webhook.admit(&req.call, now) {
-        st.gw.ivr_hangup(req.call, now).await;
-        return Ok(Json(IvrReply { prompt: crate::ivr::REFUSED_PROMPT, say: crate::ivr::REFUSED_SAY.into(), gather: None, hangup: true }));
+    let entry = crate::ivr::names_a_number(digits.as_deref()) && !calls().contains(&call, now);
+    if entry && !guard.admit(&call, now) {
+        st.gw.ivr_hangup(call, now).await;
+        return Ok(IvrReply { prompt: crate::ivr::REFUSED_PROMPT, say: crate::ivr::REFUSED_SAY.into(), gather: None, hangup: true });
     }
-    let call = req.call.clone();
-    let reply = st.gw.ivr(IvrInput { call: req.call, from: req.from, to: req.to, digits: req.digits, now }).await?;
+    let reply = st.gw.ivr(IvrInput { call: call.clone(), from, to, digits, now }).await?;
     if entry {
-        st.ivr.webhook.answered(&call, reply.prompt, now);
+        guard.answered(&call, reply.prompt, now);
     }
     calls().set(&call, !reply.hangup && !crate::ivr::asks_context(reply.prompt), now);
-    Ok(Json(reply))
+    Ok(reply)
 }

@@ -17,8 +17,8 @@
 //! types they exchange: a route cannot be served without being documented.
 //!
 //! One file per group of routes: [`associations`], [`bindings`], [`cti`], [`admin`], [`ivr`]
-//! (the webhook), [`ops`] (health, metrics, the document), [`directory`] (finding an extension
-//! by name).
+//! (the webhook), [`twiml`] (the TwiML adapter), [`ops`] (health, metrics, the document),
+//! [`directory`] (finding an extension by name).
 
 pub mod admin;
 pub mod associations;
@@ -29,6 +29,7 @@ pub mod error;
 pub mod extract;
 pub mod ivr;
 pub mod ops;
+pub mod twiml;
 
 use std::sync::{Arc, Mutex};
 
@@ -118,6 +119,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::blocks_lift))
         .routes(routes!(ivr::ivr_webhook))
         .routes(routes!(directory::search))
+        .routes(routes!(twiml::ivr_twiml))
 }
 
 /// The OpenAPI document of this API, as `/v1/openapi.json` serves it.

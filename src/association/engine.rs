@@ -22,6 +22,8 @@ impl Engine {
             proof_calls: HashMap::new(),
             blocks: HashMap::new(),
             ivr_calls: HashMap::new(),
+            pool_held: HashMap::new(),
+            pool_released: HashMap::new(),
             pending: HashMap::new(),
             next_request: 0,
             timers: BTreeSet::new(),
@@ -196,6 +198,9 @@ impl Engine {
         }
         // Refused by a limit: no code, nothing live (the first attempt would be refused anyway).
         self.proof_call_budget(&pbx, &extension, &tenant, &account, now)?;
+        if !require_completion && self.free_pool_number(&pbx).is_none() {
+            return Err(Refusal::PoolExhausted);
+        }
         let digits = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>();
         let code: String = digits(code_random).chars().take(code_digits).collect();
         if code.len() != code_digits {
@@ -220,7 +225,7 @@ impl Engine {
         };
         self.by_ext.insert(ext_key, id.clone());
         self.by_account.insert((tenant.clone(), account.clone()), id.clone());
-        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, lock_unknown: false, monitored: false, deadline: None, attempt: Attempt::default() });
+        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, lock_unknown: false, earlier_make_calls: Vec::new(), ended_calls: Vec::new(), monitored: false, deadline: None, attempt: Attempt::default() });
         self.touch(&id);
         actions.push(audit(&view, now, "code_issued", "ok"));
         // Out of band: the code leaves only in the tenant's notification, before the proof call
@@ -282,6 +287,8 @@ impl Engine {
             }
             return Err(e);
         }
+        let pool = self.policies.get(&pbx).is_some_and(|p| p.context_delivery == ContextDelivery::NumberPool);
+        let pool_number = if pool { Some(self.free_pool_number(&pbx).ok_or(Refusal::PoolExhausted)?) } else { None };
         // A context id unique among live attempts, new for this proof call.
         let n = self.policies.get(&pbx).map_or(8, |p| p.context_digits);
         let pool: Vec<u8> = random.bytes().filter(u8::is_ascii_digit).collect();
@@ -295,14 +302,17 @@ impl Engine {
         let call = ProofCall { pbx: pbx.clone(), extension: ext.clone(), tenant, account, at: now };
         self.proof_calls.entry((pbx.clone(), ext.clone())).or_default().push(call.clone());
         actions.push(Action::Store(StoreWrite::ProofCall(call)));
-        self.by_context.insert(context.clone(), id.into());
+        // With a pool the context never leaves the gateway: the held number names the attempt.
+        if let Some(n) = &pool_number {
+            self.pool_held.insert((pbx.clone(), n.clone()), id.into());
+        } else {
+            self.by_context.insert(context.clone(), id.into());
+        }
+        self.retire_attempt(id);
         let a = self.assocs.get_mut(id).ok_or(Refusal::NotFound)?;
         a.view.reason = None;
         a.view.retryable = true;
-        a.view.call = None;
-        a.lock_call = None;
-        a.lock_unknown = false;
-        a.attempt = Attempt { context: Some(context), ..Attempt::default() };
+        a.attempt = Attempt { context: Some(context), pool_number, ..Attempt::default() };
         if a.monitored {
             self.after_monitor(id, now, actions);
         } else {
@@ -310,6 +320,17 @@ impl Engine {
             self.request(id, &pbx, CstaRequest::MonitorStart { extension: ext }, Some(Purpose::Monitor), actions);
         }
         Ok(())
+    }
+
+    /// A number of `pbx`'s IVR pool that no live attempt holds, the one released longest ago
+    /// first; `None` when all are held. Always `Some("")` for a PBX without a pool.
+    pub(crate) fn free_pool_number(&self, pbx: &PbxId) -> Option<String> {
+        let Some(p) = self.policies.get(pbx).filter(|p| p.context_delivery == ContextDelivery::NumberPool) else { return Some(String::new()) };
+        p.ivr_numbers
+            .iter()
+            .filter(|n| !self.pool_held.contains_key(&(pbx.clone(), (*n).clone())))
+            .min_by_key(|n| self.pool_released.get(&(pbx.clone(), (*n).clone())).copied().unwrap_or(0))
+            .cloned()
     }
 
     /// The attempt failed: clear any call, tell the account; the user may retry while the code

@@ -63,7 +63,7 @@ impl Engine {
         reply
     }
 
-    fn ivr_step(&mut self, call: &str, from: &str, _to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> Option<IvrReply> {
+    fn ivr_step(&mut self, call: &str, from: &str, to: &str, digits: Option<&str>, now: Millis, actions: &mut Vec<Action>) -> Option<IvrReply> {
         let digits = digits.map(|d| d.trim().trim_end_matches('#').trim_start_matches('*').to_owned());
         let Some(session) = self.ivr_calls.get(call).cloned() else {
             // First request of a call: the context id dialled after the number (or sent as DTMF
@@ -74,6 +74,16 @@ impl Engine {
                 return Some(bye("busy", "The service is busy. Please try again later. Goodbye."));
             }
             self.ivr_calls.insert(call.to_owned(), IvrCall { first: now, last: now, from: from.to_owned(), stage: Stage::AwaitContext { tries: 0 } });
+            // A pool number names the attempt holding it; one that no attempt holds names none.
+            if let Some(held) = self.by_pool_number(to) {
+                return match held {
+                    Some(id) => self.claim(call, &id, now, actions),
+                    None => {
+                        self.set_stage(call, Stage::Done);
+                        Some(not_linked())
+                    }
+                };
+            }
             if let Some(d) = digits.filter(|d| !d.is_empty()) {
                 return self.context_entered(call, &d, 0, now, actions);
             }
@@ -120,6 +130,16 @@ impl Engine {
     /// `call` is the IVR call that claimed the association's current attempt, still in the IVR.
     fn claimed(&self, call: &str, id: &str) -> bool {
         self.assocs.get(id).is_some_and(|a| a.view.state == State::InIvr && a.attempt.claimed_by.as_deref() == Some(call))
+    }
+
+    /// `to` is a number of a PBX's IVR pool: `Some(holder)`, the attempt holding it if any.
+    /// `None`: not a pool number.
+    fn by_pool_number(&self, to: &str) -> Option<Option<AssociationId>> {
+        if to.is_empty() {
+            return None;
+        }
+        let (pbx, number) = self.policies.iter().filter(|(_, p)| p.context_delivery == ContextDelivery::NumberPool).find_map(|(pbx, p)| p.ivr_numbers.iter().find(|n| pool_number_matches(n, to)).map(|n| (pbx, n)))?;
+        Some(self.pool_held.get(&(pbx.clone(), number.clone())).cloned())
     }
 
     /// Where the PBX delivers no context id: the one live proof call of an extension whose DID
@@ -228,6 +248,14 @@ impl Engine {
     pub(crate) fn end_attempt(&mut self, id: &str, now: Millis, actions: &mut Vec<Action>) {
         self.touch(id);
         let Some(a) = self.assocs.get_mut(id) else { return };
+        // Its pool number goes back (its call, if any, is being cleared with the attempt).
+        if let Some(n) = a.attempt.pool_number.take() {
+            let key = (a.view.pbx.clone(), n);
+            if self.pool_held.get(&key).is_some_and(|holder| holder == id) {
+                self.pool_held.remove(&key);
+            }
+            self.pool_released.insert(key, now);
+        }
         if let Some(ctx) = a.attempt.context.take() {
             self.by_context.remove(&ctx);
             self.ended_contexts.insert(ctx, now);

@@ -165,7 +165,30 @@ pub enum ContextDelivery {
     /// Not sent: the IVR finds the association by calling number (the extension's DID, with
     /// `did_prefix`) and the timing of the answer alone. Weaker: caller ID can be spoofed.
     None,
+    /// Not sent: each attempt holds one number of the PBX's pool (`ivr_numbers`) from its start
+    /// until it ends, and the proof call dials it; the number the IVR call reached (`To`) names
+    /// the attempt, and the proof-call rules (the PBX's report of the answer, the timing, the
+    /// first claim, the DID) still decide whether the IVR call is the proof call.
+    NumberPool,
 }
+
+/// Whether `to`, the number an IVR call reached as the IVR platform reports it, is the pool
+/// number `number` as the PBX dials it. Liberal: the same string, or the same number once both
+/// lose what is not a digit and their leading zeros, one ending the other (`+33800100201` is
+/// `0800100201` dialled nationally), with at least [`POOL_MATCH_DIGITS`] digits in common.
+/// The configuration refuses pools where two numbers would match one `To`.
+pub fn pool_number_matches(number: &str, to: &str) -> bool {
+    if number == to {
+        return true;
+    }
+    let significant = |s: &str| s.chars().filter(char::is_ascii_digit).collect::<String>().trim_start_matches('0').to_owned();
+    let (a, b) = (significant(number), significant(to));
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    short.len() >= POOL_MATCH_DIGITS && long.ends_with(&short)
+}
+
+/// Digits two numbers must share (after the leading zeros) to be taken as one pool number.
+pub const POOL_MATCH_DIGITS: usize = 6;
 
 /// The per-PBX policy of the association flow.
 #[derive(Debug, Clone)]
@@ -174,6 +197,8 @@ pub struct Policy {
     /// Extensions of this PBX that may be associated, with optional display names.
     pub directory: HashMap<String, Option<String>>,
     pub ivr_number: String,
+    /// With [`ContextDelivery::NumberPool`]: the IVR's numbers, one held by each live attempt.
+    pub ivr_numbers: Vec<String>,
     pub context_delivery: ContextDelivery,
     pub require_completion: bool,
     /// Lock the phone first (MakeCall to this prefix); the user unlocks with the local PIN.
@@ -209,6 +234,7 @@ impl Policy {
             tenant: tenant.to_owned(),
             directory: HashMap::new(),
             ivr_number: ivr_number.to_owned(),
+            ivr_numbers: Vec::new(),
             context_delivery: ContextDelivery::DialSuffix,
             require_completion: false,
             lock_prefix: None,
@@ -424,6 +450,13 @@ pub struct IvrReply {
     pub hangup: bool,
 }
 
+impl IvrReply {
+    /// The BCP 47 language the words are in.
+    pub fn language(&self) -> &str {
+        "en-US"
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Gather {
     pub max_digits: usize,
@@ -476,6 +509,9 @@ pub enum Refusal {
     Expired,
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// Every number of the PBX's IVR pool is held by a live proof call: try again shortly.
+    #[error("every IVR number of this PBX is in use by a proof call; try again shortly")]
+    PoolExhausted,
 }
 
 /// API requests to the engine ([`Engine::api`]). `now` is the shell's clock.

@@ -56,6 +56,14 @@ pub(crate) struct Assoc {
     /// This attempt placed a lock call whose call id the PBX has not named (yet, or at all):
     /// until it does, no event may name the proof call, since it could be the lock call's.
     pub(crate) lock_unknown: bool,
+    /// MakeCalls (lock or proof) of this association's earlier attempts that the PBX has not
+    /// answered yet: until it does, no event may name the proof call, since it could be one of
+    /// theirs. Bounded by the attempts of one association.
+    pub(crate) earlier_make_calls: Vec<RequestId>,
+    /// Calls of earlier attempts (proof and lock calls, [`ENDED_CALLS_KEPT`] at most, newest last):
+    /// the PBX may report on them long after the attempt ended (a late Established, a Cleared),
+    /// and such a report must never name, or end the lock of, the current attempt.
+    pub(crate) ended_calls: Vec<CallId>,
     pub(crate) monitored: bool,
     /// Ringing (until the IVR answers: `no_answer`) or in the IVR (until the IVR platform's
     /// next request: `ivr_timeout`).
@@ -64,9 +72,30 @@ pub(crate) struct Assoc {
     pub(crate) attempt: Attempt,
 }
 
+/// Calls of earlier attempts an association remembers (see [`Assoc::ended_calls`]): an attempt
+/// has a lock call and a proof call, so this covers the last four attempts.
+pub(crate) const ENDED_CALLS_KEPT: usize = 8;
+
+impl Assoc {
+    /// Remember a call of an attempt that is over, so that the PBX's late reports about it are
+    /// never taken for the current attempt's.
+    pub(crate) fn call_ended(&mut self, call: CallId) {
+        if !self.ended_calls.contains(&call) {
+            if self.ended_calls.len() >= ENDED_CALLS_KEPT {
+                self.ended_calls.remove(0);
+            }
+            self.ended_calls.push(call);
+        }
+    }
+}
+
 /// One proof call attempt. A new one (new context id) for every attempt.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Attempt {
+    /// This attempt's MakeCalls: only their answers are read as this attempt's lock call and
+    /// proof call (an earlier attempt's late answer names an earlier call).
+    pub(crate) lock_request: Option<RequestId>,
+    pub(crate) proof_request: Option<RequestId>,
     /// Kept in memory only, never stored, logged or shown; `None` once the attempt is over.
     pub(crate) context: Option<String>,
     /// When the PBX reported the proof call answered at the IVR.
@@ -81,6 +110,8 @@ pub(crate) struct Attempt {
     /// Steps recorded once per attempt however often the PBX repeats the event.
     pub(crate) answered: bool,
     pub(crate) reaching_ivr: bool,
+    /// [`ContextDelivery::NumberPool`]: the pool number this attempt holds until it ends.
+    pub(crate) pool_number: Option<String>,
 }
 
 impl Assoc {
@@ -115,6 +146,13 @@ pub struct Engine {
     /// Owner blocks by (tenant, account, pbx, extension).
     pub(crate) blocks: HashMap<BlockKey, OwnerBlock>,
     pub(crate) ivr_calls: HashMap<String, IvrCall>,
+    /// Pool numbers held by live attempts ([`ContextDelivery::NumberPool`]), by (pbx, number):
+    /// the attempts' own `pool_number`s, indexed. A number is never held twice.
+    pub(crate) pool_held: HashMap<(PbxId, String), AssociationId>,
+    /// When each pool number was last released: the free number released longest ago is handed
+    /// out first, so a number whose call is still being cleared is reused last. Bounded by the
+    /// configured pools.
+    pub(crate) pool_released: HashMap<(PbxId, String), Millis>,
     /// The CSTA requests whose answers the engine awaits, by id. Only requests of associations
     /// in memory: dropped with their association, so bounded like `assocs`.
     pub(crate) pending: HashMap<RequestId, Pending>,

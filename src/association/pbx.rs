@@ -8,13 +8,28 @@ use super::*;
 impl Engine {
     /// Name a new CSTA request for the association `id` (see [`RequestId`]); `purpose` is what
     /// its answer is read as (`None`: its answer changes nothing and is not awaited).
-    pub(crate) fn request(&mut self, id: &str, pbx: &str, request: CstaRequest, purpose: Option<Purpose>, actions: &mut Vec<Action>) {
+    pub(crate) fn request(&mut self, id: &str, pbx: &str, request: CstaRequest, purpose: Option<Purpose>, actions: &mut Vec<Action>) -> RequestId {
         let rid = RequestId(self.next_request);
         self.next_request += 1;
         if let Some(purpose) = purpose {
             self.pending.insert(rid, Pending { association: id.to_owned(), purpose });
         }
         actions.push(Action::Csta { id: rid, association: id.into(), pbx: pbx.into(), request });
+        rid
+    }
+
+    /// Before a new attempt: what the PBX may still say about the last one must not be taken for
+    /// the new one's. Its calls are remembered as ended, and its MakeCalls not answered yet keep
+    /// events from naming the new proof call until they are (then their calls are known).
+    pub(crate) fn retire_attempt(&mut self, id: &str) {
+        let Some(a) = self.assocs.get(id) else { return };
+        let unanswered: Vec<RequestId> = [a.attempt.lock_request, a.attempt.proof_request].into_iter().flatten().filter(|r| self.pending.contains_key(r)).collect();
+        let Some(a) = self.assocs.get_mut(id) else { return };
+        a.earlier_make_calls.extend(unanswered);
+        for call in [a.view.call.take(), a.lock_call.take()].into_iter().flatten() {
+            a.call_ended(call);
+        }
+        a.lock_unknown = false;
     }
 
     /// Whether the engine awaits the answer to `id`. The shell clears a call that a MakeCall it no
@@ -30,7 +45,11 @@ impl Engine {
         let Some(a) = self.assocs.get_mut(id) else { return };
         let lock = if a.view.state == State::Locking { a.lock_call.take() } else { None };
         let (pbx, extension) = (a.view.pbx.clone(), a.view.extension.clone());
-        for call in [a.view.call.take(), lock].into_iter().flatten() {
+        let calls: Vec<CallId> = [a.view.call.take(), lock].into_iter().flatten().collect();
+        for call in calls {
+            if let Some(a) = self.assocs.get_mut(id) {
+                a.call_ended(call.clone());
+            }
             self.request(id, &pbx, CstaRequest::ClearConnection { call, extension: extension.clone() }, None, actions);
         }
     }
@@ -70,7 +89,10 @@ impl Engine {
                     a.lock_unknown = true;
                 }
                 self.set_state(id, State::Locking, now, "locking", "MakeCall to the lock prefix", actions);
-                self.request(id, &pbx, CstaRequest::MakeCall { from: ext, to: prefix }, Some(Purpose::LockCall), actions);
+                let rid = self.request(id, &pbx, CstaRequest::MakeCall { from: ext, to: prefix }, Some(Purpose::LockCall), actions);
+                if let Some(a) = self.assocs.get_mut(id) {
+                    a.attempt.lock_request = Some(rid);
+                }
             }
             None => self.place_call(id, now, actions),
         }
@@ -84,20 +106,42 @@ impl Engine {
         let to = match policy.context_delivery {
             ContextDelivery::DialSuffix => format!("{}*{ctx}#", policy.ivr_number),
             ContextDelivery::Dtmf | ContextDelivery::None => policy.ivr_number.clone(),
+            // The held number alone: it is what names the attempt at the IVR.
+            ContextDelivery::NumberPool => match &a.attempt.pool_number {
+                Some(n) => n.clone(),
+                None => return,
+            },
         };
         let deadline = now + policy.ring_timeout.as_millis() as Millis;
         if let Some(a) = self.assocs.get_mut(id) {
             a.deadline = Some(deadline);
         }
         self.set_state(id, State::Calling, now, "calling", "MakeCall from the extension to the IVR", actions);
-        self.request(id, &pbx, CstaRequest::MakeCall { from: ext, to }, Some(Purpose::ProofCall), actions);
+        let rid = self.request(id, &pbx, CstaRequest::MakeCall { from: ext, to }, Some(Purpose::ProofCall), actions);
+        if let Some(a) = self.assocs.get_mut(id) {
+            a.attempt.proof_request = Some(rid);
+        }
     }
 
     fn csta_done(&mut self, rid: RequestId, outcome: Result<CstaResultInfo, CstaFailure>, now: Millis, actions: &mut Vec<Action>) {
         // Unknown (never issued, or its association forgotten) or answered already: ignored.
         let Some(Pending { association, purpose }) = self.pending.remove(&rid) else { return };
         let id = association.as_str();
-        let Some(a) = self.assocs.get(id) else { return };
+        let Some(a) = self.assocs.get_mut(id) else { return };
+        // A MakeCall of an earlier attempt: its call is that attempt's, never this one's.
+        if matches!(purpose, Purpose::LockCall | Purpose::ProofCall) && ![a.attempt.lock_request, a.attempt.proof_request].contains(&Some(rid)) {
+            a.earlier_make_calls.retain(|r| *r != rid);
+            if let Ok(CstaResultInfo { call: Some(call) }) = outcome {
+                a.call_ended(call.clone());
+                // A proof call nobody follows would ring for nothing: cleared. The PBX ends a
+                // lock call itself.
+                if purpose == Purpose::ProofCall {
+                    let (pbx, extension) = (a.view.pbx.clone(), a.view.extension.clone());
+                    self.request(id, &pbx, CstaRequest::ClearConnection { call, extension }, None, actions);
+                }
+            }
+            return;
+        }
         let state = a.view.state;
         let failure_reason = |f: CstaFailure| match f {
             CstaFailure::LinkDown => Reason::LinkDown,
@@ -146,6 +190,7 @@ impl Engine {
             // Events came first and named it already.
             (State::Calling | State::Ringing | State::InIvr, Some(c)) if *c == call => {}
             _ => {
+                a.call_ended(call.clone());
                 let (pbx, extension) = (a.view.pbx.clone(), a.view.extension.clone());
                 self.request(id, &pbx, CstaRequest::ClearConnection { call, extension }, None, actions);
             }
@@ -157,7 +202,7 @@ impl Engine {
         let Some(a) = self.assocs.get_mut(id.as_str()) else { return };
         let state = a.view.state;
         if state == State::Locking {
-            let is_lock_call = a.lock_call.as_ref().is_none_or(|c| c == event.call());
+            let is_lock_call = a.lock_call.as_ref().is_none_or(|c| c == event.call()) && !a.ended_calls.contains(event.call());
             match event {
                 CallEvent::Cleared { .. } if is_lock_call => {
                     self.step(&id, now, "locked", "the phone is locked; its user unlocks it with the local PIN", actions);
@@ -172,12 +217,12 @@ impl Engine {
             return;
         }
         // Follow our call only; the first event names it if the MakeCall result is late, unless
-        // it is (or, while the PBX has not named it, could be) this attempt's lock call: then only
-        // the proof call's MakeCall result names it.
+        // it is (or, while the PBX has not named it, could be) this attempt's lock call or a call
+        // of an earlier attempt: then only the proof call's MakeCall result names it.
         let named = match &a.view.call {
             Some(c) if c != event.call() => return,
             Some(_) => true,
-            None => !a.lock_unknown && a.lock_call.as_ref() != Some(event.call()),
+            None => !a.lock_unknown && a.lock_call.as_ref() != Some(event.call()) && a.earlier_make_calls.is_empty() && !a.ended_calls.contains(event.call()),
         };
         // A PBX that repeats events without end must not hold the engine (each step is written);
         // events while the attempt waits for its call to be named count too.

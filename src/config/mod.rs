@@ -59,6 +59,17 @@ pub struct GatewaySettings {
     pub admin_token_env: Option<String>,
     /// Environment variable holding the IVR webhook's HMAC secret.
     pub ivr_secret_env: Option<String>,
+    /// The externally visible base URL of the API (`https://gw.example.com`): the TwiML
+    /// adapter's signatures cover it and its `action` URLs start with it. A proxy in front of the
+    /// gateway changes the URL the gateway sees, never this one.
+    pub public_url: Option<String>,
+    /// Environment variable holding the TwiML platform's auth token (the HMAC-SHA1 key of
+    /// `X-Twilio-Signature`); with `public_url`, it enables `POST /v1/ivr/twiml`.
+    pub twiml_auth_token_env: Option<String>,
+    /// TwiML `<Say voice=..>` per language (`{ "fr-FR" = "Polly.Lea" }`); the platform's default
+    /// voice for the others.
+    #[serde(default)]
+    pub twiml_voices: std::collections::HashMap<String, String>,
     /// Address of the Asterisk FastAGI server (`0.0.0.0:4573`); none when absent.
     pub fastagi_listen: Option<String>,
     /// FastAGI prompt files by prompt id.
@@ -103,6 +114,9 @@ impl Default for GatewaySettings {
             database: default_database(),
             admin_token_env: None,
             ivr_secret_env: None,
+            public_url: None,
+            twiml_auth_token_env: None,
+            twiml_voices: Default::default(),
             fastagi_listen: None,
             fastagi_prompts: Default::default(),
             fastagi_fallback: None,
@@ -157,6 +171,15 @@ impl GatewaySettings {
             if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
                 return invalid(key, "is empty (a PEM file's path)");
             }
+        }
+        if let Some(url) = &self.public_url {
+            let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.split('/').next().is_none_or(str::is_empty)) || url.contains(['?', '#']) || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return invalid("public_url", "must be http(s)://host[:port][/path], without a query (the base URL the IVR platform calls)");
+            }
+        }
+        if self.twiml_auth_token_env.is_some() && self.public_url.is_none() {
+            return invalid("public_url", "is required with twiml_auth_token_env (the TwiML signature covers the URL the platform calls)");
         }
         if !(1..=100_000).contains(&self.ivr_guesses_per_minute) {
             return Err(ConfigError::Invalid { at: "[gateway]".into(), key: "ivr_guesses_per_minute", why: "must be 1 to 100000".into() });
@@ -351,6 +374,14 @@ impl Config {
                 return Err(p.invalid("tenant", format!("names `{t}`, which no [[tenant]] defines")));
             }
         }
+        // A `To` must name one pool number of one PBX.
+        let pools: Vec<(&str, &str)> = self.pbx.iter().flat_map(|p| p.ivr_numbers.iter().map(move |n| (p.id.as_str(), n.as_str()))).collect();
+        for (i, (pbx, n)) in pools.iter().enumerate() {
+            if let Some((other, o)) = pools[..i].iter().find(|(other, o)| other != pbx && crate::association::pool_number_matches(o, n)) {
+                let p = self.pbx.iter().find(|p| p.id == *pbx).ok_or_else(|| ConfigError::Parse { key: None, message: String::new() })?;
+                return Err(p.invalid("ivr_numbers", format!("`{n}` is also in the pool of pbx `{other}` (`{o}`)")));
+            }
+        }
         Ok(())
     }
 
@@ -388,6 +419,10 @@ mod tests {
             ("ivr_guesses = 10", "ivr_guesses"),
             ("shutdown_grace = '61s'", "shutdown_grace"),
             ("shutdown_grace = 5", "shutdown_grace"),
+            ("public_url = 'gw.example'", "public_url"),
+            ("public_url = 'https://'", "public_url"),
+            ("public_url = 'https://gw.example/?a=1'", "public_url"),
+            ("twiml_auth_token_env = 'T'", "public_url"),
         ] {
             let e = Config::parse(&format!("[gateway]\n{bad}\n")).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");

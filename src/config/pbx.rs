@@ -176,6 +176,9 @@ pub struct PbxConfig {
     #[serde(default)]
     pub ldap_allow_plain: bool,
     pub ivr_number: Option<String>,
+    /// `context_delivery = "number_pool"`: the IVR's numbers, each held by one live proof call.
+    #[serde(default)]
+    pub ivr_numbers: Vec<String>,
     pub context_delivery: Option<crate::association::ContextDelivery>,
     #[serde(default)]
     pub require_completion: bool,
@@ -210,6 +213,8 @@ pub const DEFAULT_LDAP_PAGE_SIZE: i32 = 500;
 pub const MAX_RING_TIMEOUT: Duration = Duration::from_secs(300);
 /// The most proof calls per extension an hour may set: each rings a person's desk phone.
 pub const MAX_PROOF_CALLS_PER_HOUR: usize = 20;
+/// The most numbers an IVR pool may list (`ivr_numbers`).
+pub const MAX_IVR_NUMBERS: usize = 1000;
 
 fn default_keepalive() -> Duration {
     Duration::from_secs(30)
@@ -408,6 +413,27 @@ impl PbxConfig {
         }
         if self.owner_block.is_some_and(|t| t.is_zero() || t > Duration::from_secs(30 * 86_400)) {
             return Err(self.invalid("owner_block", "must be more than 0 and at most 30 days"));
+        }
+        let pool = self.context_delivery == Some(crate::association::ContextDelivery::NumberPool);
+        if pool && self.ivr_numbers.is_empty() {
+            return Err(self.invalid("ivr_numbers", "must list the IVR's numbers with context_delivery = \"number_pool\" (one per proof call at once)"));
+        }
+        if !pool && !self.ivr_numbers.is_empty() {
+            return Err(self.invalid("ivr_numbers", "applies only with context_delivery = \"number_pool\" (use ivr_number otherwise)"));
+        }
+        if self.ivr_numbers.len() > MAX_IVR_NUMBERS {
+            return Err(self.invalid("ivr_numbers", format!("lists more than {MAX_IVR_NUMBERS} numbers")));
+        }
+        for (i, n) in self.ivr_numbers.iter().enumerate() {
+            if n.is_empty() || n.len() > 32 || !n.chars().all(|c| c.is_ascii_digit() || c == '+') {
+                return Err(self.invalid("ivr_numbers", format!("`{n}` is not a number to dial (digits, a leading +)")));
+            }
+            if n.chars().filter(char::is_ascii_digit).collect::<String>().trim_start_matches('0').len() < crate::association::POOL_MATCH_DIGITS {
+                return Err(self.invalid("ivr_numbers", format!("`{n}` is too short to be told apart at the IVR (at least {} digits after the leading zeros)", crate::association::POOL_MATCH_DIGITS)));
+            }
+            if let Some(other) = self.ivr_numbers[..i].iter().find(|o| crate::association::pool_number_matches(o, n)) {
+                return Err(self.invalid("ivr_numbers", format!("`{n}` and `{other}` would be the same number at the IVR")));
+            }
         }
         if self.tenant.is_some() && self.context_delivery == Some(crate::association::ContextDelivery::None) && self.did_prefix.is_none() {
             return Err(self.invalid("context_delivery", "\"none\" needs did_prefix: without a context id only the extension's DID can name the proof call"));
@@ -671,8 +697,14 @@ impl Config {
         let mut out = std::collections::HashMap::new();
         for p in &self.pbx {
             let Some(tenant) = &p.tenant else { continue };
-            let ivr = p.ivr_number.as_deref().ok_or_else(|| p.invalid("ivr_number", "is required when `tenant` is set"))?;
+            // With a pool, its numbers are the IVR's; `ivr_number` is not needed.
+            let ivr = match (p.ivr_number.as_deref(), p.ivr_numbers.first()) {
+                (Some(n), _) => n,
+                (None, Some(first)) => first.as_str(),
+                (None, None) => return Err(p.invalid("ivr_number", "is required when `tenant` is set")),
+            };
             let mut pol = crate::association::Policy::new(tenant, ivr);
+            pol.ivr_numbers = p.ivr_numbers.clone();
             let numbers = parse_directory(&p.extensions.join(",")).map_err(|e| p.invalid("extensions", e.to_string()))?;
             for n in numbers {
                 let name = p.names.get(&n).cloned();
@@ -818,5 +850,29 @@ mod tests {
             let err = Config::parse(&format!("[[pbx]]\nid = \"p\"\n{table}\n")).unwrap_err().to_string();
             assert!(err.contains(key), "{table}: {err}");
         }
+    }
+
+    #[test]
+    fn a_pool_is_checked_and_its_numbers_are_told_apart_at_the_ivr() {
+        use crate::association::pool_number_matches;
+        assert!(pool_number_matches("0800100201", "+33800100201") && pool_number_matches("0800100201", "0800100201"));
+        assert!(!pool_number_matches("0800100201", "+33800100202") && !pool_number_matches("0800100201", "") && !pool_number_matches("12", "0012"));
+        let table = |extra: &str| format!("[[tenant]]\nid = \"t\"\ntoken_env = \"T\"\n[[pbx]]\nid = \"p\"\naddress = \"10.0.0.1\"\ndialect = \"oxe\"\ntenant = \"t\"\nextensions = [\"2000\"]\n{extra}\n");
+        let c = Config::parse(&table("context_delivery = \"number_pool\"\nivr_numbers = [\"0800100201\", \"0800100202\"]")).unwrap();
+        let pol = &c.policies().unwrap()["p"];
+        assert_eq!((pol.ivr_numbers.len(), pol.context_delivery), (2, crate::association::ContextDelivery::NumberPool));
+        for (extra, why) in [
+            ("context_delivery = \"number_pool\"", "must list"),
+            ("ivr_number = \"0800100200\"\nivr_numbers = [\"0800100201\"]", "applies only"),
+            ("context_delivery = \"number_pool\"\nivr_numbers = [\"0800-100\"]", "not a number"),
+            ("context_delivery = \"number_pool\"\nivr_numbers = [\"00012\"]", "too short"),
+            ("context_delivery = \"number_pool\"\nivr_numbers = [\"0800100201\", \"+33800100201\"]", "same number"),
+        ] {
+            let err = Config::parse(&table(extra)).unwrap_err().to_string();
+            assert!(err.contains("ivr_numbers") && err.contains(why), "{extra}: {err}");
+        }
+        let two = format!("{}[[pbx]]\nid = \"q\"\naddress = \"10.0.0.2\"\ndialect = \"oxe\"\ntenant = \"t\"\nextensions = [\"2000\"]\ncontext_delivery = \"number_pool\"\nivr_numbers = [\"+33800100201\"]\n", table("context_delivery = \"number_pool\"\nivr_numbers = [\"0800100201\"]"));
+        let err = Config::parse(&two).unwrap_err().to_string();
+        assert!(err.contains("pool of pbx `p`"), "{err}");
     }
 }

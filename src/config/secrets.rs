@@ -50,6 +50,8 @@ pub struct Secrets {
     pub tenant_tokens: std::collections::HashMap<String, String>,
     /// HMAC-SHA256 key of the IVR webhook.
     pub ivr_secret: Option<String>,
+    /// The TwiML adapter: the platform's auth token (its HMAC-SHA1 key) with `public_url`.
+    pub twiml: Option<crate::ivr::twiml::TwimlSettings>,
     /// Tenant id → where to send its accounts' notifications.
     pub notify: std::collections::HashMap<String, crate::notify::Target>,
 }

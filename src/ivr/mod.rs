@@ -1,6 +1,8 @@
 //! IVR adapters. The gateway is the IVR application's logic (the association engine's dialogue);
-//! an IVR platform only plays prompts and collects DTMF. Two adapters:
+//! an IVR platform only plays prompts and collects DTMF. Three adapters:
 //! - the generic JSON webhook (`POST /v1/ivr/webhook`, HMAC-SHA256 signed), in [`crate::api`];
+//! - [`twiml`]: Twilio and compatible platforms (`POST /v1/ivr/twiml`, form-encoded, signed with
+//!   `X-Twilio-Signature`, answered in TwiML); its route is in [`crate::api`] too;
 //! - [`fastagi`]: an Asterisk FastAGI server (default port 4573, script `agi://host/associate`).
 //!
 //! Each adapter has a [`Guard`] against context-id guessing: at most `ivr_guesses_per_minute`
@@ -10,6 +12,7 @@
 
 pub mod fastagi;
 pub mod guesses;
+pub mod twiml;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,11 +123,14 @@ impl Guard {
 #[derive(Debug, Clone)]
 pub struct IvrGuards {
     pub webhook: Arc<Guard>,
+    pub twiml: Arc<Guard>,
     pub fastagi: Arc<Guard>,
     /// FastAGI connections from peers outside `fastagi_allow`, closed unread.
     pub fastagi_refused: Arc<AtomicU64>,
     /// The webhook's calls past the context stage.
     pub webhook_calls: Arc<Mutex<guesses::PastContext>>,
+    /// The TwiML adapter's calls past the context stage.
+    pub twiml_calls: Arc<Mutex<guesses::PastContext>>,
 }
 
 impl IvrGuards {
@@ -132,9 +138,11 @@ impl IvrGuards {
     pub fn new(per_minute: u32) -> IvrGuards {
         IvrGuards {
             webhook: Arc::new(Guard::new("webhook", per_minute)),
+            twiml: Arc::new(Guard::new("twiml", per_minute)),
             fastagi: Arc::new(Guard::new("fastagi", per_minute)),
             fastagi_refused: Arc::default(),
             webhook_calls: Arc::new(Mutex::new(guesses::PastContext::new(WEBHOOK_CALLS))),
+            twiml_calls: Arc::new(Mutex::new(guesses::PastContext::new(WEBHOOK_CALLS))),
         }
     }
 }

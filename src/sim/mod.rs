@@ -101,6 +101,9 @@ pub struct SimConfig {
     /// Public number of the cloud IVR; calls to it (optionally followed by `*digits#`) reach the
     /// IVR endpoint.
     pub ivr_number: Option<String>,
+    /// More numbers of the same IVR (a gateway's `ivr_numbers` pool): calls to them reach the IVR
+    /// endpoint too, reported with the number dialled.
+    pub ivr_pool: Vec<String>,
     /// Prefix that turns an extension into the calling number the outside world sees (its DID).
     pub did_prefix: String,
     /// Phase II: the form of the values whose shape is unverified (makeCall's and
@@ -191,6 +194,7 @@ impl SimConfig {
             extensions: extensions.iter().map(|e| Extension::answering(e, Duration::from_secs(1))).collect(),
             lock_prefix: Some("*66".into()),
             ivr_number: Some("0800100200".into()),
+            ivr_pool: Vec::new(),
             did_prefix: "+3314400".into(),
             phase2_results: Wrapping::Bare,
             xml: SimXml::default(),

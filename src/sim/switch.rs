@@ -459,10 +459,13 @@ impl Switch {
         if dialled.is_empty() {
             return self.answer(conn, Apdu::universal_failure(id, ErrorCategory::Operation, Some(6)));
         }
-        let ivr_number = lock(&self.shared.config).ivr_number.clone();
-        let (called, suffix, ivr) = match &ivr_number {
-            Some(n) if dialled.starts_with(n.as_str()) && (dialled.len() == n.len() || dialled[n.len()..].starts_with('*')) => (n.clone(), dialled[n.len()..].to_owned(), true),
-            _ => (dialled.clone(), String::new(), false),
+        let (ivr_number, pool) = {
+            let c = lock(&self.shared.config);
+            (c.ivr_number.clone(), c.ivr_pool.clone())
+        };
+        let (called, suffix, ivr) = match ivr_number.iter().chain(pool.iter()).find(|n| dialled.starts_with(n.as_str()) && (dialled.len() == n.len() || dialled[n.len()..].starts_with('*'))) {
+            Some(n) => (n.clone(), dialled[n.len()..].to_owned(), true),
+            None => (dialled.clone(), String::new(), false),
         };
         let internal_callee = self.in_directory(&called).is_some();
         let call = self.next_call;

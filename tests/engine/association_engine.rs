@@ -988,6 +988,58 @@ fn a_proof_call_placed_after_its_attempt_ended_is_cleared_by_its_id() {
     assert!(out.actions.iter().any(|a| matches!(a, Action::Csta { request, .. } if *request == clear)), "{:?}", out.actions);
 }
 
+/// The first attempt of `alice` on 2005 failed while its MakeCall (returned) was unanswered; the
+/// retry is placed. Returns the association, the first MakeCall's id and the retry's.
+fn failed_then_retried(t: &mut T) -> (String, RequestId, RequestId) {
+    let id = t.create("alice", "2005").view.unwrap().id.to_string();
+    let out = t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    let first = ids_of(&out.actions, |r| matches!(r, CstaRequest::MakeCall { .. }))[0];
+    t.run(Input::CstaEvent { pbx: "paris".into(), extension: "2005".into(), event: CallEvent::Failed { call: CallId::from(vec![7]), cause: Some(3) }, now: t.now });
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::Busy), true));
+    let out = t.complete(&id);
+    let retry = ids_of(&out.actions, |r| matches!(r, CstaRequest::MakeCall { .. }))[0];
+    assert_eq!(t.state(&id).0, State::Calling);
+    (id, first, retry)
+}
+
+#[test]
+fn an_earlier_attempts_late_call_never_becomes_the_retrys_proof_call() {
+    let c1 = CallId::from(vec![1]);
+    let follows = |t: &T, id: &str| (t.state(id).0, t.e.view(&Principal::Admin, id).unwrap().call.clone());
+    // The first attempt's MakeCall answers after the retry was placed: its call is cleared, and
+    // the PBX's later reports about it (ringing, answered at the IVR) name nothing.
+    let mut t = T::new(policy());
+    let (id, first, retry) = failed_then_retried(&mut t);
+    let out = t.run(Input::CstaDone { id: first, outcome: Ok(CstaResultInfo { call: Some(c1.clone()) }), now: t.now });
+    assert!(out.actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::ClearConnection { call, .. }, .. } if *call == c1)), "{:?}", out.actions);
+    for e in [CallEvent::Initiated { call: c1.clone() }, CallEvent::Delivered { call: c1.clone() }, CallEvent::Established { call: c1.clone() }] {
+        t.ev("2005", e);
+    }
+    assert_eq!(follows(&t, &id), (State::Calling, None));
+    // The retry's own call is named by its MakeCall and takes it into the IVR.
+    t.run(Input::CstaDone { id: retry, outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![2])) }), now: t.now });
+    t.ev("2005", CallEvent::Established { call: CallId::from(vec![2]) });
+    assert_eq!(follows(&t, &id), (State::InIvr, Some(CallId::from(vec![2]))));
+
+    // The reports come before the first MakeCall's late answer: while it is unanswered no event
+    // names the retry's call (it could be the first attempt's).
+    let mut t = T::new(policy());
+    let (id, first, _) = failed_then_retried(&mut t);
+    t.ev("2005", CallEvent::Established { call: c1.clone() });
+    assert_eq!(follows(&t, &id), (State::Calling, None));
+    t.run(Input::CstaDone { id: first, outcome: Ok(CstaResultInfo { call: Some(c1.clone()) }), now: t.now });
+    t.ev("2005", CallEvent::Established { call: c1.clone() });
+    assert_eq!(follows(&t, &id), (State::Calling, None));
+    // The first MakeCall failing late does not fail the retry either.
+    let mut t = T::new(policy());
+    let (id, first, _) = failed_then_retried(&mut t);
+    t.run(Input::CstaDone { id: first, outcome: Err(CstaFailure::Rejected), now: t.now });
+    assert_eq!(follows(&t, &id), (State::Calling, None));
+    // Once it answered, the retry's own events name its call again (before its MakeCall answers).
+    t.ev("2005", CallEvent::Initiated { call: CallId::from(vec![3]) });
+    assert_eq!(follows(&t, &id), (State::Ringing, Some(CallId::from(vec![3]))));
+}
+
 #[test]
 fn poll_timeout_names_the_earliest_deadline_and_nothing_happens_before_it() {
     let mut p = policy();

@@ -435,7 +435,7 @@ async fn every_response_matches_the_served_openapi_document() {
         ("get", "/v1/bindings"), ("get", "/v1/bindings/{pbx}/{extension}"), ("delete", "/v1/bindings/{pbx}/{extension}"),
         ("post", "/v1/extensions/{pbx}/{extension}/calls"), ("delete", "/v1/extensions/{pbx}/{extension}/calls/{call}"), ("get", "/v1/extensions/{pbx}/{extension}/events"),
         ("get", "/v1/pbx"), ("get", "/v1/audit"), ("get", "/v1/admin/counters"), ("post", "/v1/admin/counters/reset"), ("get", "/v1/admin/blocks"), ("post", "/v1/admin/blocks/lift"),
-        ("post", "/v1/ivr/webhook"), ("get", "/v1/directory/{pbx}"),
+        ("post", "/v1/ivr/webhook"), ("post", "/v1/ivr/twiml"), ("get", "/v1/directory/{pbx}"),
     ];
     let documented: Vec<(String, String)> = doc["paths"].as_object().unwrap().iter().flat_map(|(p, ops)| ops.as_object().unwrap().keys().map(move |m| (m.clone(), p.clone()))).collect();
     let mut expected: Vec<(String, String)> = routes.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect();

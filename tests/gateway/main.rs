@@ -32,3 +32,5 @@ mod csta_tls;
 mod tls_api;
 mod directory_csv;
 mod directory_ldap;
+mod twiml;
+mod ivr_pool;

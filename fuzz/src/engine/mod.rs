@@ -423,7 +423,8 @@ impl Fz {
     }
 
     fn fail(&self, what: String) -> ! {
-        let tail: Vec<&String> = self.trace.iter().rev().take(16).collect::<Vec<_>>().into_iter().rev().collect();
+        let keep = if std::env::var_os("FUZZ_ENGINE_TRACE").is_some() { usize::MAX } else { 16 };
+        let tail: Vec<&String> = self.trace.iter().rev().take(keep).collect::<Vec<_>>().into_iter().rev().collect();
         panic!("engine invariant: {what}\n last inputs:\n  {}", tail.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n  "));
     }
 
