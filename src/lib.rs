@@ -15,6 +15,7 @@ pub mod csta;
 /// The JSON view of APDUs moved to [`csta::view`]; this name stays for `cstagate decode` and the tests.
 pub use csta::view as decode;
 pub mod demo;
+pub mod exit;
 pub mod gateway;
 pub mod http_client;
 pub mod ids;

@@ -4,6 +4,10 @@
 //! file below is one group of tests.
 
 #[allow(dead_code)]
+#[path = "../common/mod.rs"]
+mod common;
+
+#[allow(dead_code)]
 #[path = "../notify_common/mod.rs"]
 mod notify_common;
 
@@ -26,3 +30,4 @@ mod storage_failure;
 mod redaction;
 mod csta_tls;
 mod tls_api;
+mod ops_api;
