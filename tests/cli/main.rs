@@ -25,3 +25,4 @@ mod shutdown;
 mod tls_api;
 mod reload;
 mod operations;
+mod package;
