@@ -21,7 +21,7 @@ fn dpkg_deb(args: &[&str]) -> String {
 #[test]
 fn the_debian_package_holds_the_service_and_its_files() {
     let probe = "test -n \"$(ls target/debian/cstagate_*.deb 2>/dev/null)\" && command -v dpkg-deb";
-    if !super::common::require_external("the Debian package (target/debian/cstagate_*.deb) and dpkg-deb", "CSTAGATE_REQUIRE_DEB", &["sh", "-c", &format!("cd {} && {probe}", env!("CARGO_MANIFEST_DIR"))], "cargo install cargo-deb --locked && cargo deb --locked") {
+    if !super::common::require_external("the Debian package (target/debian/cstagate_*.deb) and dpkg-deb", "CSTAGATE_REQUIRE_DEB", &["sh", "-c", &format!("cd {} && {probe}", env!("CARGO_MANIFEST_DIR"))], "cargo install cargo-deb --locked && cargo deb --locked --strip") {
         return;
     }
     let deb = package().expect("a package");
@@ -36,6 +36,7 @@ fn the_debian_package_holds_the_service_and_its_files() {
     assert!(info.contains("Package: cstagate"), "{info}");
     let dir = std::env::temp_dir().join(format!("cstagate-deb-{}", cstagate::random::id()));
     let control = dir.join("DEBIAN");
+    std::fs::create_dir_all(&dir).unwrap();
     dpkg_deb(&["-e", deb, control.to_str().unwrap()]);
     let listed = std::fs::read_to_string(control.join("conffiles")).unwrap();
     for f in ["/etc/cstagate/gateway.toml", "/etc/cstagate/env"] {
