@@ -47,6 +47,21 @@ pub enum CaptureError {
     Io { path: String, source: std::io::Error },
     #[error("{path}: not a pcap/pcapng file: {reason}")]
     Pcap { path: String, reason: String },
+    /// `--port` names a port no TCP segment of the capture uses.
+    #[error("{path}: no TCP segment to or from port {port}; ports seen: {}", list_ports(.seen))]
+    NoSuchPort { path: String, port: u16, seen: Vec<u16> },
+    /// Neither pcap/pcapng, nor a CSTA XML log, nor hex lines.
+    #[error("{path}: unknown format: expected a pcap or pcapng capture, a .frames.tsv or hex-lines trace (one framed APDU per line), or a CSTA XML log")]
+    UnknownFormat { path: String },
+}
+
+/// Ports seen in a capture, at most 20 of them shown.
+fn list_ports(seen: &[u16]) -> String {
+    if seen.is_empty() {
+        return "none (no TCP in this capture)".into();
+    }
+    let shown: Vec<String> = seen.iter().take(20).map(u16::to_string).collect();
+    format!("{}{}", shown.join(", "), if seen.len() > 20 { format!(" and {} more", seen.len() - 20) } else { String::new() })
 }
 
 /// Read any supported trace file, choosing the reader by content (pcap magic, XML markup, else
@@ -64,7 +79,19 @@ pub fn read_file(path: &Path, framing: Option<Framing>, port: Option<u16>) -> Re
     match magic {
         Some(0xA1B2_C3D4 | 0xD4C3_B2A1 | 0xA1B2_3C4D | 0x4D3C_B2A1 | 0x0A0D_0D0A) => read_pcap(&name, &data, framing, port),
         _ if is_xml_log(&data) => Ok(read_xml_log(&name, &data)),
-        _ => Ok(read_text(&name, &String::from_utf8_lossy(&data))),
+        _ => {
+            // Binary that is no capture, or text with no hex line in it: one line naming the
+            // formats, not one error per line.
+            let text = std::str::from_utf8(&data).map_err(|_| CaptureError::UnknownFormat { path: name.clone() })?;
+            let frames = read_text(&name, text);
+            // Mostly lines that are no hex at all: some other text (a PBX's own log, say), not a
+            // hex trace with a few damaged lines.
+            let not_hex = frames.iter().filter(|f| f.framed.as_ref().is_err_and(|e| matches!(e.kind, ErrorKind::BadValue("hex text")))).count();
+            if not_hex > 0 && not_hex * 2 > frames.len() {
+                return Err(CaptureError::UnknownFormat { path: name });
+            }
+            Ok(frames)
+        }
     }
 }
 
@@ -278,6 +305,7 @@ fn read_pcap(name: &str, data: &[u8], framing: Option<Framing>, port: Option<u16
     let mut flows: HashMap<([u8; 16], u16, [u8; 16], u16), Flow> = HashMap::new();
     let mut out = Vec::new();
     let mut packet_no = 0usize;
+    let mut ports = std::collections::BTreeSet::new();
     loop {
         match reader.next() {
             Ok((offset, block)) => {
@@ -301,6 +329,7 @@ fn read_pcap(name: &str, data: &[u8], framing: Option<Framing>, port: Option<u16
                 if let Some((linktype, pkt)) = packet {
                     packet_no += 1;
                     if let Some(seg) = tcp_segment(linktype, &pkt) {
+                        ports.extend([seg.src.1, seg.dst.1]);
                         feed(&mut flows, seg, framing, port, &format!("{name}:packet {packet_no}"), &mut out);
                     }
                 }
@@ -317,6 +346,9 @@ fn read_pcap(name: &str, data: &[u8], framing: Option<Framing>, port: Option<u16
             }
             Err(e) => return Err(err(format!("{e:?}"))),
         }
+    }
+    if let Some(port) = port.filter(|p| !ports.contains(p)) {
+        return Err(CaptureError::NoSuchPort { path: name.to_owned(), port, seen: ports.into_iter().collect() });
     }
     Ok(out)
 }

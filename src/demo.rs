@@ -141,7 +141,65 @@ pub async fn run(dialect: DemoDialect, scenario: Scenario, say: &(dyn Fn(&str) +
     result
 }
 
+/// One narration line, `elapsed` after the demo began: `+1.234 s  GW     ...`.
+pub fn at(elapsed: Duration, line: &str) -> String {
+    format!("+{:.3} s  {line}", elapsed.as_secs_f64())
+}
+
+/// What each scenario should end in, in words and as (state, reason).
+fn expectation(scenario: Scenario) -> (&'static str, &'static str, &'static str) {
+    match scenario {
+        Scenario::Ok => ("alice answers, confirms and keys the right code", "bound", ""),
+        Scenario::WrongCode => ("alice keys a wrong code first, then the right one", "bound", ""),
+        Scenario::NoAnswer => ("the phone rings and nobody answers", "failed", "no_answer"),
+        Scenario::LockedPhone => ("the phone is locked first and its user keys a wrong local PIN", "failed", "phone_locked"),
+    }
+}
+
+/// The narration: lines stamped with the wall-clock millisecond they happened at (the gateway's
+/// history steps carry theirs), printed in that order with the time since the start.
+struct Narration<'a> {
+    start: crate::association::Millis,
+    say: &'a (dyn Fn(&str) + Sync),
+    held: Vec<(crate::association::Millis, usize, String)>,
+    seq: usize,
+}
+
+impl Narration<'_> {
+    fn push(&mut self, at: crate::association::Millis, line: String) {
+        self.seq += 1;
+        self.held.push((at, self.seq, line));
+    }
+
+    fn now(&mut self, line: String) {
+        self.push(crate::clock::now_ms(), line);
+    }
+
+    /// Print what happened up to `upto`, in order.
+    fn flush(&mut self, upto: crate::association::Millis) {
+        self.held.sort();
+        let n = self.held.iter().take_while(|(at, _, _)| *at <= upto).count();
+        for (at, _, line) in self.held.drain(..n) {
+            (self.say)(&at_line(self.start, at, &line));
+        }
+    }
+}
+
+fn at_line(start: crate::association::Millis, when: crate::association::Millis, line: &str) -> String {
+    at(Duration::from_millis(when.saturating_sub(start)), line)
+}
+
+/// A moment as the time of day (UTC), to the second.
+fn clock_time(at: crate::association::Millis) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(at);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario, say: &(dyn Fn(&str) + Sync)) -> Result<(Value, bool), String> {
+    let mut n = Narration { start: crate::clock::now_ms(), say, held: Vec::new(), seq: 0 };
+    let (what, want_state, want_reason) = expectation(scenario);
+    let want = if want_reason.is_empty() { want_state.to_owned() } else { format!("{want_state}, reason {want_reason}") };
+    n.now(format!("DEMO   scenario {}: {what}; expected outcome: {want}", clap::ValueEnum::to_possible_value(&scenario).map(|v| v.get_name().to_owned()).unwrap_or_default()));
     // The PBX.
     let mut sim_cfg = match dialect {
         DemoDialect::Phase3 => SimConfig::phase3(&["2005", "2006"]),
@@ -167,7 +225,7 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
         DemoDialect::Oxe => ("Alcatel OXE (CSTA Phase II)", "CSTA over TCP, ACSE associated"),
         DemoDialect::Xml => ("CSTA XML (ECMA-323, OpenScape-like)", "CSTA XML over TCP, ECMA-354 session started"),
     };
-    say(&format!("PBX    simulated {pbx_name} PBX listening on {}", sim.addr()));
+    n.now(format!("PBX    simulated {pbx_name} PBX listening on {}", sim.addr()));
 
     // The gateway, from a configuration file's text.
     let lock = if scenario == Scenario::LockedPhone { "lock_prefix = \"*66\"\n" } else { "" };
@@ -181,42 +239,50 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
     let mut secrets = crate::config::Secrets { ivr_secret: Some(ivr_secret.clone()), ..Default::default() };
     secrets.tenant_tokens.insert("acme".into(), tenant_token.clone());
     let (running, http) = start_local(&config, secrets).await.map_err(|e| e.to_string())?;
-    say(&format!("GW     gateway API on http://{}, PBX link up ({link_name})", running.addr));
+    n.now(format!("GW     gateway API on http://{}, PBX link up ({link_name})", running.addr));
 
     // The user asks the cloud app to link extension 2005; the app calls the API.
-    say("APP    alice asks to link extension 2005: POST /v1/associations");
+    n.now("APP    alice asks to link extension 2005: POST /v1/associations".into());
     let (status, created) = http.json("POST", "/v1/associations", &tenant_token, Some(json!({ "account": "alice", "extension": "2005", "display_name": "Alice Martin" }))).await?;
     if status != 201 {
         return Err(format!("association refused: {status} {created}"));
     }
     let id = created["id"].as_str().unwrap_or_default().to_owned();
     let code = created["code"].as_str().unwrap_or_default().to_owned();
-    say(&format!("APP    code {code} shown to alice; the gateway calls her phone (the proof call's context id never leaves the call)"));
+    let expires = created["expires_at"].as_u64().map_or_else(|| "?".to_owned(), clock_time);
+    n.now(format!("APP    code {code} shown to alice, valid until {expires}; the gateway calls her phone (the proof call's context id never leaves the call)"));
 
-    // The IVR platform: answers calls to the IVR number and relays prompts and digits.
+    // The IVR platform: answers calls to the IVR number and relays prompts and digits. What it
+    // sees goes to the narration as it happens, stamped.
     let ivr_http = http.clone();
     let ivr_line = sim.ivr_handle();
     let wrong_first = scenario == Scenario::WrongCode;
     let key = ivr_secret.clone();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::channel::<(crate::association::Millis, String)>(256);
+    let in_call = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let on_call = in_call.clone();
     let ivr_task = tokio::spawn(async move {
-        let mut narration = Vec::new();
+        let say = |l: String| {
+            let _ = lines_tx.try_send((crate::clock::now_ms(), l));
+        };
         let mut pending_context: Option<String> = None;
         let mut call_id: Option<(String, String)> = None;
         let mut wrong_sent = false;
         while let Some(sig) = ivr_signals.recv().await {
             match sig {
                 IvrSignal::Connected { call, calling, called } => {
-                    narration.push(format!("IVR    call {call} from {calling} to {called} answered"));
+                    on_call.store(true, std::sync::atomic::Ordering::SeqCst);
+                    say(format!("IVR    call {call} from {calling} to {called} answered"));
                     // Digits dialled after the number are signalled together with the call.
                     while let Ok(IvrSignal::Digits { digits, .. }) = ivr_signals.try_recv() {
-                        narration.push(format!("IVR    dialled after the number: {digits}"));
+                        say(format!("IVR    dialled after the number: {digits}"));
                         pending_context = Some(digits);
                     }
                     call_id = Some((call, calling));
                 }
                 IvrSignal::Digits { digits, .. } => pending_context = Some(digits),
                 IvrSignal::Cleared { call } => {
-                    narration.push(format!("IVR    call {call} cleared by the PBX"));
+                    say(format!("IVR    call {call} cleared by the PBX"));
                     break;
                 }
             }
@@ -227,17 +293,17 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
                 let reply = match ivr_request(&ivr_http, &key, &call, &from, digits.as_deref()).await {
                     Ok((200, r)) => r,
                     Ok((s, r)) => {
-                        narration.push(format!("IVR    webhook answered {s}: {r}"));
+                        say(format!("IVR    webhook answered {s}: {r}"));
                         break;
                     }
                     Err(e) => {
-                        narration.push(format!("IVR    webhook failed: {e}"));
+                        say(format!("IVR    webhook failed: {e}"));
                         break;
                     }
                 };
                 let text = reply["say"].as_str().unwrap_or("").to_owned();
                 if !text.is_empty() {
-                    narration.push(format!("IVR    says: \"{text}\""));
+                    say(format!("IVR    says: \"{text}\""));
                 }
                 if reply["hangup"].as_bool().unwrap_or(false) {
                     break;
@@ -256,30 +322,35 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
                     // The context prompt: the digits dialled after the IVR number.
                     pending_context.take().unwrap_or_default()
                 };
-                narration.push(format!("USER   keys {d}"));
+                say(format!("USER   keys {d}"));
                 digits = Some(d);
             }
             // The IVR platform ends its call after the dialogue, however the dialogue ended
             // (a refused webhook request included), as a real one does.
-            narration.push("IVR    hangs up".into());
+            say("IVR    hangs up".into());
             ivr_line.hangup(&call);
             break;
         }
-        narration
+        on_call.store(false, std::sync::atomic::Ordering::SeqCst);
     });
 
     // The app follows the association until it is over.
     let mut seen = 0usize;
     let final_view = loop {
+        let upto = crate::clock::now_ms();
+        while let Ok((at, l)) = lines.try_recv() {
+            n.push(at, l);
+        }
         let (s, v) = http.json("GET", &format!("/v1/associations/{id}"), &tenant_token, None).await?;
         if s != 200 {
             return Err(format!("GET association: {s} {v}"));
         }
         let history = v["history"].as_array().cloned().unwrap_or_default();
         for h in history.iter().skip(seen) {
-            say(&format!("GW     {:<14} {}", h["step"].as_str().unwrap_or(""), h["detail"].as_str().unwrap_or("")));
+            n.push(h["at"].as_u64().unwrap_or(upto), format!("GW     {:<14} {}", h["step"].as_str().unwrap_or(""), h["detail"].as_str().unwrap_or("")));
         }
         seen = history.len();
+        n.flush(upto);
         let state = v["state"].as_str().unwrap_or("");
         let retryable = v["retryable"].as_bool().unwrap_or(false);
         if matches!(state, "bound" | "expired" | "cancelled") || (state == "failed" && (!retryable || scenario != Scenario::WrongCode)) {
@@ -287,24 +358,28 @@ async fn run_in(dir: &std::path::Path, dialect: DemoDialect, scenario: Scenario,
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    if let Ok(Ok(lines)) = tokio::time::timeout(Duration::from_secs(5), ivr_task).await {
-        for l in lines {
-            say(&l);
-        }
+    // The IVR platform's last words (its goodbye and hang-up) if it is on a call; otherwise
+    // there is nothing to wait for.
+    let mut ivr_task = ivr_task;
+    if in_call.load(std::sync::atomic::Ordering::SeqCst) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut ivr_task).await;
+    }
+    ivr_task.abort();
+    while let Ok((at, l)) = lines.try_recv() {
+        n.push(at, l);
     }
     let state = final_view["state"].as_str().unwrap_or("");
     let reason = final_view["reason"].as_str().unwrap_or("");
-    let expected = match scenario {
-        Scenario::Ok | Scenario::WrongCode => state == "bound",
-        Scenario::NoAnswer => state == "failed" && reason == "no_answer",
-        Scenario::LockedPhone => state == "failed" && reason == "phone_locked",
-    };
+    let expected = state == want_state && reason == want_reason;
     if state == "bound" {
         let (_, b) = http.json("GET", "/v1/bindings/paris/2005", &tenant_token, None).await?;
-        say(&format!("APP    extension 2005 bound to {} (DID seen by the IVR: {}, unverified)", b["account"], b["did"]));
+        n.now(format!("APP    extension 2005 bound to {} (DID seen by the IVR: {}, unverified)", b["account"], b["did"]));
     } else {
-        say(&format!("APP    association ended: {state} ({reason})"));
+        n.now(format!("APP    association ended: {state} ({reason})"));
     }
+    let outcome = if reason.is_empty() { state.to_owned() } else { format!("{state}, reason {reason}") };
+    n.now(if expected { format!("DEMO   outcome {outcome}: as expected") } else { format!("DEMO   outcome {outcome}: expected {want}") });
+    n.flush(u64::MAX);
     running.shutdown().await;
     drop(sim);
     Ok((final_view, expected))

@@ -16,6 +16,7 @@ pub mod csta;
 pub use csta::view as decode;
 pub mod demo;
 pub mod directory;
+pub mod exit;
 pub mod gateway;
 pub mod http_client;
 pub mod ids;

@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use cstagate::capture::{self, CapturedFrame};
 use cstagate::codec::apdu::guess_dialect;
 use cstagate::codec::{Dialect, Framing};
+use cstagate::config::LogFormat;
 use cstagate::decode;
+use cstagate::exit::Exit;
 
 #[derive(Parser)]
 #[command(name = "cstagate", version, about = "CSTA CTI gateway: PBX links and self-service extension association")]
@@ -35,15 +37,18 @@ enum Command {
         /// In pcaps, the PBX's CSTA TCP port (default: 2555, 7001, 8800, 8882 or 33333 when seen).
         #[arg(long)]
         port: Option<u16>,
+        /// Trace files: .frames.tsv, hex lines, pcap or pcapng, CSTA XML logs.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
     /// Check that a PBX profile works: log in, monitor, optionally place one call, print what
-    /// happens. Exit codes: 0 ok, 2 connection failed, 3 association rejected, 4 CSTA error,
-    /// 5 configuration error.
+    /// happens. Exit codes: 0 ok, 3 association rejected, 4 CSTA error, 5 configuration error,
+    /// 7 connection failed.
     Probe {
+        /// The gateway's configuration file (the [[pbx]] tables are read).
         #[arg(long)]
         config: PathBuf,
+        /// The id of the [[pbx]] to probe.
         #[arg(long)]
         pbx: String,
         /// Extensions to monitor (repeatable).
@@ -58,43 +63,60 @@ enum Command {
         /// Give up (exit 0 once up, 2 before) after this long, e.g. `10s`.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// One JSON object per line (the names of `cstagate decode --json`).
         #[arg(long)]
         json: bool,
         /// Leave the call placed with --make-call up on exit (cleared by default).
         #[arg(long, requires = "make_call")]
         keep_call: bool,
     },
-    /// Run the gateway: PBX links, HTTP API, IVR webhook (see README: configuration).
+    /// Run the gateway: PBX links, HTTP API, IVR webhook (see README: configuration). SIGTERM
+    /// or Ctrl-C stops it cleanly; SIGHUP reloads the configuration.
     Run {
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a configuration as `run` would (the file, the secrets in the environment, ranges,
+    /// references, the files it names) without opening a socket; print a summary.
+    CheckConfig {
+        /// The configuration file (TOML).
         #[arg(long)]
         config: PathBuf,
     },
     /// The whole association on loopback, no setup: simulated PBX, the gateway, a simulated IVR
     /// platform and user. Exits 0 on the scenario's expected outcome.
     Demo {
+        /// The simulated PBX's dialect.
         #[arg(long, value_enum, default_value = "phase3")]
         dialect: cstagate::demo::DemoDialect,
+        /// What happens at the phone.
         #[arg(long, value_enum, default_value = "ok")]
         scenario: cstagate::demo::Scenario,
     },
     /// Run a simulated PBX (for the demo, tests and trying a gateway without a PBX).
     SimPbx {
+        /// Address to listen on for the gateway's CSTA link.
         #[arg(long, default_value = "127.0.0.1:33333")]
         listen: String,
+        /// The PBX to play (`auto` is for `decode` only: refused here).
         #[arg(long, value_enum, default_value = "phase3")]
         dialect: Profile,
         /// Directory: numbers and ranges, e.g. `2000-2010,3000`.
         #[arg(long, default_value = "2000-2099")]
         extensions: String,
+        /// The cloud IVR's number: calls to it are printed and end with `hangup` on stdin.
         #[arg(long, default_value = "0800100200")]
         ivr_number: String,
+        /// The feature code that locks a phone (a call to it from an extension).
         #[arg(long, default_value = "*66")]
         lock_prefix: String,
         /// Require this user (in the AARQ, or with --dialect xml in StartApplicationSession);
         /// the password comes from the environment variable named by --acse-password-env.
-        #[arg(long)]
+        #[arg(long, requires = "acse_password_env")]
         acse_user: Option<String>,
-        #[arg(long)]
+        /// The environment variable holding --acse-user's password (required with it).
+        #[arg(long, requires = "acse_user")]
         acse_password_env: Option<String>,
         /// Period of the PBX's own SystemStatus (OXE default 30s).
         #[arg(long, value_parser = humantime::parse_duration)]
@@ -164,70 +186,75 @@ impl Profile {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     match cli.command {
-        Command::Decode { dialect, json, port, files } => run_decode(dialect, json, port, &files),
+        Command::Decode { dialect, json, port, files } => {
+            init_logs("warn", LogFormat::Text);
+            run_decode(dialect, json, port, &files)
+        }
         Command::Probe { config, pbx, monitors, make_call, count, timeout, json, keep_call } => {
+            init_logs("warn", LogFormat::Text);
             runtime().block_on(cstagate::probe::run(cstagate::probe::Probe { config, pbx, monitors, make_call: make_call.map(|v| (v[0].clone(), v[1].clone())), count, timeout, json, keep_call }))
         }
         Command::Run { config } => runtime().block_on(run_gateway(&config)),
-        Command::Demo { dialect, scenario } => runtime().block_on(async move {
-            let say = |l: &str| println!("{l}");
-            match cstagate::demo::run(dialect, scenario, &say).await {
-                Ok((_, true)) => {
-                    println!("DEMO   expected outcome: OK");
-                    ExitCode::SUCCESS
+        Command::CheckConfig { config } => {
+            init_logs("warn", LogFormat::Text);
+            check_config(&config)
+        }
+        Command::Demo { dialect, scenario } => {
+            init_logs("warn", LogFormat::Text);
+            runtime().block_on(async move {
+                // The demo stamps its lines with the time since it began, in the order things happened.
+                let say = |l: &str| println!("{l}");
+                match cstagate::demo::run(dialect, scenario, &say).await {
+                    Ok((_, true)) => ExitCode::SUCCESS,
+                    Ok((v, false)) => {
+                        eprintln!("cstagate demo: unexpected outcome: {v}");
+                        Exit::Failure.into()
+                    }
+                    Err(e) => {
+                        eprintln!("cstagate demo: {e}");
+                        Exit::Failure.into()
+                    }
                 }
-                Ok((v, false)) => {
-                    eprintln!("cstagate demo: unexpected outcome: {v}");
-                    ExitCode::FAILURE
-                }
-                Err(e) => {
-                    eprintln!("cstagate demo: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }),
+            })
+        }
         Command::SimPbx { listen, dialect, extensions, ivr_number, lock_prefix, acse_user, acse_password_env, keepalive, answer_after, phase2_results, local_pin, pin_delay, xml_session, tls_cert, tls_key, tls_client_ca } => {
+            init_logs("info", LogFormat::Text);
+            let usage = |msg: String| {
+                eprintln!("cstagate sim-pbx: {msg}");
+                ExitCode::from(Exit::Usage)
+            };
             let (framing, dialect, preamble) = match dialect {
                 Profile::Oxe => (Framing::TwoByteLength, Dialect::Phase2, true),
                 Profile::Hipath => (Framing::Siemens, Dialect::Phase3, false),
                 Profile::Xml => (Framing::XmlHeader, Dialect::Phase3, false),
                 Profile::XmlNul => (Framing::XmlNul, Dialect::Phase3, false),
-                Profile::Phase3 | Profile::Auto => (Framing::TwoByteLength, Dialect::Phase3, false),
+                Profile::Phase3 => (Framing::TwoByteLength, Dialect::Phase3, false),
+                // A PBX speaks one dialect: there is nothing to guess.
+                Profile::Auto => return usage("--dialect auto is for `decode`; a simulated PBX speaks one of phase3, oxe, hipath, xml, xml-nul".into()),
             };
             let numbers = match cstagate::config::parse_directory(&extensions) {
                 Ok(n) => n,
-                Err(e) => {
-                    eprintln!("cstagate sim-pbx: --extensions: {e}");
-                    return ExitCode::from(5);
-                }
+                Err(e) => return usage(format!("--extensions: {e}")),
             };
             if local_pin.as_deref().is_some_and(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#')) {
-                eprintln!("cstagate sim-pbx: --local-pin: digits, * and # only");
-                return ExitCode::from(5);
+                return usage("--local-pin: digits, * and # only".into());
             }
             let credentials = match (acse_user, acse_password_env) {
                 (Some(u), Some(var)) => match std::env::var(&var) {
-                    Ok(p) => Some((u, p.into())),
-                    Err(_) => {
-                        eprintln!("cstagate sim-pbx: --acse-password-env names {var}, which is not set");
-                        return ExitCode::from(5);
-                    }
+                    Ok(p) if !p.is_empty() => Some((u, p.into())),
+                    _ => return usage(format!("--acse-password-env names {var}, which is not set or empty")),
                 },
-                (Some(u), None) => Some((u, "".into())),
+                // clap requires both or neither: a login without a password would check nothing.
                 _ => None,
             };
             let tls = match (&tls_cert, &tls_key) {
                 (Some(cert), Some(key)) => match cstagate::sim::SimTls::from_pem_files(cert, key, tls_client_ca.as_deref()) {
                     Ok(t) => Some(t),
+                    // A certificate or key file that does not serve: configuration, as for `run`.
                     Err(e) => {
                         eprintln!("cstagate sim-pbx: TLS: {e}");
-                        return ExitCode::from(5);
+                        return Exit::Config.into();
                     }
                 },
                 // clap requires both or neither.
@@ -264,6 +291,46 @@ fn main() -> ExitCode {
     }
 }
 
+/// The logs on stderr: `RUST_LOG` if set (e.g. `cstagate=debug`), else `default`; readable lines
+/// or one JSON object per line.
+fn init_logs(default: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
+}
+
+/// `cstagate check-config`: [`cstagate::server::check`], then a one-screen summary.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let checked = match cstagate::server::check(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cstagate check-config: {e}");
+            return e.exit().into();
+        }
+    };
+    let c = &checked.config;
+    let g = &c.gateway;
+    println!("{}: OK", path.display());
+    println!("API        {}://{}", if g.tls_files().is_some() { "https" } else { "http" }, g.listen);
+    if let Some(f) = &g.fastagi_listen {
+        println!("FastAGI    {f}");
+    }
+    println!("database   {}", g.database.display());
+    let ready = g.ready_min_links.map_or_else(|| "all PBX links".to_owned(), |n| format!("{n} PBX link(s)"));
+    println!("readyz     store and {ready} up");
+    println!("tenants    {}", if c.tenant.is_empty() { "none".to_owned() } else { c.tenant.iter().map(|t| t.id.as_str()).collect::<Vec<_>>().join(", ") });
+    for p in &c.pbx {
+        // `check` built every profile already.
+        let (address, dialect, tls) = p.profile().map(|l| (l.address, format!("{:?}", p.dialect).to_lowercase(), l.tls.is_some())).unwrap_or_default();
+        let policy = p.tenant.as_deref().map_or_else(|| "no tenant (link only)".to_owned(), |t| format!("tenant {t}, {} extension range(s)", p.extensions.len()));
+        println!("pbx        {} {dialect} {address}{} — {policy}", p.id, if tls { " (TLS)" } else { "" });
+    }
+    ExitCode::SUCCESS
+}
+
 async fn run_gateway(path: &std::path::Path) -> ExitCode {
     // Before anything starts: a SIGTERM during the start stops the gateway as well, instead of
     // killing the process halfway.
@@ -271,30 +338,24 @@ async fn run_gateway(path: &std::path::Path) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cstagate run: cannot watch for SIGTERM and Ctrl-C: {e}");
-            return ExitCode::FAILURE;
+            return Exit::CannotStart.into();
         }
     };
     let hangup = watch_hangup();
-    let config = match cstagate::config::Config::load(path) {
+    // The same checks as `check-config` and a reload.
+    let checked = match cstagate::server::check(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("cstagate run: {e}");
-            return ExitCode::from(5);
+            return e.exit().into();
         }
     };
-    let secrets = match cstagate::server::secrets_from_env(&config) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cstagate run: {e}");
-            return ExitCode::from(5);
-        }
-    };
-    let running = match cstagate::server::start(&config, secrets).await {
+    init_logs("info", checked.config.gateway.log_format);
+    let running = match cstagate::server::start(&checked.config, checked.secrets).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cstagate run: {e}");
-            // A configuration the start refused (an ACSE password, a policy) like the others.
-            return ExitCode::from(if matches!(e, cstagate::server::StartError::Config(_)) { 5 } else { 2 });
+            return e.exit().into();
         }
     };
     println!("cstagate gateway API on {}://{}", if running.tls() { "https" } else { "http" }, running.addr);
@@ -303,7 +364,7 @@ async fn run_gateway(path: &std::path::Path) -> ExitCode {
     }
     let signal = tokio::select! {
         s = stop.recv() => s,
-        () = reload_on_hangup(hangup, &running) => "none",
+        () = reload_on_hangup(hangup, &running, path) => "none",
     };
     tracing::info!(signal, "stop requested");
     running.shutdown().await;
@@ -311,27 +372,37 @@ async fn run_gateway(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// On each SIGHUP, read the API's TLS files again ([`cstagate::server::Running::reload_tls`]),
-/// the usual way to tell a daemon its renewed certificate is in place. Never returns (pending
-/// forever when SIGHUP cannot be watched, or off Unix).
-async fn reload_on_hangup(hangup: Hangup, running: &cstagate::server::Running) {
+/// On each SIGHUP, reload the configuration ([`cstagate::server::Running::reload`]: the PBX
+/// links, policies, tenants, and the API's TLS files), logging and counting the outcome. Never
+/// returns (pending forever when SIGHUP cannot be watched, or off Unix).
+async fn reload_on_hangup(hangup: Hangup, running: &cstagate::server::Running, path: &std::path::Path) {
     #[cfg(unix)]
     {
+        use std::sync::atomic::Ordering::Relaxed;
         match hangup {
             Ok(mut hup) => {
                 while hup.recv().await.is_some() {
-                    match running.reload_tls() {
-                        Ok(true) => tracing::info!(trigger = "SIGHUP", "API TLS certificate reloaded: new connections use it"),
-                        Ok(false) => tracing::info!("SIGHUP: the API has no TLS files to reload"),
-                        Err(e) => tracing::warn!(trigger = "SIGHUP", error = %e, "API TLS reload failed: the certificate in use is kept"),
+                    tracing::info!(config = %path.display(), "SIGHUP: reloading the configuration");
+                    match running.reload(path).await {
+                        Ok(r) => {
+                            running.control().reloads().applied.fetch_add(1, Relaxed);
+                            if !r.need_restart.is_empty() {
+                                tracing::warn!(keys = ?r.need_restart, "changed keys take effect at the next start only: not applied");
+                            }
+                            tracing::info!(added = ?r.links_added, removed = ?r.links_removed, restarted = ?r.links_restarted, "configuration reloaded");
+                        }
+                        Err(e) => {
+                            running.control().reloads().failed.fetch_add(1, Relaxed);
+                            tracing::warn!(trigger = "SIGHUP", error = %e, "configuration reload failed: the configuration in use is kept");
+                        }
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot watch for SIGHUP: the API certificate is reloaded on file changes only"),
+            Err(e) => tracing::warn!(error = %e, "cannot watch for SIGHUP: no configuration reload (the API certificate is reloaded on file changes only)"),
         }
     }
     #[cfg(not(unix))]
-    let _ = (hangup, running);
+    let _ = (hangup, running, path);
     std::future::pending::<()>().await;
 }
 
@@ -392,7 +463,7 @@ fn runtime() -> tokio::runtime::Runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cstagate: cannot start the async runtime: {e}");
-            std::process::exit(1);
+            std::process::exit(i32::from(Exit::CannotStart.code()));
         }
     }
 }
@@ -405,7 +476,7 @@ async fn run_sim(cfg: cstagate::sim::SimConfig, listen: &str) -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             eprintln!("cstagate sim-pbx: cannot listen on {listen}: {e}");
-            return ExitCode::from(2);
+            return Exit::CannotStart.into();
         }
     };
     println!("simulated PBX listening on {}", sim.addr());
@@ -477,16 +548,28 @@ fn stdin_is_ours() -> bool {
     }
 }
 
+/// `cstagate decode`: exit 0, [`Exit::Usage`] when a file cannot be read, is in no known format or
+/// has no packet on `--port`, else [`Exit::Protocol`] when an APDU did not decode.
 fn run_decode(profile: Profile, json: bool, port: Option<u16>, files: &[PathBuf]) -> ExitCode {
     let mut failed = 0usize;
+    let mut unreadable = 0usize;
     let mut n = 0usize;
     let mut out = std::io::stdout().lock();
+    let code = |unreadable: usize, failed: usize| -> ExitCode {
+        if unreadable > 0 {
+            Exit::Usage.into()
+        } else if failed > 0 {
+            Exit::Protocol.into()
+        } else {
+            ExitCode::SUCCESS
+        }
+    };
     for path in files {
         let frames = match capture::read_file(path, profile.fixed().map(|p| p.0), port) {
             Ok(f) => f,
             Err(e) => {
                 eprintln!("cstagate decode: {e}");
-                failed += 1;
+                unreadable += 1;
                 continue;
             }
         };
@@ -504,16 +587,14 @@ fn run_decode(profile: Profile, json: bool, port: Option<u16>, files: &[PathBuf]
             let line = if json { j.to_string() } else { format!("{} [{}]", decode::to_line(&j), frame.origin) };
             // A closed pipe (`| head`) ends the output quietly.
             if writeln!(out, "{line}").is_err() {
-                return ExitCode::from(if failed > 0 { 1 } else { 0 });
+                return code(unreadable, failed);
             }
         }
     }
     if failed > 0 {
-        eprintln!("cstagate decode: {failed} APDU(s) or file(s) failed to decode");
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
+        eprintln!("cstagate decode: {failed} APDU(s) failed to decode");
     }
+    code(unreadable, failed)
 }
 
 /// The dialect the first discriminating BER APDU of a trace shows; Phase III when none does (XML

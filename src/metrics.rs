@@ -28,6 +28,15 @@ pub struct Sources<'a> {
     pub sizes: Option<Sizes>,
     pub replay_entries: usize,
     pub ivr: &'a crate::ivr::IvrGuards,
+    /// Configuration reloads (SIGHUP) applied and refused.
+    pub reloads: &'a Reloads,
+}
+
+/// Configuration reloads so far (counted by `cstagate run`'s SIGHUP handler).
+#[derive(Debug, Default)]
+pub struct Reloads {
+    pub applied: std::sync::atomic::AtomicU64,
+    pub failed: std::sync::atomic::AtomicU64,
 }
 
 type Labels = Vec<(String, String)>;
@@ -88,9 +97,9 @@ const LINK_COUNTERS: [(&str, &str); 15] = [
 /// Every metric, as OpenMetrics text.
 pub fn render(src: &Sources<'_>) -> String {
     let mut reg = Registry::default();
-    let mut ids: Vec<&String> = src.gw.links().keys().collect();
-    ids.sort();
-    let links: Vec<(&String, &crate::link::Link)> = ids.iter().filter_map(|id| Some((*id, src.gw.links().get(*id)?))).collect();
+    let all = src.gw.links();
+    let mut links: Vec<(&String, &crate::link::Link)> = all.iter().collect();
+    links.sort_by_key(|(id, _)| *id);
     gauges(&mut reg, "cstagate_link_up", "Whether the PBX link is up", links.iter().map(|(id, l)| (label("pbx", id), u64::from(l.state() == crate::link::LinkState::Up))));
     let stats: Vec<(&String, serde_json::Value)> = links.iter().map(|(id, l)| (*id, serde_json::to_value(l.stats()).unwrap_or_default())).collect();
     let stat = |name: &str| -> Vec<(Labels, u64)> { stats.iter().map(|(id, s)| (label("pbx", id), s[name].as_u64().unwrap_or(0))).collect() };
@@ -124,6 +133,9 @@ pub fn render(src: &Sources<'_>) -> String {
         "Failed notification attempts, by tenant and cause (unknown_ca, name_mismatch, expired, not_yet_valid, revoked, bad_certificate, tls, connect, timeout, refused, other)",
         failures.into_iter().map(|(tenant, cause, n)| (vec![("tenant".to_owned(), tenant), ("cause".to_owned(), cause.to_owned())], n)),
     );
+    let reloads = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+    counter(&mut reg, "cstagate_config_reloads", "Configuration reloads (SIGHUP) applied", reloads(&src.reloads.applied));
+    counter(&mut reg, "cstagate_config_reload_failures", "Configuration reloads (SIGHUP) refused: the new file did not validate, the old configuration runs on", reloads(&src.reloads.failed));
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &reg);

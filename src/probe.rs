@@ -31,11 +31,11 @@ pub struct Probe {
     pub keep_call: bool,
 }
 
-/// Exit codes, documented in the README.
-pub const EXIT_CONNECT: u8 = 2;
-pub const EXIT_REJECTED: u8 = 3;
-pub const EXIT_CSTA_ERROR: u8 = 4;
-pub const EXIT_CONFIG: u8 = 5;
+// The probe's exit codes, from the one table of every command ([`crate::exit::Exit`]).
+pub const EXIT_CONNECT: u8 = crate::exit::Exit::Connection as u8;
+pub const EXIT_REJECTED: u8 = crate::exit::Exit::Rejected as u8;
+pub const EXIT_CSTA_ERROR: u8 = crate::exit::Exit::Protocol as u8;
+pub const EXIT_CONFIG: u8 = crate::exit::Exit::Config as u8;
 
 fn print(json_out: bool, o: Map<String, Json>) {
     let j = Json::Object(o);

@@ -34,6 +34,49 @@ pub struct Running {
     grace: std::time::Duration,
     /// The API's TLS configuration, when `tls_cert` and `tls_key` are set.
     tls: Option<Arc<ApiTls>>,
+    /// The configuration in use (what a reload compares the new file with).
+    config: std::sync::Mutex<Config>,
+    /// The API's principals and readiness threshold, changed by a reload.
+    control: crate::api::ApiControl,
+    /// The PBXs' directories (`GET /v1/directory/{pbx}`), rebuilt by a reload.
+    directories: crate::directory::Directories,
+}
+
+/// What a reload changed ([`Running::reload`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reloaded {
+    pub links_added: Vec<String>,
+    pub links_removed: Vec<String>,
+    pub links_restarted: Vec<String>,
+    /// `[gateway]` keys that changed but take effect at the next start only.
+    pub need_restart: Vec<&'static str>,
+}
+
+/// A configuration checked as `cstagate run` checks it before it opens a socket or the store:
+/// the file read and validated ([`Config::load`]), the secrets it names read, the policies and
+/// each PBX's link profile built (ACSE passwords, CSTA TLS files), the API's TLS files loaded.
+/// `check-config`, `run` and a reload all go through [`check`], so they accept the same files.
+pub struct Checked {
+    pub config: Config,
+    pub secrets: Secrets,
+}
+
+/// Check the configuration at `path` (see [`Checked`]); no socket is opened, nothing written.
+///
+/// # Errors
+/// What `run` would refuse, naming the key, the variable or the file.
+pub fn check(path: &std::path::Path) -> Result<Checked, StartError> {
+    let config = Config::load(path)?;
+    let secrets = secrets_from_env(&config)?;
+    config.policies()?;
+    for p in &config.pbx {
+        p.profile()?;
+    }
+    config.gateway.fastagi_allow_networks()?;
+    if let Some(files) = config.gateway.tls_files() {
+        ApiTls::load(files)?;
+    }
+    Ok(Checked { config, secrets })
 }
 
 impl Running {
@@ -53,6 +96,56 @@ impl Running {
             None => Ok(false),
             Some(tls) => tls.reload().map(|()| true),
         }
+    }
+
+    /// Read the configuration at `path` again and apply what changed (what SIGHUP does): the
+    /// file is checked whole first ([`check`]); a file that does not pass changes nothing. Then,
+    /// by PBX: a PBX added starts its link; a PBX removed fails its associations in flight
+    /// `pbx_removed`, clears their calls and releases its link; a PBX whose link keys changed
+    /// gets a new link (its associations in flight fail their attempt `link_down`); links whose
+    /// keys did not change keep their connection. The policies are swapped (new associations see
+    /// them), the tenants' tokens and the IVR secret too, and `ready_min_links`. `[gateway]` keys
+    /// that need a restart (listeners, database, ...) are listed in the answer and not applied.
+    /// The API's TLS files are read again as well.
+    ///
+    /// # Errors
+    /// The new configuration does not pass [`check`] (the error names the key), or the gateway
+    /// stopped.
+    pub async fn reload(&self, path: &std::path::Path) -> Result<Reloaded, StartError> {
+        let owned = path.to_owned();
+        let checked = tokio::task::spawn_blocking(move || check(&owned)).await.map_err(|_| StartError::Stopped)??;
+        let new = checked.config;
+        let old = self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut done = Reloaded { need_restart: old.restart_keys(&new), ..Reloaded::default() };
+        let mut links = Vec::new();
+        for p in &new.pbx {
+            match old.pbx(&p.id) {
+                Some(o) if o.link_settings() == p.link_settings() => continue,
+                Some(_) => done.links_restarted.push(p.id.clone()),
+                None => done.links_added.push(p.id.clone()),
+            }
+            links.push((p.id.clone(), Link::spawn(p.profile()?)));
+        }
+        done.links_removed = old.pbx.iter().filter(|o| new.pbx(&o.id).is_none()).map(|o| o.id.clone()).collect();
+        let change = crate::gateway::Reconfigure { policies: new.policies()?, links, removed: done.links_removed.clone() };
+        self.gateway.reconfigure(change).await.map_err(|_| StartError::Stopped)?;
+        self.control.set_secrets(checked.secrets);
+        self.control.set_ready_min_links(new.gateway.ready_min_links);
+        // The directory sources (names, CSV files, LDAP) of the new file; on error the ones in
+        // use stay, and the reload says so.
+        if let Err(e) = self.directories.reload(&new) {
+            tracing::warn!(error = %e, "directories not reloaded: the previous ones stay in use");
+        }
+        if let Some(tls) = &self.tls {
+            tls.reload_logged("SIGHUP");
+        }
+        *self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = new;
+        Ok(done)
+    }
+
+    /// The API's control handle (reload counters for `/metrics`).
+    pub fn control(&self) -> &crate::api::ApiControl {
+        &self.control
     }
 
     /// Stop, in this order, and return when done: stop accepting connections (API and FastAGI:
@@ -185,6 +278,22 @@ pub enum StartError {
     Listen { addr: String, source: std::io::Error },
     #[error("secret: {0}")]
     Secret(String),
+    /// The gateway stopped (during a reload).
+    #[error("the gateway stopped")]
+    Stopped,
+}
+
+impl StartError {
+    /// The exit code of `cstagate run` (and `check-config`) for this error: a configuration the
+    /// start refused (a key, a secret, a file) is [`Exit::Config`](crate::exit::Exit::Config);
+    /// a store that cannot be opened or an address that cannot be bound is
+    /// [`Exit::CannotStart`](crate::exit::Exit::CannotStart).
+    pub fn exit(&self) -> crate::exit::Exit {
+        match self {
+            StartError::Config(_) | StartError::Secret(_) => crate::exit::Exit::Config,
+            StartError::Store(_) | StartError::Listen { .. } | StartError::Stopped => crate::exit::Exit::CannotStart,
+        }
+    }
 }
 
 /// Read the API secrets the configuration names from the environment.
@@ -246,7 +355,8 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let listener = listen(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let guards = crate::ivr::IvrGuards::new(config.gateway.ivr_guesses_per_minute);
-    let app = crate::api::router_with_directory(gateway.clone(), secrets, guards.clone(), crate::directory::Directories::start(config)?);
+    let directories = crate::directory::Directories::start(config)?;
+    let (app, control) = crate::api::router_control(gateway.clone(), secrets, guards.clone(), config.gateway.ready_min_links, directories.clone());
     let shutdown = Shutdown::new();
     let tls = tls.map(Arc::new);
     if let Some(t) = &tls {
@@ -274,7 +384,7 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
         fastagi = Some(tokio::spawn(crate::ivr::fastagi::serve_until(l, gateway.clone(), std::sync::Arc::new(settings), guards, shutdown.clone())));
         tracing::info!(addr = ?fastagi_addr, "FastAGI server listening");
     }
-    Ok(Running { addr, fastagi_addr, gateway, server, fastagi, shutdown, grace: config.gateway.shutdown_grace, tls })
+    Ok(Running { addr, fastagi_addr, gateway, server, fastagi, shutdown, grace: config.gateway.shutdown_grace, tls, config: std::sync::Mutex::new(config.clone()), control, directories })
 }
 
 /// Connections the kernel queues for a listener before the gateway accepts them. A burst of app

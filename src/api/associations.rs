@@ -1,5 +1,7 @@
 //! `/v1/associations`: ask for a code, say "I'm at my phone" (or retry), follow, cancel.
 
+use std::collections::HashMap;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -7,9 +9,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::{ApiResult, ErrorBody, HttpError};
-use super::extract::{check_id, check_number, check_text, Caller, NoQuery, StrictJson, StrictPath, StrictQuery, Validate};
+use super::extract::{check_id, check_number, check_text, Caller, NoQuery, QueryParams, StrictJson, StrictPath, StrictQuery, Validate};
 use super::{AppState, CONTEXT_RANDOM_DIGITS};
-use crate::association::{ApiInput, ApiReply, AssociationView, Millis, Reason, State as AssocState, Step};
+use crate::association::{ApiInput, ApiReply, AssociationView, Millis, Principal, Reason, State as AssocState, Step};
+use crate::store::{AssociationFilter, MAX_ASSOCIATIONS_LISTED};
 use crate::clock::now_ms;
 use crate::ids::{AccountId, AssociationId, Extension, PbxId};
 use crate::gateway::{Query, QueryResult};
@@ -127,6 +130,54 @@ pub(super) async fn get_association(State(st): State<AppState>, Caller(principal
     match st.gw.query(Query::Association { principal, id: id.into() }).await? {
         QueryResult::Association(Some(v)) => Ok(Json(v.into())),
         QueryResult::Association(None) => Err(HttpError::not_found()),
+        _ => Err(HttpError::unavailable()),
+    }
+}
+
+/// `?state=&extension=&account=&limit=` of the list.
+pub struct ListQuery {
+    state: Option<AssocState>,
+    extension: Option<String>,
+    account: Option<String>,
+    limit: Option<usize>,
+}
+
+impl QueryParams for ListQuery {
+    const ALLOWED: &'static [&'static str] = &["state", "extension", "account", "limit"];
+    fn from_params(mut q: HashMap<&'static str, String>) -> Result<ListQuery, HttpError> {
+        let state = match q.remove("state") {
+            None => None,
+            Some(s) => Some(serde_json::from_value::<AssocState>(serde_json::Value::String(s)).map_err(|_| {
+                HttpError::bad("state", "`state` must be one of code_issued, monitoring, locking, calling, ringing, in_ivr, bound, failed, expired, cancelled")
+            })?),
+        };
+        // `query_params` checked `limit` (1 to 10000); more than the store lists is the most it lists.
+        Ok(ListQuery { state, extension: q.remove("extension"), account: q.remove("account"), limit: q.get("limit").and_then(|l| l.parse().ok()) })
+    }
+}
+
+/// Associations, newest first (finished ones included).
+#[derive(Serialize, ToSchema)]
+pub struct AssociationList {
+    associations: Vec<Association>,
+}
+
+/// The associations a caller may see (a tenant its own, the admin all), from the store, so that
+/// finished ones are listed too: newest first, at most `limit` (default and most:
+/// [`MAX_ASSOCIATIONS_LISTED`]).
+#[utoipa::path(get, path = "/v1/associations", tag = "associations",
+    params(("state" = Option<AssocState>, Query), ("extension" = Option<String>, Query), ("account" = Option<String>, Query), ("limit" = Option<usize>, Query, description = "1 to 1000 (default 1000); more lists 1000")),
+    security(("bearer" = [])),
+    responses((status = 200, body = AssociationList), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
+pub(super) async fn list(State(st): State<AppState>, Caller(principal): Caller, StrictQuery(q): StrictQuery<ListQuery>) -> ApiResult<Json<AssociationList>> {
+    let tenant = match principal {
+        Principal::Admin => None,
+        Principal::Tenant(t) => Some(t),
+    };
+    let state = q.state.and_then(|s| serde_json::to_value(s).ok()).and_then(|v| v.as_str().map(str::to_owned));
+    let f = AssociationFilter { tenant, state, extension: q.extension, account: q.account, limit: q.limit.map_or(MAX_ASSOCIATIONS_LISTED, |l| l.min(MAX_ASSOCIATIONS_LISTED)) };
+    match st.gw.query(Query::Associations(f)).await? {
+        QueryResult::Associations(v) => Ok(Json(AssociationList { associations: v.into_iter().map(Association::from).collect() })),
         _ => Err(HttpError::unavailable()),
     }
 }

@@ -59,6 +59,11 @@ impl HttpError {
     pub fn unauthorized(msg: impl Into<String>) -> HttpError {
         HttpError::new(StatusCode::UNAUTHORIZED, msg)
     }
+
+    /// 413, saying which limit: a client that hits it learns how much it may send.
+    pub fn too_large() -> HttpError {
+        HttpError { status: StatusCode::PAYLOAD_TOO_LARGE, body: ErrorBody { error: format!("request body too large: the limit is {} KiB", super::MAX_BODY / 1024), field: None, code: Some("body_too_large") } }
+    }
 }
 
 impl From<&Refusal> for HttpError {

@@ -68,7 +68,7 @@ impl FromRequestParts<AppState> for Caller {
     async fn from_request_parts(parts: &mut Parts, st: &AppState) -> Result<Caller, HttpError> {
         let unauthorized = || HttpError::unauthorized("missing or wrong bearer token");
         let token = parts.headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).ok_or_else(unauthorized)?;
-        st.tokens.principal(token).map(Caller).ok_or_else(unauthorized)
+        st.control.auth().tokens.principal(token).map(Caller).ok_or_else(unauthorized)
     }
 }
 
@@ -260,7 +260,7 @@ impl<T: DeserializeOwned + Validate> FromRequest<AppState> for StrictJson<T> {
 
     async fn from_request(req: Request, st: &AppState) -> Result<StrictJson<T>, HttpError> {
         // Too large (413) or unreadable: the framework's status and message.
-        let body = Bytes::from_request(req, st).await.map_err(|e| HttpError::new(e.status(), e.body_text()))?;
+        let body = Bytes::from_request(req, st).await.map_err(|e| if e.status() == StatusCode::PAYLOAD_TOO_LARGE { HttpError::too_large() } else { HttpError::new(e.status(), e.body_text()) })?;
         let v: T = parse(&body)?;
         v.validate()?;
         Ok(StrictJson(v))

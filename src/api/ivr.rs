@@ -85,7 +85,8 @@ pub(super) fn check_digits(field: &str, digits: Option<&str>) -> ApiResult<()> {
     responses((status = 200, body = IvrReply), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn ivr_webhook(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<IvrReply>> {
     // An empty key would accept requests signed with the empty key: as good as none.
-    let secret = st.secrets.ivr_secret.as_deref().filter(|s| !s.trim().is_empty()).ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, "the IVR webhook is not configured"))?;
+    let auth = st.control.auth();
+    let secret = auth.secrets.ivr_secret.as_deref().filter(|s| !s.trim().is_empty()).ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, "the IVR webhook is not configured"))?;
     webhook_auth(&st, secret, &headers, &body)?;
     let req: IvrReq = parse(&body)?;
     check_id("call", &req.call, 128)?;

@@ -63,9 +63,8 @@ const CONTEXT_RANDOM_DIGITS: usize = 64;
 #[derive(Clone)]
 pub struct AppState {
     gw: Gateway,
-    secrets: Arc<Secrets>,
-    /// The configured tokens' digests, computed once.
-    tokens: Arc<extract::Tokens>,
+    /// The secrets and principals, swapped whole by a configuration reload ([`ApiControl`]).
+    control: ApiControl,
     replay: Arc<Mutex<ReplayCache>>,
     /// Event streams open, by tenant.
     streams: cti::Streams,
@@ -75,6 +74,66 @@ pub struct AppState {
     openapi: Arc<str>,
     /// The PBXs' directories (`GET /v1/directory/{pbx}`, and their state in `GET /v1/pbx`).
     directory: crate::directory::Directories,
+}
+
+/// The API's secrets and the tokens' digests (computed once per configuration).
+pub(crate) struct Auth {
+    pub(crate) secrets: Secrets,
+    pub(crate) tokens: extract::Tokens,
+}
+
+/// What a configuration reload changes in a running API, and what `/metrics` reads of the
+/// reloads. Cheap to clone; clones share it.
+#[derive(Clone)]
+pub struct ApiControl {
+    auth: Arc<std::sync::RwLock<Arc<Auth>>>,
+    /// PBX links that must be up for `/readyz`; `usize::MAX`: all of them.
+    ready_min_links: Arc<std::sync::atomic::AtomicUsize>,
+    reloads: Arc<crate::metrics::Reloads>,
+}
+
+impl ApiControl {
+    fn new(secrets: Secrets, ready_min_links: Option<usize>) -> ApiControl {
+        let tokens = extract::Tokens::new(&secrets);
+        ApiControl {
+            auth: Arc::new(std::sync::RwLock::new(Arc::new(Auth { secrets, tokens }))),
+            ready_min_links: Arc::new(std::sync::atomic::AtomicUsize::new(ready_min_links.unwrap_or(usize::MAX))),
+            reloads: Arc::default(),
+        }
+    }
+
+    /// The principals and secrets in use (a request keeps the ones it took).
+    pub(crate) fn auth(&self) -> Arc<Auth> {
+        match self.auth.read() {
+            Ok(a) => a.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// A reload: requests from now on are checked against these tokens (tenants added and
+    /// removed, tokens changed) and this IVR secret.
+    pub fn set_secrets(&self, secrets: Secrets) {
+        let tokens = extract::Tokens::new(&secrets);
+        let auth = Arc::new(Auth { secrets, tokens });
+        match self.auth.write() {
+            Ok(mut a) => *a = auth,
+            Err(poisoned) => *poisoned.into_inner() = auth,
+        }
+    }
+
+    /// A reload: `ready_min_links` (`None`: every link).
+    pub fn set_ready_min_links(&self, n: Option<usize>) {
+        self.ready_min_links.store(n.unwrap_or(usize::MAX), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn ready_min_links(&self) -> usize {
+        self.ready_min_links.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The reloads counted for `/metrics`.
+    pub fn reloads(&self) -> &crate::metrics::Reloads {
+        &self.reloads
+    }
 }
 
 /// The document's frame: what the handlers do not say themselves.
@@ -101,9 +160,10 @@ impl utoipa::Modify for BearerAuth {
 fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
-        .routes(routes!(associations::create))
+        .routes(routes!(associations::create, associations::list))
         .routes(routes!(associations::get_association, associations::cancel))
         .routes(routes!(associations::complete))
         .routes(routes!(bindings::bindings_of))
@@ -134,20 +194,22 @@ pub fn router(gw: Gateway, secrets: Secrets) -> Router {
 
 /// The API's router, its webhook guarded by (and `/metrics` reading) `ivr`, without directories.
 pub fn router_with(gw: Gateway, secrets: Secrets, ivr: crate::ivr::IvrGuards) -> Router {
-    router_with_directory(gw, secrets, ivr, crate::directory::Directories::default())
+    router_control(gw, secrets, ivr, None, crate::directory::Directories::default()).0
 }
 
-/// The API's router, as [`router_with`], searching `directory`.
-pub fn router_with_directory(gw: Gateway, secrets: Secrets, ivr: crate::ivr::IvrGuards, directory: crate::directory::Directories) -> Router {
+/// [`router_with`], `/readyz` requiring `ready_min_links` PBX links up (`None`: all), searching
+/// `directory`; and the handle a configuration reload changes it through.
+pub fn router_control(gw: Gateway, secrets: Secrets, ivr: crate::ivr::IvrGuards, ready_min_links: Option<usize>, directory: crate::directory::Directories) -> (Router, ApiControl) {
     let (router, doc) = routes().split_for_parts();
     let openapi: Arc<str> = doc.to_json().unwrap_or_default().into();
-    let tokens = Arc::new(extract::Tokens::new(&secrets));
-    let state = AppState { gw, secrets: Arc::new(secrets), tokens, replay: Arc::new(Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY))), streams: Arc::default(), ivr, openapi, directory };
-    router
+    let control = ApiControl::new(secrets, ready_min_links);
+    let state = AppState { gw, control: control.clone(), replay: Arc::new(Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY))), streams: Arc::default(), ivr, openapi, directory };
+    let router = router
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(json_refusals))
-        .with_state(state)
+        .with_state(state);
+    (router, control)
 }
 
 async fn no_route() -> HttpError {
@@ -174,7 +236,9 @@ async fn json_refusal(resp: Response) -> Response {
     let (parts, body) = resp.into_parts();
     let text = axum::body::to_bytes(body, 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_owned()).unwrap_or_default();
     let msg = if text.is_empty() { parts.status.canonical_reason().unwrap_or("refused").to_owned() } else { text };
-    let mut out = HttpError::new(parts.status, msg).into_response();
+    // A body over the limit says which limit, however it was refused.
+    let refusal = if parts.status == StatusCode::PAYLOAD_TOO_LARGE { HttpError::too_large() } else { HttpError::new(parts.status, msg) };
+    let mut out = refusal.into_response();
     for (k, v) in &parts.headers {
         if k != "content-type" && k != "content-length" {
             out.headers_mut().insert(k.clone(), v.clone());

@@ -65,7 +65,8 @@ fn one<'a>(params: &'a [(String, String)], name: &str) -> ApiResult<Option<&'a s
     params(("X-Twilio-Signature" = String, Header, description = "Base64(HMAC-SHA1(auth token, public_url + \"/v1/ivr/twiml\" + each parameter's name and value, sorted by name))")),
     responses((status = 200, description = "TwiML", content_type = "text/xml", body = String), (status = 403, description = "bad or missing X-Twilio-Signature", body = ErrorBody), (status = 409, description = "a replayed request", body = ErrorBody), (status = "4XX", description = "refused: `error`, with `field` (400)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
 pub(super) async fn ivr_twiml(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
-    let settings = st.secrets.twiml.as_ref().filter(|t| !t.auth_token.trim().is_empty() && !t.public_url.is_empty()).ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, "the TwiML adapter is not configured"))?;
+    let auth = st.control.auth();
+    let settings = auth.secrets.twiml.as_ref().filter(|t| !t.auth_token.trim().is_empty() && !t.public_url.is_empty()).ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, "the TwiML adapter is not configured"))?;
     let forbidden = || HttpError::new(StatusCode::FORBIDDEN, "bad or missing X-Twilio-Signature");
     let given = headers.get(twiml::SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 64).ok_or_else(forbidden)?;
     let params = twiml::parse_form(&body).map_err(|e| HttpError::bad_request(e.to_string()))?;

@@ -52,6 +52,28 @@ impl Engine {
         &self.policies
     }
 
+    /// A configuration reload: new associations see these policies. An association in flight
+    /// reads its PBX's policy at each step, so a deadline already set keeps its time and later
+    /// steps use the new values. A PBX no longer listed must first have its associations ended
+    /// ([`Engine::pbx_removed`]).
+    pub fn set_policies<K: Into<PbxId>>(&mut self, policies: HashMap<K, Policy>) {
+        self.policies = policies.into_iter().map(|(k, p)| (k.into(), p)).collect();
+    }
+
+    /// The PBX left the configuration (a reload): each live association on it ends for good,
+    /// failed with [`Reason::PbxRemoved`], its calls cleared and its monitor stopped (the shell
+    /// sends those before it releases the link). Its bindings stay: they come back with the PBX.
+    pub fn pbx_removed(&mut self, pbx: &str, now: Millis) -> Vec<Action> {
+        let mut actions = Vec::new();
+        let mut ids: Vec<AssociationId> = self.by_ext.iter().filter(|((p, _), _)| p.as_str() == pbx).map(|(_, id)| id.clone()).collect();
+        ids.sort();
+        for id in ids {
+            self.finish(&id, State::Failed, Some(Reason::PbxRemoved), "the PBX was removed from the configuration", now, &mut actions);
+        }
+        self.rearm();
+        actions
+    }
+
     pub fn sizes(&self) -> Sizes {
         Sizes { associations: self.assocs.len(), live: self.by_ext.len(), ivr_calls: self.ivr_calls.len(), proof_call_extensions: self.proof_calls.len(), bindings: self.bindings.len() }
     }
@@ -221,7 +243,7 @@ impl Engine {
             retryable: true,
             expires_at,
             call: None,
-            history: vec![Step { at: now, step: "code_issued".into(), detail: format!("code of {} digits valid until {expires_at}", code.len()) }],
+            history: vec![Step { at: now, step: "code_issued".into(), detail: format!("code of {} digits valid until {}", code.len(), humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(expires_at))) }],
         };
         self.by_ext.insert(ext_key, id.clone());
         self.by_account.insert((tenant.clone(), account.clone()), id.clone());

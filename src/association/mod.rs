@@ -129,6 +129,8 @@ pub enum Reason {
     /// The code goes out of band (`code_delivery = "notify"`) and its notification was given
     /// up: the user never got it, so waiting for them would only wait for the expiry.
     CodeNotDelivered,
+    /// A configuration reload removed the association's PBX: final.
+    PbxRemoved,
 }
 
 /// Where the one-time code goes (per tenant: `code_delivery`).

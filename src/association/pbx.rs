@@ -155,6 +155,8 @@ impl Engine {
                 }
                 self.after_monitor(id, now, actions);
             }
+            // A lost link is the link failing, not the PBX refusing the monitor.
+            (Purpose::Monitor, Err(CstaFailure::LinkDown)) if state == State::Monitoring => self.fail_attempt(id, Reason::LinkDown, "PBX link lost during MonitorStart", now, actions),
             (Purpose::Monitor, Err(f)) if state == State::Monitoring => self.fail_attempt(id, failure_reason(f), "MonitorStart refused", now, actions),
             // The lock feature call: the PBX ends it itself. Its id is remembered whenever it
             // comes (also after the attempt moved on, when the lock call's end was seen first), so
@@ -277,7 +279,9 @@ impl Engine {
                     Some(10) | Some(60) => Reason::NoAnswer,
                     _ => Reason::RejectedByPbx,
                 };
-                self.fail_attempt(&id, reason, &format!("the call failed (cause {})", cause.map_or("unknown".into(), |c| c.to_string())), now, actions);
+                // The cause by its ECMA-269 name (a number only when it has none).
+                let named = cause.map_or_else(|| "unknown".to_owned(), |c| crate::codec::names::event_cause(c).map_or_else(|| c.to_string(), str::to_owned));
+                self.fail_attempt(&id, reason, &format!("the call failed (cause: {named})"), now, actions);
             }
             CallEvent::Diverted { .. } => self.fail_attempt(&id, Reason::CallDiverted, "the proof call left the extension (diverted, transferred or conferenced)", now, actions),
             CallEvent::Cleared { .. } => {

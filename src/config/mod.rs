@@ -105,6 +105,21 @@ pub struct GatewaySettings {
     /// complete the handshake (mutual TLS), for deployments where the cloud services and the
     /// IVR platform hold client certificates.
     pub tls_client_ca: Option<PathBuf>,
+    /// `/readyz` answers 200 only with at least this many PBX links up; all of them when absent
+    /// (0: the links do not count, only the store).
+    pub ready_min_links: Option<usize>,
+    /// How `cstagate run` writes its log lines on stderr: `text` or `json` (one object a line).
+    #[serde(default)]
+    pub log_format: LogFormat,
+}
+
+/// `log_format`: readable lines, or one JSON object per line for a log collector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for GatewaySettings {
@@ -128,6 +143,8 @@ impl Default for GatewaySettings {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            ready_min_links: None,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -382,7 +399,39 @@ impl Config {
                 return Err(p.invalid("ivr_numbers", format!("`{n}` is also in the pool of pbx `{other}` (`{o}`)")));
             }
         }
+        if let Some(n) = g.ready_min_links.filter(|n| *n > self.pbx.len()) {
+            return Err(ConfigError::Invalid { at: "[gateway]".into(), key: "ready_min_links", why: format!("is {n}, but only {} [[pbx]] are configured: /readyz could never be ready", self.pbx.len()) });
+        }
         Ok(())
+    }
+
+    /// The `[gateway]` keys that differ between `self` (running) and `new` and that a reload
+    /// cannot apply: the listeners, the database, the API's limits, the log format and the
+    /// tenants' notification settings take effect at the next start. (The API's TLS files are
+    /// read again by the reload itself.)
+    pub fn restart_keys(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.gateway, &new.gateway);
+        let mut keys = Vec::new();
+        let mut differ = |key, changed: bool| {
+            if changed {
+                keys.push(key);
+            }
+        };
+        differ("listen", a.listen != b.listen);
+        differ("database", a.database != b.database);
+        differ("fastagi_listen", a.fastagi_listen != b.fastagi_listen);
+        differ("fastagi_prompts", a.fastagi_prompts != b.fastagi_prompts);
+        differ("fastagi_fallback", a.fastagi_fallback != b.fastagi_fallback);
+        differ("fastagi_allow", a.fastagi_allow != b.fastagi_allow);
+        differ("max_connections", a.max_connections != b.max_connections);
+        differ("header_timeout", a.header_timeout != b.header_timeout);
+        differ("ivr_guesses_per_minute", a.ivr_guesses_per_minute != b.ivr_guesses_per_minute);
+        differ("shutdown_grace", a.shutdown_grace != b.shutdown_grace);
+        differ("tls_cert, tls_key, tls_client_ca (paths)", a.tls_files() != b.tls_files());
+        differ("log_format", a.log_format != b.log_format);
+        let notify = |c: &Config| c.tenant.iter().map(|t| (t.id.clone(), t.notify_url.clone(), t.notify_secret_env.clone(), t.notify_ca.clone(), t.allow_plain_http)).collect::<Vec<_>>();
+        differ("[[tenant]] notify_url, notify_secret_env, notify_ca, allow_plain_http", notify(self) != notify(new));
+        keys
     }
 
     pub fn pbx(&self, id: &str) -> Option<&PbxConfig> {
@@ -423,6 +472,9 @@ mod tests {
             ("public_url = 'https://'", "public_url"),
             ("public_url = 'https://gw.example/?a=1'", "public_url"),
             ("twiml_auth_token_env = 'T'", "public_url"),
+            ("ready_min_links = 1", "ready_min_links"),
+            ("ready_min_links = -1", "ready_min_links"),
+            ("log_format = 'xml'", "log_format"),
         ] {
             let e = Config::parse(&format!("[gateway]\n{bad}\n")).unwrap_err().to_string();
             assert!(e.contains(key), "{bad}: {e}");

@@ -688,6 +688,24 @@ impl PbxConfig {
     }
 }
 
+impl PbxConfig {
+    /// The link's own keys (everything but the association policy's), written out to compare:
+    /// a reload restarts the link only when these differ. Names of variables and files, never
+    /// the secrets they hold.
+    pub fn link_settings(&self) -> String {
+        format!(
+            "{:?}",
+            (
+                (&self.address, &self.dialect, &self.framing, &self.phase, &self.preamble, &self.acse_context, &self.csta_versions),
+                (&self.acse_user, &self.acse_password_env, &self.acse_password_file),
+                (self.keepalive, self.request_timeout, self.connect_timeout, self.max_requests_per_second, self.reconnect_min, self.reconnect_max, &self.phase2_results),
+                (&self.xml_protocol_version, &self.application_id, self.session_duration, &self.xml_login, &self.xml_framing, &self.xml_session),
+                (self.tls, &self.tls_ca, &self.tls_server_name, &self.tls_cert, &self.tls_key),
+            )
+        )
+    }
+}
+
 impl Config {
     /// The association policy of every PBX that names a tenant.
     ///

@@ -10,10 +10,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::association::{AssociationId, Action, ApiReply, CstaInput, CstaResultInfo, Engine, IvrAnswer, Principal, Refusal, StoreWrite};
+use crate::association::{AssociationId, Action, ApiReply, CallId, CstaInput, CstaRequest, CstaResultInfo, Engine, Extension, IvrAnswer, PbxId, Principal, Refusal, StoreWrite};
 use crate::codec::Operation;
 use crate::clock::now_ms;
-use crate::link::RequestError;
+use crate::link::{Delivery, Link, RequestError};
 use crate::store::Store;
 
 use super::links::{clear, delivered, submit, Pending, Work};
@@ -31,8 +31,8 @@ enum Answer {
     None,
 }
 
-pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Cmd>, gw: Gateway, restored: Vec<Action>) {
-    let mut sh = Shell { gw, monitors: HashSet::new(), pending: HashMap::new(), next_tag: 0, parked: Vec::new(), timed_out: std::collections::BTreeMap::new(), waiting: HashMap::new(), epoch: 0 };
+pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx: mpsc::Receiver<Cmd>, gw: Gateway, ports: super::links::Ports, restored: Vec<Action>) {
+    let mut sh = Shell { gw, ports, monitors: HashSet::new(), pending: HashMap::new(), next_tag: 0, parked: Vec::new(), timed_out: std::collections::BTreeMap::new(), waiting: HashMap::new(), epoch: 0 };
     commit_restored(store.as_mut(), &mut sh, &restored);
     let mut batch = Vec::with_capacity(BATCH);
     // The engine's memory is ahead of the store (a commit failed) until it is rebuilt from it.
@@ -87,8 +87,13 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                     actions.extend(engine.code_undelivered(&id, now_ms()));
                     Answer::None
                 }
-                Cmd::Link { pbx, delivery } => {
-                    let Some((epoch, input, made)) = delivered(&mut sh, pbx, delivery) else {
+                Cmd::Link { pbx, generation, delivery } => {
+                    // A link a reload replaced or removed: the answers to requests sent through
+                    // it still settle those requests; its notices and events are no longer the
+                    // PBX's (the engine heard of the change when it was made).
+                    let answer = matches!(delivery, Delivery::Completed { .. } | Delivery::LateResult { .. });
+                    let delivery = if answer || sh.ports.current(pbx.as_str(), generation) { Some(delivery) } else { None };
+                    let Some((epoch, input, made)) = delivery.and_then(|d| delivered(&mut sh, pbx, d)) else {
                         after.push((Answer::None, actions.len()..actions.len()));
                         continue;
                     };
@@ -106,6 +111,11 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                         let stray = Pending { epoch, id: None, work: Work::Clear { association: m.association, call: call.clone(), extension: m.extension, attempts: 1, since: std::time::Instant::now() } };
                         clear(&mut sh, &m.pbx, stray);
                     }
+                    Answer::None
+                }
+                Cmd::Reconfigure { change, reply } => {
+                    actions.extend(reconfigure(&mut engine, &mut sh, change));
+                    let _ = reply.send(());
                     Answer::None
                 }
                 Cmd::Stop => {
@@ -170,10 +180,83 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
     }
 }
 
+/// Apply a configuration reload ([`super::Reconfigure`]). A removed PBX's associations in flight
+/// end `pbx_removed`; a replaced link's fail their attempt as on a link loss. Their calls are
+/// cleared through the link that placed them (the PBX keeps its calls when the CTI link goes),
+/// then that link is released (RLRQ), in the background. The new links are attached, the new
+/// policies swapped in, and the API sees the new set of links. Returns the engine's actions
+/// (store writes, notifications) without the clears, which are sent here.
+fn reconfigure(engine: &mut Engine, sh: &mut Shell, change: super::Reconfigure) -> Vec<Action> {
+    let now = now_ms();
+    let mut links = (*sh.gw.links()).clone();
+    let replaced: Vec<String> = change.links.iter().map(|(id, _)| id.clone()).filter(|id| links.contains_key(id)).collect();
+    let mut actions = Vec::new();
+    let mut retired = Vec::new();
+    for (pbx, removed) in change.removed.iter().map(|p| (p, true)).chain(replaced.iter().map(|p| (p, false))) {
+        let id = PbxId::from(pbx.as_str());
+        let ended = if removed { engine.pbx_removed(pbx, now) } else { engine.csta(CstaInput::LinkDown { pbx: id.clone(), now }) };
+        // The calls go out through the old link, below; the rest is carried out as usual.
+        let mut clears: Vec<(CallId, Extension)> = Vec::new();
+        for a in ended {
+            match a {
+                Action::Csta { request: CstaRequest::ClearConnection { call, extension }, .. } => clears.push((call, extension)),
+                a => actions.push(a),
+            }
+        }
+        sh.parked.retain(|(p, parked)| match &parked.work {
+            Work::Clear { call, extension, .. } if *p == id => {
+                clears.push((call.clone(), extension.clone()));
+                false
+            }
+            _ => true,
+        });
+        sh.ports.detach(pbx);
+        sh.monitors.retain(|(p, _)| *p != id);
+        sh.timed_out.retain(|_, (_, _, made)| made.pbx != id);
+        let what = if removed { "removed" } else { "restarted with new settings" };
+        info!(pbx = %pbx, calls = clears.len(), "PBX link {what} by a configuration reload: releasing the old link");
+        if let Some(link) = links.remove(pbx.as_str()) {
+            retired.push((pbx.clone(), link, clears));
+        }
+    }
+    engine.set_policies(change.policies);
+    for (pbx, link) in change.links {
+        sh.ports.attach(&pbx, &link, &sh.gw.tx);
+        links.insert(pbx, link);
+    }
+    sh.gw.set_links(links);
+    if !retired.is_empty() {
+        tokio::spawn(retire(retired));
+    }
+    actions
+}
+
+/// Clear the calls of a retired link's associations through it, then release it (RLRQ), each
+/// within its time limit.
+async fn retire(links: Vec<(String, Link, Vec<(CallId, Extension)>)>) {
+    let each = links.into_iter().map(|(pbx, link, clears)| async move {
+        let calls = clears.iter().map(|(call, extension)| {
+            let (link, pbx) = (&link, &pbx);
+            async move {
+                let cleared = tokio::time::timeout(STOP_CLEAR_WAIT, link.request(Operation::ClearConnection, crate::csta::clear_connection(call, extension))).await;
+                if !matches!(cleared, Ok(Ok(_) | Err(RequestError::Failure(_)))) {
+                    info!(pbx = %pbx, %extension, "proof call not cleared before the link was released: left to the PBX");
+                }
+            }
+        });
+        futures_util::future::join_all(calls).await;
+        if tokio::time::timeout(crate::server::RELEASE_TIMEOUT, link.shutdown()).await.is_err() {
+            warn!(pbx = %pbx, "the PBX did not confirm the release of its old link in time");
+        }
+        info!(pbx = %pbx, "old PBX link released");
+    });
+    futures_util::future::join_all(each).await;
+}
+
 /// The end of [`Gateway::stop`]: clear the proof calls still up, end their associations, commit.
 async fn stop_gateway(engine: &mut Engine, store: &mut dyn Store, sh: &mut Shell) {
     let clears = engine.live_calls().into_iter().map(|(association, pbx, extension, call)| {
-        let link = sh.gw.links.get(pbx.as_str()).cloned();
+        let link = sh.gw.links().get(pbx.as_str()).cloned();
         async move {
             let cleared = match link {
                 None => false,
@@ -222,6 +305,15 @@ fn answer_query(engine: &Engine, store: &mut dyn Store, query: Query) -> Result<
         },
         Query::Sizes => QueryResult::Sizes(engine.sizes()),
         Query::Limits(scope) => QueryResult::Limits { counters: engine.counters(&scope), blocks: engine.blocks(&scope, now_ms()) },
+        Query::Associations(f) => match store.list_associations(&f) {
+            Ok(v) => QueryResult::Associations(v),
+            Err(e) => return Err(unavailable(e)),
+        },
+        // A real read of the store, the cheapest there is: one row at most.
+        Query::StorePing => match store.list_associations(&crate::store::AssociationFilter { limit: 1, ..Default::default() }) {
+            Ok(_) => QueryResult::StoreAnswers,
+            Err(e) => return Err(unavailable(e)),
+        },
     })
 }
 
@@ -231,7 +323,7 @@ fn answer_query(engine: &Engine, store: &mut dyn Store, query: Query) -> Result<
 fn reload(engine: &mut Engine, store: &mut dyn Store, sh: &mut Shell) -> bool {
     // Their associations are gone from memory: stop their monitors, drop their waiting replies.
     for (pbx, extension) in std::mem::take(&mut sh.monitors) {
-        if let Some(port) = sh.gw.ports.get(pbx.as_str()) {
+        if let Some(port) = sh.ports.get(pbx.as_str()) {
             port.unmonitor(&extension);
         }
     }

@@ -42,11 +42,45 @@ pub(super) struct Submitted {
     pub(super) extension: Extension,
 }
 
+/// The gateway's port on each PBX link, and which link (generation) is the PBX's current one.
+#[derive(Default)]
+pub(super) struct Ports {
+    ports: std::collections::HashMap<String, crate::link::Port>,
+    generations: std::collections::HashMap<String, u64>,
+    next_generation: u64,
+}
+
+impl Ports {
+    /// Attach to `link` as `pbx`'s current link: its deliveries are forwarded to the actor.
+    pub(super) fn attach(&mut self, pbx: &str, link: &crate::link::Link, tx: &mpsc::Sender<Cmd>) {
+        let (port, deliveries) = link.attach_with_capacity(super::PORT_CAPACITY);
+        self.next_generation += 1;
+        self.ports.insert(pbx.to_owned(), port);
+        self.generations.insert(pbx.to_owned(), self.next_generation);
+        tokio::spawn(forward(PbxId::from(pbx), self.next_generation, deliveries, tx.clone()));
+    }
+
+    /// Detach from `pbx`'s link (removed, or being replaced): requests no longer go to it.
+    pub(super) fn detach(&mut self, pbx: &str) {
+        self.ports.remove(pbx);
+        self.generations.remove(pbx);
+    }
+
+    pub(super) fn get(&self, pbx: &str) -> Option<&crate::link::Port> {
+        self.ports.get(pbx)
+    }
+
+    /// Whether deliveries of `generation` come from `pbx`'s current link.
+    pub(super) fn current(&self, pbx: &str, generation: u64) -> bool {
+        self.generations.get(pbx) == Some(&generation)
+    }
+}
+
 /// Passes one link's deliveries on to the actor, in the order the link made them (one awaited
 /// queue: results and events of one PBX keep their wire order).
-pub(super) async fn forward(pbx: PbxId, mut deliveries: mpsc::Receiver<Delivery>, tx: mpsc::Sender<Cmd>) {
+async fn forward(pbx: PbxId, generation: u64, mut deliveries: mpsc::Receiver<Delivery>, tx: mpsc::Sender<Cmd>) {
     while let Some(delivery) = deliveries.recv().await {
-        if tx.send(Cmd::Link { pbx: pbx.clone(), delivery }).await.is_err() {
+        if tx.send(Cmd::Link { pbx: pbx.clone(), generation, delivery }).await.is_err() {
             return;
         }
     }
@@ -89,7 +123,7 @@ pub(super) fn submit(sh: &mut Shell, id: RequestId, association: &AssociationId,
     match request {
         CstaRequest::MonitorStop { extension } => {
             if sh.monitors.remove(&(pbx.clone(), extension.clone())) {
-                if let Some(port) = sh.gw.ports.get(pbx.as_str()) {
+                if let Some(port) = sh.ports.get(pbx.as_str()) {
                     port.unmonitor(&extension);
                 }
             }
@@ -133,7 +167,7 @@ pub(super) fn clear(sh: &mut Shell, pbx: &PbxId, p: Pending) {
 /// path.
 fn track(sh: &mut Shell, pbx: &PbxId, p: Pending, send: impl FnOnce(&crate::link::Port, u64) -> Result<(), RequestError>) {
     let tag = next_tag(sh);
-    let sent = sh.gw.ports.get(pbx.as_str()).map_or(Err(RequestError::LinkDown), |port| send(port, tag));
+    let sent = sh.ports.get(pbx.as_str()).map_or(Err(RequestError::LinkDown), |port| send(port, tag));
     sh.pending.insert(tag, p);
     if let Err(e) = sent {
         loopback(sh, pbx, Delivery::Completed { tag, result: Err(e) });
@@ -155,7 +189,8 @@ fn next_tag(sh: &mut Shell) -> u64 {
 /// A delivery the gateway makes itself (a request refused before it reached the link): queued
 /// to the actor like the link's own, so that the engine hears of it after this batch.
 fn loopback(sh: &Shell, pbx: &PbxId, delivery: Delivery) {
-    let cmd = Cmd::Link { pbx: pbx.clone(), delivery };
+    let generation = sh.ports.generations.get(pbx.as_str()).copied().unwrap_or_default();
+    let cmd = Cmd::Link { pbx: pbx.clone(), generation, delivery };
     if let Err(mpsc::error::TrySendError::Full(cmd)) = sh.gw.tx.try_send(cmd) {
         let tx = sh.gw.tx.clone();
         tokio::spawn(async move { tx.send(cmd).await });
@@ -180,7 +215,7 @@ pub(super) fn delivered(sh: &mut Shell, pbx: PbxId, delivery: Delivery) -> Optio
                     } else if !sh.monitors.contains(&key) {
                         // Stopped (or the engine rebuilt) while it was starting: nobody follows
                         // the extension any more, so the PBX monitor must not stay behind.
-                        if let Some(port) = sh.gw.ports.get(key.0.as_str()) {
+                        if let Some(port) = sh.ports.get(key.0.as_str()) {
                             port.unmonitor(&key.1);
                         }
                     }
@@ -207,7 +242,7 @@ pub(super) fn delivered(sh: &mut Shell, pbx: PbxId, delivery: Delivery) -> Optio
                     if retry {
                         let what = format!("{association} {pbx} {extension}");
                         let again = Pending { epoch: p.epoch, id: p.id, work: Work::Clear { association, call, extension, attempts: attempts + 1, since } };
-                        let up = sh.gw.links.get(pbx.as_str()).is_some_and(|l| l.state() == LinkState::Up);
+                        let up = sh.gw.links().get(pbx.as_str()).is_some_and(|l| l.state() == LinkState::Up);
                         if up && !matches!(result, Err(RequestError::LinkDown)) {
                             clear(sh, &pbx, again);
                         } else if sh.parked.len() < MAX_PARKED_CLEARS {

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::association::{AccountId, AssociationId, Extension, PbxId, TenantId, Action, AdminScope, ApiInput, ApiReply, AssociationView, AuditRecord, Binding, CounterKey, Engine, IvrInput, IvrReply, OwnerBlock, Principal, Refusal};
-use crate::link::{Delivery, Link, Port};
-use crate::store::{AuditFilter, Store};
+use crate::link::{Delivery, Link};
+use crate::store::{AssociationFilter, AuditFilter, Store};
 
 mod actor;
 mod ended;
@@ -49,6 +49,10 @@ pub enum Query {
     Sizes,
     /// Admin: failure counters and owner blocks in scope.
     Limits(AdminScope),
+    /// Associations from the store (finished ones included).
+    Associations(AssociationFilter),
+    /// A round trip to the store (`/readyz`): answered once the store has answered a read.
+    StorePing,
 }
 
 pub enum QueryResult {
@@ -57,6 +61,8 @@ pub enum QueryResult {
     Bindings(Vec<Binding>),
     Audit(Vec<AuditRecord>),
     Limits { counters: Vec<(CounterKey, u32)>, blocks: Vec<OwnerBlock> },
+    Associations(Vec<AssociationView>),
+    StoreAnswers,
 }
 
 /// Why the gateway did not carry out a request.
@@ -83,8 +89,11 @@ enum Cmd {
     IvrHangup { call: String, now: Millis },
     /// The `code_issued` notification of this association was given up.
     CodeUndelivered { id: String },
-    /// What a PBX link reported on the gateway's port, in the link's order.
-    Link { pbx: PbxId, delivery: Delivery },
+    /// What a PBX link reported on the gateway's port, in the link's order. `generation` names
+    /// the link (a reload replaces a PBX's link with a new one, while the old one winds down).
+    Link { pbx: PbxId, generation: u64, delivery: Delivery },
+    /// A configuration reload: links added, replaced or removed, policies swapped.
+    Reconfigure { change: Reconfigure, reply: oneshot::Sender<()> },
     Query { query: Query, reply: oneshot::Sender<Result<QueryResult, GatewayError>> },
     /// Stop after the batch in hand: nothing is written afterwards.
     Stop,
@@ -92,13 +101,24 @@ enum Cmd {
 
 use crate::association::Millis;
 
+/// What a configuration reload changes in a running gateway ([`Gateway::reconfigure`]).
+pub struct Reconfigure {
+    /// Every PBX's policy from now on (new associations see them).
+    pub policies: HashMap<String, crate::association::Policy>,
+    /// Links of PBXs added, or replacing a PBX's link whose settings changed (the old one is
+    /// released; its associations in flight fail their attempt `link_down`, as on a link loss).
+    pub links: Vec<(String, Link)>,
+    /// PBXs removed: their associations in flight fail `pbx_removed`, their calls are cleared
+    /// through their link, then it is released.
+    pub removed: Vec<String>,
+}
+
 /// Handle to the running gateway. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
     tx: mpsc::Sender<Cmd>,
-    links: Arc<HashMap<String, Link>>,
-    /// The gateway's own port on each link: the engine's requests go out through it.
-    ports: Arc<HashMap<String, Port>>,
+    /// The PBX links by id; a reload swaps the whole map (readers keep the one they took).
+    links: Arc<std::sync::RwLock<Arc<HashMap<String, Link>>>>,
     notifier: Option<crate::notify::Notifier>,
     stopped: Arc<tokio::sync::Notify>,
     /// Bumped whenever a binding ends, before it is committed: event streams opened under a
@@ -119,25 +139,46 @@ impl Gateway {
     /// associations that were in flight, the calls they left up), committed and carried out first.
     pub fn start(engine: Engine, store: Box<dyn Store>, links: HashMap<String, Link>, notifier: Option<crate::notify::Notifier>, restored: Vec<Action>) -> Gateway {
         let (tx, rx) = mpsc::channel(65_536);
-        let mut ports = HashMap::new();
+        let mut ports = links::Ports::default();
         for (pbx, link) in &links {
-            let (port, deliveries) = link.attach_with_capacity(PORT_CAPACITY);
-            ports.insert(pbx.clone(), port);
-            tokio::spawn(links::forward(PbxId::from(pbx.as_str()), deliveries, tx.clone()));
+            ports.attach(pbx, link, &tx);
         }
-        let links = Arc::new(links);
-        let gw = Gateway { tx: tx.clone(), links, ports: Arc::new(ports), notifier, stopped: Arc::new(tokio::sync::Notify::new()), unbinds: Arc::new(tokio::sync::watch::Sender::new(0)), ended: Ended::default() };
+        let links = Arc::new(std::sync::RwLock::new(Arc::new(links)));
+        let gw = Gateway { tx: tx.clone(), links, notifier, stopped: Arc::new(tokio::sync::Notify::new()), unbinds: Arc::new(tokio::sync::watch::Sender::new(0)), ended: Ended::default() };
         let done = gw.stopped.clone();
         let me = gw.clone();
         tokio::spawn(async move {
-            actor::actor(engine, store, rx, me, restored).await;
+            actor::actor(engine, store, rx, me, ports, restored).await;
             done.notify_one();
         });
         gw
     }
 
-    pub fn links(&self) -> &HashMap<String, Link> {
-        &self.links
+    /// The PBX links by id, as they are now (a reload may replace the map afterwards).
+    pub fn links(&self) -> Arc<HashMap<String, Link>> {
+        match self.links.read() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn set_links(&self, links: HashMap<String, Link>) {
+        match self.links.write() {
+            Ok(mut l) => *l = Arc::new(links),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(links),
+        }
+    }
+
+    /// Apply a configuration reload: links started, replaced and released, policies swapped
+    /// (see [`Reconfigure`]). Returns once the actor has applied it (the old links' release goes
+    /// on in the background).
+    ///
+    /// # Errors
+    /// The gateway stopped.
+    pub async fn reconfigure(&self, change: Reconfigure) -> Result<(), GatewayError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Reconfigure { change, reply }).await.map_err(|_| GatewayError::Stopped)?;
+        rx.await.map_err(|_| GatewayError::Stopped)
     }
 
     /// Changes each time a binding ends (see [`Gateway::unbinds`]).
@@ -198,6 +239,8 @@ impl Gateway {
 /// clears): both take it from their parent, so the link path needs nothing of the actor's.
 struct Shell {
     gw: Gateway,
+    /// The gateway's own port on each link: the engine's requests go out through it.
+    ports: links::Ports,
     /// The extensions the engine monitors (through the gateway's ports).
     monitors: HashSet<(PbxId, Extension)>,
     /// Requests in flight on the ports, by tag.

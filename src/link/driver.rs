@@ -182,7 +182,13 @@ impl Driver {
                 match ev {
                     SessionEvent::Up => {
                         *came_up = true;
-                        info!(address = %self.p.address, "link up");
+                        // After a loss the operator looks for the line that says it is over.
+                        let reconnects = self.stats.reconnects.load(std::sync::atomic::Ordering::Relaxed);
+                        if reconnects == 0 {
+                            info!(address = %self.p.address, "link up");
+                        } else {
+                            info!(address = %self.p.address, reconnects, "link up again");
+                        }
                         let _ = self.state.send(LinkState::Up);
                         // Re-monitor everything subscribers still want; new cross-reference ids
                         // map invisibly.

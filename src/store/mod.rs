@@ -52,6 +52,22 @@ pub struct AuditFilter {
     pub limit: usize,
 }
 
+/// Filter for listing associations (`GET /v1/associations`): every given member must match.
+#[derive(Debug, Clone, Default)]
+pub struct AssociationFilter {
+    /// A tenant sees its own associations only; `None` (the admin) sees all.
+    pub tenant: Option<TenantId>,
+    /// The state's API name (`bound`, `failed`, ...).
+    pub state: Option<String>,
+    pub extension: Option<String>,
+    pub account: Option<String>,
+    /// At most this many, newest first; 0 means [`MAX_ASSOCIATIONS_LISTED`].
+    pub limit: usize,
+}
+
+/// The most associations one list answer holds (and its default).
+pub const MAX_ASSOCIATIONS_LISTED: usize = 1000;
+
 /// What the gateway needs from storage.
 pub trait Store: Send {
     /// Commit the writes of one engine step atomically.
@@ -74,6 +90,12 @@ pub trait Store: Send {
     /// # Errors
     /// Unreadable records.
     fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError>;
+    /// Associations matching `f` (finished ones included), newest first, at most `f.limit`
+    /// (capped at [`MAX_ASSOCIATIONS_LISTED`]).
+    ///
+    /// # Errors
+    /// Unreadable or corrupt records.
+    fn list_associations(&self, f: &AssociationFilter) -> Result<Vec<AssociationView>, StoreError>;
 }
 
 /// SQLite implementation.
@@ -302,5 +324,17 @@ impl Store for SqliteStore {
         let mut v: Vec<AuditRecord> = rows.collect::<Result<_, _>>()?;
         v.reverse();
         Ok(v)
+    }
+
+    fn list_associations(&self, f: &AssociationFilter) -> Result<Vec<AssociationView>, StoreError> {
+        let limit = if f.limit == 0 { MAX_ASSOCIATIONS_LISTED } else { f.limit.min(MAX_ASSOCIATIONS_LISTED) };
+        // rowid follows creation (an upsert keeps the row): newest first.
+        let mut q = self.db.prepare_cached(
+            "SELECT view FROM associations
+             WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR state = ?2) AND (?3 IS NULL OR extension = ?3) AND (?4 IS NULL OR account = ?4)
+             ORDER BY rowid DESC LIMIT ?5",
+        )?;
+        let rows = q.query_map(params![f.tenant, f.state, f.extension, f.account, limit as i64], |r| r.get::<_, String>(0))?;
+        rows.map(|j| serde_json::from_str(&j?).map_err(|e| StoreError::Corrupt(e.to_string()))).collect()
     }
 }

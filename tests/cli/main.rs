@@ -23,3 +23,6 @@ mod readme_walkthrough;
 mod config_checks;
 mod shutdown;
 mod tls_api;
+mod reload;
+mod operations;
+mod package;

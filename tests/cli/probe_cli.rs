@@ -62,7 +62,7 @@ async fn probe_exit_codes_name_the_failure() {
     // Connection refused: a port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let (code, _, err) = probe(&config(&closed, ""), &["--pbx", "lab"], &[]).await;
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 7, "{err}");
     assert!(err.contains("refused"), "{err}");
 
     // Association rejected, with the reason; the password comes from the environment.
@@ -125,7 +125,7 @@ async fn probe_over_csta_xml_with_every_exit_code() {
     // 2: nothing listens.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let (code, _, err) = probe(&xml_config(&closed, ""), &["--pbx", "lab"], &[]).await;
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 7, "{err}");
     // 4: a CSTA error by name.
     let (code, _, err) = probe(&xml_config(&addr, login), &["--pbx", "lab", "--make-call", "9999", "2005"], &right[..1]).await;
     assert_eq!(code, 4, "{err}");
@@ -137,9 +137,9 @@ async fn probe_over_csta_xml_with_every_exit_code() {
 }
 
 /// `probe` over CSTA over TLS: up against the TLS simulator; a certificate for another name is a
-/// connection failure (exit 2) with the reason.
+/// connection failure (exit 7) with the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probe_over_tls_comes_up_and_a_name_mismatch_exits_2_with_the_reason() {
+async fn probe_over_tls_comes_up_and_a_name_mismatch_exits_7_with_the_reason() {
     let pki = crate::csta_tls_pki::Pki::new("probe");
     let mut cfg = SimConfig::phase3(&["2005"]);
     cfg.tls = Some(pki.sim_tls(false));
@@ -151,13 +151,13 @@ async fn probe_over_tls_comes_up_and_a_name_mismatch_exits_2_with_the_reason() {
     assert_eq!(sim.stats().requests.get("MonitorStart").copied(), Some(1), "the monitor went over TLS: {:?}", sim.stats().requests);
 
     let (code, lines, err) = probe(&config(&addr, &pki.pbx_lines("tls_server_name = \"pbx.example\"\n")), &["--pbx", "lab"], &[]).await;
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 7, "{err}");
     assert!(err.contains("TLS: certificate for another name (expected pbx.example"), "{err}");
     assert!(lines.iter().any(|l| l["link"] == "down" && l["reason"].as_str().is_some_and(|r| r.starts_with("TLS: "))), "{lines:?}");
 }
 
 /// The real `cstagate sim-pbx --tls-cert --tls-key --tls-client-ca` serves mutual TLS: `probe`
-/// with our client certificate comes up, without it exits 2 with the reason; a key file that
+/// with our client certificate comes up, without it exits 7 with the reason; a key file that
 /// holds no key stops the simulator (exit 5) naming the file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sim_pbx_serves_mutual_tls_from_the_command_line() {
@@ -183,7 +183,7 @@ async fn sim_pbx_serves_mutual_tls_from_the_command_line() {
     assert_eq!(code, 0, "{err}");
     assert!(lines_out.iter().any(|l| l["link"] == "up"), "{lines_out:?}");
     let (code, _, err) = probe(&config(&addr, &pki.pbx_lines("")), &["--pbx", "lab"], &[]).await;
-    assert_eq!(code, 2, "{err}");
+    assert_eq!(code, 7, "{err}");
     assert!(err.contains("TLS: the PBX requires a client certificate"), "{err}");
     let _ = child.kill().await;
 }

@@ -16,7 +16,7 @@ use tokio::time::timeout;
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// Lines of a child's output, as they come.
-fn lines(out: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> mpsc::UnboundedReceiver<String> {
+pub(crate) fn lines(out: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> mpsc::UnboundedReceiver<String> {
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut lines = BufReader::new(out).lines();
@@ -30,7 +30,7 @@ fn lines(out: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> mpsc::Unbou
 }
 
 /// The next line containing `needle` (the lines before it are kept in `seen`).
-async fn line_with(rx: &mut mpsc::UnboundedReceiver<String>, needle: &str, seen: &mut Vec<String>) -> String {
+pub(crate) async fn line_with(rx: &mut mpsc::UnboundedReceiver<String>, needle: &str, seen: &mut Vec<String>) -> String {
     timeout(LIMIT, async {
         while let Some(l) = rx.recv().await {
             seen.push(l.clone());

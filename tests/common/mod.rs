@@ -104,3 +104,12 @@ pub fn test_seed(name: &str) -> u64 {
     eprintln!("{name}: seed {seed} (replay: CSTAGATE_TEST_SEED={seed})");
     seed
 }
+
+/// A metric's value as `GET /metrics` shows it (`name` with its labels, e.g.
+/// `cstagate_ivr_unknown_context_total{adapter="webhook"}`).
+pub async fn metric(http: &cstagate::http_client::Http, name: &str) -> u64 {
+    let (s, body) = http.raw("GET", "/metrics", &[], None).await.unwrap();
+    assert_eq!(s, 200);
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}")).trim().parse().unwrap()
+}

@@ -183,12 +183,7 @@ async fn hangups_and_garbage_end_the_dialogue_with_nothing_bound() {
 }
 
 /// One counter's value from `/metrics` (the whole line's name with its labels).
-async fn metric(http: &Http, name: &str) -> u64 {
-    let (s, body) = http.raw("GET", "/metrics", &[], None).await.unwrap();
-    assert_eq!(s, 200);
-    let text = String::from_utf8(body.to_vec()).unwrap();
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).unwrap_or_else(|| panic!("{name} not in /metrics:\n{text}")).trim().parse().unwrap()
-}
+use crate::common::metric;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_outside_fastagi_allow_is_closed_unread_and_counted() {

@@ -430,8 +430,8 @@ async fn every_response_matches_the_served_openapi_document() {
     assert_eq!((s, doc["openapi"].as_str()), (200, Some("3.1.0")));
     // Every route of the router is documented, and every documented route is served.
     let routes = [
-        ("get", "/healthz"), ("get", "/metrics"), ("get", "/v1/openapi.json"),
-        ("post", "/v1/associations"), ("get", "/v1/associations/{id}"), ("delete", "/v1/associations/{id}"), ("post", "/v1/associations/{id}/complete"),
+        ("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics"), ("get", "/v1/openapi.json"),
+        ("post", "/v1/associations"), ("get", "/v1/associations"), ("get", "/v1/associations/{id}"), ("delete", "/v1/associations/{id}"), ("post", "/v1/associations/{id}/complete"),
         ("get", "/v1/bindings"), ("get", "/v1/bindings/{pbx}/{extension}"), ("delete", "/v1/bindings/{pbx}/{extension}"),
         ("post", "/v1/extensions/{pbx}/{extension}/calls"), ("delete", "/v1/extensions/{pbx}/{extension}/calls/{call}"), ("get", "/v1/extensions/{pbx}/{extension}/events"),
         ("get", "/v1/pbx"), ("get", "/v1/audit"), ("get", "/v1/admin/counters"), ("post", "/v1/admin/counters/reset"), ("get", "/v1/admin/blocks"), ("post", "/v1/admin/blocks/lift"),
@@ -450,7 +450,7 @@ async fn every_response_matches_the_served_openapi_document() {
     }
     // Every reason, and `reason` nullable.
     let reasons: Vec<&str> = doc["components"]["schemas"]["Reason"]["enum"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
-    for r in ["wrong_code", "attempts_exhausted", "no_answer", "busy", "phone_locked", "link_down", "rejected_by_pbx", "expired", "call_cleared", "not_confirmed", "locked_out", "rate_limited", "gateway_restarted", "cancelled_by_user", "ivr_timeout", "ivr_call_mismatch", "refused_by_phone_owner", "pbx_flood", "call_diverted"] {
+    for r in ["wrong_code", "attempts_exhausted", "no_answer", "busy", "phone_locked", "link_down", "rejected_by_pbx", "expired", "call_cleared", "not_confirmed", "locked_out", "rate_limited", "gateway_restarted", "cancelled_by_user", "ivr_timeout", "ivr_call_mismatch", "refused_by_phone_owner", "pbx_flood", "call_diverted", "pbx_removed"] {
         assert!(reasons.contains(&r), "{r} not in {reasons:?}");
     }
     validate(&doc, &doc["components"]["schemas"]["Association"], &json!({ "id": "a", "state": "failed", "reason": null, "retryable": true, "extension": "1", "pbx": "p", "account": "a", "expires_at": 1, "history": [] }), "$").expect("reason is nullable");
@@ -517,6 +517,9 @@ async fn every_response_matches_the_served_openapi_document() {
     check("post", "/v1/associations", (s, b));
     check("post", "/v1/associations", h.json("POST", "/v1/associations", t, Some(json!({ "account": "carol", "extension": "2006" }))).await.unwrap());
     check("delete", "/v1/associations/{id}", h.json("DELETE", &format!("/v1/associations/{bob}"), t, None).await.unwrap());
+    check("get", "/v1/associations", h.json("GET", "/v1/associations?limit=5", t, None).await.unwrap());
+    check("get", "/v1/associations", h.json("GET", "/v1/associations?state=asleep", t, None).await.unwrap());
+    check("get", "/readyz", h.send("GET", "/readyz", &[], None).await.unwrap());
     // Admin reads and changes.
     check("get", "/v1/pbx", h.json("GET", "/v1/pbx", &e.tokens.admin, None).await.unwrap());
     check("get", "/v1/pbx", h.json("GET", "/v1/pbx", t, None).await.unwrap());
@@ -533,7 +536,7 @@ async fn every_response_matches_the_served_openapi_document() {
     assert_eq!((s, v), (204, Value::Null));
     check("delete", "/v1/bindings/{pbx}/{extension}", h.json("DELETE", "/v1/bindings/paris/2005?account=alice", t, None).await.unwrap());
     check("get", "/v1/extensions/{pbx}/{extension}/events", h.json("GET", "/v1/extensions/paris/2005/events?account=alice", t, None).await.unwrap());
-    assert_eq!(seen, 35);
+    assert_eq!(seen, 37);
     // The metrics: counters end in `_total`, and the ends are counted by state and reason.
     let (s, body) = h.raw("GET", "/metrics", &[], None).await.unwrap();
     let text = String::from_utf8_lossy(&body);

@@ -22,12 +22,7 @@ async fn ivr(h: &Http, key: &str, call: &str, digits: Option<&str>) -> Value {
     v
 }
 
-async fn metric(http: &Http, name: &str) -> u64 {
-    let (s, body) = http.raw("GET", "/metrics", &[], None).await.unwrap();
-    assert_eq!(s, 200);
-    let text = String::from_utf8(body.to_vec()).unwrap();
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' '))).unwrap_or_else(|| panic!("{name} not in /metrics")).trim().parse().unwrap()
-}
+use crate::common::metric;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_guesses_beyond_the_budget_get_goodbye_and_a_call_past_the_context_still_binds() {

@@ -34,3 +34,4 @@ mod directory_csv;
 mod directory_ldap;
 mod twiml;
 mod ivr_pool;
+mod ops_api;

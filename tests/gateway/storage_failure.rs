@@ -8,7 +8,7 @@ use cstagate::association::{AssociationView, AuditRecord, Engine, Millis, Policy
 use cstagate::testkit::Tokens;
 use cstagate::gateway::Gateway;
 use cstagate::http_client::Http;
-use cstagate::store::{AuditFilter, Store, StoreError};
+use cstagate::store::{AssociationFilter, AuditFilter, Store, StoreError};
 use serde_json::json;
 
 /// A database that has gone away: every commit of something fails (like SQLite, nothing to
@@ -37,6 +37,9 @@ impl Store for Broken {
         self.read(None)
     }
     fn audit(&self, _: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        self.read(Vec::new())
+    }
+    fn list_associations(&self, _: &AssociationFilter) -> Result<Vec<AssociationView>, StoreError> {
         self.read(Vec::new())
     }
 }
