@@ -1,0 +1,12 @@
+//! The tools in `contrib/`: the Wireshark dissector (its name tables against the codec's, and
+//! tshark's view of every capture against `cstagate decode --json`).
+//!
+//! One test binary per subject (cargo builds and links each `tests/*/main.rs` once); each
+//! file below is one group of tests.
+
+#[allow(dead_code)]
+#[path = "../common/mod.rs"]
+mod common;
+
+mod wireshark_tables;
+mod wireshark_tshark;
