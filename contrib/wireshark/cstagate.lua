@@ -346,9 +346,9 @@ local F = {
     preamble = ProtoField.string("cstagate.preamble", "Alcatel session preamble"),
     dialect = ProtoField.string("cstagate.dialect", "Dialect"),
     kind = ProtoField.string("cstagate.kind", "Kind"),
-    invoke_id = ProtoField.int32("cstagate.invoke_id", "Invoke id"),
-    linked_id = ProtoField.int32("cstagate.linked_id", "Linked id"),
-    opcode = ProtoField.int32("cstagate.opcode", "Operation code"),
+    invoke_id = ProtoField.int64("cstagate.invoke_id", "Invoke id"),
+    linked_id = ProtoField.int64("cstagate.linked_id", "Linked id"),
+    opcode = ProtoField.int64("cstagate.opcode", "Operation code"),
     operation = ProtoField.string("cstagate.operation", "Operation"),
     event = ProtoField.string("cstagate.event", "Event"),
     event_group = ProtoField.uint32("cstagate.event_group", "Event group"),
@@ -360,10 +360,10 @@ local F = {
     cause = ProtoField.string("cstagate.cause", "Event cause"),
     local_state = ProtoField.string("cstagate.local_state", "Local connection state"),
     failure_category = ProtoField.string("cstagate.failure.category", "universalFailure category"),
-    failure_value = ProtoField.int32("cstagate.failure.value", "universalFailure value"),
+    failure_value = ProtoField.int64("cstagate.failure.value", "universalFailure value"),
     failure = ProtoField.string("cstagate.failure", "universalFailure"),
     problem_kind = ProtoField.string("cstagate.problem.kind", "Reject problem kind"),
-    problem_value = ProtoField.int32("cstagate.problem.value", "Reject problem value"),
+    problem_value = ProtoField.int64("cstagate.problem.value", "Reject problem value"),
     problem = ProtoField.string("cstagate.problem", "Reject problem"),
     context = ProtoField.string("cstagate.context", "Application context"),
     info_ref = ProtoField.string("cstagate.user_info", "User information direct reference"),
@@ -517,15 +517,34 @@ local function children(b, t, depth)
     return out
 end
 
--- A two's-complement INTEGER of 1..6 octets (exact in a Lua number); nil otherwise.
+-- A two's-complement INTEGER of 1..8 octets, as the codec reads it: a Lua number up to 6 octets
+-- (exact), an Int64 beyond; nil otherwise.
 local function integer(b, t)
     if t.cons then return nil end
     local n = t.cend - t.cstart
-    if n < 1 or n > 6 then return nil end
+    if n < 1 or n > 8 then return nil end
+    if n > 6 then
+        local digits = {}
+        for i = t.cstart, t.cend - 1 do digits[#digits + 1] = string.format("%02x", b(i)) end
+        local fill = b(t.cstart) >= 128 and "ff" or "00"
+        return Int64.fromhex(string.rep(fill, 8 - n) .. table.concat(digits))
+    end
     local v = 0
     for i = t.cstart, t.cend - 1 do v = v * 256 + b(i) end
     if b(t.cstart) >= 128 then v = v - 2 ^ (8 * n) end
     return v
+end
+
+-- A value for an int64 field.
+local function i64(v)
+    if type(v) == "number" then return Int64.new(v) end
+    return v
+end
+
+-- An integer as decimal text (%d: no exponent for large numbers).
+local function num(v)
+    if type(v) == "number" then return string.format("%d", v) end
+    return tostring(v)
 end
 
 local function oid_string(b, t)
@@ -615,7 +634,7 @@ function Apdu:ber_tree(tree, t, depth, hide)
         end
         local text = printable(self.s, t)
         local shown = hex(self.s, t.cstart, math.min(t.cend, t.cstart + 32)) .. (t.cend - t.cstart > 32 and "..." or "") .. (text and (" (\"" .. text .. "\")") or "")
-        if t.tag == 0x02 or t.tag == 0x0A then shown = tostring(integer(self.b, t) or shown) end
+        if t.tag == 0x02 or t.tag == 0x0A then local v = integer(self.b, t); if v then shown = num(v) end end
         if t.tag == 0x06 then shown = oid_string(self.b, t) or shown end
         tree:add(self:range(t), label .. ": " .. shown)
         return
@@ -661,10 +680,10 @@ function Apdu:scan_ids(t, depth)
             self:device(c)
         elseif c.tag == 0x0A and self.in_event then
             local v = integer(self.b, c)
-            if v then self.tree:add(F.cause, self:range(c), EVENT_CAUSES[v] or tostring(v)) end
+            if v then self.tree:add(F.cause, self:range(c), EVENT_CAUSES[v] or num(v)) end
         elseif c.tag == 0x4E then
             local v = integer(self.b, c)
-            if v then self.tree:add(F.local_state, self:range(c), LOCAL_STATES[v] or tostring(v)) end
+            if v then self.tree:add(F.local_state, self:range(c), LOCAL_STATES[v] or num(v)) end
         elseif c.cons and c.tag ~= 0x7E then
             self:scan_ids(c, depth + 1)
         end
@@ -703,8 +722,8 @@ function Apdu:invoke_id(c)
     if c.tag == 0x02 then
         local v = integer(self.b, c)
         if not v then return self:malformed(c, "bad invokeId") end
-        self.tree:add(F.invoke_id, self:range(c), v)
-        self.summary[#self.summary + 1] = "id=" .. v
+        self.tree:add(F.invoke_id, self:range(c), i64(v))
+        self.summary[#self.summary + 1] = "id=" .. num(v)
         return true
     elseif c.tag == 0x05 and c.cend == c.cstart then
         return true
@@ -718,8 +737,8 @@ function Apdu:opcode(c)
     if c.tag == 0x02 then
         local v = integer(self.b, c)
         if not v then return self:malformed(c, "bad operation code") end
-        local name = OPERATIONS[self.dialect][v] or ("op" .. v)
-        self.tree:add(F.opcode, self:range(c), v)
+        local name = OPERATIONS[self.dialect][v] or ("op" .. num(v))
+        self.tree:add(F.opcode, self:range(c), i64(v))
         self.tree:add(F.operation, self:range(c), name)
         self.summary[#self.summary + 1] = name
         self.op = v
@@ -796,7 +815,7 @@ function Apdu:rose(top)
         if c and c.tag == 0x80 then
             local v = integer(self.b, c)
             if not v then return self:malformed(c, "bad linkedId") end
-            self.tree:add(F.linked_id, self:range(c), v)
+            self.tree:add(F.linked_id, self:range(c), i64(v))
             i = i + 1
         elseif c and c.tag == 0x81 then
             i = i + 1
@@ -827,7 +846,7 @@ function Apdu:rose(top)
         if not code or (code.tag ~= 0x02 and code.tag ~= 0x06) then return self:malformed(code or top, "expected error code") end
         local v = code.tag == 0x02 and integer(self.b, code)
         if v then
-            self.tree:add(F.opcode, self:range(code), v)
+            self.tree:add(F.opcode, self:range(code), i64(v))
         end
         if ks[4] then return self:malformed(ks[4], "trailing bytes after the error parameter") end
         if v == 1 and param and param.class == 2 then self:universal_failure(param) end
@@ -840,9 +859,9 @@ function Apdu:rose(top)
         local kind = REJECT_KINDS[pr.num]
         local name = REJECT_PROBLEMS[pr.num][v]
         self.tree:add(F.problem_kind, self:range(pr), kind)
-        self.tree:add(F.problem_value, self:range(pr), v)
-        self.tree:add(F.problem, self:range(pr), name or tostring(v))
-        self.summary[#self.summary + 1] = kind .. "/" .. (name or tostring(v))
+        self.tree:add(F.problem_value, self:range(pr), i64(v))
+        self.tree:add(F.problem, self:range(pr), name or num(v))
+        self.summary[#self.summary + 1] = kind .. "/" .. (name or num(v))
     end
 end
 
@@ -871,9 +890,10 @@ function Apdu:universal_failure(p)
     if not category then return end
     local name = value and UNIVERSAL_FAILURES[category] and UNIVERSAL_FAILURES[category][value]
     self.tree:add(F.failure_category, self:range(p), category)
-    if value then self.tree:add(F.failure_value, self:range(p), value) end
-    self.tree:add(F.failure, self:range(p), category .. "/" .. (name or tostring(value)))
-    self.summary[#self.summary + 1] = category .. "/" .. (name or tostring(value))
+    if value then self.tree:add(F.failure_value, self:range(p), i64(value)) end
+    local shown = name or (value and num(value)) or "null"
+    self.tree:add(F.failure, self:range(p), category .. "/" .. shown)
+    self.summary[#self.summary + 1] = category .. "/" .. shown
 end
 
 -- ACSE: the context, CSTA user information and the authentication name; the password never.
@@ -891,7 +911,7 @@ function Apdu:acse(top)
         elseif c.tag == 0xA2 and top.tag == 0x61 then
             local inner = children(self.b, c, 2)
             local r = inner and inner[1] and integer(self.b, inner[1])
-            if r then self.tree:add(F.aare_result, self:range(c), AARE_RESULTS[r] or tostring(r)) end
+            if r then self.tree:add(F.aare_result, self:range(c), AARE_RESULTS[r] or num(r)) end
         elseif c.tag == 0xAC then
             -- calling-authentication-value: the first printable string is the name (HiPath:
             -- [2] { [0] { [0] { name, password } } }).

@@ -500,3 +500,51 @@ fn the_readmes_tshark_example_is_what_tshark_prints() {
     let printed: Vec<&str> = printed.lines().take(shown.len()).collect();
     assert_eq!(printed, shown, "the README's tshark example (README.md, Tools, Wireshark)");
 }
+
+/// Values the captures do not hold, each framed on one connection: invoke ids of 1 to 8 octets
+/// and negative, a linked id, a global operation code, universalFailure in both taggings (named,
+/// unnamed, NULL), reject problems, and a bad ENUMERATED. Each gets what `cstagate decode` shows,
+/// and the bad one is malformed for both.
+#[test]
+fn edge_values_match_the_codec() {
+    if !tshark_present() {
+        return;
+    }
+    let apdus = [
+        "a11102067fffffffffff020200d330030a0102",
+        "a10c0201ff020200d330030a0102",
+        "a11302088000000000000001020200d330030a0102",
+        "a113020105800104020147300830068004 32303035",
+        "a10a020107 06032b0c00 0500",
+        "a30b020102020101 a0030a0103",
+        "a309020103020101 810103",
+        "a30b020104020101 a2030a017f",
+        "a30a020105020101 a6020500",
+        "a30a020106020101 a7020500",
+        "a30b020107020101 a5030a0102",
+        "a406020108 810101",
+        "a407020109 83020004",
+        "a405 0500 800102",
+        "a30a020101020101 a0020a00",
+    ];
+    let mut segments = Vec::new();
+    for a in apdus {
+        let a = hex::decode(a.replace(' ', "")).unwrap_or_else(|e| panic!("{a}: {e}"));
+        let mut framed = (a.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&a);
+        segments.push((Direction::P2C, framed));
+    }
+    let pcap = scratch("edge-values.pcap");
+    write_pcap(&pcap, &[Conn { client_port: 45000, pbx_port: 33333, segments }]);
+    let shown = tshark(&pcap, &[]);
+    let decoded = decode(&pcap, &[]);
+    assert_eq!(decoded.len(), apdus.len());
+    let (bad, good): (Vec<usize>, Vec<usize>) = (0..apdus.len()).partition(|&i| decoded[i].get("error").is_some());
+    assert_eq!(bad.len(), 1, "the codec refuses only the bad ENUMERATED: {decoded:?}");
+    let items: Vec<&Value> = shown.items.iter().filter(|i| i.get("cstagate.kind").is_some() || malformed(i)).collect();
+    assert_eq!(items.len(), apdus.len());
+    assert!(malformed(items[bad[0]]), "the bad ENUMERATED is not marked: {}", items[bad[0]]);
+    let good_items = Tshark { items: good.iter().map(|&i| items[i].clone()).collect(), text: String::new() };
+    let good_decoded: Vec<Value> = good.iter().map(|&i| decoded[i].clone()).collect();
+    compare("edge values", &good_items, &good_decoded);
+}
