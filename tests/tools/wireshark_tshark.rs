@@ -548,3 +548,30 @@ fn edge_values_match_the_codec() {
     let good_decoded: Vec<Value> = good.iter().map(|&i| decoded[i].clone()).collect();
     compare("edge values", &good_items, &good_decoded);
 }
+
+/// The Dialect preference overrides the automatic choice: the Panasonic (Phase III) capture read
+/// as Phase II names its operations and events as `cstagate decode --dialect oxe` does (systemStatus
+/// 211 is no Phase II operation), for every APDU the codec decodes that way.
+#[test]
+fn the_dialect_preference_forces_the_names() {
+    if !tshark_present() {
+        return;
+    }
+    let path = common::path("captures/panasonic-csta3-makecall-20160727.synth.pcap");
+    let shown = tshark(&path, &["-o", "cstagate.dialect:Phase II (ECMA-217/218, Alcatel OXE)"]);
+    let decoded = decode(&path, &["--dialect", "oxe"]);
+    let items: Vec<&Value> = shown.items.iter().filter(|i| i.get("cstagate.kind").is_some()).collect();
+    assert_eq!(items.len(), decoded.len());
+    let mut compared = 0;
+    for (item, d) in items.iter().zip(&decoded) {
+        if d.get("error").is_some() {
+            continue;
+        }
+        let s = |k: &str| d.get(k).and_then(Value::as_str).map(str::to_owned);
+        for k in ["kind", "operation", "event"] {
+            assert_eq!(field(item, &format!("cstagate.{k}")), s(k), "{k} of {d}");
+        }
+        compared += 1;
+    }
+    assert!(compared >= 10 && items.iter().any(|i| field(i, "cstagate.operation").as_deref() == Some("op211")), "{compared} compared");
+}
