@@ -21,7 +21,11 @@
 --   raises a Lua error on any input.
 -- - The authentication value of an AARQ (the CTI password) is never shown as text.
 --
--- Not covered: CSTA XML (ECMA-323) streams; they are left to Wireshark's XML dissector.
+--
+-- CSTA XML (ECMA-323) over TCP, with the 8-byte header (`00 00`, length, 4-digit invoke id) or
+-- NUL-ended documents: the kind, operation, event, invoke id, cross-reference id and call id
+-- from the root element, as `cstagate decode` reads them, and the document handed to
+-- Wireshark's XML dissector (but for ECMA-354 session messages, whose login has a password).
 --
 -- The name tables between the GENERATED markers are written from the Rust codec's own tables
 -- (src/codec/operation.rs, schemas.rs, names.rs, universal_failure.rs) by
@@ -353,10 +357,10 @@ local F = {
     event = ProtoField.string("cstagate.event", "Event"),
     event_group = ProtoField.uint32("cstagate.event_group", "Event group"),
     event_alt = ProtoField.uint32("cstagate.event_alternative", "Event alternative"),
-    xref = ProtoField.bytes("cstagate.xref", "Monitor cross-reference id"),
-    call_id = ProtoField.bytes("cstagate.call_id", "Call id"),
+    xref = ProtoField.string("cstagate.xref", "Monitor cross-reference id"),
+    call_id = ProtoField.string("cstagate.call_id", "Call id"),
     device = ProtoField.string("cstagate.device", "Device"),
-    dynamic = ProtoField.bytes("cstagate.dynamic_device", "Dynamic device id"),
+    dynamic = ProtoField.string("cstagate.dynamic_device", "Dynamic device id"),
     cause = ProtoField.string("cstagate.cause", "Event cause"),
     local_state = ProtoField.string("cstagate.local_state", "Local connection state"),
     failure_category = ProtoField.string("cstagate.failure.category", "universalFailure category"),
@@ -610,12 +614,9 @@ function Apdu:range(t)
     return self.tvb:range(t.start, t.finish - t.start)
 end
 
--- An OCTET STRING-like field shown from its content bytes.
+-- An OCTET STRING-like id shown as hex, as `cstagate decode` shows it.
 function Apdu:octets(field, t)
-    if t.cend > t.cstart then
-        return self.tree:add(field, self.tvb:range(t.cstart, t.cend - t.cstart))
-    end
-    return self.tree:add(field, self:range(t), "")
+    return self.tree:add(field, self:range(t), hex(self.s, t.cstart, t.cend))
 end
 
 function Apdu:kids(t)
@@ -989,6 +990,8 @@ function Apdu:choose_dialect(d, why)
     self.dialect = d
 end
 
+local dissect_xml
+
 local function dissect_apdu(tvb, pinfo, root, hdr_off, hdr_len, apdu_len, framing, st)
     local base, limit = hdr_off + hdr_len, hdr_off + hdr_len + apdu_len
     local tree = root:add(cstagate, tvb:range(hdr_off, hdr_len + apdu_len))
@@ -1047,27 +1050,153 @@ end
 
 -- The frame header at `off`: hdr_len, apdu_len, framing name; or nil, bytes needed (more
 -- data); or false, reason (malformed header).
-local function frame_header(b, off, avail, st, pinfo)
+---------------------------------------------------------------------------------------------
+-- CSTA XML (ECMA-323): the root element names the message, as in src/codec/xml/csta.rs
+
+local xml_dissector = Dissector.get("xml")
+
+-- ECMA-354 session messages (src/codec/xml/session.rs).
+local XML_SESSION = {}
+for _, n in ipairs({ "StartApplicationSession", "StartApplicationSessionPosResponse", "StartApplicationSessionNegResponse",
+    "ResetApplicationSessionTimer", "ResetApplicationSessionTimerPosResponse", "ResetApplicationSessionTimerNegResponse",
+    "StopApplicationSession", "StopApplicationSessionPosResponse", "StopApplicationSessionNegResponse", "ApplicationSessionTerminated" }) do
+    XML_SESSION[n] = true
+end
+
+local function capitalized(name) return name:sub(1, 1):upper() .. name:sub(2) end
+
+-- Phase III operations by their XML element name (the event report has none of its own), and
+-- event kinds by theirs.
+local XML_OPERATIONS, XML_EVENTS = {}, {}
+for code, name in pairs(OPERATIONS[PHASE3]) do
+    if code ~= 21 then XML_OPERATIONS[capitalized(name)] = { name = name, code = code } end
+end
+for _, name in pairs(EVENTS[PHASE3]) do XML_EVENTS[capitalized(name) .. "Event"] = name end
+
+-- The text of the first element named `name` (any namespace prefix), trimmed.
+local function xml_text(doc, name)
+    local text = doc:match("<[%w_%.%-]*:?" .. name .. "%s*>([^<]*)<")
+    return text and text:match("^%s*(.-)%s*$")
+end
+
+function dissect_xml(tvb, pinfo, root, hdr_off, hdr_len, body_len, framing, s)
+    local tree = root:add(cstagate, tvb:range(hdr_off, math.max(1, hdr_len + body_len)))
+    tree:add(F.framing, tvb:range(hdr_off, math.max(1, hdr_len)), framing)
+    local doc_off, doc_len, summary = hdr_off + hdr_len, body_len, {}
+    if framing == "xml-header" then
+        local digits = s:sub(doc_off + 1, doc_off + 4)
+        tree:add(F.invoke_id, tvb:range(doc_off, 4), Int64.new(tonumber(digits) or 0))
+        summary[#summary + 1] = "id=" .. (tonumber(digits) or 0)
+        doc_off, doc_len = doc_off + 4, doc_len - 4
+    end
+    local doc = s:sub(doc_off + 1, doc_off + doc_len)
+    -- The root element: after the declaration, comments and processing instructions.
+    local at, name = 1, nil
+    for _ = 1, 64 do
+        local lt = doc:find("<", at, true)
+        if not lt then break end
+        local nxt = doc:sub(lt + 1, lt + 1)
+        if nxt == "?" or nxt == "!" then
+            local close = doc:sub(lt, lt + 3) == "<!--" and doc:find("-->", lt + 4, true) or doc:find(">", lt + 1, true)
+            if not close then break end
+            at = close + 1
+        else
+            name = doc:match("^<([%w_%.%-:]+)", lt)
+            break
+        end
+    end
+    local whole = tvb:range(doc_off, math.max(1, doc_len))
+    if not name then
+        tree:add_tvb_expert_info(E.malformed, whole, "Malformed CSTA: no XML root element")
+        return "[malformed]"
+    end
+    name = name:match("([^:]+)$")
+    local kind, operation, code, event
+    local xref, call = xml_text(doc, "monitorCrossRefID"), xml_text(doc, "callID")
+    if name == "CSTAErrorCode" then
+        kind = "error"
+    elseif XML_EVENTS[name] then
+        kind, operation, code, event = "invoke", OPERATIONS[PHASE3][21], 21, XML_EVENTS[name]
+    elseif name:match("Event$") and xref then
+        kind, operation, code, event = "invoke", OPERATIONS[PHASE3][21], 21, "other"
+    elseif XML_SESSION[name] then
+        kind, operation = "session", name
+    elseif name:match("Response$") and XML_OPERATIONS[name:sub(1, -9)] then
+        local op = XML_OPERATIONS[name:sub(1, -9)]
+        kind, operation, code = "result", op.name, op.code
+    elseif XML_OPERATIONS[name] then
+        kind, operation, code = "invoke", XML_OPERATIONS[name].name, XML_OPERATIONS[name].code
+    else
+        kind, operation = "unknown", name
+    end
+    tree:add(F.kind, whole, kind)
+    table.insert(summary, 1, kind)
+    if code then tree:add(F.opcode, whole, Int64.new(code)) end
+    if operation then
+        tree:add(F.operation, whole, operation)
+        summary[#summary + 1] = operation
+    end
+    if event then
+        tree:add(F.event, whole, event)
+        summary[#summary + 1] = event
+    end
+    if xref and event then tree:add(F.xref, whole, xref) end
+    if call and kind ~= "session" then tree:add(F.call_id, whole, call) end
+    -- The document's tree, except for session and unknown messages: a login's password (and a
+    -- vendor login's) is never shown as text.
+    if xml_dissector and doc_len > 0 and kind ~= "session" and kind ~= "unknown" then
+        xml_dissector:call(tvb:range(doc_off, doc_len):tvb(), pinfo, tree)
+        pinfo.cols.protocol = "CSTA"
+    end
+    local text = table.concat(summary, " ")
+    tree:append_text(": " .. text)
+    return text
+end
+
+-- The largest CSTA XML message (the 16-bit length of the XML header; the codec's cap).
+local MAX_XML_FRAME = 65535
+
+-- The frame at `off`: hdr_len, body_len, framing name, trailer_len (the NUL of xml-nul); or
+-- nil, bytes needed (more data); or false, reason (malformed header). A body of xml-header is
+-- the 4 invoke-id digits and the document, as in the codec.
+local function frame_header(b, off, avail, st, pinfo, s)
     local b0 = b(off)
     local mode = tonumber(cstagate.prefs.framing) or 0
+    local xml = mode == 0 and (st.framing == "xml-header" or st.framing == "xml-nul" or (st.framing == nil and (b0 == 0x3C or b0 == 0xEF or (b0 == 0 and b(off + 1) == 0))))
+    if xml then
+        local framing = st.framing or ((b0 == 0 and "xml-header") or "xml-nul")
+        if framing == "xml-nul" then
+            local nul = s:find("\0", off + 1, true)
+            if not nul then
+                if avail > MAX_XML_FRAME then return false, "no NUL within " .. MAX_XML_FRAME .. " bytes" end
+                return nil, 1
+            end
+            return 0, nul - 1 - off, framing, 1
+        end
+        if avail < 4 then return nil, 4 - avail end
+        if b0 ~= 0 or b(off + 1) ~= 0 then return false, "CSTA XML header must start with 00 00" end
+        local whole = b(off + 2) * 256 + b(off + 3)
+        if whole < 8 then return false, "CSTA XML length shorter than its 8-byte header" end
+        if avail >= 8 and not s:sub(off + 5, off + 8):match("^%d%d%d%d$") then return false, "CSTA XML invoke id must be 4 ASCII digits" end
+        return 4, whole - 4, framing, 0
+    end
     local siemens = mode == 2 or (mode == 0 and (st.framing == "siemens" or (st.framing == nil and b0 == 0x26)))
     if siemens then
         if b0 ~= 0x26 then return false, "Siemens frame must start with 0x26" end
         if avail < 3 then return nil, 3 - avail end
         local hi, lo = b(off + 1), b(off + 2)
         if hi < 128 then return false, "Siemens length must have its top bit set" end
-        return 3, (hi - 128) * 256 + lo, "siemens"
+        return 3, (hi - 128) * 256 + lo, "siemens", 0
     end
     if avail < 2 then return nil, 2 - avail end
-    return 2, b(off) * 256 + b(off + 1), "two-byte-length"
+    return 2, b(off) * 256 + b(off + 1), "two-byte-length", 0
 end
 
 local function dissect(tvb, pinfo, root)
     local total = tvb:len()
     if total == 0 then return 0 end
     local st = stream_state(pinfo)
-    local b = bytes_of(tvb)
-    local max_frame = tonumber(cstagate.prefs.max_frame) or MAX_FRAME
+    local b, s = bytes_of(tvb)
     local off, texts = 0, {}
     pinfo.cols.protocol = "CSTA"
     while off < total do
@@ -1085,7 +1214,9 @@ local function dissect(tvb, pinfo, root)
             texts[#texts + 1] = "preamble " .. string.char(b0)
             off = off + 1
         else
-            local hdr, n, framing = frame_header(b, off, total - off, st, pinfo)
+            local hdr, n, framing, trailer = frame_header(b, off, total - off, st, pinfo, s)
+            local is_xml = framing == "xml-header" or framing == "xml-nul"
+            local max_frame = is_xml and MAX_XML_FRAME or (tonumber(cstagate.prefs.max_frame) or MAX_FRAME)
             if hdr == nil then
                 if pinfo.can_desegment > 0 then
                     pinfo.desegment_offset = off
@@ -1094,7 +1225,7 @@ local function dissect(tvb, pinfo, root)
                 end
                 hdr, n = false, "input ends inside a frame header"
             end
-            if hdr and n == 0 then hdr, n = false, "empty frame" end
+            if hdr and n == 0 and framing ~= "xml-nul" then hdr, n = false, "empty frame" end
             if hdr and n > max_frame then hdr, n = false, "frame of " .. n .. " bytes exceeds the cap of " .. max_frame end
             if hdr and off + hdr + n > total and pinfo.can_desegment == 0 then
                 hdr, n = false, "frame of " .. n .. " bytes runs past the end of the data (" .. (total - off - hdr) .. " bytes left)"
@@ -1113,13 +1244,21 @@ local function dissect(tvb, pinfo, root)
                 break
             end
             st.framing = st.framing or framing
-            local ok, text = pcall(dissect_apdu, tvb, pinfo, root, off, hdr, n, framing, st)
+            local ok, text
+            if is_xml and s:sub(off + hdr + 1, off + hdr + n):match("^%s*$") then
+                -- An empty document (a NUL alone): a keep-alive of some servers, skipped.
+                ok, text = true, nil
+            elseif is_xml then
+                ok, text = pcall(dissect_xml, tvb, pinfo, root, off, hdr, n, framing, s)
+            else
+                ok, text = pcall(dissect_apdu, tvb, pinfo, root, off, hdr, n, framing, st)
+            end
             if not ok then
                 root:add_proto_expert_info(E.bug, "Internal error of the cstagate dissector: " .. tostring(text))
                 text = "[dissector error]"
             end
             texts[#texts + 1] = text
-            off = off + hdr + n
+            off = off + hdr + n + trailer
         end
     end
     if #texts > 0 then
@@ -1143,6 +1282,17 @@ cstagate.dissector = dissector
 local function looks_like_csta(b, off, at_start)
     local h = b(off)
     if not h then return at_start end
+    -- CSTA XML: the 8-byte header (00 00, length, 4 digits), or a document ended by a NUL.
+    if h == 0x3C or h == 0xEF then
+        local c = b(off + 1)
+        if not c then return at_start end
+        return c == 0x3F or c == 0xBB or (c >= 0x41 and c <= 0x5A) or (c >= 0x61 and c <= 0x7A)
+    end
+    if h == 0 and b(off + 1) == 0 then
+        local hi, lo = b(off + 2), b(off + 3)
+        if not (hi and lo) then return at_start end
+        return hi * 256 + lo >= 8
+    end
     local len, tag_at
     if h == 0x26 then
         local hi = b(off + 1)
