@@ -1258,7 +1258,9 @@ local function dissect(tvb, pinfo, root)
                 text = "[dissector error]"
             end
             texts[#texts + 1] = text
-            off = off + hdr + n + trailer
+            -- Every frame moves on by at least a byte (its header, body or NUL): no input can
+            -- hold the loop in place.
+            off = off + math.max(1, hdr + n + trailer)
         end
     end
     if #texts > 0 then

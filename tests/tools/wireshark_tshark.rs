@@ -43,14 +43,9 @@ struct Tshark {
 /// that several APDUs of one segment are all kept).
 fn tshark(pcap: &Path, extra: &[&str]) -> Tshark {
     let lua = format!("lua_script:{}", script().display());
-    let out = Command::new("tshark")
-        .args(["-n", "-X", &lua, "-r"])
-        .arg(pcap)
-        .args(["-T", "json", "--no-duplicate-keys"])
-        .args(extra)
-        .env("LC_ALL", "C")
-        .output()
-        .expect("tshark runs");
+    let mut command = Command::new("tshark");
+    command.args(["-n", "-X", &lua, "-r"]).arg(pcap).args(["-T", "json", "--no-duplicate-keys"]).args(extra).env("LC_ALL", "C");
+    let out = output_within(command, std::time::Duration::from_secs(120));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "tshark failed on {}: {stderr}", pcap.display());
     // A script that does not load is only a message on stderr: tshark goes on without it.
@@ -69,6 +64,26 @@ fn tshark(pcap: &Path, extra: &[&str]) -> Tshark {
         }
     }
     Tshark { items, text }
+}
+
+/// Run a command to its end, failing the test if it has not ended within `limit` (a dissector
+/// stuck in a loop must fail the test, not hang it): the process is waited for on a thread and
+/// killed when the limit passes.
+fn output_within(mut command: Command, limit: std::time::Duration) -> std::process::Output {
+    use std::process::Stdio;
+    let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("tshark runs");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("tshark's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("tshark did not end within {limit:?} (a dissector loop?): killed");
+        }
+    }
 }
 
 fn excerpt(text: &str, what: &str) -> String {
