@@ -9,7 +9,8 @@
 --   followed by a 2-byte length with its top bit set (HiPath, OpenScape Business), and the
 --   Alcatel `'B'`/`'P'` preamble byte that starts an OXE session; APDUs split over TCP segments
 --   are reassembled, several in one segment are each shown;
--- - heuristic on the TCP ports of the "Heuristic ports" preference (2555, 7001, 8800, 33333);
+-- - heuristic on the TCP ports of the "Heuristic ports" preference (2555, 7001, 8800, 33333):
+--   a stream whose first bytes look like a framed ACSE or ROSE APDU or a CSTA XML message;
 --   any other port through Decode As (tshark: -d tcp.port==NNNN,cstagate);
 -- - ACSE (AARQ, AARE, RLRQ, RLRE, ABRT) and ROSE (invoke, returnResult, returnError, reject)
 --   kinds, invoke ids, operation and event names in the stream's dialect (the "Dialect"
@@ -17,15 +18,14 @@
 --   that tells, else Phase II on port 2555 and Phase III elsewhere), monitor cross-reference
 --   ids, call ids, device numbers, universalFailure and reject problem names;
 -- - every length is checked against what encloses it: a malformed frame or APDU is marked with
---   Wireshark expert info (group Malformed) and its dissection stops there; the dissector never
---   raises a Lua error on any input.
--- - The authentication value of an AARQ (the CTI password) is never shown as text.
---
---
--- CSTA XML (ECMA-323) over TCP, with the 8-byte header (`00 00`, length, 4-digit invoke id) or
--- NUL-ended documents: the kind, operation, event, invoke id, cross-reference id and call id
--- from the root element, as `cstagate decode` reads them, and the document handed to
--- Wireshark's XML dissector (but for ECMA-354 session messages, whose login has a password).
+--   Wireshark expert info (group Malformed) and its dissection stops there (a bad frame header
+--   ends the segment: the stream cannot be resynchronised, as in the codec); the dissector never
+--   raises a Lua error on any input;
+-- - CSTA XML (ECMA-323) over TCP, with the 8-byte header (`00 00`, length, 4-digit invoke id)
+--   or NUL-ended documents: the kind, operation, event, invoke id, cross-reference id and call
+--   id from the root element, as `cstagate decode` reads them, and the document handed to
+--   Wireshark's XML dissector (but for ECMA-354 session messages, whose login has a password);
+-- - the authentication value of an AARQ (the CTI password) is never shown as text.
 --
 -- The name tables between the GENERATED markers are written from the Rust codec's own tables
 -- (src/codec/operation.rs, schemas.rs, names.rs, universal_failure.rs) by
