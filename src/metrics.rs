@@ -114,6 +114,7 @@ pub fn render(src: &Sources<'_>) -> String {
         gauge(&mut reg, "cstagate_bindings", "Extensions bound to an account", z.bindings as u64);
     }
     reg.register("cstagate_associations_ended", "Associations that reached a final state, by state and reason", src.gw.ended().metric());
+    reg.register("cstagate_association_code_to_bound_seconds", "Time from a code's issue to the binding, for associations that ended bound", src.gw.ended().code_to_bound());
     gauge(&mut reg, "cstagate_webhook_replay_cache_entries", &format!("Webhook signatures remembered to refuse replays (at most {REPLAY_CACHE_CAPACITY})"), src.replay_entries as u64);
     let adapters = |webhook: u64, twiml: u64, fastagi: u64| [(label("adapter", "webhook"), webhook), (label("adapter", "twiml"), twiml), (label("adapter", "fastagi"), fastagi)];
     let ivr = src.ivr;

@@ -6,6 +6,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Metric;
 
 use crate::association::{State, StoreWrite};
@@ -18,10 +19,25 @@ struct EndedLabels {
     reason: String,
 }
 
-/// `cstagate_associations_ended_total{state,reason}`: associations that reached a final state.
-/// Shared by clones (one per gateway).
-#[derive(Debug, Clone, Default)]
-pub struct Ended(Family<EndedLabels, Counter>);
+/// Buckets of `cstagate_association_code_to_bound_seconds`: from 10 ms (an automated caller, the
+/// tests) to 10 minutes (a person walking to the desk phone and keying the code).
+const CODE_TO_BOUND_BUCKETS: [f64; 14] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 600.0];
+
+/// `cstagate_associations_ended_total{state,reason}`: associations that reached a final state;
+/// `cstagate_association_code_to_bound_seconds`: for those that ended bound, the time from the
+/// code's issue to the binding (what the Grafana dashboard's latency panel shows). Shared by
+/// clones (one per gateway).
+#[derive(Debug, Clone)]
+pub struct Ended {
+    ended: Family<EndedLabels, Counter>,
+    code_to_bound: Histogram,
+}
+
+impl Default for Ended {
+    fn default() -> Self {
+        Ended { ended: Family::default(), code_to_bound: Histogram::new(CODE_TO_BOUND_BUCKETS.into_iter()) }
+    }
+}
 
 impl Ended {
     /// Count the associations that `writes` (just committed) bring to a final state. A final
@@ -41,7 +57,13 @@ impl Ended {
                     let name = |v: serde_json::Value| v.as_str().unwrap_or("none").to_owned();
                     let state = name(serde_json::to_value(v.state).unwrap_or_default());
                     let reason = name(serde_json::to_value(v.reason).unwrap_or_default());
-                    self.0.get_or_create(&EndedLabels { state, reason }).inc();
+                    self.ended.get_or_create(&EndedLabels { state, reason }).inc();
+                    // The first step is the code's issue (kept when a long history is truncated).
+                    if let (State::Bound, Some(first), Some(last)) = (v.state, v.history.first(), v.history.last()) {
+                        if first.step == "code_issued" {
+                            self.code_to_bound.observe(last.at.saturating_sub(first.at) as f64 / 1000.0);
+                        }
+                    }
                 }
             }
         }
@@ -49,7 +71,12 @@ impl Ended {
 
     /// The counters as a metric to register (a clone sharing them: the scrape sees every count).
     pub fn metric(&self) -> impl Metric {
-        self.0.clone()
+        self.ended.clone()
+    }
+
+    /// The code-to-binding latency histogram, to register (a clone sharing it).
+    pub fn code_to_bound(&self) -> impl Metric {
+        self.code_to_bound.clone()
     }
 }
 
@@ -74,7 +101,7 @@ mod tests {
         ended.count(&[view(State::Bound, None, false, &["created", "bound", "dtmf_failed"])]);
         ended.count(&[view(State::Failed, Some(Reason::IvrTimeout), false, &["created", "failed"])]);
         let mut reg = Registry::default();
-        reg.register("cstagate_associations_ended", "Ended", ended.0.clone());
+        reg.register("cstagate_associations_ended", "Ended", ended.ended.clone());
         let mut text = String::new();
         encode(&mut text, &reg).unwrap();
         let samples: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
