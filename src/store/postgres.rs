@@ -166,7 +166,7 @@ impl PgTarget {
     }
 
     /// The TLS connector: verified against the public roots and `database_ca`, or encryption
-    /// only for `require` (used only when `sslmode` is not `disable`).
+    /// only for `require`.
     fn connector(&self) -> Result<MakeRustlsConnect, StoreError> {
         let mut config = match self.ssl {
             SslMode::Require => {
@@ -178,7 +178,7 @@ impl PgTarget {
                     .with_custom_certificate_verifier(Arc::new(EncryptOnly(provider)))
                     .with_no_client_auth()
             }
-            SslMode::Disable | SslMode::VerifyFull => (*crate::http_client::client_config(&self.ca).map_err(StoreError::Connection)?).clone(),
+            SslMode::VerifyFull | SslMode::Disable => (*crate::http_client::client_config(&self.ca).map_err(StoreError::Connection)?).clone(),
         };
         // Not HTTP.
         config.alpn_protocols.clear();
@@ -238,7 +238,13 @@ impl PostgresStore {
         if let Some(p) = password {
             config.password(p);
         }
-        let manager = Manager::from_config(config, target.connector()?, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        // No TLS connector at all with `disable`: tokio-postgres asks one for the host's name
+        // even then, and a Unix socket has none.
+        let manager = match target.ssl {
+            SslMode::Disable => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+            SslMode::Require | SslMode::VerifyFull => Manager::from_config(config, target.connector()?, manager_config),
+        };
         let (requests, rx) = tokio::sync::mpsc::channel(2);
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()

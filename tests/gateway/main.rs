@@ -1,4 +1,4 @@
-//! The whole gateway on loopback: API, IVR adapters, notifications, proof of presence, storage failures, redaction.
+//! The whole gateway on loopback: API, IVR adapters, notifications, proof of presence, storage failures, redaction, PostgreSQL.
 //!
 //! One test binary per subject (cargo builds and links each `tests/*/main.rs` once); each
 //! file below is one group of tests.
@@ -16,6 +16,7 @@ mod csta_tls_pki;
 mod tls_common;
 
 mod gateway_e2e;
+mod postgres_e2e;
 mod proof_of_presence;
 mod notify;
 mod notify_dead_endpoints;
