@@ -418,38 +418,6 @@ mod tests {
         }
     }
 
-    /// A PostgreSQL password only ever comes from `database_password_env`: one in the URL is
-    /// refused at load, naming the key and not repeating the password; a silently downgrading
-    /// `sslmode` is refused; TLS is checked by default off loopback.
-    #[test]
-    fn database_urls_are_checked_at_load_and_hold_no_password() {
-        use crate::store::postgres::SslMode;
-        for (bad, key) in [
-            ("database = 'postgres://gw:s3cr3t-pw@db.example.com/cstagate'", "`database`"),
-            ("database = 'postgresql://gw@db.example.com/cstagate?password=s3cr3t-pw'", "`database`"),
-            ("database = 'postgres://gw@db.example.com/cstagate?sslmode=prefer'", "`database`"),
-            ("database = 'postgres://db.example.com/cstagate'", "`database`"),
-            ("database = 'postgres://gw@db.example.com:notaport/cstagate'", "`database`"),
-            ("database = 'gateway.db'\ndatabase_password_env = 'PG_PASSWORD'", "`database_password_env`"),
-            ("database = 'gateway.db'\ndatabase_ca = '/etc/ssl/ca.pem'", "`database_ca`"),
-            ("database = 'postgres://gw@127.0.0.1/cstagate'\ndatabase_ca = '/nonexistent/ca.pem'", "`database_ca`"),
-        ] {
-            let e = Config::parse(&format!("[gateway]\n{bad}\n")).unwrap_err().to_string();
-            assert!(e.contains(key), "{bad}: {e}");
-            assert!(!e.contains("s3cr3t-pw"), "the password is repeated: {e}");
-        }
-        let backend = |url: &str| match Config::parse(&format!("[gateway]\ndatabase = '{url}'\ndatabase_password_env = 'PG_PASSWORD'\n")).unwrap().gateway.database_backend().unwrap() {
-            crate::store::Backend::Postgres(t) => t.ssl_mode(),
-            crate::store::Backend::Sqlite(p) => panic!("{url} taken for a SQLite file {}", p.display()),
-        };
-        assert_eq!(backend("postgres://gw@db.example.com/cstagate"), SslMode::VerifyFull, "off the machine: TLS, verified");
-        assert_eq!(backend("postgres://gw@10.0.0.5:5433/cstagate?sslmode=require"), SslMode::Require);
-        assert_eq!(backend("postgres://gw@db.example.com/cstagate?sslmode=disable"), SslMode::Disable, "the operator's explicit choice");
-        assert_eq!(backend("postgres://gw@127.0.0.1/cstagate"), SslMode::Disable, "loopback");
-        assert_eq!(backend("postgres://gw@localhost/cstagate"), SslMode::Disable, "loopback");
-        assert!(matches!(Config::parse("").unwrap().gateway.database_backend().unwrap(), crate::store::Backend::Sqlite(_)), "SQLite by default");
-    }
-
     #[test]
     fn fastagi_is_loopback_only_and_guesses_30_a_minute_by_default() {
         let c = Config::parse("").unwrap();

@@ -5,6 +5,7 @@
 
 mod association_engine;
 mod secret_draws;
+mod store_backend;
 mod store_contract;
 mod store_files;
 mod store_postgres;

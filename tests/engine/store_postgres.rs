@@ -165,3 +165,29 @@ fn a_server_stopped_under_the_store_is_an_error_and_the_store_recovers() {
     assert!(accounts[0].contains("before") || accounts[1].contains("before"), "{accounts:?}");
     assert!(!accounts.iter().any(|a| a.contains("while-down")), "{accounts:?}");
 }
+
+/// The README's configuration with its PostgreSQL lines in place of the SQLite file: a
+/// PostgreSQL backend checked by default with TLS, and its `database_ca` read at load (not on
+/// this machine: refused, naming the key and the file).
+#[test]
+fn the_readme_postgresql_lines_are_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme.split("```toml\n").nth(1).and_then(|b| b.split("```").next()).expect("the configuration block");
+    let mut lines: Vec<String> = Vec::new();
+    for l in block.lines() {
+        if l.starts_with("database = ") {
+            continue;
+        }
+        lines.push(l.strip_prefix("# ").filter(|l| l.starts_with("database")).unwrap_or(l).to_owned());
+    }
+    let text = lines.join("\n");
+    assert!(text.contains("database = \"postgres://"), "{text}");
+    let e = cstagate::config::Config::parse(&text).expect_err("the README's CA file is not on this machine").to_string();
+    assert!(e.contains("database_ca") && e.contains("/etc/cstagate/db-ca.pem"), "{e}");
+    let c = cstagate::config::Config::parse(&text.replace("database_ca = ", "# database_ca = ")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.gateway.database_password_env.as_deref(), Some("CSTAGATE_DB_PASSWORD"));
+    match c.gateway.database_backend().unwrap() {
+        cstagate::store::Backend::Postgres(t) => assert_eq!(t.ssl_mode(), cstagate::store::postgres::SslMode::VerifyFull),
+        other => panic!("{other:?}"),
+    }
+}
