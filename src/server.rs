@@ -13,7 +13,6 @@ use crate::clock::now_ms;
 use crate::gateway::Gateway;
 use crate::link::Link;
 use crate::shutdown::Shutdown;
-use crate::store::{SqliteStore, Store};
 
 /// How long the release of every PBX link (RLRQ, then the PBX's RLRE) may take at shutdown; a
 /// PBX that does not answer in time has its connection closed.
@@ -346,12 +345,13 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let policies = config.policies()?;
     let profiles = config.pbx.iter().map(crate::config::PbxConfig::profile).collect::<Result<Vec<_>, _>>()?;
     let tls = config.gateway.tls_files().map(ApiTls::load).transpose()?;
-    let store = SqliteStore::open(&config.gateway.database)?;
+    let password = config.gateway.database_password_env.as_deref().map(|v| read_secret("[gateway]", "database_password_env", SecretSource::Env(v))).transpose()?;
+    let store = config.gateway.database_backend()?.open(password)?;
     let snap = store.snapshot(now_ms())?;
     let (engine, restored): (Engine, Vec<Action>) = Engine::restore(policies, snap, now_ms());
     let links: HashMap<_, _> = profiles.into_iter().map(|p| (p.id.clone(), Link::spawn(p))).collect();
     let notifier = (!secrets.notify.is_empty()).then(|| crate::notify::Notifier::start(secrets.notify.clone()));
-    let gateway = Gateway::start(engine, Box::new(store), links, notifier, restored);
+    let gateway = Gateway::start(engine, store, links, notifier, restored);
     let listener = listen(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let guards = crate::ivr::IvrGuards::new(config.gateway.ivr_guesses_per_minute);

@@ -3,7 +3,10 @@
 //! gateway started on loopback next to a simulated PBX ([`LocalGateway`]), with tokens and an
 //! IVR key drawn at random for each start and read from its handle ([`Tokens`]); signed webhook
 //! requests of an IVR platform ([`post_webhook`], [`ivr_request`]); the simulated IVR platform's
-//! side of the simulator ([`Ivr`]); and the load driver ([`drive_many`]).
+//! side of the simulator ([`Ivr`]); the load driver ([`drive_many`]); and a private PostgreSQL
+//! server ([`postgres`]).
+
+pub mod postgres;
 
 use std::time::Duration;
 

@@ -53,8 +53,15 @@ pub struct Config {
 pub struct GatewaySettings {
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// A SQLite file (the default, `cstagate.db`), or a PostgreSQL database:
+    /// `postgres://user@host:port/db[?sslmode=verify-full|require|disable]` (no password in it).
     #[serde(default = "default_database")]
     pub database: PathBuf,
+    /// Environment variable holding the PostgreSQL password (with a `postgres://` `database`).
+    pub database_password_env: Option<String>,
+    /// PEM CA certificates trusted for the PostgreSQL server besides the public roots (a
+    /// company CA). Read and checked at load.
+    pub database_ca: Option<PathBuf>,
     /// Environment variable holding the admin API token.
     pub admin_token_env: Option<String>,
     /// Environment variable holding the IVR webhook's HMAC secret.
@@ -127,6 +134,8 @@ impl Default for GatewaySettings {
         GatewaySettings {
             listen: default_listen(),
             database: default_database(),
+            database_password_env: None,
+            database_ca: None,
             admin_token_env: None,
             ivr_secret_env: None,
             public_url: None,
@@ -171,8 +180,23 @@ impl GatewaySettings {
         }
     }
 
+    /// Where the state is kept: a SQLite file or a PostgreSQL database, checked (the URL, its
+    /// `sslmode`, `database_ca`); the password is read at start from `database_password_env`.
+    ///
+    /// # Errors
+    /// A bad `postgres://` URL, a password in it, `database_ca` or `database_password_env`
+    /// without such a URL: the error names the key.
+    pub fn database_backend(&self) -> Result<crate::store::Backend, ConfigError> {
+        let backend = crate::store::Backend::from_settings(&self.database, self.database_ca.as_deref()).map_err(|(key, why)| ConfigError::Invalid { at: "[gateway]".into(), key, why })?;
+        if self.database_password_env.is_some() && matches!(backend, crate::store::Backend::Sqlite(_)) {
+            return Err(ConfigError::Invalid { at: "[gateway]".into(), key: "database_password_env", why: "is only for a postgres:// database".into() });
+        }
+        Ok(backend)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         self.fastagi_allow_networks()?;
+        self.database_backend()?;
         let invalid = |key, why: &str| Err(ConfigError::Invalid { at: "[gateway]".into(), key, why: why.into() });
         // One without the other would leave the API in clear while the operator believes it is
         // not, or name a key nobody uses.

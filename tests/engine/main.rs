@@ -1,9 +1,12 @@
-//! The association engine in virtual time, the SQLite store, and the secrets the gateway draws.
+//! The association engine in virtual time, the stores (SQLite, PostgreSQL: one contract), and the secrets the gateway draws.
 //!
 //! One test binary per subject (cargo builds and links each `tests/*/main.rs` once); each
 //! file below is one group of tests.
 
 mod association_engine;
 mod secret_draws;
+mod store_backend;
+mod store_contract;
 mod store_files;
+mod store_postgres;
 mod store_sqlite;

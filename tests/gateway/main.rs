@@ -1,4 +1,4 @@
-//! The whole gateway on loopback: API, IVR adapters, notifications, proof of presence, storage failures, redaction, the directory.
+//! The whole gateway on loopback: API, IVR adapters, notifications, proof of presence, storage failures, redaction, the directory, PostgreSQL.
 //!
 //! One test binary per subject (cargo builds and links each `tests/*/main.rs` once); each
 //! file below is one group of tests.
@@ -20,6 +20,7 @@ mod csta_tls_pki;
 mod tls_common;
 
 mod gateway_e2e;
+mod postgres_e2e;
 mod proof_of_presence;
 mod notify;
 mod notify_dead_endpoints;
