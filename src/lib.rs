@@ -10,6 +10,7 @@ pub mod api_tls;
 pub mod association;
 pub mod capture;
 pub mod clock;
+pub mod cluster;
 pub mod codec;
 pub mod csta;
 /// The JSON view of APDUs moved to [`csta::view`]; this name stays for `cstagate decode` and the tests.

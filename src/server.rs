@@ -310,6 +310,11 @@ pub fn secrets_from_env(c: &Config) -> Result<Secrets, StartError> {
         tokens.push((v, t.clone()));
         s.admin_token = Some(t);
     }
+    if let Some(v) = c.cluster.as_ref().and_then(|c| c.internal_token_env.as_ref()) {
+        let t = read_secret("[cluster]", "internal_token_env", SecretSource::Env(v))?;
+        tokens.push((v, t.clone()));
+        s.internal_token = Some(t);
+    }
     if let Some(v) = &c.gateway.ivr_secret_env {
         s.ivr_secret = Some(read_secret("[gateway]", "ivr_secret_env", SecretSource::Env(v))?);
     }

@@ -45,6 +45,63 @@ pub struct Config {
     pub tenant: Vec<TenantConfig>,
     #[serde(default)]
     pub pbx: Vec<PbxConfig>,
+    /// `[cluster]`: this gateway is one of several sharing one PostgreSQL database; absent, it
+    /// serves every PBX alone, as always.
+    pub cluster: Option<ClusterSettings>,
+}
+
+/// `[cluster]`: several `cstagate run` processes share one PostgreSQL database and split the
+/// PBXs between them; each PBX's CSTA link is held by the one instance that owns its lease
+/// ([`crate::cluster`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This instance's name, unique in the cluster (the lease rows' `owner`): letters, digits,
+    /// `-`, `_` and `.`, at most 64.
+    pub instance_id: String,
+    /// This instance's internal base URL (`http://10.0.0.5:8080`), where the other instances
+    /// reach it; shown as each PBX's owner's address.
+    pub advertise: String,
+    /// How long a lease lasts without renewal: its owner renews every third of it, and gives the
+    /// PBX up when its last renewal is two thirds old; another instance takes the PBX over once
+    /// the lease has expired. 10 s by default, 3 s at least.
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: std::time::Duration,
+    /// Environment variable holding the secret the instances present to each other.
+    pub internal_token_env: Option<String>,
+}
+
+/// The default `lease_ttl`.
+pub const DEFAULT_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// The shortest `lease_ttl`: an owner must be able to renew (a database round trip) well within
+/// a third of it, on a loaded machine too.
+pub const MIN_LEASE_TTL: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn default_lease_ttl() -> std::time::Duration {
+    DEFAULT_LEASE_TTL
+}
+
+impl ClusterSettings {
+    fn validate(&self, gateway: &GatewaySettings) -> Result<(), ConfigError> {
+        let invalid = |key, why: &str| Err(ConfigError::Invalid { at: "[cluster]".into(), key, why: why.into() });
+        if self.instance_id.is_empty() || self.instance_id.len() > 64 || !self.instance_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+            return invalid("instance_id", "must be 1 to 64 letters, digits, `-`, `_` or `.`");
+        }
+        let rest = self.advertise.strip_prefix("https://").or_else(|| self.advertise.strip_prefix("http://"));
+        if rest.is_none_or(|r| r.split('/').next().is_none_or(str::is_empty)) || self.advertise.contains(['?', '#']) || self.advertise.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return invalid("advertise", "must be http(s)://host[:port] (this instance's internal base URL)");
+        }
+        if self.lease_ttl < MIN_LEASE_TTL {
+            return invalid("lease_ttl", "must be at least 3s (the owner renews every third of it)");
+        }
+        if self.lease_ttl > std::time::Duration::from_secs(3600) {
+            return invalid("lease_ttl", "must be at most 1h (a dead owner's PBXs wait that long)");
+        }
+        if !matches!(gateway.database_backend()?, crate::store::Backend::Postgres(_)) {
+            return invalid("instance_id", "needs a postgres:// [gateway] database: the instances share their state and leases there (SQLite serves one process)");
+        }
+        Ok(())
+    }
 }
 
 /// `[gateway]`: the HTTP API, the database and the secrets that guard them.
@@ -426,6 +483,9 @@ impl Config {
         if let Some(n) = g.ready_min_links.filter(|n| *n > self.pbx.len()) {
             return Err(ConfigError::Invalid { at: "[gateway]".into(), key: "ready_min_links", why: format!("is {n}, but only {} [[pbx]] are configured: /readyz could never be ready", self.pbx.len()) });
         }
+        if let Some(c) = &self.cluster {
+            c.validate(g)?;
+        }
         Ok(())
     }
 
@@ -453,6 +513,7 @@ impl Config {
         differ("shutdown_grace", a.shutdown_grace != b.shutdown_grace);
         differ("tls_cert, tls_key, tls_client_ca (paths)", a.tls_files() != b.tls_files());
         differ("log_format", a.log_format != b.log_format);
+        differ("[cluster]", self.cluster != new.cluster);
         let notify = |c: &Config| c.tenant.iter().map(|t| (t.id.clone(), t.notify_url.clone(), t.notify_secret_env.clone(), t.notify_ca.clone(), t.allow_plain_http)).collect::<Vec<_>>();
         differ("[[tenant]] notify_url, notify_secret_env, notify_ca, allow_plain_http", notify(self) != notify(new));
         keys

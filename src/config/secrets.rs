@@ -54,4 +54,7 @@ pub struct Secrets {
     pub twiml: Option<crate::ivr::twiml::TwimlSettings>,
     /// Tenant id → where to send its accounts' notifications.
     pub notify: std::collections::HashMap<String, crate::notify::Target>,
+    /// `[cluster] internal_token_env`: the secret the instances of a cluster present to each
+    /// other (read and checked at start; the calls between instances are not made yet).
+    pub internal_token: Option<String>,
 }

@@ -34,6 +34,11 @@ pub enum StoreError {
     /// time, or an operation got no answer in time. Never holds the password.
     #[error("PostgreSQL connection: {0}")]
     Connection(String),
+    /// `[cluster]`: a write for a PBX whose lease this instance does not hold with the epoch it
+    /// carried (another instance took the PBX over, or never owned here); nothing of the batch
+    /// is written.
+    #[error("fenced: this instance does not hold the lease of PBX `{pbx}`")]
+    Fenced { pbx: String },
     #[error("stored record is corrupt: {0}")]
     Corrupt(String),
     /// The database file could not be created or its mode tightened.

@@ -48,7 +48,7 @@ use crate::association::{AssociationView, AuditRecord, Binding, Millis, OwnerBlo
 
 /// The schema's migrations, in order: version and SQL. A released file is never edited; a
 /// change is a new file.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/postgres/0001_initial.sql")), (2, include_str!("migrations/postgres/0002_associations_seq.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/postgres/0001_initial.sql")), (2, include_str!("migrations/postgres/0002_associations_seq.sql")), (3, include_str!("migrations/postgres/0003_cluster_leases.sql"))];
 
 /// The advisory lock that serialises migrations across gateways ("cstagate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6373_7461_6761_7465;
@@ -160,6 +160,25 @@ impl PgTarget {
         Ok(PgTarget { config, ssl, local, ca })
     }
 
+    /// A connection manager for this database with `password`: the store's pool, and the
+    /// cluster's lease connection ([`crate::cluster::pg`]), connect alike.
+    ///
+    /// # Errors
+    /// The TLS configuration cannot be built.
+    pub fn manager(&self, password: Option<String>) -> Result<Manager, StoreError> {
+        let mut config = self.config.clone();
+        if let Some(p) = password {
+            config.password(p);
+        }
+        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+        // No TLS connector at all with `disable`: tokio-postgres asks one for the host's name
+        // even then, and a Unix socket has none.
+        Ok(match self.ssl {
+            SslMode::Disable => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
+            SslMode::Require | SslMode::VerifyFull => Manager::from_config(config, self.connector()?, manager_config),
+        })
+    }
+
     /// The `sslmode` in effect.
     pub fn ssl_mode(&self) -> SslMode {
         self.ssl
@@ -211,7 +230,8 @@ type Reply<T> = std::sync::mpsc::SyncSender<Result<T, StoreError>>;
 
 /// What the store's thread is asked.
 enum Request {
-    Apply(Vec<StoreWrite>, Reply<()>),
+    /// The writes, and the fence (owner and epochs by PBX) with `[cluster]`.
+    Apply(Vec<StoreWrite>, Option<(String, Vec<(String, i64)>)>, Reply<()>),
     Snapshot(Millis, Reply<Snapshot>),
     Association(String, Reply<Option<AssociationView>>),
     Audit(AuditFilter, Reply<Vec<AuditRecord>>),
@@ -222,6 +242,8 @@ enum Request {
 /// The PostgreSQL store: a handle to its thread (see the module doc).
 pub struct PostgresStore {
     requests: tokio::sync::mpsc::Sender<Request>,
+    /// `[cluster]`: the epochs every write for a PBX must carry ([`PostgresStore::fenced`]).
+    fence: Option<crate::cluster::Fence>,
 }
 
 impl PostgresStore {
@@ -235,17 +257,7 @@ impl PostgresStore {
         if !target.local && target.ssl == SslMode::Disable {
             tracing::warn!(hosts = ?target.config.get_hosts(), "PostgreSQL over plain TCP off this machine (sslmode=disable): bindings and the audit log cross the network in clear");
         }
-        let mut config = target.config.clone();
-        if let Some(p) = password {
-            config.password(p);
-        }
-        let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
-        // No TLS connector at all with `disable`: tokio-postgres asks one for the host's name
-        // even then, and a Unix socket has none.
-        let manager = match target.ssl {
-            SslMode::Disable => Manager::from_config(config, tokio_postgres::NoTls, manager_config),
-            SslMode::Require | SslMode::VerifyFull => Manager::from_config(config, target.connector()?, manager_config),
-        };
+        let manager = target.manager(password)?;
         let (requests, rx) = tokio::sync::mpsc::channel(2);
         let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
@@ -259,7 +271,19 @@ impl PostgresStore {
             })
             .map_err(|e| StoreError::Connection(format!("cannot start the store's thread: {e}")))?;
         ready.recv_timeout(OPEN_TIMEOUT).map_err(|_| StoreError::Connection(format!("PostgreSQL not ready within {OPEN_TIMEOUT:?}")))??;
-        Ok(PostgresStore { requests })
+        Ok(PostgresStore { requests, fence: None })
+    }
+
+    /// Fence every write batch with `fence` (`[cluster]`): each batch's first statements check,
+    /// in its transaction, that this instance holds the lease of every PBX it writes for with
+    /// the epoch it knows (`cstagate_fence`); otherwise the whole batch is refused
+    /// ([`StoreError::Fenced`]), nothing of it written, and the refused epoch handed back to the
+    /// fence's owner, which drops the PBX. A batch for a PBX not owned here is refused before it
+    /// is sent. Writes for no PBX (an account's failure counter) are not fenced.
+    #[must_use]
+    pub fn fenced(mut self, fence: crate::cluster::Fence) -> PostgresStore {
+        self.fence = Some(fence);
+        self
     }
 
     /// A server setting as the store's own sessions see it (`SHOW name`): for an operator's
@@ -289,7 +313,18 @@ impl Store for PostgresStore {
         if writes.is_empty() {
             return Ok(());
         }
-        self.call(|r| Request::Apply(writes.to_vec(), r))
+        let fence = match &self.fence {
+            None => None,
+            Some(f) => Some((f.owner().to_owned(), f.epochs(writes.iter().filter_map(write_pbx)).map_err(|n| StoreError::Fenced { pbx: n.0 })?)),
+        };
+        let result = self.call(|r| Request::Apply(writes.to_vec(), fence.clone(), r));
+        if let (Err(StoreError::Fenced { pbx }), Some(f), Some((_, epochs))) = (&result, &self.fence, &fence) {
+            if let Some((_, e)) = epochs.iter().find(|(p, _)| p == pbx) {
+                tracing::warn!(pbx = %pbx, epoch = e, "a write batch was fenced: another instance holds this PBX's lease; dropping it");
+                f.refused(pbx, *e);
+            }
+        }
+        result
     }
     fn snapshot(&self, now: Millis) -> Result<Snapshot, StoreError> {
         self.call(|r| Request::Snapshot(now, r))
@@ -323,7 +358,7 @@ async fn worker(manager: Manager, ready: std::sync::mpsc::SyncSender<Result<(), 
     }
     while let Some(req) = rx.recv().await {
         match req {
-            Request::Apply(w, r) => drop(r.send(bounded(apply(&pool, &w)).await)),
+            Request::Apply(w, f, r) => drop(r.send(bounded(apply(&pool, &w, f.as_ref())).await)),
             Request::Snapshot(now, r) => drop(r.send(bounded(snapshot(&pool, now)).await)),
             Request::Association(id, r) => drop(r.send(bounded(association(&pool, &id)).await)),
             Request::Audit(f, r) => drop(r.send(bounded(audit(&pool, &f)).await)),
@@ -338,14 +373,14 @@ async fn bounded<T>(op: impl Future<Output = Result<T, StoreError>>) -> Result<T
 }
 
 /// A PostgreSQL error: the server's own (with its SQLSTATE), or the connection's.
-fn pg(e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn pg(e: tokio_postgres::Error) -> StoreError {
     match e.as_db_error() {
         Some(d) => StoreError::Postgres { sqlstate: Some(d.code().code().to_owned()), message: d.message().to_owned() },
         None => StoreError::Connection(e.to_string()),
     }
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
     match e {
         deadpool_postgres::PoolError::Backend(e) => pg(e),
         other => StoreError::Connection(format!("PostgreSQL connection: {other}")),
@@ -413,11 +448,32 @@ fn text(s: &str) -> Param {
     Box::new(s.to_owned())
 }
 
+/// The PBX a write is for, when it is for one (what the fence checks).
+fn write_pbx(w: &StoreWrite) -> Option<&str> {
+    match w {
+        StoreWrite::Association(v) => Some(v.pbx.as_str()),
+        StoreWrite::Bind(b) => Some(b.pbx.as_str()),
+        StoreWrite::Unbind { pbx, .. } | StoreWrite::Unblock { pbx, .. } => Some(pbx.as_str()),
+        StoreWrite::Counter { key: crate::association::CounterKey::AccountExtension { pbx, .. }, .. } => Some(pbx.as_str()),
+        StoreWrite::Counter { .. } => None,
+        StoreWrite::ProofCall(c) => Some(c.pbx.as_str()),
+        StoreWrite::Block(b) => Some(b.pbx.as_str()),
+        StoreWrite::Audit(a) => Some(a.pbx.as_str()),
+    }
+}
+
 /// One transaction: BEGIN, the writes and COMMIT in one pipeline. A statement that fails makes
 /// the server refuse the ones after it and turn the COMMIT into a rollback: nothing is written.
-async fn apply(pool: &Pool, writes: &[StoreWrite]) -> Result<(), StoreError> {
+/// With a fence, its checks come first (`cstagate_fence`, one per PBX), and a stale epoch is
+/// [`StoreError::Fenced`].
+async fn apply(pool: &Pool, writes: &[StoreWrite], fence: Option<&(String, Vec<(String, i64)>)>) -> Result<(), StoreError> {
     let client = pool.get().await.map_err(pool_error)?;
     let mut statements: Vec<(&'static str, Vec<Param>)> = Vec::with_capacity(writes.len() + 1);
+    if let Some((owner, epochs)) = fence {
+        for (pbx, epoch) in epochs {
+            statements.push(("SELECT cstagate_fence($1, $2, $3)", vec![text(pbx), text(owner), Box::new(*epoch)]));
+        }
+    }
     for w in writes {
         match w {
             StoreWrite::Association(v) => {
@@ -464,8 +520,15 @@ async fn apply(pool: &Pool, writes: &[StoreWrite]) -> Result<(), StoreError> {
     }
     steps.push(Box::pin(client.batch_execute("COMMIT")));
     let result = pipeline(steps).await;
-    finish(client, result)
+    let fenced = result.as_ref().err().and_then(|e| e.as_db_error()).filter(|d| d.code().code() == FENCE_SQLSTATE).map(|d| d.detail().unwrap_or_default().to_owned());
+    match (finish(client, result), fenced) {
+        (Err(_), Some(pbx)) => Err(StoreError::Fenced { pbx }),
+        (r, _) => r,
+    }
 }
+
+/// The SQLSTATE `cstagate_fence` raises for a stale lease (migration 0003).
+const FENCE_SQLSTATE: &str = "CSG01";
 
 /// The result of an operation on `client`; a connection that failed other than by the server's
 /// refusal (closed, I/O) leaves the pool rather than serve the next operation.
