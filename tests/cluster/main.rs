@@ -6,3 +6,4 @@
 
 mod cluster_config;
 mod lease_machine;
+mod leases_pg;
