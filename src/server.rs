@@ -39,6 +39,8 @@ pub struct Running {
     control: crate::api::ApiControl,
     /// The PBXs' directories (`GET /v1/directory/{pbx}`), rebuilt by a reload.
     directories: crate::directory::Directories,
+    /// With `[cluster]`: the lease task, which decides which PBXs' links run here.
+    cluster: Option<crate::cluster::shell::Cluster>,
 }
 
 /// What a reload changed ([`Running::reload`]).
@@ -117,7 +119,14 @@ impl Running {
         let old = self.config.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let mut done = Reloaded { need_restart: old.restart_keys(&new), ..Reloaded::default() };
         let mut links = Vec::new();
-        for p in &new.pbx {
+        // With [cluster], which links run is the leases' decision (the gate's): a change of
+        // the PBXs or of their link keys waits for a restart.
+        let pbxs = |c: &Config| c.pbx.iter().map(|p| (p.id.clone(), p.link_settings())).collect::<Vec<_>>();
+        let clustered = self.cluster.is_some();
+        if clustered && pbxs(&old) != pbxs(&new) {
+            done.need_restart.push("[[pbx]] (ids and link keys, with [cluster])");
+        }
+        for p in new.pbx.iter().filter(|_| !clustered) {
             match old.pbx(&p.id) {
                 Some(o) if o.link_settings() == p.link_settings() => continue,
                 Some(_) => done.links_restarted.push(p.id.clone()),
@@ -125,7 +134,7 @@ impl Running {
             }
             links.push((p.id.clone(), Link::spawn(p.profile()?)));
         }
-        done.links_removed = old.pbx.iter().filter(|o| new.pbx(&o.id).is_none()).map(|o| o.id.clone()).collect();
+        done.links_removed = old.pbx.iter().filter(|o| !clustered && new.pbx(&o.id).is_none()).map(|o| o.id.clone()).collect();
         let change = crate::gateway::Reconfigure { policies: new.policies()?, links, removed: done.links_removed.clone() };
         self.gateway.reconfigure(change).await.map_err(|_| StartError::Stopped)?;
         self.control.set_secrets(checked.secrets);
@@ -173,6 +182,14 @@ impl Running {
             tracing::warn!(timeout = ?RELEASE_TIMEOUT, "a PBX did not confirm the release of its link in time");
         }
         tracing::info!(links = links.len(), "PBX links released; stopped");
+        if let Some(c) = self.cluster {
+            c.stop().await;
+        }
+    }
+
+    /// With `[cluster]`: the PBXs this instance owns now, with their lease epochs.
+    pub fn owned(&self) -> Option<std::collections::BTreeMap<String, i64>> {
+        self.cluster.as_ref().map(crate::cluster::shell::Cluster::owned)
     }
 }
 
@@ -351,12 +368,30 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let profiles = config.pbx.iter().map(crate::config::PbxConfig::profile).collect::<Result<Vec<_>, _>>()?;
     let tls = config.gateway.tls_files().map(ApiTls::load).transpose()?;
     let password = config.gateway.database_password_env.as_deref().map(|v| read_secret("[gateway]", "database_password_env", SecretSource::Env(v))).transpose()?;
-    let store = config.gateway.database_backend()?.open(password)?;
-    let snap = store.snapshot(now_ms())?;
-    let (engine, restored): (Engine, Vec<Action>) = Engine::restore(policies, snap, now_ms());
-    let links: HashMap<_, _> = profiles.into_iter().map(|p| (p.id.clone(), Link::spawn(p))).collect();
+    let backend = config.gateway.database_backend()?;
+    // With [cluster]: the store fenced by this instance's lease epochs, and no link until a
+    // lease is owned (the gate starts it).
+    let cluster = match (&config.cluster, &backend) {
+        (Some(c), crate::store::Backend::Postgres(target)) => Some(crate::cluster::Parts::new(c, target, password.clone(), config.pbx.iter().map(|p| p.id.clone()))?),
+        _ => None,
+    };
+    let store: Box<dyn crate::store::Store> = match (&cluster, &backend) {
+        (Some(parts), crate::store::Backend::Postgres(target)) => Box::new(crate::store::PostgresStore::open(target, password)?.fenced(parts.fence.clone())),
+        _ => backend.open(password)?,
+    };
+    let mut snap = store.snapshot(now_ms())?;
+    if cluster.is_some() {
+        // The associations in flight are their PBX owners' (maybe alive): not this start's to end.
+        snap.in_flight.clear();
+    }
+    let (engine, restored): (Engine, Vec<Action>) = Engine::restore(policies.clone(), snap, now_ms());
+    let (links, cluster_profiles): (HashMap<_, _>, HashMap<_, _>) = match cluster {
+        None => (profiles.into_iter().map(|p| (p.id.clone(), Link::spawn(p))).collect(), HashMap::new()),
+        Some(_) => (HashMap::new(), profiles.into_iter().map(|p| (p.id.clone(), p)).collect()),
+    };
     let notifier = (!secrets.notify.is_empty()).then(|| crate::notify::Notifier::start(secrets.notify.clone()));
     let gateway = Gateway::start(engine, store, links, notifier, restored);
+    let cluster = cluster.map(|parts| parts.start(gateway.clone(), cluster_profiles, policies));
     let listener = listen(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let guards = crate::ivr::IvrGuards::new(config.gateway.ivr_guesses_per_minute);
@@ -389,7 +424,7 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
         fastagi = Some(tokio::spawn(crate::ivr::fastagi::serve_until(l, gateway.clone(), std::sync::Arc::new(settings), guards, shutdown.clone())));
         tracing::info!(addr = ?fastagi_addr, "FastAGI server listening");
     }
-    Ok(Running { addr, fastagi_addr, gateway, server, fastagi, shutdown, grace: config.gateway.shutdown_grace, tls, config: std::sync::Mutex::new(config.clone()), control, directories })
+    Ok(Running { addr, fastagi_addr, gateway, server, fastagi, shutdown, grace: config.gateway.shutdown_grace, tls, config: std::sync::Mutex::new(config.clone()), control, directories, cluster })
 }
 
 /// Connections the kernel queues for a listener before the gateway accepts them. A burst of app

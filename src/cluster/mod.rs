@@ -10,6 +10,7 @@
 //! `expires_at`), taken only when free or expired, its epoch raised at each new owner, and the
 //! store's writes for a PBX refused unless they carry the live epoch (fencing).
 
+pub mod gate;
 pub mod lease;
 pub mod pg;
 pub mod shell;
@@ -86,5 +87,34 @@ impl Fence {
         }
         drop(m);
         let _ = self.refused.try_send((pbx.to_owned(), epoch));
+    }
+}
+
+/// What `cstagate run` builds for `[cluster]` before the gateway starts (the fence goes into
+/// the store), then starts once it runs ([`Parts::start`]).
+pub struct Parts {
+    pub fence: Fence,
+    refused: tokio::sync::mpsc::Receiver<(String, i64)>,
+    db: pg::LeaseDb,
+    leases: lease::Leases,
+}
+
+impl Parts {
+    /// The lease connection and state of this instance over `pbxs`.
+    ///
+    /// # Errors
+    /// The database's TLS configuration cannot be built.
+    pub fn new(c: &crate::config::ClusterSettings, target: &crate::store::postgres::PgTarget, password: Option<String>, pbxs: impl IntoIterator<Item = String>) -> Result<Parts, crate::store::StoreError> {
+        let timing = lease::Timing { ttl: c.lease_ttl };
+        let db = pg::LeaseDb::new(target, password, &c.instance_id, &c.advertise, c.lease_ttl, timing.renew_every())?;
+        let (fence, refused) = Fence::new(&c.instance_id);
+        Ok(Parts { fence, refused, db, leases: lease::Leases::new(&c.instance_id, pbxs, timing, std::time::Instant::now()) })
+    }
+
+    /// Start the lease task and the link gate for `gateway`.
+    pub fn start(self, gateway: crate::gateway::Gateway, profiles: HashMap<String, crate::config::LinkProfile>, policies: HashMap<String, crate::association::Policy>) -> shell::Cluster {
+        let (gate_tx, gate_rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(gate::run(gateway, profiles, policies, gate_rx));
+        shell::Cluster::start(self.db, self.leases, self.fence, self.refused, gate_tx)
     }
 }

@@ -154,6 +154,12 @@ impl Peer {
     }
 
     fn associate(&mut self) {
+        if !self.associated {
+            self.shared.stats.send_modify(|s| {
+                s.associated += 1;
+                s.associated_max = s.associated_max.max(s.associated);
+            });
+        }
         self.associated = true;
         let _ = self.switch.send(Msg::Connected { conn: self.conn, tx: self.out.clone() });
     }
@@ -436,6 +442,9 @@ async fn serve<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(mut rd: R, mut wr: W
             }
             _ = stop.changed() => break,
         }
+    }
+    if peer.associated {
+        shared.stats.send_modify(|s| s.associated -= 1);
     }
     let _ = switch.send(Msg::Disconnected { conn });
     let _ = wr.shutdown().await;

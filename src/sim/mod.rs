@@ -321,6 +321,12 @@ pub struct SimStats {
     /// TLS handshakes that failed (with [`SimConfig::tls`]): the client refused our certificate,
     /// or had none when one is required.
     pub tls_failures: u64,
+    /// Connections with a live application association now (past the AARQ, the XML session
+    /// start, or needing neither), until they close.
+    pub associated: u64,
+    /// The most such connections open at once since the start: the split-brain oracle of
+    /// several gateways sharing PBXs (it must never exceed 1 for a PBX served by a cluster).
+    pub associated_max: u64,
 }
 
 pub(crate) struct Shared {

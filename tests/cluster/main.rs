@@ -7,3 +7,4 @@
 mod cluster_config;
 mod lease_machine;
 mod leases_pg;
+mod processes;

@@ -1,0 +1,48 @@
+//! The link gate of `cstagate run` with `[cluster]`: a PBX's CSTA link runs only while this
+//! instance owns the PBX's lease. The lease shell's changes arrive here in order; each becomes a
+//! reconfiguration of the gateway ([`crate::gateway::Reconfigure`]), the path a reload takes:
+//! a PBX gained gets its link (and the engine acts for it), a PBX lost has its associations in
+//! flight ended (`pbx_removed`: committed while the lease still lives, when it was handed back or
+//! given up on time), their calls cleared through the link, and the link released (RLRQ).
+
+use std::collections::HashMap;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use super::lease::Change;
+use super::shell::GateEvent;
+use crate::association::Policy;
+use crate::config::LinkProfile;
+use crate::gateway::{Gateway, Query, Reconfigure};
+use crate::link::{Link, LinkState};
+
+/// Run the gate until the shell stops: `profiles` by PBX, `policies` as configured.
+pub async fn run(gateway: Gateway, profiles: HashMap<String, LinkProfile>, policies: HashMap<String, Policy>, mut events: mpsc::Receiver<GateEvent>) {
+    let mut closing: Option<Link> = None;
+    while let Some(GateEvent { change, done }) = events.recv().await {
+        let change = match change {
+            Change::Gained { pbx, .. } => {
+                let Some(profile) = profiles.get(&pbx) else { continue };
+                Reconfigure { policies: policies.clone(), links: vec![(pbx, Link::spawn(profile.clone()))], removed: Vec::new() }
+            }
+            Change::Lost { pbx, .. } => {
+                closing = gateway.links().get(&pbx).cloned();
+                Reconfigure { policies: policies.clone(), links: Vec::new(), removed: vec![pbx] }
+            }
+        };
+        if gateway.reconfigure(change).await.is_err() {
+            warn!("the gateway stopped: PBX ownership no longer applied");
+            return;
+        }
+        // A round trip through the actor after the reconfiguration: its batch (the ends of the
+        // lost PBX's associations) is committed by the time this answers.
+        let _ = gateway.query(Query::Sizes).await;
+        // The old link released (RLRQ answered, or the connection closed): only then may the
+        // lease go to another instance. (The shell bounds this wait.)
+        if let Some(link) = closing.take() {
+            link.wait_for(|s| matches!(s, LinkState::Closed)).await;
+        }
+        let _ = done.send(());
+    }
+}
