@@ -58,3 +58,13 @@ fn a_changed_cluster_table_needs_a_restart() {
     assert_eq!(a.restart_keys(&b), vec!["[cluster]"]);
     assert!(a.restart_keys(&a.clone()).is_empty());
 }
+
+/// The README's `[cluster]` example parses, with the keys it documents.
+#[test]
+fn the_readme_cluster_example_is_valid() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme.split("```toml\n").filter_map(|b| b.split("```").next()).find(|b| b.contains("[cluster]")).expect("the [cluster] example");
+    let c = Config::parse(block).unwrap_or_else(|e| panic!("README [cluster] example: {e}"));
+    let k = c.cluster.expect("[cluster]");
+    assert_eq!((k.instance_id.as_str(), k.advertise.as_str(), k.lease_ttl, k.internal_token_env.as_deref()), ("gw-a", "http://10.0.0.5:8080", Duration::from_secs(10), Some("CSTAGATE_CLUSTER_TOKEN")));
+}
