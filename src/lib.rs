@@ -36,4 +36,5 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;
+pub(crate) mod text;
 pub mod webhook;

@@ -14,9 +14,7 @@ use crate::gateway::Gateway;
 use crate::link::Link;
 use crate::shutdown::Shutdown;
 
-/// How long the release of every PBX link (RLRQ, then the PBX's RLRE) may take at shutdown; a
-/// PBX that does not answer in time has its connection closed.
-pub const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+pub use crate::gateway::RELEASE_TIMEOUT;
 
 /// A started gateway.
 pub struct Running {

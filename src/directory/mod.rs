@@ -82,8 +82,7 @@ pub(crate) fn is_dial_string(s: &str) -> bool {
 /// a user reads.
 pub(crate) fn clean_name(raw: &str) -> Option<String> {
     let name = raw.trim();
-    crate::api::extract::check_text("name", name, MAX_NAME_CHARS).ok()?;
-    Some(name.to_owned())
+    crate::text::is_display_name(name, MAX_NAME_CHARS).then(|| name.to_owned())
 }
 
 /// Where a source's names come from.

@@ -245,7 +245,7 @@ async fn retire(links: Vec<(String, Link, Vec<(CallId, Extension)>)>) {
             }
         });
         futures_util::future::join_all(calls).await;
-        if tokio::time::timeout(crate::server::RELEASE_TIMEOUT, link.shutdown()).await.is_err() {
+        if tokio::time::timeout(super::RELEASE_TIMEOUT, link.shutdown()).await.is_err() {
             warn!(pbx = %pbx, "the PBX did not confirm the release of its old link in time");
         }
         info!(pbx = %pbx, "old PBX link released");

@@ -34,6 +34,11 @@ mod actor;
 mod ended;
 mod links;
 
+/// How long the release of a PBX link (RLRQ, then the PBX's RLRE) may take, at shutdown or when
+/// a reload removes or replaces the link; a PBX that does not answer in time has its connection
+/// closed.
+pub const RELEASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub use ended::Ended;
 use links::Pending;
 

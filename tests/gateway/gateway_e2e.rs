@@ -536,7 +536,7 @@ async fn every_response_matches_the_served_openapi_document() {
     assert_eq!((s, v), (204, Value::Null));
     check("delete", "/v1/bindings/{pbx}/{extension}", h.json("DELETE", "/v1/bindings/paris/2005?account=alice", t, None).await.unwrap());
     check("get", "/v1/extensions/{pbx}/{extension}/events", h.json("GET", "/v1/extensions/paris/2005/events?account=alice", t, None).await.unwrap());
-    assert_eq!(seen, 37);
+    assert_eq!(seen, 38);
     // The metrics: counters end in `_total`, and the ends are counted by state and reason.
     let (s, body) = h.raw("GET", "/metrics", &[], None).await.unwrap();
     let text = String::from_utf8_lossy(&body);

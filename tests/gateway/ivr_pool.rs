@@ -76,17 +76,7 @@ impl Env {
         self.http().json("GET", &format!("/v1/associations/{id}"), &self.gw.tokens.tenant, None).await.unwrap().1
     }
     async fn wait(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        timeout(LIMIT, async {
-            loop {
-                let v = self.assoc(id).await;
-                if pred(&v) {
-                    return v;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await; // polling the API, as an app does
-            }
-        })
-        .await
-        .expect("the association reaches the expected state")
+        crate::gateway_e2e::wait_assoc(self.http(), &self.gw.tokens.tenant, id, pred).await
     }
     /// The next proof call at the IVR: (call, calling number, number dialled). No digits follow
     /// it: the pool number is all the call carries.

@@ -50,21 +50,8 @@ impl Env {
         assert!(v.get("context_id").is_none(), "the context id is never shown: {v}");
         (v["id"].as_str().unwrap().to_owned(), v["code"].as_str().unwrap().to_owned())
     }
-    async fn assoc(&self, id: &str) -> Value {
-        self.http().json("GET", &format!("/v1/associations/{id}"), &self.gw.tokens.tenant, None).await.unwrap().1
-    }
     async fn wait(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        timeout(LIMIT, async {
-            loop {
-                let v = self.assoc(id).await;
-                if pred(&v) {
-                    return v;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await; // polling the API, as an app does
-            }
-        })
-        .await
-        .expect("the association reaches the expected state")
+        crate::gateway_e2e::wait_assoc(self.http(), &self.gw.tokens.tenant, id, pred).await
     }
     /// The proof call as the IVR platform receives it: its call id and the dialled digits.
     async fn proof_call_at_ivr(&mut self) -> (String, String) {
