@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use cstagate::sim::{SimConfig, SimPbx};
 use cstagate::testkit::postgres::{self as pg, PgServer};
-use cstagate::testkit::Tokens;
+use cstagate::testkit::{Http, Tokens};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::timeout;
 
@@ -22,6 +22,8 @@ const TTL: &str = "3s";
 struct Instance {
     id: String,
     child: tokio::process::Child,
+    /// The API's `host:port`.
+    api: String,
 }
 
 /// Start `cstagate run` as instance `id` of the cluster on `url`, serving `sims`.
@@ -30,7 +32,7 @@ async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, t
         "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{url}\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:1\"\nlease_ttl = \"{TTL}\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n"
     );
     for (i, sim) in sims.iter().enumerate() {
-        text += &format!("\n[[pbx]]\nid = \"pbx{i}\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"2005\"]\nivr_number = \"08001002{i:02}\"\nreconnect_min = \"20ms\"\n", sim.addr());
+        text += &format!("\n[[pbx]]\nid = \"pbx{i}\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"{}\"]\nivr_number = \"08001002{i:02}\"\nreconnect_min = \"20ms\"\n", sim.addr(), extension(i));
     }
     let config = dir.join(format!("{id}.toml"));
     std::fs::write(&config, text).unwrap();
@@ -48,10 +50,10 @@ async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, t
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    timeout(LIMIT, async {
+    let api = timeout(LIMIT, async {
         while let Ok(Some(l)) = out.next_line().await {
             if l.contains("gateway API on http://") {
-                return;
+                return l.rsplit("http://").next().unwrap_or_default().to_owned();
             }
         }
         panic!("{id} ended before listening");
@@ -60,7 +62,24 @@ async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, t
     .unwrap_or_else(|_| panic!("{id} not listening in time"));
     // Keep reading its output so that it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    Instance { id: id.to_owned(), child }
+    Instance { id: id.to_owned(), child, api }
+}
+
+/// PBX `i`'s one extension (each PBX its own, so that an extension names its PBX).
+fn extension(i: usize) -> String {
+    format!("2{i}05")
+}
+
+/// The simulated PBXs, `n` of them, with keep-alives every `keepalive` when given (two unanswered
+/// and the PBX drops the connection, as real PBXs do with a silent peer).
+async fn sims(n: usize, keepalive: Option<Duration>) -> Vec<SimPbx> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        let mut c = SimConfig::phase3(&[&extension(i)]);
+        c.keepalive = keepalive;
+        v.push(SimPbx::start(c, "127.0.0.1:0").await.unwrap());
+    }
+    v
 }
 
 /// The live leases: PBX → (owner, epoch).
@@ -117,10 +136,7 @@ async fn three_instances_share_six_pbxs_and_a_killed_ones_pbxs_are_reowned_witho
     let url = s.socket_url(&db);
     let dir = std::env::temp_dir().join(format!("cstagate-cluster-{}", cstagate::random::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let mut sims = Vec::new();
-    for _ in 0..6 {
-        sims.push(SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap());
-    }
+    let sims = sims(6, None).await;
     let tokens = Tokens::random();
     let mut instances = Vec::new();
     for id in ["gw-a", "gw-b", "gw-c"] {
@@ -162,5 +178,81 @@ async fn three_instances_share_six_pbxs_and_a_killed_ones_pbxs_are_reowned_witho
     }
     assert!(leases(s, &db).is_empty(), "leases still live after a clean stop: {:?}", leases(s, &db));
     oracle(&sims);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A paused instance (SIGSTOP past its lease, then SIGCONT) must not write with its old epoch:
+/// the other instance takes its PBX with a higher epoch; once resumed, the paused one drops the
+/// PBX (its link is gone from `GET /v1/pbx`) and what it then writes for it — the end of the
+/// association it had in flight there — is refused by the database: the association stays as
+/// it was, no audit record of its. The simulated PBXs drop a silent peer after two unanswered
+/// keep-alives (1 s here, before the 3 s lease can expire), so the oracle holds here too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_instance_does_not_write_with_its_old_epoch() {
+    let Some(s) = pg::shared() else { return };
+    let db = s.database("paused");
+    let url = s.socket_url(&db);
+    let dir = std::env::temp_dir().join(format!("cstagate-paused-{}", cstagate::random::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sims = sims(2, Some(Duration::from_millis(500))).await;
+    let tokens = Tokens::random();
+    let mut instances = Vec::new();
+    for id in ["gw-a", "gw-b"] {
+        instances.push(instance(id, &url, &sims, &dir, &tokens).await);
+    }
+    let spread = leases_until(s, &db, "one PBX each", |l| l.len() == 2 && per_owner(l).len() == 2).await;
+    every_link_up_once(&sims).await;
+    let (pbx, (victim, epoch)) = spread.iter().next().map(|(p, o)| (p.clone(), o.clone())).unwrap();
+    let i: usize = pbx.trim_start_matches("pbx").parse().unwrap();
+    let v = instances.iter().position(|x| x.id == victim).unwrap();
+    // An association in flight on that PBX, at its owner.
+    let http = Http::new(&format!("http://{}", instances[v].api));
+    let (status, created) = http.json("POST", "/v1/associations", &tokens.tenant, Some(serde_json::json!({ "account": "alice", "extension": extension(i) }))).await.unwrap();
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let row = |s: &PgServer| s.psql(&db, &format!("SELECT state, final FROM associations WHERE id = '{id}'")).unwrap();
+    let before = timeout(LIMIT, async {
+        loop {
+            let r = row(s);
+            if !r.is_empty() {
+                return r;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap();
+    let audit = |s: &PgServer| s.psql(&db, &format!("SELECT step, result FROM audit WHERE association = '{id}' ORDER BY seq")).unwrap();
+    let audit_before = audit(s);
+
+    let pid = instances[v].child.id().unwrap().to_string();
+    assert!(tokio::process::Command::new("kill").args(["-STOP", &pid]).status().await.unwrap().success());
+    // The other instance takes the PBX with a higher epoch, and links it.
+    let taken = leases_until(s, &db, "the paused instance's PBX taken over", |l| l.get(&pbx).is_some_and(|(o, e)| *o != victim && *e > epoch)).await;
+    timeout(LIMIT, sims[i].wait_stats(|st| st.associated == 1 && st.connections >= 2)).await.expect("the new owner's link");
+    assert!(tokio::process::Command::new("kill").args(["-CONT", &pid]).status().await.unwrap().success());
+    // Resumed: it drops the PBX (no link to it any more).
+    let admin = tokens.admin.clone();
+    timeout(LIMIT, async {
+        loop {
+            if let Ok((200, l)) = http.json("GET", "/v1/pbx", &admin, None).await {
+                if l["pbx"].as_array().is_some_and(|a| a.iter().all(|p| p["id"] != pbx.as_str())) {
+                    return;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the resumed instance drops the PBX it lost");
+    // Nothing it wrote for that PBX with its old epoch got in.
+    assert_eq!(row(s), before, "the association was changed by the instance that lost the lease");
+    assert_eq!(audit(s), audit_before);
+    assert_eq!(leases(s, &db)[&pbx], taken[&pbx], "the new owner keeps the lease");
+    oracle(&sims);
+    for x in &mut instances {
+        let _ = x.child.start_kill();
+        let _ = x.child.wait().await;
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
