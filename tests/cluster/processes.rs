@@ -24,6 +24,8 @@ struct Instance {
     child: tokio::process::Child,
     /// The API's `host:port`.
     api: String,
+    /// Its log lines (stderr), as they come.
+    log: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 /// Start `cstagate run` as instance `id` of the cluster on `url`, serving `sims`.
@@ -45,11 +47,18 @@ async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, t
         .env("RUST_LOG", "cstagate=info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (log_tx, log) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(l)) = err.next_line().await {
+            let _ = log_tx.send(l);
+        }
+    });
     let api = timeout(LIMIT, async {
         while let Ok(Some(l)) = out.next_line().await {
             if l.contains("gateway API on http://") {
@@ -62,7 +71,7 @@ async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, t
     .unwrap_or_else(|_| panic!("{id} not listening in time"));
     // Keep reading its output so that it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    Instance { id: id.to_owned(), child, api }
+    Instance { id: id.to_owned(), child, api, log }
 }
 
 /// PBX `i`'s one extension (each PBX its own, so that an extension names its PBX).
@@ -245,6 +254,18 @@ async fn a_paused_instance_does_not_write_with_its_old_epoch() {
     })
     .await
     .expect("the resumed instance drops the PBX it lost");
+    // It tried to write for that PBX (the end of its association there) and was refused.
+    let log = &mut instances[v].log;
+    timeout(LIMIT, async {
+        while let Some(l) = log.recv().await {
+            if l.contains("a write batch was fenced") && l.contains(pbx.as_str()) {
+                return;
+            }
+        }
+        panic!("the log ended");
+    })
+    .await
+    .expect("the resumed instance's write for the lost PBX refused (fenced)");
     // Nothing it wrote for that PBX with its old epoch got in.
     assert_eq!(row(s), before, "the association was changed by the instance that lost the lease");
     assert_eq!(audit(s), audit_before);
