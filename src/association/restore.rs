@@ -36,9 +36,18 @@ impl Engine {
                 e.blocks.insert(b.key(), b);
             }
         }
+        let actions = e.end_orphans(snap.in_flight, now);
+        (e, actions)
+    }
+
+    /// End associations left in flight by a gateway that is gone (this one before a restart, or
+    /// with `[cluster]` the dead previous owner of a PBX this instance just took over): each
+    /// not final and not followed by this engine ends failed with `gateway_restarted`, audited,
+    /// the account told, and the proof call it left up cleared (its call id is in the view).
+    pub fn end_orphans(&mut self, in_flight: Vec<AssociationView>, now: Millis) -> Vec<Action> {
         let mut actions = Vec::new();
-        for mut v in snap.in_flight {
-            if v.state.is_final(v.retryable) {
+        for mut v in in_flight {
+            if v.state.is_final(v.retryable) || self.assocs.contains_key(v.id.as_str()) {
                 continue;
             }
             v.state = State::Failed;
@@ -48,14 +57,14 @@ impl Engine {
             actions.push(audit(&v, now, "failed", "gateway_restarted"));
             // The call the previous run placed may still be up (ringing, or in the IVR).
             if let Some(call) = v.call.take() {
-                let rid = RequestId(e.next_request);
-                e.next_request += 1;
+                let rid = RequestId(self.next_request);
+                self.next_request += 1;
                 actions.push(Action::Csta { id: rid, association: v.id.clone(), pbx: v.pbx.clone(), request: CstaRequest::ClearConnection { call, extension: v.extension.clone() } });
             }
             actions.push(Action::Notify { tenant: v.tenant.clone(), account: v.account.clone(), event: "failed".into(), association: v.id.clone() });
             actions.push(Action::Store(StoreWrite::Association(v)));
         }
-        (e, actions)
+        actions
     }
 
     /// The proof calls of the live associations (and the lock calls of those still waiting for

@@ -1,7 +1,8 @@
 //! The link gate of `cstagate run` with `[cluster]`: a PBX's CSTA link runs only while this
 //! instance owns the PBX's lease. The lease shell's changes arrive here in order; each becomes a
 //! reconfiguration of the gateway ([`crate::gateway::Reconfigure`]), the path a reload takes:
-//! a PBX gained gets its link (and the engine acts for it), a PBX lost has its associations in
+//! a PBX gained gets its link (and the engine acts for it) and the associations its previous
+//! owner left in flight there end `gateway_restarted`, their proof calls cleared; a PBX lost has its associations in
 //! flight ended (`pbx_removed`: committed while the lease still lives, when it was handed back or
 //! given up on time), their calls cleared through the link, and the link released (RLRQ).
 
@@ -21,9 +22,11 @@ use crate::link::{Link, LinkState};
 pub async fn run(gateway: Gateway, profiles: HashMap<String, LinkProfile>, policies: HashMap<String, Policy>, mut events: mpsc::Receiver<GateEvent>) {
     let mut closing: Option<Link> = None;
     while let Some(GateEvent { change, done }) = events.recv().await {
+        let mut adopt = None;
         let change = match change {
             Change::Gained { pbx, .. } => {
                 let Some(profile) = profiles.get(&pbx) else { continue };
+                adopt = Some(pbx.clone());
                 Reconfigure { policies: policies.clone(), links: vec![(pbx, Link::spawn(profile.clone()))], removed: Vec::new() }
             }
             Change::Lost { pbx, .. } => {
@@ -34,6 +37,13 @@ pub async fn run(gateway: Gateway, profiles: HashMap<String, LinkProfile>, polic
         if gateway.reconfigure(change).await.is_err() {
             warn!("the gateway stopped: PBX ownership no longer applied");
             return;
+        }
+        // Taken over: what the previous owner (dead, or paused and fenced) left in flight there
+        // ends `gateway_restarted`, its proof calls cleared through the new link.
+        if let Some(pbx) = adopt {
+            if gateway.adopt(&pbx).await.is_err() {
+                warn!(pbx = %pbx, "the previous owner's associations in flight not ended: they will be at the next takeover or restart");
+            }
         }
         // A round trip through the actor after the reconfiguration: its batch (the ends of the
         // lost PBX's associations) is committed by the time this answers.

@@ -27,6 +27,7 @@ const STOP_CLEAR_WAIT: Duration = Duration::from_secs(3);
 /// What a command's caller hears once the batch is committed.
 enum Answer {
     Api(ApiTx, Result<ApiReply, Refusal>),
+    Adopted(tokio::sync::oneshot::Sender<()>),
     Ivr(IvrTx, String, IvrAnswer),
     None,
 }
@@ -126,6 +127,18 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                     let _ = reply.send(answer_query(&engine, store.as_mut(), query));
                     Answer::None
                 }
+                Cmd::Adopt { pbx, reply } => {
+                    match store.snapshot(now_ms()) {
+                        Ok(snap) => {
+                            let left: Vec<_> = snap.in_flight.into_iter().filter(|v| v.pbx.as_str() == pbx).collect();
+                            info!(pbx = %pbx, associations = left.len(), "PBX taken over: ending the associations its previous owner left in flight");
+                            actions.extend(engine.end_orphans(left, now_ms()));
+                        }
+                        Err(e) => warn!(pbx = %pbx, error = %e, "PBX taken over, but the store cannot be read: its previous owner's associations stay in flight"),
+                    }
+                    // Answered after the commit: the reply is dropped with the batch's answers.
+                    Answer::Adopted(reply)
+                }
             };
             after.push((answer, start..actions.len()));
         }
@@ -142,7 +155,8 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                 match answer {
                     Answer::Api(r, _) => drop(r.send(Err(GatewayError::Unavailable))),
                     Answer::Ivr(r, _, _) => drop(r.send(Err(GatewayError::Unavailable))),
-                    Answer::None => {}
+                    // Dropped: the adopter hears that it did not go through.
+                    Answer::Adopted(_) | Answer::None => {}
                 }
             }
             // The engine decided what the store does not hold (an association, a binding): go
@@ -159,6 +173,7 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
             carry_out(&mut sh, &actions[range]);
             match answer {
                 Answer::Api(r, reply) => drop(r.send(reply.map_err(GatewayError::Refused))),
+                Answer::Adopted(r) => drop(r.send(())),
                 Answer::Ivr(r, _, IvrAnswer::Reply(reply)) => drop(r.send(Ok(reply))),
                 Answer::Ivr(r, call, IvrAnswer::Wait) => {
                     // Answered by an Action::IvrReply, at the latest at the engine's deadline.

@@ -100,6 +100,9 @@ enum Cmd {
     /// A configuration reload: links added, replaced or removed, policies swapped.
     Reconfigure { change: Reconfigure, reply: oneshot::Sender<()> },
     Query { query: Query, reply: oneshot::Sender<Result<QueryResult, GatewayError>> },
+    /// `[cluster]`: this instance just took `pbx` over; end what its previous owner left in
+    /// flight there ([`Gateway::adopt`]).
+    Adopt { pbx: String, reply: oneshot::Sender<()> },
     /// Stop after the batch in hand: nothing is written afterwards.
     Stop,
 }
@@ -232,6 +235,19 @@ impl Gateway {
     }
 
     /// A read: from the engine's memory, or the store (`Unavailable` when it cannot be read).
+    /// `[cluster]`: this instance just took `pbx` over (its link is attached): the associations
+    /// the previous owner left in flight on it, read from the store, end `gateway_restarted`
+    /// and their proof calls are cleared through the new link, as a restart does for all PBXs
+    /// ([`crate::association::Engine::end_orphans`]). Returns once committed.
+    ///
+    /// # Errors
+    /// The gateway stopped.
+    pub async fn adopt(&self, pbx: &str) -> Result<(), GatewayError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Cmd::Adopt { pbx: pbx.to_owned(), reply }).await.map_err(|_| GatewayError::Stopped)?;
+        rx.await.map_err(|_| GatewayError::Stopped)
+    }
+
     pub async fn query(&self, query: Query) -> Result<QueryResult, GatewayError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Cmd::Query { query, reply }).await.map_err(|_| GatewayError::Stopped)?;

@@ -159,6 +159,9 @@ async fn three_instances_share_six_pbxs_and_a_killed_ones_pbxs_are_reowned_witho
     // SIGKILL the owner of pbx0.
     let victim = spread["pbx0"].0.clone();
     let mine: Vec<String> = spread.iter().filter(|(_, (o, _))| *o == victim).map(|(p, _)| p.clone()).collect();
+    // An association in flight on pbx0 at its owner, its proof call ringing on the PBX.
+    let (id, audit) = associate(s, &db, &instances.iter().find(|i| i.id == victim).unwrap().api, &tokens, 0).await;
+    timeout(LIMIT, sims[0].wait_stats(|st| st.live_calls == 1)).await.expect("the proof call rings");
     let v = instances.iter_mut().find(|i| i.id == victim).unwrap();
     let killed = Instant::now();
     v.child.start_kill().unwrap();
@@ -169,6 +172,10 @@ async fn three_instances_share_six_pbxs_and_a_killed_ones_pbxs_are_reowned_witho
         assert!(after[p].1 > spread[p].1, "{p}: epoch {} not above {}", after[p].1, spread[p].1);
     }
     every_link_up_once(&sims).await;
+    // The new owner of pbx0 ended the dead owner's association and cleared its proof call.
+    let ended = audit_until(s, &db, &id, |a| a.ends_with("failed|gateway_restarted")).await;
+    assert_eq!(ended, format!("{audit}\nfailed|gateway_restarted"));
+    timeout(LIMIT, sims[0].wait_stats(|st| st.live_calls == 0)).await.expect("the dead owner's proof call cleared by the new owner");
     eprintln!("failover: the dead instance's {} PBXs re-owned and linked {:?} after the kill (lease_ttl {TTL})", mine.len(), killed.elapsed());
     // The survivors' PBXs kept their epoch: nothing was taken from a live owner.
     for (p, (o, e)) in &spread {
@@ -190,11 +197,35 @@ async fn three_instances_share_six_pbxs_and_a_killed_ones_pbxs_are_reowned_witho
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Create an association for PBX `i`'s extension at the instance at `api`; once it is stored,
+/// its id and its audit so far (`step|result` lines).
+async fn associate(s: &PgServer, db: &str, api: &str, tokens: &Tokens, i: usize) -> (String, String) {
+    let http = Http::new(&format!("http://{api}"));
+    let (status, created) = http.json("POST", "/v1/associations", &tokens.tenant, Some(serde_json::json!({ "account": format!("acct{i}"), "extension": extension(i) }))).await.unwrap();
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let audit = audit_until(s, db, &id, |a| a.ends_with("ringing|ok")).await;
+    (id, audit)
+}
+
+/// Poll `id`'s audit (`step|result` lines) until `pred` holds, within [`LIMIT`].
+async fn audit_until(s: &PgServer, db: &str, id: &str, pred: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let a = s.psql(db, &format!("SELECT step, result FROM audit WHERE association = '{id}' ORDER BY seq")).unwrap();
+        if pred(&a) {
+            return a;
+        }
+        assert!(start.elapsed() < LIMIT, "association {id}: audit {a:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A paused instance (SIGSTOP past its lease, then SIGCONT) must not write with its old epoch:
-/// the other instance takes its PBX with a higher epoch; once resumed, the paused one drops the
-/// PBX (its link is gone from `GET /v1/pbx`) and what it then writes for it — the end of the
-/// association it had in flight there — is refused by the database: the association stays as
-/// it was, no audit record of its. The simulated PBXs drop a silent peer after two unanswered
+/// the other instance takes its PBX with a higher epoch and ends the association the paused one
+/// had in flight there (`gateway_restarted`); once resumed, the paused one drops the PBX (its
+/// link is gone from `GET /v1/pbx`) and what it then writes for it — its own end of that
+/// association, `pbx_removed` — is refused by the database. The simulated PBXs drop a silent peer after two unanswered
 /// keep-alives (1 s here, before the 3 s lease can expire), so the oracle holds here too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_instance_does_not_write_with_its_old_epoch() {
@@ -216,23 +247,7 @@ async fn a_paused_instance_does_not_write_with_its_old_epoch() {
     let v = instances.iter().position(|x| x.id == victim).unwrap();
     // An association in flight on that PBX, at its owner.
     let http = Http::new(&format!("http://{}", instances[v].api));
-    let (status, created) = http.json("POST", "/v1/associations", &tokens.tenant, Some(serde_json::json!({ "account": "alice", "extension": extension(i) }))).await.unwrap();
-    assert_eq!(status, 201, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
-    let row = |s: &PgServer| s.psql(&db, &format!("SELECT state, final FROM associations WHERE id = '{id}'")).unwrap();
-    let before = timeout(LIMIT, async {
-        loop {
-            let r = row(s);
-            if !r.is_empty() {
-                return r;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap();
-    let audit = |s: &PgServer| s.psql(&db, &format!("SELECT step, result FROM audit WHERE association = '{id}' ORDER BY seq")).unwrap();
-    let audit_before = audit(s);
+    let (id, audit_before) = associate(s, &db, &instances[v].api, &tokens, i).await;
 
     let pid = instances[v].child.id().unwrap().to_string();
     assert!(tokio::process::Command::new("kill").args(["-STOP", &pid]).status().await.unwrap().success());
@@ -266,9 +281,11 @@ async fn a_paused_instance_does_not_write_with_its_old_epoch() {
     })
     .await
     .expect("the resumed instance's write for the lost PBX refused (fenced)");
-    // Nothing it wrote for that PBX with its old epoch got in.
-    assert_eq!(row(s), before, "the association was changed by the instance that lost the lease");
-    assert_eq!(audit(s), audit_before);
+    // Nothing it wrote for that PBX with its old epoch got in: the association was ended once,
+    // by the new owner (`gateway_restarted`), never by the paused one (`pbx_removed`).
+    let ended = audit_until(s, &db, &id, |a| a.ends_with("failed|gateway_restarted")).await;
+    assert_eq!(ended, format!("{audit_before}\nfailed|gateway_restarted"));
+    assert_eq!(s.psql(&db, &format!("SELECT state, view->>'reason' FROM associations WHERE id = '{id}'")).unwrap(), "failed|gateway_restarted");
     assert_eq!(leases(s, &db)[&pbx], taken[&pbx], "the new owner keeps the lease");
     oracle(&sims);
     for x in &mut instances {
