@@ -3,15 +3,16 @@
 //! reconfiguration of the gateway ([`crate::gateway::Reconfigure`]), the path a reload takes:
 //! a PBX gained gets its link (and the engine acts for it) and the associations its previous
 //! owner left in flight there end `gateway_restarted`, their proof calls cleared; a PBX lost has its associations in
-//! flight ended (`pbx_removed`: committed while the lease still lives, when it was handed back or
-//! given up on time), their calls cleared through the link, and the link released (RLRQ).
+//! flight ended (`pbx_removed`: committed while the lease still lives, when it was handed back),
+//! their calls cleared through the link, and the link released (RLRQ). A PBX lost otherwise
+//! (not renewed in time, refused, fenced) has its link released first, at once.
 
 use std::collections::HashMap;
 
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::lease::Change;
+use super::lease::{Change, LostWhy};
 use super::shell::GateEvent;
 use crate::association::Policy;
 use crate::config::LinkProfile;
@@ -29,8 +30,18 @@ pub async fn run(gateway: Gateway, profiles: HashMap<String, LinkProfile>, polic
                 adopt = Some(pbx.clone());
                 Reconfigure { policies: policies.clone(), links: vec![(pbx, Link::spawn(profile.clone()))], removed: Vec::new() }
             }
-            Change::Lost { pbx, .. } => {
+            Change::Lost { pbx, why, .. } => {
                 closing = gateway.links().get(&pbx).cloned();
+                if why != LostWhy::Released {
+                    // Not handed back: the lease is expiring (the database unreachable) or gone.
+                    // The link closes first, directly, whatever the actor is waiting on (a commit
+                    // to an unreachable database may take its whole timeout); the associations'
+                    // ends below will not reach the database then, so the new owner ends them
+                    // and clears their calls (their ids are stored).
+                    if let Some(link) = &closing {
+                        link.shutdown().await;
+                    }
+                }
                 Reconfigure { policies: policies.clone(), links: Vec::new(), removed: vec![pbx] }
             }
         };

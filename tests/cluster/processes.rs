@@ -30,8 +30,9 @@ struct Instance {
 
 /// Start `cstagate run` as instance `id` of the cluster on `url`, serving `sims`.
 async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, tokens: &Tokens) -> Instance {
+    let password = pg::shared().map(|s| s.password().to_owned()).unwrap_or_default();
     let mut text = format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{url}\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:1\"\nlease_ttl = \"{TTL}\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n"
+        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:1\"\nlease_ttl = \"{TTL}\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n"
     );
     for (i, sim) in sims.iter().enumerate() {
         text += &format!("\n[[pbx]]\nid = \"pbx{i}\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"{}\"]\nivr_number = \"08001002{i:02}\"\nreconnect_min = \"20ms\"\n", sim.addr(), extension(i));
@@ -42,6 +43,7 @@ async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, t
         .args(["run", "--config"])
         .arg(&config)
         .env("ACME_TOKEN", &tokens.tenant)
+        .env("CSTAGATE_DB_PASSWORD", &password)
         .env("ADMIN_TOKEN", &tokens.admin)
         .env("IVR_SECRET", &tokens.ivr)
         .env("RUST_LOG", "cstagate=info")
@@ -289,6 +291,72 @@ async fn a_paused_instance_does_not_write_with_its_old_epoch() {
     assert_eq!(leases(s, &db)[&pbx], taken[&pbx], "the new owner keeps the lease");
     oracle(&sims);
     for x in &mut instances {
+        let _ = x.child.start_kill();
+        let _ = x.child.wait().await;
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A TCP proxy to `target` that can be cut: once cut, it forwards nothing more, in either
+/// direction, and holds its connections (old and new) open — a network partition, not a reset.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let mut cut = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (mut client, mut server) = (client, server);
+                    if !*cut.borrow() {
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => return,
+                            _ = cut.wait_for(|c| *c) => {}
+                        }
+                    }
+                    // Cut: hold both ends open, silent, until the test ends.
+                    std::future::pending::<()>().await;
+                    drop((client, server));
+                });
+            }
+        });
+        Proxy { addr, cut }
+    }
+}
+
+/// Partition: the instance reaching PostgreSQL through a proxy that is cut, while it still
+/// reaches its PBX, releases its link (RLRQ) before the other instance, which takes the PBX
+/// over once the lease has expired, opens its own: the oracle holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_cut_off_from_postgresql_drops_its_links_before_another_opens_one() {
+    let Some(s) = pg::shared() else { return };
+    let db = s.database("partition");
+    let dir = std::env::temp_dir().join(format!("cstagate-partition-{}", cstagate::random::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let proxy = Proxy::start(([127, 0, 0, 1], s.port()).into()).await;
+    let sims = sims(2, None).await;
+    let tokens = Tokens::random();
+    let mut a = instance("gw-a", &format!("postgres://cstagate@{}/{db}", proxy.addr), &sims, &dir, &tokens).await;
+    let mut b = instance("gw-b", &s.socket_url(&db), &sims, &dir, &tokens).await;
+    let spread = leases_until(s, &db, "one PBX each", |l| l.len() == 2 && per_owner(l).len() == 2).await;
+    every_link_up_once(&sims).await;
+    let (pbx, (_, epoch)) = spread.iter().find(|(_, (o, _))| o == "gw-a").map(|(p, o)| (p.clone(), o.clone())).unwrap();
+    let i: usize = pbx.trim_start_matches("pbx").parse().unwrap();
+    let releases = sims[i].stats().releases;
+    proxy.cut.send_replace(true);
+    // gw-b takes the PBX over (a higher epoch) and links it; gw-a released its link first.
+    leases_until(s, &db, "the cut-off instance's PBX taken over", |l| l.get(&pbx).is_some_and(|(o, e)| o == "gw-b" && *e > epoch)).await;
+    timeout(LIMIT, sims[i].wait_stats(|st| st.associated == 1 && st.connections >= 2)).await.expect("gw-b's link");
+    assert!(sims[i].stats().releases > releases, "gw-a did not release its link (RLRQ): {:?}", sims[i].stats());
+    oracle(&sims);
+    for x in [&mut a, &mut b] {
         let _ = x.child.start_kill();
         let _ = x.child.wait().await;
     }
