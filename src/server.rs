@@ -390,6 +390,9 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let notifier = (!secrets.notify.is_empty()).then(|| crate::notify::Notifier::start(secrets.notify.clone()));
     let gateway = Gateway::start(engine, store, links, notifier, restored);
     let cluster = cluster.map(|parts| parts.start(gateway.clone(), cluster_profiles, policies));
+    if let Some(c) = &cluster {
+        gateway.set_cluster(c.view());
+    }
     let listener = listen(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let guards = crate::ivr::IvrGuards::new(config.gateway.ivr_guesses_per_minute);

@@ -128,19 +128,44 @@ pub struct PbxLink {
     stats: crate::link::StatsSnapshot,
     #[schema(required = true)]
     directory: Option<crate::directory::DirectoryStatus>,
+    /// With `[cluster]`: this instance (it holds the link) and its lease's epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<i64>,
+}
+
+/// With `[cluster]`: one PBX's lease as the database held it at this instance's last round.
+#[derive(Serialize, ToSchema)]
+pub struct PbxLease {
+    pbx: String,
+    owner: String,
+    epoch: i64,
+    /// Whether the lease had not expired.
+    live: bool,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct PbxList {
     pbx: Vec<PbxLink>,
+    /// With `[cluster]`: every PBX's lease (its owner among the instances, its epoch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leases: Option<Vec<PbxLease>>,
 }
 
 #[utoipa::path(get, path = "/v1/pbx", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = PbxList), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody)))]
 pub(super) async fn pbx_list(State(st): State<AppState>, _: AdminCaller, _: StrictQuery<NoQuery>) -> Json<PbxList> {
-    let mut pbx: Vec<PbxLink> = st.gw.links().iter().map(|(id, l)| PbxLink { id: id.clone(), state: l.state(), stats: l.stats(), directory: st.directory.get(id).map(|d| d.status()) }).collect();
+    let cluster = st.gw.cluster();
+    let mut pbx: Vec<PbxLink> = st
+        .gw
+        .links()
+        .iter()
+        .map(|(id, l)| PbxLink { id: id.clone(), state: l.state(), stats: l.stats(), directory: st.directory.get(id).map(|d| d.status()), owner: cluster.map(|c| c.instance_id.clone()), epoch: cluster.and_then(|c| c.epoch(id)) })
+        .collect();
     pbx.sort_by(|a, b| a.id.cmp(&b.id));
-    Json(PbxList { pbx })
+    let leases = cluster.map(|c| c.leases().into_iter().map(|r| PbxLease { pbx: r.pbx, owner: r.owner, epoch: r.epoch, live: r.live }).collect());
+    Json(PbxList { pbx, leases })
 }
 
 /// `?extension=&account=&limit=`.

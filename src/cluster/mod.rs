@@ -118,3 +118,23 @@ impl Parts {
         shell::Cluster::start(self.db, self.leases, self.fence, self.refused, gate_tx)
     }
 }
+
+/// What the API shows of the cluster (`GET /v1/pbx`): this instance's id, the PBXs it owns with
+/// their epochs, and every lease row as last read (each round). Cheap to clone.
+#[derive(Clone)]
+pub struct ClusterView {
+    pub instance_id: String,
+    owned: tokio::sync::watch::Receiver<std::collections::BTreeMap<String, i64>>,
+    leases: tokio::sync::watch::Receiver<Vec<pg::LeaseRow>>,
+}
+
+impl ClusterView {
+    /// `pbx`'s epoch when this instance owns it.
+    pub fn epoch(&self, pbx: &str) -> Option<i64> {
+        self.owned.borrow().get(pbx).copied()
+    }
+    /// Every PBX's lease row, as read at the last round.
+    pub fn leases(&self) -> Vec<pg::LeaseRow> {
+        self.leases.borrow().clone()
+    }
+}

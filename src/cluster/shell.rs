@@ -23,7 +23,9 @@ pub struct GateEvent {
 
 /// The running lease task.
 pub struct Cluster {
+    id: String,
     owned: watch::Receiver<BTreeMap<String, i64>>,
+    leases: watch::Receiver<Vec<super::pg::LeaseRow>>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -33,9 +35,16 @@ impl Cluster {
     /// refusals of the store's fenced batches come back on `refused`.
     pub fn start(db: LeaseDb, leases: Leases, fence: Fence, refused: mpsc::Receiver<(String, i64)>, gate: mpsc::Sender<GateEvent>) -> Cluster {
         let (owned_tx, owned) = watch::channel(BTreeMap::new());
+        let (rows_tx, rows) = watch::channel(Vec::new());
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(Shell { db, leases, fence, gate, owned: owned_tx }, refused, stopped));
-        Cluster { owned, stop: Some(stop), task }
+        let id = db.me().to_owned();
+        let task = tokio::spawn(run(Shell { db, leases, fence, gate, owned: owned_tx, rows: rows_tx }, refused, stopped));
+        Cluster { id, owned, leases: rows, stop: Some(stop), task }
+    }
+
+    /// What the API shows of the cluster.
+    pub fn view(&self) -> super::ClusterView {
+        super::ClusterView { instance_id: self.id.clone(), owned: self.owned.clone(), leases: self.leases.clone() }
     }
 
     /// The PBXs this instance owns now, with their epochs.
@@ -72,6 +81,8 @@ struct Shell {
     fence: Fence,
     gate: mpsc::Sender<GateEvent>,
     owned: watch::Sender<BTreeMap<String, i64>>,
+    /// Every lease row, read at the end of each round (`GET /v1/pbx`).
+    rows: watch::Sender<Vec<super::pg::LeaseRow>>,
 }
 
 impl Shell {
@@ -172,6 +183,9 @@ impl Shell {
                 }
                 Err(_) => break,
             }
+        }
+        if let Ok(Ok(rows)) = tokio::time::timeout(every, self.db.leases()).await {
+            self.rows.send_replace(rows);
         }
     }
 }

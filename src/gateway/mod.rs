@@ -134,6 +134,8 @@ pub struct Gateway {
     unbinds: Arc<tokio::sync::watch::Sender<u64>>,
     /// Associations ended, counted once their end is committed (for `/metrics`).
     ended: Ended,
+    /// With `[cluster]`: the leases as the API shows them (set once, at start).
+    cluster: Arc<std::sync::OnceLock<crate::cluster::ClusterView>>,
 }
 
 /// Deliveries a link may hold for the gateway: every request in flight reserves one (beyond,
@@ -152,7 +154,7 @@ impl Gateway {
             ports.attach(pbx, link, &tx);
         }
         let links = Arc::new(std::sync::RwLock::new(Arc::new(links)));
-        let gw = Gateway { tx: tx.clone(), links, notifier, stopped: Arc::new(tokio::sync::Notify::new()), unbinds: Arc::new(tokio::sync::watch::Sender::new(0)), ended: Ended::default() };
+        let gw = Gateway { tx: tx.clone(), links, notifier, stopped: Arc::new(tokio::sync::Notify::new()), unbinds: Arc::new(tokio::sync::watch::Sender::new(0)), ended: Ended::default(), cluster: Arc::default() };
         let done = gw.stopped.clone();
         let me = gw.clone();
         tokio::spawn(async move {
@@ -234,7 +236,16 @@ impl Gateway {
         let _ = self.tx.send(Cmd::IvrHangup { call, now }).await;
     }
 
-    /// A read: from the engine's memory, or the store (`Unavailable` when it cannot be read).
+    /// With `[cluster]`: the leases as the API shows them.
+    pub fn cluster(&self) -> Option<&crate::cluster::ClusterView> {
+        self.cluster.get()
+    }
+
+    /// Set at start with `[cluster]` (once; later calls change nothing).
+    pub fn set_cluster(&self, view: crate::cluster::ClusterView) {
+        let _ = self.cluster.set(view);
+    }
+
     /// `[cluster]`: this instance just took `pbx` over (its link is attached): the associations
     /// the previous owner left in flight on it, read from the store, end `gateway_restarted`
     /// and their proof calls are cleared through the new link, as a restart does for all PBXs
@@ -248,6 +259,7 @@ impl Gateway {
         rx.await.map_err(|_| GatewayError::Stopped)
     }
 
+    /// A read: from the engine's memory, or the store (`Unavailable` when it cannot be read).
     pub async fn query(&self, query: Query) -> Result<QueryResult, GatewayError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Cmd::Query { query, reply }).await.map_err(|_| GatewayError::Stopped)?;

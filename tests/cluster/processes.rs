@@ -157,6 +157,24 @@ async fn three_instances_share_six_pbxs_and_a_killed_ones_pbxs_are_reowned_witho
     let spread = leases_until(s, &db, "two PBXs per instance", |l| l.len() == 6 && per_owner(l).values().all(|n| *n == 2) && per_owner(l).len() == 3).await;
     every_link_up_once(&sims).await;
     oracle(&sims);
+    // GET /v1/pbx, at each instance: its own links with owner and epoch, and every PBX's live
+    // lease as of its last round (polled until that round has seen the spread).
+    for inst in &instances {
+        let http = Http::new(&format!("http://{}", inst.api));
+        let expected: Vec<(String, String, i64)> = spread.iter().filter(|(_, (o, _))| *o == inst.id).map(|(p, (o, e))| (p.clone(), o.clone(), *e)).collect();
+        let start = Instant::now();
+        loop {
+            let (status, list) = http.json("GET", "/v1/pbx", &tokens.admin, None).await.unwrap();
+            assert_eq!(status, 200, "{list}");
+            let links: Vec<(String, String, i64)> = list["pbx"].as_array().unwrap().iter().map(|p| (p["id"].as_str().unwrap_or_default().to_owned(), p["owner"].as_str().unwrap_or_default().to_owned(), p["epoch"].as_i64().unwrap_or_default())).collect();
+            let leases: BTreeMap<String, (String, i64)> = list["leases"].as_array().into_iter().flatten().filter(|r| r["live"] == true).map(|r| (r["pbx"].as_str().unwrap_or_default().to_owned(), (r["owner"].as_str().unwrap_or_default().to_owned(), r["epoch"].as_i64().unwrap_or_default()))).collect();
+            if links == expected && leases == spread {
+                break;
+            }
+            assert!(start.elapsed() < LIMIT, "{}: GET /v1/pbx {list}, expected links {expected:?} and leases {spread:?}", inst.id);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 
     // SIGKILL the owner of pbx0.
     let victim = spread["pbx0"].0.clone();
