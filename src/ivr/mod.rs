@@ -12,6 +12,7 @@
 
 pub mod fastagi;
 pub mod guesses;
+pub mod prompts;
 pub mod twiml;
 
 use std::net::IpAddr;
