@@ -264,8 +264,10 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     if let Some(listen) = &config.gateway.fastagi_listen {
         let l = self::listen(listen).await.map_err(|source| StartError::Listen { addr: listen.clone(), source })?;
         fastagi_addr = l.local_addr().ok();
+        let files = config.fastagi_files(&config.prompts()?)?;
         let settings = crate::ivr::fastagi::FastAgiSettings {
-            prompts: config.gateway.fastagi_prompts.clone(),
+            prompts: files.all,
+            prompts_by_language: files.by_language,
             fallback: config.gateway.fastagi_fallback.clone().unwrap_or_else(|| "cstagate/tts".into()),
             allow: config.gateway.fastagi_allow_networks()?,
             guesses_per_minute: config.gateway.ivr_guesses_per_minute,
