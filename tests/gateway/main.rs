@@ -28,3 +28,4 @@ mod csta_tls;
 mod tls_api;
 mod twiml;
 mod ivr_pool;
+mod languages;
