@@ -207,7 +207,7 @@ pub fn secrets_from_env(c: &Config) -> Result<Secrets, StartError> {
     }
     if let (Some(v), Some(url)) = (&c.gateway.twiml_auth_token_env, &c.gateway.public_url) {
         let auth_token = read_secret("[gateway]", "twiml_auth_token_env", SecretSource::Env(v))?;
-        s.twiml = Some(crate::ivr::twiml::TwimlSettings { auth_token, public_url: url.trim_end_matches('/').to_owned(), voices: c.gateway.twiml_voices.clone() });
+        s.twiml = Some(crate::ivr::twiml::TwimlSettings { auth_token, public_url: url.trim_end_matches('/').to_owned(), voices: c.twiml_voices(&c.prompts()?)? });
     }
     for t in &c.tenant {
         let at = format!("tenant `{}`", t.id);

@@ -43,7 +43,24 @@ impl Config {
             pbx_language(p, &prompts)?;
         }
         self.fastagi_files(&prompts)?;
+        self.twiml_voices(&prompts)?;
         Ok(())
+    }
+
+    /// `twiml_voices` keyed by the catalogue's spelling of each language, as replies name it.
+    ///
+    /// # Errors
+    /// A key that is not a language of the gateway (its voice would never be used).
+    pub fn twiml_voices(&self, prompts: &Prompts) -> Result<HashMap<String, String>, ConfigError> {
+        let invalid = |why: String| ConfigError::Invalid { at: "[gateway]".into(), key: "twiml_voices", why };
+        self.gateway
+            .twiml_voices
+            .iter()
+            .map(|(tag, voice)| match prompts.language(tag) {
+                Some(l) => Ok((l.to_owned(), voice.clone())),
+                None => Err(invalid(format!("`{tag}` is not a language of the gateway (shipped: en-US, fr-FR; or one of [prompts])"))),
+            })
+            .collect()
     }
 
     /// `fastagi_prompts`, checked against the catalogue's prompt ids and languages.
@@ -118,6 +135,7 @@ mod tests {
             ("", "[prompts.\"fr-FR\"]\nbound = \"Relié au compte {compte}.\"\n", "[prompts.\"fr-FR\"]: `bound` has the placeholder {compte}, which this prompt does not have"),
             ("", "[prompts.\"français\"]\ngoodbye = \"Au revoir\"\n", "[prompts.\"français\"]: `français` is not a BCP 47"),
             ("", "[gateway]\nfastagi_prompts = { welcome = \"x\" }\n", "`fastagi_prompts` `welcome` is not a prompt id"),
+            ("", "[gateway]\ntwiml_voices = { \"de-DE\" = \"Polly.Marlene\" }\n", "`twiml_voices` `de-DE` is not a language"),
             ("", "[gateway]\nfastagi_prompts = { \"de-DE\" = { enter_code = \"x\" } }\n", "`fastagi_prompts` `de-DE` is not a language"),
             ("", "[gateway]\nfastagi_prompts = { \"fr-FR\" = { welcome = \"x\" } }\n", "`fastagi_prompts` `fr-FR`: `welcome` is not a prompt id"),
         ] {
@@ -132,5 +150,7 @@ mod tests {
         let f = c.fastagi_files(&c.prompts().unwrap()).unwrap();
         assert_eq!(f.all["enter_code"], "all/code");
         assert_eq!(f.by_language["fr-FR"]["enter_code"], "fr/code", "keyed by the catalogue's spelling, as replies name it");
+        let c = Config::parse(&with("", "[gateway]\ntwiml_voices = { \"fr-fr\" = \"Polly.Lea\" }\n")).unwrap();
+        assert_eq!(c.twiml_voices(&c.prompts().unwrap()).unwrap()["fr-FR"], "Polly.Lea");
     }
 }
