@@ -1767,3 +1767,23 @@ fn a_code_out_of_band_is_only_in_its_delivery_and_an_undelivered_one_fails_the_a
     let again = t.complete(&id);
     assert!(again.error.is_some(), "no retry: the code never reached its user");
 }
+
+/// Languages: a call speaks the default until it presents an attempt when the PBXs it may
+/// belong to disagree (here `paris` in French and `ny` in English share the IVR number), then
+/// the language of the attempt's PBX, to its end.
+#[test]
+fn a_call_speaks_its_pbxs_language_from_the_claim_on() {
+    let mut p = policy();
+    p.language = "fr-FR".into();
+    let mut t = T::new(p);
+    let (id, ctx) = t.to_ivr("alice", "2005");
+    let r = t.ivr("ivr-1", None);
+    assert_eq!((r.prompt, r.language.as_str(), r.say.as_str()), ("enter_context", "en-US", "Please enter the number shown in your app, then the hash key."));
+    let r = t.ivr("ivr-1", Some(&ctx));
+    assert_eq!((r.prompt, r.language.as_str()), ("confirm_account", "fr-FR"), "{}", r.say);
+    assert_eq!(r.say, "Le compte alice de acme demande à relier ce téléphone. Selon acme, il s'agit de : alice name. Si vous êtes à l'origine de cette demande, appuyez sur 1. Sinon, appuyez sur 9.");
+    assert_eq!(t.ivr("ivr-1", Some("1")).language, "fr-FR");
+    let r = t.ivr("ivr-1", Some(CODE));
+    assert_eq!((r.language.as_str(), r.say.as_str()), ("fr-FR", "Merci. Ce téléphone est désormais relié au compte alice. Au revoir."));
+    assert_eq!(t.state(&id).0, State::Bound);
+}
