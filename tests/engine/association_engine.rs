@@ -1787,3 +1787,85 @@ fn a_call_speaks_its_pbxs_language_from_the_claim_on() {
     assert_eq!((r.language.as_str(), r.say.as_str()), ("fr-FR", "Merci. Ce téléphone est désormais relié au compte alice. Au revoir."));
     assert_eq!(t.state(&id).0, State::Bound);
 }
+
+const POOL: [&str; 2] = ["0800100201", "0800100202"];
+
+fn pool_policy() -> Policy {
+    let mut p = policy();
+    p.context_delivery = ContextDelivery::NumberPool;
+    p.ivr_numbers = POOL.iter().map(|n| (*n).to_owned()).collect();
+    p.directory.insert("2007".into(), None);
+    p
+}
+
+/// An IVR request of call `call` that reached `to` from `from`.
+fn ivr_to(t: &mut T, call: &str, to: &str, from: &str, digits: Option<&str>) -> IvrReply {
+    t.run(Input::Ivr { call: call.into(), from: from.into(), to: to.into(), digits: digits.map(str::to_owned), now: t.now }).ivr.expect("ivr reply")
+}
+
+#[test]
+fn pool_numbers_are_told_apart_liberally_but_never_by_fewer_than_six_digits() {
+    for (number, to, same) in [
+        ("0800100201", "0800100201", true),
+        ("0800100201", "+33800100201", true),
+        ("0800100201", "0033 800 100 201", true),
+        ("0800100201", "100201", true),
+        ("0800100201", "0800100202", false),
+        ("0800100201", "00201", false),
+        ("0800100201", "", false),
+        ("12345", "12345", true),
+        ("12345", "012345", false),
+    ] {
+        assert_eq!(pool_number_matches(number, to), same, "{number} / {to}");
+    }
+}
+
+#[test]
+fn a_pool_number_names_the_attempt_holding_it_and_is_handed_out_once_at_a_time() {
+    let mut t = T::new(pool_policy());
+    let alice = t.create("alice", "2005").view.unwrap().id.to_string();
+    t.through_call(&alice, "2005");
+    t.now += 1_000;
+    let bob = t.create("bob", "2006").view.unwrap().id.to_string();
+    t.through_call(&bob, "2006");
+    // Each proof call dials its own number of the pool, and nothing after it: no context id.
+    assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2005".into(), to: POOL[0].into() }), "{:?}", t.csta());
+    assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2006".into(), to: POOL[1].into() }), "{:?}", t.csta());
+    // Every number is held: one more association is refused, and nothing of it stays.
+    assert!(matches!(t.create("carol", "2007").error, Some(Refusal::PoolExhausted)));
+    // A pool number's IVR call (To as the platform reports it, international) names the attempt
+    // holding that number, bob's, and no other.
+    let r = ivr_to(&mut t, "ivr-b", "+33800100202", "+33144002006", None);
+    assert!(r.say.contains("account bob of acme") && r.say.contains("press 1"), "{}", r.say);
+    ivr_to(&mut t, "ivr-b", "+33800100202", "+33144002006", Some("1"));
+    let r = ivr_to(&mut t, "ivr-b", "+33800100202", "+33144002006", Some(CODE));
+    assert!(r.hangup && r.say.contains("now linked"), "{}", r.say);
+    assert_eq!(t.state(&bob).0, State::Bound);
+    assert_eq!(t.state(&alice).0, State::InIvr, "alice's attempt is untouched");
+    // bob's number came back with the end of his attempt: carol gets it.
+    let carol = t.create("carol", "2007").view.unwrap().id.to_string();
+    t.now += 1_000;
+    t.through_call(&carol, "2007");
+    assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2007".into(), to: POOL[1].into() }), "{:?}", t.csta());
+}
+
+#[test]
+fn a_pool_number_no_attempt_holds_links_nothing() {
+    let mut t = T::new(pool_policy());
+    let alice = t.create("alice", "2005").view.unwrap().id.to_string();
+    t.through_call(&alice, "2005");
+    // The other number of the pool, which no attempt holds: goodbye, whatever is keyed.
+    let r = ivr_to(&mut t, "ivr-x", POOL[1], "+33144002005", None);
+    assert!(r.hangup && r.gather.is_none(), "{}", r.say);
+    let r = ivr_to(&mut t, "ivr-x", POOL[1], "+33144002005", Some(CODE));
+    assert!(r.hangup, "{}", r.say);
+    assert_eq!(t.state(&alice).0, State::InIvr);
+    assert!(t.e.binding("paris", "2005").is_none());
+    // A failed attempt gives its number back (no answer here), and its retry takes one again.
+    t.run(Input::CstaEvent { pbx: "paris".into(), extension: "2005".into(), event: CallEvent::Cleared { call: CallId::from(vec![0x2B, t.now as u8]) }, now: t.now });
+    assert_eq!(t.state(&alice).0, State::Failed);
+    assert!(t.create("bob", "2006").view.is_some());
+    let carol = t.create("carol", "2007");
+    assert!(carol.view.is_some(), "both numbers are free again: {:?}", carol.error);
+    assert!(matches!(t.complete(&alice).error, Some(Refusal::PoolExhausted)), "the retry waits for a number like anyone");
+}
