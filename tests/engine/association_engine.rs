@@ -1869,3 +1869,32 @@ fn a_pool_number_no_attempt_holds_links_nothing() {
     assert!(carol.view.is_some(), "both numbers are free again: {:?}", carol.error);
     assert!(matches!(t.complete(&alice).error, Some(Refusal::PoolExhausted)), "the retry waits for a number like anyone");
 }
+
+#[test]
+fn a_removed_pbx_ends_its_live_associations_and_keeps_its_bindings_and_new_policies_apply_to_new_associations() {
+    let mut t = T::new(policy());
+    let (bound, ctx) = t.to_ivr("alice", "2005");
+    t.ivr("c1", Some(&format!("*{ctx}#")));
+    t.ivr("c1", Some("1"));
+    t.ivr("c1", Some(CODE));
+    assert_eq!(t.state(&bound).0, State::Bound);
+    t.now += 1_000;
+    let (live, _) = t.to_ivr("bob", "2006");
+    let call = t.e.view(&Principal::Admin, &live).unwrap().call.clone().expect("a proof call");
+    let random = t.random();
+    let other = t.run(Input::Create { principal: Principal::Tenant("globex".into()), account: "carol".into(), account_name: None, pbx: Some("ny".into()), extension: "2005".into(), id: "ny-1".into(), random, code: format!("{CODE}000000"), now: t.now }).view.unwrap().id;
+    let actions = t.e.pbx_removed("paris", t.now);
+    assert_eq!(t.state(&live), (State::Failed, Some(Reason::PbxRemoved), false));
+    assert!(actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::ClearConnection { call: c, .. }, .. } if *c == call)), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::MonitorStop { extension }, .. } if extension == "2006")), "{actions:?}");
+    assert_eq!(t.state(&other).0, State::Monitoring, "another PBX's association is untouched");
+    assert!(t.e.binding("paris", "2005").is_some(), "bindings stay: they come back with the PBX");
+    // New policies: a new association dials the new IVR number.
+    let mut p = policy();
+    p.ivr_number = "0800999999".into();
+    t.e.set_policies(HashMap::from([("paris".to_owned(), p)]));
+    t.now += 1_000;
+    let id = t.create("dave", "2006").view.unwrap().id;
+    let out = t.done(&id, CstaRequest::MonitorStart { extension: "2006".into() }, Ok(Default::default()));
+    assert!(out.actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::MakeCall { to, .. }, .. } if to.starts_with("0800999999*"))), "{:?}", out.actions);
+}
