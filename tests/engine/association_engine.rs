@@ -1832,7 +1832,9 @@ fn a_pool_number_names_the_attempt_holding_it_and_is_handed_out_once_at_a_time()
     assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2005".into(), to: POOL[0].into() }), "{:?}", t.csta());
     assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2006".into(), to: POOL[1].into() }), "{:?}", t.csta());
     // Every number is held: one more association is refused, and nothing of it stays.
+    let live = t.e.sizes().live;
     assert!(matches!(t.create("carol", "2007").error, Some(Refusal::PoolExhausted)));
+    assert_eq!(t.e.sizes().live, live, "the refused association left nothing live");
     // A pool number's IVR call (To as the platform reports it, international) names the attempt
     // holding that number, bob's, and no other.
     let r = ivr_to(&mut t, "ivr-b", "+33800100202", "+33144002006", None);
