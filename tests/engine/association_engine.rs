@@ -1900,3 +1900,26 @@ fn a_removed_pbx_ends_its_live_associations_and_keeps_its_bindings_and_new_polic
     let out = t.done(&id, CstaRequest::MonitorStart { extension: "2006".into() }, Ok(Default::default()));
     assert!(out.actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::MakeCall { to, .. }, .. } if to.starts_with("0800999999*"))), "{:?}", out.actions);
 }
+
+#[test]
+fn a_link_lost_during_monitor_start_is_the_link_failing_not_a_refusal() {
+    let step = |t: &T, id: &str| t.e.view(&Principal::Admin, id).unwrap().history.last().unwrap().detail.clone();
+    let cancel = |t: &mut T, id: &str| t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.into(), now: t.now });
+    let mut t = T::new(policy());
+    let alice = t.create("alice", "2005").view.unwrap().id.to_string();
+    t.done(&alice, CstaRequest::MonitorStart { extension: "2005".into() }, Err(CstaFailure::LinkDown));
+    assert_eq!(t.state(&alice), (State::Failed, Some(Reason::LinkDown), true));
+    assert_eq!(step(&t, &alice), "PBX link lost during MonitorStart");
+    // The PBX refusing is told apart.
+    let bob = t.create("bob", "2006").view.unwrap().id.to_string();
+    t.done(&bob, CstaRequest::MonitorStart { extension: "2006".into() }, Err(CstaFailure::Rejected));
+    assert_eq!((t.state(&bob).1, step(&t, &bob)), (Some(Reason::RejectedByPbx), "MonitorStart refused".to_owned()));
+    // A MonitorStart answer that comes after the association ended changes nothing.
+    cancel(&mut t, &alice);
+    t.now += 1_000;
+    let carol = t.create("carol", "2005").view.unwrap().id.to_string();
+    cancel(&mut t, &carol);
+    let before = (t.state(&carol), step(&t, &carol));
+    t.done(&carol, CstaRequest::MonitorStart { extension: "2005".into() }, Err(CstaFailure::LinkDown));
+    assert_eq!((t.state(&carol), step(&t, &carol)), before);
+}
