@@ -335,7 +335,7 @@ pub fn secrets_from_env(c: &Config) -> Result<Secrets, StartError> {
     }
     if let (Some(v), Some(url)) = (&c.gateway.twiml_auth_token_env, &c.gateway.public_url) {
         let auth_token = read_secret("[gateway]", "twiml_auth_token_env", SecretSource::Env(v))?;
-        s.twiml = Some(crate::ivr::twiml::TwimlSettings { auth_token, public_url: url.trim_end_matches('/').to_owned(), voices: c.gateway.twiml_voices.clone() });
+        s.twiml = Some(crate::ivr::twiml::TwimlSettings { auth_token, public_url: url.trim_end_matches('/').to_owned(), voices: c.twiml_voices(&c.prompts()?)? });
     }
     for t in &c.tenant {
         let at = format!("tenant `{}`", t.id);
@@ -415,8 +415,10 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     if let Some(listen) = &config.gateway.fastagi_listen {
         let l = self::listen(listen).await.map_err(|source| StartError::Listen { addr: listen.clone(), source })?;
         fastagi_addr = l.local_addr().ok();
+        let files = config.fastagi_files(&config.prompts()?)?;
         let settings = crate::ivr::fastagi::FastAgiSettings {
-            prompts: config.gateway.fastagi_prompts.clone(),
+            prompts: files.all,
+            prompts_by_language: files.by_language,
             fallback: config.gateway.fastagi_fallback.clone().unwrap_or_else(|| "cstagate/tts".into()),
             allow: config.gateway.fastagi_allow_networks()?,
             guesses_per_minute: config.gateway.ivr_guesses_per_minute,

@@ -118,12 +118,12 @@ pub(super) async fn ivr_turn(st: &AppState, adapter: Adapter, call: String, from
     if hangup {
         calls().set(&call, false, now);
         st.gw.ivr_hangup(call, now).await;
-        return Ok(IvrReply { prompt: "", say: String::new(), gather: None, hangup: true });
+        return Ok(IvrReply { prompt: "", say: String::new(), language: crate::ivr::prompts::DEFAULT_LANGUAGE.into(), gather: None, hangup: true });
     }
     let entry = crate::ivr::names_a_number(digits.as_deref()) && !calls().contains(&call, now);
     if entry && !guard.admit(&call, now) {
         st.gw.ivr_hangup(call, now).await;
-        return Ok(IvrReply { prompt: crate::ivr::REFUSED_PROMPT, say: crate::ivr::REFUSED_SAY.into(), gather: None, hangup: true });
+        return Ok(crate::ivr::refused_reply());
     }
     let reply = st.gw.ivr(IvrInput { call: call.clone(), from, to, digits, now }).await?;
     if entry {

@@ -86,6 +86,6 @@ pub(super) async fn ivr_twiml(State(st): State<AppState>, headers: HeaderMap, bo
     let ended = twiml::ENDED.contains(&status);
     not_replayed(&st, &[key("signature", &[given]), key("call", &[call, digits.unwrap_or("\u{1}"), if ended { "ended" } else { "" }])])?;
     let reply = ivr_turn(&st, Adapter::Twiml, call.to_owned(), from.to_owned(), to.to_owned(), digits.map(str::to_owned), ended).await?;
-    let doc = if ended { twiml::empty() } else { twiml::render(&reply, &url, reply.language(), settings.voices.get(reply.language()).map(String::as_str)) };
+    let doc = if ended { twiml::empty() } else { twiml::render(&reply, &url, &reply.language, settings.voices.get(&reply.language).map(String::as_str)) };
     Ok(([(header::CONTENT_TYPE, "text/xml; charset=utf-8")], doc).into_response())
 }

@@ -27,20 +27,47 @@ const CONTEXT_TRIES: u32 = 3;
 fn gather(max_digits: usize) -> Option<Gather> {
     Some(Gather { max_digits, finish_on_key: "#".into(), timeout_ms: 8000 })
 }
-fn prompt(id: &'static str, say: &str, max_digits: usize) -> IvrReply {
-    IvrReply { prompt: id, say: say.to_owned(), gather: gather(max_digits), hangup: false }
-}
-fn bye(id: &'static str, say: &str) -> IvrReply {
-    IvrReply { prompt: id, say: say.to_owned(), gather: None, hangup: true }
-}
-fn not_linked() -> IvrReply {
-    bye("not_linked", "Nothing was linked. Goodbye.")
-}
-fn no_longer_valid() -> IvrReply {
-    bye("no_longer_valid", "This request is no longer valid. Goodbye.")
-}
 
 impl Engine {
+    /// The words of prompt `id` for `call`, in the call's language, with `values` in its
+    /// placeholders; it gathers up to `max_digits`, or (`None`) says goodbye and hangs up. The
+    /// text is the configured catalogue's ([`crate::ivr::prompts`]): the engine only picks the
+    /// prompt and its values.
+    fn words(&self, call: &str, id: &'static str, values: &[(&str, &str)], max_digits: Option<usize>) -> IvrReply {
+        let language = self.ivr_calls.get(call).map_or_else(|| self.first_language(""), |c| c.language.clone());
+        let say = self.prompts().render(&language, id, values);
+        IvrReply { prompt: id, say, language, gather: max_digits.and_then(gather), hangup: max_digits.is_none() }
+    }
+    fn prompt(&self, call: &str, id: &'static str, max_digits: usize) -> IvrReply {
+        self.words(call, id, &[], Some(max_digits))
+    }
+    fn bye(&self, call: &str, id: &'static str) -> IvrReply {
+        self.words(call, id, &[], None)
+    }
+    fn not_linked(&self, call: &str) -> IvrReply {
+        self.bye(call, "not_linked")
+    }
+    fn no_longer_valid(&self, call: &str) -> IvrReply {
+        self.bye(call, "no_longer_valid")
+    }
+
+    /// The configuration's prompt catalogue (every policy carries the same one).
+    fn prompts(&self) -> &crate::ivr::prompts::Prompts {
+        self.policies.values().next().map_or_else(|| crate::ivr::prompts::Prompts::shipped_ref(), |p| &*p.prompts)
+    }
+
+    /// The language of a call not yet tied to a PBX: that of the PBXs whose IVR number it
+    /// called (`to`), when they share one; else the one all PBXs share; else the default. Once
+    /// the call presents an attempt, it is that attempt's PBX's ([`Engine::claim`]).
+    fn first_language(&self, to: &str) -> String {
+        let one = |mut langs: std::collections::hash_map::Values<'_, PbxId, Policy>, called: &dyn Fn(&Policy) -> bool| {
+            let first = langs.find(|p| called(p))?;
+            langs.filter(|p| called(p)).all(|p| p.language == first.language).then(|| first.language.clone())
+        };
+        let called = |p: &Policy| !to.is_empty() && (pool_number_matches(&p.ivr_number, to) || p.ivr_numbers.iter().any(|n| pool_number_matches(n, to)));
+        one(self.policies.values(), &called).or_else(|| one(self.policies.values(), &|_| true)).unwrap_or_else(|| crate::ivr::prompts::DEFAULT_LANGUAGE.to_owned())
+    }
+
     /// One request of the IVR platform on `call`; it also proves the platform still follows the
     /// call (the association's `ivr_timeout` starts again). `None`: the answer waits for the
     /// PBX's report of the answer and comes as [`Action::IvrReply`].
@@ -71,16 +98,19 @@ impl Engine {
             if self.ivr_calls.len() >= MAX_IVR_CALLS {
                 // More calls in the IVR than any PBX fleet places: a platform gone wrong, or
                 // someone with the webhook key. Refuse new calls rather than grow.
-                return Some(bye("busy", "The service is busy. Please try again later. Goodbye."));
+                let language = self.first_language(to);
+                let say = self.prompts().render(&language, "busy", &[]);
+                return Some(IvrReply { prompt: "busy", say, language, gather: None, hangup: true });
             }
-            self.ivr_calls.insert(call.to_owned(), IvrCall { first: now, last: now, from: from.to_owned(), stage: Stage::AwaitContext { tries: 0 } });
+            let language = self.first_language(to);
+            self.ivr_calls.insert(call.to_owned(), IvrCall { first: now, last: now, from: from.to_owned(), stage: Stage::AwaitContext { tries: 0 }, language });
             // A pool number names the attempt holding it; one that no attempt holds names none.
             if let Some(held) = self.by_pool_number(to) {
                 return match held {
                     Some(id) => self.claim(call, &id, now, actions),
                     None => {
                         self.set_stage(call, Stage::Done);
-                        Some(not_linked())
+                        Some(self.not_linked(call))
                     }
                 };
             }
@@ -90,31 +120,31 @@ impl Engine {
             if let Some(id) = self.by_calling_number(from) {
                 return self.claim(call, &id, now, actions);
             }
-            return Some(prompt("enter_context", "Please enter the number shown in your app, then the hash key.", 16));
+            return Some(self.prompt(call, "enter_context", 16));
         };
         let entered = digits.unwrap_or_default();
         Some(match session.stage {
-            Stage::Done => bye("goodbye", "Goodbye."),
+            Stage::Done => self.bye(call, "goodbye"),
             // The platform asked again before we answered: it gave up on the earlier request.
             Stage::AwaitAnswer { .. } => return None,
             Stage::AwaitContext { tries } => return self.context_entered(call, &entered, tries, now, actions),
             Stage::AwaitConfirm { association } => {
                 if !self.claimed(call, &association) {
                     self.set_stage(call, Stage::Done);
-                    no_longer_valid()
+                    self.no_longer_valid(call)
                 } else if entered == CONFIRM_KEY {
                     self.set_stage(call, Stage::AwaitCode { association: association.clone(), tries: 0 });
                     let n = self.assocs.get(association.as_str()).map_or(6, |a| a.code.len());
                     self.step(&association, now, "confirmed", "the phone's owner confirmed the request", actions);
-                    prompt("enter_code", "Please enter the code shown in your app, then the hash key.", n)
+                    self.prompt(call, "enter_code", n)
                 } else if entered == REFUSE_KEY {
                     self.set_stage(call, Stage::Done);
                     self.refused_by_owner(&association, now, actions);
-                    bye("refused", "Thank you. Nothing was linked, and this account may not ask for this phone again for now. Goodbye.")
+                    self.bye(call, "refused")
                 } else {
                     self.set_stage(call, Stage::Done);
                     self.fail_attempt(&association, Reason::NotConfirmed, "the caller did not confirm the request", now, actions);
-                    not_linked()
+                    self.not_linked(call)
                 }
             }
             Stage::AwaitCode { association, tries } => self.code_entered(call, &association, &entered, tries, now, actions),
@@ -164,28 +194,32 @@ impl Engine {
         if self.ended_contexts.contains_key(entered) {
             // A proof call (or its context) of an attempt that is over: not a guess.
             self.set_stage(call, Stage::Done);
-            return Some(no_longer_valid());
+            return Some(self.no_longer_valid(call));
         }
         // Unknown or stale: audited (never the digits), and the adapters count it.
         actions.push(Action::Store(StoreWrite::Audit(AuditRecord { at: now, tenant: TenantId::default(), account: AccountId::default(), pbx: PbxId::default(), extension: Extension::default(), association: AssociationId::default(), step: "ivr_unknown_context".into(), result: format!("IVR call {call}") })));
         Some(if tries + 1 < CONTEXT_TRIES {
             self.set_stage(call, Stage::AwaitContext { tries: tries + 1 });
-            prompt("unknown_context", "This number is not known. Please enter the number shown in your app, then the hash key.", 16)
+            self.prompt(call, "unknown_context", 16)
         } else {
             self.set_stage(call, Stage::Done);
-            bye("unknown_context_bye", "This number is not known. Goodbye.")
+            self.bye(call, "unknown_context_bye")
         })
     }
 
     /// `call` presents the attempt of `id` (its context id, or its DID). Only the proof call may
     /// claim it; see the module docs.
     fn claim(&mut self, call: &str, id: &str, now: Millis, actions: &mut Vec<Action>) -> Option<IvrReply> {
-        let Some(a) = self.assocs.get(id) else { return Some(not_linked()) };
+        let Some(a) = self.assocs.get(id) else { return Some(self.not_linked(call)) };
+        // From here the call speaks the language of the PBX whose attempt it presented.
+        if let (Some(p), Some(c)) = (self.policies.get(&a.view.pbx), self.ivr_calls.get_mut(call)) {
+            c.language.clone_from(&p.language);
+        }
         let Some(c) = self.ivr_calls.get(call) else {
             // Forgotten while it waited (silent too long): the attempt is not left for the next
             // call to claim.
             self.fail_attempt(id, Reason::CallCleared, "the IVR call that presented the context is gone", now, actions);
-            return Some(not_linked());
+            return Some(self.not_linked(call));
         };
         let policy = self.policies.get(&a.view.pbx);
         let did = policy.and_then(|p| p.did_prefix.as_ref()).map(|p| format!("{p}{}", a.view.extension));
@@ -262,7 +296,8 @@ impl Engine {
         }
         if let Some((call, _)) = a.attempt.waiting.take() {
             self.set_stage(&call, Stage::Done);
-            actions.push(Action::IvrReply { call, reply: no_longer_valid() });
+            let reply = self.no_longer_valid(&call);
+            actions.push(Action::IvrReply { call, reply });
         }
     }
 
@@ -275,19 +310,19 @@ impl Engine {
             actions.push(Action::Notify { tenant: a.view.tenant.clone(), account: a.view.account.clone(), event: "suspected_attack".into(), association: id.into() });
         }
         self.fail_attempt(id, Reason::IvrCallMismatch, detail, now, actions);
-        not_linked()
+        self.not_linked(call)
     }
 
     /// Name the asking account and tenant, and the tenant's display name as theirs, then ask
     /// the phone's owner to accept or refuse (anti-phishing: the requester's own words are never
     /// spoken as if they were the gateway's).
     fn confirm_prompt(&mut self, call: &str, id: &str, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
-        let Some(a) = self.assocs.get(id) else { return bye("goodbye", "Goodbye.") };
-        let (tenant, account) = (a.view.tenant.clone(), a.view.account.clone());
-        let named = a.account_name.as_ref().map_or_else(String::new, |n| format!(" {tenant} gives its name as: {n}."));
+        let Some(a) = self.assocs.get(id) else { return self.bye(call, "goodbye") };
+        let (tenant, account) = (a.view.tenant.to_string(), a.view.account.to_string());
+        let named = a.account_name.as_ref().map_or_else(String::new, |n| format!(" {}", self.words(call, "account_name", &[("tenant", &tenant), ("name", n)], None).say));
         self.set_stage(call, Stage::AwaitConfirm { association: id.into() });
         self.step(id, now, "ivr_identified", "the proof call reached the IVR and claimed the attempt", actions);
-        prompt("confirm_account", &format!("The account {account} of {tenant} asks to link this phone.{named} If you asked for this, press {CONFIRM_KEY}. If you did not, press {REFUSE_KEY}."), 1)
+        self.words(call, "confirm_account", &[("account", &account), ("tenant", &tenant), ("named", &named), ("confirm_key", CONFIRM_KEY), ("refuse_key", REFUSE_KEY)], Some(1))
     }
 
     /// The phone's owner pressed 9: the attempt ends, and the account may not ask for this
@@ -307,14 +342,14 @@ impl Engine {
     fn code_entered(&mut self, call: &str, id: &str, entered: &str, tries: u32, now: Millis, actions: &mut Vec<Action>) -> IvrReply {
         if !self.claimed(call, id) {
             self.set_stage(call, Stage::Done);
-            return no_longer_valid();
+            return self.no_longer_valid(call);
         }
-        let Some(a) = self.assocs.get(id) else { return no_longer_valid() };
+        let Some(a) = self.assocs.get(id) else { return self.no_longer_valid(call) };
         if now >= a.view.expires_at {
             // "Expired" is told apart from "incorrect" (without revealing anything of the code).
             self.set_stage(call, Stage::Done);
             self.finish(id, State::Expired, Some(Reason::Expired), "the code expired before it was entered", now, actions);
-            return bye("code_expired", "This code has expired. Please request a new code in the app. Goodbye.");
+            return self.bye(call, "code_expired");
         }
         let ok = !a.code.is_empty() && a.code.len() == entered.len() && bool::from(a.code.as_bytes().ct_eq(entered.as_bytes()));
         let (pbx, ext, tenant, account) = (a.view.pbx.clone(), a.view.extension.clone(), a.view.tenant.clone(), a.view.account.clone());
@@ -339,8 +374,8 @@ impl Engine {
                 a.view.call = None;
             }
             self.finish(id, State::Bound, None, "the code matched on the proof call: extension bound", now, actions);
-            let account = self.assocs.get(id).map(|a| a.view.account.clone()).unwrap_or_default();
-            return bye("bound", &format!("Thank you. This phone is now linked to the account {account}. Goodbye."));
+            let (account, tenant) = self.assocs.get(id).map(|a| (a.view.account.to_string(), a.view.tenant.to_string())).unwrap_or_default();
+            return self.words(call, "bound", &[("account", &account), ("tenant", &tenant)], None);
         }
         for key in keys {
             let v = self.counters.entry(key.clone()).or_insert(0);
@@ -362,21 +397,21 @@ impl Engine {
         if locked {
             self.set_stage(call, Stage::Done);
             self.fail_attempt(id, Reason::LockedOut, "too many wrong codes for this account", now, actions);
-            return bye("locked_out", "Too many wrong codes. This phone cannot be linked for now. Goodbye.");
+            return self.bye(call, "locked_out");
         }
         if entries >= MAX_CODE_ENTRIES {
             self.set_stage(call, Stage::Done);
             self.fail_attempt(id, Reason::AttemptsExhausted, "the code was entered wrongly too often", now, actions);
-            return bye("attempts_exhausted", "Too many wrong codes. Please request a new code in the app. Goodbye.");
+            return self.bye(call, "attempts_exhausted");
         }
         if tries + 1 >= MAX_ENTRIES_PER_CALL {
             self.set_stage(call, Stage::Done);
             self.fail_attempt(id, Reason::WrongCode, "three wrong codes on this call", now, actions);
-            return bye("wrong_code_bye", "The code is not correct. You can try again from the app. Goodbye.");
+            return self.bye(call, "wrong_code_bye");
         }
         self.set_stage(call, Stage::AwaitCode { association: id.to_owned(), tries: tries + 1 });
         let n = self.assocs.get(id).map_or(6, |a| a.code.len());
-        prompt("wrong_code", "The code is not correct. Please try again, then the hash key.", n)
+        self.prompt(call, "wrong_code", n)
     }
 
     pub(crate) fn ivr_call_ended(&mut self, call: &str, now: Millis, actions: &mut Vec<Action>) {

@@ -228,6 +228,11 @@ pub struct Policy {
     pub did_prefix: Option<String>,
     /// Where the code goes: the API's answer, or the tenant's notification endpoint.
     pub code_delivery: CodeDelivery,
+    /// The language the IVR speaks to this PBX's phones (BCP 47, as the catalogue spells it).
+    pub language: String,
+    /// The prompt texts of every language (the configuration's one catalogue, shared by every
+    /// policy): the engine picks a prompt id and its values, the words are the catalogue's.
+    pub prompts: std::sync::Arc<crate::ivr::prompts::Prompts>,
 }
 
 impl Policy {
@@ -251,6 +256,8 @@ impl Policy {
             owner_block: Duration::from_secs(24 * 3600),
             did_prefix: None,
             code_delivery: CodeDelivery::Api,
+            language: crate::ivr::prompts::DEFAULT_LANGUAGE.to_owned(),
+            prompts: std::sync::Arc::new(crate::ivr::prompts::Prompts::shipped()),
         }
     }
 }
@@ -446,17 +453,13 @@ pub struct IvrReply {
     #[serde(skip)]
     pub prompt: &'static str,
     pub say: String,
+    /// The BCP 47 language `say` is in (the PBX's `language`), for the platform's text to speech.
+    #[schema(example = "fr-FR")]
+    pub language: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gather: Option<Gather>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub hangup: bool,
-}
-
-impl IvrReply {
-    /// The BCP 47 language the words are in.
-    pub fn language(&self) -> &str {
-        "en-US"
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]

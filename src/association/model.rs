@@ -202,6 +202,9 @@ pub(crate) struct IvrCall {
     pub(crate) last: Millis,
     pub(crate) from: String,
     pub(crate) stage: Stage,
+    /// The language its prompts are said in (BCP 47): see `Engine::first_language`, then the
+    /// PBX's once the call presents an attempt.
+    pub(crate) language: String,
 }
 
 

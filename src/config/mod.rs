@@ -16,10 +16,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod directory;
+mod languages;
 mod pbx;
 mod secrets;
 
 pub use directory::{parse_directory, DirectoryError, MAX_DIRECTORY};
+pub use languages::{FastAgiFiles, PromptFiles};
 pub use pbx::{LinkProfile, PbxConfig, Preset, XmlFraming, XmlProfile, XmlSession, DEFAULT_SESSION_DURATION, MAX_PROOF_CALLS_PER_HOUR, MAX_RING_TIMEOUT};
 pub use secrets::{read_secret, SecretSource, Secrets};
 
@@ -48,6 +50,10 @@ pub struct Config {
     /// `[cluster]`: this gateway is one of several sharing one PostgreSQL database; absent, it
     /// serves every PBX alone, as always.
     pub cluster: Option<ClusterSettings>,
+    /// `[prompts."fr-FR"]`: the IVR's texts by prompt id, over the shipped ones or for a language
+    /// of its own (`languages.rs`).
+    #[serde(default)]
+    pub prompts: std::collections::HashMap<String, std::collections::HashMap<String, String>>,
 }
 
 /// `[cluster]`: several `cstagate run` processes share one PostgreSQL database and split the
@@ -136,9 +142,10 @@ pub struct GatewaySettings {
     pub twiml_voices: std::collections::HashMap<String, String>,
     /// Address of the Asterisk FastAGI server (`0.0.0.0:4573`); none when absent.
     pub fastagi_listen: Option<String>,
-    /// FastAGI prompt files by prompt id.
+    /// FastAGI prompt files by prompt id, for every language; a language's own files in a table
+    /// under its tag (`"fr-FR" = { enter_code = "fr/enter-code" }`).
     #[serde(default)]
-    pub fastagi_prompts: std::collections::HashMap<String, String>,
+    pub fastagi_prompts: std::collections::HashMap<String, PromptFiles>,
     /// FastAGI file for prompts without their own (e.g. a text-to-speech prompt).
     pub fastagi_fallback: Option<String>,
     /// API connections open at once at most; more wait in the listen queue until one closes.
@@ -411,6 +418,9 @@ pub enum ConfigError {
     /// variable or file; the value is never part of the error.
     #[error("{at}: `{key}`: {from} {why}")]
     Secret { at: String, key: &'static str, from: String, why: String },
+    /// A `[prompts."<language>"]` table that would make the IVR say something wrong.
+    #[error("[prompts.\"{lang}\"]: {0}", lang = .0.language())]
+    Prompts(crate::ivr::prompts::PromptError),
 }
 
 impl Config {
@@ -472,6 +482,7 @@ impl Config {
                 return Err(p.invalid("tenant", format!("names `{t}`, which no [[tenant]] defines")));
             }
         }
+        self.validate_languages()?;
         // A `To` must name one pool number of one PBX.
         let pools: Vec<(&str, &str)> = self.pbx.iter().flat_map(|p| p.ivr_numbers.iter().map(move |n| (p.id.as_str(), n.as_str()))).collect();
         for (i, (pbx, n)) in pools.iter().enumerate() {

@@ -199,6 +199,9 @@ pub struct PbxConfig {
     pub ivr_claim_window: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     pub owner_block: Option<Duration>,
+    /// The language the IVR speaks to this PBX's phones (BCP 47, `en-US` when absent): shipped
+    /// (`en-US`, `fr-FR`) or given by a `[prompts."<language>"]` table.
+    pub language: Option<String>,
 }
 
 /// `ldap_extension_regex` when the file has none: the number is the extension as it is.
@@ -713,6 +716,7 @@ impl Config {
     /// A bad directory entry or a missing IVR number.
     pub fn policies(&self) -> Result<std::collections::HashMap<String, crate::association::Policy>, ConfigError> {
         let mut out = std::collections::HashMap::new();
+        let prompts = std::sync::Arc::new(self.prompts()?);
         for p in &self.pbx {
             let Some(tenant) = &p.tenant else { continue };
             // With a pool, its numbers are the IVR's; `ivr_number` is not needed.
@@ -744,6 +748,8 @@ impl Config {
             pol.context_digits = p.context_digits.unwrap_or(pol.context_digits);
             pol.ivr_claim_window = p.ivr_claim_window.unwrap_or(pol.ivr_claim_window);
             pol.owner_block = p.owner_block.unwrap_or(pol.owner_block);
+            pol.language = super::languages::pbx_language(p, &prompts)?;
+            pol.prompts = prompts.clone();
             // `validate` checked that the tenant exists; the code's way is the tenant's.
             pol.code_delivery = self.tenant.iter().find(|t| t.id == *tenant).map(|t| t.code_delivery).unwrap_or_default();
             out.insert(p.id.clone(), pol);

@@ -6,8 +6,9 @@
 //! (dead channel) and a bare `HANGUP` line are handled; the calling number is `agi_callerid`,
 //! the called number `agi_dnid` (else `agi_extension`).
 //!
-//! Prompts are recorded files named per prompt id in the configuration, with a fallback file
-//! (for example a text-to-speech prompt) for ids without a file. The protocol has no
+//! Prompts are recorded files named per prompt id in the configuration, for every language or
+//! per language (the PBX's `language`, see [`FastAgiSettings::file`]), with a fallback file (for
+//! example a text-to-speech prompt) for ids without a file. The protocol has no
 //! authentication: only peers in [`FastAgiSettings::allow`] (`fastagi_allow`, loopback by
 //! default) are served; a connection from any other address is closed before a byte is read,
 //! counted (`cstagate_fastagi_refused_total`) and logged with the address (at most every 10 s).
@@ -55,8 +56,14 @@ pub const MAX_SESSIONS: usize = 256;
 /// FastAGI settings.
 #[derive(Debug, Clone)]
 pub struct FastAgiSettings {
-    /// Prompt id (`enter_code`, `confirm_account`, ...) → sound file name (without extension).
+    /// Prompt id (`enter_code`, `confirm_account`, ...) → sound file name (without extension),
+    /// for every language.
     pub prompts: HashMap<String, String>,
+    /// Language (as the catalogue spells it: `fr-FR`) → its own files by prompt id.
+    pub prompts_by_language: HashMap<String, HashMap<String, String>>,
+    /// `language/prompt` pairs already logged as played in English: one line each. Bounded by
+    /// the configuration (its languages times the prompt ids).
+    pub english_logged: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     /// File played for prompt ids without a file of their own.
     pub fallback: String,
     /// How long to wait for Asterisk's next line before giving up on the call.
@@ -74,12 +81,35 @@ impl Default for FastAgiSettings {
     fn default() -> Self {
         FastAgiSettings {
             prompts: HashMap::new(),
+            prompts_by_language: HashMap::new(),
+            english_logged: Arc::default(),
             fallback: "cstagate/tts".into(),
             read_timeout: Duration::from_secs(60),
             max_sessions: MAX_SESSIONS,
             allow: crate::ivr::loopback(),
             guesses_per_minute: crate::ivr::GUESSES_PER_MINUTE,
         }
+    }
+}
+
+impl FastAgiSettings {
+    /// The file of prompt `id` said in `language`: the language's own, else the one for every
+    /// language, else the English one (logged once per language and prompt, since the caller
+    /// hears another language), else the fallback. Quoted for an AGI command.
+    pub fn file(&self, language: &str, id: &str) -> String {
+        let english = crate::ivr::prompts::DEFAULT_LANGUAGE;
+        let own = |lang: &str| self.prompts_by_language.get(lang).and_then(|t| t.get(id));
+        if let Some(f) = own(language).or_else(|| self.prompts.get(id)) {
+            return file_name(f);
+        }
+        if let Some(f) = own(english) {
+            let first = self.english_logged.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(format!("{language}/{id}"));
+            if first {
+                warn!(language, prompt = id, file = %f, "FastAGI: no prompt file for this language: the English one is played (add it to fastagi_prompts.\"{language}\")");
+            }
+            return file_name(f);
+        }
+        file_name(&self.fallback)
     }
 }
 
@@ -301,7 +331,7 @@ async fn dialogue(agi: &mut Agi, gw: &Gateway, settings: &FastAgiSettings, guard
         let entry = at_context && names_a_number(digits.as_deref());
         if entry && !guard.admit(call, now) {
             // Too many unknown context ids lately: goodbye, without asking the engine.
-            let file = file_name(settings.prompts.get(REFUSED_PROMPT).unwrap_or(&settings.fallback));
+            let file = settings.file(crate::ivr::prompts::DEFAULT_LANGUAGE, REFUSED_PROMPT);
             agi.command(&format!("STREAM FILE {file} \"\"")).await?;
             let _ = agi.command("HANGUP").await;
             gw.ivr_hangup(call.to_owned(), now_ms()).await;
@@ -312,7 +342,7 @@ async fn dialogue(agi: &mut Agi, gw: &Gateway, settings: &FastAgiSettings, guard
             guard.answered(call, reply.prompt, now);
         }
         at_context = asks_context(reply.prompt);
-        let file = file_name(settings.prompts.get(reply.prompt).unwrap_or(&settings.fallback));
+        let file = settings.file(&reply.language, reply.prompt);
         match reply.gather {
             Some(g) if !reply.hangup => {
                 let r = agi.command(&format!("GET DATA {file} {} {}", g.timeout_ms, g.max_digits)).await?;
@@ -338,6 +368,13 @@ mod tests {
         assert_eq!(digits_of(" (timeout)"), "");
         assert_eq!(digits_of("12 (timeout)"), "12");
         assert_eq!(file_name("cstagate/enter code\"; HANGUP"), "cstagate/entercodeHANGUP");
+        let s = FastAgiSettings {
+            prompts: HashMap::from([("busy".into(), "all/busy".into())]),
+            prompts_by_language: HashMap::from([("fr-FR".into(), HashMap::from([("enter_code".into(), "fr/code".into())])), ("en-US".into(), HashMap::from([("enter_code".into(), "en/code".into()), ("bound".into(), "en/bound".into())]))]),
+            ..Default::default()
+        };
+        assert_eq!([s.file("fr-FR", "enter_code"), s.file("en-US", "enter_code"), s.file("fr-FR", "busy"), s.file("fr-FR", "bound"), s.file("fr-FR", "goodbye")], ["fr/code", "en/code", "all/busy", "en/bound", "cstagate/tts"]);
+        assert_eq!(s.english_logged.lock().unwrap().len(), 1, "the English file played for French is logged once");
         assert_eq!(party("+33144002005"), "+33144002005");
         for bad in ["+3314\u{202e}4002005", "\u{1F600}", &"1".repeat(65)] {
             assert_eq!(party(bad), "", "{bad:?}");

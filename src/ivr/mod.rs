@@ -12,6 +12,7 @@
 
 pub mod fastagi;
 pub mod guesses;
+pub mod prompts;
 pub mod twiml;
 
 use std::net::IpAddr;
@@ -45,10 +46,18 @@ pub fn names_a_number(digits: Option<&str>) -> bool {
     digits.is_some_and(|d| d.bytes().any(|b| b.is_ascii_digit()))
 }
 
-/// The prompt id and words of the goodbye said to a context entry beyond the budget (the
-/// engine's own `busy` prompt, so that adapters with recorded files already have one).
+/// The prompt id of the goodbye said to a context entry beyond the budget (the engine's own
+/// `busy` prompt, so that adapters with recorded files already have one).
 pub const REFUSED_PROMPT: &str = "busy";
-pub const REFUSED_SAY: &str = "The service is busy. Please try again later. Goodbye.";
+
+/// The goodbye said to a context entry beyond the budget. It is decided without the engine (a
+/// flood of guesses must not reach it), so before the call is tied to any PBX: in the default
+/// language, with the shipped words.
+pub fn refused_reply() -> crate::association::IvrReply {
+    let language = prompts::DEFAULT_LANGUAGE;
+    let say = prompts::Prompts::shipped_ref().render(language, REFUSED_PROMPT, &[]);
+    crate::association::IvrReply { prompt: REFUSED_PROMPT, say, language: language.into(), gather: None, hangup: true }
+}
 
 /// One IVR adapter's guessing limit and counters. Shared by its connections or requests.
 #[derive(Debug)]

@@ -177,7 +177,7 @@ pub fn xml_escape(s: &str) -> String {
 }
 
 /// The TwiML document of the engine's reply: a `<Gather>` posting the keyed digits back to
-/// `action`, or the words and `<Hangup/>`. `language` and `voice` go on `<Say>`.
+/// `action`, or the words and `<Hangup/>`. `language` (the reply's) and `voice` go on `<Say>`.
 pub fn render(reply: &IvrReply, action: &str, language: &str, voice: Option<&str>) -> String {
     let say = if reply.say.is_empty() {
         String::new()
@@ -265,12 +265,12 @@ mod tests {
 
     #[test]
     fn twiml_gathers_or_hangs_up_with_escaped_text() {
-        let gather = IvrReply { prompt: "confirm_account", say: "The account <b>&\"x\" asks.".into(), gather: Some(Gather { max_digits: 1, finish_on_key: "#".into(), timeout_ms: 8000 }), hangup: false };
+        let gather = IvrReply { prompt: "confirm_account", say: "The account <b>&\"x\" asks.".into(), language: "fr-FR".into(), gather: Some(Gather { max_digits: 1, finish_on_key: "#".into(), timeout_ms: 8000 }), hangup: false };
         assert_eq!(
             render(&gather, "https://gw.example/v1/ivr/twiml", "fr-FR", Some("Polly.Lea")),
             "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Gather input=\"dtmf\" numDigits=\"1\" finishOnKey=\"#\" timeout=\"8\" action=\"https://gw.example/v1/ivr/twiml\" method=\"POST\"><Say language=\"fr-FR\" voice=\"Polly.Lea\">The account &lt;b&gt;&amp;&quot;x&quot; asks.</Say></Gather></Response>"
         );
-        let bye = IvrReply { prompt: "bound", say: "Linked. Goodbye.".into(), gather: None, hangup: true };
+        let bye = IvrReply { prompt: "bound", say: "Linked. Goodbye.".into(), language: "en-US".into(), gather: None, hangup: true };
         assert_eq!(render(&bye, "u", "en-US", None), "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response><Say language=\"en-US\">Linked. Goodbye.</Say><Hangup/></Response>");
         assert_eq!(xml_escape("a\u{7}b'"), "ab&apos;");
     }

@@ -16,6 +16,15 @@ fn the_readme_configuration_is_valid() {
     assert_eq!((pol.tenant.as_str(), pol.context_delivery, pol.code_digits, pol.lockout_after), ("acme", ContextDelivery::DialSuffix, 6, 100));
     assert_eq!(pol.directory.len(), 101);
     assert_eq!(pol.directory["2005"].as_deref(), Some("Alice Martin"));
+    assert_eq!(pol.language, "fr-FR");
+    // The languages block (IVR adapters): a French PBX, an override, FastAGI files per language.
+    let lang = readme.split("```toml\n").filter_map(|b| b.split("```").next()).find(|b| b.contains("[prompts.\"fr-FR\"]")).expect("the languages block");
+    let text = format!("[[tenant]]\nid = \"acme\"\ntoken_env = \"T\"\n{lang}");
+    let c = Config::parse(&text).unwrap_or_else(|e| panic!("README languages block: {e}"));
+    let pol = &c.policies().unwrap()["lyon"];
+    assert_eq!(pol.prompts.render(&pol.language, "bound", &[("account", "alice")]), "C'est fait : ce téléphone est relié au compte alice. Au revoir.");
+    let files = c.fastagi_files(&c.prompts().unwrap()).unwrap();
+    assert_eq!((files.all.len(), files.by_language["fr-FR"]["enter_code"].as_str()), (1, "fr/enter-code"));
     // The second block: link settings, valid inside a [[pbx]] table.
     let link = readme.split("```toml\n").nth(2).and_then(|b| b.split("```").next()).expect("link settings block");
     let text = format!("[[pbx]]\nid = \"x\"\naddress = \"h\"\ndialect = \"phase3\"\n{link}");

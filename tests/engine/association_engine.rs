@@ -1767,3 +1767,159 @@ fn a_code_out_of_band_is_only_in_its_delivery_and_an_undelivered_one_fails_the_a
     let again = t.complete(&id);
     assert!(again.error.is_some(), "no retry: the code never reached its user");
 }
+
+/// Languages: a call speaks the default until it presents an attempt when the PBXs it may
+/// belong to disagree (here `paris` in French and `ny` in English share the IVR number), then
+/// the language of the attempt's PBX, to its end.
+#[test]
+fn a_call_speaks_its_pbxs_language_from_the_claim_on() {
+    let mut p = policy();
+    p.language = "fr-FR".into();
+    let mut t = T::new(p);
+    let (id, ctx) = t.to_ivr("alice", "2005");
+    let r = t.ivr("ivr-1", None);
+    assert_eq!((r.prompt, r.language.as_str(), r.say.as_str()), ("enter_context", "en-US", "Please enter the number shown in your app, then the hash key."));
+    let r = t.ivr("ivr-1", Some(&ctx));
+    assert_eq!((r.prompt, r.language.as_str()), ("confirm_account", "fr-FR"), "{}", r.say);
+    assert_eq!(r.say, "Le compte alice de acme demande à relier ce téléphone. Selon acme, il s'agit de : alice name. Si vous êtes à l'origine de cette demande, appuyez sur 1. Sinon, appuyez sur 9.");
+    assert_eq!(t.ivr("ivr-1", Some("1")).language, "fr-FR");
+    let r = t.ivr("ivr-1", Some(CODE));
+    assert_eq!((r.language.as_str(), r.say.as_str()), ("fr-FR", "Merci. Ce téléphone est désormais relié au compte alice. Au revoir."));
+    assert_eq!(t.state(&id).0, State::Bound);
+}
+
+const POOL: [&str; 2] = ["0800100201", "0800100202"];
+
+fn pool_policy() -> Policy {
+    let mut p = policy();
+    p.context_delivery = ContextDelivery::NumberPool;
+    p.ivr_numbers = POOL.iter().map(|n| (*n).to_owned()).collect();
+    p.directory.insert("2007".into(), None);
+    p
+}
+
+/// An IVR request of call `call` that reached `to` from `from`.
+fn ivr_to(t: &mut T, call: &str, to: &str, from: &str, digits: Option<&str>) -> IvrReply {
+    t.run(Input::Ivr { call: call.into(), from: from.into(), to: to.into(), digits: digits.map(str::to_owned), now: t.now }).ivr.expect("ivr reply")
+}
+
+#[test]
+fn pool_numbers_are_told_apart_liberally_but_never_by_fewer_than_six_digits() {
+    for (number, to, same) in [
+        ("0800100201", "0800100201", true),
+        ("0800100201", "+33800100201", true),
+        ("0800100201", "0033 800 100 201", true),
+        ("0800100201", "100201", true),
+        ("0800100201", "0800100202", false),
+        ("0800100201", "00201", false),
+        ("0800100201", "", false),
+        ("12345", "12345", true),
+        ("12345", "012345", false),
+    ] {
+        assert_eq!(pool_number_matches(number, to), same, "{number} / {to}");
+    }
+}
+
+#[test]
+fn a_pool_number_names_the_attempt_holding_it_and_is_handed_out_once_at_a_time() {
+    let mut t = T::new(pool_policy());
+    let alice = t.create("alice", "2005").view.unwrap().id.to_string();
+    t.through_call(&alice, "2005");
+    t.now += 1_000;
+    let bob = t.create("bob", "2006").view.unwrap().id.to_string();
+    t.through_call(&bob, "2006");
+    // Each proof call dials its own number of the pool, and nothing after it: no context id.
+    assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2005".into(), to: POOL[0].into() }), "{:?}", t.csta());
+    assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2006".into(), to: POOL[1].into() }), "{:?}", t.csta());
+    // Every number is held: one more association is refused, and nothing of it stays.
+    let live = t.e.sizes().live;
+    assert!(matches!(t.create("carol", "2007").error, Some(Refusal::PoolExhausted)));
+    assert_eq!(t.e.sizes().live, live, "the refused association left nothing live");
+    // A pool number's IVR call (To as the platform reports it, international) names the attempt
+    // holding that number, bob's, and no other.
+    let r = ivr_to(&mut t, "ivr-b", "+33800100202", "+33144002006", None);
+    assert!(r.say.contains("account bob of acme") && r.say.contains("press 1"), "{}", r.say);
+    ivr_to(&mut t, "ivr-b", "+33800100202", "+33144002006", Some("1"));
+    let r = ivr_to(&mut t, "ivr-b", "+33800100202", "+33144002006", Some(CODE));
+    assert!(r.hangup && r.say.contains("now linked"), "{}", r.say);
+    assert_eq!(t.state(&bob).0, State::Bound);
+    assert_eq!(t.state(&alice).0, State::InIvr, "alice's attempt is untouched");
+    // bob's number came back with the end of his attempt: carol gets it.
+    let carol = t.create("carol", "2007").view.unwrap().id.to_string();
+    t.now += 1_000;
+    t.through_call(&carol, "2007");
+    assert!(t.csta().contains(&CstaRequest::MakeCall { from: "2007".into(), to: POOL[1].into() }), "{:?}", t.csta());
+}
+
+#[test]
+fn a_pool_number_no_attempt_holds_links_nothing() {
+    let mut t = T::new(pool_policy());
+    let alice = t.create("alice", "2005").view.unwrap().id.to_string();
+    t.through_call(&alice, "2005");
+    // The other number of the pool, which no attempt holds: goodbye, whatever is keyed.
+    let r = ivr_to(&mut t, "ivr-x", POOL[1], "+33144002005", None);
+    assert!(r.hangup && r.gather.is_none(), "{}", r.say);
+    let r = ivr_to(&mut t, "ivr-x", POOL[1], "+33144002005", Some(CODE));
+    assert!(r.hangup, "{}", r.say);
+    assert_eq!(t.state(&alice).0, State::InIvr);
+    assert!(t.e.binding("paris", "2005").is_none());
+    // A failed attempt gives its number back (no answer here), and its retry takes one again.
+    t.run(Input::CstaEvent { pbx: "paris".into(), extension: "2005".into(), event: CallEvent::Cleared { call: CallId::from(vec![0x2B, t.now as u8]) }, now: t.now });
+    assert_eq!(t.state(&alice).0, State::Failed);
+    assert!(t.create("bob", "2006").view.is_some());
+    let carol = t.create("carol", "2007");
+    assert!(carol.view.is_some(), "both numbers are free again: {:?}", carol.error);
+    assert!(matches!(t.complete(&alice).error, Some(Refusal::PoolExhausted)), "the retry waits for a number like anyone");
+}
+
+#[test]
+fn a_removed_pbx_ends_its_live_associations_and_keeps_its_bindings_and_new_policies_apply_to_new_associations() {
+    let mut t = T::new(policy());
+    let (bound, ctx) = t.to_ivr("alice", "2005");
+    t.ivr("c1", Some(&format!("*{ctx}#")));
+    t.ivr("c1", Some("1"));
+    t.ivr("c1", Some(CODE));
+    assert_eq!(t.state(&bound).0, State::Bound);
+    t.now += 1_000;
+    let (live, _) = t.to_ivr("bob", "2006");
+    let call = t.e.view(&Principal::Admin, &live).unwrap().call.clone().expect("a proof call");
+    let random = t.random();
+    let other = t.run(Input::Create { principal: Principal::Tenant("globex".into()), account: "carol".into(), account_name: None, pbx: Some("ny".into()), extension: "2005".into(), id: "ny-1".into(), random, code: format!("{CODE}000000"), now: t.now }).view.unwrap().id;
+    let actions = t.e.pbx_removed("paris", t.now);
+    assert_eq!(t.state(&live), (State::Failed, Some(Reason::PbxRemoved), false));
+    assert!(actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::ClearConnection { call: c, .. }, .. } if *c == call)), "{actions:?}");
+    assert!(actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::MonitorStop { extension }, .. } if extension == "2006")), "{actions:?}");
+    assert_eq!(t.state(&other).0, State::Monitoring, "another PBX's association is untouched");
+    assert!(t.e.binding("paris", "2005").is_some(), "bindings stay: they come back with the PBX");
+    // New policies: a new association dials the new IVR number.
+    let mut p = policy();
+    p.ivr_number = "0800999999".into();
+    t.e.set_policies(HashMap::from([("paris".to_owned(), p)]));
+    t.now += 1_000;
+    let id = t.create("dave", "2006").view.unwrap().id;
+    let out = t.done(&id, CstaRequest::MonitorStart { extension: "2006".into() }, Ok(Default::default()));
+    assert!(out.actions.iter().any(|a| matches!(a, Action::Csta { request: CstaRequest::MakeCall { to, .. }, .. } if to.starts_with("0800999999*"))), "{:?}", out.actions);
+}
+
+#[test]
+fn a_link_lost_during_monitor_start_is_the_link_failing_not_a_refusal() {
+    let step = |t: &T, id: &str| t.e.view(&Principal::Admin, id).unwrap().history.last().unwrap().detail.clone();
+    let cancel = |t: &mut T, id: &str| t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: id.into(), now: t.now });
+    let mut t = T::new(policy());
+    let alice = t.create("alice", "2005").view.unwrap().id.to_string();
+    t.done(&alice, CstaRequest::MonitorStart { extension: "2005".into() }, Err(CstaFailure::LinkDown));
+    assert_eq!(t.state(&alice), (State::Failed, Some(Reason::LinkDown), true));
+    assert_eq!(step(&t, &alice), "PBX link lost during MonitorStart");
+    // The PBX refusing is told apart.
+    let bob = t.create("bob", "2006").view.unwrap().id.to_string();
+    t.done(&bob, CstaRequest::MonitorStart { extension: "2006".into() }, Err(CstaFailure::Rejected));
+    assert_eq!((t.state(&bob).1, step(&t, &bob)), (Some(Reason::RejectedByPbx), "MonitorStart refused".to_owned()));
+    // A MonitorStart answer that comes after the association ended changes nothing.
+    cancel(&mut t, &alice);
+    t.now += 1_000;
+    let carol = t.create("carol", "2005").view.unwrap().id.to_string();
+    cancel(&mut t, &carol);
+    let before = (t.state(&carol), step(&t, &carol));
+    t.done(&carol, CstaRequest::MonitorStart { extension: "2005".into() }, Err(CstaFailure::LinkDown));
+    assert_eq!((t.state(&carol), step(&t, &carol)), before);
+}

@@ -30,12 +30,17 @@ async fn env() -> Env {
 
 /// The gateway with FastAGI on an ephemeral port and `gateway` as more `[gateway]` lines.
 async fn env_with(gateway: &str) -> Env {
+    env_for(gateway, "").await
+}
+
+/// As [`env_with`], with `pbx` as more lines of the `[[pbx]]` table.
+async fn env_for(gateway: &str, pbx: &str) -> Env {
     let mut sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap();
     sim.config().extensions[0].behaviour = cstagate::sim::Behaviour::Answer { after: Duration::from_millis(10) };
     let ivr = sim.take_ivr().unwrap();
     let options = LocalOptions {
         gateway: format!("fastagi_listen = \"127.0.0.1:0\"\n{gateway}"),
-        pbx: "extensions = [\"2005\"]\nnames = { \"2005\" = \"Alice Martin\" }\n".into(),
+        pbx: format!("extensions = [\"2005\"]\nnames = {{ \"2005\" = \"Alice Martin\" }}\n{pbx}"),
         ..Default::default()
     };
     let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
@@ -123,6 +128,39 @@ async fn an_association_is_bound_through_fastagi() {
     assert!(a.commands.iter().any(|c| c.starts_with("GET DATA cstagate/tts ")), "fallback file for prompts without one");
     let (s, b) = e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.tenant, None).await.unwrap();
     assert_eq!((s, b["did"].as_str()), (200, Some("+33144002005")), "agi_callerid is the calling number");
+    drop(e.sim);
+}
+
+/// A French PBX (`language = "fr-FR"`): each prompt's file is the French table's, else the one
+/// for every language, else the English table's (said once in the log), else the fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_french_pbx_plays_the_french_files() {
+    let prompts = "fastagi_prompts = { enter_context = \"all/enter-context\", enter_code = \"all/enter-code\", \"fr-FR\" = { confirm_account = \"fr/confirm\", enter_code = \"fr/enter-code\" }, \"en-US\" = { confirm_account = \"en/confirm\", bound = \"en/bound\" } }\n";
+    let mut e = env_for(prompts, "language = \"fr-FR\"\n").await;
+    let (_, v) = e.http.json("POST", "/v1/associations", &e.tokens.tenant, Some(json!({ "account": "alice", "extension": "2005" }))).await.unwrap();
+    let code = v["code"].as_str().unwrap().to_owned();
+    let ctx = connected(&mut e).await;
+    let mut a = Asterisk::connect(e.agi, "1700000000.50").await;
+    let mut answers = vec![ctx.trim_start_matches('*').trim_end_matches('#').to_owned(), "1".into(), code].into_iter();
+    while let Some(cmd) = a.next_command().await {
+        if cmd == "ANSWER" {
+            a.reply("200 result=0").await;
+        } else if cmd.starts_with("GET DATA") {
+            let d = answers.next().unwrap_or_else(|| panic!("a GET DATA beyond the script: {:?}", a.commands));
+            a.reply(&format!("200 result={d}")).await;
+        } else if cmd.starts_with("STREAM FILE") {
+            a.reply("200 result=0 endpos=16000").await;
+        } else if cmd == "HANGUP" {
+            a.reply("200 result=1").await;
+            break;
+        } else {
+            a.reply("510 Invalid or unknown command").await;
+        }
+    }
+    let played: Vec<&str> = a.commands.iter().filter_map(|c| c.strip_prefix("GET DATA ").or_else(|| c.strip_prefix("STREAM FILE "))).filter_map(|c| c.split(' ').next()).collect();
+    assert_eq!(played, ["all/enter-context", "fr/confirm", "fr/enter-code", "en/bound"], "{:?}", a.commands);
+    let (s, _) = e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.tenant, None).await.unwrap();
+    assert_eq!(s, 200, "bound");
     drop(e.sim);
 }
 

@@ -76,10 +76,10 @@ async fn webhook(http: &Http, body: Value, secret: &str) -> (u16, Value) {
 pub(crate) async fn dialogue(http: &Http, secret: &str, call: &str, ctx: &str, code: &str, account: &str) -> Vec<(u16, Value)> {
     let gather = |max_digits: usize| json!({ "max_digits": max_digits, "finish_on_key": "#", "timeout_ms": 8000 });
     let steps = [
-        (None, json!({ "say": "Please enter the number shown in your app, then the hash key.", "gather": gather(16) })),
-        (Some(ctx), json!({ "say": format!("The account {account} of acme asks to link this phone. If you asked for this, press 1. If you did not, press 9."), "gather": gather(1) })),
-        (Some("1"), json!({ "say": "Please enter the code shown in your app, then the hash key.", "gather": gather(code.len()) })),
-        (Some(code), json!({ "say": format!("Thank you. This phone is now linked to the account {account}. Goodbye."), "hangup": true })),
+        (None, json!({ "say": "Please enter the number shown in your app, then the hash key.", "language": "en-US", "gather": gather(16) })),
+        (Some(ctx), json!({ "say": format!("The account {account} of acme asks to link this phone. If you asked for this, press 1. If you did not, press 9."), "language": "en-US", "gather": gather(1) })),
+        (Some("1"), json!({ "say": "Please enter the code shown in your app, then the hash key.", "language": "en-US", "gather": gather(code.len()) })),
+        (Some(code), json!({ "say": format!("Thank you. This phone is now linked to the account {account}. Goodbye."), "language": "en-US", "hangup": true })),
     ];
     let mut answers = Vec::new();
     for (d, want) in steps {
@@ -490,7 +490,7 @@ async fn every_response_matches_the_served_openapi_document() {
         check("post", "/v1/ivr/webhook", answer);
     }
     let (s, r) = webhook(&h, json!({ "call": call, "from": "", "to": "", "hangup": true }), &e.tokens.ivr).await;
-    assert_eq!((s, &r), (200, &json!({ "say": "", "hangup": true })));
+    assert_eq!((s, &r), (200, &json!({ "say": "", "language": "en-US", "hangup": true })));
     check("post", "/v1/ivr/webhook", (s, r));
     let (s, r) = webhook(&h, json!({ "call": call, "from": "", "to": "" }), "wrong").await;
     assert_eq!((s, r["error"].as_str()), (401, Some("bad or missing X-Cstagate-Signature")), "{r}");

@@ -36,3 +36,4 @@ mod directory_ldap;
 mod twiml;
 mod ivr_pool;
 mod ops_api;
+mod languages;
