@@ -1786,6 +1786,13 @@ fn a_call_speaks_its_pbxs_language_from_the_claim_on() {
     let r = t.ivr("ivr-1", Some(CODE));
     assert_eq!((r.language.as_str(), r.say.as_str()), ("fr-FR", "Merci. Ce téléphone est désormais relié au compte alice. Au revoir."));
     assert_eq!(t.state(&id).0, State::Bound);
+    // Where the PBXs' IVR numbers differ, a call speaks the language of the PBX whose number it
+    // dialled from its first request.
+    let mut paris = policy();
+    paris.language = "fr-FR".into();
+    let mut t = T { e: Engine::new(HashMap::from([("paris".to_owned(), paris), ("ny".to_owned(), Policy::new("globex", "0800999999"))])), now: T0, all: Vec::new(), draws: 0 };
+    assert_eq!(ivr_to(&mut t, "ivr-2", IVR, "+33144002005", None).language, "fr-FR");
+    assert_eq!(ivr_to(&mut t, "ivr-3", "0800999999", "+12125550100", None).language, "en-US");
 }
 
 const POOL: [&str; 2] = ["0800100201", "0800100202"];
