@@ -745,8 +745,10 @@ function Apdu:opcode(c)
         self.op = v
         return true
     elseif c.tag == 0x06 then
-        local oid = oid_string(self.b, c)
-        if not oid then return self:malformed(c, "bad operation code") end
+        -- As the codec: a global code is kept as its bytes, and one whose OID does not read
+        -- (a last octet with the continuation bit) is named "global:" with nothing after it,
+        -- not refused.
+        local oid = oid_string(self.b, c) or ""
         self.tree:add(F.operation, self:range(c), "global:" .. oid)
         self.summary[#self.summary + 1] = "global:" .. oid
         return true

@@ -247,7 +247,7 @@ impl Engine {
         };
         self.by_ext.insert(ext_key, id.clone());
         self.by_account.insert((tenant.clone(), account.clone()), id.clone());
-        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, lock_unknown: false, earlier_make_calls: Vec::new(), ended_calls: Vec::new(), monitored: false, deadline: None, attempt: Attempt::default() });
+        self.assocs.insert(id.clone(), Assoc { view: view.clone(), account_name, code: code.clone(), code_entries: 0, lock_call: None, lock_unknown: false, earlier_make_calls: Vec::new(), ended_calls: Vec::new(), calls_unknown: false, monitored: false, deadline: None, attempt: Attempt::default() });
         self.touch(&id);
         actions.push(audit(&view, now, "code_issued", "ok"));
         // Out of band: the code leaves only in the tenant's notification, before the proof call

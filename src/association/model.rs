@@ -64,6 +64,10 @@ pub(crate) struct Assoc {
     /// the PBX may report on them long after the attempt ended (a late Established, a Cleared),
     /// and such a report must never name, or end the lock of, the current attempt.
     pub(crate) ended_calls: Vec<CallId>,
+    /// A MakeCall of this association was answered "link down": the PBX may have placed its
+    /// call without the gateway ever learning the call's id. From then on no event names a proof
+    /// call, only the proof MakeCall's own answer does (an event could be about that call).
+    pub(crate) calls_unknown: bool,
     pub(crate) monitored: bool,
     /// Ringing (until the IVR answers: `no_answer`) or in the IVR (until the IVR platform's
     /// next request: `ivr_timeout`).

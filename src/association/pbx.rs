@@ -128,6 +128,9 @@ impl Engine {
         let Some(Pending { association, purpose }) = self.pending.remove(&rid) else { return };
         let id = association.as_str();
         let Some(a) = self.assocs.get_mut(id) else { return };
+        if matches!(purpose, Purpose::LockCall | Purpose::ProofCall) && matches!(outcome, Err(CstaFailure::LinkDown)) {
+            a.calls_unknown = true;
+        }
         // A MakeCall of an earlier attempt: its call is that attempt's, never this one's.
         if matches!(purpose, Purpose::LockCall | Purpose::ProofCall) && ![a.attempt.lock_request, a.attempt.proof_request].contains(&Some(rid)) {
             a.earlier_make_calls.retain(|r| *r != rid);
@@ -224,7 +227,7 @@ impl Engine {
         let named = match &a.view.call {
             Some(c) if c != event.call() => return,
             Some(_) => true,
-            None => !a.lock_unknown && a.lock_call.as_ref() != Some(event.call()) && a.earlier_make_calls.is_empty() && !a.ended_calls.contains(event.call()),
+            None => !a.lock_unknown && a.lock_call.as_ref() != Some(event.call()) && a.earlier_make_calls.is_empty() && !a.calls_unknown && !a.ended_calls.contains(event.call()),
         };
         // A PBX that repeats events without end must not hold the engine (each step is written);
         // events while the attempt waits for its call to be named count too.

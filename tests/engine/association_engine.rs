@@ -1786,6 +1786,13 @@ fn a_call_speaks_its_pbxs_language_from_the_claim_on() {
     let r = t.ivr("ivr-1", Some(CODE));
     assert_eq!((r.language.as_str(), r.say.as_str()), ("fr-FR", "Merci. Ce téléphone est désormais relié au compte alice. Au revoir."));
     assert_eq!(t.state(&id).0, State::Bound);
+    // Where the PBXs' IVR numbers differ, a call speaks the language of the PBX whose number it
+    // dialled from its first request.
+    let mut paris = policy();
+    paris.language = "fr-FR".into();
+    let mut t = T { e: Engine::new(HashMap::from([("paris".to_owned(), paris), ("ny".to_owned(), Policy::new("globex", "0800999999"))])), now: T0, all: Vec::new(), draws: 0 };
+    assert_eq!(ivr_to(&mut t, "ivr-2", IVR, "+33144002005", None).language, "fr-FR");
+    assert_eq!(ivr_to(&mut t, "ivr-3", "0800999999", "+12125550100", None).language, "en-US");
 }
 
 const POOL: [&str; 2] = ["0800100201", "0800100202"];
@@ -1922,4 +1929,26 @@ fn a_link_lost_during_monitor_start_is_the_link_failing_not_a_refusal() {
     let before = (t.state(&carol), step(&t, &carol));
     t.done(&carol, CstaRequest::MonitorStart { extension: "2005".into() }, Err(CstaFailure::LinkDown));
     assert_eq!((t.state(&carol), step(&t, &carol)), before);
+}
+
+#[test]
+fn after_a_makecall_answered_link_down_only_a_makecalls_own_answer_names_the_proof_call() {
+    let follows = |t: &T, id: &str| (t.state(id).0, t.e.view(&Principal::Admin, id).unwrap().call.clone());
+    let mut t = T::new(policy());
+    let id = t.create("alice", "2005").view.unwrap().id.to_string();
+    let out = t.done(&id, CstaRequest::MonitorStart { extension: "2005".into() }, Ok(Default::default()));
+    let first = ids_of(&out.actions, |r| matches!(r, CstaRequest::MakeCall { .. }))[0];
+    // The link went down with the MakeCall unanswered: the PBX may have placed the call anyway,
+    // and the gateway never learns its id.
+    t.run(Input::CstaDone { id: first, outcome: Err(CstaFailure::LinkDown), now: t.now });
+    assert_eq!(t.state(&id), (State::Failed, Some(Reason::LinkDown), true));
+    let out = t.complete(&id);
+    let retry = ids_of(&out.actions, |r| matches!(r, CstaRequest::MakeCall { .. }))[0];
+    // An event about a call the gateway has no id for could be that first call: it names nothing.
+    t.ev("2005", CallEvent::Established { call: CallId::from(vec![1]) });
+    assert_eq!(follows(&t, &id), (State::Calling, None));
+    // The retry's own answer names its call, and that call's events are followed.
+    t.run(Input::CstaDone { id: retry, outcome: Ok(CstaResultInfo { call: Some(CallId::from(vec![2])) }), now: t.now });
+    t.ev("2005", CallEvent::Established { call: CallId::from(vec![2]) });
+    assert_eq!(follows(&t, &id), (State::InIvr, Some(CallId::from(vec![2]))));
 }
