@@ -382,7 +382,11 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
         // The associations in flight are their PBX owners' (maybe alive): not this start's to end.
         snap.in_flight.clear();
     }
-    let (engine, restored): (Engine, Vec<Action>) = Engine::restore(policies.clone(), snap, now_ms());
+    let (mut engine, restored): (Engine, Vec<Action>) = Engine::restore(policies.clone(), snap, now_ms());
+    if cluster.is_some() {
+        // No PBX is acted for until its lease is taken and it is adopted (the gate).
+        engine.set_served(Some(std::collections::HashSet::new()));
+    }
     let (links, cluster_profiles): (HashMap<_, _>, HashMap<_, _>) = match cluster {
         None => (profiles.into_iter().map(|p| (p.id.clone(), Link::spawn(p))).collect(), HashMap::new()),
         Some(_) => (HashMap::new(), profiles.into_iter().map(|p| (p.id.clone(), p)).collect()),

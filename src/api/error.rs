@@ -81,6 +81,9 @@ impl From<&Refusal> for HttpError {
             Refusal::BlockedByPhoneOwner(_) => (StatusCode::FORBIDDEN, "blocked_by_phone_owner"),
             Refusal::Expired => (StatusCode::GONE, "expired"),
             Refusal::PoolExhausted => (StatusCode::SERVICE_UNAVAILABLE, "ivr_pool_exhausted"),
+            // `[cluster]`: the PBX's lease is elsewhere or free; the routing layer adds
+            // `Retry-After` (a third of `lease_ttl`).
+            Refusal::NotServed(_) => (StatusCode::SERVICE_UNAVAILABLE, "pbx_not_served"),
             _ => (StatusCode::BAD_REQUEST, "bad_request"),
         };
         HttpError { status, body: ErrorBody { error: e.to_string(), field: None, code: Some(code) } }

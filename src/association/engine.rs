@@ -31,6 +31,7 @@ impl Engine {
             forget: BTreeSet::new(),
             next_sweep: 0,
             touched: Vec::new(),
+            served: None,
         }
     }
 
@@ -93,11 +94,13 @@ impl Engine {
             }
             ApiInput::Complete { principal, id, random, now } => {
                 self.visible_id(&principal, &id).ok_or(Refusal::NotFound)?;
+                self.check_served(self.assocs.get(id.as_str()).map(|a| &a.view.pbx))?;
                 self.start_attempt(&id, &random, now, actions)?;
                 self.assocs.get(id.as_str()).map(|a| ApiReply::Association(a.view.clone())).ok_or(Refusal::NotFound)
             }
             ApiInput::Cancel { principal, id, now } => {
                 self.visible_id(&principal, &id).ok_or(Refusal::NotFound)?;
+                self.check_served(self.assocs.get(id.as_str()).map(|a| &a.view.pbx))?;
                 let a = self.assocs.get(id.as_str()).ok_or(Refusal::NotFound)?;
                 if a.view.state.is_final(a.view.retryable) {
                     return Err(Refusal::WrongState(a.view.state));
@@ -106,6 +109,7 @@ impl Engine {
                 self.assocs.get(id.as_str()).map(|a| ApiReply::Association(a.view.clone())).ok_or(Refusal::NotFound)
             }
             ApiInput::Unbind { principal, account, pbx, extension, now } => {
+                self.check_served(Some(&pbx))?;
                 let key = (pbx.clone(), extension.clone());
                 match self.bindings.get(&key) {
                     Some(b) if principal == Principal::Admin || (visible(&principal, &b.tenant) && account.as_deref() == Some(b.account.as_str())) => {
@@ -171,6 +175,16 @@ impl Engine {
         actions
     }
 
+    /// [`Refusal::NotServed`] when `pbx` is one this engine does not act for (`[cluster]`: owned
+    /// by another instance, or by none): checked before anything is decided, so such a request
+    /// writes nothing — a write for another owner's PBX would be fenced by the database.
+    fn check_served(&self, pbx: Option<&PbxId>) -> Result<(), Refusal> {
+        match (pbx, &self.served) {
+            (Some(p), Some(served)) if !served.contains(p) => Err(Refusal::NotServed(p.to_string())),
+            _ => Ok(()),
+        }
+    }
+
     fn visible_id(&self, principal: &Principal, id: &str) -> Option<()> {
         self.view(principal, id).map(|_| ())
     }
@@ -196,6 +210,7 @@ impl Engine {
             [] => return Err(Refusal::UnknownExtension(extension.into_string())),
             _ => return Err(Refusal::BadRequest("the extension exists on several PBXs of this tenant: give `pbx`".into())),
         };
+        self.check_served(Some(&pbx))?;
         let (code_digits, code_ttl, require_completion, code_delivery) = {
             let p = &self.policies[&pbx];
             (p.code_digits, p.code_ttl, p.require_completion, p.code_delivery)

@@ -445,6 +445,24 @@ pub enum StoreWrite {
     Audit(AuditRecord),
 }
 
+impl StoreWrite {
+    /// The PBX this write is for, when it is for one (what `[cluster]`'s fence checks): an
+    /// account-wide counter, or an audit record of no PBX (an unknown context id), is for none.
+    pub fn pbx(&self) -> Option<&str> {
+        let p = match self {
+            StoreWrite::Association(v) => v.pbx.as_str(),
+            StoreWrite::Bind(b) => b.pbx.as_str(),
+            StoreWrite::Unbind { pbx, .. } | StoreWrite::Unblock { pbx, .. } => pbx.as_str(),
+            StoreWrite::Counter { key: CounterKey::AccountExtension { pbx, .. }, .. } => pbx.as_str(),
+            StoreWrite::Counter { .. } => return None,
+            StoreWrite::ProofCall(c) => c.pbx.as_str(),
+            StoreWrite::Block(b) => b.pbx.as_str(),
+            StoreWrite::Audit(a) => a.pbx.as_str(),
+        };
+        (!p.is_empty()).then_some(p)
+    }
+}
+
 /// What the IVR platform should do next on a call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct IvrReply {
@@ -517,6 +535,10 @@ pub enum Refusal {
     /// Every number of the PBX's IVR pool is held by a live proof call: try again shortly.
     #[error("every IVR number of this PBX is in use by a proof call; try again shortly")]
     PoolExhausted,
+    /// `[cluster]`: the PBX is not owned by this instance (its lease is another's, or free for
+    /// a moment during a failover): nothing was done; try again shortly.
+    #[error("PBX {0} is not served by this gateway instance right now; try again shortly")]
+    NotServed(String),
 }
 
 /// API requests to the engine ([`Engine::api`]). `now` is the shell's clock.

@@ -171,6 +171,9 @@ pub struct Engine {
     pub(crate) next_sweep: Millis,
     /// Associations an input changed: their deadlines are re-armed before the input returns.
     pub(crate) touched: Vec<String>,
+    /// With `[cluster]`: the PBXs this instance owns, the only ones the engine acts for
+    /// ([`Engine::set_served`]); `None` (one gateway alone): every PBX of `policies`.
+    pub(crate) served: Option<std::collections::HashSet<PbxId>>,
 }
 
 /// How much the engine holds in memory (`/metrics`; bounded by live work, not by history).

@@ -40,6 +40,50 @@ impl Engine {
         (e, actions)
     }
 
+    /// `[cluster]`: act only for the PBXs in `pbxs` from now on (`None`, one gateway alone: for
+    /// every PBX of the policies). A request for another PBX is refused
+    /// ([`Refusal::NotServed`]) before anything is decided: nothing is written for a PBX whose
+    /// lease this instance does not hold. A PBX no longer served has its associations ended
+    /// first ([`Engine::pbx_removed`]).
+    pub fn set_served(&mut self, pbxs: Option<std::collections::HashSet<PbxId>>) {
+        self.served = pbxs;
+    }
+
+    /// The PBXs this engine acts for, when not all ([`Engine::set_served`]).
+    pub fn served(&self) -> Option<&std::collections::HashSet<PbxId>> {
+        self.served.as_ref()
+    }
+
+    /// `[cluster]`: this instance just took `pbx` over, and from `snap` (the store, read now)
+    /// learns what other instances did there meanwhile: the PBX's bindings and proof calls in
+    /// memory are replaced by the stored ones (a binding made or ended by the previous owner
+    /// counts from now on), then the associations the previous owner left in flight there end
+    /// as after a restart ([`Engine::end_orphans`]). Nothing of another PBX changes.
+    pub fn adopt(&mut self, pbx: &str, snap: Snapshot, now: Millis) -> Vec<Action> {
+        self.bindings.retain(|(p, _), _| p.as_str() != pbx);
+        for b in snap.bindings.into_iter().filter(|b| b.pbx.as_str() == pbx) {
+            self.bindings.insert((b.pbx.clone(), b.extension.clone()), b);
+        }
+        self.proof_calls.retain(|(p, _), _| p.as_str() != pbx);
+        for c in snap.proof_calls.into_iter().filter(|c| c.pbx.as_str() == pbx && now.saturating_sub(c.at) < HOUR) {
+            self.proof_calls.entry((c.pbx.clone(), c.extension.clone())).or_default().push(c);
+        }
+        let left = snap.in_flight.into_iter().filter(|v| v.pbx.as_str() == pbx).collect();
+        self.end_orphans(left, now)
+    }
+
+    /// `[cluster]`: a write batch for `pbx` was refused by the database (fenced: another
+    /// instance holds its lease now). The engine stops acting for it at once and forgets its
+    /// live associations *without a write* (their ends are the new owner's to store, as
+    /// `gateway_restarted`); the actions that would end them here are dropped, the calls too
+    /// (the new owner clears them through its own link). Other PBXs are untouched.
+    pub fn drop_pbx(&mut self, pbx: &str, now: Millis) {
+        let _ = self.pbx_removed(pbx, now);
+        if let Some(s) = &mut self.served {
+            s.remove(pbx);
+        }
+    }
+
     /// End associations left in flight by a gateway that is gone (this one before a restart, or
     /// with `[cluster]` the dead previous owner of a PBX this instance just took over): each
     /// not final and not followed by this engine ends failed with `gateway_restarted`, audited,

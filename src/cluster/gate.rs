@@ -19,6 +19,10 @@ use crate::config::LinkProfile;
 use crate::gateway::{Gateway, Query, Reconfigure};
 use crate::link::{Link, LinkState};
 
+/// Adoptions of a PBX taken over tried while the store cannot be read, [`ADOPT_RETRY`] apart.
+const ADOPT_TRIES: usize = 10;
+const ADOPT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Run the gate until the shell stops: `profiles` by PBX, `policies` as configured.
 pub async fn run(gateway: Gateway, profiles: HashMap<String, LinkProfile>, policies: HashMap<String, Policy>, mut events: mpsc::Receiver<GateEvent>) {
     let mut closing: Option<Link> = None;
@@ -51,9 +55,22 @@ pub async fn run(gateway: Gateway, profiles: HashMap<String, LinkProfile>, polic
         }
         // Taken over: what the previous owner (dead, or paused and fenced) left in flight there
         // ends `gateway_restarted`, its proof calls cleared through the new link.
+        // The PBX is served (requests for it decided here) only once adopted: until then they
+        // are refused with 503. A store that cannot be read is tried again, a few times.
         if let Some(pbx) = adopt {
-            if gateway.adopt(&pbx).await.is_err() {
-                warn!(pbx = %pbx, "the previous owner's associations in flight not ended: they will be at the next takeover or restart");
+            let mut served = false;
+            for _ in 0..ADOPT_TRIES {
+                match gateway.adopt(&pbx).await {
+                    Ok(true) => {
+                        served = true;
+                        break;
+                    }
+                    Ok(false) => tokio::time::sleep(ADOPT_RETRY).await,
+                    Err(_) => return,
+                }
+            }
+            if !served {
+                warn!(pbx = %pbx, "PBX taken over but not adopted (the store cannot be read): its requests are refused until it is taken over again");
             }
         }
         // A round trip through the actor after the reconfiguration: its batch (the ends of the

@@ -27,7 +27,8 @@ const STOP_CLEAR_WAIT: Duration = Duration::from_secs(3);
 /// What a command's caller hears once the batch is committed.
 enum Answer {
     Api(ApiTx, Result<ApiReply, Refusal>),
-    Adopted(tokio::sync::oneshot::Sender<()>),
+    /// Whether the PBX is served from now on.
+    Adopted(tokio::sync::oneshot::Sender<bool>, bool),
     Ivr(IvrTx, String, IvrAnswer),
     None,
 }
@@ -128,16 +129,22 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                     Answer::None
                 }
                 Cmd::Adopt { pbx, reply } => {
+                    // Served only once what the previous owner did there is read back: until
+                    // then requests for it are refused (503), never decided on stale memory.
                     match store.snapshot(now_ms()) {
                         Ok(snap) => {
-                            let left: Vec<_> = snap.in_flight.into_iter().filter(|v| v.pbx.as_str() == pbx).collect();
-                            info!(pbx = %pbx, associations = left.len(), "PBX taken over: ending the associations its previous owner left in flight");
-                            actions.extend(engine.end_orphans(left, now_ms()));
+                            info!(pbx = %pbx, associations = snap.in_flight.iter().filter(|v| v.pbx.as_str() == pbx).count(), "PBX taken over: its bindings read back, the associations its previous owner left in flight ended");
+                            actions.extend(engine.adopt(&pbx, snap, now_ms()));
+                            let mut served = engine.served().cloned().unwrap_or_default();
+                            served.insert(PbxId::from(pbx.as_str()));
+                            engine.set_served(Some(served));
+                            Answer::Adopted(reply, true)
                         }
-                        Err(e) => warn!(pbx = %pbx, error = %e, "PBX taken over, but the store cannot be read: its previous owner's associations stay in flight"),
+                        Err(e) => {
+                            warn!(pbx = %pbx, error = %e, "PBX taken over, but the store cannot be read: not served until it can");
+                            Answer::Adopted(reply, false)
+                        }
                     }
-                    // Answered after the commit: the reply is dropped with the batch's answers.
-                    Answer::Adopted(reply)
                 }
             };
             after.push((answer, start..actions.len()));
@@ -149,14 +156,32 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
         // Group commit: everything this batch decided is durable before anyone hears of it.
         let mut writes = writes;
         coalesce(&mut writes);
-        if let Err(e) = store.apply(&writes) {
+        let mut fenced: Vec<String> = Vec::new();
+        let committed = loop {
+            match store.apply(&writes) {
+                // `[cluster]`: another instance holds this PBX's lease now (lost between the
+                // routing of a request and this commit). Only that PBX's part of the batch goes:
+                // the engine forgets the PBX (the new owner ends its associations), the commands
+                // that wrote for it are answered "not served" (503, retry), and the rest of the
+                // batch is committed again without its writes — the other PBXs' requests are
+                // not failed, and the engine is not rebuilt. Bounded: each PBX is dropped once.
+                Err(crate::store::StoreError::Fenced { pbx }) if engine.served().is_some() && !fenced.contains(&pbx) => {
+                    warn!(pbx = %pbx, "write batch fenced for one PBX: dropping that PBX, committing the rest of the batch");
+                    engine.drop_pbx(&pbx, now_ms());
+                    writes.retain(|w| w.pbx() != Some(pbx.as_str()));
+                    fenced.push(pbx);
+                }
+                r => break r,
+            }
+        };
+        if let Err(e) = committed {
             warn!(error = %e, "store commit failed: answering with an error, carrying out nothing");
             for (answer, _) in after {
                 match answer {
                     Answer::Api(r, _) => drop(r.send(Err(GatewayError::Unavailable))),
                     Answer::Ivr(r, _, _) => drop(r.send(Err(GatewayError::Unavailable))),
                     // Dropped: the adopter hears that it did not go through.
-                    Answer::Adopted(_) | Answer::None => {}
+                    Answer::Adopted(..) | Answer::None => {}
                 }
             }
             // The engine decided what the store does not hold (an association, a binding): go
@@ -166,14 +191,33 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
             continue;
         }
         sh.gw.ended.count(&writes);
+        // What concerns a fenced PBX is not carried out (its writes were not committed).
+        let dropped = |a: &Action| match a {
+            Action::Store(w) => w.pbx().is_some_and(|p| fenced.iter().any(|f| f == p)),
+            Action::Csta { pbx, .. } | Action::DeliverCode { pbx, .. } => fenced.iter().any(|f| f == pbx.as_str()),
+            _ => false,
+        };
+        let kept = |range: &[Action]| -> Vec<Action> { range.iter().filter(|a| !dropped(a)).cloned().collect() };
         // The timeout's actions come first, then each command's, in order.
         let first = after.first().map_or(actions.len(), |(_, r)| r.start);
-        carry_out(&mut sh, &actions[..first]);
+        carry_out(&mut sh, &kept(&actions[..first]));
         for (answer, range) in after {
-            carry_out(&mut sh, &actions[range]);
+            let range = &actions[range];
+            // A command that wrote for a fenced PBX did not go through: "not served", retry.
+            if let Some(pbx) = range.iter().filter_map(|a| if let Action::Store(w) = a { w.pbx() } else { None }).find(|p| fenced.iter().any(|f| f == p)) {
+                let refused = || GatewayError::Refused(Refusal::NotServed(pbx.to_owned()));
+                match answer {
+                    Answer::Api(r, _) => drop(r.send(Err(refused()))),
+                    Answer::Ivr(r, _, _) => drop(r.send(Err(refused()))),
+                    Answer::Adopted(r, _) => drop(r.send(false)),
+                    Answer::None => {}
+                }
+                continue;
+            }
+            carry_out(&mut sh, &kept(range));
             match answer {
                 Answer::Api(r, reply) => drop(r.send(reply.map_err(GatewayError::Refused))),
-                Answer::Adopted(r) => drop(r.send(())),
+                Answer::Adopted(r, served) => drop(r.send(served)),
                 Answer::Ivr(r, _, IvrAnswer::Reply(reply)) => drop(r.send(Ok(reply))),
                 Answer::Ivr(r, call, IvrAnswer::Wait) => {
                     // Answered by an Action::IvrReply, at the latest at the engine's deadline.
@@ -235,6 +279,14 @@ fn reconfigure(engine: &mut Engine, sh: &mut Shell, change: super::Reconfigure) 
         }
     }
     engine.set_policies(change.policies);
+    // `[cluster]`: a PBX removed (its lease lost) is no longer acted for; one gained is served
+    // once adopted ([`super::Gateway::adopt`]).
+    if let Some(mut served) = engine.served().cloned() {
+        for p in &change.removed {
+            served.remove(p.as_str());
+        }
+        engine.set_served(Some(served));
+    }
     for (pbx, link) in change.links {
         sh.ports.attach(&pbx, &link, &sh.gw.tx);
         links.insert(pbx, link);
@@ -324,6 +376,13 @@ fn answer_query(engine: &Engine, store: &mut dyn Store, query: Query) -> Result<
             Ok(v) => QueryResult::Associations(v),
             Err(e) => return Err(unavailable(e)),
         },
+        Query::PbxOf(id) => match engine.view(&Principal::Admin, &id) {
+            Some(v) => QueryResult::Pbx(Some(v.pbx.clone())),
+            None => match store.association(&id) {
+                Ok(v) => QueryResult::Pbx(v.map(|v| v.pbx)),
+                Err(e) => return Err(unavailable(e)),
+            },
+        },
         // A real read of the store, the cheapest there is: one row at most.
         Query::StorePing => match store.list_associations(&crate::store::AssociationFilter { limit: 1, ..Default::default() }) {
             Ok(_) => QueryResult::StoreAnswers,
@@ -346,14 +405,21 @@ fn reload(engine: &mut Engine, store: &mut dyn Store, sh: &mut Shell) -> bool {
     // Requests in flight belong to the old engine.
     sh.epoch += 1;
     let now = now_ms();
-    let (snap, ok) = match store.snapshot(now) {
+    let (mut snap, ok) = match store.snapshot(now) {
         Ok(s) => (s, true),
         Err(e) => {
             warn!(error = %e, "the store cannot be read either: the engine holds nothing until it can");
             (crate::association::Snapshot::default(), false)
         }
     };
-    let (fresh, restored) = Engine::restore(engine.policies().clone(), snap, now);
+    // `[cluster]`: only this instance's PBXs' associations are its to end; the others' owners
+    // are alive and go on with theirs.
+    let served = engine.served().cloned();
+    if let Some(served) = &served {
+        snap.in_flight.retain(|v| served.contains(&v.pbx));
+    }
+    let (mut fresh, restored) = Engine::restore(engine.policies().clone(), snap, now);
+    fresh.set_served(served);
     *engine = fresh;
     commit_restored(store, sh, &restored);
     ok

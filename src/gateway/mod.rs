@@ -58,6 +58,9 @@ pub enum Query {
     Associations(AssociationFilter),
     /// A round trip to the store (`/readyz`): answered once the store has answered a read.
     StorePing,
+    /// `[cluster]` routing: the PBX association `id` is for (engine memory, else the store),
+    /// whoever's it is ([`QueryResult::Pbx`]).
+    PbxOf(AssociationId),
 }
 
 pub enum QueryResult {
@@ -68,6 +71,7 @@ pub enum QueryResult {
     Limits { counters: Vec<(CounterKey, u32)>, blocks: Vec<OwnerBlock> },
     Associations(Vec<AssociationView>),
     StoreAnswers,
+    Pbx(Option<PbxId>),
 }
 
 /// Why the gateway did not carry out a request.
@@ -102,7 +106,7 @@ enum Cmd {
     Query { query: Query, reply: oneshot::Sender<Result<QueryResult, GatewayError>> },
     /// `[cluster]`: this instance just took `pbx` over; end what its previous owner left in
     /// flight there ([`Gateway::adopt`]).
-    Adopt { pbx: String, reply: oneshot::Sender<()> },
+    Adopt { pbx: String, reply: oneshot::Sender<bool> },
     /// Stop after the batch in hand: nothing is written afterwards.
     Stop,
 }
@@ -249,11 +253,14 @@ impl Gateway {
     /// `[cluster]`: this instance just took `pbx` over (its link is attached): the associations
     /// the previous owner left in flight on it, read from the store, end `gateway_restarted`
     /// and their proof calls are cleared through the new link, as a restart does for all PBXs
-    /// ([`crate::association::Engine::end_orphans`]). Returns once committed.
+    /// ([`crate::association::Engine::end_orphans`]). Its bindings are read back from the store
+    /// first, and the engine acts for the PBX only from then on. Returns once committed: `true`
+    /// when the PBX is served from now on (`false`: the store could not be read, or the lease was
+    /// lost meanwhile; requests for it are refused with 503 until an adoption succeeds).
     ///
     /// # Errors
     /// The gateway stopped.
-    pub async fn adopt(&self, pbx: &str) -> Result<(), GatewayError> {
+    pub async fn adopt(&self, pbx: &str) -> Result<bool, GatewayError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Cmd::Adopt { pbx: pbx.to_owned(), reply }).await.map_err(|_| GatewayError::Stopped)?;
         rx.await.map_err(|_| GatewayError::Stopped)

@@ -450,16 +450,7 @@ fn text(s: &str) -> Param {
 
 /// The PBX a write is for, when it is for one (what the fence checks).
 fn write_pbx(w: &StoreWrite) -> Option<&str> {
-    match w {
-        StoreWrite::Association(v) => Some(v.pbx.as_str()),
-        StoreWrite::Bind(b) => Some(b.pbx.as_str()),
-        StoreWrite::Unbind { pbx, .. } | StoreWrite::Unblock { pbx, .. } => Some(pbx.as_str()),
-        StoreWrite::Counter { key: crate::association::CounterKey::AccountExtension { pbx, .. }, .. } => Some(pbx.as_str()),
-        StoreWrite::Counter { .. } => None,
-        StoreWrite::ProofCall(c) => Some(c.pbx.as_str()),
-        StoreWrite::Block(b) => Some(b.pbx.as_str()),
-        StoreWrite::Audit(a) => Some(a.pbx.as_str()),
-    }
+    w.pbx()
 }
 
 /// One transaction: BEGIN, the writes and COMMIT in one pipeline. A statement that fails makes
