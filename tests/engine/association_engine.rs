@@ -1952,3 +1952,77 @@ fn after_a_makecall_answered_link_down_only_a_makecalls_own_answer_names_the_pro
     t.ev("2005", CallEvent::Established { call: CallId::from(vec![2]) });
     assert_eq!(follows(&t, &id), (State::InIvr, Some(CallId::from(vec![2]))));
 }
+
+/// `[cluster]`: the engine acts only for the PBXs it serves. A create, a complete, a cancel
+/// or an unbind for another PBX is refused `NotServed` with no action at all — no write the
+/// database would fence (which used to fail the whole batch), no call, no notification.
+#[test]
+fn an_engine_of_a_cluster_refuses_without_a_write_what_is_for_a_pbx_it_does_not_serve() {
+    let mut t = T::new(policy());
+    t.at_code_prompt("alice", "2005", "c1");
+    t.ivr("c1", Some(CODE));
+    assert!(t.e.binding("paris", "2005").is_some());
+    let (pending, _) = t.to_ivr("bob", "2006");
+    // paris is another instance's now (its associations were handed over by the gate).
+    t.e.set_served(Some(std::collections::HashSet::from(["ny".into()])));
+    let refused = |out: Output| {
+        assert_eq!(out.error, Some(Refusal::NotServed("paris".into())));
+        assert!(out.actions.is_empty(), "{:?}", out.actions);
+    };
+    refused(t.create("carol", "2006"));
+    refused(t.complete(&pending));
+    refused(t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: pending.as_str().into(), now: t.now }));
+    refused(t.run(Input::Unbind { principal: Principal::Admin, account: None, pbx: "paris".into(), extension: "2005".into(), now: t.now }));
+    assert!(t.e.binding("paris", "2005").is_some());
+    // Served again: the same requests are decided as usual.
+    t.e.set_served(Some(std::collections::HashSet::from(["ny".into(), "paris".into()])));
+    let out = t.run(Input::Cancel { principal: Principal::Tenant("acme".into()), id: pending.as_str().into(), now: t.now });
+    assert_eq!(out.view.map(|v| v.state), Some(State::Cancelled));
+    assert!(t.run(Input::Unbind { principal: Principal::Admin, account: None, pbx: "paris".into(), extension: "2005".into(), now: t.now }).error.is_none());
+}
+
+/// `[cluster]`: a PBX taken over is adopted from the store: its bindings as stored replace the
+/// ones memory held (another instance bound and unbound meanwhile), and only its own orphans
+/// end (`gateway_restarted`); another PBX's bindings and associations in flight are untouched.
+/// A fenced PBX is dropped without a write.
+#[test]
+fn adopting_a_pbx_reads_its_bindings_back_and_ends_only_its_orphans() {
+    let mut t = T::new(policy());
+    t.at_code_prompt("alice", "2005", "c1");
+    t.ivr("c1", Some(CODE));
+    let alice = t.e.binding("paris", "2005").unwrap().clone();
+    let (paris_orphan, _) = t.to_ivr("bob", "2006");
+    let paris_orphan = t.e.view(&Principal::Admin, &paris_orphan).unwrap().clone();
+    let mut ny_orphan = paris_orphan.clone();
+    ny_orphan.id = "ny-orphan".into();
+    ny_orphan.pbx = "ny".into();
+    let mut ny_binding = alice.clone();
+    ny_binding.pbx = "ny".into();
+    let mut dave = alice.clone();
+    dave.extension = "2006".into();
+    dave.account = "dave".into();
+    // This instance's memory: alice bound on paris. The store: alice unbound there, dave bound
+    // on paris's 2006, and another owner's binding and association in flight on ny.
+    let (mut e, _) = Engine::restore(t.e.policies().clone(), Snapshot { bindings: vec![alice.clone()], ..Snapshot::default() }, t.now);
+    e.set_served(Some(std::collections::HashSet::from(["ny".into()])));
+    let snap = Snapshot { bindings: vec![dave.clone(), ny_binding.clone()], in_flight: vec![paris_orphan.clone(), ny_orphan.clone()], ..Snapshot::default() };
+    let actions = e.adopt("paris", snap, t.now + 10);
+    assert!(e.binding("paris", "2005").is_none(), "alice's binding, ended meanwhile, is gone");
+    assert_eq!(e.binding("paris", "2006"), Some(&dave));
+    assert!(e.binding("ny", "2005").is_none(), "another PBX's bindings are not adopted");
+    let ended: Vec<String> = actions.iter().filter_map(|a| match a {
+        Action::Store(StoreWrite::Association(v)) => Some(format!("{}:{:?}", v.id, v.reason)),
+        _ => None,
+    }).collect();
+    assert_eq!(ended, [format!("{}:Some(GatewayRestarted)", paris_orphan.id)]);
+    assert!(actions.iter().all(|a| !matches!(a, Action::Csta { pbx, .. } if pbx == "ny")));
+    // Dropped after a fenced batch: no longer served, and nothing to write.
+    let mut t2 = T::new(policy());
+    let (live, _) = t2.to_ivr("erin", "2005");
+    t2.e.set_served(Some(std::collections::HashSet::from(["paris".into()])));
+    t2.e.drop_pbx("paris", t2.now);
+    assert_eq!(t2.e.served().map(|s| s.len()), Some(0));
+    assert_eq!(t2.e.sizes().live, 0, "{live} still live");
+    let out = t2.create("frank", "2006");
+    assert_eq!(out.error, Some(Refusal::NotServed("paris".into())));
+}
