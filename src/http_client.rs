@@ -129,6 +129,22 @@ impl Http {
         }
     }
 
+    /// Send `req` as it is (its URI absolute: the client's base is not used) and hand back the
+    /// answer as soon as its head arrives, its body unread: a request forwarded to another
+    /// instance of a cluster ([`crate::cluster::forward`]), whose answer may be an event stream
+    /// that lasts. The time limit, if any, bounds the head only.
+    ///
+    /// # Errors
+    /// Connection, TLS, time limit or protocol failure.
+    pub async fn send_streaming(&self, req: hyper::Request<Full<Bytes>>) -> Result<hyper::Response<hyper::body::Incoming>, RequestError> {
+        let head = self.client.request(req);
+        let resp = match self.request_timeout {
+            Some(t) => tokio::time::timeout(t, head).await.map_err(|_| RequestError { cause: Cause::Timeout, message: format!("no answer within {t:?}") })?,
+            None => head.await,
+        };
+        resp.map_err(|e| RequestError { cause: cause_in(&e), message: error_chain(&e) })
+    }
+
     /// JSON request with a bearer token.
     ///
     /// # Errors

@@ -393,6 +393,7 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     };
     let notifier = (!secrets.notify.is_empty()).then(|| crate::notify::Notifier::start(secrets.notify.clone()));
     let gateway = Gateway::start(engine, store, links, notifier, restored);
+    let route_policies = cluster.as_ref().map(|_| policies.clone()).unwrap_or_default();
     let cluster = cluster.map(|parts| parts.start(gateway.clone(), cluster_profiles, policies));
     if let Some(c) = &cluster {
         gateway.set_cluster(c.view());
@@ -402,6 +403,9 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let guards = crate::ivr::IvrGuards::new(config.gateway.ivr_guesses_per_minute);
     let directories = crate::directory::Directories::start(config)?;
     let (app, control) = crate::api::router_control(gateway.clone(), secrets, guards.clone(), config.gateway.ready_min_links, directories.clone());
+    if let Some(c) = &cluster {
+        control.set_routing(crate::api::route::Routing::new(c.view(), route_policies));
+    }
     let shutdown = Shutdown::new();
     let tls = tls.map(Arc::new);
     if let Some(t) = &tls {

@@ -29,6 +29,7 @@ pub mod error;
 pub mod extract;
 pub mod ivr;
 pub mod ops;
+pub mod route;
 pub mod twiml;
 
 use std::sync::{Arc, Mutex};
@@ -90,6 +91,8 @@ pub struct ApiControl {
     /// PBX links that must be up for `/readyz`; `usize::MAX`: all of them.
     ready_min_links: Arc<std::sync::atomic::AtomicUsize>,
     reloads: Arc<crate::metrics::Reloads>,
+    /// With `[cluster]`: where requests for other instances' PBXs go (set once, at start).
+    routing: Arc<std::sync::OnceLock<Arc<route::Routing>>>,
 }
 
 impl ApiControl {
@@ -99,7 +102,18 @@ impl ApiControl {
             auth: Arc::new(std::sync::RwLock::new(Arc::new(Auth { secrets, tokens }))),
             ready_min_links: Arc::new(std::sync::atomic::AtomicUsize::new(ready_min_links.unwrap_or(usize::MAX))),
             reloads: Arc::default(),
+            routing: Arc::default(),
         }
+    }
+
+    /// `[cluster]`: route each request to the instance that owns its PBX (set once, at start;
+    /// later calls change nothing).
+    pub fn set_routing(&self, routing: route::Routing) {
+        let _ = self.routing.set(Arc::new(routing));
+    }
+
+    pub(crate) fn routing(&self) -> Option<Arc<route::Routing>> {
+        self.routing.get().cloned()
     }
 
     /// The principals and secrets in use (a request keeps the ones it took).
@@ -204,11 +218,16 @@ pub fn router_control(gw: Gateway, secrets: Secrets, ivr: crate::ivr::IvrGuards,
     let openapi: Arc<str> = doc.to_json().unwrap_or_default().into();
     let control = ApiControl::new(secrets, ready_min_links);
     let state = AppState { gw, control: control.clone(), replay: Arc::new(Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY))), streams: Arc::default(), ivr, openapi, directory };
-    let router = router
+    let public = router
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), route::route))
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(json_refusals))
-        .with_state(state);
+        .with_state(state.clone());
+    // The internal surface (`[cluster]` forwarding) is unwrapped before the public routes are
+    // matched: it is the public API served for another instance, not a route of its own (and
+    // so never in the OpenAPI document).
+    let router = Router::new().fallback_service(public).layer(axum::middleware::from_fn_with_state(state, route::internal)).layer(axum::middleware::map_response(json_refusals));
     (router, control)
 }
 

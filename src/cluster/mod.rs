@@ -10,6 +10,7 @@
 //! `expires_at`), taken only when free or expired, its epoch raised at each new owner, and the
 //! store's writes for a PBX refused unless they carry the live epoch (fencing).
 
+pub mod forward;
 pub mod gate;
 pub mod lease;
 pub mod pg;
@@ -124,6 +125,8 @@ impl Parts {
 #[derive(Clone)]
 pub struct ClusterView {
     pub instance_id: String,
+    /// `lease_ttl`: a PBX without a live owner gets one within it (`Retry-After`).
+    pub ttl: std::time::Duration,
     owned: tokio::sync::watch::Receiver<std::collections::BTreeMap<String, i64>>,
     leases: tokio::sync::watch::Receiver<Vec<pg::LeaseRow>>,
 }
@@ -137,4 +140,38 @@ impl ClusterView {
     pub fn leases(&self) -> Vec<pg::LeaseRow> {
         self.leases.borrow().clone()
     }
+
+    /// Who acts for `pbx` now, as far as this instance knows: itself (it owns the lease), the
+    /// live owner of its lease row as read at the last round, or nobody (free, expired, or the
+    /// owner's heartbeat row gone).
+    pub fn owner(&self, pbx: &str) -> Owner {
+        if self.epoch(pbx).is_some() {
+            return Owner::Me;
+        }
+        let rows = self.leases.borrow();
+        match rows.iter().find(|r| r.pbx == pbx) {
+            Some(r) if r.live && r.owner != self.instance_id => match &r.advertise {
+                Some(url) => Owner::Other { id: r.owner.clone(), url: url.clone() },
+                None => Owner::Nobody,
+            },
+            _ => Owner::Nobody,
+        }
+    }
+
+    /// Seconds a client should wait before asking again about a PBX without a live owner: a
+    /// third of `lease_ttl` (a lease round), at least one.
+    pub fn retry_after_secs(&self) -> u64 {
+        (self.ttl.as_secs() / 3).max(1)
+    }
+}
+
+/// Who acts for a PBX ([`ClusterView::owner`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This instance.
+    Me,
+    /// Another live instance, at its advertised base URL.
+    Other { id: String, url: String },
+    /// None right now (a failover in progress): 503 with `Retry-After`.
+    Nobody,
 }

@@ -17,6 +17,9 @@ pub struct LeaseRow {
     pub epoch: i64,
     /// Whether `expires_at` is still ahead of the database's clock.
     pub live: bool,
+    /// The owner's internal base URL, from its heartbeat row (`None` once it has left): where
+    /// requests for this PBX are forwarded ([`super::forward`]).
+    pub advertise: Option<String>,
 }
 
 /// The lease connection of one instance: its own small pool, apart from the store's, so that a
@@ -131,13 +134,13 @@ impl LeaseDb {
         Ok(())
     }
 
-    /// Every lease row, by PBX.
+    /// Every lease row, by PBX, with its owner's advertised URL.
     ///
     /// # Errors
     /// The database did not answer or refused.
     pub async fn leases(&self) -> Result<Vec<LeaseRow>, StoreError> {
         let c = self.client().await?;
-        let rows = c.query("SELECT pbx, owner, epoch, expires_at > now() FROM pbx_leases ORDER BY pbx", &[]).await.map_err(pg)?;
-        rows.iter().map(|r| Ok(LeaseRow { pbx: r.try_get(0).map_err(pg)?, owner: r.try_get(1).map_err(pg)?, epoch: r.try_get(2).map_err(pg)?, live: r.try_get(3).map_err(pg)? })).collect()
+        let rows = c.query("SELECT l.pbx, l.owner, l.epoch, l.expires_at > now(), i.advertise FROM pbx_leases l LEFT JOIN instances i ON i.id = l.owner ORDER BY l.pbx", &[]).await.map_err(pg)?;
+        rows.iter().map(|r| Ok(LeaseRow { pbx: r.try_get(0).map_err(pg)?, owner: r.try_get(1).map_err(pg)?, epoch: r.try_get(2).map_err(pg)?, live: r.try_get(3).map_err(pg)?, advertise: r.try_get(4).map_err(pg)? })).collect()
     }
 }

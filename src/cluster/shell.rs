@@ -24,6 +24,7 @@ pub struct GateEvent {
 /// The running lease task.
 pub struct Cluster {
     id: String,
+    ttl: Duration,
     owned: watch::Receiver<BTreeMap<String, i64>>,
     leases: watch::Receiver<Vec<super::pg::LeaseRow>>,
     stop: Option<oneshot::Sender<()>>,
@@ -38,13 +39,14 @@ impl Cluster {
         let (rows_tx, rows) = watch::channel(Vec::new());
         let (stop, stopped) = oneshot::channel();
         let id = db.me().to_owned();
+        let ttl = leases.timing().ttl;
         let task = tokio::spawn(run(Shell { db, leases, fence, gate, owned: owned_tx, rows: rows_tx }, refused, stopped));
-        Cluster { id, owned, leases: rows, stop: Some(stop), task }
+        Cluster { id, ttl, owned, leases: rows, stop: Some(stop), task }
     }
 
     /// What the API shows of the cluster.
     pub fn view(&self) -> super::ClusterView {
-        super::ClusterView { instance_id: self.id.clone(), owned: self.owned.clone(), leases: self.leases.clone() }
+        super::ClusterView { instance_id: self.id.clone(), ttl: self.ttl, owned: self.owned.clone(), leases: self.leases.clone() }
     }
 
     /// The PBXs this instance owns now, with their epochs.

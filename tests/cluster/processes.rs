@@ -16,23 +16,29 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::timeout;
 
 /// The bound of every wait: a failure bound, never a synchronisation.
-const LIMIT: Duration = Duration::from_secs(60);
-const TTL: &str = "3s";
+pub(crate) const LIMIT: Duration = Duration::from_secs(60);
+pub(crate) const TTL: &str = "3s";
 
-struct Instance {
-    id: String,
-    child: tokio::process::Child,
+pub(crate) struct Instance {
+    pub(crate) id: String,
+    pub(crate) child: tokio::process::Child,
     /// The API's `host:port`.
-    api: String,
+    pub(crate) api: String,
     /// Its log lines (stderr), as they come.
-    log: tokio::sync::mpsc::UnboundedReceiver<String>,
+    pub(crate) log: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
-/// Start `cstagate run` as instance `id` of the cluster on `url`, serving `sims`.
-async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, tokens: &Tokens) -> Instance {
+/// The cluster's internal token (`[cluster] internal_token_env`), the same for every instance.
+pub(crate) const INTERNAL_TOKEN: &str = "internal-token-of-the-test-cluster";
+
+/// Start `cstagate run` as instance `id` of the cluster on `url`, serving `sims`. It listens on
+/// a port picked free just before, which it advertises to the others (requests for its PBXs
+/// are forwarded there).
+pub(crate) async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, tokens: &Tokens) -> Instance {
     let password = pg::shared().map(|s| s.password().to_owned()).unwrap_or_default();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
     let mut text = format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:1\"\nlease_ttl = \"{TTL}\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n"
+        "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:{port}\"\nlease_ttl = \"{TTL}\"\ninternal_token_env = \"CLUSTER_TOKEN\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n"
     );
     for (i, sim) in sims.iter().enumerate() {
         text += &format!("\n[[pbx]]\nid = \"pbx{i}\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"{}\"]\nivr_number = \"08001002{i:02}\"\nreconnect_min = \"20ms\"\n", sim.addr(), extension(i));
@@ -46,6 +52,7 @@ async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, t
         .env("CSTAGATE_DB_PASSWORD", &password)
         .env("ADMIN_TOKEN", &tokens.admin)
         .env("IVR_SECRET", &tokens.ivr)
+        .env("CLUSTER_TOKEN", INTERNAL_TOKEN)
         .env("RUST_LOG", "cstagate=info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -77,24 +84,30 @@ async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, t
 }
 
 /// PBX `i`'s one extension (each PBX its own, so that an extension names its PBX).
-fn extension(i: usize) -> String {
+pub(crate) fn extension(i: usize) -> String {
     format!("2{i}05")
 }
 
 /// The simulated PBXs, `n` of them, with keep-alives every `keepalive` when given (two unanswered
 /// and the PBX drops the connection, as real PBXs do with a silent peer).
-async fn sims(n: usize, keepalive: Option<Duration>) -> Vec<SimPbx> {
+pub(crate) async fn sims(n: usize, keepalive: Option<Duration>) -> Vec<SimPbx> {
     let mut v = Vec::new();
     for i in 0..n {
         let mut c = SimConfig::phase3(&[&extension(i)]);
         c.keepalive = keepalive;
+        c.ivr_number = Some(ivr_number(i));
         v.push(SimPbx::start(c, "127.0.0.1:0").await.unwrap());
     }
     v
 }
 
+/// PBX `i`'s IVR number, its own (the IVR requests are routed by it).
+pub(crate) fn ivr_number(i: usize) -> String {
+    format!("08001002{i:02}")
+}
+
 /// The live leases: PBX → (owner, epoch).
-fn leases(s: &PgServer, db: &str) -> BTreeMap<String, (String, i64)> {
+pub(crate) fn leases(s: &PgServer, db: &str) -> BTreeMap<String, (String, i64)> {
     s.psql(db, "SELECT pbx, owner, epoch FROM pbx_leases WHERE expires_at > now() ORDER BY pbx")
         .unwrap()
         .lines()
@@ -106,7 +119,7 @@ fn leases(s: &PgServer, db: &str) -> BTreeMap<String, (String, i64)> {
 }
 
 /// Poll the leases until `pred` holds (each poll a query to the server), within [`LIMIT`].
-async fn leases_until(s: &PgServer, db: &str, what: &str, pred: impl Fn(&BTreeMap<String, (String, i64)>) -> bool) -> BTreeMap<String, (String, i64)> {
+pub(crate) async fn leases_until(s: &PgServer, db: &str, what: &str, pred: impl Fn(&BTreeMap<String, (String, i64)>) -> bool) -> BTreeMap<String, (String, i64)> {
     let start = Instant::now();
     loop {
         let l = leases(s, db);
@@ -118,7 +131,7 @@ async fn leases_until(s: &PgServer, db: &str, what: &str, pred: impl Fn(&BTreeMa
     }
 }
 
-fn per_owner(l: &BTreeMap<String, (String, i64)>) -> BTreeMap<String, usize> {
+pub(crate) fn per_owner(l: &BTreeMap<String, (String, i64)>) -> BTreeMap<String, usize> {
     let mut n = BTreeMap::new();
     for (owner, _) in l.values() {
         *n.entry(owner.clone()).or_insert(0) += 1;
@@ -127,13 +140,13 @@ fn per_owner(l: &BTreeMap<String, (String, i64)>) -> BTreeMap<String, usize> {
 }
 
 /// Every simulated PBX has exactly one association open (its owner's link is up).
-async fn every_link_up_once(sims: &[SimPbx]) {
+pub(crate) async fn every_link_up_once(sims: &[SimPbx]) {
     for (i, sim) in sims.iter().enumerate() {
         timeout(LIMIT, sim.wait_stats(|s| s.associated == 1)).await.unwrap_or_else(|_| panic!("pbx{i}: no link up: {:?}", sim.stats()));
     }
 }
 
-fn oracle(sims: &[SimPbx]) {
+pub(crate) fn oracle(sims: &[SimPbx]) {
     for (i, sim) in sims.iter().enumerate() {
         let s = sim.stats();
         assert!(s.associated_max <= 1, "split brain: pbx{i} saw {} CSTA associations open at once", s.associated_max);
@@ -219,7 +232,7 @@ async fn three_instances_share_six_pbxs_and_a_killed_ones_pbxs_are_reowned_witho
 
 /// Create an association for PBX `i`'s extension at the instance at `api`; once it is stored,
 /// its id and its audit so far (`step|result` lines).
-async fn associate(s: &PgServer, db: &str, api: &str, tokens: &Tokens, i: usize) -> (String, String) {
+pub(crate) async fn associate(s: &PgServer, db: &str, api: &str, tokens: &Tokens, i: usize) -> (String, String) {
     let http = Http::new(&format!("http://{api}"));
     let (status, created) = http.json("POST", "/v1/associations", &tokens.tenant, Some(serde_json::json!({ "account": format!("acct{i}"), "extension": extension(i) }))).await.unwrap();
     assert_eq!(status, 201, "{created}");
@@ -229,7 +242,7 @@ async fn associate(s: &PgServer, db: &str, api: &str, tokens: &Tokens, i: usize)
 }
 
 /// Poll `id`'s audit (`step|result` lines) until `pred` holds, within [`LIMIT`].
-async fn audit_until(s: &PgServer, db: &str, id: &str, pred: impl Fn(&str) -> bool) -> String {
+pub(crate) async fn audit_until(s: &PgServer, db: &str, id: &str, pred: impl Fn(&str) -> bool) -> String {
     let start = Instant::now();
     loop {
         let a = s.psql(db, &format!("SELECT step, result FROM audit WHERE association = '{id}' ORDER BY seq")).unwrap();

@@ -1,0 +1,124 @@
+//! Forwarding a request to the instance that owns its PBX (`[cluster]`): a plain reverse proxy
+//! of the public request. The routing layer ([`crate::api::route`]) decides, before the engine,
+//! which PBX a request is for and who owns it; a request for a PBX owned by another live
+//! instance goes, as it came (method, path and query, body, the caller's own headers — its
+//! `Authorization` included, so that the owner authenticates and tenant-scopes it itself), to
+//! `<owner's advertise>/internal/v1/forward<path>`, with the cluster's internal token
+//! ([`TOKEN_HEADER`]). The owner checks that token (constant time; 401 otherwise), marks the
+//! request forwarded and serves it as its own; a forwarded request is never forwarded again: an
+//! instance that does not own the PBX either answers 503 with `Retry-After` (ownership is
+//! changing hands). No internal schema: the owner's answer comes back as it is, status,
+//! headers and body, an event stream streamed through until the owner ends it.
+//!
+//! Bounded: [`MAX_IN_FLIGHT`] forwarded requests waiting for their answer's head at once (503
+//! beyond), [`HEAD_TIMEOUT`] for the head, [`BODY_TIMEOUT`] and [`MAX_ANSWER`] for an answer
+//! that is not an event stream. Nothing secret is logged: no header, no body, no query.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+
+use crate::http_client::Http;
+
+/// The internal surface's prefix: `<advertise>/internal/v1/forward/v1/...` is the public
+/// `/v1/...` served for another instance. Never in the OpenAPI document.
+pub const FORWARD_PREFIX: &str = "/internal/v1/forward";
+/// The header carrying the cluster's internal token (`[cluster] internal_token_env`).
+pub const TOKEN_HEADER: &str = "cstagate-internal-token";
+/// Set on a forwarded request (information for logs and tools: what marks a request
+/// forwarded, and keeps it from being forwarded again, is the internal token checked).
+pub const HOP_HEADER: &str = "cstagate-forwarded";
+
+/// Forwarded requests waiting for their answer's head at once.
+pub const MAX_IN_FLIGHT: usize = 256;
+/// Time to connect to the owner.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Time for the owner's answer's head (its engine answers after its commit: well under it).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time for the rest of an answer that is not an event stream.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Largest answer body read from the owner (not an event stream).
+pub const MAX_ANSWER: usize = 4 * 1024 * 1024;
+
+/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1), the length
+/// (recomputed), and the internal ones (set here, never passed on from the caller).
+fn hop_by_hop(name: &str) -> bool {
+    matches!(name, "connection" | "keep-alive" | "proxy-connection" | "proxy-authenticate" | "proxy-authorization" | "te" | "trailer" | "transfer-encoding" | "upgrade" | "host" | "content-length" | TOKEN_HEADER | HOP_HEADER)
+}
+
+/// Why a request could not be forwarded: the caller gets 503 with `Retry-After`.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("too many requests being forwarded")]
+    Busy,
+    #[error("no internal token configured ([cluster] internal_token_env): requests for another instance's PBX cannot be forwarded")]
+    NoToken,
+    #[error("the owner did not answer: {0}")]
+    Owner(String),
+}
+
+/// The forwarding client, shared by the API's handlers.
+pub struct Forwarder {
+    http: Http,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Forwarder {
+    fn default() -> Forwarder {
+        Forwarder::new()
+    }
+}
+
+impl Forwarder {
+    /// A forwarder over plain HTTP and HTTPS (`advertise` may be `https://`: its certificate is
+    /// verified against the public roots, as account notifications are).
+    pub fn new() -> Forwarder {
+        let tls = crate::http_client::client_config(&[]).ok();
+        Forwarder { http: Http::with_tls("", CONNECT_TIMEOUT, HEAD_TIMEOUT, tls), slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)) }
+    }
+
+    /// Forward the request (`method`, `path_and_query`, `headers`, `body`) to the instance at
+    /// `base` with `token`; its answer as the caller gets it.
+    ///
+    /// # Errors
+    /// Too many in flight, no token, or the owner unreachable or silent.
+    pub async fn forward(&self, base: &str, token: Option<&str>, method: &Method, path_and_query: &str, headers: &HeaderMap, body: Bytes) -> Result<Response<Body>, ForwardError> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(ForwardError::NoToken)?;
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| ForwardError::Busy)?;
+        let uri: Uri = format!("{}{FORWARD_PREFIX}{path_and_query}", base.trim_end_matches('/')).parse().map_err(|_| ForwardError::Owner("bad advertise URL".into()))?;
+        let mut req = hyper::Request::builder().method(method.clone()).uri(uri);
+        for (k, v) in headers {
+            if !hop_by_hop(k.as_str()) {
+                req = req.header(k, v);
+            }
+        }
+        let token = HeaderValue::from_str(token).map_err(|_| ForwardError::NoToken)?;
+        let req = req.header(TOKEN_HEADER, token).header(HOP_HEADER, "1").body(Full::new(body)).map_err(|e| ForwardError::Owner(e.to_string()))?;
+        let resp = self.http.send_streaming(req).await.map_err(|e| ForwardError::Owner(e.message))?;
+        let (parts, incoming) = resp.into_parts();
+        let stream = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
+        let body = if stream {
+            // Streamed through as it comes, for as long as the owner keeps it open; the caller
+            // going away drops it, which closes the connection to the owner.
+            drop(slot);
+            Body::new(incoming)
+        } else {
+            let read = Limited::new(incoming, MAX_ANSWER).collect();
+            let bytes = tokio::time::timeout(BODY_TIMEOUT, read).await.map_err(|_| ForwardError::Owner("the answer's body did not come in time".into()))?.map_err(|e| ForwardError::Owner(format!("reading the answer: {e}")))?.to_bytes();
+            drop(slot);
+            Body::from(bytes)
+        };
+        let mut out = Response::new(body);
+        *out.status_mut() = StatusCode::from_u16(parts.status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        for (k, v) in &parts.headers {
+            if !hop_by_hop(k.as_str()) {
+                out.headers_mut().append(k, v.clone());
+            }
+        }
+        Ok(out)
+    }
+}
