@@ -430,6 +430,7 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
             fallback: config.gateway.fastagi_fallback.clone().unwrap_or_else(|| "cstagate/tts".into()),
             allow: config.gateway.fastagi_allow_networks()?,
             guesses_per_minute: config.gateway.ivr_guesses_per_minute,
+            cluster: cluster.as_ref().map(|_| crate::ivr::fastagi::ClusterIvr(control.clone())),
             ..Default::default()
         };
         fastagi = Some(tokio::spawn(crate::ivr::fastagi::serve_until(l, gateway.clone(), std::sync::Arc::new(settings), guards, shutdown.clone())));

@@ -83,7 +83,7 @@ pub(super) fn check_digits(field: &str, digits: Option<&str>) -> ApiResult<()> {
 #[utoipa::path(post, path = "/v1/ivr/webhook", tag = "ivr", request_body = IvrReq,
     params(("X-Cstagate-Timestamp" = String, Header, description = "Unix seconds"), ("X-Cstagate-Signature" = String, Header, description = "sha256=<hex HMAC-SHA256(secret, \"<timestamp>.<raw body>\")>")),
     responses((status = 200, body = IvrReply), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody), (status = 503, description = "`unavailable`: the gateway stopped or the store failed; try again", body = ErrorBody)))]
-pub(super) async fn ivr_webhook(State(st): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Json<IvrReply>> {
+pub(super) async fn ivr_webhook(State(st): State<AppState>, forwarded: Option<axum::Extension<super::route::Forwarded>>, headers: HeaderMap, body: Bytes) -> ApiResult<axum::response::Response> {
     // An empty key would accept requests signed with the empty key: as good as none.
     let auth = st.control.auth();
     let secret = auth.secrets.ivr_secret.as_deref().filter(|s| !s.trim().is_empty()).ok_or_else(|| HttpError::new(StatusCode::NOT_FOUND, "the IVR webhook is not configured"))?;
@@ -94,7 +94,13 @@ pub(super) async fn ivr_webhook(State(st): State<AppState>, headers: HeaderMap, 
     check_party("to", &req.to)?;
     check_digits("digits", req.digits.as_deref())?;
     let reply = ivr_turn(&st, Adapter::Webhook, req.call, req.from, req.to, req.digits, req.hangup).await?;
-    Ok(Json(reply))
+    let prompt = reply.prompt;
+    let mut resp = axum::response::IntoResponse::into_response(Json(reply));
+    // Asked by another instance's FastAGI session (forwarded): it plays files by prompt id.
+    if forwarded.is_some() && !prompt.is_empty() {
+        resp.headers_mut().insert(crate::cluster::forward::PROMPT_HEADER, axum::http::HeaderValue::from_static(prompt));
+    }
+    Ok(resp)
 }
 
 /// Which adapter a request came through: its guessing guard and its memory of calls.

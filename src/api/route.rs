@@ -72,6 +72,47 @@ impl Routing {
         self.policies.iter().filter(|(_, p)| p.tenant == tenant && p.directory.contains_key(extension)).map(|(id, _)| id.clone()).collect()
     }
 
+    /// The one owner of all of `pbxs`; `Err`: why there is none (a PBX without a live owner,
+    /// or PBXs of different owners), for the 503's message.
+    fn owner_of(&self, pbxs: &[String]) -> Result<Owner, String> {
+        let mut owners: Vec<Owner> = Vec::new();
+        for p in pbxs {
+            let o = self.view.owner(p);
+            if o == Owner::Nobody {
+                return Err(format!("PBX {p} has no live owner right now (its lease is changing hands); try again shortly"));
+            }
+            if !owners.contains(&o) {
+                owners.push(o);
+            }
+        }
+        match owners.len() {
+            1 => Ok(owners.remove(0)),
+            0 => Ok(Owner::Me),
+            _ => Err("the dialled number belongs to PBXs owned by different gateway instances: it cannot be routed (give each PBX its own IVR number in a cluster)".into()),
+        }
+    }
+
+    /// Where a FastAGI call dialled to `to` is served.
+    pub fn ivr_route(&self, to: &str) -> IvrRoute {
+        let pbxs = self.pbxs_of_number(to);
+        match self.owner_of(&pbxs) {
+            Ok(Owner::Me) => IvrRoute::Here,
+            Ok(Owner::Other { url, .. }) => IvrRoute::Owner(url),
+            Ok(Owner::Nobody) | Err(_) => IvrRoute::Unavailable,
+        }
+    }
+
+    /// One step of a FastAGI call at the owner at `url` (see [`Forwarder::ivr_step`]), with this
+    /// instance's internal token and IVR secret from `control`.
+    ///
+    /// # Errors
+    /// No IVR secret, or the step could not be asked.
+    pub async fn ivr_step(&self, control: &super::ApiControl, url: &str, body: Vec<u8>) -> Result<crate::association::IvrReply, String> {
+        let auth = control.auth();
+        let secret = auth.secrets.ivr_secret.as_deref().filter(|s| !s.trim().is_empty()).ok_or("no IVR secret ([gateway] ivr_secret_env): a FastAGI call for another instance's PBX cannot be asked there")?;
+        self.forwarder.ivr_step(url, auth.secrets.internal_token.as_deref(), secret, body).await.map_err(|e| e.to_string())
+    }
+
     /// The PBXs whose IVR number or pool number the platform reports as dialled (`to`).
     fn pbxs_of_number(&self, to: &str) -> Vec<String> {
         if to.is_empty() {
@@ -84,7 +125,18 @@ impl Routing {
 /// A forwarded request (the internal token checked): served here or refused, never forwarded
 /// again.
 #[derive(Clone, Copy)]
-struct Forwarded;
+pub(crate) struct Forwarded;
+
+/// Where a FastAGI call to a dialled number is served ([`Routing::ivr_route`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IvrRoute {
+    /// Here (also when the number is no PBX's: the engine answers).
+    Here,
+    /// At the owner of the number's PBX(s), at this base URL.
+    Owner(String),
+    /// Nowhere right now: no live owner, or PBXs of several owners share the number.
+    Unavailable,
+}
 
 /// 503 `pbx_not_served` with `Retry-After`: nobody can serve the request right now.
 fn not_served(r: &Routing, msg: String) -> Response {
@@ -146,25 +198,17 @@ pub(super) async fn route(State(st): State<AppState>, req: Request, next: Next) 
         Ok(Target::Pbxs(p)) => p,
         Err(resp) => return resp,
     };
-    let mut owners: Vec<Owner> = Vec::new();
-    for p in &pbxs {
-        let o = r.view.owner(p);
-        if o == Owner::Nobody {
-            return not_served(&r, format!("PBX {p} has no live owner right now (its lease is changing hands); try again shortly"));
-        }
-        if !owners.contains(&o) {
-            owners.push(o);
-        }
-    }
-    match owners.as_slice() {
-        [Owner::Me] => served_here(&r, next.run(Request::from_parts(parts, Body::from(bytes))).await),
-        [Owner::Other { .. }] if forwarded => not_served(&r, "this instance does not own the PBX either (a forwarded request is not forwarded again); try again shortly".into()),
-        [Owner::Other { id, url }] => {
+    match r.owner_of(&pbxs) {
+        Err(msg) => not_served(&r, msg),
+        Ok(Owner::Me) => served_here(&r, next.run(Request::from_parts(parts, Body::from(bytes))).await),
+        Ok(Owner::Nobody) => not_served(&r, "no live owner".into()),
+        Ok(Owner::Other { .. }) if forwarded => not_served(&r, "this instance does not own the PBX either (a forwarded request is not forwarded again); try again shortly".into()),
+        Ok(Owner::Other { id, url }) => {
             let pq = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_owned(), |pq| pq.as_str().to_owned());
             let auth = st.control.auth();
             let template = parts.extensions.get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
             debug!(owner = %id, method = %parts.method, route = %template, "forwarding to the PBX's owner");
-            match r.forwarder.forward(url, auth.secrets.internal_token.as_deref(), &parts.method, &pq, &parts.headers, bytes).await {
+            match r.forwarder.forward(&url, auth.secrets.internal_token.as_deref(), &parts.method, &pq, &parts.headers, bytes).await {
                 Ok(resp) => served_here(&r, resp),
                 Err(e) => {
                     warn!(owner = %id, route = %template, error = %e, "request not forwarded");
@@ -172,7 +216,6 @@ pub(super) async fn route(State(st): State<AppState>, req: Request, next: Next) 
                 }
             }
         }
-        _ => not_served(&r, "the dialled number belongs to PBXs owned by different gateway instances: it cannot be routed (give each PBX its own IVR number in a cluster)".into()),
     }
 }
 

@@ -33,6 +33,10 @@ pub const TOKEN_HEADER: &str = "cstagate-internal-token";
 /// forwarded, and keeps it from being forwarded again, is the internal token checked).
 pub const HOP_HEADER: &str = "cstagate-forwarded";
 
+/// On a forwarded IVR webhook's answer: the prompt id (which the webhook's JSON leaves out), for
+/// a FastAGI session on another instance that plays recorded files by id.
+pub const PROMPT_HEADER: &str = "cstagate-prompt";
+
 /// Forwarded requests waiting for their answer's head at once.
 pub const MAX_IN_FLIGHT: usize = 256;
 /// Time to connect to the owner.
@@ -120,5 +124,41 @@ impl Forwarder {
             }
         }
         Ok(out)
+    }
+
+    /// One step of a FastAGI session whose call is for a PBX owned by the instance at `base`
+    /// (FastAGI is a TCP protocol from Asterisk: it is not proxied, each step is asked over
+    /// HTTP instead). `body` is the IVR webhook's JSON (`call`, `from`, `to`, `digits`,
+    /// `hangup`), signed with the IVR secret as a platform signs it, sent on the owner's
+    /// internal surface with `token`; the owner names the prompt in [`PROMPT_HEADER`] (the
+    /// webhook's JSON leaves it out), which picks the recorded file here.
+    ///
+    /// # Errors
+    /// As [`Forwarder::forward`], or the owner refused the step.
+    pub async fn ivr_step(&self, base: &str, token: Option<&str>, ivr_secret: &str, body: Vec<u8>) -> Result<crate::association::IvrReply, ForwardError> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(ForwardError::NoToken)?;
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| ForwardError::Busy)?;
+        let uri: Uri = format!("{}{FORWARD_PREFIX}/v1/ivr/webhook", base.trim_end_matches('/')).parse().map_err(|_| ForwardError::Owner("bad advertise URL".into()))?;
+        let mut req = hyper::Request::builder().method(Method::POST).uri(uri).header("content-type", "application/json").header(TOKEN_HEADER, token).header(HOP_HEADER, "1");
+        for (k, v) in crate::webhook::webhook_headers(ivr_secret, &body) {
+            req = req.header(k, v);
+        }
+        let req = req.body(Full::new(Bytes::from(body))).map_err(|e| ForwardError::Owner(e.to_string()))?;
+        let resp = self.http.send_streaming(req).await.map_err(|e| ForwardError::Owner(e.message))?;
+        let status = resp.status().as_u16();
+        let prompt = resp.headers().get(PROMPT_HEADER).and_then(|v| v.to_str().ok()).and_then(|p| crate::ivr::prompts::ids().find(|id| *id == p)).unwrap_or("");
+        let read = Limited::new(resp.into_body(), MAX_ANSWER).collect();
+        let bytes = tokio::time::timeout(BODY_TIMEOUT, read).await.map_err(|_| ForwardError::Owner("the answer's body did not come in time".into()))?.map_err(|e| ForwardError::Owner(format!("reading the answer: {e}")))?.to_bytes();
+        drop(slot);
+        if status != 200 {
+            return Err(ForwardError::Owner(format!("the owner answered {status}")));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| ForwardError::Owner("the owner's answer is not JSON".into()))?;
+        let gather = v.get("gather").filter(|g| g.is_object()).map(|g| crate::association::Gather {
+            max_digits: g["max_digits"].as_u64().and_then(|n| usize::try_from(n).ok()).unwrap_or(1),
+            finish_on_key: g["finish_on_key"].as_str().unwrap_or_default().to_owned(),
+            timeout_ms: g["timeout_ms"].as_u64().unwrap_or(5_000),
+        });
+        Ok(crate::association::IvrReply { prompt, say: v["say"].as_str().unwrap_or_default().to_owned(), language: v["language"].as_str().unwrap_or(crate::ivr::prompts::DEFAULT_LANGUAGE).to_owned(), gather, hangup: v["hangup"].as_bool().unwrap_or(false) })
     }
 }

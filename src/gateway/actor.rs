@@ -365,6 +365,12 @@ fn answer_query(engine: &Engine, store: &mut dyn Store, query: Query) -> Result<
             },
         },
         Query::Binding { pbx, extension } => QueryResult::Bindings(engine.binding(&pbx, &extension).cloned().into_iter().collect()),
+        // `[cluster]`: other instances bind and unbind on their PBXs; what they committed is in
+        // the store, not in this engine's memory (current for its own PBXs only).
+        Query::BindingsOf { tenant, account } if engine.served().is_some() => match store.snapshot(now_ms()) {
+            Ok(snap) => QueryResult::Bindings(snap.bindings.into_iter().filter(|b| b.tenant == tenant && b.account == account).collect()),
+            Err(e) => return Err(unavailable(e)),
+        },
         Query::BindingsOf { tenant, account } => QueryResult::Bindings(engine.bindings_of(&tenant, &account).into_iter().cloned().collect()),
         Query::Audit(f) => match store.audit(&f) {
             Ok(v) => QueryResult::Audit(v),

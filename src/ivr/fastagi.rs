@@ -75,6 +75,20 @@ pub struct FastAgiSettings {
     /// Unknown context ids heard per minute before context entries get goodbye (used by
     /// [`serve`]; [`serve_guarded`] takes the guard it is given).
     pub guesses_per_minute: u32,
+    /// `[cluster]`: a call dialled to the number of a PBX owned by another instance is served
+    /// by that instance, one HTTP request per step ([`ask`]).
+    pub cluster: Option<ClusterIvr>,
+}
+
+/// `[cluster]`: the API's routing and secrets, through which a FastAGI session asks each step
+/// of a call of another instance's PBX at that instance (FastAGI cannot be proxied as HTTP is).
+#[derive(Clone)]
+pub struct ClusterIvr(pub crate::api::ApiControl);
+
+impl std::fmt::Debug for ClusterIvr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterIvr")
+    }
 }
 
 impl Default for FastAgiSettings {
@@ -88,6 +102,7 @@ impl Default for FastAgiSettings {
             max_sessions: MAX_SESSIONS,
             allow: crate::ivr::loopback(),
             guesses_per_minute: crate::ivr::GUESSES_PER_MINUTE,
+            cluster: None,
         }
     }
 }
@@ -316,9 +331,53 @@ async fn session(stream: TcpStream, gw: &Gateway, settings: &FastAgiSettings, gu
     let result = dialogue(&mut agi, gw, settings, guard, &call, &from, &to).await;
     if result.is_err() {
         // Whatever broke the dialogue, the engine hears the call ended.
-        gw.ivr_hangup(call, now_ms()).await;
+        hang_up(gw, settings, &call, &from, &to).await;
     }
     result
+}
+
+/// One step of the dialogue, asked of this gateway's engine or — `[cluster]`, the dialled
+/// number's PBX owned by another instance — of that instance: the IVR webhook's request, signed
+/// as a platform signs it, on its internal surface. No live owner ends the session, as a
+/// stopped engine does (Asterisk hears a hang-up).
+async fn ask(gw: &Gateway, settings: &FastAgiSettings, input: IvrInput, hangup: bool) -> Result<Option<crate::association::IvrReply>, AgiError> {
+    let routing = settings.cluster.as_ref().and_then(|c| c.0.routing().map(|r| (c, r)));
+    let Some((control, routing)) = routing else {
+        return local(gw, input, hangup).await;
+    };
+    match routing.ivr_route(&input.to) {
+        crate::api::route::IvrRoute::Here => local(gw, input, hangup).await,
+        crate::api::route::IvrRoute::Unavailable => {
+            debug!("FastAGI call for a PBX without a live owner: ended");
+            Err(AgiError::Closed)
+        }
+        crate::api::route::IvrRoute::Owner(url) => {
+            let mut body = serde_json::json!({ "call": input.call, "from": input.from, "to": input.to, "hangup": hangup });
+            if let Some(d) = &input.digits {
+                body["digits"] = serde_json::json!(d);
+            }
+            match routing.ivr_step(&control.0, &url, body.to_string().into_bytes()).await {
+                Ok(reply) => Ok((!hangup).then_some(reply)),
+                Err(e) => {
+                    warn!(error = %e, "FastAGI step not answered by the PBX's owner: call ended");
+                    Err(AgiError::Closed)
+                }
+            }
+        }
+    }
+}
+
+async fn local(gw: &Gateway, input: IvrInput, hangup: bool) -> Result<Option<crate::association::IvrReply>, AgiError> {
+    if hangup {
+        gw.ivr_hangup(input.call, input.now).await;
+        return Ok(None);
+    }
+    gw.ivr(input).await.map(Some).map_err(|_| AgiError::Closed)
+}
+
+/// The call ended: the engine (here or at the PBX's owner) hears it.
+async fn hang_up(gw: &Gateway, settings: &FastAgiSettings, call: &str, from: &str, to: &str) {
+    let _ = ask(gw, settings, IvrInput { call: call.to_owned(), from: from.to_owned(), to: to.to_owned(), digits: None, now: now_ms() }, true).await;
 }
 
 async fn dialogue(agi: &mut Agi, gw: &Gateway, settings: &FastAgiSettings, guard: &Guard, call: &str, from: &str, to: &str) -> Result<(), AgiError> {
@@ -334,10 +393,10 @@ async fn dialogue(agi: &mut Agi, gw: &Gateway, settings: &FastAgiSettings, guard
             let file = settings.file(crate::ivr::prompts::DEFAULT_LANGUAGE, REFUSED_PROMPT);
             agi.command(&format!("STREAM FILE {file} \"\"")).await?;
             let _ = agi.command("HANGUP").await;
-            gw.ivr_hangup(call.to_owned(), now_ms()).await;
+            hang_up(gw, settings, call, from, to).await;
             return Ok(());
         }
-        let reply = gw.ivr(IvrInput { call: call.to_owned(), from: from.to_owned(), to: to.to_owned(), digits: digits.take(), now }).await.map_err(|_| AgiError::Closed)?;
+        let reply = ask(gw, settings, IvrInput { call: call.to_owned(), from: from.to_owned(), to: to.to_owned(), digits: digits.take(), now }, false).await?.ok_or(AgiError::Closed)?;
         if entry {
             guard.answered(call, reply.prompt, now);
         }
@@ -351,7 +410,7 @@ async fn dialogue(agi: &mut Agi, gw: &Gateway, settings: &FastAgiSettings, guard
             _ => {
                 agi.command(&format!("STREAM FILE {file} \"\"")).await?;
                 let _ = agi.command("HANGUP").await;
-                gw.ivr_hangup(call.to_owned(), now_ms()).await;
+                hang_up(gw, settings, call, from, to).await;
                 return Ok(());
             }
         }

@@ -26,6 +26,8 @@ pub(crate) struct Instance {
     pub(crate) api: String,
     /// Its log lines (stderr), as they come.
     pub(crate) log: tokio::sync::mpsc::UnboundedReceiver<String>,
+    /// Its FastAGI server's `host:port`.
+    pub(crate) agi: String,
 }
 
 /// The cluster's internal token (`[cluster] internal_token_env`), the same for every instance.
@@ -36,9 +38,10 @@ pub(crate) const INTERNAL_TOKEN: &str = "internal-token-of-the-test-cluster";
 /// are forwarded there).
 pub(crate) async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, tokens: &Tokens) -> Instance {
     let password = pg::shared().map(|s| s.password().to_owned()).unwrap_or_default();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
+    let (port, agi) = (free(), free());
     let mut text = format!(
-        "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:{port}\"\nlease_ttl = \"{TTL}\"\ninternal_token_env = \"CLUSTER_TOKEN\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n"
+        "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\nfastagi_listen = \"127.0.0.1:{agi}\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:{port}\"\nlease_ttl = \"{TTL}\"\ninternal_token_env = \"CLUSTER_TOKEN\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n"
     );
     for (i, sim) in sims.iter().enumerate() {
         text += &format!("\n[[pbx]]\nid = \"pbx{i}\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"{}\"]\nivr_number = \"08001002{i:02}\"\nreconnect_min = \"20ms\"\n", sim.addr(), extension(i));
@@ -80,7 +83,7 @@ pub(crate) async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::pa
     .unwrap_or_else(|_| panic!("{id} not listening in time"));
     // Keep reading its output so that it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    Instance { id: id.to_owned(), child, api, log }
+    Instance { id: id.to_owned(), child, api, log, agi: format!("127.0.0.1:{agi}") }
 }
 
 /// PBX `i`'s one extension (each PBX its own, so that an extension names its PBX).

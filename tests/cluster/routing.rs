@@ -89,11 +89,12 @@ async fn stop_all(instances: &mut [Instance]) {
 }
 
 /// Each kind of request — create, get, the IVR webhook's steps to the binding, the binding
-/// read, CTI (a call placed), an event stream, unbind, cancel, complete — sent to an instance
+/// read, the account's bindings, CTI (a call placed and cleared), an event stream, unbind, cancel, complete — sent to an instance
 /// that does not own the PBX is answered as the owner answers it, and the owner does the work:
 /// no write batch of the other instance is fenced, the binding is stored (only the owner can
 /// write for its PBX), and the event stream, streamed through, carries the PBX's events and
-/// ends when the owner ends it (the binding gone).
+/// ends when the owner ends it (the binding gone). And a FastAGI session at the non-owner: each
+/// step asked of the owner over HTTP, to the binding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_request_at_an_instance_that_does_not_own_the_pbx_is_served_by_its_owner() {
     let Some(s) = pg::shared() else { return };
@@ -139,6 +140,14 @@ async fn every_kind_of_request_at_an_instance_that_does_not_own_the_pbx_is_serve
     audit_until(s, &db, &id, |a| a.lines().any(|l| l.starts_with("bound|"))).await;
     let (status, bound) = at.json("GET", &format!("/v1/bindings/pbx0/{ext}"), t, None).await.unwrap();
     assert_eq!((status, bound["account"].as_str()), (200, Some("alice")), "{bound}");
+    // The account's bindings, listed at an instance that holds none of them: read from the store
+    // (the non-owner's memory never saw this binding).
+    for i in &instances {
+        let (status, list) = http(i).json("GET", "/v1/bindings?account=alice", t, None).await.unwrap();
+        assert_eq!(status, 200, "{list}");
+        let listed: Vec<(&str, &str)> = list["bindings"].as_array().unwrap().iter().map(|b| (b["pbx"].as_str().unwrap_or_default(), b["extension"].as_str().unwrap_or_default())).collect();
+        assert_eq!(listed, [("pbx0", ext.as_str())], "at {}: {list}", i.id);
+    }
 
     // An event stream at the non-owner, streamed from the owner: a call placed (CTI, through the
     // non-owner too) shows on it; the unbind (through the non-owner) ends it.
@@ -148,6 +157,11 @@ async fn every_kind_of_request_at_an_instance_that_does_not_own_the_pbx_is_serve
     assert_eq!(status, 201, "{placed}");
     let first = events.next().await.expect("an event of the call placed");
     assert!(first.get("binding").is_none(), "{first}");
+    // The call cleared (CTI, through the non-owner): the phone is free for the next proof calls.
+    let placed_call = placed["call"].as_str().expect("the PBX named the call").to_owned();
+    let (status, v) = at.json("DELETE", &format!("/v1/extensions/pbx0/{ext}/calls/{placed_call}?account=alice"), t, None).await.unwrap();
+    assert_eq!(status, 204, "{v}");
+    timeout(LIMIT, sims[0].wait_stats(|st| st.live_calls == 0)).await.expect("the call placed is cleared");
     let (status, _) = at.json("DELETE", &format!("/v1/bindings/pbx0/{ext}?account=alice"), t, None).await.unwrap();
     assert_eq!(status, 204);
     let mut tail = Vec::new();
@@ -166,6 +180,20 @@ async fn every_kind_of_request_at_an_instance_that_does_not_own_the_pbx_is_serve
     let there = at_owner.json("POST", &format!("/v1/associations/{id2}/complete"), t, None).await.unwrap();
     assert_eq!(here, there);
     assert_eq!(here.0, 409, "{}", here.1);
+
+    // A FastAGI session at the non-owner (Asterisk sends the call to any instance): each step
+    // asked of the owner over HTTP, to the binding.
+    let (status, created) = at_owner.json("POST", "/v1/associations", t, Some(json!({ "account": "carol", "extension": ext }))).await.unwrap();
+    assert_eq!(status, 201, "{created}");
+    let code = created["code"].as_str().unwrap().to_owned();
+    let call = timeout(LIMIT, ivr.next_call()).await.expect("the proof call reaches the IVR").unwrap();
+    let commands = asterisk(&instances[other].agi, &call.call, &call.from, &ivr_number(0), &[&call.context, "1", &code]).await;
+    assert_eq!(commands.first().map(String::as_str), Some("ANSWER"), "{commands:?}");
+    assert_eq!(commands.iter().filter(|c| c.starts_with("GET DATA")).count(), 3, "{commands:?}");
+    assert_eq!(commands.last().map(String::as_str), Some("HANGUP"), "{commands:?}");
+    ivr.line.hangup(&call.call);
+    let (status, bound) = at.json("GET", &format!("/v1/bindings/pbx0/{ext}"), t, None).await.unwrap();
+    assert_eq!((status, bound["account"].as_str()), (200, Some("carol")), "{bound}");
 
     // Nothing of this was written by the non-owner: none of its batches was fenced.
     assert!(!fenced_logged(&mut instances[other]), "the non-owner wrote for pbx0");
@@ -291,6 +319,31 @@ async fn a_request_for_another_owners_pbx_leaves_this_instances_associations_alo
     oracle(&sims);
     stop_all(&mut instances).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Asterisk's side of a FastAGI session at `agi` for `call` from `from` dialled to `to`: the
+/// header, then a reply to each command, `answers` for the GET DATAs in turn; the commands heard.
+async fn asterisk(agi: &str, call: &str, from: &str, to: &str, answers: &[&str]) -> Vec<String> {
+    let (rd, mut wr) = tokio::net::TcpStream::connect(agi).await.unwrap().into_split();
+    let header = format!("agi_network: yes\nagi_network_script: associate\nagi_request: agi://127.0.0.1/associate\nagi_uniqueid: {call}\nagi_callerid: {from}\nagi_dnid: {to}\nagi_extension: {to}\n\n");
+    wr.write_all(header.as_bytes()).await.unwrap();
+    let mut lines = BufReader::new(rd).lines();
+    let mut answers = answers.iter();
+    let mut heard = Vec::new();
+    while let Some(cmd) = timeout(LIMIT, lines.next_line()).await.expect("the gateway's next command").unwrap() {
+        let reply = if cmd.starts_with("GET DATA") {
+            format!("200 result={}\n", answers.next().expect("more GET DATA than answers"))
+        } else if cmd == "HANGUP" {
+            "200 result=1\n".to_owned()
+        } else {
+            "200 result=0\n".to_owned()
+        };
+        heard.push(cmd.clone());
+        if wr.write_all(reply.as_bytes()).await.is_err() || cmd == "HANGUP" {
+            break;
+        }
+    }
+    heard
 }
 
 /// A POST over raw HTTP/1.1 (`Connection: close`): the status, the head (lowercase) and the JSON
