@@ -5,6 +5,9 @@
 //!   give a PBX up, what to take and hand back), driven by the monotonic clock.
 //! - [`pg`]: the lease statements, one SQL statement each, on the database's clock.
 //! - [`shell`]: the thin tokio task that runs the rounds and tells the gateway which PBXs it owns.
+//! - [`gate`]: which PBXs' links run here and which PBXs the engine acts for, by the leases.
+//! - [`forward`]: a request for a PBX owned by another instance, forwarded there (the routing
+//!   itself, before the engine, is the API's: `crate::api::route`).
 //!
 //! The database is the only judge of ownership: a lease row per PBX (`owner`, `epoch`,
 //! `expires_at`), taken only when free or expired, its epoch raised at each new owner, and the

@@ -3,6 +3,15 @@
 //! and only then answers the callers and carries out the engine's actions (its CSTA work goes to
 //! [`super::links`]). Also the two ways out of the loop's normal course: the stop
 //! ([`super::Gateway::stop`]) and the rebuild from the store after a failed commit.
+//!
+//! `[cluster]`: a batch can be refused because one PBX's lease was lost between the routing of a
+//! request and the commit (*fenced*: the database holds another owner's epoch). Rather than fail
+//! the whole batch and rebuild the engine — which would fail every other PBX's requests and end
+//! this instance's own associations in flight, for a PBX it no longer owns — the actor drops
+//! that PBX from the engine without a write (its new owner ends what was in flight there),
+//! answers the commands that wrote for it `NotServed` (503, retry), and commits the rest of the
+//! batch again without that PBX's writes. Simpler than committing per PBX (one transaction per
+//! batch in the normal case, as before), and bounded: each PBX is dropped at most once per batch.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
