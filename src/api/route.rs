@@ -5,7 +5,8 @@
 //! PBX (as the engine does); an association id is its stored row's PBX (memory or the store,
 //! then a bounded cache: an association never changes PBX); bindings, CTI and event streams name
 //! it in the path; the IVR webhook and the TwiML adapter by the dialled number (`to`), the PBXs
-//! whose `ivr_number` or pool it is — and then:
+//! whose `ivr_number` or pool it is; the admin's views and resets of one extension's counters
+//! and blocks by their `pbx` — and then:
 //!
 //! - owned here: served here (the engine, which also refuses a PBX it does not serve, without
 //!   writing: [`crate::association::Refusal::NotServed`]);
@@ -273,6 +274,22 @@ async fn target(st: &AppState, r: &Arc<Routing>, parts: &mut axum::http::request
             Some(p) if r.policies.contains_key(&p) => one(p),
             _ => Ok(Target::Here),
         },
+        // The admin's views and resets of one extension's counters and blocks: its PBX's owner
+        // holds them current. (Account-wide ones are served here.)
+        (Method::POST, "/v1/admin/counters/reset" | "/v1/admin/blocks/lift") => {
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+            match v.get("pbx").and_then(|p| p.as_str()) {
+                Some(p) if r.policies.contains_key(p) => one(p.to_owned()),
+                _ => Ok(Target::Here),
+            }
+        }
+        (Method::GET, "/v1/admin/counters" | "/v1/admin/blocks") => {
+            let pbx = parts.uri.query().unwrap_or_default().split('&').find_map(|kv| kv.strip_prefix("pbx=")).and_then(|p| super::extract::percent_decode(p, true));
+            match pbx {
+                Some(p) if r.policies.contains_key(&p) => one(p),
+                _ => Ok(Target::Here),
+            }
+        }
         (Method::POST, "/v1/ivr/webhook") => {
             let v: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
             Ok(by_number(r, v.get("to").and_then(|t| t.as_str()).unwrap_or_default()))
