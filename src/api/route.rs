@@ -56,11 +56,14 @@ pub struct Routing {
     policies: HashMap<String, Policy>,
     /// Association id → PBX (an association never changes PBX).
     pbx_of: Mutex<HashMap<String, String>>,
+    /// Forwarding failures come in bursts (an owner dies: every request for its PBXs until the
+    /// lease expires): one log line every 10 s at most.
+    failures_log: Mutex<crate::log_gate::LogGate>,
 }
 
 impl Routing {
     pub fn new(view: ClusterView, policies: HashMap<String, Policy>) -> Routing {
-        Routing { view, forwarder: Forwarder::new(), policies, pbx_of: Mutex::default() }
+        Routing { view, forwarder: Forwarder::new(), policies, pbx_of: Mutex::default(), failures_log: Mutex::new(crate::log_gate::LogGate::new(std::time::Duration::from_secs(10))) }
     }
 
     fn retry_after(&self) -> HeaderValue {
@@ -212,7 +215,9 @@ pub(super) async fn route(State(st): State<AppState>, req: Request, next: Next) 
             match r.forwarder.forward(&url, auth.secrets.internal_token.as_deref(), &parts.method, &pq, &parts.headers, bytes).await {
                 Ok(resp) => served_here(&r, resp),
                 Err(e) => {
-                    warn!(owner = %id, route = %template, error = %e, "request not forwarded");
+                    if let Some(held) = r.failures_log.lock().unwrap_or_else(PoisonError::into_inner).pass() {
+                        warn!(owner = %id, route = %template, error = %e, not_logged = held, "request not forwarded: 503");
+                    }
                     not_served(&r, format!("the PBX's owner could not be reached: {e}; try again shortly"))
                 }
             }
