@@ -67,6 +67,38 @@ impl Engine {
         actions
     }
 
+    /// `[cluster]`: this gateway just took `pbx` over from another, which changed it in the
+    /// store meanwhile: what the engine held of it (bindings, owner blocks, proof calls, the
+    /// accounts' counters on its extensions) is replaced by what `snap` (the store, read now)
+    /// holds, and the associations the previous owner left in flight there end as
+    /// [`Engine::end_orphans`] ends them.
+    pub fn adopt_pbx(&mut self, pbx: &str, snap: Snapshot, now: Millis) -> Vec<Action> {
+        self.forget_pbx(pbx);
+        for b in snap.bindings.into_iter().filter(|b| b.pbx.as_str() == pbx) {
+            self.bindings.insert((b.pbx.clone(), b.extension.clone()), b);
+        }
+        self.counters.extend(snap.counters.into_iter().filter(|(k, _)| k.extension().is_some_and(|(p, _)| p == pbx)));
+        for c in snap.proof_calls.into_iter().filter(|c| c.pbx.as_str() == pbx && now.saturating_sub(c.at) < HOUR) {
+            self.proof_calls.entry((c.pbx.clone(), c.extension.clone())).or_default().push(c);
+        }
+        // (The store gives the blocks in force; one that ends is never judged past its end.)
+        for b in snap.blocks.into_iter().filter(|b| b.pbx.as_str() == pbx) {
+            self.blocks.insert(b.key(), b);
+        }
+        let left: Vec<AssociationView> = snap.in_flight.into_iter().filter(|v| v.pbx.as_str() == pbx).collect();
+        self.end_orphans(left, now)
+    }
+
+    /// `[cluster]`: `pbx` went to another gateway (its associations here ended already): what
+    /// the engine held of it is forgotten, since only its owner changes it from now on
+    /// ([`Engine::adopt_pbx`] reads it back if it returns).
+    pub fn forget_pbx(&mut self, pbx: &str) {
+        self.bindings.retain(|(p, _), _| p.as_str() != pbx);
+        self.counters.retain(|k, _| k.extension().is_none_or(|(p, _)| p != pbx));
+        self.proof_calls.retain(|(p, _), _| p.as_str() != pbx);
+        self.blocks.retain(|(_, _, p, _), _| p.as_str() != pbx);
+    }
+
     /// The proof calls of the live associations (and the lock calls of those still waiting for
     /// theirs to end), as `(association, pbx, extension, call)`: the calls a stopping gateway
     /// clears before it ends their associations.
