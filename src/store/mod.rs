@@ -164,7 +164,7 @@ pub trait Store: Send {
     /// # Errors
     /// Unreadable records.
     fn account_counters(&self, _accounts: &[(TenantId, AccountId)]) -> Result<Vec<(CounterKey, u32)>, StoreError> {
-        Ok(Vec::new())
+        Ok(vec![])
     }
     /// The account's bindings on every PBX, read from the store when other gateways write them
     /// (`Some`); `None`: the engine's memory holds them all.

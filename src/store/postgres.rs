@@ -25,6 +25,15 @@
 //! tree for a loop over files, and the advisory lock (which `refinery` does not take) is the point.
 //! The audit table refuses UPDATE, DELETE and TRUNCATE by trigger, whoever sends them.
 //!
+//! **Account-wide rules** (several gateways, one database): an account's one live association
+//! is a claim row taken atomically before the engine decides a create ([`Store::claim_account`],
+//! released by a trigger with the association's final state), so that no write batch is ever
+//! refused for it and group commit stays as it is; a failure counter is written as an atomic
+//! increment (or a reset), and read back before each judgement ([`Store::account_counters`]).
+//! Crashes: a claim whose association was never stored frees the account after
+//! [`CLAIM_ORPHANED_AFTER`]; one whose association was stored in flight is freed when the PBX's
+//! next owner, or the restarted gateway, ends it `gateway_restarted`.
+//!
 //! **TLS.** `sslmode` in the URL: `verify-full` (the default unless every host is loopback or a
 //! Unix socket: certificate chain to the public roots or `database_ca`, and the host name),
 //! `require` (encrypted, certificate not checked: an explicit choice) or `disable` (the default
