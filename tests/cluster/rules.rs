@@ -209,8 +209,8 @@ async fn an_instance_taking_a_pbx_back_serves_what_the_other_owner_changed() {
         }
     };
     let other = format!("pbx{}", 1 - i);
-    assert_eq!(accounts(a, "carol").await, [other.clone()]);
-    assert_eq!(accounts(a, "dave").await, [moved.clone()]);
+    assert_eq!(accounts(a, "carol").await, [other.as_str()]);
+    assert_eq!(accounts(a, "dave").await, [moved.as_str()]);
     // gw-b stops cleanly: gw-a takes the PBX back.
     let epoch = spread[&moved].1;
     stop(&mut instances[1..]).await;

@@ -220,9 +220,9 @@ fn two_stores_racing_for_one_accounts_claim_exactly_one_wins() {
         })
         .collect();
     let won: Vec<Vec<bool>> = racers.into_iter().map(|r| r.join().unwrap()).collect();
-    for round in 0..ROUNDS {
-        assert!(won[0][round] ^ won[1][round], "round {round}: {} and {} won", won[0][round], won[1][round]);
-        let holder = if won[0][round] { 0 } else { 1 };
+    for (round, (first, second)) in won[0].iter().zip(&won[1]).enumerate() {
+        assert!(first ^ second, "round {round}: {first} and {second} won");
+        let holder = if *first { 0 } else { 1 };
         assert_eq!(s.psql(&db, &format!("SELECT association FROM account_claims WHERE account = 'acct{round}'")).unwrap(), format!("r{round}-{holder}"));
     }
 }
