@@ -44,4 +44,47 @@ impl Engine {
         }
         Ok(())
     }
+
+    /// The accounts whose failure counts the next input would judge or show, so that the
+    /// shell can take them from the store first (with `[cluster]` other gateways add to them:
+    /// [`Engine::set_counters`]): a create's account, the account of an association being
+    /// completed, of an IVR call at the code prompt, and the accounts an admin reads or resets
+    /// (of every configured tenant when the admin names none).
+    pub fn accounts_judged(&self, input: Judged<'_>) -> Vec<(TenantId, AccountId)> {
+        let of_assoc = |id: &str| self.assocs.get(id).map(|a| (a.view.tenant.clone(), a.view.account.clone()));
+        match input {
+            Judged::Api(ApiInput::Create { principal: Principal::Tenant(t), account, .. }) => vec![(t.clone(), account.clone())],
+            Judged::Api(ApiInput::Complete { id, .. }) => of_assoc(id.as_str()).into_iter().collect(),
+            Judged::Api(ApiInput::ResetCounters { scope, .. }) | Judged::Limits(scope) => match scope {
+                AdminScope::Account { tenant: Some(t), account } => vec![(t.clone(), account.clone())],
+                AdminScope::Account { tenant: None, account } => {
+                    let tenants: std::collections::BTreeSet<&str> = self.policies.values().map(|p| p.tenant.as_str()).collect();
+                    tenants.into_iter().map(|t| (TenantId::from(t), account.clone())).collect()
+                }
+                AdminScope::Extension { .. } => Vec::new(),
+            },
+            Judged::Api(_) => Vec::new(),
+            Judged::IvrCall(call) => match self.ivr_calls.get(call).map(|c| &c.stage) {
+                Some(Stage::AwaitCode { association, .. } | Stage::AwaitConfirm { association }) => of_assoc(association).into_iter().collect(),
+                _ => Vec::new(),
+            },
+        }
+    }
+
+    /// Failure counts as the store holds them, which count every gateway's failures (each
+    /// committed before the next batch, so never below this engine's own): taken as the
+    /// engine's.
+    pub fn set_counters(&mut self, counts: Vec<(CounterKey, u32)>) {
+        self.counters.extend(counts);
+    }
+}
+
+/// An input whose accounts' failure counts matter ([`Engine::accounts_judged`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Judged<'a> {
+    Api(&'a ApiInput),
+    /// An IVR request on this call.
+    IvrCall(&'a str),
+    /// An admin's read of counters.
+    Limits(&'a AdminScope),
 }

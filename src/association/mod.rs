@@ -45,6 +45,7 @@ mod restore;
 mod timers;
 
 pub use model::{Engine, Sizes};
+pub use limits::Judged;
 pub use restore::Snapshot;
 pub use ivr::CONFIRM_KEY;
 pub use crate::csta::{CallEvent, CallId};
@@ -437,6 +438,9 @@ pub enum StoreWrite {
     Association(AssociationView),
     Bind(Binding),
     Unbind { pbx: PbxId, extension: Extension },
+    /// The counter after a change, which is always one of two: a reset (`0`), or one failure
+    /// more (its new value). The PostgreSQL store, where several gateways count one account's
+    /// failures, writes the latter as an atomic `+ 1`, not as this value.
     Counter { key: CounterKey, value: u32 },
     ProofCall(ProofCall),
     Block(OwnerBlock),

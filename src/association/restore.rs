@@ -54,24 +54,6 @@ impl Engine {
         self.served.as_ref()
     }
 
-    /// `[cluster]`: this instance just took `pbx` over, and from `snap` (the store, read now)
-    /// learns what other instances did there meanwhile: the PBX's bindings and proof calls in
-    /// memory are replaced by the stored ones (a binding made or ended by the previous owner
-    /// counts from now on), then the associations the previous owner left in flight there end
-    /// as after a restart ([`Engine::end_orphans`]). Nothing of another PBX changes.
-    pub fn adopt(&mut self, pbx: &str, snap: Snapshot, now: Millis) -> Vec<Action> {
-        self.bindings.retain(|(p, _), _| p.as_str() != pbx);
-        for b in snap.bindings.into_iter().filter(|b| b.pbx.as_str() == pbx) {
-            self.bindings.insert((b.pbx.clone(), b.extension.clone()), b);
-        }
-        self.proof_calls.retain(|(p, _), _| p.as_str() != pbx);
-        for c in snap.proof_calls.into_iter().filter(|c| c.pbx.as_str() == pbx && now.saturating_sub(c.at) < HOUR) {
-            self.proof_calls.entry((c.pbx.clone(), c.extension.clone())).or_default().push(c);
-        }
-        let left = snap.in_flight.into_iter().filter(|v| v.pbx.as_str() == pbx).collect();
-        self.end_orphans(left, now)
-    }
-
     /// `[cluster]`: a write batch for `pbx` was refused by the database (fenced: another
     /// instance holds its lease now). The engine stops acting for it at once and forgets its
     /// live associations *without a write* (their ends are the new owner's to store, as
@@ -109,6 +91,38 @@ impl Engine {
             actions.push(Action::Store(StoreWrite::Association(v)));
         }
         actions
+    }
+
+    /// `[cluster]`: this gateway just took `pbx` over from another, which changed it in the
+    /// store meanwhile: what the engine held of it (bindings, owner blocks, proof calls, the
+    /// accounts' counters on its extensions) is replaced by what `snap` (the store, read now)
+    /// holds, and the associations the previous owner left in flight there end as
+    /// [`Engine::end_orphans`] ends them.
+    pub fn adopt_pbx(&mut self, pbx: &str, snap: Snapshot, now: Millis) -> Vec<Action> {
+        self.forget_pbx(pbx);
+        for b in snap.bindings.into_iter().filter(|b| b.pbx.as_str() == pbx) {
+            self.bindings.insert((b.pbx.clone(), b.extension.clone()), b);
+        }
+        self.counters.extend(snap.counters.into_iter().filter(|(k, _)| k.extension().is_some_and(|(p, _)| p == pbx)));
+        for c in snap.proof_calls.into_iter().filter(|c| c.pbx.as_str() == pbx && now.saturating_sub(c.at) < HOUR) {
+            self.proof_calls.entry((c.pbx.clone(), c.extension.clone())).or_default().push(c);
+        }
+        // (The store gives the blocks in force; one that ends is never judged past its end.)
+        for b in snap.blocks.into_iter().filter(|b| b.pbx.as_str() == pbx) {
+            self.blocks.insert(b.key(), b);
+        }
+        let left: Vec<AssociationView> = snap.in_flight.into_iter().filter(|v| v.pbx.as_str() == pbx).collect();
+        self.end_orphans(left, now)
+    }
+
+    /// `[cluster]`: `pbx` went to another gateway (its associations here ended already): what
+    /// the engine held of it is forgotten, since only its owner changes it from now on
+    /// ([`Engine::adopt_pbx`] reads it back if it returns).
+    pub fn forget_pbx(&mut self, pbx: &str) {
+        self.bindings.retain(|(p, _), _| p.as_str() != pbx);
+        self.counters.retain(|k, _| k.extension().is_none_or(|(p, _)| p != pbx));
+        self.proof_calls.retain(|(p, _), _| p.as_str() != pbx);
+        self.blocks.retain(|(_, _, p, _), _| p.as_str() != pbx);
     }
 
     /// The proof calls of the live associations (and the lock calls of those still waiting for

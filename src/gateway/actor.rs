@@ -19,11 +19,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::association::{AssociationId, Action, ApiReply, CallId, CstaInput, CstaRequest, CstaResultInfo, Engine, Extension, IvrAnswer, PbxId, Principal, Refusal, StoreWrite};
+use crate::association::{AssociationId, Action, ApiInput, ApiReply, CallId, CstaInput, CstaRequest, CstaResultInfo, Engine, Extension, IvrAnswer, Judged, PbxId, Principal, Refusal, StoreWrite};
 use crate::codec::Operation;
 use crate::clock::now_ms;
 use crate::link::{Delivery, Link, RequestError};
-use crate::store::Store;
+use crate::store::{AccountClaim, Store};
 
 use super::links::{clear, delivered, submit, Pending, Work};
 use super::{ApiTx, Cmd, Gateway, GatewayError, IvrTx, Query, QueryResult, Shell};
@@ -76,14 +76,28 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
         if timed_out {
             actions.extend(engine.handle_timeout(now_ms()));
         }
+        refresh_counters(&mut engine, store.as_ref(), &batch);
+        // The accounts' claims this batch took for the associations it creates.
+        let mut claimed: Vec<AccountClaim> = Vec::new();
         for cmd in batch.drain(..) {
             let start = actions.len();
             let answer = match cmd {
-                Cmd::Api { input, reply } => {
-                    let h = engine.api(input);
-                    actions.extend(h.actions);
-                    Answer::Api(reply, h.reply)
-                }
+                Cmd::Api { input, reply } => match claim_account(store.as_mut(), &input) {
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        Answer::None
+                    }
+                    Ok(claim) => {
+                        let h = engine.api(input);
+                        actions.extend(h.actions);
+                        match (claim, &h.reply) {
+                            (Some(c), Ok(_)) => claimed.push(c),
+                            (Some(c), Err(_)) => release_accounts(store.as_mut(), &[c]),
+                            (None, _) => {}
+                        }
+                        Answer::Api(reply, h.reply)
+                    }
+                },
                 Cmd::Ivr { input, reply } => {
                     let call = input.call.clone();
                     let h = engine.ivr(input);
@@ -125,7 +139,12 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                     Answer::None
                 }
                 Cmd::Reconfigure { change, reply } => {
+                    // With [cluster], a PBX removed is one another instance owns from now on.
+                    let lost: Vec<String> = if sh.gw.cluster().is_some() { change.removed.clone() } else { Vec::new() };
                     actions.extend(reconfigure(&mut engine, &mut sh, change));
+                    for pbx in &lost {
+                        engine.forget_pbx(pbx);
+                    }
                     let _ = reply.send(());
                     Answer::None
                 }
@@ -142,8 +161,9 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                     // then requests for it are refused (503), never decided on stale memory.
                     match store.snapshot(now_ms()) {
                         Ok(snap) => {
-                            info!(pbx = %pbx, associations = snap.in_flight.iter().filter(|v| v.pbx.as_str() == pbx).count(), "PBX taken over: its bindings read back, the associations its previous owner left in flight ended");
-                            actions.extend(engine.adopt(&pbx, snap, now_ms()));
+                            let left = snap.in_flight.iter().filter(|v| v.pbx.as_str() == pbx).count();
+                            info!(pbx = %pbx, associations = left, "PBX taken over: its bindings, blocks and counters read from the store; ending the associations its previous owner left in flight");
+                            actions.extend(engine.adopt_pbx(&pbx, snap, now_ms()));
                             let mut served = engine.served().cloned().unwrap_or_default();
                             served.insert(PbxId::from(pbx.as_str()));
                             engine.set_served(Some(served));
@@ -185,6 +205,7 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
         };
         if let Err(e) = committed {
             warn!(error = %e, "store commit failed: answering with an error, carrying out nothing");
+            release_accounts(store.as_mut(), &claimed);
             for (answer, _) in after {
                 match answer {
                     Answer::Api(r, _) => drop(r.send(Err(GatewayError::Unavailable))),
@@ -374,13 +395,12 @@ fn answer_query(engine: &Engine, store: &mut dyn Store, query: Query) -> Result<
             },
         },
         Query::Binding { pbx, extension } => QueryResult::Bindings(engine.binding(&pbx, &extension).cloned().into_iter().collect()),
-        // `[cluster]`: other instances bind and unbind on their PBXs; what they committed is in
-        // the store, not in this engine's memory (current for its own PBXs only).
-        Query::BindingsOf { tenant, account } if engine.served().is_some() => match store.snapshot(now_ms()) {
-            Ok(snap) => QueryResult::Bindings(snap.bindings.into_iter().filter(|b| b.tenant == tenant && b.account == account).collect()),
+        // With several gateways the store holds the bindings on the PBXs others own.
+        Query::BindingsOf { tenant, account } => match store.bindings_of(&tenant, &account) {
+            Ok(Some(v)) => QueryResult::Bindings(v),
+            Ok(None) => QueryResult::Bindings(engine.bindings_of(&tenant, &account).into_iter().cloned().collect()),
             Err(e) => return Err(unavailable(e)),
         },
-        Query::BindingsOf { tenant, account } => QueryResult::Bindings(engine.bindings_of(&tenant, &account).into_iter().cloned().collect()),
         Query::Audit(f) => match store.audit(&f) {
             Ok(v) => QueryResult::Audit(v),
             Err(e) => return Err(unavailable(e)),
@@ -404,6 +424,57 @@ fn answer_query(engine: &Engine, store: &mut dyn Store, query: Query) -> Result<
             Err(e) => return Err(unavailable(e)),
         },
     })
+}
+
+/// Take the failure counts of the accounts this batch judges from the store, where other
+/// gateways add to them ([`Store::account_counters`]; nothing on one process). Read before the
+/// batch, when all this engine's own counts are committed. Unreadable: the engine's own stand
+/// (the batch's commit then fails too).
+fn refresh_counters(engine: &mut Engine, store: &dyn Store, batch: &[Cmd]) {
+    let mut accounts = Vec::new();
+    for cmd in batch {
+        match cmd {
+            Cmd::Api { input, .. } => accounts.extend(engine.accounts_judged(Judged::Api(input))),
+            Cmd::Ivr { input, .. } if input.digits.is_some() => accounts.extend(engine.accounts_judged(Judged::IvrCall(&input.call))),
+            Cmd::Query { query: Query::Limits(scope), .. } => accounts.extend(engine.accounts_judged(Judged::Limits(scope))),
+            _ => {}
+        }
+    }
+    if accounts.is_empty() {
+        return;
+    }
+    accounts.sort();
+    accounts.dedup();
+    match store.account_counters(&accounts) {
+        Ok(counts) => engine.set_counters(counts),
+        Err(e) => warn!(error = %e, "the accounts' failure counters cannot be read: judging by this instance's own"),
+    }
+}
+
+/// A create's claim on its account's one live association, taken before the engine decides
+/// ([`Store::claim_account`]): `Ok(None)` for other requests, `Err` to answer at once (the
+/// account is busy with an association of another gateway, or the store cannot be reached).
+fn claim_account(store: &mut dyn Store, input: &ApiInput) -> Result<Option<AccountClaim>, GatewayError> {
+    let ApiInput::Create { principal: Principal::Tenant(tenant), account, pbx, id, .. } = input else { return Ok(None) };
+    let claim = AccountClaim { tenant: tenant.clone(), account: account.clone(), association: id.clone(), pbx: pbx.as_ref().map(|p| p.to_string()) };
+    match store.claim_account(&claim) {
+        Ok(true) => Ok(Some(claim)),
+        Ok(false) => Err(GatewayError::Refused(Refusal::AccountBusy)),
+        Err(e) => {
+            warn!(error = %e, "the account's claim cannot be taken: refusing the create");
+            Err(GatewayError::Unavailable)
+        }
+    }
+}
+
+/// Give claims back (their creates refused or not committed); one that cannot be frees itself
+/// once its association is found never stored ([`crate::store::postgres::CLAIM_ORPHANED_AFTER`]).
+fn release_accounts(store: &mut dyn Store, claims: &[AccountClaim]) {
+    for c in claims {
+        if let Err(e) = store.release_account(c) {
+            warn!(association = %c.association, error = %e, "an account's claim not released: it frees itself when found orphaned");
+        }
+    }
 }
 
 /// Rebuild the engine from the store (after a failed commit), ending what was in flight as a

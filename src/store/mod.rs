@@ -12,8 +12,8 @@
 //! The trait is synchronous: SQLite's calls are (`fsync` inside), and the PostgreSQL store keeps
 //! its async driver on a thread of its own behind a channel (why: `postgres.rs`).
 
-use crate::association::{AssociationView, AuditRecord, CounterKey, Millis, Snapshot, StoreWrite};
-use crate::ids::TenantId;
+use crate::association::{AssociationView, AuditRecord, Binding, CounterKey, Millis, Snapshot, StoreWrite};
+use crate::ids::{AccountId, AssociationId, TenantId};
 
 pub mod postgres;
 mod sqlite;
@@ -135,6 +135,55 @@ pub trait Store: Send {
     /// # Errors
     /// Unreadable or corrupt records.
     fn list_associations(&self, f: &AssociationFilter) -> Result<Vec<AssociationView>, StoreError>;
+
+    // The account-wide rules where several gateways share the store ([`PostgresStore`]). On
+    // one process (SQLite) the engine's memory is the whole truth, and these are no-ops.
+
+    /// Reserve `account`'s one live association for `association` (about to be created, on
+    /// `pbx` when the request names it), before the engine decides: `false` when another live
+    /// association holds it (the create is refused `account_busy`). The reservation ends in
+    /// the transaction that makes the association final, or by [`Store::release_account`].
+    ///
+    /// # Errors
+    /// The store cannot be reached.
+    fn claim_account(&mut self, _claim: &AccountClaim) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    /// Give `claim` back: its create was refused, or not committed.
+    ///
+    /// # Errors
+    /// The store cannot be reached (the claim frees itself a minute after it was taken, its
+    /// association never stored).
+    fn release_account(&mut self, _claim: &AccountClaim) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The stored failure counters of these accounts (their [`CounterKey::Account`]s; none
+    /// stored, none returned), which other gateways add to: the engine takes them before it
+    /// judges a create or a code. Empty where the engine's memory is the whole truth.
+    ///
+    /// # Errors
+    /// Unreadable records.
+    fn account_counters(&self, _accounts: &[(TenantId, AccountId)]) -> Result<Vec<(CounterKey, u32)>, StoreError> {
+        Ok(vec![])
+    }
+    /// The account's bindings on every PBX, read from the store when other gateways write them
+    /// (`Some`); `None`: the engine's memory holds them all.
+    ///
+    /// # Errors
+    /// Unreadable records.
+    fn bindings_of(&self, _tenant: &str, _account: &str) -> Result<Option<Vec<Binding>>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// An account's reservation of its one live association ([`Store::claim_account`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountClaim {
+    pub tenant: TenantId,
+    pub account: AccountId,
+    pub association: AssociationId,
+    /// The PBX the create names, if it does (for the operator's eyes only).
+    pub pbx: Option<String>,
 }
 
 pub(crate) fn key_text(k: &CounterKey) -> String {

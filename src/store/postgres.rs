@@ -25,6 +25,15 @@
 //! tree for a loop over files, and the advisory lock (which `refinery` does not take) is the point.
 //! The audit table refuses UPDATE, DELETE and TRUNCATE by trigger, whoever sends them.
 //!
+//! **Account-wide rules** (several gateways, one database): an account's one live association
+//! is a claim row taken atomically before the engine decides a create ([`Store::claim_account`],
+//! released by a trigger with the association's final state), so that no write batch is ever
+//! refused for it and group commit stays as it is; a failure counter is written as an atomic
+//! increment (or a reset), and read back before each judgement ([`Store::account_counters`]).
+//! Crashes: a claim whose association was never stored frees the account after
+//! [`CLAIM_ORPHANED_AFTER`]; one whose association was stored in flight is freed when the PBX's
+//! next owner, or the restarted gateway, ends it `gateway_restarted`.
+//!
 //! **TLS.** `sslmode` in the URL: `verify-full` (the default unless every host is loopback or a
 //! Unix socket: certificate chain to the public roots or `database_ca`, and the host name),
 //! `require` (encrypted, certificate not checked: an explicit choice) or `disable` (the default
@@ -43,12 +52,18 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::{key_parse, key_text, AssociationFilter, AuditFilter, Store, StoreError, StoredKey, MAX_ASSOCIATIONS_LISTED};
-use crate::association::{AssociationView, AuditRecord, Binding, Millis, OwnerBlock, ProofCall, Snapshot, StoreWrite};
+use super::{key_parse, key_text, AccountClaim, AssociationFilter, AuditFilter, Store, StoreError, StoredKey, MAX_ASSOCIATIONS_LISTED};
+use crate::association::{AssociationView, AuditRecord, Binding, CounterKey, Millis, OwnerBlock, ProofCall, Snapshot, StoreWrite};
+use crate::ids::{AccountId, TenantId};
 
 /// The schema's migrations, in order: version and SQL. A released file is never edited; a
 /// change is a new file.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/postgres/0001_initial.sql")), (2, include_str!("migrations/postgres/0002_associations_seq.sql")), (3, include_str!("migrations/postgres/0003_cluster_leases.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/postgres/0001_initial.sql")),
+    (2, include_str!("migrations/postgres/0002_associations_seq.sql")),
+    (3, include_str!("migrations/postgres/0003_cluster_leases.sql")),
+    (4, include_str!("migrations/postgres/0004_account_rules.sql")),
+];
 
 /// The advisory lock that serialises migrations across gateways ("cstagate" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6373_7461_6761_7465;
@@ -237,6 +252,10 @@ enum Request {
     Audit(AuditFilter, Reply<Vec<AuditRecord>>),
     List(AssociationFilter, Reply<Vec<AssociationView>>),
     Setting(String, Reply<String>),
+    /// Take (`true`) or give back (`false`) an account's claim, with the instance's id.
+    Claim(AccountClaim, bool, String, Reply<bool>),
+    Counters(Vec<String>, Reply<Vec<(CounterKey, u32)>>),
+    BindingsOf(String, String, Reply<Vec<Binding>>),
 }
 
 /// The PostgreSQL store: a handle to its thread (see the module doc).
@@ -338,6 +357,23 @@ impl Store for PostgresStore {
     fn list_associations(&self, f: &AssociationFilter) -> Result<Vec<AssociationView>, StoreError> {
         self.call(|r| Request::List(f.clone(), r))
     }
+    fn claim_account(&mut self, claim: &AccountClaim) -> Result<bool, StoreError> {
+        let instance = self.fence.as_ref().map(|f| f.owner().to_owned()).unwrap_or_default();
+        self.call(|r| Request::Claim(claim.clone(), true, instance, r))
+    }
+    fn release_account(&mut self, claim: &AccountClaim) -> Result<(), StoreError> {
+        self.call(|r| Request::Claim(claim.clone(), false, String::new(), r)).map(drop)
+    }
+    fn account_counters(&self, accounts: &[(TenantId, AccountId)]) -> Result<Vec<(CounterKey, u32)>, StoreError> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = accounts.iter().map(|(tenant, account)| key_text(&CounterKey::Account { tenant: tenant.clone(), account: account.clone() })).collect();
+        self.call(|r| Request::Counters(keys, r))
+    }
+    fn bindings_of(&self, tenant: &str, account: &str) -> Result<Option<Vec<Binding>>, StoreError> {
+        self.call(|r| Request::BindingsOf(tenant.to_owned(), account.to_owned(), r)).map(Some)
+    }
 }
 
 /// The store's thread: the pool, the migrations, then one request at a time until the store is
@@ -364,6 +400,9 @@ async fn worker(manager: Manager, ready: std::sync::mpsc::SyncSender<Result<(), 
             Request::Audit(f, r) => drop(r.send(bounded(audit(&pool, &f)).await)),
             Request::List(f, r) => drop(r.send(bounded(list_associations(&pool, &f)).await)),
             Request::Setting(name, r) => drop(r.send(bounded(setting(&pool, &name)).await)),
+            Request::Claim(c, take, instance, r) => drop(r.send(bounded(claim(&pool, &c, take, &instance)).await)),
+            Request::Counters(keys, r) => drop(r.send(bounded(counters(&pool, &keys)).await)),
+            Request::BindingsOf(tenant, account, r) => drop(r.send(bounded(bindings_of(&pool, &tenant, &account)).await)),
         }
     }
 }
@@ -481,7 +520,11 @@ async fn apply(pool: &Pool, writes: &[StoreWrite], fence: Option<&(String, Vec<(
                 vec![text(b.pbx.as_str()), text(b.extension.as_str()), text(b.tenant.as_str()), text(b.account.as_str()), Box::new(b.did.clone()), Box::new(b.did_verified), ms(b.bound_at)],
             )),
             StoreWrite::Unbind { pbx, extension } => statements.push(("DELETE FROM bindings WHERE pbx = $1 AND extension = $2", vec![text(pbx.as_str()), text(extension.as_str())])),
-            StoreWrite::Counter { key, value } => statements.push(("INSERT INTO counters (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", vec![Box::new(key_text(key)), Box::new(i64::from(*value))])),
+            // Several gateways count one account's failures: each adds its own, atomically,
+            // rather than write its count over the others' (see `StoreWrite::Counter`: a value
+            // above 0 is one failure more, 0 a reset).
+            StoreWrite::Counter { key, value: 0 } => statements.push(("INSERT INTO counters (key, value) VALUES ($1, 0) ON CONFLICT (key) DO UPDATE SET value = 0", vec![Box::new(key_text(key))])),
+            StoreWrite::Counter { key, value } => statements.push(("INSERT INTO counters (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = counters.value + 1", vec![Box::new(key_text(key)), Box::new(i64::from(*value))])),
             StoreWrite::ProofCall(c) => {
                 statements.push(("INSERT INTO proof_calls (pbx, extension, tenant, account, at) VALUES ($1, $2, $3, $4, $5)", vec![text(c.pbx.as_str()), text(c.extension.as_str()), text(c.tenant.as_str()), text(c.account.as_str()), ms(c.at)]));
                 // Older than a day is of no use to the hourly limit.
@@ -577,7 +620,7 @@ async fn snapshot(pool: &Pool, now: Millis) -> Result<Snapshot, StoreError> {
     let [bindings, counters, calls, blocks, open] = rows;
     let mut s = Snapshot::default();
     for r in &bindings {
-        s.bindings.push(Binding { pbx: get::<String>(r, 0)?.into(), extension: get::<String>(r, 1)?.into(), tenant: get::<String>(r, 2)?.into(), account: get::<String>(r, 3)?.into(), did: get(r, 4)?, did_verified: get(r, 5)?, bound_at: get::<i64>(r, 6)? as Millis });
+        s.bindings.push(binding(r)?);
     }
     for r in &counters {
         let k: String = get(r, 0)?;
@@ -658,4 +701,77 @@ async fn setting(pool: &Pool, name: &str) -> Result<String, StoreError> {
     let result = client.query_one("SELECT current_setting($1)", &[&name]).await.and_then(|r| r.try_get(0).map(|v| value = v));
     finish(client, result)?;
     Ok(value)
+}
+
+/// A claim without its association stored this long frees the account: its gateway crashed, or
+/// its commit failed, between the claim and the commit (which takes [`OP_TIMEOUT`] at most).
+pub const CLAIM_ORPHANED_AFTER: Duration = Duration::from_secs(60);
+
+/// Take an account's claim for `c.association` (`true` when this one holds it now), in one
+/// statement: inserted when the account has none; taken over only from an association that is
+/// final (the trigger of migration 0004 deletes such claims; this is the belt to its braces),
+/// or that was never stored and whose claim is [`CLAIM_ORPHANED_AFTER`] old. Two gateways racing for one account: the row lock of the
+/// conflict serialises them, and the second sees the first's claim. `take == false`: delete
+/// the claim if it is still this association's.
+async fn claim(pool: &Pool, c: &AccountClaim, take: bool, instance: &str) -> Result<bool, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let (tenant, account, association) = (c.tenant.as_str(), c.account.as_str(), c.association.as_str());
+    let mut won = false;
+    let result = if take {
+        let sql = format!(
+            "INSERT INTO account_claims AS c (tenant, account, association, pbx, instance, at) VALUES ($1, $2, $3, $4, $5, clock_timestamp())
+             ON CONFLICT (tenant, account) DO UPDATE SET association = excluded.association, pbx = excluded.pbx, instance = excluded.instance, at = excluded.at
+             WHERE EXISTS (SELECT 1 FROM associations a WHERE a.id = c.association AND a.final)
+                OR (NOT EXISTS (SELECT 1 FROM associations a WHERE a.id = c.association) AND c.at < clock_timestamp() - interval '{} seconds')
+             RETURNING association",
+            CLAIM_ORPHANED_AFTER.as_secs()
+        );
+        match client.prepare_cached(&sql).await {
+            Ok(stmt) => client.query_opt(&stmt, &[&tenant, &account, &association, &c.pbx.as_deref().unwrap_or_default(), &instance]).await.map(|row| won = row.is_some()),
+            Err(e) => Err(e),
+        }
+    } else {
+        match client.prepare_cached("DELETE FROM account_claims WHERE tenant = $1 AND account = $2 AND association = $3").await {
+            Ok(stmt) => client.execute(&stmt, &[&tenant, &account, &association]).await.map(drop),
+            Err(e) => Err(e),
+        }
+    };
+    finish(client, result)?;
+    Ok(won)
+}
+
+/// The counters stored under `keys` (those that exist).
+async fn counters(pool: &Pool, keys: &[String]) -> Result<Vec<(CounterKey, u32)>, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let mut rows = Vec::new();
+    let result = match client.prepare_cached("SELECT key, value FROM counters WHERE key = ANY($1)").await {
+        Ok(stmt) => client.query(&stmt, &[&keys]).await.map(|r| rows = r),
+        Err(e) => Err(e),
+    };
+    finish(client, result)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let k: String = get(r, 0)?;
+        let v = u32::try_from(get::<i64>(r, 1)?).map_err(|_| StoreError::Corrupt(format!("counter {k:?}")))?;
+        if let Some(StoredKey::Counter(key)) = key_parse(&k) {
+            out.push((key, v));
+        }
+    }
+    Ok(out)
+}
+
+/// An account's bindings on every PBX.
+async fn bindings_of(pool: &Pool, tenant: &str, account: &str) -> Result<Vec<Binding>, StoreError> {
+    let client = pool.get().await.map_err(pool_error)?;
+    let mut rows = Vec::new();
+    let result = match client.prepare_cached("SELECT pbx, extension, tenant, account, did, did_verified, bound_at FROM bindings WHERE tenant = $1 AND account = $2 ORDER BY pbx, extension").await {
+        Ok(stmt) => client.query(&stmt, &[&tenant, &account]).await.map(|r| rows = r),
+        Err(e) => Err(e),
+    };
+    finish(client, result)?;
+    rows.iter().map(binding).collect()
+}
+
+fn binding(r: &Row) -> Result<Binding, StoreError> {
+    Ok(Binding { pbx: get::<String>(r, 0)?.into(), extension: get::<String>(r, 1)?.into(), tenant: get::<String>(r, 2)?.into(), account: get::<String>(r, 3)?.into(), did: get(r, 4)?, did_verified: get(r, 5)?, bound_at: get::<i64>(r, 6)? as Millis })
 }

@@ -9,3 +9,4 @@ mod lease_machine;
 mod leases_pg;
 mod processes;
 mod routing;
+mod rules;

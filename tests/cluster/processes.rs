@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use cstagate::sim::{SimConfig, SimPbx};
 use cstagate::testkit::postgres::{self as pg, PgServer};
-use cstagate::testkit::{Http, Tokens};
+use cstagate::testkit::{post_webhook, Http, Tokens};
+use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::timeout;
 
@@ -33,19 +34,26 @@ pub(crate) struct Instance {
 /// The cluster's internal token (`[cluster] internal_token_env`), the same for every instance.
 pub(crate) const INTERNAL_TOKEN: &str = "internal-token-of-the-test-cluster";
 
-/// Start `cstagate run` as instance `id` of the cluster on `url`, serving `sims`. It listens on
-/// a port picked free just before, which it advertises to the others (requests for its PBXs
-/// are forwarded there).
+/// Start `cstagate run` as instance `id` of the cluster on `url`, serving `sims`.
 pub(crate) async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, tokens: &Tokens) -> Instance {
+    let mut pbxs = String::new();
+    for (i, sim) in sims.iter().enumerate() {
+        pbxs += &format!("\n[[pbx]]\nid = \"pbx{i}\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"{}\"]\nivr_number = \"08001002{i:02}\"\nreconnect_min = \"20ms\"\n", sim.addr(), extension(i));
+    }
+    instance_with(id, url, &pbxs, dir, tokens).await
+}
+
+/// Start `cstagate run` as instance `id` of the cluster on `url`, with these `[[pbx]]` tables
+/// (tenant `acme`).
+pub(crate) async fn instance_with(id: &str, url: &str, pbxs: &str, dir: &std::path::Path, tokens: &Tokens) -> Instance {
     let password = pg::shared().map(|s| s.password().to_owned()).unwrap_or_default();
+    // It listens on a port picked free just before, which it advertises to the others (requests
+    // for its PBXs are forwarded there).
     let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
     let (port, agi) = (free(), free());
-    let mut text = format!(
-        "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\nfastagi_listen = \"127.0.0.1:{agi}\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:{port}\"\nlease_ttl = \"{TTL}\"\ninternal_token_env = \"CLUSTER_TOKEN\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n"
+    let text = format!(
+        "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\nfastagi_listen = \"127.0.0.1:{agi}\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:{port}\"\nlease_ttl = \"{TTL}\"\ninternal_token_env = \"CLUSTER_TOKEN\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n{pbxs}"
     );
-    for (i, sim) in sims.iter().enumerate() {
-        text += &format!("\n[[pbx]]\nid = \"pbx{i}\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"{}\"]\nivr_number = \"08001002{i:02}\"\nreconnect_min = \"20ms\"\n", sim.addr(), extension(i));
-    }
     let config = dir.join(format!("{id}.toml"));
     std::fs::write(&config, text).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cstagate"))
@@ -102,6 +110,15 @@ pub(crate) async fn sims(n: usize, keepalive: Option<Duration>) -> Vec<SimPbx> {
         v.push(SimPbx::start(c, "127.0.0.1:0").await.unwrap());
     }
     v
+}
+
+/// One signed IVR webhook request on `call`, dialled to `to`.
+pub(crate) async fn ivr_step(at: &Http, tokens: &Tokens, call: &str, from: &str, to: &str, digits: Option<&str>) -> (u16, Value) {
+    let mut body = json!({ "call": call, "from": from, "to": to });
+    if let Some(d) = digits {
+        body["digits"] = json!(d);
+    }
+    post_webhook(at, &tokens.ivr, body.to_string().into_bytes()).await.unwrap()
 }
 
 /// PBX `i`'s IVR number, its own (the IVR requests are routed by it).

@@ -9,12 +9,12 @@
 use std::time::{Duration, Instant};
 
 use cstagate::testkit::postgres as pg;
-use cstagate::testkit::{post_webhook, Http, Ivr, Tokens};
+use cstagate::testkit::{Http, Ivr, Tokens};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
 
-use super::processes::{audit_until, every_link_up_once, extension, instance, ivr_number, leases, leases_until, oracle, per_owner, sims, Instance, INTERNAL_TOKEN, LIMIT};
+use super::processes::{ivr_step, audit_until, every_link_up_once, extension, instance, ivr_number, leases, leases_until, oracle, per_owner, sims, Instance, INTERNAL_TOKEN, LIMIT};
 
 fn http(i: &Instance) -> Http {
     Http::new(&format!("http://{}", i.api))
@@ -33,15 +33,6 @@ async fn knows_owner(at: &Http, tokens: &Tokens, pbx: &str, owner: &str) {
         assert!(start.elapsed() < LIMIT, "the instance does not know {pbx}'s owner {owner}: {list}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// One signed IVR webhook request on `call`, dialled to `to`.
-async fn ivr_step(at: &Http, tokens: &Tokens, call: &str, from: &str, to: &str, digits: Option<&str>) -> (u16, Value) {
-    let mut body = json!({ "call": call, "from": from, "to": to });
-    if let Some(d) = digits {
-        body["digits"] = json!(d);
-    }
-    post_webhook(at, &tokens.ivr, body.to_string().into_bytes()).await.unwrap()
 }
 
 /// An event stream read from its raw HTTP/1.1 response (`Connection: close`, so that the end of

@@ -2006,7 +2006,7 @@ fn adopting_a_pbx_reads_its_bindings_back_and_ends_only_its_orphans() {
     let (mut e, _) = Engine::restore(t.e.policies().clone(), Snapshot { bindings: vec![alice.clone()], ..Snapshot::default() }, t.now);
     e.set_served(Some(std::collections::HashSet::from(["ny".into()])));
     let snap = Snapshot { bindings: vec![dave.clone(), ny_binding.clone()], in_flight: vec![paris_orphan.clone(), ny_orphan.clone()], ..Snapshot::default() };
-    let actions = e.adopt("paris", snap, t.now + 10);
+    let actions = e.adopt_pbx("paris", snap, t.now + 10);
     assert!(e.binding("paris", "2005").is_none(), "alice's binding, ended meanwhile, is gone");
     assert_eq!(e.binding("paris", "2006"), Some(&dave));
     assert!(e.binding("ny", "2005").is_none(), "another PBX's bindings are not adopted");

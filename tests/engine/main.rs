@@ -4,6 +4,7 @@
 //! file below is one group of tests.
 
 mod association_engine;
+mod cluster_rules;
 mod secret_draws;
 mod store_backend;
 mod store_contract;

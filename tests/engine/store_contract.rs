@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use cstagate::association::harness::{handle, Input, Output};
 use cstagate::association::*;
-use cstagate::store::{AssociationFilter, AuditFilter, Store, StoreError};
+use cstagate::store::{AccountClaim, AssociationFilter, AuditFilter, Store, StoreError};
 
 /// What the suite needs of a backend besides [`Store`]: a fresh database, opening it again, and
 /// raw SQL past the store.
@@ -26,6 +26,8 @@ pub trait Backend {
     fn rows(db: &Self::Db, sql: &str) -> Vec<String>;
     /// Whether `e` is the refusal of a duplicate primary key.
     fn duplicate_key(e: &StoreError) -> bool;
+    /// Whether several gateways share it (the account-wide rules are the store's then).
+    const SHARED: bool;
 }
 
 pub fn policy() -> HashMap<String, Policy> {
@@ -208,6 +210,39 @@ pub fn the_audit_log_reads_the_newest_within_its_limit<B: Backend>() {
     assert!(ats(AuditFilter { tenant: Some("globex".into()), ..Default::default() }).is_empty());
 }
 
+/// Counters written as the engine writes them (one failure more, or a reset) read back as
+/// counted. On a store several gateways share, the account-wide rules are the store's: an
+/// account's claim holds until released, its counters and bindings read back; on one process
+/// (SQLite) the engine's memory is the truth and these are no-ops.
+pub fn account_rules_are_the_stores_where_gateways_share_it<B: Backend>() {
+    let Some(db) = B::fresh("accounts") else { return };
+    let mut s = B::open(&db);
+    drive(s.as_mut());
+    let key = CounterKey::Account { tenant: "acme".into(), account: "eve".into() };
+    for value in [1, 2, 0, 1] {
+        s.apply(&[StoreWrite::Counter { key: key.clone(), value }]).unwrap();
+    }
+    assert!(s.snapshot(20_000).unwrap().counters.contains(&(key.clone(), 1)));
+    let claim = |id: &str| AccountClaim { tenant: "acme".into(), account: "eve".into(), association: id.into(), pbx: Some("paris".into()) };
+    let accounts = [("acme".into(), "eve".into()), ("acme".into(), "nobody".into())];
+    if B::SHARED {
+        assert_eq!(s.account_counters(&accounts).unwrap(), [(key, 1)], "the stored counter; none for an account never counted");
+        assert!(s.claim_account(&claim("x1")).unwrap());
+        assert!(!s.claim_account(&claim("x2")).unwrap(), "the account is claimed for x1");
+        s.release_account(&claim("x2")).unwrap();
+        assert!(!s.claim_account(&claim("x2")).unwrap(), "only x1's release frees it");
+        s.release_account(&claim("x1")).unwrap();
+        assert!(s.claim_account(&claim("x2")).unwrap(), "released");
+        let bound = s.bindings_of("acme", "alice").unwrap().expect("read from the store");
+        assert_eq!(bound.iter().map(|b| (b.pbx.as_str(), b.extension.as_str())).collect::<Vec<_>>(), [("paris", "2005")]);
+        assert_eq!(s.bindings_of("acme", "bob").unwrap(), Some(Vec::new()));
+    } else {
+        assert!(s.account_counters(&accounts).unwrap().is_empty());
+        assert!(s.claim_account(&claim("x1")).unwrap() && s.claim_account(&claim("x2")).unwrap());
+        assert_eq!(s.bindings_of("acme", "alice").unwrap(), None);
+    }
+}
+
 /// One `#[test]` per contract function, for backend `$backend`.
 #[macro_export]
 macro_rules! contract_tests {
@@ -231,6 +266,10 @@ macro_rules! contract_tests {
         #[test]
         fn associations_are_listed_newest_first_by_tenant_state_extension_and_account() {
             super::store_contract::associations_are_listed_newest_first_by_tenant_state_extension_and_account::<$backend>();
+        }
+        #[test]
+        fn account_rules_are_the_stores_where_gateways_share_it() {
+            super::store_contract::account_rules_are_the_stores_where_gateways_share_it::<$backend>();
         }
         #[test]
         fn the_audit_log_reads_the_newest_within_its_limit() {

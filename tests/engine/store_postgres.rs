@@ -23,6 +23,7 @@ fn open_on(server: &PgServer, db: &str) -> Result<PostgresStore, StoreError> {
 }
 
 impl Backend for Postgres {
+    const SHARED: bool = true;
     type Db = String;
     fn fresh(name: &str) -> Option<Self::Db> {
         pg::shared().map(|s| s.database(name))
@@ -69,7 +70,7 @@ fn migrations_run_twice_are_a_no_op() {
     let first = s.psql(&db, "SELECT version, applied_at FROM schema_migrations ORDER BY version").unwrap();
     let mut store = open_on(s, &db).unwrap();
     assert_eq!(s.psql(&db, "SELECT version, applied_at FROM schema_migrations ORDER BY version").unwrap(), first);
-    assert_eq!(first.lines().count(), 3, "every migration (0001 to 0003), once each: {first}");
+    assert_eq!(first.lines().count(), 4, "every migration (0001 to 0004), once each: {first}");
     drive(&mut store);
 }
 
@@ -91,7 +92,7 @@ fn two_stores_migrating_the_same_empty_database_at_once_both_succeed() {
         let mut store = o.unwrap_or_else(|e| panic!("store {i}: {e}"));
         store.apply(&[StoreWrite::Counter { key: cstagate::association::CounterKey::Account { tenant: "acme".into(), account: format!("a{i}").into() }, value: 1 }]).unwrap();
     }
-    assert_eq!(s.psql(&db, "SELECT count(*) FROM schema_migrations").unwrap(), "3");
+    assert_eq!(s.psql(&db, "SELECT count(*) FROM schema_migrations").unwrap(), "4");
     assert_eq!(s.psql(&db, "SELECT count(*) FROM counters").unwrap(), "4");
 }
 
@@ -190,4 +191,102 @@ fn the_readme_postgresql_lines_are_valid() {
         cstagate::store::Backend::Postgres(t) => assert_eq!(t.ssl_mode(), cstagate::store::postgres::SslMode::VerifyFull),
         other => panic!("{other:?}"),
     }
+}
+
+/// Two gateways (two store handles) racing to claim one account for two associations, released
+/// at one barrier, round after round: exactly one wins each time.
+#[test]
+fn two_stores_racing_for_one_accounts_claim_exactly_one_wins() {
+    use cstagate::store::AccountClaim;
+    let Some(s) = pg::shared() else { return };
+    let db = s.database("claimrace");
+    let stores: Vec<PostgresStore> = (0..2).map(|_| open_on(s, &db).unwrap()).collect();
+    const ROUNDS: usize = 100;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let racers: Vec<_> = stores
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut store)| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                (0..ROUNDS)
+                    .map(|round| {
+                        let claim = AccountClaim { tenant: "acme".into(), account: format!("acct{round}").into(), association: format!("r{round}-{i}").into(), pbx: Some(format!("pbx{i}")) };
+                        barrier.wait();
+                        store.claim_account(&claim).unwrap()
+                    })
+                    .collect::<Vec<bool>>()
+            })
+        })
+        .collect();
+    let won: Vec<Vec<bool>> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+    for (round, (first, second)) in won[0].iter().zip(&won[1]).enumerate() {
+        assert!(first ^ second, "round {round}: {first} and {second} won");
+        let holder = if *first { 0 } else { 1 };
+        assert_eq!(s.psql(&db, &format!("SELECT association FROM account_claims WHERE account = 'acct{round}'")).unwrap(), format!("r{round}-{holder}"));
+    }
+}
+
+/// An account's claim ends in the transaction that makes its association final (whoever writes
+/// it), and a claim whose association was never stored frees the account only once a minute
+/// old (its gateway crashed between the claim and the commit).
+#[test]
+fn a_claim_ends_with_its_association_or_when_found_orphaned() {
+    use cstagate::association::State;
+    use cstagate::store::AccountClaim;
+    let Some(s) = pg::shared() else { return };
+    let db = s.database("claimend");
+    let mut store = open_on(s, &db).unwrap();
+    let (_, pending) = drive(&mut store);
+    let mut view = store.association(&pending).unwrap().unwrap();
+    let claim = |account: &str, id: &str| AccountClaim { tenant: "acme".into(), account: account.into(), association: id.into(), pbx: None };
+    assert!(store.claim_account(&claim(view.account.as_str(), &pending)).unwrap());
+    let mut other = open_on(s, &db).unwrap();
+    assert!(!other.claim_account(&claim(view.account.as_str(), "next")).unwrap(), "held by the association in flight");
+    // Retryable failure: still live, still held.
+    view.state = State::Failed;
+    view.retryable = true;
+    store.apply(&[StoreWrite::Association(view.clone())]).unwrap();
+    assert!(!other.claim_account(&claim(view.account.as_str(), "next")).unwrap(), "held while it may be retried");
+    view.state = State::Cancelled;
+    view.retryable = false;
+    store.apply(&[StoreWrite::Association(view.clone())]).unwrap();
+    assert_eq!(s.psql(&db, "SELECT count(*) FROM account_claims").unwrap(), "0", "released by the final write's transaction");
+    assert!(other.claim_account(&claim(view.account.as_str(), "next")).unwrap());
+    // Never stored: held for a minute, then free.
+    assert!(store.claim_account(&claim("zed", "ghost")).unwrap());
+    assert!(!other.claim_account(&claim("zed", "z2")).unwrap(), "a fresh claim whose commit may still come");
+    s.psql(&db, "UPDATE account_claims SET at = at - interval '61 seconds' WHERE association = 'ghost'").unwrap();
+    assert!(other.claim_account(&claim("zed", "z2")).unwrap(), "an orphaned claim frees the account");
+}
+
+/// Two gateways counting one account's failures at once: every failure counts (atomic
+/// increments, not one's count written over the other's), and a reset still resets.
+#[test]
+fn two_stores_counting_one_accounts_failures_add_up() {
+    use cstagate::association::CounterKey;
+    let Some(s) = pg::shared() else { return };
+    let db = s.database("counters");
+    let key = CounterKey::Account { tenant: "acme".into(), account: "mallory".into() };
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (mut store, barrier, key) = (open_on(s, &db).unwrap(), barrier.clone(), key.clone());
+            std::thread::spawn(move || {
+                // Each gateway's own count, as its engine writes it: 1, 2, ... 25.
+                for value in 1..=25 {
+                    barrier.wait();
+                    store.apply(&[StoreWrite::Counter { key: key.clone(), value }]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let store = open_on(s, &db).unwrap();
+    assert_eq!(store.account_counters(&[("acme".into(), "mallory".into())]).unwrap(), [(key.clone(), 50)]);
+    let mut store = store;
+    store.apply(&[StoreWrite::Counter { key: key.clone(), value: 0 }]).unwrap();
+    assert_eq!(store.account_counters(&[("acme".into(), "mallory".into())]).unwrap(), [(key, 0)]);
 }

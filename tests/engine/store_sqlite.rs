@@ -16,6 +16,7 @@ fn tmp(name: &str) -> std::path::PathBuf {
 pub struct Sqlite;
 
 impl Backend for Sqlite {
+    const SHARED: bool = false;
     type Db = std::path::PathBuf;
     fn fresh(name: &str) -> Option<Self::Db> {
         Some(tmp(name))
