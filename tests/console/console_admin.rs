@@ -124,7 +124,7 @@ async fn the_admin_follows_links_and_associations_live_and_resets_a_counter() {
     assert!(urls.iter().any(|u| u.contains("/v1/associations")), "the API's requests are seen: {urls:?}");
     assert!(urls.iter().any(|u| u.contains("/events?account=")), "the event stream's request is seen: {urls:?}");
     for u in &urls {
-        assert!(!u.contains(&admin) && !u.contains(&tenant) && !u.to_ascii_lowercase().contains("token"), "a token in a URL: {u}");
+        assert!(!u.contains(&admin) && !u.contains(&tenant) && !u.to_ascii_lowercase().contains("token"), "a token in a URL: {}", u.replace(&admin, "<admin token>").replace(&tenant, "<tenant token>"));
     }
     assert_eq!(b.js("return sessionStorage.getItem('cstagate.token');").await, json!(admin));
     assert_eq!(b.js("return [localStorage.length, document.cookie];").await, json!([0, ""]));
@@ -155,12 +155,17 @@ async fn the_console_is_served_with_a_strict_policy() {
     let (status, h) = site.raw_get("/console").await;
     assert!(status.contains(" 308 "), "{status}");
     assert!(h.iter().any(|(k, v)| k == "location" && v == "/console/"), "{h:?}");
+    // The policy the README shows is the one served.
+    let readme = std::fs::read_to_string(crate::common::root().join("README.md")).expect("the README");
+    let documented = readme.lines().find_map(|l| l.strip_prefix("Content-Security-Policy: ")).expect("the README shows the console's policy");
+    assert_eq!(documented, cstagate::api::console::CSP);
     for (path, ty) in [("/console/", "text/html"), ("/console/app.js", "text/javascript"), ("/console/api.js", "text/javascript"), ("/console/words.js", "text/javascript"), ("/console/console.css", "text/css")] {
         let (status, h) = site.raw_get(path).await;
         assert!(status.contains(" 200 "), "{path}: {status}");
         let get = |name: &str| h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default();
         assert!(get("content-type").starts_with(ty), "{path}: {h:?}");
         assert_eq!(get("content-security-policy"), "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'", "{path}");
+        assert_eq!(get("content-security-policy"), documented, "{path}");
         assert_eq!(get("x-content-type-options"), "nosniff", "{path}");
         assert_eq!(get("referrer-policy"), "no-referrer", "{path}");
         assert_eq!(get("cache-control"), "no-cache", "{path}");
