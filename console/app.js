@@ -184,6 +184,13 @@ function route() {
 
 window.addEventListener("hashchange", route);
 
+// The skip link moves the focus to the content; as a plain `#main` link it would change the
+// route.
+document.querySelector(".skip").addEventListener("click", (ev) => {
+  ev.preventDefault();
+  ($("page-title") || $("main")).focus();
+});
+
 $("login-form").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   clearError();

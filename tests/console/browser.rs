@@ -155,6 +155,10 @@ impl Browser {
     pub async fn screenshot(&self, name: &str) {
         let slip = self.js(r"return (document.body.innerText.match(/\b(null|undefined|NaN)\b|\[object /) || [null])[0];").await;
         assert_eq!(slip, Value::Null, "{name}: the page shows a raw value: {:?}", self.text("body").await);
+        // Keyboard and screen-reader use: every visible form control has a label, every
+        // visible button a name.
+        let unlabelled = self.js("return [...document.querySelectorAll('input, select, button')].filter(e => e.offsetParent !== null && (e.tagName === 'BUTTON' ? !e.textContent.trim() : !(e.labels && e.labels.length))).map(e => e.id || e.outerHTML);").await;
+        assert_eq!(unlabelled, Value::Array(vec![]), "{name}: controls without a label or name");
         let png = self.client.screenshot().await.expect("a screenshot");
         let dir = screenshot_dir();
         std::fs::create_dir_all(&dir).expect("the screenshot directory");
@@ -165,6 +169,26 @@ impl Browser {
     pub async fn log_in(&self, token: &str) {
         self.fill("#token", token).await;
         self.click("#login-button").await;
+    }
+
+    /// On a freshly loaded login page, two Tabs from the top (the skip link first) reach the
+    /// token field.
+    pub async fn tab_to_token(&self) {
+        use fantoccini::actions::{InputSource, KeyAction, KeyActions};
+        use fantoccini::key::Key;
+        self.wait_css("#login:not([hidden]) #token").await;
+        let tab = char::from(Key::Tab);
+        let keys = KeyActions::new("keyboard".into()).then(KeyAction::Down { value: tab }).then(KeyAction::Up { value: tab }).then(KeyAction::Down { value: tab }).then(KeyAction::Up { value: tab });
+        self.client.perform_actions(keys).await.expect("Tab, Tab");
+        assert_eq!(self.js("return document.activeElement.id;").await, Value::from("token"), "two Tabs from the top reach the token field");
+    }
+
+    /// Log in from the keyboard after a refused token: the focus is still in the field, its
+    /// text selected, so typing replaces it; Enter submits.
+    pub async fn log_in_again_by_keyboard(&self, token: &str) {
+        use fantoccini::key::Key;
+        assert_eq!(self.js("const e = document.activeElement; return [e.id, e.selectionStart ?? null, e.value !== undefined && e.selectionEnd === e.value.length];").await, serde_json::json!(["token", 0, true]), "after a refusal the field keeps the focus, its text selected");
+        self.client.active_element().await.expect("the focused field").send_keys(&format!("{token}{}", char::from(Key::Enter))).await.expect("type the token, Enter");
     }
 }
 

@@ -22,6 +22,7 @@ async fn the_admin_follows_links_and_associations_live_and_resets_a_counter() {
     b.wait_css("#login:not([hidden]) #token").await;
     assert!(b.client.current_url().await.expect("url").as_str().ends_with("/console/"));
     b.screenshot("01-login").await;
+    b.tab_to_token().await;
     b.log_in(&admin).await;
     // Keep every request's timing entry (the check of their URLs below), not the first 250.
     b.js("performance.setResourceTimingBufferSize(1000000); return null;").await;

@@ -25,7 +25,7 @@ async fn a_tenant_sees_its_own_and_another_tenant_sees_nothing_of_it() {
 
     // acme: its association (the positive control for globex below); the admin-only pages
     // are not offered, and opening one says why in the API's words.
-    b.log_in(&site.gw.tokens.tenant).await;
+    b.log_in_again_by_keyboard(&site.gw.tokens.tenant).await;
     b.wait_css(&format!("tr[data-id='{id}'] td[data-state='bound']")).await;
     for page in ["links", "limits"] {
         let link = b.wait_css(&format!("#nav a[data-page='{page}']")).await;
