@@ -243,13 +243,20 @@ impl Site {
     }
 
     /// The proof call reaches the IVR; the simulated platform plays the dialogue: the
-    /// context, 1 (I asked for this), then `digits` (the code, or a wrong one). The answer to
-    /// the last request.
+    /// context, 1 (I asked for this), then `digits` (the code, or a wrong one). The call and
+    /// the answer to the last request.
     pub async fn answer_proof_call(&mut self, digits: &str) -> (String, Value) {
+        self.play_proof_call(&["1", digits]).await
+    }
+
+    /// The proof call reaches the IVR; the platform sends the context, then `keys` one
+    /// request each. The call and the answer to the last request.
+    pub async fn play_proof_call(&mut self, keys: &[&str]) -> (String, Value) {
         let call = tokio::time::timeout(WAIT, self.ivr.next_call()).await.expect("the proof call reaches the IVR in time").expect("the simulator runs");
         let secret = self.gw.tokens.ivr.clone();
         let mut last = Value::Null;
-        for d in [None, Some(call.context.as_str()), Some("1"), Some(digits)] {
+        let steps = [None, Some(call.context.as_str())].into_iter().chain(keys.iter().map(|k| Some(*k)));
+        for d in steps {
             let (s, v) = ivr_request(self.http(), &secret, &call.call, &call.from, d).await.expect("the webhook answers");
             assert_eq!(s, 200, "{v}");
             last = v;

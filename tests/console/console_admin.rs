@@ -1,6 +1,6 @@
 //! The console with the admin token: the link up, an association watched to `bound` without a
 //! reload, its timeline, the binding found, its live events followed and unbound, the audit
-//! log, the directory, a counter reset from the page; the page's security (CSP, no token in any
+//! log, the directory, a counter reset and an owner block lifted from the page; the page's security (CSP, no token in any
 //! URL, the token in sessionStorage only); and a phone-width screen.
 
 use serde_json::json;
@@ -78,6 +78,9 @@ async fn the_admin_follows_links_and_associations_live_and_resets_a_counter() {
     assert_eq!(s, 201, "{v}");
     b.wait_css("#event-list li").await;
     b.screenshot("06-bindings").await;
+    let placed = v["call"].as_str().expect("the call's id").to_owned();
+    let (s, v) = site.http().json("DELETE", &format!("/v1/extensions/paris/2005/calls/{placed}?account=alice"), &tenant, None).await.expect("ClearConnection");
+    assert_eq!(s, 204, "{v}");
     b.click("#binding-table tr[data-extension='2005'] button[data-action='unbind']").await;
     b.click("#binding-table button[data-action='confirm-unbind']").await;
     b.wait_css("#binding-none").await;
@@ -116,6 +119,27 @@ async fn the_admin_follows_links_and_associations_live_and_resets_a_counter() {
     b.wait_css("#no-counters").await;
     let (_, v) = site.http().json("GET", counters, &admin, None).await.expect("GET counters");
     assert_eq!(charged(&v), 0, "reset from the page: {v}");
+
+    // An owner block: the person at 2006 presses 9 on eve's proof call; lifted from the page.
+    let (s, v) = site.http().json("DELETE", &format!("/v1/associations/{failed}"), &tenant, None).await.expect("cancel");
+    assert_eq!(s, 200, "{v}");
+    let (eve, _) = site.ask("eve", "2006").await;
+    let (call3, _) = site.play_proof_call(&["9"]).await;
+    site.ivr.line.hangup(&call3);
+    assert_eq!(site.until_state(&eve, "failed").await["reason"], "refused_by_phone_owner");
+    let blocks = "/v1/admin/blocks?pbx=paris&extension=2006";
+    let (_, v) = site.http().json("GET", blocks, &admin, None).await.expect("GET blocks");
+    assert_eq!(v["blocks"].as_array().map(Vec::len), Some(1), "{v}");
+    for (field, value) in [("#l-pbx", "paris"), ("#l-extension", "2006"), ("#l-account", ""), ("#l-tenant", "")] {
+        b.fill(field, value).await;
+    }
+    b.click("#limits-form button[type='submit']").await;
+    b.wait_text("#blocks-table", "eve").await;
+    b.click("#lift-blocks").await;
+    b.click("#limits-actions button[data-action='confirm']").await;
+    b.wait_css("#no-blocks").await;
+    let (_, v) = site.http().json("GET", blocks, &admin, None).await.expect("GET blocks");
+    assert_eq!(v["blocks"].as_array().map(Vec::len), Some(0), "lifted from the page: {v}");
 
     // The page's security: no CSP violation; no request URL carries a token; the token is in
     // sessionStorage only (no cookie, no localStorage).
