@@ -70,6 +70,9 @@ pub fn check(path: &std::path::Path) -> Result<Checked, StartError> {
     config.policies()?;
     for p in &config.pbx {
         p.profile()?;
+        // The directory's sources as `run` and a reload build them (the LDAP password's
+        // variable, `ldap_ca`): a file that passes here never fails there.
+        p.directory_settings()?;
     }
     config.gateway.fastagi_allow_networks()?;
     if let Some(files) = config.gateway.tls_files() {

@@ -18,11 +18,13 @@
 //!
 //! One file per group of routes: [`associations`], [`bindings`], [`cti`], [`admin`], [`ivr`]
 //! (the webhook), [`twiml`] (the TwiML adapter), [`ops`] (health, metrics, the document),
-//! [`directory`] (finding an extension by name).
+//! [`directory`] (finding an extension by name). Besides the API, the admin console's static
+//! files at `/console/` ([`console`]), which call this API only.
 
 pub mod admin;
 pub mod associations;
 pub mod bindings;
+pub mod console;
 pub mod cti;
 pub mod directory;
 pub mod error;
@@ -218,8 +220,11 @@ pub fn router_control(gw: Gateway, secrets: Secrets, ivr: crate::ivr::IvrGuards,
     let openapi: Arc<str> = doc.to_json().unwrap_or_default().into();
     let control = ApiControl::new(secrets, ready_min_links);
     let state = AppState { gw, control: control.clone(), replay: Arc::new(Mutex::new(ReplayCache::new(REPLAY_CACHE_CAPACITY))), streams: Arc::default(), ivr, openapi, directory };
+    // The console's static files are the same on every instance: merged after the routing
+    // layer, which only sends API requests to their PBX's owner.
     let public = router
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), route::route))
+        .merge(console::router())
         .fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::map_response(json_refusals))

@@ -212,6 +212,39 @@ impl PgServer {
         let _ = child.wait();
     }
 
+    /// Serve TLS from now on with the certificate chain and key in these PEM files (copied into
+    /// the server's directory, the key readable by the server's user only), applied by a
+    /// configuration reload (`ssl` needs no restart). Clients that ask for TLS get it; the
+    /// others still connect in clear (the server's `pg_hba.conf` is `host`, not `hostssl`).
+    ///
+    /// # Errors
+    /// A file cannot be copied, or the server refuses the settings (its message).
+    pub fn enable_tls(&self, cert: &Path, key: &Path) -> Result<(), String> {
+        let (cert_to, key_to) = (self.base.join("server.crt"), self.base.join("server.key"));
+        for (from, to, mode) in [(cert, &cert_to, 0o644), (key, &key_to, 0o600)] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::copy(from, to).map_err(|e| format!("{} -> {}: {e}", from.display(), to.display()))?;
+            std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(|e| e.to_string())?;
+            if let Some(user) = &self.run_as {
+                let (uid, gid) = ids(user)?;
+                std::os::unix::fs::chown(to, Some(uid), Some(gid)).map_err(|e| format!("chown {}: {e}", to.display()))?;
+            }
+        }
+        let quote = |p: &Path| p.display().to_string().replace('\'', "''");
+        for sql in [format!("ALTER SYSTEM SET ssl_cert_file = '{}'", quote(&cert_to)), format!("ALTER SYSTEM SET ssl_key_file = '{}'", quote(&key_to)), "ALTER SYSTEM SET ssl = on".to_owned(), "SELECT pg_reload_conf()".to_owned()] {
+            self.psql("postgres", &sql)?;
+        }
+        // The reload is asynchronous: wait until the server says TLS is on (or gave up on it).
+        let end = Instant::now() + START_LIMIT;
+        while Instant::now() < end {
+            if self.psql("postgres", "SHOW ssl")?.trim() == "on" {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!("the server did not turn TLS on:\n{}", self.log()))
+    }
+
     /// The server's log so far (its last 200 lines).
     pub fn log(&self) -> String {
         self.log.lock().unwrap_or_else(std::sync::PoisonError::into_inner).join("\n")

@@ -45,11 +45,7 @@ fn each_refused_value_names_its_key() {
     ];
     let wrong: Vec<String> = cases
         .iter()
-        .filter_map(|(what, text, key)| match Config::parse(text) {
-            Ok(_) => Some(format!("{what}: accepted")),
-            Err(e) if !e.to_string().contains(key) => Some(format!("{what}: the error does not name {key}: {e}")),
-            Err(_) => None,
-        })
+        .filter_map(|(what, text, key)| refused_naming(what, text, key))
         .collect();
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     // The limits themselves are allowed.
@@ -247,11 +243,7 @@ fn plain_http_notifications_need_allow_plain_http_and_the_code_out_of_band_needs
     ];
     let mut wrong: Vec<String> = refused
         .iter()
-        .filter_map(|(what, text, key)| match Config::parse(text) {
-            Ok(_) => Some(format!("{what}: accepted")),
-            Err(e) if !e.to_string().contains(key) => Some(format!("{what}: the error does not name {key}: {e}")),
-            Err(_) => None,
-        })
+        .filter_map(|(what, text, key)| refused_naming(what, text, key))
         .collect();
     for (what, text) in &accepted {
         if let Err(e) = Config::parse(text) {
@@ -264,4 +256,14 @@ fn plain_http_notifications_need_allow_plain_http_and_the_code_out_of_band_needs
     assert_eq!(Config::parse(&accepted[0].1).unwrap().policies().unwrap()["paris"].code_delivery, cstagate::association::CodeDelivery::Api);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A file that must be refused with an error naming `key`: what is wrong with how it was
+/// handled, or `None`.
+fn refused_naming(what: &str, text: &str, key: &str) -> Option<String> {
+    match Config::parse(text) {
+        Ok(_) => Some(format!("{what}: accepted")),
+        Err(e) if !e.to_string().contains(key) => Some(format!("{what}: the error does not name {key}: {e}")),
+        Err(_) => None,
+    }
 }

@@ -76,6 +76,30 @@ fn check_config_checks_what_run_checks_without_a_socket() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The directory's sources are checked as `run` and a reload build them: an LDAP bind password
+/// whose variable is missing and an `ldap_ca` that cannot be read are refused (5) naming the key,
+/// never the password.
+#[test]
+fn check_config_checks_the_directory_sources() {
+    let dir = temp_dir("check-config-ldap");
+    let file = dir.join("gateway.toml");
+    let f = file.to_str().unwrap();
+    let ldap = "extensions = [\"3000-3099\"]\nldap_url = \"ldaps://dir.example:636\"\nldap_base = \"ou=people,dc=example\"\nldap_bind_dn = \"cn=cstagate,dc=example\"\nldap_password_env = \"OPS_LDAP_PASSWORD\"\n";
+    std::fs::write(&file, config_text(&dir, "127.0.0.1:0", "acme") + ldap).unwrap();
+    let env = [("OPS_ADMIN_TOKEN", "admin-token-x"), ("OPS_ACME_TOKEN", "acme-token-x"), ("OPS_LDAP_PASSWORD", "ldap-secret-x")];
+    let (code, out, err) = cstagate(&["check-config", "--config", f], &env);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, _, err) = cstagate(&["check-config", "--config", f], &env[..2]);
+    assert_eq!(code, Some(5), "{err}");
+    assert!(err.contains("OPS_LDAP_PASSWORD"), "the error names the variable: {err}");
+    let missing = dir.join("no-such-ca.pem");
+    std::fs::write(&file, config_text(&dir, "127.0.0.1:0", "acme") + ldap + &format!("ldap_ca = \"{}\"\n", missing.display())).unwrap();
+    let (code, out, err) = cstagate(&["check-config", "--config", f], &env);
+    assert_eq!(code, Some(5), "{out}{err}");
+    assert!(err.contains("ldap_ca") && !err.contains("ldap-secret-x"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Every option and argument of every command says what it is in `--help`.
 #[test]
 fn every_option_has_help_text() {

@@ -107,15 +107,15 @@ async fn sighup_adds_removes_and_restarts_links_and_swaps_policies_and_tenants()
     let berlin = sim(&["5005"]).await;
     let dir = temp_dir("reload");
     let config = dir.join("gateway.toml");
-    let before = format!(
-        "{}{}{}{}{}{}",
+    let before = [
         gateway_table(&dir),
         tenant_table("acme", "ACME_TOKEN"),
         tenant_table("initech", "INITECH_TOKEN"),
         pbx("paris", &paris, "acme", "\"2005\"", ""),
         pbx("lyon", &lyon, "acme", "\"3005\"", ""),
         pbx("nice", &nice, "acme", "\"4005\"", "keepalive = \"30s\""),
-    );
+    ]
+    .concat();
     std::fs::write(&config, &before).unwrap();
     let tokens = Tokens::random();
     let (initech, globex) = (cstagate::random::id(), cstagate::random::id());
@@ -137,15 +137,15 @@ async fn sighup_adds_removes_and_restarts_links_and_swaps_policies_and_tenants()
 
     // The new file: lyon and initech gone, globex and berlin new, nice's keep-alive changed,
     // paris's directory larger (its link keys unchanged).
-    let after = format!(
-        "{}{}{}{}{}{}",
+    let after = [
         gateway_table(&dir),
         tenant_table("acme", "ACME_TOKEN"),
         tenant_table("globex", "GLOBEX_TOKEN"),
         pbx("paris", &paris, "acme", "\"2005\", \"2100\"", ""),
         pbx("nice", &nice, "acme", "\"4005\"", "keepalive = \"20s\""),
         pbx("berlin", &berlin, "globex", "\"5005\"", ""),
-    );
+    ]
+    .concat();
     std::fs::write(&config, &after).unwrap();
     gw.hangup().await;
     let done = gw.logged("configuration reloaded").await;

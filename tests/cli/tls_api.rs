@@ -6,9 +6,9 @@
 use std::process::Stdio;
 
 use cstagate::config::Config;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use crate::shutdown::lines;
 use crate::tls_common::{client_config, connect, get, install, peer_cert, tmp, Ca, LIMIT};
 
 #[test]
@@ -75,19 +75,6 @@ async fn cstagate_run_refuses_unusable_tls_files_naming_the_key_and_the_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Lines of a child's output, as they come.
-fn lines(out: impl tokio::io::AsyncRead + Unpin + Send + 'static) -> mpsc::UnboundedReceiver<String> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(out).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
 
 /// The next line containing all of `needles`.
 async fn line_with(rx: &mut mpsc::UnboundedReceiver<String>, needles: &[&str]) -> String {

@@ -55,6 +55,29 @@ struct Asterisk {
 }
 
 impl Asterisk {
+    /// The phone's owner through the whole dialogue, as Asterisk runs it: the context digits
+    /// dialled after the IVR number (`ctx`, `*…#`), 1, then `code`, each answer to the next GET
+    /// DATA (Asterisk answers with the keyed digits, without the `#` terminator), until the
+    /// gateway hangs up. Every scripted answer must be asked for.
+    async fn owner_dialogue(&mut self, ctx: &str, code: &str) {
+        let mut answers = vec![ctx.trim_start_matches('*').trim_end_matches('#').to_owned(), "1".into(), code.to_owned()].into_iter();
+        while let Some(cmd) = self.next_command().await {
+            if cmd == "ANSWER" {
+                self.reply("200 result=0").await;
+            } else if cmd.starts_with("GET DATA") {
+                let d = answers.next().unwrap_or_else(|| panic!("a GET DATA beyond the script: {:?}", self.commands));
+                self.reply(&format!("200 result={d}")).await;
+            } else if cmd.starts_with("STREAM FILE") {
+                self.reply("200 result=0 endpos=16000").await;
+            } else if cmd == "HANGUP" {
+                self.reply("200 result=1").await;
+                break;
+            } else {
+                self.reply("510 Invalid or unknown command").await;
+            }
+        }
+        assert_eq!(answers.len(), 0, "every scripted answer was asked for: {:?}", self.commands);
+    }
     async fn connect(addr: std::net::SocketAddr, uniqueid: &str) -> Asterisk {
         let (rd, mut wr) = TcpStream::connect(addr).await.unwrap().into_split();
         let header = format!(
@@ -105,25 +128,8 @@ async fn an_association_is_bound_through_fastagi() {
     let code = v["code"].as_str().unwrap().to_owned();
     let ctx = connected(&mut e).await; // dialled after the IVR number: "*<context>#"
     let mut a = Asterisk::connect(e.agi, "1700000000.1").await;
-    let mut answers = vec![ctx.trim_start_matches('*').trim_end_matches('#').to_owned(), "1".into(), code.clone()].into_iter();
-    while let Some(cmd) = a.next_command().await {
-        if cmd == "ANSWER" {
-            a.reply("200 result=0").await;
-        } else if cmd.starts_with("GET DATA") {
-            // Asterisk answers with the keyed digits (the '#' terminator is not included).
-            let d = answers.next().unwrap_or_else(|| panic!("a GET DATA beyond the script: {:?}", a.commands));
-            a.reply(&format!("200 result={d}")).await;
-        } else if cmd.starts_with("STREAM FILE") {
-            a.reply("200 result=0 endpos=16000").await;
-        } else if cmd == "HANGUP" {
-            a.reply("200 result=1").await;
-            break;
-        } else {
-            a.reply("510 Invalid or unknown command").await;
-        }
-    }
+    a.owner_dialogue(&ctx, &code).await;
     assert_eq!(a.commands[0], "ANSWER");
-    assert_eq!(answers.len(), 0, "every scripted answer was asked for: {:?}", a.commands);
     assert!(a.commands.iter().any(|c| c.starts_with("GET DATA cstagate/enter-code 8000 6")), "{:?}", a.commands);
     assert!(a.commands.iter().any(|c| c.starts_with("GET DATA cstagate/tts ")), "fallback file for prompts without one");
     let (s, b) = e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.tenant, None).await.unwrap();
@@ -141,22 +147,7 @@ async fn a_french_pbx_plays_the_french_files() {
     let code = v["code"].as_str().unwrap().to_owned();
     let ctx = connected(&mut e).await;
     let mut a = Asterisk::connect(e.agi, "1700000000.50").await;
-    let mut answers = vec![ctx.trim_start_matches('*').trim_end_matches('#').to_owned(), "1".into(), code].into_iter();
-    while let Some(cmd) = a.next_command().await {
-        if cmd == "ANSWER" {
-            a.reply("200 result=0").await;
-        } else if cmd.starts_with("GET DATA") {
-            let d = answers.next().unwrap_or_else(|| panic!("a GET DATA beyond the script: {:?}", a.commands));
-            a.reply(&format!("200 result={d}")).await;
-        } else if cmd.starts_with("STREAM FILE") {
-            a.reply("200 result=0 endpos=16000").await;
-        } else if cmd == "HANGUP" {
-            a.reply("200 result=1").await;
-            break;
-        } else {
-            a.reply("510 Invalid or unknown command").await;
-        }
-    }
+    a.owner_dialogue(&ctx, &code).await;
     let played: Vec<&str> = a.commands.iter().filter_map(|c| c.strip_prefix("GET DATA ").or_else(|| c.strip_prefix("STREAM FILE "))).filter_map(|c| c.split(' ').next()).collect();
     assert_eq!(played, ["all/enter-context", "fr/confirm", "fr/enter-code", "en/bound"], "{:?}", a.commands);
     let (s, _) = e.http.json("GET", "/v1/bindings/paris/2005", &e.tokens.tenant, None).await.unwrap();

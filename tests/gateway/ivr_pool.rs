@@ -8,54 +8,29 @@
 //! bind nothing.
 
 use std::collections::HashSet;
-use std::time::Duration;
 
-use cstagate::http_client::Http;
-use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
-use cstagate::testkit::{local_secrets, twiml_params, twiml_request, LocalGateway, LocalOptions};
+use cstagate::sim::{Behaviour, SimConfig};
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
-const LIMIT: Duration = Duration::from_secs(60);
+use crate::sim_env::{SimEnv, LIMIT};
 const POOL: [&str; 3] = ["0800100201", "0800100202", "0800100203"];
 const EXTENSIONS: [&str; 4] = ["2001", "2002", "2003", "2004"];
 
-struct Env {
-    sim: SimPbx,
-    ivr: tokio::sync::mpsc::UnboundedReceiver<IvrSignal>,
-    gw: LocalGateway,
-}
+type Env = SimEnv;
 
 async fn env(pool: &[&str], extra: &str) -> Env {
     let mut cfg = SimConfig::phase3(&EXTENSIONS);
     cfg.ivr_pool = pool.iter().map(|n| (*n).to_owned()).collect();
-    let mut sim = SimPbx::start(cfg, "127.0.0.1:0").await.unwrap();
-    for e in &mut sim.config().extensions {
-        e.behaviour = Behaviour::Answer { after: Duration::from_millis(10) };
-    }
-    let ivr = sim.take_ivr().unwrap();
     let numbers = pool.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
-    let pbx = format!("extensions = [\"2001-2004\"]\ncontext_delivery = \"number_pool\"\nivr_numbers = [{numbers}]\nreconnect_min = \"20ms\"\ndid_prefix = \"+3314400\"\n{extra}");
-    let gw = LocalGateway::start(&sim, LocalOptions { pbx, ..Default::default() }, local_secrets()).await.unwrap();
-    Env { sim, ivr, gw }
+    SimEnv::start(cfg, format!("extensions = [\"2001-2004\"]\ncontext_delivery = \"number_pool\"\nivr_numbers = [{numbers}]\nreconnect_min = \"20ms\"\ndid_prefix = \"+3314400\"\n{extra}")).await
 }
 
 fn did(ext: &str) -> String {
     format!("+3314400{ext}")
 }
 
-impl Env {
-    fn http(&self) -> &Http {
-        &self.gw.http
-    }
-    async fn create(&self, account: &str, ext: &str) -> (u16, Value) {
-        self.http().json("POST", "/v1/associations", &self.gw.tokens.tenant, Some(json!({ "account": account, "extension": ext }))).await.unwrap()
-    }
-    async fn created(&self, account: &str, ext: &str) -> (String, String) {
-        let (s, v) = self.create(account, ext).await;
-        assert_eq!(s, 201, "{v}");
-        (v["id"].as_str().unwrap().to_owned(), v["code"].as_str().unwrap().to_owned())
-    }
+impl SimEnv {
     /// A create refused because every pool number is held: 503, the code, `Retry-After`.
     async fn refused_pool_exhausted(&self, account: &str, ext: &str) {
         // Over a plain socket, to read the headers as a client sees them.
@@ -72,29 +47,6 @@ impl Env {
         let v: Value = serde_json::from_str(json).unwrap();
         assert_eq!(v["code"], "ivr_pool_exhausted", "{v}");
     }
-    async fn assoc(&self, id: &str) -> Value {
-        self.http().json("GET", &format!("/v1/associations/{id}"), &self.gw.tokens.tenant, None).await.unwrap().1
-    }
-    async fn wait(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        crate::gateway_e2e::wait_assoc(self.http(), &self.gw.tokens.tenant, id, pred).await
-    }
-    /// The next proof call at the IVR: (call, calling number, number dialled). No digits follow
-    /// it: the pool number is all the call carries.
-    async fn proof_call(&mut self) -> (String, String, String) {
-        loop {
-            if let IvrSignal::Connected { call, calling, called } = timeout(LIMIT, self.ivr.recv()).await.unwrap().unwrap() {
-                return (call, calling, called);
-            }
-        }
-    }
-    async fn twiml(&self, call: &str, from: &str, to: &str, status: &str, digits: Option<&str>) -> String {
-        let (s, body) = twiml_request(self.http(), &self.gw.tokens.twiml, &twiml_params(call, from, to, status, digits)).await.unwrap();
-        assert_eq!(s, 200, "{body}");
-        body
-    }
-    async fn binding(&self, ext: &str) -> u16 {
-        self.http().json("GET", &format!("/v1/bindings/paris/{ext}"), &self.gw.tokens.tenant, None).await.unwrap().0
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +62,7 @@ async fn as_many_parallel_associations_as_pool_numbers_all_bind_and_one_more_is_
     // Three proof calls, each on a number of its own, none twice, no context digits.
     let mut calls = Vec::new();
     for _ in 0..3 {
-        calls.push(e.proof_call().await);
+        calls.push(e.connected().await);
     }
     let dialled: HashSet<&str> = calls.iter().map(|(_, _, to)| to.as_str()).collect();
     assert_eq!(dialled, POOL.into_iter().collect::<HashSet<_>>(), "each number held once: {calls:?}");
@@ -147,7 +99,7 @@ async fn the_number_comes_back_after_no_answer_hang_up_and_link_loss() {
     // Hang-up in the IVR (the platform's status callback).
     let (id2, _) = e.created("a2", "2002").await;
     let (call, from, to) = loop {
-        let c = e.proof_call().await;
+        let c = e.connected().await;
         if c.1 == did("2002") {
             break c;
         }
@@ -176,7 +128,7 @@ async fn the_number_comes_back_after_no_answer_hang_up_and_link_loss() {
 async fn a_free_pool_number_a_second_call_to_a_held_one_and_another_calling_number_bind_nothing() {
     let mut e = env(&POOL[..2], "proof_calls_per_hour = 6\n").await;
     let (id, code) = e.created("alice", "2001").await;
-    let (call, from, to) = e.proof_call().await;
+    let (call, from, to) = e.connected().await;
     e.wait(&id, |v| v["state"] == "in_ivr").await;
     let free = POOL[..2].iter().find(|n| **n != to).unwrap();
     // A call to the number no attempt holds: goodbye, nothing moves.
@@ -196,7 +148,7 @@ async fn a_free_pool_number_a_second_call_to_a_held_one_and_another_calling_numb
     // Retry: a call from another number to the held number is not the proof call either.
     let (s, _) = e.http().json("POST", &format!("/v1/associations/{id}/complete"), &e.gw.tokens.tenant, None).await.unwrap();
     assert_eq!(s, 202);
-    let (call, from, to) = e.proof_call().await;
+    let (call, from, to) = e.connected().await;
     e.wait(&id, |v| v["state"] == "in_ivr").await;
     let r = e.twiml("evil-3", "+33612345678", &to, "ringing", None).await;
     assert!(r.contains("<Hangup/>"), "{r}");
@@ -208,7 +160,7 @@ async fn a_free_pool_number_a_second_call_to_a_held_one_and_another_calling_numb
     // The owner's next proof call binds.
     let (s, _) = e.http().json("POST", &format!("/v1/associations/{id}/complete"), &e.gw.tokens.tenant, None).await.unwrap();
     assert_eq!(s, 202);
-    let (call, from, to) = e.proof_call().await;
+    let (call, from, to) = e.connected().await;
     assert!(e.twiml(&call, &from, &to, "in-progress", None).await.contains("press 1"));
     assert!(e.twiml(&call, &from, &to, "in-progress", Some("1")).await.contains("enter the code"));
     assert!(e.twiml(&call, &from, &to, "in-progress", Some(&code)).await.contains("now linked"));

@@ -37,3 +37,4 @@ mod twiml;
 mod ivr_pool;
 mod ops_api;
 mod languages;
+mod sim_env;

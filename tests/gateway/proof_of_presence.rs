@@ -11,66 +11,21 @@
 use std::time::Duration;
 
 use cstagate::testkit::{ivr_request, local_secrets, LocalGateway, LocalOptions};
-use cstagate::http_client::Http;
-use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
-use serde_json::{json, Value};
+use cstagate::sim::{Behaviour, SimConfig, SimPbx};
+use serde_json::json;
 use tokio::time::timeout;
 
-const LIMIT: Duration = Duration::from_secs(60);
+use crate::sim_env::{SimEnv, LIMIT};
 const MOBILE: &str = "+33612345678";
 const DID_2005: &str = "+33144002005";
 
-struct Env {
-    sim: SimPbx,
-    ivr: tokio::sync::mpsc::UnboundedReceiver<IvrSignal>,
-    gw: LocalGateway,
-}
+type Env = SimEnv;
 
 async fn env(pbx_extra: &str) -> Env {
-    let mut sim = SimPbx::start(SimConfig::phase3(&["2005", "2006"]), "127.0.0.1:0").await.unwrap();
-    for e in &mut sim.config().extensions {
-        e.behaviour = Behaviour::Answer { after: Duration::from_millis(10) };
-    }
-    let ivr = sim.take_ivr().unwrap();
-    let options = LocalOptions { pbx: format!("extensions = [\"2005-2006\"]\nreconnect_min = \"20ms\"\n{pbx_extra}"), ..Default::default() };
-    let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
-    Env { sim, ivr, gw }
+    SimEnv::start(SimConfig::phase3(&["2005", "2006"]), format!("extensions = [\"2005-2006\"]\nreconnect_min = \"20ms\"\n{pbx_extra}")).await
 }
 
-impl Env {
-    fn http(&self) -> &Http {
-        &self.gw.http
-    }
-    async fn create(&self, account: &str, ext: &str) -> (u16, Value) {
-        self.http().json("POST", "/v1/associations", &self.gw.tokens.tenant, Some(json!({ "account": account, "extension": ext }))).await.unwrap()
-    }
-    async fn created(&self, account: &str, ext: &str) -> (String, String) {
-        let (s, v) = self.create(account, ext).await;
-        assert_eq!(s, 201, "{v}");
-        assert!(v.get("context_id").is_none(), "the context id is never shown: {v}");
-        (v["id"].as_str().unwrap().to_owned(), v["code"].as_str().unwrap().to_owned())
-    }
-    async fn wait(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        crate::gateway_e2e::wait_assoc(self.http(), &self.gw.tokens.tenant, id, pred).await
-    }
-    /// The proof call as the IVR platform receives it: its call id and the dialled digits.
-    async fn proof_call_at_ivr(&mut self) -> (String, String) {
-        let call = loop {
-            if let IvrSignal::Connected { call, .. } = timeout(LIMIT, self.ivr.recv()).await.unwrap().unwrap() {
-                break call;
-            }
-        };
-        let IvrSignal::Digits { digits, .. } = timeout(LIMIT, self.ivr.recv()).await.unwrap().unwrap() else { panic!("context digits after the number") };
-        (call, digits)
-    }
-    async fn say(&self, call: &str, from: &str, digits: Option<&str>) -> Value {
-        let (s, r) = ivr_request(self.http(), &self.gw.tokens.ivr, call, from, digits).await.unwrap();
-        assert_eq!(s, 200, "{r}");
-        r
-    }
-    async fn binding(&self, ext: &str) -> u16 {
-        self.http().json("GET", &format!("/v1/bindings/paris/{ext}"), &self.gw.tokens.tenant, None).await.unwrap().0
-    }
+impl SimEnv {
     async fn audit_steps(&self, ext: &str) -> Vec<String> {
         let (_, a) = self.http().json("GET", &format!("/v1/audit?extension={ext}&limit=10000"), &self.gw.tokens.tenant, None).await.unwrap();
         a["records"].as_array().unwrap().iter().map(|r| r["step"].as_str().unwrap_or_default().to_owned()).collect()
@@ -88,7 +43,7 @@ impl Env {
     }
     /// The owner's dialogue on the proof call: context, 1, code.
     async fn owner_binds(&mut self, id: &str, code: &str) {
-        let (call, ctx) = self.proof_call_at_ivr().await;
+        let (call, _, ctx) = self.proof_call().await;
         let r = self.say(&call, DID_2005, Some(&ctx)).await;
         assert!(r["say"].as_str().unwrap().contains("press 1"), "{r}");
         self.say(&call, DID_2005, Some("1")).await;
@@ -133,7 +88,7 @@ async fn a_second_ivr_call_after_the_answer_fails_the_attempt_whichever_claims_f
     let mut e = env("proof_calls_per_hour = 6\n").await;
     let (id, code) = e.created("alice", "2005").await;
     // The proof call claims the attempt; the attacker's call with the same context comes second.
-    let (call, ctx) = e.proof_call_at_ivr().await;
+    let (call, _, ctx) = e.proof_call().await;
     assert!(e.say(&call, DID_2005, Some(&ctx)).await["say"].as_str().unwrap().contains("press 1"));
     assert_eq!(e.say("evil-1", MOBILE, Some(&ctx)).await["hangup"], true);
     let v = e.wait(&id, |v| v["state"] == "failed").await;
@@ -145,7 +100,7 @@ async fn a_second_ivr_call_after_the_answer_fails_the_attempt_whichever_claims_f
     // request still ends the attempt before the code is taken.
     let (s, _) = e.http().json("POST", &format!("/v1/associations/{id}/complete"), &e.gw.tokens.tenant, None).await.unwrap();
     assert_eq!(s, 202);
-    let (call, ctx2) = e.proof_call_at_ivr().await;
+    let (call, _, ctx2) = e.proof_call().await;
     assert_ne!(ctx, ctx2, "a new context id for every proof call");
     e.wait(&id, |v| v["state"] == "in_ivr").await;
     assert!(e.say("evil-2", MOBILE, Some(&ctx2)).await["say"].as_str().unwrap().contains("press 1"));
@@ -170,7 +125,7 @@ async fn another_accounts_failures_never_lock_out_the_owner_and_the_admin_can_re
     let mut e = env("lockout_after = 3\nproof_calls_per_hour = 20\n").await;
     // Mallory's association on alice's phone: someone at the phone keys wrong codes.
     let (id, code) = e.created("mallory", "2005").await;
-    let (call, ctx) = e.proof_call_at_ivr().await;
+    let (call, _, ctx) = e.proof_call().await;
     e.say(&call, DID_2005, Some(&ctx)).await;
     e.say(&call, DID_2005, Some("1")).await;
     // Three different wrong codes (the same body twice in a second would be a replay).
@@ -227,7 +182,7 @@ async fn a_create_refused_by_a_limit_issues_no_code_and_leaves_nothing_live() {
 async fn the_phone_owner_refuses_with_9_and_the_account_is_blocked_until_an_admin_lifts_it() {
     let mut e = env("").await;
     let (id, _) = e.created("mallory", "2005").await;
-    let (call, ctx) = e.proof_call_at_ivr().await;
+    let (call, _, ctx) = e.proof_call().await;
     let r = e.say(&call, DID_2005, Some(&ctx)).await;
     let text = r["say"].as_str().unwrap();
     assert!(text.contains("account mallory of acme") && text.contains("press 9"), "the owner hears who asks: {text}");

@@ -4,65 +4,17 @@
 //! over the public URL and every parameter — through a whole association, the status callback
 //! ending the call, and the refusals (forged, unsigned, replayed) changing nothing.
 
-use std::time::Duration;
+use cstagate::sim::SimConfig;
+use cstagate::testkit::{twiml_params, twiml_post, twiml_request, IVR_NUMBER};
 
-use cstagate::http_client::Http;
-use cstagate::sim::{Behaviour, IvrSignal, SimConfig, SimPbx};
-use cstagate::testkit::{local_secrets, twiml_params, twiml_post, twiml_request, LocalGateway, LocalOptions, IVR_NUMBER};
-use serde_json::{json, Value};
-use tokio::time::timeout;
+use crate::sim_env::SimEnv;
 
-const LIMIT: Duration = Duration::from_secs(60);
 const DID_2005: &str = "+33144002005";
 
-struct Env {
-    _sim: SimPbx,
-    ivr: tokio::sync::mpsc::UnboundedReceiver<IvrSignal>,
-    gw: LocalGateway,
-}
+type Env = SimEnv;
 
 async fn env() -> Env {
-    let mut sim = SimPbx::start(SimConfig::phase3(&["2005"]), "127.0.0.1:0").await.unwrap();
-    for e in &mut sim.config().extensions {
-        e.behaviour = Behaviour::Answer { after: Duration::from_millis(10) };
-    }
-    let ivr = sim.take_ivr().unwrap();
-    let options = LocalOptions { pbx: "extensions = [\"2005\"]\nproof_calls_per_hour = 6\n".into(), ..Default::default() };
-    let gw = LocalGateway::start(&sim, options, local_secrets()).await.unwrap();
-    Env { _sim: sim, ivr, gw }
-}
-
-impl Env {
-    fn http(&self) -> &Http {
-        &self.gw.http
-    }
-    async fn created(&self, account: &str) -> (String, String) {
-        let (s, v) = self.http().json("POST", "/v1/associations", &self.gw.tokens.tenant, Some(json!({ "account": account, "extension": "2005" }))).await.unwrap();
-        assert_eq!(s, 201, "{v}");
-        (v["id"].as_str().unwrap().to_owned(), v["code"].as_str().unwrap().to_owned())
-    }
-    async fn assoc(&self, id: &str) -> Value {
-        self.http().json("GET", &format!("/v1/associations/{id}"), &self.gw.tokens.tenant, None).await.unwrap().1
-    }
-    async fn wait(&self, id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        crate::gateway_e2e::wait_assoc(self.http(), &self.gw.tokens.tenant, id, pred).await
-    }
-    /// The proof call at the IVR: its call id, the number it dialled, and the context digits.
-    async fn proof_call(&mut self) -> (String, String, String) {
-        let (call, called) = loop {
-            if let IvrSignal::Connected { call, called, .. } = timeout(LIMIT, self.ivr.recv()).await.unwrap().unwrap() {
-                break (call, called);
-            }
-        };
-        let IvrSignal::Digits { digits, .. } = timeout(LIMIT, self.ivr.recv()).await.unwrap().unwrap() else { panic!("context digits after the number") };
-        (call, called, digits.trim_start_matches('*').trim_end_matches('#').to_owned())
-    }
-    /// One signed request of the platform on `call`; the TwiML answer.
-    async fn twiml(&self, call: &str, status: &str, digits: Option<&str>) -> String {
-        let (s, body) = twiml_request(self.http(), &self.gw.tokens.twiml, &twiml_params(call, DID_2005, IVR_NUMBER, status, digits)).await.unwrap();
-        assert_eq!(s, 200, "{body}");
-        body
-    }
+    SimEnv::start(SimConfig::phase3(&["2005"]), "extensions = [\"2005\"]\nproof_calls_per_hour = 6\n".into()).await
 }
 
 /// The `action` every `<Gather>` posts back to: the public URL, never the address the gateway
@@ -72,32 +24,32 @@ const ACTION: &str = "action=\"https://ivr.cstagate.test/v1/ivr/twiml\" method=\
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_twiml_platform_binds_the_phone_through_the_whole_dialogue() {
     let mut e = env().await;
-    let (id, code) = e.created("alice").await;
+    let (id, code) = e.created("alice", "2005").await;
     let (call, called, ctx) = e.proof_call().await;
     assert_eq!(called, IVR_NUMBER);
     // Twilio's first request on an incoming call: no digits yet; asks for the context.
-    let r = e.twiml(&call, "ringing", None).await;
+    let r = e.twiml(&call, DID_2005, IVR_NUMBER, "ringing", None).await;
     assert!(r.starts_with("<?xml") && r.contains("<Gather input=\"dtmf\" numDigits=\"16\" finishOnKey=\"#\"") && r.contains(ACTION), "{r}");
     assert!(r.contains("<Say language=\"en-US\">Please enter the number shown in your app"), "{r}");
     // The context digits (DTMF the PBX sent after the number), then the account named.
-    let r = e.twiml(&call, "in-progress", Some(&ctx)).await;
+    let r = e.twiml(&call, DID_2005, IVR_NUMBER, "in-progress", Some(&ctx)).await;
     assert!(r.contains("numDigits=\"1\"") && r.contains("The account alice of acme asks to link this phone") && r.contains("press 1"), "{r}");
-    let r = e.twiml(&call, "in-progress", Some("1")).await;
+    let r = e.twiml(&call, DID_2005, IVR_NUMBER, "in-progress", Some("1")).await;
     assert!(r.contains("numDigits=\"6\"") && r.contains("enter the code"), "{r}");
-    let r = e.twiml(&call, "in-progress", Some(&code)).await;
+    let r = e.twiml(&call, DID_2005, IVR_NUMBER, "in-progress", Some(&code)).await;
     assert!(r.contains("now linked to the account alice") && r.ends_with("</Say><Hangup/></Response>") && !r.contains("<Gather"), "{r}");
     e.wait(&id, |v| v["state"] == "bound").await;
     let (s, b) = e.http().json("GET", "/v1/bindings/paris/2005", &e.gw.tokens.tenant, None).await.unwrap();
     assert_eq!((s, b["account"].as_str(), b["did"].as_str()), (200, Some("alice"), Some(DID_2005)), "{b}");
     // The status callback at the end of the call: a hang-up, answered with an empty document.
-    assert_eq!(e.twiml(&call, "completed", None).await, "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>");
+    assert_eq!(e.twiml(&call, DID_2005, IVR_NUMBER, "completed", None).await, "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>");
     e.gw.running.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_unsigned_and_replayed_twiml_requests_change_nothing() {
     let mut e = env().await;
-    let (id, code) = e.created("alice").await;
+    let (id, code) = e.created("alice", "2005").await;
     let (call, _, ctx) = e.proof_call().await;
     e.wait(&id, |v| v["state"] == "in_ivr").await;
     let history = e.assoc(&id).await["history"].as_array().unwrap().len();
@@ -127,8 +79,8 @@ async fn forged_unsigned_and_replayed_twiml_requests_change_nothing() {
     let (s, r) = twiml_request(e.http(), &e.gw.tokens.twiml, &again).await.unwrap();
     assert_eq!(s, 409, "{r}");
     // The dialogue goes on and binds.
-    assert!(e.twiml(&call, "in-progress", Some("1")).await.contains("enter the code"));
-    assert!(e.twiml(&call, "in-progress", Some(&code)).await.contains("now linked"));
+    assert!(e.twiml(&call, DID_2005, IVR_NUMBER, "in-progress", Some("1")).await.contains("enter the code"));
+    assert!(e.twiml(&call, DID_2005, IVR_NUMBER, "in-progress", Some(&code)).await.contains("now linked"));
     e.wait(&id, |v| v["state"] == "bound").await;
     e.gw.running.shutdown().await;
 }
@@ -136,9 +88,9 @@ async fn forged_unsigned_and_replayed_twiml_requests_change_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_callback_of_a_call_that_ended_in_the_ivr_fails_the_attempt() {
     let mut e = env().await;
-    let (id, _) = e.created("alice").await;
+    let (id, _) = e.created("alice", "2005").await;
     let (call, _, ctx) = e.proof_call().await;
-    assert!(e.twiml(&call, "in-progress", Some(&ctx)).await.contains("press 1"));
+    assert!(e.twiml(&call, DID_2005, IVR_NUMBER, "in-progress", Some(&ctx)).await.contains("press 1"));
     // The platform's status callback: the call is over (the other ending statuses are the same
     // hang-up: `cstagate::ivr::twiml::ENDED`).
     let (s, r) = twiml_request(e.http(), &e.gw.tokens.twiml, &twiml_params(&call, DID_2005, IVR_NUMBER, "no-answer", None)).await.unwrap();

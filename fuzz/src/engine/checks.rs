@@ -11,7 +11,7 @@ impl Fz {
     }
 
     /// Invariant 6 for a Create: a success passed every limit; a refusal leaves nothing.
-    pub(super) fn check_create(&self, id: &str, out: &Output, pre: &Store) {
+    pub(super) fn check_create(&self, id: &str, pbx: Option<&str>, out: &Output, pre: &Store) {
         if out.error.is_some() {
             if out.code.is_some() {
                 self.fail(format!("a refused create ({:?}) gave a code", out.error));
@@ -25,6 +25,12 @@ impl Fz {
             }
             if matches!(out.error, Some(Refusal::BlockedByPhoneOwner(_))) {
                 count(10);
+            }
+            // The pool is exhausted only when every number of the PBX named is held.
+            if let (Some(Refusal::PoolExhausted), Some(pbx)) = (&out.error, pbx) {
+                if let Some(n) = self.free_pool_number(pbx) {
+                    self.fail(format!("a create on {pbx} refused for an exhausted pool, though {n} is free"));
+                }
             }
             return;
         }
@@ -168,6 +174,14 @@ impl Fz {
                                 self.ctx_live.remove(&ctx);
                             }
                         }
+                        // And its pool number.
+                        if let Some(n) = self.attempts.get_mut(v.id.as_str()).and_then(|a| a.pool.take()) {
+                            let key = (v.pbx.to_string(), n);
+                            if self.pool_held.get(&key) == Some(&v.id.to_string()) {
+                                self.pool_held.remove(&key);
+                            }
+                            self.pool_released.insert(key, now);
+                        }
                     }
                     if v.state == State::Bound && old.as_ref().is_none_or(|o| o.state != State::Bound) {
                         // The IVR hangs up the proof call of a bound association.
@@ -284,6 +298,11 @@ impl Fz {
         let Some(ctx) = ctx else { self.fail(format!("a proof call for {association}, which has no live attempt")) };
         let want = match p.context_delivery {
             ContextDelivery::DialSuffix => format!("{}*{ctx}#", p.ivr_number),
+            // The pool number the attempt holds, and nothing else: no context leaves.
+            ContextDelivery::NumberPool => match self.attempts.get(association).and_then(|a| a.pool.clone()) {
+                Some(n) => n,
+                None => self.fail(format!("a proof call for {association}, whose attempt holds no pool number")),
+            },
             _ => p.ivr_number.clone(),
         };
         if to != want {
@@ -327,9 +346,23 @@ impl Fz {
             self.fail(format!("a new attempt of {id} while its attempt with context {old} is live"));
         }
         let n = self.attempts.get(&id).map_or(0, |a| a.n) + 1;
-        self.ctx_live.insert(ctx.clone(), id.clone());
+        // `number_pool`: the attempt holds a free number from its start.
+        let pool = if p.context_delivery == ContextDelivery::NumberPool {
+            match self.free_pool_number(&c.pbx) {
+                Some(number) => Some(number),
+                None => self.fail(format!("an attempt of {id} started while every number of {}'s pool is held", c.pbx)),
+            }
+        } else {
+            None
+        };
+        // The held number names the attempt; a pool attempt's context never leaves the gateway
+        // and names nothing.
+        match &pool {
+            Some(number) => self.pool_held.insert((c.pbx.to_string(), number.clone()), id.clone()),
+            None => self.ctx_live.insert(ctx.clone(), id.clone()),
+        };
         self.contexts.insert(ctx.clone());
-        self.attempts.insert(id, Attempt { n, ctx: Some(ctx), ..Attempt::default() });
+        self.attempts.insert(id, Attempt { n, ctx: Some(ctx), pool, ..Attempt::default() });
     }
 
     /// Counters are charged to the account that asked (+1 on its wrong code) and reset only by

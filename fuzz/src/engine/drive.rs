@@ -147,7 +147,16 @@ impl Fz {
                     14 => Some(format!("*{MADE_UP_CONTEXT}#")),
                     _ => Some(format!("{}", u.int_in_range(0..=99u8)?)),
                 };
-                let to = (*u.choose(&IVR_NUMBERS)?).to_owned();
+                // Any number an IVR call may reach, or (half the time) the one the latest
+                // association's proof call dials: its pool number while its attempt holds one.
+                // One byte either way, as the older inputs read it.
+                let latest = self.ids.last().and_then(|id| self.store.assocs.get(id).map(|v| (v.pbx.to_string(), self.attempts.get(id).and_then(|a| a.pool.clone()))));
+                let to = match (usize::from(u.int_in_range(0..=11u8)?), latest) {
+                    (k, _) if k < CALLED.len() => CALLED[k].to_owned(),
+                    (_, Some((_, Some(pool)))) => pool,
+                    (_, Some((pbx, None))) => self.policy(&pbx).ivr_number.clone(),
+                    (_, None) => IVR_NUMBERS[0].to_owned(),
+                };
                 Input::Ivr { call, from, to, digits, now }
             }
             23 => {
@@ -229,10 +238,13 @@ impl Fz {
         self.waits.clear();
         let pre = self.store.clone();
         self.actions(&actions, None, &pre);
-        // Nothing in memory survives: no context is live.
+        // Nothing in memory survives: no context is live, no pool number held.
         self.ctx_live.clear();
+        self.pool_held.clear();
+        self.pool_released.clear();
         for a in self.attempts.values_mut() {
             a.ctx = None;
+            a.pool = None;
             a.waiting = None;
         }
         for v in self.store.assocs.values() {
@@ -323,10 +335,13 @@ impl Fz {
                     }
                 }
             }
-            Input::Ivr { call, from, digits, .. } => {
+            Input::Ivr { call, from, to, digits, .. } => {
                 let m = self.ivr.get(call).cloned().unwrap_or(IvrCallModel { first: now, last: now, from: from.clone(), expect: Expect::New });
                 let d = entered(digits.as_deref());
                 let target = match &m.expect {
+                    // A pool number names the attempt holding it, whatever the digits; a free one
+                    // names none (the call is told it is not linked).
+                    Expect::New if self.pool_holder(to).is_some() => self.pool_holder(to).flatten(),
                     Expect::New if !d.is_empty() => self.ctx_live.get(&d).cloned(),
                     Expect::New => self.by_calling_number(from),
                     Expect::Context => self.ctx_live.get(&d).cloned(),
@@ -334,6 +349,9 @@ impl Fz {
                 };
                 if let Some(id) = target {
                     let rule = self.claim_rule(call, m.first, &m.from, &id);
+                    if rule == Claim::Claimed && m.expect == Expect::New && self.pool_holder(to).is_some() {
+                        count(13);
+                    }
                     presented = Some((id, rule));
                 }
                 self.ivr_before = Some((call.clone(), m.expect.clone()));
@@ -380,7 +398,7 @@ impl Fz {
             }
         }
         match &input {
-            Input::Create { id, .. } => self.check_create(id, &out, &pre),
+            Input::Create { id, pbx, .. } => self.check_create(id, pbx.as_ref().map(|p| p.as_str()), &out, &pre),
             Input::Ivr { call, .. } => self.check_ivr(call, &out, presented),
             Input::CstaEvent { pbx, extension, .. } => {
                 if let Some(v) = pre.live_on(pbx, extension) {

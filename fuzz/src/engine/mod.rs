@@ -4,7 +4,8 @@
 //! `tests/hostile/fuzz_regressions.rs`).
 //!
 //! The input bytes are read with `arbitrary::Unstructured`: first the two PBXs' policies (two
-//! bytes each), then up to [`MAX_STEPS`] steps, each a time step and one input. Every value comes
+//! bytes each; the context goes as a dial suffix, as DTMF, not at all, or as a number of the
+//! PBX's two-number IVR pool), then up to [`MAX_STEPS`] steps, each a time step and one input. Every value comes
 //! from a small alphabet (2 PBXs, 4 extensions, 3 accounts, 3 codes, 4 IVR call slots) so that
 //! associations go live, collide and reach the IVR:
 //! - `random` pools (the shell's CSPRNG digits for context ids) are mostly fresh digits, now and
@@ -16,7 +17,7 @@
 //!   placed for the engine, or foreign calls; now and then a burst of up to 250 events (flood);
 //! - IVR requests come on 4 call slots (a slot gets a new platform call id after a hang-up, after
 //!   9 minutes of silence, or at random), from the right DID, a wrong one, an empty or anonymous
-//!   number; their digits are a context the oracle saw leave the gateway (in a `MakeCall` dial
+//!   number, to the IVR number of either PBX or to one of their pool numbers; their digits are a context the oracle saw leave the gateway (in a `MakeCall` dial
 //!   suffix or a `SendDigits`), a made-up one, an issued code, a wrong code, keys 1, 9 and others;
 //! - timeouts (`Engine::handle_timeout`, traced as `Timeout`) at arbitrary times, and right at
 //!   the deadline of a waiting IVR request;
@@ -36,8 +37,10 @@
 //!   with that input not held by a live attempt) and checks it against what leaves in the
 //!   MakeCall / SendDigits; it records when the PBX reported the attempt's call answered
 //!   (Established), which IVR calls presented the attempt (its context id, or for
-//!   `context_delivery = none` the extension's DID as calling number) in what order, which call
-//!   waits, which claimed it;
+//!   `context_delivery = none` the extension's DID as calling number, for `number_pool` the
+//!   pool number it holds reached as `To`) in what order, which call waits, which claimed it; the
+//!   model predicts the pool number of each attempt (the least recently released free one) and
+//!   frees it when the attempt ends;
 //! - the **IVR calls**: when each started (its first request), its first calling number, and
 //!   what the platform was last asked for (context, confirm key, code: the prompts, which is all
 //!   the platform sees).
@@ -64,7 +67,9 @@
 //! 5. contexts: each attempt's context id is the first free chunk of its own randomness, of the
 //!    policy's length, and is never in an `AssociationView`, an audit record, a notification or
 //!    an IVR prompt; the MakeCall dials it only with `dial_suffix`, SendDigits sends it only with
-//!    `dtmf`;
+//!    `dtmf`; with `number_pool` the MakeCall dials the attempt's own pool number, held by no
+//!    other live attempt, and a create is refused `PoolExhausted` only when every number of the
+//!    PBX is held;
 //! 6. limits: counters are charged only to the requesting account (value +1 on its wrong code,
 //!    0 on its binding or an admin reset in scope) and an admin reset/lift leaves nothing in
 //!    scope; at most `proof_calls_per_hour` proof calls per extension in any hour and
@@ -120,6 +125,10 @@ const CODES: [&str; 4] = ["135791", "246802", "97053100", "12"];
 const DID_PREFIX: &str = "+3314400";
 const LOCK_PREFIX: &str = "*55";
 const IVR_NUMBERS: [&str; 2] = ["0800100200", "0800300400"];
+/// Each PBX's IVR number pool when its `context_delivery` is `number_pool`.
+const POOLS: [[&str; 2]; 2] = [["0800100201", "0800100202"], ["0800300401", "0800300402"]];
+/// The numbers an IVR call may reach: the IVR numbers and every pool number.
+const CALLED: [&str; 6] = [IVR_NUMBERS[0], IVR_NUMBERS[1], POOLS[0][0], POOLS[0][1], POOLS[1][0], POOLS[1][1]];
 const IVR_SLOTS: usize = 4;
 /// A context no pool ever holds (pools are made of `7kkk` units).
 const MADE_UP_CONTEXT: &str = "99999999";
@@ -225,6 +234,9 @@ struct Attempt {
     n: u32,
     /// The context id predicted from the randomness; `None` once the attempt is over.
     ctx: Option<String>,
+    /// `number_pool`: the pool number the attempt holds, predicted (the least recently released
+    /// of the free ones); the proof call must dial it.
+    pool: Option<String>,
     /// When the PBX reported the attempt's call established, and that call.
     established: Option<(Millis, Vec<u8>)>,
     /// IVR calls that presented the attempt, in order.
@@ -244,9 +256,9 @@ enum Claim {
 }
 
 /// What the inputs run so far reached (`outcomes()`, see [`OUTCOME_NAMES`]).
-static OUTCOMES: [std::sync::atomic::AtomicU64; 13] = [const { std::sync::atomic::AtomicU64::new(0) }; 13];
+static OUTCOMES: [std::sync::atomic::AtomicU64; 14] = [const { std::sync::atomic::AtomicU64::new(0) }; 14];
 /// The meaning of each [`outcomes`] counter.
-pub const OUTCOME_NAMES: [&str; 13] = [
+pub const OUTCOME_NAMES: [&str; 14] = [
     "associations created",
     "reaching the IVR",
     "bound",
@@ -260,6 +272,7 @@ pub const OUTCOME_NAMES: [&str; 13] = [
     "creates refused by an owner block",
     "attempts failed by a PBX flood",
     "waiting requests answered later",
+    "claims by a pool number",
 ];
 
 fn count(i: usize) {
@@ -267,7 +280,7 @@ fn count(i: usize) {
 }
 
 /// See [`OUTCOMES`].
-pub fn outcomes() -> [u64; 13] {
+pub fn outcomes() -> [u64; 14] {
     std::array::from_fn(|i| OUTCOMES[i].load(std::sync::atomic::Ordering::Relaxed))
 }
 
@@ -295,6 +308,10 @@ struct Fz {
     slots: [u32; IVR_SLOTS],
     /// Waiting IVR calls -> (association, deadline).
     waits: HashMap<String, (String, Millis)>,
+    /// `number_pool`: the numbers held by live attempts ((pbx, number) -> association), and when
+    /// each number was last released (the engine hands out the least recently released).
+    pool_held: HashMap<(String, String), String>,
+    pool_released: HashMap<(String, String), Millis>,
     /// Pool units handed out (see [`unit`]).
     units: Vec<u16>,
     pending: Vec<Pending>,
@@ -359,6 +376,12 @@ fn policies(u: &mut Unstructured<'_>) -> arbitrary::Result<HashMap<String, Polic
         p.code_ttl = Duration::from_secs(600);
         p.ring_timeout = Duration::from_secs(45);
         p.ivr_timeout = Duration::from_secs(60);
+        // A quarter of the PBXs deliver the context as the pool number dialled (bits the older
+        // inputs of `tests/fuzz_regressions/engine` never set, so that they replay as before).
+        if b2 & 0x30 == 0x30 {
+            p.context_delivery = ContextDelivery::NumberPool;
+            p.ivr_numbers = POOLS[i].iter().map(|n| (*n).to_owned()).collect();
+        }
         m.insert((*pbx).to_owned(), p);
     }
     Ok(m)
@@ -412,6 +435,8 @@ impl Fz {
             ivr: HashMap::new(),
             slots: [0; IVR_SLOTS],
             waits: HashMap::new(),
+            pool_held: HashMap::new(),
+            pool_released: HashMap::new(),
             units: Vec::new(),
             pending: Vec::new(),
             calls: Vec::new(),
@@ -451,6 +476,21 @@ impl Fz {
         let n = self.ids.len();
         let back = usize::from(u.int_in_range(0..=3u8)?).min(n - 1);
         Ok(self.ids[n - 1 - back].clone())
+    }
+
+    /// The pool number a new attempt on `pbx` gets: a free one, the least recently released
+    /// first, in the pool's order on a tie (`None`: not a pool PBX, or the pool is exhausted).
+    fn free_pool_number(&self, pbx: &str) -> Option<String> {
+        let p = self.policies.get(pbx).filter(|p| p.context_delivery == ContextDelivery::NumberPool)?;
+        let key = |n: &String| (pbx.to_owned(), n.clone());
+        p.ivr_numbers.iter().filter(|n| !self.pool_held.contains_key(&key(n))).min_by_key(|n| self.pool_released.get(&key(n)).copied().unwrap_or(0)).cloned()
+    }
+
+    /// `to` reaches a number of a pool PBX: `Some(holder)`, the association whose attempt holds
+    /// it if any; `None`: not a pool number.
+    fn pool_holder(&self, to: &str) -> Option<Option<String>> {
+        let (pbx, number) = self.policies.iter().filter(|(_, p)| p.context_delivery == ContextDelivery::NumberPool).find_map(|(pbx, p)| p.ivr_numbers.iter().find(|n| pool_number_matches(n, to)).map(|n| (pbx.clone(), n.clone())))?;
+        Some(self.pool_held.get(&(pbx, number)).cloned())
     }
 
     fn fresh_unit(&mut self) -> String {
