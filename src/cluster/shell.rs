@@ -26,6 +26,7 @@ pub struct Cluster {
     id: String,
     owned: watch::Receiver<BTreeMap<String, i64>>,
     leases: watch::Receiver<Vec<super::pg::LeaseRow>>,
+    statements: std::sync::Arc<super::pg::LeaseStatements>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -38,13 +39,14 @@ impl Cluster {
         let (rows_tx, rows) = watch::channel(Vec::new());
         let (stop, stopped) = oneshot::channel();
         let id = db.me().to_owned();
+        let statements = db.statements();
         let task = tokio::spawn(run(Shell { db, leases, fence, gate, owned: owned_tx, rows: rows_tx }, refused, stopped));
-        Cluster { id, owned, leases: rows, stop: Some(stop), task }
+        Cluster { id, owned, leases: rows, statements, stop: Some(stop), task }
     }
 
     /// What the API shows of the cluster.
     pub fn view(&self) -> super::ClusterView {
-        super::ClusterView { instance_id: self.id.clone(), owned: self.owned.clone(), leases: self.leases.clone() }
+        super::ClusterView::new(self.id.clone(), self.owned.clone(), self.leases.clone(), self.statements.clone())
     }
 
     /// The PBXs this instance owns now, with their epochs.
