@@ -8,3 +8,4 @@ mod cluster_config;
 mod lease_machine;
 mod leases_pg;
 mod processes;
+mod scale;

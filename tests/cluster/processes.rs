@@ -16,27 +16,34 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::timeout;
 
 /// The bound of every wait: a failure bound, never a synchronisation.
-const LIMIT: Duration = Duration::from_secs(60);
+pub(super) const LIMIT: Duration = Duration::from_secs(60);
 const TTL: &str = "3s";
 
-struct Instance {
-    id: String,
-    child: tokio::process::Child,
+pub(super) struct Instance {
+    pub(super) id: String,
+    pub(super) child: tokio::process::Child,
     /// The API's `host:port`.
-    api: String,
+    pub(super) api: String,
     /// Its log lines (stderr), as they come.
-    log: tokio::sync::mpsc::UnboundedReceiver<String>,
+    pub(super) log: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 /// Start `cstagate run` as instance `id` of the cluster on `url`, serving `sims`.
 async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::path::Path, tokens: &Tokens) -> Instance {
-    let password = pg::shared().map(|s| s.password().to_owned()).unwrap_or_default();
-    let mut text = format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:1\"\nlease_ttl = \"{TTL}\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n"
-    );
+    let mut pbxs = String::new();
     for (i, sim) in sims.iter().enumerate() {
-        text += &format!("\n[[pbx]]\nid = \"pbx{i}\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"{}\"]\nivr_number = \"08001002{i:02}\"\nreconnect_min = \"20ms\"\n", sim.addr(), extension(i));
+        pbxs += &format!("\n[[pbx]]\nid = \"pbx{i}\"\naddress = \"{}\"\ndialect = \"phase3\"\ntenant = \"acme\"\nextensions = [\"{}\"]\nivr_number = \"08001002{i:02}\"\nreconnect_min = \"20ms\"\n", sim.addr(), extension(i));
     }
+    start_instance(id, url, &pbxs, TTL, dir, tokens).await
+}
+
+/// Start `cstagate run` as instance `id` of the cluster on `url` with `lease_ttl = ttl`, serving
+/// the PBXs of `pbxs` (its `[[pbx]]` tables, tenant `acme`); once its API listens.
+pub(super) async fn start_instance(id: &str, url: &str, pbxs: &str, ttl: &str, dir: &std::path::Path, tokens: &Tokens) -> Instance {
+    let password = pg::shared().map(|s| s.password().to_owned()).unwrap_or_default();
+    let text = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:1\"\nlease_ttl = \"{ttl}\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n{pbxs}"
+    );
     let config = dir.join(format!("{id}.toml"));
     std::fs::write(&config, text).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cstagate"))
@@ -94,7 +101,7 @@ async fn sims(n: usize, keepalive: Option<Duration>) -> Vec<SimPbx> {
 }
 
 /// The live leases: PBX → (owner, epoch).
-fn leases(s: &PgServer, db: &str) -> BTreeMap<String, (String, i64)> {
+pub(super) fn leases(s: &PgServer, db: &str) -> BTreeMap<String, (String, i64)> {
     s.psql(db, "SELECT pbx, owner, epoch FROM pbx_leases WHERE expires_at > now() ORDER BY pbx")
         .unwrap()
         .lines()
@@ -106,7 +113,7 @@ fn leases(s: &PgServer, db: &str) -> BTreeMap<String, (String, i64)> {
 }
 
 /// Poll the leases until `pred` holds (each poll a query to the server), within [`LIMIT`].
-async fn leases_until(s: &PgServer, db: &str, what: &str, pred: impl Fn(&BTreeMap<String, (String, i64)>) -> bool) -> BTreeMap<String, (String, i64)> {
+pub(super) async fn leases_until(s: &PgServer, db: &str, what: &str, pred: impl Fn(&BTreeMap<String, (String, i64)>) -> bool) -> BTreeMap<String, (String, i64)> {
     let start = Instant::now();
     loop {
         let l = leases(s, db);
@@ -118,7 +125,7 @@ async fn leases_until(s: &PgServer, db: &str, what: &str, pred: impl Fn(&BTreeMa
     }
 }
 
-fn per_owner(l: &BTreeMap<String, (String, i64)>) -> BTreeMap<String, usize> {
+pub(super) fn per_owner(l: &BTreeMap<String, (String, i64)>) -> BTreeMap<String, usize> {
     let mut n = BTreeMap::new();
     for (owner, _) in l.values() {
         *n.entry(owner.clone()).or_insert(0) += 1;
@@ -133,7 +140,7 @@ async fn every_link_up_once(sims: &[SimPbx]) {
     }
 }
 
-fn oracle(sims: &[SimPbx]) {
+pub(super) fn oracle(sims: &[SimPbx]) {
     for (i, sim) in sims.iter().enumerate() {
         let s = sim.stats();
         assert!(s.associated_max <= 1, "split brain: pbx{i} saw {} CSTA associations open at once", s.associated_max);
