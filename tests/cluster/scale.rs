@@ -176,6 +176,9 @@ impl Owners {
 struct Codes {
     codes: Mutex<HashMap<String, String>>,
     added: Notify,
+    /// By extension: told when the IVR answered "now linked", so that the app reads the end at
+    /// once rather than at its next poll.
+    linked: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 impl Codes {
@@ -186,6 +189,11 @@ impl Codes {
 
     fn remove(&self, ext: &str) {
         self.codes.lock().unwrap().remove(ext);
+    }
+
+    /// What tells `ext`'s app that its association is linked.
+    fn linked(&self, ext: &str) -> Arc<Notify> {
+        self.linked.lock().unwrap().entry(ext.to_owned()).or_default().clone()
     }
 
     /// The code of `ext`'s association; `None` when none comes within `bound` (the app's
@@ -266,6 +274,7 @@ async fn drive(app: App, slots: Vec<(usize, String)>, concurrency: usize, create
                     if let Some(code) = codes.take(&call.extension, Duration::from_secs(30)).await {
                         if let Some(d) = dialogue(&owners, &pbx, &secret, &call, &code).await {
                             latencies.lock().unwrap().push(d);
+                            codes.linked(&call.extension).notify_one();
                         }
                     }
                     line.hangup(&call.call);
@@ -299,7 +308,7 @@ async fn drive(app: App, slots: Vec<(usize, String)>, concurrency: usize, create
                     },
                 };
                 codes.insert(&e, &code);
-                let end = end_of(&db, &id, &e, failures).await;
+                let end = end_of(&db, &id, &e, failures, &codes.linked(&e)).await;
                 codes.remove(&e);
                 ended.retain(|(x, _)| *x != id);
                 ended.push((id.clone(), (pbx.clone(), e.clone(), account.clone(), end.state.clone(), end.reason.clone())));
@@ -378,8 +387,8 @@ struct End {
 
 /// Poll association `id` (on extension `e`) in the database until its attempt has ended: bound,
 /// expired, cancelled, or failed more often than the `failures` already handled (a failed one
-/// that may be tried again is not final).
-async fn end_of(db: &tokio_postgres::Client, id: &str, e: &str, failures: i64) -> End {
+/// that may be tried again is not final); read again at once when `linked` is told.
+async fn end_of(db: &tokio_postgres::Client, id: &str, e: &str, failures: i64, linked: &Notify) -> End {
     let start = Instant::now();
     loop {
         let q = "SELECT state, coalesce(view->>'reason', ''), final, (SELECT count(*) FROM audit WHERE extension = $2 AND association = $1 AND step = 'failed') FROM associations WHERE id = $1";
@@ -393,7 +402,10 @@ async fn end_of(db: &tokio_postgres::Client, id: &str, e: &str, failures: i64) -
             let view = db.query_opt("SELECT view::text FROM associations WHERE id = $1", &[&id]).await.ok().flatten().map(|r| r.get::<_, String>(0));
             panic!("association {id} not ended within {END_LIMIT:?}: {view:?}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = linked.notified() => {}
+        }
     }
 }
 
