@@ -134,6 +134,9 @@ pub fn render(src: &Sources<'_>) -> String {
         "Failed notification attempts, by tenant and cause (unknown_ca, name_mismatch, expired, not_yet_valid, revoked, bad_certificate, tls, connect, timeout, refused, other)",
         failures.into_iter().map(|(tenant, cause, n)| (vec![("tenant".to_owned(), tenant), ("cause".to_owned(), cause.to_owned())], n)),
     );
+    if let Some(c) = src.gw.cluster() {
+        counters(&mut reg, "cstagate_lease_statements", "With [cluster]: lease statements sent to PostgreSQL, by kind (heartbeat, acquire, renew, release, leave, read)", c.statements().map(|(k, n)| (label("kind", k), n)));
+    }
     let reloads = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
     counter(&mut reg, "cstagate_config_reloads", "Configuration reloads (SIGHUP) applied", reloads(&src.reloads.applied));
     counter(&mut reg, "cstagate_config_reload_failures", "Configuration reloads (SIGHUP) refused: the new file did not validate, the old configuration runs on", reloads(&src.reloads.failed));

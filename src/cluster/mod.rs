@@ -132,9 +132,18 @@ pub struct ClusterView {
     pub ttl: std::time::Duration,
     owned: tokio::sync::watch::Receiver<std::collections::BTreeMap<String, i64>>,
     leases: tokio::sync::watch::Receiver<Vec<pg::LeaseRow>>,
+    statements: Arc<pg::LeaseStatements>,
 }
 
 impl ClusterView {
+    /// The view of instance `instance_id` (built by the lease shell).
+    pub(crate) fn new(instance_id: String, ttl: std::time::Duration, owned: tokio::sync::watch::Receiver<std::collections::BTreeMap<String, i64>>, leases: tokio::sync::watch::Receiver<Vec<pg::LeaseRow>>, statements: Arc<pg::LeaseStatements>) -> ClusterView {
+        ClusterView { instance_id, ttl, owned, leases, statements }
+    }
+    /// The lease statements this instance has sent, by kind (`/metrics`).
+    pub fn statements(&self) -> [(&'static str, u64); 6] {
+        self.statements.snapshot()
+    }
     /// `pbx`'s epoch when this instance owns it.
     pub fn epoch(&self, pbx: &str) -> Option<i64> {
         self.owned.borrow().get(pbx).copied()

@@ -2,6 +2,8 @@
 //! instances' clocks are never compared. The lease rows and the fence function are migration
 //! 0003 (`src/store/migrations/postgres/`), applied by the store at start.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Pool, Runtime};
@@ -22,6 +24,33 @@ pub struct LeaseRow {
     pub advertise: Option<String>,
 }
 
+/// The lease statements one instance has sent, by kind (`/metrics`:
+/// `cstagate_lease_statements_total{kind}`): what the leases cost the database, measured rather
+/// than derived (BENCHMARKS.md, "Several gateways"). Counted when a statement is sent, answered or
+/// not.
+#[derive(Debug, Default)]
+pub struct LeaseStatements {
+    heartbeat: AtomicU64,
+    acquire: AtomicU64,
+    renew: AtomicU64,
+    release: AtomicU64,
+    leave: AtomicU64,
+    read: AtomicU64,
+}
+
+impl LeaseStatements {
+    /// The counts by kind: `heartbeat` (with the count of live instances), `acquire`, `renew`,
+    /// `release`, `leave`, `read` (the lease table, for `GET /v1/pbx`).
+    pub fn snapshot(&self) -> [(&'static str, u64); 6] {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [("heartbeat", n(&self.heartbeat)), ("acquire", n(&self.acquire)), ("renew", n(&self.renew)), ("release", n(&self.release)), ("leave", n(&self.leave)), ("read", n(&self.read))]
+    }
+}
+
+fn sent(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
 /// The lease connection of one instance: its own small pool, apart from the store's, so that a
 /// long commit never delays a renewal.
 pub struct LeaseDb {
@@ -29,6 +58,7 @@ pub struct LeaseDb {
     me: String,
     advertise: String,
     ttl_ms: i64,
+    statements: Arc<LeaseStatements>,
 }
 
 impl LeaseDb {
@@ -47,11 +77,16 @@ impl LeaseDb {
             .recycle_timeout(Some(op_timeout))
             .build()
             .map_err(|e| StoreError::Connection(e.to_string()))?;
-        Ok(LeaseDb { pool, me: me.to_owned(), advertise: advertise.to_owned(), ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX) })
+        Ok(LeaseDb { pool, me: me.to_owned(), advertise: advertise.to_owned(), ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX), statements: Arc::default() })
     }
 
     pub fn me(&self) -> &str {
         &self.me
+    }
+
+    /// The statements sent so far, by kind.
+    pub fn statements(&self) -> Arc<LeaseStatements> {
+        self.statements.clone()
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
@@ -73,6 +108,7 @@ impl LeaseDb {
             )
             .await
             .map_err(pg)?;
+        sent(&self.statements.heartbeat);
         let others: i64 = c.query_one(&stmt, &[&self.me, &self.advertise, &self.ttl_ms]).await.map_err(pg)?.try_get(0).map_err(pg)?;
         Ok(usize::try_from(others).unwrap_or(0) + 1)
     }
@@ -93,6 +129,7 @@ impl LeaseDb {
             )
             .await
             .map_err(pg)?;
+        sent(&self.statements.acquire);
         let row = c.query_opt(&stmt, &[&pbx, &self.me, &self.ttl_ms]).await.map_err(pg)?;
         row.map(|r| r.try_get::<_, i64>(0).map_err(pg)).transpose()
     }
@@ -108,6 +145,7 @@ impl LeaseDb {
             .prepare_cached("UPDATE pbx_leases SET expires_at = now() + $4::bigint * interval '1 millisecond' WHERE pbx = $1 AND owner = $2 AND epoch = $3 AND expires_at > now()")
             .await
             .map_err(pg)?;
+        sent(&self.statements.renew);
         Ok(c.execute(&stmt, &[&pbx, &self.me, &epoch, &self.ttl_ms]).await.map_err(pg)? == 1)
     }
 
@@ -119,6 +157,7 @@ impl LeaseDb {
     pub async fn release(&self, pbx: &str, epoch: i64) -> Result<(), StoreError> {
         let c = self.client().await?;
         let stmt = c.prepare_cached("UPDATE pbx_leases SET expires_at = now() WHERE pbx = $1 AND owner = $2 AND epoch = $3 AND expires_at > now()").await.map_err(pg)?;
+        sent(&self.statements.release);
         c.execute(&stmt, &[&pbx, &self.me, &epoch]).await.map_err(pg)?;
         Ok(())
     }
@@ -130,6 +169,7 @@ impl LeaseDb {
     /// The database did not answer or refused.
     pub async fn leave(&self) -> Result<(), StoreError> {
         let c = self.client().await?;
+        sent(&self.statements.leave);
         c.execute("DELETE FROM instances WHERE id = $1", &[&self.me]).await.map_err(pg)?;
         Ok(())
     }
@@ -140,6 +180,7 @@ impl LeaseDb {
     /// The database did not answer or refused.
     pub async fn leases(&self) -> Result<Vec<LeaseRow>, StoreError> {
         let c = self.client().await?;
+        sent(&self.statements.read);
         let rows = c.query("SELECT l.pbx, l.owner, l.epoch, l.expires_at > now(), i.advertise FROM pbx_leases l LEFT JOIN instances i ON i.id = l.owner ORDER BY l.pbx", &[]).await.map_err(pg)?;
         rows.iter().map(|r| Ok(LeaseRow { pbx: r.try_get(0).map_err(pg)?, owner: r.try_get(1).map_err(pg)?, epoch: r.try_get(2).map_err(pg)?, live: r.try_get(3).map_err(pg)?, advertise: r.try_get(4).map_err(pg)? })).collect()
     }

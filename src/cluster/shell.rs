@@ -27,6 +27,7 @@ pub struct Cluster {
     ttl: Duration,
     owned: watch::Receiver<BTreeMap<String, i64>>,
     leases: watch::Receiver<Vec<super::pg::LeaseRow>>,
+    statements: std::sync::Arc<super::pg::LeaseStatements>,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -40,13 +41,14 @@ impl Cluster {
         let (stop, stopped) = oneshot::channel();
         let id = db.me().to_owned();
         let ttl = leases.timing().ttl;
+        let statements = db.statements();
         let task = tokio::spawn(run(Shell { db, leases, fence, gate, owned: owned_tx, rows: rows_tx }, refused, stopped));
-        Cluster { id, ttl, owned, leases: rows, stop: Some(stop), task }
+        Cluster { id, ttl, owned, leases: rows, statements, stop: Some(stop), task }
     }
 
     /// What the API shows of the cluster.
     pub fn view(&self) -> super::ClusterView {
-        super::ClusterView { instance_id: self.id.clone(), ttl: self.ttl, owned: self.owned.clone(), leases: self.leases.clone() }
+        super::ClusterView::new(self.id.clone(), self.ttl, self.owned.clone(), self.leases.clone(), self.statements.clone())
     }
 
     /// The PBXs this instance owns now, with their epochs.

@@ -10,3 +10,4 @@ mod leases_pg;
 mod processes;
 mod routing;
 mod rules;
+mod scale;

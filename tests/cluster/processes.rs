@@ -46,13 +46,19 @@ pub(crate) async fn instance(id: &str, url: &str, sims: &[SimPbx], dir: &std::pa
 /// Start `cstagate run` as instance `id` of the cluster on `url`, with these `[[pbx]]` tables
 /// (tenant `acme`).
 pub(crate) async fn instance_with(id: &str, url: &str, pbxs: &str, dir: &std::path::Path, tokens: &Tokens) -> Instance {
+    start_instance(id, url, pbxs, TTL, dir, tokens).await
+}
+
+/// Start `cstagate run` as instance `id` of the cluster on `url` with `lease_ttl = ttl`, serving
+/// the PBXs of `pbxs` (its `[[pbx]]` tables, tenant `acme`); once its API listens.
+pub(crate) async fn start_instance(id: &str, url: &str, pbxs: &str, ttl: &str, dir: &std::path::Path, tokens: &Tokens) -> Instance {
     let password = pg::shared().map(|s| s.password().to_owned()).unwrap_or_default();
     // It listens on a port picked free just before, which it advertises to the others (requests
     // for its PBXs are forwarded there).
     let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
     let (port, agi) = (free(), free());
     let text = format!(
-        "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\nfastagi_listen = \"127.0.0.1:{agi}\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:{port}\"\nlease_ttl = \"{TTL}\"\ninternal_token_env = \"CLUSTER_TOKEN\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n{pbxs}"
+        "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\nfastagi_listen = \"127.0.0.1:{agi}\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:{port}\"\nlease_ttl = \"{ttl}\"\ninternal_token_env = \"CLUSTER_TOKEN\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n{pbxs}"
     );
     let config = dir.join(format!("{id}.toml"));
     std::fs::write(&config, text).unwrap();
@@ -112,13 +118,14 @@ pub(crate) async fn sims(n: usize, keepalive: Option<Duration>) -> Vec<SimPbx> {
     v
 }
 
-/// One signed IVR webhook request on `call`, dialled to `to`.
-pub(crate) async fn ivr_step(at: &Http, tokens: &Tokens, call: &str, from: &str, to: &str, digits: Option<&str>) -> (u16, Value) {
+/// One signed IVR webhook request on `call`, dialled to `to`: the status and the answer, or
+/// status 0 and the transport's error (the instance is gone).
+pub(crate) async fn ivr_step(at: &Http, secret: &str, call: &str, from: &str, to: &str, digits: Option<&str>) -> (u16, Value) {
     let mut body = json!({ "call": call, "from": from, "to": to });
     if let Some(d) = digits {
         body["digits"] = json!(d);
     }
-    post_webhook(at, &tokens.ivr, body.to_string().into_bytes()).await.unwrap()
+    post_webhook(at, secret, body.to_string().into_bytes()).await.unwrap_or_else(|e| (0, json!({ "transport_error": e })))
 }
 
 /// PBX `i`'s IVR number, its own (the IVR requests are routed by it).

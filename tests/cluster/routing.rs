@@ -122,7 +122,7 @@ async fn every_kind_of_request_at_an_instance_that_does_not_own_the_pbx_is_serve
     let call = timeout(LIMIT, ivr.next_call()).await.expect("the proof call reaches the IVR").unwrap();
     let mut last = Value::Null;
     for d in [None, Some(call.context.as_str()), Some("1"), Some(code.as_str())] {
-        let (status, reply) = ivr_step(&at, &tokens, &call.call, &call.from, &ivr_number(0), d).await;
+        let (status, reply) = ivr_step(&at, &tokens.ivr, &call.call, &call.from, &ivr_number(0), d).await;
         assert_eq!(status, 200, "{reply}");
         last = reply;
     }
@@ -247,7 +247,7 @@ async fn a_request_for_another_owners_pbx_leaves_this_instances_associations_alo
     let call = timeout(LIMIT, ivr.next_call()).await.expect("a's proof call reaches the IVR").unwrap();
     let mut last = Value::Null;
     for d in [None, Some(call.context.as_str()), Some("1"), Some(own_code.as_str())] {
-        let (status, reply) = ivr_step(&at_a, &tokens, &call.call, &call.from, &ivr_number(mine), d).await;
+        let (status, reply) = ivr_step(&at_a, &tokens.ivr, &call.call, &call.from, &ivr_number(mine), d).await;
         assert_eq!(status, 200, "{reply}");
         last = reply;
     }

@@ -82,7 +82,7 @@ async fn at_code_prompt(inst: &Instance, tokens: &Tokens, ivr: &mut Ivr, account
     assert_eq!(status, 202, "{v}");
     let call = timeout(LIMIT, ivr.next_call()).await.expect("the proof call reaches the IVR").unwrap();
     for digits in [None, Some(call.context.as_str()), Some("1")] {
-        let (status, r) = ivr_step(&http(inst), tokens, &call.call, &call.from, &ivr_number(i), digits).await;
+        let (status, r) = ivr_step(&http(inst), &tokens.ivr, &call.call, &call.from, &ivr_number(i), digits).await;
         assert_eq!(status, 200, "{r}");
     }
     (id, code, call)
@@ -137,7 +137,7 @@ async fn an_account_has_one_live_association_and_one_failure_count_across_instan
     let (id, code, call) = at_code_prompt(a, &tokens, &mut ivr, "frank", 0).await;
     let wrong: Vec<String> = ["000000", "000001", "000002"].iter().filter(|w| **w != code).take(2).map(|w| (*w).to_owned()).collect();
     for w in &wrong {
-        let (status, r) = ivr_step(&http(a), &tokens, &call.call, &call.from, &ivr_number(0), Some(w)).await;
+        let (status, r) = ivr_step(&http(a), &tokens.ivr, &call.call, &call.from, &ivr_number(0), Some(w)).await;
         assert_eq!(status, 200, "{r}");
     }
     ivr.line.hangup(&call.call);
@@ -195,7 +195,7 @@ async fn an_instance_taking_a_pbx_back_serves_what_the_other_owner_changed() {
     assert_eq!(status, 204, "{v}");
     let mut ivr = Ivr::of(&mut sims[i]).unwrap();
     let (_, code, call) = at_code_prompt(b, &tokens, &mut ivr, "dave", i).await;
-    let (status, r) = ivr_step(&http(b), &tokens, &call.call, &call.from, &ivr_number(i), Some(&code)).await;
+    let (status, r) = ivr_step(&http(b), &tokens.ivr, &call.call, &call.from, &ivr_number(i), Some(&code)).await;
     assert_eq!(status, 200, "{r}");
     assert!(r["say"].as_str().unwrap_or_default().contains("now linked"), "{r}");
     ivr.line.hangup(&call.call);
