@@ -23,7 +23,6 @@ mod gateway_e2e;
 mod postgres_e2e;
 mod proof_of_presence;
 mod notify;
-mod notify_dead_endpoints;
 mod notify_tls;
 mod fastagi;
 mod ivr_guesses;
