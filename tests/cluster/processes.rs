@@ -100,6 +100,28 @@ pub(crate) async fn start_instance(id: &str, url: &str, pbxs: &str, ttl: &str, d
     Instance { id: id.to_owned(), child, api, log, agi: format!("127.0.0.1:{agi}") }
 }
 
+/// A cluster test's place: its own database on the shared private PostgreSQL (and its URL over
+/// the server's Unix socket), a temporary directory for the instances' files, and the tokens the
+/// instances share.
+pub(crate) struct Place {
+    pub(crate) s: &'static PgServer,
+    pub(crate) db: String,
+    pub(crate) url: String,
+    pub(crate) dir: std::path::PathBuf,
+    pub(crate) tokens: Tokens,
+}
+
+/// The place of a test named `hint`; `None` without PostgreSQL (the test is skipped, with a
+/// notice; mandatory with `CSTAGATE_REQUIRE_POSTGRES=1`).
+pub(crate) fn place(hint: &str) -> Option<Place> {
+    let s = pg::shared()?;
+    let db = s.database(hint);
+    let url = s.socket_url(&db);
+    let dir = std::env::temp_dir().join(format!("cstagate-{hint}-{}", cstagate::random::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    Some(Place { s, db, url, dir, tokens: Tokens::random() })
+}
+
 /// PBX `i`'s one extension (each PBX its own, so that an extension names its PBX).
 pub(crate) fn extension(i: usize) -> String {
     format!("2{i}05")
@@ -182,13 +204,8 @@ pub(crate) fn oracle(sims: &[SimPbx]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_share_six_pbxs_and_a_killed_ones_pbxs_are_reowned_without_two_links() {
-    let Some(s) = pg::shared() else { return };
-    let db = s.database("cluster");
-    let url = s.socket_url(&db);
-    let dir = std::env::temp_dir().join(format!("cstagate-cluster-{}", cstagate::random::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let Some(Place { s, db, url, dir, tokens }) = place("cluster") else { return };
     let sims = sims(6, None).await;
-    let tokens = Tokens::random();
     let mut instances = Vec::new();
     for id in ["gw-a", "gw-b", "gw-c"] {
         instances.push(instance(id, &url, &sims, &dir, &tokens).await);
@@ -289,13 +306,8 @@ pub(crate) async fn audit_until(s: &PgServer, db: &str, id: &str, pred: impl Fn(
 /// keep-alives (1 s here, before the 3 s lease can expire), so the oracle holds here too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_instance_does_not_write_with_its_old_epoch() {
-    let Some(s) = pg::shared() else { return };
-    let db = s.database("paused");
-    let url = s.socket_url(&db);
-    let dir = std::env::temp_dir().join(format!("cstagate-paused-{}", cstagate::random::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let Some(Place { s, db, url, dir, tokens }) = place("paused") else { return };
     let sims = sims(2, Some(Duration::from_millis(500))).await;
-    let tokens = Tokens::random();
     let mut instances = Vec::new();
     for id in ["gw-a", "gw-b"] {
         instances.push(instance(id, &url, &sims, &dir, &tokens).await);

@@ -8,13 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use cstagate::testkit::postgres as pg;
 use cstagate::testkit::{Http, Ivr, Tokens};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
 
-use super::processes::{ivr_step, audit_until, every_link_up_once, extension, instance, ivr_number, leases, leases_until, oracle, per_owner, sims, Instance, INTERNAL_TOKEN, LIMIT};
+use super::processes::{place, Place, ivr_step, audit_until, every_link_up_once, extension, instance, ivr_number, leases, leases_until, oracle, per_owner, sims, Instance, INTERNAL_TOKEN, LIMIT};
 
 fn http(i: &Instance) -> Http {
     Http::new(&format!("http://{}", i.api))
@@ -88,13 +87,8 @@ async fn stop_all(instances: &mut [Instance]) {
 /// step asked of the owner over HTTP, to the binding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_request_at_an_instance_that_does_not_own_the_pbx_is_served_by_its_owner() {
-    let Some(s) = pg::shared() else { return };
-    let db = s.database("routing");
-    let url = s.socket_url(&db);
-    let dir = std::env::temp_dir().join(format!("cstagate-routing-{}", cstagate::random::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let Some(Place { s, db, url, dir, tokens }) = place("routing") else { return };
     let mut sims = sims(3, None).await;
-    let tokens = Tokens::random();
     let mut instances = Vec::new();
     for id in ["gw-a", "gw-b", "gw-c"] {
         instances.push(instance(id, &url, &sims, &dir, &tokens).await);
@@ -203,13 +197,8 @@ async fn every_kind_of_request_at_an_instance_that_does_not_own_the_pbx_is_serve
 /// it, never a success from an instance that does not own the PBX.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_for_another_owners_pbx_leaves_this_instances_associations_alone_and_no_owner_is_503_retry_after() {
-    let Some(s) = pg::shared() else { return };
-    let db = s.database("dos");
-    let url = s.socket_url(&db);
-    let dir = std::env::temp_dir().join(format!("cstagate-dos-{}", cstagate::random::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let Some(Place { s, db, url, dir, tokens }) = place("dos") else { return };
     let mut sims = sims(2, None).await;
-    let tokens = Tokens::random();
     let mut instances = Vec::new();
     for id in ["gw-a", "gw-b"] {
         instances.push(instance(id, &url, &sims, &dir, &tokens).await);

@@ -8,12 +8,11 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use cstagate::sim::{SimConfig, SimPbx};
-use cstagate::testkit::postgres as pg;
 use cstagate::testkit::{Http, Ivr, IvrCall, Tokens};
 use serde_json::{json, Value};
 use tokio::time::timeout;
 
-use super::processes::{instance_with, ivr_number, ivr_step, leases_until, oracle, per_owner, Instance, LIMIT};
+use super::processes::{place, Place, instance_with, ivr_number, ivr_step, leases_until, oracle, per_owner, Instance, LIMIT};
 
 /// PBX `i`'s one extension.
 fn extension(i: usize) -> String {
@@ -94,13 +93,8 @@ async fn at_code_prompt(inst: &Instance, tokens: &Tokens, ivr: &mut Ivr, account
 /// out on the other instance too (423), until the admin resets its counters at a third instance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_has_one_live_association_and_one_failure_count_across_instances() {
-    let Some(s) = pg::shared() else { return };
-    let db = s.database("rules");
-    let url = s.socket_url(&db);
-    let dir = std::env::temp_dir().join(format!("cstagate-rules-{}", cstagate::random::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let Some(Place { s, db, url, dir, tokens }) = place("rules") else { return };
     let (mut sims, toml) = pbxs(3).await;
-    let tokens = Tokens::random();
     let mut instances = Vec::new();
     for id in ["gw-a", "gw-b", "gw-c"] {
         instances.push(instance_with(id, &url, &toml, &dir, &tokens).await);
@@ -165,13 +159,8 @@ async fn an_account_has_one_live_association_and_one_failure_count_across_instan
 /// instance come from the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_taking_a_pbx_back_serves_what_the_other_owner_changed() {
-    let Some(s) = pg::shared() else { return };
-    let db = s.database("takeback");
-    let url = s.socket_url(&db);
-    let dir = std::env::temp_dir().join(format!("cstagate-takeback-{}", cstagate::random::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let Some(Place { s, db, url, dir, tokens }) = place("takeback") else { return };
     let (mut sims, toml) = pbxs(2).await;
-    let tokens = Tokens::random();
     // carol's bindings on both PBXs, there before any instance starts (every one reads them).
     {
         use cstagate::store::Store;

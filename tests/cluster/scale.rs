@@ -27,7 +27,7 @@ use serde_json::json;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::time::timeout;
 
-use super::processes::{ivr_number, ivr_step, leases, leases_until, oracle, per_owner, start_instance, Instance, LIMIT};
+use super::processes::{place, Place, ivr_number, ivr_step, leases, leases_until, oracle, per_owner, start_instance, Instance, LIMIT};
 
 /// Simulated PBXs in every run here.
 const PBXS: usize = 30;
@@ -65,10 +65,7 @@ impl Rig {
     /// the instances (no rate limit that a load would hit: the requests per second of a link,
     /// the proof calls per extension an hour at their highest).
     async fn new(s: &'static PgServer, hint: &str, per_pbx: usize, answer: Duration, ttl: &'static str) -> Rig {
-        let db = s.database(hint);
-        let url = s.socket_url(&db);
-        let dir = std::env::temp_dir().join(format!("cstagate-{hint}-{}", cstagate::random::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let Place { db, url, dir, tokens, .. } = place(hint).expect("PostgreSQL");
         let (mut sims, mut ivrs, mut pbxs) = (Vec::new(), Vec::new(), String::new());
         for i in 0..PBXS {
             let numbers: Vec<String> = (0..per_pbx).map(|k| ext(i, k)).collect();
@@ -87,7 +84,7 @@ impl Rig {
             );
             sims.push(sim);
         }
-        Rig { s, db, url, dir, tokens: Tokens::random(), sims: Arc::new(sims), ivrs: Some(ivrs), pbxs, ttl, instances: Vec::new(), random: false }
+        Rig { s, db, url, dir, tokens, sims: Arc::new(sims), ivrs: Some(ivrs), pbxs, ttl, instances: Vec::new(), random: false }
     }
 
     /// Start instance `id` (`gw-a`, ...).
