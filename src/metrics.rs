@@ -24,6 +24,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// What a scrape reads.
 pub struct Sources<'a> {
     pub gw: &'a Gateway,
+    /// With `[cluster]`: this instance's view of the leases (its lease statements).
+    pub cluster: Option<&'a crate::cluster::ClusterView>,
     /// The engine's sizes; `None` when the gateway did not answer (the gauges are left out).
     pub sizes: Option<Sizes>,
     pub replay_entries: usize,
@@ -134,7 +136,7 @@ pub fn render(src: &Sources<'_>) -> String {
         "Failed notification attempts, by tenant and cause (unknown_ca, name_mismatch, expired, not_yet_valid, revoked, bad_certificate, tls, connect, timeout, refused, other)",
         failures.into_iter().map(|(tenant, cause, n)| (vec![("tenant".to_owned(), tenant), ("cause".to_owned(), cause.to_owned())], n)),
     );
-    if let Some(c) = src.gw.cluster() {
+    if let Some(c) = src.cluster {
         counters(&mut reg, "cstagate_lease_statements", "With [cluster]: lease statements sent to PostgreSQL, by kind (heartbeat, acquire, renew, release, leave, read)", c.statements().map(|(k, n)| (label("kind", k), n)));
     }
     let reloads = |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);

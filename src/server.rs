@@ -398,9 +398,6 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let gateway = Gateway::start(engine, store, links, notifier, restored);
     let route_policies = cluster.as_ref().map(|_| policies.clone()).unwrap_or_default();
     let cluster = cluster.map(|parts| parts.start(gateway.clone(), cluster_profiles, policies));
-    if let Some(c) = &cluster {
-        gateway.set_cluster(c.view());
-    }
     let listener = listen(&config.gateway.listen).await.map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: config.gateway.listen.clone(), source })?;
     let guards = crate::ivr::IvrGuards::new(config.gateway.ivr_guesses_per_minute);

@@ -156,7 +156,8 @@ pub struct PbxList {
 #[utoipa::path(get, path = "/v1/pbx", tag = "admin", security(("bearer" = [])),
     responses((status = 200, body = PbxList), (status = "4XX", description = "refused: `error`, with `field` (400) or `code` (engine refusals)", body = ErrorBody)))]
 pub(super) async fn pbx_list(State(st): State<AppState>, _: AdminCaller, _: StrictQuery<NoQuery>) -> Json<PbxList> {
-    let cluster = st.gw.cluster();
+    let routing = st.control.routing();
+    let cluster = routing.as_deref().map(super::route::Routing::view);
     let mut pbx: Vec<PbxLink> = st
         .gw
         .links()

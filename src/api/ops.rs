@@ -66,7 +66,8 @@ pub(super) async fn metrics(State(st): State<AppState>) -> Response {
         _ => None,
     };
     let replay = st.replay.lock().map_or(0, |c| c.len());
-    let text = crate::metrics::render(&crate::metrics::Sources { gw: &st.gw, sizes, replay_entries: replay, ivr: &st.ivr, reloads: st.control.reloads() });
+    let routing = st.control.routing();
+    let text = crate::metrics::render(&crate::metrics::Sources { gw: &st.gw, cluster: routing.as_deref().map(super::route::Routing::view), sizes, replay_entries: replay, ivr: &st.ivr, reloads: st.control.reloads() });
     ([("content-type", crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 

@@ -62,6 +62,11 @@ pub struct Routing {
 }
 
 impl Routing {
+    /// The leases as this instance last read them (`GET /v1/pbx`, `/metrics`).
+    pub(crate) fn view(&self) -> &ClusterView {
+        &self.view
+    }
+
     pub fn new(view: ClusterView, policies: HashMap<String, Policy>) -> Routing {
         Routing { view, forwarder: Forwarder::new(), policies, pbx_of: Mutex::default(), failures_log: Mutex::new(crate::log_gate::LogGate::new(std::time::Duration::from_secs(10))) }
     }

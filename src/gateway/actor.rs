@@ -140,7 +140,7 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                 }
                 Cmd::Reconfigure { change, reply } => {
                     // With [cluster], a PBX removed is one another instance owns from now on.
-                    let lost: Vec<String> = if sh.gw.cluster().is_some() { change.removed.clone() } else { Vec::new() };
+                    let lost: Vec<String> = if engine.served().is_some() { change.removed.clone() } else { Vec::new() };
                     actions.extend(reconfigure(&mut engine, &mut sh, change));
                     for pbx in &lost {
                         engine.forget_pbx(pbx);

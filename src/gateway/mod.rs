@@ -138,8 +138,6 @@ pub struct Gateway {
     unbinds: Arc<tokio::sync::watch::Sender<u64>>,
     /// Associations ended, counted once their end is committed (for `/metrics`).
     ended: Ended,
-    /// With `[cluster]`: the leases as the API shows them (set once, at start).
-    cluster: Arc<std::sync::OnceLock<crate::cluster::ClusterView>>,
 }
 
 /// Deliveries a link may hold for the gateway: every request in flight reserves one (beyond,
@@ -158,7 +156,7 @@ impl Gateway {
             ports.attach(pbx, link, &tx);
         }
         let links = Arc::new(std::sync::RwLock::new(Arc::new(links)));
-        let gw = Gateway { tx: tx.clone(), links, notifier, stopped: Arc::new(tokio::sync::Notify::new()), unbinds: Arc::new(tokio::sync::watch::Sender::new(0)), ended: Ended::default(), cluster: Arc::default() };
+        let gw = Gateway { tx: tx.clone(), links, notifier, stopped: Arc::new(tokio::sync::Notify::new()), unbinds: Arc::new(tokio::sync::watch::Sender::new(0)), ended: Ended::default() };
         let done = gw.stopped.clone();
         let me = gw.clone();
         tokio::spawn(async move {
@@ -238,16 +236,6 @@ impl Gateway {
     /// The IVR call ended (hang-up).
     pub async fn ivr_hangup(&self, call: String, now: Millis) {
         let _ = self.tx.send(Cmd::IvrHangup { call, now }).await;
-    }
-
-    /// With `[cluster]`: the leases as the API shows them.
-    pub fn cluster(&self) -> Option<&crate::cluster::ClusterView> {
-        self.cluster.get()
-    }
-
-    /// Set at start with `[cluster]` (once; later calls change nothing).
-    pub fn set_cluster(&self, view: crate::cluster::ClusterView) {
-        let _ = self.cluster.set(view);
     }
 
     /// `[cluster]`: this instance just took `pbx` over (its link is attached): the associations

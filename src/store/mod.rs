@@ -15,6 +15,7 @@
 use crate::association::{AssociationView, AuditRecord, Binding, CounterKey, Millis, Snapshot, StoreWrite};
 use crate::ids::{AccountId, AssociationId, TenantId};
 
+pub mod fence;
 pub mod postgres;
 mod sqlite;
 

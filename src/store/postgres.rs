@@ -262,7 +262,7 @@ enum Request {
 pub struct PostgresStore {
     requests: tokio::sync::mpsc::Sender<Request>,
     /// `[cluster]`: the epochs every write for a PBX must carry ([`PostgresStore::fenced`]).
-    fence: Option<crate::cluster::Fence>,
+    fence: Option<super::fence::Fence>,
 }
 
 impl PostgresStore {
@@ -300,7 +300,7 @@ impl PostgresStore {
     /// fence's owner, which drops the PBX. A batch for a PBX not owned here is refused before it
     /// is sent. Writes for no PBX (an account's failure counter) are not fenced.
     #[must_use]
-    pub fn fenced(mut self, fence: crate::cluster::Fence) -> PostgresStore {
+    pub fn fenced(mut self, fence: super::fence::Fence) -> PostgresStore {
         self.fence = Some(fence);
         self
     }
