@@ -403,8 +403,9 @@ pub async fn start(config: &Config, secrets: Secrets) -> Result<Running, StartEr
     let guards = crate::ivr::IvrGuards::new(config.gateway.ivr_guesses_per_minute);
     let directories = crate::directory::Directories::start(config)?;
     let (app, control) = crate::api::router_control(gateway.clone(), secrets, guards.clone(), config.gateway.ready_min_links, directories.clone());
-    if let Some(c) = &cluster {
-        control.set_routing(crate::api::route::Routing::new(c.view(), route_policies));
+    if let (Some(c), Some(settings)) = (&cluster, &config.cluster) {
+        let forwarder = crate::cluster::forward::Forwarder::new(settings.forward_tls()?);
+        control.set_routing(crate::api::route::Routing::new(c.view(), route_policies, forwarder));
     }
     let shutdown = Shutdown::new();
     let tls = tls.map(Arc::new);

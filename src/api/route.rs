@@ -67,8 +67,10 @@ impl Routing {
         &self.view
     }
 
-    pub fn new(view: ClusterView, policies: HashMap<String, Policy>) -> Routing {
-        Routing { view, forwarder: Forwarder::new(), policies, pbx_of: Mutex::default(), failures_log: Mutex::new(crate::log_gate::LogGate::new(std::time::Duration::from_secs(10))) }
+    /// The routing of an instance whose view of the leases is `view`, over the PBXs of
+    /// `policies`, forwarding with `forwarder`.
+    pub fn new(view: ClusterView, policies: HashMap<String, Policy>, forwarder: Forwarder) -> Routing {
+        Routing { view, forwarder, policies, pbx_of: Mutex::default(), failures_log: Mutex::new(crate::log_gate::LogGate::new(std::time::Duration::from_secs(10))) }
     }
 
     fn retry_after(&self) -> HeaderValue {

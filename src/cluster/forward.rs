@@ -71,18 +71,12 @@ pub struct Forwarder {
     slots: Arc<tokio::sync::Semaphore>,
 }
 
-impl Default for Forwarder {
-    fn default() -> Forwarder {
-        Forwarder::new()
-    }
-}
-
 impl Forwarder {
     /// A forwarder over plain HTTP and HTTPS (`advertise` may be `https://`: its certificate is
-    /// verified against the public roots, as account notifications are).
-    pub fn new() -> Forwarder {
-        let tls = crate::http_client::client_config(&[]).ok();
-        Forwarder { http: Http::with_tls("", CONNECT_TIMEOUT, HEAD_TIMEOUT, tls), slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)) }
+    /// verified with `tls`, the public roots and `[cluster] advertise_ca`:
+    /// [`crate::config::ClusterSettings::forward_tls`]).
+    pub fn new(tls: Arc<rustls::ClientConfig>) -> Forwarder {
+        Forwarder { http: Http::with_tls("", CONNECT_TIMEOUT, HEAD_TIMEOUT, Some(tls)), slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)) }
     }
 
     /// Forward the request (`method`, `path_and_query`, `headers`, `body`) to the instance at

@@ -75,6 +75,10 @@ pub struct ClusterSettings {
     pub lease_ttl: std::time::Duration,
     /// Environment variable holding the secret the instances present to each other.
     pub internal_token_env: Option<String>,
+    /// PEM CA certificates trusted for the other instances' `https://` advertise URLs besides
+    /// the public roots (a company CA): requests forwarded between instances carry the callers'
+    /// tokens, so a hop that leaves the machine is HTTPS. Read and checked at load.
+    pub advertise_ca: Option<PathBuf>,
 }
 
 /// The default `lease_ttl`.
@@ -88,6 +92,20 @@ fn default_lease_ttl() -> std::time::Duration {
 }
 
 impl ClusterSettings {
+    /// The TLS client configuration of the requests forwarded to other instances: the public
+    /// roots and `advertise_ca`.
+    ///
+    /// # Errors
+    /// `advertise_ca` cannot be read or holds no usable CA certificate (the error names the key).
+    pub fn forward_tls(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, ConfigError> {
+        let invalid = |why: String| ConfigError::Invalid { at: "[cluster]".into(), key: "advertise_ca", why };
+        let extra = match &self.advertise_ca {
+            Some(path) => crate::tls::read_ca_file(path).map_err(invalid)?,
+            None => Vec::new(),
+        };
+        crate::http_client::client_config(&extra).map_err(invalid)
+    }
+
     fn validate(&self, gateway: &GatewaySettings) -> Result<(), ConfigError> {
         let invalid = |key, why: &str| Err(ConfigError::Invalid { at: "[cluster]".into(), key, why: why.into() });
         if self.instance_id.is_empty() || self.instance_id.len() > 64 || !self.instance_id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
@@ -103,6 +121,7 @@ impl ClusterSettings {
         if self.lease_ttl > std::time::Duration::from_secs(3600) {
             return invalid("lease_ttl", "must be at most 1h (a dead owner's PBXs wait that long)");
         }
+        self.forward_tls()?;
         if !matches!(gateway.database_backend()?, crate::store::Backend::Postgres(_)) {
             return invalid("instance_id", "needs a postgres:// [gateway] database: the instances share their state and leases there (SQLite serves one process)");
         }

@@ -39,6 +39,8 @@ fn each_refused_cluster_value_names_its_key() {
         ("a lease of a day", cluster(PG, &format!("{ok}lease_ttl = \"1day\"")), "`lease_ttl`"),
         ("a lease without unit", cluster(PG, &format!("{ok}lease_ttl = 10")), "cluster.lease_ttl"),
         ("an unknown key", cluster(PG, &format!("{ok}peers = []")), "peers"),
+        ("a CA file that is not there", cluster(PG, &format!("{ok}advertise_ca = \"/nonexistent/cluster-ca.pem\"")), "`advertise_ca`"),
+        ("a CA file without a certificate", cluster(PG, &format!("{ok}advertise_ca = \"{}\"", concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))), "`advertise_ca`"),
     ];
     let wrong: Vec<String> = cases
         .iter()

@@ -11,3 +11,8 @@ mod processes;
 mod routing;
 mod rules;
 mod scale;
+mod tls_forward;
+
+#[allow(dead_code)]
+#[path = "../tls_common/mod.rs"]
+mod tls_common;

@@ -52,13 +52,30 @@ pub(crate) async fn instance_with(id: &str, url: &str, pbxs: &str, dir: &std::pa
 /// Start `cstagate run` as instance `id` of the cluster on `url` with `lease_ttl = ttl`, serving
 /// the PBXs of `pbxs` (its `[[pbx]]` tables, tenant `acme`); once its API listens.
 pub(crate) async fn start_instance(id: &str, url: &str, pbxs: &str, ttl: &str, dir: &std::path::Path, tokens: &Tokens) -> Instance {
+    start_instance_tls(id, url, pbxs, ttl, dir, tokens, None).await
+}
+
+/// The TLS of an instance's API: its `[gateway]` `tls_cert`/`tls_key` lines, and the CA file the
+/// other instances trust for it (`[cluster] advertise_ca`), or `None` to trust the public roots
+/// only.
+pub(crate) struct InstanceTls {
+    pub(crate) gateway_lines: String,
+    pub(crate) advertise_ca: Option<std::path::PathBuf>,
+}
+
+/// As [`start_instance`], its API over HTTPS with `tls` (advertised as `https://`).
+pub(crate) async fn start_instance_tls(id: &str, url: &str, pbxs: &str, ttl: &str, dir: &std::path::Path, tokens: &Tokens, tls: Option<&InstanceTls>) -> Instance {
+    let (scheme, tls_lines, ca_line) = match tls {
+        None => ("http", String::new(), String::new()),
+        Some(t) => ("https", t.gateway_lines.clone(), t.advertise_ca.as_ref().map(|p| format!("advertise_ca = \"{}\"\n", p.display())).unwrap_or_default()),
+    };
     let password = pg::shared().map(|s| s.password().to_owned()).unwrap_or_default();
     // It listens on a port picked free just before, which it advertises to the others (requests
     // for its PBXs are forwarded there).
     let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
     let (port, agi) = (free(), free());
     let text = format!(
-        "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\nfastagi_listen = \"127.0.0.1:{agi}\"\n\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"http://127.0.0.1:{port}\"\nlease_ttl = \"{ttl}\"\ninternal_token_env = \"CLUSTER_TOKEN\"\n\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n{pbxs}"
+        "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\nfastagi_listen = \"127.0.0.1:{agi}\"\n{tls_lines}\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"{scheme}://127.0.0.1:{port}\"\nlease_ttl = \"{ttl}\"\ninternal_token_env = \"CLUSTER_TOKEN\"\n{ca_line}\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n{pbxs}"
     );
     let config = dir.join(format!("{id}.toml"));
     std::fs::write(&config, text).unwrap();
@@ -87,8 +104,8 @@ pub(crate) async fn start_instance(id: &str, url: &str, pbxs: &str, ttl: &str, d
     });
     let api = timeout(LIMIT, async {
         while let Ok(Some(l)) = out.next_line().await {
-            if l.contains("gateway API on http://") {
-                return l.rsplit("http://").next().unwrap_or_default().to_owned();
+            if l.contains("gateway API on http") {
+                return l.rsplit("://").next().unwrap_or_default().to_owned();
             }
         }
         panic!("{id} ended before listening");
@@ -148,6 +165,21 @@ pub(crate) async fn ivr_step(at: &Http, secret: &str, call: &str, from: &str, to
         body["digits"] = json!(d);
     }
     post_webhook(at, secret, body.to_string().into_bytes()).await.unwrap_or_else(|e| (0, json!({ "transport_error": e })))
+}
+
+/// Wait until instance `at` knows `pbx`'s live owner is `owner` (its lease round read it): from
+/// then on it routes requests for `pbx` there.
+pub(crate) async fn knows_owner(at: &Http, tokens: &Tokens, pbx: &str, owner: &str) {
+    let start = Instant::now();
+    loop {
+        let (status, list) = at.json("GET", "/v1/pbx", &tokens.admin, None).await.unwrap();
+        assert_eq!(status, 200, "{list}");
+        if list["leases"].as_array().into_iter().flatten().any(|r| r["pbx"] == pbx && r["owner"] == owner && r["live"] == true) {
+            return;
+        }
+        assert!(start.elapsed() < LIMIT, "the instance does not know {pbx}'s owner {owner}: {list}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// PBX `i`'s IVR number, its own (the IVR requests are routed by it).

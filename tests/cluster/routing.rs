@@ -13,25 +13,10 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
 
-use super::processes::{place, Place, ivr_step, audit_until, every_link_up_once, extension, instance, ivr_number, leases, leases_until, oracle, per_owner, sims, Instance, INTERNAL_TOKEN, LIMIT};
+use super::processes::{knows_owner, place, Place, ivr_step, audit_until, every_link_up_once, extension, instance, ivr_number, leases, leases_until, oracle, per_owner, sims, Instance, INTERNAL_TOKEN, LIMIT};
 
 fn http(i: &Instance) -> Http {
     Http::new(&format!("http://{}", i.api))
-}
-
-/// Wait until instance `at` knows `pbx`'s live owner is `owner` (its lease round read it): from
-/// then on it routes requests for `pbx` there.
-async fn knows_owner(at: &Http, tokens: &Tokens, pbx: &str, owner: &str) {
-    let start = Instant::now();
-    loop {
-        let (status, list) = at.json("GET", "/v1/pbx", &tokens.admin, None).await.unwrap();
-        assert_eq!(status, 200, "{list}");
-        if list["leases"].as_array().into_iter().flatten().any(|r| r["pbx"] == pbx && r["owner"] == owner && r["live"] == true) {
-            return;
-        }
-        assert!(start.elapsed() < LIMIT, "the instance does not know {pbx}'s owner {owner}: {list}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// An event stream read from its raw HTTP/1.1 response (`Connection: close`, so that the end of
