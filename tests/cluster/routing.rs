@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use cstagate::testkit::{Http, Ivr, Tokens};
+use cstagate::testkit::{Http, Ivr};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
