@@ -213,7 +213,7 @@ impl Cause {
 
     fn words(self) -> &'static str {
         match self {
-            Cause::UnknownCa => "certificate from an unknown CA (not a public root, not notify_ca)",
+            Cause::UnknownCa => "certificate from an unknown CA (neither a public root nor in the configured CA file: notify_ca, advertise_ca)",
             Cause::NameMismatch => "certificate name mismatch (not issued for this host name)",
             Cause::Expired => "certificate expired",
             Cause::NotYetValid => "certificate not yet valid",
