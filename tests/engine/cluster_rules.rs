@@ -156,3 +156,26 @@ fn a_pbx_taken_over_is_read_back_and_a_pbx_lost_is_forgotten() {
     assert_eq!(e.binding("lyon", "3005").map(|b| b.account.as_str()), Some("carol"));
     assert_eq!(e.blocks(&lyon, NOW).len(), 1);
 }
+
+/// The PBX each write is for, which the store's fence checks with `[cluster]`: the PBX's own
+/// records name it; an account's counter and an audit record of no PBX (an unknown context id,
+/// an admin's reset of an account's counter) name none, so that they are never fenced as a PBX
+/// `""` that nobody owns.
+#[test]
+fn each_write_names_the_pbx_it_is_fenced_by() {
+    let (tenant, account) = acme("alice");
+    let audit = |pbx: &str| AuditRecord { at: NOW, tenant: tenant.clone(), account: account.clone(), pbx: pbx.into(), extension: "2005".into(), association: AssociationId::default(), step: "counter_reset".into(), result: "by admin".into() };
+    let binding = Binding { tenant: tenant.clone(), account: account.clone(), pbx: "paris".into(), extension: "2005".into(), did: None, did_verified: false, bound_at: NOW };
+    let cases: Vec<(StoreWrite, Option<&str>)> = vec![
+        (StoreWrite::Bind(binding), Some("paris")),
+        (StoreWrite::Unbind { pbx: "lyon".into(), extension: "3005".into() }, Some("lyon")),
+        (StoreWrite::Counter { key: CounterKey::AccountExtension { tenant: tenant.clone(), account: account.clone(), pbx: "paris".into(), extension: "2005".into() }, value: 1 }, Some("paris")),
+        (StoreWrite::Counter { key: CounterKey::Account { tenant: tenant.clone(), account: account.clone() }, value: 1 }, None),
+        (StoreWrite::ProofCall(ProofCall { pbx: "ny".into(), extension: "4005".into(), tenant: tenant.clone(), account: account.clone(), at: NOW }), Some("ny")),
+        (StoreWrite::Audit(audit("paris")), Some("paris")),
+        (StoreWrite::Audit(audit("")), None),
+    ];
+    for (w, pbx) in cases {
+        assert_eq!(w.pbx(), pbx, "{w:?}");
+    }
+}
