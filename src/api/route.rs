@@ -38,7 +38,7 @@ use tracing::{debug, warn};
 use super::error::{ErrorBody, HttpError};
 use super::extract::Caller;
 use super::AppState;
-use crate::association::{pool_number_matches, Policy, Principal};
+use crate::association::{Policy, Principal};
 use crate::cluster::forward::{Forwarder, FORWARD_PREFIX, TOKEN_HEADER};
 use crate::cluster::{ClusterView, Owner};
 use crate::gateway::{Query, QueryResult};
@@ -80,7 +80,7 @@ impl Routing {
     /// The PBXs of `tenant` whose directory lists `extension` (the engine's resolution of a
     /// create without `pbx`).
     fn pbxs_of_extension(&self, tenant: &str, extension: &str) -> Vec<String> {
-        self.policies.iter().filter(|(_, p)| p.tenant == tenant && p.directory.contains_key(extension)).map(|(id, _)| id.clone()).collect()
+        self.policies.iter().filter(|(_, p)| p.lists(tenant, extension)).map(|(id, _)| id.clone()).collect()
     }
 
     /// The one owner of all of `pbxs`; `Err`: why there is none (a PBX without a live owner,
@@ -126,10 +126,7 @@ impl Routing {
 
     /// The PBXs whose IVR number or pool number the platform reports as dialled (`to`).
     fn pbxs_of_number(&self, to: &str) -> Vec<String> {
-        if to.is_empty() {
-            return Vec::new();
-        }
-        self.policies.iter().filter(|(_, p)| pool_number_matches(&p.ivr_number, to) || p.ivr_numbers.iter().any(|n| pool_number_matches(n, to))).map(|(id, _)| id.clone()).collect()
+        self.policies.iter().filter(|(_, p)| p.answers_number(to)).map(|(id, _)| id.clone()).collect()
     }
 }
 

@@ -202,7 +202,7 @@ impl Engine {
         let candidates: Vec<&PbxId> = self
             .policies
             .iter()
-            .filter(|(id, p)| p.tenant == tenant && p.directory.contains_key(extension.as_str()) && pbx.as_ref().is_none_or(|want| want == *id))
+            .filter(|(id, p)| p.lists(&tenant, &extension) && pbx.as_ref().is_none_or(|want| want == *id))
             .map(|(id, _)| id)
             .collect();
         let pbx = match candidates.as_slice() {

@@ -64,7 +64,7 @@ impl Engine {
             let first = langs.find(|p| called(p))?;
             langs.filter(|p| called(p)).all(|p| p.language == first.language).then(|| first.language.clone())
         };
-        let called = |p: &Policy| !to.is_empty() && (pool_number_matches(&p.ivr_number, to) || p.ivr_numbers.iter().any(|n| pool_number_matches(n, to)));
+        let called = |p: &Policy| p.answers_number(to);
         one(self.policies.values(), &called).or_else(|| one(self.policies.values(), &|_| true)).unwrap_or_else(|| crate::ivr::prompts::DEFAULT_LANGUAGE.to_owned())
     }
 

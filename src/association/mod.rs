@@ -261,6 +261,19 @@ impl Policy {
             prompts: std::sync::Arc::new(crate::ivr::prompts::Prompts::shipped()),
         }
     }
+
+    /// Whether `tenant` may ask for `extension` on this PBX: the PBX is the tenant's, and its
+    /// directory lists the extension (how a create finds its PBX, in the engine and, with
+    /// `[cluster]`, in the routing before it).
+    pub fn lists(&self, tenant: &str, extension: &str) -> bool {
+        self.tenant == tenant && self.directory.contains_key(extension)
+    }
+
+    /// Whether `to`, the number an IVR call reached as the platform reports it, is this PBX's
+    /// IVR number or one of its pool's ([`pool_number_matches`]).
+    pub fn answers_number(&self, to: &str) -> bool {
+        !to.is_empty() && (pool_number_matches(&self.ivr_number, to) || self.ivr_numbers.iter().any(|n| pool_number_matches(n, to)))
+    }
 }
 
 /// Who is asking: a tenant's service acting for one of its accounts, or the admin.

@@ -43,8 +43,8 @@ impl Engine {
     /// `[cluster]`: act only for the PBXs in `pbxs` from now on (`None`, one gateway alone: for
     /// every PBX of the policies). A request for another PBX is refused
     /// ([`Refusal::NotServed`]) before anything is decided: nothing is written for a PBX whose
-    /// lease this instance does not hold. A PBX no longer served has its associations ended
-    /// first ([`Engine::pbx_removed`]).
+    /// lease this instance does not hold. A PBX gained is added by [`Engine::adopt_pbx`], one
+    /// lost taken out by [`Engine::stop_serving`] or [`Engine::drop_pbx`].
     pub fn set_served(&mut self, pbxs: Option<std::collections::HashSet<PbxId>>) {
         self.served = pbxs;
     }
@@ -96,8 +96,8 @@ impl Engine {
     /// `[cluster]`: this gateway just took `pbx` over from another, which changed it in the
     /// store meanwhile: what the engine held of it (bindings, owner blocks, proof calls, the
     /// accounts' counters on its extensions) is replaced by what `snap` (the store, read now)
-    /// holds, and the associations the previous owner left in flight there end as
-    /// [`Engine::end_orphans`] ends them.
+    /// holds, the PBX is served from now on, and the associations the previous owner left in
+    /// flight there end as [`Engine::end_orphans`] ends them.
     pub fn adopt_pbx(&mut self, pbx: &str, snap: Snapshot, now: Millis) -> Vec<Action> {
         self.forget_pbx(pbx);
         for b in snap.bindings.into_iter().filter(|b| b.pbx.as_str() == pbx) {
@@ -112,7 +112,19 @@ impl Engine {
             self.blocks.insert(b.key(), b);
         }
         let left: Vec<AssociationView> = snap.in_flight.into_iter().filter(|v| v.pbx.as_str() == pbx).collect();
+        // Served from now on: what the previous owner did there is read back.
+        self.served.get_or_insert_default().insert(PbxId::from(pbx));
         self.end_orphans(left, now)
+    }
+
+    /// `[cluster]`: `pbx` went to another gateway (its associations here ended already): it is
+    /// no longer acted for, and what the engine held of it is forgotten ([`Engine::forget_pbx`]).
+    /// Nothing with one gateway alone (a PBX a reload removes keeps its bindings in memory).
+    pub fn stop_serving(&mut self, pbx: &str) {
+        if let Some(served) = &mut self.served {
+            served.remove(pbx);
+            self.forget_pbx(pbx);
+        }
     }
 
     /// `[cluster]`: `pbx` went to another gateway (its associations here ended already): what

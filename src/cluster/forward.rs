@@ -79,23 +79,31 @@ impl Forwarder {
         Forwarder { http: Http::with_tls("", CONNECT_TIMEOUT, HEAD_TIMEOUT, Some(tls)), slots: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)) }
     }
 
+    /// What every request to another instance begins with: the internal token (none
+    /// configured: [`ForwardError::NoToken`]), one of the [`MAX_IN_FLIGHT`] slots (held until the
+    /// answer is read), and the request to `<base>/internal/v1/forward<path_and_query>` with the
+    /// token and the hop header.
+    fn start(&self, base: &str, token: Option<&str>, method: Method, path_and_query: &str) -> Result<(tokio::sync::OwnedSemaphorePermit, hyper::http::request::Builder), ForwardError> {
+        let token = token.filter(|t| !t.is_empty()).ok_or(ForwardError::NoToken)?;
+        let token = HeaderValue::from_str(token).map_err(|_| ForwardError::NoToken)?;
+        let slot = self.slots.clone().try_acquire_owned().map_err(|_| ForwardError::Busy)?;
+        let uri: Uri = format!("{}{FORWARD_PREFIX}{path_and_query}", base.trim_end_matches('/')).parse().map_err(|_| ForwardError::Owner("bad advertise URL".into()))?;
+        Ok((slot, hyper::Request::builder().method(method).uri(uri).header(TOKEN_HEADER, token).header(HOP_HEADER, "1")))
+    }
+
     /// Forward the request (`method`, `path_and_query`, `headers`, `body`) to the instance at
     /// `base` with `token`; its answer as the caller gets it.
     ///
     /// # Errors
     /// Too many in flight, no token, or the owner unreachable or silent.
     pub async fn forward(&self, base: &str, token: Option<&str>, method: &Method, path_and_query: &str, headers: &HeaderMap, body: Bytes) -> Result<Response<Body>, ForwardError> {
-        let token = token.filter(|t| !t.is_empty()).ok_or(ForwardError::NoToken)?;
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| ForwardError::Busy)?;
-        let uri: Uri = format!("{}{FORWARD_PREFIX}{path_and_query}", base.trim_end_matches('/')).parse().map_err(|_| ForwardError::Owner("bad advertise URL".into()))?;
-        let mut req = hyper::Request::builder().method(method.clone()).uri(uri);
+        let (slot, mut req) = self.start(base, token, method.clone(), path_and_query)?;
         for (k, v) in headers {
             if !hop_by_hop(k.as_str()) {
                 req = req.header(k, v);
             }
         }
-        let token = HeaderValue::from_str(token).map_err(|_| ForwardError::NoToken)?;
-        let req = req.header(TOKEN_HEADER, token).header(HOP_HEADER, "1").body(Full::new(body)).map_err(|e| ForwardError::Owner(e.to_string()))?;
+        let req = req.body(Full::new(body)).map_err(|e| ForwardError::Owner(e.to_string()))?;
         let resp = self.http.send_streaming(req).await.map_err(|e| ForwardError::Owner(e.message))?;
         let (parts, incoming) = resp.into_parts();
         let stream = parts.headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("text/event-stream"));
@@ -105,8 +113,7 @@ impl Forwarder {
             drop(slot);
             Body::new(incoming)
         } else {
-            let read = Limited::new(incoming, MAX_ANSWER).collect();
-            let bytes = tokio::time::timeout(BODY_TIMEOUT, read).await.map_err(|_| ForwardError::Owner("the answer's body did not come in time".into()))?.map_err(|e| ForwardError::Owner(format!("reading the answer: {e}")))?.to_bytes();
+            let bytes = read_answer(incoming).await?;
             drop(slot);
             Body::from(bytes)
         };
@@ -130,10 +137,8 @@ impl Forwarder {
     /// # Errors
     /// As [`Forwarder::forward`], or the owner refused the step.
     pub async fn ivr_step(&self, base: &str, token: Option<&str>, ivr_secret: &str, body: Vec<u8>) -> Result<crate::association::IvrReply, ForwardError> {
-        let token = token.filter(|t| !t.is_empty()).ok_or(ForwardError::NoToken)?;
-        let slot = self.slots.clone().try_acquire_owned().map_err(|_| ForwardError::Busy)?;
-        let uri: Uri = format!("{}{FORWARD_PREFIX}/v1/ivr/webhook", base.trim_end_matches('/')).parse().map_err(|_| ForwardError::Owner("bad advertise URL".into()))?;
-        let mut req = hyper::Request::builder().method(Method::POST).uri(uri).header("content-type", "application/json").header(TOKEN_HEADER, token).header(HOP_HEADER, "1");
+        let (slot, req) = self.start(base, token, Method::POST, "/v1/ivr/webhook")?;
+        let mut req = req.header("content-type", "application/json");
         for (k, v) in crate::webhook::webhook_headers(ivr_secret, &body) {
             req = req.header(k, v);
         }
@@ -141,8 +146,7 @@ impl Forwarder {
         let resp = self.http.send_streaming(req).await.map_err(|e| ForwardError::Owner(e.message))?;
         let status = resp.status().as_u16();
         let prompt = resp.headers().get(PROMPT_HEADER).and_then(|v| v.to_str().ok()).and_then(|p| crate::ivr::prompts::ids().find(|id| *id == p)).unwrap_or("");
-        let read = Limited::new(resp.into_body(), MAX_ANSWER).collect();
-        let bytes = tokio::time::timeout(BODY_TIMEOUT, read).await.map_err(|_| ForwardError::Owner("the answer's body did not come in time".into()))?.map_err(|e| ForwardError::Owner(format!("reading the answer: {e}")))?.to_bytes();
+        let bytes = read_answer(resp.into_body()).await?;
         drop(slot);
         if status != 200 {
             return Err(ForwardError::Owner(format!("the owner answered {status}")));
@@ -155,4 +159,10 @@ impl Forwarder {
         });
         Ok(crate::association::IvrReply { prompt, say: v["say"].as_str().unwrap_or_default().to_owned(), language: v["language"].as_str().unwrap_or(crate::ivr::prompts::DEFAULT_LANGUAGE).to_owned(), gather, hangup: v["hangup"].as_bool().unwrap_or(false) })
     }
+}
+
+/// The owner's answer body, at most [`MAX_ANSWER`] bytes within [`BODY_TIMEOUT`].
+async fn read_answer(body: hyper::body::Incoming) -> Result<Bytes, ForwardError> {
+    let read = Limited::new(body, MAX_ANSWER).collect();
+    Ok(tokio::time::timeout(BODY_TIMEOUT, read).await.map_err(|_| ForwardError::Owner("the answer's body did not come in time".into()))?.map_err(|e| ForwardError::Owner(format!("reading the answer: {e}")))?.to_bytes())
 }

@@ -139,12 +139,7 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                     Answer::None
                 }
                 Cmd::Reconfigure { change, reply } => {
-                    // With [cluster], a PBX removed is one another instance owns from now on.
-                    let lost: Vec<String> = if engine.served().is_some() { change.removed.clone() } else { Vec::new() };
                     actions.extend(reconfigure(&mut engine, &mut sh, change));
-                    for pbx in &lost {
-                        engine.forget_pbx(pbx);
-                    }
                     let _ = reply.send(());
                     Answer::None
                 }
@@ -164,9 +159,6 @@ pub(super) async fn actor(mut engine: Engine, mut store: Box<dyn Store>, mut rx:
                             let left = snap.in_flight.iter().filter(|v| v.pbx.as_str() == pbx).count();
                             info!(pbx = %pbx, associations = left, "PBX taken over: its bindings, blocks and counters read from the store; ending the associations its previous owner left in flight");
                             actions.extend(engine.adopt_pbx(&pbx, snap, now_ms()));
-                            let mut served = engine.served().cloned().unwrap_or_default();
-                            served.insert(PbxId::from(pbx.as_str()));
-                            engine.set_served(Some(served));
                             Answer::Adopted(reply, true)
                         }
                         Err(e) => {
@@ -309,13 +301,11 @@ fn reconfigure(engine: &mut Engine, sh: &mut Shell, change: super::Reconfigure) 
         }
     }
     engine.set_policies(change.policies);
-    // `[cluster]`: a PBX removed (its lease lost) is no longer acted for; one gained is served
-    // once adopted ([`super::Gateway::adopt`]).
-    if let Some(mut served) = engine.served().cloned() {
-        for p in &change.removed {
-            served.remove(p.as_str());
-        }
-        engine.set_served(Some(served));
+    // `[cluster]`: a PBX removed (its lease lost, another instance owns it from now on) is no
+    // longer acted for, and what the engine held of it is forgotten; one gained is served once
+    // adopted ([`super::Gateway::adopt`]).
+    for p in &change.removed {
+        engine.stop_serving(p);
     }
     for (pbx, link) in change.links {
         sh.ports.attach(&pbx, &link, &sh.gw.tx);

@@ -334,7 +334,7 @@ impl Store for PostgresStore {
         }
         let fence = match &self.fence {
             None => None,
-            Some(f) => Some((f.owner().to_owned(), f.epochs(writes.iter().filter_map(write_pbx)).map_err(|n| StoreError::Fenced { pbx: n.0 })?)),
+            Some(f) => Some((f.owner().to_owned(), f.epochs(writes.iter().filter_map(StoreWrite::pbx)).map_err(|n| StoreError::Fenced { pbx: n.0 })?)),
         };
         let result = self.call(|r| Request::Apply(writes.to_vec(), fence.clone(), r));
         if let (Err(StoreError::Fenced { pbx }), Some(f), Some((_, epochs))) = (&result, &self.fence, &fence) {
@@ -485,11 +485,6 @@ fn ms(t: Millis) -> Param {
 }
 fn text(s: &str) -> Param {
     Box::new(s.to_owned())
-}
-
-/// The PBX a write is for, when it is for one (what the fence checks).
-fn write_pbx(w: &StoreWrite) -> Option<&str> {
-    w.pbx()
 }
 
 /// One transaction: BEGIN, the writes and COMMIT in one pipeline. A statement that fails makes
