@@ -70,51 +70,66 @@ pub(crate) async fn start_instance_tls(id: &str, url: &str, pbxs: &str, ttl: &st
         Some(t) => ("https", t.gateway_lines.clone(), t.advertise_ca.as_ref().map(|p| format!("advertise_ca = \"{}\"\n", p.display())).unwrap_or_default()),
     };
     let password = pg::shared().map(|s| s.password().to_owned()).unwrap_or_default();
-    // It listens on a port picked free just before, which it advertises to the others (requests
-    // for its PBXs are forwarded there).
+    // It listens on ports picked free just before, the API's advertised to the others (requests
+    // for its PBXs are forwarded there). Another test's process may take a port in between:
+    // then `run` exits 6 (cannot start) and the instance starts again on new ports.
     let free = || std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).unwrap().port();
-    let (port, agi) = (free(), free());
-    let text = format!(
-        "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\nfastagi_listen = \"127.0.0.1:{agi}\"\n{tls_lines}\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"{scheme}://127.0.0.1:{port}\"\nlease_ttl = \"{ttl}\"\ninternal_token_env = \"CLUSTER_TOKEN\"\n{ca_line}\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n{pbxs}"
-    );
-    let config = dir.join(format!("{id}.toml"));
-    std::fs::write(&config, text).unwrap();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cstagate"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("ACME_TOKEN", &tokens.tenant)
-        .env("CSTAGATE_DB_PASSWORD", &password)
-        .env("ADMIN_TOKEN", &tokens.admin)
-        .env("IVR_SECRET", &tokens.ivr)
-        .env("CLUSTER_TOKEN", INTERNAL_TOKEN)
-        .env("RUST_LOG", "cstagate=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
-    let (log_tx, log) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(l)) = err.next_line().await {
-            let _ = log_tx.send(l);
-        }
-    });
-    let api = timeout(LIMIT, async {
-        while let Ok(Some(l)) = out.next_line().await {
-            if l.contains("gateway API on http") {
-                return l.rsplit("://").next().unwrap_or_default().to_owned();
+    for attempt in 1..=3 {
+        let (port, agi) = (free(), free());
+        let text = format!(
+            "[gateway]\nlisten = \"127.0.0.1:{port}\"\ndatabase = \"{url}\"\ndatabase_password_env = \"CSTAGATE_DB_PASSWORD\"\nadmin_token_env = \"ADMIN_TOKEN\"\nivr_secret_env = \"IVR_SECRET\"\nfastagi_listen = \"127.0.0.1:{agi}\"\n{tls_lines}\n[cluster]\ninstance_id = \"{id}\"\nadvertise = \"{scheme}://127.0.0.1:{port}\"\nlease_ttl = \"{ttl}\"\ninternal_token_env = \"CLUSTER_TOKEN\"\n{ca_line}\n[[tenant]]\nid = \"acme\"\ntoken_env = \"ACME_TOKEN\"\n{pbxs}"
+        );
+        let config = dir.join(format!("{id}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_cstagate"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("ACME_TOKEN", &tokens.tenant)
+            .env("CSTAGATE_DB_PASSWORD", &password)
+            .env("ADMIN_TOKEN", &tokens.admin)
+            .env("IVR_SECRET", &tokens.ivr)
+            .env("CLUSTER_TOKEN", INTERNAL_TOKEN)
+            .env("RUST_LOG", "cstagate=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+        let (log_tx, mut log) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(l)) = err.next_line().await {
+                let _ = log_tx.send(l);
             }
-        }
-        panic!("{id} ended before listening");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{id} not listening in time"));
-    // Keep reading its output so that it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
-    Instance { id: id.to_owned(), child, api, log, agi: format!("127.0.0.1:{agi}") }
+        });
+        let api = timeout(LIMIT, async {
+            while let Ok(Some(l)) = out.next_line().await {
+                if l.contains("gateway API on http") {
+                    return Some(l.rsplit("://").next().unwrap_or_default().to_owned());
+                }
+            }
+            None
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{id} not listening in time"));
+        let Some(api) = api else {
+            let code = timeout(LIMIT, child.wait()).await.ok().and_then(Result::ok).and_then(|s| s.code());
+            if code == Some(6) && attempt < 3 {
+                continue;
+            }
+            let mut lines = Vec::new();
+            while let Ok(l) = log.try_recv() {
+                lines.push(l);
+            }
+            panic!("{id} ended before listening (exit {code:?}):\n{}", lines.join("\n"));
+        };
+        // Keep reading its output so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = out.next_line().await {} });
+        return Instance { id: id.to_owned(), child, api, log, agi: format!("127.0.0.1:{agi}") };
+    }
+    unreachable!("the last attempt returns or panics")
 }
 
 /// A cluster test's place: its own database on the shared private PostgreSQL (and its URL over
